@@ -1,0 +1,3 @@
+from grpo_check.cli import main
+
+main()

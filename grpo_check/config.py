@@ -1,0 +1,205 @@
+"""The algorithm configuration the reference is run with (`GRPOSpec`).
+
+One flat, frozen dataclass whose field names follow TRL's ``GRPOConfig`` where TRL has the concept, so a
+TRL config maps onto it field by field (see ``reference/trl-mapping.md``), plus the options other
+frameworks use (population std, leave-one-out baseline, other aggregation modes, KL estimator choice).
+
+Standard library only: cheap to import.
+
+Example::
+
+    >>> from grpo_check.config import GRPOSpec
+    >>> spec = GRPOSpec(num_generations=4, loss_type="dr_grpo", max_completion_length=16, beta=0.04)
+    >>> spec.epsilon_high_effective
+    0.2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from grpo_check.findings import InputError
+
+LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"]
+Aggregation = Literal[
+    "token_mean",  # Σ loss / Σ tokens over the (global) batch  (= dapo, bnpo locally)
+    "seq_mean_token_mean",  # mean over sequences of the per-sequence token mean  (= grpo)
+    "seq_mean_token_sum",  # mean over sequences of the per-sequence token sum  (= luspo)
+    "seq_mean_token_sum_norm",  # Σ loss / (B · L_max)  (= dr_grpo)
+]
+
+LOSS_TYPES: tuple[str, ...] = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
+AGGREGATIONS: tuple[str, ...] = (
+    "token_mean",
+    "seq_mean_token_mean",
+    "seq_mean_token_sum",
+    "seq_mean_token_sum_norm",
+)
+
+# The aggregation each TRL loss type uses, when `GRPOSpec.aggregation` is not set explicitly.
+DEFAULT_AGGREGATION: dict[str, str] = {
+    "grpo": "seq_mean_token_mean",
+    "sapo": "seq_mean_token_mean",
+    "bnpo": "token_mean",  # local (micro-batch) token count
+    "dapo": "token_mean",  # global token count (num_items_in_batch)
+    "cispo": "token_mean",  # global token count
+    "vespo": "token_mean",  # global token count
+    "dr_grpo": "seq_mean_token_sum_norm",
+    "luspo": "seq_mean_token_sum",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOSpec:
+    """Everything that defines the GRPO objective for one step. Defaults follow TRL 1.x where TRL has them.
+
+    Advantages:
+        num_generations: G, completions per prompt.
+        scale_rewards: ``"group"`` (divide by the group std), ``"batch"`` (by the batch std) or ``"none"``.
+        std: ``"sample"`` (Bessel, TRL) or ``"population"``.
+        adv_epsilon: ε added to the std (TRL 1e-4, verl 1e-6, OpenRLHF 1e-8).
+        baseline: ``"mean"`` (group mean) or ``"rloo"`` (leave-one-out mean).
+        reward_weights: one weight per reward function (``None`` = all 1).
+        multi_objective_aggregation: ``"sum_then_normalize"`` or ``"normalize_then_sum"``.
+    Log-probs:
+        temperature, top_p, top_k, min_p: sampling parameters (logits are divided by ``temperature``).
+    Ratios and objective:
+        loss_type: one of :data:`LOSS_TYPES`.
+        aggregation: override the aggregation implied by ``loss_type`` (one of :data:`AGGREGATIONS`).
+        epsilon: lower clip ε_low; ``epsilon_high`` defaults to it (for cispo it is ε_max).
+        delta: two-sided upper bound on the unclipped ratio (INTELLECT-2).
+        dual_clip: c > 1 for dual clip on negative advantages (``None`` = off).
+        importance_sampling_level: ``"token"`` or ``"sequence"`` (GSPO).
+        max_completion_length: L_max (needed by dr_grpo).
+        mask_truncated_completions: drop completions that did not end in EOS from the loss.
+        top_entropy_quantile: keep only the top-ρ entropy tokens in the policy loss (1.0 = all).
+        entropy_coef: entropy bonus coefficient.
+        off_policy_mask_threshold: DeepSeek-V3.2 off-policy sequence mask δ (``None`` = off).
+    KL:
+        beta: KL coefficient; kl_estimator ``"k1" | "k2" | "k3"``; use_bias_correction_kl multiplies the
+        per-token KL by the importance ratio (TRL 1.x default ``True``).
+    Sampler correction:
+        sampler_is_correction, sampler_is_mode (``token_truncate`` | ``token_mask`` | ``sequence_truncate`` |
+        ``sequence_mask``), sampler_is_clip_min / sampler_is_clip_max.
+    Normalisers:
+        gradient_accumulation_steps, steps_per_generation, num_processes, num_iterations.
+    """
+
+    # advantages
+    num_generations: int = 8
+    scale_rewards: str = "group"
+    std: str = "sample"
+    adv_epsilon: float = 1e-4
+    baseline: str = "mean"
+    reward_weights: tuple[float, ...] | None = None
+    multi_objective_aggregation: str = "sum_then_normalize"
+    # log-probs / sampling
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float | None = None
+    # objective
+    loss_type: str = "dapo"
+    aggregation: str | None = None
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    delta: float | None = None
+    dual_clip: float | None = None
+    importance_sampling_level: str = "token"
+    max_completion_length: int | None = None
+    mask_truncated_completions: bool = False
+    top_entropy_quantile: float = 1.0
+    entropy_coef: float = 0.0
+    off_policy_mask_threshold: float | None = None
+    sapo_temperature_pos: float = 1.0
+    sapo_temperature_neg: float = 1.05
+    vespo_k_pos: float = 2.0
+    vespo_lambda_pos: float = 3.0
+    vespo_k_neg: float = 3.0
+    vespo_lambda_neg: float = 2.0
+    # KL
+    beta: float = 0.0
+    kl_estimator: str = "k3"
+    use_bias_correction_kl: bool = True
+    # sampler importance-sampling correction
+    sampler_is_correction: bool = False
+    sampler_is_mode: str = "sequence_mask"
+    sampler_is_clip_min: float | None = None
+    sampler_is_clip_max: float | None = 3.0
+    # normalisers
+    gradient_accumulation_steps: int = 1
+    steps_per_generation: int | None = None
+    num_processes: int = 1
+    num_iterations: int = 1
+
+    def __post_init__(self) -> None:
+        def bad(field: str, msg: str) -> InputError:
+            return InputError(msg, field=field)
+
+        if self.num_generations < 1:
+            raise bad("num_generations", f"must be >= 1, got {self.num_generations}")
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise bad("scale_rewards", f"must be 'group', 'batch' or 'none', got {self.scale_rewards!r}")
+        if self.std not in ("sample", "population"):
+            raise bad("std", f"must be 'sample' or 'population', got {self.std!r}")
+        if self.baseline not in ("mean", "rloo"):
+            raise bad("baseline", f"must be 'mean' or 'rloo', got {self.baseline!r}")
+        if self.multi_objective_aggregation not in ("sum_then_normalize", "normalize_then_sum"):
+            raise bad("multi_objective_aggregation", f"unknown value {self.multi_objective_aggregation!r}")
+        if self.loss_type not in LOSS_TYPES:
+            raise bad("loss_type", f"must be one of {', '.join(LOSS_TYPES)}; got {self.loss_type!r}")
+        if self.aggregation is not None and self.aggregation not in AGGREGATIONS:
+            raise bad("aggregation", f"must be one of {', '.join(AGGREGATIONS)}; got {self.aggregation!r}")
+        if self.importance_sampling_level not in ("token", "sequence"):
+            raise bad(
+                "importance_sampling_level",
+                f"must be 'token' or 'sequence', got {self.importance_sampling_level!r}",
+            )
+        if self.kl_estimator not in ("k1", "k2", "k3"):
+            raise bad("kl_estimator", f"must be 'k1', 'k2' or 'k3', got {self.kl_estimator!r}")
+        if self.sampler_is_mode not in ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask"):
+            raise bad("sampler_is_mode", f"unknown value {self.sampler_is_mode!r}")
+        if self.temperature <= 0:
+            raise bad("temperature", f"must be > 0, got {self.temperature}")
+        if self.gradient_accumulation_steps < 1:
+            raise bad("gradient_accumulation_steps", "must be >= 1")
+        if self.reward_weights is not None and not isinstance(self.reward_weights, tuple):
+            object.__setattr__(self, "reward_weights", tuple(float(w) for w in self.reward_weights))
+
+    @property
+    def epsilon_low(self) -> float:
+        return self.epsilon
+
+    @property
+    def epsilon_high_effective(self) -> float:
+        return self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+    @property
+    def aggregation_effective(self) -> str:
+        return self.aggregation or DEFAULT_AGGREGATION[self.loss_type]
+
+    @property
+    def steps_per_generation_effective(self) -> int:
+        return self.steps_per_generation or self.gradient_accumulation_steps
+
+    def replace(self, **changes: Any) -> GRPOSpec:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        if out["reward_weights"] is not None:
+            out["reward_weights"] = list(out["reward_weights"])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, strict: bool = False) -> GRPOSpec:
+        """Build from a dict; unknown keys raise with ``strict`` and are ignored otherwise."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if strict and unknown:
+            raise InputError(f"unknown GRPOSpec fields: {', '.join(unknown)}", field=unknown[0])
+        kwargs = {k: v for k, v in data.items() if k in names}
+        if kwargs.get("reward_weights") is not None:
+            kwargs["reward_weights"] = tuple(float(w) for w in kwargs["reward_weights"])
+        return cls(**kwargs)

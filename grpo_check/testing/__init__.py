@@ -1,0 +1,1 @@
+"""Invariant assertions, hypothesis strategies and probe tasks for users' own test suites."""
