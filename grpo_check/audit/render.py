@@ -1,0 +1,99 @@
+"""Render audit results: a rich terminal table, plain text, Markdown, JSON, SARIF. Pure functions of a Result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from grpo_check.findings import Finding, Result
+
+FORMATS: tuple[str, ...] = ("table", "text", "json", "md", "sarif")
+_ORDER = {"error": 0, "warning": 1, "info": 2}
+
+
+def severity_of(finding: Finding) -> str:
+    return str(finding.details.get("severity", "warning"))
+
+
+def filter_findings(result: Result, min_severity: str = "info") -> list[Finding]:
+    """Findings at or above ``min_severity``, errors first, then by rule id (stable)."""
+    limit = _ORDER[min_severity]
+    kept = [f for f in result if _ORDER.get(severity_of(f), 1) <= limit]
+    return sorted(kept, key=lambda f: (_ORDER.get(severity_of(f), 1), f.check_id))
+
+
+def _where(finding: Finding) -> str:
+    fields = finding.details.get("fields") or []
+    field = fields[0] if fields else "-"
+    line = finding.details.get("line")
+    return f"{field}:{line}" if line else field
+
+
+def summary_line(result: Result) -> str:
+    counts = {"error": 0, "warning": 0, "info": 0}
+    for finding in result:
+        counts[severity_of(finding)] = counts.get(severity_of(finding), 0) + 1
+    meta = result.metadata
+    where = f" (fields under `{meta['key_path']}`)" if meta.get("key_path") else ""
+    return (
+        f"{meta.get('source', '?')}{where}: {counts['error']} error(s), {counts['warning']} warning(s), "
+        f"{counts['info']} info — {len(meta.get('rules_run', []))} rules, TRL {meta.get('trl_version')} "
+        f"({meta.get('trl_version_source')}; defaults table {meta.get('trl_version_table')})"
+    )
+
+
+def to_text(result: Result, *, min_severity: str = "info") -> str:
+    """One paragraph per finding (assert_close style), then the summary."""
+    blocks = []
+    for finding in filter_findings(result, min_severity):
+        fix = f"\n  fix: {finding.fix}" if finding.fix else ""
+        blocks.append(
+            f"{severity_of(finding).upper():7} {finding.check_id} [{_where(finding)}] {finding.explanation}{fix}"
+        )
+    blocks.append(summary_line(result))
+    return "\n".join(blocks)
+
+
+def to_markdown(result: Result, *, min_severity: str = "info") -> str:
+    lines = [
+        "| severity | rule | field (line) | finding | fix |",
+        "|---|---|---|---|---|",
+    ]
+    for finding in filter_findings(result, min_severity):
+        cells = [
+            severity_of(finding),
+            f"`{finding.check_id}`",
+            f"`{_where(finding)}`",
+            finding.explanation,
+            finding.fix or "",
+        ]
+        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    lines.append("")
+    lines.append(summary_line(result))
+    return "\n".join(lines)
+
+
+def print_table(result: Result, *, min_severity: str = "info", console: Any = None) -> None:
+    """A rich table on the terminal (imported lazily)."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = console or Console()
+    if not filter_findings(result, min_severity):
+        console.print("no findings", style="green")
+        console.print(summary_line(result), markup=False, highlight=False)
+        return
+    style = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+    table = Table(show_lines=False, expand=True)
+    table.add_column("sev", no_wrap=True)
+    table.add_column("rule", no_wrap=True)
+    table.add_column("field:line", overflow="fold")
+    table.add_column("finding  [dim](fix)[/]", ratio=1)
+    for finding in filter_findings(result, min_severity):
+        severity = severity_of(finding)
+        text = Text(finding.explanation)
+        if finding.fix:
+            text.append("\nfix: " + finding.fix, style="dim")
+        table.add_row(f"[{style.get(severity, '')}]{severity}[/]", finding.check_id, _where(finding), text)
+    console.print(table)
+    console.print(summary_line(result), markup=False, highlight=False)

@@ -1,0 +1,153 @@
+"""``grpo-check audit``: check a TRL GRPO config file against the audit rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from grpo_check.cli._common import EXIT_CLEAN, EXIT_FINDINGS, fail_usage, user_errors
+
+_HELP = """
+Audit a TRL GRPO configuration before launching a run: cross-field consistency TRL checks late or not at
+all, settings that silently change the objective, values outside the ranges the GRPO literature uses, and
+defaults that changed between TRL releases (every rule has a reason, a source and a fix).
+
+CONFIG is a YAML or JSON file as TRL's CLI uses it (flat GRPOConfig fields), or a larger recipe with the
+fields nested under e.g. `training:`, `trainer:`, `grpo:` or `args:` (found automatically). Pickled files
+(training_args.bin, *.pt, *.pkl) are refused: export with
+`json.dump(trainer.args.to_dict(), open("cfg.json", "w"))`.
+
+Examples:
+
+    grpo-check audit examples/audit/bad.yaml
+
+    grpo-check audit recipe.yaml --trl-version 0.19 --num-processes 8 --strict
+
+    grpo-check audit cfg.json --format sarif --output audit.sarif
+
+    grpo-check audit --explain GA101
+
+    grpo-check audit --list-rules
+
+Exit codes: 0 clean, 1 error findings (with --strict also warnings), 2 unreadable or refused input.
+"""
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("audit", help=_HELP)
+    def audit_command(
+        config: Path | None = typer.Argument(None, help="YAML or JSON config (flat or nested recipe)."),
+        trl_version: str | None = typer.Option(
+            None,
+            "--trl-version",
+            help="Interpret unset fields with this TRL release's defaults (e.g. 0.19). Default: installed trl.",
+        ),
+        output_format: str = typer.Option(
+            "table", "--format", "-f", help="table (rich), text, json, md or sarif."
+        ),
+        output: Path | None = typer.Option(
+            None, "--output", "-o", help="Write the report here instead of stdout."
+        ),
+        strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too."),
+        num_processes: int | None = typer.Option(
+            None,
+            "--num-processes",
+            "-n",
+            help="Processes (GPUs) the run uses; the file cannot know it (default 1).",
+        ),
+        num_reward_funcs: int | None = typer.Option(
+            None, "--num-reward-funcs", help="Number of reward functions, to check reward_weights."
+        ),
+        min_severity: str = typer.Option(
+            "info", "--min-severity", help="Show findings at or above: info, warning or error."
+        ),
+        explain: str | None = typer.Option(
+            None, "--explain", help="Print the full rationale of a rule and exit."
+        ),
+        list_rules: bool = typer.Option(False, "--list-rules", help="List every rule and exit."),
+    ) -> None:
+        from grpo_check.audit.render import FORMATS
+
+        if output_format not in FORMATS:
+            raise fail_usage(f"--format must be one of {', '.join(FORMATS)}, got {output_format!r}")
+        if min_severity not in ("info", "warning", "error"):
+            raise fail_usage(f"--min-severity must be info, warning or error, got {min_severity!r}")
+        if explain is not None:
+            from grpo_check.audit.rules import get_rule
+
+            try:
+                typer.echo(get_rule(explain).explain())
+            except KeyError as exc:
+                raise fail_usage(str(exc.args[0])) from None
+            raise typer.Exit(EXIT_CLEAN)
+        if list_rules:
+            _print_rules(output_format)
+            raise typer.Exit(EXIT_CLEAN)
+        if config is None:
+            raise fail_usage("missing CONFIG (a YAML or JSON file); see `grpo-check audit --help`")
+        with user_errors():
+            from grpo_check.audit import audit
+
+            result = audit(
+                config,
+                trl_version=trl_version,
+                num_processes=num_processes,
+                num_reward_funcs=num_reward_funcs,
+            )
+        _emit(result, output_format, output, min_severity)
+        raise typer.Exit(EXIT_FINDINGS if result.exit_code(strict=strict) else EXIT_CLEAN)
+
+
+def _emit(result, output_format: str, output: Path | None, min_severity: str) -> None:
+    from grpo_check.audit import render
+
+    if output_format == "table" and output is None:
+        render.print_table(result, min_severity=min_severity)
+        return
+    if output_format == "json":
+        text = result.to_json()
+    elif output_format == "sarif":
+        from grpo_check.audit.sarif import to_sarif_json
+
+        text = to_sarif_json(result)
+    elif output_format == "md":
+        text = render.to_markdown(result, min_severity=min_severity)
+    else:
+        text = render.to_text(result, min_severity=min_severity)
+    if output is None:
+        typer.echo(text)
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text + "\n", encoding="utf-8")
+        typer.echo(f"wrote {output}", err=True)
+
+
+def _print_rules(output_format: str) -> None:
+    import json
+
+    from grpo_check.audit.rules import RULES
+
+    if output_format == "json":
+        typer.echo(
+            json.dumps(
+                [
+                    {
+                        "id": r.id,
+                        "severity": r.severity,
+                        "category": r.category,
+                        "title": r.title,
+                        "fields": list(r.fields),
+                        "reason": r.reason,
+                        "source": r.source,
+                        "fix": r.fix,
+                    }
+                    for r in RULES.values()
+                ],
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
+        return
+    for r in RULES.values():
+        typer.echo(f"{r.id}  {r.severity:7}  {r.category:18}  {r.title}")

@@ -1,0 +1,165 @@
+"""`grpo-check audit`: exit codes, formats, --explain, --list-rules, SARIF structure."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from grpo_check.audit import audit
+from grpo_check.audit.rules import RULES
+from grpo_check.audit.sarif import to_sarif
+from grpo_check.cli import audit as audit_cli
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "audit"
+
+
+@pytest.fixture(scope="module")
+def app() -> typer.Typer:
+    application = typer.Typer()
+    audit_cli.register(application)
+
+    @application.callback()
+    def _root() -> None:
+        """Test root (keeps `audit` a subcommand)."""
+
+    return application
+
+
+def run(app, *args):
+    return CliRunner().invoke(app, ["audit", *map(str, args)], catch_exceptions=False)
+
+
+def test_clean_example_exits_0(app):
+    result = run(app, EXAMPLES / "clean.yaml", "--trl-version", "1.16", "--strict", "--format", "text")
+    assert result.exit_code == 0, result.output
+    assert "0 error(s), 0 warning(s)" in result.output
+
+
+def test_bad_example_exits_1_and_points_at_lines(app):
+    result = run(app, EXAMPLES / "bad.yaml", "--trl-version", "1.16", "--format", "text")
+    assert result.exit_code == 1
+    assert "GA001" in result.output and "GA306 [epsilon:14]" in result.output
+    assert "fields under `training`" in result.output
+
+
+def test_warnings_exit_0_unless_strict(app, tmp_path):
+    path = tmp_path / "warn.yaml"
+    path.write_text(
+        (EXAMPLES / "clean.yaml").read_text().replace("learning_rate: 1.0e-6", "learning_rate: 5.0e-5")
+    )
+    assert run(app, path, "--trl-version", "1.16", "--format", "text").exit_code == 0
+    strict = run(app, path, "--trl-version", "1.16", "--format", "text", "--strict")
+    assert strict.exit_code == 1 and "GA301" in strict.output
+
+
+def test_default_table_format(app):
+    result = run(app, EXAMPLES / "bad.yaml", "--trl-version", "1.16")
+    assert result.exit_code == 1 and "GA001" in result.output and "error" in result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "expected"),
+    [
+        ("num_generations: 8\nbeta: 0.1: 2\n", "bad.yaml", "invalid YAML at line 2"),
+        ('{"beta": }', "bad.json", "invalid JSON at line 1"),
+    ],
+)
+def test_malformed_exits_2(app, tmp_path, content, name, expected):
+    path = tmp_path / name
+    path.write_text(content)
+    result = CliRunner().invoke(app, ["audit", str(path)])
+    assert result.exit_code == 2
+    assert str(path) in result.output and expected in result.output
+    assert "Traceback" not in result.output
+
+
+def test_pickle_refused_exits_2(app, tmp_path):
+    path = tmp_path / "training_args.bin"
+    path.write_bytes(pickle.dumps({"beta": 0.1}))
+    result = CliRunner().invoke(app, ["audit", str(path)])
+    assert result.exit_code == 2 and "json.dump(trainer.args.to_dict()" in result.output
+
+
+def test_missing_file_and_bad_options_exit_2(app, tmp_path):
+    assert CliRunner().invoke(app, ["audit", str(tmp_path / "nope.yaml")]).exit_code == 2
+    assert CliRunner().invoke(app, ["audit"]).exit_code == 2
+    clean = EXAMPLES / "clean.yaml"
+    assert CliRunner().invoke(app, ["audit", str(clean), "--format", "xml"]).exit_code == 2
+    assert CliRunner().invoke(app, ["audit", str(clean), "--trl-version", "banana"]).exit_code == 2
+
+
+def test_explain(app):
+    result = run(app, "--explain", "GA101")
+    assert result.exit_code == 0
+    assert "2503.20783" in result.output and "Fix:" in result.output and "Why:" in result.output
+    unknown = CliRunner().invoke(app, ["audit", "--explain", "GA999"])
+    assert unknown.exit_code == 2 and "no audit rule" in unknown.output
+
+
+def test_list_rules(app):
+    result = run(app, "--list-rules")
+    assert result.exit_code == 0
+    assert all(rule_id in result.output for rule_id in RULES)
+    as_json = json.loads(run(app, "--list-rules", "--format", "json").output)
+    assert {r["id"] for r in as_json} == set(RULES)
+
+
+def test_json_and_md_formats(app, tmp_path):
+    result = run(app, EXAMPLES / "bad.yaml", "--trl-version", "1.16", "--format", "json")
+    data = json.loads(result.output)
+    assert data["format"] == "grpo-check-result"
+    assert {f["kind"] for f in data["findings"]} == {"audit"}
+    out = tmp_path / "report.md"
+    run(app, EXAMPLES / "bad.yaml", "--trl-version", "1.16", "--format", "md", "--output", out)
+    assert out.read_text().startswith("| severity | rule |")
+
+
+def test_sarif_structure(app, tmp_path):
+    out = tmp_path / "audit.sarif"
+    result = run(app, EXAMPLES / "bad.yaml", "--trl-version", "1.16", "--format", "sarif", "-o", out)
+    assert result.exit_code == 1
+    log = json.loads(out.read_text())
+    assert log["version"] == "2.1.0" and log["$schema"].endswith("sarif-2.1.0.json")
+    (run_,) = log["runs"]
+    driver = run_["tool"]["driver"]
+    assert driver["name"] == "grpo-check"
+    rule_ids = [r["id"] for r in driver["rules"]]
+    assert rule_ids == list(RULES)
+    for rule in driver["rules"]:
+        assert rule["shortDescription"]["text"] and rule["fullDescription"]["text"]
+        assert rule["defaultConfiguration"]["level"] in ("error", "warning", "note")
+        assert rule["name"].isalnum()
+    assert run_["results"]
+    for entry in run_["results"]:
+        assert entry["level"] in ("error", "warning", "note")
+        assert driver["rules"][entry["ruleIndex"]]["id"] == entry["ruleId"]
+        assert entry["message"]["text"]
+        physical = entry["locations"][0]["physicalLocation"]
+        assert physical["artifactLocation"]["uri"].endswith("examples/audit/bad.yaml")
+        assert physical["artifactLocation"]["index"] == 0
+        if "region" in physical:
+            assert physical["region"]["startLine"] >= 1
+    by_rule = {e["ruleId"]: e for e in run_["results"]}
+    assert by_rule["GA306"]["level"] == "error"
+    assert by_rule["GA306"]["locations"][0]["physicalLocation"]["region"]["startLine"] == 14
+    assert by_rule["GA306"]["locations"][0]["logicalLocations"][0]["fullyQualifiedName"] == "training.epsilon"
+    assert run_["artifacts"][0]["location"]["uri"].endswith("bad.yaml")
+
+
+def test_sarif_for_an_in_memory_config_has_no_physical_location():
+    log = to_sarif(audit({"num_generations": 1}, trl_version="1.16", rules=["GA004"]))
+    (entry,) = log["runs"][0]["results"]
+    assert "physicalLocation" not in entry["locations"][0]
+    assert entry["locations"][0]["logicalLocations"][0]["name"] == "num_generations"
+
+
+def test_registered_in_the_root_app():
+    from grpo_check.cli import app as root
+
+    result = CliRunner().invoke(root, ["audit", "--explain", "GA004"])
+    assert result.exit_code == 0 and "GA004" in result.output
