@@ -109,6 +109,17 @@ def _json_number(value: float | None) -> float | str | None:
     return value
 
 
+def _json_safe(value: Any) -> Any:
+    """Replace non-finite floats (anywhere inside dicts/lists) by their repr: JSON has no NaN/Infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _from_json_number(value: Any) -> float | None:
     if value is None:
         return None
@@ -172,7 +183,7 @@ class Finding:
             "fix": self.fix,
             "catalog_id": self.catalog_id,
             "kind": self.kind,
-            "details": self.details,
+            "details": _json_safe(self.details),
         }
 
     @classmethod
@@ -298,13 +309,13 @@ class Result:
         return {
             "format": "grpo-check-result",
             "format_version": 1,
-            "metadata": self.metadata,
+            "metadata": _json_safe(self.metadata),
             "counts": self.counts(),
             "findings": [f.to_dict() for f in self.findings],
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, default=str)
+        return json.dumps(self.to_dict(), indent=indent, default=str, allow_nan=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Result:

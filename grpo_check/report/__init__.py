@@ -1,0 +1,137 @@
+"""Renderers for :class:`grpo_check.findings.Result`: terminal, Markdown, HTML (with plots), JSON, JUnit XML.
+
+Example::
+
+    >>> import tempfile
+    >>> from grpo_check.findings import Finding, Result, Where
+    >>> result = Result([Finding("advantages.group_sum_zero", "advantages", "fail", figure=1.66,
+    ...                          tolerance=1e-6, where=Where(step=0, prompt=3),
+    ...                          explanation="group 3 advantages sum to 1.66 instead of 0")])
+    >>> print(render(result, "text", color=False).splitlines()[0])
+    grpo-check: FAIL - 1 fail
+    >>> paths = write_report(result, tempfile.mkdtemp(), formats=("md", "json", "junit"))
+    >>> sorted(paths)
+    ['json', 'junit', 'md']
+
+File names written by :func:`write_report`: ``report.md``, ``report.html``, ``result.json``,
+``junit.xml``, ``report.txt``. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from grpo_check.findings import InputError, Result
+from grpo_check.report.atomic import ResultWriter, atomic_write_text, read_partial
+from grpo_check.report.merge import merge_results
+from grpo_check.report.repro import failing_step_indices, write_repro
+
+FORMAT_ALIASES: dict[str, str] = {
+    "text": "text",
+    "terminal": "text",
+    "txt": "text",
+    "md": "md",
+    "markdown": "md",
+    "html": "html",
+    "json": "json",
+    "junit": "junit",
+    "xml": "junit",
+}
+FILE_NAMES: dict[str, str] = {
+    "text": "report.txt",
+    "md": "report.md",
+    "html": "report.html",
+    "json": "result.json",
+    "junit": "junit.xml",
+}
+DEFAULT_FORMATS: tuple[str, ...] = ("md", "html", "json", "junit")
+
+__all__ = [
+    "DEFAULT_FORMATS",
+    "FILE_NAMES",
+    "ResultWriter",
+    "failing_step_indices",
+    "load_result",
+    "merge_results",
+    "normalise_format",
+    "read_partial",
+    "render",
+    "write_report",
+    "write_repro",
+]
+
+
+def normalise_format(fmt: str) -> str:
+    """Canonical format name (``"markdown"`` → ``"md"``); :class:`InputError` for an unknown one."""
+    canonical = FORMAT_ALIASES.get(fmt.lower())
+    if canonical is None:
+        raise InputError(f"unknown format {fmt!r}; choose one of text, md, html, json, junit", field="format")
+    return canonical
+
+
+def render(result: Result, fmt: str = "text", *, color: bool = False, strict: bool = False) -> str:
+    """Render ``result`` as ``fmt``: ``text`` (terminal), ``md``, ``html``, ``json`` or ``junit``.
+
+    ``color`` applies to ``text``; ``strict`` makes JUnit count warnings as failures.
+    """
+    canonical = normalise_format(fmt)
+    if canonical == "text":
+        from grpo_check.report.terminal import render_terminal
+
+        return render_terminal(result, color=color)
+    if canonical == "md":
+        from grpo_check.report.markdown import render_markdown
+
+        return render_markdown(result)
+    if canonical == "html":
+        from grpo_check.report.html import render_html
+
+        return render_html(result)
+    if canonical == "json":
+        return result.to_json() + "\n"
+    from grpo_check.report.junit import render_junit
+
+    return render_junit(result, strict=strict)
+
+
+def write_report(
+    result: Result,
+    out_dir: str | os.PathLike[str] = "reports/latest",
+    formats: Sequence[str] = DEFAULT_FORMATS,
+) -> dict[str, Path]:
+    """Write ``result`` in each of ``formats`` into ``out_dir`` (atomically); returns format → path."""
+    directory = Path(out_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    for fmt in formats:
+        canonical = normalise_format(fmt)
+        paths[canonical] = atomic_write_text(directory / FILE_NAMES[canonical], render(result, canonical))
+    return paths
+
+
+def load_result(path: str | os.PathLike[str]) -> Result:
+    """Read a ``result.json`` (``Result.to_json``) or a ``result.partial.jsonl`` log."""
+    source = Path(path)
+    if source.suffix == ".jsonl":
+        return read_partial(source)
+    try:
+        data = json.loads(source.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON ({exc})", source=str(source)) from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text ({exc})", source=str(source)) from None
+    if not isinstance(data, dict):
+        raise InputError("expected a JSON object (a grpo-check result)", source=str(source))
+    try:
+        result = Result.from_dict(data)
+    except InputError as exc:
+        error = InputError(str(exc), source=str(source))
+        error.field = exc.field
+        raise error from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"malformed finding ({exc!r})", source=str(source), field="findings") from None
+    result.metadata.setdefault("source", str(source))
+    return result

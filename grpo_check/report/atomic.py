@@ -1,0 +1,142 @@
+"""Crash-safe report output: atomic file writes and an incremental findings log.
+
+:class:`ResultWriter` appends every finding to ``result.partial.jsonl`` the moment it is found (one JSON object
+per line, flushed and fsync'ed), and renders the full reports when it is closed. A run killed half-way
+leaves a readable log: ``grpo-check report reports/run1/result.partial.jsonl`` renders it, and
+:func:`read_partial` loads it as a :class:`~grpo_check.findings.Result`.
+
+Log lines: ``{"type": "metadata", "metadata": {...}}`` (the last one wins) and
+``{"type": "finding", "finding": {...}}`` (``Finding.to_dict``). A torn last line is ignored.
+
+Example::
+
+    >>> import tempfile
+    >>> from grpo_check.findings import Finding
+    >>> out = tempfile.mkdtemp()
+    >>> with ResultWriter(out, formats=("json",)) as writer:
+    ...     _ = writer.add(Finding("loss.finite", "loss", "pass"))
+    >>> sorted(p.name for p in writer.paths.values())
+    ['result.json']
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from grpo_check.findings import Finding, InputError, Result
+from grpo_check.trace.io import atomic_write_bytes, atomic_write_text, to_jsonable
+
+__all__ = ["PARTIAL_NAME", "ResultWriter", "atomic_write_bytes", "atomic_write_text", "read_partial"]
+
+PARTIAL_NAME = "result.partial.jsonl"
+
+
+class ResultWriter:
+    """Collects findings, logging each to disk at once; :meth:`close` writes the rendered reports.
+
+    Args:
+        out_dir: report directory (created).
+        formats: formats :func:`grpo_check.report.write_report` writes at the end.
+        metadata: initial ``Result.metadata``.
+        keep_partial: keep ``result.partial.jsonl`` after the final reports are written.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        *,
+        formats: Sequence[str] = ("md", "html", "json", "junit"),
+        metadata: dict[str, Any] | None = None,
+        keep_partial: bool = False,
+    ):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.formats = tuple(formats)
+        self.keep_partial = keep_partial
+        self.result = Result(metadata=dict(metadata or {}))
+        self.partial_path = self.out_dir / PARTIAL_NAME
+        self._handle = open(self.partial_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self.paths: dict[str, Path] = {}
+        self._closed = False
+        self._append({"type": "metadata", "metadata": self.result.metadata})
+
+    def _append(self, record: dict[str, Any]) -> None:
+        self._handle.write(json.dumps(to_jsonable(record), default=str) + "\n")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def add(self, finding: Finding) -> Finding:
+        """Record one finding (logged to disk before returning)."""
+        self.result.add(finding)
+        self._append({"type": "finding", "finding": finding.to_dict()})
+        return finding
+
+    def extend(self, findings: Iterable[Finding]) -> None:
+        for finding in findings:
+            self.add(finding)
+
+    def update_metadata(self, **metadata: Any) -> None:
+        """Merge keys into ``Result.metadata`` (logged)."""
+        self.result.metadata.update(metadata)
+        self._append({"type": "metadata", "metadata": self.result.metadata})
+
+    def close(self) -> Result:
+        """Render every format atomically, drop the partial log (unless kept) and return the result."""
+        if self._closed:
+            return self.result
+        self._closed = True
+        self._handle.close()
+        from grpo_check.report import write_report
+
+        self.paths = write_report(self.result, self.out_dir, formats=self.formats)
+        if not self.keep_partial:
+            self.partial_path.unlink(missing_ok=True)
+        return self.result
+
+    def __enter__(self) -> ResultWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None:
+            self.update_metadata(incomplete=f"stopped by {exc_type.__name__}: {exc}")
+            self.keep_partial = True
+        self.close()
+
+
+def read_partial(path: str | os.PathLike[str]) -> Result:
+    """Load a ``result.partial.jsonl`` log (possibly cut off mid-line) as a :class:`Result`."""
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text ({exc})", source=str(source)) from None
+    result = Result()
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # the run was killed while writing this line
+                result.metadata["incomplete"] = result.metadata.get("incomplete") or "log ends in a torn line"
+                break
+            raise InputError(
+                f"line {number} is not JSON", source=str(source), field=f"line {number}"
+            ) from None
+        kind = record.get("type") if isinstance(record, dict) else None
+        try:
+            if kind == "metadata":
+                result.metadata = dict(record.get("metadata") or {})
+            elif kind == "finding":
+                result.add(Finding.from_dict(record["finding"]))
+            else:
+                raise ValueError(f"unknown record type {kind!r}")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"bad record ({exc})", source=str(source), field=f"line {number}") from None
+    result.metadata.setdefault("source", str(source))
+    return result

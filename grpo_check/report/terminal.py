@@ -1,0 +1,134 @@
+"""Terminal renderer (rich): headline counts, first divergence, per-stage summary, failing findings in full.
+
+Example::
+
+    >>> from grpo_check.findings import Finding, Result
+    >>> print(render_terminal(Result([Finding("loss.finite", "loss", "pass")]), color=False))
+    grpo-check: OK - 1 pass
+    ...
+"""
+
+from __future__ import annotations
+
+import io
+
+from grpo_check.findings import Finding, Result, Verdict, severity
+from grpo_check.report._common import (
+    VERDICT_SYMBOL,
+    fmt_number,
+    headline,
+    ordered_findings,
+    stage_rank,
+    stage_summary,
+)
+
+STYLE = {
+    "fail": "bold red",
+    "warn": "yellow",
+    "inconclusive": "magenta",
+    "not_captured": "dim",
+    "convention": "cyan",
+    "pass": "green",
+}
+
+
+def render_terminal(
+    result: Result, *, color: bool = True, width: int = 110, show: str = "warn", limit: int = 20
+) -> str:
+    """Render ``result`` for a terminal.
+
+    Args:
+        color: emit ANSI colours.
+        width: wrap width.
+        show: print full messages for findings at least this severe (``"fail"``, ``"warn"``, ``"pass"``).
+        limit: at most this many full messages (the rest are counted).
+    """
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer,
+        force_terminal=color,
+        color_system="standard" if color else None,
+        width=width,
+        no_color=not color,
+        highlight=False,
+        emoji=False,
+    )
+    worst = result.worst()
+    console.print(Text(headline(result), style=STYLE.get(worst.value, "") + (" bold" if color else "")))
+    source = result.metadata.get("source")
+    if source:
+        console.print(Text(f"checked: {source}", style="dim"))
+
+    first = result.first_divergence()
+    if first is not None:
+        console.print()
+        console.print(Text("First divergence", style="bold"))
+        console.print(Text(first.message(), style="red"), soft_wrap=True)
+
+    rows = stage_summary(result)
+    if rows:
+        console.print()
+        table = Table(title=None, show_edge=False, pad_edge=False, box=None, header_style="bold")
+        for column in ("stage", "fail", "warn", "pass", "other", "worst", "worst/tol"):
+            table.add_column(column, justify="left" if column in ("stage", "worst") else "right")
+        for row in rows:
+            other = row.total - row.counts["fail"] - row.counts["warn"] - row.counts["pass"]
+            table.add_row(
+                row.stage,
+                str(row.counts["fail"]),
+                str(row.counts["warn"]),
+                str(row.counts["pass"]),
+                str(other),
+                Text(VERDICT_SYMBOL[row.worst.value], style=STYLE[row.worst.value]),
+                fmt_number(row.worst_ratio),
+            )
+        console.print(table)
+
+    threshold = severity(Verdict(show)) if show in {v.value for v in Verdict} else severity(Verdict.WARN)
+    shown = [f for f in ordered_findings(result) if severity(f.verdict) >= threshold and f is not first]
+    if shown:
+        console.print()
+        for number, finding in enumerate(shown[:limit]):
+            if number:
+                console.print()
+            console.print(Text(finding.message(), style=STYLE.get(finding.verdict.value, "")), soft_wrap=True)
+        if len(shown) > limit:
+            console.print(
+                Text(f"... and {len(shown) - limit} more (see the Markdown/HTML report)", style="dim")
+            )
+    conventions = result.by_verdict(Verdict.CONVENTION)
+    if conventions and threshold > severity(Verdict.CONVENTION):
+        console.print()
+        console.print(Text("Declared convention differences (not failures):", style="cyan"))
+        for finding in conventions[:limit]:
+            console.print(Text(f"  {finding.check_id}: {finding.explanation}", style="cyan"), soft_wrap=True)
+    not_captured_line = _not_captured_summary(result)
+    if not_captured_line:
+        console.print(Text(not_captured_line, style="dim"), soft_wrap=True)
+    return buffer.getvalue()
+
+
+def _not_captured_summary(result: Result) -> str | None:
+    """``not captured: 11 check(s) in batch, kl; missing completion_text, kl`` (from ``details["missing"]``)."""
+    findings = result.by_verdict(Verdict.NOT_CAPTURED)
+    if not findings:
+        return None
+    checks = sorted({f.check_id for f in findings})
+    stages = sorted({f.stage for f in findings}, key=lambda s: (stage_rank(s), s))
+    missing = sorted(
+        {str(name) for f in findings for name in (f.details.get("missing") or []) if isinstance(name, str)}
+    )
+    text = f"not captured: {len(checks)} check(s) in {', '.join(stages)}"
+    return text + (f"; record {', '.join(missing)} to run them" if missing else "")
+
+
+def finding_line(finding: Finding) -> str:
+    """One line per finding: verdict, check id, where, figure vs tolerance."""
+    return (
+        f"{VERDICT_SYMBOL[finding.verdict.value]:<12} {finding.check_id:<36} {finding.where.describe():<30} "
+        f"{fmt_number(finding.figure)} (tol {fmt_number(finding.tolerance)})"
+    )

@@ -1,0 +1,393 @@
+"""Trace on-disk format: round trip, validation errors naming file and field, partial loads, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from grpo_check.config import GRPOSpec
+from grpo_check.findings import InputError
+from grpo_check.trace import io as trace_io
+from grpo_check.trace.io import FORMAT_VERSION, build_manifest, load_trace, save_trace
+from grpo_check.trace.model import TENSOR_STAGE, Trace, TraceStep
+
+B, T, P, F = 4, 5, 3, 2
+
+
+def full_step(float_dtype: torch.dtype = torch.float32, step: int = 0, micro_batch: int = 0) -> TraceStep:
+    """A step holding every canonical tensor name with a valid shape and dtype."""
+    g = torch.Generator().manual_seed(step * 10 + micro_batch)
+
+    def floats(*shape: int) -> torch.Tensor:
+        return torch.randn(shape, generator=g).to(float_dtype)
+
+    completion_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 0, 0, 0]])
+    tensors = {
+        "prompt_ids": torch.randint(0, 50, (B, P), generator=g),
+        "prompt_mask": torch.ones(B, P, dtype=torch.long),
+        "completion_ids": torch.randint(0, 50, (B, T), generator=g, dtype=torch.int32),
+        "completion_mask": completion_mask,
+        "group_index": torch.tensor([0, 0, 1, 1]),
+        "tool_mask": torch.ones(B, T, dtype=torch.bool),
+        "truncated": torch.tensor([False, True, False, False]),
+        "rewards_per_func": floats(B, F),
+        "reward_weights": floats(F),
+        "rewards": floats(B),
+        "advantages": floats(B),
+        "logps": -floats(B, T).abs(),
+        "old_logps": -floats(B, T).abs(),
+        "ref_logps": -floats(B, T).abs(),
+        "sampler_logps": -floats(B, T).abs(),
+        "entropies": floats(B, T).abs(),
+        "ratio": floats(B, T).exp(),
+        "clipped_ratio": floats(B, T).exp(),
+        "is_low_clipped": torch.zeros(B, T, dtype=torch.bool),
+        "is_high_clipped": torch.zeros(B, T, dtype=torch.uint8),
+        "sampler_is_ratio": floats(B, 1).exp(),
+        "kl": floats(B, T).abs(),
+        "per_token_loss": floats(B, T),
+        "loss": floats(),
+        "loss_normalizer": torch.tensor(11.0, dtype=float_dtype),
+        "logps_grad": floats(B, T),
+        "extra.my_probe": torch.arange(6, dtype=torch.int16).reshape(2, 3),
+    }
+    return TraceStep(
+        tensors=tensors,
+        completion_text=["a", "bb", "", "c d"],
+        prompt_text=["p0", "p0", "p1", "p1"],
+        meta={"step": step, "micro_batch": micro_batch, "rank": 0, "num_items_in_batch": 11},
+    )
+
+
+def make_trace(*steps: TraceStep) -> Trace:
+    spec = GRPOSpec(num_generations=2, loss_type="grpo")
+    manifest = build_manifest(trainer="unit-test", spec=spec, trainer_config={"lr": 1e-6}, seeds={"torch": 0})
+    return Trace(manifest=manifest, steps=list(steps))
+
+
+@pytest.mark.parametrize("float_dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_round_trip_every_tensor_name_and_dtype(tmp_path: Path, float_dtype: torch.dtype) -> None:
+    step = full_step(float_dtype)
+    assert set(TENSOR_STAGE) <= set(step.tensors)  # the fixture really covers every canonical name
+    save_trace(make_trace(step), tmp_path / "t")
+    loaded = load_trace(tmp_path / "t", strict=True)
+    assert loaded.problems == []
+    (got,) = loaded.steps
+    assert set(got.tensors) == set(step.tensors)
+    for name, tensor in step.tensors.items():
+        assert got[name].dtype == tensor.dtype, name
+        assert got[name].shape == tensor.shape, name
+        assert torch.equal(got[name], tensor), name
+    assert got.completion_text == step.completion_text
+    assert got.prompt_text == step.prompt_text
+    assert got.meta == step.meta
+    assert loaded.manifest["trainer"] == "unit-test"
+    assert loaded.manifest["format_version"] == FORMAT_VERSION
+    assert loaded.manifest["dtypes"]["logps"] == str(float_dtype).removeprefix("torch.")
+    assert loaded.spec() == GRPOSpec(num_generations=2, loss_type="grpo")
+    assert set(loaded.manifest["versions"]) == {"python", "torch", "transformers", "trl", "grpo-check"}
+
+
+def test_files_follow_the_documented_layout(tmp_path: Path) -> None:
+    save_trace(make_trace(full_step(step=3, micro_batch=1)), tmp_path / "t")
+    names = sorted(p.name for p in (tmp_path / "t" / "steps").iterdir())
+    assert names == ["000003-mb01-r0.json", "000003-mb01-r0.safetensors"]
+    record = json.loads((tmp_path / "t" / "steps" / "000003-mb01-r0.json").read_text())
+    assert record["tensors"]["logps"] == {
+        "dtype": "float32",
+        "shape": [B, T],
+        "nbytes": B * T * 4,
+        "stage": "logps",
+    }
+    assert len(record["tensor_file_sha256"]) == 64
+    # safetensors + JSON only: nothing else in the directory, no pickle anywhere
+    assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["manifest.json", "steps"]
+
+
+def test_steps_keep_recording_order(tmp_path: Path) -> None:
+    steps = [full_step(step=s, micro_batch=m) for s in (0, 1) for m in (0, 1)]
+    save_trace(make_trace(*steps), tmp_path / "t")
+    loaded = load_trace(tmp_path / "t")
+    assert [(s.meta["step"], s.meta["micro_batch"]) for s in loaded.steps] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
+def test_valid_alternative_shapes_are_accepted(tmp_path: Path) -> None:
+    step = full_step()
+    step.tensors["advantages"] = torch.randn(B, T)  # (B, T) advantages
+    step.tensors["ratio"] = torch.rand(B, 1) + 0.5  # sequence-level ratio (GSPO)
+    save_trace(make_trace(step), tmp_path / "t")
+    assert load_trace(tmp_path / "t", strict=True).steps[0]["ratio"].shape == (B, 1)
+
+
+def test_refuses_to_overwrite_an_existing_trace(tmp_path: Path) -> None:
+    save_trace(make_trace(full_step()), tmp_path / "t")
+    with pytest.raises(InputError, match="already holds a trace"):
+        save_trace(make_trace(full_step()), tmp_path / "t")
+    save_trace(make_trace(full_step(step=7)), tmp_path / "t", overwrite=True)
+    assert [s.step for s in load_trace(tmp_path / "t").steps] == [7]
+
+
+# ----------------------------------------------------------------------------- validation and bad input
+def _two_step_trace(tmp_path: Path, break_second) -> Path:
+    good, bad = full_step(step=0), full_step(step=1)
+    break_second(bad)
+    # write with the writer, skipping its own name check only where the breakage is a name
+    save_trace(make_trace(good, bad), tmp_path / "t")
+    return tmp_path / "t"
+
+
+@pytest.mark.parametrize(
+    ("breakage", "field", "needle"),
+    [
+        (lambda s: s.tensors.__setitem__("logps", torch.randn(B, T + 1)), "logps", "T = 6"),
+        (lambda s: s.tensors.__setitem__("advantages", torch.randn(B, 1, 1)), "advantages", "(B,) or (B, T)"),
+        (lambda s: s.tensors.__setitem__("ratio", torch.rand(B, 3, 2)), "ratio", "(B, T) or (B, 1)"),
+        (lambda s: s.tensors.__setitem__("rewards", torch.randn(B + 1)), "rewards", "B = 5"),
+        (lambda s: s.tensors.__setitem__("prompt_mask", torch.ones(B, P + 1)), "prompt_mask", "P = 4"),
+        (lambda s: s.tensors.__setitem__("completion_ids", torch.rand(B, T)), "completion_ids", "integer"),
+        (lambda s: s.tensors.__setitem__("logps", torch.zeros(B, T, dtype=torch.long)), "logps", "floating"),
+        (lambda s: s.tensors.__setitem__("loss", torch.zeros(2)), "loss", "scalar"),
+        (
+            lambda s: s.tensors.__setitem__("group_index", torch.tensor([0, -1, 1, 1])),
+            "group_index",
+            "non-negative",
+        ),
+        (lambda s: setattr(s, "completion_text", ["only one"]), "completion_text", "4 rows"),
+    ],
+)
+def test_malformed_step_is_named_and_good_steps_still_load(
+    tmp_path: Path, breakage, field: str, needle: str
+) -> None:
+    path = _two_step_trace(tmp_path, breakage)
+    with pytest.raises(InputError) as info:
+        load_trace(path, strict=True)
+    assert info.value.field == field
+    assert "000001-mb00-r0" in info.value.source
+    assert needle in str(info.value)
+
+    loaded = load_trace(path)  # strict=False: the malformed step is left out, the good one is kept
+    assert [s.step for s in loaded.steps] == [0]
+    assert loaded.problems and all("000001-mb00-r0" in p for p in loaded.problems)
+    assert any(repr(field) in p and "step skipped" in p for p in loaded.problems)
+
+
+@pytest.mark.parametrize(
+    ("breakage", "field", "needle"),
+    [
+        (lambda s: s.tensors["completion_mask"].__setitem__((1, 2), 2), "completion_mask", "only 0 and 1"),
+        (
+            lambda s: s.tensors.__setitem__("prompt_mask", torch.full((B, P), 0.5)),
+            "prompt_mask",
+            "only 0 and 1",
+        ),
+        (
+            lambda s: s.tensors.__setitem__("group_index", torch.tensor([0, 0, 0, 1])),
+            "group_index",
+            "num_generations",
+        ),
+    ],
+)
+def test_bad_values_are_named_and_the_step_is_kept_for_the_invariants(
+    tmp_path: Path, breakage, field: str, needle: str
+) -> None:
+    path = _two_step_trace(tmp_path, breakage)
+    with pytest.raises(InputError) as info:
+        load_trace(path, strict=True)
+    assert (info.value.field, "000001-mb00-r0" in info.value.source) == (field, True)
+    assert needle in str(info.value)
+    loaded = load_trace(path)
+    assert [s.step for s in loaded.steps] == [
+        0,
+        1,
+    ]  # kept: batch.masks_binary / batch.group_sizes diagnose it
+    assert len(loaded.problems) == 1 and repr(field) in loaded.problems[0]
+
+
+def test_correct_trace_has_no_problems(tmp_path: Path) -> None:
+    path = _two_step_trace(tmp_path, lambda s: None)
+    assert load_trace(path, strict=True).problems == []
+
+
+def _rewrite_tensor_file(path: Path, tensors: dict) -> None:
+    from safetensors.torch import save
+
+    blob = save(tensors)
+    (path / "steps" / "000001-mb00-r0.safetensors").write_bytes(blob)
+    meta_path = path / "steps" / "000001-mb00-r0.json"
+    record = json.loads(meta_path.read_text())
+    import hashlib
+
+    record["tensor_file_sha256"] = hashlib.sha256(blob).hexdigest()
+    record["tensor_file_bytes"] = len(blob)
+    record["tensors"] = {n: {"shape": list(t.shape)} for n, t in tensors.items()}
+    meta_path.write_text(json.dumps(record))
+
+
+def test_unknown_tensor_name_is_reported_and_ignored(tmp_path: Path) -> None:
+    path = _two_step_trace(tmp_path, lambda s: None)
+    tensors = dict(full_step(step=1).tensors)
+    tensors["logprobs"] = torch.zeros(B, T)  # not canonical, not under extra.
+    _rewrite_tensor_file(path, tensors)
+    with pytest.raises(InputError) as info:
+        load_trace(path, strict=True)
+    assert info.value.field == "logprobs"
+    loaded = load_trace(path)
+    assert len(loaded.steps) == 2 and "logprobs" not in loaded.steps[1].tensors
+    assert any("'logprobs'" in p and "extra." in p for p in loaded.problems)
+
+
+def test_writer_rejects_unknown_names(tmp_path: Path) -> None:
+    step = full_step()
+    step.tensors["logprobs"] = torch.zeros(B, T)
+    with pytest.raises(InputError) as info:
+        save_trace(make_trace(step), tmp_path / "t")
+    assert info.value.field == "logprobs"
+
+
+def test_truncated_safetensors_file(tmp_path: Path) -> None:
+    path = _two_step_trace(tmp_path, lambda s: None)
+    tensor_file = path / "steps" / "000001-mb00-r0.safetensors"
+    tensor_file.write_bytes(tensor_file.read_bytes()[:100])
+    with pytest.raises(InputError) as info:
+        load_trace(path, strict=True)
+    assert info.value.source.endswith("000001-mb00-r0.safetensors")
+    assert "truncated" in str(info.value)
+    loaded = load_trace(path)
+    assert [s.step for s in loaded.steps] == [0]
+
+
+def test_garbled_safetensors_without_checksum(tmp_path: Path) -> None:
+    path = _two_step_trace(tmp_path, lambda s: None)
+    (path / "steps" / "000001-mb00-r0.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    meta_path = path / "steps" / "000001-mb00-r0.json"
+    record = json.loads(meta_path.read_text())
+    record.pop("tensor_file_sha256")
+    record.pop("tensor_file_bytes")
+    meta_path.write_text(json.dumps(record))
+    with pytest.raises(InputError, match="not a readable safetensors file"):
+        load_trace(path, strict=True)
+    assert len(load_trace(path).steps) == 1
+
+
+def test_corrupted_step_json(tmp_path: Path) -> None:
+    path = _two_step_trace(tmp_path, lambda s: None)
+    meta_path = path / "steps" / "000001-mb00-r0.json"
+    meta_path.write_text(meta_path.read_text()[:40])
+    with pytest.raises(InputError) as info:
+        load_trace(path, strict=True)
+    assert info.value.source.endswith("000001-mb00-r0.json")
+    assert "not valid JSON" in str(info.value)
+    loaded = load_trace(path)
+    assert [s.step for s in loaded.steps] == [0]
+    # the orphaned tensor file (its .json unreadable) is not read either
+    assert any("000001-mb00-r0" in p for p in loaded.problems)
+
+
+def test_orphan_tensor_file_is_reported(tmp_path: Path) -> None:
+    path = _two_step_trace(tmp_path, lambda s: None)
+    (path / "steps" / "000001-mb00-r0.json").unlink()
+    loaded = load_trace(path)
+    assert [s.step for s in loaded.steps] == [0]
+    assert any("no matching .json" in p for p in loaded.problems)
+
+
+def test_missing_manifest(tmp_path: Path) -> None:
+    path = _two_step_trace(tmp_path, lambda s: None)
+    (path / "manifest.json").unlink()
+    with pytest.raises(InputError, match=r"missing manifest\.json"):
+        load_trace(path)
+
+
+def test_corrupted_manifest(tmp_path: Path) -> None:
+    path = _two_step_trace(tmp_path, lambda s: None)
+    (path / "manifest.json").write_text("{ oops")
+    with pytest.raises(InputError) as info:
+        load_trace(path)
+    assert info.value.source.endswith("manifest.json")
+
+
+def test_newer_format_version_is_refused(tmp_path: Path) -> None:
+    path = _two_step_trace(tmp_path, lambda s: None)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["format_version"] = FORMAT_VERSION + 1
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError) as info:
+        load_trace(path)
+    assert info.value.field == "format_version"
+
+
+def test_invalid_config_in_manifest(tmp_path: Path) -> None:
+    path = _two_step_trace(tmp_path, lambda s: None)
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["config"]["loss_type"] = "nonsense"
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError) as info:
+        load_trace(path, strict=True)
+    assert info.value.field == "config.loss_type"
+    assert len(load_trace(path).steps) == 2
+
+
+def test_no_readable_step_is_an_input_error(tmp_path: Path) -> None:
+    path = _two_step_trace(tmp_path, lambda s: None)
+    for meta_path in (path / "steps").glob("*.json"):
+        meta_path.write_text("garbage")
+    with pytest.raises(InputError, match="no readable step"):
+        load_trace(path)
+
+
+def test_not_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such trace directory"):
+        load_trace(tmp_path / "nope")
+
+
+def test_load_via_manifest_path(tmp_path: Path) -> None:
+    path = _two_step_trace(tmp_path, lambda s: None)
+    assert len(load_trace(path / "manifest.json").steps) == 2
+
+
+# ------------------------------------------------------------------------------------------ atomic writes
+def test_atomic_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "out.json"
+    target.write_text("old content")
+
+    def crash(src, dst):
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(trace_io.os, "replace", crash)
+    with pytest.raises(OSError, match="simulated"):
+        trace_io.atomic_write_text(target, "new content that never lands")
+    assert target.read_text() == "old content"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # temp file cleaned up
+
+
+def test_crash_while_writing_a_step_keeps_earlier_steps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = trace_io.TraceWriter(tmp_path / "t")
+    writer.write_manifest(make_trace().manifest)
+    writer.write_step(full_step(step=0))
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def crash_on_step_json(src, dst):
+        calls["n"] += 1
+        if str(dst).endswith(".json"):
+            raise OSError("killed (simulated)")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(trace_io.os, "replace", crash_on_step_json)
+    with pytest.raises(OSError, match="simulated"):
+        writer.write_step(full_step(step=1))
+    monkeypatch.setattr(trace_io.os, "replace", real_replace)
+    loaded = load_trace(tmp_path / "t")
+    assert [s.step for s in loaded.steps] == [0]
+    assert not [p for p in (tmp_path / "t" / "steps").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path: Path) -> None:
+    target = trace_io.atomic_write_text(tmp_path / "x.json", "{}")
+    assert target.stat().st_mode & 0o777 == 0o666 & ~trace_io._UMASK
