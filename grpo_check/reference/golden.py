@@ -1,0 +1,228 @@
+"""Golden vectors: load and replay the JSON cases of ``reference/golden/`` against the installed reference.
+
+Format (``grpo-check-golden/1``): a file holds ``{"format": ..., "cases": [case, ...]}``; a case is
+``{"id", "function", "description", "hand_worked", "equations", "spec", "meta", "kwargs", "inputs",
+"expected", "rtol", "atol"}``. Tensors are ``{"dtype": "float64" | "int64" | "bool", "data": nested lists}``
+with non-finite floats written as the strings ``"nan"``, ``"inf"``, ``"-inf"``. ``spec`` holds only the
+``GRPOSpec`` fields that differ from the defaults. A copy of the files ships inside the package
+(``grpo_check/reference/golden_vectors/``) so ``grpo-check selfcheck`` works when installed.
+
+Example::
+
+    >>> from grpo_check.reference.golden import load_cases, replay_case
+    >>> cases = load_cases()
+    >>> len(cases) >= 40
+    True
+    >>> replay_case(cases[0]).passed
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+FORMAT = "grpo-check-golden/1"
+PACKAGE_DIR = Path(__file__).parent / "golden_vectors"
+
+
+# --------------------------------------------------------------------------------------------- encoding
+
+
+def _encode_number(value: float | int | bool) -> Any:
+    if isinstance(value, (bool, int)):
+        return value
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return float(value)
+
+
+def _encode_nested(data: Any) -> Any:
+    if isinstance(data, list):
+        return [_encode_nested(x) for x in data]
+    return _encode_number(data)
+
+
+def encode_tensor(value: Any, dtype: str | None = None) -> dict[str, Any]:
+    """A tensor / nested list / number → the JSON form. ``dtype`` defaults from the torch dtype (or float64)."""
+    if hasattr(value, "tolist"):
+        if dtype is None:
+            name = str(value.dtype)
+            dtype = "bool" if "bool" in name else ("int64" if "int" in name else "float64")
+        value = value.tolist()
+    return {"dtype": dtype or "float64", "data": _encode_nested(value)}
+
+
+def _decode_nested(data: Any) -> Any:
+    if isinstance(data, list):
+        return [_decode_nested(x) for x in data]
+    if isinstance(data, str):
+        return float(data)
+    return data
+
+
+def decode_tensor(obj: dict[str, Any]):  # -> torch.Tensor
+    import torch
+
+    dtypes = {"float64": torch.float64, "int64": torch.int64, "bool": torch.bool}
+    return torch.tensor(_decode_nested(obj["data"]), dtype=dtypes[obj["dtype"]])
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+
+def golden_dirs() -> list[Path]:
+    """The packaged copy, then the repository's ``reference/golden`` (when running from a checkout)."""
+    repo = Path(__file__).resolve().parents[2] / "reference" / "golden"
+    return [d for d in (PACKAGE_DIR, repo) if d.is_dir()]
+
+
+def load_cases(directory: str | Path | None = None) -> list[dict[str, Any]]:
+    """All cases from the ``*.json`` files of ``directory`` (default: the first of :func:`golden_dirs`)."""
+    from grpo_check.findings import InputError
+
+    if directory is None:
+        dirs = golden_dirs()
+        if not dirs:
+            raise InputError("no golden vectors found (neither packaged nor in reference/golden)")
+        directory = dirs[0]
+    directory = Path(directory)
+    files = sorted(directory.glob("*.json"))
+    if not files:
+        raise InputError(f"no golden vector files (*.json) in {directory}")
+    cases: list[dict[str, Any]] = []
+    for path in files:
+        try:
+            doc = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: not valid JSON ({exc})") from None
+        if doc.get("format") != FORMAT:
+            raise InputError(f"{path}: format {doc.get('format')!r}, expected {FORMAT!r}")
+        for case in doc["cases"]:
+            case["_file"] = path.name
+            cases.append(case)
+    return cases
+
+
+# ------------------------------------------------------------------------------------------------ replay
+
+
+@dataclasses.dataclass
+class CaseResult:
+    """Outcome of one replayed case: ``mismatches`` lists ``"name: detail"`` strings (empty = pass)."""
+
+    case_id: str
+    function: str
+    passed: bool
+    mismatches: list[str]
+    hand_worked: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _spec(case: dict[str, Any]):
+    from grpo_check.config import GRPOSpec
+
+    return GRPOSpec.from_dict(case.get("spec") or {}, strict=True)
+
+
+def run_case(case: dict[str, Any]) -> dict[str, Any]:
+    """Run the case's ``function`` on its inputs; returns ``{output name: tensor}``."""
+    import torch
+
+    from grpo_check import reference as ref
+
+    inputs = {name: decode_tensor(obj) for name, obj in case.get("inputs", {}).items()}
+    kwargs = dict(case.get("kwargs") or {})
+    function = case["function"]
+    spec = _spec(case)
+    if function == "compute_advantages":
+        out = ref.compute_advantages(
+            inputs["rewards_per_func"],
+            inputs.get("group_index"),
+            spec,
+            reward_weights=inputs.get("reward_weights"),
+        )
+        return {
+            "rewards": out.rewards,
+            "advantages": out.advantages,
+            "group_mean": out.group_mean,
+            "group_std": out.group_std,
+            "scorable": out.scorable,
+        }
+    if function == "logps_and_entropy_from_logits":
+        logps, entropy = ref.logps_and_entropy_from_logits(
+            inputs["logits"], inputs["completion_ids"], **kwargs
+        )
+        return {"logps": logps, "entropies": entropy}
+    if function == "logps_from_full_logits":
+        prompt_length = kwargs.pop("prompt_length")
+        logits = ref.completion_logits(inputs["full_logits"], prompt_length)
+        return {"logps": ref.logps_from_logits(logits, inputs["completion_ids"], **kwargs)}
+    if function == "sampling_kept_mass":
+        mass, support = ref.sampling_kept_mass(
+            inputs["logits"], inputs["completion_ids"], return_in_support=True, **kwargs
+        )
+        return {"kept_mass": mass, "in_support": support}
+    if function == "per_token_kl":
+        return {
+            "kl": ref.per_token_kl(inputs["logps"], inputs["ref_logps"], ratio=inputs.get("ratio"), **kwargs)
+        }
+    if function == "sampler_is_ratio":
+        return {
+            "sampler_is_ratio": ref.sampler_is_ratio(
+                inputs["old_logps"], inputs["sampler_logps"], inputs.get("loss_mask"), **kwargs
+            )
+        }
+    if function == "reference_step":
+        step = ref.reference_step(inputs, spec, case.get("meta") or {}, **kwargs)
+        return dict(step.tensors)
+    raise ValueError(f"unknown golden function {function!r}")  # pragma: no cover - generator bug
+    del torch
+
+
+def replay_case(case: dict[str, Any]) -> CaseResult:
+    """Run one case and compare every expected output (NaN == NaN; bools exactly)."""
+    import torch
+
+    mismatches: list[str] = []
+    try:
+        outputs = run_case(case)
+    except Exception as exc:  # a crash is a failure of this case, reported, not raised
+        return CaseResult(case["id"], case["function"], False, [f"raised {type(exc).__name__}: {exc}"])
+    rtol, atol = float(case.get("rtol", 1e-10)), float(case.get("atol", 1e-12))
+    for name, obj in case["expected"].items():
+        want = decode_tensor(obj)
+        got = outputs.get(name)
+        if got is None:
+            mismatches.append(f"{name}: not produced")
+            continue
+        got = got.detach()
+        if got.shape != want.shape:
+            if got.numel() == want.numel():
+                got = got.reshape(want.shape)
+            else:
+                mismatches.append(f"{name}: shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+                continue
+        if want.dtype == torch.bool:
+            if not torch.equal(got.to(torch.bool), want):
+                mismatches.append(f"{name}: {got.tolist()} != expected {want.tolist()}")
+            continue
+        try:
+            torch.testing.assert_close(got.to(torch.float64), want, rtol=rtol, atol=atol, equal_nan=True)
+        except AssertionError as exc:
+            detail = " ".join(line.strip() for line in str(exc).splitlines()[1:] if line.strip())
+            mismatches.append(f"{name}: {detail}")
+    return CaseResult(case["id"], case["function"], not mismatches, mismatches, bool(case.get("hand_worked")))
+
+
+def replay_all(cases: Iterable[dict[str, Any]] | None = None) -> list[CaseResult]:
+    """Replay every case (default: the packaged golden vectors)."""
+    return [replay_case(case) for case in (load_cases() if cases is None else cases)]
