@@ -1,0 +1,370 @@
+"""Assertion helpers: your trainer's tensors against the float64 reference, ``assert_close`` style.
+
+Each ``assert_<stage>_close`` takes your output (a tensor, or a :class:`~grpo_check.trace.model.TraceStep`
+from which it and its inputs are read by canonical name), recomputes the stage with the reference on the
+same inputs, and raises :class:`~grpo_check.findings.GRPOCheckError` (an ``AssertionError``) whose message
+says what differed, where (step, prompt, generation, token), by how much, what was allowed and the likely
+cause — or returns ``None``. Tolerances default to torch's per dtype plus the rounding error a correct
+computation in your dtype can make; ``rtol``/``atol`` override.
+
+Example::
+
+    >>> import torch
+    >>> from grpo_check import GRPOSpec
+    >>> from grpo_check.testing import assert_advantages_close
+    >>> rewards = torch.tensor([0.0, 1.0, 1.0, 1.0])
+    >>> assert_advantages_close(torch.tensor([-0.7070, 0.7070, 0.0, 0.0]), rewards=rewards,
+    ...                         num_generations=2, rtol=1e-3)
+    >>> assert_advantages_close(torch.tensor([-1.0, 1.0, 0.0, 0.0]), rewards=rewards, num_generations=2)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    grpo_check.findings.GRPOCheckError: [FAIL] testing.advantages_close (advantages): advantages: 2 of 4 ...
+
+The invariants' ``assert_*`` forms (single-implementation checks such as ``assert_group_sum_zero``) are
+re-exported by :mod:`grpo_check.testing` too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from grpo_check.config import GRPOSpec
+from grpo_check.findings import Finding, GRPOCheckError, InputError
+from grpo_check.testing import _stages
+from grpo_check.trace.model import TraceStep
+
+
+def _raise(finding: Finding | None) -> None:
+    if finding is not None:
+        raise GRPOCheckError(finding)
+
+
+def _from_step(actual: Any, name: str, inputs: dict[str, Any]) -> tuple[Any, dict[str, Any], int | None]:
+    """When ``actual`` is a TraceStep, read ``name`` and missing inputs from it (explicit inputs win)."""
+    if not isinstance(actual, TraceStep):
+        return actual, inputs, inputs.pop("step", None)
+    step = actual
+    for key in list(inputs):
+        if inputs[key] is None and step.get(key) is not None:
+            inputs[key] = step.get(key)
+    if step.get(name) is None:
+        raise InputError(f"the trace step has no {name!r} tensor to check", field=name)
+    meta_step = inputs.pop("step", None)
+    return step[name], inputs, meta_step if meta_step is not None else step.step
+
+
+def _need(inputs: dict[str, Any], *names: str) -> None:
+    missing = [n for n in names if inputs.get(n) is None]
+    if missing:
+        raise InputError(f"missing input(s) {', '.join(missing)}", field=missing[0])
+
+
+def _spec(spec: GRPOSpec | None, **changes: Any) -> GRPOSpec:
+    base = spec if spec is not None else GRPOSpec()
+    changes = {k: v for k, v in changes.items() if v is not None}
+    return base.replace(**changes) if changes else base
+
+
+def assert_advantages_close(
+    actual: torch.Tensor | TraceStep,
+    *,
+    rewards: torch.Tensor | None = None,
+    rewards_per_func: torch.Tensor | None = None,
+    group_index: torch.Tensor | None = None,
+    num_generations: int | None = None,
+    spec: GRPOSpec | None = None,
+    step: int | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+) -> None:
+    """``actual`` (B,) advantages against the reference's from ``rewards`` (B,) or ``rewards_per_func``
+    (B, F) and ``group_index`` (B,) — or contiguous groups of ``num_generations`` rows when no index is
+    given. ``spec`` sets ε, std convention, ``scale_rewards`` (default ``GRPOSpec()``)."""
+    inputs = {
+        "rewards": rewards,
+        "rewards_per_func": rewards_per_func,
+        "group_index": group_index,
+        "step": step,
+    }
+    actual, inputs, at = _from_step(actual, "advantages", inputs)
+    source = inputs["rewards_per_func"] if inputs["rewards_per_func"] is not None else inputs["rewards"]
+    if source is None:
+        raise InputError("give rewards (B,) or rewards_per_func (B, F)", field="rewards")
+    source = torch.as_tensor(source)
+    rows = source.shape[0]
+    config = _spec(spec, num_generations=num_generations)
+    index = inputs["group_index"]
+    if index is None:
+        if num_generations is None and spec is None:
+            raise InputError("give group_index or num_generations", field="group_index")
+        if rows % config.num_generations:
+            raise InputError(f"{rows} rows is not a multiple of num_generations={config.num_generations}")
+        index = torch.arange(rows) // config.num_generations
+    _raise(
+        _stages.check_advantages(
+            actual, source, torch.as_tensor(index), config, step=at, rtol=rtol, atol=atol
+        )
+    )
+
+
+def assert_logps_close(
+    actual: torch.Tensor | TraceStep,
+    *,
+    logits: torch.Tensor,
+    completion_ids: torch.Tensor | None = None,
+    prompt_length: int | None = None,
+    completion_mask: torch.Tensor | None = None,
+    temperature: float | None = None,
+    spec: GRPOSpec | None = None,
+    group_index: torch.Tensor | None = None,
+    step: int | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+) -> None:
+    """``actual`` (B, T) log-probs against log-softmax(logits / τ) at ``completion_ids``.
+
+    With ``prompt_length`` the ``logits`` are the model's raw (B, P+T, V) output (the reference applies the
+    one-token shift, so an off-by-one in yours shows); without it they are already shifted (B, T, V).
+    """
+    inputs = {
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "group_index": group_index,
+        "step": step,
+    }
+    actual, inputs, at = _from_step(actual, "logps", inputs)
+    _need(inputs, "completion_ids")
+    _raise(
+        _stages.check_logps(
+            actual,
+            logits,
+            torch.as_tensor(inputs["completion_ids"]),
+            _spec(spec, temperature=temperature),
+            prompt_length=prompt_length,
+            completion_mask=inputs["completion_mask"],
+            group_index=inputs["group_index"],
+            step=at,
+            rtol=rtol,
+            atol=atol,
+        )
+    )
+
+
+def assert_ratio_close(
+    actual: torch.Tensor | TraceStep,
+    *,
+    logps: torch.Tensor | None = None,
+    old_logps: torch.Tensor | None = None,
+    completion_mask: torch.Tensor | None = None,
+    spec: GRPOSpec | None = None,
+    group_index: torch.Tensor | None = None,
+    step: int | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+) -> None:
+    """Importance ratio (token (B, T) or sequence (B, 1), per ``spec.importance_sampling_level``)."""
+    inputs = {
+        "logps": logps,
+        "old_logps": old_logps,
+        "completion_mask": completion_mask,
+        "group_index": group_index,
+        "step": step,
+    }
+    actual, inputs, at = _from_step(actual, "ratio", inputs)
+    _need(inputs, "logps", "old_logps", "completion_mask")
+    _raise(
+        _stages.check_ratio(
+            actual,
+            inputs["logps"],
+            inputs["old_logps"],
+            inputs["completion_mask"],
+            _spec(spec),
+            group_index=inputs["group_index"],
+            step=at,
+            rtol=rtol,
+            atol=atol,
+        )
+    )
+
+
+def assert_kl_close(
+    actual: torch.Tensor | TraceStep,
+    *,
+    logps: torch.Tensor | None = None,
+    ref_logps: torch.Tensor | None = None,
+    completion_mask: torch.Tensor | None = None,
+    estimator: str | None = None,
+    grad: torch.Tensor | None = None,
+    spec: GRPOSpec | None = None,
+    group_index: torch.Tensor | None = None,
+    step: int | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+) -> None:
+    """The bare per-token KL estimate (``estimator`` or ``spec.kl_estimator``, no bias correction) and,
+    if ``grad`` (∂Σkl/∂logps) is given, its gradient."""
+    inputs = {
+        "logps": logps,
+        "ref_logps": ref_logps,
+        "completion_mask": completion_mask,
+        "group_index": group_index,
+        "step": step,
+    }
+    actual, inputs, at = _from_step(actual, "kl", inputs)
+    _need(inputs, "logps", "ref_logps")
+    mask = inputs["completion_mask"]
+    mask = torch.ones_like(torch.as_tensor(inputs["logps"]), dtype=torch.long) if mask is None else mask
+    _raise(
+        _stages.check_kl(
+            actual,
+            torch.as_tensor(inputs["logps"]).detach(),
+            torch.as_tensor(inputs["ref_logps"]).detach(),
+            mask,
+            _spec(spec, kl_estimator=estimator),
+            actual_grad=grad,
+            group_index=inputs["group_index"],
+            step=at,
+            rtol=rtol,
+            atol=atol,
+        )
+    )
+
+
+def assert_loss_close(
+    actual: torch.Tensor | TraceStep,
+    *,
+    per_token_loss: torch.Tensor | None = None,
+    logps: torch.Tensor | None = None,
+    old_logps: torch.Tensor | None = None,
+    advantages: torch.Tensor | None = None,
+    completion_mask: torch.Tensor | None = None,
+    ref_logps: torch.Tensor | None = None,
+    num_items_in_batch: float | None = None,
+    spec: GRPOSpec | None = None,
+    step: int | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+) -> None:
+    """The scalar loss of one micro-batch.
+
+    With ``per_token_loss`` only the aggregation is checked (``spec.loss_type``/``aggregation``); otherwise
+    the whole objective is recomputed from ``logps``, ``old_logps`` (``None`` = on-policy), ``advantages``
+    and ``completion_mask`` (``ref_logps`` when ``spec.beta != 0``). ``num_items_in_batch`` defaults to the
+    mask's token count (one process, no accumulation).
+    """
+    inputs = {
+        "per_token_loss": per_token_loss,
+        "logps": logps,
+        "old_logps": old_logps,
+        "advantages": advantages,
+        "completion_mask": completion_mask,
+        "ref_logps": ref_logps,
+        "step": step,
+    }
+    if isinstance(actual, TraceStep) and num_items_in_batch is None:
+        num_items_in_batch = actual.meta.get("num_items_in_batch")
+    actual, inputs, at = _from_step(actual, "loss", inputs)
+    config = _spec(spec)
+    _need(inputs, "completion_mask")
+    mask = torch.as_tensor(inputs["completion_mask"])
+    items = num_items_in_batch if num_items_in_batch is not None else float(mask.sum())
+    if per_token_loss is not None:
+        _raise(
+            _stages.check_aggregation(
+                actual,
+                torch.as_tensor(per_token_loss).detach(),
+                mask,
+                config,
+                num_items_in_batch=items,
+                step=at,
+                rtol=rtol,
+                atol=atol,
+            )
+        )
+        return
+    _need(inputs, "logps", "advantages")
+    _raise(
+        _stages.check_loss(
+            actual,
+            _detached(inputs["logps"]),
+            _detached(inputs["old_logps"]),
+            _detached(inputs["advantages"]),
+            mask,
+            config,
+            ref_logps=_detached(inputs["ref_logps"]),
+            num_items_in_batch=items,
+            step=at,
+            rtol=rtol,
+            atol=atol,
+        )
+    )
+
+
+def assert_grad_close(
+    actual: torch.Tensor | TraceStep,
+    *,
+    logps: torch.Tensor | None = None,
+    old_logps: torch.Tensor | None = None,
+    advantages: torch.Tensor | None = None,
+    completion_mask: torch.Tensor | None = None,
+    ref_logps: torch.Tensor | None = None,
+    num_items_in_batch: float | None = None,
+    spec: GRPOSpec | None = None,
+    group_index: torch.Tensor | None = None,
+    step: int | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+) -> None:
+    """``actual`` = ∂loss/∂logps (B, T) — the per-token weight your trainer really applies — against the
+    reference's by float64 autograd. Catches detached ratios, sign errors, clipping on the wrong side,
+    gradient at padding and wrong normalisers, which loss values cannot show (bug-catalog 21, 5, 31)."""
+    inputs = {
+        "logps": logps,
+        "old_logps": old_logps,
+        "advantages": advantages,
+        "completion_mask": completion_mask,
+        "ref_logps": ref_logps,
+        "group_index": group_index,
+        "step": step,
+    }
+    if isinstance(actual, TraceStep) and num_items_in_batch is None:
+        num_items_in_batch = actual.meta.get("num_items_in_batch")
+    actual, inputs, at = _from_step(actual, "logps_grad", inputs)
+    _need(inputs, "logps", "advantages", "completion_mask")
+    mask = torch.as_tensor(inputs["completion_mask"])
+    items = num_items_in_batch if num_items_in_batch is not None else float(mask.sum())
+    _raise(
+        _stages.check_loss(
+            None,
+            _detached(inputs["logps"]),
+            _detached(inputs["old_logps"]),
+            _detached(inputs["advantages"]),
+            mask,
+            _spec(spec),
+            actual_grad=actual,
+            ref_logps=_detached(inputs["ref_logps"]),
+            num_items_in_batch=items,
+            group_index=inputs["group_index"],
+            step=at,
+            rtol=rtol,
+            atol=atol,
+        )
+    )
+
+
+def _detached(value: Any) -> torch.Tensor | None:
+    if value is None:
+        return None
+    return torch.as_tensor(value).detach()
+
+
+__all__ = [
+    "assert_advantages_close",
+    "assert_grad_close",
+    "assert_kl_close",
+    "assert_logps_close",
+    "assert_loss_close",
+    "assert_ratio_close",
+]
