@@ -41,7 +41,9 @@ logps_grad             grad        (B, T) ∂loss/∂logps
 Step metadata keys (all optional): ``step`` (optimizer step), ``micro_batch``, ``rank``, ``num_items_in_batch``
 (global token count of the generation batch), ``gradient_accumulation_steps``, ``steps_per_generation``,
 ``num_processes``, ``optimizer_steps_since_old_logps``, ``iteration`` (which of num_iterations),
-``eos_token_ids`` (list), ``pad_token_id``, ``kl_estimator``.
+``eos_token_ids`` (list), ``pad_token_id``, ``kl_estimator``, ``ref_is_init`` (bool: the reference model is the
+initial policy; ``False`` disables the step-0 KL and frozen-reference checks), ``metrics`` (dict of the trainer's
+logged metrics for this step, e.g. ``clip_ratio/low_mean``).
 """
 
 from __future__ import annotations

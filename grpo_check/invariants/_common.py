@@ -1,0 +1,299 @@
+"""Shared helpers for the invariant checks: dtype-aware tolerances, per-group reductions, masks, coordinates.
+
+Everything here is vectorised torch (no Python loops over tokens or rows); per-group statistics use
+``index_add_`` / ``scatter_reduce`` over the inverse of ``torch.unique(group_index)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from grpo_check.config import GRPOSpec
+from grpo_check.findings import Verdict
+from grpo_check.trace.model import TraceStep
+
+# torch.testing.assert_close defaults per dtype: (rtol, atol).
+_RTOL_ATOL: dict[torch.dtype, tuple[float, float]] = {
+    torch.float16: (1e-3, 1e-5),
+    torch.bfloat16: (1.6e-2, 1e-5),
+    torch.float32: (1.3e-6, 1e-5),
+    torch.float64: (1e-7, 1e-7),
+}
+
+
+def rtol_atol(dtype: torch.dtype) -> tuple[float, float]:
+    """torch.testing's default ``(rtol, atol)`` for ``dtype`` (float32's for integer/bool tensors)."""
+    return _RTOL_ATOL.get(dtype, _RTOL_ATOL[torch.float32])
+
+
+def machine_eps(dtype: torch.dtype) -> float:
+    """Machine epsilon of a floating dtype (float32's for non-floating dtypes)."""
+    return float(torch.finfo(dtype if dtype.is_floating_point else torch.float32).eps)
+
+
+def f64(tensor: torch.Tensor) -> torch.Tensor:
+    """Detached float64 copy for evaluating a check (the tensor's own dtype drives the tolerance)."""
+    return tensor.detach().to(torch.float64)
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What a check function returns; the registry turns it into a :class:`~grpo_check.findings.Finding`.
+
+    ``row``/``token`` locate the worst offender in the step's tensors; the registry converts them into GRPO
+    coordinates (prompt = group_index value, generation = index of the row within its group, token id).
+    ``likely_cause``/``fix``/``catalog_id`` override the check's defaults (used for WARN/FAIL only).
+    """
+
+    verdict: Verdict
+    explanation: str
+    figure: float | None = None
+    tolerance: float | None = None
+    row: int | None = None
+    token: int | None = None
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    catalog_id: str | None = None
+    likely_cause: str | None = None
+    fix: str | None = None
+
+
+def passed(
+    explanation: str, figure: float | None = None, tolerance: float | None = None, **details: Any
+) -> Outcome:
+    return Outcome(Verdict.PASS, explanation, figure, tolerance, details=dict(details))
+
+
+def not_applicable(reason: str) -> Outcome:
+    """The invariant holds vacuously for this step (e.g. ratio ≡ 1 only before the first optimizer step)."""
+    return Outcome(Verdict.PASS, f"not applicable: {reason}", details={"applicable": False})
+
+
+def inconclusive(reason: str, **details: Any) -> Outcome:
+    return Outcome(Verdict.INCONCLUSIVE, reason, details=dict(details))
+
+
+def spec_or_default(spec: GRPOSpec | None) -> GRPOSpec:
+    return spec if spec is not None else GRPOSpec()
+
+
+class Groups:
+    """Per-group reductions over ``group_index`` (B,) without Python loops over rows.
+
+    >>> g = Groups(torch.tensor([7, 7, 3, 3]))
+    >>> g.sum(torch.tensor([1.0, -1.0, 2.0, 0.5])).tolist()
+    [2.5, 0.0]
+    """
+
+    def __init__(self, group_index: torch.Tensor):
+        flat = group_index.detach().reshape(-1).long()
+        self.values, self.inverse, self.count = torch.unique(flat, return_inverse=True, return_counts=True)
+        self.num_groups = int(self.values.numel())
+
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(self.num_groups, dtype=x.dtype, device=x.device)
+        return out.index_add_(0, self.inverse.to(x.device), x)
+
+    def amax(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.full((self.num_groups,), -torch.inf, dtype=x.dtype, device=x.device)
+        return out.scatter_reduce_(0, self.inverse.to(x.device), x, reduce="amax")
+
+    def amin(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.full((self.num_groups,), torch.inf, dtype=x.dtype, device=x.device)
+        return out.scatter_reduce_(0, self.inverse.to(x.device), x, reduce="amin")
+
+    def expand(self, per_group: torch.Tensor) -> torch.Tensor:
+        return per_group[self.inverse.to(per_group.device)]
+
+    def first_row(self, group: int) -> int:
+        return int((self.inverse == group).nonzero()[0, 0])
+
+
+def num_generations(spec: GRPOSpec | None, groups: Groups) -> int:
+    """G from the spec, or (spec not given) the largest group in the step (partial groups are smaller)."""
+    if spec is not None:
+        return spec.num_generations
+    return int(groups.count.max()) if groups.num_groups else 1
+
+
+def row_advantages(advantages: torch.Tensor, completion_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B,) advantages: as given, or from (B, T) advantages that are constant along each row's valid tokens.
+
+    Returns ``None`` when (B, T) advantages genuinely vary along a row (token-level advantages).
+    """
+    adv = f64(advantages)
+    if adv.dim() == 1:
+        return adv
+    if adv.dim() == 2 and adv.shape[1] == 1:
+        return adv[:, 0]
+    if adv.dim() != 2:
+        return None
+    if completion_mask is None:
+        valid = torch.ones_like(adv, dtype=torch.bool)
+    else:
+        valid = completion_mask.detach().bool()
+    first = torch.where(
+        valid.any(1), adv.gather(1, valid.long().argmax(1, keepdim=True)).squeeze(1), adv[:, 0]
+    )
+    same = torch.where(valid, adv == first.unsqueeze(1), torch.ones_like(valid)).all()
+    return first if bool(same) else None
+
+
+def total_rewards(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor | None:
+    """(B,) total reward as the trainer used it: ``rewards``, else ``nansum(rewards_per_func · weights)``.
+
+    Rows whose reward functions all returned NaN (unscorable) are NaN.
+    """
+    if step.has("rewards"):
+        return f64(step["rewards"]).reshape(-1)
+    if not step.has("rewards_per_func"):
+        return None
+    per_func = f64(step["rewards_per_func"])
+    if per_func.dim() == 1:
+        per_func = per_func.unsqueeze(1)
+    weights = reward_weights(step, spec, per_func.shape[1], device=per_func.device)
+    total = (per_func * weights).nansum(1)
+    return torch.where(torch.isnan(per_func).all(1), torch.nan, total)
+
+
+def reward_weights(
+    step: TraceStep, spec: GRPOSpec | None, num_funcs: int, device: torch.device | None = None
+) -> torch.Tensor:
+    """(F,) float64 reward weights: the captured tensor, else the spec's, else ones."""
+    if step.has("reward_weights"):
+        return f64(step["reward_weights"]).reshape(-1).to(device)
+    if spec is not None and spec.reward_weights is not None:
+        return torch.tensor(spec.reward_weights, dtype=torch.float64, device=device)
+    return torch.ones(num_funcs, dtype=torch.float64, device=device)
+
+
+def unscorable_rows(step: TraceStep) -> torch.Tensor | None:
+    """(B,) bool: rows every reward function returned NaN for (or whose total reward is NaN)."""
+    out = None
+    if step.has("rewards_per_func"):
+        per_func = step["rewards_per_func"].detach()
+        per_func = per_func.unsqueeze(1) if per_func.dim() == 1 else per_func
+        out = torch.isnan(per_func).all(1)
+    if step.has("rewards"):
+        nan_total = torch.isnan(step["rewards"].detach().reshape(-1))
+        out = nan_total if out is None else out | nan_total
+    return out
+
+
+def token_mask(step: TraceStep, like: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool of the tokens a per-token tensor ``like`` is meaningful on (all True if no mask)."""
+    if step.has("completion_mask") and step["completion_mask"].shape == like.shape:
+        return step["completion_mask"].detach().bool()
+    return torch.ones(like.shape, dtype=torch.bool, device=like.device)
+
+
+def loss_mask(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor | None:
+    """(B, T) bool of the tokens the loss may train on: completion_mask ∧ tool_mask (∧ ¬truncated)."""
+    if not step.has("completion_mask"):
+        return None
+    mask = step["completion_mask"].detach().bool()
+    if step.has("tool_mask") and step["tool_mask"].shape == mask.shape:
+        mask = mask & step["tool_mask"].detach().bool()
+    if spec is not None and spec.mask_truncated_completions and step.has("truncated"):
+        mask = mask & ~step["truncated"].detach().bool().reshape(-1, 1)
+    return mask
+
+
+def argmax_2d(score: torch.Tensor) -> tuple[int, int | None]:
+    """(row, token) of the largest entry of a (B,) or (B, T) score."""
+    flat = int(torch.argmax(score.reshape(-1)))
+    if score.dim() < 2:
+        return flat, None
+    return flat // score.shape[1], flat % score.shape[1]
+
+
+def eos_ids(step: TraceStep) -> list[int] | None:
+    ids = step.meta.get("eos_token_ids")
+    if ids is None:
+        return None
+    if isinstance(ids, int):
+        return [ids]
+    return [int(i) for i in ids]
+
+
+def ratio_tensor(step: TraceStep) -> torch.Tensor | None:
+    """Importance ratio as the trainer applied it: ``ratio``, else exp(logps − old_logps), else None."""
+    if step.has("ratio"):
+        return f64(step["ratio"])
+    if step.has("logps", "old_logps"):
+        return torch.exp(f64(step["logps"]) - f64(step["old_logps"]))
+    return None
+
+
+def fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def finite_outcome(
+    step: TraceStep, names: tuple[str, ...], *, allow_nan: dict[str, torch.Tensor] | None = None
+) -> Outcome:
+    """FAIL on NaN/inf in ``names`` at valid positions, WARN where only padding is non-finite.
+
+    ``allow_nan`` maps a name to a bool mask of positions where NaN is a legitimate marker (e.g. an
+    unscorable reward). Padding NaN is a warning because ``x * mask`` is still NaN (only ``torch.where`` or
+    ``masked_fill`` hides it).
+    """
+    checked: list[str] = []
+    worst: tuple[int, str, int | None, int | None, int, int] | None = (
+        None  # (severity, name, row, token, n, n_pad)
+    )
+    for name in names:
+        tensor = step.get(name)
+        if tensor is None or not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            continue
+        checked.append(name)
+        values = tensor.detach()
+        bad = ~torch.isfinite(values)
+        if allow_nan is not None and name in allow_nan:
+            bad = bad & ~(torch.isnan(values) & allow_nan[name].reshape(values.shape))
+        if not bool(bad.any()):
+            continue
+        valid = token_mask(step, values) if values.dim() == 2 else torch.ones_like(bad)
+        in_valid = bad & valid
+        severity = 2 if bool(in_valid.any()) else 1
+        locate = in_valid if severity == 2 else bad
+        if values.dim() == 0:
+            row, token = None, None
+        else:
+            row, token = argmax_2d(locate.to(torch.int8))
+        entry = (severity, name, row, token, int(in_valid.sum()), int((bad & ~valid).sum()))
+        if worst is None or entry[0] > worst[0]:
+            worst = entry
+    if not checked:
+        return inconclusive(f"no floating tensor among {', '.join(names)}")
+    if worst is None:
+        return passed(f"all finite: {', '.join(checked)}", 0.0, 0.0)
+    severity, name, row, token, n_valid, n_pad = worst
+    tensor = step[name]
+    value = float(tensor.detach().reshape(-1)[0]) if tensor.dim() == 0 else None
+    if value is None and row is not None:
+        value = float(tensor.detach()[row] if token is None else tensor.detach()[row, token])
+    if severity == 2:
+        return Outcome(
+            Verdict.FAIL,
+            f"{name} has {n_valid} non-finite value(s) at valid positions (first: {value})",
+            figure=float(n_valid + n_pad),
+            tolerance=0.0,
+            row=row,
+            token=token,
+            details={"tensor": name, "nonfinite_valid": n_valid, "nonfinite_padding": n_pad},
+        )
+    return Outcome(
+        Verdict.WARN,
+        f"{name} has {n_pad} non-finite value(s) at padding positions only (first: {value}); "
+        "x * mask is still NaN there",
+        figure=float(n_pad),
+        tolerance=0.0,
+        row=row,
+        token=token,
+        details={"tensor": name, "nonfinite_valid": 0, "nonfinite_padding": n_pad},
+        likely_cause="padding positions hold NaN/inf (e.g. log of a masked-out probability)",
+        fix="fill padding with 0 (masked_fill / torch.where) before multiplying by the mask",
+    )

@@ -1,0 +1,446 @@
+"""Advantage-stage invariants: finite, zero-sum groups, the std bound, ε negligible, degenerate groups."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from grpo_check.config import GRPOSpec
+from grpo_check.findings import Verdict
+from grpo_check.invariants._common import (
+    Groups,
+    Outcome,
+    argmax_2d,
+    finite_outcome,
+    fmt,
+    inconclusive,
+    machine_eps,
+    not_applicable,
+    num_generations,
+    passed,
+    row_advantages,
+    rtol_atol,
+    spec_or_default,
+    total_rewards,
+    unscorable_rows,
+)
+from grpo_check.invariants.registry import register
+from grpo_check.trace.model import TraceStep
+
+_TOKEN_LEVEL = (
+    "advantages vary along the tokens of a row (token-level advantages): group invariants do not apply"
+)
+
+
+@register(
+    "advantages.finite",
+    requires=("advantages",),
+    catalog_ids=("8",),
+    description="every advantage is finite",
+    tolerance="exact",
+    likely_cause="a NaN reward (or 0/0 from a zero std without epsilon) propagated into the group statistics",
+    fix="exclude NaN rewards with nanmean/nanstd, add epsilon to the std, and nan_to_num the advantages of "
+    "unscorable rows to 0",
+)
+def advantages_finite(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
+    return finite_outcome(step, ("advantages",))
+
+
+def _prepare(step: TraceStep, spec: GRPOSpec | None) -> tuple[torch.Tensor, Groups, torch.Tensor, int] | str:
+    """(advantages (B,), groups, whole-group flag per group, G) or the reason the group checks cannot run."""
+    advantages = row_advantages(step["advantages"], step.get("completion_mask"))
+    if advantages is None:
+        return _TOKEN_LEVEL
+    groups = Groups(step["group_index"])
+    if groups.inverse.numel() != advantages.numel():
+        return f"group_index has {groups.inverse.numel()} rows, advantages {advantages.numel()}"
+    size = num_generations(spec, groups)
+    whole = groups.count == size
+    if not bool(whole.any()):
+        return (
+            f"no whole group of G={size} rows in this step (sizes {sorted({int(c) for c in groups.count})})"
+        )
+    return advantages, groups, whole, size
+
+
+@register(
+    "advantages.group_sum_zero",
+    requires=("advantages", "group_index"),
+    catalog_ids=("6",),
+    description="advantages of each prompt group sum to ≈ 0",
+    tolerance="atol + rtol·Σ|A| of the group, rtol/atol of the advantages dtype (torch.testing defaults)",
+    likely_cause="completions grouped wrongly when computing advantages (repeat vs repeat_interleave, "
+    "per-device order): the baseline of one prompt was computed from another prompt's rewards",
+    fix="reshape rewards with view(-1, G) only when rows are laid out prompt-major "
+    "(prompt.repeat_interleave(G)); otherwise reduce per group_index",
+)
+def group_sum_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
+    prepared = _prepare(step, spec)
+    if isinstance(prepared, str):
+        return inconclusive(prepared)
+    advantages, groups, whole, _ = prepared
+    finite = torch.isfinite(advantages)
+    group_finite = groups.sum((~finite).double()) == 0
+    usable = whole & group_finite
+    if not bool(usable.any()):
+        return inconclusive("every whole group has a non-finite advantage (see advantages.finite)")
+    clean = torch.where(finite, advantages, torch.zeros_like(advantages))
+    sums = groups.sum(clean)
+    rtol, atol = rtol_atol(step["advantages"].dtype)
+    allowed = (tolerance if tolerance is not None else atol) + rtol * groups.sum(clean.abs())
+    excess = torch.where(usable, sums.abs() - allowed, torch.full_like(sums, -torch.inf))
+    worst = int(torch.argmax(excess))
+    figure = float(sums[usable].abs().max())
+    if float(excess[worst]) <= 0:
+        return passed(f"{int(usable.sum())} group(s) sum to ≈ 0", figure, float(allowed[worst]))
+    failing = int((excess > 0).sum())
+    return Outcome(
+        Verdict.FAIL,
+        f"{failing} of {int(usable.sum())} group(s) have advantages that do not sum to 0 "
+        f"(prompt {int(groups.values[worst])}: Σ A = {fmt(float(sums[worst]))})",
+        figure=float(sums[worst].abs()),
+        tolerance=float(allowed[worst]),
+        row=groups.first_row(worst),
+        details={"failing_groups": failing, "group_sums": sums[usable][:32].tolist()},
+    )
+
+
+def _std_bounds(size: int, spec: GRPOSpec) -> tuple[float, float]:
+    """max |A| for a group of ``size`` under (sample std, population std), ignoring epsilon."""
+    if size <= 1:
+        return 0.0, 0.0
+    factor = size / (size - 1) if spec.baseline == "rloo" else 1.0
+    return factor * (size - 1) / math.sqrt(size), factor * math.sqrt(size - 1)
+
+
+@register(
+    "advantages.bounded",
+    requires=("advantages", "group_index"),
+    catalog_ids=("9",),
+    description="|A| ≤ (G−1)/√G (sample std) or √(G−1) (population std), ignoring epsilon",
+    tolerance="bound·(1 + rtol) + atol of the advantages dtype",
+    likely_cause="degenerate std: a float residue (e.g. 1.6e-4 instead of 0) or a wrongly computed std "
+    "divided the deviations, inflating advantages by orders of magnitude (or the statistics were taken "
+    "over the wrong rows: see advantages.group_sum_zero)",
+    fix="compute the std with a two-pass / torch.std formula, treat (near-)constant groups as zero-advantage, "
+    "and add epsilon to the std",
+)
+def bounded(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
+    effective = spec_or_default(spec)
+    if effective.multi_objective_aggregation != "sum_then_normalize":
+        return inconclusive("normalize_then_sum rescales by the batch std of summed z-scores: no group bound")
+    if effective.scale_rewards != "group":
+        return inconclusive(f"no closed-form bound with scale_rewards={effective.scale_rewards!r}")
+    advantages = row_advantages(step["advantages"], step.get("completion_mask"))
+    if advantages is None:
+        return inconclusive(_TOKEN_LEVEL)
+    groups = Groups(step["group_index"])
+    size = max(num_generations(spec, groups), int(groups.count.max()) if groups.num_groups else 1)
+    sample_bound, population_bound = _std_bounds(size, effective)
+    bound = population_bound if (spec is None or effective.std == "population") else sample_bound
+    rtol, atol = rtol_atol(step["advantages"].dtype)
+    allowed = tolerance if tolerance is not None else bound * (1 + rtol) + atol
+    magnitude = torch.where(torch.isfinite(advantages), advantages.abs(), torch.zeros_like(advantages))
+    row, _ = argmax_2d(magnitude)
+    figure = float(magnitude[row])
+    if figure <= allowed:
+        return passed(f"max |A| = {fmt(figure)} within the G={size} bound", figure, allowed)
+    population_allowed = population_bound * (1 + rtol) + atol
+    if figure <= population_allowed:
+        return Outcome(
+            Verdict.CONVENTION,
+            f"max |A| = {fmt(figure)} exceeds the sample-std bound {fmt(sample_bound)} but not the "
+            f"population-std bound {fmt(population_bound)}: the trainer normalises by the population std",
+            figure=figure,
+            tolerance=allowed,
+            row=row,
+            catalog_id="10",
+            likely_cause="population std (verl/OpenRLHF style) where the spec says sample std (TRL): a "
+            "convention, not a bug",
+            fix="none needed; declare GRPOSpec(std='population') to hold the trainer to its own convention",
+        )
+    return Outcome(
+        Verdict.FAIL,
+        f"|A| = {fmt(figure)} exceeds the largest possible normalised advantage {fmt(bound)} for G={size} "
+        f"({fmt(figure / bound) if bound else 'inf'}×)",
+        figure=figure,
+        tolerance=allowed,
+        row=row,
+        details={"bound_sample_std": sample_bound, "bound_population_std": population_bound, "G": size},
+    )
+
+
+def _group_reward_stats(
+    step: TraceStep, spec: GRPOSpec | None
+) -> tuple[torch.Tensor, torch.Tensor, Groups, torch.Tensor, torch.Tensor, torch.Tensor, int] | str:
+    """(advantages, rewards, groups, whole, scorable, centred rewards, G) or a reason."""
+    prepared = _prepare(step, spec)
+    if isinstance(prepared, str):
+        return prepared
+    advantages, groups, whole, size = prepared
+    rewards = total_rewards(step, spec)
+    if rewards is None or rewards.numel() != advantages.numel():
+        return "rewards do not align with advantages"
+    scorable = torch.isfinite(rewards) & torch.isfinite(advantages)
+    weight = scorable.double()
+    count = groups.sum(weight)
+    mean = groups.sum(torch.where(scorable, rewards, 0.0)) / count.clamp(min=1)
+    centred = torch.where(scorable, rewards - groups.expand(mean), 0.0)
+    return advantages, rewards, groups, whole, scorable, centred, size
+
+
+@register(
+    "advantages.epsilon_negligible",
+    requires=[("advantages", "group_index", "rewards"), ("advantages", "group_index", "rewards_per_func")],
+    catalog_ids=("S2", "10"),
+    description="where a group's rewards vary, advantages keep ≥ 50% of (r − mean)/std: epsilon only "
+    "stabilises, it never dominates the std",
+    tolerance="retention σ/(σ+ε) ≥ 0.5 for groups with σ > 10·min(ε, 1e-3)",
+    likely_cause="advantage epsilon far too large (e.g. 1e4 instead of 1e-4): it dominates the std and the "
+    "learning signal vanishes",
+    fix="use epsilon 1e-4 … 1e-8 (TRL 1e-4, verl 1e-6, OpenRLHF 1e-8)",
+)
+def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
+    effective = spec_or_default(spec)
+    if effective.multi_objective_aggregation != "sum_then_normalize":
+        return inconclusive("advantages are not (r − mean)/std of the total reward under normalize_then_sum")
+    stats = _group_reward_stats(step, spec)
+    if isinstance(stats, str):
+        return inconclusive(stats)
+    advantages, rewards, groups, whole, scorable, centred, _ = stats
+    count = groups.sum(scorable.double())
+    squares = groups.sum(centred**2)
+    sample_std = torch.sqrt(squares / (count - 1).clamp(min=1))
+    slope = groups.sum(torch.where(scorable, advantages, 0.0) * centred) / squares.clamp(min=1e-300)
+    if effective.scale_rewards == "group":
+        scale = sample_std
+    elif effective.scale_rewards == "batch":
+        scale = (
+            torch.full_like(sample_std, float(torch.std(rewards[scorable])))
+            if int(scorable.sum()) > 1
+            else sample_std
+        )
+    else:
+        scale = torch.ones_like(sample_std)
+    baseline_factor = 1.0
+    if effective.baseline == "rloo":
+        baseline_factor = float(count.max() / (count.max() - 1).clamp(min=1))
+    retention = slope * scale / baseline_factor
+    threshold_std = 10 * min(effective.adv_epsilon, 1e-3)
+    # a group whose advantages do not sum to 0 was normalised with other rows (advantages.group_sum_zero):
+    # its slope says nothing about epsilon
+    rtol, atol = rtol_atol(step["advantages"].dtype)
+    clean = torch.where(scorable, advantages, 0.0)
+    zero_sum = groups.sum(clean).abs() <= atol + rtol * groups.sum(clean.abs())
+    qualifying = whole & zero_sum & (count >= 2) & (sample_std > threshold_std)
+    if not bool(qualifying.any()):
+        return not_applicable(f"no whole group whose rewards vary (std > {threshold_std:g})")
+    limit = tolerance if tolerance is not None else (0.5 if effective.scale_rewards != "batch" else 0.05)
+    masked = torch.where(qualifying, retention, torch.full_like(retention, torch.inf))
+    worst = int(torch.argmin(masked))
+    figure = float(retention[worst])
+    if figure >= limit:
+        return passed(
+            f"{int(qualifying.sum())} group(s) with varying rewards keep ≥ {limit:g} of the normalised signal",
+            figure,
+            limit,
+        )
+    in_group = groups.inverse == worst
+    row = int(torch.argmax(torch.where(in_group, centred.abs(), -1.0)))
+    failing = int((masked < limit).sum())
+    std = float(sample_std[worst])
+    if figure <= 0:
+        return Outcome(
+            Verdict.FAIL,
+            f"{failing} group(s): advantages anti-correlate with rewards (prompt {int(groups.values[worst])}: "
+            f"slope {fmt(float(slope[worst]))})",
+            figure=figure,
+            tolerance=limit,
+            row=row,
+            likely_cause="advantage sign flipped (rewards − mean reversed) or advantages misaligned with rows",
+            fix="A = (r − mean)/(std + ε), with rows in the same order as the rewards",
+        )
+    eps_effective = std * (1 / figure - 1) if effective.scale_rewards == "group" else None
+    eps_text = f"; effective epsilon ≈ {fmt(eps_effective)}" if eps_effective is not None else ""
+    return Outcome(
+        Verdict.FAIL,
+        f"{failing} group(s) with varying rewards have advantages ≈ 0: prompt {int(groups.values[worst])} "
+        f"(reward std {fmt(std)}) keeps {fmt(figure)} of (r − mean)/std{eps_text}",
+        figure=figure,
+        tolerance=limit,
+        row=row,
+        details={"effective_epsilon": eps_effective, "failing_groups": failing},
+    )
+
+
+@register(
+    "advantages.constant_group_zero",
+    requires=[("advantages", "group_index", "rewards"), ("advantages", "group_index", "rewards_per_func")],
+    catalog_ids=("9",),
+    description="a group whose rewards are all equal (or with < 2 scorable rows) gets A = 0",
+    tolerance="atol of the advantages dtype + min(1e-2, G·eps(rewards)·max|r|/ε) for the mean's rounding",
+    likely_cause="degenerate std: an all-equal group was divided by a float residue or by zero, so "
+    "rounding noise became a full-size advantage",
+    fix="set A = 0 where the group std is (close to) zero, or compute r − mean exactly and add epsilon",
+)
+def constant_group_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
+    effective = spec_or_default(spec)
+    if effective.multi_objective_aggregation != "sum_then_normalize":
+        return inconclusive("under normalize_then_sum an all-equal total can hide varying reward functions")
+    stats = _group_reward_stats(step, spec)
+    if isinstance(stats, str):
+        return inconclusive(stats)
+    advantages, rewards, groups, whole, _, _, size = stats
+    scorable = torch.isfinite(
+        rewards
+    )  # group membership by rewards alone: a NaN advantage is a violation here
+    finite_rewards = torch.where(scorable, rewards, torch.nan)
+    high = groups.amax(torch.where(scorable, rewards, -torch.inf))
+    low = groups.amin(torch.where(scorable, rewards, torch.inf))
+    count = groups.sum(scorable.double())
+    constant = whole & ((high == low) | (count < 2))
+    if not bool(constant.any()):
+        return not_applicable("no group with all-equal rewards")
+    reward_dtype = step["rewards"].dtype if step.has("rewards") else step["rewards_per_func"].dtype
+    _, atol = rtol_atol(step["advantages"].dtype)
+    reward_scale = float(torch.nan_to_num(finite_rewards.abs(), nan=0.0).max())
+    rounding = size * machine_eps(reward_dtype) * reward_scale
+    if effective.scale_rewards != "none":
+        rounding = min(1e-2, rounding / effective.adv_epsilon) if effective.adv_epsilon > 0 else 0.0
+    allowed = tolerance if tolerance is not None else atol + rounding
+    in_constant = groups.expand(constant)
+    magnitude = torch.where(in_constant & torch.isfinite(advantages), advantages.abs(), -1.0)
+    magnitude = torch.where(in_constant & ~torch.isfinite(advantages), torch.inf, magnitude)
+    row, _ = argmax_2d(magnitude)
+    figure = float(magnitude[row])
+    if figure <= allowed:
+        return passed(f"{int(constant.sum())} all-equal group(s) carry zero advantage", figure, allowed)
+    return Outcome(
+        Verdict.FAIL,
+        f"an all-equal reward group has |A| = {fmt(figure)} (prompt {int(groups.values[groups.inverse[row]])}, "
+        f"reward {fmt(float(rewards[row]))}); it must be 0",
+        figure=figure,
+        tolerance=allowed,
+        row=row,
+        details={"constant_groups": int(constant.sum())},
+    )
+
+
+@register(
+    "advantages.unscorable_zero",
+    requires=[("advantages", "rewards_per_func"), ("advantages", "rewards")],
+    catalog_ids=("8",),
+    description="unscorable rows (all rewards NaN) carry A = 0 and do not leak into their group: the other "
+    "rows stay finite and sum to 0",
+    tolerance="exact 0 on unscorable rows; group sums as advantages.group_sum_zero",
+    likely_cause="NaN/None rewards leak into the group statistics (collapsed to 0 by nansum, or propagated)",
+    fix="mark unscorable rows NaN, use nanmean/nanstd for the group statistics, then nan_to_num the "
+    "advantages to 0",
+)
+def unscorable_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
+    unscorable = unscorable_rows(step)
+    advantages = row_advantages(step["advantages"], step.get("completion_mask"))
+    if advantages is None:
+        return inconclusive(_TOKEN_LEVEL)
+    if unscorable is None or unscorable.numel() != advantages.numel():
+        return inconclusive("rewards do not align with advantages")
+    if not bool(unscorable.any()):
+        return not_applicable("no unscorable row")
+    own = torch.where(unscorable, torch.nan_to_num(advantages.abs(), nan=torch.inf), -1.0)
+    row, _ = argmax_2d(own)
+    if float(own[row]) > (tolerance or 0.0):
+        return Outcome(
+            Verdict.FAIL,
+            f"{int((own > (tolerance or 0.0)).sum())} unscorable row(s) carry a non-zero advantage "
+            f"(A = {fmt(float(advantages[row]))})",
+            figure=float(own[row]),
+            tolerance=tolerance or 0.0,
+            row=row,
+        )
+    if not step.has("group_index"):
+        return passed(
+            f"{int(unscorable.sum())} unscorable row(s) carry A = 0 (group leak not checked)", 0.0, 0.0
+        )
+    groups = Groups(step["group_index"])
+    touched = groups.sum(unscorable.double()) > 0
+    rows_touched = groups.expand(touched) & ~unscorable
+    nonfinite = rows_touched & ~torch.isfinite(advantages)
+    if bool(nonfinite.any()):
+        row = int(nonfinite.int().argmax())
+        return Outcome(
+            Verdict.FAIL,
+            f"NaN reward leaked: {int(nonfinite.sum())} scorable row(s) in groups with an unscorable row have "
+            "non-finite advantages",
+            figure=float(nonfinite.sum()),
+            tolerance=0.0,
+            row=row,
+        )
+    clean = torch.where(unscorable, 0.0, advantages)
+    sums = groups.sum(clean)
+    rtol, atol = rtol_atol(step["advantages"].dtype)
+    allowed = atol + rtol * groups.sum(clean.abs())
+    excess = torch.where(touched, sums.abs() - allowed, -torch.inf)
+    worst = int(torch.argmax(excess))
+    if float(excess[worst]) > 0:
+        return Outcome(
+            Verdict.FAIL,
+            f"NaN reward leaked into prompt {int(groups.values[worst])}: the scorable rows' advantages sum to "
+            f"{fmt(float(sums[worst]))} (the unscorable row was counted in the mean/std)",
+            figure=float(sums[worst].abs()),
+            tolerance=float(allowed[worst]),
+            row=groups.first_row(worst),
+        )
+    return passed(
+        f"{int(unscorable.sum())} unscorable row(s) carry A = 0 and their groups still sum to 0",
+        float(sums[touched].abs().max()),
+        float(allowed[worst]),
+    )
+
+
+@register(
+    "advantages.sign_follows_rewards",
+    requires=[("advantages", "group_index", "rewards"), ("advantages", "group_index", "rewards_per_func")],
+    catalog_ids=("6",),
+    description="within a group, A > 0 exactly for rewards above the group mean and A < 0 below it",
+    tolerance="rows with |r − mean| ≤ rtol·max|r| or |A| ≤ atol (dtype defaults) are not judged",
+    likely_cause="advantages misaligned with their rows (shuffled or gathered in a different order than the "
+    "rewards), or the advantage sign flipped",
+    fix="compute advantages from the rewards of the same rows, in the same order, and gather/slice both "
+    "with the same index",
+)
+def sign_follows_rewards(
+    step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None
+) -> Outcome:
+    effective = spec_or_default(spec)
+    if effective.multi_objective_aggregation != "sum_then_normalize":
+        return inconclusive("the sign follows each reward function separately under normalize_then_sum")
+    stats = _group_reward_stats(step, spec)
+    if isinstance(stats, str):
+        return inconclusive(stats)
+    advantages, rewards, groups, whole, scorable, centred, _ = stats
+    _, atol = rtol_atol(step["advantages"].dtype)
+    reward_rtol, _ = rtol_atol(
+        step["rewards"].dtype if step.has("rewards") else step["rewards_per_func"].dtype
+    )
+    scale = float(torch.where(scorable, rewards.abs(), 0.0).max()) if bool(scorable.any()) else 0.0
+    judged = (
+        groups.expand(whole)
+        & scorable
+        & (centred.abs() > 16 * reward_rtol * max(scale, 1e-12))
+        & (advantages.abs() > (tolerance if tolerance is not None else atol))
+    )
+    if not bool(judged.any()):
+        return not_applicable("no row clearly above or below its group mean")
+    wrong = judged & (torch.sign(advantages) != torch.sign(centred))
+    if not bool(wrong.any()):
+        return passed(f"{int(judged.sum())} row(s): sign(A) = sign(r − group mean)", 0.0, 0.0)
+    row = int(wrong.int().argmax())
+    return Outcome(
+        Verdict.FAIL,
+        f"{int(wrong.sum())} of {int(judged.sum())} row(s) have an advantage of the wrong sign "
+        f"(row {row}: r − mean = {fmt(float(centred[row]))}, A = {fmt(float(advantages[row]))})",
+        figure=float(wrong.sum()),
+        tolerance=0.0,
+        row=row,
+    )

@@ -1,0 +1,440 @@
+"""Gradient-stage invariants on ∂loss/∂logps (``logps_grad``): the per-token weight the trainer applies.
+
+Loss values cannot show a detached term, a flipped sign or clipping that is computed but not applied; the
+gradient can: unclipped tokens must be pushed in the direction of their advantage (∂L/∂logp_t has the sign
+of −A), and tokens in the clip region must receive exactly no policy gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from grpo_check.config import GRPOSpec
+from grpo_check.findings import Verdict
+from grpo_check.invariants._common import (
+    Outcome,
+    argmax_2d,
+    f64,
+    finite_outcome,
+    fmt,
+    inconclusive,
+    loss_mask,
+    not_applicable,
+    passed,
+    rtol_atol,
+    spec_or_default,
+    token_mask,
+)
+from grpo_check.invariants.kl import kl_estimator
+from grpo_check.invariants.ratio import CLIP_LOSS_TYPES, log_ratio_for_clipping
+from grpo_check.invariants.registry import register
+from grpo_check.trace.model import TraceStep
+
+_SIGN_LOSS_TYPES = (*CLIP_LOSS_TYPES, "cispo", "sapo")
+_BOUNDARY_MARGIN = 1e-4  # relative distance to a clip boundary below which a token is not judged
+_KL_DOMINANCE = 2.0  # the policy term must exceed the largest possible KL term by this factor
+
+
+@register(
+    "grad.finite",
+    requires=("logps_grad",),
+    description="∂loss/∂logps is finite on completion tokens",
+    tolerance="exact",
+    likely_cause="a non-finite value upstream (advantage, ratio, KL) or 0/0 in the loss normaliser",
+    fix="fix the first non-finite upstream tensor; clamp normalisers with .clamp(min=1)",
+)
+def grad_finite(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
+    return finite_outcome(step, ("logps_grad",))
+
+
+@register(
+    "grad.zero_outside_loss_mask",
+    requires=("logps_grad", "completion_mask"),
+    catalog_ids=("28", "11"),
+    description="∂loss/∂logp_t = 0 wherever the loss mask (completion_mask ∧ tool_mask ∧ ¬truncated) is 0",
+    tolerance="exact 0",
+    likely_cause="tokens the policy did not generate (tool output, padding, tokens after EOS) are trained on",
+    fix="multiply the per-token loss by completion_mask * tool_mask (and zero truncated rows when "
+    "mask_truncated_completions) before aggregating",
+)
+def zero_outside_loss_mask(
+    step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None
+) -> Outcome:
+    grad = f64(step["logps_grad"])
+    mask = loss_mask(step, spec)
+    if mask is None or mask.shape != grad.shape:
+        return inconclusive(f"loss mask shape does not match logps_grad {tuple(grad.shape)}")
+    allowed = tolerance if tolerance is not None else 0.0
+    # non-finite gradients are grad.finite's to report (NaN · 0 stays NaN at padding)
+    outside = torch.where(~mask & torch.isfinite(grad), grad.abs(), -1.0)
+    row, token = argmax_2d(outside)
+    figure = float(outside[row, token])
+    if figure <= allowed:
+        return passed(
+            f"no gradient on {int((~mask).sum())} masked-out position(s)", max(figure, 0.0), allowed
+        )
+    leaking = (outside > allowed) & ~mask
+    in_completion = step["completion_mask"].detach().bool()
+    tool_tokens = int((leaking & in_completion).sum())
+    if tool_tokens:
+        what, catalog = f"{tool_tokens} non-policy (tool_mask = 0 or truncated) token(s)", "28"
+    else:
+        what, catalog = f"{int(leaking.sum())} padding / after-EOS position(s)", "11"
+    return Outcome(
+        Verdict.FAIL,
+        f"gradient flows into {what}: max |∂L/∂logp| = {fmt(figure)} outside the loss mask",
+        figure=figure,
+        tolerance=allowed,
+        row=row,
+        token=token,
+        catalog_id=catalog,
+    )
+
+
+def _ratio(step: TraceStep, spec: GRPOSpec | None, like: torch.Tensor) -> torch.Tensor | None:
+    shape = like.shape
+    log_ratio = log_ratio_for_clipping(step, spec)
+    if log_ratio is None:
+        steps_since = step.meta.get("optimizer_steps_since_old_logps")
+        if steps_since is not None and int(steps_since) == 0:
+            return torch.ones(shape, dtype=torch.float64, device=like.device)
+        return None
+    ratio = torch.exp(log_ratio)
+    return ratio.expand(shape) if ratio.shape[-1] == 1 else ratio
+
+
+def _advantages(step: TraceStep, shape: torch.Size) -> torch.Tensor:
+    advantages = f64(step["advantages"])
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(-1)
+    return advantages.expand(shape) if advantages.shape[-1] == 1 else advantages
+
+
+def _clip_region(
+    ratio: torch.Tensor, advantages: torch.Tensor, spec: GRPOSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(zero-gradient region, near-boundary tokens) of the clipped surrogate for the clip loss types."""
+    low, high = 1 - spec.epsilon_low, 1 + spec.epsilon_high_effective
+    region = ((advantages > 0) & (ratio > high)) | ((advantages < 0) & (ratio < low))
+    boundaries = [low, high]
+    if spec.delta is not None:
+        region |= ratio > spec.delta
+        boundaries.append(spec.delta)
+    if spec.dual_clip is not None:
+        region |= (advantages < 0) & (ratio > spec.dual_clip)
+        boundaries.append(spec.dual_clip)
+    near = torch.zeros_like(region)
+    for boundary in boundaries:
+        near |= (ratio - boundary).abs() <= _BOUNDARY_MARGIN * boundary
+    return region, near
+
+
+def _policy_scale(
+    spec: GRPOSpec, ratio: torch.Tensor, advantages: torch.Tensor
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """(|∂policy term/∂logp_t| up to the shared normaliser or None if unknown, zero-gradient clip region,
+    tokens too near a clip boundary to judge)."""
+    none = torch.zeros_like(advantages, dtype=torch.bool)
+    if spec.loss_type in CLIP_LOSS_TYPES:
+        region, near = _clip_region(ratio, advantages, spec)
+        return advantages.abs() * ratio, region, near
+    if spec.loss_type == "cispo":
+        return advantages.abs() * ratio.clamp(max=spec.epsilon_high_effective), none, none
+    if spec.loss_type == "sapo":  # −A·σ(τ(ρ−1))·4/τ has slope |A|·4·σ'(τ(ρ−1))·ρ
+        temperature = torch.where(
+            advantages > 0,
+            torch.full_like(advantages, spec.sapo_temperature_pos),
+            torch.full_like(advantages, spec.sapo_temperature_neg),
+        )
+        gate = torch.sigmoid(temperature * (ratio - 1))
+        return advantages.abs() * 4 * gate * (1 - gate) * ratio, none, none
+    return None, none, none
+
+
+def _masked_tokens_allowed(spec: GRPOSpec) -> bool:
+    """Whether the objective may zero the gradient of some unclipped tokens on purpose."""
+    return (
+        spec.top_entropy_quantile < 1.0
+        or spec.off_policy_mask_threshold is not None
+        or (spec.sampler_is_correction and spec.sampler_is_mode.endswith("mask"))
+    )
+
+
+def _kl_gradient_bound(step: TraceStep, spec: GRPOSpec, ratio: torch.Tensor) -> torch.Tensor | None:
+    """Upper bound on |∂(β·KL_t)/∂logp_t| per token (before the shared normaliser), or None if unknown."""
+    if not step.has("logps", "ref_logps"):
+        return None
+    logps, ref = f64(step["logps"]), f64(step["ref_logps"])
+    x = ref - logps
+    estimator = kl_estimator(step, spec)
+    if estimator == "k1":
+        value, slope = -x, torch.ones_like(x)
+    elif estimator == "k2":
+        value, slope = 0.5 * x**2, x.abs()
+    else:
+        value, slope = torch.exp(x) - x - 1, (1 - torch.exp(x)).abs()
+    bound = slope
+    if spec.use_bias_correction_kl:  # ∂(ρ·k_t)/∂logp_t = ρ·k_t + ρ·k'_t (token level)
+        bound = ratio * (value.abs() + slope)
+        if spec.importance_sampling_level == "sequence":  # ρ depends on every token of the row
+            mask = token_mask(step, x).double()
+            row_mean = (value.abs() * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+            bound = bound + ratio * row_mean
+    return spec.beta * bound
+
+
+@register(
+    "grad.sign_matches_advantage",
+    requires=("logps_grad", "advantages"),
+    catalog_ids=("21",),
+    description="on unclipped tokens, sign(∂L/∂logp_t) = −sign(A) (the update raises log-probs of A > 0)",
+    tolerance="exact sign; tokens within 1e-4 of a clip boundary, or where β·|∂KL| could rival |A|·ρ, skipped",
+    likely_cause="loss sign flipped (maximising the loss), or advantages mis-signed in the objective",
+    fix="loss = −min(ρ·A, clip(ρ)·A) (+ β·KL); minimise it",
+)
+def sign_matches_advantage(
+    step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None
+) -> Outcome:
+    effective = spec_or_default(spec)
+    if effective.loss_type not in _SIGN_LOSS_TYPES:
+        return inconclusive(f"loss_type {effective.loss_type!r}: per-token gradient sign not fixed by A")
+    if effective.entropy_coef != 0:
+        return inconclusive("entropy bonus adds a gradient of either sign (entropy_coef ≠ 0)")
+    grad = f64(step["logps_grad"])
+    if grad.dim() != 2:
+        return inconclusive(f"logps_grad must be (B, T), got {tuple(grad.shape)}")
+    ratio = _ratio(step, spec, grad)
+    if ratio is None:
+        return inconclusive(
+            "ratio unknown (needs ratio, logps + old_logps, or meta optimizer_steps_since_old_logps = 0)"
+        )
+    advantages = _advantages(step, grad.shape)
+    mask = loss_mask(step, spec)
+    mask = token_mask(step, grad) if mask is None or mask.shape != grad.shape else mask
+    _, atol = rtol_atol(step["advantages"].dtype)
+    decidable = mask & (advantages.abs() > atol) & torch.isfinite(grad) & torch.isfinite(advantages)
+    policy_scale, region, near = _policy_scale(effective, ratio, advantages)
+    decidable &= ~region & ~near
+    assert policy_scale is not None  # _SIGN_LOSS_TYPES all have a known policy slope
+    if step.has("sampler_is_ratio"):
+        sampler = f64(step["sampler_is_ratio"])
+        sampler = sampler.expand(grad.shape) if sampler.shape[-1] == 1 else sampler
+        decidable &= sampler > 0
+    if effective.beta != 0:
+        kl_bound = _kl_gradient_bound(step, effective, ratio)
+        if kl_bound is None:
+            return inconclusive(
+                "β > 0: needs logps and ref_logps to separate the KL gradient from the policy's"
+            )
+        decidable &= policy_scale > _KL_DOMINANCE * kl_bound
+    count = int(decidable.sum())
+    if count == 0:
+        return inconclusive("no token where the policy term alone decides the gradient sign")
+    wrong = decidable & (grad * advantages > 0)
+    # without the loss mask, a zero gradient may just be padding: only wrong signs are judged then
+    zero = decidable & (grad == 0) if step.has("completion_mask") else torch.zeros_like(decidable)
+    if bool(wrong.any()):
+        row, token = argmax_2d(wrong.to(torch.int8))
+        return Outcome(
+            Verdict.FAIL,
+            f"{int(wrong.sum())} of {count} unclipped token(s) have ∂L/∂logp with the sign of A "
+            f"(row {row}: A = {fmt(float(advantages[row, token]))}, ∂L/∂logp = {fmt(float(grad[row, token]))}): "
+            "gradient descent lowers the log-prob of good completions",
+            figure=float(wrong.sum()),
+            tolerance=0.0,
+            row=row,
+            token=token,
+            details={"decidable_tokens": count, "wrong_sign": int(wrong.sum())},
+        )
+    if bool(zero.any()) and effective.loss_type in CLIP_LOSS_TYPES:
+        eps_low, eps_high = effective.epsilon_low, effective.epsilon_high_effective
+        if eps_high != eps_low:  # zero gradient exactly in the clip-higher window: the symmetric ε was used
+            window = ((advantages > 0) & (ratio > 1 + min(eps_low, eps_high))) | (
+                (advantages < 0) & (ratio < 1 - min(eps_low, eps_high))
+            )
+            in_window = zero & window
+            if bool(in_window.any()) and int(in_window.sum()) == int(zero.sum()):
+                row, token = argmax_2d(in_window.to(torch.int8))
+                return Outcome(
+                    Verdict.FAIL,
+                    f"{int(in_window.sum())} token(s) with ρ between 1+ε_low and 1+ε_high "
+                    f"(ε = {eps_low:g}, {eps_high:g}) get no gradient: clipped at the wrong ε "
+                    f"(row {row}: ρ = {fmt(float(ratio[row, token]))}, A = {fmt(float(advantages[row, token]))})",
+                    figure=float(in_window.sum()),
+                    tolerance=0.0,
+                    row=row,
+                    token=token,
+                    likely_cause="clip-higher ε_high computed but not used (the objective clips symmetrically "
+                    "at ε_low)",
+                    fix="clamp(ρ, 1 − ε_low, 1 + ε_high) with the configured ε_high",
+                    details={"decidable_tokens": count, "zero_gradient": int(zero.sum())},
+                )
+    if bool(zero.any()) and not _masked_tokens_allowed(effective):
+        row, token = argmax_2d(zero.to(torch.int8))
+        everywhere = int(zero.sum()) == count
+        return Outcome(
+            Verdict.FAIL if everywhere else Verdict.WARN,
+            f"{int(zero.sum())} of {count} unclipped token(s) with A ≠ 0 receive exactly zero gradient",
+            figure=float(zero.sum()),
+            tolerance=0.0,
+            row=row,
+            token=token,
+            likely_cause="the policy term is detached (e.g. ratio or logps computed under no_grad / .detach())"
+            if everywhere
+            else "these tokens are masked by something the capture does not show (tool_mask or truncated "
+            "not recorded, an entropy / off-policy mask not declared in the spec)",
+            fix="keep logps attached to the graph through ratio and loss; detach only old_logps"
+            if everywhere
+            else "record tool_mask / truncated, or declare the masking option in the GRPOSpec",
+            details={"decidable_tokens": count, "zero_gradient": int(zero.sum())},
+        )
+    return passed(f"{count} unclipped token(s): sign(∂L/∂logp) = −sign(A)", 0.0, 0.0, decidable_tokens=count)
+
+
+@register(
+    "grad.zero_where_clipped",
+    requires=[
+        ("logps_grad", "advantages", "ratio"),
+        ("logps_grad", "advantages", "logps", "old_logps"),
+        ("logps_grad", "advantages", "is_low_clipped"),
+        ("logps_grad", "advantages", "is_high_clipped"),
+    ],
+    catalog_ids=("21",),
+    description="∂L/∂logp_t = 0 exactly where clipping is active ((A>0 ∧ ρ>1+ε_high) ∨ (A<0 ∧ ρ<1−ε_low))",
+    tolerance="exact 0; tokens within 1e-4 of a clip boundary skipped",
+    likely_cause="clipping computed but not applied (clip-higher epsilon unused, min/max swapped, dual clip "
+    "on the wrong side), so clipped tokens still receive gradient",
+    fix="per_token_loss = −min(ρ·A, clamp(ρ, 1−ε_low, 1+ε_high)·A) with the same ε the metrics use",
+)
+def zero_where_clipped(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
+    effective = spec_or_default(spec)
+    if effective.loss_type not in CLIP_LOSS_TYPES:
+        return not_applicable(f"loss_type {effective.loss_type!r} has no zero-gradient clip region")
+    if effective.beta != 0 or effective.entropy_coef != 0:
+        return inconclusive("β ≠ 0 or entropy bonus: clipped tokens still get the KL/entropy gradient")
+    grad = f64(step["logps_grad"])
+    if grad.dim() != 2:
+        return inconclusive(f"logps_grad must be (B, T), got {tuple(grad.shape)}")
+    advantages = _advantages(step, grad.shape)
+    ratio = _ratio(step, spec, grad)
+    if ratio is not None:
+        region, near = _clip_region(ratio, advantages, effective)
+        region &= ~near
+        source = "ρ, A and ε"
+    else:
+        region = torch.zeros(grad.shape, dtype=torch.bool, device=grad.device)
+        for name in ("is_low_clipped", "is_high_clipped"):
+            if step.has(name):
+                flag = step[name].detach().bool()
+                region |= flag.expand(grad.shape) if flag.shape[-1] == 1 else flag
+        source = "is_low_clipped / is_high_clipped"
+    mask = loss_mask(step, spec)
+    mask = token_mask(step, grad) if mask is None or mask.shape != grad.shape else mask
+    region &= mask
+    if not bool(region.any()):
+        return not_applicable("no token in the clip region")
+    allowed = tolerance if tolerance is not None else 0.0
+    leak = torch.where(region, torch.nan_to_num(grad.abs(), nan=torch.inf), -1.0)
+    row, token = argmax_2d(leak)
+    figure = float(leak[row, token])
+    clipped = int(region.sum())
+    if figure <= allowed:
+        return passed(
+            f"{clipped} clipped token(s) get no gradient (clip region from {source})", figure, allowed
+        )
+    unclipped = mask & ~region & (grad != 0)
+    typical = float(grad[unclipped].abs().median()) if bool(unclipped.any()) else None
+    typical_text = f" (median |∂L/∂logp| on unclipped tokens: {fmt(typical)})" if typical is not None else ""
+    return Outcome(
+        Verdict.FAIL,
+        f"{int((leak > allowed).sum())} of {clipped} clipped token(s) still receive gradient: "
+        f"max |∂L/∂logp| = {fmt(figure)}{typical_text}",
+        figure=figure,
+        tolerance=allowed,
+        row=row,
+        token=token,
+        details={"clipped_tokens": clipped, "clip_region_from": source, "median_unclipped_grad": typical},
+    )
+
+
+def _kl_gradient_direction(step: TraceStep, spec: GRPOSpec, ratio: torch.Tensor) -> torch.Tensor:
+    """∂(per-token KL term)/∂logp_t up to a positive factor, for the estimator and bias correction in use."""
+    logps, ref = f64(step["logps"]), f64(step["ref_logps"])
+    x = ref - logps
+    estimator = kl_estimator(step, spec)
+    if estimator == "k1":
+        value, slope = -x, torch.ones_like(x)
+    elif estimator == "k2":
+        value, slope = 0.5 * x**2, -x
+    else:
+        value, slope = torch.exp(x) - x - 1, 1 - torch.exp(x)
+    if not spec.use_bias_correction_kl:
+        return slope
+    direction = value + slope  # ∂(ρ·k_t)/∂logp_t = ρ·(k_t + k'_t), ρ > 0
+    if spec.importance_sampling_level == "sequence":  # plus ρ·Σ_s k_s / |o| through the sequence ratio
+        mask = token_mask(step, x).double()
+        direction = direction + (value * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
+    return direction
+
+
+@register(
+    "grad.kl_sign_where_kl_dominates",
+    requires=("logps_grad", "advantages", "logps", "ref_logps"),
+    catalog_ids=("21", "18"),
+    description="where the policy term is zero (A = 0, or clipped) or far smaller than β·∂KL, ∂L/∂logp_t has "
+    "the sign of ∂KL_t/∂logp_t: the penalty pulls the policy towards the reference",
+    tolerance="exact sign; tokens with |∂KL/∂logp| ≤ 1e-6, or where the policy term is within 2× of β·|∂KL|, "
+    "not judged",
+    likely_cause="KL penalty added with the wrong sign (loss − β·KL) or an estimator whose gradient differs "
+    "from the configured one",
+    fix="loss = policy term + β·KL with KL = k3 = exp(ref − logp) − (ref − logp) − 1 (or the configured estimator)",
+)
+def kl_sign_where_kl_dominates(
+    step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None
+) -> Outcome:
+    effective = spec_or_default(spec)
+    if effective.beta == 0:
+        return not_applicable("β = 0: no KL penalty")
+    if effective.entropy_coef != 0:
+        return inconclusive("entropy bonus adds a gradient of either sign (entropy_coef ≠ 0)")
+    grad = f64(step["logps_grad"])
+    if grad.dim() != 2:
+        return inconclusive(f"logps_grad must be (B, T), got {tuple(grad.shape)}")
+    advantages = _advantages(step, grad.shape)
+    ratio = _ratio(step, spec, grad)
+    policy_scale = None
+    if ratio is None:  # off-policy with unknown ratio: only tokens without any policy term are judged
+        ratio = torch.ones_like(grad)
+        dominated = advantages == 0
+        near = torch.zeros_like(dominated)
+    else:
+        policy_scale, region, near = _policy_scale(effective, ratio, advantages)
+        dominated = (advantages == 0) | region
+    direction = _kl_gradient_direction(step, effective, ratio)
+    kl_gradient = effective.beta * direction * (ratio if effective.use_bias_correction_kl else 1.0)
+    if policy_scale is not None:
+        dominated = dominated | (kl_gradient.abs() > _KL_DOMINANCE * policy_scale)
+    mask = loss_mask(step, spec)
+    mask = token_mask(step, grad) if mask is None or mask.shape != grad.shape else mask
+    floor = tolerance if tolerance is not None else 1e-6
+    judged = mask & dominated & ~near & (direction.abs() > floor) & torch.isfinite(grad) & (grad != 0)
+    count = int(judged.sum())
+    if count == 0:
+        return not_applicable("no token where the KL penalty alone decides the gradient")
+    wrong = judged & (grad * direction < 0)
+    if not bool(wrong.any()):
+        return passed(
+            f"{count} KL-dominated token(s) move towards the reference", 0.0, 0.0, judged_tokens=count
+        )
+    row, token = argmax_2d(wrong.to(torch.int8))
+    return Outcome(
+        Verdict.FAIL,
+        f"{int(wrong.sum())} of {count} KL-dominated token(s) are pushed away from the reference "
+        f"(row {row}: A = {fmt(float(advantages[row, token]))}, ∂KL/∂logp ∝ {fmt(float(direction[row, token]))}, "
+        f"∂L/∂logp = {fmt(float(grad[row, token]))})",
+        figure=float(wrong.sum()),
+        tolerance=0.0,
+        row=row,
+        token=token,
+        details={"judged_tokens": count, "wrong_sign": int(wrong.sum())},
+    )

@@ -1,0 +1,185 @@
+"""KL-stage invariants: finite, k2/k3 ≥ 0, KL = 0 at step 0 when the reference is the initial policy."""
+
+from __future__ import annotations
+
+import torch
+
+from grpo_check.config import GRPOSpec
+from grpo_check.findings import Verdict
+from grpo_check.invariants._common import (
+    Outcome,
+    argmax_2d,
+    f64,
+    finite_outcome,
+    fmt,
+    inconclusive,
+    not_applicable,
+    passed,
+    rtol_atol,
+    spec_or_default,
+    token_mask,
+)
+from grpo_check.invariants.ratio import SMALL_LOG_RATIO
+from grpo_check.invariants.registry import register
+from grpo_check.trace.model import TraceStep
+
+
+@register(
+    "kl.finite",
+    requires=("kl",),
+    description="per-token KL is finite on completion tokens",
+    tolerance="exact",
+    likely_cause="exp(ref_logps − logps) overflowed: reference log-probs misaligned with the policy's, or "
+    "a -inf log-prob",
+    fix="align ref_logps with logps (same shift, same tokens) and compute the KL in float32",
+)
+def kl_finite(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
+    return finite_outcome(step, ("kl",))
+
+
+def kl_estimator(step: TraceStep, spec: GRPOSpec | None) -> str:
+    return str(step.meta.get("kl_estimator") or spec_or_default(spec).kl_estimator)
+
+
+@register(
+    "kl.nonnegative",
+    requires=("kl",),
+    catalog_ids=("18",),
+    description="k2 and k3 (and ρ·k3) per-token KL estimates are ≥ 0 (k1 may be negative)",
+    tolerance="rtol of the kl dtype × max(1, max|kl|)",
+    likely_cause="KL estimator implemented with a sign error (e.g. log(π_ref/π) and π/π_ref swapped "
+    "inconsistently) or k1 used where k3 was configured",
+    fix="k3 = exp(ref − logp) − (ref − logp) − 1, which is ≥ 0 for every token",
+)
+def nonnegative(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
+    estimator = kl_estimator(step, spec)
+    if estimator == "k1":
+        return not_applicable("the k1 estimator (logp − ref_logp) is negative on some tokens by design")
+    values = f64(step["kl"])
+    valid = token_mask(step, values) & torch.isfinite(values)
+    if not bool(valid.any()):
+        return inconclusive("no valid token")
+    rtol, _ = rtol_atol(step["kl"].dtype)
+    allowed = tolerance if tolerance is not None else rtol * max(1.0, float(values[valid].abs().max()))
+    masked = torch.where(valid, -values, -torch.inf)
+    row, token = argmax_2d(masked)
+    lowest = -float(masked[row] if token is None else masked[row, token])
+    if lowest >= -allowed:
+        return passed(f"min {estimator} KL {fmt(lowest)} ≥ 0", lowest, allowed)
+    return Outcome(
+        Verdict.FAIL,
+        f"{int(((values < -allowed) & valid).sum())} token(s) have negative {estimator} KL (min {fmt(lowest)})",
+        figure=lowest,
+        tolerance=allowed,
+        row=row,
+        token=token,
+    )
+
+
+@register(
+    "kl.zero_at_step0",
+    requires=[("logps", "ref_logps", "meta.step"), ("kl", "meta.step")],
+    catalog_ids=("20",),
+    description="at step 0 (no optimizer step yet) the policy equals the reference: logps = ref_logps, KL = 0",
+    tolerance="rtol·max(1, max|logp|) + atol of the logps dtype (torch.testing defaults)",
+    likely_cause="wrong reference model (not the initial policy, adapter not disabled, different dtype or "
+    "dropout in one of the two forwards)",
+    fix="build the reference as a frozen copy of the initial policy (or disable the adapter) in eval mode "
+    "and the same dtype",
+)
+def zero_at_step0(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
+    if int(step.meta["step"]) != 0:
+        return not_applicable(f"step {int(step.meta['step'])} > 0")
+    if step.meta.get("ref_is_init") is False:
+        return not_applicable("meta ref_is_init is False")
+    if step.has("logps", "ref_logps"):
+        logps, ref = f64(step["logps"]), f64(step["ref_logps"])
+        valid = token_mask(step, logps) & torch.isfinite(logps) & torch.isfinite(ref)
+        if not bool(valid.any()):
+            return inconclusive("no valid token")
+        rtol, atol = rtol_atol(step["logps"].dtype)
+        allowed = (
+            tolerance if tolerance is not None else rtol * max(1.0, float(logps[valid].abs().max())) + atol
+        )
+        deviation = torch.where(valid, (logps - ref).abs(), -1.0)
+        quantity = "|logp − ref_logp|"
+    else:
+        values = f64(step["kl"])
+        valid = token_mask(step, values) & torch.isfinite(values)
+        if not bool(valid.any()):
+            return inconclusive("no valid token")
+        rtol, atol = rtol_atol(step["kl"].dtype)
+        allowed = tolerance if tolerance is not None else 10 * (rtol + atol)
+        deviation = torch.where(valid, values.abs(), -1.0)
+        quantity = "|KL|"
+    row, token = argmax_2d(deviation)
+    figure = float(deviation[row] if token is None else deviation[row, token])
+    if figure <= allowed:
+        return passed(f"step 0: max {quantity} = {fmt(figure)}", figure, allowed)
+    small = quantity.startswith("|logp") and figure <= SMALL_LOG_RATIO and tolerance is None
+    return Outcome(
+        Verdict.WARN if small else Verdict.FAIL,
+        f"at step 0 the reference differs from the policy: max {quantity} = {fmt(figure)} on "
+        f"{int(((deviation > allowed) & valid).sum())} token(s)"
+        + (" — small: the reference runs in another dtype or batch shape" if small else ""),
+        figure=figure,
+        tolerance=allowed,
+        row=row,
+        token=token,
+        likely_cause="reference forward in a different dtype / batch shape than the policy's (numerical noise, "
+        "not a different model)"
+        if small
+        else None,
+        fix="run the reference in the policy's dtype and micro-batching" if small else None,
+    )
+
+
+@register(
+    "kl.reference_frozen",
+    requires=[("logps", "ref_logps", "meta.step"), ("kl", "meta.step")],
+    catalog_ids=("20",),
+    description="after optimizer steps (step ≥ 1) the policy has moved away from the reference somewhere "
+    "(logps ≠ ref_logps, KL ≠ 0)",
+    tolerance="flagged when every token is within the on-policy tolerance (rtol·max(1, max|logp|) + atol)",
+    likely_cause="wrong reference model: the reference is the current policy (ref = policy, or the adapter "
+    "was not disabled for the reference forward), so the KL penalty is always 0",
+    fix="build the reference as a frozen copy of the initial policy (or disable the adapter) and never "
+    "update it",
+)
+def reference_frozen(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
+    current = int(step.meta["step"])
+    if current < 1:
+        return not_applicable("no optimizer step yet (step 0)")
+    if step.meta.get("ref_is_init") is False:
+        return not_applicable("meta ref_is_init is False")
+    if step.has("logps", "ref_logps"):
+        logps, ref = f64(step["logps"]), f64(step["ref_logps"])
+        valid = token_mask(step, logps) & torch.isfinite(logps) & torch.isfinite(ref)
+        rtol, atol = rtol_atol(step["logps"].dtype)
+        scale = float(logps[valid].abs().max()) if bool(valid.any()) else 1.0
+        allowed = tolerance if tolerance is not None else rtol * max(1.0, scale) + atol
+        deviation = (logps - ref).abs()
+        quantity = "|logp − ref_logp|"
+    else:
+        values = f64(step["kl"])
+        valid = token_mask(step, values) & torch.isfinite(values)
+        rtol, atol = rtol_atol(step["kl"].dtype)
+        allowed = tolerance if tolerance is not None else rtol + atol
+        deviation = values.abs()
+        quantity = "|KL|"
+    if not bool(valid.any()):
+        return inconclusive("no valid token")
+    figure = float(deviation[valid].max())
+    if figure > allowed:
+        return passed(
+            f"step {current}: the policy differs from the reference (max {quantity} = {fmt(figure)})",
+            figure,
+            allowed,
+        )
+    return Outcome(
+        Verdict.WARN,
+        f"at step {current} the policy still equals the reference on every token (max {quantity} = "
+        f"{fmt(figure)}): the reference follows the policy (legitimate only with learning rate 0)",
+        figure=figure,
+        tolerance=allowed,
+    )

@@ -1,0 +1,188 @@
+"""Log-prob-stage invariants: finite, ≤ 0, not bf16-quantised, entropies ≥ 0."""
+
+from __future__ import annotations
+
+import torch
+
+from grpo_check.config import GRPOSpec
+from grpo_check.findings import Verdict
+from grpo_check.invariants._common import (
+    Outcome,
+    argmax_2d,
+    f64,
+    finite_outcome,
+    fmt,
+    inconclusive,
+    machine_eps,
+    passed,
+    token_mask,
+)
+from grpo_check.invariants.registry import register
+from grpo_check.trace.model import TraceStep
+
+LOGP_NAMES = ("logps", "old_logps", "ref_logps", "sampler_logps")
+
+_SIGN_ERROR_LOGP = 0.5  # a log-prob above this cannot come from rounding, even in bf16
+_SIGN_ERROR_FRACTION = 0.25  # ... nor can a quarter of all tokens being positive
+
+
+@register(
+    "logps.finite",
+    requires=[(name,) for name in (*LOGP_NAMES, "entropies")],
+    description="logps, old_logps, ref_logps, sampler_logps and entropies are finite on completion tokens",
+    tolerance="exact",
+    likely_cause="log of a zero probability (a token the sampler could not have produced: wrong temperature, "
+    "top-k applied on one side only, misaligned shift) or an overflow in low precision",
+    fix="compute log-probs with log_softmax in float32 on the shifted logits that predict each token",
+)
+def logps_finite(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
+    return finite_outcome(step, (*LOGP_NAMES, "entropies"))
+
+
+def _positive_tolerance(dtype: torch.dtype) -> float:
+    return 0.0 if dtype in (torch.float16, torch.bfloat16) else 64 * machine_eps(dtype)
+
+
+@register(
+    "logps.nonpositive",
+    requires=[(name,) for name in LOGP_NAMES],
+    catalog_ids=("S1", "32"),
+    description="every log-prob is ≤ 0 on completion tokens (log of a probability)",
+    tolerance="64·eps of the dtype (0 for 16-bit); > 0.5 or > 25% of tokens positive is a sign error",
+    likely_cause="log-softmax sign flipped (logsumexp − logit instead of logit − logsumexp)",
+    fix="logp = logits.log_softmax(-1).gather(-1, ids) (or logit − logsumexp); never logsumexp − logit",
+)
+def nonpositive(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
+    worst: tuple[float, str, int, int | None, float, float] | None = None
+    checked: list[str] = []
+    for name in LOGP_NAMES:
+        tensor = step.get(name)
+        if tensor is None:
+            continue
+        checked.append(name)
+        values = f64(tensor)
+        valid = token_mask(step, values) & torch.isfinite(values)
+        if not bool(valid.any()):
+            continue
+        masked = torch.where(valid, values, -torch.inf)
+        row, token = argmax_2d(masked)
+        top = float(masked[row] if token is None else masked[row, token])
+        positive_fraction = float(((values > 0) & valid).sum() / valid.sum())
+        allowed = tolerance if tolerance is not None else _positive_tolerance(tensor.dtype)
+        if worst is None or top - allowed > worst[0] - worst[5]:
+            worst = (top, name, row, token, positive_fraction, allowed)
+    if worst is None:
+        return inconclusive(f"no valid token in {', '.join(checked)}")
+    top, name, row, token, positive_fraction, allowed = worst
+    if top <= allowed:
+        return passed(f"max log-prob {fmt(top)} ≤ 0 in {', '.join(checked)}", top, allowed)
+    details = {"tensor": name, "positive_fraction": positive_fraction}
+    if top > _SIGN_ERROR_LOGP or positive_fraction > _SIGN_ERROR_FRACTION:
+        return Outcome(
+            Verdict.FAIL,
+            f"{name} has log-probs > 0 (max {fmt(top)}, {positive_fraction:.1%} of tokens positive): "
+            "a probability above 1",
+            figure=top,
+            tolerance=allowed,
+            row=row,
+            token=token,
+            details=details,
+        )
+    return Outcome(
+        Verdict.WARN,
+        f"{name} has small positive log-probs (max {fmt(top)}, {positive_fraction:.2%} of tokens): "
+        "rounding of a low-precision log-softmax",
+        figure=top,
+        tolerance=allowed,
+        row=row,
+        token=token,
+        details=details,
+        catalog_id="32",
+        likely_cause="log-softmax computed in bf16/fp16: log-probs are quantised and can exceed 0",
+        fix="upcast logits to float32 before log_softmax",
+    )
+
+
+_MIN_TOKENS = 16
+_QUANTISED_FRACTION = 0.5
+
+
+@register(
+    "logps.bf16_quantised",
+    requires=[(name,) for name in LOGP_NAMES],
+    catalog_ids=("32",),
+    description="log-probs are not quantised to the bf16/fp16 grid (more than half the tokens exactly on it)",
+    tolerance="fraction on the bf16 grid ≤ 0.5 (genuine float32 values land there ~1/65536 of the time)",
+    likely_cause="log-softmax computed in bf16 (transformers #31267): quantised log-probs make the ratio "
+    "and KL noisy at the 1% level",
+    fix="upcast logits to float32 before log_softmax / the gather",
+)
+def bf16_quantised(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
+    limit = tolerance if tolerance is not None else _QUANTISED_FRACTION
+    worst: tuple[float, str, str] | None = None
+    for name in LOGP_NAMES:
+        tensor = step.get(name)
+        if tensor is None or not tensor.is_floating_point():
+            continue
+        if tensor.dtype in (torch.bfloat16, torch.float16):
+            return Outcome(
+                Verdict.WARN,
+                f"{name} is stored as {tensor.dtype}: log-probs quantised to {machine_eps(tensor.dtype):.2g} relative",
+                figure=1.0,
+                tolerance=limit,
+                details={"tensor": name, "grid": str(tensor.dtype)},
+            )
+        values = tensor.detach()
+        valid = token_mask(step, values) & torch.isfinite(values) & (values.abs() > 1e-3)
+        count = int(valid.sum())
+        if count < _MIN_TOKENS:
+            continue
+        for grid in (torch.bfloat16, torch.float16):
+            on_grid = (values.to(grid).to(values.dtype) == values) & valid
+            fraction = float(on_grid.sum()) / count
+            if worst is None or fraction > worst[0]:
+                worst = (fraction, name, str(grid))
+    if worst is None:
+        return inconclusive(f"fewer than {_MIN_TOKENS} valid log-probs with |logp| > 1e-3")
+    fraction, name, grid = worst
+    if fraction <= limit:
+        return passed(f"log-probs not quantised (at most {fraction:.1%} on a 16-bit grid)", fraction, limit)
+    return Outcome(
+        Verdict.WARN,
+        f"{fraction:.1%} of {name} lie exactly on the {grid} grid: computed in 16-bit precision",
+        figure=fraction,
+        tolerance=limit,
+        details={"tensor": name, "grid": grid},
+    )
+
+
+@register(
+    "logps.entropies_nonnegative",
+    requires=("entropies",),
+    description="per-token entropies are ≥ 0 on completion tokens",
+    tolerance="64·eps of the dtype × max(1, max H)",
+    likely_cause="entropy computed with a sign error or from unnormalised logits (Σ p log p with p not summing to 1)",
+    fix="H = −Σ softmax(z)·log_softmax(z) over the vocabulary, in float32",
+)
+def entropies_nonnegative(
+    step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None
+) -> Outcome:
+    values = f64(step["entropies"])
+    valid = token_mask(step, values) & torch.isfinite(values)
+    if not bool(valid.any()):
+        return inconclusive("no valid entropy")
+    scale = max(1.0, float(values[valid].abs().max()))
+    allowed = tolerance if tolerance is not None else 64 * machine_eps(step["entropies"].dtype) * scale
+    masked = torch.where(valid, -values, -torch.inf)
+    row, token = argmax_2d(masked)
+    lowest = -float(masked[row] if token is None else masked[row, token])
+    if lowest >= -allowed:
+        return passed(f"min entropy {fmt(lowest)} ≥ 0", lowest, allowed)
+    return Outcome(
+        Verdict.FAIL,
+        f"{int(((values < -allowed) & valid).sum())} token(s) have negative entropy (min {fmt(lowest)})",
+        figure=lowest,
+        tolerance=allowed,
+        row=row,
+        token=token,
+    )

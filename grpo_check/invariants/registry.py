@@ -1,0 +1,318 @@
+"""The registry of invariant checks: stable ids, declared inputs, and the runner.
+
+A check is a small function ``(step, spec, *, tolerance=None) -> Outcome | list[Outcome]`` registered with
+:func:`register`. The registry wraps it into a :class:`Check` whose ``run`` returns ``list[Finding]``:
+
+* the inputs it declares are checked first: if none of its alternatives is fully captured the finding is
+  ``NOT_CAPTURED`` (never a failure);
+* an exception while evaluating (e.g. mismatched shapes) becomes ``INCONCLUSIVE`` with the error text;
+* the outcome's row/token are turned into GRPO coordinates (step, prompt = group_index value, generation =
+  index of the row within its group, token, token id).
+
+Inputs are named with the canonical tensor names of :data:`grpo_check.trace.model.TENSOR_STAGE`, plus two
+pseudo names: ``completion_text`` (decoded text on the step) and ``meta.<key>`` (a step-metadata key).
+
+Example::
+
+    >>> from grpo_check.invariants import REGISTRY, get
+    >>> get("logps.nonpositive").stage
+    'logps'
+    >>> "advantages.group_sum_zero" in REGISTRY
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from grpo_check.config import GRPOSpec
+from grpo_check.findings import Finding, Verdict, Where
+from grpo_check.invariants._common import Outcome
+from grpo_check.trace.model import TraceStep
+
+CheckFunction = Callable[..., "Outcome | list[Outcome]"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One registered invariant.
+
+    Attributes:
+        id: stable id ``"<stage>.<name>"``.
+        stage: pipeline stage.
+        requires: alternatives of inputs; the check runs if every name of at least one alternative is present.
+        catalog_ids: bug-catalog entries this check's failure points at (the first is the default).
+        description: one line: what it asserts.
+        tolerance: how the default tolerance is derived (text, for docs and reports).
+        likely_cause: default likely cause when it fails.
+        fix: default fix when it fails.
+        function: the check function.
+    """
+
+    id: str
+    stage: str
+    requires: tuple[tuple[str, ...], ...]
+    catalog_ids: tuple[str, ...]
+    description: str
+    tolerance: str
+    likely_cause: str
+    fix: str
+    function: CheckFunction = dataclasses.field(repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.id.split(".", 1)[1]
+
+    def missing(self, step: TraceStep) -> list[str] | None:
+        """``None`` when some alternative of ``requires`` is fully present, else the names missing from the first."""
+        if not self.requires:
+            return None
+        best: list[str] | None = None
+        for alternative in self.requires:
+            lacking = [name for name in alternative if not _present(step, name)]
+            if not lacking:
+                return None
+            if best is None or len(lacking) < len(best):
+                best = lacking
+        return best or []
+
+    def run(
+        self, step: TraceStep, spec: GRPOSpec | None = None, *, tolerance: float | None = None
+    ) -> list[Finding]:
+        """Evaluate on one step; always returns at least one finding."""
+        lacking = self.missing(step)
+        if lacking is not None:
+            needs = " or ".join("+".join(alt) for alt in self.requires)
+            return [
+                self._finding(
+                    step,
+                    Outcome(
+                        Verdict.NOT_CAPTURED,
+                        f"not captured: needs {needs} (missing {', '.join(lacking)})",
+                        details={"missing": lacking},
+                    ),
+                )
+            ]
+        try:
+            outcome = self.function(step, spec, tolerance=tolerance)
+        except (RuntimeError, ValueError, LookupError, TypeError) as error:
+            outcome = Outcome(
+                Verdict.INCONCLUSIVE,
+                f"could not evaluate ({type(error).__name__}: {error}); check tensor shapes against "
+                "grpo_check/trace/model.py",
+            )
+        outcomes = outcome if isinstance(outcome, list) else [outcome]
+        return [self._finding(step, o) for o in outcomes]
+
+    __call__ = run
+
+    def _finding(self, step: TraceStep, outcome: Outcome) -> Finding:
+        bad = outcome.verdict in (Verdict.FAIL, Verdict.WARN)
+        if outcome.verdict is Verdict.CONVENTION:  # a declared difference: only what the outcome says
+            return Finding(
+                check_id=self.id,
+                stage=self.stage,
+                verdict=outcome.verdict,
+                figure=None if outcome.figure is None else float(outcome.figure),
+                tolerance=None if outcome.tolerance is None else float(outcome.tolerance),
+                where=where_in_step(step, outcome.row, outcome.token),
+                explanation=outcome.explanation,
+                likely_cause=outcome.likely_cause,
+                fix=outcome.fix,
+                catalog_id=outcome.catalog_id,
+                details=outcome.details,
+            )
+        return Finding(
+            check_id=self.id,
+            stage=self.stage,
+            verdict=outcome.verdict,
+            figure=None if outcome.figure is None else float(outcome.figure),
+            tolerance=None if outcome.tolerance is None else float(outcome.tolerance),
+            where=where_in_step(step, outcome.row, outcome.token),
+            explanation=outcome.explanation,
+            likely_cause=(outcome.likely_cause or self.likely_cause) if bad else None,
+            fix=(outcome.fix or self.fix) if bad else None,
+            catalog_id=(outcome.catalog_id or (self.catalog_ids[0] if self.catalog_ids else None))
+            if bad
+            else None,
+            kind="invariant",
+            details=outcome.details,
+        )
+
+
+def _present(step: TraceStep, name: str) -> bool:
+    if name == "completion_text":
+        return step.completion_text is not None
+    if name.startswith("meta."):
+        return step.meta.get(name[5:]) is not None
+    return step.tensors.get(name) is not None
+
+
+def where_in_step(step: TraceStep, row: int | None, token: int | None) -> Where:
+    """GRPO coordinates of (row, token) in ``step``: prompt, generation within the group, token id."""
+    meta = step.meta
+    prompt = generation = token_id = None
+    group_tensor = step.get("group_index")
+    if group_tensor is None:
+        group_tensor = step.get("extra.group_index")  # adapters keep partial-group indices there
+    if row is not None and group_tensor is not None:
+        group_index = group_tensor.detach().reshape(-1)
+        if 0 <= row < group_index.numel():
+            prompt = int(group_index[row])
+            generation = int((group_index[:row] == group_index[row]).sum())
+    if row is not None and token is not None and step.has("completion_ids"):
+        ids = step["completion_ids"]
+        if ids.dim() == 2 and 0 <= row < ids.shape[0] and 0 <= token < ids.shape[1]:
+            token_id = int(ids[row, token])
+    return Where(
+        step=_int_or_none(meta.get("step")),
+        micro_batch=_int_or_none(meta.get("micro_batch")),
+        rank=_int_or_none(meta.get("rank")),
+        prompt=prompt,
+        generation=generation,
+        row=row,
+        token=token,
+        token_id=token_id,
+    )
+
+
+def _int_or_none(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        return int(value.item())
+    return int(value)
+
+
+REGISTRY: dict[str, Check] = {}
+"""All registered checks by id, in registration (= pipeline) order."""
+
+
+def register(
+    id: str,
+    *,
+    requires: Iterable[Iterable[str]] | Iterable[str],
+    description: str,
+    tolerance: str,
+    likely_cause: str,
+    fix: str,
+    catalog_ids: Iterable[str] = (),
+) -> Callable[[CheckFunction], Check]:
+    """Decorator registering a check function under a stable id ``"<stage>.<name>"``.
+
+    ``requires`` is either one tuple of names (all needed) or a tuple of alternatives.
+    """
+    stage = id.split(".", 1)[0]
+    items = list(requires)
+    if items and isinstance(items[0], str):
+        alternatives: tuple[tuple[str, ...], ...] = (tuple(items),)  # type: ignore[arg-type]
+    else:
+        alternatives = tuple(tuple(alt) for alt in items)
+
+    def decorate(function: CheckFunction) -> Check:
+        if id in REGISTRY:
+            raise ValueError(f"duplicate invariant id {id!r}")
+        check = Check(
+            id=id,
+            stage=stage,
+            requires=alternatives,
+            catalog_ids=tuple(catalog_ids),
+            description=description,
+            tolerance=tolerance,
+            likely_cause=likely_cause,
+            fix=fix,
+            function=function,
+        )
+        REGISTRY[id] = check
+        return check
+
+    return decorate
+
+
+def get(check_id: str) -> Check:
+    """The registered check with this id (``KeyError`` listing the known ids otherwise)."""
+    try:
+        return REGISTRY[check_id]
+    except KeyError:
+        raise KeyError(f"unknown invariant {check_id!r}; known: {', '.join(REGISTRY)}") from None
+
+
+def run_invariants(
+    step_or_trace: Any,
+    spec: GRPOSpec | None = None,
+    checks: Iterable[str] | None = None,
+    *,
+    tolerances: dict[str, float] | None = None,
+    stages: Iterable[str] | None = None,
+) -> list[Finding]:
+    """Run all (or the selected) invariants on a :class:`TraceStep` or every step of a :class:`Trace`.
+
+    Args:
+        step_or_trace: a ``TraceStep``, a ``Trace``, or an iterable of ``TraceStep``.
+        spec: the algorithm configuration; for a ``Trace`` defaults to ``trace.spec()``. Without one, G is
+            inferred from the group sizes and the other settings take ``GRPOSpec()`` defaults.
+        checks: ids (or id prefixes ending in ``.``, e.g. ``"advantages."``) to run; all when ``None``.
+        tolerances: per-check-id tolerance overrides.
+        stages: only checks of these stages.
+
+    Returns:
+        One list of findings, in step order then registry order. ``NOT_CAPTURED`` findings mark checks
+        whose tensors were not recorded; over several steps, only once per check and only for checks that
+        ran on no step at all.
+    """
+    from grpo_check.trace.model import Trace
+
+    if isinstance(step_or_trace, Trace):
+        steps = list(step_or_trace.steps)
+        if spec is None:
+            spec = step_or_trace.spec()
+    elif isinstance(step_or_trace, TraceStep):
+        steps = [step_or_trace]
+    else:
+        steps = list(step_or_trace)
+    selected = select(checks, stages)
+    tolerances = tolerances or {}
+    findings: list[Finding] = []
+    for step in steps:
+        for check in selected:
+            findings.extend(check.run(step, spec, tolerance=tolerances.get(check.id)))
+    if len(steps) > 1:
+        findings = _collapse_not_captured(findings)
+    return findings
+
+
+def _collapse_not_captured(findings: list[Finding]) -> list[Finding]:
+    """Over several steps, a check's NOT_CAPTURED findings are noise when it ran on another step (e.g.
+    advantages captured once per generation batch, gradients once per micro-batch): keep them only for
+    checks that ran nowhere, once."""
+    ran = {f.check_id for f in findings if f.verdict is not Verdict.NOT_CAPTURED}
+    kept: list[Finding] = []
+    reported: set[str] = set()
+    for finding in findings:
+        if finding.verdict is Verdict.NOT_CAPTURED:
+            if finding.check_id in ran or finding.check_id in reported:
+                continue
+            reported.add(finding.check_id)
+        kept.append(finding)
+    return kept
+
+
+def select(checks: Iterable[str] | None = None, stages: Iterable[str] | None = None) -> list[Check]:
+    """Registered checks matching ids / id prefixes (``"grad."``) and stages, in registry order."""
+    chosen = list(REGISTRY.values())
+    if checks is not None:
+        wanted = list(checks)
+        for item in wanted:
+            if not item.endswith(".") and item not in REGISTRY:
+                get(item)  # raises with the list of known ids
+        chosen = [
+            c for c in chosen if any(c.id == w or (w.endswith(".") and c.id.startswith(w)) for w in wanted)
+        ]
+    if stages is not None:
+        stage_set = set(stages)
+        chosen = [c for c in chosen if c.stage in stage_set]
+    return chosen

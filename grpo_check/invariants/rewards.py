@@ -1,0 +1,95 @@
+"""Rewards-stage invariants: finiteness (NaN only as the unscorable marker), total = weighted sum."""
+
+from __future__ import annotations
+
+import torch
+
+from grpo_check.config import GRPOSpec
+from grpo_check.findings import Verdict
+from grpo_check.invariants._common import (
+    Outcome,
+    argmax_2d,
+    f64,
+    finite_outcome,
+    inconclusive,
+    passed,
+    reward_weights,
+    rtol_atol,
+)
+from grpo_check.invariants.registry import register
+from grpo_check.trace.model import TraceStep
+
+
+@register(
+    "rewards.finite",
+    requires=[("rewards_per_func",), ("rewards",), ("reward_weights",)],
+    catalog_ids=("8",),
+    description="rewards are finite; NaN only marks an unscorable row (every reward function returned None)",
+    tolerance="exact",
+    likely_cause="a reward function returned inf/NaN for a scorable completion, or NaN was summed with + "
+    "instead of nansum",
+    fix="return None (NaN) only for unscorable completions, sum with nansum, and keep every reward finite",
+)
+def rewards_finite(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
+    allow: dict[str, torch.Tensor] = {}
+    if step.has("rewards_per_func"):
+        per_func = step["rewards_per_func"].detach()
+        allow["rewards_per_func"] = torch.ones_like(per_func, dtype=torch.bool)  # NaN = "not applicable"
+        unscorable = torch.isnan(per_func.reshape(per_func.shape[0], -1)).all(1)
+        allow["rewards"] = unscorable
+    else:
+        rewards = step.get("rewards")
+        allow["rewards"] = torch.ones(
+            rewards.numel() if rewards is not None else 0,
+            dtype=torch.bool,
+            device=None if rewards is None else rewards.device,
+        )
+    return finite_outcome(step, ("rewards_per_func", "rewards", "reward_weights"), allow_nan=allow)
+
+
+@register(
+    "rewards.total_is_weighted_sum",
+    requires=("rewards", "rewards_per_func"),
+    catalog_ids=("8",),
+    description="total reward = nansum(rewards_per_func × reward_weights) on scorable rows",
+    tolerance="rtol/atol of the rewards dtype (torch.testing defaults), scaled by Σ|w·r|",
+    likely_cause="reward weights not applied (or applied twice), NaN rewards not summed with nansum, or "
+    "rewards misaligned with completions",
+    fix="rewards = (rewards_per_func * reward_weights).nansum(dim=1) for the rows the functions scored",
+)
+def total_is_weighted_sum(
+    step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None
+) -> Outcome:
+    if spec is not None and spec.multi_objective_aggregation != "sum_then_normalize":
+        return inconclusive("total reward is not a weighted sum under normalize_then_sum")
+    per_func = f64(step["rewards_per_func"])
+    per_func = per_func.unsqueeze(1) if per_func.dim() == 1 else per_func
+    total = f64(step["rewards"]).reshape(-1)
+    if total.shape[0] != per_func.shape[0]:
+        return inconclusive(f"rewards has {total.shape[0]} rows, rewards_per_func {per_func.shape[0]}")
+    weights = reward_weights(step, spec, per_func.shape[1], device=per_func.device)
+    weighted = per_func * weights
+    expected = weighted.nansum(1)
+    scorable = ~torch.isnan(per_func).all(1) & ~torch.isnan(total)
+    if not bool(scorable.any()):
+        return inconclusive("no scorable row")
+    rtol, atol = rtol_atol(step["rewards"].dtype)
+    scale = weighted.abs().nansum(1)
+    allowed = atol + rtol * scale
+    excess = torch.where(scorable, (total - expected).abs() - allowed, torch.full_like(total, -torch.inf))
+    row, _ = argmax_2d(excess)
+    error = float((total - expected).abs()[row])
+    if float(excess[row]) <= 0:
+        return passed(
+            "total reward equals the weighted sum",
+            float((total - expected)[scorable].abs().max()),
+            float(allowed[row]),
+        )
+    return Outcome(
+        Verdict.FAIL,
+        f"total reward {float(total[row]):.6g} ≠ weighted sum {float(expected[row]):.6g} of rewards_per_func",
+        figure=error,
+        tolerance=float(allowed[row]),
+        row=row,
+        details={"weights": weights.tolist()},
+    )
