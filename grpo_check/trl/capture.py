@@ -1,0 +1,762 @@
+"""Capture hooks for TRL's ``GRPOTrainer``: every micro-batch exactly as TRL used it in the loss.
+
+The adapter only *captures*; it never computes GRPO maths. It wraps five trainer methods on the instance
+(never on the class, so other trainers are untouched; :meth:`Attachment.detach` restores them):
+
+* ``_calculate_rewards``: rewards per reward function, gathered across processes (TRL normalises rewards on
+  the gathered batch), plus the local prompts and decoded completions the reward functions scored.
+* ``_generate_and_score_completions``: the generation batch TRL built. A row tag (an int64 column
+  ``_grpo_check_row``) is added to its output so that every row can be followed through TRL's shuffle and
+  split into micro-batches. The tag is never read by TRL, consumes no randomness and changes no number.
+* ``_compute_loss`` (1.x) / ``compute_loss`` (0.x): the micro-batch inputs and the loss TRL returns.
+* the per-token log-prob helper, while the loss is computed: the log-probs tensor the loss used, with a
+  ``register_hook`` that records ∂(backpropagated value)/∂logps (``logps_grad``), and entropies.
+* ``training_step``: after backward, the captured micro-batch becomes a :class:`TraceStep`; the reference
+  runs on it (``live=True``) and ``grpo_check/*`` metrics go to the trainer's logs.
+
+Two kinds of steps are captured (``meta["scope"]``):
+
+* ``"generation"``: one per generation batch, across all processes: ``group_index``, ``rewards_per_func``,
+  ``reward_weights`` and ``advantages`` for *every* row. Advantages are normalised over whole groups (or the
+  whole batch), and TRL shuffles and splits a generation batch into micro-batches (and across ranks), so the
+  advantage stage is checked here, where the groups are complete.
+* ``"micro_batch"``: one per micro-batch and rank, the rows exactly as the loss saw them.
+
+Example::
+
+    from grpo_check.trl import attach
+    trainer = GRPOTrainer(...)
+    attachment = attach(trainer, out_dir="traces/run1", every=1, live=True)
+    trainer.train()
+    result = attachment.result()      # grpo_check.findings.Result of the live comparison
+    trace = attachment.close()         # writes traces/run1 and returns the Trace
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from grpo_check.findings import Finding, Result, Verdict
+from grpo_check.trace.model import Trace, TraceStep
+from grpo_check.trl.spec import spec_from_trl, trainer_config_dict
+from grpo_check.trl.versions import TRLSupport, check_trainer_support, library_versions
+
+log = logging.getLogger("grpo_check.trl")
+
+ROW_TAG = "_grpo_check_row"
+"""Column added to TRL's generation batch: each row's index in the global generation batch."""
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Save and restore every torch RNG state (CPU and CUDA) around code that must not consume randomness."""
+    import torch
+
+    cpu_state = torch.random.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(cpu_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+def _cpu(tensor: Any) -> Any:
+    return tensor.detach().to("cpu").clone()
+
+
+def group_ids_from_prompts(prompts: list[Any], num_generations: int) -> list[int]:
+    """Group id of each row: rows with the same prompt, in blocks of ``num_generations`` occurrences.
+
+    Rows are grouped by prompt *identity*, not by position, so a trainer that interleaves generations
+    differently from what its advantage code assumes is still grouped correctly. A prompt that appears in
+    more than G rows (a duplicate prompt in the dataset) opens a new group every G occurrences.
+
+    >>> group_ids_from_prompts(["a", "a", "b", "b", "a", "a"], 2)
+    [0, 0, 1, 1, 2, 2]
+    """
+    seen: dict[tuple[str, int], int] = {}
+    counts: dict[str, int] = {}
+    out: list[int] = []
+    for prompt in prompts:
+        key = repr(prompt)
+        occurrence = counts.get(key, 0)
+        counts[key] = occurrence + 1
+        block = (key, occurrence // max(num_generations, 1))
+        if block not in seen:
+            seen[block] = len(seen)
+        out.append(seen[block])
+    return out
+
+
+class PlainForward:
+    """The model's *class* forward, outside autocast: the reference's own float32 forward pass.
+
+    TRL patches the instance's ``forward`` (its fused log-prob head) and accelerate wraps it in autocast under
+    mixed precision; calling the class's ``forward`` bypasses both, so the reference's log-probs never go
+    through the code path under test. Every other attribute (``config``, ``training``, ``eval()``, ...) is the
+    model's own.
+    """
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        device_type = getattr(getattr(self._model, "device", None), "type", "cpu")
+        with torch.autocast(device_type=device_type, enabled=False):
+            return type(self._model).forward(self._model, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+class Attachment:
+    """Live capture (and optional live comparison) on one TRL ``GRPOTrainer``. Create with :func:`attach`."""
+
+    def __init__(
+        self,
+        trainer: Any,
+        *,
+        out_dir: str | os.PathLike[str] | None = None,
+        every: int = 1,
+        live: bool = True,
+        tolerances: Any = None,
+        recompute_logps: bool = True,
+        keep_steps: bool = True,
+        invariants: bool = True,
+    ) -> None:
+        if every < 1:
+            from grpo_check.findings import InputError
+
+            raise InputError(f"every must be >= 1, got {every}", field="every")
+        self.trainer = trainer
+        self.support: TRLSupport = check_trainer_support(trainer)
+        self.out_dir = None if out_dir is None else os.fspath(out_dir)
+        self.every = every
+        self.live = live
+        self.tolerances = tolerances
+        self.recompute_logps = recompute_logps
+        self.keep_steps = keep_steps
+        self.spec = spec_from_trl(trainer)
+        self.trace = Trace(manifest=self._manifest(), steps=[])
+        self.findings: list[Finding] = []
+        self.live_problems: list[str] = []
+        self._originals: dict[str, Any] = {}
+        self._rewards_capture: dict[str, Any] | None = None
+        self._generations: dict[int, dict[str, Any]] = {}
+        self._generation_counter = 0
+        self._micro_batch_counter = 0
+        self._in_loss = False
+        self._pending: dict[str, Any] | None = None
+        self._window_metrics: dict[str, float] = {}
+        self._slice_findings: list[Finding] = []
+        self.invariants = invariants
+        self.skipped_invariants: dict[str, int] = {}
+        self._closed = False
+        self._install()
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def rank(self) -> int:
+        return int(self.trainer.accelerator.process_index)
+
+    @property
+    def num_processes(self) -> int:
+        return int(self.trainer.accelerator.num_processes)
+
+    def _manifest(self) -> dict[str, Any]:
+        tok = self._tokenizer()
+        return {
+            "format_version": 1,
+            "trainer": f"trl.GRPOTrainer ({type(self.trainer).__name__})",
+            "config": self.spec.to_dict(),
+            "trainer_config": trainer_config_dict(self.trainer),
+            "versions": library_versions(),
+            "seeds": {"seed": int(getattr(self.trainer.args, "seed", 0))},
+            "notes": [
+                "captured by grpo_check.trl.attach: micro-batches as TRL used them in the loss",
+                f"TRL line {self.support.line}; log-probs from {self.support.logps_method}",
+            ],
+            "eos_token_ids": self._eos_token_ids(),
+            "pad_token_id": None if tok is None else tok.pad_token_id,
+            "compute_dtype": self._compute_dtype(),
+        }
+
+    def _compute_dtype(self) -> str:
+        """The precision the trainer's forward ran in: the autocast dtype under mixed precision (TRL 1.x defaults
+        to ``bf16=True``, which on CPU too means bf16 autocast), else the model's parameter dtype. The captured
+        tensors are float32 either way; this says how precise their values can be."""
+        mixed = str(getattr(self.trainer.accelerator, "mixed_precision", "no") or "no")
+        if mixed in ("bf16", "fp16", "fp8"):
+            return {"bf16": "bfloat16", "fp16": "float16", "fp8": "float8"}[mixed]
+        dtype = getattr(self.trainer.model, "dtype", None)
+        return str(dtype).removeprefix("torch.") if dtype is not None else "float32"
+
+    def _tokenizer(self) -> Any:
+        tok = getattr(self.trainer, "_tokenizer", None) or getattr(self.trainer, "processing_class", None)
+        return getattr(tok, "tokenizer", tok)
+
+    def _eos_token_ids(self) -> list[int]:
+        ids = getattr(self.trainer, "eos_token_ids", None)
+        if ids:
+            return [int(i) for i in ids]
+        tok = self._tokenizer()
+        return [] if tok is None or tok.eos_token_id is None else [int(tok.eos_token_id)]
+
+    def _install(self) -> None:
+        t = self.trainer
+        hooks = [
+            ("_generate_and_score_completions", self._wrap_generate),
+            (self.support.loss_method, self._wrap_loss),
+            (self.support.logps_method, self._wrap_logps),
+            ("training_step", self._wrap_training_step),
+        ]
+        if self.support.rewards_method:
+            hooks.insert(0, (self.support.rewards_method, self._wrap_calculate_rewards))
+        else:  # TRL 0.x scores inline: capture each reward function's own output instead
+            self._wrap_reward_functions()
+        for name, wrapper in hooks:
+            original = getattr(t, name)
+            self._originals[name] = original
+            setattr(t, name, wrapper(original))
+
+    def _wrap_reward_functions(self) -> None:
+        funcs = list(getattr(self.trainer, "reward_funcs", []) or [])
+        self._reward_outputs: dict[int, dict[str, Any]] = {}
+        self._original_reward_funcs = funcs
+
+        def wrap(index: int, func: Any) -> Any:
+            def wrapped(*args: Any, **kwargs: Any) -> Any:
+                out = func(*args, **kwargs)
+                self._reward_outputs[index] = {
+                    "prompts": list(kwargs.get("prompts") or []),
+                    "completions": list(kwargs.get("completions") or []),
+                    "values": list(out),
+                }
+                return out
+
+            wrapped.__name__ = getattr(func, "__name__", f"reward_{index}")
+            return wrapped
+
+        import torch
+
+        self.trainer.reward_funcs = [
+            f if isinstance(f, torch.nn.Module) else wrap(i, f) for i, f in enumerate(funcs)
+        ]
+
+    def _rewards_from_reward_functions(self) -> dict[str, Any] | None:
+        """TRL 0.x: this rank's rewards per function as the functions returned them (None -> NaN), gathered."""
+        import torch
+
+        outputs = getattr(self, "_reward_outputs", None)
+        funcs = getattr(self, "_original_reward_funcs", [])
+        if not outputs or len(outputs) != len(funcs):
+            return None  # a reward model (nn.Module) is not captured on this line
+        rows = len(outputs[0]["values"])
+        local = torch.tensor(
+            [
+                [
+                    float("nan") if outputs[i]["values"][r] is None else float(outputs[i]["values"][r])
+                    for i in range(len(funcs))
+                ]
+                for r in range(rows)
+            ],
+            dtype=torch.float32,
+        )
+        if self.num_processes > 1:
+            from accelerate.utils import gather
+
+            local = gather(local.to(self.trainer.accelerator.device)).to("cpu")
+        completions = outputs[0]["completions"]
+        self._reward_outputs = {}
+        return {
+            "rewards_per_func": local,
+            "prompts": outputs[0]["prompts"],
+            "completions": [c if isinstance(c, str) else repr(c) for c in completions],
+        }
+
+    def detach(self) -> None:
+        """Restore the trainer's original methods. Captured steps and findings are kept."""
+        for name in self._originals:
+            with contextlib.suppress(AttributeError):
+                delattr(self.trainer, name)
+        self._originals.clear()
+        if getattr(self, "_original_reward_funcs", None) is not None:
+            self.trainer.reward_funcs = self._original_reward_funcs
+            self._original_reward_funcs = None
+
+    # ------------------------------------------------------------------ hooks
+    def _wrap_calculate_rewards(self, original: Any) -> Any:
+        def wrapped(
+            inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any, *args: Any, **kw: Any
+        ):
+            rewards_per_func = original(inputs, prompts, completions, completion_ids_list, *args, **kw)
+            self._rewards_capture = {
+                "rewards_per_func": _cpu(rewards_per_func),
+                "prompts": list(prompts),
+                "completions": [c if isinstance(c, str) else repr(c) for c in completions],
+            }
+            return rewards_per_func
+
+        return wrapped
+
+    def _wrap_generate(self, original: Any) -> Any:
+        def wrapped(inputs: Any, *args: Any, **kw: Any):
+            import torch
+
+            self._rewards_capture = None
+            output = original(inputs, *args, **kw)
+            if not self.trainer.model.training:  # evaluation: not a training batch
+                return output
+            if not self.support.rewards_method:
+                self._rewards_capture = self._rewards_from_reward_functions()
+            generation = self._generation_counter
+            self._generation_counter += 1
+            local_rows = int(output["completion_ids"].shape[0])
+            offset = self.rank * local_rows
+            global_rows = torch.arange(offset, offset + local_rows, dtype=torch.long)
+            # the tag encodes (generation, global row); it rides through TRL's shuffle and split untouched
+            tag = global_rows + generation * (1 << 32)
+            output[ROW_TAG] = tag.to(output["completion_ids"].device)
+            self._record_generation(generation, inputs, output, local_rows)
+            return output
+
+        return wrapped
+
+    def _record_generation(
+        self, generation: int, inputs: Any, output: dict[str, Any], local_rows: int
+    ) -> None:
+        import torch
+
+        trainer = self.trainer
+        captured = self._rewards_capture or {}
+        prompts = captured.get("prompts") or [row.get("prompt") for row in inputs]
+        all_prompts = list(prompts)
+        local_advantages = output["advantages"]
+        all_advantages = local_advantages
+        if self.num_processes > 1:
+            from accelerate.utils import gather, gather_object
+
+            all_prompts = list(gather_object(list(prompts)))
+            all_advantages = gather(local_advantages.contiguous())
+        num_generations = int(getattr(trainer, "num_generations", self.spec.num_generations))
+        group_index = torch.tensor(group_ids_from_prompts(all_prompts, num_generations), dtype=torch.long)
+        info = {
+            "group_index": group_index,
+            "rewards_per_func": captured.get("rewards_per_func"),
+            "completions": captured.get("completions"),
+            "prompts": prompts,
+            "global_step": int(trainer.state.global_step),
+            "old_logps_computed": "old_per_token_logps" in output
+            and output["old_per_token_logps"] is not None,
+            "local_rows": local_rows,
+            "num_items_in_batch": float(output["num_items_in_batch"])
+            if "num_items_in_batch" in output
+            else None,
+        }
+        info["advantages"] = _cpu(all_advantages)
+        self._generations[generation] = info
+        for stale in [g for g in self._generations if g < generation - 1]:
+            del self._generations[stale]
+        if self.rank != 0:  # the generation step is global: rank 0 records it for every rank
+            return
+        tensors: dict[str, Any] = {"group_index": group_index, "advantages": _cpu(all_advantages)}
+        if info["rewards_per_func"] is not None:
+            tensors["rewards_per_func"] = info["rewards_per_func"]
+        weights = getattr(trainer, "reward_weights", None)
+        if weights is not None:
+            tensors["reward_weights"] = _cpu(weights)
+        meta = {
+            "scope": "generation",
+            "generation": generation,
+            "step": info["global_step"],
+            "rank": self.rank,
+            "num_processes": self.num_processes,
+            "num_generations": num_generations,
+            "num_items_in_batch": info["num_items_in_batch"],
+            "reward_functions": list(getattr(trainer, "reward_func_names", []) or []),
+            "scale_rewards": self.spec.scale_rewards,
+            "eos_token_ids": self._eos_token_ids(),
+            "pad_token_id": self.trace.manifest.get("pad_token_id"),
+        }
+        step = TraceStep(tensors=tensors, meta=meta)
+        if self.num_processes == 1:
+            step.completion_text = info["completions"]
+            step.prompt_text = [str(p) for p in prompts]
+        if self._due(info["global_step"]):
+            self._finish_step(step)
+
+    def _wrap_loss(self, original: Any) -> Any:
+        def wrapped(model: Any, inputs: Any, *args: Any, **kw: Any):
+            if not self.trainer.model.training or ROW_TAG not in inputs:
+                return original(model, inputs, *args, **kw)
+            self._pending = {"inputs": inputs, "logps": None, "logps_grad": None, "loss_scale": None}
+            self._in_loss = True
+            try:
+                loss = original(model, inputs, *args, **kw)
+            finally:
+                self._in_loss = False
+            pending = self._pending
+            pending["loss"] = _cpu(loss)
+            if loss.requires_grad:
+
+                def on_loss_grad(grad: Any) -> None:
+                    pending["loss_scale"] = float(grad.detach().to("cpu").reshape(-1)[0])
+
+                loss.register_hook(on_loss_grad)
+            return loss
+
+        return wrapped
+
+    def _wrap_logps(self, original: Any) -> Any:
+        def wrapped(*args: Any, **kw: Any):
+            out = original(*args, **kw)
+            if not self._in_loss or self._pending is None or self._pending["logps"] is not None:
+                return out
+            logps, entropies = (out[0], out[1]) if isinstance(out, tuple) else (out, None)
+            pending = self._pending
+            pending["logps"] = _cpu(logps)
+            if entropies is not None:
+                pending["entropies"] = _cpu(entropies)
+            if logps.requires_grad:
+
+                def on_logps_grad(grad: Any) -> None:
+                    pending["logps_grad"] = _cpu(grad)
+
+                logps.register_hook(on_logps_grad)
+            return out
+
+        return wrapped
+
+    def _wrap_training_step(self, original: Any) -> Any:
+        def wrapped(model: Any, inputs: Any, *args: Any, **kw: Any):
+            self._pending = None
+            out = original(model, inputs, *args, **kw)
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                micro_batch = self._micro_batch_counter % max(self._gas(), 1)
+                self._micro_batch_counter += 1
+                self._record_micro_batch(pending, micro_batch)
+                if micro_batch == self._gas() - 1:
+                    self._flush_metrics()
+            return out
+
+        return wrapped
+
+    # ------------------------------------------------------------------ micro-batch assembly
+    def _gas(self) -> int:
+        return int(
+            getattr(self.trainer, "current_gradient_accumulation_steps", None)
+            or self.trainer.args.gradient_accumulation_steps
+        )
+
+    def _record_micro_batch(self, pending: dict[str, Any], micro_batch: int) -> None:
+        import torch
+
+        trainer = self.trainer
+        global_step = int(trainer.state.global_step)
+        if not self._due(global_step):
+            return
+        inputs = pending["inputs"]
+        tag = inputs[ROW_TAG].detach().to("cpu")
+        generations = (tag >> 32).tolist()
+        global_rows = (tag & ((1 << 32) - 1)).tolist()
+        generation = generations[0]
+        info = self._generations.get(generation)
+        tensors: dict[str, Any] = {}
+        for name, key in (
+            ("prompt_ids", "prompt_ids"),
+            ("prompt_mask", "prompt_mask"),
+            ("completion_ids", "completion_ids"),
+            ("completion_mask", "completion_mask"),
+            ("advantages", "advantages"),
+            ("old_logps", "old_per_token_logps"),
+            ("ref_logps", "ref_per_token_logps"),
+            ("sampler_logps", "sampling_per_token_logps"),
+            ("sampler_is_ratio", "importance_sampling_ratio"),
+            ("tool_mask", "tool_mask"),
+        ):
+            value = inputs.get(key)
+            if value is not None:
+                tensors[name] = _cpu(value)
+        meta: dict[str, Any] = {
+            "scope": "micro_batch",
+            "step": global_step,
+            "micro_batch": micro_batch,
+            "rank": self.rank,
+            "generation": generation,
+            "gradient_accumulation_steps": self._gas(),
+            "steps_per_generation": int(getattr(trainer.args, "steps_per_generation", None) or self._gas()),
+            "num_processes": self.num_processes,
+            "num_iterations": int(getattr(trainer, "num_iterations", 1)),
+            "eos_token_ids": self._eos_token_ids(),
+            "pad_token_id": self.trace.manifest.get("pad_token_id"),
+            "kl_estimator": "k3",
+            "global_rows": global_rows,
+            "compute_dtype": self._compute_dtype(),
+        }
+        if "num_items_in_batch" in inputs:
+            meta["num_items_in_batch"] = float(inputs["num_items_in_batch"])
+        spg = meta["steps_per_generation"]
+        meta["iteration"] = (self._micro_batch_counter - 1) // max(spg, 1) % max(meta["num_iterations"], 1)
+        if info is not None:
+            meta["optimizer_steps_since_old_logps"] = (
+                global_step - info["global_step"] if info["old_logps_computed"] else 0
+            )
+            index = torch.tensor(global_rows, dtype=torch.long)
+            # Canonical group tensors only when this micro-batch is the whole generation batch: otherwise its
+            # groups are partial (TRL shuffles and splits the batch, and spreads it over ranks), and group-level
+            # checks belong to the "generation" step, which holds every row.
+            whole = len(global_rows) == int(info["group_index"].numel())
+            prefix = "" if whole else "extra."
+            tensors[prefix + "group_index"] = info["group_index"][index]
+            if info["rewards_per_func"] is not None:
+                tensors[prefix + "rewards_per_func"] = info["rewards_per_func"][index]
+            if "advantages" in tensors:
+                self._check_slice(tensors["advantages"], info["advantages"][index], meta)
+            local_rows = info["local_rows"]
+            if info["completions"] is not None:
+                local = [r - self.rank * local_rows for r in global_rows]
+                texts = [info["completions"][i] if 0 <= i < len(info["completions"]) else None for i in local]
+                prompts = [info["prompts"][i] if 0 <= i < len(info["prompts"]) else None for i in local]
+                if all(t is not None for t in texts):
+                    completion_text = [str(t) for t in texts]
+                else:
+                    completion_text = None
+            else:
+                completion_text, prompts = None, None
+        else:
+            completion_text, prompts = None, None
+            meta["notes"] = ["generation info missing: group index and rewards not captured for this step"]
+        weights = getattr(trainer, "reward_weights", None)
+        if weights is not None:
+            tensors["reward_weights"] = _cpu(weights)
+        if pending.get("logps") is not None:
+            tensors["logps"] = pending["logps"]
+        if pending.get("entropies") is not None:
+            tensors["entropies"] = pending["entropies"]
+        if pending.get("logps_grad") is not None:
+            tensors["logps_grad"] = pending["logps_grad"]
+        # "loss" is the value backpropagated for this micro-batch (trace format): TRL 1.x backpropagates what
+        # compute_loss returns (scale 1); on 0.x transformers' Trainer divides it by GAS first (scale 1/GAS).
+        scale = pending.get("loss_scale")
+        meta["backward_scale"] = scale
+        meta["loss_returned"] = float(pending["loss"])
+        tensors["loss"] = pending["loss"] if scale in (None, 1.0) else pending["loss"] * scale
+        step = TraceStep(
+            tensors=tensors,
+            completion_text=completion_text,
+            prompt_text=None if prompts is None else [str(p) for p in prompts],
+            meta=meta,
+        )
+        findings_from_slice, self._slice_findings = self._slice_findings, []
+        self._finish_step(step, extra_findings=findings_from_slice)
+
+    def _check_slice(self, used: Any, generated: Any, meta: dict[str, Any]) -> None:
+        """The rows the loss used carry the advantages computed for them on the gathered batch.
+
+        Not GRPO maths: bookkeeping. It catches a wrong ``process_slice`` or a shuffle that moves advantages
+        away from their completions (the rows are followed by the tag, independently of TRL's indexing).
+        """
+        import torch
+
+        from grpo_check.findings import Where
+
+        used64, generated64 = used.to(torch.float64).reshape(-1), generated.to(torch.float64).reshape(-1)
+        if used64.shape != generated64.shape:
+            return
+        error = (used64 - generated64).abs()
+        worst = int(error.argmax()) if error.numel() else 0
+        figure = float(error.max()) if error.numel() else 0.0
+        failed = figure > 0.0
+        where = Where(
+            step=meta.get("step"), micro_batch=meta.get("micro_batch"), rank=meta.get("rank"), row=worst
+        )
+        self._slice_findings.append(
+            Finding(
+                check_id="trl.advantages_slice",
+                stage="advantages",
+                verdict=Verdict.FAIL if failed else Verdict.PASS,
+                figure=figure,
+                tolerance=0.0,
+                where=where,
+                kind="compare",
+                explanation=(
+                    f"advantages the loss used differ from those computed for the same rows of the gathered "
+                    f"generation batch by up to {figure:.3g} (at {where.describe()})"
+                    if failed
+                    else "every row of the micro-batch carries the advantage computed for it on the gathered batch"
+                ),
+                likely_cause=(
+                    "advantages sliced for the wrong process (process_slice) or shuffled apart from their "
+                    "completions (bug-catalog #6)"
+                    if failed
+                    else None
+                ),
+                fix="slice the gathered advantages with process_index * local_batch_size" if failed else None,
+            )
+        )
+
+    def _due(self, global_step: int) -> bool:
+        return global_step % self.every == 0
+
+    # ------------------------------------------------------------------ live comparison
+    def _finish_step(self, step: TraceStep, extra_findings: list[Finding] | None = None) -> None:
+        if self.keep_steps or self.out_dir is not None:
+            self.trace.steps.append(step)
+        if self.live:
+            findings = [*self._compare_live(step), *(extra_findings or [])]
+            self.findings.extend(findings)
+            self._accumulate_metrics(step, findings)
+
+    def _compare_live(self, step: TraceStep) -> list[Finding]:
+        try:
+            from grpo_check.compare import compare_step
+        except ImportError as exc:
+            msg = f"live comparison unavailable ({exc}); the trace is still recorded"
+            if msg not in self.live_problems:
+                self.live_problems.append(msg)
+            return []
+        kwargs: dict[str, Any] = {}
+        if self.tolerances is not None:
+            kwargs["tolerances"] = self.tolerances
+        model = ref_model = None
+        if self.recompute_logps and step.meta.get("scope") == "micro_batch" and step.has("completion_ids"):
+            unwrap = self.trainer.accelerator.unwrap_model
+            model = PlainForward(unwrap(self.trainer.model))
+            if getattr(self.trainer, "ref_model", None) is not None:
+                ref_model = PlainForward(unwrap(self.trainer.ref_model))
+        import torch
+
+        with preserved_rng(), torch.no_grad():
+            was_training = None if model is None else model.training
+            try:
+                findings = list(compare_step(step, self.spec, model=model, ref_model=ref_model, **kwargs))
+            finally:
+                if model is not None and was_training is not None:
+                    model.train(was_training)
+        if self.invariants:
+            findings += self._invariants_live(step)
+        if step.meta.get("scope") == "micro_batch" and step.has("extra.group_index"):
+            # partial groups: the advantage stage is checked on the generation step (whole groups), and
+            # trl.advantages_slice ties these rows to it; a "not captured" here would only be noise
+            findings = [
+                f
+                for f in findings
+                if not (f.check_id == "advantages.values" and f.verdict is Verdict.NOT_CAPTURED)
+            ]
+        return findings
+
+    def _invariants_live(self, step: TraceStep) -> list[Finding]:
+        """Single-implementation invariants on the captured step; checks whose inputs TRL does not expose
+        (e.g. TRL never materialises the ratio) are counted in the metadata instead of reported."""
+        try:
+            from grpo_check.invariants import run_invariants
+        except ImportError:
+            return []
+        out: list[Finding] = []
+        for finding in run_invariants(step, self.spec):
+            if finding.verdict is Verdict.NOT_CAPTURED:
+                self.skipped_invariants[finding.check_id] = (
+                    self.skipped_invariants.get(finding.check_id, 0) + 1
+                )
+            else:
+                out.append(finding)
+        return out
+
+    def _accumulate_metrics(self, step: TraceStep, findings: list[Finding]) -> None:
+        window = self._window_metrics
+        window["grpo_check/fails"] = window.get("grpo_check/fails", 0.0) + sum(f.failed for f in findings)
+        window["grpo_check/warns"] = window.get("grpo_check/warns", 0.0) + sum(
+            f.verdict is Verdict.WARN for f in findings
+        )
+        for finding in findings:
+            if finding.kind != "compare" or finding.figure is None or not math.isfinite(finding.figure):
+                continue
+            key = {"advantages": "grpo_check/max_adv_err", "logps": "grpo_check/max_logp_err"}.get(
+                finding.stage, "grpo_check/max_loss_grad_err" if finding.stage in ("loss", "grad") else None
+            )
+            if key is not None:
+                window[key] = max(window.get(key, 0.0), abs(float(finding.figure)))
+
+    def _flush_metrics(self) -> None:
+        metrics = getattr(self.trainer, "_metrics", None)
+        if not self.live or metrics is None or not self._window_metrics:
+            self._window_metrics = {}
+            return
+        store = metrics.get("train", metrics)
+        for key, value in self._window_metrics.items():
+            store[key].append(value)
+        self._window_metrics = {}
+
+    # ------------------------------------------------------------------ results
+    def result(self) -> Result:
+        """The live comparison so far as a :class:`Result` (empty when ``live=False``)."""
+        return Result(
+            findings=list(self.findings),
+            metadata={
+                "source": self.trace.manifest.get("trainer"),
+                "config": self.spec.to_dict(),
+                "versions": self.trace.manifest.get("versions"),
+                "tolerances": getattr(self.tolerances, "to_dict", lambda: self.tolerances)(),
+                "live_problems": list(self.live_problems),
+                "invariants_not_captured": dict(sorted(self.skipped_invariants.items())),
+                "rank": self.rank,
+                "num_processes": self.num_processes,
+            },
+        )
+
+    def close(self) -> Trace:
+        """Detach the hooks, write the trace to ``out_dir`` (if set) and return it."""
+        self.detach()
+        if self.out_dir is not None and not self._closed:
+            from grpo_check.trace.io import save_trace
+
+            save_trace(self.trace, self.out_dir)
+        self._closed = True
+        return self.trace
+
+
+def attach(
+    trainer: Any,
+    out_dir: str | os.PathLike[str] | None = None,
+    every: int = 1,
+    live: bool = True,
+    *,
+    tolerances: Any = None,
+    recompute_logps: bool = True,
+    invariants: bool = True,
+) -> Attachment:
+    """Capture every micro-batch of a TRL ``GRPOTrainer`` and (``live=True``) check it against the float64
+    reference while it trains.
+
+    Args:
+        trainer: a ``trl.GRPOTrainer`` (or subclass), before ``train()`` is called.
+        out_dir: where :meth:`Attachment.close` writes the trace (safetensors + JSON); ``None`` keeps it in memory.
+        every: capture and check every N optimizer steps.
+        live: run ``grpo_check.compare.compare_step`` on each captured step during training and add
+            ``grpo_check/*`` metrics to the trainer's logs.
+        tolerances: a ``grpo_check.compare.TolerancePolicy`` (default: the engine's).
+        recompute_logps: also recompute the policy's log-probs with an own float64 forward pass.
+        invariants: also run the single-implementation invariants (``grpo_check.invariants``) live.
+
+    Checking does not change training: the hooks consume no randomness (RNG state is saved and restored
+    around the reference) and the model's train/eval mode is restored.
+    """
+    return Attachment(
+        trainer,
+        out_dir=out_dir,
+        every=every,
+        live=live,
+        tolerances=tolerances,
+        recompute_logps=recompute_logps,
+        invariants=invariants,
+    )

@@ -1,0 +1,205 @@
+"""The TRL adapter on TRL's real GRPOTrainer (tiny policy built from code, CPU).
+
+* attach captures every stage with the right shapes, and the live comparison of a correct TRL is clean;
+* checking does not change training (bitwise: parameters and logged losses);
+* deliberately broken trainers (subclasses of GRPOTrainer) are caught in the right stage.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("trl")
+
+import torch
+
+from grpo_check.demo.matrix import MATRIX, Cell
+from grpo_check.findings import InputError, Verdict
+
+
+def _cell(name_part: str) -> Cell:
+    return next(c for c in MATRIX if name_part in c.name)
+
+
+def _failing(result, stage=None):
+    return [f for f in result.findings if f.verdict is Verdict.FAIL and (stage is None or f.stage == stage)]
+
+
+@pytest.fixture(scope="module")
+def grpo_run():
+    """grpo loss, beta > 0 (reloaded reference model), T=0.7, top_p=0.9, GAS=2, spg=4 (old log-probs)."""
+    from grpo_check.demo.run import run_cell
+
+    return run_cell(_cell("grpo-beta"))
+
+
+@pytest.mark.slow
+def test_attach_captures_every_stage_with_trl_shapes(grpo_run):
+    steps = grpo_run.trace.steps
+    generation = [s for s in steps if s.meta["scope"] == "generation"]
+    micro = [s for s in steps if s.meta["scope"] == "micro_batch"]
+    # 2 optimizer steps x GAS 2 = 4 micro-batches, all from one generation batch (spg = 4)
+    assert len(micro) == 4 and len(generation) == 1
+    gen = generation[0]
+    rows = gen["group_index"].shape[0]
+    assert rows == 8 * 4  # per_device_train_batch_size x steps_per_generation
+    assert gen["rewards_per_func"].shape == (rows, 2) and gen["advantages"].shape == (rows,)
+    assert torch.bincount(gen["group_index"]).tolist() == [4] * (rows // 4)  # whole groups of G = 4
+    seen_rows = sorted(r for s in micro for r in s.meta["global_rows"])
+    assert seen_rows == list(range(rows))  # each generated row used exactly once, after TRL's shuffle
+    for step in micro:
+        b, t = step["completion_ids"].shape
+        assert b == 8
+        for name in ("completion_mask", "logps", "old_logps", "ref_logps", "entropies", "logps_grad"):
+            assert step[name].shape == (b, t), name
+        assert step["advantages"].shape == (b,)
+        assert step["loss"].dim() == 0
+        assert step["extra.group_index"].shape == (b,)  # partial groups: not under the canonical name
+        assert len(step.completion_text) == b and len(step.prompt_text) == b
+        assert step.meta["gradient_accumulation_steps"] == 2 and step.meta["steps_per_generation"] == 4
+        assert step.meta["backward_scale"] == 1.0  # TRL backpropagates the loss it returns
+        assert step.meta["compute_dtype"] == "float32"  # the demo turns off TRL's bf16 default
+        assert bool((step["logps"][step["completion_mask"].bool()] <= 0).all())
+        # a row's prompt text is the prompt of its group in the generation step (the tag followed the row)
+        for local, global_row in enumerate(step.meta["global_rows"]):
+            assert step["extra.group_index"][local] == gen["group_index"][global_row]
+    later = [s for s in micro if s.meta["step"] == 1]
+    assert all(s.meta["optimizer_steps_since_old_logps"] == 1 for s in later)
+
+
+@pytest.mark.slow
+def test_live_comparison_of_correct_trl_is_clean_and_logged(grpo_run):
+    result = grpo_run.result
+    assert not _failing(result), [f.message() for f in _failing(result)]
+    checked = {f.check_id for f in result.findings if f.verdict is Verdict.PASS}
+    for check_id in ("advantages.values", "logps.model", "logps.ref_model", "loss.value", "grad.logps_grad"):
+        assert check_id in checked
+    logged = [h for h in grpo_run.log_history if "grpo_check/fails" in h]
+    assert logged and all(h["grpo_check/fails"] == 0 for h in logged)
+    assert any("grpo_check/max_logp_err" in h for h in logged)
+
+
+def _train(cell: Cell, workdir, *, attach_live: bool | None, trainer_cls=None):
+    from grpo_check.demo.run import build_trainer
+    from grpo_check.trl import attach
+
+    trainer = build_trainer(cell, workdir, seed=0, trainer_cls=trainer_cls)
+    attachment = None if attach_live is None else attach(trainer, live=attach_live)
+    trainer.train()
+    params = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return params, losses, attachment
+
+
+@pytest.mark.slow
+def test_checking_does_not_change_training(tmp_path):
+    cell = _cell("grpo-beta")
+    plain_params, plain_losses, _ = _train(cell, tmp_path / "plain", attach_live=None)
+    checked_params, checked_losses, attachment = _train(cell, tmp_path / "checked", attach_live=True)
+    assert attachment.findings, "the live comparison ran"
+    assert plain_losses == checked_losses  # bitwise equal floats
+    assert plain_params.keys() == checked_params.keys()
+    for name in plain_params:
+        assert torch.equal(plain_params[name], checked_params[name]), name
+
+
+def _broken_advantages_trainer():
+    from trl import GRPOTrainer
+
+    class LargeEpsilonTrainer(GRPOTrainer):
+        """Advantages as if epsilon were 1e4 instead of 1e-4 (bug-catalog S2): A * σ / (σ + 1e4) ≈ 0."""
+
+        def _generate_and_score_completions(self, inputs):
+            output = super()._generate_and_score_completions(inputs)
+            output["advantages"] = output["advantages"] * 1e-4
+            return output
+
+    return LargeEpsilonTrainer
+
+
+def _broken_logsoftmax_trainer():
+    from trl import GRPOTrainer
+
+    class SignFlipTrainer(GRPOTrainer):
+        """log-softmax computed as logsumexp - logit (bug-catalog S1): every log-prob negated."""
+
+        def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+            logps, entropies, aux = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+            return -logps, entropies, aux
+
+    return SignFlipTrainer
+
+
+def _broken_alignment_trainer():
+    from trl import GRPOTrainer
+
+    class MisalignedTrainer(GRPOTrainer):
+        """Advantages rolled one row away from their completions after the split (a bookkeeping bug)."""
+
+        def _prepare_inputs(self, generation_batch):
+            inputs = dict(super()._prepare_inputs(generation_batch))
+            inputs["advantages"] = torch.roll(inputs["advantages"], 1)
+            return inputs
+
+    return MisalignedTrainer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("make_trainer", "stage", "check_id"),
+    [
+        (_broken_advantages_trainer, "advantages", "advantages.values"),
+        (_broken_logsoftmax_trainer, "logps", "logps.model"),
+        (_broken_alignment_trainer, "advantages", "trl.advantages_slice"),
+    ],
+)
+def test_broken_trainer_is_caught_in_the_right_stage(tmp_path, make_trainer, stage, check_id):
+    cell = Cell("broken", {"loss_type": "grpo", "beta": 0.0, "temperature": 0.7}, steps=1)
+    _, _, attachment = _train(cell, tmp_path, attach_live=True, trainer_cls=make_trainer())
+    result = attachment.result()
+    failing = _failing(result)
+    assert failing, "the bug was not caught"
+    assert any(f.check_id == check_id and f.stage == stage for f in failing), [f.check_id for f in failing]
+    first = result.first_divergence()
+    assert first is not None and first.stage == stage
+
+
+@pytest.mark.slow
+def test_every_n_steps_captures_only_due_steps(tmp_path):
+    from grpo_check.demo.run import build_trainer
+    from grpo_check.trl import attach
+
+    trainer = build_trainer(Cell("every", {"loss_type": "dapo"}, steps=2), tmp_path)
+    attachment = attach(trainer, every=2, live=False)
+    trainer.train()
+    trace = attachment.close()
+    assert trace.steps and {s.meta["step"] for s in trace.steps} == {0}
+    assert trainer._compute_loss.__func__ is type(trainer)._compute_loss  # hooks removed by close()
+
+
+def test_attach_rejects_a_non_trl_object_with_a_clear_message():
+    from grpo_check.trl import attach
+
+    class NotATrainer:
+        args = None
+
+        def compute_loss(self):
+            return None
+
+    with pytest.raises(InputError, match="lacks the methods grpo-check hooks"):
+        attach(NotATrainer())
+
+
+@pytest.mark.slow
+def test_mixed_precision_is_recorded_as_the_compute_dtype(tmp_path):
+    """TRL 1.x defaults to bf16 (autocast, even on CPU): the float32 tensors then carry bf16-precise values."""
+    from grpo_check.demo.run import build_trainer
+    from grpo_check.trl import attach
+
+    trainer = build_trainer(Cell("bf16", {"loss_type": "dapo", "bf16": True}, steps=1), tmp_path)
+    attachment = attach(trainer, live=False)
+    trainer.train()
+    trace = attachment.close()
+    micro = [s for s in trace.steps if s.meta["scope"] == "micro_batch"]
+    assert micro and all(s.meta["compute_dtype"] == "bfloat16" for s in micro)
+    assert trace.manifest["compute_dtype"] == "bfloat16"
