@@ -1,0 +1,181 @@
+"""``grpo-check compare``: a trace stage by stage against the float64 reference (or another trace)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from grpo_check.cli._common import EXIT_USAGE, fail_usage, user_errors
+
+_HELP = """
+Compare a recorded trace with the float64 reference GRPO, stage by stage: each stage is fed the trainer's
+OWN upstream tensors (its rewards → reference advantages; its logps/old_logps/advantages → reference ratio,
+KL, loss; its logps → reference ∂loss/∂logps), so a bug shows in the stage where it lives. An end-to-end
+pass (`e2e.*`) runs as well. Every failing comparison is diagnosed (which known bug it looks like, with
+its bug-catalog id and a fix); legitimate convention differences (population std, ε size) are reported as
+`convention`, not failures. Invariants run on every step too.
+
+Reports (report.md, report.html, result.json, junit.xml) are written atomically into `--output`
+(default `reports/<trace name>`); a failing comparison also writes a replayable repro there (`repro/`).
+
+Examples:
+
+    grpo-check compare traces/run1
+
+    grpo-check compare traces/run1 --format md --output reports/run1
+
+    grpo-check compare traces/gas4 --against traces/gas1
+
+    grpo-check compare traces/run1 --tolerance grad.logps_grad=1e-3,1e-8 --strict
+
+    grpo-check compare --trainer examples/train.py:build_trainer --steps 2
+
+Tolerances: `--tolerance CHECK=RTOL,ATOL` (repeatable) overrides one check id (`loss.per_token`) or one
+quantity (`logps`); the whole policy is written into every report.
+
+Exit codes: 0 clean, 1 findings (with --strict also warnings), 2 usage or input error.
+"""
+
+
+def _progress_bar(total: int, label: str):
+    """A rich progress bar on stderr; returns (callback, close)."""
+    try:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    except ImportError:  # pragma: no cover - rich is a dependency
+        return (lambda done, total: None), (lambda: None)
+    console = Console(stderr=True)
+    if total <= 1 or not console.is_terminal:
+        return (lambda done, total: None), (lambda: None)
+    progress = Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    task = progress.add_task(label, total=total)
+    progress.start()
+
+    def update(done: int, _total: int) -> None:
+        progress.update(task, completed=done)
+
+    return update, progress.stop
+
+
+def parse_tolerances(values: list[str] | None):
+    from grpo_check.compare.tolerances import TolerancePolicy
+
+    overrides = dict(TolerancePolicy.parse_override(v) for v in values or [])
+    return TolerancePolicy(overrides=overrides)
+
+
+def emit(
+    result: Any,
+    *,
+    output_format: str,
+    out_dir: Path,
+    strict: bool,
+    trace: Any = None,
+    repro: bool = True,
+) -> int:
+    """Write the reports, print the chosen rendering, write a repro on failure; return the exit code."""
+    from grpo_check.findings import InputError
+    from grpo_check.report import normalise_format, render, write_report, write_repro
+
+    fmt = normalise_format(output_format)
+    paths = write_report(result, out_dir)
+    if fmt == "text":
+        from grpo_check.report.terminal import render_terminal
+
+        typer.echo(render_terminal(result, color=sys.stdout.isatty()))
+    else:
+        typer.echo(render(result, fmt, strict=strict), nl=False)
+    code = result.exit_code(strict=strict)
+    written = ", ".join(str(p) for p in paths.values())
+    typer.secho(f"reports: {written}", err=True)
+    if code and repro and trace is not None:
+        try:
+            path = write_repro(trace, None, result, out_dir / "repro")
+        except InputError:
+            pass
+        else:
+            typer.secho(f"repro: {path} (replay with: grpo-check compare {path})", err=True)
+    return code
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("compare", help=_HELP)
+    def compare_command(
+        trace_path: Path | None = typer.Argument(None, metavar="TRACE", help="Trace directory to compare."),
+        against: Path | None = typer.Option(
+            None, "--against", help="Compare with this other trace instead of the reference."
+        ),
+        trainer: str | None = typer.Option(
+            None,
+            "--trainer",
+            help="Build and run a TRL trainer from PATH.py:FUNCTION (returns a GRPOTrainer), capture, compare.",
+        ),
+        steps: int = typer.Option(2, "--steps", help="Optimizer steps to run with --trainer."),
+        output_format: str = typer.Option(
+            "text", "--format", "-f", help="Printed format: text, md, html, json, junit."
+        ),
+        output: Path | None = typer.Option(
+            None, "--output", "-o", help="Report directory (default reports/<name>)."
+        ),
+        tolerance: list[str] | None = typer.Option(
+            None, "--tolerance", help="CHECK=RTOL,ATOL override (repeatable), e.g. loss.per_token=1e-4,1e-6."
+        ),
+        strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too."),
+        no_invariants: bool = typer.Option(
+            False, "--no-invariants", help="Skip the single-trace invariants."
+        ),
+    ) -> None:
+        with user_errors():
+            from grpo_check.compare import compare
+            from grpo_check.report import normalise_format
+            from grpo_check.trace.io import load_trace
+
+            normalise_format(output_format)
+            policy = parse_tolerances(tolerance)
+            if (trace_path is None) == (trainer is None):
+                raise fail_usage("give exactly one of TRACE or --trainer PATH.py:FUNCTION (see --help)")
+            if trainer is not None:
+                if against is not None:
+                    raise fail_usage("--against needs a TRACE, not --trainer")
+                try:
+                    from grpo_check.trl.runner import run_factory
+                except ModuleNotFoundError as exc:
+                    typer.secho(
+                        f"error: --trainer is not available in this installation ({exc.name} missing)",
+                        err=True,
+                        fg=typer.colors.RED,
+                    )
+                    raise typer.Exit(EXIT_USAGE) from None
+                name = Path(trainer.split(":")[0]).stem or "trainer"
+                out_dir = output or Path("reports") / name
+                trace = run_factory(trainer, steps, out_dir / "trace")
+                source = trainer
+            else:
+                trace = load_trace(trace_path)
+                out_dir = output or Path("reports") / (trace_path.resolve().name or "trace")
+                source = str(trace_path)
+            other = load_trace(against) if against is not None else None
+            update, close = _progress_bar(len(trace.steps), "comparing steps")
+            try:
+                result = compare(
+                    trace,
+                    against=other,
+                    tolerances=policy,
+                    invariants=not no_invariants,
+                    source=source,
+                    progress=update,
+                )
+            finally:
+                close()
+            code = emit(result, output_format=output_format, out_dir=out_dir, strict=strict, trace=trace)
+        raise typer.Exit(code)

@@ -1,0 +1,263 @@
+"""Element-wise comparison of one trainer tensor with its reference, producing one Finding.
+
+Internal: :mod:`grpo_check.compare.stages` calls :func:`compare_tensor` once per compared quantity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from grpo_check.compare.tolerances import Tolerance
+from grpo_check.findings import Finding, Verdict, Where
+
+_MAP_LIMIT = 64  # rows/cols of the token error map kept in details (plots stay small)
+
+
+@dataclasses.dataclass
+class StepContext:
+    """GRPO coordinates of one captured step: turns a (row, token) into a :class:`Where`."""
+
+    step: int | None = None
+    micro_batch: int | None = None
+    rank: int | None = None
+    group_index: torch.Tensor | None = None
+    completion_ids: torch.Tensor | None = None
+    completion_mask: torch.Tensor | None = None
+    dtype: str | None = None
+
+    def where(self, row: int | None = None, token: int | None = None, prompt: int | None = None) -> Where:
+        generation = None
+        if row is not None and self.group_index is not None and row < self.group_index.numel():
+            gi = self.group_index.reshape(-1)
+            prompt = int(gi[row])
+            generation = int((gi[:row] == gi[row]).sum())
+        token_id = None
+        ids = self.completion_ids
+        if (
+            row is not None
+            and token is not None
+            and ids is not None
+            and row < ids.shape[0]
+            and token < ids.shape[1]
+        ):
+            token_id = int(ids[row, token])
+        return Where(
+            step=self.step,
+            micro_batch=self.micro_batch,
+            rank=self.rank,
+            prompt=prompt,
+            generation=generation,
+            row=row,
+            token=token,
+            token_id=token_id,
+        )
+
+    def token_mask(self, like: torch.Tensor) -> torch.Tensor:
+        """Boolean mask of the compared elements for a tensor shaped like ``like``."""
+        if like.dim() == 2 and self.completion_mask is not None and like.shape == self.completion_mask.shape:
+            return self.completion_mask.bool()
+        if like.dim() == 2 and self.completion_mask is not None and like.shape[1] == 1:
+            return self.completion_mask.bool().any(dim=1, keepdim=True)
+        return torch.ones_like(like, dtype=torch.bool)
+
+
+def as_f64(tensor: Any) -> torch.Tensor:
+    t = tensor if isinstance(tensor, torch.Tensor) else torch.as_tensor(tensor)
+    return t.detach().to(torch.float64)
+
+
+def _unravel(index: int, shape: torch.Size) -> tuple[int | None, int | None]:
+    if len(shape) == 0:
+        return None, None
+    if len(shape) == 1:
+        return index, None
+    cols = shape[-1]
+    return index // cols, index % cols
+
+
+def error_map(error: torch.Tensor, mask: torch.Tensor) -> list[list[float]] | None:
+    """(B, T) nested list of |error| on the mask (0 elsewhere), truncated to a plot-sized window."""
+    if error.dim() != 2:
+        return None
+    shown = torch.where(mask, error, torch.zeros_like(error))[:_MAP_LIMIT, :_MAP_LIMIT]
+    shown = torch.nan_to_num(shown, nan=float("inf"))
+    return [[float(v) for v in row] for row in shown]
+
+
+def compare_tensor(
+    *,
+    check_id: str,
+    stage: str,
+    name: str,
+    trainer: Any,
+    reference: Any,
+    tolerance: Tolerance,
+    ctx: StepContext,
+    reference_same_precision: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    what: str = "",
+    kind: str = "compare",
+) -> Finding:
+    """Compare ``trainer`` with ``reference`` (both broadcastable to one shape) element-wise.
+
+    Returns one Finding: PASS/WARN/FAIL against ``tolerance``; the figure is the max |error| over the
+    compared elements and ``where`` the worst offender. ``details`` carries the max/mean error, the
+    fraction out of tolerance, and a ``token_error_map`` for (B, T) quantities.
+    """
+    label = what or name
+    got = as_f64(trainer)
+    want = as_f64(reference)
+    if got.shape != want.shape:
+        try:
+            got, want = torch.broadcast_tensors(got, want)
+        except RuntimeError:
+            return Finding(
+                check_id=check_id,
+                stage=stage,
+                verdict=Verdict.FAIL,
+                where=ctx.where(),
+                kind=kind,
+                explanation=(
+                    f"{label}: trainer tensor has shape {tuple(as_f64(trainer).shape)}, reference "
+                    f"{tuple(as_f64(reference).shape)}; they cannot be compared element-wise"
+                ),
+                fix="record the tensor with the canonical shape (see grpo_check/trace/model.py)",
+            )
+    compared = ctx.token_mask(got) if mask is None else mask.bool().expand_as(got)
+    n = int(compared.sum())
+    if n == 0:
+        return Finding(
+            check_id=check_id,
+            stage=stage,
+            verdict=Verdict.INCONCLUSIVE,
+            where=ctx.where(),
+            kind=kind,
+            explanation=f"{label}: nothing to compare (every element is masked out)",
+        )
+    details: dict[str, Any] = {"quantity": name, "compared_elements": n, "tolerance": tolerance.to_dict()}
+
+    # 1. NaN/Inf locations before any tolerance.
+    got_bad = ~torch.isfinite(got) & compared
+    want_bad = ~torch.isfinite(want) & compared
+    mismatch = got_bad | want_bad  # a non-finite trainer value on a compared element always fails
+    if bool(mismatch.any()):
+        flat = int(torch.nonzero(mismatch.reshape(-1))[0])
+        row, token = _unravel(flat, got.shape)
+        where = ctx.where(row=row, token=token)
+        count = int(mismatch.sum())
+        side = "trainer" if bool(got_bad.reshape(-1)[flat]) else "reference"
+        both = bool((got_bad & want_bad).any())
+        details.update(nonfinite_elements=count, nonfinite_side=side, nonfinite_in_both=both)
+        inherited = (
+            "; the reference fed the trainer's own inputs is non-finite there too, so the NaN/Inf comes from an "
+            "upstream tensor"
+            if both
+            else ""
+        )
+        return Finding(
+            check_id=check_id,
+            stage=stage,
+            verdict=Verdict.FAIL,
+            figure=float(count),
+            tolerance=0.0,
+            where=where,
+            kind=kind,
+            details=details,
+            explanation=(
+                f"{label}: {count} compared element(s) are NaN/Inf (first at {where.describe()}); value there: "
+                f"trainer {float(got.reshape(-1)[flat]):.6g}, reference {float(want.reshape(-1)[flat]):.6g}"
+                f"{inherited}"
+            ),
+        )
+    both_finite = compared & torch.isfinite(got) & torch.isfinite(want)
+
+    # 2. Tolerance per element.
+    error = (got - want).abs()
+    error = torch.where(both_finite, error, torch.zeros_like(error))
+    allowed = tolerance.atol + tolerance.rtol * want.abs()
+    same_precision_error = None
+    if reference_same_precision is not None:
+        sp = as_f64(reference_same_precision).expand_as(want)
+        sp_err = torch.where(both_finite, (sp - want).abs(), torch.zeros_like(want))
+        sp_err = torch.nan_to_num(sp_err, nan=0.0, posinf=0.0)
+        same_precision_error = float(sp_err.max())
+        allowed = torch.maximum(allowed, tolerance.k * sp_err.max().expand_as(allowed))
+        details["same_precision_max_error"] = same_precision_error
+    beyond = (error > allowed) & both_finite
+    n_beyond = int(beyond.sum())
+    frac_beyond = n_beyond / n
+    masked_error = torch.where(both_finite, error, torch.full_like(error, -1.0))
+    flat = int(torch.argmax(masked_error.reshape(-1)))
+    row, token = _unravel(flat, got.shape)
+    max_error = float(error.reshape(-1)[flat])
+    allowed_at_worst = float(allowed.reshape(-1)[flat])
+    # the worst offender relative to its allowance (for the figure we report max |error|)
+    ratio_to_allowed = (error / allowed.clamp_min(1e-300)).masked_fill(~both_finite, 0.0)
+    worst_rel = int(torch.argmax(ratio_to_allowed.reshape(-1)))
+    if n_beyond:
+        row, token = _unravel(worst_rel, got.shape)
+        max_error_rel = float(error.reshape(-1)[worst_rel])
+        allowed_at_worst = float(allowed.reshape(-1)[worst_rel])
+    else:
+        max_error_rel = max_error
+    ref_scale = float(want.abs().masked_fill(~both_finite, 0.0).max())
+    details.update(
+        max_abs_error=max_error,
+        mean_abs_error=float(error[both_finite].mean()) if bool(both_finite.any()) else 0.0,
+        reference_max_abs=ref_scale,
+        max_rel_error=max_error / ref_scale if ref_scale > 0 else None,
+        elements_beyond_tolerance=n_beyond,
+        fraction_beyond_tolerance=frac_beyond,
+        outlier_budget=tolerance.outlier_fraction,
+    )
+    emap = error_map(error, both_finite) if n_beyond else None
+    if emap is not None:
+        details["token_error_map"] = emap
+    where = ctx.where(row=row, token=token)
+    trainer_at = float(got.reshape(-1)[worst_rel if n_beyond else flat])
+    ref_at = float(want.reshape(-1)[worst_rel if n_beyond else flat])
+    if n_beyond == 0:
+        verdict = Verdict.PASS
+        explanation = (
+            f"{label} matches the reference: max |error| {max_error:.3g} over {n} element(s) "
+            f"(allowed {allowed_at_worst:.3g} there)"
+        )
+    else:
+        verdict = Verdict.FAIL if frac_beyond > tolerance.outlier_fraction else Verdict.WARN
+        budget = (
+            f"; outlier budget {tolerance.outlier_fraction:.2%}" if tolerance.outlier_fraction > 0 else ""
+        )
+        explanation = (
+            f"{label} differs from the reference: {n_beyond} of {n} element(s) ({frac_beyond:.2%}) beyond "
+            f"tolerance{budget}; worst at {where.describe()}: trainer {trainer_at:.6g} vs reference "
+            f"{ref_at:.6g} (|error| {max_error_rel:.3g}, allowed {allowed_at_worst:.3g}); "
+            f"max |error| overall {max_error:.3g}"
+        )
+    return Finding(
+        check_id=check_id,
+        stage=stage,
+        verdict=verdict,
+        figure=max_error_rel if n_beyond else max_error,
+        tolerance=allowed_at_worst,
+        where=where,
+        kind=kind,
+        details=details,
+        explanation=explanation,
+    )
+
+
+def not_captured(
+    check_id: str, stage: str, ctx: StepContext, missing: list[str], kind: str = "compare"
+) -> Finding:
+    return Finding(
+        check_id=check_id,
+        stage=stage,
+        verdict=Verdict.NOT_CAPTURED,
+        where=ctx.where(),
+        kind=kind,
+        explanation=f"not captured: {', '.join(missing)} (record them to compare this stage)",
+        details={"missing": missing},
+    )

@@ -1,0 +1,93 @@
+"""Sampler-vs-trainer log-prob metrics (bug-catalog #1, #3, #26, #29).
+
+With ``d = logps − sampler_logps`` on the completion mask (the trainer's and the sampler's log-prob of the
+same sampled token):
+
+* ``mean_abs_d``, ``max_abs_d`` — how far apart the two engines are;
+* ``k1`` = mean(−d) and ``k3`` = mean(exp(d) − 1 − d) — estimates of KL(π_sampler ‖ π_trainer) on tokens
+  drawn from the sampler (Schulman's k1/k3);
+* ``pearson`` — correlation of the two log-prob vectors (a shifted or mangled token order drops it);
+* ``frac_ratio_outside`` — fraction of tokens with exp(d) outside [0.5, 2] (heavy tails: MoE routing #29);
+* ``trend`` — slope of ``mean_abs_d`` over steps (:func:`trend`), drift at lr=0 means stale weights (#26).
+
+A sampler that renormalises over a truncated support (top-p/top-k/min-p) reports
+``sampler_logps = logps − log S_t`` where S_t is the kept mass, so the *expected* d is ``log S_t``
+(:func:`expected_d_from_kept_mass`); when the kept mass is available the residual d − log S_t is what is
+left to explain.
+
+Example::
+
+    >>> import torch
+    >>> from grpo_check.compare.distribution import sampler_metrics
+    >>> logps = torch.log(torch.tensor([[0.5, 0.25, 0.9]]))
+    >>> m = sampler_metrics(logps, logps - 0.1, torch.ones(1, 3))
+    >>> round(m["mean_abs_d"], 3), m["frac_ratio_outside"]
+    (0.1, 0.0)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+
+def sampler_metrics(
+    logps: torch.Tensor, sampler_logps: torch.Tensor, completion_mask: torch.Tensor
+) -> dict[str, Any]:
+    """Distribution metrics of d = logps − sampler_logps over the completion mask (see module doc)."""
+    lp = logps.detach().to(torch.float64)
+    sp = sampler_logps.detach().to(torch.float64)
+    mask = completion_mask.bool() & torch.isfinite(lp) & torch.isfinite(sp)
+    n = int(mask.sum())
+    if n == 0:
+        return {"tokens": 0}
+    d = (lp - sp)[mask]
+    abs_d = d.abs()
+    ratio = torch.exp(d)
+    x, y = lp[mask], sp[mask]
+    if n > 1 and float(x.std()) > 0 and float(y.std()) > 0:
+        pearson = float(torch.corrcoef(torch.stack([x, y]))[0, 1])
+    else:
+        pearson = 1.0 if bool(torch.equal(x, y)) else None  # undefined (a constant vector): JSON null
+    worst_flat = int(torch.argmax(torch.where(mask, (lp - sp).abs(), torch.full_like(lp, -1.0))).item())
+    cols = lp.shape[1] if lp.dim() == 2 else 1
+    return {
+        "tokens": n,
+        "mean_d": float(d.mean()),
+        "mean_abs_d": float(abs_d.mean()),
+        "max_abs_d": float(abs_d.max()),
+        "k1": float((-d).mean()),
+        "k3": float((ratio - 1 - d).mean()),
+        "pearson": pearson,
+        "frac_ratio_outside": float(((ratio < 0.5) | (ratio > 2.0)).double().mean()),
+        "worst_row": worst_flat // cols,
+        "worst_token": worst_flat % cols,
+        "values": [float(v) for v in d[:4096]],
+    }
+
+
+def expected_d_from_kept_mass(kept_mass: torch.Tensor) -> torch.Tensor:
+    """Expected d = logps − sampler_logps = log S_t for a sampler that renormalises over its support."""
+    return torch.log(kept_mass.detach().to(torch.float64).clamp_min(1e-300))
+
+
+def trend(values: Sequence[float]) -> float:
+    """Least-squares slope of ``values`` against their index (0 for fewer than two finite points)."""
+    points = [(i, v) for i, v in enumerate(values) if v is not None and math.isfinite(v)]
+    if len(points) < 2:
+        return 0.0
+    n = len(points)
+    mx = sum(i for i, _ in points) / n
+    my = sum(v for _, v in points) / n
+    sxx = sum((i - mx) ** 2 for i, _ in points)
+    sxy = sum((i - mx) * (v - my) for i, v in points)
+    return sxy / sxx if sxx else 0.0
+
+
+# Thresholds for the sampler-vs-trainer verdict (bf16 vLLM vs fp32 trainer typically has k3 ~ 1e-4..1e-3).
+WARN_K3 = 1e-3
+FAIL_K3 = 1e-2
+FAIL_FRAC_OUTSIDE = 1e-2

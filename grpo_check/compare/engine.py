@@ -1,0 +1,246 @@
+"""The compare engine: stage-isolated comparison of a trace against the float64 reference (or another trace).
+
+Example::
+
+    >>> from grpo_check.compare.synthetic import make_trace
+    >>> from grpo_check.compare import compare
+    >>> result = compare(make_trace(steps=1))
+    >>> result.exit_code(), result.metadata["tolerances"]["reference_dtype"]
+    (0, 'float64')
+"""
+
+from __future__ import annotations
+
+import importlib
+import platform
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from grpo_check.compare import distribution
+from grpo_check.compare.stages import compare_stages, step_context
+from grpo_check.compare.tolerances import TolerancePolicy
+from grpo_check.config import GRPOSpec
+from grpo_check.findings import Finding, Result, Verdict
+from grpo_check.trace.model import Trace, TraceStep
+
+ProgressCallback = Callable[[int, int], None]
+
+
+def compare_step(
+    step: TraceStep,
+    spec: GRPOSpec,
+    *,
+    tolerances: TolerancePolicy | None = None,
+    model: Any = None,
+    ref_model: Any = None,
+    diagnose: bool = True,
+    end_to_end: bool = True,
+) -> list[Finding]:
+    """Compare one captured step (micro-batch) stage by stage against the reference; then diagnose.
+
+    This is the building block the TRL adapter calls live during training. Findings have kind
+    ``"compare"`` (stage-isolated and ``e2e.*``) and ``"diagnosis"`` (signature → bug-catalog entry; the
+    compare finding it explains gets the same ``likely_cause``/``fix``/``catalog_id``).
+
+    >>> from grpo_check.compare.synthetic import make_step
+    >>> from grpo_check.config import GRPOSpec
+    >>> spec = GRPOSpec(num_generations=4, loss_type="grpo", beta=0.04)
+    >>> findings = compare_step(make_step(spec), spec)
+    >>> sorted({f.verdict.value for f in findings})
+    ['pass']
+    """
+    policy = tolerances or TolerancePolicy()
+    findings, reference = compare_stages(
+        step, spec, policy, model=model, ref_model=ref_model, end_to_end=end_to_end
+    )
+    if diagnose:
+        from grpo_check.diagnose import diagnose as run_diagnose
+
+        findings += run_diagnose(step, reference, spec, findings, model=model, tolerances=policy)
+    return findings
+
+
+def _invariant_findings(step: TraceStep, spec: GRPOSpec) -> list[Finding]:
+    try:
+        module = importlib.import_module("grpo_check.invariants")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("grpo_check.invariants"):
+            return []
+        raise
+    run = getattr(module, "run_invariants", None)
+    return [] if run is None else list(run(step, spec))
+
+
+def _spec_for(trace: Trace, spec: GRPOSpec | None) -> GRPOSpec:
+    return spec if spec is not None else trace.spec()
+
+
+def _metadata(
+    trace: Trace, spec: GRPOSpec, policy: TolerancePolicy, source: str | None, mode: str
+) -> dict[str, Any]:
+    versions: dict[str, Any] = {}
+    try:
+        from grpo_check import __version__
+
+        versions["grpo_check"] = __version__
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import torch
+
+        versions["torch"] = torch.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    versions["python"] = platform.python_version()
+    return {
+        "mode": mode,
+        "tolerances": policy.to_dict(),
+        "config": spec.to_dict(),
+        "versions": versions,
+        "trace_versions": dict(trace.manifest.get("versions") or {}),
+        "source": source or trace.manifest.get("source") or trace.manifest.get("trainer"),
+        "trainer": trace.manifest.get("trainer"),
+        "steps": len(trace.steps),
+        "trace_problems": list(trace.problems),
+    }
+
+
+def check(trace: Trace, *, spec: GRPOSpec | None = None, source: str | None = None) -> Result:
+    """Invariants only (one implementation's own tensors, no reference): the ``grpo-check check`` command."""
+    spec = _spec_for(trace, spec)
+    result = Result(metadata=_metadata(trace, spec, TolerancePolicy(), source, "check"))
+    for step in trace.steps:
+        result.extend(_invariant_findings(step, spec))
+    _add_trace_problems(result, trace)
+    return result
+
+
+def compare(
+    trace: Trace,
+    *,
+    against: Trace | None = None,
+    spec: GRPOSpec | None = None,
+    model: Any = None,
+    ref_model: Any = None,
+    tolerances: TolerancePolicy | None = None,
+    invariants: bool = True,
+    diagnose: bool = True,
+    source: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> Result:
+    """Compare a trace stage by stage against the float64 reference, or against another trace.
+
+    Args:
+        trace: the captured run.
+        against: compare with this trace instead of the reference (e.g. two trainer versions).
+        spec: the algorithm configuration (default: the trace manifest's ``config``).
+        model / ref_model: recompute logps / ref_logps with the reference's own forward pass; either may be a
+            callable ``step -> model`` returning the weights that step's log-probs were computed with.
+        tolerances: the declared :class:`TolerancePolicy` (written into ``metadata["tolerances"]``).
+        invariants: also run the single-implementation invariants on every step.
+        progress: called as ``progress(done, total)`` after each step.
+    """
+    spec = _spec_for(trace, spec)
+    policy = tolerances or TolerancePolicy()
+    if against is not None:
+        from grpo_check.compare.trace_vs_trace import compare_traces
+
+        result = Result(metadata=_metadata(trace, spec, policy, source, "trace-vs-trace"))
+        result.metadata["against"] = against.manifest.get("source") or against.manifest.get("trainer")
+        result.extend(compare_traces(trace, against, spec, policy, progress=progress))
+        _add_trace_problems(result, trace)
+        return result
+    result = Result(metadata=_metadata(trace, spec, policy, source, "reference"))
+    total = len(trace.steps)
+    for index, step in enumerate(trace.steps):
+        if invariants:
+            result.extend(_invariant_findings(step, spec))
+        result.extend(
+            compare_step(
+                step,
+                spec,
+                tolerances=policy,
+                model=_for_step(model, step),
+                ref_model=_for_step(ref_model, step),
+                diagnose=diagnose,
+            )
+        )
+        if progress is not None:
+            progress(index + 1, total)
+    result.extend(_trend_findings(trace.steps, spec))
+    _add_trace_problems(result, trace)
+    return result
+
+
+def _for_step(model: Any, step: TraceStep) -> Any:
+    """A model, or a callable ``step -> model`` (the policy at the weights that step's log-probs used)."""
+    if model is None:
+        return None
+    import torch
+
+    if isinstance(model, torch.nn.Module) or not callable(model):
+        return model
+    return model(step)
+
+
+def _trend_findings(steps: Iterable[TraceStep], spec: GRPOSpec) -> list[Finding]:
+    """Sampler-vs-trainer drift across steps (bug-catalog #1, #26)."""
+    series: list[tuple[int | None, float]] = []
+    for step in steps:
+        if not step.has("logps", "sampler_logps"):
+            continue
+        mask = step.get("completion_mask")
+        if mask is None:
+            import torch
+
+            mask = torch.ones_like(step["logps"], dtype=torch.bool)
+        trainer_logps = step["old_logps"] if step.has("old_logps") else step["logps"]
+        metrics = distribution.sampler_metrics(trainer_logps, step["sampler_logps"], mask)
+        if metrics.get("tokens"):
+            series.append((step.meta.get("step"), metrics["mean_abs_d"]))
+    if len(series) < 3:
+        return []
+    values = [v for _, v in series]
+    slope = distribution.trend(values)
+    level = max(sum(values) / len(values), 1e-12)
+    drifting = slope > 0 and slope * (len(values) - 1) > max(level, 1e-3)
+    return [
+        Finding(
+            check_id="logps.sampler_trend",
+            stage="logps",
+            verdict=Verdict.WARN if drifting else Verdict.PASS,
+            figure=slope,
+            tolerance=max(level, 1e-3) / max(len(values) - 1, 1),
+            kind="compare",
+            catalog_id="1" if drifting else None,
+            likely_cause=(
+                "trainer and sampler drift apart over the run: stale sampler weights or cache after weight sync"
+                if drifting
+                else None
+            ),
+            fix="check the weight sync to the sampler (and prefix-cache reset) after each optimizer step"
+            if drifting
+            else None,
+            explanation=(
+                f"mean |logps − sampler_logps| over {len(values)} steps goes from {values[0]:.3g} to "
+                f"{values[-1]:.3g} (slope {slope:.3g} per step)"
+            ),
+            details={"values": values, "steps": [s for s, _ in series]},
+        )
+    ]
+
+
+def _add_trace_problems(result: Result, trace: Trace) -> None:
+    for problem in trace.problems:
+        result.add(
+            Finding(
+                check_id="run.trace_problem",
+                stage="run",
+                verdict=Verdict.WARN,
+                kind="compare",
+                explanation=f"trace load problem: {problem}",
+            )
+        )
+
+
+__all__ = ["check", "compare", "compare_step", "step_context"]

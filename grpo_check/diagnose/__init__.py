@@ -1,0 +1,139 @@
+"""Signature detectors: a numerical signature of a failing comparison → the known bug it looks like.
+
+``diagnose(step, reference, spec, findings)`` runs every detector on one step and returns diagnosis
+findings (``kind="diagnosis"``, ``catalog_id`` naming the bug-catalog entry); the compare findings each
+diagnosis explains get the same ``likely_cause``/``fix``/``catalog_id`` filled in (and a convention
+difference turns their verdict into ``CONVENTION``). Detectors are written from the signatures of bug
+*classes* (sign flips, per-group scale factors, normaliser factors, regrouping permutations, token shifts,
+temperature, truncated support, KL-estimator and aggregation gradients, detached or unclipped gradients,
+NaN leaks), never from one particular implementation.
+
+Example::
+
+    >>> from grpo_check.config import GRPOSpec
+    >>> from grpo_check.compare.synthetic import make_step
+    >>> from grpo_check.compare import compare_step
+    >>> spec = GRPOSpec(num_generations=4, loss_type="grpo", gradient_accumulation_steps=4)
+    >>> step = make_step(spec)
+    >>> step.tensors["logps_grad"] = step["logps_grad"] * 4      # loss not divided by GAS
+    >>> [f.catalog_id for f in compare_step(step, spec) if f.kind == "diagnosis"]
+    ['4']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from grpo_check.config import GRPOSpec
+from grpo_check.diagnose import advantages, logps, loss_zero, nonfinite, objective, sampling, unexplained
+from grpo_check.diagnose._context import Diagnosis
+from grpo_check.findings import Finding, InputError
+from grpo_check.trace.model import TraceStep
+
+Detector = Callable[[Diagnosis], list[Finding]]
+
+# Order matters: upstream stages first, specific signatures before generic fallbacks.
+DETECTORS: tuple[Detector, ...] = (
+    nonfinite.detect_nan_leak,
+    advantages.detect_grouping,
+    advantages.detect_group_scale,
+    advantages.detect_permuted,
+    advantages.detect_group_sums,
+    logps.detect_sign_flip,
+    logps.detect_position_ids,
+    logps.detect_token_shift,
+    logps.detect_temperature,
+    logps.detect_old_logps_mismatch,
+    logps.detect_ref_is_policy,
+    sampling.detect_sampler_temperature,
+    sampling.detect_truncated_support,
+    sampling.detect_sampler_mismatch,
+    nonfinite.detect_nan_origin,
+    objective.detect_detached_grad,
+    objective.detect_kl_estimator_values,
+    objective.detect_clipping_not_applied,
+    objective.detect_objective_variant,
+    objective.detect_unnamed_factor,
+    loss_zero.detect_loss_near_zero,
+    unexplained.detect_unexplained,
+)
+
+
+def diagnose(
+    step: TraceStep,
+    reference: Any,
+    spec: GRPOSpec,
+    findings: list[Finding],
+    *,
+    model: Any = None,
+    tolerances: Any = None,
+) -> list[Finding]:
+    """Run every signature detector on one step.
+
+    Args:
+        step: the trainer's captured step.
+        reference: the stage reference (:class:`grpo_check.compare.stages.StageReference`) or a plain mapping
+            of reference tensors by canonical name.
+        spec: the algorithm configuration.
+        findings: the compare findings of this step (explained findings are updated in place).
+        model: the policy model, if available (enables temperature and truncated-support signatures).
+    """
+    from grpo_check.compare.stages import model_logps, model_logps_shifted, reference_downstream, step_context
+
+    tensors = dict(reference.tensors) if hasattr(reference, "tensors") else dict(reference or {})
+    logits = getattr(reference, "logits", None)
+    cache: dict[object, torch.Tensor | None] = {}
+
+    def downstream(variant: GRPOSpec | None = None, **overrides: Any):
+        try:
+            return reference_downstream(step, variant or spec, **overrides)
+        except InputError:
+            return None
+
+    def logps_at(temperature: float) -> torch.Tensor | None:
+        if model is None:
+            return None
+        if temperature not in cache:
+            cache[temperature] = model_logps(model, step, temperature)
+        return cache[temperature]
+
+    def shifted(shift: int) -> torch.Tensor | None:
+        if model is None:
+            return None
+        key = ("shift", shift)
+        if key not in cache:
+            cache[key] = model_logps_shifted(model, step, spec.temperature, shift)
+        return cache[key]
+
+    def kept_mass() -> torch.Tensor | None:
+        if "kept_mass" in tensors:
+            return tensors["kept_mass"]
+        if logits is None:
+            return None
+        from grpo_check.reference.logps import sampling_kept_mass
+
+        return sampling_kept_mass(
+            logits, step.get("completion_ids"), spec.temperature, spec.top_p, spec.top_k or 0, spec.min_p
+        )
+
+    dx = Diagnosis(
+        step=step,
+        spec=spec,
+        reference=tensors,
+        findings=findings,
+        ctx=step_context(step, spec),
+        downstream=downstream,
+        model_logps=logps_at if model is not None else None,
+        kept_mass=kept_mass,
+        shifted_logps=shifted if model is not None else None,
+    )
+    out: list[Finding] = []
+    for detector in DETECTORS:
+        out.extend(detector(dx))
+    return out
+
+
+__all__ = ["DETECTORS", "Diagnosis", "diagnose"]

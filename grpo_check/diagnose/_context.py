@@ -1,0 +1,201 @@
+"""What every signature detector sees (internal): the trainer's step, the stage reference, the findings.
+
+Detectors are small functions ``detect(dx: Diagnosis) -> list[Finding]``; they read tensors through
+:class:`Diagnosis`, never print, and name a bug-catalog entry when a signature matches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from grpo_check.compare._diff import StepContext, as_f64
+from grpo_check.config import GRPOSpec
+from grpo_check.findings import Finding, Verdict, Where
+from grpo_check.trace.model import TraceStep
+
+
+@dataclasses.dataclass
+class Diagnosis:
+    """Inputs of the detectors plus small helpers shared by them."""
+
+    step: TraceStep
+    spec: GRPOSpec
+    reference: dict[str, torch.Tensor]
+    findings: list[Finding]
+    ctx: StepContext
+    downstream: Callable[..., dict[str, torch.Tensor]] | None = None  # (spec, **input overrides) -> tensors
+    model_logps: Callable[..., torch.Tensor | None] | None = None  # (temperature) -> logps or None
+    kept_mass: Callable[[], torch.Tensor | None] | None = None
+    shifted_logps: Callable[[int], torch.Tensor | None] | None = None  # (shift) -> logits misaligned by shift
+
+    # -- tensors -------------------------------------------------------------------------------------
+    def trainer(self, name: str) -> torch.Tensor | None:
+        value = self.step.get(name)
+        return None if value is None else as_f64(value)
+
+    def ref(self, name: str) -> torch.Tensor | None:
+        value = self.reference.get(name)
+        return None if value is None else as_f64(value)
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        m = self.step.get("completion_mask")
+        return None if m is None else m.bool()
+
+    @property
+    def group_index(self) -> torch.Tensor | None:
+        gi = self.step.get("group_index")
+        if gi is not None:
+            return gi.reshape(-1).long()
+        for name in ("rewards_per_func", "rewards", "advantages", "completion_ids"):
+            t = self.step.get(name)
+            if t is not None:
+                rows = t.shape[0]
+                if rows % self.spec.num_generations == 0:
+                    return torch.arange(rows) // self.spec.num_generations
+                return None
+        return None
+
+    # -- findings ------------------------------------------------------------------------------------
+    def failing(self, *, stage: str | None = None, prefix: str | None = None) -> list[Finding]:
+        out = []
+        for f in self.findings:
+            if f.verdict not in (Verdict.FAIL, Verdict.WARN) or f.kind != "compare":
+                continue
+            if stage is not None and f.stage != stage:
+                continue
+            if prefix is not None and not f.check_id.startswith(prefix):
+                continue
+            out.append(f)
+        return out
+
+    def compared(self, check_id: str) -> Finding | None:
+        for f in self.findings:
+            if f.check_id == check_id and f.kind == "compare":
+                return f
+        return None
+
+    def where(self, row: int | None = None, token: int | None = None, prompt: int | None = None) -> Where:
+        return self.ctx.where(row=row, token=token, prompt=prompt)
+
+    def finding(
+        self,
+        *,
+        check_id: str,
+        stage: str,
+        catalog_id: str | None,
+        explanation: str,
+        likely_cause: str | None,
+        fix: str | None,
+        verdict: Verdict = Verdict.FAIL,
+        figure: float | None = None,
+        tolerance: float | None = None,
+        where: Where | None = None,
+        details: Mapping[str, Any] | None = None,
+        attach_to: list[Finding] | None = None,
+    ) -> Finding:
+        """Build a diagnosis finding and fill likely_cause/fix/catalog_id of the compare findings it explains."""
+        out = Finding(
+            check_id=check_id,
+            stage=stage,
+            verdict=verdict,
+            figure=figure,
+            tolerance=tolerance,
+            where=where or self.where(),
+            explanation=explanation,
+            likely_cause=likely_cause,
+            fix=fix,
+            catalog_id=catalog_id,
+            kind="diagnosis",
+            details=dict(details or {}),
+        )
+        for target in attach_to or []:
+            if target.likely_cause is None:
+                target.likely_cause = likely_cause
+                target.fix = target.fix or fix
+                target.catalog_id = target.catalog_id or catalog_id
+            target.details.setdefault("diagnoses", []).append(check_id)
+            if verdict is Verdict.CONVENTION and target.verdict in (Verdict.FAIL, Verdict.WARN):
+                target.verdict = Verdict.CONVENTION
+                target.explanation = (
+                    f"{target.explanation} — classified as a convention difference: {explanation}"
+                )
+        return out
+
+
+def close(
+    got: torch.Tensor | None,
+    want: torch.Tensor | None,
+    mask: torch.Tensor | None = None,
+    *,
+    rtol: float = 1e-3,
+    atol: float = 1e-6,
+) -> bool:
+    """True when ``got`` ≈ ``want`` on ``mask`` (finite elements; relative to the scale of ``want``)."""
+    if got is None or want is None:
+        return False
+    got, want = as_f64(got), as_f64(want)
+    try:
+        got, want = torch.broadcast_tensors(got, want)
+    except RuntimeError:
+        return False
+    sel = torch.isfinite(got) & torch.isfinite(want)
+    if mask is not None:
+        try:
+            sel = sel & mask.bool().expand_as(got)
+        except RuntimeError:
+            return False
+    if not bool(sel.any()):
+        return False
+    scale = float(want[sel].abs().max())
+    return bool(((got - want).abs()[sel] <= atol + rtol * max(scale, 1e-12)).all())
+
+
+def constant_factor(
+    got: torch.Tensor | None, want: torch.Tensor | None, mask: torch.Tensor | None = None, rtol: float = 1e-3
+) -> float | None:
+    """k such that got ≈ k · want on the mask (least squares, residual ≤ rtol·scale), else None."""
+    if got is None or want is None:
+        return None
+    got, want = as_f64(got), as_f64(want)
+    try:
+        got, want = torch.broadcast_tensors(got, want)
+    except RuntimeError:
+        return None
+    sel = torch.isfinite(got) & torch.isfinite(want)
+    if mask is not None:
+        try:
+            sel = sel & mask.bool().expand_as(got)
+        except RuntimeError:
+            return None
+    a, b = got[sel], want[sel]
+    denom = float((b * b).sum())
+    if a.numel() == 0 or denom == 0.0:
+        return None
+    k = float((a * b).sum()) / denom
+    scale = float(b.abs().max()) * max(abs(k), 1e-12)
+    if float((a - k * b).abs().max()) > rtol * scale + 1e-12:
+        return None
+    return k
+
+
+def worst(error: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[int | None, int | None, float]:
+    """(row, token, value) of the largest finite |error| on the mask."""
+    e = as_f64(error).abs()
+    sel = torch.isfinite(e)
+    if mask is not None:
+        with contextlib.suppress(RuntimeError):
+            sel = sel & mask.bool().expand_as(e)
+    e = torch.where(sel, e, torch.full_like(e, -1.0))
+    flat = int(torch.argmax(e.reshape(-1)))
+    value = float(e.reshape(-1)[flat])
+    if e.dim() == 0:
+        return None, None, value
+    if e.dim() == 1:
+        return flat, None, value
+    return flat // e.shape[-1], flat % e.shape[-1], value

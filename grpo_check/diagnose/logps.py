@@ -1,0 +1,351 @@
+"""Log-prob signatures: sign flip (S1), token shift (±1), temperature on the wrong side or quantity.
+
+Each detector compares the trainer's log-probs with an *independent* source — the reference's own forward
+pass (``model=``), else the sampler's log-probs (against the trainer's ``old_logps``, taken at the sampler's
+weights) — under a transformation that mimics the bug:
+
+* sign flip:   trainer ≈ −source                       (``logsumexp − logit``, bug-catalog S1)
+* token shift: trainer[:, t] ≈ source[:, t ± 1]         (logits/labels misaligned by one position)
+* temperature: trainer ≈ forward pass at T=1 (spec T≠1), at T² (applied twice), or log-probs divided by T
+  (temperature applied to the log-probs instead of the logits)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from grpo_check.diagnose._context import Diagnosis, close, worst
+from grpo_check.findings import Finding, Verdict
+
+
+def _sources(dx: Diagnosis) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, float, float, list[Finding]]]:
+    """(label, trainer tensor, independent source, rtol, atol, findings to attach to)."""
+    model_logps = dx.ref("logps")
+    trainer = dx.trainer("logps")
+    if model_logps is not None and trainer is not None:
+        yield (
+            "the reference's own forward pass",
+            trainer,
+            model_logps,
+            1e-3,
+            1e-4,
+            dx.failing(prefix="logps.model"),
+        )
+    sampler = dx.trainer("sampler_logps")
+    trainer_old = dx.trainer("old_logps")
+    if trainer_old is None:
+        trainer_old = trainer
+    if sampler is not None and trainer_old is not None:
+        name = "old_logps" if dx.trainer("old_logps") is not None else "logps"
+        yield (
+            f"the sampler's log-probs (vs the trainer's {name})",
+            trainer_old,
+            sampler,
+            2e-2,
+            2e-2,
+            dx.failing(prefix="logps.sampler"),
+        )
+
+
+def detect_sign_flip(dx: Diagnosis) -> list[Finding]:
+    """Trainer log-probs ≈ −(independent log-probs), or mostly positive: log-softmax sign flipped (S1)."""
+    mask = dx.mask
+    for label, trainer, source, rtol, atol, attach in _sources(dx):
+        if close(trainer, source, mask, rtol=rtol, atol=atol) or not close(
+            trainer, -source, mask, rtol=rtol, atol=atol
+        ):
+            continue
+        row, token, _ = worst(trainer, mask)
+        return [_sign_finding(dx, f"trainer log-probs equal −1 × {label}", row, token, trainer, attach)]
+    trainer = dx.trainer("logps")
+    if trainer is None or mask is None:
+        return []
+    values = trainer[mask & torch.isfinite(trainer)]
+    if values.numel() and float((values > 1e-6).double().mean()) >= 0.5:
+        row, token, _ = worst(trainer.clamp(min=0.0), mask)
+        return [
+            _sign_finding(
+                dx,
+                f"{float((values > 1e-6).double().mean()):.0%} of the trainer's log-probs are positive (a log-prob "
+                "is ≤ 0)",
+                row,
+                token,
+                trainer,
+                dx.failing(prefix="logps."),
+            )
+        ]
+    return []
+
+
+def _sign_finding(
+    dx: Diagnosis, what: str, row, token, trainer: torch.Tensor, attach: list[Finding]
+) -> Finding:
+    where = dx.where(row=row, token=token)
+    value = float(trainer[row, token]) if row is not None and token is not None else None
+    return dx.finding(
+        check_id="diagnose.logps_sign",
+        stage="logps",
+        catalog_id="S1",
+        figure=value,
+        tolerance=0.0,
+        where=where,
+        explanation=f"{what}; the largest at {where.describe()} is {value:.4g}"
+        if value is not None
+        else what,
+        likely_cause="log-softmax sign flipped (logsumexp − logit instead of logit − logsumexp)",
+        fix="log_prob = logits.log_softmax(-1).gather(-1, ids) (= logit − logsumexp(logits)); it must be ≤ 0",
+        attach_to=dx.failing(prefix="logps.") + dx.failing(stage="ratio") + dx.failing(stage="kl"),
+    )
+
+
+def detect_position_ids(dx: Diagnosis) -> list[Finding]:
+    """Trainer log-probs match the forward pass with 0..L−1 positions, not the left-padding-aware ones (#14)."""
+    failing = [f for f in dx.failing(prefix="logps.") if f.details.get("matches_positions") == "arange"]
+    if not failing:
+        return []
+    target = failing[0]
+    return [
+        dx.finding(
+            check_id="diagnose.position_ids",
+            stage="logps",
+            catalog_id="14",
+            figure=target.figure,
+            where=target.where,
+            explanation=(
+                f"the trainer's {target.details.get('quantity', 'logps')} equal the reference forward pass with "
+                "position ids 0..P+T−1, which ignore the left padding; with the positions generation used "
+                f"(cumsum of the attention mask) they differ by up to {target.figure:.3g}"
+            ),
+            likely_cause=(
+                "left-padded training forward without position_ids: padded rows see shifted absolute positions, so "
+                "their log-probs change with the amount of padding"
+            ),
+            fix="pass position_ids = attention_mask.cumsum(-1) − 1 (clamped at 0) to the training forward",
+            attach_to=dx.failing(prefix="logps.") + dx.failing(stage="ratio"),
+        )
+    ]
+
+
+def _logit_shift_finding(dx: Diagnosis, shift: int, trainer: torch.Tensor, source: torch.Tensor) -> Finding:
+    mask = dx.mask
+    row, token, value = worst(trainer - source, mask)
+    where = dx.where(row=row, token=token)
+    which = "after" if shift == 1 else "before"
+    return dx.finding(
+        check_id="diagnose.logps_shift",
+        stage="logps",
+        catalog_id="X-shift",
+        figure=value,
+        where=where,
+        explanation=(
+            f"trainer log-probs equal the reference forward pass when token t is scored by the logits one position "
+            f"{which} the ones that predict it (logits[:, P−1+t{shift:+d}]); largest difference from the aligned "
+            f"log-probs {value:.4g} at {where.describe()}"
+        ),
+        likely_cause=(
+            "off-by-one shift: logits and labels misaligned by one token ("
+            + ("logits[:, P:] instead of logits[:, P−1:−1]" if shift == 1 else "logits[:, P−2:−2]")
+            + ")"
+        ),
+        fix="score completion_ids[:, t] with logits[:, P−1+t] (logits[:, P−1:−1])",
+        details={"shift": shift, "shifted": "logits"},
+        attach_to=dx.failing(prefix="logps.") + dx.failing(stage="ratio"),
+    )
+
+
+def detect_token_shift(dx: Diagnosis) -> list[Finding]:
+    """Trainer log-probs match the independent source shifted by one token (labels or logits misaligned)."""
+    mask = dx.mask
+    trainer, aligned = dx.trainer("logps"), dx.ref("logps")
+    misaligned = (
+        dx.shifted_logps is not None
+        and trainer is not None
+        and aligned is not None
+        and not close(trainer, aligned, mask, rtol=1e-3, atol=1e-4)
+    )
+    for shift in (1, -1) if misaligned else ():
+        candidate = dx.shifted_logps(shift)
+        if candidate is not None and close(trainer, candidate, mask, rtol=1e-3, atol=1e-4):
+            return [_logit_shift_finding(dx, shift, trainer, aligned)]
+    for label, trainer, source, rtol, atol, _attach in _sources(dx):
+        if close(trainer, source, mask, rtol=rtol, atol=atol):
+            continue
+        for shift in (1, -1):
+            if shift == 1:  # trainer[:, t] == source[:, t + 1]
+                got, want = trainer[:, :-1], source[:, 1:]
+                overlap = None if mask is None else mask[:, :-1] & mask[:, 1:]
+            else:  # trainer[:, t] == source[:, t − 1]
+                got, want = trainer[:, 1:], source[:, :-1]
+                overlap = None if mask is None else mask[:, 1:] & mask[:, :-1]
+            if overlap is not None and int(overlap.sum()) < 2:
+                continue
+            if not close(got, want, overlap, rtol=rtol, atol=atol):
+                continue
+            row, token, value = worst(trainer - source, mask)
+            where = dx.where(row=row, token=token)
+            direction = "the next" if shift == 1 else "the previous"
+            return [
+                dx.finding(
+                    check_id="diagnose.logps_shift",
+                    stage="logps",
+                    catalog_id="X-shift",
+                    figure=value,
+                    where=where,
+                    explanation=(
+                        f"trainer log-probs at token t equal {label} at token t{shift:+d}: each position is scored "
+                        f"with {direction} token's label; largest unshifted difference {value:.4g} at {where.describe()}"
+                    ),
+                    likely_cause=(
+                        "logits and labels misaligned by one token (the one-token shift between logits[:, P−1+t] and "
+                        "completion_ids[:, t] applied twice or not at all)"
+                    ),
+                    fix="use logits[:, P−1:−1] to score completion_ids (position P−1+t predicts token t)",
+                    details={"shift": shift},
+                    attach_to=dx.failing(prefix="logps.") + dx.failing(stage="ratio"),
+                )
+            ]
+    return []
+
+
+def detect_temperature(dx: Diagnosis) -> list[Finding]:
+    """Trainer log-probs match the reference forward pass at another temperature (or divided by T)."""
+    trainer, at_spec = dx.trainer("logps"), dx.ref("logps")
+    if trainer is None or at_spec is None or dx.model_logps is None:
+        return []
+    mask = dx.mask
+    if close(trainer, at_spec, mask, rtol=1e-3, atol=1e-4):
+        return []
+    temperature = dx.spec.temperature
+    if temperature == 1.0:
+        return []
+    at_one = dx.model_logps(1.0)
+    candidates = []
+    if at_one is not None:
+        candidates.append(
+            (
+                "the logits were not divided by the temperature (trainer log-probs equal the forward pass at T=1 "
+                f"while the sampler used T={temperature:g})",
+                at_one,
+                "temperature applied on the sampler side only: the trainer scores at T=1",
+                "divide the logits by the sampling temperature before log_softmax in the training forward",
+            )
+        )
+        candidates.append(
+            (
+                f"the temperature was applied to the log-probs instead of the logits (trainer = logp_T=1 / {temperature:g})",
+                at_one / temperature,
+                "temperature applied to the wrong quantity (log-probs instead of logits)",
+                "scale the logits, not the log-probs: log_softmax(logits / T)",
+            )
+        )
+    twice = dx.model_logps(temperature * temperature)
+    if twice is not None:
+        candidates.append(
+            (
+                f"the logits were divided by the temperature twice (trainer log-probs equal the forward pass at "
+                f"T={temperature * temperature:g})",
+                twice,
+                "temperature applied twice (e.g. by a logits processor and again in the loss)",
+                "divide the logits by the temperature exactly once",
+            )
+        )
+    for explanation, candidate, cause, fix in candidates:
+        if close(trainer, candidate, mask, rtol=1e-3, atol=1e-4):
+            row, token, value = worst(trainer - at_spec, mask)
+            return [
+                dx.finding(
+                    check_id="diagnose.temperature",
+                    stage="logps",
+                    catalog_id="1",
+                    figure=value,
+                    where=dx.where(row=row, token=token),
+                    explanation=explanation,
+                    likely_cause=cause,
+                    fix=fix,
+                    details={"spec_temperature": temperature},
+                    attach_to=dx.failing(prefix="logps.") + dx.failing(stage="ratio"),
+                )
+            ]
+    return []
+
+
+def detect_old_logps_mismatch(dx: Diagnosis) -> list[Finding]:
+    """Old log-probs taken at the current weights differ from the same forward pass (#16/#15/#17)."""
+    failing = dx.failing(prefix="logps.old_model")
+    current = dx.compared("logps.model")
+    if (
+        not failing
+        or failing[0].likely_cause is not None
+        or current is None
+        or current.verdict.name != "PASS"
+    ):
+        return []
+    old = dx.trainer("old_logps")
+    quantised = old is not None and bool(torch.equal(old.to(torch.bfloat16).to(torch.float64), old))
+    precision = " — its values are exactly bf16-representable: it ran in bf16" if quantised else ""
+    return [
+        dx.finding(
+            check_id="diagnose.old_logps_mismatch",
+            stage="logps",
+            catalog_id="16",
+            figure=failing[0].figure,
+            where=failing[0].where,
+            explanation=(
+                "no optimizer step happened since the old log-probs were taken and the training forward matches the "
+                f"reference, but old_logps do not{precision}: ρ ≠ 1 on-policy"
+            ),
+            likely_cause=(
+                "old log-probs computed differently from the training forward (precision/autocast, batch shape or "
+                "micro-batching, dropout): ρ ≠ 1 from non-invariance"
+            ),
+            fix="compute old and current log-probs with the same dtype, micro-batching and eval/train mode",
+            details={"bf16_quantised": quantised},
+            attach_to=dx.failing(prefix="logps.") + dx.failing(stage="ratio"),
+        )
+    ]
+
+
+def detect_ref_is_policy(dx: Diagnosis) -> list[Finding]:
+    """The reference log-probs are the policy's own (#20): ref model = policy, or the adapter not disabled."""
+    ref_logps, logps, mask = dx.trainer("ref_logps"), dx.trainer("logps"), dx.mask
+    if ref_logps is None or logps is None:
+        return []
+    failing = dx.failing(prefix="logps.ref_model")
+    if failing:
+        policy_sources = [logps, dx.ref("logps"), dx.trainer("old_logps")]
+        if not any(
+            close(ref_logps, src, mask, rtol=1e-3, atol=1e-4) for src in policy_sources if src is not None
+        ):
+            return []
+        how = "the reference model's own forward pass disagrees"
+    else:
+        # no reference model to hold them to: identical to the current policy after optimizer steps is the tell
+        step_index = dx.step.meta.get("step")
+        sel = mask if mask is not None else torch.ones_like(logps, dtype=torch.bool)
+        moved = dx.step.meta.get("optimizer_steps_since_old_logps", 0) or 0
+        if not (isinstance(step_index, int) and step_index >= 1 and dx.spec.beta != 0.0):
+            return []
+        if not bool(torch.equal(ref_logps[sel], logps[sel])) or moved:
+            return []
+        how = "they are bit-identical to the policy's after optimizer steps, so KL ≡ 0 and β does nothing"
+        failing = dx.failing(stage="kl") + dx.failing(prefix="logps.")
+    row, token, value = worst(ref_logps - logps, mask)
+    return [
+        dx.finding(
+            check_id="diagnose.ref_is_policy",
+            stage="logps",
+            catalog_id="20",
+            verdict=Verdict.FAIL if dx.failing(prefix="logps.ref_model") else Verdict.WARN,
+            figure=value,
+            where=dx.where(row=row, token=token),
+            explanation=f"the trainer's ref_logps equal the current policy's log-probs; {how}",
+            likely_cause=(
+                "wrong reference model: ref = policy (shared module), or the LoRA adapter not disabled for the "
+                "reference forward"
+            ),
+            fix="build the reference as a frozen copy of the initial policy (or disable the adapter) in eval mode",
+            attach_to=failing,
+        )
+    ]

@@ -1,0 +1,56 @@
+""" "Loss ≈ 0 is expected here" (bug-catalog #31): on-policy with β = 0, the GRPO loss is ≈ 0 but the gradient
+is not. Explained, never failed: compare gradients, not loss values.
+
+On-policy (ρ ≡ 1) the clipped surrogate is −A per token, and group-centred advantages make the aggregated
+loss (≈) 0 while ∂loss/∂logp_t = −A_i · w_it ≠ 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from grpo_check.diagnose._context import Diagnosis
+from grpo_check.findings import Finding, Verdict
+
+
+def detect_loss_near_zero(dx: Diagnosis) -> list[Finding]:
+    """Emit an explanation (verdict PASS) when loss ≈ 0 is the expected value and the gradient is non-zero."""
+    loss, adv = dx.trainer("loss"), dx.trainer("advantages")
+    logps, old = dx.trainer("logps"), dx.trainer("old_logps")
+    if loss is None or adv is None or dx.spec.beta != 0.0:
+        return []
+    mask = dx.mask
+    if old is not None and logps is not None:
+        diff = (logps - old).abs()
+        if mask is not None:
+            diff = diff[mask]
+        if diff.numel() and float(diff.max()) > 1e-6:
+            return []  # not on-policy: loss ≈ 0 is not implied
+    scale = float(adv[torch.isfinite(adv)].abs().mean()) if bool(torch.isfinite(adv).any()) else 0.0
+    if scale == 0.0 or abs(float(loss)) > 1e-3 * scale:
+        return []
+    grad = dx.trainer("logps_grad")
+    if grad is None:
+        grad = dx.ref("logps_grad")
+    if grad is None or not bool((grad.abs() > 0).any()):
+        return []
+    grad_failing = dx.failing(stage="grad")
+    if grad_failing:
+        return []
+    return [
+        dx.finding(
+            check_id="diagnose.loss_near_zero",
+            stage="loss",
+            catalog_id="31",
+            verdict=Verdict.PASS,
+            figure=float(loss),
+            tolerance=1e-3 * scale,
+            explanation=(
+                f"loss is {float(loss):.3g} (≈ 0) while the gradient is not (max |∂loss/∂logps| "
+                f"{float(grad.abs().max()):.3g}): this is expected on-policy with β = 0 — ρ ≡ 1, so the per-token loss "
+                "is −A and group-centred advantages cancel in the mean, but each token's gradient −A_i·w_it does not"
+            ),
+            likely_cause="not a bug: 'loss ≈ 0' on-policy with β = 0 is the expected value",
+            fix="judge training by the gradient (and rewards), not by the loss value",
+        )
+    ]

@@ -1,0 +1,135 @@
+"""``grpo-check check`` and ``grpo-check compare`` on traces written with grpo_check.trace.io: exit codes
+0 clean / 1 findings / 2 usage or input error, reports written, repro on failure."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from diagnose_mutants import grad_scaled, regrouped
+from typer.testing import CliRunner
+
+from grpo_check.cli import app
+from grpo_check.compare.synthetic import make_trace
+from grpo_check.config import GRPOSpec
+from grpo_check.trace.io import save_trace
+
+SPEC = GRPOSpec(num_generations=4, loss_type="dapo", gradient_accumulation_steps=4, max_completion_length=6)
+runner = CliRunner()
+
+
+@pytest.fixture
+def good(tmp_path):
+    return save_trace(make_trace(SPEC, steps=2), tmp_path / "good")
+
+
+@pytest.fixture
+def bad(tmp_path):
+    trace = make_trace(SPEC, steps=2)
+    broken = grad_scaled(SPEC, 4.0, seed=1)
+    broken.meta["step"] = 2
+    trace.steps[1] = broken
+    return save_trace(trace, tmp_path / "bad")
+
+
+def test_compare_clean_trace_exit_0(good, tmp_path):
+    out = tmp_path / "reports"
+    res = runner.invoke(app, ["compare", str(good), "--output", str(out)])
+    assert res.exit_code == 0, res.output
+    assert {"report.md", "report.html", "result.json", "junit.xml"} <= {p.name for p in out.iterdir()}
+    data = json.loads((out / "result.json").read_text())
+    assert data["metadata"]["tolerances"]["reference_dtype"] == "float64"
+    assert not (out / "repro").exists()
+
+
+def test_compare_broken_trace_exit_1_with_diagnosis_and_repro(bad, tmp_path):
+    out = tmp_path / "reports"
+    res = runner.invoke(app, ["compare", str(bad), "--output", str(out), "--format", "json"])
+    assert res.exit_code == 1, res.output
+    data = json.loads((out / "result.json").read_text())
+    diag = [f for f in data["findings"] if f["kind"] == "diagnosis" and f["verdict"] == "fail"]
+    assert [f["catalog_id"] for f in diag] == ["4"] and diag[0]["where"]["step"] == 2
+    assert (out / "repro" / "manifest.json").exists()
+    replay = runner.invoke(app, ["compare", str(out / "repro"), "--output", str(tmp_path / "replay")])
+    assert replay.exit_code == 1
+
+
+def test_compare_against_other_trace(good, bad, tmp_path):
+    same = runner.invoke(app, ["compare", str(good), "--against", str(good), "-o", str(tmp_path / "a")])
+    assert same.exit_code == 0, same.output
+    differ = runner.invoke(app, ["compare", str(bad), "--against", str(good), "-o", str(tmp_path / "b")])
+    assert differ.exit_code == 1
+    assert "trace.logps_grad" in differ.output
+
+
+def test_tolerance_option(bad, tmp_path):
+    loose = ["--tolerance", "grad.logps_grad=10,1", "--tolerance", "loss.value=10,1", "--tolerance", "e2e.loss=10,1",
+             "--tolerance", "e2e.logps_grad=10,1", "--no-invariants"]  # fmt: skip
+    res = runner.invoke(app, ["compare", str(bad), "-o", str(tmp_path / "r"), *loose])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["compare", str(bad), "-o", str(tmp_path / "r"), "--tolerance", "nonsense"])
+    assert res.exit_code == 2 and "CHECK=RTOL,ATOL" in res.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["compare", "/nonexistent/trace"],
+        ["check", "/nonexistent/trace"],
+        ["compare"],
+        ["compare", "x", "--format", "pdf"],
+    ],
+)
+def test_usage_errors_exit_2(args, tmp_path):
+    res = runner.invoke(app, [*args, "--output", str(tmp_path / "r")])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+
+
+def test_trainer_and_trace_are_exclusive(good, tmp_path):
+    res = runner.invoke(app, ["compare", str(good), "--trainer", "x.py:f", "-o", str(tmp_path / "r")])
+    assert res.exit_code == 2
+
+
+def test_check_exit_codes(good, tmp_path):
+    res = runner.invoke(app, ["check", str(good), "--output", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    trace = make_trace(SPEC, steps=1)
+    trace.steps[0] = regrouped(SPEC)
+    broken = save_trace(trace, tmp_path / "regrouped")
+    res = runner.invoke(app, ["check", str(broken), "--output", str(tmp_path / "c2"), "--format", "md"])
+    assert res.exit_code == 1
+    assert "advantages" in res.output
+
+
+def test_help_has_examples():
+    for command in ("compare", "check"):
+        res = runner.invoke(app, [command, "--help"])
+        assert res.exit_code == 0 and "Examples" in res.output and "Exit codes" in res.output
+
+
+def test_trainer_option_runs_factory_and_compares(monkeypatch, tmp_path):
+    import grpo_check.trl.runner as runner_module
+
+    calls = {}
+
+    def fake_run_factory(factory_ref, steps, out_dir=None, **_):
+        calls.update(factory_ref=factory_ref, steps=steps, out_dir=out_dir)
+        return make_trace(SPEC, steps=steps)
+
+    monkeypatch.setattr(runner_module, "run_factory", fake_run_factory)
+    out = tmp_path / "r"
+    res = runner.invoke(
+        app, ["compare", "--trainer", "train.py:build_trainer", "--steps", "1", "-o", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert calls["factory_ref"] == "train.py:build_trainer" and calls["steps"] == 1
+    assert (out / "result.json").exists()
+
+
+def test_trainer_option_not_available(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "grpo_check.trl.runner", None)
+    res = runner.invoke(app, ["compare", "--trainer", "train.py:build_trainer", "-o", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "not available" in res.output

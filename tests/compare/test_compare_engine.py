@@ -1,0 +1,305 @@
+"""The compare engine: stage isolation, end-to-end pass, tolerance policy, conventions, distribution metrics,
+trace-vs-trace. Broken inputs FAIL, correct inputs PASS."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from grpo_check.compare import TolerancePolicy, check, compare, compare_step
+from grpo_check.compare.conventions import classify_advantage_scale
+from grpo_check.compare.distribution import sampler_metrics, trend
+from grpo_check.compare.synthetic import make_step, make_trace
+from grpo_check.config import GRPOSpec
+from grpo_check.findings import InputError, Verdict
+
+SPEC = GRPOSpec(num_generations=4, loss_type="grpo", beta=0.04, max_completion_length=6)
+
+
+def by_id(findings, check_id):
+    return [f for f in findings if f.check_id == check_id]
+
+
+def test_correct_trace_passes_every_stage_and_declares_tolerances():
+    result = compare(make_trace(SPEC, steps=2))
+    compared = [f for f in result if f.kind == "compare"]
+    assert {f.check_id for f in compared} >= {
+        "rewards.total", "advantages.values", "ratio.values", "kl.values", "loss.per_token", "loss.value",
+        "grad.logps_grad", "e2e.loss", "e2e.logps_grad", "logps.sampler",
+    }  # fmt: skip
+    assert all(f.verdict is Verdict.PASS for f in compared), [
+        f.message() for f in compared if f.verdict is not Verdict.PASS
+    ]
+    assert result.exit_code() == 0
+    tolerances = result.metadata["tolerances"]
+    assert tolerances["reference_dtype"] == "float64"
+    assert set(tolerances["per_dtype"]) == {"float64", "float32", "bfloat16", "float16"}
+    assert result.metadata["config"]["loss_type"] == "grpo"
+    assert "torch" in result.metadata["versions"]
+
+
+def test_stage_isolation_puts_a_kl_bug_in_the_kl_stage_only():
+    step = make_step(SPEC)
+    kl = step["kl"].clone()
+    kl[3, 2] += 0.01
+    step.tensors["kl"] = kl
+    findings = compare_step(step, SPEC)
+    failing = {f.check_id for f in findings if f.kind == "compare" and f.verdict is Verdict.FAIL}
+    assert failing == {"kl.values"}
+    (finding,) = by_id(findings, "kl.values")
+    assert (finding.where.row, finding.where.token, finding.where.prompt, finding.where.generation) == (
+        3,
+        2,
+        0,
+        3,
+    )
+    assert finding.where.token_id == int(step["completion_ids"][3, 2])
+    assert finding.figure == pytest.approx(0.01, rel=1e-3)
+    assert "token_error_map" in finding.details
+
+
+def test_advantage_bug_shows_in_advantages_and_end_to_end_only():
+    step = make_step(SPEC)
+    step.tensors["advantages"] = (
+        step["advantages"] * 1.5
+    )  # trainer's loss/grad were computed from *correct* A
+    findings = compare_step(step, SPEC, diagnose=False)
+    failing = {f.check_id for f in findings if f.verdict is Verdict.FAIL}
+    assert "advantages.values" in failing
+    assert not failing & {"ratio.values", "kl.values"}
+    assert "loss.per_token" in failing  # the trainer's loss does not follow from its own advantages
+
+
+def test_end_to_end_is_separate_from_stage_isolated():
+    step = make_step(SPEC)
+    from diagnose_mutants import regrouped
+
+    step = regrouped(SPEC)
+    findings = compare_step(step, SPEC, diagnose=False)
+    failing = {f.check_id for f in findings if f.verdict is Verdict.FAIL}
+    assert failing == {"advantages.values", "e2e.per_token_loss", "e2e.loss", "e2e.logps_grad"}
+    assert all(f.details.get("end_to_end") for f in findings if f.check_id.startswith("e2e."))
+
+
+def test_missing_tensors_are_not_captured_not_failures():
+    step = make_step(SPEC)
+    for name in ("ref_logps",):
+        step.tensors.pop(name)
+    findings = compare_step(step, SPEC)
+    assert {f.verdict for f in by_id(findings, "kl.values")} == {Verdict.NOT_CAPTURED}
+    assert not [f for f in findings if f.verdict is Verdict.FAIL]
+
+
+def test_nan_location_checked_before_tolerance():
+    step = make_step(SPEC)
+    loss = step["per_token_loss"].clone()
+    loss[1, 0] = float("nan")
+    step.tensors["per_token_loss"] = loss
+    (finding,) = by_id(compare_step(step, SPEC, diagnose=False), "loss.per_token")
+    assert finding.verdict is Verdict.FAIL
+    assert finding.details["nonfinite_elements"] == 1
+    assert (finding.where.row, finding.where.token) == (1, 0)
+
+
+def test_nan_in_padding_is_ignored():
+    step = make_step(SPEC)
+    mask = step["completion_mask"].bool()
+    loss = step["per_token_loss"].clone()
+    loss[~mask] = float("nan")
+    step.tensors["per_token_loss"] = loss
+    (finding,) = by_id(compare_step(step, SPEC), "loss.per_token")
+    assert finding.verdict is Verdict.PASS
+
+
+def test_tolerance_override_per_check():
+    step = make_step(SPEC)
+    step.tensors["loss"] = step["loss"] * (1 + 1e-3)
+    strict = by_id(compare_step(step, SPEC, diagnose=False), "loss.value")[0]
+    assert strict.verdict is Verdict.FAIL
+    policy = TolerancePolicy(overrides={"loss.value": (1e-2, 0.0)})
+    loose = by_id(compare_step(step, SPEC, tolerances=policy, diagnose=False), "loss.value")[0]
+    assert loose.verdict is Verdict.PASS
+    assert loose.details["tolerance"]["source"] == "override loss.value"
+
+
+def test_tolerance_policy_parsing_and_validation():
+    assert TolerancePolicy.parse_override("logps=1e-3,0") == ("logps", (1e-3, 0.0))
+    for bad in ("logps", "logps=1", "logps=a,b", "=1,2", "logps=-1,0"):
+        with pytest.raises(InputError):
+            TolerancePolicy.parse_override(bad)
+    with pytest.raises(InputError):
+        TolerancePolicy(overrides={"x": (1.0,)})
+
+
+def test_low_precision_held_to_k_times_same_precision_error():
+    bf16 = make_step(SPEC, dtype=torch.bfloat16)
+    assert not [f for f in compare_step(bf16, SPEC) if f.verdict in (Verdict.FAIL, Verdict.WARN)]
+    policy = TolerancePolicy()
+    tol = policy.for_check("loss.per_token", "per_token_loss", "bfloat16")
+    assert tol.k == policy.k and tol.outlier_fraction == policy.low_precision_outlier_fraction
+    broken = make_step(SPEC, dtype=torch.bfloat16)
+    broken.tensors["logps_grad"] = broken["logps_grad"] * 1.25
+    (finding,) = by_id(compare_step(broken, SPEC, diagnose=False), "grad.logps_grad")
+    assert finding.verdict is Verdict.FAIL
+    assert "same_precision_max_error" in finding.details
+
+
+def test_outlier_budget_turns_rare_outliers_into_a_warning():
+    step = make_step(SPEC, n_prompts=8)
+    loss = step["per_token_loss"].clone()
+    loss[0, 0] += 1.0
+    step.tensors["per_token_loss"] = loss
+    policy = TolerancePolicy(outlier_fraction=0.05)
+    (finding,) = by_id(compare_step(step, SPEC, tolerances=policy, diagnose=False), "loss.per_token")
+    assert finding.verdict is Verdict.WARN
+    (strict,) = by_id(compare_step(step, SPEC, diagnose=False), "loss.per_token")
+    assert strict.verdict is Verdict.FAIL
+
+
+def test_logps_recomputed_by_model_forward():
+    from grpo_check.compare.synthetic import TinyLM
+
+    model = TinyLM()
+    spec = SPEC.replace(temperature=0.8)
+    step = make_step(spec, model=model)
+    (ok,) = by_id(compare_step(step, spec, model=model), "logps.model")
+    assert ok.verdict is Verdict.PASS
+    step.tensors["logps"] = step["logps"] + 0.01
+    (bad,) = by_id(compare_step(step, spec, model=model, diagnose=False), "logps.model")
+    assert bad.verdict is Verdict.FAIL
+
+
+def test_ref_model_forward():
+    from grpo_check.compare.synthetic import TinyLM
+
+    model = TinyLM(seed=3)
+    step = make_step(SPEC, model=model)
+    step.tensors["ref_logps"] = step["logps"]
+    (ok,) = by_id(compare_step(step, SPEC, ref_model=model), "logps.ref_model")
+    assert ok.verdict is Verdict.PASS
+    (bad,) = by_id(compare_step(step, SPEC, ref_model=TinyLM(seed=4), diagnose=False), "logps.ref_model")
+    assert bad.verdict is Verdict.FAIL
+
+
+def test_check_runs_invariants_only():
+    result = check(make_trace(SPEC, steps=1))
+    assert result.metadata["mode"] == "check"
+    assert all(f.kind != "compare" for f in result)
+
+
+# ---------------------------------------------------------------------------------------- conventions
+
+
+def _adv(rewards, group_index, unbiased, eps):
+    out = torch.empty_like(rewards)
+    for g in group_index.unique():
+        r = rewards[group_index == g]
+        out[group_index == g] = (r - r.mean()) / (r.std(unbiased=unbiased) + eps)
+    return out
+
+
+REWARDS = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.5, 0.2, 0.9, 0.1, 0.3, 0.3, 0.8, 0.0], dtype=torch.float64)
+GROUPS = torch.arange(12) // 4
+
+
+@pytest.mark.parametrize(
+    ("unbiased", "eps", "std", "convention"),
+    [(False, 1e-4, "population", True), (True, 1e-8, "sample", True), (True, 1e-6, "sample", True),
+     (True, 1e4, "sample", False), (True, 1.0, "sample", False), (False, 1e3, "population", False)],
+)  # fmt: skip
+def test_classify_advantage_scale(unbiased, eps, std, convention):
+    ref = _adv(REWARDS, GROUPS, True, 1e-4)
+    match = classify_advantage_scale(
+        _adv(REWARDS, GROUPS, unbiased, eps), ref, REWARDS, GROUPS, "sample", 1e-4
+    )
+    assert match is not None
+    assert match.is_convention is convention
+    if convention:  # with ε ≫ σ the std convention is not identifiable (and does not matter: it is a bug)
+        assert match.std == std
+    assert match.epsilon == pytest.approx(eps, rel=1e-2, abs=1e-6)
+
+
+def test_classify_ignores_non_scale_differences():
+    ref = _adv(REWARDS, GROUPS, True, 1e-4)
+    noisy = ref + 0.01 * torch.randn(12, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert classify_advantage_scale(noisy, ref, REWARDS, GROUPS, "sample", 1e-4) is None
+    assert classify_advantage_scale(ref, ref, REWARDS, GROUPS, "sample", 1e-4) is None
+
+
+# --------------------------------------------------------------------------------------- distribution
+
+
+def test_sampler_metrics():
+    logps = torch.log(torch.tensor([[0.5, 0.25, 0.9, 0.1]]))
+    mask = torch.tensor([[1, 1, 1, 0]])
+    same = sampler_metrics(logps, logps, mask)
+    assert same["max_abs_d"] == 0 and same["k3"] == 0 and same["frac_ratio_outside"] == 0
+    far = sampler_metrics(logps, logps - torch.tensor([[0.0, 1.0, 0.0, 5.0]]), mask)
+    assert far["max_abs_d"] == pytest.approx(1.0)
+    assert far["frac_ratio_outside"] == pytest.approx(1 / 3)
+    assert far["k3"] == pytest.approx((math.exp(1) - 2) / 3)
+    assert (far["worst_row"], far["worst_token"]) == (0, 1)
+
+
+def test_sampler_mismatch_fails_and_locates_worst_token():
+    step = make_step(SPEC)
+    sampler = step["sampler_logps"].clone()
+    sampler[5, 1] -= 2.0
+    sampler[6, 0] -= 1.0
+    step.tensors["sampler_logps"] = sampler
+    (finding,) = by_id(compare_step(step, SPEC), "logps.sampler")
+    assert finding.verdict is Verdict.FAIL
+    assert (finding.where.row, finding.where.token) == (5, 1)
+    assert finding.details["values"] and finding.details["metrics"]["max_abs_d"] == pytest.approx(
+        2.0, rel=1e-3
+    )
+
+
+def test_trend_over_steps():
+    assert trend([0.0, 1.0, 2.0]) == pytest.approx(1.0)
+    assert trend([1.0]) == 0.0
+    trace = make_trace(SPEC, steps=4)
+    for i, step in enumerate(trace.steps):
+        step.tensors["sampler_logps"] = step["old_logps"] - 0.05 * (i + 1) ** 2
+    (finding,) = by_id(compare(trace), "logps.sampler_trend")
+    assert finding.verdict is Verdict.WARN and finding.catalog_id == "1"
+    steady = make_trace(SPEC, steps=4)
+    assert by_id(compare(steady), "logps.sampler_trend")[0].verdict is Verdict.PASS
+
+
+# ------------------------------------------------------------------------------------- trace vs trace
+
+
+def test_trace_against_itself_passes():
+    result = compare(make_trace(SPEC, steps=2), against=make_trace(SPEC, steps=2))
+    assert result.exit_code() == 0 and result.metadata["mode"] == "trace-vs-trace"
+
+
+def test_trace_against_other_finds_constant_factor():
+    a, b = make_trace(SPEC, steps=2), make_trace(SPEC, steps=2)
+    b.steps[1].tensors["logps_grad"] = b.steps[1]["logps_grad"] * 2
+    result = compare(a, against=b)
+    (finding,) = result.failures
+    assert finding.check_id == "trace.logps_grad" and finding.where.step == 2
+    assert finding.details["constant_factor"] == pytest.approx(0.5) and finding.catalog_id == "4"
+
+
+def test_trace_against_other_reports_missing_steps():
+    result = compare(make_trace(SPEC, steps=2), against=make_trace(SPEC, steps=1))
+    assert [f.verdict for f in result if f.check_id == "trace.step_missing"] == [Verdict.WARN]
+
+
+def test_model_per_step_callable():
+    from grpo_check.compare.synthetic import TinyLM
+    from grpo_check.trace.model import Trace
+
+    models = {1: TinyLM(seed=1), 2: TinyLM(seed=2)}
+    steps = [make_step(SPEC, model=models[i], step_index=i, seed=i) for i in (1, 2)]
+    trace = Trace(manifest={"config": SPEC.to_dict()}, steps=steps)
+    result = compare(trace, model=lambda step: models[step.meta["step"]])
+    checked = [f for f in result if f.check_id == "logps.model"]
+    assert [f.verdict for f in checked] == [Verdict.PASS, Verdict.PASS]
+    wrong = compare(trace, model=models[1], diagnose=False)  # one model for both steps: step 2 diverges
+    assert [f.verdict for f in wrong if f.check_id == "logps.model"] == [Verdict.PASS, Verdict.FAIL]
