@@ -83,16 +83,27 @@ def step_context(step: TraceStep, spec: GRPOSpec) -> StepContext:
     )
 
 
+# Tensors a trainer computes with the model: under mixed precision (e.g. bf16 autocast) they are stored as
+# float32 but are only as precise as the compute dtype the capture records in ``meta["compute_dtype"]``.
+_MODEL_COMPUTED = frozenset({"logps", "old_logps", "ref_logps", "sampler_logps", "entropies"})
+
+
 def _dtype(step: TraceStep, name: str) -> str:
+    """The precision ``name`` was computed in: the compute dtype for model outputs, else the stored dtype."""
     t = step.get(name)
-    return str(t.dtype).removeprefix("torch.") if isinstance(t, torch.Tensor) else "float32"
+    stored = str(t.dtype).removeprefix("torch.") if isinstance(t, torch.Tensor) else "float32"
+    compute = step.meta.get("compute_dtype")
+    if name in _MODEL_COMPUTED and compute in LOW_PRECISION:
+        return str(compute)
+    return stored
 
 
 def _same_precision(reference: torch.Tensor, step: TraceStep, name: str) -> torch.Tensor | None:
-    """The reference rounded to the trace tensor's dtype: the error a same-precision reference makes."""
-    t = step.get(name)
-    if isinstance(t, torch.Tensor) and str(t.dtype).removeprefix("torch.") in LOW_PRECISION:
-        return reference.detach().to(t.dtype).to(torch.float64)
+    """The reference rounded to the precision ``name`` was computed in: the error a same-precision
+    reference makes (``None`` for full-precision tensors)."""
+    dtype_name = _dtype(step, name)
+    if dtype_name in LOW_PRECISION:
+        return reference.detach().to(getattr(torch, dtype_name)).to(torch.float64)
     return None
 
 

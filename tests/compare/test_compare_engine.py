@@ -303,3 +303,34 @@ def test_model_per_step_callable():
     assert [f.verdict for f in checked] == [Verdict.PASS, Verdict.PASS]
     wrong = compare(trace, model=models[1], diagnose=False)  # one model for both steps: step 2 diverges
     assert [f.verdict for f in wrong if f.check_id == "logps.model"] == [Verdict.PASS, Verdict.FAIL]
+
+
+def test_mixed_precision_logps_held_to_compute_dtype():
+    """Under bf16 autocast a trainer stores float32 log-probs that are only bf16-precise: with
+    ``meta["compute_dtype"] = "bfloat16"`` they are held to bf16 tolerances; without it, to float32 ones.
+    A real bug (an error far above bf16 rounding) still fails under bf16."""
+    from grpo_check.compare.synthetic import TinyLM
+
+    model = TinyLM()
+    step = make_step(SPEC, model=model)
+    exact = step["logps"].double()
+    step.tensors["logps"] = exact.to(torch.bfloat16).to(torch.float32)  # bf16 compute, float32 storage
+    (strict,) = by_id(compare_step(step, SPEC, model=model, diagnose=False), "logps.model")
+    assert strict.verdict is Verdict.FAIL
+    step.meta["compute_dtype"] = "bfloat16"
+    (mixed,) = by_id(compare_step(step, SPEC, model=model, diagnose=False), "logps.model")
+    assert mixed.verdict is Verdict.PASS
+    step.tensors["logps"] = (exact + 0.5).to(torch.float32)
+    (bug,) = by_id(compare_step(step, SPEC, model=model, diagnose=False), "logps.model")
+    assert bug.verdict is Verdict.FAIL
+
+
+def test_check_reports_not_captured_once_per_trace():
+    trace = make_trace(steps=3)
+    for step in trace.steps:
+        step.tensors.pop("kl", None)
+    result = check(trace)
+    kl_missing = [f for f in result if f.check_id == "kl.nonnegative"]
+    assert [f.verdict for f in kl_missing] == [Verdict.NOT_CAPTURED]
+    # a check whose inputs every step holds still reports once per step
+    assert len([f for f in result if f.check_id == "logps.nonpositive"]) == 3
