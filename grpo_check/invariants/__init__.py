@@ -36,7 +36,7 @@ import torch
 
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import STAGES, Finding, GRPOCheckError, InputError, Verdict, severity
-from grpo_check.invariants import advantages, batch, grad, kl, logps, loss, ratio, rewards  # noqa: F401 (register)
+from grpo_check.invariants import advantages, batch, grad, kl, logps, loss, ratio, rewards, text  # noqa: F401 (register)
 from grpo_check.invariants.registry import (
     REGISTRY,
     Check,

@@ -200,6 +200,24 @@ class Attachment:
         dtype = getattr(self.trainer.model, "dtype", None)
         return str(dtype).removeprefix("torch.") if dtype is not None else "float32"
 
+    def _decode(self, completion_ids: Any, completion_mask: Any) -> list[str] | None:
+        """The tokenizer's own decode of each row's masked completion tokens (what the rewards should score).
+
+        Capture only: this is the tokenizer's output, recorded so ``batch.text_faithful`` can compare it with
+        the text the reward functions received."""
+        tok = self._tokenizer()
+        if tok is None or not hasattr(tok, "batch_decode") or completion_ids is None:
+            return None
+        rows = [
+            ids[mask.bool()].tolist() if mask is not None else ids.tolist()
+            for ids, mask in zip(
+                completion_ids,
+                completion_mask if completion_mask is not None else [None] * len(completion_ids),
+                strict=True,
+            )
+        ]
+        return list(tok.batch_decode(rows, skip_special_tokens=True))
+
     def _tokenizer(self) -> Any:
         tok = getattr(self.trainer, "_tokenizer", None) or getattr(self.trainer, "processing_class", None)
         return getattr(tok, "tokenizer", tok)
@@ -529,6 +547,10 @@ class Attachment:
                 prompts = [info["prompts"][i] if 0 <= i < len(info["prompts"]) else None for i in local]
                 if all(t is not None for t in texts):
                     completion_text = [str(t) for t in texts]
+                    if all(isinstance(t, str) for t in texts):  # plain text (not conversational messages)
+                        decoded = self._decode(tensors.get("completion_ids"), tensors.get("completion_mask"))
+                        if decoded is not None:
+                            meta["decoded_completion_text"] = decoded
                 else:
                     completion_text = None
             else:

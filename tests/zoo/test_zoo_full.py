@@ -22,15 +22,6 @@ def _problems(card, predicate) -> str:
     return "\n".join(describe_score(s) for s in card.scores if predicate(s))
 
 
-# Open detector issues (routed to the detector owners; see docs/readme/zoo.md "Known gaps"). Non-strict: the
-# tests turn into XPASS as soon as the detectors catch up; remove the markers then.
-_OPEN_RECALL = pytest.mark.xfail(
-    reason="trl-S3-decode-strips-prefix: decoded text mangled (not blank) is not detected; needs a "
-    "'text is a faithful decode of completion_ids' check",
-    strict=False,
-)
-
-
 def test_no_false_positives(card):
     assert card.totals()["false_positives"] == 0, _problems(card, lambda s: s.false_positive)
 
@@ -47,7 +38,6 @@ def test_seed_scenarios_find_s1_s2_s3_each_in_its_own_stage(card):
         assert score.first_stage == "batch", describe_score(score)
 
 
-@_OPEN_RECALL
 def test_every_mutant_detected(card):
     assert card.totals()["recall"] >= TARGETS["recall"], _problems(
         card, lambda s: s.case.is_mutant and not s.detected
