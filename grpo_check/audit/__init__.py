@@ -104,6 +104,8 @@ def audit_loaded(
             raise InputError(f"num_processes must be ≥ 1, got {num_processes}")
         facts["num_processes"] = num_processes
     if num_reward_funcs is not None:
+        if num_reward_funcs < 1:
+            raise InputError(f"num_reward_funcs must be ≥ 1, got {num_reward_funcs}")
         facts["num_reward_funcs"] = num_reward_funcs
     facts.setdefault("num_processes", 1)
     facts["requested_version"] = requested

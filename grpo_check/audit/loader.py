@@ -149,13 +149,37 @@ def load_file(path: str | os.PathLike[str]) -> LoadedConfig:
 
 
 def _parse_json(text: str, name: str) -> tuple[Any, dict[tuple[str, ...], int]]:
+    duplicates: list[str] = []
+
+    def pairs_to_dict(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                duplicates.append(key)
+            seen.add(key)
+        return dict(pairs)
+
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=pairs_to_dict)
     except json.JSONDecodeError as exc:
         raise InputError(
             f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", source=name
         ) from None
+    if duplicates:
+        key = duplicates[0]
+        pattern = re.compile(r'"' + re.escape(json.dumps(key)[1:-1]) + r'"\s*:')
+        found = [text.count("\n", 0, m.start()) + 1 for m in pattern.finditer(text)]
+        raise InputError(_duplicate_message(key, found), source=name, field=key)
     return data, _json_key_lines(text, data)
+
+
+def _duplicate_message(key: str, lines: list[int]) -> str:
+    distinct = list(dict.fromkeys(lines))
+    where = f" (lines {', '.join(map(str, distinct))})" if len(distinct) >= 2 else ""
+    return (
+        f"the key appears more than once{where}: YAML and JSON parsers silently keep the last value, which "
+        f"may not be the one you meant; keep one {key}"
+    )
 
 
 def _json_key_lines(text: str, data: Any) -> dict[tuple[str, ...], int]:
@@ -203,9 +227,14 @@ def _parse_yaml(text: str, name: str) -> tuple[Any, dict[tuple[str, ...], int]]:
     def walk(current: Any, prefix: tuple[str, ...]) -> None:
         if not isinstance(current, yaml.MappingNode):
             return
+        first_line: dict[str, int] = {}
         for key_node, value_node in current.value:
             key = str(key_node.value)
-            lines[(*prefix, key)] = key_node.start_mark.line + 1
+            line = key_node.start_mark.line + 1
+            if key in first_line and key != "<<":  # "<<" is YAML's merge key
+                raise InputError(_duplicate_message(key, [first_line[key], line]), source=name, field=key)
+            first_line[key] = line
+            lines[(*prefix, key)] = line
             walk(value_node, (*prefix, key))
 
     walk(node, ())

@@ -143,7 +143,7 @@ def _as_int(value: Any) -> int | None:
         return None
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: inf in an integer field
         return None
 
 
@@ -1554,16 +1554,55 @@ def _value_not_in_release(ctx: AuditContext) -> list[Hit]:
 def _number_as_string(ctx: AuditContext) -> list[Hit]:
     if ctx.facts.get("effective"):
         return []
-    numeric = {
-        name
-        for name, value in _versions.defaults_for(ctx.version).items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool)
-    } | {"learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "epsilon_high", "delta", "min_p"}
     hits = []
-    for name in sorted(ctx.explicit & numeric):
+    for name in sorted(ctx.explicit & _numeric_fields(ctx.version)):
         value = ctx.values.get(name)
         if isinstance(value, str) and _as_float(value) is not None:
             hits.append(Hit(f"{name} = {value!r} is a string, not a number", fields=(name,)))
+    return hits
+
+
+# Fields where an infinite value is a legitimate way to write "no bound".
+_INFINITY_ALLOWED: frozenset[str] = frozenset(
+    {"max_grad_norm", "delta", "vllm_importance_sampling_cap", "vllm_importance_sampling_clip_max"}
+)
+
+
+def _numeric_fields(version: str) -> set[str]:
+    return {
+        name
+        for name, value in _versions.defaults_for(version).items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    } | {"learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "epsilon_high", "delta", "min_p"}
+
+
+@rule(
+    "GA409",
+    "numeric field holds NaN, infinity or a non-number",
+    "error",
+    ("<numeric field>",),
+    reason=(
+        "A NaN learning rate, beta or epsilon turns every loss and update into NaN from the first step; an "
+        "infinite batch size or a word such as 'eight' in a numeric field makes GRPOConfig or the optimizer "
+        "fail only after the model has loaded — or, for NaN, never fail at all and silently train on NaN. "
+        "The other rules cannot judge such a value and stay silent about it, so this one says so."
+    ),
+    source="IEEE 754 (NaN compares false with every bound); TRL GRPOConfig field types (TRL 1.16)",
+    fix="Write a finite number (for 'no bound' use null where TRL accepts None, e.g. delta: null).",
+)
+def _non_finite_or_non_numeric(ctx: AuditContext) -> list[Hit]:
+    hits = []
+    for name in sorted(ctx.explicit & _numeric_fields(ctx.version)):
+        value = ctx.values.get(name)
+        if value is None or isinstance(value, bool):
+            continue
+        number = _as_float(value)
+        if number is None:
+            hits.append(Hit(f"{name} = {value!r} is not a number ({type(value).__name__})", fields=(name,)))
+        elif number != number:
+            hits.append(Hit(f"{name} = NaN: every bound compares false with it", fields=(name,)))
+        elif number in (float("inf"), float("-inf")) and not (number > 0 and name in _INFINITY_ALLOWED):
+            hits.append(Hit(f"{name} = {number} is not finite", fields=(name,)))
     return hits
 
 

@@ -30,7 +30,8 @@ Examples:
 
     grpo-check audit --list-rules
 
-Exit codes: 0 clean, 1 error findings (with --strict also warnings), 2 unreadable or refused input.
+Exit codes: 0 clean, 1 error findings (with --strict also warnings), 2 unreadable, malformed or refused
+input (a key written twice included) or an unwritable --output.
 """
 
 
@@ -118,8 +119,10 @@ def _emit(result, output_format: str, output: Path | None, min_severity: str) ->
     if output is None:
         typer.echo(text)
     else:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text + "\n", encoding="utf-8")
+        from grpo_check.trace.io import atomic_write_text
+
+        with user_errors():  # an unwritable --output is a usage error (exit 2), never a traceback
+            atomic_write_text(output, text + "\n")
         typer.echo(f"wrote {output}", err=True)
 
 

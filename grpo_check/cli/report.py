@@ -31,7 +31,8 @@ Examples:
 
     grpo-check report reports/run1/result.json --out-dir reports/run1-rendered
 
-Exit codes: 0 no failing finding, 1 failing findings (with --strict also warnings), 2 unreadable input.
+Exit codes: 0 no failing finding, 1 failing findings (with --strict also warnings) or an incomplete result
+(a run killed before it finished: its later checks never ran), 2 unreadable input or unwritable output.
 """
 
 
@@ -69,6 +70,11 @@ def register(app: typer.Typer) -> None:
 
             fmt = normalise_format(output_format)
             resolved = [_resolve(path) for path in results]
+            _refuse_duplicates(resolved)
+            if out_dir is not None:  # fail before printing anything when the directory cannot be made
+                from grpo_check.report import make_output_dir
+
+                make_output_dir(out_dir)
             loaded = [load_result(path) for path in resolved]
             if len(loaded) == 1:
                 result = loaded[0]
@@ -89,6 +95,9 @@ def register(app: typer.Typer) -> None:
             if out_dir is not None:
                 for path in write_report(result, out_dir).values():
                     typer.echo(f"wrote {path}", err=True)
+        if result.metadata.get("incomplete"):  # a crashed run is never "clean": its later checks never ran
+            typer.secho(f"warning: incomplete result: {result.metadata['incomplete']}", err=True, fg="yellow")
+            raise typer.Exit(EXIT_FINDINGS)
         raise typer.Exit(EXIT_FINDINGS if result.exit_code(strict=strict) else EXIT_CLEAN)
 
 
@@ -102,3 +111,18 @@ def _resolve(path: Path) -> Path:
 
         raise InputError("directory holds no result.json or result.partial.jsonl", source=str(path))
     return path
+
+
+def _refuse_duplicates(paths: list[Path]) -> None:
+    """The same result named twice would count every finding twice in the merged report."""
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        key = path.resolve()
+        if key in seen:
+            from grpo_check.findings import InputError
+
+            raise InputError(
+                f"given twice (also as {seen[key]}); merging it would count each finding twice",
+                source=str(path),
+            )
+        seen[key] = path

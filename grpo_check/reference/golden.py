@@ -99,12 +99,21 @@ def load_cases(directory: str | Path | None = None) -> list[dict[str, Any]]:
     cases: list[dict[str, Any]] = []
     for path in files:
         try:
-            doc = json.loads(path.read_text())
+            doc = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}: not valid JSON ({exc})") from None
-        if doc.get("format") != FORMAT:
-            raise InputError(f"{path}: format {doc.get('format')!r}, expected {FORMAT!r}")
-        for case in doc["cases"]:
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+            raise InputError(f"{path}: format {found!r}, expected {FORMAT!r}")
+        if not isinstance(doc.get("cases"), list):
+            raise InputError(f"{path}: field 'cases' must be a list of cases")
+        for index, case in enumerate(doc["cases"]):
+            if not isinstance(case, dict) or not all(
+                isinstance(case.get(key), str) for key in ("id", "function")
+            ):
+                raise InputError(f"{path}: field 'cases[{index}]' needs string 'id' and 'function' keys")
             case["_file"] = path.name
             cases.append(case)
     return cases

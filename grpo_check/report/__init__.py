@@ -23,8 +23,9 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from grpo_check.findings import InputError, Result
+from grpo_check.findings import Finding, InputError, Result
 from grpo_check.report.atomic import ResultWriter, atomic_write_text, read_partial
 from grpo_check.report.merge import merge_results
 from grpo_check.report.repro import failing_step_indices, write_repro
@@ -68,7 +69,7 @@ def normalise_format(fmt: str) -> str:
     """Canonical format name (``"markdown"`` → ``"md"``); :class:`InputError` for an unknown one."""
     canonical = FORMAT_ALIASES.get(fmt.lower())
     if canonical is None:
-        raise InputError(f"unknown format {fmt!r}; choose one of text, md, html, json, junit", field="format")
+        raise InputError(f"unknown report format {fmt!r}; choose one of text, md, html, json, junit")
     return canonical
 
 
@@ -97,14 +98,31 @@ def render(result: Result, fmt: str = "text", *, color: bool = False, strict: bo
     return render_junit(result, strict=strict)
 
 
+def make_output_dir(out_dir: str | os.PathLike[str]) -> Path:
+    """Create the report directory ``out_dir``; :class:`InputError` naming it when that is impossible."""
+    from grpo_check.trace.io import OutputPathError
+
+    directory = Path(out_dir)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputPathError(
+            "cannot create the report directory: it (or a parent) is a file", source=str(directory)
+        ) from None
+    except OSError as exc:
+        raise OutputPathError(
+            f"cannot create the report directory: {exc.strerror or exc}", source=str(directory)
+        ) from None
+    return directory
+
+
 def write_report(
     result: Result,
     out_dir: str | os.PathLike[str] = "reports/latest",
     formats: Sequence[str] = DEFAULT_FORMATS,
 ) -> dict[str, Path]:
     """Write ``result`` in each of ``formats`` into ``out_dir`` (atomically); returns format → path."""
-    directory = Path(out_dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = make_output_dir(out_dir)
     paths: dict[str, Path] = {}
     for fmt in formats:
         canonical = normalise_format(fmt)
@@ -125,13 +143,54 @@ def load_result(path: str | os.PathLike[str]) -> Result:
         raise InputError(f"not UTF-8 text ({exc})", source=str(source)) from None
     if not isinstance(data, dict):
         raise InputError("expected a JSON object (a grpo-check result)", source=str(source))
-    try:
-        result = Result.from_dict(data)
-    except InputError as exc:
-        error = InputError(str(exc), source=str(source))
-        error.field = exc.field
-        raise error from None
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"malformed finding ({exc!r})", source=str(source), field="findings") from None
+    return _result_from_dict(data, source)
+
+
+_READABLE_FORMAT_VERSION = 1
+
+
+def _result_from_dict(data: dict[str, Any], source: Path) -> Result:
+    """``Result.from_dict`` with every malformation named: the field, and for a finding its index."""
+    if data.get("format") != "grpo-check-result":
+        raise InputError(
+            "not a grpo-check result (missing 'format': 'grpo-check-result')",
+            source=str(source),
+            field="format",
+        )
+    version = data.get("format_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise InputError(f"expected an integer, got {version!r}", source=str(source), field="format_version")
+    if version > _READABLE_FORMAT_VERSION:
+        raise InputError(
+            f"written by a newer grpo-check (format_version {version}; this one reads up to "
+            f"{_READABLE_FORMAT_VERSION}): upgrade grpo-check to read it",
+            source=str(source),
+            field="format_version",
+        )
+    findings = data.get("findings", [])
+    if not isinstance(findings, list):
+        raise InputError(
+            f"expected a list of findings, got {type(findings).__name__}",
+            source=str(source),
+            field="findings",
+        )
+    metadata = data.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise InputError(
+            f"expected an object, got {type(metadata).__name__}", source=str(source), field="metadata"
+        )
+    result = Result(metadata=dict(metadata))
+    for index, record in enumerate(findings):
+        field = f"findings[{index}]"
+        if not isinstance(record, dict):
+            raise InputError(
+                f"expected an object, got {type(record).__name__}", source=str(source), field=field
+            )
+        try:
+            result.add(Finding.from_dict(record))
+        except KeyError as exc:
+            raise InputError(f"missing key {exc.args[0]!r}", source=str(source), field=field) from None
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"malformed finding ({exc})", source=str(source), field=field) from None
     result.metadata.setdefault("source", str(source))
     return result

@@ -5,8 +5,10 @@ per line, flushed and fsync'ed), and renders the full reports when it is closed.
 leaves a readable log: ``grpo-check report reports/run1/result.partial.jsonl`` renders it, and
 :func:`read_partial` loads it as a :class:`~grpo_check.findings.Result`.
 
-Log lines: ``{"type": "metadata", "metadata": {...}}`` (the last one wins) and
-``{"type": "finding", "finding": {...}}`` (``Finding.to_dict``). A torn last line is ignored.
+Log lines: ``{"type": "metadata", "metadata": {...}}`` (the last one wins),
+``{"type": "finding", "finding": {...}}`` (``Finding.to_dict``) and, written by :meth:`ResultWriter.close`,
+``{"type": "end"}``. A torn last line is ignored. A log with no ``end`` line comes from a run that was killed
+or crashed: :func:`read_partial` marks it ``metadata["incomplete"]``, and every renderer says so.
 
 Example::
 
@@ -53,8 +55,9 @@ class ResultWriter:
         metadata: dict[str, Any] | None = None,
         keep_partial: bool = False,
     ):
-        self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        from grpo_check.report import make_output_dir
+
+        self.out_dir = make_output_dir(out_dir)
         self.formats = tuple(formats)
         self.keep_partial = keep_partial
         self.result = Result(metadata=dict(metadata or {}))
@@ -89,6 +92,7 @@ class ResultWriter:
         if self._closed:
             return self.result
         self._closed = True
+        self._append({"type": "end"})  # a log without this line comes from a run that never finished
         self._handle.close()
         from grpo_check.report import write_report
 
@@ -115,6 +119,7 @@ def read_partial(path: str | os.PathLike[str]) -> Result:
     except UnicodeDecodeError as exc:
         raise InputError(f"not UTF-8 text ({exc})", source=str(source)) from None
     result = Result()
+    ended = False
     lines = text.splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -130,7 +135,9 @@ def read_partial(path: str | os.PathLike[str]) -> Result:
             ) from None
         kind = record.get("type") if isinstance(record, dict) else None
         try:
-            if kind == "metadata":
+            if kind == "end":
+                ended = True
+            elif kind == "metadata":
                 result.metadata = dict(record.get("metadata") or {})
             elif kind == "finding":
                 result.add(Finding.from_dict(record["finding"]))
@@ -138,5 +145,10 @@ def read_partial(path: str | os.PathLike[str]) -> Result:
                 raise ValueError(f"unknown record type {kind!r}")
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"bad record ({exc})", source=str(source), field=f"line {number}") from None
+    if not ended:
+        result.metadata.setdefault(
+            "incomplete",
+            "the log was never closed: the run was killed or crashed, so checks after its last line are missing",
+        )
     result.metadata.setdefault("source", str(source))
     return result

@@ -80,6 +80,8 @@ def render_html(
     source = result.metadata.get("source")
     if source:
         parts.append(f"<p>Checked: <code>{_e(source)}</code></p>")
+    if result.metadata.get("incomplete"):
+        parts.append(f'<p class="headline h-warn">Incomplete: {_e(str(result.metadata["incomplete"]))}</p>')
 
     first = result.first_divergence()
     budget = [max_plots]

@@ -56,12 +56,12 @@ def render_junit(result: Result, *, suite_name: str = "grpo-check", strict: bool
     source = result.metadata.get("source")
     if source:
         properties = ET.SubElement(suite, "properties")
-        ET.SubElement(properties, "property", name="source", value=str(source))
+        ET.SubElement(properties, "property", name="source", value=_xml_text(str(source)))
     for finding in findings:
         case = ET.SubElement(
             suite,
             "testcase",
-            classname=f"grpo_check.{finding.stage}",
+            classname=_xml_text(f"grpo_check.{finding.stage}"),
             name=_xml_text(testcase_name(finding)),
             time="0",
         )

@@ -37,6 +37,8 @@ def render_markdown(result: Result, *, title: str = "grpo-check report") -> str:
     source = result.metadata.get("source")
     if source:
         lines += [f"Checked: `{source}`", ""]
+    if result.metadata.get("incomplete"):
+        lines += [f"> **Incomplete:** {result.metadata['incomplete']}", ""]
 
     first = result.first_divergence()
     if first is not None:

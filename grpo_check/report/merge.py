@@ -49,6 +49,9 @@ def merge_results(results: Sequence[Result], sources: Sequence[str] | None = Non
     merged.metadata = _common_metadata(metadatas)
     merged.metadata["sources"] = metadatas
     merged.metadata["source"] = ", ".join(m["source"] for m in metadatas)
+    incomplete = [f"{m['source']}: {m['incomplete']}" for m in metadatas if m.get("incomplete")]
+    if incomplete:
+        merged.metadata["incomplete"] = "; ".join(incomplete)
     return merged
 
 

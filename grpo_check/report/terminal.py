@@ -11,6 +11,7 @@ Example::
 from __future__ import annotations
 
 import io
+import re
 
 from grpo_check.findings import Finding, Result, Verdict, severity
 from grpo_check.report._common import (
@@ -61,13 +62,16 @@ def render_terminal(
     console.print(Text(headline(result), style=STYLE.get(worst.value, "") + (" bold" if color else "")))
     source = result.metadata.get("source")
     if source:
-        console.print(Text(f"checked: {source}", style="dim"))
+        console.print(Text(_printable(f"checked: {source}"), style="dim"))
+    incomplete = result.metadata.get("incomplete")
+    if incomplete:
+        console.print(Text(_printable(f"INCOMPLETE: {incomplete}"), style="bold yellow" if color else ""))
 
     first = result.first_divergence()
     if first is not None:
         console.print()
         console.print(Text("First divergence", style="bold"))
-        console.print(Text(first.message(), style="red"), soft_wrap=True)
+        console.print(Text(_printable(first.message()), style="red"), soft_wrap=True)
 
     rows = stage_summary(result)
     if rows:
@@ -95,7 +99,10 @@ def render_terminal(
         for number, finding in enumerate(shown[:limit]):
             if number:
                 console.print()
-            console.print(Text(finding.message(), style=STYLE.get(finding.verdict.value, "")), soft_wrap=True)
+            console.print(
+                Text(_printable(finding.message()), style=STYLE.get(finding.verdict.value, "")),
+                soft_wrap=True,
+            )
         if len(shown) > limit:
             console.print(
                 Text(f"... and {len(shown) - limit} more (see the Markdown/HTML report)", style="dim")
@@ -105,7 +112,9 @@ def render_terminal(
         console.print()
         console.print(Text("Declared convention differences (not failures):", style="cyan"))
         for finding in conventions[:limit]:
-            console.print(Text(f"  {finding.check_id}: {finding.explanation}", style="cyan"), soft_wrap=True)
+            console.print(
+                Text(_printable(f"  {finding.check_id}: {finding.explanation}"), style="cyan"), soft_wrap=True
+            )
     not_captured_line = _not_captured_summary(result)
     if not_captured_line:
         console.print(Text(not_captured_line, style="dim"), soft_wrap=True)
@@ -132,3 +141,11 @@ def finding_line(finding: Finding) -> str:
         f"{VERDICT_SYMBOL[finding.verdict.value]:<12} {finding.check_id:<36} {finding.where.describe():<30} "
         f"{fmt_number(finding.figure)} (tol {fmt_number(finding.tolerance)})"
     )
+
+
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    """Replace control characters (an ESC from a decoded completion would drive the terminal) by U+FFFD."""
+    return _CONTROL.sub("\ufffd", text)

@@ -26,6 +26,7 @@ re-exported by :mod:`grpo_check.testing` too.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -61,8 +62,25 @@ def _need(inputs: dict[str, Any], *names: str) -> None:
         raise InputError(f"missing input(s) {', '.join(missing)}", field=missing[0])
 
 
+def as_spec(value: Any, *, name: str = "spec") -> GRPOSpec:
+    """``value`` as a :class:`GRPOSpec`: a GRPOSpec, a mapping of its fields, or None (the defaults).
+
+    >>> as_spec({"num_generations": 4}).num_generations
+    4
+    """
+    if value is None:
+        return GRPOSpec()
+    if isinstance(value, GRPOSpec):
+        return value
+    if isinstance(value, Mapping):
+        return GRPOSpec.from_dict(dict(value), strict=True)  # a typo in a field name is an error, not ignored
+    raise TypeError(
+        f"{name} must be a grpo_check.GRPOSpec or a dict of its fields, got {type(value).__name__}"
+    )
+
+
 def _spec(spec: GRPOSpec | None, **changes: Any) -> GRPOSpec:
-    base = spec if spec is not None else GRPOSpec()
+    base = as_spec(spec)
     changes = {k: v for k, v in changes.items() if v is not None}
     return base.replace(**changes) if changes else base
 

@@ -312,7 +312,9 @@ def assert_matches_reference(
     """
     if stage not in _STAGES:
         raise InputError(f"stage must be one of {', '.join(STAGE_NAMES)}; got {stage!r}", field="stage")
-    spec = config if config is not None else GRPOSpec()
+    from grpo_check.testing.assertions import as_spec
+
+    spec = as_spec(config, name="config")
     _check_signature(user_fn, stage, spec)
     prompts = st.just(num_prompts) if isinstance(num_prompts, int) else st.integers(*num_prompts)
     strategy = grpo_batches(

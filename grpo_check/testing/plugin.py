@@ -51,8 +51,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", _MARKER_LINE)
+    _check_report_path(config.getoption("grpo_report", default=None))
     if not config.pluginmanager.has_plugin("grpo_check_reporter"):
         config.pluginmanager.register(_Reporter(config), "grpo_check_reporter")
+
+
+def _check_report_path(path: str | None) -> None:
+    """Refuse an unwritable ``--grpo-report`` before any test runs (not with a traceback after they all ran)."""
+    if not path:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise pytest.UsageError(
+            f"--grpo-report={path}: is a directory; give a file name such as {path}/grpo.json"
+        )
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise pytest.UsageError(f"--grpo-report={path}: {parent} is a file, not a directory")
+            break
 
 
 # ---------------------------------------------------------------- collecting findings
@@ -200,11 +217,16 @@ class _Reporter:
         path = self.config.getoption("grpo_report", default=None)
         if not path or hasattr(self.config, "workerinput"):  # xdist workers: the controller writes
             return
-        self.written = write_session_report(self.records, path)
+        try:
+            self.written = write_session_report(self.records, path)
+        except OSError as exc:  # e.g. disk full: say so, and keep pytest's own result and exit status
+            self.write_error = f"grpo-check report: could not write {path}: {exc.strerror or exc}"
 
     def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
         if self.written:
             terminalreporter.write_line("grpo-check report: " + ", ".join(str(p) for p in self.written))
+        if getattr(self, "write_error", None):
+            terminalreporter.write_line(self.write_error, red=True)
 
 
 def _reporter(config: pytest.Config) -> _Reporter | None:

@@ -89,14 +89,31 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+class OutputPathError(InputError, OSError):
+    """An output destination that cannot be written (a directory, a parent that is a file, no permission,
+    disk full). An :class:`~grpo_check.findings.InputError` (the CLI answers exit code 2 with one line) and
+    still an :class:`OSError` for code that catches those."""
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, ``os.replace``.
 
     A reader never sees a half-written file: either the old content (or nothing) or the new content.
+    An unwritable destination (a directory, a parent that is a file, no permission, disk full) raises
+    :class:`OutputPathError` naming the path; nothing is left behind.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    if target.is_dir():
+        raise OutputPathError("is a directory; give a file name to write the output to", source=str(target))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise OutputPathError(
+            "cannot write here: a parent of this path is a file, not a directory", source=str(target)
+        ) from exc
+    except OSError as exc:
+        raise OutputPathError(f"cannot write here: {exc.strerror or exc}", source=str(target)) from exc
     try:
         if hasattr(os, "fchmod"):  # mkstemp creates 0600; give the file the usual permissions
             os.fchmod(fd, 0o666 & ~_UMASK)
@@ -105,6 +122,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise OutputPathError(f"cannot write here: {exc.strerror or exc}", source=str(target)) from exc
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
@@ -280,7 +301,16 @@ class TraceWriter:
             )
         for old in existing:
             old.unlink()
-        self.steps_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.steps_dir.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise OutputPathError(
+                "cannot create the trace directory: a parent of this path is a file", source=str(self.path)
+            ) from None
+        except OSError as exc:
+            raise OutputPathError(
+                f"cannot create the trace directory: {exc.strerror or exc}", source=str(self.path)
+            ) from None
         self._names: set[str] = set()
         self._count = 0
         self.dtypes: dict[str, str] = {}
@@ -329,6 +359,15 @@ class TraceWriter:
                 suffix += 1
             entry = f"{entry}-{suffix}"
         self._names.add(entry)
+        problems = validate_step_tensors(tensors)
+        if problems:  # warn now, in the training process, rather than only when the trace is loaded later
+            import warnings
+
+            listed = "; ".join(f"{field!r}: {message}" for field, message in problems)
+            warnings.warn(
+                f"grpo-check: step {entry} is written but will be skipped when loaded: {listed}",
+                stacklevel=2,
+            )
         blob = safetensors_save(tensors, metadata={"format": STEP_FORMAT_NAME}) if tensors else b""
         tensor_file = f"{entry}.safetensors"
         if tensors:

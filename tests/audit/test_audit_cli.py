@@ -163,3 +163,47 @@ def test_registered_in_the_root_app():
 
     result = CliRunner().invoke(root, ["audit", "--explain", "GA004"])
     assert result.exit_code == 0 and "GA004" in result.output
+
+
+def test_sarif_with_nan_value_is_strict_json(app, tmp_path):
+    """Python's json writes NaN, which SARIF consumers (GitHub code scanning) reject."""
+    path = tmp_path / "nan.json"
+    path.write_text('{"learning_rate": NaN}')
+    out = tmp_path / "audit.sarif"
+    assert run(app, path, "--format", "sarif", "-o", out).exit_code == 1
+
+    def reject(constant):
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    log = json.loads(out.read_text(), parse_constant=reject)
+    assert any(r["ruleId"] == "GA409" for r in log["runs"][0]["results"])
+
+
+@pytest.mark.parametrize("where", ["directory", "under_a_file"])
+def test_unwritable_output_exits_2_without_traceback(app, tmp_path, where):
+    target = tmp_path if where == "directory" else EXAMPLES / "clean.yaml" / "out.json"
+    result = CliRunner().invoke(app, ["audit", str(EXAMPLES / "clean.yaml"), "-f", "json", "-o", str(target)])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert str(target) in result.output
+
+
+def test_negative_reward_func_count_is_a_usage_error(app):
+    result = run(app, EXAMPLES / "clean.yaml", "--num-reward-funcs", "-1")
+    assert result.exit_code == 2 and "num_reward_funcs" in result.output
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "lines"),
+    [
+        ("cfg.yaml", "beta: 0.0\nnum_generations: 8\nbeta: 0.5\n", "(lines 1, 3)"),
+        ("cfg.json", '{"beta": 0.0,\n "beta": 0.5}', "(lines 1, 2)"),
+    ],
+)
+def test_duplicate_key_is_an_input_error(app, tmp_path, name, text, lines):
+    """A repeated key used to be audited with its last value, silently (beta 0.5, not the 0.0 read first)."""
+    path = tmp_path / name
+    path.write_text(text)
+    result = run(app, path, "--format", "text")
+    assert result.exit_code == 2
+    assert "field 'beta'" in result.output and lines in result.output

@@ -260,6 +260,12 @@ CASES: dict[str, list[tuple[dict, dict, str, int]]] = {
         ({"loss_type": "dapo_"}, {"loss_type": "dapo"}, LATEST, 1),
     ],
     "GA408": [({"learning_rate": "1e-6"}, {"learning_rate": 1e-6}, LATEST, 1)],
+    "GA409": [
+        ({"learning_rate": float("nan")}, {"learning_rate": 1e-6}, LATEST, 1),
+        ({"beta": float("inf")}, {"beta": 0.04}, LATEST, 1),
+        ({"num_generations": "eight"}, {"num_generations": 8}, LATEST, 1),
+        ({"per_device_train_batch_size": float("inf")}, {"per_device_train_batch_size": 8}, LATEST, 1),
+    ],
     "GA406": [({"num_generations": 8}, {"num_generations": 8}, "0.13", 1)],
 }
 
@@ -402,3 +408,18 @@ def test_severity_verdict_mapping():
     assert verdict_for("info") is Verdict.PASS
     info_only = audit({"scale_rewards": "group"}, rules=["GA102"])
     assert info_only.exit_code(strict=True) == 0
+
+
+def test_infinite_integer_field_does_not_crash_other_rules(tmp_path):
+    """`.inf` in an integer field used to raise OverflowError inside effective_values (a traceback)."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text("per_device_train_batch_size: .inf\nnum_generations: .nan\n")
+    result = audit(path, trl_version=LATEST)
+    flagged = {f.details["fields"][0] for f in result.findings if f.check_id == "GA409"}
+    assert flagged == {"per_device_train_batch_size", "num_generations"}
+    assert result.exit_code() == 1
+
+
+def test_ga409_allows_infinite_upper_bounds():
+    assert not audit({"max_grad_norm": float("inf")}, trl_version=LATEST, rules=["GA409"]).findings
+    assert audit({"max_grad_norm": float("-inf")}, trl_version=LATEST, rules=["GA409"]).findings

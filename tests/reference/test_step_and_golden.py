@@ -104,3 +104,20 @@ def test_selfcheck_command_passes_and_fails(tmp_path):
     ]
     usage = runner.invoke(app, ["selfcheck", "--golden-dir", str(tmp_path / "missing")])
     assert usage.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\x89PNG\r\n\x1a\n\xff\xfe", "not UTF-8 text"),  # binary garbage used to raise UnicodeDecodeError
+        (b"[1, 2]", "format 'list'"),  # a JSON list used to raise AttributeError
+        (b'{"format": "grpo-check-golden/1"}', "field 'cases'"),  # no cases used to raise KeyError
+        (b'{"format": "grpo-check-golden/1", "cases": [{"function": "per_token_kl"}]}', "cases[0]"),
+    ],
+)
+def test_selfcheck_bad_golden_file_is_a_usage_error(tmp_path, content, message):
+    (tmp_path / "a.json").write_bytes(content)
+    result = CliRunner().invoke(app, ["selfcheck", "--golden-dir", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert message in result.output and "a.json" in result.output

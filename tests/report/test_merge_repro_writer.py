@@ -196,7 +196,8 @@ def test_cli_reads_a_partial_log(tmp_path: Path) -> None:
     run = _cli(str(tmp_path / "out"), "--format", "json")  # killed run: only the .jsonl exists
     writer._handle.close()
     assert run.exit_code == 1, run.output
-    assert json.loads(run.output)["counts"]["fail"] == 1
+    assert json.loads(run.stdout)["counts"]["fail"] == 1
+    assert "incomplete" in run.stderr
 
 
 @pytest.mark.parametrize(
@@ -220,4 +221,75 @@ def test_cli_missing_file_and_bad_format(tmp_path: Path, clean_result: Result) -
     assert run.exit_code == 2 and "nope.json" in run.output
     path = write_report(clean_result, tmp_path, formats=("json",))["json"]
     run = _cli(str(path), "--format", "pdf")
-    assert run.exit_code == 2 and "unknown format" in run.output
+    assert run.exit_code == 2 and "unknown report format 'pdf'" in run.output
+
+
+# ------------------------------------------------------------------------------- user-mistake regressions
+
+
+def test_partial_log_of_a_killed_run_is_incomplete_and_never_clean(tmp_path: Path) -> None:
+    """A killed run with only passing findings so far used to render as `OK` with exit code 0."""
+    writer = ResultWriter(tmp_path / "out")
+    writer.add(Finding("loss.finite", "loss", Verdict.PASS))
+    writer._handle.flush()  # killed here: close() never runs
+    partial = read_partial(tmp_path / "out" / PARTIAL_NAME)
+    assert "killed or crashed" in partial.metadata["incomplete"]
+    run = _cli(str(tmp_path / "out"), "--no-color")
+    writer._handle.close()
+    assert run.exit_code == 1
+    assert run.stdout.startswith("grpo-check: INCOMPLETE") and "INCOMPLETE:" in run.stdout
+
+
+def test_closed_partial_log_is_complete(tmp_path: Path) -> None:
+    with ResultWriter(tmp_path / "out", formats=("json",), keep_partial=True) as writer:
+        writer.add(Finding("loss.finite", "loss", Verdict.PASS))
+    assert "incomplete" not in read_partial(tmp_path / "out" / PARTIAL_NAME).metadata
+    assert _cli(str(tmp_path / "out" / PARTIAL_NAME)).exit_code == 0
+
+
+def test_merge_carries_incompleteness() -> None:
+    merged = merge_results([Result(), Result(metadata={"incomplete": "killed"})], sources=["r0", "r1"])
+    assert merged.metadata["incomplete"] == "r1: killed"
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"format": "grpo-check-result", "findings": "x"}, "findings"),
+        ({"format": "grpo-check-result", "findings": [], "metadata": [1]}, "metadata"),
+        (
+            {
+                "format": "grpo-check-result",
+                "findings": [{"check_id": "a", "stage": "loss", "verdict": "fail"}, 3],
+            },
+            "findings[1]",
+        ),
+        ({"format": "grpo-check-result", "findings": [{"check_id": "a"}]}, "findings[0]"),
+        ({"format": "grpo-check-result", "format_version": 99, "findings": []}, "format_version"),
+    ],
+)
+def test_malformed_result_names_the_field(tmp_path: Path, payload: dict, field: str) -> None:
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps(payload))
+    with pytest.raises(InputError) as info:
+        load_result(path)
+    assert info.value.field == field and info.value.source == str(path)
+
+
+def test_same_result_twice_is_refused(tmp_path: Path, mixed_result: Result) -> None:
+    path = write_report(mixed_result, tmp_path, formats=("json",))["json"]
+    run = _cli(str(path), str(tmp_path))  # the directory stands for the same result.json
+    assert run.exit_code == 2 and "given twice" in run.output
+
+
+@pytest.mark.parametrize("option", ["--output", "--out-dir"])
+def test_unwritable_destination_exits_2_before_output(
+    tmp_path: Path, mixed_result: Result, option: str
+) -> None:
+    path = write_report(mixed_result, tmp_path, formats=("json",))["json"]
+    target = tmp_path if option == "--output" else path / "sub"  # a directory / a path under a file
+    run = _cli(str(path), option, str(target))
+    assert run.exit_code == 2, run.output
+    assert run.exception is None or isinstance(run.exception, SystemExit)
+    assert run.stdout == ""
+    assert str(target) in run.stderr

@@ -196,7 +196,7 @@ def test_write_report_writes_every_format(mixed_result: Result, tmp_path: Path) 
 def test_unknown_format_is_an_input_error(mixed_result: Result) -> None:
     from grpo_check.findings import InputError
 
-    with pytest.raises(InputError, match="unknown format"):
+    with pytest.raises(InputError, match="unknown report format"):
         render(mixed_result, "pdf")
 
 
@@ -214,3 +214,20 @@ def test_html_distribution_section_for_passing_findings() -> None:
     assert page.count("data:image/png;base64,") == 2  # stage bars + the ratio histogram
     passing.details = {}
     assert "<h2>Distributions</h2>" not in render(Result([passing]), "html")
+
+
+def test_junit_survives_control_characters_in_metadata_and_stage() -> None:
+    """The source property and the classname were written unsanitised: a NUL made the XML unparseable."""
+    result = Result(
+        [Finding("x.y", "lo\x00ss", Verdict.FAIL, explanation="e")], metadata={"source": "run\x00\x1b1"}
+    )
+    root = ET.fromstring(render(result, "junit").split("\n", 1)[1])
+    assert root.find("testsuite/properties/property").get("value") == "run\ufffd\ufffd1"
+
+
+def test_text_report_neutralises_terminal_control_sequences() -> None:
+    """An explanation quoting a decoded completion with an ANSI escape used to reach the terminal raw."""
+    finding = Finding("batch.decode", "batch", "fail", explanation="completion '\x1b[2J\x1b[31mx' \x07")
+    text = render(Result([finding], metadata={"source": "run\x1b]0;title\x07"}), "text")
+    assert "\x1b" not in text and "\x07" not in text
+    assert "completion '\ufffd[2J\ufffd[31mx'" in text

@@ -205,3 +205,19 @@ def test_low_precision_inputs_get_a_matching_tolerance() -> None:
         assert_matches_reference(
             token_mean, "aggregation", spec, max_examples=EXAMPLES, dtypes=(torch.bfloat16,)
         )
+
+
+def test_config_may_be_a_dict_and_a_bad_one_is_named() -> None:
+    """A dict config used to fail deep inside with AttributeError: 'dict' object has no attribute 'replace'."""
+
+    def zero_advantages(rewards, num_generations):
+        return rewards * 0
+
+    with pytest.raises(GRPOCheckError):  # a dict is accepted: the (wrong) function is still caught
+        assert_matches_reference(
+            zero_advantages, stage="advantages", config={"num_generations": 2}, max_examples=5
+        )
+    with pytest.raises(InputError, match="num_generation"):
+        assert_matches_reference(zero_advantages, stage="advantages", config={"num_generation": 2})
+    with pytest.raises(TypeError, match=r"config must be a grpo_check\.GRPOSpec"):
+        assert_matches_reference(zero_advantages, stage="advantages", config=3)

@@ -128,3 +128,14 @@ def test_plugin_import_is_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("where", ["directory", "under_a_file"])
+def test_unwritable_report_path_is_refused_before_tests_run(pytester: pytest.Pytester, where: str) -> None:
+    """An unwritable --grpo-report used to crash with a traceback at session end, after every test ran."""
+    pytester.makepyfile(test_a="def test_x():\n    raise SystemExit('must not run')\n")
+    target = pytester.path if where == "directory" else pytester.path / "test_a.py" / "r.json"
+    result = pytester.runpytest("-p", "no:cacheprovider", f"--grpo-report={target}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--grpo-report={target}:*"])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()

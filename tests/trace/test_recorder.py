@@ -270,3 +270,18 @@ def test_one_backward_on_summed_micro_batch_losses_lands_every_gradient(tmp_path
     for step, logps in zip(trace.steps[:2], logps_by_micro_batch, strict=True):
         assert "missing_grads" not in step.meta
         torch.testing.assert_close(step["logps_grad"], logps.grad)
+
+
+def test_recorder_warns_when_a_step_will_not_load(tmp_path) -> None:
+    """Inconsistent shapes used to be written silently and only reported when the trace was loaded."""
+    rec = Recorder(tmp_path / "t", spec=GRPOSpec(num_generations=2))
+    with pytest.warns(UserWarning, match=r"'logps': B = 3 along this tensor but B = 2"):
+        with rec.step(step=0) as s:
+            s.record(completion_mask=torch.ones(2, 3), logps=torch.zeros(3, 3))
+        rec.close()
+
+
+def test_recorder_under_a_file_is_an_input_error(tmp_path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(InputError, match="a parent of this path is a file"):
+        Recorder(tmp_path / "afile" / "t", spec=GRPOSpec(num_generations=2))

@@ -1,0 +1,110 @@
+"""Training overhead: step time with checking attached ÷ step time without.
+
+Three arms run in one process on the same configuration and seed: ``off`` (no grpo-check), ``every=1``
+(capture + live float64 comparison on every optimizer step) and ``every=10``. Arms are interleaved round by
+round (off, every-1, every-10, off, ...) with a fresh trainer per arm and round, so drift in machine load hits
+all arms alike. A callback times each optimizer step (``on_step_begin`` → ``on_step_end``: generation,
+scoring, forward/backward, optimizer, and the live check); the first ``warmup`` steps of every run are
+dropped and the median over the rest is taken.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from grpo_check.bench.core import BenchFigure
+
+TARGET_EVERY_STEP = 1.25
+TARGET_EVERY_10 = 1.03
+
+
+def _step_timer() -> tuple[Any, list[float]]:
+    from transformers import TrainerCallback
+
+    times: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._start = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            times.append(time.perf_counter() - self._start)
+
+    return StepTimer(), times
+
+
+def _timed_run(make_trainer: Callable[[Path], Any], every: int | None, steps: int) -> list[float]:
+    """Build a trainer, optionally attach grpo-check, train ``steps`` steps, return per-step seconds."""
+    from grpo_check.trl import attach
+
+    work = Path(tempfile.mkdtemp(prefix="grpo-check-bench-"))
+    try:
+        trainer = make_trainer(work)
+        trainer.args.max_steps = steps
+        timer, times = _step_timer()
+        trainer.add_callback(timer)
+        attachment = attach(trainer, every=every, live=True) if every is not None else None
+        trainer.train()
+        if attachment is not None:
+            attachment.close()
+        return times
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def demo_trainer_factory(seed: int = 0) -> Callable[[Path], Any]:
+    """The demo configuration (the first cell of the fast matrix) on the embedded tiny model."""
+    from grpo_check.demo.matrix import cells
+    from grpo_check.demo.run import build_trainer
+
+    cell = cells("fast")[0]
+    return lambda work: build_trainer(cell, work, seed=seed)
+
+
+def user_trainer_factory(factory_ref: str) -> Callable[[Path], Any]:
+    """A user's ``path/to/train.py:build_trainer`` factory (see ``grpo-check compare --trainer``)."""
+    from grpo_check.trl.runner import build_from_factory
+
+    return lambda work: build_from_factory(factory_ref, steps=1)
+
+
+def measure_overhead(
+    make_trainer: Callable[[Path], Any],
+    *,
+    steps: int = 12,
+    rounds: int = 3,
+    warmup: int = 2,
+    label: str = "demo",
+) -> list[BenchFigure]:
+    """Median step-time ratios (attached ÷ off) for every=1 and every=10."""
+    arms: dict[str, list[float]] = {"off": [], "every_1": [], "every_10": []}
+    every_of = {"off": None, "every_1": 1, "every_10": 10}
+    for _ in range(rounds):
+        for arm in arms:
+            arms[arm].extend(_timed_run(make_trainer, every_of[arm], steps)[warmup:])
+    median = {arm: statistics.median(times) for arm, times in arms.items()}
+    figures = []
+    for arm, target in (("every_1", TARGET_EVERY_STEP), ("every_10", TARGET_EVERY_10)):
+        ratio = median[arm] / median["off"]
+        figures.append(
+            BenchFigure(
+                name=f"overhead_{arm}_{label}",
+                value=ratio,
+                unit="x step time without checking",
+                target=f"<= {target}",
+                ok=ratio <= target,
+                details={
+                    "median_step_s": median[arm],
+                    "median_step_off_s": median["off"],
+                    "steps_timed": len(arms[arm]),
+                    "rounds": rounds,
+                },
+            )
+        )
+    return figures

@@ -1,0 +1,72 @@
+"""Check throughput: tokens per second of the full invariant + compare suite on one captured step.
+
+The step is a correct float32 step built by :func:`grpo_check.compare.synthetic.make_step` (rewards,
+advantages, log-probs, ratio, KL, loss and ∂loss/∂logps all recorded), so every check has its inputs. The
+work measured is what the TRL adapter does per checked micro-batch, minus the model forward pass:
+``run_invariants`` + ``compare_step`` (stage-isolated reference, end-to-end reference, diagnoses).
+"""
+
+from __future__ import annotations
+
+from grpo_check.bench.core import BenchFigure, median_time
+
+TARGET_TOKENS_PER_S = 2_000_000
+SIZES = (10_000, 100_000, 1_000_000)
+_COMPLETION_LENGTH = 500  # tokens per row: rows = size / 500
+
+
+def _suite(step, spec):
+    from grpo_check.compare import compare_step
+    from grpo_check.invariants import run_invariants
+
+    return run_invariants(step, spec) + compare_step(step, spec)
+
+
+def measure_throughput(sizes: tuple[int, ...] = SIZES, repeats: int = 3) -> list[BenchFigure]:
+    """One figure per size, plus a linearity figure (time per token at the largest ÷ at the middle size)."""
+    import torch
+
+    from grpo_check.compare.synthetic import make_step
+    from grpo_check.config import GRPOSpec
+
+    spec = GRPOSpec(num_generations=8, loss_type="dapo", beta=0.04, max_completion_length=_COMPLETION_LENGTH)
+    figures: list[BenchFigure] = []
+    per_token: dict[int, float] = {}
+    for size in sizes:
+        rows = max(spec.num_generations, size // _COMPLETION_LENGTH)
+        n_prompts = max(1, rows // spec.num_generations)
+        step = make_step(spec, n_prompts=n_prompts, completion_length=_COMPLETION_LENGTH, vocab_size=50)
+        tokens = int(step["completion_mask"].numel())
+        failures = [f for f in _suite(step, spec) if f.failed]
+        seconds = median_time(lambda step=step: _suite(step, spec), repeats=repeats, warmup=1)
+        rate = tokens / seconds
+        per_token[size] = seconds / tokens
+        figures.append(
+            BenchFigure(
+                name=f"throughput_{size // 1000}k",
+                value=rate,
+                unit="tokens/s",
+                target=f">= {TARGET_TOKENS_PER_S:,}",
+                ok=rate >= TARGET_TOKENS_PER_S,
+                details={
+                    "tokens": tokens,
+                    "rows": tokens // _COMPLETION_LENGTH,
+                    "seconds": seconds,
+                    "threads": torch.get_num_threads(),
+                    "failures_on_correct_step": len(failures),
+                },
+            )
+        )
+    if len(sizes) >= 2:
+        small, large = sorted(sizes)[-2], sorted(sizes)[-1]
+        growth = per_token[large] / per_token[small]
+        figures.append(
+            BenchFigure(
+                name="throughput_linearity",
+                value=growth,
+                unit=f"time/token at {large:,} ÷ at {small:,}",
+                target="<= 1.5 (linear cost)",
+                ok=growth <= 1.5,
+            )
+        )
+    return figures

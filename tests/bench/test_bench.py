@@ -1,0 +1,118 @@
+"""`grpo-check bench`: cheap checks of the figures' plumbing and the command line (no timed assertions)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from grpo_check.bench.core import BenchFigure, machine_description, median_time
+from grpo_check.bench.memory import measure_memory
+from grpo_check.cli import app
+
+# Small enough to run in seconds, large enough that the naive float64 copy (4x the bf16 logits, then its
+# exp() product) stands out from allocator and thread-pool noise.
+TINY = {"batch": 1, "tokens": 512, "vocab": 8192}
+
+
+@pytest.fixture(scope="module")
+def memory_figures() -> tuple[BenchFigure, BenchFigure]:
+    return measure_memory(**TINY), measure_memory(naive=True, **TINY)
+
+
+def test_memory_figure_is_a_finite_fraction_of_the_logits(memory_figures) -> None:
+    chunked, _ = memory_figures
+    assert chunked.name == "memory" and chunked.unit == "x logits size"
+    assert math.isfinite(chunked.value) and chunked.value >= 0
+    assert chunked.details["logits_bytes"] == TINY["batch"] * TINY["tokens"] * TINY["vocab"] * 2  # bf16
+    assert chunked.details["logps_dtype"] == "torch.float64" and chunked.details["finite"] is True
+    assert chunked.ok is (chunked.value <= 0.25)
+
+
+def test_naive_log_softmax_needs_more_memory_than_the_chunked_reference(memory_figures) -> None:
+    chunked, naive = memory_figures
+    assert naive.name == "memory_naive" and naive.ok is None  # a comparison, no target
+    # a materialised float64 log-softmax alone is 4x the bf16 logits
+    assert naive.details["extra_bytes"] >= 4 * naive.details["logits_bytes"]
+    assert naive.details["extra_bytes"] > chunked.details["extra_bytes"]
+
+
+def test_median_time_runs_warmup_and_repeats() -> None:
+    calls = []
+    seconds = median_time(lambda: calls.append(1), repeats=3, warmup=2)
+    assert len(calls) == 5 and seconds >= 0
+
+
+def test_machine_description_and_figure_serialise() -> None:
+    machine = machine_description()
+    assert machine["cpu_count"] and machine["python"]
+    figure = BenchFigure("startup", 0.1, "x import torch", "<= 0.2", True, {"help_s": 0.3})
+    assert json.loads(json.dumps(figure.to_dict()))["details"] == {"help_s": 0.3}
+
+
+def _bench(*args: str):
+    return CliRunner().invoke(app, ["bench", *args])
+
+
+def test_unknown_figure_is_a_usage_error() -> None:
+    result = _bench("--only", "latency")
+    assert result.exit_code == 2
+    assert "latency" in result.output and "startup, memory, throughput, overhead" in result.output
+
+
+def test_unknown_format_is_a_usage_error() -> None:
+    result = _bench("--only", "memory", "--format", "yaml")
+    assert result.exit_code == 2 and "yaml" in result.output
+
+
+def test_help_names_the_exit_codes() -> None:
+    result = _bench("--help")
+    assert result.exit_code == 0 and "Exit codes" in result.output
+
+
+@pytest.fixture
+def fake_figures(monkeypatch: pytest.MonkeyPatch) -> list[BenchFigure]:
+    """Stand-in measurements: the CLI's plumbing is under test here, not the machine."""
+    import grpo_check.cli.bench as bench_cli
+
+    figures = [
+        BenchFigure("startup", 0.1, "x import torch", "<= 0.2", True),
+        BenchFigure("memory", 0.5, "x logits size", "<= 0.25", False),
+    ]
+    monkeypatch.setattr(bench_cli, "_measure", lambda selected, **kwargs: figures)
+    return figures
+
+
+def test_json_output_parses_and_check_exits_1_on_a_missed_target(fake_figures, tmp_path: Path) -> None:
+    out = tmp_path / "sub" / "bench.json"
+    result = _bench("--only", "startup", "--format", "json", "--output", str(out))
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert [f["name"] for f in printed["figures"]] == ["startup", "memory"]
+    assert json.loads(out.read_text()) == printed
+    assert _bench("--only", "startup", "--check", "--format", "json").exit_code == 1
+
+
+def test_unwritable_output_exits_2_without_traceback(fake_figures, tmp_path: Path) -> None:
+    result = _bench("--only", "startup", "--format", "json", "--output", str(tmp_path))
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert str(tmp_path) in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [("train.py", "path/to/train.py:function_name"), ("missing.py:build", "no such file missing.py")],
+)
+def test_bad_trainer_reference_fails_before_measuring(fake_figures, reference: str, message: str) -> None:
+    result = _bench("--only", "overhead", "--trainer", reference)
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_trainer_without_the_overhead_figure_is_a_usage_error(fake_figures) -> None:
+    factory = Path(__file__).resolve().parents[2] / "examples" / "train_factory.py"
+    result = _bench("--only", "startup", "--trainer", f"{factory}:build_trainer")
+    assert result.exit_code == 2 and "--only overhead" in result.output
