@@ -35,8 +35,12 @@ def user_errors() -> Iterator[None]:
         raise fail_usage(f"no such file or directory: {exc.filename or exc}") from None
     except IsADirectoryError as exc:
         raise fail_usage(f"expected a file, got a directory: {exc.filename or exc}") from None
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise fail_usage(f"a parent of this path is a file, not a directory: {exc.filename or exc}") from None
     except PermissionError as exc:
         raise fail_usage(f"permission denied: {exc.filename or exc}") from None
+    except OSError as exc:  # disk full, read-only file system, ...
+        raise fail_usage(f"{exc.filename or 'I/O error'}: {exc.strerror or exc}") from None
     except KeyboardInterrupt:
         typer.secho("interrupted", err=True)
         sys.exit(130)

@@ -11,16 +11,20 @@ from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
 from grpo_check.invariants._common import (
     Outcome,
+    any_true,
     argmax_2d,
+    cached,
     f64,
     finite_outcome,
     fmt,
     inconclusive,
+    masked_abs_max,
     not_applicable,
     passed,
     rtol_atol,
     spec_or_default,
     token_mask,
+    valid_finite,
 )
 from grpo_check.invariants.registry import register
 from grpo_check.trace.model import TraceStep
@@ -42,13 +46,26 @@ def ratio_finite(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | N
     return finite_outcome(step, ("ratio", "clipped_ratio", "sampler_is_ratio"))
 
 
+def logps_minus_old(step: TraceStep) -> torch.Tensor:
+    """``logps − old_logps`` in float64, shared between the checks of one step."""
+    return cached(
+        ("logps_minus_old", step["logps"], step["old_logps"]),
+        lambda: f64(step["logps"]) - f64(step["old_logps"]),
+    )
+
+
 def log_ratio_for_clipping(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor | None:
     """log ρ as the objective uses it: (B, T) token level or (B, 1) sequence level (GSPO)."""
+    level = spec_or_default(spec).importance_sampling_level
+    return cached(("log_ratio_for_clipping", id(step), level), lambda: _log_ratio_for_clipping(step, spec))
+
+
+def _log_ratio_for_clipping(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor | None:
     effective = spec_or_default(spec)
     if step.has("ratio"):
         return torch.log(f64(step["ratio"]))
     if step.has("logps", "old_logps"):
-        log_ratio = f64(step["logps"]) - f64(step["old_logps"])
+        log_ratio = logps_minus_old(step)
         if effective.importance_sampling_level == "sequence":
             mask = token_mask(step, log_ratio).double()
             return ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1)).unsqueeze(-1)
@@ -71,9 +88,9 @@ def _on_policy_tolerance(step: TraceStep) -> float:
     scale = 1.0
     if step.has("logps"):
         logps = f64(step["logps"])
-        valid = token_mask(step, logps) & torch.isfinite(logps)
-        if bool(valid.any()):
-            scale = max(1.0, float(logps[valid].abs().max()))
+        valid = valid_finite(step, logps)
+        if any_true(valid):
+            scale = max(1.0, masked_abs_max(logps, valid))
     return rtol * scale + atol
 
 
@@ -96,9 +113,13 @@ def one_on_policy(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | 
             return inconclusive("meta optimizer_steps_since_old_logps not recorded: cannot tell if on-policy")
         if int(steps_since) > 0:
             return not_applicable(f"{int(steps_since)} optimizer step(s) since the old log-probs")
-        log_ratio = f64(step["logps"]) - f64(step["old_logps"])
+        log_ratio = logps_minus_old(step)
     elif step.has("ratio"):
-        if steps_since is not None and int(steps_since) > 0:
+        # without the step metadata a recorded ratio ≠ 1 may be legitimately off-policy (old_logps simply not
+        # captured): capturing less must never turn a correct step into a failure
+        if steps_since is None:
+            return inconclusive("meta optimizer_steps_since_old_logps not recorded: cannot tell if on-policy")
+        if int(steps_since) > 0:
             return not_applicable(f"{int(steps_since)} optimizer step(s) since the old log-probs")
         log_ratio = torch.log(f64(step["ratio"]))
     else:
@@ -184,7 +205,7 @@ def moves_off_policy(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float
 )
 def matches_logps(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
     ratio = f64(step["ratio"])
-    log_ratio = f64(step["logps"]) - f64(step["old_logps"])
+    log_ratio = logps_minus_old(step)
     mask = token_mask(step, log_ratio)
     if ratio.dim() == 2 and ratio.shape[1] == 1 and log_ratio.shape[1] > 1:
         weights = mask.double()
@@ -193,17 +214,17 @@ def matches_logps(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | 
         )
         valid = mask.any(-1, keepdim=True)
     else:
-        expected = torch.exp(log_ratio)
+        expected = cached(("exp", log_ratio), lambda: torch.exp(log_ratio))
         valid = mask
     if expected.shape != ratio.shape:
         return inconclusive(f"ratio shape {tuple(ratio.shape)} does not match logps {tuple(log_ratio.shape)}")
     rtol_ratio, atol = rtol_atol(step["ratio"].dtype)
     rtol_logps, _ = rtol_atol(step["logps"].dtype)
-    logp_scale = float(f64(step["logps"])[mask].abs().max()) if bool(mask.any()) else 1.0
+    logp_scale = masked_abs_max(f64(step["logps"]), mask) if any_true(mask) else 1.0
     allowed = (
         torch.full_like(expected, tolerance)
         if tolerance is not None
-        else (rtol_ratio + rtol_logps * max(1.0, logp_scale)) * expected.abs() + atol
+        else (rtol_ratio + rtol_logps * max(1.0, logp_scale)) * expected + atol  # exp(·) ≥ 0: |exp| = exp
     )
     error = (ratio - expected).abs()
     excess = torch.where(valid, torch.nan_to_num(error - allowed, nan=torch.inf), -torch.inf)

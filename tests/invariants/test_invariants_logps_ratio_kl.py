@@ -114,8 +114,11 @@ def test_one_on_policy_needs_to_know_the_optimizer_steps():
     step = with_tensors(built.step)
     del step.meta["optimizer_steps_since_old_logps"]
     assert run(step, built.spec, "ratio.one_on_policy").verdict is Verdict.INCONCLUSIVE
-    # old_logps absent: the trainer uses logps.detach(), so the captured ratio must be exactly 1
+    # only the ratio captured: without the metadata a ratio ≠ 1 may be legitimately off-policy
     no_old = with_tensors(step, old_logps=None, ratio=torch.full_like(step["logps"], 1.3))
+    assert run(no_old, built.spec, "ratio.one_on_policy").verdict is Verdict.INCONCLUSIVE
+    # known on-policy (no optimizer step since the old log-probs): the captured ratio must be exactly 1
+    no_old.meta["optimizer_steps_since_old_logps"] = 0
     assert run(no_old, built.spec, "ratio.one_on_policy").verdict is Verdict.FAIL
 
 

@@ -1,0 +1,35 @@
+"""user_errors(): user mistakes become one line on stderr and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+import typer
+
+from grpo_check.cli._common import EXIT_USAGE, user_errors
+from grpo_check.findings import InputError
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        InputError("bad field", source="trace/manifest.json", field="config"),
+        FileNotFoundError(errno.ENOENT, "No such file or directory", "missing.json"),
+        IsADirectoryError(errno.EISDIR, "Is a directory", "reports"),
+        NotADirectoryError(errno.ENOTDIR, "Not a directory", "file.txt/out"),
+        FileExistsError(errno.EEXIST, "File exists", "out"),
+        PermissionError(errno.EACCES, "Permission denied", "/root/x"),
+        OSError(errno.ENOSPC, "No space left on device", "reports/result.json"),
+    ],
+)
+def test_user_mistakes_exit_2(error, capsys):
+    with pytest.raises(typer.Exit) as exit_info, user_errors():
+        raise error
+    assert exit_info.value.exit_code == EXIT_USAGE
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_programming_errors_still_raise():
+    with pytest.raises(ZeroDivisionError), user_errors():
+        raise ZeroDivisionError("our bug, keep the traceback")
