@@ -313,7 +313,18 @@ def detect_ref_is_policy(dx: Diagnosis) -> list[Finding]:
     if ref_logps is None or logps is None:
         return []
     failing = dx.failing(prefix="logps.ref_model")
+    step_index = dx.step.meta.get("step")
     if failing:
+        # where the reference model and the policy really are the same function (e.g. before the first
+        # optimizer step), equal log-probs are no evidence of #20: the disagreement with the reference model's
+        # own forward comes from how the trainer computes log-probs, which other detectors name
+        own_ref, own_policy = dx.ref("ref_logps"), dx.ref("logps")
+        if (
+            own_ref is not None
+            and own_policy is not None
+            and close(own_ref, own_policy, mask, rtol=1e-6, atol=1e-6)
+        ):
+            return []
         policy_sources = [logps, dx.ref("logps"), dx.trainer("old_logps")]
         if not any(
             close(ref_logps, src, mask, rtol=1e-3, atol=1e-4) for src in policy_sources if src is not None
@@ -322,7 +333,6 @@ def detect_ref_is_policy(dx: Diagnosis) -> list[Finding]:
         how = "the reference model's own forward pass disagrees"
     else:
         # no reference model to hold them to: identical to the current policy after optimizer steps is the tell
-        step_index = dx.step.meta.get("step")
         sel = mask if mask is not None else torch.ones_like(logps, dtype=torch.bool)
         moved = dx.step.meta.get("optimizer_steps_since_old_logps", 0) or 0
         if not (isinstance(step_index, int) and step_index >= 1 and dx.spec.beta != 0.0):

@@ -23,6 +23,7 @@ from diagnose_mutants import (
     sign_flipped_logps,
     truncated_sampler,
     with_advantages,
+    with_logps,
 )
 
 from grpo_check.compare import compare_step
@@ -456,3 +457,17 @@ def test_tool_tokens_trained():
 def test_tool_tokens_masked_is_silent():
     step = recompute_downstream(_with_tool_mask(BASE), BASE)
     assert not [f for f in compare_step(step, BASE) if f.verdict in (Verdict.FAIL, Verdict.WARN)]
+
+
+def test_ref_equal_to_policy_is_silent_where_the_reference_model_is_the_policy():
+    """Before any update the reference model IS the policy: a trainer whose log-probs are wrong on both sides
+    (S1, sign-flipped log-softmax) has ref_logps == logps legitimately. #20 must not be named; S1 is."""
+    step, model = model_step(KL)
+    flipped = -step["logps"].double()
+    step = with_logps(step, KL, flipped)
+    step.tensors["ref_logps"] = flipped.to(torch.float32)
+    step = recompute_downstream(step, KL)
+    findings = compare_step(step, KL, model=model, ref_model=model)
+    assert next(f for f in findings if f.check_id == "logps.ref_model").verdict is Verdict.FAIL
+    assert not [f for f in findings if f.check_id == "diagnose.ref_is_policy"]
+    assert "S1" in {f.catalog_id for f in findings if f.kind == "diagnosis"}
