@@ -6,8 +6,11 @@ Everything here is vectorised torch (no Python loops over tokens or rows); per-g
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
-from typing import Any
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any, TypeVar
 
 import torch
 
@@ -34,9 +37,105 @@ def machine_eps(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype if dtype.is_floating_point else torch.float32).eps)
 
 
+_T = TypeVar("_T")
+_STEP_CACHE: contextvars.ContextVar[dict[Hashable, tuple[Any, ...]] | None] = contextvars.ContextVar(
+    "grpo_check_invariants_step_cache", default=None
+)
+
+
+@contextlib.contextmanager
+def step_cache() -> Iterator[None]:
+    """Share intermediate tensors (float64 copies, masks, ratios) between the checks run on ONE step.
+
+    :func:`~grpo_check.invariants.registry.run_invariants` opens one per step; outside it nothing is
+    cached. Cached tensors are shared: callers must never modify them in place.
+
+    >>> with step_cache():
+    ...     x = torch.ones(2)
+    ...     f64(x) is f64(x)
+    True
+    """
+    token = _STEP_CACHE.set({})
+    try:
+        yield
+    finally:
+        _STEP_CACHE.reset(token)
+
+
+def cached(key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
+    """``compute()``, memoised in the open :func:`step_cache` (computed every time when none is open).
+
+    Tensors in ``key`` are identified by object identity and version counter (an in-place change is a
+    miss) and kept alive by the cache, so an id cannot be reused while it is open.
+    """
+    memo = _STEP_CACHE.get()
+    if memo is None:
+        return compute()
+    ident = tuple((id(part), _version(part)) if isinstance(part, torch.Tensor) else part for part in key)
+    hit = memo.get(ident)
+    if hit is None:
+        hit = memo[ident] = (compute(), key)
+    return hit[0]
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    """The in-place version counter (inference-mode tensors have none: they cannot change outside it)."""
+    return None if tensor.is_inference() else tensor._version
+
+
 def f64(tensor: torch.Tensor) -> torch.Tensor:
-    """Detached float64 copy for evaluating a check (the tensor's own dtype drives the tolerance)."""
-    return tensor.detach().to(torch.float64)
+    """Detached float64 copy for evaluating a check (the tensor's own dtype drives the tolerance).
+
+    Shared between the checks of one step (see :func:`step_cache`): never modify it in place.
+    """
+    return cached(("f64", tensor), lambda: _f64_copy(tensor))
+
+
+def _f64_copy(tensor: torch.Tensor) -> torch.Tensor:
+    copy = tensor.detach().to(torch.float64)
+    cached(("source", copy), lambda: tensor)  # isfinite(copy) = isfinite(tensor): share one mask
+    return copy
+
+
+def _source(tensor: torch.Tensor) -> torch.Tensor:
+    """The step tensor an :func:`f64` copy was made from (``tensor`` itself otherwise)."""
+    return cached(("source", tensor), lambda: tensor)
+
+
+def finite_mask(tensor: torch.Tensor) -> torch.Tensor:
+    """``torch.isfinite(tensor)``, shared between the checks of one step (and with its float64 copy)."""
+    source = _source(tensor)
+    return cached(("isfinite", source), lambda: _isfinite(source.detach()))
+
+
+def _isfinite(tensor: torch.Tensor) -> torch.Tensor:
+    """``torch.isfinite``: for floats as ``x − x == 0`` (0 for finite x, NaN for ±inf and NaN), which is the
+    same mask and about 2x faster than torch.isfinite on CPU."""
+    if tensor.is_floating_point():
+        return (tensor - tensor) == 0
+    return torch.isfinite(tensor)
+
+
+def count_true(mask: torch.Tensor) -> int:
+    """``int(mask.sum())`` for a bool mask (count_nonzero: several times faster than a bool sum on CPU)."""
+    return int(torch.count_nonzero(mask))
+
+
+def valid_finite(step: TraceStep, values: torch.Tensor) -> torch.Tensor:
+    """``token_mask(step, values) & torch.isfinite(values)``, shared between the checks of one step."""
+    source = _source(values)
+    return cached(("valid_finite", id(step), source), lambda: token_mask(step, source) & finite_mask(source))
+
+
+def any_true(mask: torch.Tensor) -> bool:
+    """``bool(mask.any())``, shared between the checks of one step."""
+    return cached(("any", mask), lambda: count_true(mask) > 0)
+
+
+def masked_abs_max(values: torch.Tensor, valid: torch.Tensor) -> float:
+    """``float(values[valid].abs().max())`` without the boolean-index copy (``valid`` must select ≥ 1
+    position; NaN at a selected position gives NaN, as the indexed form does)."""
+    return float(torch.where(valid, values.abs(), 0.0).max())
 
 
 @dataclasses.dataclass
@@ -185,14 +284,23 @@ def unscorable_rows(step: TraceStep) -> torch.Tensor | None:
 def token_mask(step: TraceStep, like: torch.Tensor) -> torch.Tensor:
     """(B, T) bool of the tokens a per-token tensor ``like`` is meaningful on (all True if no mask)."""
     if step.has("completion_mask") and step["completion_mask"].shape == like.shape:
-        return step["completion_mask"].detach().bool()
-    return torch.ones(like.shape, dtype=torch.bool, device=like.device)
+        mask = step["completion_mask"]
+        return cached(("bool", mask), lambda: mask.detach().bool())
+    return cached(
+        ("ones", tuple(like.shape), str(like.device)),
+        lambda: torch.ones(like.shape, dtype=torch.bool, device=like.device),
+    )
 
 
 def loss_mask(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor | None:
     """(B, T) bool of the tokens the loss may train on: completion_mask ∧ tool_mask (∧ ¬truncated)."""
     if not step.has("completion_mask"):
         return None
+    truncation = spec is not None and spec.mask_truncated_completions
+    return cached(("loss_mask", id(step), truncation), lambda: _loss_mask(step, spec))
+
+
+def _loss_mask(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor:
     mask = step["completion_mask"].detach().bool()
     if step.has("tool_mask") and step["tool_mask"].shape == mask.shape:
         mask = mask & step["tool_mask"].detach().bool()
@@ -250,11 +358,15 @@ def finite_outcome(
             continue
         checked.append(name)
         values = tensor.detach()
-        bad = ~torch.isfinite(values)
-        if allow_nan is not None and name in allow_nan:
-            bad = bad & ~(torch.isnan(values) & allow_nan[name].reshape(values.shape))
-        if not bool(bad.any()):
-            continue
+        finite = finite_mask(tensor)
+        if allow_nan is None or name not in allow_nan:
+            if count_true(finite) == finite.numel():
+                continue
+            bad = ~finite
+        else:
+            bad = ~finite & ~(torch.isnan(values) & allow_nan[name].reshape(values.shape))
+            if not bool(bad.any()):
+                continue
         valid = token_mask(step, values) if values.dim() == 2 else torch.ones_like(bad)
         in_valid = bad & valid
         severity = 2 if bool(in_valid.any()) else 1

@@ -14,7 +14,10 @@ from grpo_check.findings import Verdict
 from grpo_check.invariants._common import (
     Outcome,
     argmax_2d,
+    cached,
+    count_true,
     f64,
+    finite_mask,
     finite_outcome,
     fmt,
     inconclusive,
@@ -25,7 +28,7 @@ from grpo_check.invariants._common import (
     spec_or_default,
     token_mask,
 )
-from grpo_check.invariants.kl import kl_estimator
+from grpo_check.invariants.kl import kl_estimator, policy_ref_exp, policy_ref_gap
 from grpo_check.invariants.ratio import CLIP_LOSS_TYPES, log_ratio_for_clipping
 from grpo_check.invariants.registry import register
 from grpo_check.trace.model import TraceStep
@@ -66,13 +69,11 @@ def zero_outside_loss_mask(
         return inconclusive(f"loss mask shape does not match logps_grad {tuple(grad.shape)}")
     allowed = tolerance if tolerance is not None else 0.0
     # non-finite gradients are grad.finite's to report (NaN · 0 stays NaN at padding)
-    outside = torch.where(~mask & torch.isfinite(grad), grad.abs(), -1.0)
-    row, token = argmax_2d(outside)
-    figure = float(outside[row, token])
+    outside = torch.where(~mask & finite_mask(grad), grad.abs(), -1.0)
+    figure = float(outside.max())  # the value at argmax_2d(outside); the position is only needed on failure
     if figure <= allowed:
-        return passed(
-            f"no gradient on {int((~mask).sum())} masked-out position(s)", max(figure, 0.0), allowed
-        )
+        return passed(f"no gradient on {count_true(~mask)} masked-out position(s)", max(figure, 0.0), allowed)
+    row, token = argmax_2d(outside)
     leaking = (outside > allowed) & ~mask
     in_completion = step["completion_mask"].detach().bool()
     tool_tokens = int((leaking & in_completion).sum())
@@ -92,6 +93,15 @@ def zero_outside_loss_mask(
 
 
 def _ratio(step: TraceStep, spec: GRPOSpec | None, like: torch.Tensor) -> torch.Tensor | None:
+    """ρ broadcast to ``like``'s shape (shared between the checks of one step: never modify it in place)."""
+    level = spec_or_default(spec).importance_sampling_level
+    return cached(
+        ("clip_ratio", id(step), level, tuple(like.shape), str(like.device)),
+        lambda: _ratio_of(step, spec, like),
+    )
+
+
+def _ratio_of(step: TraceStep, spec: GRPOSpec | None, like: torch.Tensor) -> torch.Tensor | None:
     shape = like.shape
     log_ratio = log_ratio_for_clipping(step, spec)
     if log_ratio is None:
@@ -104,17 +114,49 @@ def _ratio(step: TraceStep, spec: GRPOSpec | None, like: torch.Tensor) -> torch.
 
 
 def _advantages(step: TraceStep, shape: torch.Size) -> torch.Tensor:
-    advantages = f64(step["advantages"])
-    if advantages.dim() == 1:
-        advantages = advantages.unsqueeze(-1)
+    """float64 advantages broadcast to ``shape`` (one object per step, so results keyed on it are shared)."""
+    return cached(("advantages_as", step["advantages"], tuple(shape)), lambda: _advantages_as(step, shape))
+
+
+def _advantages_as(step: TraceStep, shape: torch.Size) -> torch.Tensor:
+    advantages = _compact_advantages(step)
     return advantages.expand(shape) if advantages.shape[-1] == 1 else advantages
+
+
+def _compact_advantages(step: TraceStep) -> torch.Tensor:
+    """float64 advantages as (B, 1) (or (B, T) when token level): broadcasting them gives ``_advantages``."""
+    advantages = f64(step["advantages"])
+    return advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
 
 
 def _clip_region(
     ratio: torch.Tensor, advantages: torch.Tensor, spec: GRPOSpec
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(zero-gradient region, near-boundary tokens) of the clipped surrogate for the clip loss types."""
+    """(zero-gradient region, near-boundary tokens) of the clipped surrogate for the clip loss types.
+
+    Shared between the checks of one step: never modify the masks in place.
+    """
+    bounds = (spec.epsilon_low, spec.epsilon_high_effective, spec.delta, spec.dual_clip)
+    return cached(
+        ("clip_region", ratio, advantages, bounds), lambda: _clip_region_of(ratio, advantages, spec)
+    )
+
+
+def _row_view(advantages: torch.Tensor) -> torch.Tensor:
+    """(B, 1) view of advantages broadcast along the tokens (stride 0), else the tensor itself.
+
+    Element-wise results broadcast from it are the same values, computed once per row instead of per token.
+    """
+    if advantages.dim() == 2 and advantages.shape[-1] > 1 and advantages.stride(-1) == 0:
+        return advantages[:, :1]
+    return advantages
+
+
+def _clip_region_of(
+    ratio: torch.Tensor, advantages: torch.Tensor, spec: GRPOSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
     low, high = 1 - spec.epsilon_low, 1 + spec.epsilon_high_effective
+    advantages = _row_view(advantages)
     region = ((advantages > 0) & (ratio > high)) | ((advantages < 0) & (ratio < low))
     boundaries = [low, high]
     if spec.delta is not None:
@@ -137,7 +179,8 @@ def _policy_scale(
     none = torch.zeros_like(advantages, dtype=torch.bool)
     if spec.loss_type in CLIP_LOSS_TYPES:
         region, near = _clip_region(ratio, advantages, spec)
-        return advantages.abs() * ratio, region, near
+        scale = cached(("abs_times", advantages, ratio), lambda: _row_view(advantages).abs() * ratio)
+        return scale, region, near
     if spec.loss_type == "cispo":
         return advantages.abs() * ratio.clamp(max=spec.epsilon_high_effective), none, none
     if spec.loss_type == "sapo":  # −A·σ(τ(ρ−1))·4/τ has slope |A|·4·σ'(τ(ρ−1))·ρ
@@ -164,15 +207,11 @@ def _kl_gradient_bound(step: TraceStep, spec: GRPOSpec, ratio: torch.Tensor) -> 
     """Upper bound on |∂(β·KL_t)/∂logp_t| per token (before the shared normaliser), or None if unknown."""
     if not step.has("logps", "ref_logps"):
         return None
-    logps, ref = f64(step["logps"]), f64(step["ref_logps"])
-    x = ref - logps
+    x = policy_ref_gap(step)
     estimator = kl_estimator(step, spec)
-    if estimator == "k1":
-        value, slope = -x, torch.ones_like(x)
-    elif estimator == "k2":
-        value, slope = 0.5 * x**2, x.abs()
-    else:
-        value, slope = torch.exp(x) - x - 1, (1 - torch.exp(x)).abs()
+    if not spec.use_bias_correction_kl:
+        return _beta_abs_slope(step, estimator, spec.beta)
+    value, slope = _kl_value(step, estimator), _abs_slope(step, estimator)
     bound = slope
     if spec.use_bias_correction_kl:  # ∂(ρ·k_t)/∂logp_t = ρ·k_t + ρ·k'_t (token level)
         bound = ratio * (value.abs() + slope)
@@ -212,7 +251,10 @@ def sign_matches_advantage(
     mask = loss_mask(step, spec)
     mask = token_mask(step, grad) if mask is None or mask.shape != grad.shape else mask
     _, atol = rtol_atol(step["advantages"].dtype)
-    decidable = mask & (advantages.abs() > atol) & torch.isfinite(grad) & torch.isfinite(advantages)
+    compact = _compact_advantages(
+        step
+    )  # (B, 1): the same masks as on the broadcast (B, T), B·T times cheaper
+    decidable = mask & (compact.abs() > atol) & finite_mask(grad) & torch.isfinite(compact)
     policy_scale, region, near = _policy_scale(effective, ratio, advantages)
     decidable &= ~region & ~near
     assert policy_scale is not None  # _SIGN_LOSS_TYPES all have a known policy slope
@@ -227,13 +269,13 @@ def sign_matches_advantage(
                 "β > 0: needs logps and ref_logps to separate the KL gradient from the policy's"
             )
         decidable &= policy_scale > _KL_DOMINANCE * kl_bound
-    count = int(decidable.sum())
+    count = count_true(decidable)
     if count == 0:
         return inconclusive("no token where the policy term alone decides the gradient sign")
     wrong = decidable & (grad * advantages > 0)
     # without the loss mask, a zero gradient may just be padding: only wrong signs are judged then
     zero = decidable & (grad == 0) if step.has("completion_mask") else torch.zeros_like(decidable)
-    if bool(wrong.any()):
+    if count_true(wrong):
         row, token = argmax_2d(wrong.to(torch.int8))
         return Outcome(
             Verdict.FAIL,
@@ -246,7 +288,8 @@ def sign_matches_advantage(
             token=token,
             details={"decidable_tokens": count, "wrong_sign": int(wrong.sum())},
         )
-    if bool(zero.any()) and effective.loss_type in CLIP_LOSS_TYPES:
+    any_zero = count_true(zero) > 0
+    if any_zero and effective.loss_type in CLIP_LOSS_TYPES:
         eps_low, eps_high = effective.epsilon_low, effective.epsilon_high_effective
         if eps_high != eps_low:  # zero gradient exactly in the clip-higher window: the symmetric ε was used
             window = ((advantages > 0) & (ratio > 1 + min(eps_low, eps_high))) | (
@@ -269,7 +312,7 @@ def sign_matches_advantage(
                     fix="clamp(ρ, 1 − ε_low, 1 + ε_high) with the configured ε_high",
                     details={"decidable_tokens": count, "zero_gradient": int(zero.sum())},
                 )
-    if bool(zero.any()) and not _masked_tokens_allowed(effective):
+    if any_zero and not _masked_tokens_allowed(effective):
         row, token = argmax_2d(zero.to(torch.int8))
         everywhere = int(zero.sum()) == count
         return Outcome(
@@ -319,7 +362,7 @@ def zero_where_clipped(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     ratio = _ratio(step, spec, grad)
     if ratio is not None:
         region, near = _clip_region(ratio, advantages, effective)
-        region &= ~near
+        region = region & ~near  # not in place: the masks are shared between checks
         source = "ρ, A and ε"
     else:
         region = torch.zeros(grad.shape, dtype=torch.bool, device=grad.device)
@@ -330,7 +373,7 @@ def zero_where_clipped(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
         source = "is_low_clipped / is_high_clipped"
     mask = loss_mask(step, spec)
     mask = token_mask(step, grad) if mask is None or mask.shape != grad.shape else mask
-    region &= mask
+    region = region & mask
     if not bool(region.any()):
         return not_applicable("no token in the clip region")
     allowed = tolerance if tolerance is not None else 0.0
@@ -357,19 +400,56 @@ def zero_where_clipped(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     )
 
 
+def _k3_slope(step: TraceStep) -> torch.Tensor:
+    """``1 − exp(ref − logp)`` (∂k3/∂logp), shared between the checks of one step."""
+    return cached(("k3_slope", step["ref_logps"], step["logps"]), lambda: 1 - policy_ref_exp(step))
+
+
+def _kl_value(step: TraceStep, estimator: str) -> torch.Tensor:
+    """Per-token KL estimate k_t from x = ref − logp (needed only with the bias correction)."""
+    x = policy_ref_gap(step)
+    if estimator == "k1":
+        return -x
+    if estimator == "k2":
+        return 0.5 * x**2
+    return policy_ref_exp(step) - x - 1
+
+
+def _abs_slope(step: TraceStep, estimator: str) -> torch.Tensor:
+    """|∂k_t/∂logp_t| (1, |x|, |1 − eˣ| for k1, k2, k3), shared between the checks of one step."""
+
+    def compute() -> torch.Tensor:
+        x = policy_ref_gap(step)
+        if estimator == "k1":
+            return torch.ones_like(x)
+        if estimator == "k2":
+            return x.abs()
+        return _k3_slope(step).abs()
+
+    return cached(("abs_kl_slope", step["ref_logps"], step["logps"], estimator), compute)
+
+
+def _beta_abs_slope(step: TraceStep, estimator: str, beta: float) -> torch.Tensor:
+    """β·|∂k_t/∂logp_t| (= |β·∂k_t/∂logp_t| for β > 0: IEEE products are sign-symmetric), shared."""
+    return cached(
+        ("beta_abs_kl_slope", step["ref_logps"], step["logps"], estimator, beta),
+        lambda: beta * _abs_slope(step, estimator),
+    )
+
+
 def _kl_gradient_direction(step: TraceStep, spec: GRPOSpec, ratio: torch.Tensor) -> torch.Tensor:
     """∂(per-token KL term)/∂logp_t up to a positive factor, for the estimator and bias correction in use."""
-    logps, ref = f64(step["logps"]), f64(step["ref_logps"])
-    x = ref - logps
+    x = policy_ref_gap(step)
     estimator = kl_estimator(step, spec)
     if estimator == "k1":
-        value, slope = -x, torch.ones_like(x)
+        slope = torch.ones_like(x)
     elif estimator == "k2":
-        value, slope = 0.5 * x**2, -x
+        slope = -x
     else:
-        value, slope = torch.exp(x) - x - 1, 1 - torch.exp(x)
+        slope = _k3_slope(step)
     if not spec.use_bias_correction_kl:
         return slope
+    value = _kl_value(step, estimator)
     direction = value + slope  # ∂(ρ·k_t)/∂logp_t = ρ·(k_t + k'_t), ρ > 0
     if spec.importance_sampling_level == "sequence":  # plus ρ·Σ_s k_s / |o| through the sequence ratio
         mask = token_mask(step, x).double()
@@ -409,20 +489,29 @@ def kl_sign_where_kl_dominates(
         near = torch.zeros_like(dominated)
     else:
         policy_scale, region, near = _policy_scale(effective, ratio, advantages)
-        dominated = (advantages == 0) | region
+        dominated = (_row_view(advantages) == 0) | region
     direction = _kl_gradient_direction(step, effective, ratio)
-    kl_gradient = effective.beta * direction * (ratio if effective.use_bias_correction_kl else 1.0)
+    estimator = kl_estimator(step, effective)
+    plain = not effective.use_bias_correction_kl  # direction = ∂k_t/∂logp_t: its |·| is shared
     if policy_scale is not None:
-        dominated = dominated | (kl_gradient.abs() > _KL_DOMINANCE * policy_scale)
+        if plain and effective.beta > 0:  # |β·d| = β·|d| exactly (× 1.0 for no bias correction: skipped)
+            kl_gradient_abs = _beta_abs_slope(step, estimator, effective.beta)
+        else:
+            kl_gradient = effective.beta * direction
+            if effective.use_bias_correction_kl:
+                kl_gradient = kl_gradient * ratio
+            kl_gradient_abs = kl_gradient.abs()
+        dominated = dominated | (kl_gradient_abs > _KL_DOMINANCE * policy_scale)
     mask = loss_mask(step, spec)
     mask = token_mask(step, grad) if mask is None or mask.shape != grad.shape else mask
     floor = tolerance if tolerance is not None else 1e-6
-    judged = mask & dominated & ~near & (direction.abs() > floor) & torch.isfinite(grad) & (grad != 0)
-    count = int(judged.sum())
+    direction_abs = _abs_slope(step, estimator) if plain else direction.abs()
+    judged = mask & dominated & ~near & (direction_abs > floor) & finite_mask(grad) & (grad != 0)
+    count = count_true(judged)
     if count == 0:
         return not_applicable("no token where the KL penalty alone decides the gradient")
     wrong = judged & (grad * direction < 0)
-    if not bool(wrong.any()):
+    if not count_true(wrong):
         return passed(
             f"{count} KL-dominated token(s) move towards the reference", 0.0, 0.0, judged_tokens=count
         )

@@ -8,16 +8,20 @@ from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
 from grpo_check.invariants._common import (
     Outcome,
+    any_true,
     argmax_2d,
+    cached,
     f64,
+    finite_mask,
     finite_outcome,
     fmt,
     inconclusive,
+    masked_abs_max,
     not_applicable,
     passed,
     rtol_atol,
     spec_or_default,
-    token_mask,
+    valid_finite,
 )
 from grpo_check.invariants.ratio import SMALL_LOG_RATIO
 from grpo_check.invariants.registry import register
@@ -35,6 +39,29 @@ from grpo_check.trace.model import TraceStep
 )
 def kl_finite(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
     return finite_outcome(step, ("kl",))
+
+
+def policy_ref_gap(step: TraceStep) -> torch.Tensor:
+    """``ref_logps − logps`` in float64 (the KL's x), shared between the checks of one step."""
+    return cached(
+        ("ref_minus_logps", step["ref_logps"], step["logps"]),
+        lambda: f64(step["ref_logps"]) - f64(step["logps"]),
+    )
+
+
+def policy_ref_exp(step: TraceStep) -> torch.Tensor:
+    """``exp(ref_logps − logps)``, shared between the checks of one step."""
+    return cached(
+        ("exp_ref_minus_logps", step["ref_logps"], step["logps"]), lambda: torch.exp(policy_ref_gap(step))
+    )
+
+
+def policy_ref_valid(step: TraceStep) -> torch.Tensor:
+    """Completion tokens where logps and ref_logps are both finite, shared between the checks of one step."""
+    return cached(
+        ("policy_ref_valid", id(step), step["logps"], step["ref_logps"]),
+        lambda: valid_finite(step, step["logps"]) & finite_mask(step["ref_logps"]),
+    )
 
 
 def kl_estimator(step: TraceStep, spec: GRPOSpec | None) -> str:
@@ -56,16 +83,16 @@ def nonnegative(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | No
     if estimator == "k1":
         return not_applicable("the k1 estimator (logp − ref_logp) is negative on some tokens by design")
     values = f64(step["kl"])
-    valid = token_mask(step, values) & torch.isfinite(values)
-    if not bool(valid.any()):
+    valid = valid_finite(step, values)
+    if not any_true(valid):
         return inconclusive("no valid token")
     rtol, _ = rtol_atol(step["kl"].dtype)
-    allowed = tolerance if tolerance is not None else rtol * max(1.0, float(values[valid].abs().max()))
+    allowed = tolerance if tolerance is not None else rtol * max(1.0, masked_abs_max(values, valid))
     masked = torch.where(valid, -values, -torch.inf)
-    row, token = argmax_2d(masked)
-    lowest = -float(masked[row] if token is None else masked[row, token])
+    lowest = -float(masked.max())  # the value at argmax_2d(masked); the position is only needed on failure
     if lowest >= -allowed:
         return passed(f"min {estimator} KL {fmt(lowest)} ≥ 0", lowest, allowed)
+    row, token = argmax_2d(masked)
     return Outcome(
         Verdict.FAIL,
         f"{int(((values < -allowed) & valid).sum())} token(s) have negative {estimator} KL (min {fmt(lowest)})",
@@ -93,20 +120,18 @@ def zero_at_step0(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | 
     if step.meta.get("ref_is_init") is False:
         return not_applicable("meta ref_is_init is False")
     if step.has("logps", "ref_logps"):
-        logps, ref = f64(step["logps"]), f64(step["ref_logps"])
-        valid = token_mask(step, logps) & torch.isfinite(logps) & torch.isfinite(ref)
-        if not bool(valid.any()):
+        logps = f64(step["logps"])
+        valid = policy_ref_valid(step)
+        if not any_true(valid):
             return inconclusive("no valid token")
         rtol, atol = rtol_atol(step["logps"].dtype)
-        allowed = (
-            tolerance if tolerance is not None else rtol * max(1.0, float(logps[valid].abs().max())) + atol
-        )
-        deviation = torch.where(valid, (logps - ref).abs(), -1.0)
+        allowed = tolerance if tolerance is not None else rtol * max(1.0, masked_abs_max(logps, valid)) + atol
+        deviation = torch.where(valid, policy_ref_gap(step).abs(), -1.0)
         quantity = "|logp − ref_logp|"
     else:
         values = f64(step["kl"])
-        valid = token_mask(step, values) & torch.isfinite(values)
-        if not bool(valid.any()):
+        valid = valid_finite(step, values)
+        if not any_true(valid):
             return inconclusive("no valid token")
         rtol, atol = rtol_atol(step["kl"].dtype)
         allowed = tolerance if tolerance is not None else 10 * (rtol + atol)
@@ -153,23 +178,23 @@ def reference_frozen(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float
     if step.meta.get("ref_is_init") is False:
         return not_applicable("meta ref_is_init is False")
     if step.has("logps", "ref_logps"):
-        logps, ref = f64(step["logps"]), f64(step["ref_logps"])
-        valid = token_mask(step, logps) & torch.isfinite(logps) & torch.isfinite(ref)
+        logps = f64(step["logps"])
+        valid = policy_ref_valid(step)
         rtol, atol = rtol_atol(step["logps"].dtype)
-        scale = float(logps[valid].abs().max()) if bool(valid.any()) else 1.0
+        scale = masked_abs_max(logps, valid) if any_true(valid) else 1.0
         allowed = tolerance if tolerance is not None else rtol * max(1.0, scale) + atol
-        deviation = (logps - ref).abs()
+        deviation = policy_ref_gap(step)  # |logp − ref| = |ref − logp| exactly
         quantity = "|logp − ref_logp|"
     else:
         values = f64(step["kl"])
-        valid = token_mask(step, values) & torch.isfinite(values)
+        valid = valid_finite(step, values)
         rtol, atol = rtol_atol(step["kl"].dtype)
         allowed = tolerance if tolerance is not None else rtol + atol
-        deviation = values.abs()
+        deviation = values
         quantity = "|KL|"
-    if not bool(valid.any()):
+    if not any_true(valid):
         return inconclusive("no valid token")
-    figure = float(deviation[valid].max())
+    figure = masked_abs_max(deviation, valid)  # = max of |deviation| over valid (finite there, ≥ 0)
     if figure > allowed:
         return passed(
             f"step {current}: the policy differs from the reference (max {quantity} = {fmt(figure)})",

@@ -8,14 +8,17 @@ from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
 from grpo_check.invariants._common import (
     Outcome,
+    any_true,
     argmax_2d,
+    count_true,
     f64,
     finite_outcome,
     fmt,
     inconclusive,
     machine_eps,
+    masked_abs_max,
     passed,
-    token_mask,
+    valid_finite,
 )
 from grpo_check.invariants.registry import register
 from grpo_check.trace.model import TraceStep
@@ -53,29 +56,33 @@ def _positive_tolerance(dtype: torch.dtype) -> float:
     fix="logp = logits.log_softmax(-1).gather(-1, ids) (or logit − logsumexp); never logsumexp − logit",
 )
 def nonpositive(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
-    worst: tuple[float, str, int, int | None, float, float] | None = None
+    worst: tuple[float, str, torch.Tensor, torch.Tensor, float] | None = None
     checked: list[str] = []
     for name in LOGP_NAMES:
         tensor = step.get(name)
         if tensor is None:
             continue
         checked.append(name)
-        values = f64(tensor)
-        valid = token_mask(step, values) & torch.isfinite(values)
-        if not bool(valid.any()):
+        # max, argmax and the sign of a float tensor are the same in its own dtype as in float64
+        values = tensor.detach() if tensor.is_floating_point() else f64(tensor)
+        valid = valid_finite(step, tensor)
+        if not any_true(valid):
             continue
         masked = torch.where(valid, values, -torch.inf)
-        row, token = argmax_2d(masked)
-        top = float(masked[row] if token is None else masked[row, token])
-        positive_fraction = float(((values > 0) & valid).sum() / valid.sum())
+        top = float(masked.max())  # the value at argmax_2d(masked); the position is only needed on failure
         allowed = tolerance if tolerance is not None else _positive_tolerance(tensor.dtype)
-        if worst is None or top - allowed > worst[0] - worst[5]:
-            worst = (top, name, row, token, positive_fraction, allowed)
+        if worst is None or top - allowed > worst[0] - worst[4]:
+            worst = (top, name, masked, values, allowed)
     if worst is None:
         return inconclusive(f"no valid token in {', '.join(checked)}")
-    top, name, row, token, positive_fraction, allowed = worst
+    top, name, masked, values, allowed = worst
     if top <= allowed:
         return passed(f"max log-prob {fmt(top)} ≤ 0 in {', '.join(checked)}", top, allowed)
+    row, token = argmax_2d(masked)
+    valid = valid_finite(
+        step, step[name]
+    )  # the positive fraction is only reported, so only computed, on failure
+    positive_fraction = float(((values > 0) & valid).sum() / valid.sum())
     details = {"tensor": name, "positive_fraction": positive_fraction}
     if top > _SIGN_ERROR_LOGP or positive_fraction > _SIGN_ERROR_FRACTION:
         return Outcome(
@@ -107,6 +114,29 @@ _MIN_TOKENS = 16
 _QUANTISED_FRACTION = 0.5
 
 
+_FLOAT32_LOW_BITS = {torch.bfloat16: 0xFFFF, torch.float16: 0x1FFF}  # mantissa bits float32 has and they lack
+_FLOAT16_MAX = 65504.0
+
+
+def _on_grid(values: torch.Tensor, grid: torch.dtype, magnitude: torch.Tensor | None = None) -> torch.Tensor:
+    """``values.to(grid).to(values.dtype) == values``: which values the 16-bit ``grid`` represents exactly.
+
+    For float32 it reads the bit pattern instead of round-tripping (one integer pass instead of two casts):
+    bfloat16 keeps float32's exponent range, so a float32 is on its grid iff its low 16 mantissa bits are 0;
+    float16 needs the low 13 bits 0 and |v| ≤ 65504 (exact for finite |v| ≥ 2⁻¹⁴; the check only counts
+    finite |v| > 1e-3). ``magnitude`` (= |values|, passed by a caller that keeps finite values only) saves
+    recomputing it and the NaN test.
+    """
+    if values.dtype != torch.float32:
+        return values.to(grid).to(values.dtype) == values
+    low_bits_zero = (values.view(torch.int32) & _FLOAT32_LOW_BITS[grid]) == 0
+    if grid is torch.float16:
+        return low_bits_zero & ((values.abs() if magnitude is None else magnitude) <= _FLOAT16_MAX)
+    if magnitude is not None:  # the caller keeps finite values only (NaN bit patterns can end in 16 zeros)
+        return low_bits_zero
+    return low_bits_zero & ~torch.isnan(values)
+
+
 @register(
     "logps.bf16_quantised",
     requires=[(name,) for name in LOGP_NAMES],
@@ -133,13 +163,14 @@ def bf16_quantised(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float |
                 details={"tensor": name, "grid": str(tensor.dtype)},
             )
         values = tensor.detach()
-        valid = token_mask(step, values) & torch.isfinite(values) & (values.abs() > 1e-3)
-        count = int(valid.sum())
+        magnitude = values.abs()
+        valid = valid_finite(step, tensor) & (magnitude > 1e-3)
+        count = count_true(valid)
         if count < _MIN_TOKENS:
             continue
         for grid in (torch.bfloat16, torch.float16):
-            on_grid = (values.to(grid).to(values.dtype) == values) & valid
-            fraction = float(on_grid.sum()) / count
+            on_grid = _on_grid(values, grid, magnitude) & valid
+            fraction = float(count_true(on_grid)) / count
             if worst is None or fraction > worst[0]:
                 worst = (fraction, name, str(grid))
     if worst is None:
@@ -168,10 +199,10 @@ def entropies_nonnegative(
     step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None
 ) -> Outcome:
     values = f64(step["entropies"])
-    valid = token_mask(step, values) & torch.isfinite(values)
-    if not bool(valid.any()):
+    valid = valid_finite(step, values)
+    if not any_true(valid):
         return inconclusive("no valid entropy")
-    scale = max(1.0, float(values[valid].abs().max()))
+    scale = max(1.0, masked_abs_max(values, valid))
     allowed = tolerance if tolerance is not None else 64 * machine_eps(step["entropies"].dtype) * scale
     masked = torch.where(valid, -values, -torch.inf)
     row, token = argmax_2d(masked)

@@ -128,7 +128,7 @@ def one_on_policy(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | 
         valid = token_mask(step, log_ratio)
     else:
         valid = torch.ones_like(log_ratio, dtype=torch.bool)
-    if not bool(valid.any()):
+    if not any_true(valid):
         return inconclusive("no valid token")
     allowed = tolerance if tolerance is not None else _on_policy_tolerance(step)
     deviation = torch.where(valid, torch.nan_to_num(log_ratio.abs(), nan=torch.inf), -1.0)

@@ -31,7 +31,7 @@ import torch
 
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, Verdict, Where
-from grpo_check.invariants._common import Outcome
+from grpo_check.invariants._common import Outcome, step_cache
 from grpo_check.trace.model import TraceStep
 
 CheckFunction = Callable[..., "Outcome | list[Outcome]"]
@@ -278,8 +278,9 @@ def run_invariants(
     tolerances = tolerances or {}
     findings: list[Finding] = []
     for step in steps:
-        for check in selected:
-            findings.extend(check.run(step, spec, tolerance=tolerances.get(check.id)))
+        with step_cache():  # float64 copies, masks and ratios computed once per step, shared by the checks
+            for check in selected:
+                findings.extend(check.run(step, spec, tolerance=tolerances.get(check.id)))
     if len(steps) > 1:
         findings = _collapse_not_captured(findings)
     return findings

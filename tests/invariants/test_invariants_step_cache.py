@@ -1,0 +1,134 @@
+"""The per-step cache that ``run_invariants`` shares between checks changes speed only, never a finding.
+
+Each check run on its own (``Check.run``: no cache) must give exactly the findings it gives inside
+``run_invariants`` (one cache per step, float64 copies / masks / ratios shared), on correct steps and on
+steps broken in the ways the checks are built to catch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from invariants_builders import build_step, with_tensors
+
+from grpo_check.compare.synthetic import make_step
+from grpo_check.config import GRPOSpec
+from grpo_check.findings import Verdict
+from grpo_check.invariants import REGISTRY, run_invariants
+from grpo_check.invariants._common import cached, step_cache
+from grpo_check.trace.model import TraceStep
+
+
+def _variants() -> list[tuple[str, TraceStep, GRPOSpec]]:
+    """Correct and broken steps covering every check's pass and fail branches."""
+    out: list[tuple[str, TraceStep, GRPOSpec]] = []
+    for name, options in {
+        "on_policy": {},
+        "off_policy": {"off_policy": True},
+        "off_policy_kl": {"off_policy": True, "beta": 0.04},
+        "tool": {"off_policy": True, "tool_tokens": True},
+        "clip_higher": {"off_policy": True, "epsilon_high": 0.28},
+        "step0": {"step": 0, "beta": 0.04},
+    }.items():
+        built = build_step(seed=3, prompts=3, G=4, T=7, **options)
+        out.append((name, built.step, built.spec))
+    built = build_step(seed=5, off_policy=True, beta=0.04)
+    step, spec = built.step, built.spec
+    logps, grad, mask = step["logps"], step["logps_grad"], step["completion_mask"]
+    nan_logps = logps.clone()
+    nan_logps[0, 0] = float("nan")
+    pad_nan = logps.clone().masked_fill(mask == 0, float("nan"))
+    out += [
+        ("nan_logps", with_tensors(step, logps=nan_logps), spec),
+        ("pad_nan", with_tensors(step, logps=pad_nan), spec),
+        ("positive_logps", with_tensors(step, logps=-logps), spec),
+        ("bf16_logps", with_tensors(step, logps=logps.to(torch.bfloat16).float()), spec),
+        ("fp16_logps", with_tensors(step, old_logps=step["old_logps"].half().float()), spec),
+        ("bf16_stored", with_tensors(step, ref_logps=step["ref_logps"].bfloat16()), spec),
+        (
+            "float64",
+            with_tensors(step, **{k: v.double() for k, v in step.tensors.items() if v.is_floating_point()}),
+            spec,
+        ),
+        ("grad_sign_flip", with_tensors(step, logps_grad=-grad), spec),
+        ("grad_leak", with_tensors(step, logps_grad=grad + (1 - mask) * 0.1), spec),
+        ("negative_kl", with_tensors(step, kl=-step["kl"] - 0.01), spec),
+        ("ratio_mismatch", with_tensors(step, ratio=step["ratio"] * 1.01), spec),
+        ("ref_is_policy", with_tensors(step, ref_logps=logps.clone()), spec),
+        ("no_ratio", with_tensors(step, ratio=None, clipped_ratio=None), spec),
+        ("no_mask", with_tensors(step, completion_mask=None), spec),
+        ("bias_correction", step, dataclasses.replace(spec, use_bias_correction_kl=True)),
+        ("sequence_level", step, dataclasses.replace(spec, importance_sampling_level="sequence")),
+        ("cispo", step, dataclasses.replace(spec, loss_type="cispo")),
+    ]
+    for estimator in ("k1", "k2"):
+        other = with_tensors(step)
+        other.meta["kl_estimator"] = estimator
+        out.append((f"estimator_{estimator}", other, spec))
+        out.append((f"estimator_{estimator}_flipped", with_tensors(other, logps_grad=-grad), spec))
+    for spec in (
+        GRPOSpec(num_generations=4, loss_type="dapo", beta=0.04, max_completion_length=9),
+        GRPOSpec(num_generations=4, loss_type="grpo", beta=0.0, max_completion_length=9),
+        GRPOSpec(
+            num_generations=4,
+            loss_type="dapo",
+            beta=0.04,
+            importance_sampling_level="sequence",
+            max_completion_length=9,
+        ),
+    ):
+        out.append((f"synthetic_{spec.loss_type}", make_step(spec, n_prompts=3, completion_length=9), spec))
+    return out
+
+
+def _uncached(step: TraceStep, spec: GRPOSpec) -> list[str]:
+    return [repr(f) for check in REGISTRY.values() for f in check.run(step, spec)]
+
+
+def test_cached_run_gives_the_same_findings_as_each_check_alone():
+    fired = set()
+    for name, step, spec in _variants():
+        cached_findings = run_invariants(step, spec)
+        assert [repr(f) for f in cached_findings] == _uncached(step, spec), name
+        fired |= {f.check_id for f in cached_findings if f.verdict in (Verdict.FAIL, Verdict.WARN)}
+    # the variants exercise the failure branches too, not only passes
+    assert {
+        "logps.finite",
+        "logps.nonpositive",
+        "logps.bf16_quantised",
+        "grad.sign_matches_advantage",
+        "grad.zero_outside_loss_mask",
+        "kl.nonnegative",
+        "ratio.matches_logps",
+    } <= fired
+
+
+def test_cache_is_per_step_and_off_outside_a_run():
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return torch.zeros(1)
+
+    tensor = torch.ones(3)
+    cached(("probe", tensor), compute)
+    cached(("probe", tensor), compute)
+    assert len(calls) == 2  # no cache outside run_invariants
+    with step_cache():
+        first = cached(("probe", tensor), compute)
+        assert cached(("probe", tensor), compute) is first
+        tensor.add_(1)  # an in-place change invalidates the entry
+        cached(("probe", tensor), compute)
+    assert len(calls) == 4
+
+
+def test_inference_mode_tensors_are_checked_like_any_other():
+    """Tensors captured under torch.inference_mode() have no version counter: the cache must not choke."""
+    built = build_step(seed=2, off_policy=True, beta=0.04)
+    with torch.inference_mode():
+        tensors = {name: value.clone() for name, value in built.step.tensors.items()}
+    step = TraceStep(tensors=tensors, completion_text=built.step.completion_text, meta=dict(built.step.meta))
+    findings = run_invariants(step, built.spec)
+    assert [repr(f) for f in findings] == _uncached(step, built.spec)
+    assert not [f for f in findings if "could not evaluate" in f.explanation]
