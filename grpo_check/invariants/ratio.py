@@ -71,12 +71,10 @@ def _log_ratio_for_clipping(step: TraceStep, spec: GRPOSpec | None) -> torch.Ten
             return ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1)).unsqueeze(-1)
         return log_ratio
     steps_since = step.meta.get("optimizer_steps_since_old_logps")
-    if (
-        step.has("logps")
-        and not step.has("old_logps")
-        and not (steps_since is not None and int(steps_since) > 0)
-    ):
-        return torch.zeros_like(f64(step["logps"]))  # old_logps absent: the trainer uses logps.detach()
+    if step.has("logps") and not step.has("old_logps") and steps_since is not None and int(steps_since) == 0:
+        # no optimizer step since the batch was generated and no old_logps: the trainer uses logps.detach().
+        # Without that metadata, absent old_logps may just be uncaptured: ρ is unknown, never assumed 1.
+        return torch.zeros_like(f64(step["logps"]))
     return None
 
 
