@@ -44,7 +44,8 @@ def sampler_metrics(
     n = int(mask.sum())
     if n == 0:
         return {"tokens": 0}
-    d = (lp - sp)[mask]
+    diff = lp - sp
+    d = diff[mask]
     abs_d = d.abs()
     ratio = torch.exp(d)
     x, y = lp[mask], sp[mask]
@@ -52,7 +53,7 @@ def sampler_metrics(
         pearson = float(torch.corrcoef(torch.stack([x, y]))[0, 1])
     else:
         pearson = 1.0 if bool(torch.equal(x, y)) else None  # undefined (a constant vector): JSON null
-    worst_flat = int(torch.argmax(torch.where(mask, (lp - sp).abs(), torch.full_like(lp, -1.0))).item())
+    worst_flat = int(torch.argmax(torch.where(mask, diff.abs(), torch.full_like(lp, -1.0))).item())
     cols = lp.shape[1] if lp.dim() == 2 else 1
     return {
         "tokens": n,
@@ -65,7 +66,7 @@ def sampler_metrics(
         "frac_ratio_outside": float(((ratio < 0.5) | (ratio > 2.0)).double().mean()),
         "worst_row": worst_flat // cols,
         "worst_token": worst_flat % cols,
-        "values": [float(v) for v in d[:4096]],
+        "values": d[:4096].tolist(),
     }
 
 
