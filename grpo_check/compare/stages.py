@@ -223,7 +223,7 @@ def _eval_mode(model: Any) -> Iterator[None]:
             model.train(True)
 
 
-def _model_logits(model: Any, step: TraceStep) -> torch.Tensor | None:
+def model_logits(model: Any, step: TraceStep) -> torch.Tensor | None:
     """Completion logits (B, T, V) of ``model`` (positions from the attention mask, as generation uses)."""
     from grpo_check.reference.logps import position_ids_from_mask
 
@@ -484,8 +484,10 @@ def _logps_findings(
                 ctx=ctx,
             )
         )
-    if model is not None and ref.logits is None:
-        ref.logits = _model_logits(model, step)
+    truncated = spec.top_p < 1.0 or (spec.top_k or 0) > 0 or (spec.min_p or 0.0) > 0.0
+    if model is not None and ref.logits is None and truncated and step.has("sampler_logps"):
+        # the full logits are needed only for the kept sampling mass S_t: one more forward, so only then
+        ref.logits = model_logits(model, step)
     if step.has("logps", "sampler_logps"):
         findings.append(_sampler_finding(step, spec, ctx, ref))
     return findings

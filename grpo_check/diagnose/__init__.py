@@ -81,7 +81,13 @@ def diagnose(
         findings: the compare findings of this step (explained findings are updated in place).
         model: the policy model, if available (enables temperature and truncated-support signatures).
     """
-    from grpo_check.compare.stages import model_logps, model_logps_shifted, reference_downstream, step_context
+    from grpo_check.compare.stages import (
+        model_logits,
+        model_logps,
+        model_logps_shifted,
+        reference_downstream,
+        step_context,
+    )
 
     tensors = dict(reference.tensors) if hasattr(reference, "tensors") else dict(reference or {})
     logits = getattr(reference, "logits", None)
@@ -109,8 +115,11 @@ def diagnose(
         return cache[key]
 
     def kept_mass() -> torch.Tensor | None:
+        nonlocal logits
         if "kept_mass" in tensors:
             return tensors["kept_mass"]
+        if logits is None and model is not None:  # the compare stage skips this forward when it needs no S_t
+            logits = model_logits(model, step)
         if logits is None:
             return None
         from grpo_check.reference.logps import sampling_kept_mass
