@@ -201,21 +201,30 @@ class Attachment:
         return str(dtype).removeprefix("torch.") if dtype is not None else "float32"
 
     def _decode(self, completion_ids: Any, completion_mask: Any) -> list[str] | None:
-        """The tokenizer's own decode of each row's masked completion tokens (what the rewards should score).
+        """The tokenizer's own decode of each row's completion tokens (what the rewards should score).
 
-        Capture only: this is the tokenizer's output, recorded so ``batch.text_faithful`` can compare it with
-        the text the reward functions received."""
+        Tokens are taken up to and including the first EOS, as TRL selects them for decoding: the loss mask
+        may legitimately be narrower (``mask_truncated_completions`` zeroes truncated rows, tool masks).
+        Capture only: this is the tokenizer's output, recorded so ``batch.text_faithful`` can compare it
+        with the text the reward functions received."""
+        import torch
+
         tok = self._tokenizer()
         if tok is None or not hasattr(tok, "batch_decode") or completion_ids is None:
             return None
-        rows = [
-            ids[mask.bool()].tolist() if mask is not None else ids.tolist()
-            for ids, mask in zip(
-                completion_ids,
-                completion_mask if completion_mask is not None else [None] * len(completion_ids),
-                strict=True,
+        eos_ids = self._eos_token_ids()
+        if eos_ids:
+            is_eos = torch.isin(completion_ids, torch.tensor(eos_ids, dtype=completion_ids.dtype))
+            length = completion_ids.shape[1]
+            first_eos = torch.where(
+                is_eos.any(1), is_eos.int().argmax(1), torch.full_like(is_eos[:, 0], length, dtype=torch.long)
             )
-        ]
+            keep = torch.arange(length).unsqueeze(0) <= first_eos.unsqueeze(1)
+        elif completion_mask is not None:
+            keep = completion_mask.bool()
+        else:
+            keep = torch.ones_like(completion_ids, dtype=torch.bool)
+        rows = [ids[row_keep].tolist() for ids, row_keep in zip(completion_ids, keep, strict=True)]
         return list(tok.batch_decode(rows, skip_special_tokens=True))
 
     def _tokenizer(self) -> Any:

@@ -120,6 +120,28 @@ def test_demo_cli_fast_subset_is_clean_and_writes_reports(tmp_path):
 
 
 @pytest.mark.slow
+def test_full_matrix_is_clean_on_a_correct_trl(tmp_path):
+    """Every configuration of the matrix, on TRL's real trainer: a correct TRL has zero failures and zero
+    warnings (false positives would show up here first, e.g. a check that ignores mask_truncated_completions)."""
+    pytest.importorskip("trl")
+    from typer.testing import CliRunner
+
+    from grpo_check.cli import app
+
+    out_dir = tmp_path / "full"
+    run = CliRunner().invoke(app, ["demo", "--matrix", "full", "--out-dir", str(out_dir), "--format", "json"])
+    assert run.exit_code == 0, run.output
+    result = json.loads((out_dir / "result.json").read_text())
+    bad = [
+        f["check_id"] + ": " + f["explanation"]
+        for f in result["findings"]
+        if f["verdict"] in ("fail", "warn")
+    ]
+    assert bad == []
+    assert {f["details"]["cell"] for f in result["findings"]} == {c.name for c in MATRIX}
+
+
+@pytest.mark.slow
 def test_multi_process_run_merges_two_ranks():
     pytest.importorskip("trl")
     from grpo_check.demo.run import run_cell_multiprocess
