@@ -30,14 +30,7 @@ import dataclasses
 from typing import Any
 
 from grpo_check.findings import InputError
-
-# torch.testing.assert_close defaults (rtol, atol) per dtype.
-DTYPE_DEFAULTS: dict[str, tuple[float, float]] = {
-    "float64": (1e-7, 1e-7),
-    "float32": (1.3e-6, 1e-5),
-    "bfloat16": (1.6e-2, 1e-5),
-    "float16": (1e-3, 1e-5),
-}
+from grpo_check.tolerance_defaults import DTYPE_DEFAULTS  # torch.testing's (rtol, atol) per dtype
 
 # Per-quantity tolerances for a float32 (or float64) trainer against the float64 reference.
 # These are the *floor*: they absorb float32 rounding of the trainer's own arithmetic.

@@ -16,14 +16,12 @@ import torch
 
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
+from grpo_check.tolerance_defaults import DTYPE_DEFAULTS
 from grpo_check.trace.model import TraceStep
 
 # torch.testing.assert_close defaults per dtype: (rtol, atol).
 _RTOL_ATOL: dict[torch.dtype, tuple[float, float]] = {
-    torch.float16: (1e-3, 1e-5),
-    torch.bfloat16: (1.6e-2, 1e-5),
-    torch.float32: (1.3e-6, 1e-5),
-    torch.float64: (1e-7, 1e-7),
+    getattr(torch, name): tolerance for name, tolerance in DTYPE_DEFAULTS.items()
 }
 
 

@@ -9,13 +9,11 @@ from typing import Any
 import torch
 
 from grpo_check.findings import Finding, InputError, Verdict, Where
+from grpo_check.tolerance_defaults import DTYPE_DEFAULTS
 
 # torch.testing.assert_close defaults per dtype (rtol, atol)
 _DEFAULT_TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
-    torch.float64: (1e-7, 1e-7),
-    torch.float32: (1.3e-6, 1e-5),
-    torch.float16: (1e-3, 1e-5),
-    torch.bfloat16: (1.6e-2, 1e-5),
+    getattr(torch, name): tolerance for name, tolerance in DTYPE_DEFAULTS.items()
 }
 
 
