@@ -229,7 +229,13 @@ def select_cases(only: list[str] | None = None) -> list[Case]:
         if key in ("mutants", "mutant"):
             matches = [c for c in cases if c.is_mutant]
         if not matches:
-            known = ", ".join(c.id for c in cases)
-            raise InputError(f"no zoo case matches {selector!r}; known ids: {known}", field="--only")
+            import difflib
+
+            close = difflib.get_close_matches(selector, [c.id for c in cases], n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise InputError(
+                f"--only {selector!r} matches no zoo case; {hint}use a case id, a bug-catalog id (S1, 6, ...), "
+                "'mutants' or 'controls' (grpo-check zoo --list shows every case)"
+            )
         chosen.extend(c for c in matches if c not in chosen)
     return chosen

@@ -63,5 +63,10 @@ def test_select_by_id_catalog_id_and_group():
 
 
 def test_unknown_selector_is_an_input_error():
-    with pytest.raises(InputError, match="no zoo case matches"):
+    with pytest.raises(InputError, match="matches no zoo case"):
         select_cases(["no-such-case"])
+
+
+def test_unknown_selector_suggests_close_ids():
+    with pytest.raises(InputError, match="did you mean S1-logsoftmax-sign"):
+        select_cases(["S1-logsoftmax-sing"])
