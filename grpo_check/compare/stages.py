@@ -583,6 +583,7 @@ def _downstream_findings(
                 findings.append(not_captured(check_id, stage, ctx, missing or ["entropies/sampler inputs"]))
         return findings
     ref.tensors.update({k: v for k, v in down.items() if k not in ("loss_mask",)})
+    ref.notes["isolated_downstream"] = down
     loss_mask = down["loss_mask"].bool()
     checks = [
         (
@@ -689,7 +690,12 @@ def _mask_finding(
 
 
 def _e2e_findings(
-    step: TraceStep, spec: GRPOSpec, policy: TolerancePolicy, ctx: StepContext, ref: StageReference
+    step: TraceStep,
+    spec: GRPOSpec,
+    policy: TolerancePolicy,
+    ctx: StepContext,
+    ref: StageReference,
+    upstream: list[Finding],
 ) -> list[Finding]:
     """Reference from the rewards onward with its own upstream; reported as ``e2e.*``."""
     findings: list[Finding] = []
@@ -705,10 +711,28 @@ def _e2e_findings(
         overrides["ref_logps"] = ref.tensors["ref_logps"]
     if not step.has("logps") and "logps" not in overrides:
         return findings
-    try:
-        down = reference_downstream(step, spec, **overrides)
-    except InputError:
-        return findings
+    # Where every upstream tensor the end-to-end pass would replace already matched the reference within
+    # tolerance (stage-isolated), the end-to-end reference equals the isolated one up to that tolerance:
+    # reuse it instead of a second float64 forward + backward (the e2e findings then repeat the isolated ones).
+    upstream_check = {
+        "advantages": "advantages.values",
+        "logps": "logps.model",
+        "ref_logps": "logps.ref_model",
+    }
+    verdicts = {f.check_id: f.verdict for f in upstream}
+    isolated = ref.notes.get("isolated_downstream")
+    reuse = isolated is not None and all(
+        verdicts.get(upstream_check.get(name, "")) is Verdict.PASS
+        for name in overrides
+        if name != "old_logps"
+    )
+    if reuse:
+        down = isolated
+    else:
+        try:
+            down = reference_downstream(step, spec, **overrides)
+        except InputError:
+            return findings
     if down is None:
         return findings
     ref.e2e.update(advantages=ref_adv, **{k: v for k, v in down.items() if k != "loss_mask"})
@@ -737,6 +761,7 @@ def _e2e_findings(
             mask=mask,
         )
         finding.details["end_to_end"] = True
+        finding.details["reused_isolated_reference"] = reuse
         findings.append(finding)
     return findings
 
@@ -758,7 +783,7 @@ def compare_stages(
     findings += _logps_findings(step, spec, policy, ctx, ref, model, ref_model)
     findings += _downstream_findings(step, spec, policy, ctx, ref)
     if end_to_end:
-        findings += _e2e_findings(step, spec, policy, ctx, ref)
+        findings += _e2e_findings(step, spec, policy, ctx, ref, findings)
     for finding in findings:
         if finding.figure is not None and isinstance(finding.figure, float) and math.isnan(finding.figure):
             finding.figure = None

@@ -334,3 +334,23 @@ def test_check_reports_not_captured_once_per_trace():
     assert [f.verdict for f in kl_missing] == [Verdict.NOT_CAPTURED]
     # a check whose inputs every step holds still reports once per step
     assert len([f for f in result if f.check_id == "logps.nonpositive"]) == 3
+
+
+def test_end_to_end_reuses_the_isolated_reference_only_when_upstream_matched():
+    step = make_step(SPEC)
+    e2e = [f for f in compare_step(step, SPEC, diagnose=False) if f.check_id.startswith("e2e.")]
+    assert e2e and all(f.verdict is Verdict.PASS and f.details["reused_isolated_reference"] for f in e2e)
+    # advantages off (and the trainer's loss computed from them): the isolated loss stage still passes, the
+    # end-to-end pass recomputes from the reference's own advantages and fails
+    broken = make_step(SPEC)
+    broken.tensors["advantages"] = broken["advantages"] * 2.0
+    from grpo_check.compare.stages import reference_downstream
+
+    down = reference_downstream(broken, SPEC)
+    for name in ("per_token_loss", "loss", "logps_grad"):
+        broken.tensors[name] = down[name].to(torch.float32)
+    findings = compare_step(broken, SPEC, diagnose=False)
+    (isolated,) = by_id(findings, "loss.value")
+    (end_to_end,) = by_id(findings, "e2e.loss")
+    assert isolated.verdict is Verdict.PASS
+    assert end_to_end.verdict is Verdict.FAIL and end_to_end.details["reused_isolated_reference"] is False
