@@ -90,6 +90,8 @@ def register(app: typer.Typer) -> None:
                 typer.echo(
                     f"{len(outcome.runs)} configuration(s) in {outcome.seconds:.1f}s; report: {out_dir}/"
                 )
+                for path in outcome.repro_paths:
+                    typer.echo(f"repro: {path} (replay with: grpo-check compare {path})")
             else:
                 typer.echo(render(result, fmt, strict=strict))
             raise typer.Exit(EXIT_FINDINGS if result.exit_code(strict=strict) else EXIT_CLEAN)

@@ -222,6 +222,7 @@ class DemoOutcome:
     runs: list[CellRun]
     seconds: float
     report_paths: list[str]
+    repro_paths: list[str] = dataclasses.field(default_factory=list)
 
 
 def _summary_line(run: CellRun) -> str:
@@ -320,7 +321,25 @@ def run_demo(
         }
     )
     paths = write_demo_report(result, out_dir, formats) if out_dir is not None else []
-    return DemoOutcome(result=result, runs=runs, seconds=seconds, report_paths=paths)
+    repros = _write_repros(runs, out_dir) if out_dir is not None else []
+    return DemoOutcome(result=result, runs=runs, seconds=seconds, report_paths=paths, repro_paths=repros)
+
+
+def _write_repros(runs: list[CellRun], out_dir: str | os.PathLike[str]) -> list[str]:
+    """A self-contained repro (failing steps, config, versions) per configuration with a failing finding,
+    under ``<out_dir>/repro/<cell>``: ``grpo-check compare <dir>`` replays it."""
+    from grpo_check.report import write_repro
+
+    written: list[str] = []
+    for run in runs:
+        if not run.result.failures or not run.trace.steps:
+            continue
+        target = Path(out_dir) / "repro" / run.cell.name
+        try:
+            written.append(str(write_repro(run.trace, None, run.result, target)))
+        except InputError:  # no failing finding names a recorded step: keep every step
+            written.append(str(write_repro(run.trace, range(len(run.trace.steps)), run.result, target)))
+    return written
 
 
 def _tolerance_metadata() -> Any:

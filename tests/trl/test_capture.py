@@ -203,3 +203,23 @@ def test_mixed_precision_is_recorded_as_the_compute_dtype(tmp_path):
     micro = [s for s in trace.steps if s.meta["scope"] == "micro_batch"]
     assert micro and all(s.meta["compute_dtype"] == "bfloat16" for s in micro)
     assert trace.manifest["compute_dtype"] == "bfloat16"
+
+
+@pytest.mark.slow
+def test_a_failing_demo_configuration_writes_a_replayable_repro(tmp_path):
+    """A configuration with failures gets <out>/repro/<cell>, which `grpo-check compare` replays (exit 1);
+    a clean configuration gets none."""
+    from typer.testing import CliRunner
+
+    from grpo_check.cli import app
+    from grpo_check.demo.run import _write_repros, run_cell
+
+    cell = Cell("broken", {"loss_type": "grpo", "beta": 0.0, "temperature": 0.7}, steps=1)
+    broken = run_cell(cell, trainer_cls=_broken_advantages_trainer())
+    clean = run_cell(Cell("clean", {"loss_type": "grpo", "beta": 0.0, "temperature": 0.7}, steps=1))
+    assert broken.result.failures and not clean.result.failures
+    (path,) = _write_repros([broken, clean], tmp_path)
+    assert path == str(tmp_path / "repro" / "broken")
+    replay = CliRunner().invoke(app, ["compare", path, "-o", str(tmp_path / "replayed")])
+    assert replay.exit_code == 1, replay.output
+    assert "advantages" in replay.output
