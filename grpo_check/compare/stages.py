@@ -223,34 +223,12 @@ def _eval_mode(model: Any) -> Iterator[None]:
             model.train(True)
 
 
-def model_logits(model: Any, step: TraceStep) -> torch.Tensor | None:
-    """Completion logits (B, T, V) of ``model`` (positions from the attention mask, as generation uses)."""
+def _sequence_logits(model: Any, step: TraceStep) -> torch.Tensor | None:
+    """Logits (B, P+T, V) of ``model`` over prompt + completion, no grad, eval mode, positions from the
+    attention mask (as generation numbers them); ``None`` when the batch tensors were not captured."""
     from grpo_check.reference.logps import position_ids_from_mask
 
-    prompt_ids, prompt_mask = step.get("prompt_ids"), step.get("prompt_mask")
-    completion_ids, completion_mask = step.get("completion_ids"), step.get("completion_mask")
-    if any(t is None for t in (prompt_ids, prompt_mask, completion_ids, completion_mask)):
-        return None
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-    attention = torch.cat([prompt_mask, completion_mask], dim=1).long()
-    n = completion_ids.shape[1]
-    with _eval_mode(model), torch.no_grad():
-        out = model(
-            input_ids=input_ids, attention_mask=attention, position_ids=position_ids_from_mask(attention)
-        )
-    logits = out.logits if hasattr(out, "logits") else out[0]
-    return logits[:, -(n + 1) : -1, :].detach()
-
-
-def model_logps_shifted(model: Any, step: TraceStep, temperature: float, shift: int) -> torch.Tensor | None:
-    """Own forward pass, but token t scored by the logits at position P−1+t+shift (a misaligned one-token shift)."""
-    from grpo_check.reference.logps import logps_from_logits, position_ids_from_mask
-
     if not step.has("prompt_ids", "prompt_mask", "completion_ids", "completion_mask"):
-        return None
-    prompt_length, length = step["prompt_ids"].shape[1], step["completion_ids"].shape[1]
-    start = prompt_length - 1 + shift
-    if start < 0:
         return None
     input_ids = torch.cat([step["prompt_ids"], step["completion_ids"]], dim=1)
     attention = torch.cat([step["prompt_mask"], step["completion_mask"]], dim=1).long()
@@ -258,7 +236,32 @@ def model_logps_shifted(model: Any, step: TraceStep, temperature: float, shift: 
         out = model(
             input_ids=input_ids, attention_mask=attention, position_ids=position_ids_from_mask(attention)
         )
-    logits = (out.logits if hasattr(out, "logits") else out[0])[:, start : start + length, :]
+    return (out.logits if hasattr(out, "logits") else out[0]).detach()
+
+
+def model_logits(model: Any, step: TraceStep) -> torch.Tensor | None:
+    """Completion logits (B, T, V) of ``model``: position P−1+t predicts completion token t."""
+    logits = _sequence_logits(model, step)
+    if logits is None:
+        return None
+    n = step["completion_ids"].shape[1]
+    return logits[:, -(n + 1) : -1, :]
+
+
+def model_logps_shifted(model: Any, step: TraceStep, temperature: float, shift: int) -> torch.Tensor | None:
+    """Own forward pass, but token t scored by the logits at position P−1+t+shift (a misaligned one-token shift)."""
+    from grpo_check.reference.logps import logps_from_logits
+
+    if not step.has("prompt_ids", "completion_ids"):
+        return None
+    prompt_length, length = step["prompt_ids"].shape[1], step["completion_ids"].shape[1]
+    start = prompt_length - 1 + shift
+    if start < 0:
+        return None
+    logits = _sequence_logits(model, step)
+    if logits is None:
+        return None
+    logits = logits[:, start : start + length, :]
     if logits.shape[1] < length:  # shift past the end: pad with the last position (masked out by the caller)
         logits = torch.cat([logits, logits[:, -1:].expand(-1, length - logits.shape[1], -1)], dim=1)
     return logps_from_logits(logits, step["completion_ids"], temperature)
