@@ -128,6 +128,24 @@ class Diagnosis:
         return out
 
 
+def _comparable(
+    got: torch.Tensor | None, want: torch.Tensor | None, mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """``got``, ``want`` as broadcast float64 tensors and the selection where both are finite and ``mask``
+    holds; ``None`` when either is missing or the shapes cannot be aligned."""
+    if got is None or want is None:
+        return None
+    got, want = as_f64(got), as_f64(want)
+    try:
+        got, want = torch.broadcast_tensors(got, want)
+        sel = torch.isfinite(got) & torch.isfinite(want)
+        if mask is not None:
+            sel = sel & mask.bool().expand_as(got)
+    except RuntimeError:
+        return None
+    return got, want, sel
+
+
 def close(
     got: torch.Tensor | None,
     want: torch.Tensor | None,
@@ -137,19 +155,10 @@ def close(
     atol: float = 1e-6,
 ) -> bool:
     """True when ``got`` ≈ ``want`` on ``mask`` (finite elements; relative to the scale of ``want``)."""
-    if got is None or want is None:
+    aligned = _comparable(got, want, mask)
+    if aligned is None:
         return False
-    got, want = as_f64(got), as_f64(want)
-    try:
-        got, want = torch.broadcast_tensors(got, want)
-    except RuntimeError:
-        return False
-    sel = torch.isfinite(got) & torch.isfinite(want)
-    if mask is not None:
-        try:
-            sel = sel & mask.bool().expand_as(got)
-        except RuntimeError:
-            return False
+    got, want, sel = aligned
     if not bool(sel.any()):
         return False
     scale = float(torch.where(sel, want.abs(), 0.0).max())  # no boolean-index copies: this runs per detector
@@ -160,19 +169,10 @@ def constant_factor(
     got: torch.Tensor | None, want: torch.Tensor | None, mask: torch.Tensor | None = None, rtol: float = 1e-3
 ) -> float | None:
     """k such that got ≈ k · want on the mask (least squares, residual ≤ rtol·scale), else None."""
-    if got is None or want is None:
+    aligned = _comparable(got, want, mask)
+    if aligned is None:
         return None
-    got, want = as_f64(got), as_f64(want)
-    try:
-        got, want = torch.broadcast_tensors(got, want)
-    except RuntimeError:
-        return None
-    sel = torch.isfinite(got) & torch.isfinite(want)
-    if mask is not None:
-        try:
-            sel = sel & mask.bool().expand_as(got)
-        except RuntimeError:
-            return None
+    got, want, sel = aligned
     a, b = got[sel], want[sel]
     denom = float((b * b).sum())
     if a.numel() == 0 or denom == 0.0:
