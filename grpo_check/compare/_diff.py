@@ -31,15 +31,16 @@ class StepContext:
     def where(self, row: int | None = None, token: int | None = None, prompt: int | None = None) -> Where:
         generation = None
         if row is not None and self.group_index is not None and row < self.group_index.numel():
-            gi = self.group_index.reshape(-1)
-            prompt = int(gi[row])
-            generation = int((gi[:row] == gi[row]).sum())
+            groups = self._group_list()
+            prompt = groups[row]
+            generation = groups[:row].count(prompt)
         token_id = None
         ids = self.completion_ids
         if (
             row is not None
             and token is not None
             and ids is not None
+            and ids.dim() == 2
             and row < ids.shape[0]
             and token < ids.shape[1]
         ):
@@ -54,6 +55,14 @@ class StepContext:
             token=token,
             token_id=token_id,
         )
+
+    def _group_list(self) -> list[int]:
+        """``group_index`` as a Python list, converted once per context (``where`` is called per finding)."""
+        cached = self.__dict__.get("_groups")
+        if cached is None or cached[0] is not self.group_index:
+            cached = (self.group_index, [int(g) for g in self.group_index.reshape(-1).tolist()])
+            self.__dict__["_groups"] = cached
+        return cached[1]
 
     def token_mask(self, like: torch.Tensor) -> torch.Tensor:
         """Boolean mask of the compared elements for a tensor shaped like ``like``."""
@@ -249,6 +258,168 @@ def compare_tensor(
         kind=kind,
         details=details,
         explanation=explanation,
+    )
+
+
+@dataclasses.dataclass
+class Comparison:
+    """One requested comparison: the keyword arguments of :func:`compare_tensor` (without ``ctx``)."""
+
+    check_id: str
+    stage: str
+    name: str
+    trainer: Any
+    reference: Any
+    tolerance: Tolerance
+    mask: torch.Tensor | None = None
+    what: str = ""
+    kind: str = "compare"
+    reference_same_precision: torch.Tensor | None = None
+
+    def run(self, ctx: StepContext) -> Finding:
+        """The full element-wise comparison (:func:`compare_tensor`)."""
+        return compare_tensor(ctx=ctx, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
+
+def compare_tensors(comparisons: list[Comparison], ctx: StepContext) -> list[Finding]:
+    """:func:`compare_tensor` for each comparison, in order, with the passing ones evaluated together.
+
+    Comparisons of one shape are stacked and summarised by one set of batched reductions (max error, its
+    position, allowance there, mean error, reference scale), fetched in a single transfer; a comparison whose
+    summary shows anything but a clean pass (an element beyond tolerance, NaN/Inf, nothing compared, a shape
+    mismatch, a low-precision allowance) is re-run through :func:`compare_tensor`, so failures get its full
+    diagnostics. A pass gives the same finding :func:`compare_tensor` gives, up to float rounding of the mean.
+    """
+    results: list[Finding | None] = [None] * len(comparisons)
+    by_shape: dict[tuple[int, ...], list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+    for index, comparison in enumerate(comparisons):
+        prepared = _prepare(comparison, ctx)
+        if prepared is None:
+            results[index] = comparison.run(ctx)
+            continue
+        got, want, compared = prepared
+        by_shape.setdefault(tuple(got.shape), []).append((index, got, want, compared))
+    for shape, members in by_shape.items():
+        summaries = _summarise(
+            [m[1] for m in members],
+            [m[2] for m in members],
+            [m[3] for m in members],
+            [comparisons[m[0]].tolerance for m in members],
+        )
+        for (index, *_), summary in zip(members, summaries, strict=True):
+            comparison = comparisons[index]
+            passed = summary.compared > 0 and summary.excess <= 0.0  # NaN excess (non-finite): not a pass
+            results[index] = _pass_finding(comparison, summary, shape, ctx) if passed else comparison.run(ctx)
+    return [finding for finding in results if finding is not None]
+
+
+def _prepare(
+    comparison: Comparison, ctx: StepContext
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(trainer, reference, compared mask) in float64 at one shape, or ``None`` for the full path."""
+    if comparison.reference_same_precision is not None:
+        return None
+    got, want = as_f64(comparison.trainer), as_f64(comparison.reference)
+    if got.shape != want.shape:
+        try:
+            got, want = torch.broadcast_tensors(got, want)
+        except RuntimeError:
+            return None
+    if comparison.mask is None:
+        compared = ctx.token_mask(got)
+    else:
+        try:
+            compared = comparison.mask.bool().expand_as(got)
+        except RuntimeError:
+            return None
+    if compared.shape != got.shape:
+        return None
+    return got, want, compared
+
+
+@dataclasses.dataclass(frozen=True)
+class _Summary:
+    excess: float  # max over compared elements of |error| − allowed (> 0: beyond tolerance; NaN: non-finite)
+    compared: int
+    error_sum: float
+    reference_max_abs: float
+    max_error: float
+    allowed_at_worst: float
+    trainer_at_worst: float
+    reference_at_worst: float
+    worst: int  # flat index of the largest |error|
+
+
+def _summarise(
+    got: list[torch.Tensor],
+    want: list[torch.Tensor],
+    compared: list[torch.Tensor],
+    tolerances: list[Tolerance],
+) -> list[_Summary]:
+    """Batched reductions over K same-shaped comparisons; one host transfer for all of them."""
+    trainer = torch.stack([g.reshape(-1) for g in got])  # (K, N)
+    reference = torch.stack([w.reshape(-1) for w in want])
+    mask = torch.stack([c.reshape(-1) for c in compared])
+    bounds = torch.tensor([[t.rtol, t.atol] for t in tolerances], dtype=torch.float64)  # (K, 2)
+    error = (trainer - reference).abs()
+    reference_abs = reference.abs()
+    allowed = (
+        reference_abs * bounds[:, :1] + bounds[:, 1:]
+    )  # atol + rtol·|reference|, rounded as compare_tensor
+    masked_error = torch.where(mask, error, -1.0)  # NaN stays NaN at compared elements
+    worst = masked_error.argmax(1, keepdim=True)  # (K, 1)
+    table = torch.cat(
+        [
+            torch.where(mask, error - allowed, -torch.inf).amax(1, keepdim=True),
+            mask.sum(1, keepdim=True, dtype=torch.float64),
+            masked_error.clamp_min(0.0).sum(1, keepdim=True),
+            torch.where(mask, reference_abs, 0.0).amax(1, keepdim=True),
+            error.gather(1, worst),
+            allowed.gather(1, worst),
+            trainer.gather(1, worst),
+            reference.gather(1, worst),
+            worst.to(torch.float64),
+        ],
+        dim=1,
+    ).tolist()
+    return [
+        _Summary(row[0], int(row[1]), row[2], row[3], row[4], row[5], row[6], row[7], int(row[8]))
+        for row in table
+    ]
+
+
+def _pass_finding(
+    comparison: Comparison, summary: _Summary, shape: tuple[int, ...], ctx: StepContext
+) -> Finding:
+    """The PASS finding :func:`compare_tensor` builds, from a batched summary."""
+    n, max_error, ref_scale = summary.compared, summary.max_error, summary.reference_max_abs
+    tolerance = comparison.tolerance
+    row, token = _unravel(summary.worst, torch.Size(shape))
+    label = comparison.what or comparison.name
+    return Finding(
+        check_id=comparison.check_id,
+        stage=comparison.stage,
+        verdict=Verdict.PASS,
+        figure=max_error,
+        tolerance=summary.allowed_at_worst,
+        where=ctx.where(row=row, token=token),
+        kind=comparison.kind,
+        details={
+            "quantity": comparison.name,
+            "compared_elements": n,
+            "tolerance": tolerance.to_dict(),
+            "max_abs_error": max_error,
+            "mean_abs_error": summary.error_sum / n,
+            "reference_max_abs": ref_scale,
+            "max_rel_error": max_error / ref_scale if ref_scale > 0 else None,
+            "elements_beyond_tolerance": 0,
+            "fraction_beyond_tolerance": 0.0,
+            "outlier_budget": tolerance.outlier_fraction,
+        },
+        explanation=(
+            f"{label} matches the reference: max |error| {max_error:.3g} over {n} element(s) "
+            f"(allowed {summary.allowed_at_worst:.3g} there)"
+        ),
     )
 
 

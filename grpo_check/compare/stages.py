@@ -39,7 +39,14 @@ from typing import Any
 import torch
 
 from grpo_check.compare import distribution
-from grpo_check.compare._diff import StepContext, as_f64, compare_tensor, not_captured
+from grpo_check.compare._diff import (
+    Comparison,
+    StepContext,
+    as_f64,
+    compare_tensor,
+    compare_tensors,
+    not_captured,
+)
 from grpo_check.compare.tolerances import LOW_PRECISION, Tolerance, TolerancePolicy
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, InputError, Verdict
@@ -210,17 +217,42 @@ def reference_downstream(
 _POSITIONS_MATERIAL = Tolerance(rtol=1e-3, atol=1e-3, source="position-ids materiality")
 
 
+# train() methods that only set ``training`` on the module tree (transformers' override also re-casts kernels, but
+# only when ``use_kernels`` is on, which :func:`set_training` checks).
+_PLAIN_TRAIN_METHODS = frozenset({"Module.train", "PreTrainedModel.train"})
+
+
+def set_training(model: Any, training: bool) -> None:
+    """``model.train(training)``, without ``nn.Module.train``'s per-module ``__setattr__``.
+
+    On a small model the regular call costs more than half a millisecond, paid twice per forward pass of the
+    reference; this sets the same ``training`` flag on every submodule directly. It falls back to
+    ``model.train`` for anything that is not a plain module tree (a module class with its own ``train``, a
+    transformers model with ``use_kernels``, or an object that is not an ``nn.Module``).
+    """
+    root = model if isinstance(model, torch.nn.Module) else getattr(model, "wrapped_module", None)
+    if not isinstance(root, torch.nn.Module) or getattr(root, "use_kernels", False):
+        model.train(training)
+        return
+    modules = list(root.modules())
+    if any(type(module).train.__qualname__ not in _PLAIN_TRAIN_METHODS for module in modules):
+        model.train(training)
+        return
+    for module in modules:
+        object.__setattr__(module, "training", training)
+
+
 @contextlib.contextmanager
 def _eval_mode(model: Any) -> Iterator[None]:
     """The reference's forward passes run in eval mode (no dropout); the model's mode is restored after."""
     was_training = bool(getattr(model, "training", False))
     if was_training:
-        model.eval()
+        set_training(model, False)
     try:
         yield
     finally:
         if was_training:
-            model.train(True)
+            set_training(model, True)
 
 
 def _sequence_logits(model: Any, step: TraceStep) -> torch.Tensor | None:
@@ -306,9 +338,10 @@ def _advantage_findings(
         group_std=adv_out.group_std,
         scorable=adv_out.scorable,
     )
+    comparisons: list[Comparison] = []
     if step.has("rewards") and step.has("rewards_per_func"):
-        findings.append(
-            compare_tensor(
+        comparisons.append(
+            Comparison(
                 check_id="rewards.total",
                 stage="rewards",
                 name="rewards",
@@ -318,7 +351,6 @@ def _advantage_findings(
                 # unscorable rows (every reward function NaN) carry no total: TRL records 0, others NaN
                 mask=adv_out.scorable.bool(),
                 tolerance=policy.for_check("rewards.total", "rewards", _dtype(step, "rewards")),
-                ctx=ctx,
             )
         )
     if step.has("advantages"):
@@ -329,8 +361,8 @@ def _advantage_findings(
             want = want.unsqueeze(1).expand_as(as_f64(trainer_adv))
         else:
             mask = torch.ones_like(as_f64(trainer_adv), dtype=torch.bool)
-        findings.append(
-            compare_tensor(
+        comparisons.append(
+            Comparison(
                 check_id="advantages.values",
                 stage="advantages",
                 name="advantages",
@@ -339,10 +371,10 @@ def _advantage_findings(
                 reference=want,
                 reference_same_precision=_same_precision(want, step, "advantages"),
                 tolerance=policy.for_check("advantages.values", "advantages", _dtype(step, "advantages")),
-                ctx=ctx,
                 mask=mask,
             )
         )
+    findings += compare_tensors(comparisons, ctx)
     unscorable = _unscorable_finding(step, adv_out, ctx, findings)
     if unscorable is not None:
         findings.append(unscorable)
@@ -423,16 +455,20 @@ def _logps_findings(
             )
             continue
         tol = policy.for_check(check_id, name, _dtype(step, name))
-        finding = compare_tensor(
-            check_id=check_id,
-            stage="logps",
-            name=name,
-            what=f"{name} (vs the reference's own forward pass, T={temperature:g})",
-            trainer=step[name],
-            reference=want,
-            reference_same_precision=_same_precision(want, step, name),
-            tolerance=tol,
-            ctx=ctx,
+        (finding,) = compare_tensors(
+            [
+                Comparison(
+                    check_id=check_id,
+                    stage="logps",
+                    name=name,
+                    what=f"{name} (vs the reference's own forward pass, T={temperature:g})",
+                    trainer=step[name],
+                    reference=want,
+                    reference_same_precision=_same_precision(want, step, name),
+                    tolerance=tol,
+                )
+            ],
+            ctx,
         )
         if finding.verdict is not Verdict.PASS:
             # position ids: a plain training forward uses 0..P+T−1 regardless of left padding
@@ -622,6 +658,7 @@ def _downstream_findings(
             torch.ones_like(loss_mask),
         ),
     ]
+    comparisons: list[Comparison] = []
     for name, check_id, stage, what, mask in checks:
         if not step.has(name):
             continue
@@ -635,8 +672,8 @@ def _downstream_findings(
             continue
         if want.dim() == 2 and as_f64(got).dim() == 2 and want.shape[1] == 1 and got.shape[1] != 1:
             want = want.expand_as(as_f64(got))
-        findings.append(
-            compare_tensor(
+        comparisons.append(
+            Comparison(
                 check_id=check_id,
                 stage=stage,
                 name=name,
@@ -645,10 +682,10 @@ def _downstream_findings(
                 reference=want,
                 reference_same_precision=_same_precision(want, step, name),
                 tolerance=policy.for_check(check_id, name, _dtype(step, name)),
-                ctx=ctx,
                 mask=mask,
             )
         )
+    findings += compare_tensors(comparisons, ctx)
     for name in ("is_low_clipped", "is_high_clipped"):
         if step.has(name) and name in down:
             findings.append(_mask_finding(step, name, down[name], loss_mask, ctx))
@@ -739,6 +776,7 @@ def _e2e_findings(
     if down is None:
         return findings
     ref.e2e.update(advantages=ref_adv, **{k: v for k, v in down.items() if k != "loss_mask"})
+    comparisons: list[Comparison] = []
     for name, check_id, what, mask in (
         ("per_token_loss", "e2e.per_token_loss", "end-to-end per-token loss", down["loss_mask"].bool()),
         ("loss", "e2e.loss", "end-to-end loss (reference from the rewards onward)", None),
@@ -751,18 +789,20 @@ def _e2e_findings(
     ):
         if not step.has(name):
             continue
-        finding = compare_tensor(
-            check_id=check_id,
-            stage="loss" if name != "logps_grad" else "grad",
-            name=name,
-            what=what,
-            trainer=step[name],
-            reference=down[name],
-            reference_same_precision=_same_precision(down[name], step, name),
-            tolerance=policy.for_check(check_id, name, _dtype(step, name)),
-            ctx=ctx,
-            mask=mask,
+        comparisons.append(
+            Comparison(
+                check_id=check_id,
+                stage="loss" if name != "logps_grad" else "grad",
+                name=name,
+                what=what,
+                trainer=step[name],
+                reference=down[name],
+                reference_same_precision=_same_precision(down[name], step, name),
+                tolerance=policy.for_check(check_id, name, _dtype(step, name)),
+                mask=mask,
+            )
         )
+    for finding in compare_tensors(comparisons, ctx):
         finding.details["end_to_end"] = True
         finding.details["reused_isolated_reference"] = reuse
         findings.append(finding)

@@ -66,7 +66,13 @@ class Tolerance:
     source: str = "default"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {
+            "rtol": self.rtol,
+            "atol": self.atol,
+            "k": self.k,
+            "outlier_fraction": self.outlier_fraction,
+            "source": self.source,
+        }
 
 
 @dataclasses.dataclass(frozen=True)

@@ -107,6 +107,11 @@ class PlainForward:
     def __init__(self, model: Any) -> None:
         self._model = model
 
+    @property
+    def wrapped_module(self) -> Any:
+        """The model itself (for ``grpo_check.compare.stages.set_training``)."""
+        return self._model
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         import torch
 
@@ -150,6 +155,7 @@ class Attachment:
         self.findings: list[Finding] = []
         self.live_problems: list[str] = []
         self._originals: dict[str, Any] = {}
+        self._plain_forwards: dict[int, tuple[Any, PlainForward]] = {}
         self._rewards_capture: dict[str, Any] | None = None
         self._generations: dict[int, dict[str, Any]] = {}
         self._generation_counter = 0
@@ -425,6 +431,9 @@ class Attachment:
         def wrapped(model: Any, inputs: Any, *args: Any, **kw: Any):
             if not self.trainer.model.training or ROW_TAG not in inputs:
                 return original(model, inputs, *args, **kw)
+            if not self._due(int(self.trainer.state.global_step)):
+                self._pending = {"due": False}  # counted as a micro-batch, nothing copied or hooked
+                return original(model, inputs, *args, **kw)
             self._pending = {"inputs": inputs, "logps": None, "logps_grad": None, "loss_scale": None}
             self._in_loss = True
             try:
@@ -446,7 +455,7 @@ class Attachment:
     def _wrap_logps(self, original: Any) -> Any:
         def wrapped(*args: Any, **kw: Any):
             out = original(*args, **kw)
-            if not self._in_loss or self._pending is None or self._pending["logps"] is not None:
+            if not self._in_loss or self._pending is None or self._pending.get("logps") is not None:
                 return out
             logps, entropies = (out[0], out[1]) if isinstance(out, tuple) else (out, None)
             pending = self._pending
@@ -490,7 +499,7 @@ class Attachment:
 
         trainer = self.trainer
         global_step = int(trainer.state.global_step)
-        if not self._due(global_step):
+        if not self._due(global_step) or pending.get("due") is False:
             return
         inputs = pending["inputs"]
         tag = inputs[ROW_TAG].detach().to("cpu")
@@ -661,10 +670,9 @@ class Attachment:
             kwargs["tolerances"] = self.tolerances
         model = ref_model = None
         if self.recompute_logps and step.meta.get("scope") == "micro_batch" and step.has("completion_ids"):
-            unwrap = self.trainer.accelerator.unwrap_model
-            model = PlainForward(unwrap(self.trainer.model))
+            model = self._plain_forward(self.trainer.model)
             if getattr(self.trainer, "ref_model", None) is not None:
-                ref_model = PlainForward(unwrap(self.trainer.ref_model))
+                ref_model = self._plain_forward(self.trainer.ref_model)
         import torch
 
         with preserved_rng(), torch.no_grad():
@@ -672,7 +680,7 @@ class Attachment:
             try:
                 findings = list(compare_step(step, self.spec, model=model, ref_model=ref_model, **kwargs))
             finally:
-                if model is not None and was_training is not None:
+                if model is not None and was_training is not None and model.training != was_training:
                     model.train(was_training)
         if self.invariants:
             findings += self._invariants_live(step)
@@ -685,6 +693,15 @@ class Attachment:
                 if not (f.check_id == "advantages.values" and f.verdict is Verdict.NOT_CAPTURED)
             ]
         return findings
+
+    def _plain_forward(self, wrapped: Any) -> PlainForward:
+        """``PlainForward`` of the unwrapped model, unwrapped once per wrapper object (accelerate's
+        ``unwrap_model`` costs about a millisecond a call, mostly probing for DeepSpeed)."""
+        hit = self._plain_forwards.get(id(wrapped))
+        if hit is None or hit[0] is not wrapped:  # the cache holds ``wrapped``: its id cannot be reused
+            unwrapped = PlainForward(self.trainer.accelerator.unwrap_model(wrapped))
+            hit = self._plain_forwards[id(wrapped)] = (wrapped, unwrapped)
+        return hit[1]
 
     def _invariants_live(self, step: TraceStep) -> list[Finding]:
         """Single-implementation invariants on the captured step; checks whose inputs TRL does not expose

@@ -1,0 +1,136 @@
+"""``compare_tensors`` (batched pass path) gives the findings ``compare_tensor`` (full path) gives.
+
+The batched path summarises same-shaped comparisons together and sends anything that is not a clean pass
+back through ``compare_tensor``; these tests hold both paths to the same verdict, figure, allowance, location
+and message, on passing inputs and on inputs broken by an out-of-tolerance element, a NaN or an empty mask.
+"""
+
+from __future__ import annotations
+
+import math
+
+import hypothesis.strategies as st
+import pytest
+import torch
+from hypothesis import given, settings
+
+from grpo_check.compare import _diff
+from grpo_check.compare._diff import Comparison, StepContext, compare_tensors
+from grpo_check.compare.tolerances import Tolerance
+from grpo_check.findings import Verdict
+
+TOL = Tolerance(rtol=1e-5, atol=1e-6)
+
+
+def _context(rows: int, tokens: int) -> StepContext:
+    return StepContext(
+        step=3,
+        micro_batch=1,
+        rank=0,
+        group_index=torch.arange(rows) // 2,
+        completion_ids=torch.arange(rows * tokens).reshape(rows, tokens),
+        completion_mask=(torch.arange(tokens) < tokens - 1).expand(rows, tokens).clone(),
+    )
+
+
+def _assert_same(batched, full):
+    assert batched.verdict is full.verdict
+    assert batched.check_id == full.check_id
+    assert batched.where == full.where
+    assert batched.explanation == full.explanation
+    assert batched.tolerance == full.tolerance
+    assert batched.figure == full.figure
+    mean_b, mean_f = batched.details.pop("mean_abs_error", None), full.details.pop("mean_abs_error", None)
+    assert (mean_b is None) == (mean_f is None)
+    if mean_b is not None:
+        assert math.isclose(mean_b, mean_f, rel_tol=1e-12, abs_tol=1e-300)
+    assert batched.details == full.details
+
+
+_CORRUPTIONS = ("none", "beyond", "nan", "inf_padding", "empty_mask")
+
+
+@st.composite
+def comparison_sets(draw):
+    rows = draw(st.integers(1, 5)) * 2
+    tokens = draw(st.integers(2, 7))
+    seed = draw(st.integers(0, 2**16))
+    generator = torch.Generator().manual_seed(seed)
+    comparisons = []
+    for index in range(draw(st.integers(1, 5))):
+        shape = draw(st.sampled_from([(rows, tokens), (rows,), ()]))
+        reference = torch.randn(shape, generator=generator, dtype=torch.float64) * 3
+        noise = (torch.rand(shape, generator=generator, dtype=torch.float64) - 0.5) * 1e-6
+        trainer = (reference + noise * reference.abs()).to(
+            torch.float32
+        )  # float32 rounding: within tolerance
+        corruption = draw(st.sampled_from(_CORRUPTIONS))
+        mask = None
+        if corruption == "beyond" and trainer.numel():
+            trainer.reshape(-1)[draw(st.integers(0, trainer.numel() - 1))] += 0.5
+        elif corruption == "nan" and trainer.numel():
+            trainer.reshape(-1)[draw(st.integers(0, trainer.numel() - 1))] = float("nan")
+        elif corruption == "inf_padding" and len(shape) == 2:
+            trainer[:, -1] = float("inf")  # the context's completion mask leaves the last token out
+        elif corruption == "empty_mask":
+            mask = torch.zeros(shape, dtype=torch.bool)
+        comparisons.append(
+            Comparison(
+                check_id=f"test.quantity_{index}",
+                stage="loss",
+                name=f"quantity_{index}",
+                trainer=trainer,
+                reference=reference,
+                tolerance=TOL,
+                mask=mask,
+                what=f"quantity {index}",
+            )
+        )
+    return comparisons, _context(rows, tokens)
+
+
+@settings(max_examples=150, deadline=None)
+@given(comparison_sets())
+def test_batched_findings_equal_full_comparison(case):
+    comparisons, ctx = case
+    batched = compare_tensors(comparisons, ctx)
+    assert len(batched) == len(comparisons)
+    for finding, comparison in zip(batched, comparisons, strict=True):
+        _assert_same(finding, comparison.run(ctx))
+
+
+def test_only_failures_take_the_full_path(monkeypatch):
+    ctx = _context(4, 3)
+    reference = torch.randn(4, 3, dtype=torch.float64)
+    good = Comparison("test.good", "loss", "good", reference.float(), reference, TOL)
+    broken_trainer = reference.float().clone()
+    broken_trainer[2, 1] += 1.0
+    bad = Comparison("test.bad", "loss", "bad", broken_trainer, reference, TOL)
+    full_calls: list[str] = []
+    real = _diff.compare_tensor
+
+    def counting(**kwargs):
+        full_calls.append(kwargs["check_id"])
+        return real(**kwargs)
+
+    monkeypatch.setattr(_diff, "compare_tensor", counting)
+    findings = compare_tensors([good, bad], ctx)
+    assert [f.verdict for f in findings] == [Verdict.PASS, Verdict.FAIL]
+    assert full_calls == [
+        "test.bad"
+    ]  # the pass was summarised in the batch; the failure got full diagnostics
+    assert (findings[1].where.row, findings[1].where.token) == (2, 1)
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (4,), ()])
+def test_boundary_element_exactly_at_the_allowance_passes_in_both_paths(shape):
+    ctx = _context(4, 3)
+    reference = torch.full(shape, 2.0, dtype=torch.float64)
+    allowed = TOL.atol + TOL.rtol * 2.0
+    at_boundary = Comparison("test.edge", "loss", "edge", reference + allowed, reference, TOL)
+    just_beyond = Comparison("test.edge", "loss", "edge", reference + 1.01 * allowed, reference, TOL)
+    for comparison in (at_boundary, just_beyond):
+        (batched,) = compare_tensors([comparison], ctx)
+        _assert_same(batched, comparison.run(ctx))
+    assert compare_tensors([at_boundary], ctx)[0].verdict is Verdict.PASS
+    assert compare_tensors([just_beyond], ctx)[0].verdict is Verdict.FAIL
