@@ -299,6 +299,25 @@ def model_logps_shifted(model: Any, step: TraceStep, temperature: float, shift: 
     return logps_from_logits(logits, step["completion_ids"], temperature)
 
 
+@dataclasses.dataclass(frozen=True)
+class KnownLogps:
+    """A model whose log-probs for one step's batch were already computed by the reference's own forward pass.
+
+    A frozen reference model scores a row the same way in every micro-batch, so an adapter may run its forward
+    once over a whole generation batch and hand each micro-batch its rows. :func:`model_logps` returns
+    ``logps`` for the convention they were computed with (positions from the attention mask, at
+    ``temperature``) and runs ``model`` itself for any other (the position-ids diagnosis).
+    """
+
+    model: Any
+    logps: torch.Tensor
+    temperature: float
+
+    @property
+    def training(self) -> bool:
+        return bool(getattr(self.model, "training", False))
+
+
 def model_logps(
     model: Any, step: TraceStep, temperature: float, positions: str = "from_mask"
 ) -> torch.Tensor | None:
@@ -308,6 +327,10 @@ def model_logps(
     needed = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
     if not step.has(*needed):
         return None
+    if isinstance(model, KnownLogps):
+        if positions == "from_mask" and temperature == model.temperature:
+            return model.logps
+        model = model.model
     with _eval_mode(model):
         return logps_from_model(
             model,

@@ -208,6 +208,11 @@ class Groups:
         return int((self.inverse == group).nonzero()[0, 0])
 
 
+def groups_of(group_index: torch.Tensor) -> Groups:
+    """``Groups(group_index)``, shared between the checks of one step (one ``torch.unique`` per step)."""
+    return cached(("groups", group_index), lambda: Groups(group_index))
+
+
 def num_generations(spec: GRPOSpec | None, groups: Groups) -> int:
     """G from the spec, or (spec not given) the largest group in the step (partial groups are smaller)."""
     if spec is not None:
@@ -220,6 +225,12 @@ def row_advantages(advantages: torch.Tensor, completion_mask: torch.Tensor | Non
 
     Returns ``None`` when (B, T) advantages genuinely vary along a row (token-level advantages).
     """
+    return cached(
+        ("row_advantages", advantages, completion_mask), lambda: _row_advantages(advantages, completion_mask)
+    )
+
+
+def _row_advantages(advantages: torch.Tensor, completion_mask: torch.Tensor | None) -> torch.Tensor | None:
     adv = f64(advantages)
     if adv.dim() == 1:
         return adv
@@ -243,6 +254,10 @@ def total_rewards(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor | None
 
     Rows whose reward functions all returned NaN (unscorable) are NaN.
     """
+    return cached(("total_rewards", id(step), id(spec)), lambda: _total_rewards(step, spec))
+
+
+def _total_rewards(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor | None:
     if step.has("rewards"):
         return f64(step["rewards"]).reshape(-1)
     if not step.has("rewards_per_func"):

@@ -12,8 +12,10 @@ from grpo_check.invariants._common import (
     Groups,
     Outcome,
     argmax_2d,
+    cached,
     finite_outcome,
     fmt,
+    groups_of,
     inconclusive,
     machine_eps,
     not_applicable,
@@ -48,11 +50,19 @@ def advantages_finite(step: TraceStep, spec: GRPOSpec | None, *, tolerance: floa
 
 
 def _prepare(step: TraceStep, spec: GRPOSpec | None) -> tuple[torch.Tensor, Groups, torch.Tensor, int] | str:
-    """(advantages (B,), groups, whole-group flag per group, G) or the reason the group checks cannot run."""
+    """(advantages (B,), groups, whole-group flag per group, G) or the reason the group checks cannot run.
+
+    Shared by the group checks of one step (see ``step_cache``)."""
+    return cached(("adv_prepare", id(step), id(spec)), lambda: _prepare_uncached(step, spec))
+
+
+def _prepare_uncached(
+    step: TraceStep, spec: GRPOSpec | None
+) -> tuple[torch.Tensor, Groups, torch.Tensor, int] | str:
     advantages = row_advantages(step["advantages"], step.get("completion_mask"))
     if advantages is None:
         return _TOKEN_LEVEL
-    groups = Groups(step["group_index"])
+    groups = groups_of(step["group_index"])
     if groups.inverse.numel() != advantages.numel():
         return f"group_index has {groups.inverse.numel()} rows, advantages {advantages.numel()}"
     size = num_generations(spec, groups)
@@ -135,7 +145,7 @@ def bounded(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None =
     advantages = row_advantages(step["advantages"], step.get("completion_mask"))
     if advantages is None:
         return inconclusive(_TOKEN_LEVEL)
-    groups = Groups(step["group_index"])
+    groups = groups_of(step["group_index"])
     size = max(num_generations(spec, groups), int(groups.count.max()) if groups.num_groups else 1)
     sample_bound, population_bound = _std_bounds(size, effective)
     bound = population_bound if (spec is None or effective.std == "population") else sample_bound
@@ -174,7 +184,13 @@ def bounded(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None =
 def _group_reward_stats(
     step: TraceStep, spec: GRPOSpec | None
 ) -> tuple[torch.Tensor, torch.Tensor, Groups, torch.Tensor, torch.Tensor, torch.Tensor, int] | str:
-    """(advantages, rewards, groups, whole, scorable, centred rewards, G) or a reason."""
+    """(advantages, rewards, groups, whole, scorable, centred rewards, G) or a reason (shared per step)."""
+    return cached(("adv_reward_stats", id(step), id(spec)), lambda: _group_reward_stats_uncached(step, spec))
+
+
+def _group_reward_stats_uncached(
+    step: TraceStep, spec: GRPOSpec | None
+) -> tuple[torch.Tensor, torch.Tensor, Groups, torch.Tensor, torch.Tensor, torch.Tensor, int] | str:
     prepared = _prepare(step, spec)
     if isinstance(prepared, str):
         return prepared
@@ -362,7 +378,7 @@ def unscorable_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float 
         return passed(
             f"{int(unscorable.sum())} unscorable row(s) carry A = 0 (group leak not checked)", 0.0, 0.0
         )
-    groups = Groups(step["group_index"])
+    groups = groups_of(step["group_index"])
     touched = groups.sum(unscorable.double()) > 0
     rows_touched = groups.expand(touched) & ~unscorable
     nonfinite = rows_touched & ~torch.isfinite(advantages)

@@ -7,10 +7,10 @@ import torch
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
 from grpo_check.invariants._common import (
-    Groups,
     Outcome,
     argmax_2d,
     eos_ids,
+    groups_of,
     inconclusive,
     num_generations,
     passed,
@@ -165,7 +165,7 @@ def mask_prefix_eos(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float 
     fix="build group ids with torch.arange(num_prompts).repeat_interleave(G) before any shuffling",
 )
 def group_sizes(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
-    groups = Groups(step["group_index"])
+    groups = groups_of(step["group_index"])
     if groups.num_groups == 0:
         return inconclusive("empty group_index")
     size = num_generations(spec, groups)

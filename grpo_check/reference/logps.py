@@ -140,6 +140,17 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return position_ids.masked_fill(attention_mask == 0, 1)
 
 
+def _forward(model: Any, kwargs: dict[str, Any], logits_to_keep: int) -> Any:
+    """``model(**kwargs)``, asking for only the last ``logits_to_keep`` logits and no KV cache where the model
+    takes those arguments (transformers models do; a plain module may not)."""
+    for extra in ({"logits_to_keep": logits_to_keep, "use_cache": False}, {"logits_to_keep": logits_to_keep}):
+        try:
+            return model(**kwargs, **extra)
+        except TypeError:
+            continue
+    return model(**kwargs)
+
+
 def logps_from_model(
     model: Any,
     prompt_ids: torch.Tensor,
@@ -188,10 +199,7 @@ def logps_from_model(
                 input_ids[rows]
             )
         with torch.no_grad():
-            try:
-                out = model(**kwargs, logits_to_keep=n_completion + 1)
-            except TypeError:
-                out = model(**kwargs)
+            out = _forward(model, kwargs, logits_to_keep=n_completion + 1)
         logits = out.logits if hasattr(out, "logits") else out[0]
         logits = logits[:, -(n_completion + 1) : -1, :]  # (L1): position P−1+t predicts completion token t
         logps, entropy = logps_and_entropy_from_logits(

@@ -396,6 +396,14 @@ class Attachment:
             else None,
         }
         info["advantages"] = _cpu(all_advantages)
+        # this rank's rows as the reference model scores them: its log-probs are computed once per generation
+        # batch, on the first checked micro-batch that needs them (see _ref_model_for)
+        info["batch"] = {
+            name: output[name]
+            for name in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
+            if output.get(name) is not None
+        }
+        info["ref_reference"] = None
         self._generations[generation] = info
         for stale in [g for g in self._generations if g < generation - 1]:
             del self._generations[stale]
@@ -669,13 +677,17 @@ class Attachment:
         if self.tolerances is not None:
             kwargs["tolerances"] = self.tolerances
         model = ref_model = None
-        if self.recompute_logps and step.meta.get("scope") == "micro_batch" and step.has("completion_ids"):
-            model = self._plain_forward(self.trainer.model)
-            if getattr(self.trainer, "ref_model", None) is not None:
-                ref_model = self._plain_forward(self.trainer.ref_model)
         import torch
 
         with preserved_rng(), torch.no_grad():
+            if (
+                self.recompute_logps
+                and step.meta.get("scope") == "micro_batch"
+                and step.has("completion_ids")
+            ):
+                model = self._plain_forward(self.trainer.model)
+                if getattr(self.trainer, "ref_model", None) is not None:
+                    ref_model = self._ref_model_for(step, self._plain_forward(self.trainer.ref_model))
             was_training = None if model is None else model.training
             try:
                 findings = list(compare_step(step, self.spec, model=model, ref_model=ref_model, **kwargs))
@@ -693,6 +705,39 @@ class Attachment:
                 if not (f.check_id == "advantages.values" and f.verdict is Verdict.NOT_CAPTURED)
             ]
         return findings
+
+    def _ref_model_for(self, step: TraceStep, ref_model: PlainForward) -> Any:
+        """The reference model for one micro-batch: its log-probs for these rows, taken from one forward pass
+        over this rank's whole generation batch (``KnownLogps``), or the model itself when the rows cannot be
+        matched to that batch (then the micro-batch gets its own forward pass).
+
+        The reference model is frozen, so a row scores the same in every micro-batch; TRL scores the whole
+        generation batch at once too. One forward per generation batch instead of one per micro-batch.
+        """
+        import torch
+
+        from grpo_check.compare.stages import KnownLogps, model_logps
+
+        info = self._generations.get(step.meta.get("generation"))
+        batch = None if info is None else info.get("batch")
+        if not batch or len(batch) < 4 or not step.has("ref_logps"):
+            return ref_model
+        local = torch.tensor(step.meta["global_rows"], dtype=torch.long) - self.rank * info["local_rows"]
+        ids = batch["completion_ids"]
+        if (
+            int(local.min()) < 0
+            or int(local.max()) >= ids.shape[0]
+            or ids.shape[1] != step["completion_ids"].shape[1]
+            or batch["prompt_ids"].shape[1] != step["prompt_ids"].shape[1]
+            or not torch.equal(ids[local.to(ids.device)].to("cpu"), step["completion_ids"])
+        ):
+            return ref_model
+        if info["ref_reference"] is None:
+            whole = TraceStep(tensors={name: _cpu(t) for name, t in batch.items()}, meta={})
+            info["ref_reference"] = model_logps(ref_model, whole, self.spec.temperature)
+        if info["ref_reference"] is None:
+            return ref_model
+        return KnownLogps(ref_model, info["ref_reference"][local], self.spec.temperature)
 
     def _plain_forward(self, wrapped: Any) -> PlainForward:
         """``PlainForward`` of the unwrapped model, unwrapped once per wrapper object (accelerate's

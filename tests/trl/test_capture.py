@@ -164,6 +164,61 @@ def test_broken_trainer_is_caught_in_the_right_stage(tmp_path, make_trainer, sta
     assert first is not None and first.stage == stage
 
 
+def _corrupted_ref_trainer():
+    from trl import GRPOTrainer
+
+    class StaleReferenceTrainer(GRPOTrainer):
+        """Reference log-probs of generation rows 0-3 off by 0.5 nats (a stale or mis-gathered reference)."""
+
+        def _generate_and_score_completions(self, inputs):
+            output = super()._generate_and_score_completions(inputs)
+            output["ref_per_token_logps"] = output["ref_per_token_logps"].clone()
+            output["ref_per_token_logps"][:4] += 0.5
+            return output
+
+    return StaleReferenceTrainer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("broken", [False, True])
+def test_reference_model_scores_each_generation_batch_once(tmp_path, monkeypatch, broken):
+    """The frozen reference model runs once per generation batch, and each micro-batch is still compared
+    with the reference log-probs of its own rows (after TRL's shuffle): a corrupted row fails exactly
+    the micro-batches that received it."""
+    import grpo_check.reference.logps as reference_logps
+    from grpo_check.demo.run import build_trainer
+    from grpo_check.trl import attach
+
+    cell = _cell("grpo-beta")  # beta > 0, GAS 2, spg 4: 4 micro-batches from one generation batch
+    trainer = build_trainer(cell, tmp_path, seed=0, trainer_cls=_corrupted_ref_trainer() if broken else None)
+    scored_rows: list[int] = []
+    real = reference_logps.logps_from_model
+
+    def counting(model, prompt_ids, *args, **kwargs):
+        if getattr(model, "wrapped_module", None) is trainer.accelerator.unwrap_model(trainer.ref_model):
+            scored_rows.append(int(prompt_ids.shape[0]))
+        return real(model, prompt_ids, *args, **kwargs)
+
+    monkeypatch.setattr(reference_logps, "logps_from_model", counting)
+    attachment = attach(trainer, live=True)
+    trainer.train()
+    trace = attachment.close()
+    micro = [s for s in trace.steps if s.meta["scope"] == "micro_batch"]
+    ref_findings = [f for f in attachment.findings if f.check_id == "logps.ref_model"]
+    assert len(ref_findings) == len(micro) == 4
+    expected_failures = sorted(
+        (s.meta["step"], s.meta["micro_batch"]) for s in micro if any(r < 4 for r in s.meta["global_rows"])
+    )
+    failed = sorted((f.where.step, f.where.micro_batch) for f in ref_findings if f.verdict is Verdict.FAIL)
+    if broken:
+        assert failed == expected_failures and failed
+        # the position-ids diagnosis still gets a real forward pass of the micro-batch
+        assert scored_rows[0] == 32 and all(rows == 8 for rows in scored_rows[1:])
+    else:
+        assert failed == []
+        assert scored_rows == [32]  # one forward over the 32-row generation batch, none per micro-batch
+
+
 @pytest.mark.slow
 def test_every_n_steps_captures_only_due_steps(tmp_path):
     from grpo_check.demo.run import build_trainer
