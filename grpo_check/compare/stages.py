@@ -313,9 +313,13 @@ class KnownLogps:
     logps: torch.Tensor
     temperature: float
 
-    @property
-    def training(self) -> bool:
-        return bool(getattr(self.model, "training", False))
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # config, training, train(), wrapped_module: the model's own
+        if name in ("model", "logps", "temperature"):  # not set yet (copy/unpickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.model, name)
 
 
 def model_logps(

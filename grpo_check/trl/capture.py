@@ -35,6 +35,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -47,6 +48,8 @@ from grpo_check.trl.spec import spec_from_trl, trainer_config_dict
 from grpo_check.trl.versions import TRLSupport, check_trainer_support, library_versions
 
 log = logging.getLogger("grpo_check.trl")
+
+_NO_MODEL = object()  # policy_model sentinel: compare without the policy's forward pass
 
 ROW_TAG = "_grpo_check_row"
 """Column added to TRL's generation batch: each row's index in the global generation batch."""
@@ -156,6 +159,8 @@ class Attachment:
         self.live_problems: list[str] = []
         self._originals: dict[str, Any] = {}
         self._plain_forwards: dict[int, tuple[Any, PlainForward]] = {}
+        # micro-batches of the open gradient-accumulation window: (step, extra findings, global step)
+        self._window: list[tuple[TraceStep, list[Finding], int]] = []
         self._rewards_capture: dict[str, Any] | None = None
         self._generations: dict[int, dict[str, Any]] = {}
         self._generation_counter = 0
@@ -488,8 +493,11 @@ class Attachment:
             if pending is not None:
                 micro_batch = self._micro_batch_counter % max(self._gas(), 1)
                 self._micro_batch_counter += 1
+                if self._window and self._window[0][2] != int(self.trainer.state.global_step):
+                    self._flush_window()  # an earlier window the optimizer closed unevenly
                 self._record_micro_batch(pending, micro_batch)
                 if micro_batch == self._gas() - 1:
+                    self._flush_window()
                     self._flush_metrics()
             return out
 
@@ -660,12 +668,86 @@ class Attachment:
     def _finish_step(self, step: TraceStep, extra_findings: list[Finding] | None = None) -> None:
         if self.keep_steps or self.out_dir is not None:
             self.trace.steps.append(step)
-        if self.live:
-            findings = [*self._compare_live(step), *(extra_findings or [])]
-            self.findings.extend(findings)
-            self._accumulate_metrics(step, findings)
+        if not self.live:
+            return
+        if self._batches_policy_forward(step):
+            # compared when its gradient-accumulation window closes, with one policy forward for the window
+            self._window.append((step, extra_findings or [], int(self.trainer.state.global_step)))
+            return
+        self._check_live(step, extra_findings or [])
 
-    def _compare_live(self, step: TraceStep) -> list[Finding]:
+    def _check_live(self, step: TraceStep, extra_findings: list[Finding], policy_model: Any = None) -> None:
+        findings = [*self._compare_live(step, policy_model=policy_model), *extra_findings]
+        self.findings.extend(findings)
+        self._accumulate_metrics(step, findings)
+
+    def _batches_policy_forward(self, step: TraceStep) -> bool:
+        """Whether this micro-batch waits for the end of its accumulation window (see :meth:`_flush_window`)."""
+        return (
+            self.recompute_logps
+            and self._gas() > 1
+            and step.meta.get("scope") == "micro_batch"
+            and step.has("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
+        )
+
+    def _flush_window(self) -> None:
+        """Compare the micro-batches of one gradient-accumulation window, with ONE forward pass of the policy.
+
+        The weights do not change inside the window (the optimizer steps after its last micro-batch), so the
+        policy's log-probs for every row of the window come from a single forward over the window's rows
+        (their prompt and completion widths agree: TRL splits one padded generation batch); each micro-batch
+        then takes its rows. A window the optimizer closed before this ran (an uneven last window) is compared
+        without the policy forward: its weights are gone.
+        """
+        window, self._window = self._window, []
+        if not window:
+            return
+        current = int(self.trainer.state.global_step)
+        if any(step_at != current for _, _, step_at in window):
+            message = (
+                "policy log-probs not recomputed for a gradient-accumulation window the optimizer closed "
+                "before it was checked (uneven last window)"
+            )
+            if message not in self.live_problems:
+                self.live_problems.append(message)
+            models: list[Any] = [_NO_MODEL] * len(window)
+        else:
+            models = self._window_policy_logps([step for step, _, _ in window])
+        for (step, extra, _), model in zip(window, models, strict=True):
+            self._check_live(step, extra, policy_model=model)
+
+    def _window_policy_logps(self, steps: list[TraceStep]) -> list[Any]:
+        """``KnownLogps`` per step from one policy forward over all their rows (the plain model per step when
+        their widths differ)."""
+        import torch
+
+        from grpo_check.compare.stages import KnownLogps, model_logps
+
+        model = self._plain_forward(self.trainer.model)
+        names = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
+        if len(steps) < 2 or any(
+            s[name].shape[1] != steps[0][name].shape[1] for s in steps for name in names
+        ):
+            return [model] * len(steps)
+        combined = TraceStep(tensors={name: torch.cat([s[name] for s in steps]) for name in names}, meta={})
+        with preserved_rng(), torch.no_grad():
+            was_training = model.training
+            try:
+                logps = model_logps(model, combined, self.spec.temperature)
+            finally:
+                if model.training != was_training:
+                    model.train(was_training)
+        if logps is None:
+            return [model] * len(steps)
+        bounds = [0]
+        for s in steps:
+            bounds.append(bounds[-1] + int(s["completion_ids"].shape[0]))
+        return [
+            KnownLogps(model, logps[start:stop], self.spec.temperature)
+            for start, stop in itertools.pairwise(bounds)
+        ]
+
+    def _compare_live(self, step: TraceStep, policy_model: Any = None) -> list[Finding]:
         try:
             from grpo_check.compare import compare_step
         except ImportError as exc:
@@ -685,7 +767,8 @@ class Attachment:
                 and step.meta.get("scope") == "micro_batch"
                 and step.has("completion_ids")
             ):
-                model = self._plain_forward(self.trainer.model)
+                model = self._plain_forward(self.trainer.model) if policy_model is None else policy_model
+                model = None if model is _NO_MODEL else model
                 if getattr(self.trainer, "ref_model", None) is not None:
                     ref_model = self._ref_model_for(step, self._plain_forward(self.trainer.ref_model))
             was_training = None if model is None else model.training
@@ -793,6 +876,7 @@ class Attachment:
     # ------------------------------------------------------------------ results
     def result(self) -> Result:
         """The live comparison so far as a :class:`Result` (empty when ``live=False``)."""
+        self._flush_window()
         return Result(
             findings=list(self.findings),
             metadata={
@@ -809,6 +893,7 @@ class Attachment:
 
     def close(self) -> Trace:
         """Detach the hooks, write the trace to ``out_dir`` (if set) and return it."""
+        self._flush_window()
         self.detach()
         if self.out_dir is not None and not self._closed:
             from grpo_check.trace.io import save_trace

@@ -219,6 +219,95 @@ def test_reference_model_scores_each_generation_batch_once(tmp_path, monkeypatch
         assert scored_rows == [32]  # one forward over the 32-row generation batch, none per micro-batch
 
 
+def _second_micro_batch_flipped_trainer():
+    from trl import GRPOTrainer
+
+    class FlipEverySecondTrainer(GRPOTrainer):
+        """Log-probs negated in the loss of every second micro-batch only (micro-batch 1 of each GAS-2 window)."""
+
+        _loss_calls = 0
+        _flip = False
+
+        def _compute_loss(self, model, inputs):
+            self._flip = self._loss_calls % 2 == 1
+            self._loss_calls += 1
+            try:
+                return super()._compute_loss(model, inputs)
+            finally:
+                self._flip = False
+
+        def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+            logps, entropies, aux = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+            return (-logps if self._flip else logps), entropies, aux
+
+    return FlipEverySecondTrainer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("broken", [False, True])
+def test_policy_forward_runs_once_per_accumulation_window(tmp_path, monkeypatch, broken):
+    """With gradient accumulation the policy's log-probs for a whole window come from one forward pass (the
+    weights only change after its last micro-batch); each micro-batch is still judged on its own rows."""
+    import grpo_check.reference.logps as reference_logps
+    from grpo_check.demo.run import build_trainer
+    from grpo_check.trl import attach
+
+    cell = _cell("grpo-beta")  # GAS 2: 2 optimizer steps x 2 micro-batches of 8 rows
+    trainer = build_trainer(
+        cell, tmp_path, seed=0, trainer_cls=_second_micro_batch_flipped_trainer() if broken else None
+    )
+    policy_rows: list[int] = []
+    real = reference_logps.logps_from_model
+
+    def counting(model, prompt_ids, *args, **kwargs):
+        if getattr(model, "wrapped_module", None) is trainer.accelerator.unwrap_model(trainer.model):
+            policy_rows.append(int(prompt_ids.shape[0]))
+        return real(model, prompt_ids, *args, **kwargs)
+
+    monkeypatch.setattr(reference_logps, "logps_from_model", counting)
+    attachment = attach(trainer, live=True)
+    trainer.train()
+    result = attachment.result()
+    logps_findings = [f for f in result.findings if f.check_id == "logps.model"]
+    assert sorted((f.where.step, f.where.micro_batch) for f in logps_findings) == [
+        (0, 0),
+        (0, 1),
+        (1, 0),
+        (1, 1),
+    ]
+    failed = sorted((f.where.step, f.where.micro_batch) for f in logps_findings if f.verdict is Verdict.FAIL)
+    assert policy_rows[:1] == [16]  # one forward over both micro-batches of the first window
+    if broken:
+        assert failed == [(0, 1), (1, 1)]
+    else:
+        assert failed == []
+        assert policy_rows == [16, 16]  # and nothing else: one forward per window
+    assert not result.metadata["live_problems"]
+
+
+@pytest.mark.slow
+def test_window_closed_by_the_optimizer_is_compared_without_stale_weights(tmp_path):
+    """A micro-batch still waiting when the optimizer has stepped is compared without the policy forward (its
+    weights are gone), and the run says so instead of reporting a false log-prob mismatch."""
+    from grpo_check.demo.run import build_trainer
+    from grpo_check.trl import attach
+
+    trainer = build_trainer(_cell("grpo-beta"), tmp_path, seed=0, steps=1)
+    attachment = attach(trainer, live=True)
+    original = attachment._flush_window
+    attachment._flush_window = lambda: None  # hold every window open during training
+    trainer.train()
+    held = len(attachment._window)
+    assert held == 2
+    trainer.state.global_step += 1  # as after an optimizer step that closed the window early
+    attachment._flush_window = original
+    result = attachment.result()
+    assert not [f for f in result.findings if f.check_id == "logps.model"]
+    assert any("not recomputed" in problem for problem in result.metadata["live_problems"])
+    assert [f.check_id for f in result.findings if f.check_id == "loss.value"] == ["loss.value"] * held
+    assert not _failing(result)
+
+
 @pytest.mark.slow
 def test_every_n_steps_captures_only_due_steps(tmp_path):
     from grpo_check.demo.run import build_trainer
