@@ -6,6 +6,7 @@ Internal: :mod:`grpo_check.compare.stages` calls :func:`compare_tensor` once per
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -308,7 +309,7 @@ def compare_tensors(comparisons: list[Comparison], ctx: StepContext) -> list[Fin
         )
         for (index, *_), summary in zip(members, summaries, strict=True):
             comparison = comparisons[index]
-            passed = summary.compared > 0 and summary.excess <= 0.0  # NaN excess (non-finite): not a pass
+            passed = summary.compared > 0 and summary.beyond == 0 and math.isfinite(summary.reference_max_abs)
             results[index] = _pass_finding(comparison, summary, shape, ctx) if passed else comparison.run(ctx)
     return [finding for finding in results if finding is not None]
 
@@ -316,10 +317,13 @@ def compare_tensors(comparisons: list[Comparison], ctx: StepContext) -> list[Fin
 def _prepare(
     comparison: Comparison, ctx: StepContext
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """(trainer, reference, compared mask) in float64 at one shape, or ``None`` for the full path."""
+    """(trainer, reference, compared mask) detached at one shape (any float dtype: :func:`_summarise`
+    converts while stacking), or ``None`` for the full path."""
     if comparison.reference_same_precision is not None:
         return None
-    got, want = as_f64(comparison.trainer), as_f64(comparison.reference)
+    got, want = _detached(comparison.trainer), _detached(comparison.reference)
+    if not (got.dtype.is_floating_point and want.dtype.is_floating_point):
+        got, want = got.to(torch.float64), want.to(torch.float64)
     if got.shape != want.shape:
         try:
             got, want = torch.broadcast_tensors(got, want)
@@ -337,9 +341,13 @@ def _prepare(
     return got, want, compared
 
 
+def _detached(tensor: Any) -> torch.Tensor:
+    return (tensor if isinstance(tensor, torch.Tensor) else torch.as_tensor(tensor)).detach()
+
+
 @dataclasses.dataclass(frozen=True)
 class _Summary:
-    excess: float  # max over compared elements of |error| − allowed (> 0: beyond tolerance; NaN: non-finite)
+    beyond: int  # compared elements not within tolerance (including NaN/Inf on either side)
     compared: int
     error_sum: float
     reference_max_abs: float
@@ -350,6 +358,22 @@ class _Summary:
     worst: int  # flat index of the largest |error|
 
 
+def _rows_f64(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """(K, N) float64: each tensor flattened into one row, converted while it is copied (one pass)."""
+    if len(tensors) == 1:
+        return tensors[0].reshape(1, -1).to(torch.float64)
+    out = torch.empty((len(tensors), tensors[0].numel()), dtype=torch.float64, device=tensors[0].device)
+    for row, tensor in zip(out, tensors, strict=True):
+        row.copy_(tensor.reshape(-1))
+    return out
+
+
+def _row_counts(mask: torch.Tensor) -> torch.Tensor:
+    """(K, 1) float64 count of True per row: one full count_nonzero per row is ~10x faster on CPU than a
+    reduction along dim 1 of a bool tensor."""
+    return torch.stack([row.count_nonzero() for row in mask]).to(torch.float64).unsqueeze(1)
+
+
 def _summarise(
     got: list[torch.Tensor],
     want: list[torch.Tensor],
@@ -357,22 +381,23 @@ def _summarise(
     tolerances: list[Tolerance],
 ) -> list[_Summary]:
     """Batched reductions over K same-shaped comparisons; one host transfer for all of them."""
-    trainer = torch.stack([g.reshape(-1) for g in got])  # (K, N)
-    reference = torch.stack([w.reshape(-1) for w in want])
+    trainer, reference = _rows_f64(got), _rows_f64(want)  # (K, N)
     mask = torch.stack([c.reshape(-1) for c in compared])
     bounds = torch.tensor([[t.rtol, t.atol] for t in tolerances], dtype=torch.float64)  # (K, 2)
-    error = (trainer - reference).abs()
+    error = torch.sub(trainer, reference).abs_()
     reference_abs = reference.abs()
     allowed = (
         reference_abs * bounds[:, :1] + bounds[:, 1:]
     )  # atol + rtol·|reference|, rounded as compare_tensor
-    masked_error = torch.where(mask, error, -1.0)  # NaN stays NaN at compared elements
+    # not (|error| ≤ allowed) also counts NaN; an infinite reference shows in reference_max_abs instead
+    beyond = error.le(allowed).logical_not_().logical_and_(mask)
+    masked_error = torch.where(mask, error, -1.0)
     worst = masked_error.argmax(1, keepdim=True)  # (K, 1)
     table = torch.cat(
         [
-            torch.where(mask, error - allowed, -torch.inf).amax(1, keepdim=True),
-            mask.sum(1, keepdim=True, dtype=torch.float64),
-            masked_error.clamp_min(0.0).sum(1, keepdim=True),
+            _row_counts(beyond),
+            _row_counts(mask),
+            masked_error.clamp_min_(0.0).sum(1, keepdim=True),  # Σ |error| over the compared elements
             torch.where(mask, reference_abs, 0.0).amax(1, keepdim=True),
             error.gather(1, worst),
             allowed.gather(1, worst),
@@ -383,7 +408,7 @@ def _summarise(
         dim=1,
     ).tolist()
     return [
-        _Summary(row[0], int(row[1]), row[2], row[3], row[4], row[5], row[6], row[7], int(row[8]))
+        _Summary(int(row[0]), int(row[1]), row[2], row[3], row[4], row[5], row[6], row[7], int(row[8]))
         for row in table
     ]
 

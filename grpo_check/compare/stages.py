@@ -537,18 +537,20 @@ def _logps_findings(
     if model is not None and on_policy_old and step.has("old_logps") and "logps" in ref.tensors:
         # no optimizer step since the old log-probs were taken: they must equal the same forward pass
         want = ref.tensors["logps"]
-        findings.append(
-            compare_tensor(
-                check_id="logps.old_model",
-                stage="logps",
-                name="old_logps",
-                what="old_logps (no optimizer step since: vs the reference's own forward pass)",
-                trainer=step["old_logps"],
-                reference=want,
-                reference_same_precision=_same_precision(want, step, "old_logps"),
-                tolerance=policy.for_check("logps.old_model", "logps", _dtype(step, "old_logps")),
-                ctx=ctx,
-            )
+        findings += compare_tensors(
+            [
+                Comparison(
+                    check_id="logps.old_model",
+                    stage="logps",
+                    name="old_logps",
+                    what="old_logps (no optimizer step since: vs the reference's own forward pass)",
+                    trainer=step["old_logps"],
+                    reference=want,
+                    reference_same_precision=_same_precision(want, step, "old_logps"),
+                    tolerance=policy.for_check("logps.old_model", "logps", _dtype(step, "old_logps")),
+                )
+            ],
+            ctx,
         )
     truncated = spec.top_p < 1.0 or (spec.top_k or 0) > 0 or (spec.min_p or 0.0) > 0.0
     if model is not None and ref.logits is None and truncated and step.has("sampler_logps"):

@@ -29,7 +29,7 @@ import torch
 
 from grpo_check.config import GRPOSpec
 from grpo_check.diagnose import advantages, logps, loss_zero, nonfinite, objective, sampling, unexplained
-from grpo_check.diagnose._context import Diagnosis
+from grpo_check.diagnose._context import Diagnosis, shared_comparisons
 from grpo_check.findings import Finding, InputError
 from grpo_check.trace.model import TraceStep
 
@@ -140,8 +140,9 @@ def diagnose(
         shifted_logps=shifted if model is not None else None,
     )
     out: list[Finding] = []
-    for detector in DETECTORS:
-        out.extend(detector(dx))
+    with shared_comparisons():
+        for detector in DETECTORS:
+            out.extend(detector(dx))
     return out
 
 

@@ -7,8 +7,9 @@ Detectors are small functions ``detect(dx: Diagnosis) -> list[Finding]``; they r
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -33,19 +34,30 @@ class Diagnosis:
     kept_mass: Callable[[], torch.Tensor | None] | None = None
     shifted_logps: Callable[[int], torch.Tensor | None] | None = None  # (shift) -> logits misaligned by shift
 
-    # -- tensors -------------------------------------------------------------------------------------
+    _tensors: dict[tuple[str, str], torch.Tensor | None] = dataclasses.field(default_factory=dict, repr=False)
+
+    # -- tensors (one float64 copy per name, shared by the detectors: never modify in place) ---------------
     def trainer(self, name: str) -> torch.Tensor | None:
-        value = self.step.get(name)
-        return None if value is None else as_f64(value)
+        key = ("trainer", name)
+        if key not in self._tensors:
+            value = self.step.get(name)
+            self._tensors[key] = None if value is None else as_f64(value)
+        return self._tensors[key]
 
     def ref(self, name: str) -> torch.Tensor | None:
-        value = self.reference.get(name)
-        return None if value is None else as_f64(value)
+        key = ("ref", name)
+        if key not in self._tensors:
+            value = self.reference.get(name)
+            self._tensors[key] = None if value is None else as_f64(value)
+        return self._tensors[key]
 
     @property
     def mask(self) -> torch.Tensor | None:
-        m = self.step.get("completion_mask")
-        return None if m is None else m.bool()
+        key = ("mask", "completion_mask")
+        if key not in self._tensors:
+            m = self.step.get("completion_mask")
+            self._tensors[key] = None if m is None else m.bool()
+        return self._tensors[key]
 
     @property
     def group_index(self) -> torch.Tensor | None:
@@ -146,6 +158,22 @@ def _comparable(
     return got, want, sel
 
 
+_CLOSE_MEMO: contextvars.ContextVar[dict[tuple[Any, ...], tuple[bool, tuple[Any, ...]]] | None] = (
+    contextvars.ContextVar("grpo_check_diagnose_close_memo", default=None)
+)
+
+
+@contextlib.contextmanager
+def shared_comparisons() -> Iterator[None]:
+    """Within one ``diagnose`` call, :func:`close` on the same tensor objects is evaluated once (several
+    detectors first ask whether the trainer's log-probs already match the reference's)."""
+    token = _CLOSE_MEMO.set({})
+    try:
+        yield
+    finally:
+        _CLOSE_MEMO.reset(token)
+
+
 def close(
     got: torch.Tensor | None,
     want: torch.Tensor | None,
@@ -155,6 +183,24 @@ def close(
     atol: float = 1e-6,
 ) -> bool:
     """True when ``got`` ≈ ``want`` on ``mask`` (finite elements; relative to the scale of ``want``)."""
+    memo = _CLOSE_MEMO.get()
+    if memo is None:
+        return _close(got, want, mask, rtol=rtol, atol=atol)
+    key = (id(got), id(want), id(mask), rtol, atol)
+    hit = memo.get(key)
+    if hit is None:  # the memo holds the tensors, so their ids cannot be reused while it is open
+        hit = memo[key] = (_close(got, want, mask, rtol=rtol, atol=atol), (got, want, mask))
+    return hit[0]
+
+
+def _close(
+    got: torch.Tensor | None,
+    want: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    *,
+    rtol: float,
+    atol: float,
+) -> bool:
     aligned = _comparable(got, want, mask)
     if aligned is None:
         return False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from grpo_check.config import GRPOSpec
@@ -10,6 +12,7 @@ from grpo_check.invariants._common import (
     Outcome,
     any_true,
     argmax_2d,
+    cached,
     count_true,
     f64,
     finite_outcome,
@@ -18,6 +21,7 @@ from grpo_check.invariants._common import (
     machine_eps,
     masked_abs_max,
     passed,
+    token_mask,
     valid_finite,
 )
 from grpo_check.invariants.registry import register
@@ -27,6 +31,39 @@ LOGP_NAMES = ("logps", "old_logps", "ref_logps", "sampler_logps")
 
 _SIGN_ERROR_LOGP = 0.5  # a log-prob above this cannot come from rounding, even in bf16
 _SIGN_ERROR_FRACTION = 0.25  # ... nor can a quarter of all tokens being positive
+
+
+class _LogpStack:
+    """The step's float32/float64 (B, T) log-prob tensors stacked (K, B, T), with their valid-and-finite mask.
+
+    One set of reductions then serves every log-prob tensor of the step. Building it also fills the step
+    cache's per-tensor finite and valid masks with views of the stacked ones, so the checks that still go
+    tensor by tensor reuse them.
+    """
+
+    def __init__(self, step: TraceStep, names: list[str]):
+        self.names = names
+        self.values = torch.stack([step[name].detach() for name in names])
+        finite = (self.values - self.values) == 0  # = isfinite
+        self.valid = finite & token_mask(step, step[names[0]])
+        for index, name in enumerate(names):
+            tensor = step[name]
+            cached(("isfinite", tensor), lambda index=index: finite[index])
+            cached(("valid_finite", id(step), tensor), lambda index=index: self.valid[index])
+
+
+def _logp_stack(step: TraceStep) -> _LogpStack | None:
+    """The shared :class:`_LogpStack` of the step, or ``None`` when its log-prob tensors cannot be stacked
+    (a 16-bit or integer tensor, different shapes or dtypes, or only one tensor: nothing to share)."""
+    names = [name for name in LOGP_NAMES if step.get(name) is not None]
+    if len(names) < 2:
+        return None
+    first = step[names[0]]
+    if first.dim() != 2 or first.dtype not in (torch.float32, torch.float64):
+        return None
+    if any(step[name].shape != first.shape or step[name].dtype != first.dtype for name in names):
+        return None
+    return cached(("logp_stack", id(step), *(step[name] for name in names)), lambda: _LogpStack(step, names))
 
 
 @register(
@@ -56,6 +93,22 @@ def _positive_tolerance(dtype: torch.dtype) -> float:
     fix="logp = logits.log_softmax(-1).gather(-1, ids) (or logit − logsumexp); never logsumexp − logit",
 )
 def nonpositive(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
+    stack = _logp_stack(step)
+    if stack is not None:  # every tensor at once; anything but a clean pass takes the per-tensor path below
+        allowed = tolerance if tolerance is not None else _positive_tolerance(stack.values.dtype)
+        masked = torch.where(stack.valid, stack.values, -torch.inf)
+        tops = masked.amax(dim=(1, 2)).tolist()  # −inf: no valid token in that tensor
+        finite_tops = [top for top in tops if top != -math.inf]
+        if finite_tops and max(finite_tops) <= allowed:
+            return passed(
+                f"max log-prob {fmt(max(finite_tops))} ≤ 0 in {', '.join(stack.names)}",
+                max(finite_tops),
+                allowed,
+            )
+    return _nonpositive_per_tensor(step, tolerance)
+
+
+def _nonpositive_per_tensor(step: TraceStep, tolerance: float | None) -> Outcome:
     worst: tuple[float, str, torch.Tensor, torch.Tensor, float] | None = None
     checked: list[str] = []
     for name in LOGP_NAMES:
@@ -149,6 +202,41 @@ def _on_grid(values: torch.Tensor, grid: torch.dtype, magnitude: torch.Tensor | 
 )
 def bf16_quantised(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
     limit = tolerance if tolerance is not None else _QUANTISED_FRACTION
+    stack = _logp_stack(step)
+    if stack is not None:  # every tensor at once; anything but a clean pass takes the per-tensor path below
+        magnitude = stack.values.abs()
+        judged = stack.valid & (magnitude > 1e-3)
+        # per-tensor counts as whole-tensor count_nonzero calls (a bool reduction along dims is ~10x slower)
+        table = torch.stack(
+            [
+                torch.stack([tensor_judged.count_nonzero() for tensor_judged in judged]),
+                *(
+                    torch.stack(
+                        [row.count_nonzero() for row in _on_grid(stack.values, grid, magnitude) & judged]
+                    )
+                    for grid in _GRIDS
+                ),
+            ]
+        ).tolist()  # (1 + grids, K)
+        fractions = [
+            table[1 + g][k] / table[0][k]
+            for k in range(len(stack.names))
+            if table[0][k] >= _MIN_TOKENS
+            for g in range(len(_GRIDS))
+        ]
+        if fractions and max(fractions) <= limit:
+            return passed(
+                f"log-probs not quantised (at most {max(fractions):.1%} on a 16-bit grid)",
+                max(fractions),
+                limit,
+            )
+    return _bf16_quantised_per_tensor(step, limit)
+
+
+_GRIDS = (torch.bfloat16, torch.float16)
+
+
+def _bf16_quantised_per_tensor(step: TraceStep, limit: float) -> Outcome:
     worst: tuple[float, str, str] | None = None
     for name in LOGP_NAMES:
         tensor = step.get(name)

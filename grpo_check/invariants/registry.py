@@ -155,6 +155,12 @@ def _present(step: TraceStep, name: str) -> bool:
 def where_in_step(step: TraceStep, row: int | None, token: int | None) -> Where:
     """GRPO coordinates of (row, token) in ``step``: prompt, generation within the group, token id."""
     meta = step.meta
+    if row is None and token is None:
+        return Where(
+            step=_int_or_none(meta.get("step")),
+            micro_batch=_int_or_none(meta.get("micro_batch")),
+            rank=_int_or_none(meta.get("rank")),
+        )
     prompt = generation = token_id = None
     group_tensor = step.get("group_index")
     if group_tensor is None:

@@ -47,7 +47,7 @@ def _assert_same(batched, full):
     assert batched.details == full.details
 
 
-_CORRUPTIONS = ("none", "beyond", "nan", "inf_padding", "empty_mask")
+_CORRUPTIONS = ("none", "beyond", "nan", "inf_padding", "empty_mask", "reference_inf", "both_inf")
 
 
 @st.composite
@@ -74,6 +74,11 @@ def comparison_sets(draw):
             trainer[:, -1] = float("inf")  # the context's completion mask leaves the last token out
         elif corruption == "empty_mask":
             mask = torch.zeros(shape, dtype=torch.bool)
+        elif corruption in ("reference_inf", "both_inf") and reference.numel():
+            at = draw(st.integers(0, reference.numel() - 1))
+            reference.reshape(-1)[at] = float("inf")
+            if corruption == "both_inf":
+                trainer.reshape(-1)[at] = float("inf")
         comparisons.append(
             Comparison(
                 check_id=f"test.quantity_{index}",
