@@ -69,7 +69,14 @@ def cached(key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
     memo = _STEP_CACHE.get()
     if memo is None:
         return compute()
-    ident = tuple([(id(part), _version(part)) if isinstance(part, torch.Tensor) else part for part in key])
+    ident = tuple(
+        [
+            (id(part), None if part.is_inference() else part._version)
+            if isinstance(part, torch.Tensor)
+            else part
+            for part in key
+        ]
+    )
     hit = memo.get(ident)
     if hit is None:
         hit = memo[ident] = (compute(), key)

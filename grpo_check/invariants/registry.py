@@ -31,7 +31,7 @@ import torch
 
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, Verdict, Where
-from grpo_check.invariants._common import Outcome, step_cache
+from grpo_check.invariants._common import Outcome, cached, step_cache
 from grpo_check.trace.model import TraceStep
 
 CheckFunction = Callable[..., "Outcome | list[Outcome]"]
@@ -155,12 +155,9 @@ def _present(step: TraceStep, name: str) -> bool:
 def where_in_step(step: TraceStep, row: int | None, token: int | None) -> Where:
     """GRPO coordinates of (row, token) in ``step``: prompt, generation within the group, token id."""
     meta = step.meta
+    base = cached(("where_base", id(step)), lambda: _where_base(meta))
     if row is None and token is None:
-        return Where(
-            step=_int_or_none(meta.get("step")),
-            micro_batch=_int_or_none(meta.get("micro_batch")),
-            rank=_int_or_none(meta.get("rank")),
-        )
+        return Where(step=base[0], micro_batch=base[1], rank=base[2])
     prompt = generation = token_id = None
     group_tensor = step.get("group_index")
     if group_tensor is None:
@@ -183,6 +180,14 @@ def where_in_step(step: TraceStep, row: int | None, token: int | None) -> Where:
         row=row,
         token=token,
         token_id=token_id,
+    )
+
+
+def _where_base(meta: dict[str, Any]) -> tuple[int | None, int | None, int | None]:
+    return (
+        _int_or_none(meta.get("step")),
+        _int_or_none(meta.get("micro_batch")),
+        _int_or_none(meta.get("rank")),
     )
 
 

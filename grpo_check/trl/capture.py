@@ -582,7 +582,7 @@ class Attachment:
                 if all(t is not None for t in texts):
                     completion_text = [str(t) for t in texts]
                     if all(isinstance(t, str) for t in texts):  # plain text (not conversational messages)
-                        decoded = self._decode(tensors.get("completion_ids"), tensors.get("completion_mask"))
+                        decoded = self._decoded_rows(info, global_rows, tensors)
                         if decoded is not None:
                             meta["decoded_completion_text"] = decoded
                 else:
@@ -797,30 +797,62 @@ class Attachment:
         The reference model is frozen, so a row scores the same in every micro-batch; TRL scores the whole
         generation batch at once too. One forward per generation batch instead of one per micro-batch.
         """
-        import torch
 
         from grpo_check.compare.stages import KnownLogps, model_logps
 
         info = self._generations.get(step.meta.get("generation"))
-        batch = None if info is None else info.get("batch")
-        if not batch or len(batch) < 4 or not step.has("ref_logps"):
+        if info is None or len(info.get("batch") or {}) < 4 or not step.has("ref_logps"):
             return ref_model
-        local = torch.tensor(step.meta["global_rows"], dtype=torch.long) - self.rank * info["local_rows"]
-        ids = batch["completion_ids"]
-        if (
-            int(local.min()) < 0
-            or int(local.max()) >= ids.shape[0]
-            or ids.shape[1] != step["completion_ids"].shape[1]
-            or batch["prompt_ids"].shape[1] != step["prompt_ids"].shape[1]
-            or not torch.equal(ids[local.to(ids.device)].to("cpu"), step["completion_ids"])
-        ):
+        local = self._generation_rows(info, step.meta["global_rows"], step.tensors)
+        if local is None:
             return ref_model
+        batch = info["batch"]
         if info["ref_reference"] is None:
             whole = TraceStep(tensors={name: _cpu(t) for name, t in batch.items()}, meta={})
             info["ref_reference"] = model_logps(ref_model, whole, self.spec.temperature)
         if info["ref_reference"] is None:
             return ref_model
         return KnownLogps(ref_model, info["ref_reference"][local], self.spec.temperature)
+
+    def _generation_rows(self, info: dict[str, Any], global_rows: list[int], tensors: dict[str, Any]) -> Any:
+        """This rank's rows of the generation batch that a micro-batch holds (a LongTensor of local indices), or
+        ``None`` unless they provably are those rows: same widths and the same completion tokens."""
+        import torch
+
+        batch = info.get("batch") or {}
+        ids, mine = batch.get("completion_ids"), tensors.get("completion_ids")
+        if ids is None or mine is None or ids.shape[1] != mine.shape[1]:
+            return None
+        prompt_ids, my_prompt_ids = batch.get("prompt_ids"), tensors.get("prompt_ids")
+        if (
+            prompt_ids is not None
+            and my_prompt_ids is not None
+            and prompt_ids.shape[1] != my_prompt_ids.shape[1]
+        ):
+            return None
+        local = torch.tensor(global_rows, dtype=torch.long) - self.rank * info["local_rows"]
+        if not len(local) or int(local.min()) < 0 or int(local.max()) >= ids.shape[0]:
+            return None
+        if not torch.equal(ids[local.to(ids.device)].to("cpu"), mine):
+            return None
+        return local
+
+    def _decoded_rows(
+        self, info: dict[str, Any] | None, global_rows: list[int], tensors: dict[str, Any]
+    ) -> Any:
+        """The tokenizer's decode of the micro-batch's completions: taken from one decode of this rank's whole
+        generation batch when the rows match it, else decoded here."""
+        local = None if info is None else self._generation_rows(info, global_rows, tensors)
+        if local is None:
+            return self._decode(tensors.get("completion_ids"), tensors.get("completion_mask"))
+        if "decoded" not in info:
+            batch = info["batch"]
+            mask = batch.get("completion_mask")
+            info["decoded"] = self._decode(
+                _cpu(batch["completion_ids"]), None if mask is None else _cpu(mask)
+            )
+        decoded = info["decoded"]
+        return None if decoded is None else [decoded[i] for i in local.tolist()]
 
     def _plain_forward(self, wrapped: Any) -> PlainForward:
         """``PlainForward`` of the unwrapped model, unwrapped once per wrapper object (accelerate's

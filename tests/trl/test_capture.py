@@ -56,6 +56,8 @@ def test_attach_captures_every_stage_with_trl_shapes(grpo_run):
         assert step["loss"].dim() == 0
         assert step["extra.group_index"].shape == (b,)  # partial groups: not under the canonical name
         assert len(step.completion_text) == b and len(step.prompt_text) == b
+        # the tokenizer's decode, taken from one decode of the generation batch, is this micro-batch's rows'
+        assert step.meta["decoded_completion_text"] == step.completion_text
         assert step.meta["gradient_accumulation_steps"] == 2 and step.meta["steps_per_generation"] == 4
         assert step.meta["backward_scale"] == 1.0  # TRL backpropagates the loss it returns
         assert step.meta["compute_dtype"] == "float32"  # the demo turns off TRL's bf16 default
