@@ -23,6 +23,12 @@ def bench(
     ),
     steps: int = typer.Option(12, "--steps", min=3, help="Optimizer steps per timed training run."),
     rounds: int = typer.Option(3, "--rounds", min=1, help="Interleaved rounds per arm (overhead)."),
+    threads: int = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="torch intra-op threads for the measured work (default: torch's own, one per core).",
+    ),
     naive: bool = typer.Option(
         False,
         "--naive",
@@ -47,6 +53,8 @@ def bench(
 
         grpo-check bench --only overhead --trainer examples/train_factory.py:build_trainer
 
+        grpo-check bench --only overhead --threads 1     # leave the second core to background checking
+
     The memory figure allocates 1.2 GiB of bf16 logits (process peak about 1.6 GiB); `--naive` adds about
     12x the logits on top (about 15 GiB: a float64 log-softmax and its exp() product). Overhead trains the
     demo model (minutes on a CPU).
@@ -66,6 +74,10 @@ def bench(
             raise fail_usage(
                 "--trainer is measured by the overhead figure: add --only overhead (or drop --only)"
             )
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     with user_errors():
         figures = _measure(selected, trainer=trainer, steps=steps, rounds=rounds, naive=naive)
     from grpo_check.bench import machine_description
@@ -120,7 +132,10 @@ def _measure(selected: list[str], *, trainer: str | None, steps: int, rounds: in
     if "overhead" in selected:
         from grpo_check.bench.overhead import demo_trainer_factory, measure_overhead, user_trainer_factory
 
-        progress(f"training overhead on the demo ({rounds} rounds x 3 arms x {steps} steps) ...")
+        progress(
+            f"training overhead on the demo ({rounds} rounds x 5 arms x {steps} steps: off, every step and "
+            "every 10th, inline and in the background) ..."
+        )
         figures.extend(measure_overhead(demo_trainer_factory(), steps=steps, rounds=rounds, label="demo"))
         if trainer:
             progress(f"training overhead on {trainer} ...")

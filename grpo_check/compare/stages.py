@@ -262,6 +262,8 @@ def _sequence_logits(model: Any, step: TraceStep) -> torch.Tensor | None:
 
     if not step.has("prompt_ids", "prompt_mask", "completion_ids", "completion_mask"):
         return None
+    if isinstance(model, KnownLogps) and model.model is None:
+        return None
     input_ids = torch.cat([step["prompt_ids"], step["completion_ids"]], dim=1)
     attention = torch.cat([step["prompt_mask"], step["completion_mask"]], dim=1).long()
     with _eval_mode(model), torch.no_grad():
@@ -335,6 +337,8 @@ def model_logps(
         if positions == "from_mask" and temperature == model.temperature:
             return model.logps
         model = model.model
+    if model is None:  # log-probs known for one convention only, and no model to compute another
+        return None
     with _eval_mode(model):
         return logps_from_model(
             model,
@@ -497,9 +501,11 @@ def _logps_findings(
             ],
             ctx,
         )
+        alt = None
         if finding.verdict is not Verdict.PASS:
             # position ids: a plain training forward uses 0..P+T−1 regardless of left padding
             alt = model_logps(source, step, temperature, positions="arange")
+        if alt is not None:
             alt_finding = compare_tensor(
                 check_id=check_id,
                 stage="logps",

@@ -35,6 +35,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -140,6 +141,7 @@ class Attachment:
         recompute_logps: bool = True,
         keep_steps: bool = True,
         invariants: bool = True,
+        background: bool = False,
     ) -> None:
         if every < 1:
             from grpo_check.findings import InputError
@@ -161,6 +163,10 @@ class Attachment:
         self._plain_forwards: dict[int, tuple[Any, PlainForward]] = {}
         # micro-batches of the open gradient-accumulation window: (step, extra findings, global step)
         self._window: list[tuple[TraceStep, list[Finding], int]] = []
+        self.background = background
+        self._checker: Any = None  # grpo_check.trl.background.BackgroundChecker, started on first use
+        self._jobs: dict[int, tuple[TraceStep, list[Finding]]] = {}
+        self._spec_dict: dict[str, Any] | None = None
         self._rewards_capture: dict[str, Any] | None = None
         self._generations: dict[int, dict[str, Any]] = {}
         self._generation_counter = 0
@@ -677,9 +683,109 @@ class Attachment:
         self._check_live(step, extra_findings or [])
 
     def _check_live(self, step: TraceStep, extra_findings: list[Finding], policy_model: Any = None) -> None:
+        if self.background and self._submit_background(step, extra_findings, policy_model):
+            return
         findings = [*self._compare_live(step, policy_model=policy_model), *extra_findings]
         self.findings.extend(findings)
         self._accumulate_metrics(step, findings)
+
+    # ------------------------------------------------------------------ background checking
+    def _submit_background(self, step: TraceStep, extra_findings: list[Finding], policy_model: Any) -> bool:
+        """Hand the step to the helper process (see :mod:`grpo_check.trl.background`) after the parts that need
+        the live model: the reference's log-probs, and their comparison with the trainer's. False: check it
+        inline (log-probs that already disagree, truncated sampling with sampler log-probs, a helper that
+        is too far behind or has stopped)."""
+        import torch
+
+        from grpo_check.compare.stages import model_logps
+        from grpo_check.trace.io import to_jsonable
+        from grpo_check.trl.background import shared_checker
+
+        if self._checker is None:
+            self._checker = shared_checker()
+        if not self._checker.alive:
+            self._note(f"{self._checker.problem}: steps checked inline")
+            return False
+        truncated = self.spec.top_p < 1.0 or (self.spec.top_k or 0) > 0 or (self.spec.min_p or 0.0) > 0.0
+        with preserved_rng(), torch.no_grad():
+            model, ref_model = self._models_for(step, policy_model)
+            if model is not None and truncated and step.has("sampler_logps"):
+                return False  # the kept-sampling-mass signature needs the model's full logits
+            known: dict[str, Any] = {}
+            for name, source in (("logps", model), ("ref_logps", ref_model)):
+                if source is not None:
+                    logps = model_logps(source, step, self.spec.temperature)
+                    if logps is None:
+                        return False
+                    known[name] = logps
+            if not self._logps_agree(step, known):
+                return False  # a log-prob mismatch: its diagnoses need the model as it is now
+        if self._spec_dict is None:
+            self._spec_dict = self.spec.to_dict()
+        header = {
+            "spec": self._spec_dict,
+            "tolerances": None if self.tolerances is None else dataclasses.asdict(self.tolerances),
+            "invariants": self.invariants,
+            "temperature": self.spec.temperature,
+            "step": {
+                "meta": to_jsonable(step.meta),
+                "completion_text": step.completion_text,
+                "prompt_text": step.prompt_text,
+            },
+        }
+        tensors = {**step.tensors, **{f"known.{name}": logps for name, logps in known.items()}}
+        job = self._checker.submit(header, tensors)
+        if job is None:
+            return False
+        self._jobs[job] = (step, extra_findings)
+        return True
+
+    def _logps_agree(self, step: TraceStep, known: dict[str, Any]) -> bool:
+        """The trainer's log-probs are within the comparison's tolerance floor of the reference's everywhere on
+        the completion mask: then the helper's comparison passes too (its allowance is never below that
+        floor), and needs no model for its diagnoses."""
+        import torch
+
+        from grpo_check.compare.stages import _dtype
+        from grpo_check.compare.tolerances import TolerancePolicy
+
+        policy = self.tolerances or TolerancePolicy()
+        for name, check_id in (("logps", "logps.model"), ("ref_logps", "logps.ref_model")):
+            if name not in known or not step.has(name):
+                continue
+            got, want = step[name].to(torch.float64), known[name].to(torch.float64)
+            if got.shape != want.shape:
+                return False
+            tolerance = policy.for_check(check_id, name, _dtype(step, name))
+            within = (got - want).abs() <= tolerance.atol + tolerance.rtol * want.abs()  # False for NaN
+            mask = step.get("completion_mask")
+            if mask is not None and mask.shape == within.shape:
+                within = within | ~mask.bool()
+            if not bool(within.all()):
+                return False
+        return True
+
+    def _collect_background(self, *, wait: bool) -> None:
+        """Record the findings of background checks that have come back (all of them when ``wait``)."""
+        if not self._jobs or self._checker is None:
+            return
+        for job, reply in sorted(self._checker.replies(set(self._jobs), wait=wait).items()):
+            step, extra_findings = self._jobs.pop(job)
+            if "error" in reply:
+                self._note(
+                    f"background check failed ({reply['error']}): step checked inline, without the policy "
+                    "forward (its weights have moved on)"
+                )
+                findings = [*self._compare_live(step, policy_model=_NO_MODEL), *extra_findings]
+            else:
+                findings = [Finding.from_dict(data) for data in reply["findings"]] + extra_findings
+                self._count_not_captured(reply.get("not_captured", []))
+            self.findings.extend(findings)
+            self._accumulate_metrics(step, findings)
+
+    def _note(self, problem: str) -> None:
+        if problem not in self.live_problems:
+            self.live_problems.append(problem)
 
     def _batches_policy_forward(self, step: TraceStep) -> bool:
         """Whether this micro-batch waits for the end of its accumulation window (see :meth:`_flush_window`)."""
@@ -748,46 +854,45 @@ class Attachment:
         ]
 
     def _compare_live(self, step: TraceStep, policy_model: Any = None) -> list[Finding]:
-        try:
-            from grpo_check.compare import compare_step
-        except ImportError as exc:
-            msg = f"live comparison unavailable ({exc}); the trace is still recorded"
-            if msg not in self.live_problems:
-                self.live_problems.append(msg)
-            return []
-        kwargs: dict[str, Any] = {}
-        if self.tolerances is not None:
-            kwargs["tolerances"] = self.tolerances
-        model = ref_model = None
         import torch
 
+        from grpo_check.trl.background import check_captured_step
+
         with preserved_rng(), torch.no_grad():
-            if (
-                self.recompute_logps
-                and step.meta.get("scope") == "micro_batch"
-                and step.has("completion_ids")
-            ):
-                model = self._plain_forward(self.trainer.model) if policy_model is None else policy_model
-                model = None if model is _NO_MODEL else model
-                if getattr(self.trainer, "ref_model", None) is not None:
-                    ref_model = self._ref_model_for(step, self._plain_forward(self.trainer.ref_model))
+            model, ref_model = self._models_for(step, policy_model)
             was_training = None if model is None else model.training
             try:
-                findings = list(compare_step(step, self.spec, model=model, ref_model=ref_model, **kwargs))
+                findings, not_captured = check_captured_step(
+                    step,
+                    self.spec,
+                    model=model,
+                    ref_model=ref_model,
+                    tolerances=self.tolerances,
+                    invariants=self.invariants,
+                )
             finally:
                 if model is not None and was_training is not None and model.training != was_training:
                     model.train(was_training)
-        if self.invariants:
-            findings += self._invariants_live(step)
-        if step.meta.get("scope") == "micro_batch" and step.has("extra.group_index"):
-            # partial groups: the advantage stage is checked on the generation step (whole groups), and
-            # trl.advantages_slice ties these rows to it; a "not captured" here would only be noise
-            findings = [
-                f
-                for f in findings
-                if not (f.check_id == "advantages.values" and f.verdict is Verdict.NOT_CAPTURED)
-            ]
+        self._count_not_captured(not_captured)
         return findings
+
+    def _models_for(self, step: TraceStep, policy_model: Any) -> tuple[Any, Any]:
+        """(policy, reference model) the reference compares this step with: plain forwards of the models, or
+        ``KnownLogps`` where their log-probs for these rows were already computed; ``None`` where none."""
+        if not (
+            self.recompute_logps and step.meta.get("scope") == "micro_batch" and step.has("completion_ids")
+        ):
+            return None, None
+        model = self._plain_forward(self.trainer.model) if policy_model is None else policy_model
+        model = None if model is _NO_MODEL else model
+        ref_model = None
+        if getattr(self.trainer, "ref_model", None) is not None:
+            ref_model = self._ref_model_for(step, self._plain_forward(self.trainer.ref_model))
+        return model, ref_model
+
+    def _count_not_captured(self, check_ids: list[str]) -> None:
+        for check_id in check_ids:
+            self.skipped_invariants[check_id] = self.skipped_invariants.get(check_id, 0) + 1
 
     def _ref_model_for(self, step: TraceStep, ref_model: PlainForward) -> Any:
         """The reference model for one micro-batch: its log-probs for these rows, taken from one forward pass
@@ -863,23 +968,6 @@ class Attachment:
             hit = self._plain_forwards[id(wrapped)] = (wrapped, unwrapped)
         return hit[1]
 
-    def _invariants_live(self, step: TraceStep) -> list[Finding]:
-        """Single-implementation invariants on the captured step; checks whose inputs TRL does not expose
-        (e.g. TRL never materialises the ratio) are counted in the metadata instead of reported."""
-        try:
-            from grpo_check.invariants import run_invariants
-        except ImportError:
-            return []
-        out: list[Finding] = []
-        for finding in run_invariants(step, self.spec):
-            if finding.verdict is Verdict.NOT_CAPTURED:
-                self.skipped_invariants[finding.check_id] = (
-                    self.skipped_invariants.get(finding.check_id, 0) + 1
-                )
-            else:
-                out.append(finding)
-        return out
-
     def _accumulate_metrics(self, step: TraceStep, findings: list[Finding]) -> None:
         window = self._window_metrics
         window["grpo_check/fails"] = window.get("grpo_check/fails", 0.0) + sum(f.failed for f in findings)
@@ -896,6 +984,7 @@ class Attachment:
                 window[key] = max(window.get(key, 0.0), abs(float(finding.figure)))
 
     def _flush_metrics(self) -> None:
+        self._collect_background(wait=False)
         metrics = getattr(self.trainer, "_metrics", None)
         if not self.live or metrics is None or not self._window_metrics:
             self._window_metrics = {}
@@ -907,8 +996,10 @@ class Attachment:
 
     # ------------------------------------------------------------------ results
     def result(self) -> Result:
-        """The live comparison so far as a :class:`Result` (empty when ``live=False``)."""
+        """The live comparison so far as a :class:`Result` (empty when ``live=False``); waits for the
+        background checks still running."""
         self._flush_window()
+        self._collect_background(wait=True)
         return Result(
             findings=list(self.findings),
             metadata={
@@ -926,6 +1017,7 @@ class Attachment:
     def close(self) -> Trace:
         """Detach the hooks, write the trace to ``out_dir`` (if set) and return it."""
         self._flush_window()
+        self._collect_background(wait=True)
         self.detach()
         if self.out_dir is not None and not self._closed:
             from grpo_check.trace.io import save_trace
@@ -944,6 +1036,7 @@ def attach(
     tolerances: Any = None,
     recompute_logps: bool = True,
     invariants: bool = True,
+    background: bool = False,
 ) -> Attachment:
     """Capture every micro-batch of a TRL ``GRPOTrainer`` and (``live=True``) check it against the float64
     reference while it trains.
@@ -957,6 +1050,9 @@ def attach(
         tolerances: a ``grpo_check.compare.TolerancePolicy`` (default: the engine's).
         recompute_logps: also recompute the policy's log-probs with an own float64 forward pass.
         invariants: also run the single-implementation invariants (``grpo_check.invariants``) live.
+        background: run the float64 comparison, diagnoses and invariants in a helper process while training
+            goes on; the forward passes stay here (see :mod:`grpo_check.trl.background`). Findings and
+            ``grpo_check/*`` metrics then arrive a few steps late; ``result()`` and ``close()`` wait for them.
 
     Checking does not change training: the hooks consume no randomness (RNG state is saved and restored
     around the reference) and the model's train/eval mode is restored.
@@ -969,4 +1065,5 @@ def attach(
         tolerances=tolerances,
         recompute_logps=recompute_logps,
         invariants=invariants,
+        background=background,
     )

@@ -79,3 +79,22 @@ def test_sign_flipped_log_softmax_is_caught_on_trl017(tmp_path):
     _, _, attachment = _train(tmp_path, live=True, trainer_cls=SignFlip)
     first = attachment.result().first_divergence()
     assert first is not None and first.stage == "logps"
+
+
+def test_background_checking_on_trl017_gives_the_inline_findings(tmp_path):
+    from grpo_check.demo.run import build_trainer
+    from grpo_check.trl import attach
+
+    verdicts = {}
+    for background in (False, True):
+        trainer = build_trainer(CELL_017, tmp_path / str(background))
+        attachment = attach(trainer, live=True, background=background)
+        trainer.train()
+        result = attachment.result()
+        attachment.close()
+        verdicts[background] = sorted(
+            (f.check_id, f.verdict.value, f.where.step or 0, f.where.micro_batch or 0)
+            for f in result.findings
+        )
+        assert not result.metadata["live_problems"]
+    assert verdicts[True] == verdicts[False]

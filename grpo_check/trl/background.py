@@ -1,0 +1,340 @@
+"""Background checking: the float64 comparison and the invariants of captured steps, in a side process.
+
+``attach(trainer, background=True)`` keeps on the training process only what needs the live model: capture,
+the reference's forward passes (one per accumulation window, one per generation batch for the reference
+model) and a quick comparison of the log-probs. Everything else that checking a step costs (the
+stage-isolated and end-to-end float64 comparisons, the diagnoses, the invariants) runs in one helper process
+per training process, on an otherwise idle core, while training goes on. Findings arrive a few steps later;
+:meth:`~grpo_check.trl.capture.Attachment.result` and ``close()`` wait for all of them.
+
+A step whose log-probs already disagree with the reference's forward pass is checked on the training process
+instead (inline), because its diagnoses need the model as it is now (temperature, token shift, position ids).
+So is a step when the helper is more than ``max_pending`` steps behind, or has stopped.
+
+Messages are length-prefixed frames over the helper's stdin/stdout: a JSON header plus the raw bytes of the
+tensors (no pickle). The helper is ``python -m grpo_check.trl.background``; it needs no model and imports no
+transformers.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import queue
+import struct
+import subprocess
+import sys
+import threading
+from typing import Any, BinaryIO
+
+_FRAME = struct.Struct(">Q")  # payload length
+_HEADER = struct.Struct(">I")  # JSON header length inside a payload
+
+
+# ------------------------------------------------------------------------------------------ wire format
+def encode(header: dict[str, Any], tensors: dict[str, Any]) -> bytes:
+    """JSON ``header`` (with a ``"tensors"`` table added) followed by the tensors' raw bytes."""
+    import torch
+
+    table: dict[str, list[Any]] = {}
+    blobs: list[bytes] = []
+    offset = 0
+    for name, tensor in tensors.items():
+        t = tensor.detach().to("cpu").contiguous()
+        dtype = str(t.dtype).removeprefix("torch.")
+        raw = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes()
+        table[name] = [dtype, list(t.shape), offset, len(raw)]
+        blobs.append(raw)
+        offset += len(raw)
+    text = json.dumps({**header, "tensors": table}).encode()
+    return _HEADER.pack(len(text)) + text + b"".join(blobs)
+
+
+def decode(payload: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Inverse of :func:`encode`: (header, tensors)."""
+    import numpy as np
+    import torch
+
+    (length,) = _HEADER.unpack_from(payload)
+    header = json.loads(payload[_HEADER.size : _HEADER.size + length])
+    body = memoryview(payload)[_HEADER.size + length :]
+    tensors: dict[str, Any] = {}
+    for name, (dtype, shape, offset, size) in header.pop("tensors").items():
+        storage = "int16" if dtype == "bfloat16" else dtype
+        array = np.frombuffer(body[offset : offset + size], dtype=_NUMPY_DTYPES[storage]).reshape(shape)
+        tensor = torch.from_numpy(array.copy())
+        tensors[name] = tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
+    return header, tensors
+
+
+_NUMPY_DTYPES = {
+    "float64": "<f8",
+    "float32": "<f4",
+    "float16": "<f2",
+    "int64": "<i8",
+    "int32": "<i4",
+    "int16": "<i2",
+    "int8": "i1",
+    "uint8": "u1",
+    "bool": "?",
+}
+
+
+def _write_frame(stream: BinaryIO, payload: bytes) -> None:
+    stream.write(_FRAME.pack(len(payload)))
+    stream.write(payload)
+    stream.flush()
+
+
+def _read_frame(stream: BinaryIO) -> bytes | None:
+    head = stream.read(_FRAME.size)
+    if len(head) < _FRAME.size:
+        return None
+    (length,) = _FRAME.unpack(head)
+    payload = stream.read(length)
+    return payload if len(payload) == length else None
+
+
+# ------------------------------------------------------------------------------------------ the job
+def check_job(payload: bytes) -> dict[str, Any]:
+    """Run one submitted check (in the helper): compare_step + invariants on the step, with the reference's
+    log-probs as computed by the training process. Returns the JSON-able reply."""
+    from grpo_check.compare.stages import KnownLogps
+    from grpo_check.compare.tolerances import TolerancePolicy
+    from grpo_check.config import GRPOSpec
+    from grpo_check.trace.model import TraceStep
+
+    header, tensors = decode(payload)
+    if header.get("ping"):
+        return {"id": header["id"], "pong": True}
+    known = {name[len("known.") :]: t for name, t in tensors.items() if name.startswith("known.")}
+    step = TraceStep(
+        tensors={name: t for name, t in tensors.items() if not name.startswith("known.")},
+        completion_text=header["step"]["completion_text"],
+        prompt_text=header["step"]["prompt_text"],
+        meta=header["step"]["meta"],
+    )
+    temperature = float(header["temperature"])
+    model = KnownLogps(None, known["logps"], temperature) if "logps" in known else None
+    ref_model = KnownLogps(None, known["ref_logps"], temperature) if "ref_logps" in known else None
+    tolerances = header.get("tolerances")
+    findings, not_captured = check_captured_step(
+        step,
+        GRPOSpec.from_dict(header["spec"]),
+        model=model,
+        ref_model=ref_model,
+        tolerances=None if tolerances is None else TolerancePolicy(**tolerances),
+        invariants=bool(header["invariants"]),
+    )
+    return {
+        "id": header["id"],
+        "findings": [finding.to_dict() for finding in findings],
+        "not_captured": not_captured,
+    }
+
+
+def check_captured_step(
+    step: Any, spec: Any, *, model: Any, ref_model: Any, tolerances: Any, invariants: bool
+) -> tuple[list[Any], list[str]]:
+    """What checking one captured step means, inline or in the helper: ``compare_step`` (stage-isolated and
+    end-to-end float64 reference, diagnoses) plus the invariants. Returns (findings, ids of the invariants
+    whose inputs TRL does not expose: counted, not reported)."""
+    from grpo_check.compare import compare_step
+    from grpo_check.findings import Verdict
+
+    kwargs = {} if tolerances is None else {"tolerances": tolerances}
+    findings = list(compare_step(step, spec, model=model, ref_model=ref_model, **kwargs))
+    not_captured: list[str] = []
+    if invariants:
+        from grpo_check.invariants import run_invariants
+
+        for finding in run_invariants(step, spec):
+            if finding.verdict is Verdict.NOT_CAPTURED:
+                not_captured.append(finding.check_id)
+            else:
+                findings.append(finding)
+    if step.meta.get("scope") == "micro_batch" and step.has("extra.group_index"):
+        # partial groups: the advantage stage is checked on the generation step (whole groups), and
+        # trl.advantages_slice ties these rows to it; a "not captured" here would only be noise
+        findings = [
+            f
+            for f in findings
+            if not (f.check_id == "advantages.values" and f.verdict is Verdict.NOT_CAPTURED)
+        ]
+    return findings, not_captured
+
+
+def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
+    """The helper's loop: one reply frame per request frame, until stdin closes."""
+    import torch
+
+    torch.set_num_threads(1)
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(10)  # idle cycles only: training keeps its priority
+    while True:
+        payload = _read_frame(stdin)
+        if payload is None:
+            return
+        try:
+            reply = check_job(payload)
+        except Exception as error:  # reported to the training process, which checks that step inline
+            header_id = None
+            with contextlib.suppress(Exception):
+                header_id = json.loads(
+                    payload[_HEADER.size : _HEADER.size + _HEADER.unpack_from(payload)[0]]
+                )["id"]
+            reply = {"id": header_id, "error": f"{type(error).__name__}: {error}"}
+        _write_frame(stdout, json.dumps(reply).encode())
+
+
+# ------------------------------------------------------------------------------------------ the client
+class BackgroundChecker:
+    """The training process's side of one helper process (started on first use, shared by attachments)."""
+
+    def __init__(self, max_pending: int = 32) -> None:
+        self.max_pending = max_pending
+        self._process: subprocess.Popen[bytes] | None = None
+        self._outgoing: queue.Queue[bytes | None] = queue.Queue()
+        self._replies: dict[int, dict[str, Any]] = {}
+        self._pending: set[int] = set()
+        self._next_id = 0
+        self._condition = threading.Condition()
+        self.problem: str | None = None
+
+    def _start(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        env.setdefault("OMP_NUM_THREADS", "1")
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "grpo_check.trl.background"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        threading.Thread(target=self._write_loop, name="grpo-check-background-writer", daemon=True).start()
+        threading.Thread(target=self._read_loop, name="grpo-check-background-reader", daemon=True).start()
+
+    @property
+    def alive(self) -> bool:
+        return self.problem is None
+
+    def submit(self, header: dict[str, Any], tensors: dict[str, Any]) -> int | None:
+        """Queue one check; its id, or ``None`` when the helper is too far behind or has stopped."""
+        with self._condition:
+            if self.problem is not None or len(self._pending) >= self.max_pending:
+                return None
+            job_id = self._next_id
+            self._next_id += 1
+            self._pending.add(job_id)
+        if self._process is None:
+            try:
+                self._start()
+            except OSError as error:
+                self._stop(f"background checker could not start ({error})")
+                with self._condition:
+                    self._pending.discard(job_id)
+                return None
+        self._outgoing.put(_framed(encode({**header, "id": job_id}, tensors)))
+        return job_id
+
+    def replies(self, job_ids: set[int], *, wait: bool, timeout: float = 600.0) -> dict[int, dict[str, Any]]:
+        """Replies that have arrived for ``job_ids`` (all of them when ``wait``; jobs lost with a stopped
+        helper come back as errors)."""
+        with self._condition:
+            if wait:
+                self._condition.wait_for(
+                    lambda: self.problem is not None or job_ids.isdisjoint(self._pending), timeout=timeout
+                )
+            out = {i: self._replies.pop(i) for i in list(job_ids) if i in self._replies}
+            if self.problem is not None or wait:  # what is still pending now will not come
+                for lost in job_ids & self._pending:
+                    self._pending.discard(lost)
+                    out[lost] = {"id": lost, "error": self.problem or f"no reply within {timeout:g} s"}
+            return out
+
+    def warm(self, timeout: float = 120.0) -> bool:
+        """Start the helper and wait until it answers (so its start-up costs no training step)."""
+        job = self.submit({"ping": True}, {})
+        if job is None:
+            return False
+        reply = self.replies({job}, wait=True, timeout=timeout).get(job, {})
+        return bool(reply.get("pong"))
+
+    def close(self) -> None:
+        if self._process is None:
+            return
+        self._outgoing.put(None)
+        with contextlib.suppress(Exception):
+            self._process.wait(timeout=10)
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process = None
+
+    def _write_loop(self) -> None:
+        process = self._process
+        assert process is not None and process.stdin is not None
+        while True:
+            frame = self._outgoing.get()
+            if frame is None:
+                with contextlib.suppress(OSError):
+                    process.stdin.close()
+                return
+            try:
+                process.stdin.write(frame)
+                process.stdin.flush()
+            except OSError as error:
+                self._stop(f"background checker unreachable ({error})")
+                return
+
+    def _read_loop(self) -> None:
+        process = self._process
+        assert process is not None and process.stdout is not None
+        while True:
+            payload = _read_frame(process.stdout)
+            if payload is None:
+                code = process.poll()
+                self._stop(
+                    f"background checker exited (code {code})" if code else "background checker closed"
+                )
+                return
+            reply = json.loads(payload)
+            with self._condition:
+                job_id = reply.get("id")
+                if job_id is None:  # an unreadable request: nothing to route it to
+                    continue
+                self._pending.discard(job_id)
+                self._replies[job_id] = reply
+                self._condition.notify_all()
+
+    def _stop(self, problem: str) -> None:
+        with self._condition:
+            if self.problem is None:
+                self.problem = problem
+            self._condition.notify_all()
+
+
+def _framed(payload: bytes) -> bytes:
+    return _FRAME.pack(len(payload)) + payload
+
+
+_SHARED: BackgroundChecker | None = None
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_checker() -> BackgroundChecker:
+    """The process's helper (one per training process, reused by every attachment; a stopped one is replaced)."""
+    global _SHARED
+    with _SHARED_LOCK:
+        if _SHARED is None or not _SHARED.alive:
+            _SHARED = BackgroundChecker()
+            atexit.register(_SHARED.close)
+        return _SHARED
+
+
+if __name__ == "__main__":  # the helper process
+    out = sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing but frames on the pipe
+    serve(sys.stdin.buffer, out)

@@ -1,0 +1,111 @@
+"""Background checking (``attach(..., background=True)``): the comparison, diagnoses and invariants run in a
+helper process, and give exactly the findings inline checking gives; what needs the live model stays inline."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+import torch
+
+from grpo_check.findings import Verdict
+from grpo_check.trl import background
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        torch.randn(3, 4),
+        torch.randn(2, 5, dtype=torch.float64),
+        torch.randn(4, 2).to(torch.bfloat16),
+        torch.randn(3).to(torch.float16),
+        torch.arange(6).reshape(2, 3),
+        torch.tensor([True, False, True]),
+        torch.zeros(0, 4),
+        torch.tensor(2.5),
+    ],
+    ids=["f32", "f64", "bf16", "f16", "int64", "bool", "empty", "scalar"],
+)
+def test_wire_format_round_trips_every_tensor_bit_for_bit(tensor):
+    header, tensors = background.decode(
+        background.encode({"id": 7, "note": "x"}, {"t": tensor, "u": tensor.clone()})
+    )
+    assert header == {"id": 7, "note": "x"}
+    for name in ("t", "u"):
+        assert tensors[name].dtype == tensor.dtype and tensors[name].shape == tensor.shape
+        assert torch.equal(tensors[name].view(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8))
+
+
+def _run(cell, tmp_path, *, background_mode, trainer_cls=None):
+    from grpo_check.demo.run import build_trainer
+    from grpo_check.trl import attach
+
+    trainer = build_trainer(cell, tmp_path / str(background_mode), seed=0, trainer_cls=trainer_cls)
+    attachment = attach(trainer, live=True, background=background_mode)
+    trainer.train()
+    result = attachment.result()
+    attachment.close()
+    return attachment, result
+
+
+def _verdicts(result):
+    return collections.Counter(
+        (f.check_id, f.verdict.value, f.where.step, f.where.micro_batch, f.catalog_id)
+        for f in result.findings
+    )
+
+
+@pytest.mark.slow
+def test_background_findings_equal_inline_findings(tmp_path):
+    from grpo_check.demo.matrix import MATRIX
+
+    cell = next(c for c in MATRIX if "grpo-beta" in c.name)  # beta > 0, GAS 2, spg 4
+    inline_attachment, inline = _run(cell, tmp_path, background_mode=False)
+    bg_attachment, in_background = _run(cell, tmp_path, background_mode=True)
+    assert bg_attachment._checker is not None and not bg_attachment._jobs  # submitted, and all came back
+    assert _verdicts(in_background) == _verdicts(inline)
+    assert bg_attachment.skipped_invariants == inline_attachment.skipped_invariants
+    assert not in_background.metadata["live_problems"]
+    assert not [f for f in in_background.findings if f.verdict is Verdict.FAIL]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("make_trainer", "check_id", "catalog_id"),
+    [
+        ("_broken_advantages_trainer", "advantages.values", None),  # judged in the helper
+        (
+            "_broken_logsoftmax_trainer",
+            "logps.model",
+            "S1",
+        ),  # log-probs disagree: checked inline, with the model
+    ],
+)
+def test_background_catches_what_inline_catches(tmp_path, make_trainer, check_id, catalog_id):
+    import test_capture  # the broken trainers live beside the capture tests
+
+    from grpo_check.demo.matrix import Cell
+
+    cell = Cell("broken", {"loss_type": "grpo", "beta": 0.0, "temperature": 0.7}, steps=1)
+    trainer_cls = getattr(test_capture, make_trainer)()
+    _, inline = _run(cell, tmp_path, background_mode=False, trainer_cls=trainer_cls)
+    _, in_background = _run(cell, tmp_path, background_mode=True, trainer_cls=trainer_cls)
+    failing = [f for f in in_background.findings if f.verdict is Verdict.FAIL]
+    assert any(f.check_id == check_id for f in failing), [f.check_id for f in failing]
+    if catalog_id is not None:
+        assert any(f.catalog_id == catalog_id for f in in_background.findings if f.kind == "diagnosis")
+    assert _verdicts(in_background) == _verdicts(inline)
+
+
+@pytest.mark.slow
+def test_a_helper_that_cannot_start_leaves_every_step_checked_inline(tmp_path, monkeypatch):
+    from grpo_check.demo.matrix import Cell
+
+    monkeypatch.setattr(background.sys, "executable", str(tmp_path / "no-such-python"))
+    monkeypatch.setattr(background, "_SHARED", None)
+    cell = Cell("helperless", {"loss_type": "dapo"}, steps=2)
+    _, in_background = _run(cell, tmp_path, background_mode=True)
+    _, inline = _run(cell, tmp_path, background_mode=False)
+    assert _verdicts(in_background).keys() == _verdicts(inline).keys()
+    assert any("background" in problem for problem in in_background.metadata["live_problems"])
+    monkeypatch.setattr(background, "_SHARED", None)  # the next test starts a working helper
