@@ -309,7 +309,12 @@ def compare_tensors(comparisons: list[Comparison], ctx: StepContext) -> list[Fin
         )
         for (index, *_), summary in zip(members, summaries, strict=True):
             comparison = comparisons[index]
-            passed = summary.compared > 0 and summary.beyond == 0 and math.isfinite(summary.reference_max_abs)
+            passed = (
+                summary.compared > 0
+                and summary.beyond == 0
+                and math.isfinite(summary.max_error)
+                and math.isfinite(summary.reference_max_abs)
+            )
             results[index] = _pass_finding(comparison, summary, shape, ctx) if passed else comparison.run(ctx)
     return [finding for finding in results if finding is not None]
 
@@ -347,7 +352,7 @@ def _detached(tensor: Any) -> torch.Tensor:
 
 @dataclasses.dataclass(frozen=True)
 class _Summary:
-    beyond: int  # compared elements not within tolerance (including NaN/Inf on either side)
+    beyond: int  # compared elements with |error| > allowed (NaN |error| is not counted: see max_error)
     compared: int
     error_sum: float
     reference_max_abs: float
@@ -389,8 +394,9 @@ def _summarise(
     allowed = (
         reference_abs * bounds[:, :1] + bounds[:, 1:]
     )  # atol + rtol·|reference|, rounded as compare_tensor
-    # not (|error| ≤ allowed) also counts NaN; an infinite reference shows in reference_max_abs instead
-    beyond = error.le(allowed).logical_not_().logical_and_(mask)
+    # beyond tolerance; a NaN |error| shows as the max error instead (argmax propagates NaN), an infinite
+    # reference as reference_max_abs
+    beyond = torch.gt(error, allowed).logical_and_(mask)
     masked_error = torch.where(mask, error, -1.0)
     worst = masked_error.argmax(1, keepdim=True)  # (K, 1)
     table = torch.cat(

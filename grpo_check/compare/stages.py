@@ -635,6 +635,17 @@ def _sampler_finding(step: TraceStep, spec: GRPOSpec, ctx: StepContext, ref: Sta
     )
 
 
+# stage-isolated comparisons the end-to-end pass repeats: quantity -> (isolated check id, its label)
+_ISOLATED_LOSS_CHECKS = {
+    "per_token_loss": ("loss.per_token", "per-token loss (from the trainer's own upstream)"),
+    "loss": ("loss.value", "aggregated loss (from the trainer's own upstream)"),
+    "logps_grad": (
+        "grad.logps_grad",
+        "∂loss/∂logps (float64 autograd of the reference loss at the trainer's logps)",
+    ),
+}
+
+
 def _downstream_findings(
     step: TraceStep, spec: GRPOSpec, policy: TolerancePolicy, ctx: StepContext, ref: StageReference
 ) -> list[Finding]:
@@ -680,16 +691,16 @@ def _downstream_findings(
             "per_token_loss",
             "loss.per_token",
             "loss",
-            "per-token loss (from the trainer's own upstream)",
+            _ISOLATED_LOSS_CHECKS["per_token_loss"][1],
             loss_mask,
         ),
-        ("loss", "loss.value", "loss", "aggregated loss (from the trainer's own upstream)", None),
+        ("loss", "loss.value", "loss", _ISOLATED_LOSS_CHECKS["loss"][1], None),
         ("loss_normalizer", "loss.normalizer", "loss", "loss normaliser", None),
         (
             "logps_grad",
             "grad.logps_grad",
             "grad",
-            "∂loss/∂logps (float64 autograd of the reference loss at the trainer's logps)",
+            _ISOLATED_LOSS_CHECKS["logps_grad"][1],
             torch.ones_like(loss_mask),
         ),
     ]
@@ -812,6 +823,8 @@ def _e2e_findings(
         return findings
     ref.e2e.update(advantages=ref_adv, **{k: v for k, v in down.items() if k != "loss_mask"})
     comparisons: list[Comparison] = []
+    planned: list[Comparison | Finding] = []
+    isolated_by_id = {f.check_id: f for f in upstream}
     for name, check_id, what, mask in (
         ("per_token_loss", "e2e.per_token_loss", "end-to-end per-token loss", down["loss_mask"].bool()),
         ("loss", "e2e.loss", "end-to-end loss (reference from the rewards onward)", None),
@@ -824,24 +837,51 @@ def _e2e_findings(
     ):
         if not step.has(name):
             continue
-        comparisons.append(
-            Comparison(
-                check_id=check_id,
-                stage="loss" if name != "logps_grad" else "grad",
-                name=name,
-                what=what,
-                trainer=step[name],
-                reference=down[name],
-                reference_same_precision=_same_precision(down[name], step, name),
-                tolerance=policy.for_check(check_id, name, _dtype(step, name)),
-                mask=mask,
-            )
+        comparison = Comparison(
+            check_id=check_id,
+            stage="loss" if name != "logps_grad" else "grad",
+            name=name,
+            what=what,
+            trainer=step[name],
+            reference=down[name],
+            reference_same_precision=_same_precision(down[name], step, name),
+            tolerance=policy.for_check(check_id, name, _dtype(step, name)),
+            mask=mask,
         )
-    for finding in compare_tensors(comparisons, ctx):
+        repeated = _repeat_isolated(comparison, isolated_by_id) if reuse else None
+        planned.append(comparison if repeated is None else repeated)
+        if repeated is None:
+            comparisons.append(comparison)
+    computed = iter(compare_tensors(comparisons, ctx))
+    for item in planned:
+        finding = next(computed) if isinstance(item, Comparison) else item
         finding.details["end_to_end"] = True
         finding.details["reused_isolated_reference"] = reuse
         findings.append(finding)
     return findings
+
+
+def _repeat_isolated(comparison: Comparison, isolated_by_id: Mapping[str, Finding]) -> Finding | None:
+    """With the isolated reference reused, an end-to-end comparison is the isolated one again (same trainer
+    tensor, same reference, same mask): a passing isolated finding relabelled, instead of a second pass
+    over the tensors. ``None`` (compare afresh) unless it passed under the same tolerance."""
+    isolated_id, isolated_label = _ISOLATED_LOSS_CHECKS[comparison.name]
+    isolated = isolated_by_id.get(isolated_id)
+    prefix = f"{isolated_label} matches the reference:"
+    if (
+        isolated is None
+        or isolated.verdict is not Verdict.PASS
+        or isolated.details.get("tolerance") != comparison.tolerance.to_dict()
+        or not isolated.explanation.startswith(prefix)
+    ):
+        return None
+    return dataclasses.replace(
+        isolated,
+        check_id=comparison.check_id,
+        stage=comparison.stage,
+        explanation=comparison.what + isolated.explanation[len(isolated_label) :],
+        details=dict(isolated.details),
+    )
 
 
 def compare_stages(

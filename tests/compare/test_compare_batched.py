@@ -139,3 +139,44 @@ def test_boundary_element_exactly_at_the_allowance_passes_in_both_paths(shape):
         _assert_same(batched, comparison.run(ctx))
     assert compare_tensors([at_boundary], ctx)[0].verdict is Verdict.PASS
     assert compare_tensors([just_beyond], ctx)[0].verdict is Verdict.FAIL
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
+def test_end_to_end_findings_repeated_from_the_isolated_pass_equal_fresh_comparisons(monkeypatch, loss_type):
+    """With the isolated reference reused, the e2e per-token loss, loss and gradient findings are the isolated
+    ones relabelled; comparing afresh gives the same findings."""
+    from grpo_check.compare import compare_step, stages
+    from grpo_check.compare.synthetic import make_step
+    from grpo_check.config import GRPOSpec
+
+    spec = GRPOSpec(num_generations=4, loss_type=loss_type, beta=0.04)
+    step = make_step(spec)
+    repeated = [f for f in compare_step(step, spec) if f.check_id.startswith("e2e.")]
+    monkeypatch.setattr(stages, "_repeat_isolated", lambda comparison, isolated: None)
+    fresh = [f for f in compare_step(step, spec) if f.check_id.startswith("e2e.")]
+    assert (
+        [f.check_id for f in repeated]
+        == [f.check_id for f in fresh]
+        == [
+            "e2e.per_token_loss",
+            "e2e.loss",
+            "e2e.logps_grad",
+        ]
+    )
+    assert all(f.details["reused_isolated_reference"] for f in repeated)
+    for a, b in zip(repeated, fresh, strict=True):
+        _assert_same(a, b)
+
+
+def test_a_failing_isolated_comparison_is_not_repeated_but_compared_afresh():
+    from grpo_check.compare import compare_step
+    from grpo_check.compare.synthetic import make_step
+    from grpo_check.config import GRPOSpec
+
+    spec = GRPOSpec(num_generations=4, loss_type="grpo", beta=0.04)
+    step = make_step(spec)
+    step.tensors["per_token_loss"] = step["per_token_loss"] * 1.5  # the loss stage is wrong, upstream is not
+    findings = {f.check_id: f for f in compare_step(step, spec)}
+    assert findings["loss.per_token"].verdict is Verdict.FAIL
+    assert findings["e2e.per_token_loss"].verdict is Verdict.FAIL
+    assert findings["e2e.per_token_loss"].explanation.startswith("end-to-end per-token loss differs")
