@@ -1,0 +1,110 @@
+"""Where live checking's time goes on the training process: the demo trainer with ``attach(every=1)``.
+
+Trains the demo configuration (the first cell of the fast matrix; the same one ``grpo-check bench --only
+overhead`` uses) twice in one process: a short warm-up run, then a timed run. It prints the mean step time
+and, per optimizer step, the time spent in each part of checking: the reference's forward passes, the
+invariants, the comparison, the diagnoses, and capture. Parts nest: "micro-batch checks, total" includes
+everything done for the micro-batches of one window (the forwards, comparison, diagnoses, invariants);
+"capture + checks" includes the checks of the step captured.
+
+Usage::
+
+    .venv/bin/python benchmarks/profile_live.py                  # inline checking, 12 steps
+    .venv/bin/python benchmarks/profile_live.py --background --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import shutil
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+
+def _instrument(totals: dict[str, float], active: list[bool]) -> None:
+    """Wrap the parts of checking with timers (summed while ``active[0]``)."""
+    import grpo_check.compare.engine as engine
+    import grpo_check.diagnose as diagnose_module
+    import grpo_check.invariants as invariants_module
+    import grpo_check.trl.background as background
+    from grpo_check.reference import logps as reference_logps
+    from grpo_check.trl import capture
+
+    def timed(owner, name, label):
+        original = getattr(owner, name)
+
+        @functools.wraps(original)
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                if active[0]:
+                    totals[label] += time.perf_counter() - start
+
+        setattr(owner, name, wrapper)
+
+    timed(reference_logps, "logps_from_model", "forward passes (policy + reference model)")
+    timed(invariants_module, "run_invariants", "invariants")
+    timed(diagnose_module, "diagnose", "diagnoses")
+    timed(engine, "compare_stages", "comparison, stage by stage")
+    timed(capture.Attachment, "_record_micro_batch", "capture + checks of micro-batches")
+    timed(capture.Attachment, "_record_generation", "capture + checks of generation steps")
+    timed(capture.Attachment, "_flush_window", "micro-batch checks, total (per accumulation window)")
+    timed(capture.Attachment, "_collect_background", "collecting background results")
+    timed(background.BackgroundChecker, "submit", "submitting to the background helper")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=12, help="timed optimizer steps")
+    parser.add_argument("--background", action="store_true", help="attach(..., background=True)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    args = parser.parse_args()
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from grpo_check.bench.overhead import _step_timer, demo_trainer_factory
+    from grpo_check.trl import attach
+
+    totals: dict[str, float] = defaultdict(float)
+    active = [False]
+    _instrument(totals, active)
+    make_trainer = demo_trainer_factory()
+    if args.background:
+        from grpo_check.trl.background import shared_checker
+
+        shared_checker().warm()
+    for steps, measured in ((3, False), (args.steps, True)):
+        work = Path(tempfile.mkdtemp(prefix="grpo-check-profile-"))
+        try:
+            trainer = make_trainer(work)
+            trainer.args.max_steps = steps
+            timer, times = _step_timer()
+            trainer.add_callback(timer)
+            attachment = attach(trainer, every=1, live=True, background=args.background)
+            active[0] = measured
+            trainer.train()
+            active[0] = False
+            attachment.result()
+            attachment.close()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    print(
+        f"demo, every step, {'background' if args.background else 'inline'}, "
+        f"{torch.get_num_threads()} torch thread(s): mean step {statistics.fmean(times) * 1000:.1f} ms "
+        f"over {len(times)} steps (checking included)"
+    )
+    print("per optimizer step (ms):")
+    for label, seconds in sorted(totals.items(), key=lambda item: -item[1]):
+        print(f"  {seconds / args.steps * 1000:7.2f}  {label}")
+
+
+if __name__ == "__main__":
+    main()
