@@ -166,6 +166,23 @@ def test_broken_trainer_is_caught_in_the_right_stage(tmp_path, make_trainer, sta
     assert first is not None and first.stage == stage
 
 
+def _rows_scored_by(model, trainer, monkeypatch) -> list[int]:
+    """Rows of each forward pass the reference runs with ``model`` (filled in as training goes)."""
+    import grpo_check.reference.logps as reference_logps
+
+    rows: list[int] = []
+    real = reference_logps.logps_from_model
+    target = trainer.accelerator.unwrap_model(model)
+
+    def counting(forward, prompt_ids, *args, **kwargs):
+        if getattr(forward, "wrapped_module", None) is target:
+            rows.append(int(prompt_ids.shape[0]))
+        return real(forward, prompt_ids, *args, **kwargs)
+
+    monkeypatch.setattr(reference_logps, "logps_from_model", counting)
+    return rows
+
+
 def _corrupted_ref_trainer():
     from trl import GRPOTrainer
 
@@ -187,21 +204,12 @@ def test_reference_model_scores_each_generation_batch_once(tmp_path, monkeypatch
     """The frozen reference model runs once per generation batch, and each micro-batch is still compared
     with the reference log-probs of its own rows (after TRL's shuffle): a corrupted row fails exactly
     the micro-batches that received it."""
-    import grpo_check.reference.logps as reference_logps
     from grpo_check.demo.run import build_trainer
     from grpo_check.trl import attach
 
     cell = _cell("grpo-beta")  # beta > 0, GAS 2, spg 4: 4 micro-batches from one generation batch
     trainer = build_trainer(cell, tmp_path, seed=0, trainer_cls=_corrupted_ref_trainer() if broken else None)
-    scored_rows: list[int] = []
-    real = reference_logps.logps_from_model
-
-    def counting(model, prompt_ids, *args, **kwargs):
-        if getattr(model, "wrapped_module", None) is trainer.accelerator.unwrap_model(trainer.ref_model):
-            scored_rows.append(int(prompt_ids.shape[0]))
-        return real(model, prompt_ids, *args, **kwargs)
-
-    monkeypatch.setattr(reference_logps, "logps_from_model", counting)
+    scored_rows = _rows_scored_by(trainer.ref_model, trainer, monkeypatch)
     attachment = attach(trainer, live=True)
     trainer.train()
     trace = attachment.close()
@@ -250,7 +258,6 @@ def _second_micro_batch_flipped_trainer():
 def test_policy_forward_runs_once_per_accumulation_window(tmp_path, monkeypatch, broken):
     """With gradient accumulation the policy's log-probs for a whole window come from one forward pass (the
     weights only change after its last micro-batch); each micro-batch is still judged on its own rows."""
-    import grpo_check.reference.logps as reference_logps
     from grpo_check.demo.run import build_trainer
     from grpo_check.trl import attach
 
@@ -258,15 +265,7 @@ def test_policy_forward_runs_once_per_accumulation_window(tmp_path, monkeypatch,
     trainer = build_trainer(
         cell, tmp_path, seed=0, trainer_cls=_second_micro_batch_flipped_trainer() if broken else None
     )
-    policy_rows: list[int] = []
-    real = reference_logps.logps_from_model
-
-    def counting(model, prompt_ids, *args, **kwargs):
-        if getattr(model, "wrapped_module", None) is trainer.accelerator.unwrap_model(trainer.model):
-            policy_rows.append(int(prompt_ids.shape[0]))
-        return real(model, prompt_ids, *args, **kwargs)
-
-    monkeypatch.setattr(reference_logps, "logps_from_model", counting)
+    policy_rows = _rows_scored_by(trainer.model, trainer, monkeypatch)
     attachment = attach(trainer, live=True)
     trainer.train()
     result = attachment.result()
