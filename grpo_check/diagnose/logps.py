@@ -64,14 +64,15 @@ def detect_sign_flip(dx: Diagnosis) -> list[Finding]:
     trainer = dx.trainer("logps")
     if trainer is None or mask is None:
         return []
-    values = trainer[mask & torch.isfinite(trainer)]
-    if values.numel() and float((values > 1e-6).double().mean()) >= 0.5:
+    selected = mask & torch.isfinite(trainer)
+    count = int(selected.count_nonzero())  # counts, not a boolean-indexed copy: this runs on every step
+    positive = int(((trainer > 1e-6) & selected).count_nonzero())
+    if count and positive / count >= 0.5:
         row, token, _ = worst(trainer.clamp(min=0.0), mask)
         return [
             _sign_finding(
                 dx,
-                f"{float((values > 1e-6).double().mean()):.0%} of the trainer's log-probs are positive (a log-prob "
-                "is ≤ 0)",
+                f"{positive / count:.0%} of the trainer's log-probs are positive (a log-prob is ≤ 0)",
                 row,
                 token,
                 trainer,
@@ -339,7 +340,9 @@ def detect_ref_is_policy(dx: Diagnosis) -> list[Finding]:
         moved = dx.step.meta.get("optimizer_steps_since_old_logps", 0) or 0
         if not (isinstance(step_index, int) and step_index >= 1 and dx.spec.beta != 0.0):
             return []
-        if not bool(torch.equal(ref_logps[sel], logps[sel])) or moved:
+        if moved or ref_logps.shape != logps.shape:
+            return []
+        if int(((ref_logps != logps) & sel).count_nonzero()):  # not bit-identical (NaN counts as different)
             return []
         how = "they are bit-identical to the policy's after optimizer steps, so KL ≡ 0 and β does nothing"
         failing = dx.failing(stage="kl") + dx.failing(prefix="logps.")

@@ -471,3 +471,21 @@ def test_ref_equal_to_policy_is_silent_where_the_reference_model_is_the_policy()
     assert next(f for f in findings if f.check_id == "logps.ref_model").verdict is Verdict.FAIL
     assert not [f for f in findings if f.check_id == "diagnose.ref_is_policy"]
     assert "S1" in {f.catalog_id for f in findings if f.kind == "diagnosis"}
+
+
+@pytest.mark.parametrize("identical", [True, False])
+def test_reference_log_probs_bit_identical_to_the_policy_without_a_reference_model(identical):
+    """No reference model to compare with: ref_logps bit-identical to the policy's after optimizer steps (β > 0)
+    is the tell of #20 (a WARN); one differing token is enough to stay silent."""
+    step = make_step(KL)
+    step.meta.update(step=3, optimizer_steps_since_old_logps=0)
+    ref = step["logps"].clone()
+    if not identical:
+        ref[0, 0] = ref[0, 0] - 0.01
+    step.tensors["ref_logps"] = ref
+    step = recompute_downstream(step, KL)
+    diag = named(compare_step(step, KL), "diagnose.ref_is_policy")
+    if identical:
+        assert diag and diag[0].catalog_id == "20" and diag[0].verdict is Verdict.WARN
+    else:
+        assert not diag
