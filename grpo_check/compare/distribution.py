@@ -41,7 +41,7 @@ def sampler_metrics(
     lp = logps.detach().to(torch.float64)
     sp = sampler_logps.detach().to(torch.float64)
     mask = completion_mask.bool() & torch.isfinite(lp) & torch.isfinite(sp)
-    n = int(mask.sum())
+    n = int(mask.count_nonzero())
     if n == 0:
         return {"tokens": 0}
     diff = lp - sp
@@ -49,10 +49,10 @@ def sampler_metrics(
     abs_d = d.abs()
     ratio = torch.exp(d)
     x, y = lp[mask], sp[mask]
-    if n > 1 and float(x.std()) > 0 and float(y.std()) > 0:
-        pearson = float(torch.corrcoef(torch.stack([x, y]))[0, 1])
-    else:
-        pearson = 1.0 if bool(torch.equal(x, y)) else None  # undefined (a constant vector): JSON null
+    # Pearson is undefined for a constant vector (corrcoef gives NaN there): JSON null, or 1 for equal vectors
+    pearson = float(torch.corrcoef(torch.stack([x, y]))[0, 1]) if n > 1 else math.nan
+    if not math.isfinite(pearson):
+        pearson = 1.0 if bool(torch.equal(x, y)) else None
     worst_flat = int(torch.argmax(torch.where(mask, diff.abs(), torch.full_like(lp, -1.0))).item())
     cols = lp.shape[1] if lp.dim() == 2 else 1
     return {
@@ -63,7 +63,7 @@ def sampler_metrics(
         "k1": float((-d).mean()),
         "k3": float((ratio - 1 - d).mean()),
         "pearson": pearson,
-        "frac_ratio_outside": float(((ratio < 0.5) | (ratio > 2.0)).double().mean()),
+        "frac_ratio_outside": int(((ratio < 0.5) | (ratio > 2.0)).count_nonzero()) / n,
         "worst_row": worst_flat // cols,
         "worst_token": worst_flat % cols,
         "values": d[:4096].tolist(),

@@ -354,3 +354,22 @@ def test_end_to_end_reuses_the_isolated_reference_only_when_upstream_matched():
     (end_to_end,) = by_id(findings, "e2e.loss")
     assert isolated.verdict is Verdict.PASS
     assert end_to_end.verdict is Verdict.FAIL and end_to_end.details["reused_isolated_reference"] is False
+
+
+@pytest.mark.parametrize(
+    ("sampler_shift", "expected"),
+    [("equal_constant", 1.0), ("other_constant", None), ("noisy", "high")],
+)
+def test_sampler_pearson_is_defined_only_for_varying_log_probs(sampler_shift, expected):
+    mask = torch.ones(2, 50, dtype=torch.bool)
+    if sampler_shift == "noisy":
+        logps = -torch.rand(2, 50, generator=torch.Generator().manual_seed(0)) * 3
+        sampler = logps + 0.01 * torch.randn(2, 50, generator=torch.Generator().manual_seed(1))
+    else:
+        logps = torch.full((2, 50), -1.0)
+        sampler = logps.clone() if sampler_shift == "equal_constant" else torch.full((2, 50), -1.5)
+    pearson = sampler_metrics(logps, sampler, mask)["pearson"]
+    if expected == "high":
+        assert pearson > 0.99
+    else:
+        assert pearson == expected
