@@ -810,12 +810,10 @@ class Attachment:
             return
         current = int(self.trainer.state.global_step)
         if any(step_at != current for _, _, step_at in window):
-            message = (
+            self._note(
                 "policy log-probs not recomputed for a gradient-accumulation window the optimizer closed "
                 "before it was checked (uneven last window)"
             )
-            if message not in self.live_problems:
-                self.live_problems.append(message)
             models: list[Any] = [_NO_MODEL] * len(window)
         else:
             models = self._window_policy_logps([step for step, _, _ in window])
