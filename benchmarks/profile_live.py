@@ -16,13 +16,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
-import shutil
 import statistics
-import tempfile
 import time
 from collections import defaultdict
-from pathlib import Path
+from collections.abc import Iterator
 
 
 def _instrument(totals: dict[str, float], active: list[bool]) -> None:
@@ -70,8 +69,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from grpo_check.bench.overhead import _step_timer, demo_trainer_factory
-    from grpo_check.trl import attach
+    from grpo_check.bench.overhead import _timed_run, demo_trainer_factory
 
     totals: dict[str, float] = defaultdict(float)
     active = [False]
@@ -81,21 +79,17 @@ def main() -> None:
         from grpo_check.trl.background import shared_checker
 
         shared_checker().warm()
-    for steps, measured in ((3, False), (args.steps, True)):
-        work = Path(tempfile.mkdtemp(prefix="grpo-check-profile-"))
+
+    @contextlib.contextmanager
+    def measuring() -> Iterator[None]:
+        active[0] = True
         try:
-            trainer = make_trainer(work)
-            trainer.args.max_steps = steps
-            timer, times = _step_timer()
-            trainer.add_callback(timer)
-            attachment = attach(trainer, every=1, live=True, background=args.background)
-            active[0] = measured
-            trainer.train()
-            active[0] = False
-            attachment.result()
-            attachment.close()
+            yield
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            active[0] = False
+
+    _timed_run(make_trainer, 1, 3, args.background)  # warm-up: imports, first-call costs
+    times = _timed_run(make_trainer, 1, args.steps, args.background, during_training=measuring)
     print(
         f"demo, every step, {'background' if args.background else 'inline'}, "
         f"{torch.get_num_threads()} torch thread(s): mean step {statistics.fmean(times) * 1000:.1f} ms "

@@ -183,6 +183,11 @@ class GRPOSpec:
     def steps_per_generation_effective(self) -> int:
         return self.steps_per_generation or self.gradient_accumulation_steps
 
+    @property
+    def truncated_sampling(self) -> bool:
+        """Whether the sampler drops part of the vocabulary (top-p < 1, top-k > 0 or min-p > 0)."""
+        return self.top_p < 1.0 or (self.top_k or 0) > 0 or (self.min_p or 0.0) > 0.0
+
     def replace(self, **changes: Any) -> GRPOSpec:
         return dataclasses.replace(self, **changes)
 

@@ -15,6 +15,7 @@ training step). Their figures carry the same targets.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import statistics
 import tempfile
@@ -45,9 +46,17 @@ def _step_timer() -> tuple[Any, list[float]]:
 
 
 def _timed_run(
-    make_trainer: Callable[[Path], Any], every: int | None, steps: int, background: bool = False
+    make_trainer: Callable[[Path], Any],
+    every: int | None,
+    steps: int,
+    background: bool = False,
+    *,
+    during_training: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
 ) -> list[float]:
-    """Build a trainer, optionally attach grpo-check, train ``steps`` steps, return per-step seconds."""
+    """Build a trainer, optionally attach grpo-check, train ``steps`` steps, return per-step seconds.
+
+    ``during_training()`` is entered around ``trainer.train()`` only (a profiler, say), not around the
+    set-up or the final ``close()``."""
     from grpo_check.trl import attach
 
     work = Path(tempfile.mkdtemp(prefix="grpo-check-bench-"))
@@ -59,7 +68,8 @@ def _timed_run(
         attachment = (
             attach(trainer, every=every, live=True, background=background) if every is not None else None
         )
-        trainer.train()
+        with during_training():
+            trainer.train()
         if attachment is not None:
             attachment.close()  # waits for background checks: after the timed steps
         return times

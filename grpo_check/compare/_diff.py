@@ -28,6 +28,10 @@ class StepContext:
     completion_ids: torch.Tensor | None = None
     completion_mask: torch.Tensor | None = None
     dtype: str | None = None
+    # group_index as a Python list, converted once (``where`` is called per finding): (source tensor, list)
+    _groups: tuple[torch.Tensor, list[int]] | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def where(self, row: int | None = None, token: int | None = None, prompt: int | None = None) -> Where:
         generation = None
@@ -59,11 +63,9 @@ class StepContext:
 
     def _group_list(self) -> list[int]:
         """``group_index`` as a Python list, converted once per context (``where`` is called per finding)."""
-        cached = self.__dict__.get("_groups")
-        if cached is None or cached[0] is not self.group_index:
-            cached = (self.group_index, [int(g) for g in self.group_index.reshape(-1).tolist()])
-            self.__dict__["_groups"] = cached
-        return cached[1]
+        if self._groups is None or self._groups[0] is not self.group_index:
+            self._groups = (self.group_index, [int(g) for g in self.group_index.reshape(-1).tolist()])
+        return self._groups[1]
 
     def token_mask(self, like: torch.Tensor) -> torch.Tensor:
         """Boolean mask of the compared elements for a tensor shaped like ``like``."""

@@ -558,8 +558,7 @@ def _logps_findings(
             ],
             ctx,
         )
-    truncated = spec.top_p < 1.0 or (spec.top_k or 0) > 0 or (spec.min_p or 0.0) > 0.0
-    if model is not None and ref.logits is None and truncated and step.has("sampler_logps"):
+    if model is not None and ref.logits is None and spec.truncated_sampling and step.has("sampler_logps"):
         # the full logits are needed only for the kept sampling mass S_t: one more forward, so only then
         ref.logits = model_logits(model, step)
     if step.has("logps", "sampler_logps"):
@@ -588,10 +587,9 @@ def _sampler_finding(step: TraceStep, spec: GRPOSpec, ctx: StepContext, ref: Sta
             kind="compare",
             explanation="trainer vs sampler log-probs: no finite masked token to compare",
         )
-    truncated = spec.top_p < 1.0 or (spec.top_k or 0) > 0 or (spec.min_p or 0.0) > 0.0
     residual_note = ""
     metrics_for_verdict = metrics
-    if truncated and ref.logits is not None:
+    if spec.truncated_sampling and ref.logits is not None:
         from grpo_check.reference.logps import sampling_kept_mass
 
         kept = sampling_kept_mass(

@@ -35,7 +35,6 @@ def detect_truncated_support(dx: Diagnosis) -> list[Finding]:
     d, name = got
     mask = dx.mask
     spec = dx.spec
-    truncating = spec.top_p < 1.0 or (spec.top_k or 0) > 0 or (spec.min_p or 0.0) > 0.0
     kept = dx.kept_mass() if dx.kept_mass is not None else None
     if kept is not None:
         log_kept = torch.log(kept.to(torch.float64).clamp_min(1e-300))
@@ -68,7 +67,7 @@ def detect_truncated_support(dx: Diagnosis) -> list[Finding]:
                 attach_to=failing,
             )
         ]
-    if not truncating or mask is None:
+    if not spec.truncated_sampling or mask is None:
         return []
     values = d[mask & torch.isfinite(d)]
     if values.numel() == 0 or float((values <= 1e-6).double().mean()) < 0.99 or float(values.mean()) > -1e-3:

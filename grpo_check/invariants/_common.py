@@ -69,6 +69,8 @@ def cached(key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
     memo = _STEP_CACHE.get()
     if memo is None:
         return compute()
+    # a tensor by identity and in-place version counter (inference tensors have none: nothing changes them
+    # outside inference mode)
     ident = tuple(
         [
             (id(part), None if part.is_inference() else part._version)
@@ -81,11 +83,6 @@ def cached(key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
     if hit is None:
         hit = memo[ident] = (compute(), key)
     return hit[0]
-
-
-def _version(tensor: torch.Tensor) -> int | None:
-    """The in-place version counter (inference-mode tensors have none: they cannot change outside it)."""
-    return None if tensor.is_inference() else tensor._version
 
 
 def f64(tensor: torch.Tensor) -> torch.Tensor:

@@ -111,21 +111,14 @@ class Check:
     __call__ = run
 
     def _finding(self, step: TraceStep, outcome: Outcome) -> Finding:
-        bad = outcome.verdict in (Verdict.FAIL, Verdict.WARN)
         if outcome.verdict is Verdict.CONVENTION:  # a declared difference: only what the outcome says
-            return Finding(
-                check_id=self.id,
-                stage=self.stage,
-                verdict=outcome.verdict,
-                figure=None if outcome.figure is None else float(outcome.figure),
-                tolerance=None if outcome.tolerance is None else float(outcome.tolerance),
-                where=where_in_step(step, outcome.row, outcome.token),
-                explanation=outcome.explanation,
-                likely_cause=outcome.likely_cause,
-                fix=outcome.fix,
-                catalog_id=outcome.catalog_id,
-                details=outcome.details,
-            )
+            likely_cause, fix, catalog_id = outcome.likely_cause, outcome.fix, outcome.catalog_id
+        elif outcome.verdict in (Verdict.FAIL, Verdict.WARN):  # the check's defaults fill what it leaves out
+            likely_cause = outcome.likely_cause or self.likely_cause
+            fix = outcome.fix or self.fix
+            catalog_id = outcome.catalog_id or (self.catalog_ids[0] if self.catalog_ids else None)
+        else:
+            likely_cause = fix = catalog_id = None
         return Finding(
             check_id=self.id,
             stage=self.stage,
@@ -134,11 +127,9 @@ class Check:
             tolerance=None if outcome.tolerance is None else float(outcome.tolerance),
             where=where_in_step(step, outcome.row, outcome.token),
             explanation=outcome.explanation,
-            likely_cause=(outcome.likely_cause or self.likely_cause) if bad else None,
-            fix=(outcome.fix or self.fix) if bad else None,
-            catalog_id=(outcome.catalog_id or (self.catalog_ids[0] if self.catalog_ids else None))
-            if bad
-            else None,
+            likely_cause=likely_cause,
+            fix=fix,
+            catalog_id=catalog_id,
             kind="invariant",
             details=outcome.details,
         )

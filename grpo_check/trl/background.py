@@ -57,8 +57,7 @@ def decode(payload: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     import numpy as np
     import torch
 
-    (length,) = _HEADER.unpack_from(payload)
-    header = json.loads(payload[_HEADER.size : _HEADER.size + length])
+    header, length = _header(payload)
     body = memoryview(payload)[_HEADER.size + length :]
     tensors: dict[str, Any] = {}
     for name, (dtype, shape, offset, size) in header.pop("tensors").items():
@@ -67,6 +66,12 @@ def decode(payload: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
         tensor = torch.from_numpy(array.copy())
         tensors[name] = tensor.view(torch.bfloat16) if dtype == "bfloat16" else tensor
     return header, tensors
+
+
+def _header(payload: bytes) -> tuple[dict[str, Any], int]:
+    """The JSON header of an :func:`encode` payload, and its length in bytes."""
+    (length,) = _HEADER.unpack_from(payload)
+    return json.loads(payload[_HEADER.size : _HEADER.size + length]), length
 
 
 _NUMPY_DTYPES = {
@@ -83,8 +88,7 @@ _NUMPY_DTYPES = {
 
 
 def _write_frame(stream: BinaryIO, payload: bytes) -> None:
-    stream.write(_FRAME.pack(len(payload)))
-    stream.write(payload)
+    stream.write(_FRAME.pack(len(payload)) + payload)
     stream.flush()
 
 
@@ -182,9 +186,7 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
         except Exception as error:  # reported to the training process, which checks that step inline
             header_id = None
             with contextlib.suppress(Exception):
-                header_id = json.loads(
-                    payload[_HEADER.size : _HEADER.size + _HEADER.unpack_from(payload)[0]]
-                )["id"]
+                header_id = _header(payload)[0]["id"]
             reply = {"id": header_id, "error": f"{type(error).__name__}: {error}"}
         _write_frame(stdout, json.dumps(reply).encode())
 
@@ -237,7 +239,7 @@ class BackgroundChecker:
                 with self._condition:
                     self._pending.discard(job_id)
                 return None
-        self._outgoing.put(_framed(encode({**header, "id": job_id}, tensors)))
+        self._outgoing.put(encode({**header, "id": job_id}, tensors))
         return job_id
 
     def replies(self, job_ids: set[int], *, wait: bool, timeout: float = 600.0) -> dict[int, dict[str, Any]]:
@@ -277,14 +279,13 @@ class BackgroundChecker:
         process = self._process
         assert process is not None and process.stdin is not None
         while True:
-            frame = self._outgoing.get()
-            if frame is None:
+            payload = self._outgoing.get()
+            if payload is None:
                 with contextlib.suppress(OSError):
                     process.stdin.close()
                 return
             try:
-                process.stdin.write(frame)
-                process.stdin.flush()
+                _write_frame(process.stdin, payload)
             except OSError as error:
                 self._stop(f"background checker unreachable ({error})")
                 return
@@ -314,10 +315,6 @@ class BackgroundChecker:
             if self.problem is None:
                 self.problem = problem
             self._condition.notify_all()
-
-
-def _framed(payload: bytes) -> bytes:
-    return _FRAME.pack(len(payload)) + payload
 
 
 _SHARED: BackgroundChecker | None = None

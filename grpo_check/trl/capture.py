@@ -706,10 +706,9 @@ class Attachment:
         if not self._checker.alive:
             self._note(f"{self._checker.problem}: steps checked inline")
             return False
-        truncated = self.spec.top_p < 1.0 or (self.spec.top_k or 0) > 0 or (self.spec.min_p or 0.0) > 0.0
         with preserved_rng(), torch.no_grad():
             model, ref_model = self._models_for(step, policy_model)
-            if model is not None and truncated and step.has("sampler_logps"):
+            if model is not None and self.spec.truncated_sampling and step.has("sampler_logps"):
                 return False  # the kept-sampling-mass signature needs the model's full logits
             known: dict[str, Any] = {}
             for name, source in (("logps", model), ("ref_logps", ref_model)):
@@ -835,12 +834,7 @@ class Attachment:
             return [model] * len(steps)
         combined = TraceStep(tensors={name: torch.cat([s[name] for s in steps]) for name in names}, meta={})
         with preserved_rng(), torch.no_grad():
-            was_training = model.training
-            try:
-                logps = model_logps(model, combined, self.spec.temperature)
-            finally:
-                if model.training != was_training:
-                    model.train(was_training)
+            logps = model_logps(model, combined, self.spec.temperature)  # restores the model's train mode
         if logps is None:
             return [model] * len(steps)
         bounds = [0]
