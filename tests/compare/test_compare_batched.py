@@ -180,3 +180,24 @@ def test_a_failing_isolated_comparison_is_not_repeated_but_compared_afresh():
     assert findings["loss.per_token"].verdict is Verdict.FAIL
     assert findings["e2e.per_token_loss"].verdict is Verdict.FAIL
     assert findings["e2e.per_token_loss"].explanation.startswith("end-to-end per-token loss differs")
+
+
+def test_set_training_flips_every_module_and_defers_to_a_custom_train():
+    from grpo_check.compare.stages import set_training
+
+    plain = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    set_training(plain, False)
+    assert not any(module.training for module in plain.modules())
+    set_training(plain, True)
+    assert all(module.training for module in plain.modules())
+
+    calls: list[bool] = []
+
+    class Custom(torch.nn.Module):  # a train() with side effects must be called, not bypassed
+        def train(self, mode: bool = True):
+            calls.append(mode)
+            return super().train(mode)
+
+    tree = torch.nn.Sequential(Custom(), torch.nn.Dropout(0.5))
+    set_training(tree, False)
+    assert calls == [False] and not any(module.training for module in tree.modules())
