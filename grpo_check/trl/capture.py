@@ -683,11 +683,20 @@ class Attachment:
         self._check_live(step, extra_findings or [])
 
     def _check_live(self, step: TraceStep, extra_findings: list[Finding], policy_model: Any = None) -> None:
-        if self.background and self._submit_background(step, extra_findings, policy_model):
-            return
-        findings = [*self._compare_live(step, policy_model=policy_model), *extra_findings]
+        try:
+            if self.background and self._submit_background(step, extra_findings, policy_model):
+                return
+            findings = [*self._compare_live(step, policy_model=policy_model), *extra_findings]
+        except Exception as error:  # a failure of checking must never stop the user's training run
+            self._live_check_failed(step, error)
+            findings = list(extra_findings)
         self.findings.extend(findings)
         self._accumulate_metrics(step, findings)
+
+    def _live_check_failed(self, step: TraceStep, error: Exception) -> None:
+        where = f"step {step.meta.get('step')}, {step.meta.get('scope')}"
+        log.warning("grpo-check: live check failed at %s: %s: %s", where, type(error).__name__, error)
+        self._note(f"live check failed ({type(error).__name__}: {error}); training went on unchecked there")
 
     # ------------------------------------------------------------------ background checking
     def _submit_background(self, step: TraceStep, extra_findings: list[Finding], policy_model: Any) -> bool:
@@ -815,7 +824,11 @@ class Attachment:
             )
             models: list[Any] = [_NO_MODEL] * len(window)
         else:
-            models = self._window_policy_logps([step for step, _, _ in window])
+            try:
+                models = self._window_policy_logps([step for step, _, _ in window])
+            except Exception as error:  # as in _check_live: never stop training; compare without the forward
+                self._live_check_failed(window[0][0], error)
+                models = [_NO_MODEL] * len(window)
         for (step, extra, _), model in zip(window, models, strict=True):
             self._check_live(step, extra, policy_model=model)
 

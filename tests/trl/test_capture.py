@@ -368,3 +368,25 @@ def test_a_failing_demo_configuration_writes_a_replayable_repro(tmp_path):
     replay = CliRunner().invoke(app, ["compare", path, "-o", str(tmp_path / "replayed")])
     assert replay.exit_code == 1, replay.output
     assert "advantages" in replay.output
+
+
+@pytest.mark.slow
+def test_a_failing_live_check_never_stops_training(tmp_path, monkeypatch):
+    """If the reference's own forward pass fails (e.g. a model on another device), training runs to the end
+    unchanged, the failure is reported in live_problems, and what could still be checked was checked."""
+    import grpo_check.reference.logps as reference_logps
+
+    cell = _cell("grpo-beta")
+
+    def broken_forward(*args, **kwargs):
+        raise RuntimeError("Expected all tensors to be on the same device")
+
+    plain_params, plain_losses, _ = _train(cell, tmp_path / "plain", attach_live=None)
+    monkeypatch.setattr(reference_logps, "logps_from_model", broken_forward)
+    params, losses, attachment = _train(cell, tmp_path / "checked", attach_live=True)
+    result = attachment.result()
+    assert losses == plain_losses and all(torch.equal(plain_params[k], params[k]) for k in plain_params)
+    assert any("live check failed (RuntimeError" in problem for problem in result.metadata["live_problems"])
+    checked = {f.check_id for f in result.findings if f.verdict is Verdict.PASS}
+    assert "advantages.values" in checked  # the generation step needs no forward pass
+    assert "logps.model" not in checked and not _failing(result)
