@@ -89,7 +89,7 @@ def main() -> None:
             active[0] = False
 
     _timed_run(make_trainer, 1, 3, args.background)  # warm-up: imports, first-call costs
-    times = _timed_run(make_trainer, 1, args.steps, args.background, during_training=measuring)
+    times = _timed_run(make_trainer, 1, args.steps, args.background, during_training=measuring).step_seconds
     print(
         f"demo, every step, {'background' if args.background else 'inline'}, "
         f"{torch.get_num_threads()} torch thread(s): mean step {statistics.fmean(times) * 1000:.1f} ms "

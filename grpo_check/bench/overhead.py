@@ -10,19 +10,20 @@ median would hide exactly that step.
 
 Two more arms check in the background (``attach(..., background=True)``: the float64 comparison, diagnoses and
 invariants in a helper process; the helper is started and warmed before the rounds, so its start-up is not a
-training step). Their figures carry the same targets.
+training step). Their figures carry the same targets. Checks the helper has not finished when training ends
+are waited for by ``close()``; that wait is charged to the arm (added to its timed steps' total before the
+mean is taken), so work deferred past the last step is not free.
 """
 
 from __future__ import annotations
 
 import contextlib
 import shutil
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from grpo_check.bench.core import BenchFigure
 
@@ -45,6 +46,11 @@ def _step_timer() -> tuple[Any, list[float]]:
     return StepTimer(), times
 
 
+class TimedRun(NamedTuple):
+    step_seconds: list[float]  # per optimizer step, on_step_begin → on_step_end
+    finish_seconds: float  # Attachment.close(): waiting for background checks still running (0 when off)
+
+
 def _timed_run(
     make_trainer: Callable[[Path], Any],
     every: int | None,
@@ -52,8 +58,9 @@ def _timed_run(
     background: bool = False,
     *,
     during_training: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
-) -> list[float]:
-    """Build a trainer, optionally attach grpo-check, train ``steps`` steps, return per-step seconds.
+) -> TimedRun:
+    """Build a trainer, optionally attach grpo-check, train ``steps`` steps; per-step seconds and the time
+    ``close()`` then took.
 
     ``during_training()`` is entered around ``trainer.train()`` only (a profiler, say), not around the
     set-up or the final ``close()``."""
@@ -70,9 +77,12 @@ def _timed_run(
         )
         with during_training():
             trainer.train()
+        finish = 0.0
         if attachment is not None:
-            attachment.close()  # waits for background checks: after the timed steps
-        return times
+            start = time.perf_counter()
+            attachment.close()  # waits for the background checks still running
+            finish = time.perf_counter() - start
+        return TimedRun(times, finish)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -93,6 +103,13 @@ def user_trainer_factory(factory_ref: str) -> Callable[[Path], Any]:
     return lambda work: build_from_factory(factory_ref, steps=1)
 
 
+def _warm_background_helper() -> None:
+    """Start the background helper before the rounds: its start-up (importing torch) is not a training step."""
+    from grpo_check.trl.background import shared_checker
+
+    shared_checker().warm()
+
+
 def measure_overhead(
     make_trainer: Callable[[Path], Any],
     *,
@@ -106,15 +123,17 @@ def measure_overhead(
     inline (the default) and, with ``background``, in the helper process as well."""
     plan = {"off": (None, False), "every_1": (1, False), "every_10": (10, False)}
     if background:
-        from grpo_check.trl.background import shared_checker
-
-        shared_checker().warm()  # the helper's start-up (importing torch) is not a training step
+        _warm_background_helper()
         plan.update({"every_1_background": (1, True), "every_10_background": (10, True)})
     arms: dict[str, list[float]] = {arm: [] for arm in plan}
+    finish: dict[str, float] = {arm: 0.0 for arm in plan}
     for _ in range(rounds):
         for arm, (every, in_background) in plan.items():
-            arms[arm].extend(_timed_run(make_trainer, every, steps, in_background)[warmup:])
-    mean = {arm: statistics.fmean(times) for arm, times in arms.items()}
+            run = _timed_run(make_trainer, every, steps, in_background)
+            arms[arm].extend(run.step_seconds[warmup:])
+            finish[arm] += run.finish_seconds
+    # the wait for unfinished background checks is part of the cost: spread over the arm's timed steps
+    mean = {arm: (sum(times) + finish[arm]) / len(times) for arm, times in arms.items()}
     figures = []
     targets = {"every_1": TARGET_EVERY_STEP, "every_10": TARGET_EVERY_10}
     for arm in arms:
@@ -132,6 +151,7 @@ def measure_overhead(
                 details={
                     "mean_step_s": mean[arm],
                     "mean_step_off_s": mean["off"],
+                    "close_wait_s": finish[arm],
                     "steps_timed": len(arms[arm]),
                     "rounds": rounds,
                 },

@@ -116,3 +116,29 @@ def test_trainer_without_the_overhead_figure_is_a_usage_error(fake_figures) -> N
     factory = Path(__file__).resolve().parents[2] / "examples" / "train_factory.py"
     result = _bench("--only", "startup", "--trainer", f"{factory}:build_trainer")
     assert result.exit_code == 2 and "--only overhead" in result.output
+
+
+def _fake_timed_runs(monkeypatch, finish_by_arm: dict[tuple[int | None, bool], float]) -> None:
+    """Every arm's steps take 1 s; ``close()`` of an arm (every, background) takes the given seconds."""
+    import grpo_check.bench.overhead as overhead
+
+    def fake_timed_run(make_trainer, every, steps, background=False, **_):
+        return overhead.TimedRun([1.0] * steps, finish_by_arm.get((every, background), 0.0))
+
+    monkeypatch.setattr(overhead, "_timed_run", fake_timed_run)
+    monkeypatch.setattr(overhead, "_warm_background_helper", lambda: None)
+
+
+def test_overhead_charges_the_wait_for_unfinished_background_checks(monkeypatch) -> None:
+    from grpo_check.bench.overhead import measure_overhead
+
+    # background checks deferred past the last step: 10 s of waiting in close() over 2 rounds x 10 timed steps
+    _fake_timed_runs(monkeypatch, {(1, True): 10.0})
+    figures = {f.name: f for f in measure_overhead(lambda work: None, steps=12, rounds=2, warmup=2)}
+    deferred = figures["overhead_every_1_background_demo"]
+    assert deferred.value == pytest.approx((20 * 1.0 + 2 * 10.0) / 20)  # 2.0, not the 1.0 of the steps alone
+    assert not deferred.ok
+    assert deferred.details["close_wait_s"] == pytest.approx(20.0)
+    # nothing deferred: the arm costs what its steps cost
+    assert figures["overhead_every_1_demo"].value == pytest.approx(1.0)
+    assert figures["overhead_every_1_demo"].ok
