@@ -162,8 +162,9 @@ class Finding:
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.verdict = Verdict(self.verdict)
-        if isinstance(self.where, dict):
+        if type(self.verdict) is not Verdict:
+            self.verdict = Verdict(self.verdict)
+        if type(self.where) is dict:
             self.where = Where(**self.where)
 
     @property

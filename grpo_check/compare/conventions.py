@@ -66,7 +66,7 @@ class AdvantageScaleMatch:
 def group_stats(rewards: torch.Tensor, group_index: torch.Tensor) -> dict[int, dict[str, float]]:
     """Per group: n (finite rewards), mean, sample std, population std."""
     stats: dict[int, dict[str, float]] = {}
-    r = rewards.detach().to(torch.float64).reshape(-1)
+    r = rewards.detach().double().reshape(-1)
     gi = group_index.reshape(-1)
     for g in torch.unique(gi).tolist():
         vals = r[(gi == g) & torch.isfinite(r)]
@@ -85,8 +85,8 @@ def per_group_ratio(
 
     Groups whose reference advantages are all ~0 (degenerate) are skipped.
     """
-    a = impl.detach().to(torch.float64).reshape(-1)
-    b = ref.detach().to(torch.float64).reshape(-1)
+    a = impl.detach().double().reshape(-1)
+    b = ref.detach().double().reshape(-1)
     gi = group_index.reshape(-1)
     scale = float(b[torch.isfinite(b)].abs().max()) if bool(torch.isfinite(b).any()) else 0.0
     if scale == 0.0:

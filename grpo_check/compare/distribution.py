@@ -38,8 +38,8 @@ def sampler_metrics(
     logps: torch.Tensor, sampler_logps: torch.Tensor, completion_mask: torch.Tensor
 ) -> dict[str, Any]:
     """Distribution metrics of d = logps − sampler_logps over the completion mask (see module doc)."""
-    lp = logps.detach().to(torch.float64)
-    sp = sampler_logps.detach().to(torch.float64)
+    lp = logps.detach().double()
+    sp = sampler_logps.detach().double()
     mask = completion_mask.bool() & torch.isfinite(lp) & torch.isfinite(sp)
     n = int(mask.count_nonzero())
     if n == 0:
@@ -72,7 +72,7 @@ def sampler_metrics(
 
 def expected_d_from_kept_mass(kept_mass: torch.Tensor) -> torch.Tensor:
     """Expected d = logps − sampler_logps = log S_t for a sampler that renormalises over its support."""
-    return torch.log(kept_mass.detach().to(torch.float64).clamp_min(1e-300))
+    return torch.log(kept_mass.detach().double().clamp_min(1e-300))
 
 
 def trend(values: Sequence[float]) -> float:

@@ -110,7 +110,7 @@ def _same_precision(reference: torch.Tensor, step: TraceStep, name: str) -> torc
     reference makes (``None`` for full-precision tensors)."""
     dtype_name = _dtype(step, name)
     if dtype_name in LOW_PRECISION:
-        return reference.detach().to(getattr(torch, dtype_name)).to(torch.float64)
+        return reference.detach().to(getattr(torch, dtype_name)).double()
     return None
 
 
@@ -467,7 +467,9 @@ def _logps_findings(
     model: Any,
     ref_model: Any,
 ) -> list[Finding]:
-    findings: list[Finding] = []
+    # one slot per source in order: a finding already made (not captured) or a comparison to run, batched
+    slots: list[Finding | tuple[str, str, Any, float, Any, torch.Tensor]] = []
+    comparisons: list[Comparison] = []
     for name, check_id, source, temperature in (
         ("logps", "logps.model", model, spec.temperature),
         ("ref_logps", "logps.ref_model", ref_model, spec.temperature),
@@ -475,32 +477,38 @@ def _logps_findings(
         if source is None:
             continue
         if not step.has(name):
-            findings.append(not_captured(check_id, "logps", ctx, [name]))
+            slots.append(not_captured(check_id, "logps", ctx, [name]))
             continue
         want = model_logps(source, step, temperature)
         if want is None:
-            findings.append(
+            slots.append(
                 not_captured(
                     check_id, "logps", ctx, ["prompt_ids", "prompt_mask", "completion_ids", "completion_mask"]
                 )
             )
             continue
         tol = policy.for_check(check_id, name, _dtype(step, name))
-        (finding,) = compare_tensors(
-            [
-                Comparison(
-                    check_id=check_id,
-                    stage="logps",
-                    name=name,
-                    what=f"{name} (vs the reference's own forward pass, T={temperature:g})",
-                    trainer=step[name],
-                    reference=want,
-                    reference_same_precision=_same_precision(want, step, name),
-                    tolerance=tol,
-                )
-            ],
-            ctx,
+        slots.append((name, check_id, source, temperature, tol, want))
+        comparisons.append(
+            Comparison(
+                check_id=check_id,
+                stage="logps",
+                name=name,
+                what=f"{name} (vs the reference's own forward pass, T={temperature:g})",
+                trainer=step[name],
+                reference=want,
+                reference_same_precision=_same_precision(want, step, name),
+                tolerance=tol,
+            )
         )
+    compared = iter(compare_tensors(comparisons, ctx))
+    findings: list[Finding] = []
+    for slot in slots:
+        if isinstance(slot, Finding):
+            findings.append(slot)
+            continue
+        name, check_id, source, temperature, tol, want = slot
+        finding = next(compared)
         alt = None
         if finding.verdict is not Verdict.PASS:
             # position ids: a plain training forward uses 0..P+T−1 regardless of left padding

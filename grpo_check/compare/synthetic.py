@@ -96,13 +96,13 @@ def make_step(
         )
     else:
         logps = -(0.1 + 3.0 * torch.rand(rows, completion_length, generator=g, dtype=torch.float64))
-    logps = logps.to(dtype).to(torch.float64)
+    logps = logps.to(dtype).double()
     noise = off_policy * torch.randn(rows, completion_length, generator=g, dtype=torch.float64)
-    old_logps = (logps - noise).clamp(max=-1e-3).to(dtype).to(torch.float64)
+    old_logps = (logps - noise).clamp(max=-1e-3).to(dtype).double()
     ref_logps = (logps + 0.2 * torch.randn(rows, completion_length, generator=g, dtype=torch.float64)).clamp(
         max=-1e-3
     )
-    ref_logps = ref_logps.to(dtype).to(torch.float64)
+    ref_logps = ref_logps.to(dtype).double()
     sampler_logps = old_logps + sampler_noise * torch.randn(
         rows, completion_length, generator=g, dtype=torch.float64
     )

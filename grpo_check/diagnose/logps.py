@@ -286,7 +286,7 @@ def detect_old_logps_mismatch(dx: Diagnosis) -> list[Finding]:
     ):
         return []
     old = dx.trainer("old_logps")
-    quantised = old is not None and bool(torch.equal(old.to(torch.bfloat16).to(torch.float64), old))
+    quantised = old is not None and bool(torch.equal(old.to(torch.bfloat16).double(), old))
     precision = " — its values are exactly bf16-representable: it ran in bf16" if quantised else ""
     return [
         dx.finding(

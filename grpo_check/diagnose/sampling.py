@@ -37,7 +37,7 @@ def detect_truncated_support(dx: Diagnosis) -> list[Finding]:
     spec = dx.spec
     kept = dx.kept_mass() if dx.kept_mass is not None else None
     if kept is not None:
-        log_kept = torch.log(kept.to(torch.float64).clamp_min(1e-300))
+        log_kept = torch.log(kept.double().clamp_min(1e-300))
         if not close(d, log_kept, mask, rtol=5e-2, atol=5e-3):
             return []
         row, token, value = worst(d, mask)

@@ -70,19 +70,22 @@ def cached(key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
     if memo is None:
         return compute()
     # a tensor by identity and in-place version counter (inference tensors have none: nothing changes them
-    # outside inference mode)
-    ident = tuple(
-        [
-            (id(part), None if part.is_inference() else part._version)
-            if isinstance(part, torch.Tensor)
-            else part
-            for part in key
-        ]
-    )
+    # outside inference mode); the exact-type test is the fast path, isinstance catches subclasses
+    ident = tuple([part if type(part) in _PLAIN_KEY_TYPES else _key_part(part) for part in key])
     hit = memo.get(ident)
     if hit is None:
         hit = memo[ident] = (compute(), key)
     return hit[0]
+
+
+_PLAIN_KEY_TYPES = frozenset({str, int, float, bool, type(None), tuple})
+
+
+def _key_part(part: Any) -> Any:
+    """A tensor as (identity, in-place version counter); anything else as itself."""
+    if isinstance(part, torch.Tensor):
+        return (id(part), None if part.is_inference() else part._version)
+    return part
 
 
 def f64(tensor: torch.Tensor) -> torch.Tensor:
@@ -94,7 +97,8 @@ def f64(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _f64_copy(tensor: torch.Tensor) -> torch.Tensor:
-    copy = tensor.detach().to(torch.float64)
+    copy = tensor.detach() if tensor.requires_grad else tensor
+    copy = copy if copy.dtype is torch.float64 else copy.double()  # .double(): less call overhead than .to
     cached(("source", copy), lambda: tensor)  # isfinite(copy) = isfinite(tensor): share one mask
     return copy
 

@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -67,13 +68,20 @@ class Check:
     def name(self) -> str:
         return self.id.split(".", 1)[1]
 
+    @functools.cached_property
+    def _needs(self) -> str:
+        """``requires`` as text: alternatives joined by "or", names within one by "+"."""
+        return " or ".join("+".join(alternative) for alternative in self.requires)
+
     def missing(self, step: TraceStep) -> list[str] | None:
-        """``None`` when some alternative of ``requires`` is fully present, else the names missing from the first."""
+        """``None`` when some alternative of ``requires`` is fully present, else the names missing from the
+        alternative that lacks fewest."""
         if not self.requires:
             return None
+        present = _present_names(step)
         best: list[str] | None = None
         for alternative in self.requires:
-            lacking = [name for name in alternative if not _present(step, name)]
+            lacking = [name for name in alternative if name not in present]
             if not lacking:
                 return None
             if best is None or len(lacking) < len(best):
@@ -86,15 +94,15 @@ class Check:
         """Evaluate on one step; always returns at least one finding."""
         lacking = self.missing(step)
         if lacking is not None:
-            needs = " or ".join("+".join(alt) for alt in self.requires)
             return [
-                self._finding(
-                    step,
-                    Outcome(
-                        Verdict.NOT_CAPTURED,
-                        f"not captured: needs {needs} (missing {', '.join(lacking)})",
-                        details={"missing": lacking},
-                    ),
+                Finding(
+                    check_id=self.id,
+                    stage=self.stage,
+                    verdict=Verdict.NOT_CAPTURED,
+                    where=where_in_step(step, None, None),
+                    explanation=f"not captured: needs {self._needs} (missing {', '.join(lacking)})",
+                    kind="invariant",
+                    details={"missing": lacking},
                 )
             ]
         try:
@@ -135,20 +143,25 @@ class Check:
         )
 
 
-def _present(step: TraceStep, name: str) -> bool:
-    if name == "completion_text":
-        return step.completion_text is not None
-    if name.startswith("meta."):
-        return step.meta.get(name[5:]) is not None
-    return step.tensors.get(name) is not None
+def _present_names(step: TraceStep) -> frozenset[str]:
+    """What ``requires`` can name that ``step`` holds: its tensors, ``completion_text`` and ``meta.<key>``
+    (``None`` values count as absent). Built once per step while a step cache is open."""
+    return cached(("present_names", id(step)), lambda: _collect_present_names(step))
+
+
+def _collect_present_names(step: TraceStep) -> frozenset[str]:
+    names = {name for name, tensor in step.tensors.items() if tensor is not None}
+    names.update(f"meta.{key}" for key, value in step.meta.items() if value is not None)
+    if step.completion_text is not None:
+        names.add("completion_text")
+    return frozenset(names)
 
 
 def where_in_step(step: TraceStep, row: int | None, token: int | None) -> Where:
     """GRPO coordinates of (row, token) in ``step``: prompt, generation within the group, token id."""
     meta = step.meta
-    base = cached(("where_base", id(step)), lambda: _where_base(meta))
-    if row is None and token is None:
-        return Where(step=base[0], micro_batch=base[1], rank=base[2])
+    if row is None and token is None:  # Where is frozen: one object serves every finding of the step
+        return cached(("where_base", id(step)), lambda: Where(*_where_base(meta)))
     prompt = generation = token_id = None
     group_tensor = step.get("group_index")
     if group_tensor is None:
@@ -162,10 +175,11 @@ def where_in_step(step: TraceStep, row: int | None, token: int | None) -> Where:
         ids = step["completion_ids"]
         if ids.dim() == 2 and 0 <= row < ids.shape[0] and 0 <= token < ids.shape[1]:
             token_id = int(ids[row, token])
+    base = cached(("where_base", id(step)), lambda: Where(*_where_base(meta)))
     return Where(
-        step=_int_or_none(meta.get("step")),
-        micro_batch=_int_or_none(meta.get("micro_batch")),
-        rank=_int_or_none(meta.get("rank")),
+        step=base.step,
+        micro_batch=base.micro_batch,
+        rank=base.rank,
         prompt=prompt,
         generation=generation,
         row=row,

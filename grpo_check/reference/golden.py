@@ -225,7 +225,7 @@ def replay_case(case: dict[str, Any]) -> CaseResult:
                 mismatches.append(f"{name}: {got.tolist()} != expected {want.tolist()}")
             continue
         try:
-            torch.testing.assert_close(got.to(torch.float64), want, rtol=rtol, atol=atol, equal_nan=True)
+            torch.testing.assert_close(got.double(), want, rtol=rtol, atol=atol, equal_nan=True)
         except AssertionError as exc:
             detail = " ".join(line.strip() for line in str(exc).splitlines()[1:] if line.strip())
             mismatches.append(f"{name}: {detail}")

@@ -76,7 +76,7 @@ def compare_tensors(
     torch's for ``tolerance_dtype`` (default: ``actual``'s dtype). NaN agrees only with NaN. Only positions where ``mask`` is true count.
     """
     actual_t = to_tensor(actual, name)
-    expected_t = to_tensor(expected, f"expected {name}").to(torch.float64)
+    expected_t = to_tensor(expected, f"expected {name}").double()
     dtype = actual_t.dtype if actual_t.dtype.is_floating_point else torch.float64
     if tolerance_dtype is not None:
         dtype = tolerance_dtype
@@ -99,13 +99,13 @@ def compare_tensors(
                 kind=kind,
                 details={"actual_shape": list(actual_t.shape), "expected_shape": list(expected_t.shape)},
             )
-    actual_f = actual_t.to(torch.float64)
+    actual_f = actual_t.double()
     compared = torch.ones_like(expected_t, dtype=torch.bool)
     if mask is not None:
         compared = torch.broadcast_to(to_tensor(mask, "mask").to(torch.bool), expected_t.shape)
     allowed = atol + rtol * expected_t.abs()
     if extra_tolerance is not None:
-        allowed = allowed + torch.broadcast_to(extra_tolerance.to(torch.float64), expected_t.shape)
+        allowed = allowed + torch.broadcast_to(extra_tolerance.double(), expected_t.shape)
     both_nan = torch.isnan(actual_f) & torch.isnan(expected_t)
     same_inf = torch.isinf(actual_f) & torch.isinf(expected_t) & (actual_f == expected_t)
     diff = (actual_f - expected_t).abs()

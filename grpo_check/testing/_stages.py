@@ -63,7 +63,7 @@ def _diagnose(
 
 
 def _nan_cause(actual: torch.Tensor, mask: torch.Tensor | None = None) -> str | None:
-    bad = ~torch.isfinite(actual.to(torch.float64))
+    bad = ~torch.isfinite(actual.double())
     if mask is not None:
         bad = bad & torch.broadcast_to(mask.to(torch.bool), bad.shape)
     if bool(bad.any()):
@@ -210,7 +210,7 @@ def check_logps(
     tau = spec.temperature
     expected = logps_from_logits(shifted, completion_ids, tau)
     u = _roundoff(actual, logits)
-    extra = _K * u * (logits.abs().amax().to(torch.float64) / tau + expected.abs() + 1.0)
+    extra = _K * u * (logits.abs().amax().double() / tau + expected.abs() + 1.0)
     finding = compare_tensors(
         actual, expected, name="logps", stage="logps", check_id="testing.logps_close", mask=completion_mask,
         group_index=group_index, rtol=rtol, atol=atol, extra_tolerance=extra, step=step, tolerance_dtype=tol_dtype,
@@ -252,9 +252,7 @@ def check_logps(
         actual, variants, mask=completion_mask, rtol=rtol, atol=atol, extra=extra, tolerance_dtype=tol_dtype
     )
     if cause is None and bool(
-        (
-            actual.to(torch.float64)[completion_mask.bool() if completion_mask is not None else ...] > 1e-6
-        ).any()
+        (actual.double()[completion_mask.bool() if completion_mask is not None else ...] > 1e-6).any()
     ):
         cause = "some log-prob > 0: a sign error or a low-precision log-softmax (bug-catalog S1, 32)"
     finding.likely_cause = cause or "no known variant matches (shift, temperature, sign)"
@@ -299,7 +297,7 @@ def check_ratio(
     if not diagnose:
         return finding
     other = "sequence" if level == "token" else "token"
-    log_ratio = logps.to(torch.float64) - old_logps.to(torch.float64)
+    log_ratio = logps.double() - old_logps.double()
     variants = [
         ("inverted ratio: exp(old_logps − logps)", lambda: 1.0 / expected),
         (f"{other}-level ratio where the configuration says {level}", lambda: importance_ratio(logps, old_logps, mask, other)),
@@ -342,9 +340,9 @@ def check_kl(
     mask = to_tensor(completion_mask, "completion_mask")
     estimator = spec.kl_estimator
     expected = per_token_kl(logps, ref_logps, estimator)
-    delta = (ref_logps.to(torch.float64) - logps.to(torch.float64)).abs()
+    delta = (ref_logps.double() - logps.double()).abs()
     u = _roundoff(actual, logps, ref_logps)
-    extra = _K * u * (delta.exp() + delta + 1.0) * (1.0 + logps.to(torch.float64).abs())
+    extra = _K * u * (delta.exp() + delta + 1.0) * (1.0 + logps.double().abs())
     variants = [
         (f"estimator {other} where the configuration says {estimator} (bug-catalog 18)",
          (lambda o=other: per_token_kl(logps, ref_logps, o)))
@@ -364,7 +362,7 @@ def check_kl(
         return finding
     if actual_grad is None:
         return None
-    expected_grad = kl_estimator_grad(logps, ref_logps, estimator) * mask.to(torch.float64)
+    expected_grad = kl_estimator_grad(logps, ref_logps, estimator) * mask.double()
     finding = compare_tensors(
         actual_grad, expected_grad, name=f"∂kl/∂logps ({estimator})", stage="grad", check_id="testing.kl_grad_close",
         mask=mask, group_index=group_index, rtol=rtol, atol=atol, extra_tolerance=extra, step=step,
@@ -395,8 +393,8 @@ def reference_loss_and_grad(
     """(loss, ∂loss/∂logps, ratio) of the reference in float64."""
     from grpo_check.reference import aggregate_loss, per_token_loss
 
-    leaf = logps.detach().to(torch.float64).clone().requires_grad_(True)
-    old = None if old_logps is None else old_logps.detach().to(torch.float64)
+    leaf = logps.detach().double().clone().requires_grad_(True)
+    old = None if old_logps is None else old_logps.detach().double()
     ptl = per_token_loss(leaf, old, advantages, completion_mask, spec, ref_logps=ref_logps)
     loss = aggregate_loss(ptl.per_token_loss, completion_mask, spec, num_items_in_batch).loss
     (grad,) = torch.autograd.grad(loss, leaf, allow_unused=True)
@@ -515,7 +513,7 @@ def check_loss(
         tolerance_dtype=tol_dtype,
     )  # fmt: skip
     if finding is not None:
-        finding.likely_cause = _grad_cause(to_tensor(actual_grad, "grad").to(torch.float64), grad, mask)
+        finding.likely_cause = _grad_cause(to_tensor(actual_grad, "grad").double(), grad, mask)
         finding.fix = "differentiate through the ratio (do not detach logps); clip masks where the clip binds"
     return finding
 
@@ -525,7 +523,7 @@ def _max_surrogate_loss(logps, old_logps, advantages, mask, spec, num_items_in_b
 
     ratio = importance_ratio(logps, old_logps, mask, spec.importance_sampling_level)
     clipped = clip_ratio(ratio, spec.epsilon_low, spec.epsilon_high_effective)
-    adv = advantages.to(torch.float64).reshape(-1, 1)
+    adv = advantages.double().reshape(-1, 1)
     ptl = -torch.max(ratio * adv, clipped * adv).expand_as(logps)
     return aggregate_loss(ptl, mask, spec, num_items_in_batch).loss
 

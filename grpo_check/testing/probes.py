@@ -139,7 +139,7 @@ class Probe:
         for name, value in outputs.items():
             finding = compare_tensors(
                 value.float() if isinstance(value, torch.Tensor) and value.dtype == torch.bool else value,
-                expected[name].to(torch.float64),
+                expected[name].double(),
                 name=f"{name} (probe {self.name!r})",
                 stage=_STAGE_OF.get(name, self.stage),
                 check_id=f"probe.{self.name}.{name}",

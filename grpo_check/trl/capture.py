@@ -628,11 +628,10 @@ class Attachment:
         Not GRPO maths: bookkeeping. It catches a wrong ``process_slice`` or a shuffle that moves advantages
         away from their completions (the rows are followed by the tag, independently of TRL's indexing).
         """
-        import torch
 
         from grpo_check.findings import Where
 
-        used64, generated64 = used.to(torch.float64).reshape(-1), generated.to(torch.float64).reshape(-1)
+        used64, generated64 = used.double().reshape(-1), generated.double().reshape(-1)
         if used64.shape != generated64.shape:
             return
         error = (used64 - generated64).abs()
@@ -752,7 +751,6 @@ class Attachment:
         """The trainer's log-probs are within the comparison's tolerance floor of the reference's everywhere on
         the completion mask: then the helper's comparison passes too (its allowance is never below that
         floor), and needs no model for its diagnoses."""
-        import torch
 
         from grpo_check.compare.stages import _dtype
         from grpo_check.compare.tolerances import TolerancePolicy
@@ -761,7 +759,7 @@ class Attachment:
         for name, check_id in (("logps", "logps.model"), ("ref_logps", "logps.ref_model")):
             if name not in known or not step.has(name):
                 continue
-            got, want = step[name].to(torch.float64), known[name].to(torch.float64)
+            got, want = step[name].double(), known[name].double()
             if got.shape != want.shape:
                 return False
             tolerance = policy.for_check(check_id, name, _dtype(step, name))
