@@ -37,8 +37,8 @@ def _median_seconds(function: Callable[[], object], repeats: int) -> float:
 
 
 def _per_check(step, spec, repeats: int) -> list[tuple[float, str]]:
+    from grpo_check._step_cache import step_cache
     from grpo_check.invariants import REGISTRY
-    from grpo_check.invariants._common import step_cache
 
     totals: dict[str, list[float]] = {check_id: [] for check_id in REGISTRY}
     for _ in range(repeats):

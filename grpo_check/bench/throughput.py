@@ -3,7 +3,8 @@
 The step is a correct float32 step built by :func:`grpo_check.compare.synthetic.make_step` (rewards,
 advantages, log-probs, ratio, KL, loss and ∂loss/∂logps all recorded), so every check has its inputs. The
 work measured is what the TRL adapter does per checked micro-batch, minus the model forward pass:
-``run_invariants`` + ``compare_step`` (stage-isolated reference, end-to-end reference, diagnoses).
+``grpo_check.trl.background.check_captured_step``: ``compare_step`` (stage-isolated reference, end-to-end
+reference, diagnoses), then ``run_invariants``, sharing the step's float64 copies.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ _COMPLETION_LENGTH = 500  # tokens per row: rows = size / 500
 
 
 def _suite(step, spec):
-    from grpo_check.compare import compare_step
-    from grpo_check.invariants import run_invariants
+    """What the TRL adapter runs per captured step (inline or in the background helper), minus the forwards."""
+    from grpo_check.trl.background import check_captured_step
 
-    return run_invariants(step, spec) + compare_step(step, spec)
+    findings, _ = check_captured_step(
+        step, spec, model=None, ref_model=None, tolerances=None, invariants=True
+    )
+    return findings
 
 
 def measure_throughput(sizes: tuple[int, ...] = SIZES, repeats: int = 3) -> list[BenchFigure]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from grpo_check._step_cache import f64
 from grpo_check.compare.tolerances import Tolerance
 from grpo_check.findings import Finding, Verdict, Where
 
@@ -77,11 +78,11 @@ class StepContext:
 
 
 def as_f64(tensor: Any) -> torch.Tensor:
-    """``tensor`` detached, as float64 (itself when it already is one and carries no autograd graph)."""
-    t = tensor if isinstance(tensor, torch.Tensor) else torch.as_tensor(tensor)
-    if t.requires_grad:
-        t = t.detach()
-    return t if t.dtype is torch.float64 else t.double()  # .double(): as .to(float64), less call overhead
+    """``tensor`` detached, as float64 (itself when it already is one and carries no autograd graph); one
+    conversion per tensor while a :func:`~grpo_check._step_cache.step_cache` is open."""
+    if isinstance(tensor, torch.Tensor):
+        return f64(tensor)
+    return torch.as_tensor(tensor).double()
 
 
 def _unravel(index: int, shape: torch.Size) -> tuple[int | None, int | None]:
@@ -376,7 +377,7 @@ _SMALL_ROW = 32_768
 def _rows_f64(tensors: list[torch.Tensor]) -> torch.Tensor:
     """(K, N) float64: each tensor flattened into one row (large rows converted while copied, one pass)."""
     if len(tensors) == 1:
-        return tensors[0].reshape(1, -1).double()
+        return f64(tensors[0]).reshape(1, -1)  # the step's float64 copy when a step cache holds one
     if tensors[0].numel() <= _SMALL_ROW:
         return torch.stack([tensor.reshape(-1) for tensor in tensors]).double()
     out = torch.empty((len(tensors), tensors[0].numel()), dtype=torch.float64, device=tensors[0].device)
@@ -398,9 +399,18 @@ def _summarise(
     compared: list[torch.Tensor],
     tolerances: list[Tolerance],
 ) -> list[_Summary]:
-    """Batched reductions over K same-shaped comparisons; one host transfer for all of them."""
+    """Batched reductions over K same-shaped comparisons; one host transfer for all of them. Large rows are
+    summarised one comparison at a time instead: batching saves nothing there, and stacking would copy them."""
+    if len(got) > 1 and got[0].numel() > _SMALL_ROW:
+        return [
+            summary
+            for one in zip(got, want, compared, tolerances, strict=True)
+            for summary in _summarise(*([part] for part in one))
+        ]
     trainer, reference = _rows_f64(got), _rows_f64(want)  # (K, N)
-    mask = torch.stack([c.reshape(-1) for c in compared])
+    mask = (
+        compared[0].reshape(1, -1) if len(compared) == 1 else torch.stack([c.reshape(-1) for c in compared])
+    )
     bounds = torch.tensor([[t.rtol, t.atol] for t in tolerances], dtype=torch.float64)  # (K, 2)
     error = torch.sub(trainer, reference).abs_()
     reference_abs = reference.abs()

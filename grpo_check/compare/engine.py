@@ -16,6 +16,7 @@ import platform
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from grpo_check._step_cache import step_cache
 from grpo_check.compare import distribution
 from grpo_check.compare.stages import compare_stages, step_context
 from grpo_check.compare.tolerances import TolerancePolicy
@@ -50,13 +51,14 @@ def compare_step(
     ['pass']
     """
     policy = tolerances or TolerancePolicy()
-    findings, reference = compare_stages(
-        step, spec, policy, model=model, ref_model=ref_model, end_to_end=end_to_end
-    )
-    if diagnose:
-        from grpo_check.diagnose import diagnose as run_diagnose
+    with step_cache(step):  # float64 copies made once for the comparison and the diagnoses
+        findings, reference = compare_stages(
+            step, spec, policy, model=model, ref_model=ref_model, end_to_end=end_to_end
+        )
+        if diagnose:
+            from grpo_check.diagnose import diagnose as run_diagnose
 
-        findings += run_diagnose(step, reference, spec, findings, model=model, tolerances=policy)
+            findings += run_diagnose(step, reference, spec, findings, model=model, tolerances=policy)
     return findings
 
 

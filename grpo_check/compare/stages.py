@@ -78,7 +78,7 @@ def step_context(step: TraceStep, spec: GRPOSpec) -> StepContext:
         for name in ("rewards_per_func", "rewards", "advantages", "completion_ids", "logps"):
             t = step.get(name)
             if t is not None and t.dim() >= 1 and t.shape[0] % spec.num_generations == 0:
-                group_index = torch.arange(t.shape[0]) // spec.num_generations
+                group_index = torch.div(torch.arange(t.shape[0]), spec.num_generations, rounding_mode="floor")
                 break
     return StepContext(
         step=step.meta.get("step"),

@@ -69,7 +69,7 @@ class Diagnosis:
             if t is not None:
                 rows = t.shape[0]
                 if rows % self.spec.num_generations == 0:
-                    return torch.arange(rows) // self.spec.num_generations
+                    return torch.div(torch.arange(rows), self.spec.num_generations, rounding_mode="floor")
                 return None
         return None
 

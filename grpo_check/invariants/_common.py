@@ -6,14 +6,12 @@ Everything here is vectorised torch (no Python loops over tokens or rows); per-g
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
-from collections.abc import Callable, Hashable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
+from grpo_check._step_cache import cached, f64
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
 from grpo_check.tolerance_defaults import DTYPE_DEFAULTS
@@ -33,74 +31,6 @@ def rtol_atol(dtype: torch.dtype) -> tuple[float, float]:
 def machine_eps(dtype: torch.dtype) -> float:
     """Machine epsilon of a floating dtype (float32's for non-floating dtypes)."""
     return float(torch.finfo(dtype if dtype.is_floating_point else torch.float32).eps)
-
-
-_T = TypeVar("_T")
-_STEP_CACHE: contextvars.ContextVar[dict[Hashable, tuple[Any, ...]] | None] = contextvars.ContextVar(
-    "grpo_check_invariants_step_cache", default=None
-)
-
-
-@contextlib.contextmanager
-def step_cache() -> Iterator[None]:
-    """Share intermediate tensors (float64 copies, masks, ratios) between the checks run on ONE step.
-
-    :func:`~grpo_check.invariants.registry.run_invariants` opens one per step; outside it nothing is
-    cached. Cached tensors are shared: callers must never modify them in place.
-
-    >>> with step_cache():
-    ...     x = torch.ones(2)
-    ...     f64(x) is f64(x)
-    True
-    """
-    token = _STEP_CACHE.set({})
-    try:
-        yield
-    finally:
-        _STEP_CACHE.reset(token)
-
-
-def cached(key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
-    """``compute()``, memoised in the open :func:`step_cache` (computed every time when none is open).
-
-    Tensors in ``key`` are identified by object identity and version counter (an in-place change is a
-    miss) and kept alive by the cache, so an id cannot be reused while it is open.
-    """
-    memo = _STEP_CACHE.get()
-    if memo is None:
-        return compute()
-    # a tensor by identity and in-place version counter (inference tensors have none: nothing changes them
-    # outside inference mode); the exact-type test is the fast path, isinstance catches subclasses
-    ident = tuple([part if type(part) in _PLAIN_KEY_TYPES else _key_part(part) for part in key])
-    hit = memo.get(ident)
-    if hit is None:
-        hit = memo[ident] = (compute(), key)
-    return hit[0]
-
-
-_PLAIN_KEY_TYPES = frozenset({str, int, float, bool, type(None), tuple})
-
-
-def _key_part(part: Any) -> Any:
-    """A tensor as (identity, in-place version counter); anything else as itself."""
-    if isinstance(part, torch.Tensor):
-        return (id(part), None if part.is_inference() else part._version)
-    return part
-
-
-def f64(tensor: torch.Tensor) -> torch.Tensor:
-    """Detached float64 copy for evaluating a check (the tensor's own dtype drives the tolerance).
-
-    Shared between the checks of one step (see :func:`step_cache`): never modify it in place.
-    """
-    return cached(("f64", tensor), lambda: _f64_copy(tensor))
-
-
-def _f64_copy(tensor: torch.Tensor) -> torch.Tensor:
-    copy = tensor.detach() if tensor.requires_grad else tensor
-    copy = copy if copy.dtype is torch.float64 else copy.double()  # .double(): less call overhead than .to
-    cached(("source", copy), lambda: tensor)  # isfinite(copy) = isfinite(tensor): share one mask
-    return copy
 
 
 def _source(tensor: torch.Tensor) -> torch.Tensor:
@@ -125,6 +55,19 @@ def _isfinite(tensor: torch.Tensor) -> torch.Tensor:
 def count_true(mask: torch.Tensor) -> int:
     """``int(mask.sum())`` for a bool mask (count_nonzero: several times faster than a bool sum on CPU)."""
     return int(torch.count_nonzero(mask))
+
+
+# Up to this many elements per slice, one reduction over the trailing dims beats one count_nonzero per slice
+# (per-call overhead dominates); above it, count_nonzero per slice wins (a bool reduction along dims is ~10x
+# slower on CPU than a whole-tensor count_nonzero).
+_SMALL_SLICE = 32_768
+
+
+def count_true_per_slice(mask: torch.Tensor) -> torch.Tensor:
+    """(K,) int64 count of True in each ``mask[k]`` of a (K, ...) bool mask."""
+    if mask[0].numel() <= _SMALL_SLICE:
+        return mask.reshape(mask.shape[0], -1).sum(1)
+    return torch.stack([slice_.count_nonzero() for slice_ in mask.unbind(0)])
 
 
 def valid_finite(step: TraceStep, values: torch.Tensor) -> torch.Tensor:

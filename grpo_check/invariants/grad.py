@@ -402,7 +402,7 @@ def zero_where_clipped(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
 
 def _k3_slope(step: TraceStep) -> torch.Tensor:
     """``1 − exp(ref − logp)`` (∂k3/∂logp), shared between the checks of one step."""
-    return cached(("k3_slope", step["ref_logps"], step["logps"]), lambda: 1 - policy_ref_exp(step))
+    return cached(("k3_slope", step["ref_logps"], step["logps"]), lambda: torch.rsub(policy_ref_exp(step), 1))
 
 
 def _kl_value(step: TraceStep, estimator: str) -> torch.Tensor:

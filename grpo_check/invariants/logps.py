@@ -14,6 +14,7 @@ from grpo_check.invariants._common import (
     argmax_2d,
     cached,
     count_true,
+    count_true_per_slice,
     f64,
     finite_outcome,
     fmt,
@@ -206,16 +207,10 @@ def bf16_quantised(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float |
     if stack is not None:  # every tensor at once; anything but a clean pass takes the per-tensor path below
         magnitude = stack.values.abs()
         judged = stack.valid & (magnitude > 1e-3)
-        # per-tensor counts as whole-tensor count_nonzero calls (a bool reduction along dims is ~10x slower)
         table = torch.stack(
             [
-                torch.stack([tensor_judged.count_nonzero() for tensor_judged in judged]),
-                *(
-                    torch.stack(
-                        [row.count_nonzero() for row in _on_grid(stack.values, grid, magnitude) & judged]
-                    )
-                    for grid in _GRIDS
-                ),
+                count_true_per_slice(judged),
+                *(count_true_per_slice(_on_grid(stack.values, grid, magnitude) & judged) for grid in _GRIDS),
             ]
         ).tolist()  # (1 + grids, K)
         fractions = [

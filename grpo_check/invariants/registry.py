@@ -30,9 +30,10 @@ from typing import Any
 
 import torch
 
+from grpo_check._step_cache import cached, step_cache
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, Verdict, Where
-from grpo_check.invariants._common import Outcome, cached, step_cache
+from grpo_check.invariants._common import Outcome
 from grpo_check.trace.model import TraceStep
 
 CheckFunction = Callable[..., "Outcome | list[Outcome]"]
@@ -296,7 +297,7 @@ def run_invariants(
     for step in steps:
         # float64 copies, masks and ratios computed once per step and shared by the checks; inference mode
         # (no autograd bookkeeping: checks only read) takes about a sixth off each small tensor operation
-        with step_cache(), torch.inference_mode():
+        with step_cache(step), torch.inference_mode():
             for check in selected:
                 findings.extend(check.run(step, spec, tolerance=tolerances.get(check.id)))
     if len(steps) > 1:

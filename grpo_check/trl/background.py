@@ -145,20 +145,22 @@ def check_captured_step(
     """What checking one captured step means, inline or in the helper: ``compare_step`` (stage-isolated and
     end-to-end float64 reference, diagnoses) plus the invariants. Returns (findings, ids of the invariants
     whose inputs TRL does not expose: counted, not reported)."""
+    from grpo_check._step_cache import step_cache
     from grpo_check.compare import compare_step
     from grpo_check.findings import Verdict
 
     kwargs = {} if tolerances is None else {"tolerances": tolerances}
-    findings = list(compare_step(step, spec, model=model, ref_model=ref_model, **kwargs))
     not_captured: list[str] = []
-    if invariants:
-        from grpo_check.invariants import run_invariants
+    with step_cache(step):  # the comparison and the invariants share the step's float64 copies
+        findings = list(compare_step(step, spec, model=model, ref_model=ref_model, **kwargs))
+        if invariants:
+            from grpo_check.invariants import run_invariants
 
-        for finding in run_invariants(step, spec):
-            if finding.verdict is Verdict.NOT_CAPTURED:
-                not_captured.append(finding.check_id)
-            else:
-                findings.append(finding)
+            for finding in run_invariants(step, spec):
+                if finding.verdict is Verdict.NOT_CAPTURED:
+                    not_captured.append(finding.check_id)
+                else:
+                    findings.append(finding)
     if step.meta.get("scope") == "micro_batch" and step.has("extra.group_index"):
         # partial groups: the advantage stage is checked on the generation step (whole groups), and
         # trl.advantages_slice ties these rows to it; a "not captured" here would only be noise

@@ -12,11 +12,11 @@ import dataclasses
 import torch
 from invariants_builders import build_step, with_tensors
 
+from grpo_check._step_cache import cached, step_cache
 from grpo_check.compare.synthetic import make_step
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
 from grpo_check.invariants import REGISTRY, run_invariants
-from grpo_check.invariants._common import cached, step_cache
 from grpo_check.trace.model import TraceStep
 
 

@@ -1,0 +1,101 @@
+"""Per-step memo shared by the checks of one step: float64 copies, masks and intermediate tensors.
+
+``compare_step`` and ``run_invariants`` each open a :func:`step_cache` for the step they check, or join one
+already open for the same step, so checking one captured step shares its float64 copies between the
+comparison, the diagnoses and the invariants. Outside a cache nothing is memoised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import torch
+
+_T = TypeVar("_T")
+
+
+class _Memo(dict):  # type: ignore[type-arg]
+    """The open cache: memoised values by key, and the step it was opened for (kept alive while open)."""
+
+    def __init__(self, owner: object | None) -> None:
+        super().__init__()
+        self.owner = owner
+
+
+_STEP_CACHE: contextvars.ContextVar[_Memo | None] = contextvars.ContextVar(
+    "grpo_check_step_cache", default=None
+)
+
+
+@contextlib.contextmanager
+def step_cache(step: object | None = None) -> Iterator[None]:
+    """Share intermediate tensors (float64 copies, masks, ratios) between the checks run on ONE step.
+
+    Given the ``step``, a cache already open for that same step object is joined instead of opening a new
+    one: the comparison, the diagnoses and the invariants of one captured step share their float64 copies.
+    Cached tensors are shared: callers must never modify them in place.
+
+    >>> with step_cache():
+    ...     x = torch.ones(2)
+    ...     f64(x) is f64(x)
+    True
+    """
+    current = _STEP_CACHE.get()
+    if step is not None and current is not None and current.owner is step:
+        yield
+        return
+    token = _STEP_CACHE.set(_Memo(step))
+    try:
+        yield
+    finally:
+        _STEP_CACHE.reset(token)
+
+
+def cached(key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
+    """``compute()``, memoised in the open :func:`step_cache` (computed every time when none is open).
+
+    Tensors in ``key`` are identified by object identity and version counter (an in-place change is a
+    miss) and kept alive by the cache, so an id cannot be reused while it is open.
+    """
+    memo = _STEP_CACHE.get()
+    if memo is None:
+        return compute()
+    # a tensor by identity and in-place version counter (inference tensors have none: nothing changes them
+    # outside inference mode); the exact-type test is the fast path, isinstance catches subclasses
+    ident = tuple([part if type(part) in _PLAIN_KEY_TYPES else _key_part(part) for part in key])
+    hit = memo.get(ident)
+    if hit is None:
+        hit = memo[ident] = (compute(), key)
+    return hit[0]
+
+
+_PLAIN_KEY_TYPES = frozenset({str, int, float, bool, type(None), tuple})
+
+
+def _key_part(part: Any) -> Any:
+    """A tensor as (identity, in-place version counter); anything else as itself."""
+    if isinstance(part, torch.Tensor):
+        return (id(part), None if part.is_inference() else part._version)
+    return part
+
+
+def f64(tensor: torch.Tensor) -> torch.Tensor:
+    """Detached float64 copy for evaluating a check (the tensor's own dtype drives the tolerance).
+
+    Shared between the checks of one step (see :func:`step_cache`): never modify it in place.
+    """
+    return cached(("f64", tensor), lambda: _f64_copy(tensor))
+
+
+def _f64_copy(tensor: torch.Tensor) -> torch.Tensor:
+    copy = tensor.detach() if tensor.requires_grad else tensor
+    if copy.dtype is not torch.float64:
+        # a normal tensor even when made under inference mode (the invariants): the comparison, sharing the
+        # cache, may use it as a constant of its autograd graph. .double(): less call overhead than .to
+        with torch.inference_mode(False):
+            copy = copy.double()
+    cached(("source", copy), lambda: tensor)  # isfinite(copy) = isfinite(tensor): share one mask
+    return copy
