@@ -7,6 +7,7 @@ and message, on passing inputs and on inputs broken by an out-of-tolerance eleme
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import hypothesis.strategies as st
@@ -94,14 +95,48 @@ def comparison_sets(draw):
     return comparisons, _context(rows, tokens)
 
 
+@contextlib.contextmanager
+def _summary_path(path: str):
+    """Force the numpy summary (small steps) or the torch one (large steps) for the comparisons inside."""
+    saved = _diff._NUMPY_ELEMENTS
+    _diff._NUMPY_ELEMENTS = 1 << 62 if path == "numpy" else 0
+    try:
+        yield
+    finally:
+        _diff._NUMPY_ELEMENTS = saved
+
+
+@pytest.mark.parametrize("path", ["numpy", "torch"])
 @settings(max_examples=150, deadline=None)
-@given(comparison_sets())
-def test_batched_findings_equal_full_comparison(case):
+@given(case=comparison_sets())
+def test_batched_findings_equal_full_comparison(path, case):
     comparisons, ctx = case
-    batched = compare_tensors(comparisons, ctx)
+    with _summary_path(path):
+        batched = compare_tensors(comparisons, ctx)
     assert len(batched) == len(comparisons)
     for finding, comparison in zip(batched, comparisons, strict=True):
         _assert_same(finding, comparison.run(ctx))
+
+
+def test_the_two_summary_paths_agree_value_for_value():
+    """Same float64 arithmetic: every summary field is equal (the error sum up to summation order)."""
+    generator = torch.Generator().manual_seed(0)
+    got = [torch.randn(6, 5, generator=generator) for _ in range(3)]
+    want = [g.double() + 1e-7 * torch.randn(6, 5, generator=generator, dtype=torch.float64) for g in got]
+    want[1][2, 3] = float("nan")
+    got[2][0, 1] = float("inf")
+    compared = [torch.rand(6, 5, generator=generator) > 0.2 for _ in range(3)]
+    tolerances = [TOL, Tolerance(rtol=1e-3, atol=0.0), TOL]
+    with _summary_path("numpy"):
+        numpy_summaries = _diff._summarise(got, want, compared, tolerances)
+    with _summary_path("torch"):
+        torch_summaries = _diff._summarise(got, want, compared, tolerances)
+    for a, b in zip(numpy_summaries, torch_summaries, strict=True):
+        for field, x, y in zip(a._fields, a, b, strict=True):
+            if field == "error_sum":
+                assert math.isclose(x, y, rel_tol=1e-12) or (math.isnan(x) and math.isnan(y))
+            else:
+                assert x == y or (math.isnan(x) and math.isnan(y)), field
 
 
 def test_only_failures_take_the_full_path(monkeypatch):
