@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from grpo_check._step_cache import cached
 from grpo_check.compare import distribution
 from grpo_check.compare._diff import (
     Comparison,
@@ -72,7 +73,14 @@ class StageReference:
 
 
 def step_context(step: TraceStep, spec: GRPOSpec) -> StepContext:
-    """GRPO coordinates of ``step`` (group index inferred as contiguous blocks of G when not captured)."""
+    """GRPO coordinates of ``step`` (group index inferred as contiguous blocks of G when not captured); one
+    per step while a step cache is open (the comparison and the diagnoses share it)."""
+    # the cached value holds the step too: its id cannot be reused by another step while the cache is open
+    key = ("step_context", id(step), spec.num_generations)
+    return cached(key, lambda: (_step_context(step, spec), step))[0]
+
+
+def _step_context(step: TraceStep, spec: GRPOSpec) -> StepContext:
     group_index = step.get("group_index")
     if group_index is None:
         for name in ("rewards_per_func", "rewards", "advantages", "completion_ids", "logps"):
