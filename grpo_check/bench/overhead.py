@@ -127,11 +127,14 @@ def measure_overhead(
         plan.update({"every_1_background": (1, True), "every_10_background": (10, True)})
     arms: dict[str, list[float]] = {arm: [] for arm in plan}
     finish: dict[str, float] = {arm: 0.0 for arm in plan}
+    per_round: dict[str, list[float]] = {arm: [] for arm in plan}  # mean step of each round, wait included
     for _ in range(rounds):
         for arm, (every, in_background) in plan.items():
             run = _timed_run(make_trainer, every, steps, in_background)
-            arms[arm].extend(run.step_seconds[warmup:])
+            timed = run.step_seconds[warmup:]
+            arms[arm].extend(timed)
             finish[arm] += run.finish_seconds
+            per_round[arm].append((sum(timed) + run.finish_seconds) / max(len(timed), 1))
     # the wait for unfinished background checks is part of the cost: spread over the arm's timed steps
     mean = {arm: (sum(times) + finish[arm]) / len(times) for arm, times in arms.items()}
     figures = []
@@ -154,6 +157,11 @@ def measure_overhead(
                     "close_wait_s": finish[arm],
                     "steps_timed": len(arms[arm]),
                     "rounds": rounds,
+                    # the same ratio round by round (each against the off arm of its own round): its spread
+                    # shows how far machine load moves the figure
+                    "round_ratios": [
+                        on / off for on, off in zip(per_round[arm], per_round["off"], strict=True)
+                    ],
                 },
             )
         )

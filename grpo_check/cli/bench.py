@@ -156,6 +156,9 @@ def _print_table(payload: dict) -> None:
     for fig in payload["figures"]:
         ok = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[fig["ok"]]
         value = f"{fig['value']:,.0f}" if fig["value"] >= 1000 else f"{fig['value']:.3f}"
+        rounds = (fig.get("details") or {}).get("round_ratios")
+        if rounds and len(rounds) > 1:  # how far machine load moved it: the lowest and highest round
+            value += f"\n(rounds {min(rounds):.2f}–{max(rounds):.2f})"
         table.add_row(fig["name"], value, fig["unit"], fig["target"], ok)
     console = Console()
     console.print(table)

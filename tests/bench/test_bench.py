@@ -139,6 +139,21 @@ def test_overhead_charges_the_wait_for_unfinished_background_checks(monkeypatch)
     assert deferred.value == pytest.approx((20 * 1.0 + 2 * 10.0) / 20)  # 2.0, not the 1.0 of the steps alone
     assert not deferred.ok
     assert deferred.details["close_wait_s"] == pytest.approx(20.0)
+    assert deferred.details["round_ratios"] == pytest.approx([2.0, 2.0])  # each round: (10 + 10) / 10
     # nothing deferred: the arm costs what its steps cost
     assert figures["overhead_every_1_demo"].value == pytest.approx(1.0)
     assert figures["overhead_every_1_demo"].ok
+
+
+def test_table_shows_the_spread_of_the_round_ratios(monkeypatch) -> None:
+    import grpo_check.cli.bench as bench_cli
+
+    spread = BenchFigure(
+        "overhead_every_1_demo", 1.3, "x step time", "<= 1.25", False, {"round_ratios": [1.21, 1.42, 1.3]}
+    )
+    single = BenchFigure("startup", 0.1, "x import torch", "<= 0.2", True, {"round_ratios": [0.1]})
+    monkeypatch.setattr(bench_cli, "_measure", lambda selected, **kwargs: [spread, single])
+    result = CliRunner().invoke(app, ["bench", "--only", "overhead"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "(rounds 1.21–1.42)" in result.output
+    assert result.output.count("(rounds") == 1  # one round: nothing to spread
