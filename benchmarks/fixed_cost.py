@@ -3,9 +3,9 @@
 Times ``grpo_check.trl.background.check_captured_step`` (what the TRL adapter runs per checked micro-batch,
 minus the forward passes: comparison, diagnoses and invariants, sharing one step cache) on correct
 synthetic steps (dapo, β = 0.04, G = 8) from a live-demo-sized micro-batch (8 rows × 6 tokens) to 1M
-tokens, and fits ``seconds = fixed + per_token × tokens`` by least squares over the sizes. The fixed part is
-what a small step pays whatever its size: it decides the 10k-token throughput figure and the demo's
-every-step overhead. Each size is timed ``--repeats`` times, the minimum is kept (the least disturbed run on a
+tokens, and reads ``seconds ≈ fixed + per_token × tokens`` off them: the fixed part as the time of the
+smallest step, the part per token as the slope between the two largest. The fixed part is what a step
+pays whatever its size: it decides the 10k-token throughput figure and the demo's every-step overhead. Each size is timed ``--repeats`` times, the minimum is kept (the least disturbed run on a
 shared machine).
 
 Usage::
@@ -54,14 +54,13 @@ def main(argv: list[str] | None = None) -> None:
             best = min(best, time.perf_counter() - start)
         points.append((tokens, best))
         print(f"  {tokens:>9,} tokens: {best * 1e3:8.2f} ms  {tokens / best:>12,.0f} tokens/s")
-    mean_x = sum(x for x, _ in points) / len(points)
-    mean_y = sum(y for _, y in points) / len(points)
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
-    fixed = mean_y - slope * mean_x
-    print(f"fit: {fixed * 1e3:.2f} ms per step + {slope * 1e9:.0f} ns per token")
+    (small_tokens, small_s), (_, _), (mid_tokens, mid_s), (large_tokens, large_s) = points
+    per_token = (large_s - mid_s) / (large_tokens - mid_tokens)
     print(
-        f"at 2M tokens/s a 10k-token step may take 5 ms; the smallest step measured took {points[0][1] * 1e3:.2f} ms"
+        f"fixed part ≈ the {small_tokens}-token step: {small_s * 1e3:.2f} ms; per token ≈ the slope from "
+        f"{mid_tokens:,} to {large_tokens:,} tokens: {per_token * 1e9:.0f} ns"
     )
+    print(f"the 10k-token target (2M tokens/s) allows {10_000 / 2e6 * 1e3:.0f} ms per 10k-token step in all")
 
 
 if __name__ == "__main__":
