@@ -466,6 +466,28 @@ def _unscorable_finding(
     )
 
 
+def _forward_comparison(
+    step: TraceStep,
+    name: str,
+    check_id: str,
+    reference: torch.Tensor,
+    temperature: float,
+    tolerance: Tolerance,
+    note: str = "",
+) -> Comparison:
+    """The trainer's ``name`` against log-probs from the reference's own forward pass."""
+    return Comparison(
+        check_id=check_id,
+        stage="logps",
+        name=name,
+        what=f"{name} (vs the reference's own forward pass, T={temperature:g}{note})",
+        trainer=step[name],
+        reference=reference,
+        reference_same_precision=_same_precision(reference, step, name),
+        tolerance=tolerance,
+    )
+
+
 def _logps_findings(
     step: TraceStep,
     spec: GRPOSpec,
@@ -497,18 +519,7 @@ def _logps_findings(
             continue
         tol = policy.for_check(check_id, name, _dtype(step, name))
         slots.append((name, check_id, source, temperature, tol, want))
-        comparisons.append(
-            Comparison(
-                check_id=check_id,
-                stage="logps",
-                name=name,
-                what=f"{name} (vs the reference's own forward pass, T={temperature:g})",
-                trainer=step[name],
-                reference=want,
-                reference_same_precision=_same_precision(want, step, name),
-                tolerance=tol,
-            )
-        )
+        comparisons.append(_forward_comparison(step, name, check_id, want, temperature, tol))
     compared = iter(compare_tensors(comparisons, ctx))
     findings: list[Finding] = []
     for slot in slots:
@@ -522,17 +533,9 @@ def _logps_findings(
             # position ids: a plain training forward uses 0..P+T−1 regardless of left padding
             alt = model_logps(source, step, temperature, positions="arange")
         if alt is not None:
-            alt_finding = compare_tensor(
-                check_id=check_id,
-                stage="logps",
-                name=name,
-                what=f"{name} (vs the reference's own forward pass, T={temperature:g}, arange position ids)",
-                trainer=step[name],
-                reference=alt,
-                reference_same_precision=_same_precision(alt, step, name),
-                tolerance=tol,
-                ctx=ctx,
-            )
+            alt_finding = _forward_comparison(
+                step, name, check_id, alt, temperature, tol, note=", arange position ids"
+            ).run(ctx)
             if alt_finding.verdict is Verdict.PASS:
                 # RoPE: the two position conventions agree up to rounding, and arange is what a plain training
                 # forward uses; absolute positions: they differ, and the trainer ignores the left padding (#14)
