@@ -265,8 +265,10 @@ def _eval_mode(model: Any) -> Iterator[None]:
 
 def _sequence_logits(model: Any, step: TraceStep) -> torch.Tensor | None:
     """Logits (B, P+T, V) of ``model`` over prompt + completion, no grad, eval mode, positions from the
-    attention mask (as generation numbers them); ``None`` when the batch tensors were not captured."""
-    from grpo_check.reference.logps import position_ids_from_mask
+    attention mask (as generation numbers them); ``None`` when the batch tensors were not captured. The
+    model runs on its own device; the logits come back on the step's (a full copy: only the diagnoses and
+    the kept-sampling-mass comparison ask for them)."""
+    from grpo_check.reference.logps import model_device, position_ids_from_mask
 
     if not step.has("prompt_ids", "prompt_mask", "completion_ids", "completion_mask"):
         return None
@@ -274,11 +276,17 @@ def _sequence_logits(model: Any, step: TraceStep) -> torch.Tensor | None:
         return None
     input_ids = torch.cat([step["prompt_ids"], step["completion_ids"]], dim=1)
     attention = torch.cat([step["prompt_mask"], step["completion_mask"]], dim=1).long()
+    inputs = {
+        "input_ids": input_ids,
+        "attention_mask": attention,
+        "position_ids": position_ids_from_mask(attention),
+    }
+    device = model_device(model)
+    if device is not None:
+        inputs = {name: tensor.to(device) for name, tensor in inputs.items()}
     with _eval_mode(model), torch.no_grad():
-        out = model(
-            input_ids=input_ids, attention_mask=attention, position_ids=position_ids_from_mask(attention)
-        )
-    return (out.logits if hasattr(out, "logits") else out[0]).detach()
+        out = model(**inputs)
+    return (out.logits if hasattr(out, "logits") else out[0]).detach().to(input_ids.device)
 
 
 def model_logits(model: Any, step: TraceStep) -> torch.Tensor | None:

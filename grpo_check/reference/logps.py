@@ -151,6 +151,19 @@ def _forward(model: Any, kwargs: dict[str, Any], logits_to_keep: int) -> Any:
     return model(**kwargs)
 
 
+def model_device(model: Any) -> torch.device | None:
+    """Where ``model`` computes: its ``device`` (transformers models and the wrappers that forward it), else
+    the device of its first parameter; ``None`` for a callable with neither."""
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    parameters = getattr(model, "parameters", None)
+    if callable(parameters):
+        for parameter in parameters():
+            return parameter.device
+    return None
+
+
 def logps_from_model(
     model: Any,
     prompt_ids: torch.Tensor,
@@ -175,8 +188,10 @@ def logps_from_model(
     ``"arange"`` (0..P+T−1 regardless of padding, what a plain ``model(input_ids, attention_mask)`` call
     uses, e.g. TRL's training forward), or ``"none"`` (pass no position ids). For RoPE models the first two
     agree up to rounding (RoPE is relative); for absolute position embeddings (GPT-2) they do not.
-    Returns ``logps`` or ``(logps, entropies)`` when ``compute_entropy``. Positions where
-    ``completion_mask`` is 0 hold the log-prob of whatever id sits there; mask them downstream.
+    Returns ``logps`` or ``(logps, entropies)`` when ``compute_entropy``, on the device of ``completion_ids``:
+    the inputs are moved to the model's device (a GPU model scores CPU-captured batches), and only the
+    (B, T) results come back, never the logits. Positions where ``completion_mask`` is 0 hold the log-prob
+    of whatever id sits there; mask them downstream.
     """
     if positions not in ("from_mask", "arange", "none"):
         raise InputError(
@@ -186,6 +201,7 @@ def logps_from_model(
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1).to(torch.long)
     n_completion = completion_ids.shape[1]
     n_rows = input_ids.shape[0]
+    device = model_device(model)
     step = batch_size or n_rows
     all_logps: list[torch.Tensor] = []
     all_entropy: list[torch.Tensor] = []
@@ -198,21 +214,23 @@ def logps_from_model(
             kwargs["position_ids"] = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(
                 input_ids[rows]
             )
+        if device is not None:
+            kwargs = {name: tensor.to(device) for name, tensor in kwargs.items()}
         with torch.no_grad():
             out = _forward(model, kwargs, logits_to_keep=n_completion + 1)
         logits = out.logits if hasattr(out, "logits") else out[0]
         logits = logits[:, -(n_completion + 1) : -1, :]  # (L1): position P−1+t predicts completion token t
         logps, entropy = logps_and_entropy_from_logits(
             logits,
-            completion_ids[rows],
+            completion_ids[rows].to(logits.device),
             temperature,
             chunk_size,
             compute_entropy=compute_entropy,
             dtype=dtype,
         )
-        all_logps.append(logps)
+        all_logps.append(logps.to(completion_ids.device))
         if entropy is not None:
-            all_entropy.append(entropy)
+            all_entropy.append(entropy.to(completion_ids.device))
         del out, logits
     logps = torch.cat(all_logps)
     if compute_entropy:
