@@ -11,6 +11,7 @@ Usage::
 
     .venv/bin/python benchmarks/profile_live.py                  # inline checking, 12 steps
     .venv/bin/python benchmarks/profile_live.py --background --threads 1
+    .venv/bin/python benchmarks/profile_live.py --every 10 --steps 40   # per checked step
 """
 
 from __future__ import annotations
@@ -63,6 +64,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="timed optimizer steps")
     parser.add_argument("--background", action="store_true", help="attach(..., background=True)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "--every", type=int, default=1, help="attach(every=N): with N > 1 the parts are per checked step"
+    )
     args = parser.parse_args()
 
     import torch
@@ -88,16 +92,26 @@ def main() -> None:
         finally:
             active[0] = False
 
-    _timed_run(make_trainer, 1, 3, args.background)  # warm-up: imports, first-call costs
-    times = _timed_run(make_trainer, 1, args.steps, args.background, during_training=measuring).step_seconds
+    _timed_run(make_trainer, args.every, 3, args.background)  # warm-up: imports, first-call costs
+    run = _timed_run(make_trainer, args.every, args.steps, args.background, during_training=measuring)
+    times = run.step_seconds
+    every = "every step" if args.every == 1 else f"every {args.every} steps"
     print(
-        f"demo, every step, {'background' if args.background else 'inline'}, "
+        f"demo, {every}, {'background' if args.background else 'inline'}, "
         f"{torch.get_num_threads()} torch thread(s): mean step {statistics.fmean(times) * 1000:.1f} ms "
         f"over {len(times)} steps (checking included)"
     )
-    print("per optimizer step (ms):")
+    if args.every > 1:  # steps 0, N, 2N, ... are checked
+        checked = [t for index, t in enumerate(times) if index % args.every == 0]
+        unchecked = [t for index, t in enumerate(times) if index % args.every]
+        print(
+            f"checked steps: {', '.join(f'{t * 1000:.1f}' for t in checked)} ms; the others: "
+            f"{min(unchecked) * 1000:.1f} to {max(unchecked) * 1000:.1f} ms (a step that generates takes longer)"
+        )
+    per, count = ("optimizer step", args.steps) if args.every == 1 else ("checked step", len(checked))
+    print(f"per {per} (ms):")
     for label, seconds in sorted(totals.items(), key=lambda item: -item[1]):
-        print(f"  {seconds / args.steps * 1000:7.2f}  {label}")
+        print(f"  {seconds / count * 1000:7.2f}  {label}")
 
 
 if __name__ == "__main__":
