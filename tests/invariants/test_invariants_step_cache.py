@@ -132,3 +132,43 @@ def test_inference_mode_tensors_are_checked_like_any_other():
     findings = run_invariants(step, built.spec)
     assert [repr(f) for f in findings] == _uncached(step, built.spec)
     assert not [f for f in findings if "could not evaluate" in f.explanation]
+
+
+def test_a_cache_opened_for_a_step_is_joined_for_that_step_only():
+    first, second = TraceStep(tensors={}), TraceStep(tensors={})
+    tensor = torch.ones(2)
+    with step_cache(first):
+        value = cached(("probe", tensor), lambda: torch.zeros(1))
+        with step_cache(first):  # the same step: the open cache is reused
+            assert cached(("probe", tensor), lambda: torch.ones(1)) is value
+        with step_cache(second):  # another step: a fresh cache
+            assert cached(("probe", tensor), lambda: torch.ones(1)) is not value
+        with step_cache():  # no step named: a fresh cache
+            assert cached(("probe", tensor), lambda: torch.ones(1)) is not value
+
+
+def test_checking_a_captured_step_converts_each_tensor_to_float64_once(monkeypatch):
+    """compare_step, the diagnoses and run_invariants share one cache per step: the findings are those of
+    separate calls, and no step tensor is converted twice."""
+    import grpo_check._step_cache as step_cache_module
+    from grpo_check.compare import compare_step
+    from grpo_check.trl.background import check_captured_step
+
+    spec = GRPOSpec(num_generations=4, loss_type="dapo", beta=0.04)
+    step = make_step(spec, n_prompts=2, completion_length=6)
+    separate = compare_step(step, spec) + [
+        f for f in run_invariants(step, spec) if f.verdict is not Verdict.NOT_CAPTURED
+    ]
+    converted: list[int] = []
+    real_copy = step_cache_module._f64_copy
+
+    def counting(tensor):
+        converted.append(id(tensor))
+        return real_copy(tensor)
+
+    monkeypatch.setattr(step_cache_module, "_f64_copy", counting)
+    shared, _ = check_captured_step(step, spec, model=None, ref_model=None, tolerances=None, invariants=True)
+    assert [repr(f) for f in shared] == [repr(f) for f in separate]
+    step_tensor_ids = {id(t) for t in step.tensors.values()}
+    per_step_tensor = [i for i in converted if i in step_tensor_ids]
+    assert per_step_tensor and len(per_step_tensor) == len(set(per_step_tensor))
