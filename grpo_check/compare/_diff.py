@@ -368,6 +368,14 @@ class _Summary(NamedTuple):  # a NamedTuple: built per comparison on the hot pat
     worst: int  # flat index of the largest |error|
 
 
+def _summaries(table: list[list[float]]) -> list[_Summary]:
+    """One :class:`_Summary` per row of the (K, 9) table both summary paths fetch (counts and index as ints)."""
+    return [
+        _Summary(int(row[0]), int(row[1]), row[2], row[3], row[4], row[5], row[6], row[7], int(row[8]))
+        for row in table
+    ]
+
+
 # Up to this many elements per row, one batched operation beats one operation per row (per-call overhead
 # dominates); above it, per-row passes win (a bool reduction along dim 1 is ~10x slower than count_nonzero).
 _SMALL_ROW = 32_768
@@ -441,10 +449,7 @@ def _summarise(
         ],
         dim=1,
     ).tolist()
-    return [
-        _Summary(int(row[0]), int(row[1]), row[2], row[3], row[4], row[5], row[6], row[7], int(row[8]))
-        for row in table
-    ]
+    return _summaries(table)
 
 
 # Up to this many elements in all, the summary runs in numpy: the same float64 arithmetic at a few times
@@ -491,10 +496,7 @@ def _summarise_numpy(
         ],
         axis=1,
     ).tolist()
-    return [
-        _Summary(int(row[0]), int(row[1]), row[2], row[3], row[4], row[5], row[6], row[7], int(row[8]))
-        for row in table
-    ]
+    return _summaries(table)
 
 
 def _pass_finding(
