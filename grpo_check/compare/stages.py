@@ -268,7 +268,7 @@ def _sequence_logits(model: Any, step: TraceStep) -> torch.Tensor | None:
     attention mask (as generation numbers them); ``None`` when the batch tensors were not captured. The
     model runs on its own device; the logits come back on the step's (a full copy: only the diagnoses and
     the kept-sampling-mass comparison ask for them)."""
-    from grpo_check.reference.logps import model_device, position_ids_from_mask
+    from grpo_check.reference.logps import on_model_device, position_ids_from_mask
 
     if not step.has("prompt_ids", "prompt_mask", "completion_ids", "completion_mask"):
         return None
@@ -276,14 +276,14 @@ def _sequence_logits(model: Any, step: TraceStep) -> torch.Tensor | None:
         return None
     input_ids = torch.cat([step["prompt_ids"], step["completion_ids"]], dim=1)
     attention = torch.cat([step["prompt_mask"], step["completion_mask"]], dim=1).long()
-    inputs = {
-        "input_ids": input_ids,
-        "attention_mask": attention,
-        "position_ids": position_ids_from_mask(attention),
-    }
-    device = model_device(model)
-    if device is not None:
-        inputs = {name: tensor.to(device) for name, tensor in inputs.items()}
+    inputs = on_model_device(
+        model,
+        {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "position_ids": position_ids_from_mask(attention),
+        },
+    )
     with _eval_mode(model), torch.no_grad():
         out = model(**inputs)
     return (out.logits if hasattr(out, "logits") else out[0]).detach().to(input_ids.device)

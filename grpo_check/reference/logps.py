@@ -164,6 +164,15 @@ def model_device(model: Any) -> torch.device | None:
     return None
 
 
+def on_model_device(model: Any, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` moved to :func:`model_device` (unchanged when the model has none): the reference's forward
+    passes take CPU-captured batches to wherever the model computes."""
+    device = model_device(model)
+    if device is None:
+        return tensors
+    return {name: tensor.to(device) for name, tensor in tensors.items()}
+
+
 def logps_from_model(
     model: Any,
     prompt_ids: torch.Tensor,
@@ -201,7 +210,6 @@ def logps_from_model(
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1).to(torch.long)
     n_completion = completion_ids.shape[1]
     n_rows = input_ids.shape[0]
-    device = model_device(model)
     step = batch_size or n_rows
     all_logps: list[torch.Tensor] = []
     all_entropy: list[torch.Tensor] = []
@@ -214,10 +222,8 @@ def logps_from_model(
             kwargs["position_ids"] = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(
                 input_ids[rows]
             )
-        if device is not None:
-            kwargs = {name: tensor.to(device) for name, tensor in kwargs.items()}
         with torch.no_grad():
-            out = _forward(model, kwargs, logits_to_keep=n_completion + 1)
+            out = _forward(model, on_model_device(model, kwargs), logits_to_keep=n_completion + 1)
         logits = out.logits if hasattr(out, "logits") else out[0]
         logits = logits[:, -(n_completion + 1) : -1, :]  # (L1): position P−1+t predicts completion token t
         logps, entropy = logps_and_entropy_from_logits(
