@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from grpo_check._step_cache import step_cache
 from grpo_check.config import GRPOSpec
 from grpo_check.diagnose import advantages, logps, loss_zero, nonfinite, objective, sampling, unexplained
 from grpo_check.diagnose._context import Diagnosis, shared_comparisons
@@ -140,7 +141,7 @@ def diagnose(
         shifted_logps=shifted if model is not None else None,
     )
     out: list[Finding] = []
-    with shared_comparisons():
+    with step_cache(step), shared_comparisons():  # joins compare_step's cache for this step, if open
         for detector in DETECTORS:
             out.extend(detector(dx))
     return out

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from grpo_check._step_cache import cached
 from grpo_check.compare._diff import StepContext, as_f64
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, Verdict, Where
@@ -34,30 +35,20 @@ class Diagnosis:
     kept_mass: Callable[[], torch.Tensor | None] | None = None
     shifted_logps: Callable[[int], torch.Tensor | None] | None = None  # (shift) -> logits misaligned by shift
 
-    _tensors: dict[tuple[str, str], torch.Tensor | None] = dataclasses.field(default_factory=dict, repr=False)
-
-    # -- tensors (one float64 copy per name, shared by the detectors: never modify in place) ---------------
+    # -- tensors (one float64 copy per tensor in the step cache :func:`~grpo_check.diagnose.diagnose` opens,
+    # shared by the detectors and with the comparison: never modify in place) --------------------------------
     def trainer(self, name: str) -> torch.Tensor | None:
-        key = ("trainer", name)
-        if key not in self._tensors:
-            value = self.step.get(name)
-            self._tensors[key] = None if value is None else as_f64(value)
-        return self._tensors[key]
+        value = self.step.get(name)
+        return None if value is None else as_f64(value)
 
     def ref(self, name: str) -> torch.Tensor | None:
-        key = ("ref", name)
-        if key not in self._tensors:
-            value = self.reference.get(name)
-            self._tensors[key] = None if value is None else as_f64(value)
-        return self._tensors[key]
+        value = self.reference.get(name)
+        return None if value is None else as_f64(value)
 
     @property
     def mask(self) -> torch.Tensor | None:
-        key = ("mask", "completion_mask")
-        if key not in self._tensors:
-            m = self.step.get("completion_mask")
-            self._tensors[key] = None if m is None else m.bool()
-        return self._tensors[key]
+        m = self.step.get("completion_mask")
+        return None if m is None else cached(("diagnosis_mask", m), m.bool)
 
     @property
     def group_index(self) -> torch.Tensor | None:
