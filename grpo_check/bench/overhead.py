@@ -103,6 +103,15 @@ def user_trainer_factory(factory_ref: str) -> Callable[[Path], Any]:
     return lambda work: build_from_factory(factory_ref, steps=1)
 
 
+class _Round(NamedTuple):
+    """One arm's run in one round. ``seconds`` includes ``close_wait``: the wait for unfinished background
+    checks is part of the cost, spread over the arm's timed steps."""
+
+    seconds: float  # the timed steps (warm-up dropped) plus close()'s wait
+    steps: int  # timed steps
+    close_wait: float
+
+
 def _warm_background_helper() -> None:
     """Start the background helper before the rounds: its start-up (importing torch) is not a training step."""
     from grpo_check.trl.background import shared_checker
@@ -125,21 +134,19 @@ def measure_overhead(
     if background:
         _warm_background_helper()
         plan.update({"every_1_background": (1, True), "every_10_background": (10, True)})
-    arms: dict[str, list[float]] = {arm: [] for arm in plan}
-    finish: dict[str, float] = {arm: 0.0 for arm in plan}
-    per_round: dict[str, list[float]] = {arm: [] for arm in plan}  # mean step of each round, wait included
+    runs: dict[str, list[_Round]] = {arm: [] for arm in plan}
     for _ in range(rounds):
         for arm, (every, in_background) in plan.items():
             run = _timed_run(make_trainer, every, steps, in_background)
             timed = run.step_seconds[warmup:]
-            arms[arm].extend(timed)
-            finish[arm] += run.finish_seconds
-            per_round[arm].append((sum(timed) + run.finish_seconds) / max(len(timed), 1))
-    # the wait for unfinished background checks is part of the cost: spread over the arm's timed steps
-    mean = {arm: (sum(times) + finish[arm]) / len(times) for arm, times in arms.items()}
+            runs[arm].append(_Round(sum(timed) + run.finish_seconds, len(timed), run.finish_seconds))
+    mean = {
+        arm: sum(r.seconds for r in records) / sum(r.steps for r in records) for arm, records in runs.items()
+    }
+    per_round = {arm: [r.seconds / max(r.steps, 1) for r in records] for arm, records in runs.items()}
     figures = []
     targets = {"every_1": TARGET_EVERY_STEP, "every_10": TARGET_EVERY_10}
-    for arm in arms:
+    for arm, records in runs.items():
         if arm == "off":
             continue
         target = targets[arm.removesuffix("_background")]
@@ -154,8 +161,8 @@ def measure_overhead(
                 details={
                     "mean_step_s": mean[arm],
                     "mean_step_off_s": mean["off"],
-                    "close_wait_s": finish[arm],
-                    "steps_timed": len(arms[arm]),
+                    "close_wait_s": sum(r.close_wait for r in records),
+                    "steps_timed": sum(r.steps for r in records),
                     "rounds": rounds,
                     # the same ratio round by round (each against the off arm of its own round): its spread
                     # shows how far machine load moves the figure
