@@ -9,7 +9,7 @@ per training process, on an otherwise idle core, while training goes on. Finding
 
 A step whose log-probs already disagree with the reference's forward pass is checked on the training process
 instead (inline), because its diagnoses need the model as it is now (temperature, token shift, position ids).
-So is a step when the helper is more than ``max_pending`` steps behind, or has stopped.
+So is a step when the helper already has ``max_pending`` checks waiting, or has stopped.
 
 Messages are length-prefixed frames over the helper's stdin/stdout: a JSON header plus the raw bytes of the
 tensors (no pickle). The helper is ``python -m grpo_check.trl.background``; it needs no model and imports no
