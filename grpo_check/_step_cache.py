@@ -65,21 +65,21 @@ def cached(key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
         return compute()
     # a tensor by identity and in-place version counter (inference tensors have none: nothing changes them
     # outside inference mode); the exact-type test is the fast path, isinstance catches subclasses
-    ident = tuple([part if type(part) in _PLAIN_KEY_TYPES else _key_part(part) for part in key])
-    hit = memo.get(ident)
+    ident: list[Any] = []
+    for part in key:
+        if type(part) in _PLAIN_KEY_TYPES:
+            ident.append(part)
+        elif isinstance(part, torch.Tensor):  # inlined: this runs a few hundred times per checked step
+            ident.append((id(part), None if part.is_inference() else part._version))
+        else:
+            ident.append(part)
+    hit = memo.get(tuple(ident))
     if hit is None:
-        hit = memo[ident] = (compute(), key)
+        hit = memo[tuple(ident)] = (compute(), key)
     return hit[0]
 
 
 _PLAIN_KEY_TYPES = frozenset({str, int, float, bool, type(None), tuple})
-
-
-def _key_part(part: Any) -> Any:
-    """A tensor as (identity, in-place version counter); anything else as itself."""
-    if isinstance(part, torch.Tensor):
-        return (id(part), None if part.is_inference() else part._version)
-    return part
 
 
 def f64(tensor: torch.Tensor) -> torch.Tensor:

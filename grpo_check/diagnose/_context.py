@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -65,10 +66,16 @@ class Diagnosis:
         return None
 
     # -- findings ------------------------------------------------------------------------------------
+    @functools.cached_property
+    def _failed_compare(self) -> list[Finding]:
+        """The compare findings that failed or warned when diagnosis began (``findings`` does not grow while
+        the detectors run; a verdict only moves from FAIL/WARN to CONVENTION): most steps have none."""
+        return [f for f in self.findings if f.kind == "compare" and f.verdict in (Verdict.FAIL, Verdict.WARN)]
+
     def failing(self, *, stage: str | None = None, prefix: str | None = None) -> list[Finding]:
         out = []
-        for f in self.findings:
-            if f.verdict not in (Verdict.FAIL, Verdict.WARN) or f.kind != "compare":
+        for f in self._failed_compare:
+            if f.verdict not in (Verdict.FAIL, Verdict.WARN):  # turned into a CONVENTION by a diagnosis
                 continue
             if stage is not None and f.stage != stage:
                 continue
