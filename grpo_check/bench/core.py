@@ -1,13 +1,14 @@
-"""Shared benchmark plumbing: the figure record, machine description, robust timing."""
+"""Shared benchmark plumbing: the figure record, machine description, robust timing, ratio intervals."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -62,3 +63,44 @@ def median_time(fn: Callable[[], Any], *, repeats: int, warmup: int = 1) -> floa
         fn()
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
+
+
+# Student's t, two-sided 95 %: t(0.975, df) for df = 1..30 (above 30 the df = 30 value: slightly wide)
+_T_975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def ratio_interval(round_ratios: Sequence[float]) -> tuple[float, float] | None:
+    """95 % interval of a step-time ratio from its round-by-round values (each round against its own ``off``
+    arm): Student's t over the rounds' log-ratios, back on the ratio scale. ``None`` below two rounds.
+
+    Rounds are few (3 to 6), so the t quantile, not 1.96: with 3 rounds the interval is about 2.2 times as
+    wide as a normal one would claim.
+
+    >>> low, high = ratio_interval([1.2, 1.3, 1.25])
+    >>> round(low, 3), round(high, 3)
+    (1.131, 1.38)
+    """
+    logs = [math.log(r) for r in round_ratios if r > 0 and math.isfinite(r)]
+    if len(logs) < 2:
+        return None
+    centre = statistics.fmean(logs)
+    half_width = _T_975[min(len(logs) - 1, len(_T_975)) - 1] * statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(centre - half_width), math.exp(centre + half_width)
+
+
+def target_verdict(interval: tuple[float, float] | None, target: float) -> str | None:
+    """Whether an upper-bound target is met beyond the noise the interval shows: ``"met"`` (the whole
+    interval is at or below it), ``"missed"`` (the whole interval is above it) or ``"undecided"`` (the
+    interval straddles it: more rounds, or a quieter machine, are needed to tell). ``None`` without one."""
+    if interval is None:
+        return None
+    low, high = interval
+    if high <= target:
+        return "met"
+    if low > target:
+        return "missed"
+    return "undecided"

@@ -13,6 +13,10 @@ invariants in a helper process; the helper is started and warmed before the roun
 training step). Their figures carry the same targets. Checks the helper has not finished when training ends
 are waited for by ``close()``; that wait is charged to the arm (added to its timed steps' total before the
 mean is taken), so work deferred past the last step is not free.
+
+Each figure also carries its ratio round by round (each round against its own ``off`` arm) and, from them,
+a 95 % interval (:func:`grpo_check.bench.core.ratio_interval`) with what it says of the target: met, missed,
+or undecided when the interval straddles it. ``ok`` stays the point estimate against the target.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from grpo_check.bench.core import BenchFigure
+from grpo_check.bench.core import BenchFigure, ratio_interval, target_verdict
 
 TARGET_EVERY_STEP = 1.25
 TARGET_EVERY_10 = 1.03
@@ -151,6 +155,10 @@ def measure_overhead(
             continue
         target = targets[arm.removesuffix("_background")]
         ratio = mean[arm] / mean["off"]
+        # the same ratio round by round (each against the off arm of its own round): its spread shows how
+        # far machine load moves the figure, and gives the figure's 95 % interval
+        round_ratios = [on / off for on, off in zip(per_round[arm], per_round["off"], strict=True)]
+        interval = ratio_interval(round_ratios)
         figures.append(
             BenchFigure(
                 name=f"overhead_{arm}_{label}",
@@ -164,11 +172,9 @@ def measure_overhead(
                     "close_wait_s": sum(r.close_wait for r in records),
                     "steps_timed": sum(r.steps for r in records),
                     "rounds": rounds,
-                    # the same ratio round by round (each against the off arm of its own round): its spread
-                    # shows how far machine load moves the figure
-                    "round_ratios": [
-                        on / off for on, off in zip(per_round[arm], per_round["off"], strict=True)
-                    ],
+                    "round_ratios": round_ratios,
+                    "ci95": None if interval is None else list(interval),
+                    "target_verdict": target_verdict(interval, target),
                 },
             )
         )

@@ -22,7 +22,12 @@ def bench(
         help="Also measure training overhead on your own factory, `path/to/train.py:build_trainer`.",
     ),
     steps: int = typer.Option(12, "--steps", min=3, help="Optimizer steps per timed training run."),
-    rounds: int = typer.Option(3, "--rounds", min=1, help="Interleaved rounds per arm (overhead)."),
+    rounds: int = typer.Option(
+        3,
+        "--rounds",
+        min=1,
+        help="Interleaved rounds per arm (overhead); more rounds, a narrower 95 % interval.",
+    ),
     threads: int = typer.Option(
         None,
         "--threads",
@@ -54,6 +59,10 @@ def bench(
         grpo-check bench --only overhead --trainer examples/train_factory.py:build_trainer
 
         grpo-check bench --only overhead --threads 1     # leave the second core to background checking
+
+    Each overhead figure comes with its 95 % interval over the rounds (Student's t on the round-by-round
+    ratios); where the interval straddles the target the table says "within noise": this run cannot tell
+    whether the target is met. More `--rounds` narrow it.
 
     The memory figure allocates 1.2 GiB of bf16 logits (process peak about 1.6 GiB); `--naive` adds about
     12x the logits on top (about 15 GiB: a float64 log-softmax and its exp() product). Overhead trains the
@@ -156,7 +165,13 @@ def _print_table(payload: dict) -> None:
     for fig in payload["figures"]:
         ok = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[fig["ok"]]
         value = f"{fig['value']:,.0f}" if fig["value"] >= 1000 else f"{fig['value']:.3f}"
-        rounds = (fig.get("details") or {}).get("round_ratios")
+        details = fig.get("details") or {}
+        interval = details.get("ci95")
+        if interval:  # the figure's 95 % interval over the rounds, and what it says of the target
+            value += f"\n95 %: {interval[0]:.3f}–{interval[1]:.3f}"
+            if details.get("target_verdict") == "undecided":
+                ok += "\n[yellow]within noise[/]"
+        rounds = details.get("round_ratios")
         if rounds and len(rounds) > 1:  # how far machine load moved it: the lowest and highest round
             value += f"\n(rounds {min(rounds):.2f}–{max(rounds):.2f})"
         table.add_row(fig["name"], value, fig["unit"], fig["target"], ok)

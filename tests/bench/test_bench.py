@@ -157,3 +157,85 @@ def test_table_shows_the_spread_of_the_round_ratios(monkeypatch) -> None:
     assert result.exit_code == 0, result.output
     assert "(rounds 1.21–1.42)" in result.output
     assert result.output.count("(rounds") == 1  # one round: nothing to spread
+
+
+# ------------------------------------------------------------------------------- the overhead interval
+def test_ratio_interval_is_students_t_on_the_log_ratios() -> None:
+    from grpo_check.bench.core import ratio_interval
+
+    # log-ratios 0.1, 0.2, 0.3: mean 0.2, sample sd 0.1, t(0.975, 2) = 4.303 -> 0.2 ± 0.24843 (by hand)
+    low, high = ratio_interval([math.exp(0.1), math.exp(0.2), math.exp(0.3)])
+    assert low == pytest.approx(math.exp(0.2 - 0.24843), rel=1e-4)
+    assert high == pytest.approx(math.exp(0.2 + 0.24843), rel=1e-4)
+
+
+def test_ratio_interval_collapses_without_spread_widens_with_it_and_needs_two_rounds() -> None:
+    from grpo_check.bench.core import ratio_interval
+
+    assert ratio_interval([1.3, 1.3, 1.3]) == pytest.approx((1.3, 1.3))
+    narrow = ratio_interval([1.29, 1.3, 1.31])
+    wide = ratio_interval([1.2, 1.3, 1.4])
+    assert narrow[0] < 1.3 < narrow[1] and wide[0] < narrow[0] and wide[1] > narrow[1]
+    # more rounds of the same spread: a smaller t quantile and a larger n, a narrower interval
+    more = ratio_interval([1.2, 1.3, 1.4] * 3)
+    assert more[1] - more[0] < wide[1] - wide[0]
+    assert ratio_interval([1.3]) is None and ratio_interval([]) is None
+
+
+@pytest.mark.parametrize(
+    ("interval", "verdict"),
+    [((1.10, 1.20), "met"), ((1.20, 1.25), "met"), ((1.26, 1.40), "missed"), ((1.20, 1.30), "undecided")],
+)
+def test_target_verdict_reads_the_interval_against_the_target(interval, verdict) -> None:
+    from grpo_check.bench.core import target_verdict
+
+    assert target_verdict(interval, 1.25) == verdict
+    assert target_verdict(None, 1.25) is None
+
+
+def test_overhead_figures_carry_the_interval_and_the_verdict(monkeypatch) -> None:
+    import grpo_check.bench.overhead as overhead
+    from grpo_check.bench.overhead import measure_overhead
+
+    # the checked arms cost 1.1x, 1.3x, 1.5x of the off arm in rounds 1, 2, 3: a wide interval around 1.3
+    costs = iter([1.0, 1.1, 1.0, 1.0, 1.0, 1.0, 1.3, 1.0, 1.0, 1.0, 1.0, 1.5, 1.0, 1.0, 1.0])
+
+    def fake_timed_run(make_trainer, every, steps, background=False, **_):
+        return overhead.TimedRun([next(costs)] * steps, 0.0)
+
+    monkeypatch.setattr(overhead, "_timed_run", fake_timed_run)
+    monkeypatch.setattr(overhead, "_warm_background_helper", lambda: None)
+    figures = {f.name: f for f in measure_overhead(lambda work: None, steps=4, rounds=3, warmup=1)}
+    every_step = figures["overhead_every_1_demo"]
+    assert every_step.details["round_ratios"] == pytest.approx([1.1, 1.3, 1.5])
+    low, high = every_step.details["ci95"]
+    assert low < 1.25 < high and every_step.details["target_verdict"] == "undecided"
+    assert every_step.ok is False  # the point estimate, 1.3, is above 1.25
+    steady = figures["overhead_every_10_demo"]  # 1.0 in every round: no spread, met
+    assert steady.details["ci95"] == pytest.approx([1.0, 1.0]) and steady.details["target_verdict"] == "met"
+
+
+def test_table_prints_the_interval_and_flags_a_figure_within_noise(monkeypatch) -> None:
+    import grpo_check.cli.bench as bench_cli
+
+    undecided = BenchFigure(
+        "overhead_every_1_demo",
+        1.3,
+        "x step time",
+        "<= 1.25",
+        False,
+        {"round_ratios": [1.1, 1.3, 1.5], "ci95": [1.02, 1.66], "target_verdict": "undecided"},
+    )
+    missed = BenchFigure(
+        "overhead_every_10_demo",
+        1.3,
+        "x step time",
+        "<= 1.03",
+        False,
+        {"round_ratios": [1.29, 1.31], "ci95": [1.2, 1.4], "target_verdict": "missed"},
+    )
+    monkeypatch.setattr(bench_cli, "_measure", lambda selected, **kwargs: [undecided, missed])
+    result = CliRunner().invoke(app, ["bench", "--only", "overhead"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "95 %: 1.020–1.660" in result.output and "95 %: 1.200–1.400" in result.output
+    assert result.output.count("within noise") == 1
