@@ -194,6 +194,42 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
 
 
 # ------------------------------------------------------------------------------------------ the client
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS reports one, else the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def no_free_core_warning(torch_threads: int, cores: int) -> str | None:
+    """Why background checking will slow training down instead of hiding its cost, or ``None``.
+
+    The helper is meant to run on an otherwise idle core. When torch's intra-op threads already take every
+    core, the helper takes CPU time from them, and a parallel op waits for its slowest thread: on a 2-core
+    machine that costs more than checking inline (``grpo-check bench --only overhead`` measures both).
+    """
+    if torch_threads < cores:
+        return None
+    if cores <= 1:
+        return "background checking on a 1-core machine takes CPU time from training: check inline instead"
+    return (
+        f"background checking has no core of its own: torch uses {torch_threads} threads on {cores} cores, so "
+        "the helper takes CPU time from training and can slow it more than inline checking; leave a core free "
+        f"with torch.set_num_threads({cores - 1}), or check inline"
+    )
+
+
+def _warn_without_a_free_core() -> None:
+    import logging
+
+    import torch
+
+    message = no_free_core_warning(torch.get_num_threads(), available_cores())
+    if message is not None:
+        logging.getLogger("grpo_check.trl").warning("grpo-check: %s", message)
+
+
 class BackgroundChecker:
     """The training process's side of one helper process (started on first use, shared by attachments)."""
 
@@ -208,6 +244,7 @@ class BackgroundChecker:
         self.problem: str | None = None
 
     def _start(self) -> None:
+        _warn_without_a_free_core()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         env.setdefault("OMP_NUM_THREADS", "1")

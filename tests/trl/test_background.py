@@ -109,3 +109,25 @@ def test_a_helper_that_cannot_start_leaves_every_step_checked_inline(tmp_path, m
     assert _verdicts(in_background).keys() == _verdicts(inline).keys()
     assert any("background" in problem for problem in in_background.metadata["live_problems"])
     monkeypatch.setattr(background, "_SHARED", None)  # the next test starts a working helper
+
+
+@pytest.mark.parametrize(
+    ("threads", "cores", "fires"), [(2, 2, True), (8, 4, True), (1, 1, True), (1, 2, False), (15, 16, False)]
+)
+def test_no_free_core_warning_fires_only_when_torch_takes_every_core(threads, cores, fires):
+    message = background.no_free_core_warning(threads, cores)
+    assert (message is not None) == fires
+    if fires and cores > 1:
+        assert f"torch.set_num_threads({cores - 1})" in message
+
+
+def test_starting_the_helper_warns_when_torch_takes_every_core(monkeypatch, caplog):
+    monkeypatch.setattr(background, "available_cores", lambda: torch.get_num_threads())
+    with caplog.at_level("WARNING", logger="grpo_check.trl"):
+        background._warn_without_a_free_core()
+    assert "no core of its own" in caplog.text or "1-core" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(background, "available_cores", lambda: torch.get_num_threads() + 1)
+    with caplog.at_level("WARNING", logger="grpo_check.trl"):
+        background._warn_without_a_free_core()
+    assert caplog.text == ""
