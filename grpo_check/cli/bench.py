@@ -160,7 +160,8 @@ def _print_table(payload: dict) -> None:
 
     machine = payload["machine"]
     table = Table(title="grpo-check bench", title_justify="left")
-    for column in ("figure", "value", "unit", "target", "ok"):
+    table.add_column("figure", overflow="fold")  # folded, never cut: the name says which arm it is
+    for column in ("value", "unit", "target", "ok"):
         table.add_column(column)
     for fig in payload["figures"]:
         ok = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[fig["ok"]]
@@ -179,7 +180,7 @@ def _print_table(payload: dict) -> None:
     console.print(table)
     console.print(
         f"machine: {machine.get('cpu_model', machine.get('processor'))}, {machine.get('cpu_count')} cores, "
-        f"torch {machine.get('torch')} ({machine.get('torch_threads')} threads), Python {machine.get('python')}"
+        f"torch {machine.get('torch')} ({machine.get('torch_threads')} thread(s)), Python {machine.get('python')}"
     )
 
 

@@ -148,9 +148,10 @@ def compute_advantages(
         all_rows = torch.zeros(n_rows, dtype=torch.long, device=values.device)
         mean, scale, _ = group_mean_std(centered, all_rows, 1, spec.std)  # (A5)
         advantages = scale_advantages(centered - mean, scale, spec.adv_epsilon)  # (A3)
+        group_count = group_mean_std(rewards, group_ids, n_groups, spec.std)[2]
     else:
         centered = rewards
-        mean, group_std, _ = group_mean_std(rewards, group_ids, n_groups, spec.std)  # (A1) (A2)
+        mean, group_std, group_count = group_mean_std(rewards, group_ids, n_groups, spec.std)  # (A1) (A2)
         if spec.baseline == "rloo":
             mean = leave_one_out_mean(rewards, group_ids, n_groups)  # (A4)
         if spec.scale_rewards == "batch":
@@ -161,7 +162,6 @@ def compute_advantages(
         advantages = rewards - mean  # (A3) numerator
         if spec.scale_rewards != "none":
             advantages = scale_advantages(advantages, scale, spec.adv_epsilon)  # (A3)
-    group_count = group_mean_std(rewards, group_ids, n_groups, spec.std)[2]
     if spec.multi_objective_aggregation == "sum_then_normalize":
         # (A7) a group with < 2 scorable rows carries no relative signal (G = 1 included): advantage 0.
         advantages = torch.where(group_count > 1, advantages, torch.zeros_like(advantages))
