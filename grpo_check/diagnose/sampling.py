@@ -139,9 +139,8 @@ def detect_sampler_mismatch(dx: Diagnosis) -> list[Finding]:
             where=failing[0].where,
             explanation=(
                 f"trainer and sampler disagree on the same tokens at the same weights (k3 {metrics.get('k3', 0):.3g}, "
-                f"Pearson {metrics.get('pearson') if metrics.get('pearson') is not None else 'undefined'}); no more "
-                "specific signature (truncation, "
-                "temperature, shift, sign) matches"
+                f"Pearson {'undefined' if metrics.get('pearson') is None else format(metrics['pearson'], '.4f')}); "
+                "no more specific signature (truncation, temperature, shift, sign) matches"
             ),
             likely_cause=(
                 "trainer and sampler log-probs differ on identical weights: silently off-policy (precision, kernels, "
