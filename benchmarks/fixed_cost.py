@@ -12,11 +12,15 @@ Usage::
 
     .venv/bin/python benchmarks/fixed_cost.py                # torch's default threads
     .venv/bin/python benchmarks/fixed_cost.py --threads 1
+    .venv/bin/python benchmarks/fixed_cost.py --sizes 2 --json     # the two smallest sizes, as JSON
+
+``benchmarks/ab_check_cost.py`` runs this script alternately on two commits to compare them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 # (prompts, completion length): 8 rows x 6 tokens is a micro-batch of the demo; then 8k, 100k, 1M tokens
@@ -27,6 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per size (1M tokens: a fifth)")
+    parser.add_argument("--sizes", type=int, default=len(_SIZES), help="time only the first N sizes")
+    parser.add_argument("--json", action="store_true", help="print {tokens: seconds} as one JSON line")
     args = parser.parse_args(argv)
 
     import torch
@@ -37,9 +43,10 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"check_captured_step, {torch.get_num_threads()} torch thread(s), minimum of the timed runs")
+    if not args.json:
+        print(f"check_captured_step, {torch.get_num_threads()} torch thread(s), minimum of the timed runs")
     points: list[tuple[int, float]] = []
-    for prompts, length in _SIZES:
+    for prompts, length in _SIZES[: max(1, args.sizes)]:
         spec = GRPOSpec(num_generations=8, loss_type="dapo", beta=0.04, max_completion_length=length)
         step = make_step(spec, n_prompts=prompts, completion_length=length, vocab_size=50)
         tokens = int(step["completion_mask"].numel())
@@ -53,7 +60,13 @@ def main(argv: list[str] | None = None) -> None:
             check_captured_step(step, spec, model=None, ref_model=None, tolerances=None, invariants=True)
             best = min(best, time.perf_counter() - start)
         points.append((tokens, best))
-        print(f"  {tokens:>9,} tokens: {best * 1e3:8.2f} ms  {tokens / best:>12,.0f} tokens/s")
+        if not args.json:
+            print(f"  {tokens:>9,} tokens: {best * 1e3:8.2f} ms  {tokens / best:>12,.0f} tokens/s")
+    if args.json:
+        print(json.dumps({str(tokens): seconds for tokens, seconds in points}))
+        return
+    if len(points) < len(_SIZES):
+        return
     (small_tokens, small_s), (_, _), (mid_tokens, mid_s), (large_tokens, large_s) = points
     per_token = (large_s - mid_s) / (large_tokens - mid_tokens)
     print(
