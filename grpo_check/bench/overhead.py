@@ -131,19 +131,29 @@ def measure_overhead(
     warmup: int = 2,
     label: str = "demo",
     background: bool = True,
+    on_round: Callable[[int, dict[str, float]], None] | None = None,
 ) -> list[BenchFigure]:
     """Mean step-time ratios (attached ÷ off) for every=1 and every=10 (amortised cost per step), checking
-    inline (the default) and, with ``background``, in the helper process as well."""
+    inline (the default) and, with ``background``, in the helper process as well.
+
+    ``on_round(round_number, ratios)`` is called after each round with that round's ratio per checked arm
+    (progress for the command line: a run takes minutes)."""
     plan = {"off": (None, False), "every_1": (1, False), "every_10": (10, False)}
     if background:
         _warm_background_helper()
         plan.update({"every_1_background": (1, True), "every_10_background": (10, True)})
     runs: dict[str, list[_Round]] = {arm: [] for arm in plan}
-    for _ in range(rounds):
+    for round_number in range(1, rounds + 1):
         for arm, (every, in_background) in plan.items():
             run = _timed_run(make_trainer, every, steps, in_background)
             timed = run.step_seconds[warmup:]
             runs[arm].append(_Round(sum(timed) + run.finish_seconds, len(timed), run.finish_seconds))
+        if on_round is not None:
+            off = runs["off"][-1].seconds / max(runs["off"][-1].steps, 1)
+            on_round(
+                round_number,
+                {arm: r[-1].seconds / max(r[-1].steps, 1) / off for arm, r in runs.items() if arm != "off"},
+            )
     mean = {
         arm: sum(r.seconds for r in records) / sum(r.steps for r in records) for arm, records in runs.items()
     }

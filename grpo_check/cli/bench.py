@@ -145,11 +145,26 @@ def _measure(selected: list[str], *, trainer: str | None, steps: int, rounds: in
             f"training overhead on the demo ({rounds} rounds x 5 arms x {steps} steps: off, every step and "
             "every 10th, inline and in the background) ..."
         )
-        figures.extend(measure_overhead(demo_trainer_factory(), steps=steps, rounds=rounds, label="demo"))
+
+        def round_done(round_number: int, ratios: dict[str, float]) -> None:
+            shown = ", ".join(f"{arm} {ratio:.2f}x" for arm, ratio in ratios.items())
+            progress(f"  round {round_number}/{rounds}: {shown}")
+
+        figures.extend(
+            measure_overhead(
+                demo_trainer_factory(), steps=steps, rounds=rounds, label="demo", on_round=round_done
+            )
+        )
         if trainer:
             progress(f"training overhead on {trainer} ...")
             figures.extend(
-                measure_overhead(user_trainer_factory(trainer), steps=steps, rounds=rounds, label="user")
+                measure_overhead(
+                    user_trainer_factory(trainer),
+                    steps=steps,
+                    rounds=rounds,
+                    label="user",
+                    on_round=round_done,
+                )
             )
     return figures
 

@@ -239,3 +239,27 @@ def test_table_prints_the_interval_and_flags_a_figure_within_noise(monkeypatch) 
     assert result.exit_code == 0, result.output
     assert "95 %: 1.020–1.660" in result.output and "95 %: 1.200–1.400" in result.output
     assert result.output.count("within noise") == 1
+
+
+def test_overhead_reports_each_round_as_it_finishes(monkeypatch) -> None:
+    from grpo_check.bench.overhead import measure_overhead
+
+    _fake_timed_runs(monkeypatch, {(1, True): 10.0})  # every step takes 1 s; one arm waits 10 s in close()
+    seen: list[tuple[int, dict[str, float]]] = []
+    measure_overhead(
+        lambda work: None, steps=12, rounds=3, warmup=2, on_round=lambda n, r: seen.append((n, r))
+    )
+    assert [number for number, _ in seen] == [1, 2, 3]
+    ratios = seen[0][1]
+    assert set(ratios) == {"every_1", "every_10", "every_1_background", "every_10_background"}
+    assert ratios["every_1_background"] == pytest.approx(2.0) and ratios["every_1"] == pytest.approx(1.0)
+
+
+def test_bench_command_prints_progress_per_round(monkeypatch) -> None:
+    import grpo_check.bench.overhead as overhead
+
+    _fake_timed_runs(monkeypatch, {})
+    monkeypatch.setattr(overhead, "demo_trainer_factory", lambda: lambda work: None)
+    result = CliRunner().invoke(app, ["bench", "--only", "overhead", "--rounds", "2", "--steps", "3"])
+    assert result.exit_code == 0, result.output
+    assert "round 1/2: every_1 1.00x" in result.output and "round 2/2" in result.output
