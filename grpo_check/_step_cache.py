@@ -73,9 +73,10 @@ def cached(key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
             ident.append((id(part), None if part.is_inference() else part._version))
         else:
             ident.append(part)
-    hit = memo.get(tuple(ident))
+    memo_key = tuple(ident)
+    hit = memo.get(memo_key)
     if hit is None:
-        hit = memo[tuple(ident)] = (compute(), key)
+        hit = memo[memo_key] = (compute(), key)
     return hit[0]
 
 
