@@ -116,6 +116,23 @@ class _Round(NamedTuple):
     close_wait: float
 
 
+WARMUP_STEPS = 2
+
+
+def check_steps(steps: int, warmup: int = WARMUP_STEPS) -> None:
+    """Raise ``InputError`` unless the timed steps (after ``warmup``) are whole tens: the every-10th arm checks
+    steps 0, 10, 20, ..., so only then does its mean carry exactly one checked step in ten."""
+    from grpo_check.findings import InputError
+
+    timed = steps - warmup
+    if timed < 10 or timed % 10:
+        raise InputError(
+            f"--steps must be {warmup} warm-up steps plus whole tens (12, 22, 32, ...), got {steps}: the "
+            "every-10th figure needs one checked step in each ten timed steps",
+            field="steps",
+        )
+
+
 def _warm_background_helper() -> None:
     """Start the background helper before the rounds: its start-up (importing torch) is not a training step."""
     from grpo_check.trl.background import shared_checker
@@ -128,7 +145,7 @@ def measure_overhead(
     *,
     steps: int = 12,
     rounds: int = 3,
-    warmup: int = 2,
+    warmup: int = WARMUP_STEPS,
     label: str = "demo",
     background: bool = True,
     on_round: Callable[[int, dict[str, float]], None] | None = None,
@@ -137,7 +154,9 @@ def measure_overhead(
     inline (the default) and, with ``background``, in the helper process as well.
 
     ``on_round(round_number, ratios)`` is called after each round with that round's ratio per checked arm
-    (progress for the command line: a run takes minutes)."""
+    (progress for the command line: a run takes minutes). ``steps`` must be ``warmup`` plus whole tens
+    (:func:`check_steps`)."""
+    check_steps(steps, warmup)
     plan = {"off": (None, False), "every_1": (1, False), "every_10": (10, False)}
     if background:
         _warm_background_helper()

@@ -21,7 +21,11 @@ def bench(
         "--trainer",
         help="Also measure training overhead on your own factory, `path/to/train.py:build_trainer`.",
     ),
-    steps: int = typer.Option(12, "--steps", min=3, help="Optimizer steps per timed training run."),
+    steps: int = typer.Option(
+        12,
+        "--steps",
+        help="Optimizer steps per timed training run (overhead): 2 warm-up steps plus whole tens (12, 22, ...).",
+    ),
     rounds: int = typer.Option(
         3,
         "--rounds",
@@ -77,6 +81,11 @@ def bench(
         raise fail_usage(f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(_FIGURES)}")
     if output_format not in ("text", "json"):
         raise fail_usage(f"--format must be text or json, got {output_format!r}")
+    if "overhead" in selected:
+        from grpo_check.bench.overhead import check_steps
+
+        with user_errors():
+            check_steps(steps)
     if trainer:
         _check_factory_reference(trainer)
         if "overhead" not in selected:

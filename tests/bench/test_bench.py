@@ -205,7 +205,7 @@ def test_overhead_figures_carry_the_interval_and_the_verdict(monkeypatch) -> Non
 
     monkeypatch.setattr(overhead, "_timed_run", fake_timed_run)
     monkeypatch.setattr(overhead, "_warm_background_helper", lambda: None)
-    figures = {f.name: f for f in measure_overhead(lambda work: None, steps=4, rounds=3, warmup=1)}
+    figures = {f.name: f for f in measure_overhead(lambda work: None, steps=11, rounds=3, warmup=1)}
     every_step = figures["overhead_every_1_demo"]
     assert every_step.details["round_ratios"] == pytest.approx([1.1, 1.3, 1.5])
     low, high = every_step.details["ci95"]
@@ -260,6 +260,25 @@ def test_bench_command_prints_progress_per_round(monkeypatch) -> None:
 
     _fake_timed_runs(monkeypatch, {})
     monkeypatch.setattr(overhead, "demo_trainer_factory", lambda: lambda work: None)
-    result = CliRunner().invoke(app, ["bench", "--only", "overhead", "--rounds", "2", "--steps", "3"])
+    result = CliRunner().invoke(app, ["bench", "--only", "overhead", "--rounds", "2"])
     assert result.exit_code == 0, result.output
     assert "round 1/2: every_1 1.00x" in result.output and "round 2/2" in result.output
+
+
+@pytest.mark.parametrize("steps", ["3", "11", "15", "21"])
+def test_steps_that_leave_no_whole_tens_are_a_usage_error(steps: str) -> None:
+    # 2 warm-up steps, then the every-10th arm must time one checked step in each ten: 12, 22, 32, ...
+    result = CliRunner().invoke(app, ["bench", "--only", "overhead", "--steps", steps])
+    assert result.exit_code == 2
+    assert "whole tens" in result.output and "Traceback" not in result.output
+
+
+def test_check_steps_accepts_warmup_plus_whole_tens() -> None:
+    from grpo_check.bench.overhead import check_steps
+    from grpo_check.findings import InputError
+
+    for steps in (12, 22, 102):
+        check_steps(steps)  # no error
+    with pytest.raises(InputError):
+        check_steps(13)
+    check_steps(11, warmup=1)
