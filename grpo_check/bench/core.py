@@ -84,12 +84,39 @@ def ratio_interval(round_ratios: Sequence[float]) -> tuple[float, float] | None:
     >>> round(low, 3), round(high, 3)
     (1.131, 1.38)
     """
-    logs = [math.log(r) for r in round_ratios if r > 0 and math.isfinite(r)]
+    logs = _log_ratios(round_ratios)
     if len(logs) < 2:
         return None
     centre = statistics.fmean(logs)
-    half_width = _T_975[min(len(logs) - 1, len(_T_975)) - 1] * statistics.stdev(logs) / math.sqrt(len(logs))
+    half_width = _t_975(len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
     return math.exp(centre - half_width), math.exp(centre + half_width)
+
+
+def rounds_to_decide(round_ratios: Sequence[float], target: float, most: int = 200) -> int | None:
+    """About how many rounds, at the spread these rounds show, would put the target outside the 95 %
+    interval (the fewest n with t(n−1)·sd/√n < |mean log-ratio − log target|); ``None`` below two rounds
+    or when even ``most`` rounds would not (the figure sits on the target).
+
+    >>> rounds_to_decide([1.00, 1.06, 1.03, 1.09, 1.05, 1.01], 1.03)
+    51
+    """
+    logs = _log_ratios(round_ratios)
+    if len(logs) < 2:
+        return None
+    distance = abs(statistics.fmean(logs) - math.log(target))
+    spread = statistics.stdev(logs)
+    for rounds in range(2, most + 1):
+        if _t_975(rounds - 1) * spread / math.sqrt(rounds) < distance:
+            return rounds
+    return None
+
+
+def _log_ratios(round_ratios: Sequence[float]) -> list[float]:
+    return [math.log(r) for r in round_ratios if r > 0 and math.isfinite(r)]
+
+
+def _t_975(degrees_of_freedom: int) -> float:
+    return _T_975[min(degrees_of_freedom, len(_T_975)) - 1]
 
 
 def target_verdict(interval: tuple[float, float] | None, target: float) -> str | None:

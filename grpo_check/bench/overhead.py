@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from grpo_check.bench.core import BenchFigure, ratio_interval, target_verdict
+from grpo_check.bench.core import BenchFigure, ratio_interval, rounds_to_decide, target_verdict
 
 TARGET_EVERY_STEP = 1.25
 TARGET_EVERY_10 = 1.03
@@ -204,6 +204,10 @@ def measure_overhead(
                     "round_ratios": round_ratios,
                     "ci95": None if interval is None else list(interval),
                     "target_verdict": target_verdict(interval, target),
+                    # where undecided: about how many rounds at this spread would tell (None: not even 200)
+                    "rounds_to_decide": rounds_to_decide(round_ratios, target)
+                    if target_verdict(interval, target) == "undecided"
+                    else None,
                 },
             )
         )

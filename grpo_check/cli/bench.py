@@ -66,7 +66,7 @@ def bench(
 
     Each overhead figure comes with its 95 % interval over the rounds (Student's t on the round-by-round
     ratios); where the interval straddles the target the table says "within noise": this run cannot tell
-    whether the target is met. More `--rounds` narrow it.
+    whether the target is met, and says about how many `--rounds` at the same spread would.
 
     The memory figure allocates 1.2 GiB of bf16 logits (process peak about 1.6 GiB); `--naive` adds about
     12x the logits on top (about 15 GiB: a float64 log-softmax and its exp() product). Overhead trains the
@@ -195,7 +195,10 @@ def _print_table(payload: dict) -> None:
         if interval:  # the figure's 95 % interval over the rounds, and what it says of the target
             value += f"\n95 %: {interval[0]:.3f}–{interval[1]:.3f}"
             if details.get("target_verdict") == "undecided":
-                ok += "\n[yellow]within noise[/]"
+                needed = details.get("rounds_to_decide")
+                ok += "\n[yellow]within noise[/]" + (
+                    f"\n~{needed} rounds to tell" if needed else "\n(on the target)"
+                )
         rounds = details.get("round_ratios")
         if rounds and len(rounds) > 1:  # how far machine load moved it: the lowest and highest round
             value += f"\n(rounds {min(rounds):.2f}–{max(rounds):.2f})"

@@ -282,3 +282,37 @@ def test_check_steps_accepts_warmup_plus_whole_tens() -> None:
     with pytest.raises(InputError):
         check_steps(13)
     check_steps(11, warmup=1)
+
+
+def test_rounds_to_decide_is_the_fewest_rounds_whose_interval_excludes_the_target() -> None:
+    from grpo_check.bench.core import rounds_to_decide
+
+    # log-ratios 0 and 0.2: mean 0.1, sd 0.1414; target 1 (log 0) is 0.1 away. By hand: t(9)·sd/√10 = 0.1011
+    # is not below 0.1, t(10)·sd/√11 = 0.0950 is: 11 rounds
+    assert rounds_to_decide([1.0, math.exp(0.2)], 1.0) == 11
+    assert rounds_to_decide([0.9, 1.1], math.sqrt(0.99)) is None  # the mean log-ratio sits on the target
+    assert rounds_to_decide([1.3], 1.25) is None
+
+
+def test_an_undecided_overhead_figure_says_how_many_rounds_would_tell(monkeypatch) -> None:
+    import grpo_check.bench.overhead as overhead
+    import grpo_check.cli.bench as bench_cli
+    from grpo_check.bench.overhead import measure_overhead
+
+    costs = iter([1.0, 1.1, 1.0, 1.0, 1.0, 1.0, 1.3, 1.0, 1.0, 1.0, 1.0, 1.5, 1.0, 1.0, 1.0])
+
+    def fake_timed_run(make_trainer, every, steps, background=False, **_):
+        return overhead.TimedRun([next(costs)] * steps, 0.0)
+
+    monkeypatch.setattr(overhead, "_timed_run", fake_timed_run)
+    monkeypatch.setattr(overhead, "_warm_background_helper", lambda: None)
+    figures = measure_overhead(lambda work: None, steps=12, rounds=3, warmup=2)
+    by_name = {f.name: f for f in figures}
+    undecided = by_name["overhead_every_1_demo"]  # 1.1, 1.3, 1.5 against 1.25
+    assert undecided.details["target_verdict"] == "undecided"
+    needed = undecided.details["rounds_to_decide"]
+    assert isinstance(needed, int) and needed > 3
+    assert by_name["overhead_every_10_demo"].details["rounds_to_decide"] is None  # met: nothing to decide
+    monkeypatch.setattr(bench_cli, "_measure", lambda selected, **kwargs: figures)
+    result = CliRunner().invoke(app, ["bench", "--only", "overhead"], env={"COLUMNS": "200"})
+    assert f"~{needed} rounds to tell" in result.output
