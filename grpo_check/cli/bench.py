@@ -73,7 +73,8 @@ def bench(
     demo model (minutes on a CPU).
 
     Exit codes: 0 measured (with `--check`: every figure met its target), 1 with `--check` a figure missed
-    its target, 2 usage error (unknown figure or format, bad `--trainer`, unwritable `--output`).
+    its target, 2 usage error (unknown figure or format, bad `--steps` or `--trainer`, unwritable
+    `--output`), 130 interrupted (Ctrl-C): the figures measured before it are still printed and written.
     """
     selected = list(only or _FIGURES)
     unknown = sorted(set(selected) - set(_FIGURES))
@@ -96,11 +97,20 @@ def bench(
         import torch
 
         torch.set_num_threads(threads)
+    collected: list = []  # filled figure by figure: an interrupt keeps what was measured
+    interrupted = False
     with user_errors():
-        figures = _measure(selected, trainer=trainer, steps=steps, rounds=rounds, naive=naive)
+        try:
+            figures = _measure(
+                selected, trainer=trainer, steps=steps, rounds=rounds, naive=naive, into=collected
+            )
+        except KeyboardInterrupt:
+            figures, interrupted = collected, True
     from grpo_check.bench import machine_description
 
-    payload = {"machine": machine_description(), "figures": [f.to_dict() for f in figures]}
+    payload: dict = {"machine": machine_description(), "figures": [f.to_dict() for f in figures]}
+    if interrupted:
+        payload["interrupted"] = True
     if output is not None:
         from grpo_check.trace.io import atomic_write_text
 
@@ -110,6 +120,13 @@ def bench(
         typer.echo(json.dumps(payload, indent=2))
     else:
         _print_table(payload)
+    if interrupted:
+        typer.secho(
+            f"interrupted: the {len(figures)} figure(s) measured before it are shown"
+            + (f" and written to {output}" if output is not None else ""),
+            err=True,
+        )
+        raise typer.Exit(130)
     if check_targets and any(f.ok is False for f in figures):
         raise typer.Exit(EXIT_FINDINGS)
 
@@ -123,8 +140,17 @@ def _check_factory_reference(reference: str) -> None:
         raise fail_usage(f"--trainer {reference}: no such file {path}")
 
 
-def _measure(selected: list[str], *, trainer: str | None, steps: int, rounds: int, naive: bool) -> list:
-    figures = []
+def _measure(
+    selected: list[str],
+    *,
+    trainer: str | None,
+    steps: int,
+    rounds: int,
+    naive: bool,
+    into: list | None = None,
+) -> list:
+    """Measure the selected figures, appending each to ``into`` (returned) as soon as it is measured."""
+    figures = into if into is not None else []
 
     def progress(message: str) -> None:
         typer.secho(f"bench: {message}", err=True, fg=typer.colors.BRIGHT_BLACK)

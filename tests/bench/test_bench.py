@@ -316,3 +316,31 @@ def test_an_undecided_overhead_figure_says_how_many_rounds_would_tell(monkeypatc
     monkeypatch.setattr(bench_cli, "_measure", lambda selected, **kwargs: figures)
     result = CliRunner().invoke(app, ["bench", "--only", "overhead"], env={"COLUMNS": "200"})
     assert f"~{needed} rounds to tell" in result.output
+
+
+def test_an_interrupt_keeps_the_figures_already_measured(monkeypatch, tmp_path: Path) -> None:
+    import grpo_check.cli.bench as bench_cli
+
+    def measure_then_interrupt(selected, *, into, **kwargs):
+        into.append(BenchFigure("startup", 0.1, "x import torch", "<= 0.2", True))
+        raise KeyboardInterrupt  # Ctrl-C during the next, long figure
+
+    monkeypatch.setattr(bench_cli, "_measure", measure_then_interrupt)
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "--format", "json", "-o", str(out)])
+    assert result.exit_code == 130
+    written = json.loads(out.read_text())
+    assert written["interrupted"] is True
+    assert [f["name"] for f in written["figures"]] == ["startup"]
+    assert "interrupted: the 1 figure(s) measured before it are shown" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_run_that_finishes_is_not_marked_interrupted(monkeypatch, tmp_path: Path) -> None:
+    import grpo_check.cli.bench as bench_cli
+
+    figure = BenchFigure("startup", 0.1, "x import torch", "<= 0.2", True)
+    monkeypatch.setattr(bench_cli, "_measure", lambda selected, **kwargs: [figure])
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "-o", str(out)])
+    assert result.exit_code == 0 and "interrupted" not in json.loads(out.read_text())
