@@ -3,9 +3,9 @@
 Trains the demo configuration (the first cell of the fast matrix; the same one ``grpo-check bench --only
 overhead`` uses) twice in one process: a short warm-up run, then a timed run. It prints the mean step time
 and, per optimizer step, the time spent in each part of checking: the reference's forward passes, the
-invariants, the comparison, the diagnoses, and capture. Parts nest: "micro-batch checks, total" includes
-everything done for the micro-batches of one window (the forwards, comparison, diagnoses, invariants);
-"capture + checks" includes the checks of the step captured.
+invariants, the comparison, the diagnoses, and capture; then the mean cost of one check by kind of step.
+Parts nest: "micro-batch checks, total" includes everything done for the micro-batches of one window (the
+forwards, comparison, diagnoses, invariants); "capture + checks" includes the checks of the step captured.
 
 Usage::
 
@@ -25,8 +25,9 @@ from collections import defaultdict
 from collections.abc import Iterator
 
 
-def _instrument(totals: dict[str, float], active: list[bool]) -> None:
-    """Wrap the parts of checking with timers (summed while ``active[0]``)."""
+def _instrument(totals: dict[str, float], active: list[bool], per_check: dict[str, list[float]]) -> None:
+    """Wrap the parts of checking with timers (summed while ``active[0]``); ``per_check`` gets, per kind of
+    step (generation, micro_batch), the total seconds and count of ``check_captured_step`` calls."""
     import grpo_check.compare.engine as engine
     import grpo_check.diagnose as diagnose_module
     import grpo_check.invariants as invariants_module
@@ -58,6 +59,21 @@ def _instrument(totals: dict[str, float], active: list[bool]) -> None:
     timed(capture.Attachment, "_collect_background", "collecting background results")
     timed(background.BackgroundChecker, "submit", "submitting to the background helper")
 
+    original_check = background.check_captured_step
+
+    @functools.wraps(original_check)
+    def check_by_scope(step, *args, **kwargs):  # the cost of ONE check, by the kind of step checked
+        start = time.perf_counter()
+        try:
+            return original_check(step, *args, **kwargs)
+        finally:
+            if active[0]:
+                scope = step.meta.get("scope", "step")
+                per_check[scope][0] += time.perf_counter() - start
+                per_check[scope][1] += 1
+
+    background.check_captured_step = check_by_scope
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -77,7 +93,8 @@ def main() -> None:
 
     totals: dict[str, float] = defaultdict(float)
     active = [False]
-    _instrument(totals, active)
+    per_check: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    _instrument(totals, active, per_check)
     make_trainer = demo_trainer_factory()
     if args.background:
         from grpo_check.trl.background import shared_checker
@@ -112,6 +129,10 @@ def main() -> None:
     print(f"per {per} (ms):")
     for label, seconds in sorted(totals.items(), key=lambda item: -item[1]):
         print(f"  {seconds / count * 1000:7.2f}  {label}")
+    if per_check:  # inline checking (in the background the helper runs them)
+        print("one check (comparison, diagnoses, invariants; no forward), mean (ms):")
+        for scope, (seconds, calls) in sorted(per_check.items()):
+            print(f"  {seconds / calls * 1000:7.2f}  a {scope.replace('_', '-')} step ({calls:.0f} checked)")
 
 
 if __name__ == "__main__":
