@@ -373,3 +373,27 @@ def test_sampler_pearson_is_defined_only_for_varying_log_probs(sampler_shift, ex
         assert pearson > 0.99
     else:
         assert pearson == expected
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sampler_metrics_equal_the_same_formulas_in_torch(seed):
+    # the metrics run in numpy for speed; here they are recomputed with torch (corrcoef for Pearson)
+    generator = torch.Generator().manual_seed(seed)
+    logps = -torch.rand(4, 9, generator=generator, dtype=torch.float64) * 4
+    sampler = logps + 0.3 * torch.randn(4, 9, generator=generator, dtype=torch.float64)
+    mask = torch.rand(4, 9, generator=generator) > 0.3
+    sampler[0, 0] = float("nan")  # a non-finite sampler value is left out like a masked one
+    got = sampler_metrics(logps, sampler, mask)
+    selected = mask & torch.isfinite(sampler)
+    d = (logps - sampler)[selected]
+    assert got["tokens"] == int(selected.sum())
+    assert got["mean_d"] == pytest.approx(float(d.mean()), rel=1e-12)
+    assert got["max_abs_d"] == pytest.approx(float(d.abs().max()), rel=1e-12)
+    assert got["k3"] == pytest.approx(float((d.exp() - 1 - d).mean()), rel=1e-12)
+    pearson = torch.corrcoef(torch.stack([logps[selected], sampler[selected]]))[0, 1]
+    assert got["pearson"] == pytest.approx(float(pearson), rel=1e-12)
+    assert got["frac_ratio_outside"] == pytest.approx(
+        float(((d.exp() < 0.5) | (d.exp() > 2)).double().mean())
+    )
+    worst = torch.where(selected, (logps - sampler).abs(), -1.0).argmax()
+    assert (got["worst_row"], got["worst_token"]) == divmod(int(worst), 9)
