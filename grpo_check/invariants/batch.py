@@ -191,11 +191,27 @@ def group_sizes(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | No
     )
 
 
+def _content_tokens(step: TraceStep, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) tokens per row that should decode to text: masked, before the first EOS, and not the pad id."""
+    eos = eos_ids(step)
+    if eos is not None and step.has("completion_ids") and step["completion_ids"].shape == mask.shape:
+        ids = step["completion_ids"].detach()
+        is_eos = torch.isin(ids, torch.tensor(eos, dtype=ids.dtype, device=ids.device))
+        before_eos = is_eos.int().cumsum(1) == 0  # decoding stops at the first EOS
+        content = mask & before_eos
+        pad = step.meta.get("pad_token_id")
+        if pad is not None:  # a pad id the policy sampled is a special token: it decodes to nothing
+            content = content & (ids != int(pad))
+        return content.sum(1)
+    return mask.sum(1) - 1  # without EOS ids, allow one (possibly EOS) token to decode to nothing
+
+
 @register(
     "batch.text_nonempty",
     requires=("completion_mask", "completion_text"),
     catalog_ids=("S3",),
-    description="decoded completion text is non-empty wherever the completion has non-EOS tokens",
+    description="decoded completion text is non-empty wherever the tokenizer's decode of the completion is "
+    "(without that decode: wherever the completion has tokens other than EOS and pad)",
     tolerance="exact",
     likely_cause="decode/post-processing blanks the completion text, so rewards score the wrong string",
     fix="decode completion_ids[mask] with skip_special_tokens=True and pass that text to the reward functions",
@@ -213,22 +229,26 @@ def text_nonempty(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | 
             likely_cause="decoded text misaligned with the token rows (dropped or duplicated completions)",
             fix="decode exactly one text per completion row, in row order",
         )
-    eos = eos_ids(step)
-    if eos is not None and step.has("completion_ids") and step["completion_ids"].shape == mask.shape:
-        ids = step["completion_ids"].detach()
-        is_eos = torch.isin(ids, torch.tensor(eos, dtype=ids.dtype, device=ids.device))
-        before_eos = is_eos.int().cumsum(1) == 0  # decoding stops at the first EOS
-        content = (mask & before_eos).sum(1)
-    else:  # without EOS ids, allow one (possibly EOS) token to decode to nothing
-        content = mask.sum(1) - 1
-    blank = torch.tensor([text == "" for text in texts], dtype=torch.bool) & (content.cpu() > 0)
-    if not bool(blank.any()):
-        return passed(f"{rows} decoded completions, none blank where tokens exist", 0.0, 0.0)
-    row = int(blank.int().argmax())
+    decoded = step.meta.get("decoded_completion_text")
+    if isinstance(decoded, list) and len(decoded) == rows:
+        # the tokenizer's own decode (skip_special_tokens) says which rows have text to show: a completion
+        # of special tokens only (pad, unk, bos ...) legitimately decodes to nothing
+        has_text = torch.tensor([bool(str(text).strip()) for text in decoded], dtype=torch.bool)
+        blank = torch.tensor([text == "" for text in texts], dtype=torch.bool) & has_text
+        if not bool(blank.any()):
+            return passed(f"{rows} decoded completions, none blank where the tokens decode to text", 0.0, 0.0)
+        row = int(blank.int().argmax())
+        what = f"their tokens decode to {str(decoded[row])[:40]!r} (row {row})"
+    else:
+        content = _content_tokens(step, mask)
+        blank = torch.tensor([text == "" for text in texts], dtype=torch.bool) & (content.cpu() > 0)
+        if not bool(blank.any()):
+            return passed(f"{rows} decoded completions, none blank where tokens exist", 0.0, 0.0)
+        row = int(blank.int().argmax())
+        what = f"their completion has {int(content[row])}+ non-EOS, non-pad tokens"
     return Outcome(
         Verdict.FAIL,
-        f"{int(blank.sum())} of {rows} decoded completions are empty while their completion has "
-        f"{int(content[row])}+ non-EOS tokens",
+        f"{int(blank.sum())} of {rows} decoded completions are empty while {what}",
         figure=float(blank.sum()),
         tolerance=0.0,
         row=row,

@@ -186,3 +186,35 @@ def test_text_nonempty_counts_only_tokens_before_the_first_eos():
         meta={"eos_token_ids": [EOS]},
     )
     assert run(step, None, "batch.text_nonempty").verdict is Verdict.PASS
+
+
+def test_text_nonempty_trusts_the_tokenizers_decode_of_special_tokens():
+    """A sampled [pad, unk, eos] completion decodes to "" with skip_special_tokens: not a blanked text (S3).
+    Found on the demo's bnpo cell at step 10: the tiny policy samples special tokens now and then."""
+    PAD, UNK = 0, 1
+    ids = torch.tensor([[PAD, UNK, EOS], [5, 6, EOS]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 1]])
+    step = TraceStep(
+        tensors={"completion_ids": ids, "completion_mask": mask},
+        completion_text=["", "fg"],
+        meta={"eos_token_ids": [EOS], "pad_token_id": PAD, "decoded_completion_text": ["", "fg"]},
+    )
+    assert run(step, None, "batch.text_nonempty").verdict is Verdict.PASS
+    step.completion_text = ["", ""]  # the second row's tokens decode to "fg", but the rewards saw ""
+    blanked = run(step, None, "batch.text_nonempty")
+    assert blanked.verdict is Verdict.FAIL and blanked.where.row == 1 and "'fg'" in blanked.explanation
+
+
+def test_text_nonempty_without_a_decode_does_not_count_sampled_pad_tokens():
+    PAD = 0
+    ids = torch.tensor([[PAD, PAD, EOS], [PAD, 5, EOS]])
+    mask = torch.ones(2, 3, dtype=torch.long)
+    step = TraceStep(
+        tensors={"completion_ids": ids, "completion_mask": mask},
+        completion_text=["", ""],
+        meta={"eos_token_ids": [EOS], "pad_token_id": PAD},
+    )
+    finding = run(step, None, "batch.text_nonempty")
+    assert finding.verdict is Verdict.FAIL and finding.where.row == 1  # row 0 is pads only: no text expected
+    step.completion_text = ["", "f"]
+    assert run(step, None, "batch.text_nonempty").verdict is Verdict.PASS
