@@ -207,18 +207,14 @@ def _kl_gradient_bound(step: TraceStep, spec: GRPOSpec, ratio: torch.Tensor) -> 
     """Upper bound on |∂(β·KL_t)/∂logp_t| per token (before the shared normaliser), or None if unknown."""
     if not step.has("logps", "ref_logps"):
         return None
-    x = policy_ref_gap(step)
     estimator = kl_estimator(step, spec)
     if not spec.use_bias_correction_kl:
         return _beta_abs_slope(step, estimator, spec.beta)
     value, slope = _kl_value(step, estimator), _abs_slope(step, estimator)
-    bound = slope
-    if spec.use_bias_correction_kl:  # ∂(ρ·k_t)/∂logp_t = ρ·k_t + ρ·k'_t (token level)
+    if spec.importance_sampling_level == "sequence":  # ∂(Σ_s ρ·k_s)/∂logp_t = ρ·(k'_t + mean_s k_s)
+        bound = ratio * (slope + _row_mean(step, value.abs()))
+    else:  # ∂(ρ_t·k_t)/∂logp_t = ρ_t·(k_t + k'_t)
         bound = ratio * (value.abs() + slope)
-        if spec.importance_sampling_level == "sequence":  # ρ depends on every token of the row
-            mask = token_mask(step, x).double()
-            row_mean = (value.abs() * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
-            bound = bound + ratio * row_mean
     return spec.beta * bound
 
 
@@ -450,11 +446,17 @@ def _kl_gradient_direction(step: TraceStep, spec: GRPOSpec, ratio: torch.Tensor)
     if not spec.use_bias_correction_kl:
         return slope
     value = _kl_value(step, estimator)
-    direction = value + slope  # ∂(ρ·k_t)/∂logp_t = ρ·(k_t + k'_t), ρ > 0
-    if spec.importance_sampling_level == "sequence":  # plus ρ·Σ_s k_s / |o| through the sequence ratio
-        mask = token_mask(step, x).double()
-        direction = direction + (value * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
-    return direction
+    if spec.importance_sampling_level == "sequence":
+        # ρ is the row's, ρ = exp(mean_s(logp_s − old_s)), so ∂ρ/∂logp_t = ρ/|o| and
+        # ∂(Σ_s ρ·k_s)/∂logp_t = ρ·(k'_t + mean_s k_s): no k_t of its own
+        return slope + _row_mean(step, value)
+    return value + slope  # token ratio: ∂(ρ_t·k_t)/∂logp_t = ρ_t·(k_t + k'_t), ρ_t > 0
+
+
+def _row_mean(step: TraceStep, values: torch.Tensor) -> torch.Tensor:
+    """(B, 1) mean of ``values`` over each row's completion tokens."""
+    mask = token_mask(step, values).double()
+    return (values * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1)
 
 
 @register(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 from invariants_builders import build_step, loss_grad, only, with_tensors
 
+from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
 from grpo_check.invariants import run_invariants
+from grpo_check.trace.model import TraceStep
 
 
 def run(step, spec, check_id):
@@ -244,3 +246,49 @@ def test_kl_sign_with_bias_correction_and_k1():
         assert run(meta_step, spec, "grad.sign_matches_advantage").verdict is Verdict.PASS
         flipped = with_tensors(meta_step, logps_grad=loss_grad(step["logps"], loss_with(estimator, -1.0)))
         assert run(flipped, spec, "grad.kl_sign_where_kl_dominates").verdict is Verdict.FAIL
+
+
+def test_kl_sign_with_bias_correction_at_sequence_level():
+    """GSPO ratio ρ = exp(mean_s(logp_s − old_s)) per row, KL term ρ·k_t: ∂/∂logp_t = ρ·(k'_t + mean_s k_s).
+    The token-level slope ρ·(k_t + k'_t) (plus the mean) flips the sign of a token whose k'_t lies in
+    (−k_t − mean k, −mean k), and the invariant then failed a correct TRL run (demo cell
+    dapo-seqIS-beta-padeos-iters2, step 10). Row 0 is clipped (ρ = e^−0.5 < 0.8 with A < 0): only the KL
+    term moves it, and its token 0 (x = ref − logp = 0.39) is such a token."""
+    gap = torch.tensor([[0.39, 1.0, 1.0, -1.0], [0.1, -0.2, 0.3, 0.0]], dtype=torch.float64)
+    logps = torch.tensor([[-1.0, -2.0, -1.5, -0.5], [-1.2, -0.7, -2.2, -0.9]], dtype=torch.float64)
+    old = logps + torch.tensor([[0.5], [-0.05]], dtype=torch.float64)  # row 0: mean log ρ = −0.5 (clipped)
+    ref = logps + gap
+    advantages = torch.tensor([-1.0, 1.0], dtype=torch.float64)
+    mask = torch.ones(2, 4, dtype=torch.long)
+
+    def loss_fn_with(sign):
+        def loss_fn(new_logps):
+            ratio = torch.exp((new_logps - old).mean(-1, keepdim=True))  # (B, 1): the row's sequence ratio
+            a = advantages.unsqueeze(1)
+            policy = -torch.min(ratio * a, ratio.clamp(0.8, 1.2) * a)
+            x = ref - new_logps
+            kl = (torch.exp(x) - x - 1) * ratio  # use_bias_correction_kl, k3
+            return ((policy + sign * 0.04 * kl) * mask).sum() / mask.sum()
+
+        return loss_fn
+
+    spec = GRPOSpec(
+        num_generations=2,
+        loss_type="dapo",
+        beta=0.04,
+        importance_sampling_level="sequence",
+        use_bias_correction_kl=True,
+    )
+    tensors = {
+        "logps": logps,
+        "old_logps": old,
+        "ref_logps": ref,
+        "advantages": advantages,
+        "completion_mask": mask,
+    }
+    meta = {"kl_estimator": "k3", "optimizer_steps_since_old_logps": 1}
+    correct = TraceStep(tensors={**tensors, "logps_grad": loss_grad(logps, loss_fn_with(1.0))}, meta=meta)
+    finding = run(correct, spec, "grad.kl_sign_where_kl_dominates")
+    assert finding.verdict is Verdict.PASS and finding.details["judged_tokens"] >= 4
+    flipped = TraceStep(tensors={**tensors, "logps_grad": loss_grad(logps, loss_fn_with(-1.0))}, meta=meta)
+    assert run(flipped, spec, "grad.kl_sign_where_kl_dominates").verdict is Verdict.FAIL  # loss − β·KL
