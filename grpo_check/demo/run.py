@@ -162,9 +162,17 @@ def run_cell(
 
 
 def run_cell_multiprocess(
-    cell: Cell, *, processes: int = 2, seed: int = 0, timeout: float = 600.0
+    cell: Cell,
+    *,
+    processes: int = 2,
+    seed: int = 0,
+    timeout: float = 600.0,
+    steps: int | None = None,
+    budget: float | None = None,
 ) -> CellRun:
-    """Run ``cell`` on N CPU processes (torchrun + accelerate, gloo) and merge the ranks' traces and results."""
+    """Run ``cell`` on N CPU processes (torchrun + accelerate, gloo) and merge the ranks' traces and results.
+
+    ``steps`` overrides the cell's optimizer steps; ``budget`` attaches with ``attach(budget=...)``."""
     from grpo_check.trl.runner import merge_rank_traces
 
     start = time.perf_counter()
@@ -189,6 +197,8 @@ def run_cell_multiprocess(
             str(work),
             "--seed",
             str(seed),
+            *(["--steps", str(steps)] if steps is not None else []),
+            *(["--budget", str(budget)] if budget is not None else []),
         ]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)

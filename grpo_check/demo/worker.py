@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--budget", type=float, default=None, help="attach(budget=...) instead of every step")
     args = parser.parse_args(argv)
 
     from grpo_check.demo.matrix import MATRIX
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(trainer.accelerator.process_index)
     rank_dir = out / f"rank{rank}"
     rank_dir.mkdir(parents=True, exist_ok=True)
-    attachment = attach(trainer, out_dir=rank_dir / "trace", live=True)
+    attachment = attach(trainer, out_dir=rank_dir / "trace", live=True, budget=args.budget)
     trainer.train()
     attachment.close()
     (rank_dir / "result.json").write_text(attachment.result().to_json() + "\n")

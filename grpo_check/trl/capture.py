@@ -40,6 +40,7 @@ import itertools
 import logging
 import math
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -142,11 +143,11 @@ class Attachment:
         keep_steps: bool = True,
         invariants: bool = True,
         background: bool = False,
+        budget: float | None = None,
     ) -> None:
-        if every < 1:
-            from grpo_check.findings import InputError
+        from grpo_check.trl.schedule import CheckSchedule
 
-            raise InputError(f"every must be >= 1, got {every}", field="every")
+        self.schedule = CheckSchedule(every, budget)  # validates every and budget before any hook is set
         self.trainer = trainer
         self.support: TRLSupport = check_trainer_support(trainer)
         self.out_dir = None if out_dir is None else os.fspath(out_dir)
@@ -178,6 +179,10 @@ class Attachment:
         self.invariants = invariants
         self.skipped_invariants: dict[str, int] = {}
         self._closed = False
+        self._step_checking = 0.0  # seconds this optimizer step spent on capture and checking
+        self._step_ended_at: float | None = None  # perf_counter at the end of the previous optimizer step
+        if self.num_processes > 1:
+            self.schedule._agree = self._agree_interval
         self._install()
 
     # ------------------------------------------------------------------ setup
@@ -370,7 +375,9 @@ class Attachment:
             # the tag encodes (generation, global row); it rides through TRL's shuffle and split untouched
             tag = global_rows + generation * (1 << 32)
             output[ROW_TAG] = tag.to(output["completion_ids"].device)
+            start = time.perf_counter()
             self._record_generation(generation, inputs, output, local_rows)
+            self._step_checking += time.perf_counter() - start
             return output
 
         return wrapped
@@ -493,18 +500,31 @@ class Attachment:
 
     def _wrap_training_step(self, original: Any) -> Any:
         def wrapped(model: Any, inputs: Any, *args: Any, **kw: Any):
+            if self._step_ended_at is None:
+                self._step_ended_at = (
+                    time.perf_counter()
+                )  # the first step is timed from its first micro-batch
             self._pending = None
             out = original(model, inputs, *args, **kw)
             pending, self._pending = self._pending, None
             if pending is not None:
+                start = time.perf_counter()
                 micro_batch = self._micro_batch_counter % max(self._gas(), 1)
                 self._micro_batch_counter += 1
                 if self._window and self._window[0][2] != int(self.trainer.state.global_step):
                     self._flush_window()  # an earlier window the optimizer closed unevenly
                 self._record_micro_batch(pending, micro_batch)
-                if micro_batch == self._gas() - 1:
+                last = micro_batch == self._gas() - 1
+                if last:
                     self._flush_window()
                     self._flush_metrics()
+                end = time.perf_counter()
+                self._step_checking += end - start
+                if last:  # the optimizer step ends here: account for it (and choose the next checked step)
+                    self.schedule.end_step(
+                        int(self.trainer.state.global_step), end - self._step_ended_at, self._step_checking
+                    )
+                    self._step_ended_at, self._step_checking = end, 0.0
             return out
 
         return wrapped
@@ -667,7 +687,16 @@ class Attachment:
         )
 
     def _due(self, global_step: int) -> bool:
-        return global_step % self.every == 0
+        return self.schedule.due(global_step)
+
+    def _agree_interval(self, interval: int) -> int:
+        """The largest interval any rank asks for: every rank checks the same steps (a forward on a sharded
+        model is a collective)."""
+        import torch
+
+        accelerator = self.trainer.accelerator
+        asked = accelerator.gather(torch.tensor([interval], device=accelerator.device))
+        return int(asked.max())
 
     # ------------------------------------------------------------------ live comparison
     def _finish_step(self, step: TraceStep, extra_findings: list[Finding] | None = None) -> None:
@@ -1012,6 +1041,7 @@ class Attachment:
                 "tolerances": getattr(self.tolerances, "to_dict", lambda: self.tolerances)(),
                 "live_problems": list(self.live_problems),
                 "invariants_not_captured": dict(sorted(self.skipped_invariants.items())),
+                "checking": self.schedule.summary(),
                 "rank": self.rank,
                 "num_processes": self.num_processes,
             },
@@ -1040,6 +1070,7 @@ def attach(
     recompute_logps: bool = True,
     invariants: bool = True,
     background: bool = False,
+    budget: float | None = None,
 ) -> Attachment:
     """Capture every micro-batch of a TRL ``GRPOTrainer`` and (``live=True``) check it against the float64
     reference while it trains.
@@ -1056,6 +1087,10 @@ def attach(
         background: run the float64 comparison, diagnoses and invariants in a helper process while training
             goes on; the forward passes stay here (see :mod:`grpo_check.trl.background`). Findings and
             ``grpo_check/*`` metrics then arrive a few steps late; ``result()`` and ``close()`` wait for them.
+        budget: instead of ``every``, check as often as keeps checking under this fraction of the step time
+            (``0.03``: training takes at most about 1.03x as long): after each checked step the next is chosen
+            from what recent checks and steps took on this process (see :mod:`grpo_check.trl.schedule`).
+            Step 0 is always checked. ``result().metadata["checking"]`` reports the cost either way.
 
     Checking does not change training: the hooks consume no randomness (RNG state is saved and restored
     around the reference) and the model's train/eval mode is restored.
@@ -1069,4 +1104,5 @@ def attach(
         recompute_logps=recompute_logps,
         invariants=invariants,
         background=background,
+        budget=budget,
     )
