@@ -1,0 +1,60 @@
+"""Train every configuration of the demo matrix for many steps, checked on every step, and list any FAIL or
+WARN: a hunt for false positives that the demo's few steps never reach.
+
+Usage::
+
+    .venv/bin/python scripts/soak_demo.py --steps 40 --seed 2
+    .venv/bin/python scripts/soak_demo.py --steps 60 --seed 0 --only bnpo-batch-gas4-spg2-T1.3
+
+Exit code 1 when a configuration gave a FAIL or WARN (each is printed), else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per configuration")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--only", action="append", help="configuration name (repeatable; default: all)")
+    args = parser.parse_args(argv)
+
+    from grpo_check.demo.matrix import MATRIX
+    from grpo_check.demo.run import build_trainer
+    from grpo_check.findings import Verdict
+    from grpo_check.trl import attach
+
+    dirty = 0
+    for cell in MATRIX:
+        if args.only and cell.name not in args.only:
+            continue
+        start = time.perf_counter()
+        work = Path(tempfile.mkdtemp(prefix="grpo-check-soak-"))
+        try:
+            trainer = build_trainer(cell, work, seed=args.seed, steps=args.steps)
+            attachment = attach(trainer, live=True)
+            trainer.train()
+            result = attachment.result()
+            attachment.close()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        bad = [f for f in result.findings if f.verdict in (Verdict.FAIL, Verdict.WARN)]
+        dirty += bool(bad)
+        print(
+            f"{cell.name:40s} {args.steps} steps, seed {args.seed}: {len(result.findings):6d} findings, "
+            f"{len(bad)} FAIL/WARN ({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
+        for finding in bad:
+            print("   ", finding.message().replace("\n", "\n    "), flush=True)
+    return 1 if dirty else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
