@@ -193,11 +193,12 @@ def test_target_verdict_reads_the_interval_against_the_target(interval, verdict)
     assert target_verdict(None, 1.25) is None
 
 
-def test_overhead_figures_carry_the_interval_and_the_verdict(monkeypatch) -> None:
+def _spread_rounds(monkeypatch) -> None:
+    """Three rounds of the five arms (off, every_1, every_10, every_1_background, every_10_background): the
+    every-step arm costs 1.1x, 1.3x, 1.5x of the off arm in rounds 1, 2, 3 (a wide interval around 1.3);
+    every other arm costs what the off arm does."""
     import grpo_check.bench.overhead as overhead
-    from grpo_check.bench.overhead import measure_overhead
 
-    # the checked arms cost 1.1x, 1.3x, 1.5x of the off arm in rounds 1, 2, 3: a wide interval around 1.3
     costs = iter([1.0, 1.1, 1.0, 1.0, 1.0, 1.0, 1.3, 1.0, 1.0, 1.0, 1.0, 1.5, 1.0, 1.0, 1.0])
 
     def fake_timed_run(make_trainer, every, steps, background=False, **_):
@@ -205,6 +206,12 @@ def test_overhead_figures_carry_the_interval_and_the_verdict(monkeypatch) -> Non
 
     monkeypatch.setattr(overhead, "_timed_run", fake_timed_run)
     monkeypatch.setattr(overhead, "_warm_background_helper", lambda: None)
+
+
+def test_overhead_figures_carry_the_interval_and_the_verdict(monkeypatch) -> None:
+    from grpo_check.bench.overhead import measure_overhead
+
+    _spread_rounds(monkeypatch)
     figures = {f.name: f for f in measure_overhead(lambda work: None, steps=11, rounds=3, warmup=1)}
     every_step = figures["overhead_every_1_demo"]
     assert every_step.details["round_ratios"] == pytest.approx([1.1, 1.3, 1.5])
@@ -295,17 +302,10 @@ def test_rounds_to_decide_is_the_fewest_rounds_whose_interval_excludes_the_targe
 
 
 def test_an_undecided_overhead_figure_says_how_many_rounds_would_tell(monkeypatch) -> None:
-    import grpo_check.bench.overhead as overhead
     import grpo_check.cli.bench as bench_cli
     from grpo_check.bench.overhead import measure_overhead
 
-    costs = iter([1.0, 1.1, 1.0, 1.0, 1.0, 1.0, 1.3, 1.0, 1.0, 1.0, 1.0, 1.5, 1.0, 1.0, 1.0])
-
-    def fake_timed_run(make_trainer, every, steps, background=False, **_):
-        return overhead.TimedRun([next(costs)] * steps, 0.0)
-
-    monkeypatch.setattr(overhead, "_timed_run", fake_timed_run)
-    monkeypatch.setattr(overhead, "_warm_background_helper", lambda: None)
+    _spread_rounds(monkeypatch)
     figures = measure_overhead(lambda work: None, steps=12, rounds=3, warmup=2)
     by_name = {f.name: f for f in figures}
     undecided = by_name["overhead_every_1_demo"]  # 1.1, 1.3, 1.5 against 1.25
