@@ -5,6 +5,7 @@ Usage::
 
     .venv/bin/python scripts/soak_demo.py --steps 40 --seed 2
     .venv/bin/python scripts/soak_demo.py --steps 60 --seed 0 --only bnpo-batch-gas4-spg2-T1.3
+    .venv/bin/python scripts/soak_demo.py --steps 30 --bf16     # TRL's default mixed precision (bf16 autocast)
 
 Exit code 1 when a configuration gave a FAIL or WARN (each is printed), else 0.
 """
@@ -23,7 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps per configuration")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--only", action="append", help="configuration name (repeatable; default: all)")
+    parser.add_argument("--bf16", action="store_true", help="train under bf16 autocast (TRL's default)")
     args = parser.parse_args(argv)
+
+    import dataclasses
 
     from grpo_check.demo.matrix import MATRIX
     from grpo_check.demo.run import build_trainer
@@ -34,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     for cell in MATRIX:
         if args.only and cell.name not in args.only:
             continue
+        if args.bf16:  # the demo trains in float32 to hold TRL to float32 tolerances; users mostly do not
+            cell = dataclasses.replace(cell, overrides={**cell.overrides, "bf16": True})
         start = time.perf_counter()
         work = Path(tempfile.mkdtemp(prefix="grpo-check-soak-"))
         try:
@@ -47,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         bad = [f for f in result.findings if f.verdict in (Verdict.FAIL, Verdict.WARN)]
         dirty += bool(bad)
         print(
-            f"{cell.name:40s} {args.steps} steps, seed {args.seed}: {len(result.findings):6d} findings, "
+            f"{cell.name:40s} {args.steps} steps, seed {args.seed}{', bf16' if args.bf16 else ''}: {len(result.findings):6d} findings, "
             f"{len(bad)} FAIL/WARN ({time.perf_counter() - start:.0f} s)",
             flush=True,
         )
