@@ -63,6 +63,9 @@ def render_terminal(
     source = result.metadata.get("source")
     if source:
         console.print(Text(_printable(f"checked: {source}"), style="dim"))
+    cost = checking_cost_line(result)
+    if cost:
+        console.print(Text(cost, style="dim"))
     incomplete = result.metadata.get("incomplete")
     if incomplete:
         console.print(Text(_printable(f"INCOMPLETE: {incomplete}"), style="bold yellow" if color else ""))
@@ -149,3 +152,23 @@ _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 def _printable(text: str) -> str:
     """Replace control characters (an ESC from a decoded completion would drive the terminal) by U+FFFD."""
     return _CONTROL.sub("\ufffd", text)
+
+
+def checking_cost_line(result: Result) -> str | None:
+    """What live checking cost the training process (``metadata["checking"]`` of a TRL attachment), as one
+    line, or ``None`` when the result has no such record.
+
+    >>> from grpo_check.findings import Result
+    >>> checking = {"checking_seconds": 0.5, "training_seconds": 16.5, "overhead": 0.0313,
+    ...             "checked_steps": 16, "steps": 200}
+    >>> checking_cost_line(Result([], metadata={"checking": checking}))
+    'checking cost: 0.50 s of 16.50 s training (overhead 3.1 %), 16 of 200 optimizer steps checked'
+    """
+    checking = result.metadata.get("checking")
+    if not isinstance(checking, dict) or checking.get("overhead") is None:
+        return None
+    return (
+        f"checking cost: {checking['checking_seconds']:.2f} s of {checking['training_seconds']:.2f} s training "
+        f"(overhead {100 * checking['overhead']:.1f} %), {checking['checked_steps']} of {checking['steps']} "
+        "optimizer steps checked"
+    )

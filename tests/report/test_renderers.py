@@ -231,3 +231,23 @@ def test_text_report_neutralises_terminal_control_sequences() -> None:
     text = render(Result([finding], metadata={"source": "run\x1b]0;title\x07"}), "text")
     assert "\x1b" not in text and "\x07" not in text
     assert "completion '\ufffd[2J\ufffd[31mx'" in text
+
+
+def test_terminal_report_states_what_live_checking_cost():
+    from grpo_check.report.terminal import render_terminal
+
+    checking = {
+        "checking_seconds": 0.52,
+        "training_seconds": 16.58,
+        "overhead": 0.0324,
+        "checked_steps": 16,
+        "steps": 200,
+    }
+    with_cost = Result([Finding("loss.finite", "loss", "pass")], metadata={"checking": checking})
+    text = render_terminal(with_cost, color=False)
+    assert (
+        "checking cost: 0.52 s of 16.58 s training (overhead 3.2 %), 16 of 200 optimizer steps checked"
+        in text
+    )
+    without = Result([Finding("loss.finite", "loss", "pass")], metadata={"source": "trace"})
+    assert "checking cost" not in render_terminal(without, color=False)
