@@ -115,6 +115,10 @@ class _Round(NamedTuple):
     steps: int  # timed steps
     close_wait: float
 
+    @property
+    def per_step(self) -> float:
+        return self.seconds / max(self.steps, 1)
+
 
 WARMUP_STEPS = 2
 
@@ -168,15 +172,11 @@ def measure_overhead(
             timed = run.step_seconds[warmup:]
             runs[arm].append(_Round(sum(timed) + run.finish_seconds, len(timed), run.finish_seconds))
         if on_round is not None:
-            off = runs["off"][-1].seconds / max(runs["off"][-1].steps, 1)
-            on_round(
-                round_number,
-                {arm: r[-1].seconds / max(r[-1].steps, 1) / off for arm, r in runs.items() if arm != "off"},
-            )
+            off = runs["off"][-1].per_step
+            on_round(round_number, {arm: r[-1].per_step / off for arm, r in runs.items() if arm != "off"})
     mean = {
         arm: sum(r.seconds for r in records) / sum(r.steps for r in records) for arm, records in runs.items()
     }
-    per_round = {arm: [r.seconds / max(r.steps, 1) for r in records] for arm, records in runs.items()}
     figures = []
     targets = {"every_1": TARGET_EVERY_STEP, "every_10": TARGET_EVERY_10}
     for arm, records in runs.items():
@@ -186,8 +186,9 @@ def measure_overhead(
         ratio = mean[arm] / mean["off"]
         # the same ratio round by round (each against the off arm of its own round): its spread shows how
         # far machine load moves the figure, and gives the figure's 95 % interval
-        round_ratios = [on / off for on, off in zip(per_round[arm], per_round["off"], strict=True)]
+        round_ratios = [on.per_step / off.per_step for on, off in zip(records, runs["off"], strict=True)]
         interval = ratio_interval(round_ratios)
+        verdict = target_verdict(interval, target)
         figures.append(
             BenchFigure(
                 name=f"overhead_{arm}_{label}",
@@ -203,10 +204,10 @@ def measure_overhead(
                     "rounds": rounds,
                     "round_ratios": round_ratios,
                     "ci95": None if interval is None else list(interval),
-                    "target_verdict": target_verdict(interval, target),
+                    "target_verdict": verdict,
                     # where undecided: about how many rounds at this spread would tell (None: not even 200)
                     "rounds_to_decide": rounds_to_decide(round_ratios, target)
-                    if target_verdict(interval, target) == "undecided"
+                    if verdict == "undecided"
                     else None,
                 },
             )

@@ -45,7 +45,7 @@ def sampler_metrics(
     """
     lp = _float64_array(logps)
     sp = _float64_array(sampler_logps)
-    mask = np.asarray(completion_mask.detach().cpu().numpy() != 0) & np.isfinite(lp) & np.isfinite(sp)
+    mask = (completion_mask.detach().cpu().numpy() != 0) & np.isfinite(lp) & np.isfinite(sp)
     n = int(np.count_nonzero(mask))
     if n == 0:
         return {"tokens": 0}

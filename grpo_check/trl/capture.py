@@ -147,11 +147,11 @@ class Attachment:
     ) -> None:
         from grpo_check.trl.schedule import CheckSchedule
 
-        self.schedule = CheckSchedule(every, budget)  # validates every and budget before any hook is set
+        # validates every and budget before the trainer is looked at; ranks agree on the budget's interval
+        self.schedule = CheckSchedule(every, budget, agree=self._agree_interval)
         self.trainer = trainer
         self.support: TRLSupport = check_trainer_support(trainer)
         self.out_dir = None if out_dir is None else os.fspath(out_dir)
-        self.every = every
         self.live = live
         self.tolerances = tolerances
         self.recompute_logps = recompute_logps
@@ -181,8 +181,6 @@ class Attachment:
         self._closed = False
         self._step_checking = 0.0  # seconds this optimizer step spent on capture and checking
         self._step_ended_at: float | None = None  # perf_counter at the end of the previous optimizer step
-        if self.num_processes > 1:
-            self.schedule._agree = self._agree_interval
         self._install()
 
     # ------------------------------------------------------------------ setup
@@ -500,10 +498,8 @@ class Attachment:
 
     def _wrap_training_step(self, original: Any) -> Any:
         def wrapped(model: Any, inputs: Any, *args: Any, **kw: Any):
-            if self._step_ended_at is None:
-                self._step_ended_at = (
-                    time.perf_counter()
-                )  # the first step is timed from its first micro-batch
+            if self._step_ended_at is None:  # the first step is timed from its first micro-batch
+                self._step_ended_at = time.perf_counter()
             self._pending = None
             out = original(model, inputs, *args, **kw)
             pending, self._pending = self._pending, None
@@ -691,7 +687,9 @@ class Attachment:
 
     def _agree_interval(self, interval: int) -> int:
         """The largest interval any rank asks for: every rank checks the same steps (a forward on a sharded
-        model is a collective)."""
+        model is a collective). One process: ``interval`` itself."""
+        if self.num_processes == 1:
+            return interval
         import torch
 
         accelerator = self.trainer.accelerator

@@ -4,10 +4,10 @@ Two ways to choose the steps:
 
 * ``every=N``: steps 0, N, 2N, ... (the default, N = 1: every step);
 * ``budget=B``: as often as keeps checking under a fraction ``B`` of the step time without checking (``0.03``:
-  training takes at most about 1.03x as long). After each checked step
-  the interval to the next is ``ceil(C / (B · S))``, with ``C`` the training-process seconds the recent checked
-  steps spent on checking (capture, the reference's forward passes, and the checks run inline) and ``S`` the
-  recent steps' time without checking. Step 0 is always checked, and the next check comes within
+  training takes at most about 1.03x as long). After each checked step the interval to the next is
+  ``ceil(C / (B · S))``, with ``C`` the training-process seconds the recent checked steps spent on checking
+  (capture, the reference's forward passes, and the checks run inline) and ``S`` the recent steps' time
+  without checking. Step 0 is always checked, and the next check comes within
   ``FIRST_INTERVAL`` steps: the first check also pays one-time costs (imports, first calls), so its cost is
   dropped once a second check has been timed. A cheap check on a slow step gives interval 1.
 
@@ -121,6 +121,7 @@ class CheckSchedule:
     def summary(self) -> dict[str, Any]:
         """What checking cost the training process (seconds, and ``overhead``: checking time ÷ the rest of the
         training time) and how the steps were chosen."""
+        without_checking = self.total_seconds - self.checking_seconds
         return {
             "every": self.every if self.budget is None else None,
             "budget": self.budget,
@@ -130,7 +131,5 @@ class CheckSchedule:
             "training_seconds": round(self.total_seconds, 6),
             "checking_seconds": round(self.checking_seconds, 6),
             # the slow-down checking caused on this process: 0.03 means training took 1.03x as long
-            "overhead": self.checking_seconds / without
-            if (without := self.total_seconds - self.checking_seconds) > 0
-            else None,
+            "overhead": self.checking_seconds / without_checking if without_checking > 0 else None,
         }
