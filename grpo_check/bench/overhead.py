@@ -1,6 +1,6 @@
 """Training overhead: step time with checking attached ÷ step time without.
 
-Three arms run in one process on the same configuration and seed: ``off`` (no grpo-check), ``every=1``
+Arms run in one process on the same configuration and seed: ``off`` (no grpo-check), ``every=1``
 (capture + live float64 comparison on every optimizer step) and ``every=10``. Arms are interleaved round by
 round (off, every-1, every-10, off, ...) with a fresh trainer per arm and round, so drift in machine load hits
 all arms alike. A callback times each optimizer step (``on_step_begin`` → ``on_step_end``: generation,
@@ -14,6 +14,11 @@ training step). Their figures carry the same targets. Checks the helper has not 
 are waited for by ``close()``; that wait is charged to the arm (added to its timed steps' total before the
 mean is taken), so work deferred past the last step is not free.
 
+One more arm, ``every_1_floor``, is the floor of checking every step: the attachment captures each step and
+runs the reference's forward passes (the policy once per accumulation window, the reference model once per
+generation batch) but checks nothing. It has no target; the every-step figure's ``above_floor`` (in step
+times without checking) is what the checks themselves add on top of it.
+
 Each figure also carries its ratio round by round (each round against its own ``off`` arm) and, from them,
 a 95 % interval (:func:`grpo_check.bench.core.ratio_interval`) with what it says of the target: met, missed,
 or undecided when the interval straddles it. ``ok`` stays the point estimate against the target.
@@ -25,7 +30,7 @@ import contextlib
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -33,6 +38,8 @@ from grpo_check.bench.core import BenchFigure, ratio_interval, rounds_to_decide,
 
 TARGET_EVERY_STEP = 1.25
 TARGET_EVERY_10 = 1.03
+# the floor arm has no target: it is what every-step checking costs with the checks themselves left out
+FLOOR_TARGET = "none: capture + forward passes, no checks"
 
 
 def _step_timer() -> tuple[Any, list[float]]:
@@ -55,6 +62,32 @@ class TimedRun(NamedTuple):
     finish_seconds: float  # Attachment.close(): waiting for background checks still running (0 when off)
 
 
+def _forward_passes_only(
+    step: Any, spec: Any, *, model: Any, ref_model: Any, tolerances: Any, invariants: bool
+) -> tuple[list[Any], list[str]]:
+    """``check_captured_step`` without the checks: only the forward passes it would run (none where the
+    adapter already computed the log-probs for these rows: ``KnownLogps``). What checking cannot avoid."""
+    from grpo_check.compare.stages import model_logps
+
+    for forward in (model, ref_model):
+        if forward is not None:
+            model_logps(forward, step, spec.temperature)
+    return [], []
+
+
+@contextlib.contextmanager
+def _checks_replaced_by_forwards() -> Iterator[None]:
+    """While open, live checking captures steps and runs the reference's forward passes, and checks nothing."""
+    from grpo_check.trl import background
+
+    original = background.check_captured_step
+    background.check_captured_step = _forward_passes_only
+    try:
+        yield
+    finally:
+        background.check_captured_step = original
+
+
 def _timed_run(
     make_trainer: Callable[[Path], Any],
     every: int | None,
@@ -62,12 +95,14 @@ def _timed_run(
     background: bool = False,
     *,
     during_training: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+    forwards_only: bool = False,
 ) -> TimedRun:
     """Build a trainer, optionally attach grpo-check, train ``steps`` steps; per-step seconds and the time
     ``close()`` then took.
 
     ``during_training()`` is entered around ``trainer.train()`` only (a profiler, say), not around the
-    set-up or the final ``close()``."""
+    set-up or the final ``close()``. ``forwards_only``: the attachment captures and runs the forward passes
+    but checks nothing (the floor arm; inline only)."""
     from grpo_check.trl import attach
 
     work = Path(tempfile.mkdtemp(prefix="grpo-check-bench-"))
@@ -79,13 +114,15 @@ def _timed_run(
         attachment = (
             attach(trainer, every=every, live=True, background=background) if every is not None else None
         )
-        with during_training():
-            trainer.train()
-        finish = 0.0
-        if attachment is not None:
-            start = time.perf_counter()
-            attachment.close()  # waits for the background checks still running
-            finish = time.perf_counter() - start
+        # the floor arm's checks stay left out through close(), which checks any window still open
+        with _checks_replaced_by_forwards() if forwards_only else contextlib.nullcontext():
+            with during_training():
+                trainer.train()
+            finish = 0.0
+            if attachment is not None:
+                start = time.perf_counter()
+                attachment.close()  # waits for the background checks still running
+                finish = time.perf_counter() - start
         return TimedRun(times, finish)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -161,14 +198,20 @@ def measure_overhead(
     (progress for the command line: a run takes minutes). ``steps`` must be ``warmup`` plus whole tens
     (:func:`check_steps`)."""
     check_steps(steps, warmup)
-    plan = {"off": (None, False), "every_1": (1, False), "every_10": (10, False)}
+    # arm: (every, in the background, forward passes only)
+    plan = {
+        "off": (None, False, False),
+        "every_1": (1, False, False),
+        "every_10": (10, False, False),
+        "every_1_floor": (1, False, True),
+    }
     if background:
         _warm_background_helper()
-        plan.update({"every_1_background": (1, True), "every_10_background": (10, True)})
+        plan.update({"every_1_background": (1, True, False), "every_10_background": (10, True, False)})
     runs: dict[str, list[_Round]] = {arm: [] for arm in plan}
     for round_number in range(1, rounds + 1):
-        for arm, (every, in_background) in plan.items():
-            run = _timed_run(make_trainer, every, steps, in_background)
+        for arm, (every, in_background, forwards_only) in plan.items():
+            run = _timed_run(make_trainer, every, steps, in_background, forwards_only=forwards_only)
             timed = run.step_seconds[warmup:]
             runs[arm].append(_Round(sum(timed) + run.finish_seconds, len(timed), run.finish_seconds))
         if on_round is not None:
@@ -182,20 +225,20 @@ def measure_overhead(
     for arm, records in runs.items():
         if arm == "off":
             continue
-        target = targets[arm.removesuffix("_background")]
+        target = targets.get(arm.removesuffix("_background"))
         ratio = mean[arm] / mean["off"]
         # the same ratio round by round (each against the off arm of its own round): its spread shows how
         # far machine load moves the figure, and gives the figure's 95 % interval
         round_ratios = [on.per_step / off.per_step for on, off in zip(records, runs["off"], strict=True)]
         interval = ratio_interval(round_ratios)
-        verdict = target_verdict(interval, target)
+        verdict = None if target is None else target_verdict(interval, target)
         figures.append(
             BenchFigure(
                 name=f"overhead_{arm}_{label}",
                 value=ratio,
                 unit="x step time without checking",
-                target=f"<= {target}",
-                ok=ratio <= target,
+                target=FLOOR_TARGET if target is None else f"<= {target}",
+                ok=None if target is None else ratio <= target,
                 details={
                     "mean_step_s": mean[arm],
                     "mean_step_off_s": mean["off"],
@@ -212,4 +255,8 @@ def measure_overhead(
                 },
             )
         )
+    if "every_1_floor" in mean:  # how much of checking every step is the checks themselves
+        for figure in figures:
+            if figure.name == f"overhead_every_1_{label}":
+                figure.details["above_floor"] = (mean["every_1"] - mean["every_1_floor"]) / mean["off"]
     return figures

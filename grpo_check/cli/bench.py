@@ -50,7 +50,8 @@ def bench(
     """Measure what checking costs, with the product itself, and print each figure beside its target.
 
     Figures: **overhead** (step time attached ÷ without, every step and every 10th, on the demo and on
-    `--trainer`), **memory** (float64 log-probs + entropy over B=2, T=2048, V=151,936 bf16 logits, above the
+    `--trainer`; plus the floor: every step with the forward passes run and the checks left out),
+    **memory** (float64 log-probs + entropy over B=2, T=2048, V=151,936 bf16 logits, above the
     logits), **throughput** (tokens/s of the invariant + compare suite at 10k, 100k, 1M tokens) and
     **startup** (`grpo-check --help` ÷ `import torch`).
 
@@ -228,6 +229,8 @@ def _print_table(payload: dict) -> None:
         rounds = details.get("round_ratios")
         if rounds and len(rounds) > 1:  # how far machine load moved it: the lowest and highest round
             value += f"\n(rounds {min(rounds):.2f}–{max(rounds):.2f})"
+        if details.get("above_floor") is not None:  # what the checks add to capture + forward passes
+            value += f"\nchecks: +{details['above_floor']:.3f} over the floor"
         table.add_row(fig["name"], value, fig["unit"], fig["target"], ok)
     console = Console()
     console.print(table)

@@ -194,12 +194,13 @@ def test_target_verdict_reads_the_interval_against_the_target(interval, verdict)
 
 
 def _spread_rounds(monkeypatch) -> None:
-    """Three rounds of the five arms (off, every_1, every_10, every_1_background, every_10_background): the
-    every-step arm costs 1.1x, 1.3x, 1.5x of the off arm in rounds 1, 2, 3 (a wide interval around 1.3);
-    every other arm costs what the off arm does."""
+    """Three rounds of the six arms (off, every_1, every_10, every_1_floor, every_1_background,
+    every_10_background): the every-step arm costs 1.1x, 1.3x, 1.5x of the off arm in rounds 1, 2, 3 (a wide
+    interval around 1.3), its floor 1.05x; every other arm costs what the off arm does."""
     import grpo_check.bench.overhead as overhead
 
-    costs = iter([1.0, 1.1, 1.0, 1.0, 1.0, 1.0, 1.3, 1.0, 1.0, 1.0, 1.0, 1.5, 1.0, 1.0, 1.0])
+    rounds = [(1.1, 1.05), (1.3, 1.05), (1.5, 1.05)]  # (every_1, every_1_floor) per round
+    costs = iter([cost for every, floor in rounds for cost in (1.0, every, 1.0, floor, 1.0, 1.0)])
 
     def fake_timed_run(make_trainer, every, steps, background=False, **_):
         return overhead.TimedRun([next(costs)] * steps, 0.0)
@@ -220,6 +221,34 @@ def test_overhead_figures_carry_the_interval_and_the_verdict(monkeypatch) -> Non
     assert every_step.ok is False  # the point estimate, 1.3, is above 1.25
     steady = figures["overhead_every_10_demo"]  # 1.0 in every round: no spread, met
     assert steady.details["ci95"] == pytest.approx([1.0, 1.0]) and steady.details["target_verdict"] == "met"
+
+
+def test_the_floor_arm_has_no_target_and_the_every_step_figure_says_how_far_above_it_it_is(
+    monkeypatch,
+) -> None:
+    from grpo_check.bench.overhead import FLOOR_TARGET, measure_overhead
+
+    _spread_rounds(monkeypatch)
+    figures = {f.name: f for f in measure_overhead(lambda work: None, steps=11, rounds=3, warmup=1)}
+    floor = figures["overhead_every_1_floor_demo"]
+    assert floor.value == pytest.approx(1.05) and floor.ok is None and floor.target == FLOOR_TARGET
+    assert floor.details["target_verdict"] is None and floor.details["rounds_to_decide"] is None
+    # every step: mean 1.3x; the floor 1.05x: the checks themselves add 0.25 of a step
+    assert figures["overhead_every_1_demo"].details["above_floor"] == pytest.approx(0.25)
+    assert "above_floor" not in figures["overhead_every_10_demo"].details
+
+
+def test_table_says_what_the_checks_add_over_the_floor(monkeypatch) -> None:
+    import grpo_check.cli.bench as bench_cli
+
+    every_step = BenchFigure(
+        "overhead_every_1_demo", 1.3, "x step time", "<= 1.25", False, {"above_floor": 0.21}
+    )
+    floor = BenchFigure("overhead_every_1_floor_demo", 1.09, "x step time", "none", None, {})
+    monkeypatch.setattr(bench_cli, "_measure", lambda selected, **kwargs: [every_step, floor])
+    result = CliRunner().invoke(app, ["bench", "--only", "overhead"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert result.output.count("over the floor") == 1 and "checks: +0.210 over the floor" in result.output
 
 
 def test_table_prints_the_interval_and_flags_a_figure_within_noise(monkeypatch) -> None:
@@ -258,7 +287,13 @@ def test_overhead_reports_each_round_as_it_finishes(monkeypatch) -> None:
     )
     assert [number for number, _ in seen] == [1, 2, 3]
     ratios = seen[0][1]
-    assert set(ratios) == {"every_1", "every_10", "every_1_background", "every_10_background"}
+    assert set(ratios) == {
+        "every_1",
+        "every_10",
+        "every_1_floor",
+        "every_1_background",
+        "every_10_background",
+    }
     assert ratios["every_1_background"] == pytest.approx(2.0) and ratios["every_1"] == pytest.approx(1.0)
 
 
@@ -344,3 +379,93 @@ def test_a_run_that_finishes_is_not_marked_interrupted(monkeypatch, tmp_path: Pa
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(app, ["bench", "-o", str(out)])
     assert result.exit_code == 0 and "interrupted" not in json.loads(out.read_text())
+
+
+# ------------------------------------------------------------------------------------- the floor arm
+def _tiny_step_and_model():
+    import torch
+
+    from grpo_check.demo.model import build_policy, build_tokenizer
+    from grpo_check.trace.model import TraceStep
+
+    model = build_policy(build_tokenizer()).eval()
+    tensors = {
+        "prompt_ids": torch.tensor([[5, 6, 7], [5, 8, 9]]),
+        "prompt_mask": torch.ones(2, 3, dtype=torch.long),
+        "completion_ids": torch.tensor([[10, 11], [12, 13]]),
+        "completion_mask": torch.ones(2, 2, dtype=torch.long),
+    }
+    return TraceStep(tensors=tensors, meta={}), model
+
+
+class _CountingModel:
+    def __init__(self, model) -> None:
+        self.model, self.calls = model, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.model(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+def test_the_floor_runs_the_forward_passes_a_check_would_and_checks_nothing() -> None:
+    from grpo_check.bench.overhead import _forward_passes_only
+    from grpo_check.compare.stages import KnownLogps, model_logps
+    from grpo_check.config import GRPOSpec
+
+    step, model = _tiny_step_and_model()
+    spec = GRPOSpec(num_generations=2)
+    policy, reference = _CountingModel(model), _CountingModel(model)
+    known = KnownLogps(reference, model_logps(model, step, spec.temperature), spec.temperature)
+    result = _forward_passes_only(step, spec, model=policy, ref_model=known, tolerances=None, invariants=True)
+    assert result == ([], [])
+    assert policy.calls == 1  # a plain model: its forward pass is part of the floor
+    assert reference.calls == 0  # log-probs the adapter already computed are not recomputed
+    assert _forward_passes_only(step, spec, model=None, ref_model=None, tolerances=None, invariants=True) == (
+        [],
+        [],
+    )
+
+
+def test_the_floor_replaces_the_checks_only_while_open() -> None:
+    import grpo_check.trl.background as background
+    from grpo_check.bench.overhead import _checks_replaced_by_forwards, _forward_passes_only
+
+    original = background.check_captured_step
+    with _checks_replaced_by_forwards():
+        assert background.check_captured_step is _forward_passes_only
+    assert background.check_captured_step is original
+    with pytest.raises(KeyboardInterrupt), _checks_replaced_by_forwards():
+        raise KeyboardInterrupt
+    assert background.check_captured_step is original
+
+
+@pytest.mark.slow
+def test_the_floor_arm_trains_with_capture_and_forwards_and_never_checks(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("trl")
+    import grpo_check.bench.overhead as overhead
+    import grpo_check.trl.background as background
+
+    checks, forwards = [], []
+    real_check, real_forwards = background.check_captured_step, overhead._forward_passes_only
+
+    def counted_check(*args, **kwargs):
+        checks.append(1)
+        return real_check(*args, **kwargs)
+
+    def counted_forwards(*args, **kwargs):
+        forwards.append(1)
+        return real_forwards(*args, **kwargs)
+
+    monkeypatch.setattr(background, "check_captured_step", counted_check)
+    monkeypatch.setattr(overhead, "_forward_passes_only", counted_forwards)
+    make_trainer = overhead.demo_trainer_factory()
+    floor = overhead._timed_run(make_trainer, 1, 2, forwards_only=True)
+    assert len(floor.step_seconds) == 2
+    assert forwards and not checks  # every captured step got its forwards, none its checks
+    assert background.check_captured_step is counted_check  # the real checks are back after the run
+    forwards.clear()
+    overhead._timed_run(make_trainer, 1, 2)
+    assert checks and not forwards  # the every-step arm checks for real
