@@ -178,8 +178,8 @@ def _measure(
         from grpo_check.bench.overhead import demo_trainer_factory, measure_overhead, user_trainer_factory
 
         progress(
-            f"training overhead on the demo ({rounds} rounds x 5 arms x {steps} steps: off, every step and "
-            "every 10th, inline and in the background) ..."
+            f"training overhead on the demo ({rounds} rounds x 6 arms x {steps} steps: off, every step and "
+            "every 10th, inline and in the background, and the floor: capture + forwards, no checks) ..."
         )
 
         def round_done(round_number: int, ratios: dict[str, float]) -> None:

@@ -305,6 +305,9 @@ def test_bench_command_prints_progress_per_round(monkeypatch) -> None:
     result = CliRunner().invoke(app, ["bench", "--only", "overhead", "--rounds", "2"])
     assert result.exit_code == 0, result.output
     assert "round 1/2: every_1 1.00x" in result.output and "round 2/2" in result.output
+    # the header's arm count agrees with the arms measured (each round line lists every arm but "off")
+    round_line = next(line for line in result.output.splitlines() if "round 1/2:" in line)
+    assert f"x {round_line.count('x,') + 2} arms x" in result.output
 
 
 @pytest.mark.parametrize("steps", ["3", "11", "15", "21"])
