@@ -32,3 +32,34 @@ def test_ab_check_cost_help_names_its_options() -> None:
     ).stdout
     for option in ("--before", "--runs", "--repeats", "--sizes", "--threads"):
         assert option in out
+
+
+def test_merge_window_estimate_checks_only_the_first_micro_batch_of_a_window(monkeypatch) -> None:
+    import importlib.util
+
+    import grpo_check.trl.background as background
+    from grpo_check.trace.model import TraceStep
+
+    spec = importlib.util.spec_from_file_location(
+        "merge_window_estimate", BENCHMARKS / "merge_window_estimate.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    checked = []
+
+    def fake_check(step, *args, **kwargs):
+        checked.append(step)
+        return ["a finding"], []
+
+    monkeypatch.setattr(background, "check_captured_step", fake_check)
+    real = background.check_captured_step
+    steps = [
+        TraceStep(tensors={}, meta={"scope": "micro_batch", "micro_batch": 0}),
+        TraceStep(tensors={}, meta={"scope": "micro_batch", "micro_batch": 1}),
+        TraceStep(tensors={}, meta={"scope": "generation"}),
+    ]
+    with script._first_micro_batch_only():
+        results = [background.check_captured_step(step) for step in steps]
+    assert checked == [steps[0], steps[2]]  # the second micro-batch of the window is not checked
+    assert results == [(["a finding"], []), ([], []), (["a finding"], [])]
+    assert background.check_captured_step is real
