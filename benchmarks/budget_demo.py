@@ -15,29 +15,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
-from pathlib import Path
 
 
 def _run(steps: int, **attach_kwargs) -> tuple[list[int], dict]:
-    from grpo_check.bench.overhead import demo_trainer_factory
-    from grpo_check.trl import attach
+    from grpo_check.demo.matrix import cells
+    from grpo_check.demo.run import run_cell
 
-    work = Path(tempfile.mkdtemp(prefix="grpo-check-budget-"))
-    try:
-        trainer = demo_trainer_factory()(work)
-        trainer.args.max_steps = steps
-        attachment = attach(trainer, live=True, **attach_kwargs)
-        trainer.train()
-        cost = attachment.result().metadata["checking"]
-        attachment.close()
-        checked = sorted(
-            {s.meta["step"] for s in attachment.trace.steps if s.meta.get("scope") == "micro_batch"}
-        )
-        return checked, cost
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    run = run_cell(cells("fast")[0], steps=steps, **attach_kwargs)
+    checked = sorted({s.meta["step"] for s in run.trace.steps if s.meta.get("scope") == "micro_batch"})
+    return checked, run.result.metadata["checking"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,26 +24,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Iterator
 
 
-@contextlib.contextmanager
-def _first_micro_batch_only() -> Iterator[None]:
+def _first_micro_batch_only() -> contextlib.AbstractContextManager[None]:
     """While open, only the first micro-batch of each accumulation window is checked (the rest: no checks)."""
-    from grpo_check.trl import background
+    from grpo_check.bench.overhead import check_captured_step_replaced
 
-    real_check = background.check_captured_step
+    def first_only(real_check):
+        def check_first_only(step, *args, **kwargs):
+            if step.meta.get("scope") == "micro_batch" and step.meta.get("micro_batch"):
+                return [], []
+            return real_check(step, *args, **kwargs)
 
-    def check_first_only(step, *args, **kwargs):
-        if step.meta.get("scope") == "micro_batch" and step.meta.get("micro_batch"):
-            return [], []
-        return real_check(step, *args, **kwargs)
+        return check_first_only
 
-    background.check_captured_step = check_first_only
-    try:
-        yield
-    finally:
-        background.check_captured_step = real_check
+    return check_captured_step_replaced(first_only)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,26 +14,7 @@ Exit code 1 when a configuration gave a FAIL or WARN (each is printed), else 0.
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 import time
-from pathlib import Path
-
-
-def _train_here(cell, seed: int, steps: int):
-    from grpo_check.demo.run import build_trainer
-    from grpo_check.trl import attach
-
-    work = Path(tempfile.mkdtemp(prefix="grpo-check-soak-"))
-    try:
-        trainer = build_trainer(cell, work, seed=seed, steps=steps)
-        attachment = attach(trainer, live=True)
-        trainer.train()
-        result = attachment.result()
-        attachment.close()
-        return result
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     import dataclasses
 
     from grpo_check.demo.matrix import MATRIX
+    from grpo_check.demo.run import run_cell, run_cell_multiprocess
     from grpo_check.findings import Verdict
 
     dirty = 0
@@ -60,13 +42,10 @@ def main(argv: list[str] | None = None) -> int:
             cell = dataclasses.replace(cell, overrides={**cell.overrides, "bf16": True})
         start = time.perf_counter()
         if args.processes > 1:
-            from grpo_check.demo.run import run_cell_multiprocess
-
-            result = run_cell_multiprocess(
-                cell, processes=args.processes, seed=args.seed, steps=args.steps
-            ).result
+            run = run_cell_multiprocess(cell, processes=args.processes, seed=args.seed, steps=args.steps)
         else:
-            result = _train_here(cell, args.seed, args.steps)
+            run = run_cell(cell, seed=args.seed, steps=args.steps)
+        result = run.result
         bad = [f for f in result.findings if f.verdict in (Verdict.FAIL, Verdict.WARN)]
         dirty += bool(bad)
         print(

@@ -76,16 +76,24 @@ def _forward_passes_only(
 
 
 @contextlib.contextmanager
-def _checks_replaced_by_forwards() -> Iterator[None]:
-    """While open, live checking captures steps and runs the reference's forward passes, and checks nothing."""
+def check_captured_step_replaced(
+    replacement: Callable[[Callable[..., Any]], Callable[..., Any]],
+) -> Iterator[None]:
+    """While open, live checking calls ``replacement(check_captured_step)`` for each captured step instead of
+    ``check_captured_step`` (the attachment looks it up at call time). For experiments that leave checks out."""
     from grpo_check.trl import background
 
     original = background.check_captured_step
-    background.check_captured_step = _forward_passes_only
+    background.check_captured_step = replacement(original)
     try:
         yield
     finally:
         background.check_captured_step = original
+
+
+def _checks_replaced_by_forwards() -> contextlib.AbstractContextManager[None]:
+    """While open, live checking captures steps and runs the reference's forward passes, and checks nothing."""
+    return check_captured_step_replaced(lambda original: _forward_passes_only)
 
 
 def _timed_run(
@@ -232,6 +240,20 @@ def measure_overhead(
         round_ratios = [on.per_step / off.per_step for on, off in zip(records, runs["off"], strict=True)]
         interval = ratio_interval(round_ratios)
         verdict = None if target is None else target_verdict(interval, target)
+        details = {
+            "mean_step_s": mean[arm],
+            "mean_step_off_s": mean["off"],
+            "close_wait_s": sum(r.close_wait for r in records),
+            "steps_timed": sum(r.steps for r in records),
+            "rounds": rounds,
+            "round_ratios": round_ratios,
+            "ci95": None if interval is None else list(interval),
+            "target_verdict": verdict,
+            # where undecided: about how many rounds at this spread would tell (None: not even 200)
+            "rounds_to_decide": rounds_to_decide(round_ratios, target) if verdict == "undecided" else None,
+        }
+        if arm == "every_1":  # how much of checking every step is the checks themselves
+            details["above_floor"] = (mean["every_1"] - mean["every_1_floor"]) / mean["off"]
         figures.append(
             BenchFigure(
                 name=f"overhead_{arm}_{label}",
@@ -239,24 +261,7 @@ def measure_overhead(
                 unit="x step time without checking",
                 target=FLOOR_TARGET if target is None else f"<= {target}",
                 ok=None if target is None else ratio <= target,
-                details={
-                    "mean_step_s": mean[arm],
-                    "mean_step_off_s": mean["off"],
-                    "close_wait_s": sum(r.close_wait for r in records),
-                    "steps_timed": sum(r.steps for r in records),
-                    "rounds": rounds,
-                    "round_ratios": round_ratios,
-                    "ci95": None if interval is None else list(interval),
-                    "target_verdict": verdict,
-                    # where undecided: about how many rounds at this spread would tell (None: not even 200)
-                    "rounds_to_decide": rounds_to_decide(round_ratios, target)
-                    if verdict == "undecided"
-                    else None,
-                },
+                details=details,
             )
         )
-    if "every_1_floor" in mean:  # how much of checking every step is the checks themselves
-        for figure in figures:
-            if figure.name == f"overhead_every_1_{label}":
-                figure.details["above_floor"] = (mean["every_1"] - mean["every_1_floor"]) / mean["off"]
     return figures

@@ -135,16 +135,20 @@ def run_cell(
     trainer_cls: Any = None,
     trace_dir: str | os.PathLike[str] | None = None,
     live: bool = True,
+    steps: int | None = None,
+    budget: float | None = None,
 ) -> CellRun:
-    """Train ``cell`` with checking attached (single process) and return its :class:`CellRun`."""
+    """Train ``cell`` with checking attached (single process) and return its :class:`CellRun`.
+
+    ``steps`` overrides the cell's optimizer steps; ``budget`` attaches with ``attach(budget=...)``."""
     from grpo_check.trl import attach
 
     start = time.perf_counter()
     owned = workdir is None
     work = Path(tempfile.mkdtemp(prefix="grpo-check-demo-")) if owned else Path(workdir)
     try:
-        trainer = build_trainer(cell, work, seed=seed, trainer_cls=trainer_cls)
-        attachment = attach(trainer, out_dir=trace_dir, every=every, live=live)
+        trainer = build_trainer(cell, work, seed=seed, trainer_cls=trainer_cls, steps=steps)
+        attachment = attach(trainer, out_dir=trace_dir, every=every, live=live, budget=budget)
         trainer.train()
         trace = attachment.close()
         result = attachment.result()

@@ -21,15 +21,10 @@ _FOUND_THERE = [("bnpo-batch-gas4-spg2-T1.3", 0, 12), ("dapo-seqIS-beta-padeos-i
 
 
 def _bad_findings(tmp_path, cell_name: str, seed: int, steps: int) -> list[str]:
-    from grpo_check.demo.run import build_trainer
-    from grpo_check.trl import attach
+    from grpo_check.demo.run import run_cell
 
     cell = next(c for c in MATRIX if c.name == cell_name)
-    trainer = build_trainer(cell, tmp_path, seed=seed, steps=steps)
-    attachment = attach(trainer, live=True)
-    trainer.train()
-    result = attachment.result()
-    attachment.close()
+    result = run_cell(cell, workdir=tmp_path, seed=seed, steps=steps).result
     return [f.message() for f in result.findings if f.verdict in (Verdict.FAIL, Verdict.WARN)]
 
 

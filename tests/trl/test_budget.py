@@ -9,16 +9,11 @@ pytest.importorskip("trl")
 
 def _train(tmp_path, steps: int, **attach_kwargs):
     from grpo_check.demo.matrix import cells
-    from grpo_check.demo.run import build_trainer
-    from grpo_check.trl import attach
+    from grpo_check.demo.run import run_cell
 
-    trainer = build_trainer(cells("fast")[0], tmp_path, seed=0, steps=steps)
-    attachment = attach(trainer, live=True, **attach_kwargs)
-    trainer.train()
-    result = attachment.result()
-    attachment.close()
-    checked = sorted({s.meta["step"] for s in attachment.trace.steps if s.meta.get("scope") == "micro_batch"})
-    return result, checked
+    run = run_cell(cells("fast")[0], workdir=tmp_path, seed=0, steps=steps, **attach_kwargs)
+    checked = sorted({s.meta["step"] for s in run.trace.steps if s.meta.get("scope") == "micro_batch"})
+    return run.result, checked
 
 
 @pytest.mark.slow
