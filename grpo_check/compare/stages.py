@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -338,6 +339,26 @@ class KnownLogps:
         if name in ("model", "logps", "temperature"):  # not set yet (copy/unpickle): no recursion
             raise AttributeError(name)
         return getattr(self.model, name)
+
+
+def window_known_logps(model: Any, steps: list[TraceStep], temperature: float) -> list[Any]:
+    """``KnownLogps`` per step from ONE forward pass of ``model`` over all the steps' rows (micro-batches of one
+    gradient-accumulation window: the weights do not change inside it), or ``model`` itself for each step when
+    their prompt or completion widths differ or the batch tensors are missing. The caller sets no-grad and RNG.
+    """
+    names = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
+    if len(steps) < 2 or any(
+        not s.has(*names) or s[name].shape[1] != steps[0][name].shape[1] for s in steps for name in names
+    ):
+        return [model] * len(steps)
+    combined = TraceStep(tensors={name: torch.cat([s[name] for s in steps]) for name in names}, meta={})
+    logps = model_logps(model, combined, temperature)  # restores the model's train mode
+    if logps is None:
+        return [model] * len(steps)
+    bounds = [0]
+    for s in steps:
+        bounds.append(bounds[-1] + int(s["completion_ids"].shape[0]))
+    return [KnownLogps(model, logps[start:stop], temperature) for start, stop in itertools.pairwise(bounds)]
 
 
 def model_logps(

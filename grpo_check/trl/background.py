@@ -1,25 +1,37 @@
 """Background checking: the float64 comparison and the invariants of captured steps, in a side process.
 
-``attach(trainer, background=True)`` keeps on the training process only what needs the live model: capture,
-the reference's forward passes (one per accumulation window, one per generation batch for the reference
-model) and a quick comparison of the log-probs. Everything else that checking a step costs (the
+``attach(trainer, background=True)`` keeps on the training process only what needs the live trainer: capture
+and the hand-off. Everything else that checking a step costs (the reference's forward passes, the
 stage-isolated and end-to-end float64 comparisons, the diagnoses, the invariants) runs in one helper process
 per training process, on an otherwise idle core, while training goes on. Findings arrive a few steps later;
-:meth:`~grpo_check.trl.capture.Attachment.result` and ``close()`` wait for all of them.
+:meth:`~grpo_check.trl.capture.Attachment.result` and ``close()`` wait for them.
 
-A step whose log-probs already disagree with the reference's forward pass is checked on the training process
-instead (inline), because its diagnoses need the model as it is now (temperature, token shift, position ids).
-So is a step when the helper already has ``max_pending`` checks waiting, or has stopped.
+The forward passes go to the helper with the weights they need, when the models allow it
+(:func:`helper_forward_refusal`: a small model on the CPU, of a class transformers exports, in a
+single-process run): the policy's weights once per checked accumulation window, the reference model's once.
+The helper keeps its own copy of each model, and checks the window's micro-batches with it exactly as
+inline checking does with the live model (diagnoses included). The first window is also scored on the
+training process, and the helper compares its own forward passes with those: a copy that scores differently
+turns the hand-off of forward passes off for the run (a note in ``live_problems``), and that window is
+checked with the training process's log-probs. Otherwise (a large or GPU model, several processes) the
+forward passes stay on the training process: one per accumulation window for the policy, one per
+generation batch for the reference model, plus a quick comparison of the log-probs, and only the steps go
+to the helper. A step whose log-probs then already disagree with the reference's forward pass is checked
+on the training process instead (inline), because its diagnoses need the model as it is now (temperature,
+token shift, position ids). So is a step when the helper already has ``max_pending`` checks waiting, or
+has stopped.
 
 Messages are length-prefixed frames over the helper's stdin/stdout: a JSON header plus the raw bytes of the
-tensors (no pickle). The helper is ``python -m grpo_check.trl.background``; it needs no model and imports no
-transformers.
+tensors (no pickle). The helper is ``python -m grpo_check.trl.background``; it imports transformers only
+when it is sent a model.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
+import itertools
 import json
 import os
 import queue
@@ -113,6 +125,15 @@ def check_job(payload: bytes) -> dict[str, Any]:
     header, tensors = decode(payload)
     if header.get("ping"):
         return {"id": header["id"], "pong": True}
+    if "model" in header:
+        _load_model(header["model"], tensors)
+        return {"id": header["id"], "loaded": header["model"]["role"]}
+    if "forget" in header:
+        for key in header["forget"]:
+            _HELPER_MODELS.pop(key, None)
+        return {"id": header["id"], "forgotten": header["forget"]}
+    if "window" in header:
+        return _check_window(header, tensors)
     known = {name[len("known.") :]: t for name, t in tensors.items() if name.startswith("known.")}
     step = TraceStep(
         tensors={name: t for name, t in tensors.items() if not name.startswith("known.")},
@@ -170,6 +191,160 @@ def check_captured_step(
             if not (f.check_id == "advantages.values" and f.verdict is Verdict.NOT_CAPTURED)
         ]
     return findings, not_captured
+
+
+# ------------------------------------------------------------------------------------------ forwards in the helper
+HELPER_FORWARD_MAX_BYTES = 64 * 2**20
+"""Largest policy + reference model (parameter and buffer bytes) whose weights go to the helper with each
+checked window; above it the forward passes stay on the training process."""
+
+_FORWARD_AGREEMENT = 1e-5
+"""Largest |Δ log-prob| between the helper's copy of a model and the model itself on the first window (float32
+forwards on different thread counts differ by a few ulps; a wrong copy by far more)."""
+
+# the helper's copies of the models, by key ("<attachment>.policy", "<attachment>.ref"): (what they were built
+# from, the model); the least recently used go beyond _HELPER_MODELS_KEPT (attachments forget theirs on close)
+_HELPER_MODELS: collections.OrderedDict[str, tuple[str, Any]] = collections.OrderedDict()
+_HELPER_MODELS_KEPT = 8
+
+
+def helper_forward_refusal(*models: Any) -> str | None:
+    """Why the helper cannot run the forward passes of ``models`` (``None`` entries skipped), or ``None``.
+
+    It can for a model it can rebuild from its config and weights alone and that is cheap to send: an
+    ``nn.Module`` of a class ``transformers`` exports, every parameter and buffer a plain tensor on the CPU,
+    ``HELPER_FORWARD_MAX_BYTES`` in all.
+    """
+    import torch
+
+    total = 0
+    for model in models:
+        if model is None:
+            continue
+        name = type(model).__name__
+        try:
+            import transformers
+
+            exported = getattr(transformers, name, None) is type(model)
+        except ImportError:
+            exported = False
+        if not isinstance(model, torch.nn.Module) or not exported or not hasattr(model, "config"):
+            return f"{name} is not a model class that transformers exports"
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
+            if tensor.device.type != "cpu":
+                return f"{name} is on {tensor.device.type}"
+            if type(tensor.data) is not torch.Tensor or tensor.numel() == 0:
+                return f"{name} has sharded or non-plain tensors"
+            total += tensor.numel() * tensor.element_size()
+    if total > HELPER_FORWARD_MAX_BYTES:
+        return f"the models hold {total / 2**20:.0f} MiB (more than {HELPER_FORWARD_MAX_BYTES // 2**20} MiB to send)"
+    return None
+
+
+def model_message(model: Any, role: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(header, tensors) that give the helper its copy of ``model`` under the key ``role`` (training process
+    side; a later message with the same key updates the weights)."""
+    description = {
+        "role": role,
+        "architecture": type(model).__name__,
+        "config": json.loads(model.config.to_json_string(use_diff=False)),
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+    }
+    return {"model": description}, {name: tensor.detach() for name, tensor in model.state_dict().items()}
+
+
+def _load_model(description: dict[str, Any], state: dict[str, Any]) -> None:
+    """Build (once per architecture and config) or update the helper's copy of a model (helper side)."""
+    import torch
+    import transformers
+
+    key = json.dumps(
+        [description[k] for k in ("architecture", "config", "attn_implementation", "dtype")], sort_keys=True
+    )
+    held = _HELPER_MODELS.get(description["role"])
+    if held is None or held[0] != key:
+        config_dict = description["config"]
+        config_class = type(transformers.AutoConfig.for_model(config_dict["model_type"]))
+        config = config_class.from_dict(config_dict)
+        attention = description["attn_implementation"]
+        kwargs = {} if attention is None else {"attn_implementation": attention}
+        model = getattr(transformers, description["architecture"])._from_config(config, **kwargs)
+        model.to(getattr(torch, description["dtype"]))
+        model.eval()
+        held = (key, model)
+    with torch.no_grad():
+        held[1].load_state_dict(state, strict=True)
+    _HELPER_MODELS[description["role"]] = held
+    _HELPER_MODELS.move_to_end(description["role"])
+    while len(_HELPER_MODELS) > _HELPER_MODELS_KEPT:
+        _HELPER_MODELS.popitem(last=False)
+
+
+def _check_window(header: dict[str, Any], tensors: dict[str, Any]) -> dict[str, Any]:
+    """Check the micro-batches of one accumulation window with the helper's copies of the models: one
+    forward pass of each over the window's rows, then :func:`check_captured_step` per micro-batch."""
+    import torch
+
+    from grpo_check.compare.stages import KnownLogps, model_logps, window_known_logps
+    from grpo_check.compare.tolerances import TolerancePolicy
+    from grpo_check.config import GRPOSpec
+    from grpo_check.trace.model import TraceStep
+
+    steps = []
+    for index, described in enumerate(header["window"]):
+        prefix = f"{index}/"
+        steps.append(
+            TraceStep(
+                tensors={name[len(prefix) :]: t for name, t in tensors.items() if name.startswith(prefix)},
+                completion_text=described["completion_text"],
+                prompt_text=described["prompt_text"],
+                meta=described["meta"],
+            )
+        )
+    temperature = float(header["temperature"])
+    models: dict[str, list[Any]] = {}
+    for name, role in header["models"].items():  # "logps" / "ref_logps" -> the model's key, or None
+        if role is None:
+            models[name] = [None] * len(steps)
+            continue
+        held = _HELPER_MODELS.get(role)
+        if held is None:
+            raise RuntimeError(f"the helper has no copy of model {role}")
+        _HELPER_MODELS.move_to_end(role)
+        with torch.no_grad():
+            models[name] = window_known_logps(held[1], steps, temperature)
+    mismatch = None
+    for index, step in enumerate(steps):  # the first window: the helper's copies must score as the models do
+        for name, per_step in models.items():
+            expected = tensors.get(f"expect/{index}/{name}")
+            if expected is None:
+                continue
+            own = per_step[index]
+            with torch.no_grad():
+                logps = own.logps if isinstance(own, KnownLogps) else model_logps(own, step, temperature)
+            differs = (
+                float("inf")
+                if logps is None or logps.shape != expected.shape
+                else float((logps.double() - expected.double()).abs().max())
+            )
+            if not differs <= _FORWARD_AGREEMENT:  # checked with the training process's log-probs instead
+                mismatch = differs if mismatch is None else max(mismatch, differs)
+                per_step[index] = KnownLogps(None, expected, temperature)
+    tolerances = header.get("tolerances")
+    spec = GRPOSpec.from_dict(header["spec"])
+    results = []
+    for index, step in enumerate(steps):
+        findings, not_captured = check_captured_step(
+            step,
+            spec,
+            model=models["logps"][index],
+            ref_model=models["ref_logps"][index],
+            tolerances=None if tolerances is None else TolerancePolicy(**tolerances),
+            invariants=bool(header["invariants"]),
+        )
+        results.append({"findings": [f.to_dict() for f in findings], "not_captured": not_captured})
+    return {"id": header["id"], "steps": results, "forward_mismatch": mismatch}
 
 
 def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
@@ -346,7 +521,8 @@ class BackgroundChecker:
                 if job_id is None:  # an unreadable request: nothing to route it to
                     continue
                 self._pending.discard(job_id)
-                self._replies[job_id] = reply
+                if "forgotten" not in reply:  # nobody waits for the reply to a forget message
+                    self._replies[job_id] = reply
                 self._condition.notify_all()
 
     def _stop(self, problem: str) -> None:

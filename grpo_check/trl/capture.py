@@ -52,6 +52,8 @@ from grpo_check.trl.versions import TRLSupport, check_trainer_support, library_v
 log = logging.getLogger("grpo_check.trl")
 
 _NO_MODEL = object()  # policy_model sentinel: compare without the policy's forward pass
+_UNDECIDED = "undecided"  # Attachment._forward_refusal before the first window is handed off
+_HELPER_SLOTS = itertools.count()
 
 ROW_TAG = "_grpo_check_row"
 """Column added to TRL's generation batch: each row's index in the global generation batch."""
@@ -166,7 +168,14 @@ class Attachment:
         self._window: list[tuple[TraceStep, list[Finding], int]] = []
         self.background = background
         self._checker: Any = None  # grpo_check.trl.background.BackgroundChecker, started on first use
-        self._jobs: dict[int, tuple[TraceStep, list[Finding]]] = {}
+        # background jobs: the steps each checks, with their extra findings; jobs that send a model
+        self._jobs: dict[int, list[tuple[TraceStep, list[Finding]]]] = {}
+        self._model_jobs: set[int] = set()
+        self._forward_refusal: str | None = _UNDECIDED  # why the helper may not run the forward passes
+        self._shipped: dict[str, int] = {}  # role -> the global step whose weights the helper holds
+        self._forwards_verified = False  # the helper's first window was scored here too
+        self._verification_job: int | None = None  # that window's job, until its reply is in
+        self._helper_slot = next(_HELPER_SLOTS)  # this attachment's models in the (shared) helper
         self._spec_dict: dict[str, Any] | None = None
         self._rewards_capture: dict[str, Any] | None = None
         self._generations: dict[int, dict[str, Any]] = {}
@@ -771,7 +780,7 @@ class Attachment:
         job = self._checker.submit(header, tensors)
         if job is None:
             return False
-        self._jobs[job] = (step, extra_findings)
+        self._jobs[job] = [(step, extra_findings)]
         return True
 
     def _logps_agree(self, step: TraceStep, known: dict[str, Any]) -> bool:
@@ -800,21 +809,146 @@ class Attachment:
 
     def _collect_background(self, *, wait: bool) -> None:
         """Record the findings of background checks that have come back (all of them when ``wait``)."""
-        if not self._jobs or self._checker is None:
+        if not (self._jobs or self._model_jobs) or self._checker is None:
             return
-        for job, reply in sorted(self._checker.replies(set(self._jobs), wait=wait).items()):
-            step, extra_findings = self._jobs.pop(job)
+        replies = self._checker.replies(set(self._jobs) | self._model_jobs, wait=wait)
+        for job, reply in sorted(replies.items()):
+            if job in self._model_jobs:  # a model sent to the helper: the window jobs after it need it
+                self._model_jobs.discard(job)
+                if "error" in reply:
+                    self._refuse_helper_forwards(f"the helper could not load the model ({reply['error']})")
+                continue
+            entries = self._jobs.pop(job)
+            if job == self._verification_job:
+                self._verification_job = None
+            if reply.get("forward_mismatch") is not None:
+                self._refuse_helper_forwards(
+                    f"the helper's copy of the model scored the first window differently from the model "
+                    f"(max |Δ log-prob| {reply['forward_mismatch']:.3g})"
+                )
             if "error" in reply:
                 self._note(
                     f"background check failed ({reply['error']}): step checked inline, without the policy "
                     "forward (its weights have moved on)"
                 )
-                findings = [*self._compare_live(step, policy_model=_NO_MODEL), *extra_findings]
+                outcomes = [
+                    ([*self._compare_live(step, policy_model=_NO_MODEL), *extra], None)
+                    for step, extra in entries
+                ]
             else:
-                findings = [Finding.from_dict(data) for data in reply["findings"]] + extra_findings
-                self._count_not_captured(reply.get("not_captured", []))
-            self.findings.extend(findings)
-            self._accumulate_metrics(step, findings)
+                per_step = reply.get("steps", [reply])
+                outcomes = [
+                    (
+                        [Finding.from_dict(data) for data in done["findings"]] + extra,
+                        done.get("not_captured", []),
+                    )
+                    for (_, extra), done in zip(entries, per_step, strict=True)
+                ]
+            for (step, _), (findings, not_captured) in zip(entries, outcomes, strict=True):
+                if not_captured:
+                    self._count_not_captured(not_captured)
+                self.findings.extend(findings)
+                self._accumulate_metrics(step, findings)
+
+    def _refuse_helper_forwards(self, reason: str) -> None:
+        self._forward_refusal = reason
+        self._note(f"forward passes moved back to the training process: {reason}")
+
+    def _window_handed_off(self, window: list[tuple[TraceStep, list[Finding], int]]) -> bool:
+        """:meth:`_submit_window`, which must never stop training: a failure moves the forward passes back here."""
+        try:
+            return self._submit_window([step for step, _, _ in window], [extra for _, extra, _ in window])
+        except Exception as error:
+            self._refuse_helper_forwards(f"{type(error).__name__}: {error}")
+            return False
+
+    def _submit_window(self, steps: list[TraceStep], extras: list[list[Finding]]) -> bool:
+        """Hand one accumulation window to the helper, forward passes included (see
+        :mod:`grpo_check.trl.background`): the policy's weights go first when the helper's copy is older than
+        this step. False when the helper cannot run these models, is too far behind or has stopped: the
+        caller then runs the forward passes here."""
+        import torch
+
+        from grpo_check.compare.stages import model_logps
+        from grpo_check.trace.io import to_jsonable
+        from grpo_check.trl.background import helper_forward_refusal, model_message, shared_checker
+
+        if self._verification_job is not None:  # windows wait here until the helper's copies are vouched for
+            self._collect_background(wait=False)
+            if self._verification_job is not None:
+                return False
+        if self._forward_refusal is not None and self._forward_refusal != _UNDECIDED:
+            return False
+        if self._checker is None:
+            self._checker = shared_checker()
+        if not self._checker.alive:
+            return False
+        policy = self._plain_forward(self.trainer.model)
+        ref_wrapped = getattr(self.trainer, "ref_model", None)
+        ref = None if ref_wrapped is None else self._plain_forward(ref_wrapped)
+        if self._forward_refusal == _UNDECIDED:
+            refusal = (
+                f"{self.num_processes} processes"
+                if self.num_processes > 1
+                else helper_forward_refusal(
+                    policy.wrapped_module, None if ref is None else ref.wrapped_module
+                )
+            )
+            if refusal is None and getattr(self.trainer.args, "sync_ref_model", False):
+                refusal = "the reference model is synced during training (sync_ref_model)"
+            self._forward_refusal = refusal
+            if refusal is not None:
+                log.info("grpo-check: forward passes stay on the training process: %s", refusal)
+                return False
+        revision = int(self.trainer.state.global_step)
+        for role, model in (("policy", policy), ("ref", ref)):
+            if model is None or self._shipped.get(role) == (revision if role == "policy" else 0):
+                continue
+            job = self._checker.submit(*model_message(model.wrapped_module, f"{self._helper_slot}.{role}"))
+            if job is None:
+                return False
+            self._model_jobs.add(job)
+            self._shipped[role] = revision if role == "policy" else 0  # the reference model is frozen
+        expected: dict[str, Any] = {}
+        if not self._forwards_verified:  # the first window is scored here too: the helper compares
+            with preserved_rng(), torch.no_grad():
+                policy_models = self._window_policy_logps(steps)
+                for index, step in enumerate(steps):
+                    for name, model in (
+                        ("logps", policy_models[index]),
+                        ("ref_logps", None if ref is None else self._ref_model_for(step, ref)),
+                    ):
+                        logps = None if model is None else model_logps(model, step, self.spec.temperature)
+                        if logps is not None:
+                            expected[f"expect/{index}/{name}"] = logps
+        if self._spec_dict is None:
+            self._spec_dict = self.spec.to_dict()
+        header = {
+            "spec": self._spec_dict,
+            "tolerances": None if self.tolerances is None else dataclasses.asdict(self.tolerances),
+            "invariants": self.invariants,
+            "temperature": self.spec.temperature,
+            "models": {
+                "logps": f"{self._helper_slot}.policy",
+                "ref_logps": None if ref is None else f"{self._helper_slot}.ref",
+            },
+            "window": [
+                {
+                    "meta": to_jsonable(s.meta),
+                    "completion_text": s.completion_text,
+                    "prompt_text": s.prompt_text,
+                }
+                for s in steps
+            ],
+        }
+        tensors = {f"{index}/{name}": t for index, s in enumerate(steps) for name, t in s.tensors.items()}
+        job = self._checker.submit(header, {**tensors, **expected})
+        if job is None:
+            return False
+        if not self._forwards_verified:
+            self._forwards_verified, self._verification_job = True, job
+        self._jobs[job] = list(zip(steps, extras, strict=True))
+        return True
 
     def _note(self, problem: str) -> None:
         if problem not in self.live_problems:
@@ -848,6 +982,8 @@ class Attachment:
                 "before it was checked (uneven last window)"
             )
             models: list[Any] = [_NO_MODEL] * len(window)
+        elif self.background and self._window_handed_off(window):
+            return
         else:
             try:
                 models = self._window_policy_logps([step for step, _, _ in window])
@@ -862,26 +998,11 @@ class Attachment:
         their widths differ)."""
         import torch
 
-        from grpo_check.compare.stages import KnownLogps, model_logps
+        from grpo_check.compare.stages import window_known_logps
 
         model = self._plain_forward(self.trainer.model)
-        names = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
-        if len(steps) < 2 or any(
-            s[name].shape[1] != steps[0][name].shape[1] for s in steps for name in names
-        ):
-            return [model] * len(steps)
-        combined = TraceStep(tensors={name: torch.cat([s[name] for s in steps]) for name in names}, meta={})
         with preserved_rng(), torch.no_grad():
-            logps = model_logps(model, combined, self.spec.temperature)  # restores the model's train mode
-        if logps is None:
-            return [model] * len(steps)
-        bounds = [0]
-        for s in steps:
-            bounds.append(bounds[-1] + int(s["completion_ids"].shape[0]))
-        return [
-            KnownLogps(model, logps[start:stop], self.spec.temperature)
-            for start, stop in itertools.pairwise(bounds)
-        ]
+            return window_known_logps(model, steps, self.spec.temperature)
 
     def _compare_live(self, step: TraceStep, policy_model: Any = None) -> list[Finding]:
         import torch
@@ -1049,6 +1170,9 @@ class Attachment:
         """Detach the hooks, write the trace to ``out_dir`` (if set) and return it."""
         self._flush_window()
         self._collect_background(wait=True)
+        if self._shipped and self._checker is not None:  # the helper's copies of this run's models
+            self._checker.submit({"forget": [f"{self._helper_slot}.{role}" for role in self._shipped]}, {})
+            self._shipped = {}
         self.detach()
         if self.out_dir is not None and not self._closed:
             from grpo_check.trace.io import save_trace

@@ -131,3 +131,120 @@ def test_starting_the_helper_warns_when_torch_takes_every_core(monkeypatch, capl
     with caplog.at_level("WARNING", logger="grpo_check.trl"):
         background._warn_without_a_free_core()
     assert caplog.text == ""
+
+
+# ------------------------------------------------------------------ forward passes in the helper
+def _run_counting_forwards(cell, tmp_path, monkeypatch, *, trainer_cls=None):
+    """A background run, with the rows of each forward pass the training process runs of the policy and of
+    the reference model. The training process waits for each reply here (as if the helper were instant), so
+    that the second window finds the first one's verdict on the helper's copies in."""
+    import test_capture  # the broken trainers and the forward counter live beside the capture tests
+
+    from grpo_check.demo.run import build_trainer
+    from grpo_check.trl import attach
+
+    trainer = build_trainer(cell, tmp_path / "counted", seed=0, trainer_cls=trainer_cls)
+    policy_rows = test_capture._rows_scored_by(trainer.model, trainer, monkeypatch)
+    ref_rows = test_capture._rows_scored_by(trainer.ref_model, trainer, monkeypatch)
+    attachment = attach(trainer, live=True, background=True)
+    collect = attachment._collect_background
+    monkeypatch.setattr(attachment, "_collect_background", lambda *, wait: collect(wait=True))
+    trainer.train()
+    result = attachment.result()
+    attachment.close()
+    return attachment, result, policy_rows, ref_rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("broken", [False, True])
+def test_the_helper_runs_the_forward_passes_of_a_small_model(tmp_path, monkeypatch, broken):
+    """A small CPU model's weights go to the helper with each checked window, and the helper runs the
+    reference's forward passes: after the first window (scored on both sides, to vouch for the helper's
+    copy) the training process runs none. The findings are inline checking's, diagnoses included, also
+    when the log-probs disagree (the helper's copy answers the diagnoses' forward passes)."""
+    import test_capture
+
+    cell = test_capture._cell("grpo-beta")  # beta > 0, GAS 2, spg 4: two windows, one generation batch
+    trainer_cls = test_capture._second_micro_batch_flipped_trainer() if broken else None
+    _, inline = _run(cell, tmp_path, background_mode=False, trainer_cls=trainer_cls)
+    attachment, in_background, policy_rows, ref_rows = _run_counting_forwards(
+        cell, tmp_path, monkeypatch, trainer_cls=trainer_cls
+    )
+    assert attachment._forward_refusal is None and not attachment._jobs
+    assert policy_rows == [16] and ref_rows == [32]  # the first window, scored here too; then none
+    assert _verdicts(in_background) == _verdicts(inline)
+    assert not in_background.metadata["live_problems"]
+    failed = {
+        (f.check_id, f.where.step, f.where.micro_batch)
+        for f in in_background.findings
+        if f.verdict is Verdict.FAIL
+    }
+    assert (("logps.model", 1, 1) in failed) is broken  # the second window: judged in the helper
+
+
+@pytest.mark.slow
+def test_a_helper_copy_that_scores_differently_hands_the_forward_passes_back(tmp_path, monkeypatch):
+    """The guard on the helper's copies: weights that arrive wrong score the first window differently, the
+    forward passes go back to the training process for the rest of the run, and no finding comes from the
+    wrong copy."""
+    import test_capture
+
+    real = background.model_message
+
+    def off_by_a_little(model, role):
+        header, tensors = real(model, role)
+        return header, {name: t + 0.05 if t.is_floating_point() else t for name, t in tensors.items()}
+
+    monkeypatch.setattr(background, "model_message", off_by_a_little)
+    cell = test_capture._cell("grpo-beta")
+    _, inline = _run(cell, tmp_path, background_mode=False)
+    attachment, in_background, policy_rows, _ = _run_counting_forwards(cell, tmp_path, monkeypatch)
+    assert "scored the first window differently" in (attachment._forward_refusal or "")
+    assert any("moved back to the training process" in p for p in in_background.metadata["live_problems"])
+    assert policy_rows == [16, 16]  # both windows scored here
+    assert _verdicts(in_background) == _verdicts(inline)
+
+
+def test_helper_forward_refusal_names_what_keeps_the_forwards_on_the_training_process(monkeypatch):
+    from grpo_check.demo.model import build_policy, build_tokenizer
+
+    policy = build_policy(build_tokenizer())
+    assert background.helper_forward_refusal(policy, None) is None
+    assert "not a model class that transformers exports" in background.helper_forward_refusal(
+        torch.nn.Linear(2, 2)
+    )
+    assert "is on meta" in background.helper_forward_refusal(policy, policy.to("meta"))
+    monkeypatch.setattr(background, "HELPER_FORWARD_MAX_BYTES", 1024)
+    assert "MiB" in background.helper_forward_refusal(build_policy(build_tokenizer()))
+
+
+def test_the_helpers_copy_of_a_model_scores_as_the_model_and_follows_its_weights(monkeypatch):
+    """What the helper does with a model message (in this process): builds the copy once, scores exactly as
+    the model, takes later weights in place, forgets on request, and keeps at most a few copies."""
+    from grpo_check.demo.model import build_policy, build_tokenizer
+
+    monkeypatch.setattr(background, "_HELPER_MODELS", collections.OrderedDict())
+    policy = build_policy(build_tokenizer()).eval()
+    ids = torch.randint(0, 20, (3, 7))
+
+    def send(key):
+        header, tensors = background.decode(background.encode(*background.model_message(policy, key)))
+        return background.check_job(background.encode({**header, "id": 1}, tensors))
+
+    assert send("a.policy") == {"id": 1, "loaded": "a.policy"}
+    copy = background._HELPER_MODELS["a.policy"][1]
+    with torch.no_grad():
+        assert torch.equal(copy(ids).logits, policy(ids).logits)
+        for parameter in policy.parameters():
+            parameter.add_(0.01)
+        assert not torch.equal(copy(ids).logits, policy(ids).logits)
+        send("a.policy")  # the next step's weights: the same object, updated
+        assert background._HELPER_MODELS["a.policy"][1] is copy
+        assert torch.equal(copy(ids).logits, policy(ids).logits)
+    reply = background.check_job(background.encode({"id": 2, "forget": ["a.policy"]}, {}))
+    assert reply["forgotten"] == ["a.policy"] and "a.policy" not in background._HELPER_MODELS
+    for index in range(background._HELPER_MODELS_KEPT + 2):
+        send(f"{index}.policy")
+    assert list(background._HELPER_MODELS) == [
+        f"{index}.policy" for index in range(2, background._HELPER_MODELS_KEPT + 2)
+    ]
