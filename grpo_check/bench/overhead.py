@@ -182,11 +182,14 @@ def check_steps(steps: int, warmup: int = WARMUP_STEPS) -> None:
         )
 
 
-def _warm_background_helper() -> None:
-    """Start the background helper before the rounds: its start-up (importing torch) is not a training step."""
+def _warm_background_helper(make_trainer: Callable[[Path], Any], steps: int) -> None:
+    """Start the background helper before the rounds: its start-up is not a training step. That is importing
+    torch and transformers, and, in one untimed background run of ``steps`` steps, what the helper's first
+    copy of the model imports and builds (seconds, once per process)."""
     from grpo_check.trl.background import shared_checker
 
-    shared_checker().warm()
+    shared_checker().warm(models=True)
+    _timed_run(make_trainer, 1, steps, True)
 
 
 def measure_overhead(
@@ -214,7 +217,7 @@ def measure_overhead(
         "every_1_floor": (1, False, True),
     }
     if background:
-        _warm_background_helper()
+        _warm_background_helper(make_trainer, warmup)
         plan.update({"every_1_background": (1, True, False), "every_10_background": (10, True, False)})
     runs: dict[str, list[_Round]] = {arm: [] for arm in plan}
     for round_number in range(1, rounds + 1):

@@ -123,8 +123,13 @@ def check_job(payload: bytes) -> dict[str, Any]:
     from grpo_check.trace.model import TraceStep
 
     header, tensors = decode(payload)
+    if header.get("prepare"):  # ahead of the first model: importing transformers takes seconds
+        with contextlib.suppress(ImportError):
+            import transformers  # noqa: F401
     if header.get("ping"):
         return {"id": header["id"], "pong": True}
+    if "prepare" in header:
+        return {"id": header["id"], "prepared": True}
     if "model" in header:
         _load_model(header["model"], tensors)
         return {"id": header["id"], "loaded": header["model"]["role"]}
@@ -471,9 +476,15 @@ class BackgroundChecker:
                     out[lost] = {"id": lost, "error": self.problem or f"no reply within {timeout:g} s"}
             return out
 
-    def warm(self, timeout: float = 120.0) -> bool:
-        """Start the helper and wait until it answers (so its start-up costs no training step)."""
-        job = self.submit({"ping": True}, {})
+    def prepare(self, models: bool) -> None:
+        """Start the helper now, without waiting for it; with ``models``, it also imports what its copies of
+        the models need (transformers) while training starts."""
+        self.submit({"prepare": models}, {})
+
+    def warm(self, timeout: float = 120.0, *, models: bool = False) -> bool:
+        """Start the helper and wait until it answers (so its start-up costs no training step); with
+        ``models``, until it has also imported what its copies of the models need."""
+        job = self.submit({"ping": True, "prepare": models}, {})
         if job is None:
             return False
         reply = self.replies({job}, wait=True, timeout=timeout).get(job, {})
@@ -521,7 +532,7 @@ class BackgroundChecker:
                 if job_id is None:  # an unreadable request: nothing to route it to
                     continue
                 self._pending.discard(job_id)
-                if "forgotten" not in reply:  # nobody waits for the reply to a forget message
+                if "forgotten" not in reply and "prepared" not in reply:  # replies nobody waits for
                     self._replies[job_id] = reply
                 self._condition.notify_all()
 

@@ -191,6 +191,8 @@ class Attachment:
         self._step_checking = 0.0  # seconds this optimizer step spent on capture and checking
         self._step_ended_at: float | None = None  # perf_counter at the end of the previous optimizer step
         self._install()
+        if background and live and recompute_logps:
+            self._prepare_helper()
 
     # ------------------------------------------------------------------ setup
     @property
@@ -854,6 +856,45 @@ class Attachment:
         self._forward_refusal = reason
         self._note(f"forward passes moved back to the training process: {reason}")
 
+    def _helper_forwards_refusal(self) -> str | None:
+        """Why the helper may not run this run's forward passes (decided once), or ``None``."""
+        if self._forward_refusal != _UNDECIDED:
+            return self._forward_refusal
+        from grpo_check.trl.background import helper_forward_refusal
+
+        ref_model = getattr(self.trainer, "ref_model", None)
+        refusal = (
+            f"{self.num_processes} processes"
+            if self.num_processes > 1
+            else helper_forward_refusal(
+                self._plain_forward(self.trainer.model).wrapped_module,
+                None if ref_model is None else self._plain_forward(ref_model).wrapped_module,
+            )
+        )
+        if refusal is None and getattr(self.trainer.args, "sync_ref_model", False):
+            refusal = "the reference model is synced during training (sync_ref_model)"
+        if refusal is None:  # a helper that competes with training for the cores: its work stays small
+            import torch
+
+            from grpo_check.trl.background import available_cores, no_free_core_warning
+
+            if no_free_core_warning(torch.get_num_threads(), available_cores()) is not None:
+                refusal = "no free core for the helper"
+        if refusal is not None:
+            log.info("grpo-check: forward passes stay on the training process: %s", refusal)
+        self._forward_refusal = refusal
+        return refusal
+
+    def _prepare_helper(self) -> None:
+        """Start the helper as training starts (and, when it will copy the models, its transformers import)."""
+        try:
+            from grpo_check.trl.background import shared_checker
+
+            self._checker = shared_checker()
+            self._checker.prepare(models=self._helper_forwards_refusal() is None)
+        except Exception as error:  # never stop training: the first window decides again
+            log.info("grpo-check: background helper not prepared: %s", error)
+
     def _window_handed_off(self, window: list[tuple[TraceStep, list[Finding], int]]) -> bool:
         """:meth:`_submit_window`, which must never stop training: a failure moves the forward passes back here."""
         try:
@@ -871,13 +912,13 @@ class Attachment:
 
         from grpo_check.compare.stages import model_logps
         from grpo_check.trace.io import to_jsonable
-        from grpo_check.trl.background import helper_forward_refusal, model_message, shared_checker
+        from grpo_check.trl.background import model_message, shared_checker
 
         if self._verification_job is not None:  # windows wait here until the helper's copies are vouched for
             self._collect_background(wait=False)
             if self._verification_job is not None:
                 return False
-        if self._forward_refusal is not None and self._forward_refusal != _UNDECIDED:
+        if self._helper_forwards_refusal() is not None:
             return False
         if self._checker is None:
             self._checker = shared_checker()
@@ -886,20 +927,6 @@ class Attachment:
         policy = self._plain_forward(self.trainer.model)
         ref_wrapped = getattr(self.trainer, "ref_model", None)
         ref = None if ref_wrapped is None else self._plain_forward(ref_wrapped)
-        if self._forward_refusal == _UNDECIDED:
-            refusal = (
-                f"{self.num_processes} processes"
-                if self.num_processes > 1
-                else helper_forward_refusal(
-                    policy.wrapped_module, None if ref is None else ref.wrapped_module
-                )
-            )
-            if refusal is None and getattr(self.trainer.args, "sync_ref_model", False):
-                refusal = "the reference model is synced during training (sync_ref_model)"
-            self._forward_refusal = refusal
-            if refusal is not None:
-                log.info("grpo-check: forward passes stay on the training process: %s", refusal)
-                return False
         revision = int(self.trainer.state.global_step)
         for role, model in (("policy", policy), ("ref", ref)):
             if model is None or self._shipped.get(role) == (revision if role == "policy" else 0):
@@ -1207,7 +1234,8 @@ def attach(
         recompute_logps: also recompute the policy's log-probs with an own float64 forward pass.
         invariants: also run the single-implementation invariants (``grpo_check.invariants``) live.
         background: run the float64 comparison, diagnoses and invariants in a helper process while training
-            goes on; the forward passes stay here (see :mod:`grpo_check.trl.background`). Findings and
+            goes on; with a free core and a small CPU model, the reference's forward passes too, on the
+            helper's own copies of the models (see :mod:`grpo_check.trl.background`). Findings and
             ``grpo_check/*`` metrics then arrive a few steps late; ``result()`` and ``close()`` wait for them.
         budget: instead of ``every``, check as often as keeps checking under this fraction of the step time
             (``0.03``: training takes at most about 1.03x as long): after each checked step the next is chosen

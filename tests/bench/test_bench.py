@@ -126,7 +126,7 @@ def _fake_timed_runs(monkeypatch, finish_by_arm: dict[tuple[int | None, bool], f
         return overhead.TimedRun([1.0] * steps, finish_by_arm.get((every, background), 0.0))
 
     monkeypatch.setattr(overhead, "_timed_run", fake_timed_run)
-    monkeypatch.setattr(overhead, "_warm_background_helper", lambda: None)
+    monkeypatch.setattr(overhead, "_warm_background_helper", lambda *_: None)
 
 
 def test_overhead_charges_the_wait_for_unfinished_background_checks(monkeypatch) -> None:
@@ -206,7 +206,7 @@ def _spread_rounds(monkeypatch) -> None:
         return overhead.TimedRun([next(costs)] * steps, 0.0)
 
     monkeypatch.setattr(overhead, "_timed_run", fake_timed_run)
-    monkeypatch.setattr(overhead, "_warm_background_helper", lambda: None)
+    monkeypatch.setattr(overhead, "_warm_background_helper", lambda *_: None)
 
 
 def test_overhead_figures_carry_the_interval_and_the_verdict(monkeypatch) -> None:

@@ -134,6 +134,13 @@ def test_starting_the_helper_warns_when_torch_takes_every_core(monkeypatch, capl
 
 
 # ------------------------------------------------------------------ forward passes in the helper
+@pytest.fixture
+def free_core(monkeypatch):
+    """A core the helper has to itself, whatever this machine has (the forward passes go to the helper only
+    then)."""
+    monkeypatch.setattr(background, "available_cores", lambda: torch.get_num_threads() + 1)
+
+
 def _run_counting_forwards(cell, tmp_path, monkeypatch, *, trainer_cls=None):
     """A background run, with the rows of each forward pass the training process runs of the policy and of
     the reference model. The training process waits for each reply here (as if the helper were instant), so
@@ -157,7 +164,7 @@ def _run_counting_forwards(cell, tmp_path, monkeypatch, *, trainer_cls=None):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("broken", [False, True])
-def test_the_helper_runs_the_forward_passes_of_a_small_model(tmp_path, monkeypatch, broken):
+def test_the_helper_runs_the_forward_passes_of_a_small_model(tmp_path, monkeypatch, broken, free_core):
     """A small CPU model's weights go to the helper with each checked window, and the helper runs the
     reference's forward passes: after the first window (scored on both sides, to vouch for the helper's
     copy) the training process runs none. The findings are inline checking's, diagnoses included, also
@@ -183,7 +190,9 @@ def test_the_helper_runs_the_forward_passes_of_a_small_model(tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_a_helper_copy_that_scores_differently_hands_the_forward_passes_back(tmp_path, monkeypatch):
+def test_a_helper_copy_that_scores_differently_hands_the_forward_passes_back(
+    tmp_path, monkeypatch, free_core
+):
     """The guard on the helper's copies: weights that arrive wrong score the first window differently, the
     forward passes go back to the training process for the rest of the run, and no finding comes from the
     wrong copy."""
@@ -248,3 +257,47 @@ def test_the_helpers_copy_of_a_model_scores_as_the_model_and_follows_its_weights
     assert list(background._HELPER_MODELS) == [
         f"{index}.policy" for index in range(2, background._HELPER_MODELS_KEPT + 2)
     ]
+
+
+def test_prepare_and_ping_messages_are_answered():
+    assert background.check_job(background.encode({"id": 3, "prepare": True}, {})) == {
+        "id": 3,
+        "prepared": True,
+    }
+    assert background.check_job(background.encode({"id": 4, "ping": True, "prepare": True}, {})) == {
+        "id": 4,
+        "pong": True,
+    }
+
+
+@pytest.mark.slow
+def test_attaching_in_the_background_starts_the_helper_and_decides_the_forwards(tmp_path, free_core):
+    """The helper starts (and imports transformers) while training starts, not at the first window."""
+    import test_capture
+
+    from grpo_check.demo.run import build_trainer
+    from grpo_check.trl import attach
+
+    trainer = build_trainer(test_capture._cell("grpo-beta"), tmp_path, seed=0)
+    attachment = attach(trainer, live=True, background=True)
+    try:
+        assert attachment._checker is not None and attachment._checker._process is not None
+        assert attachment._forward_refusal is None
+        inline = attach(build_trainer(test_capture._cell("grpo-beta"), tmp_path / "i", seed=0), live=True)
+        assert inline._checker is None
+        inline.close()
+    finally:
+        attachment.close()
+
+
+@pytest.mark.slow
+def test_without_a_free_core_the_forward_passes_stay_on_the_training_process(tmp_path, monkeypatch):
+    """The helper's work competes with training when torch takes every core: it gets the checks only."""
+    import test_capture
+
+    monkeypatch.setattr(background, "available_cores", lambda: torch.get_num_threads())
+    attachment, _, policy_rows, _ = _run_counting_forwards(
+        test_capture._cell("grpo-beta"), tmp_path, monkeypatch
+    )
+    assert attachment._forward_refusal == "no free core for the helper"
+    assert policy_rows == [16, 16] and not attachment._shipped
