@@ -765,13 +765,8 @@ class Attachment:
                     known[name] = logps
             if not self._logps_agree(step, known):
                 return False  # a log-prob mismatch: its diagnoses need the model as it is now
-        if self._spec_dict is None:
-            self._spec_dict = self.spec.to_dict()
         header = {
-            "spec": self._spec_dict,
-            "tolerances": None if self.tolerances is None else dataclasses.asdict(self.tolerances),
-            "invariants": self.invariants,
-            "temperature": self.spec.temperature,
+            **self._job_header(),
             "step": {
                 "meta": to_jsonable(step.meta),
                 "completion_text": step.completion_text,
@@ -784,6 +779,17 @@ class Attachment:
             return False
         self._jobs[job] = [(step, extra_findings)]
         return True
+
+    def _job_header(self) -> dict[str, Any]:
+        """What every check sent to the helper carries: the algorithm, tolerances and what to run."""
+        if self._spec_dict is None:
+            self._spec_dict = self.spec.to_dict()
+        return {
+            "spec": self._spec_dict,
+            "tolerances": None if self.tolerances is None else dataclasses.asdict(self.tolerances),
+            "invariants": self.invariants,
+            "temperature": self.spec.temperature,
+        }
 
     def _logps_agree(self, step: TraceStep, known: dict[str, Any]) -> bool:
         """The trainer's log-probs are within the comparison's tolerance floor of the reference's everywhere on
@@ -948,13 +954,8 @@ class Attachment:
                         logps = None if model is None else model_logps(model, step, self.spec.temperature)
                         if logps is not None:
                             expected[f"expect/{index}/{name}"] = logps
-        if self._spec_dict is None:
-            self._spec_dict = self.spec.to_dict()
         header = {
-            "spec": self._spec_dict,
-            "tolerances": None if self.tolerances is None else dataclasses.asdict(self.tolerances),
-            "invariants": self.invariants,
-            "temperature": self.spec.temperature,
+            **self._job_header(),
             "models": {
                 "logps": f"{self._helper_slot}.policy",
                 "ref_logps": None if ref is None else f"{self._helper_slot}.ref",
