@@ -118,9 +118,6 @@ def check_job(payload: bytes) -> dict[str, Any]:
     """Run one submitted check (in the helper): compare_step + invariants on the step, with the reference's
     log-probs as computed by the training process. Returns the JSON-able reply."""
     from grpo_check.compare.stages import KnownLogps
-    from grpo_check.compare.tolerances import TolerancePolicy
-    from grpo_check.config import GRPOSpec
-    from grpo_check.trace.model import TraceStep
 
     header, tensors = decode(payload)
     if header.get("prepare"):  # ahead of the first model: importing transformers takes seconds
@@ -140,29 +137,46 @@ def check_job(payload: bytes) -> dict[str, Any]:
     if "window" in header:
         return _check_window(header, tensors)
     known = {name[len("known.") :]: t for name, t in tensors.items() if name.startswith("known.")}
-    step = TraceStep(
-        tensors={name: t for name, t in tensors.items() if not name.startswith("known.")},
-        completion_text=header["step"]["completion_text"],
-        prompt_text=header["step"]["prompt_text"],
-        meta=header["step"]["meta"],
+    step = _step_from(
+        header["step"], {name: t for name, t in tensors.items() if not name.startswith("known.")}
     )
     temperature = float(header["temperature"])
     model = KnownLogps(None, known["logps"], temperature) if "logps" in known else None
     ref_model = KnownLogps(None, known["ref_logps"], temperature) if "ref_logps" in known else None
-    tolerances = header.get("tolerances")
-    findings, not_captured = check_captured_step(
-        step,
-        GRPOSpec.from_dict(header["spec"]),
-        model=model,
-        ref_model=ref_model,
-        tolerances=None if tolerances is None else TolerancePolicy(**tolerances),
-        invariants=bool(header["invariants"]),
+    spec, settings = _settings(header)
+    return {"id": header["id"], **_step_reply(step, spec, settings, model=model, ref_model=ref_model)}
+
+
+def _step_from(described: dict[str, Any], tensors: dict[str, Any]) -> Any:
+    """The :class:`TraceStep` a job describes: its tensors, plus texts and meta from the header."""
+    from grpo_check.trace.model import TraceStep
+
+    return TraceStep(
+        tensors=tensors,
+        completion_text=described["completion_text"],
+        prompt_text=described["prompt_text"],
+        meta=described["meta"],
     )
-    return {
-        "id": header["id"],
-        "findings": [finding.to_dict() for finding in findings],
-        "not_captured": not_captured,
+
+
+def _settings(header: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """(spec, the other keyword arguments of :func:`check_captured_step`) from a job's header."""
+    from grpo_check.compare.tolerances import TolerancePolicy
+    from grpo_check.config import GRPOSpec
+
+    tolerances = header.get("tolerances")
+    return GRPOSpec.from_dict(header["spec"]), {
+        "tolerances": None if tolerances is None else TolerancePolicy(**tolerances),
+        "invariants": bool(header["invariants"]),
     }
+
+
+def _step_reply(
+    step: Any, spec: Any, settings: dict[str, Any], *, model: Any, ref_model: Any
+) -> dict[str, Any]:
+    """:func:`check_captured_step` on one step, as the JSON-able part of a reply."""
+    findings, not_captured = check_captured_step(step, spec, model=model, ref_model=ref_model, **settings)
+    return {"findings": [finding.to_dict() for finding in findings], "not_captured": not_captured}
 
 
 def check_captured_step(
@@ -292,21 +306,14 @@ def _check_window(header: dict[str, Any], tensors: dict[str, Any]) -> dict[str, 
     import torch
 
     from grpo_check.compare.stages import KnownLogps, model_logps, window_known_logps
-    from grpo_check.compare.tolerances import TolerancePolicy
-    from grpo_check.config import GRPOSpec
-    from grpo_check.trace.model import TraceStep
 
-    steps = []
-    for index, described in enumerate(header["window"]):
-        prefix = f"{index}/"
-        steps.append(
-            TraceStep(
-                tensors={name[len(prefix) :]: t for name, t in tensors.items() if name.startswith(prefix)},
-                completion_text=described["completion_text"],
-                prompt_text=described["prompt_text"],
-                meta=described["meta"],
-            )
+    steps = [
+        _step_from(
+            described,
+            {name[len(f"{index}/") :]: t for name, t in tensors.items() if name.startswith(f"{index}/")},
         )
+        for index, described in enumerate(header["window"])
+    ]
     temperature = float(header["temperature"])
     models: dict[str, list[Any]] = {}
     for name, role in header["models"].items():  # "logps" / "ref_logps" -> the model's key, or None
@@ -336,19 +343,11 @@ def _check_window(header: dict[str, Any], tensors: dict[str, Any]) -> dict[str, 
             if not differs <= _FORWARD_AGREEMENT:  # checked with the training process's log-probs instead
                 mismatch = differs if mismatch is None else max(mismatch, differs)
                 per_step[index] = KnownLogps(None, expected, temperature)
-    tolerances = header.get("tolerances")
-    spec = GRPOSpec.from_dict(header["spec"])
-    results = []
-    for index, step in enumerate(steps):
-        findings, not_captured = check_captured_step(
-            step,
-            spec,
-            model=models["logps"][index],
-            ref_model=models["ref_logps"][index],
-            tolerances=None if tolerances is None else TolerancePolicy(**tolerances),
-            invariants=bool(header["invariants"]),
-        )
-        results.append({"findings": [f.to_dict() for f in findings], "not_captured": not_captured})
+    spec, settings = _settings(header)
+    results = [
+        _step_reply(step, spec, settings, model=models["logps"][index], ref_model=models["ref_logps"][index])
+        for index, step in enumerate(steps)
+    ]
     return {"id": header["id"], "steps": results, "forward_mismatch": mismatch}
 
 
@@ -419,6 +418,7 @@ class BackgroundChecker:
         self._outgoing: queue.Queue[bytes | None] = queue.Queue()
         self._replies: dict[int, dict[str, Any]] = {}
         self._pending: set[int] = set()
+        self._unawaited: set[int] = set()  # jobs whose replies are dropped
         self._next_id = 0
         self._condition = threading.Condition()
         self.problem: str | None = None
@@ -442,14 +442,17 @@ class BackgroundChecker:
     def alive(self) -> bool:
         return self.problem is None
 
-    def submit(self, header: dict[str, Any], tensors: dict[str, Any]) -> int | None:
-        """Queue one check; its id, or ``None`` when the helper is too far behind or has stopped."""
+    def submit(self, header: dict[str, Any], tensors: dict[str, Any], *, awaited: bool = True) -> int | None:
+        """Queue one job; its id, or ``None`` when the helper is too far behind or has stopped. The reply to a
+        job not ``awaited`` is dropped when it comes (nobody asks :meth:`replies` for it)."""
         with self._condition:
             if self.problem is not None or len(self._pending) >= self.max_pending:
                 return None
             job_id = self._next_id
             self._next_id += 1
             self._pending.add(job_id)
+            if not awaited:
+                self._unawaited.add(job_id)
         if self._process is None:
             try:
                 self._start()
@@ -457,6 +460,7 @@ class BackgroundChecker:
                 self._stop(f"background checker could not start ({error})")
                 with self._condition:
                     self._pending.discard(job_id)
+                    self._unawaited.discard(job_id)
                 return None
         self._outgoing.put(encode({**header, "id": job_id}, tensors))
         return job_id
@@ -479,7 +483,7 @@ class BackgroundChecker:
     def prepare(self, models: bool) -> None:
         """Start the helper now, without waiting for it; with ``models``, it also imports what its copies of
         the models need (transformers) while training starts."""
-        self.submit({"prepare": models}, {})
+        self.submit({"prepare": models}, {}, awaited=False)
 
     def warm(self, timeout: float = 120.0, *, models: bool = False) -> bool:
         """Start the helper and wait until it answers (so its start-up costs no training step); with
@@ -532,7 +536,9 @@ class BackgroundChecker:
                 if job_id is None:  # an unreadable request: nothing to route it to
                     continue
                 self._pending.discard(job_id)
-                if "forgotten" not in reply and "prepared" not in reply:  # replies nobody waits for
+                if job_id in self._unawaited:
+                    self._unawaited.discard(job_id)
+                else:
                     self._replies[job_id] = reply
                 self._condition.notify_all()
 

@@ -933,15 +933,18 @@ class Attachment:
         policy = self._plain_forward(self.trainer.model)
         ref_wrapped = getattr(self.trainer, "ref_model", None)
         ref = None if ref_wrapped is None else self._plain_forward(ref_wrapped)
-        revision = int(self.trainer.state.global_step)
-        for role, model in (("policy", policy), ("ref", ref)):
-            if model is None or self._shipped.get(role) == (revision if role == "policy" else 0):
+        # the policy's weights as of this optimizer step; the reference model's once (it is frozen)
+        for role, model, version in (
+            ("policy", policy, int(self.trainer.state.global_step)),
+            ("ref", ref, 0),
+        ):
+            if model is None or self._shipped.get(role) == version:
                 continue
             job = self._checker.submit(*model_message(model.wrapped_module, f"{self._helper_slot}.{role}"))
             if job is None:
                 return False
             self._model_jobs.add(job)
-            self._shipped[role] = revision if role == "policy" else 0  # the reference model is frozen
+            self._shipped[role] = version
         expected: dict[str, Any] = {}
         if not self._forwards_verified:  # the first window is scored here too: the helper compares
             with preserved_rng(), torch.no_grad():
@@ -1199,7 +1202,8 @@ class Attachment:
         self._flush_window()
         self._collect_background(wait=True)
         if self._shipped and self._checker is not None:  # the helper's copies of this run's models
-            self._checker.submit({"forget": [f"{self._helper_slot}.{role}" for role in self._shipped]}, {})
+            forget = [f"{self._helper_slot}.{role}" for role in self._shipped]
+            self._checker.submit({"forget": forget}, {}, awaited=False)
             self._shipped = {}
         self.detach()
         if self.out_dir is not None and not self._closed:

@@ -301,3 +301,18 @@ def test_without_a_free_core_the_forward_passes_stay_on_the_training_process(tmp
     )
     assert attachment._forward_refusal == "no free core for the helper"
     assert policy_rows == [16, 16] and not attachment._shipped
+
+
+@pytest.mark.slow
+def test_replies_to_jobs_nobody_awaits_are_dropped():
+    """prepare() and forget messages: their replies come back and are not kept (nobody asks for them)."""
+    checker = background.BackgroundChecker()
+    try:
+        unawaited = checker.submit({"prepare": False}, {}, awaited=False)
+        assert checker.warm()  # replies come in order: the unawaited one has come back too
+        assert unawaited not in checker._pending and not checker._unawaited
+        assert unawaited not in checker._replies
+        awaited = checker.submit({"prepare": False}, {})
+        assert checker.replies({awaited}, wait=True)[awaited] == {"id": awaited, "prepared": True}
+    finally:
+        checker.close()
