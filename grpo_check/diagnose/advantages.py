@@ -57,8 +57,10 @@ def _group_sums(adv: torch.Tensor, group_index: torch.Tensor) -> dict[int, float
 def detect_grouping(dx: Diagnosis) -> list[Finding]:
     """Advantages match the reference under another row partition (repeat vs repeat_interleave)."""
     failing = dx.failing(prefix="advantages.")
+    if not failing:  # most steps: nothing to explain, so nothing to compute
+        return []
     trainer_adv, gi = dx.trainer("advantages"), dx.group_index
-    if not failing or trainer_adv is None or gi is None:
+    if trainer_adv is None or gi is None:
         return []
     from grpo_check.compare.stages import reference_advantages
 
@@ -100,9 +102,11 @@ def detect_grouping(dx: Diagnosis) -> list[Finding]:
 def detect_group_scale(dx: Diagnosis) -> list[Finding]:
     """A_impl/A_ref constant per group: a std/ε convention (#10) or an ε far too large (S2)."""
     failing = dx.failing(prefix="advantages.")
+    if not failing:
+        return []
     trainer_adv, ref_adv, gi = dx.trainer("advantages"), dx.ref("advantages"), dx.group_index
     rewards = dx.ref("rewards")
-    if not failing or trainer_adv is None or ref_adv is None or gi is None or rewards is None:
+    if trainer_adv is None or ref_adv is None or gi is None or rewards is None:
         return []
     if dx.spec.scale_rewards != "group" or dx.spec.multi_objective_aggregation != "sum_then_normalize":
         return []
@@ -161,8 +165,10 @@ def detect_group_scale(dx: Diagnosis) -> list[Finding]:
 def detect_permuted(dx: Diagnosis) -> list[Finding]:
     """The trainer's advantages are the reference's, in another row order (misaligned with their rows)."""
     failing = [f for f in dx.failing(prefix="advantages.") if f.likely_cause is None]
+    if not failing:
+        return []
     trainer_adv, ref_adv = dx.trainer("advantages"), dx.ref("advantages")
-    if not failing or trainer_adv is None or ref_adv is None:
+    if trainer_adv is None or ref_adv is None:
         return []
     adv = _row_advantages(trainer_adv)
     if adv.shape != ref_adv.shape or not bool(torch.isfinite(adv).all()):
@@ -197,8 +203,10 @@ def detect_permuted(dx: Diagnosis) -> list[Finding]:
 def detect_group_sums(dx: Diagnosis) -> list[Finding]:
     """Fallback: trainer advantages do not centre within the true groups although the reference's do."""
     failing = [f for f in dx.failing(prefix="advantages.") if f.likely_cause is None]
+    if not failing:
+        return []
     trainer_adv, gi = dx.trainer("advantages"), dx.group_index
-    if not failing or trainer_adv is None or gi is None or dx.spec.baseline != "mean":
+    if trainer_adv is None or gi is None or dx.spec.baseline != "mean":
         return []
     adv = _row_advantages(trainer_adv)
     sums = _group_sums(adv, gi)

@@ -15,9 +15,11 @@ from grpo_check.findings import Finding, Verdict
 
 def detect_loss_near_zero(dx: Diagnosis) -> list[Finding]:
     """Emit an explanation (verdict PASS) when loss ≈ 0 is the expected value and the gradient is non-zero."""
+    if dx.spec.beta != 0.0:  # loss ≈ 0 is implied on-policy with β = 0 only
+        return []
     loss, adv = dx.trainer("loss"), dx.trainer("advantages")
     logps, old = dx.trainer("logps"), dx.trainer("old_logps")
-    if loss is None or adv is None or dx.spec.beta != 0.0:
+    if loss is None or adv is None:
         return []
     mask = dx.mask
     if old is not None and logps is not None:

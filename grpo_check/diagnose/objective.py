@@ -479,8 +479,10 @@ def detect_kl_estimator_values(dx: Diagnosis) -> list[Finding]:
     from grpo_check.reference.kl import per_token_kl
 
     failing = [f for f in dx.failing(prefix="kl.") if f.likely_cause is None]
+    if not failing:
+        return []
     got, logps, ref_logps = dx.trainer("kl"), dx.trainer("logps"), dx.trainer("ref_logps")
-    if not failing or got is None or logps is None or ref_logps is None:
+    if got is None or logps is None or ref_logps is None:
         return []
     ratio = dx.ref("ratio")
     spec = dx.spec

@@ -79,15 +79,8 @@ class Check:
         alternative that lacks fewest."""
         if not self.requires:
             return None
-        present = _present_names(step)
-        best: list[str] | None = None
-        for alternative in self.requires:
-            lacking = [name for name in alternative if name not in present]
-            if not lacking:
-                return None
-            if best is None or len(lacking) < len(best):
-                best = lacking
-        return best or []
+        lacking = _lacking(self.requires, _present_names(step))
+        return None if lacking is None else list(lacking)
 
     def run(
         self, step: TraceStep, spec: GRPOSpec | None = None, *, tolerance: float | None = None
@@ -142,6 +135,19 @@ class Check:
             kind="invariant",
             details=outcome.details,
         )
+
+
+@functools.lru_cache(maxsize=4096)
+def _lacking(requires: tuple[tuple[str, ...], ...], present: frozenset[str]) -> tuple[str, ...] | None:
+    """``Check.missing`` for one set of present names (a step's checks meet few distinct sets: memoised)."""
+    best: tuple[str, ...] | None = None
+    for alternative in requires:
+        lacking = tuple(name for name in alternative if name not in present)
+        if not lacking:
+            return None
+        if best is None or len(lacking) < len(best):
+            best = lacking
+    return best or ()
 
 
 def _present_names(step: TraceStep) -> frozenset[str]:
