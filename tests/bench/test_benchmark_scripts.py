@@ -63,3 +63,27 @@ def test_merge_window_estimate_checks_only_the_first_micro_batch_of_a_window(mon
     assert checked == [steps[0], steps[2]]  # the second micro-batch of the window is not checked
     assert results == [(["a finding"], []), ([], []), (["a finding"], [])]
     assert background.check_captured_step is real
+
+
+def _load_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_findings_snapshot_flags_a_changed_figure_and_passes_an_identical_run() -> None:
+    script = _load_script("findings_snapshot")
+    before = script.snapshot(demo=False, loss_types=("grpo",))
+    # the broken variants really fire, so a check that stopped firing would show as a difference
+    negated = before["grpo/beta=0.04/k3/negated_grad"]["findings"]
+    assert any("FAIL" in finding["verdict"] for finding in negated)
+    assert script.differences(before, script.snapshot(demo=False, loss_types=("grpo",))) == []
+
+    after = json.loads(json.dumps(before))
+    after["grpo/beta=0.0/k1"]["findings"][0]["figure"] = repr(1.5)
+    lines = script.differences(before, after)
+    assert lines[0].startswith("grpo/beta=0.0/k1: ") and "figure" in lines[0]
+    assert lines[-1] == f"1 of {len(before)} case(s) differ"

@@ -1,0 +1,181 @@
+"""Snapshot what checking says about a fixed set of steps, to show a speed-up changed no verdict or figure.
+
+Runs ``grpo_check.trl.background.check_captured_step`` (what the TRL adapter runs per captured step, minus
+the forward passes) on a fixed, diverse set of steps and writes every finding, all fields in full (repr of
+each figure, so a change in the last digit shows), as JSON:
+
+* the steps of a short live demo run (generation and micro-batch steps, captured from TRL);
+* correct synthetic steps (``grpo_check.compare.synthetic.make_step``) for six loss types × β ∈ {0, 0.04}
+  × KL estimator k1/k3;
+* each of those broken seven ways: negated gradient, negated advantages, an infinite log-prob, positive
+  log-probs, ``ref_logps`` equal to the policy's, a hole in the completion mask, a doubled loss.
+
+``--against FILE`` compares with an earlier snapshot and prints the first differences; exit code 1 when
+anything differs. Typical use around an optimisation::
+
+    .venv/bin/python benchmarks/findings_snapshot.py -o /tmp/before.json        # on the old commit
+    .venv/bin/python benchmarks/findings_snapshot.py --against /tmp/before.json # on the new one
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+_LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo")
+
+
+def _set(name: str, make: Callable[[Any], Any]) -> Callable[[Any], None]:
+    def mutate(step: Any) -> None:
+        if step.has(name):
+            step.tensors[name] = make(step)
+
+    return mutate
+
+
+def _with_value(name: str, row: int, token: int, value: float) -> Callable[[Any], None]:
+    def make(step: Any) -> Any:
+        changed = step[name].clone()
+        changed[row, token] = value
+        return changed
+
+    return _set(name, make)
+
+
+_BREAKS: dict[str, Callable[[Any], None]] = {
+    "negated_grad": _set("logps_grad", lambda s: -s["logps_grad"]),
+    "negated_advantages": _set("advantages", lambda s: -s["advantages"]),
+    "infinite_logp": _with_value("logps", 1, 2, float("inf")),
+    "positive_logps": _set("logps", lambda s: s["logps"].abs()),
+    "ref_is_policy": _set("ref_logps", lambda s: s["logps"].clone()),
+    "mask_hole": _with_value("completion_mask", 0, 1, 0),
+    "doubled_loss": _set("loss", lambda s: s["loss"] * 2),
+}
+
+
+def _demo_steps() -> list[tuple[Any, Any]]:
+    """The steps a 3-step live demo run checks, with their specs (captured, not checked, here)."""
+    from grpo_check.bench.overhead import _timed_run, check_captured_step_replaced, demo_trainer_factory
+
+    captured: list[tuple[Any, Any]] = []
+
+    def keep(real: Callable[..., Any]) -> Callable[..., Any]:
+        def check(step: Any, spec: Any, **kwargs: Any) -> Any:
+            captured.append((step, spec))
+            return [], []
+
+        return check
+
+    with check_captured_step_replaced(keep):
+        _timed_run(demo_trainer_factory(0), 1, 3)
+    return captured
+
+
+def _cases(demo: bool, loss_types: tuple[str, ...]) -> Iterator[tuple[str, Any, Any]]:
+    from grpo_check.compare.synthetic import make_step
+    from grpo_check.config import GRPOSpec
+
+    if demo:
+        for index, (step, spec) in enumerate(_demo_steps()):
+            yield f"demo/{index}/{step.meta.get('scope')}", step, spec
+    for loss_type in loss_types:
+        for beta in (0.0, 0.04):
+            for estimator in ("k3", "k1"):
+                spec = GRPOSpec(
+                    num_generations=4,
+                    loss_type=loss_type,
+                    beta=beta,
+                    max_completion_length=7,
+                    kl_estimator=estimator,
+                )
+                step = make_step(spec, n_prompts=3, completion_length=7, vocab_size=20, seed=1)
+                name = f"{loss_type}/beta={beta}/{estimator}"
+                yield name, step, spec
+                for broken_name, mutate in _BREAKS.items():
+                    broken = copy.deepcopy(step)
+                    mutate(broken)
+                    yield f"{name}/{broken_name}", broken, spec
+
+
+def _finding_record(finding: Any) -> dict[str, str]:
+    return {field.name: repr(getattr(finding, field.name)) for field in dataclasses.fields(finding)}
+
+
+def snapshot(demo: bool = True, loss_types: tuple[str, ...] = _LOSS_TYPES) -> dict[str, Any]:
+    """{case: {"findings": [...], "not_captured": [...]}} (or {"error": ...}) for every case."""
+    import torch
+
+    from grpo_check.trl.background import check_captured_step
+
+    torch.set_num_threads(1)
+    out: dict[str, Any] = {}
+    for name, step, spec in _cases(demo, loss_types):
+        try:
+            findings, not_captured = check_captured_step(
+                step, spec, model=None, ref_model=None, tolerances=None, invariants=True
+            )
+        except Exception as error:  # a crash is part of what the snapshot records
+            out[name] = {"error": repr(error)}
+            continue
+        out[name] = {"findings": [_finding_record(f) for f in findings], "not_captured": not_captured}
+    return out
+
+
+def differences(before: dict[str, Any], after: dict[str, Any], limit: int = 5) -> list[str]:
+    """Human-readable lines for the first ``limit`` cases that differ (and a count of all of them)."""
+    lines: list[str] = []
+    changed = [name for name in sorted(set(before) | set(after)) if before.get(name) != after.get(name)]
+    for name in changed[:limit]:
+        old, new = before.get(name), after.get(name)
+        if old is None or new is None:
+            lines.append(f"{name}: only in the {'new' if old is None else 'old'} snapshot")
+            continue
+        old_findings, new_findings = old.get("findings", []), new.get("findings", [])
+        if len(old_findings) != len(new_findings) or "error" in old or "error" in new:
+            lines.append(
+                f"{name}: {len(old_findings)} findings -> {len(new_findings)} ({old.get('error') or new.get('error') or ''})"
+            )
+            continue
+        for old_finding, new_finding in zip(old_findings, new_findings, strict=True):
+            fields = [key for key in old_finding if old_finding[key] != new_finding.get(key)]
+            if fields:
+                field = fields[0]
+                lines.append(
+                    f"{name}: {old_finding['check_id']} {field}: {old_finding[field]} -> {new_finding[field]}"
+                )
+                break
+        else:
+            lines.append(f"{name}: not_captured {old.get('not_captured')} -> {new.get('not_captured')}")
+    if changed:
+        lines.append(f"{len(changed)} of {len(set(before) | set(after))} case(s) differ")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-o", "--output", help="write the snapshot (JSON) here")
+    parser.add_argument("--against", help="compare with this earlier snapshot; exit 1 if anything differs")
+    parser.add_argument("--no-demo", action="store_true", help="synthetic steps only (no TRL run)")
+    args = parser.parse_args(argv)
+    current = snapshot(demo=not args.no_demo)
+    findings = sum(len(case.get("findings", [])) for case in current.values())
+    print(f"{len(current)} steps checked, {findings} findings", file=sys.stderr)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            json.dump(current, handle, indent=1, sort_keys=True)
+    if args.against:
+        with open(args.against, encoding="utf-8") as handle:
+            before = json.load(handle)
+        lines = differences(before, current)
+        print("\n".join(lines) if lines else f"identical to {args.against}")
+        return 1 if lines else 0
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
