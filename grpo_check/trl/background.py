@@ -147,8 +147,20 @@ def check_job(payload: bytes) -> dict[str, Any]:
     return {"id": header["id"], **_step_reply(step, spec, settings, model=model, ref_model=ref_model)}
 
 
+def step_description(step: Any) -> dict[str, Any]:
+    """What a job's header says of a step besides its tensors (training process side; :func:`_step_from`
+    rebuilds the step from it)."""
+    from grpo_check.trace.io import to_jsonable
+
+    return {
+        "meta": to_jsonable(step.meta),
+        "completion_text": step.completion_text,
+        "prompt_text": step.prompt_text,
+    }
+
+
 def _step_from(described: dict[str, Any], tensors: dict[str, Any]) -> Any:
-    """The :class:`TraceStep` a job describes: its tensors, plus texts and meta from the header."""
+    """The :class:`TraceStep` a job describes: its tensors, plus texts and meta (:func:`step_description`)."""
     from grpo_check.trace.model import TraceStep
 
     return TraceStep(

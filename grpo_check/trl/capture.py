@@ -744,8 +744,7 @@ class Attachment:
         import torch
 
         from grpo_check.compare.stages import model_logps
-        from grpo_check.trace.io import to_jsonable
-        from grpo_check.trl.background import shared_checker
+        from grpo_check.trl.background import shared_checker, step_description
 
         if self._checker is None:
             self._checker = shared_checker()
@@ -767,11 +766,7 @@ class Attachment:
                 return False  # a log-prob mismatch: its diagnoses need the model as it is now
         header = {
             **self._job_header(),
-            "step": {
-                "meta": to_jsonable(step.meta),
-                "completion_text": step.completion_text,
-                "prompt_text": step.prompt_text,
-            },
+            "step": step_description(step),
         }
         tensors = {**step.tensors, **{f"known.{name}": logps for name, logps in known.items()}}
         job = self._checker.submit(header, tensors)
@@ -917,8 +912,7 @@ class Attachment:
         import torch
 
         from grpo_check.compare.stages import model_logps
-        from grpo_check.trace.io import to_jsonable
-        from grpo_check.trl.background import model_message, shared_checker
+        from grpo_check.trl.background import model_message, shared_checker, step_description
 
         if self._verification_job is not None:  # windows wait here until the helper's copies are vouched for
             self._collect_background(wait=False)
@@ -963,14 +957,7 @@ class Attachment:
                 "logps": f"{self._helper_slot}.policy",
                 "ref_logps": None if ref is None else f"{self._helper_slot}.ref",
             },
-            "window": [
-                {
-                    "meta": to_jsonable(s.meta),
-                    "completion_text": s.completion_text,
-                    "prompt_text": s.prompt_text,
-                }
-                for s in steps
-            ],
+            "window": [step_description(s) for s in steps],
         }
         tensors = {f"{index}/{name}": t for index, s in enumerate(steps) for name, t in s.tensors.items()}
         job = self._checker.submit(header, {**tensors, **expected})
