@@ -25,6 +25,7 @@ import dataclasses
 import json
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 _LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo")
@@ -162,15 +163,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--against", help="compare with this earlier snapshot; exit 1 if anything differs")
     parser.add_argument("--no-demo", action="store_true", help="synthetic steps only (no TRL run)")
     args = parser.parse_args(argv)
+    if args.output and not Path(args.output).resolve().parent.is_dir():
+        parser.error(f"-o {args.output}: no such directory")
+    before = None
+    if args.against:  # read first: a wrong path fails before the steps are checked, not after
+        try:
+            with open(args.against, encoding="utf-8") as handle:
+                before = json.load(handle)
+        except (OSError, ValueError) as error:
+            parser.error(f"--against {args.against}: {error}")
     current = snapshot(demo=not args.no_demo)
     findings = sum(len(case.get("findings", [])) for case in current.values())
     print(f"{len(current)} steps checked, {findings} findings", file=sys.stderr)
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as handle:
-            json.dump(current, handle, indent=1, sort_keys=True)
-    if args.against:
-        with open(args.against, encoding="utf-8") as handle:
-            before = json.load(handle)
+        try:
+            with open(args.output, "w", encoding="utf-8") as handle:
+                json.dump(current, handle, indent=1, sort_keys=True)
+        except OSError as error:
+            print(f"findings_snapshot.py: cannot write {args.output}: {error}", file=sys.stderr)
+            return 2
+    if before is not None:
         lines = differences(before, current)
         print("\n".join(lines) if lines else f"identical to {args.against}")
         return 1 if lines else 0

@@ -87,3 +87,29 @@ def test_findings_snapshot_flags_a_changed_figure_and_passes_an_identical_run() 
     lines = script.differences(before, after)
     assert lines[0].startswith("grpo/beta=0.0/k1: ") and "figure" in lines[0]
     assert lines[-1] == f"1 of {len(before)} case(s) differ"
+
+
+def test_findings_snapshot_refuses_an_unreadable_snapshot_before_checking(tmp_path) -> None:
+    broken = tmp_path / "before.json"
+    broken.write_text("{not json", encoding="utf-8")
+    for against in (str(tmp_path / "missing.json"), str(broken)):
+        run = subprocess.run(
+            [sys.executable, str(BENCHMARKS / "findings_snapshot.py"), "--no-demo", "--against", against],
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode == 2
+        assert f"--against {against}:" in run.stderr and "Traceback" not in run.stderr
+        assert "steps checked" not in run.stderr  # refused before any step was checked
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "findings_snapshot.py"),
+            "--no-demo",
+            "-o",
+            str(tmp_path / "no" / "x.json"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2 and "no such directory" in run.stderr
