@@ -27,6 +27,7 @@ or undecided when the interval straddles it. ``ok`` stays the point estimate aga
 from __future__ import annotations
 
 import contextlib
+import gc
 import shutil
 import tempfile
 import time
@@ -122,6 +123,10 @@ def _timed_run(
         attachment = (
             attach(trainer, every=every, live=True, background=background) if every is not None else None
         )
+        # a full collection now, not at a random step: building a trainer leaves enough new long-lived objects
+        # that Python's next full collection (about 0.2 s with transformers loaded) would otherwise fall inside
+        # the timed steps of whichever arm happens to be running, and swamp its ratio
+        gc.collect()
         # the floor arm's checks stay left out through close(), which checks any window still open
         with _checks_replaced_by_forwards() if forwards_only else contextlib.nullcontext():
             with during_training():

@@ -13,7 +13,20 @@ from grpo_check.bench.core import BenchFigure, median_time
 
 TARGET_TOKENS_PER_S = 2_000_000
 SIZES = (10_000, 100_000, 1_000_000)
-_COMPLETION_LENGTH = 500  # tokens per row: rows = size / 500
+_GENERATIONS = 8
+_COMPLETION_LENGTH = 500  # about this many tokens per row
+
+
+def step_shape(size: int, generations: int = _GENERATIONS) -> tuple[int, int]:
+    """(prompts, completion length) of a step of ``size`` tokens: whole groups of ``generations`` rows of about
+    ``_COMPLETION_LENGTH`` tokens, the length adjusted so that the step holds ``size`` tokens exactly where
+    they divide (10k: 2 prompts × 8 × 625; 100k: 25 × 8 × 500; 1M: 250 × 8 × 500).
+
+    >>> step_shape(10_000), step_shape(100_000), step_shape(1_000_000)
+    ((2, 625), (25, 500), (250, 500))
+    """
+    prompts = max(1, round(size / (generations * _COMPLETION_LENGTH)))
+    return prompts, max(1, size // (prompts * generations))
 
 
 def _suite(step, spec):
@@ -33,16 +46,17 @@ def measure_throughput(sizes: tuple[int, ...] = SIZES, repeats: int = 3) -> list
     from grpo_check.compare.synthetic import make_step
     from grpo_check.config import GRPOSpec
 
-    spec = GRPOSpec(num_generations=8, loss_type="dapo", beta=0.04, max_completion_length=_COMPLETION_LENGTH)
     figures: list[BenchFigure] = []
     per_token: dict[int, float] = {}
     for size in sizes:
-        rows = max(spec.num_generations, size // _COMPLETION_LENGTH)
-        n_prompts = max(1, rows // spec.num_generations)
-        step = make_step(spec, n_prompts=n_prompts, completion_length=_COMPLETION_LENGTH, vocab_size=50)
+        n_prompts, length = step_shape(size)
+        spec = GRPOSpec(
+            num_generations=_GENERATIONS, loss_type="dapo", beta=0.04, max_completion_length=length
+        )
+        step = make_step(spec, n_prompts=n_prompts, completion_length=length, vocab_size=50)
         tokens = int(step["completion_mask"].numel())
         failures = [f for f in _suite(step, spec) if f.failed]
-        seconds = median_time(lambda step=step: _suite(step, spec), repeats=repeats, warmup=1)
+        seconds = median_time(lambda step=step, spec=spec: _suite(step, spec), repeats=repeats, warmup=1)
         rate = tokens / seconds
         per_token[size] = seconds / tokens
         figures.append(
@@ -54,7 +68,8 @@ def measure_throughput(sizes: tuple[int, ...] = SIZES, repeats: int = 3) -> list
                 ok=rate >= TARGET_TOKENS_PER_S,
                 details={
                     "tokens": tokens,
-                    "rows": tokens // _COMPLETION_LENGTH,
+                    "rows": n_prompts * _GENERATIONS,
+                    "completion_length": length,
                     "seconds": seconds,
                     "threads": torch.get_num_threads(),
                     "failures_on_correct_step": len(failures),

@@ -431,13 +431,10 @@ def _summarise(
     beyond = torch.gt(error, allowed).logical_and_(mask)
     masked_error = torch.where(mask, error, -1.0)
     worst = masked_error.argmax(1, keepdim=True)  # (K, 1)
+    # one gather each: stacking the four (K, N) tensors into one (K, 4, N) copy to gather once costs far more
+    # than three more small calls at the sizes this path sees (K·N above _NUMPY_ELEMENTS)
     at_worst = (error, allowed, trainer, reference)
-    if trainer.shape[1] <= _SMALL_ROW:  # one gather from the stacked (K, 4, N) copy
-        values_at_worst = (
-            torch.stack(at_worst, dim=1).gather(2, worst.unsqueeze(1).expand(-1, 4, 1)).squeeze(2)
-        )
-    else:  # no copy of four (K, N) tensors: one gather each
-        values_at_worst = torch.cat([values.gather(1, worst) for values in at_worst], dim=1)
+    values_at_worst = torch.cat([values.gather(1, worst) for values in at_worst], dim=1)
     table = torch.cat(
         [
             _row_counts(beyond),
