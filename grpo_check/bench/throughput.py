@@ -39,7 +39,7 @@ def _suite(step, spec):
     return findings
 
 
-def measure_throughput(sizes: tuple[int, ...] = SIZES, repeats: int = 3) -> list[BenchFigure]:
+def measure_throughput(sizes: tuple[int, ...] = SIZES, repeats: int = 5) -> list[BenchFigure]:
     """One figure per size, plus a linearity figure (time per token at the largest ÷ at the middle size)."""
     import torch
 

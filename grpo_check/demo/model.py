@@ -51,7 +51,13 @@ def build_tokenizer(*, pad_is_eos: bool = False) -> Any:
     return tokenizer
 
 
-def build_policy(tokenizer: Any, *, seed: int = 0, hidden_size: int = 32, num_layers: int = 2) -> Any:
+HIDDEN_SIZE = 32
+NUM_LAYERS = 2
+
+
+def build_policy(
+    tokenizer: Any, *, seed: int = 0, hidden_size: int = HIDDEN_SIZE, num_layers: int = NUM_LAYERS
+) -> Any:
     """A tiny ``LlamaForCausalLM`` with deterministic weights (``seed``), dropout off, float32."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -82,11 +88,19 @@ def build_policy(tokenizer: Any, *, seed: int = 0, hidden_size: int = 32, num_la
     return model
 
 
-def save_policy(out_dir: str | os.PathLike[str], *, seed: int = 0, pad_is_eos: bool = False) -> str:
-    """Build the policy and tokenizer and save both under ``out_dir`` (TRL reloads the reference model from
-    this path when ``beta > 0``). Returns the path as a string."""
+def save_policy(
+    out_dir: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    pad_is_eos: bool = False,
+    hidden_size: int = HIDDEN_SIZE,
+    num_layers: int = NUM_LAYERS,
+) -> str:
+    """Build the policy (of ``hidden_size`` and ``num_layers``: the demo's by default) and tokenizer and save
+    both under ``out_dir`` (TRL reloads the reference model from this path when ``beta > 0``). Returns the
+    path as a string."""
     tokenizer = build_tokenizer(pad_is_eos=pad_is_eos)
-    model = build_policy(tokenizer, seed=seed)
+    model = build_policy(tokenizer, seed=seed, hidden_size=hidden_size, num_layers=num_layers)
     path = os.fspath(out_dir)
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from grpo_check.demo.matrix import Cell, cells
+from grpo_check.demo.model import HIDDEN_SIZE, NUM_LAYERS
 from grpo_check.findings import Finding, InputError, Result
 
 Progress = Callable[[str], None]
@@ -66,9 +67,12 @@ def build_trainer(
     steps: int | None = None,
     dataset_size: int = 64,
     quiet: bool = True,
+    hidden_size: int = HIDDEN_SIZE,
+    num_layers: int = NUM_LAYERS,
 ) -> Any:
-    """A TRL ``GRPOTrainer`` (or ``trainer_cls``) for ``cell`` on the tiny policy, reward functions from the toy
-    task. ``workdir`` receives the saved policy and TRL's output directory."""
+    """A TRL ``GRPOTrainer`` (or ``trainer_cls``) for ``cell`` on the tiny policy (or one of ``hidden_size`` and
+    ``num_layers``), reward functions from the toy task. ``workdir`` receives the saved policy and TRL's output
+    directory."""
     _quiet_libraries()
     from trl import GRPOConfig, GRPOTrainer
 
@@ -76,7 +80,13 @@ def build_trainer(
     from grpo_check.demo.task import correctness_reward, format_reward, make_dataset
 
     workdir = Path(workdir)
-    model_dir = save_policy(workdir / "policy", seed=seed, pad_is_eos=cell.pad_is_eos)
+    model_dir = save_policy(
+        workdir / "policy",
+        seed=seed,
+        pad_is_eos=cell.pad_is_eos,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+    )
     kwargs = cell.config_kwargs()
     config = GRPOConfig(
         output_dir=str(workdir / "trl-output"),

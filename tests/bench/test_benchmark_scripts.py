@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
@@ -113,3 +115,30 @@ def test_findings_snapshot_refuses_an_unreadable_snapshot_before_checking(tmp_pa
         text=True,
     )
     assert run.returncode == 2 and "no such directory" in run.stderr
+
+
+@pytest.mark.slow
+def test_wider_policy_factory_builds_the_demo_trainer_on_the_wider_policy_and_cleans_up() -> None:
+    import gc
+    import importlib.util
+
+    from grpo_check.bench.overhead import demo_trainer_factory
+
+    spec = importlib.util.spec_from_file_location(
+        "wider_policy_factory", BENCHMARKS / "wider_policy_factory.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    trainer = module.build_trainer(steps=3)
+    config = trainer.model.config
+    assert (config.hidden_size, config.num_hidden_layers) == (module.HIDDEN_SIZE, module.NUM_LAYERS)
+    assert trainer.args.max_steps == 3
+    demo = demo_trainer_factory()(Path(trainer.args.output_dir).parent / "demo")
+    assert config.hidden_size > demo.model.config.hidden_size  # wider than the demo's policy ...
+    for name in ("loss_type", "beta", "num_generations", "gradient_accumulation_steps", "temperature"):
+        assert getattr(trainer.args, name) == getattr(demo.args, name)  # ... on the demo's configuration
+    work = Path(trainer.args.output_dir).parent
+    assert work.is_dir()
+    del trainer, demo
+    gc.collect()
+    assert not work.exists()  # the saved policy goes with the trainer
