@@ -3,13 +3,13 @@
 The demo's policy (2 layers, hidden size 32) is so small that a whole TRL step is mostly Python and Hugging
 Face overhead, and checking's fixed cost per step weighs as much as it ever can. This factory builds the
 same trainer (the first cell of the fast matrix: same task, rewards, GRPOConfig and seed) on a Llama of
-``HIDDEN_SIZE`` and ``NUM_LAYERS`` (about 80 times the demo policy's parameters), so that the model's own
+``HIDDEN_SIZE`` and ``NUM_LAYERS`` (2.37M parameters, 119 times the demo policy's 20k), so that the model's own
 compute takes a larger share of the step, as it does in real runs. Nothing is downloaded: the model is
 built from a config, as the demo's is.
 
 Usage::
 
-    grpo-check bench --only overhead --rounds 8 --trainer benchmarks/wider_policy_factory.py:build_trainer
+    grpo-check bench --only overhead --rounds 20 --trainer benchmarks/wider_policy_factory.py:build_trainer
 """
 
 from __future__ import annotations
