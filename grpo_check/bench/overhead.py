@@ -6,7 +6,9 @@ round (off, every-1, every-10, off, ...) with a fresh trainer per arm and round,
 all arms alike. A callback times each optimizer step (``on_step_begin`` → ``on_step_end``: generation,
 scoring, forward/backward, optimizer, and the live check); the first ``warmup`` steps of every run are
 dropped and the MEAN over the rest is taken: with ``every=10`` one step in ten carries the check, and a
-median would hide exactly that step.
+median would hide exactly that step. A full garbage collection runs after each trainer is built and
+before its first step, so that the collection Python would otherwise run at some step (0.2 s with
+transformers loaded) does not fall into one arm's timed steps.
 
 Two more arms check in the background (``attach(..., background=True)``: the float64 comparison, diagnoses and
 invariants in a helper process; the helper is started and warmed before the rounds, so its start-up is not a
