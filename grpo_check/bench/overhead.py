@@ -33,7 +33,7 @@ import gc
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -63,6 +63,27 @@ def _step_timer() -> tuple[Any, list[float]]:
 class TimedRun(NamedTuple):
     step_seconds: list[float]  # per optimizer step, on_step_begin → on_step_end
     finish_seconds: float  # Attachment.close(): waiting for background checks still running (0 when off)
+    # per optimizer step, the checking time the attachment itself accounts for on the training process (what
+    # result().metadata["checking"] and attach(budget=...) go by); empty when off
+    accounted_seconds: Sequence[float] = ()
+
+
+def _accounting_recorder(attachment: Any) -> tuple[Any, list[float]]:
+    """A callback that reads, at the end of each optimizer step, how much checking time the attachment
+    accounted for in that step (its schedule's running total, which the last micro-batch of the step updates
+    before the optimizer steps)."""
+    from transformers import TrainerCallback
+
+    per_step: list[float] = []
+    total = [0.0]
+
+    class AccountingRecorder(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            now = attachment.schedule.checking_seconds
+            per_step.append(now - total[0])
+            total[0] = now
+
+    return AccountingRecorder(), per_step
 
 
 def _forward_passes_only(
@@ -125,6 +146,10 @@ def _timed_run(
         attachment = (
             attach(trainer, every=every, live=True, background=background) if every is not None else None
         )
+        accounted: list[float] = []
+        if attachment is not None:
+            recorder, accounted = _accounting_recorder(attachment)
+            trainer.add_callback(recorder)
         # a full collection now, not at a random step: building a trainer leaves enough new long-lived objects
         # that Python's next full collection (about 0.2 s with transformers loaded) would otherwise fall inside
         # the timed steps of whichever arm happens to be running, and swamp its ratio
@@ -138,7 +163,7 @@ def _timed_run(
                 start = time.perf_counter()
                 attachment.close()  # waits for the background checks still running
                 finish = time.perf_counter() - start
-        return TimedRun(times, finish)
+        return TimedRun(times, finish, accounted)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -166,6 +191,7 @@ class _Round(NamedTuple):
     seconds: float  # the timed steps (warm-up dropped) plus close()'s wait
     steps: int  # timed steps
     close_wait: float
+    accounted: float = 0.0  # of ``seconds``, what the attachment accounted for as checking (timed steps)
 
     @property
     def per_step(self) -> float:
@@ -231,7 +257,10 @@ def measure_overhead(
         for arm, (every, in_background, forwards_only) in plan.items():
             run = _timed_run(make_trainer, every, steps, in_background, forwards_only=forwards_only)
             timed = run.step_seconds[warmup:]
-            runs[arm].append(_Round(sum(timed) + run.finish_seconds, len(timed), run.finish_seconds))
+            accounted = sum(run.accounted_seconds[warmup:])
+            runs[arm].append(
+                _Round(sum(timed) + run.finish_seconds, len(timed), run.finish_seconds, accounted)
+            )
         if on_round is not None:
             off = runs["off"][-1].per_step
             on_round(round_number, {arm: r[-1].per_step / off for arm, r in runs.items() if arm != "off"})
@@ -262,6 +291,10 @@ def measure_overhead(
             # where undecided: about how many rounds at this spread would tell (None: not even 200)
             "rounds_to_decide": rounds_to_decide(round_ratios, target) if verdict == "undecided" else None,
         }
+        # what the attachment itself accounted for, per timed step, in step times without checking: the
+        # cost result().metadata["checking"] reports and attach(budget=...) schedules by; the rest of
+        # ratio − 1 is time it does not see (and noise)
+        details["accounted"] = sum(r.accounted for r in records) / details["steps_timed"] / mean["off"]
         if arm == "every_1":  # how much of checking every step is the checks themselves
             details["above_floor"] = (mean["every_1"] - mean["every_1_floor"]) / mean["off"]
         figures.append(

@@ -527,3 +527,47 @@ def test_throughput_steps_hold_the_named_number_of_tokens_and_pass_when_correct(
     assert figure.details["tokens"] == 10_000
     assert figure.details["failures_on_correct_step"] == 0
     assert figure.value == pytest.approx(10_000 / figure.details["seconds"])
+
+
+def test_each_arm_reports_what_the_attachment_itself_accounted_for_in_its_timed_steps(monkeypatch) -> None:
+    import grpo_check.bench.overhead as overhead
+
+    def fake_timed_run(make_trainer, every, steps, background=False, **_):
+        # every step takes 1 s; an attached arm accounts 0.2 s of it as checking (every=1) or 0.05 s (every=10),
+        # and 5 s in each warm-up step, which the figure must leave out with the warm-up steps themselves
+        per_step = {None: 0.0, 1: 0.2, 10: 0.05}[every]
+        accounted = [5.0] * overhead.WARMUP_STEPS + [per_step] * (steps - overhead.WARMUP_STEPS)
+        return overhead.TimedRun([1.0] * steps, 0.0, accounted if every is not None else [])
+
+    monkeypatch.setattr(overhead, "_timed_run", fake_timed_run)
+    figures = {f.name: f for f in overhead.measure_overhead(lambda work: None, rounds=2, background=False)}
+    assert figures["overhead_every_1_demo"].details["accounted"] == pytest.approx(0.2)
+    assert figures["overhead_every_10_demo"].details["accounted"] == pytest.approx(0.05)
+
+
+def test_table_says_what_the_attachment_itself_accounted_for(monkeypatch) -> None:
+    import grpo_check.cli.bench as bench_cli
+
+    attached = BenchFigure("overhead_every_1_demo", 1.3, "x step time", "<= 1.25", False, {"accounted": 0.27})
+    off_like = BenchFigure(
+        "overhead_every_1_floor_demo", 1.09, "x step time", "none", None, {"accounted": 0.0}
+    )
+    monkeypatch.setattr(bench_cli, "_measure", lambda selected, **kwargs: [attached, off_like])
+    result = CliRunner().invoke(app, ["bench", "--only", "overhead"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert result.output.count("attachment's own") == 1 and "attachment's own: +0.270" in result.output
+
+
+@pytest.mark.slow
+def test_a_timed_run_reads_the_attachments_own_accounting_per_step(tmp_path) -> None:
+    pytest.importorskip("trl")
+    import grpo_check.bench.overhead as overhead
+
+    make_trainer = overhead.demo_trainer_factory()
+    checked = overhead._timed_run(make_trainer, 1, 3)
+    assert len(checked.accounted_seconds) == len(checked.step_seconds) == 3
+    assert all(
+        0 < accounted < step
+        for accounted, step in zip(checked.accounted_seconds, checked.step_seconds, strict=True)
+    )
+    assert overhead._timed_run(make_trainer, None, 3).accounted_seconds == []
