@@ -65,9 +65,13 @@ def bench(
 
         grpo-check bench --only overhead --threads 1     # leave the second core to background checking
 
+        grpo-check bench --only overhead --rounds 20 --trainer benchmarks/wider_policy_factory.py:build_trainer
+
     Each overhead figure comes with its 95 % interval over the rounds (Student's t on the round-by-round
     ratios); where the interval straddles the target the table says "within noise": this run cannot tell
-    whether the target is met, and says about how many `--rounds` at the same spread would.
+    whether the target is met, and says about how many `--rounds` at the same spread would. Under each
+    attached arm, "attachment's own" is the checking time the attachment itself timed (what
+    `result().metadata["checking"]` reports and `budget=` schedules by), in step times without checking.
 
     The memory figure allocates 1.2 GiB of bf16 logits (process peak about 1.6 GiB); `--naive` adds about
     12x the logits on top (about 15 GiB: a float64 log-softmax and its exp() product). Overhead trains the
