@@ -6,9 +6,7 @@ round (off, every-1, every-10, off, ...) with a fresh trainer per arm and round,
 all arms alike. A callback times each optimizer step (``on_step_begin`` → ``on_step_end``: generation,
 scoring, forward/backward, optimizer, and the live check); the first ``warmup`` steps of every run are
 dropped and the MEAN over the rest is taken: with ``every=10`` one step in ten carries the check, and a
-median would hide exactly that step. A full garbage collection runs after each trainer is built and
-before its first step, so that the collection Python would otherwise run at some step (0.2 s with
-transformers loaded) does not fall into one arm's timed steps.
+median would hide exactly that step.
 
 Two more arms check in the background (``attach(..., background=True)``: the float64 comparison, diagnoses and
 invariants in a helper process; the helper is started and warmed before the rounds, so its start-up is not a
@@ -29,7 +27,6 @@ or undecided when the interval straddles it. ``ok`` stays the point estimate aga
 from __future__ import annotations
 
 import contextlib
-import gc
 import shutil
 import tempfile
 import time
@@ -150,10 +147,6 @@ def _timed_run(
         if attachment is not None:
             recorder, accounted = _accounting_recorder(attachment)
             trainer.add_callback(recorder)
-        # a full collection now, not at a random step: building a trainer leaves enough new long-lived objects
-        # that Python's next full collection (about 0.2 s with transformers loaded) would otherwise fall inside
-        # the timed steps of whichever arm happens to be running, and swamp its ratio
-        gc.collect()
         # the floor arm's checks stay left out through close(), which checks any window still open
         with _checks_replaced_by_forwards() if forwards_only else contextlib.nullcontext():
             with during_training():

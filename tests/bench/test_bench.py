@@ -474,48 +474,6 @@ def test_the_floor_arm_trains_with_capture_and_forwards_and_never_checks(tmp_pat
     assert checks and not forwards  # the every-step arm checks for real
 
 
-class _Cycle:
-    """Garbage that only a collection frees (it refers to itself)."""
-
-    def __init__(self) -> None:
-        self.me = self
-
-
-def test_garbage_from_building_the_trainer_is_collected_before_the_timed_steps() -> None:
-    """A full collection after the trainer is built: the next automatic one (about 0.2 s with transformers
-    loaded) must not fall inside whichever arm's timed steps happen to be running."""
-    import gc
-    import types
-    import weakref
-
-    import grpo_check.bench.overhead as overhead
-
-    probe: list[weakref.ref] = []
-    alive_when_training: list[bool] = []
-
-    class FakeTrainer:
-        args = types.SimpleNamespace(max_steps=0)
-
-        def add_callback(self, callback) -> None:
-            pass
-
-        def train(self) -> None:
-            alive_when_training.append(probe[0]() is not None)
-
-    def make_trainer(work):
-        probe.append(weakref.ref(_Cycle()))  # the cycle is garbage from here on
-        return FakeTrainer()
-
-    was_enabled = gc.isenabled()
-    gc.disable()  # only an explicit collection may free the cycle
-    try:
-        overhead._timed_run(make_trainer, None, 1)
-    finally:
-        if was_enabled:
-            gc.enable()
-    assert alive_when_training == [False]
-
-
 def test_throughput_steps_hold_the_named_number_of_tokens_and_pass_when_correct() -> None:
     from grpo_check.bench.throughput import measure_throughput, step_shape
 

@@ -142,3 +142,10 @@ def test_wider_policy_factory_builds_the_demo_trainer_on_the_wider_policy_and_cl
     del trainer, demo
     gc.collect()
     assert not work.exists()  # the saved policy goes with the trainer
+
+
+def test_gc_cost_help_names_its_options() -> None:
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gc_cost.py"), "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "--runs" in out and "--steps" in out
