@@ -19,6 +19,10 @@ runs the reference's forward passes (the policy once per accumulation window, th
 generation batch) but checks nothing. It has no target; the every-step figure's ``above_floor`` (in step
 times without checking) is what the checks themselves add on top of it.
 
+Each attached arm also carries ``accounted``: the checking time the attachment itself timed on the training
+process in the arm's timed steps (what ``result().metadata["checking"]`` reports and ``budget=`` schedules by),
+in step times without checking, beside the ratio the bench measures from outside.
+
 Each figure also carries its ratio round by round (each round against its own ``off`` arm) and, from them,
 a 95 % interval (:func:`grpo_check.bench.core.ratio_interval`) with what it says of the target: met, missed,
 or undecided when the interval straddles it. ``ok`` stays the point estimate against the target.
