@@ -234,9 +234,9 @@ def _print_table(payload: dict) -> None:
         if rounds and len(rounds) > 1:  # how far machine load moved it: the lowest and highest round
             value += f"\n(rounds {min(rounds):.2f}–{max(rounds):.2f})"
         if details.get("above_floor") is not None:  # what the checks add to capture + forward passes
-            value += f"\nchecks: +{details['above_floor']:.3f} over the floor"
+            value += f"\nchecks: {details['above_floor']:+.3f} over the floor"
         if details.get("accounted"):  # what the attachment itself timed as checking (its budget's view)
-            value += f"\nattachment's own: +{details['accounted']:.3f}"
+            value += f"\nattachment's own: {details['accounted']:+.3f}"
         table.add_row(fig["name"], value, fig["unit"], fig["target"], ok)
     console = Console()
     console.print(table)

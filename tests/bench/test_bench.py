@@ -251,6 +251,18 @@ def test_table_says_what_the_checks_add_over_the_floor(monkeypatch) -> None:
     assert result.output.count("over the floor") == 1 and "checks: +0.210 over the floor" in result.output
 
 
+def test_checks_below_the_floor_in_a_noisy_run_read_as_a_negative_number(monkeypatch) -> None:
+    import grpo_check.cli.bench as bench_cli
+
+    every_step = BenchFigure(
+        "overhead_every_1_demo", 1.09, "x step time", "<= 1.25", True, {"above_floor": -0.169}
+    )
+    monkeypatch.setattr(bench_cli, "_measure", lambda selected, **kwargs: [every_step])
+    result = CliRunner().invoke(app, ["bench", "--only", "overhead"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "checks: -0.169 over the floor" in result.output and "+-" not in result.output
+
+
 def test_table_prints_the_interval_and_flags_a_figure_within_noise(monkeypatch) -> None:
     import grpo_check.cli.bench as bench_cli
 
