@@ -17,6 +17,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import weakref
+from pathlib import Path
 from typing import Any
 
 HIDDEN_SIZE = 256
@@ -24,12 +25,10 @@ NUM_LAYERS = 4
 
 
 def build_trainer(steps: int = 2) -> Any:
-    from grpo_check.demo.matrix import cells
-    from grpo_check.demo.run import build_trainer as build_demo_trainer
+    from grpo_check.bench.overhead import demo_trainer_factory
 
     work = tempfile.mkdtemp(prefix="grpo-check-bench-wide-")
-    trainer = build_demo_trainer(
-        cells("fast")[0], work, steps=steps, hidden_size=HIDDEN_SIZE, num_layers=NUM_LAYERS
-    )
+    trainer = demo_trainer_factory(hidden_size=HIDDEN_SIZE, num_layers=NUM_LAYERS)(Path(work))
+    trainer.args.max_steps = steps
     weakref.finalize(trainer, shutil.rmtree, work, True)  # the saved policy goes with the trainer
     return trainer

@@ -46,19 +46,28 @@ TARGET_EVERY_10 = 1.03
 FLOOR_TARGET = "none: capture + forward passes, no checks"
 
 
-def _step_timer() -> tuple[Any, list[float]]:
+def _step_recorder(attachment: Any = None) -> tuple[Any, list[float], list[float]]:
+    """A callback that records, per optimizer step, its wall time (``on_step_begin`` → ``on_step_end``) and,
+    with an ``attachment``, the checking time the attachment accounted for in it (its schedule's running
+    total, which the last micro-batch of the step updates before the optimizer steps)."""
     from transformers import TrainerCallback
 
     times: list[float] = []
+    accounted: list[float] = []
+    total = [0.0]
 
-    class StepTimer(TrainerCallback):
+    class StepRecorder(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
             self._start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
             times.append(time.perf_counter() - self._start)
+            if attachment is not None:
+                now = attachment.schedule.checking_seconds
+                accounted.append(now - total[0])
+                total[0] = now
 
-    return StepTimer(), times
+    return StepRecorder(), times, accounted
 
 
 class TimedRun(NamedTuple):
@@ -67,24 +76,6 @@ class TimedRun(NamedTuple):
     # per optimizer step, the checking time the attachment itself accounts for on the training process (what
     # result().metadata["checking"] and attach(budget=...) go by); empty when off
     accounted_seconds: Sequence[float] = ()
-
-
-def _accounting_recorder(attachment: Any) -> tuple[Any, list[float]]:
-    """A callback that reads, at the end of each optimizer step, how much checking time the attachment
-    accounted for in that step (its schedule's running total, which the last micro-batch of the step updates
-    before the optimizer steps)."""
-    from transformers import TrainerCallback
-
-    per_step: list[float] = []
-    total = [0.0]
-
-    class AccountingRecorder(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            now = attachment.schedule.checking_seconds
-            per_step.append(now - total[0])
-            total[0] = now
-
-    return AccountingRecorder(), per_step
 
 
 def _forward_passes_only(
@@ -142,15 +133,11 @@ def _timed_run(
     try:
         trainer = make_trainer(work)
         trainer.args.max_steps = steps
-        timer, times = _step_timer()
-        trainer.add_callback(timer)
         attachment = (
             attach(trainer, every=every, live=True, background=background) if every is not None else None
         )
-        accounted: list[float] = []
-        if attachment is not None:
-            recorder, accounted = _accounting_recorder(attachment)
-            trainer.add_callback(recorder)
+        recorder, times, accounted = _step_recorder(attachment)
+        trainer.add_callback(recorder)
         # the floor arm's checks stay left out through close(), which checks any window still open
         with _checks_replaced_by_forwards() if forwards_only else contextlib.nullcontext():
             with during_training():
@@ -165,13 +152,14 @@ def _timed_run(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def demo_trainer_factory(seed: int = 0) -> Callable[[Path], Any]:
-    """The demo configuration (the first cell of the fast matrix) on the embedded tiny model."""
+def demo_trainer_factory(seed: int = 0, **policy_size: int) -> Callable[[Path], Any]:
+    """The demo configuration (the first cell of the fast matrix) on the embedded tiny model, or on a policy of
+    ``hidden_size`` and ``num_layers`` (:func:`grpo_check.demo.run.build_trainer`'s keywords)."""
     from grpo_check.demo.matrix import cells
     from grpo_check.demo.run import build_trainer
 
     cell = cells("fast")[0]
-    return lambda work: build_trainer(cell, work, seed=seed)
+    return lambda work: build_trainer(cell, work, seed=seed, **policy_size)
 
 
 def user_trainer_factory(factory_ref: str) -> Callable[[Path], Any]:
