@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Literal
 
 from grpo_check.findings import InputError
@@ -137,8 +138,20 @@ class GRPOSpec:
         def bad(field: str, msg: str) -> InputError:
             return InputError(msg, field=field)
 
+        self._check_types()
         if self.num_generations < 1:
             raise bad("num_generations", f"must be >= 1, got {self.num_generations}")
+        # (beta may be negative: the diagnoses model a KL term added with the wrong sign that way)
+        for name in ("epsilon", "epsilon_high", "adv_epsilon", "top_k", "entropy_coef"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise bad(name, f"must be >= 0, got {value}")
+        for name in ("num_processes", "num_iterations", "steps_per_generation"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise bad(name, f"must be >= 1, got {value}")
+        if not 0 < self.top_p <= 1:
+            raise bad("top_p", f"must be in (0, 1], got {self.top_p}")
         if self.scale_rewards not in ("group", "batch", "none"):
             raise bad("scale_rewards", f"must be 'group', 'batch' or 'none', got {self.scale_rewards!r}")
         if self.std not in ("sample", "population"):
@@ -166,6 +179,26 @@ class GRPOSpec:
             raise bad("gradient_accumulation_steps", "must be >= 1")
         if self.reward_weights is not None and not isinstance(self.reward_weights, tuple):
             object.__setattr__(self, "reward_weights", tuple(float(w) for w in self.reward_weights))
+
+    def _check_types(self) -> None:
+        """Each field holds its declared kind (a number where a number is declared, not ``"4"``; finite)."""
+        for field in dataclasses.fields(self):
+            value, kinds = getattr(self, field.name), str(field.type)
+            if value is None and "None" in kinds:
+                continue
+            if kinds.startswith("bool"):
+                ok, expected = isinstance(value, bool), "True or False"
+            elif kinds.startswith("int"):
+                ok, expected = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+            elif kinds.startswith("float"):
+                ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+                expected = "a finite number"
+            elif kinds.startswith("str"):
+                ok, expected = isinstance(value, str), "a string"
+            else:
+                continue
+            if not ok:
+                raise InputError(f"must be {expected}, got {value!r}", field=field.name)
 
     @property
     def epsilon_low(self) -> float:
@@ -208,3 +241,24 @@ class GRPOSpec:
         if kwargs.get("reward_weights") is not None:
             kwargs["reward_weights"] = tuple(float(w) for w in kwargs["reward_weights"])
         return cls(**kwargs)
+
+
+def as_spec(value: Any, *, name: str = "spec") -> GRPOSpec:
+    """``value`` as a :class:`GRPOSpec`: a GRPOSpec, a mapping of its fields, or None (the defaults).
+
+    >>> as_spec({"num_generations": 4}).num_generations
+    4
+    >>> as_spec("grpo")
+    Traceback (most recent call last):
+    ...
+    TypeError: spec must be a grpo_check.GRPOSpec or a dict of its fields, got str
+    """
+    if value is None:
+        return GRPOSpec()
+    if isinstance(value, GRPOSpec):
+        return value
+    if isinstance(value, dict) or hasattr(value, "keys"):
+        return GRPOSpec.from_dict(dict(value), strict=True)  # a typo in a field name is an error, not ignored
+    raise TypeError(
+        f"{name} must be a grpo_check.GRPOSpec or a dict of its fields, got {type(value).__name__}"
+    )

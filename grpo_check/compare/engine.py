@@ -11,7 +11,9 @@ Example::
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import os
 import platform
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -19,9 +21,9 @@ from typing import Any
 from grpo_check._step_cache import step_cache
 from grpo_check.compare import distribution
 from grpo_check.compare.stages import compare_stages, step_context
-from grpo_check.compare.tolerances import TolerancePolicy
-from grpo_check.config import GRPOSpec
-from grpo_check.findings import Finding, Result, Verdict
+from grpo_check.compare.tolerances import TolerancePolicy, as_policy
+from grpo_check.config import GRPOSpec, as_spec
+from grpo_check.findings import Finding, InputError, Result, Verdict
 from grpo_check.trace.model import Trace, TraceStep
 
 ProgressCallback = Callable[[int, int], None]
@@ -50,7 +52,9 @@ def compare_step(
     >>> sorted({f.verdict.value for f in findings})
     ['pass']
     """
-    policy = tolerances or TolerancePolicy()
+    step = _as_step(step)
+    spec = as_spec(spec)
+    policy = as_policy(tolerances)
     with step_cache(step):  # float64 copies made once for the comparison and the diagnoses
         findings, reference = compare_stages(
             step, spec, policy, model=model, ref_model=ref_model, end_to_end=end_to_end
@@ -108,7 +112,10 @@ def _metadata(
 
 
 def check(trace: Trace, *, spec: GRPOSpec | None = None, source: str | None = None) -> Result:
-    """Invariants only (one implementation's own tensors, no reference): the ``grpo-check check`` command."""
+    """Invariants only (one implementation's own tensors, no reference): the ``grpo-check check`` command.
+
+    ``trace``: a :class:`~grpo_check.trace.model.Trace` or the path of a trace directory."""
+    trace = _as_trace(trace)
     spec = _spec_for(trace, spec)
     result = Result(metadata=_metadata(trace, spec, TolerancePolicy(), source, "check"))
     # all steps in one call: a check whose inputs no step holds is reported "not captured" once per trace
@@ -133,8 +140,9 @@ def compare(
     """Compare a trace stage by stage against the float64 reference, or against another trace.
 
     Args:
-        trace: the captured run.
-        against: compare with this trace instead of the reference (e.g. two trainer versions).
+        trace: the captured run (a :class:`~grpo_check.trace.model.Trace`, or the path of a trace directory).
+        against: compare with this trace (or trace directory) instead of the reference (e.g. two trainer
+            versions).
         spec: the algorithm configuration (default: the trace manifest's ``config``).
         model / ref_model: recompute logps / ref_logps with the reference's own forward pass; either may be a
             callable ``step -> model`` returning the weights that step's log-probs were computed with.
@@ -142,8 +150,15 @@ def compare(
         invariants: also run the single-implementation invariants on every step.
         progress: called as ``progress(done, total)`` after each step.
     """
+    trace = _as_trace(trace)
+    against = None if against is None else _as_trace(against, "against")
+    for name, value in (("model", model), ("ref_model", ref_model)):
+        if value is not None and not callable(value):
+            raise InputError(
+                f"{name} must be a model (a torch module) or a callable step -> model, got {type(value).__name__}"
+            )
     spec = _spec_for(trace, spec)
-    policy = tolerances or TolerancePolicy()
+    policy = as_policy(tolerances)
     if against is not None:
         from grpo_check.compare.trace_vs_trace import compare_traces
 
@@ -151,6 +166,7 @@ def compare(
         result.metadata["against"] = against.manifest.get("source") or against.manifest.get("trainer")
         result.extend(compare_traces(trace, against, spec, policy, progress=progress))
         _add_trace_problems(result, trace)
+        _add_unused_overrides(result, policy)
         return result
     result = Result(metadata=_metadata(trace, spec, policy, source, "reference"))
     total = len(trace.steps)
@@ -169,9 +185,36 @@ def compare(
         )
         if progress is not None:
             progress(index + 1, total)
+    if len(trace.steps) > 1:  # as `check` does: "not captured" only for what ran on no step at all
+        from grpo_check.invariants.registry import _collapse_not_captured
+
+        result.findings[:] = _collapse_not_captured(result.findings)
     result.extend(_trend_findings(trace.steps, spec))
     _add_trace_problems(result, trace)
+    _add_unused_overrides(result, policy)
     return result
+
+
+def _as_trace(value: Any, name: str = "trace") -> Trace:
+    """A Trace, or the trace directory at a path; an ``InputError`` for anything else."""
+    if isinstance(value, Trace):
+        return value
+    if isinstance(value, str | os.PathLike):
+        from grpo_check.trace.io import load_trace
+
+        return load_trace(value)
+    hint = " (that is one step: use compare_step or run_invariants)" if isinstance(value, TraceStep) else ""
+    raise InputError(
+        f"{name} must be a grpo_check Trace or the path of a trace directory, got {type(value).__name__}{hint}"
+    )
+
+
+def _as_step(value: Any) -> TraceStep:
+    if isinstance(value, TraceStep):
+        return value
+    raise InputError(
+        f"step must be a grpo_check TraceStep (TraceStep(tensors={{...}}, meta={{...}})), got {type(value).__name__}"
+    )
 
 
 def _for_step(model: Any, step: TraceStep) -> Any:
@@ -241,6 +284,31 @@ def _add_trace_problems(result: Result, trace: Trace) -> None:
                 verdict=Verdict.WARN,
                 kind="compare",
                 explanation=f"trace load problem: {problem}",
+            )
+        )
+
+
+def _add_unused_overrides(result: Result, policy: TolerancePolicy) -> None:
+    """A tolerance override that names neither a quantity nor a check of this comparison (a typo, most
+    likely) changed nothing: say so, instead of letting the user believe a tolerance was loosened."""
+    from grpo_check.compare.tolerances import QUANTITY_DEFAULTS
+
+    check_ids = {finding.check_id for finding in result.findings}
+    for key in policy.overrides:
+        if key in QUANTITY_DEFAULTS or key in check_ids:
+            continue
+        near = difflib.get_close_matches(key, sorted(check_ids | set(QUANTITY_DEFAULTS)), n=1)
+        result.add(
+            Finding(
+                check_id="run.tolerance_override_unused",
+                stage="run",
+                verdict=Verdict.WARN,
+                kind="compare",
+                explanation=(
+                    f"tolerance override {key!r} matched no check and no quantity of this comparison, so it "
+                    f"changed nothing" + (f" (did you mean {near[0]!r}?)" if near else "")
+                ),
+                details={"override": key},
             )
         )
 

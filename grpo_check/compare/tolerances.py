@@ -97,8 +97,13 @@ class TolerancePolicy:
         for key, value in self.overrides.items():
             if not (isinstance(value, tuple | list) and len(value) == 2):
                 raise InputError(f"tolerance override {key!r} must be (rtol, atol), got {value!r}")
-            rtol, atol = (float(v) for v in value)
-            if rtol < 0 or atol < 0:
+            try:
+                rtol, atol = (float(v) for v in value)
+            except (TypeError, ValueError):
+                raise InputError(
+                    f"tolerance override {key!r} must be two numbers (rtol, atol), got {value!r}"
+                ) from None
+            if not (rtol >= 0 and atol >= 0):  # also NaN
                 raise InputError(f"tolerance override {key!r} must be non-negative, got {value!r}")
 
     def for_check(self, check_id: str, quantity: str, dtype: str | None) -> Tolerance:
@@ -160,6 +165,25 @@ class TolerancePolicy:
         if rtol < 0 or atol < 0:
             raise InputError(f"--tolerance values must be non-negative, got {text!r}")
         return key.strip(), (rtol, atol)
+
+
+def as_policy(value: Any, *, name: str = "tolerances") -> TolerancePolicy:
+    """``value`` as a :class:`TolerancePolicy`: a policy, a dict of overrides ``{check_id_or_quantity: (rtol,
+    atol)}``, or None (the defaults).
+
+    >>> as_policy({"loss.per_token": (1e-4, 1e-6)}).for_check("loss.per_token", "loss", "float32").rtol
+    0.0001
+    """
+    if value is None:
+        return TolerancePolicy()
+    if isinstance(value, TolerancePolicy):
+        return value
+    if isinstance(value, dict):
+        return TolerancePolicy(overrides=dict(value))  # which checks each override (pairs of numbers >= 0)
+    raise InputError(
+        f"{name} must be a grpo_check.compare.TolerancePolicy or a dict {{check_id: (rtol, atol)}}, "
+        f"got {type(value).__name__}"
+    )
 
 
 def _dtype_name(dtype: Any) -> str:

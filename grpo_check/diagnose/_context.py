@@ -236,6 +236,8 @@ def worst(error: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[int | 
         with contextlib.suppress(RuntimeError):
             sel = sel & mask.bool().expand_as(e)
     e = torch.where(sel, e, torch.full_like(e, -1.0))
+    if e.numel() == 0:  # an empty step: no element to point at
+        return None, None, float("nan")
     flat = int(torch.argmax(e.reshape(-1)))
     value = float(e.reshape(-1)[flat])
     if e.dim() == 0:

@@ -29,12 +29,13 @@ Each ``assert_<name>`` (and ``assert_<stage>_<name>``, always unique) takes an o
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from grpo_check.config import GRPOSpec
+from grpo_check.config import GRPOSpec, as_spec
 from grpo_check.findings import STAGES, Finding, GRPOCheckError, InputError, Verdict, severity
 from grpo_check.invariants import advantages, batch, grad, kl, logps, loss, ratio, rewards, text  # noqa: F401 (register)
 from grpo_check.invariants.registry import (
@@ -109,15 +110,56 @@ def check_step(
     missing (a usage error in an assertion, not a "not captured" verdict).
     """
     check = get(check_id)
+    if step is not None and not isinstance(step, TraceStep):
+        raise InputError(
+            f"assert for {check_id}: the positional argument is a TraceStep; pass tensors by name "
+            f"(e.g. advantages=...), got {type(step).__name__}"
+        )
+    if tolerance is not None and (
+        isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not tolerance >= 0
+    ):
+        raise InputError(f"assert for {check_id}: tolerance must be a number >= 0, got {tolerance!r}")
+    _refuse_misspelt_inputs(check_id, inputs)
+    spec = None if spec is None else as_spec(spec)
     target = build_step(step, **inputs) if inputs or step is None else step
     findings = check.run(target, spec, tolerance=tolerance)
     worst = max(findings, key=lambda f: severity(f.verdict))
     if worst.verdict is Verdict.NOT_CAPTURED:
         raise InputError(f"assert for {check_id}: {worst.explanation}")
+    unevaluated = next((f for f in findings if f.details.get("evaluation_error")), None)
+    if unevaluated is not None:  # malformed inputs (mismatched shapes, say): a usage error in an assertion
+        raise InputError(f"assert for {check_id}: {unevaluated.explanation}")
     threshold = severity(Verdict.WARN) if strict else severity(Verdict.FAIL)
     if severity(worst.verdict) >= threshold:
         raise GRPOCheckError(worst)
     return worst
+
+
+# meta keys the checks read (``step.meta``), for telling a misspelt input from a meta key of the user's own
+_META_KEYS = (
+    "decoded_completion_text",
+    "eos_token_ids",
+    "kl_estimator",
+    "metrics",
+    "micro_batch",
+    "optimizer_steps_since_old_logps",
+    "pad_token_id",
+    "rank",
+    "ref_is_init",
+    "step",
+)
+
+
+def _refuse_misspelt_inputs(check_id: str, inputs: dict[str, Any]) -> None:
+    """An input name that is not one the checks know but is one letter or two from one (``group_idx=``,
+    ``tolerence=``) would otherwise become a meta key and be ignored: refuse it, naming the likely one."""
+    known = (*TENSOR_STAGE, *_TEXT_KEYS, *_META_KEYS, "meta", "spec", "tolerance", "strict")
+    for name in inputs:
+        if name in known:
+            continue
+        near = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        if near:
+            raise InputError(f"assert for {check_id}: unknown input {name!r} (did you mean {near[0]!r}?)")
 
 
 def assert_invariants(

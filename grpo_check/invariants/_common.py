@@ -123,6 +123,12 @@ def inconclusive(reason: str, **details: Any) -> Outcome:
     return Outcome(Verdict.INCONCLUSIVE, reason, details=dict(details))
 
 
+def malformed(reason: str) -> Outcome:
+    """Inconclusive because the inputs do not fit together (shapes): an ``assert_*`` call raises
+    ``InputError`` on it, as it does when a check raised while evaluating."""
+    return Outcome(Verdict.INCONCLUSIVE, reason, details={"evaluation_error": "malformed input"})
+
+
 def spec_or_default(spec: GRPOSpec | None) -> GRPOSpec:
     return spec if spec is not None else GRPOSpec()
 

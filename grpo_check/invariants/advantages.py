@@ -63,8 +63,8 @@ def _prepare_uncached(
     if advantages is None:
         return _TOKEN_LEVEL
     groups = groups_of(step["group_index"])
-    if groups.inverse.numel() != advantages.numel():
-        return f"group_index has {groups.inverse.numel()} rows, advantages {advantages.numel()}"
+    if groups.inverse.numel() != advantages.numel():  # malformed inputs: the registry reports it
+        raise ValueError(f"group_index has {groups.inverse.numel()} rows, advantages {advantages.numel()}")
     size = num_generations(spec, groups)
     whole = groups.count == size
     if not bool(whole.any()):

@@ -12,6 +12,7 @@ from grpo_check.invariants._common import (
     eos_ids,
     groups_of,
     inconclusive,
+    malformed,
     num_generations,
     passed,
 )
@@ -67,7 +68,7 @@ def masks_binary(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | N
 def mask_prefix(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
     mask = step["completion_mask"].detach().bool()
     if mask.dim() != 2:
-        return inconclusive(f"completion_mask must be (B, T), got shape {tuple(mask.shape)}")
+        return malformed(f"completion_mask must be (B, T), got shape {tuple(mask.shape)}")
     restarts = mask[:, 1:] & ~mask[:, :-1]  # a 1 after a 0
     if not bool(restarts.any()):
         return passed(f"all {mask.shape[0]} rows are prefixes", 0.0, 0.0)
@@ -98,9 +99,7 @@ def mask_prefix_eos(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float 
     ids = step["completion_ids"].detach()
     mask = step["completion_mask"].detach().bool()
     if ids.shape != mask.shape or ids.dim() != 2:
-        return inconclusive(
-            f"completion_ids {tuple(ids.shape)} and completion_mask {tuple(mask.shape)} differ"
-        )
+        return malformed(f"completion_ids {tuple(ids.shape)} and completion_mask {tuple(mask.shape)} differ")
     eos = eos_ids(step) or []
     rows, width = ids.shape
     positions = torch.arange(width, device=ids.device).expand(rows, width)

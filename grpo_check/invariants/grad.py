@@ -22,6 +22,7 @@ from grpo_check.invariants._common import (
     fmt,
     inconclusive,
     loss_mask,
+    malformed,
     not_applicable,
     passed,
     rtol_atol,
@@ -237,7 +238,7 @@ def sign_matches_advantage(
         return inconclusive("entropy bonus adds a gradient of either sign (entropy_coef ≠ 0)")
     grad = f64(step["logps_grad"])
     if grad.dim() != 2:
-        return inconclusive(f"logps_grad must be (B, T), got {tuple(grad.shape)}")
+        return malformed(f"logps_grad must be (B, T), got {tuple(grad.shape)}")
     ratio = _ratio(step, spec, grad)
     if ratio is None:
         return inconclusive(
@@ -353,7 +354,7 @@ def zero_where_clipped(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
         return inconclusive("β ≠ 0 or entropy bonus: clipped tokens still get the KL/entropy gradient")
     grad = f64(step["logps_grad"])
     if grad.dim() != 2:
-        return inconclusive(f"logps_grad must be (B, T), got {tuple(grad.shape)}")
+        return malformed(f"logps_grad must be (B, T), got {tuple(grad.shape)}")
     advantages = _advantages(step, grad.shape)
     ratio = _ratio(step, spec, grad)
     if ratio is not None:
@@ -481,7 +482,7 @@ def kl_sign_where_kl_dominates(
         return inconclusive("entropy bonus adds a gradient of either sign (entropy_coef ≠ 0)")
     grad = f64(step["logps_grad"])
     if grad.dim() != 2:
-        return inconclusive(f"logps_grad must be (B, T), got {tuple(grad.shape)}")
+        return malformed(f"logps_grad must be (B, T), got {tuple(grad.shape)}")
     advantages = _advantages(step, grad.shape)
     ratio = _ratio(step, spec, grad)
     policy_scale = None

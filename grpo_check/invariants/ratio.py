@@ -18,6 +18,7 @@ from grpo_check.invariants._common import (
     finite_outcome,
     fmt,
     inconclusive,
+    malformed,
     masked_abs_max,
     not_applicable,
     passed,
@@ -215,7 +216,7 @@ def matches_logps(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | 
         expected = cached(("exp", log_ratio), lambda: torch.exp(log_ratio))
         valid = mask
     if expected.shape != ratio.shape:
-        return inconclusive(f"ratio shape {tuple(ratio.shape)} does not match logps {tuple(log_ratio.shape)}")
+        return malformed(f"ratio shape {tuple(ratio.shape)} does not match logps {tuple(log_ratio.shape)}")
     rtol_ratio, atol = rtol_atol(step["ratio"].dtype)
     rtol_logps, _ = rtol_atol(step["logps"].dtype)
     logp_scale = masked_abs_max(f64(step["logps"]), mask) if any_true(mask) else 1.0

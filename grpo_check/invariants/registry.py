@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -32,7 +33,7 @@ import torch
 
 from grpo_check._step_cache import cached, step_cache
 from grpo_check.config import GRPOSpec
-from grpo_check.findings import Finding, Verdict, Where
+from grpo_check.findings import STAGES, Finding, InputError, Verdict, Where
 from grpo_check.invariants._common import Outcome
 from grpo_check.trace.model import TraceStep
 
@@ -106,6 +107,7 @@ class Check:
                 Verdict.INCONCLUSIVE,
                 f"could not evaluate ({type(error).__name__}: {error}); check tensor shapes against "
                 "grpo_check/trace/model.py",
+                details={"evaluation_error": type(error).__name__},
             )
         outcomes = outcome if isinstance(outcome, list) else [outcome]
         return [self._finding(step, o) for o in outcomes]
@@ -229,7 +231,12 @@ def register(
 
     ``requires`` is either one tuple of names (all needed) or a tuple of alternatives.
     """
-    stage = id.split(".", 1)[0]
+    stage, _, name = id.partition(".")
+    if stage not in STAGES or not name.isidentifier():
+        raise ValueError(
+            f"an invariant id is '<stage>.<name>' with stage one of {', '.join(STAGES)} and name a Python "
+            f"identifier, got {id!r}"
+        )
     items = list(requires)
     if items and isinstance(items[0], str):
         alternatives: tuple[tuple[str, ...], ...] = (tuple(items),)  # type: ignore[arg-type]
@@ -296,9 +303,19 @@ def run_invariants(
     elif isinstance(step_or_trace, TraceStep):
         steps = [step_or_trace]
     else:
-        steps = list(step_or_trace)
-    selected = select(checks, stages)
+        try:
+            steps = list(step_or_trace)
+        except TypeError:
+            steps = [step_or_trace]
+        if not all(isinstance(step, TraceStep) for step in steps):
+            raise InputError(
+                "run_invariants takes a TraceStep, a Trace or a list of TraceSteps, got "
+                f"{type(step_or_trace).__name__}"
+            )
+    selected = select([checks] if isinstance(checks, str) else checks, stages)
     tolerances = tolerances or {}
+    if tolerances:
+        _check_tolerances(tolerances)
     findings: list[Finding] = []
     for step in steps:
         # float64 copies, masks and ratios computed once per step and shared by the checks; inference mode
@@ -309,6 +326,16 @@ def run_invariants(
     if len(steps) > 1:
         findings = _collapse_not_captured(findings)
     return findings
+
+
+def _check_tolerances(tolerances: dict[str, float]) -> None:
+    for check_id, value in tolerances.items():
+        if check_id not in REGISTRY:
+            near = difflib.get_close_matches(str(check_id), list(REGISTRY), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise InputError(f"tolerances: unknown invariant {check_id!r}{hint}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+            raise InputError(f"tolerances: {check_id!r} must be a number >= 0, got {value!r}")
 
 
 def _collapse_not_captured(findings: list[Finding]) -> list[Finding]:
@@ -339,6 +366,9 @@ def select(checks: Iterable[str] | None = None, stages: Iterable[str] | None = N
             c for c in chosen if any(c.id == w or (w.endswith(".") and c.id.startswith(w)) for w in wanted)
         ]
     if stages is not None:
-        stage_set = set(stages)
+        stage_set = {stages} if isinstance(stages, str) else set(stages)
+        unknown = sorted(stage_set - set(STAGES))
+        if unknown:
+            raise InputError(f"unknown stage(s) {', '.join(map(repr, unknown))}; stages: {', '.join(STAGES)}")
         chosen = [c for c in chosen if c.stage in stage_set]
     return chosen

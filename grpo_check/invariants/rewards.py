@@ -12,6 +12,7 @@ from grpo_check.invariants._common import (
     f64,
     finite_outcome,
     inconclusive,
+    malformed,
     passed,
     reward_weights,
     rtol_atol,
@@ -66,7 +67,7 @@ def total_is_weighted_sum(
     per_func = per_func.unsqueeze(1) if per_func.dim() == 1 else per_func
     total = f64(step["rewards"]).reshape(-1)
     if total.shape[0] != per_func.shape[0]:
-        return inconclusive(f"rewards has {total.shape[0]} rows, rewards_per_func {per_func.shape[0]}")
+        return malformed(f"rewards has {total.shape[0]} rows, rewards_per_func {per_func.shape[0]}")
     weights = reward_weights(step, spec, per_func.shape[1], device=per_func.device)
     weighted = per_func * weights
     expected = weighted.nansum(1)

@@ -81,8 +81,8 @@ def compare_tensors(
     if tolerance_dtype is not None:
         dtype = tolerance_dtype
     default_rtol, default_atol = default_tolerance(dtype)
-    rtol = default_rtol if rtol is None else rtol
-    atol = default_atol if atol is None else atol
+    rtol = default_rtol if rtol is None else _tolerance_value(rtol, "rtol")
+    atol = default_atol if atol is None else _tolerance_value(atol, "atol")
     if actual_t.shape != expected_t.shape:
         if actual_t.numel() == expected_t.numel() and _same_up_to_unit_dims(actual_t.shape, expected_t.shape):
             actual_t = actual_t.reshape(expected_t.shape)
@@ -106,6 +106,11 @@ def compare_tensors(
     allowed = atol + rtol * expected_t.abs()
     if extra_tolerance is not None:
         allowed = allowed + torch.broadcast_to(extra_tolerance.double(), expected_t.shape)
+    # a non-finite expected value is matched exactly (NaN by NaN, ±inf by the same inf): no tolerance around
+    # it, or a NaN/inf allowance would let any actual value through
+    allowed = torch.where(
+        torch.isfinite(expected_t) & ~torch.isnan(allowed), allowed, torch.zeros_like(allowed)
+    )
     both_nan = torch.isnan(actual_f) & torch.isnan(expected_t)
     same_inf = torch.isinf(actual_f) & torch.isinf(expected_t) & (actual_f == expected_t)
     diff = (actual_f - expected_t).abs()
@@ -159,6 +164,15 @@ def compare_tensors(
             "first_mismatches": mismatches,
         },
     )
+
+
+def _tolerance_value(value: Any, name: str) -> float:
+    """``rtol``/``atol`` as a float, or an ``InputError`` for a value that is not a number ≥ 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{name} must be a number >= 0, got {type(value).__name__} {value!r}")
+    if not value >= 0:  # also NaN
+        raise InputError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
 
 
 def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -26,14 +26,14 @@ re-exported by :mod:`grpo_check.testing` too.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from grpo_check.config import GRPOSpec
-from grpo_check.findings import Finding, GRPOCheckError, InputError
+from grpo_check.config import GRPOSpec, as_spec
+from grpo_check.findings import Finding, GRPOCheckError, InputError, Verdict
 from grpo_check.testing import _stages
+from grpo_check.testing._compare import to_tensor
 from grpo_check.trace.model import TraceStep
 
 
@@ -42,8 +42,20 @@ def _raise(finding: Finding | None) -> None:
         raise GRPOCheckError(finding)
 
 
+_NONE_ACTUAL = {
+    "logps_grad": (
+        "the gradient to check is None: no gradient reached logps. Call loss.backward() with logps a leaf "
+        "that requires grad (logps.requires_grad_(True)) and pass logps.grad; a None gradient after "
+        "backward() means the loss was computed from a detached copy"
+    ),
+    "loss": "the loss to check is None: pass the scalar loss your trainer computed (did the function return it?)",
+}
+
+
 def _from_step(actual: Any, name: str, inputs: dict[str, Any]) -> tuple[Any, dict[str, Any], int | None]:
     """When ``actual`` is a TraceStep, read ``name`` and missing inputs from it (explicit inputs win)."""
+    if actual is None:
+        raise InputError(_NONE_ACTUAL.get(name, f"the {name} to check is None"), field=name)
     if not isinstance(actual, TraceStep):
         return actual, inputs, inputs.pop("step", None)
     step = actual
@@ -62,20 +74,80 @@ def _need(inputs: dict[str, Any], *names: str) -> None:
         raise InputError(f"missing input(s) {', '.join(missing)}", field=missing[0])
 
 
-def as_spec(value: Any, *, name: str = "spec") -> GRPOSpec:
-    """``value`` as a :class:`GRPOSpec`: a GRPOSpec, a mapping of its fields, or None (the defaults).
+_TOKEN_INPUTS = ("logps", "old_logps", "ref_logps", "completion_mask", "completion_ids", "per_token_loss")
 
-    >>> as_spec({"num_generations": 4}).num_generations
-    4
-    """
-    if value is None:
-        return GRPOSpec()
-    if isinstance(value, GRPOSpec):
-        return value
-    if isinstance(value, Mapping):
-        return GRPOSpec.from_dict(dict(value), strict=True)  # a typo in a field name is an error, not ignored
-    raise TypeError(
-        f"{name} must be a grpo_check.GRPOSpec or a dict of its fields, got {type(value).__name__}"
+
+def _check_shapes(
+    inputs: dict[str, Any], *, logits: Any = None, prompt_length: int | None = None
+) -> tuple[int, int] | None:
+    """(B, T) of the inputs, after checking they agree: the (B, T) inputs share one shape, advantages are
+    (B,) or (B, T), logits (B, P+T, V) (or (B, T, V) without ``prompt_length``) with ids in [0, V).
+    An ``InputError`` naming the input otherwise (not a broadcasting error from deep inside the reference)."""
+    shapes = {
+        name: tuple(torch.as_tensor(inputs[name]).shape)
+        for name in _TOKEN_INPUTS
+        if inputs.get(name) is not None
+    }
+    if not shapes:
+        return None
+    first, shape = next(iter(shapes.items()))
+    if len(shape) != 2:
+        raise InputError(f"must be (B, T) (rows, completion tokens), got shape {shape}", field=first)
+    for name, other in shapes.items():
+        if other != shape:
+            raise InputError(
+                f"has shape {other}, but {first} has {shape}: the (B, T) inputs must share one shape",
+                field=name,
+            )
+    rows, tokens = shape
+    if inputs.get("advantages") is not None:
+        got = tuple(torch.as_tensor(inputs["advantages"]).shape)
+        if got not in ((rows,), (rows, 1), (rows, tokens)):
+            raise InputError(
+                f"has shape {got}; expected ({rows},) (one per row) or ({rows}, {tokens}) (per token)",
+                field="advantages",
+            )
+    if logits is not None:
+        got = tuple(torch.as_tensor(logits).shape)
+        width = tokens if prompt_length is None else prompt_length + tokens
+        if len(got) != 3 or got[:2] != (rows, width):
+            layout = (
+                "(B, T, V)"
+                if prompt_length is None
+                else f"(B, P+T, V) with P = prompt_length = {prompt_length}"
+            )
+            raise InputError(f"has shape {got}; expected {layout}, i.e. ({rows}, {width}, V)", field="logits")
+        ids = inputs.get("completion_ids")
+        if ids is not None:
+            ids = torch.as_tensor(ids)
+            if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+                raise InputError(f"must be integer token ids, got {ids.dtype}", field="completion_ids")
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= got[2]):
+                raise InputError(
+                    f"holds ids from {int(ids.min())} to {int(ids.max())}, outside the vocabulary of the logits "
+                    f"(V = {got[2]})",
+                    field="completion_ids",
+                )
+    return shape
+
+
+def _check_actual(
+    actual: Any, shape: tuple[int, ...] | None, *, name: str, check_id: str, stage: str
+) -> None:
+    """FAIL (the trainer's tensor, not the inputs, is wrong) when ``actual`` cannot hold ``shape``."""
+    if shape is None or actual is None:
+        return
+    got = tuple(to_tensor(actual, name).shape)
+    if got == shape or [d for d in got if d != 1] == [d for d in shape if d != 1]:
+        return
+    _raise(
+        Finding(
+            check_id=check_id,
+            stage=stage,
+            verdict=Verdict.FAIL,
+            explanation=f"{name} has shape {got}, expected {shape}",
+            details={"actual_shape": list(got), "expected_shape": list(shape)},
+        )
     )
 
 
@@ -154,6 +226,8 @@ def assert_logps_close(
     }
     actual, inputs, at = _from_step(actual, "logps", inputs)
     _need(inputs, "completion_ids")
+    shape = _check_shapes(inputs, logits=logits, prompt_length=prompt_length)
+    _check_actual(actual, shape, name="logps", check_id="testing.logps_close", stage="logps")
     _raise(
         _stages.check_logps(
             actual,
@@ -192,6 +266,10 @@ def assert_ratio_close(
     }
     actual, inputs, at = _from_step(actual, "ratio", inputs)
     _need(inputs, "logps", "old_logps", "completion_mask")
+    shape = _check_shapes(inputs)
+    if shape is not None and _spec(spec).importance_sampling_level != "token":
+        shape = (shape[0], 1)
+    _check_actual(actual, shape, name="ratio", check_id="testing.ratio_close", stage="ratio")
     _raise(
         _stages.check_ratio(
             actual,
@@ -232,6 +310,9 @@ def assert_kl_close(
     }
     actual, inputs, at = _from_step(actual, "kl", inputs)
     _need(inputs, "logps", "ref_logps")
+    shape = _check_shapes(inputs)
+    _check_actual(actual, shape, name="kl", check_id="testing.kl_close", stage="kl")
+    _check_actual(grad, shape, name="kl gradient", check_id="testing.kl_close", stage="kl")
     mask = inputs["completion_mask"]
     mask = torch.ones_like(torch.as_tensor(inputs["logps"]), dtype=torch.long) if mask is None else mask
     _raise(
@@ -286,6 +367,8 @@ def assert_loss_close(
     actual, inputs, at = _from_step(actual, "loss", inputs)
     config = _spec(spec)
     _need(inputs, "completion_mask")
+    _check_shapes(inputs)
+    _check_actual(actual, (), name="loss", check_id="testing.loss_close", stage="loss")
     mask = torch.as_tensor(inputs["completion_mask"])
     items = num_items_in_batch if num_items_in_batch is not None else float(mask.sum())
     if per_token_loss is not None:
@@ -351,6 +434,8 @@ def assert_grad_close(
         num_items_in_batch = actual.meta.get("num_items_in_batch")
     actual, inputs, at = _from_step(actual, "logps_grad", inputs)
     _need(inputs, "logps", "advantages", "completion_mask")
+    shape = _check_shapes(inputs)
+    _check_actual(actual, shape, name="∂loss/∂logps", check_id="testing.grad_close", stage="grad")
     mask = torch.as_tensor(inputs["completion_mask"])
     items = num_items_in_batch if num_items_in_batch is not None else float(mask.sum())
     _raise(

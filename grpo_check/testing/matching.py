@@ -198,7 +198,25 @@ def check_stage_on_batch(
             raise InputError(f"{_fn_name(user_fn)} returned a mapping without {key!r} for stage {stage!r}")
         output = output[key]
     if not isinstance(output, torch.Tensor):
-        output = torch.as_tensor(output)
+        if output is None or (
+            isinstance(output, tuple | list)
+            and any(isinstance(item, torch.Tensor) and item.dim() > 0 for item in output)
+        ):
+            raise InputError(
+                f"{_fn_name(user_fn)} (stage {stage!r}) must return a tensor (or a dict holding one under "
+                f"{ {'aggregation': 'loss'}.get(stage, stage)!r}), got "
+                + (
+                    "None: did it forget to return?"
+                    if output is None
+                    else f"a {type(output).__name__} of tensors"
+                )
+            )
+        try:
+            output = torch.as_tensor(output)
+        except (TypeError, ValueError, RuntimeError):
+            raise InputError(
+                f"{_fn_name(user_fn)} (stage {stage!r}) must return a tensor, got {type(output).__name__}"
+            ) from None
     spec = batch.spec
     common = {"rtol": rtol, "atol": atol, "diagnose": diagnose}
     if stage == "advantages":
@@ -272,6 +290,39 @@ _DESCRIBE_FIELDS = {
 }
 
 
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_generation_settings(
+    max_examples: Any, num_prompts: Any, max_length: Any, dtypes: Any
+) -> tuple[torch.dtype, ...]:
+    """``InputError`` for settings hypothesis would reject with a message about its own internals; the
+    dtypes as a tuple (one dtype alone is accepted)."""
+    if not _whole(max_examples) or max_examples < 1:
+        raise InputError(f"must be a whole number >= 1, got {max_examples!r}", field="max_examples")
+    low_high = (num_prompts, num_prompts) if _whole(num_prompts) else num_prompts
+    if not (
+        isinstance(low_high, tuple | list)
+        and len(low_high) == 2
+        and all(_whole(v) for v in low_high)
+        and 1 <= low_high[0] <= low_high[1]
+    ):
+        raise InputError(
+            f"must be a whole number >= 1 or a range (low, high) with 1 <= low <= high, got {num_prompts!r}",
+            field="num_prompts",
+        )
+    if not _whole(max_length) or max_length < 1:
+        raise InputError(f"must be a whole number >= 1, got {max_length!r}", field="max_length")
+    chosen = (dtypes,) if isinstance(dtypes, torch.dtype) else tuple(dtypes)
+    if not chosen or not all(isinstance(d, torch.dtype) and d.is_floating_point for d in chosen):
+        raise InputError(
+            f"must be one or more floating dtypes (torch.float32, torch.bfloat16, ...), got {dtypes!r}",
+            field="dtypes",
+        )
+    return chosen
+
+
 def assert_matches_reference(
     user_fn: Callable[..., Any],
     stage: str,
@@ -316,13 +367,14 @@ def assert_matches_reference(
 
     spec = as_spec(config, name="config")
     _check_signature(user_fn, stage, spec)
+    dtypes = _check_generation_settings(max_examples, num_prompts, max_length, dtypes)
     prompts = st.just(num_prompts) if isinstance(num_prompts, int) else st.integers(*num_prompts)
     strategy = grpo_batches(
         spec=spec,
         num_generations=num_generations,
         num_prompts=prompts,
         max_length=max_length,
-        dtypes=tuple(dtypes),
+        dtypes=dtypes,
         nan_rewards=nan_rewards,
         masked_rows=masked_rows,
         zero_variance=zero_variance,

@@ -24,6 +24,7 @@ renderers are installed, Markdown next to it (``PATH`` with suffix ``.md``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -108,7 +109,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
                 report.user_properties.append(
                     (_FINDING_KEY, json.dumps(error.finding.to_dict(), default=str))
                 )
-        if call.when == "call" and item.get_closest_marker("grpo") is not None:
+        # the call's outcome, and an error in set-up or teardown (a broken fixture fails the test too)
+        if item.get_closest_marker("grpo") is not None and (call.when == "call" or report.failed):
             report.user_properties.append(("grpo_check_marked", True))
     except Exception:  # never let report bookkeeping break a test run
         pass
@@ -126,15 +128,17 @@ def build_result(records: list[dict[str, Any]]):  # -> grpo_check.findings.Resul
     from grpo_check.findings import Finding, Result, Verdict
 
     result = Result(metadata={"source": "pytest", "tool": "grpo-check pytest plugin"})
-    tests = {"grpo_marked": 0, "passed": 0, "failed": 0}
+    outcomes: dict[str, str] = {}  # marked test -> "failed" (in any phase), else its call's outcome
     for record in records:
         for raw in record["findings"]:
             finding = Finding.from_dict(json.loads(raw))
             finding.details = {**finding.details, "test": record["nodeid"]}
             result.add(finding)
-        if record["marked"] and record["when"] == "call":
-            tests["grpo_marked"] += 1
-            tests["passed" if record["outcome"] == "passed" else "failed"] += 1
+        if record["marked"] and (record["when"] == "call" or record["outcome"] == "failed"):
+            if outcomes.get(record["nodeid"]) != "failed":
+                outcomes[record["nodeid"]] = record["outcome"]
+            if record["when"] != "call" and record["message"]:
+                record = {**record, "message": f"error in {record['when']}: {record['message']}"}
             if not record["findings"]:
                 verdict = Verdict.PASS if record["outcome"] == "passed" else Verdict.FAIL
                 if record["outcome"] == "skipped":
@@ -149,7 +153,11 @@ def build_result(records: list[dict[str, Any]]):  # -> grpo_check.findings.Resul
                         details={"test": record["nodeid"]},
                     )
                 )
-    result.metadata["tests"] = tests
+    counted = list(outcomes.values())
+    result.metadata["tests"] = {
+        "grpo_marked": len(counted),
+        **{outcome: counted.count(outcome) for outcome in ("passed", "failed", "skipped")},
+    }
     return result
 
 
@@ -200,7 +208,7 @@ class _Reporter:
         keys = {key for key, _ in report.user_properties}
         findings = [value for key, value in report.user_properties if key == _FINDING_KEY]
         marked = "grpo_check_marked" in keys
-        if not findings and not (marked and report.when == "call"):
+        if not findings and not (marked and (report.when == "call" or report.failed)):
             return
         self.records.append(
             {
@@ -241,11 +249,22 @@ def _reporter(config: pytest.Config) -> _Reporter | None:
 def grpo_spec(request: pytest.FixtureRequest):
     """GRPOSpec for this test: defaults (G=4, L_max=6), overridden by ``@pytest.mark.grpo(**fields)``."""
     from grpo_check.config import GRPOSpec
+    from grpo_check.findings import InputError
 
     marker = request.node.get_closest_marker("grpo")
+    if marker is not None and marker.args:
+        raise InputError(
+            f"@pytest.mark.grpo takes keyword arguments only (GRPOSpec fields, or spec=...), got {marker.args!r}; "
+            'e.g. @pytest.mark.grpo(loss_type="dapo")'
+        )
     kwargs = dict(marker.kwargs) if marker is not None else {}
     base = kwargs.pop("spec", None) or GRPOSpec(num_generations=4, max_completion_length=6)
-    return base.replace(**kwargs) if kwargs else base
+    if not kwargs:
+        return base
+    unknown = sorted(set(kwargs) - {field.name for field in dataclasses.fields(GRPOSpec)})
+    if unknown:
+        raise InputError(f"@pytest.mark.grpo: unknown GRPOSpec field(s) {', '.join(unknown)}")
+    return base.replace(**kwargs)
 
 
 @pytest.fixture

@@ -44,7 +44,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from grpo_check.findings import Finding, Result, Verdict
+from grpo_check.compare.tolerances import as_policy
+from grpo_check.findings import Finding, InputError, Result, Verdict
 from grpo_check.trace.model import Trace, TraceStep
 from grpo_check.trl.spec import spec_from_trl, trainer_config_dict
 from grpo_check.trl.versions import TRLSupport, check_trainer_support, library_versions
@@ -102,6 +103,9 @@ def group_ids_from_prompts(prompts: list[Any], num_generations: int) -> list[int
     return out
 
 
+_ATTACHED = "_grpo_check_attachment"  # the trainer attribute that holds its live attachment
+
+
 class PlainForward:
     """The model's *class* forward, outside autocast: the reference's own float32 forward pass.
 
@@ -151,11 +155,18 @@ class Attachment:
 
         # validates every and budget before the trainer is looked at; ranks agree on the budget's interval
         self.schedule = CheckSchedule(every, budget, agree=self._agree_interval)
+        if getattr(trainer, _ATTACHED, None) is not None:  # detach() and close() remove it
+            raise InputError(
+                "this trainer already has a grpo-check attachment: close() it (or detach()) before attaching again"
+            )
         self.trainer = trainer
         self.support: TRLSupport = check_trainer_support(trainer)
         self.out_dir = None if out_dir is None else os.fspath(out_dir)
+        if self.out_dir is not None and os.path.exists(self.out_dir) and not os.path.isdir(self.out_dir):
+            # found now, not at close(): the trace must not be lost after training
+            raise InputError("out_dir is a file; the trace is written as a directory", source=self.out_dir)
         self.live = live
-        self.tolerances = tolerances
+        self.tolerances = None if tolerances is None else as_policy(tolerances)
         self.recompute_logps = recompute_logps
         self.keep_steps = keep_steps
         self.spec = spec_from_trl(trainer)
@@ -285,6 +296,7 @@ class Attachment:
             original = getattr(t, name)
             self._originals[name] = original
             setattr(t, name, wrapper(original))
+        setattr(t, _ATTACHED, self)
 
     def _wrap_reward_functions(self) -> None:
         funcs = list(getattr(self.trainer, "reward_funcs", []) or [])
@@ -347,6 +359,8 @@ class Attachment:
             with contextlib.suppress(AttributeError):
                 delattr(self.trainer, name)
         self._originals.clear()
+        if getattr(self.trainer, _ATTACHED, None) is self:
+            delattr(self.trainer, _ATTACHED)
         if getattr(self, "_original_reward_funcs", None) is not None:
             self.trainer.reward_funcs = self._original_reward_funcs
             self._original_reward_funcs = None

@@ -61,8 +61,12 @@ class CheckSchedule:
     ) -> None:
         from grpo_check.findings import InputError
 
-        if every < 1:
-            raise InputError(f"every must be >= 1, got {every}", field="every")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise InputError(f"every must be a whole number >= 1, got {every!r}", field="every")
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float)):
+            raise InputError(
+                f"budget is a fraction of the step time (0.03 for 3 %), got {budget!r}", field="budget"
+            )
         if budget is not None and every != 1:
             raise InputError("give every or budget, not both", field="budget")
         if budget is not None and not (0 < budget < 1):

@@ -124,6 +124,65 @@ def test_tolerance_override_per_check():
     assert loose.details["tolerance"]["source"] == "override loss.value"
 
 
+def test_a_misspelt_tolerance_override_is_reported_not_silently_ignored():
+    trace = make_trace(SPEC, steps=1)
+    typo = compare(trace, tolerances={"loss.valeu": (1e-2, 0.0)})
+    (unused,) = by_id(list(typo), "run.tolerance_override_unused")
+    assert unused.verdict is Verdict.WARN and "did you mean 'loss.value'?" in unused.explanation
+    assert typo.exit_code() == 0 and typo.exit_code(strict=True) == 1
+    used = compare(
+        trace, tolerances={"loss.value": (1e-2, 0.0), "logps": (1e-3, 1e-3)}
+    )  # a check id, a quantity
+    assert not by_id(list(used), "run.tolerance_override_unused")
+
+
+def test_compare_takes_a_trace_directory_and_refuses_what_is_not_a_trace(tmp_path):
+    from grpo_check.trace.io import save_trace
+
+    path = save_trace(make_trace(SPEC, steps=1), tmp_path / "t")
+    assert compare(str(path)).exit_code() == 0 and check(path).exit_code() == 0
+    trace = make_trace(SPEC, steps=1)
+    with pytest.raises(InputError, match="got TraceStep \\(that is one step: use compare_step"):
+        compare(trace.steps[0])
+    with pytest.raises(InputError, match="trace must be a grpo_check Trace"):
+        check(None)
+    with pytest.raises(InputError, match="model must be a model"):
+        compare(trace, model="gpt2")
+    with pytest.raises(InputError, match=r"tolerances must be a grpo_check\.compare\.TolerancePolicy"):
+        compare(trace, tolerances="tight")
+    with pytest.raises(InputError, match="step must be a grpo_check TraceStep"):
+        compare_step(dict(trace.steps[0].tensors), SPEC)
+    assert compare_step(trace.steps[0], SPEC.to_dict())  # a dict of the spec's fields is taken
+
+
+def test_a_step_with_no_rows_is_compared_without_a_crash():
+    step = make_step(SPEC)
+    empty = type(step)(
+        tensors={k: v[:0] if v.dim() else v for k, v in step.tensors.items()}, meta=dict(step.meta)
+    )
+    findings = compare_step(empty, SPEC)
+    assert findings and any(f.verdict is Verdict.INCONCLUSIVE for f in findings)
+    no_tokens = type(step)(
+        tensors={
+            k: v[:, :0] if v.dim() == 2 and not k.startswith(("prompt", "rewards_per_func")) else v
+            for k, v in step.tensors.items()
+        },
+        meta=dict(step.meta),
+    )
+    assert compare_step(no_tokens, SPEC)
+
+
+def test_not_captured_is_reported_once_over_a_trace_and_only_where_nothing_ran():
+    trace = make_trace(SPEC, steps=2)
+    trace.steps[1].tensors.pop("ref_logps")  # kl.values runs on step 0 only: not "not captured"
+    for step in trace.steps:
+        step.tensors.pop("entropies", None)  # on no step: reported once
+    result = compare(trace)
+    assert not [f for f in result if f.check_id == "kl.values" and f.verdict is Verdict.NOT_CAPTURED]
+    missing = [f for f in result if f.verdict is Verdict.NOT_CAPTURED]
+    assert len({f.check_id for f in missing}) == len(missing)
+
+
 def test_tolerance_policy_parsing_and_validation():
     assert TolerancePolicy.parse_override("logps=1e-3,0") == ("logps", (1e-3, 0.0))
     for bad in ("logps", "logps=1", "logps=a,b", "=1,2", "logps=-1,0"):

@@ -106,6 +106,64 @@ def test_shape_errors_are_inconclusive_not_crashes():
     step = TraceStep(tensors={"advantages": torch.ones(4), "group_index": torch.zeros(3, dtype=torch.long)})
     finding = run_invariants(step, checks=["advantages.group_sum_zero"])[0]
     assert finding.verdict is Verdict.INCONCLUSIVE
+    assert "group_index has 3 rows, advantages 4" in finding.explanation
+
+
+def test_an_assertion_on_malformed_inputs_raises_instead_of_returning_inconclusive():
+    with pytest.raises(InputError, match="group_index has 3 rows, advantages 4"):
+        invariants.assert_group_sum_zero(advantages=torch.ones(4), group_index=torch.tensor([0, 0, 1]))
+    with pytest.raises(InputError, match=r"completion_ids \(2, 3\) and completion_mask \(2, 5\) differ"):
+        invariants.assert_mask_prefix_eos(
+            completion_ids=torch.ones(2, 3, dtype=torch.long),
+            completion_mask=torch.ones(2, 5),
+            eos_token_ids=[1],
+        )
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"group_idx": [0, 0]}, "unknown input 'group_idx' \\(did you mean 'group_index'\\?\\)"),
+        ({"group_index": [0, 0], "tolerence": 1.0}, "did you mean 'tolerance'"),
+        ({"group_index": [0, 0], "tolerance": -1.0}, "tolerance must be a number >= 0"),
+        ({"group_index": [0, 0], "tolerance": "big"}, "tolerance must be a number >= 0"),
+    ],
+)
+def test_an_assertion_refuses_misspelt_inputs_and_bad_tolerances(inputs, message):
+    with pytest.raises(InputError, match=message):
+        invariants.assert_group_sum_zero(advantages=torch.tensor([1.0, -1.0]), **inputs)
+    ok = invariants.assert_group_sum_zero(
+        advantages=torch.tensor([1.0, -1.0]), group_index=[0, 0], my_note="x"
+    )
+    assert ok.verdict is Verdict.PASS  # a meta key of the user's own, far from every known name, is kept
+
+
+def test_an_assertion_refuses_a_tensor_in_the_place_of_the_step():
+    with pytest.raises(InputError, match="the positional argument is a TraceStep"):
+        invariants.assert_group_sum_zero(torch.ones(4))
+
+
+def test_run_invariants_refuses_typos_instead_of_running_nothing():
+    step = TraceStep(tensors={"advantages": torch.tensor([1.0, -1.0]), "group_index": torch.tensor([0, 0])})
+    with pytest.raises(InputError, match="unknown stage\\(s\\) 'advantage'"):
+        run_invariants(step, stages=["advantage"])
+    with pytest.raises(InputError, match=r"did you mean 'advantages\.group_sum_zero'"):
+        run_invariants(step, tolerances={"advantages.group_sum_zer": 1e-3})
+    with pytest.raises(InputError, match="must be a number >= 0"):
+        run_invariants(step, tolerances={"advantages.group_sum_zero": -1})
+    with pytest.raises(InputError, match="takes a TraceStep, a Trace or a list of TraceSteps, got dict"):
+        run_invariants({"advantages": torch.ones(2)})
+    one = run_invariants(step, checks="advantages.group_sum_zero")  # one id as a string, not its letters
+    assert [f.check_id for f in one] == ["advantages.group_sum_zero"]
+    assert run_invariants(step, stages="advantages") and run_invariants([]) == []
+
+
+@pytest.mark.parametrize("bad_id", ["losss.thing", "thing3", "loss.", "loss.my-check"])
+def test_register_refuses_ids_that_are_not_stage_dot_name(bad_id):
+    with pytest.raises(ValueError, match=r"an invariant id is '<stage>\.<name>'"):
+        invariants.register(
+            bad_id, requires=("loss",), description="d", tolerance="t", likely_cause="c", fix="f"
+        )
 
 
 def test_assert_form_on_plain_tensors_raises_with_coordinates():

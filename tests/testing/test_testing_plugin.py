@@ -93,7 +93,7 @@ def test_grpo_report_collects_findings(pytester: pytest.Pytester) -> None:
     assert by_test["test_good"]["verdict"] == "pass"
     assert by_test["test_other_failure"]["verdict"] == "fail"
     assert "test_unmarked" not in by_test
-    assert data["metadata"]["tests"] == {"grpo_marked": 3, "passed": 1, "failed": 2}
+    assert data["metadata"]["tests"] == {"grpo_marked": 3, "passed": 1, "failed": 2, "skipped": 0}
     markdown = report.with_suffix(".md")
     assert markdown.exists() and "testing.advantages_close" in markdown.read_text()
 
@@ -139,3 +139,35 @@ def test_unwritable_report_path_is_refused_before_tests_run(pytester: pytest.Pyt
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*--grpo-report={target}:*"])
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+def test_a_marked_test_that_errors_in_setup_counts_as_failed(pytester: pytest.Pytester) -> None:
+    """A broken fixture (here: a marker naming an unknown loss type) fails the test in set-up, before any
+    call: the report must not say OK."""
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.grpo(loss_type="bogus")
+        def test_bad_marker(grpo_spec):
+            pass
+
+        @pytest.mark.grpo
+        def test_ok():
+            pass
+
+        @pytest.mark.grpo
+        def test_skipped():
+            pytest.skip("not today")
+        """
+    )
+    report = pytester.path / "grpo.json"
+    result = pytester.runpytest("-p", "no:cacheprovider", f"--grpo-report={report}")
+    result.assert_outcomes(passed=1, errors=1, skipped=1)
+    data = json.loads(report.read_text())
+    assert data["metadata"]["tests"] == {"grpo_marked": 3, "passed": 1, "failed": 1, "skipped": 1}
+    by_test = {f["details"]["test"].split("::")[-1]: f for f in data["findings"]}
+    assert by_test["test_bad_marker"]["verdict"] == "fail"
+    assert by_test["test_bad_marker"]["explanation"].startswith("error in setup: ")
+    assert by_test["test_ok"]["verdict"] == "pass"
+    assert data["counts"]["fail"] == 1

@@ -335,6 +335,36 @@ def test_attach_rejects_a_non_trl_object_with_a_clear_message():
         attach(NotATrainer())
 
 
+def test_attach_refuses_misuse_before_training_and_takes_tolerance_overrides_as_a_dict(tmp_path):
+    """Mistakes found at attach() time, not as a crash in every live check or a lost trace after training."""
+    from grpo_check.compare import TolerancePolicy
+    from grpo_check.demo.run import build_trainer
+    from grpo_check.trl import attach
+
+    trainer = build_trainer(Cell("misuse", {"loss_type": "dapo"}, steps=1), tmp_path)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    with pytest.raises(InputError, match="out_dir is a file"):
+        attach(trainer, out_dir=a_file)
+    with pytest.raises(InputError, match=r"must be a grpo_check\.compare\.TolerancePolicy or a dict"):
+        attach(trainer, tolerances="tight")
+    with pytest.raises(InputError, match=r"'logps' must be \(rtol, atol\)"):
+        attach(trainer, tolerances={"logps": 1e-3})
+    with pytest.raises(InputError, match="every must be a whole number"):
+        attach(trainer, every=1.5)
+    assert trainer._compute_loss.__func__ is type(trainer)._compute_loss  # none of them installed a hook
+
+    attachment = attach(trainer, tolerances={"logps": (1e-3, 1e-3)})
+    assert isinstance(attachment.tolerances, TolerancePolicy)
+    with pytest.raises(InputError, match="already has a grpo-check attachment"):
+        attach(trainer)
+    trainer.train()
+    result = attachment.result()
+    assert attachment.live_problems == [] and result.counts()["pass"] > 0
+    attachment.close()
+    attach(trainer, live=False).close()  # closed: the trainer can be attached again
+
+
 @pytest.mark.slow
 def test_mixed_precision_is_recorded_as_the_compute_dtype(tmp_path):
     """TRL 1.x defaults to bf16 (autocast, even on CPU): the float32 tensors then carry bf16-precise values."""

@@ -67,6 +67,19 @@ def test_a_budget_is_a_fraction_and_excludes_every() -> None:
         CheckSchedule(every=0)
 
 
+@pytest.mark.parametrize("every", [1.5, "2", True, None])
+def test_every_must_be_a_whole_number(every) -> None:
+    with pytest.raises(InputError, match="every must be a whole number"):
+        CheckSchedule(every=every)
+
+
+@pytest.mark.parametrize("budget", ["3%", "0.03", True])
+def test_a_budget_must_be_a_number(budget) -> None:
+    with pytest.raises(InputError, match=r"budget is a fraction of the step time \(0.03 for 3 %\)"):
+        CheckSchedule(budget=budget)
+    assert CheckSchedule(budget=0.03).budget == 0.03  # and a number is taken
+
+
 def test_ranks_agree_on_the_interval() -> None:
     # another rank asks for 9 steps: every rank takes the largest, so all check the same steps
     schedule = CheckSchedule(budget=0.05, agree=lambda interval: max(interval, 9))
