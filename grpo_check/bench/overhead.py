@@ -40,6 +40,9 @@ from typing import Any, NamedTuple
 
 from grpo_check.bench.core import BenchFigure, ratio_interval, rounds_to_decide, target_verdict
 
+DISTURBED_BELOW = 0.8
+"""A mean ratio below this says the machine slowed the unchecked arm (attached runs do strictly more work):
+the figure is reported as disturbed, neither met nor missed."""
 TARGET_EVERY_STEP = 1.25
 TARGET_EVERY_10 = 1.03
 # the floor arm has no target: it is what every-step checking costs with the checks themselves left out
@@ -264,6 +267,9 @@ def measure_overhead(
         round_ratios = [on.per_step / off.per_step for on, off in zip(records, runs["off"], strict=True)]
         interval = ratio_interval(round_ratios)
         verdict = None if target is None else target_verdict(interval, target)
+        disturbed = ratio < DISTURBED_BELOW
+        if disturbed:  # checking cannot make training this much faster: the off arm was slowed down
+            verdict = "disturbed"
         details = {
             "mean_step_s": mean[arm],
             "mean_step_off_s": mean["off"],
@@ -288,7 +294,7 @@ def measure_overhead(
                 value=ratio,
                 unit="x step time without checking",
                 target=FLOOR_TARGET if target is None else f"<= {target}",
-                ok=None if target is None else ratio <= target,
+                ok=None if target is None or disturbed else ratio <= target,
                 details=details,
             )
         )

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import typer
 
@@ -37,6 +40,10 @@ def user_errors() -> Iterator[None]:
         raise fail_usage(f"expected a file, got a directory: {exc.filename or exc}") from None
     except (FileExistsError, NotADirectoryError) as exc:
         raise fail_usage(f"a parent of this path is a file, not a directory: {exc.filename or exc}") from None
+    except BrokenPipeError:  # stdout closed early (`| head`): stop quietly, as other command-line tools do
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        sys.exit(EXIT_CLEAN)
     except PermissionError as exc:
         raise fail_usage(f"permission denied: {exc.filename or exc}") from None
     except OSError as exc:  # disk full, read-only file system, ...
@@ -44,3 +51,35 @@ def user_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         typer.secho("interrupted", err=True)
         sys.exit(130)
+
+
+def check_output_file(path: Path, option: str = "--output") -> None:
+    """Before any work is done: ``path`` can receive an output file (its directory exists or can be made, and
+    it is not a directory, a device or a pipe, which an atomic write would replace). Exit 2 otherwise."""
+    target = Path(os.path.realpath(path))  # a symlink is written through, to its target
+    if target.is_dir():
+        raise fail_usage(f"{option} {path}: is a directory; give a file name")
+    if target.exists() and not stat.S_ISREG(target.stat().st_mode):
+        raise fail_usage(f"{option} {path}: not a regular file (a device or a pipe); give a file name")
+    check_output_dir(target.parent, option, shown=path)
+
+
+def check_output_dir(path: Path, option: str = "--output", *, shown: Path | None = None) -> None:
+    """Before any work is done: ``path`` is (or can be made) a writable directory. Exit 2 otherwise."""
+    shown = path if shown is None else shown
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise fail_usage(f"{option} {shown}: {_first_file(path)} is a file, not a directory") from None
+    except OSError as exc:
+        raise fail_usage(f"{option} {shown}: cannot create {path}: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise fail_usage(f"{option} {shown}: {path} is not writable")
+
+
+def _first_file(path: Path) -> Path:
+    """The path itself or the first of its parents that exists as something other than a directory."""
+    for candidate in (path, *path.parents):
+        if candidate.exists() and not candidate.is_dir():
+            return candidate
+    return path

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from grpo_check.cli._common import EXIT_FINDINGS, fail_usage, user_errors
+from grpo_check.cli._common import EXIT_FINDINGS, check_output_file, fail_usage, user_errors
 
 _FIGURES = ("startup", "memory", "throughput", "overhead")
 
@@ -72,6 +72,8 @@ def bench(
     whether the target is met, and says about how many `--rounds` at the same spread would. Under each
     attached arm, "attachment's own" is the checking time the attachment itself timed (what
     `result().metadata["checking"]` reports and `budget=` schedules by), in step times without checking.
+    A mean ratio below 0.8x is marked "disturbed" (neither met nor missed): checking only adds work, so
+    the machine slowed the run without it; measure again, with more `--rounds`.
 
     The memory figure allocates 1.2 GiB of bf16 logits (process peak about 1.6 GiB); `--naive` adds about
     12x the logits on top (about 15 GiB: a float64 log-softmax and its exp() product). Overhead trains the
@@ -93,11 +95,13 @@ def bench(
         with user_errors():
             check_steps(steps)
     if trainer:
-        _check_factory_reference(trainer)
         if "overhead" not in selected:
             raise fail_usage(
                 "--trainer is measured by the overhead figure: add --only overhead (or drop --only)"
             )
+        _check_factory_reference(trainer)
+    if output is not None:
+        check_output_file(output)
     if threads is not None:
         import torch
 
@@ -116,15 +120,15 @@ def bench(
     payload: dict = {"machine": machine_description(), "figures": [f.to_dict() for f in figures]}
     if interrupted:
         payload["interrupted"] = True
+    if output_format == "json":  # printed first: a failed write below must not lose the figures
+        typer.echo(json.dumps(payload, indent=2))
+    else:
+        _print_table(payload)
     if output is not None:
         from grpo_check.trace.io import atomic_write_text
 
         with user_errors():
             atomic_write_text(output, json.dumps(payload, indent=2) + "\n")
-    if output_format == "json":
-        typer.echo(json.dumps(payload, indent=2))
-    else:
-        _print_table(payload)
     if interrupted:
         typer.secho(
             f"interrupted: the {len(figures)} figure(s) measured before it are shown"
@@ -137,12 +141,17 @@ def bench(
 
 
 def _check_factory_reference(reference: str) -> None:
-    """Fail fast (before minutes of demo training) on a --trainer that cannot be loaded."""
+    """Fail fast (before minutes of demo training) on a --trainer that cannot be loaded: the file imports
+    and holds the function."""
     path, sep, name = reference.rpartition(":")
     if not sep or not path or not name.isidentifier():
         raise fail_usage(f"--trainer must be path/to/train.py:function_name, got {reference!r}")
     if not Path(path).is_file():
         raise fail_usage(f"--trainer {reference}: no such file {path}")
+    from grpo_check.trl.runner import load_factory
+
+    with user_errors():
+        load_factory(reference)
 
 
 def _measure(
@@ -230,6 +239,8 @@ def _print_table(payload: dict) -> None:
                 ok += "\n[yellow]within noise[/]" + (
                     f"\n~{needed} rounds to tell" if needed else "\n(on the target)"
                 )
+        if details.get("target_verdict") == "disturbed":  # see DISTURBED_BELOW
+            ok = "[yellow]disturbed[/]\n(below 0.8x:\nmeasure again)"
         rounds = details.get("round_ratios")
         if rounds and len(rounds) > 1:  # how far machine load moved it: the lowest and highest round
             value += f"\n(rounds {min(rounds):.2f}–{max(rounds):.2f})"

@@ -34,19 +34,19 @@ def register(app: typer.Typer) -> None:
             "text", "--format", "-f", help="Printed format: text, md, html, json, junit."
         ),
         output: Path | None = typer.Option(
-            None, "--output", "-o", help="Report directory (default reports/<name>)."
+            None, "--output", "-o", help="Report directory (default: reports/ and the trace's name)."
         ),
         strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too."),
     ) -> None:
         with user_errors():
             from grpo_check.cli.compare import emit
             from grpo_check.compare import check
-            from grpo_check.report import normalise_format
+            from grpo_check.report import make_output_dir, normalise_format
             from grpo_check.trace.io import load_trace
 
             normalise_format(output_format)
             trace = load_trace(trace_path)
-            out_dir = output or Path("reports") / (trace_path.resolve().name or "trace")
+            out_dir = make_output_dir(output or Path("reports") / (trace_path.resolve().name or "trace"))
             result = check(trace, source=str(trace_path))
             code = emit(result, output_format=output_format, out_dir=out_dir, strict=strict, trace=trace)
         raise typer.Exit(code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,10 @@ Examples:
 
     grpo-check compare traces/run1 --tolerance grad.logps_grad=1e-3,1e-8 --strict
 
-    grpo-check compare --trainer examples/train.py:build_trainer --steps 2
+    grpo-check compare --trainer examples/train_factory.py:build_trainer --steps 2
+
+With `--trainer`, the trainer's own output (its log lines) goes to stderr, so that stdout holds only the
+chosen format; the captured trace is written to `<output>/trace`, replacing the one an earlier run left there.
 
 Tolerances: `--tolerance CHECK=RTOL,ATOL` (repeatable) overrides one check id (`loss.per_token`) or one
 quantity (`logps`); the whole policy is written into every report.
@@ -125,7 +129,10 @@ def register(app: typer.Typer) -> None:
             "text", "--format", "-f", help="Printed format: text, md, html, json, junit."
         ),
         output: Path | None = typer.Option(
-            None, "--output", "-o", help="Report directory (default reports/<name>)."
+            None,
+            "--output",
+            "-o",
+            help="Report directory (default: reports/ and the trace's or the factory file's name).",
         ),
         tolerance: list[str] | None = typer.Option(
             None, "--tolerance", help="CHECK=RTOL,ATOL override (repeatable), e.g. loss.per_token=1e-4,1e-6."
@@ -137,8 +144,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         with user_errors():
             from grpo_check.compare import compare
-            from grpo_check.report import normalise_format
-            from grpo_check.trace.io import load_trace
+            from grpo_check.report import make_output_dir, normalise_format
+            from grpo_check.trace.io import load_trace, save_trace
 
             normalise_format(output_format)
             policy = parse_tolerances(tolerance)
@@ -148,7 +155,7 @@ def register(app: typer.Typer) -> None:
                 if against is not None:
                     raise fail_usage("--against needs a TRACE, not --trainer")
                 try:
-                    from grpo_check.trl.runner import run_factory
+                    from grpo_check.trl.runner import load_factory, run_factory
                 except ModuleNotFoundError as exc:
                     typer.secho(
                         f"error: --trainer is not available in this installation ({exc.name} missing)",
@@ -157,12 +164,15 @@ def register(app: typer.Typer) -> None:
                     )
                     raise typer.Exit(EXIT_USAGE) from None
                 name = Path(trainer.split(":")[0]).stem or "trainer"
-                out_dir = output or Path("reports") / name
-                trace = run_factory(trainer, steps, out_dir / "trace")
+                out_dir = make_output_dir(output or Path("reports") / name)  # before training, not after
+                load_factory(trainer)  # a wrong file or function name: said now, not after training
+                with contextlib.redirect_stdout(sys.stderr):  # stdout is for the chosen format only
+                    trace = run_factory(trainer, steps)
+                save_trace(trace, out_dir / "trace", overwrite=True)
                 source = trainer
             else:
                 trace = load_trace(trace_path)
-                out_dir = output or Path("reports") / (trace_path.resolve().name or "trace")
+                out_dir = make_output_dir(output or Path("reports") / (trace_path.resolve().name or "trace"))
                 source = str(trace_path)
             other = load_trace(against) if against is not None else None
             update, close = _progress_bar(len(trace.steps), "comparing steps")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from grpo_check.cli._common import EXIT_CLEAN, EXIT_FINDINGS, fail_usage, user_errors
+from grpo_check.cli._common import EXIT_CLEAN, EXIT_FINDINGS, check_output_dir, fail_usage, user_errors
 
 _HELP = """
 Run TRL's real `GRPOTrainer` on a tiny transformer policy and character-level tokenizer built from code
@@ -39,6 +39,19 @@ Exit codes: 0 no failing finding, 1 failing findings (with --strict also warning
 """
 
 
+def _list(all_cells, chosen, output_format: str) -> None:
+    """The configurations (``*``: chosen by ``--matrix``/``--only``), as text lines or JSON."""
+    if output_format == "json":
+        import json
+
+        rows = [{"name": c.name, "why": c.why, "chosen": c in chosen} for c in all_cells]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for cell in all_cells:
+        mark = "*" if cell in chosen else " "
+        typer.echo(f"{mark} {cell.name:38} {cell.why}")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("demo", help=_HELP)
     def demo_command(
@@ -62,9 +75,7 @@ def register(app: typer.Typer) -> None:
 
             chosen = cells(matrix, only or None)
             if list_cells:
-                for cell in cells("full"):
-                    mark = "*" if cell in chosen else " "
-                    typer.echo(f"{mark} {cell.name:38} {cell.why}")
+                _list(cells("full"), chosen, output_format)
                 raise typer.Exit(EXIT_CLEAN)
             if processes not in (1, 2, 3, 4):
                 raise fail_usage(f"--processes must be between 1 and 4, got {processes}")
@@ -75,6 +86,7 @@ def register(app: typer.Typer) -> None:
                 raise fail_usage(
                     "--format html prints nothing useful; the HTML report is written to --out-dir"
                 )
+            check_output_dir(out_dir, "--out-dir")  # now, not after the matrix has trained
             from grpo_check.demo.run import run_demo
 
             def progress(line: str) -> None:

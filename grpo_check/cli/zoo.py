@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from grpo_check.cli._common import EXIT_CLEAN, EXIT_FINDINGS, fail_usage, user_errors
+from grpo_check.cli._common import EXIT_CLEAN, EXIT_FINDINGS, check_output_file, fail_usage, user_errors
 
 _HELP = """
 Prove that grpo-check catches real bugs: run every **mutant** (a GRPO pipeline with one bug from the bug
@@ -62,10 +62,10 @@ def register(app: typer.Typer) -> None:
 
             cases = select_cases(only or None)
             if list_cases:
-                for case in cases:
-                    bugs = " + ".join(f"{b.label()}@{b.stage}" for b in case.bugs) or "control"
-                    typer.echo(f"{case.id:44} {case.pipeline:5} {bugs:28} {case.title}")
+                _list(cases, output_format)
                 raise typer.Exit(EXIT_CLEAN)
+            if output is not None:
+                check_output_file(output)  # now, not after minutes of training
             card = _run(cases, quiet=quiet)
             text = _render(card, output_format)
             typer.echo(text)
@@ -73,6 +73,31 @@ def register(app: typer.Typer) -> None:
                 output.parent.mkdir(parents=True, exist_ok=True)
                 output.write_text(text + "\n", encoding="utf-8")
         raise typer.Exit(EXIT_CLEAN if card.targets_met() else EXIT_FINDINGS)
+
+
+def _list(cases, output_format: str) -> None:
+    rows = [
+        {
+            "id": case.id,
+            "pipeline": case.pipeline,
+            "bugs": [f"{b.label()}@{b.stage}" for b in case.bugs],
+            "title": case.title,
+        }
+        for case in cases
+    ]
+    if output_format == "json":
+        import json
+
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if output_format == "md":
+        typer.echo("| case | pipeline | bugs | title |\n|---|---|---|---|")
+    for row in rows:
+        bugs = " + ".join(row["bugs"]) or "control"
+        if output_format == "md":
+            typer.echo(f"| `{row['id']}` | {row['pipeline']} | {bugs} | {row['title']} |")
+        else:
+            typer.echo(f"{row['id']:44} {row['pipeline']:5} {bugs:28} {row['title']}")
 
 
 def _run(cases, *, quiet: bool):

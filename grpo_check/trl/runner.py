@@ -17,6 +17,7 @@ import importlib.util
 import inspect
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,14 @@ def load_factory(factory_ref: str) -> Any:
         sys.path.insert(0, str(file.resolve().parent))
         try:
             spec.loader.exec_module(module)
+        except SyntaxError as exc:
+            raise InputError(
+                f"syntax error at line {exc.lineno}: {exc.msg}", source=str(file), field="trainer"
+            ) from None
+        except Exception as exc:  # the user's module failed while importing: say where, in one line
+            raise InputError(
+                f"importing it raised {_where(exc, file)}", source=str(file), field="trainer"
+            ) from None
         finally:
             with contextlib.suppress(ValueError):
                 sys.path.remove(str(file.resolve().parent))
@@ -60,6 +69,16 @@ def load_factory(factory_ref: str) -> Any:
     return factory
 
 
+def _where(error: BaseException, file: Path | None = None) -> str:
+    """``Type: message (at file.py:line)``: the innermost frame in ``file`` (else the innermost frame)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if file is not None:
+        mine = [frame for frame in frames if Path(frame.filename).resolve() == file.resolve()]
+        frames = mine or frames
+    place = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(error).__name__}: {error}{place}"
+
+
 def build_from_factory(factory_ref: str, steps: int) -> Any:
     """Call the factory, passing ``steps=`` (or ``max_steps=``) when its signature accepts it."""
     factory = load_factory(factory_ref)
@@ -69,7 +88,14 @@ def build_from_factory(factory_ref: str, steps: int) -> Any:
         kwargs["steps"] = steps
     elif "max_steps" in params:
         kwargs["max_steps"] = steps
-    trainer = factory(**kwargs)
+    try:
+        trainer = factory(**kwargs)
+    except InputError:
+        raise
+    except Exception as exc:  # the user's factory failed: one line saying where, not our traceback
+        source = inspect.getsourcefile(factory) if inspect.isfunction(factory) else None
+        where = _where(exc, Path(source) if source else None)
+        raise InputError(f"{factory_ref} raised {where}", field="trainer") from None
     if not (hasattr(trainer, "train") and hasattr(trainer, "compute_loss")):
         raise InputError(
             f"{factory_ref} returned a {type(trainer).__name__}, not a TRL GRPOTrainer", field="trainer"

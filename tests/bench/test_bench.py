@@ -105,7 +105,14 @@ def test_unwritable_output_exits_2_without_traceback(fake_figures, tmp_path: Pat
 
 @pytest.mark.parametrize(
     ("reference", "message"),
-    [("train.py", "path/to/train.py:function_name"), ("missing.py:build", "no such file missing.py")],
+    [
+        ("train.py", "path/to/train.py:function_name"),
+        ("missing.py:build", "no such file missing.py"),
+        (
+            f"{Path(__file__).resolve().parents[2] / 'examples' / 'train_factory.py'}:nosuch",
+            "no function 'nosuch'",
+        ),
+    ],
 )
 def test_bad_trainer_reference_fails_before_measuring(fake_figures, reference: str, message: str) -> None:
     result = _bench("--only", "overhead", "--trainer", reference)
@@ -541,3 +548,54 @@ def test_a_timed_run_reads_the_attachments_own_accounting_per_step(tmp_path) -> 
         for accounted, step in zip(checked.accounted_seconds, checked.step_seconds, strict=True)
     )
     assert overhead._timed_run(make_trainer, None, 3).accounted_seconds == []
+
+
+def test_an_unusable_output_path_is_refused_before_anything_is_measured(monkeypatch, tmp_path: Path) -> None:
+    import grpo_check.cli.bench as bench_cli
+
+    measured = []
+    monkeypatch.setattr(bench_cli, "_measure", lambda selected, **kwargs: measured.append(1) or [])
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for output, message in ((a_file / "x.json", "is a file, not a directory"), (tmp_path, "is a directory")):
+        result = _bench("--only", "startup", "-o", str(output))
+        assert result.exit_code == 2 and message in result.stderr, result.output
+    assert measured == []
+    assert _bench("--only", "startup", "-o", str(tmp_path / "new" / "bench.json")).exit_code == 0
+    assert measured == [1]
+
+
+def test_figures_are_printed_even_when_writing_them_fails(fake_figures, monkeypatch, tmp_path: Path) -> None:
+    import grpo_check.trace.io as trace_io
+
+    def disk_full(path, text):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(trace_io, "atomic_write_text", disk_full)
+    result = _bench("--only", "startup", "--format", "json", "-o", str(tmp_path / "bench.json"))
+    assert result.exit_code == 2 and "No space left on device" in result.stderr
+    assert json.loads(result.stdout)["figures"][0]["name"] == "startup"
+
+
+def test_a_ratio_far_below_one_is_reported_as_disturbed_not_met(monkeypatch) -> None:
+    """Attached runs only add work; an off arm 5x slower than them means the machine slowed it down."""
+    import grpo_check.bench.overhead as overhead
+    import grpo_check.cli.bench as bench_cli
+
+    def fake_timed_run(make_trainer, every, steps, background=False, **_):
+        return overhead.TimedRun([5.0 if every is None else 1.0] * steps, 0.0)
+
+    monkeypatch.setattr(overhead, "_timed_run", fake_timed_run)
+    monkeypatch.setattr(overhead, "_warm_background_helper", lambda *_: None)
+    figures = {f.name: f for f in overhead.measure_overhead(lambda work: None, steps=12, rounds=1, warmup=2)}
+    every_step = figures["overhead_every_1_demo"]
+    assert every_step.value == pytest.approx(0.2)
+    assert every_step.ok is None and every_step.details["target_verdict"] == "disturbed"
+    monkeypatch.setattr(bench_cli, "_measure", lambda selected, **kwargs: [every_step])
+    table = CliRunner().invoke(app, ["bench", "--only", "overhead"], env={"COLUMNS": "200"})
+    assert "disturbed" in table.output
+    # an ordinary ratio is judged as before
+    monkeypatch.setattr(overhead, "_timed_run", lambda make_trainer, every, steps, background=False, **_: (
+        overhead.TimedRun([1.0] * steps, 0.0)))  # fmt: skip
+    steady = overhead.measure_overhead(lambda work: None, steps=12, rounds=1, warmup=2)[0]
+    assert steady.ok is True and steady.details["target_verdict"] != "disturbed"

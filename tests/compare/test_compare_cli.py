@@ -115,16 +115,64 @@ def test_trainer_option_runs_factory_and_compares(monkeypatch, tmp_path):
 
     def fake_run_factory(factory_ref, steps, out_dir=None, **_):
         calls.update(factory_ref=factory_ref, steps=steps, out_dir=out_dir)
+        print("{'loss': '0.0103'}")  # what TRL's trainer prints while it trains
         return make_trace(SPEC, steps=steps)
 
     monkeypatch.setattr(runner_module, "run_factory", fake_run_factory)
+    monkeypatch.setattr(runner_module, "load_factory", lambda reference: None)
     out = tmp_path / "r"
-    res = runner.invoke(
-        app, ["compare", "--trainer", "train.py:build_trainer", "--steps", "1", "-o", str(out)]
-    )
+    args = ["compare", "--trainer", "train.py:build_trainer", "--steps", "1", "-o", str(out), "-f", "json"]
+    res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert calls["factory_ref"] == "train.py:build_trainer" and calls["steps"] == 1
-    assert (out / "result.json").exists()
+    assert (out / "result.json").exists() and (out / "trace" / "manifest.json").exists()
+    assert json.loads(res.stdout)["format"] == "grpo-check-result"  # the trainer's lines went to stderr
+    assert "'loss'" in res.stderr
+    again = runner.invoke(app, args)  # the trace an earlier run left is replaced, not an error
+    assert again.exit_code == 0, again.output
+
+
+def test_trainer_option_checks_the_factory_and_the_output_before_training(monkeypatch, tmp_path):
+    import grpo_check.trl.runner as runner_module
+
+    trained = []
+    monkeypatch.setattr(runner_module, "run_factory", lambda *args, **kwargs: trained.append(1))
+    factory = tmp_path / "train.py"
+    factory.write_text("def build_trainer():\n    raise RuntimeError('no GPU here')\n")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    res = runner.invoke(app, ["compare", "--trainer", f"{factory}:nosuch", "-o", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "has no function 'nosuch'" in res.stderr
+    res = runner.invoke(app, ["compare", "--trainer", f"{factory}:build_trainer", "-o", str(a_file / "r")])
+    assert res.exit_code == 2 and "is a file" in res.stderr
+    assert trained == []
+    broken = tmp_path / "broken.py"
+    broken.write_text("def build_trainer(:\n")
+    res = runner.invoke(app, ["compare", "--trainer", f"{broken}:build_trainer", "-o", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "syntax error at line 1" in res.stderr
+
+
+def test_a_factory_that_raises_is_named_with_its_line(tmp_path):
+    from grpo_check.findings import InputError
+    from grpo_check.trl.runner import build_from_factory
+
+    factory = tmp_path / "train.py"
+    factory.write_text("def build_trainer():\n    raise RuntimeError('no GPU here')\n")
+    with pytest.raises(InputError, match=rf"raised RuntimeError: no GPU here \(at {factory}:2\)"):
+        build_from_factory(f"{factory}:build_trainer", steps=1)
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_comparing(good, tmp_path, monkeypatch):
+    import grpo_check.compare as compare_module
+
+    compared = []
+    monkeypatch.setattr(compare_module, "compare", lambda *args, **kwargs: compared.append(1))
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for command in ("compare", "check"):
+        res = runner.invoke(app, [command, str(good), "-o", str(a_file)])
+        assert res.exit_code == 2 and "is a file" in res.output, res.output
+    assert compared == []
 
 
 def test_trainer_option_not_available(monkeypatch, tmp_path):
