@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -32,7 +33,8 @@ Examples:
     grpo-check report reports/run1/result.json --out-dir reports/run1-rendered
 
 Exit codes: 0 no failing finding, 1 failing findings (with --strict also warnings) or an incomplete result
-(a run killed before it finished: its later checks never ran), 2 unreadable input or unwritable output.
+(a run killed before it finished: its later checks never ran), 2 unreadable input, unwritable output, or an
+output (--output, or a file --out-dir would write) that is one of the inputs: nothing is overwritten.
 """
 
 
@@ -71,6 +73,7 @@ def register(app: typer.Typer) -> None:
             fmt = normalise_format(output_format)
             resolved = [_resolve(path) for path in results]
             _refuse_duplicates(resolved)
+            _refuse_overwriting_inputs(resolved, output=output, out_dir=out_dir)
             if out_dir is not None:  # fail before printing anything when the directory cannot be made
                 from grpo_check.report import make_output_dir
 
@@ -126,3 +129,49 @@ def _refuse_duplicates(paths: list[Path]) -> None:
                 source=str(path),
             )
         seen[key] = path
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    """Whether two paths name one file: equal once symlinks are resolved, or hard links to one inode."""
+    if first.resolve() == second.resolve():
+        return True
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one of them does not exist (yet): it cannot be the other
+        return False
+
+
+def _out_dir_files(out_dir: Path) -> list[Path]:
+    """The files ``--out-dir`` writes (``write_report``'s default formats)."""
+    from grpo_check.report import DEFAULT_FORMATS, FILE_NAMES
+
+    return [out_dir / FILE_NAMES[fmt] for fmt in DEFAULT_FORMATS]
+
+
+def _refuse_overwriting_inputs(inputs: list[Path], *, output: Path | None, out_dir: Path | None) -> None:
+    """Writing the report over a saved result would destroy it (and its findings) for good."""
+    from grpo_check.findings import InputError
+
+    for path in inputs:
+        if output is not None and _same_file(output, path):
+            raise InputError(
+                f"--output {output} is this input file: writing the report there would destroy the saved "
+                "result; choose another --output file",
+                source=str(path),
+            )
+        if out_dir is None:
+            continue
+        for target in _out_dir_files(out_dir):
+            if _same_file(target, path):
+                raise InputError(
+                    f"--out-dir {out_dir} would overwrite this input ({target.name}) with "
+                    f"{_replacement(len(inputs))}; choose another --out-dir (e.g. a new directory)",
+                    source=str(path),
+                )
+
+
+def _replacement(input_count: int) -> str:
+    """What ``--out-dir`` would write over an input: for a merge, the input's own findings are lost."""
+    if input_count > 1:
+        return "the merged result, losing its own findings (and a later merge would count them twice)"
+    return "a re-rendered copy of itself"

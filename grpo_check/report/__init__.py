@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from grpo_check.findings import Finding, InputError, Result
+from grpo_check.report._validate import check_finding_record, check_metadata
 from grpo_check.report.atomic import ResultWriter, atomic_write_text, read_partial
 from grpo_check.report.merge import merge_results
 from grpo_check.report.repro import failing_step_indices, write_repro
@@ -174,12 +175,12 @@ def _result_from_dict(data: dict[str, Any], source: Path) -> Result:
             source=str(source),
             field="findings",
         )
-    metadata = data.get("metadata") or {}
-    if not isinstance(metadata, dict):
+    metadata = data.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
         raise InputError(
             f"expected an object, got {type(metadata).__name__}", source=str(source), field="metadata"
         )
-    result = Result(metadata=dict(metadata))
+    result = Result(metadata=check_metadata(metadata))
     for index, record in enumerate(findings):
         field = f"findings[{index}]"
         if not isinstance(record, dict):
@@ -187,6 +188,7 @@ def _result_from_dict(data: dict[str, Any], source: Path) -> Result:
                 f"expected an object, got {type(record).__name__}", source=str(source), field=field
             )
         try:
+            check_finding_record(record)
             result.add(Finding.from_dict(record))
         except KeyError as exc:
             raise InputError(f"missing key {exc.args[0]!r}", source=str(source), field=field) from None

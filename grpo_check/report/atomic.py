@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from grpo_check.findings import Finding, InputError, Result
+from grpo_check.report._validate import check_finding_record, check_metadata
 from grpo_check.trace.io import atomic_write_bytes, atomic_write_text, to_jsonable
 
 __all__ = ["PARTIAL_NAME", "ResultWriter", "atomic_write_bytes", "atomic_write_text", "read_partial"]
@@ -138,9 +139,9 @@ def read_partial(path: str | os.PathLike[str]) -> Result:
             if kind == "end":
                 ended = True
             elif kind == "metadata":
-                result.metadata = dict(record.get("metadata") or {})
+                result.metadata = check_metadata(record.get("metadata"))
             elif kind == "finding":
-                result.add(Finding.from_dict(record["finding"]))
+                result.add(_finding_from_record(record["finding"]))
             else:
                 raise ValueError(f"unknown record type {kind!r}")
         except (KeyError, TypeError, ValueError) as exc:
@@ -152,3 +153,11 @@ def read_partial(path: str | os.PathLike[str]) -> Result:
         )
     result.metadata.setdefault("source", str(source))
     return result
+
+
+def _finding_from_record(record: Any) -> Finding:
+    """A logged finding, its shape checked first (:class:`ValueError` naming the field at fault)."""
+    if not isinstance(record, dict):
+        raise ValueError(f"finding must be an object, got {type(record).__name__}")
+    check_finding_record(record)
+    return Finding.from_dict(record)

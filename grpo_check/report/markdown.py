@@ -10,7 +10,9 @@ Example::
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from typing import Any
 
 from grpo_check.findings import Finding, Result, Verdict, severity
@@ -25,20 +27,47 @@ from grpo_check.report._common import (
 )
 
 
+def _text(text: Any) -> str:
+    """Prose from a finding or the metadata, ``&``, ``<`` and ``>`` escaped: Markdown renders raw HTML."""
+    return html.escape("" if text is None else str(text), quote=False)
+
+
 def _cell(text: Any) -> str:
-    """Escape text for a Markdown table cell."""
-    value = "" if text is None else str(text)
-    return value.replace("\\", "\\\\").replace("|", "\\|").replace("\n", "<br>")
+    """Escape text for a Markdown table cell (HTML-significant characters, pipes, line breaks)."""
+    return _text(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", "<br>")
+
+
+def _code_cell(text: Any) -> str:
+    """An inline code span inside a table cell: only pipes need escaping there (GFM unescapes them)."""
+    return _code(text).replace("|", "\\|")
+
+
+def _code(text: Any) -> str:
+    """An inline code span holding ``text`` verbatim (no HTML inside it), whatever backticks it holds."""
+    value = " ".join(("" if text is None else str(text)).splitlines())
+    fence = "`" * (_longest_backtick_run(value) + 1)
+    pad = " " if value.startswith("`") or value.endswith("`") else ""
+    return f"{fence}{pad}{value}{pad}{fence}"
+
+
+def _code_block(text: str, language: str = "") -> list[str]:
+    """A fenced code block that ``text`` cannot close early (the fence outruns its backticks)."""
+    fence = "`" * max(3, _longest_backtick_run(text) + 1)
+    return [f"{fence}{language}", text, fence]
+
+
+def _longest_backtick_run(value: str) -> int:
+    return max((len(run) for run in re.findall(r"`+", value)), default=0)
 
 
 def render_markdown(result: Result, *, title: str = "grpo-check report") -> str:
     """Render ``result`` as GitHub-flavoured Markdown."""
-    lines: list[str] = [f"# {title}", "", f"**{headline(result)}**", ""]
+    lines: list[str] = [f"# {_text(title)}", "", f"**{headline(result)}**", ""]
     source = result.metadata.get("source")
     if source:
-        lines += [f"Checked: `{source}`", ""]
+        lines += [f"Checked: {_code(source)}", ""]
     if result.metadata.get("incomplete"):
-        lines += [f"> **Incomplete:** {result.metadata['incomplete']}", ""]
+        lines += [f"> **Incomplete:** {_text(result.metadata['incomplete'])}", ""]
 
     first = result.first_divergence()
     if first is not None:
@@ -55,7 +84,8 @@ def render_markdown(result: Result, *, title: str = "grpo-check report") -> str:
         for row in rows:
             other = row.total - row.counts["fail"] - row.counts["warn"] - row.counts["pass"]
             lines.append(
-                f"| {row.stage} | {row.counts['fail']} | {row.counts['warn']} | {row.counts['pass']} | {other} "
+                f"| {_cell(row.stage)} | {row.counts['fail']} | {row.counts['warn']} | {row.counts['pass']} "
+                f"| {other} "
                 f"| {VERDICT_SYMBOL[row.worst.value]} | {fmt_number(row.worst_ratio)} |"
             )
         lines.append("")
@@ -69,7 +99,8 @@ def render_markdown(result: Result, *, title: str = "grpo-check report") -> str:
         ]
         for finding in findings:
             lines.append(
-                f"| {VERDICT_SYMBOL[finding.verdict.value]} | `{finding.check_id}` | {finding.stage} "
+                f"| {VERDICT_SYMBOL[finding.verdict.value]} | {_code_cell(finding.check_id)} "
+                f"| {_cell(finding.stage)} "
                 f"| {_cell(finding.where.describe())} | {fmt_number(finding.figure)} "
                 f"| {fmt_number(finding.tolerance)} | {_cell(finding.explanation)} |"
             )
@@ -89,32 +120,31 @@ def render_markdown(result: Result, *, title: str = "grpo-check report") -> str:
         for key, value in items:
             if isinstance(value, (dict, list)):
                 lines += [
-                    f"<details><summary>{key}</summary>",
+                    f"<details><summary>{_text(key)}</summary>",
                     "",
-                    "```json",
-                    json.dumps(value, indent=2, default=str),
-                    "```",
+                    *_code_block(json.dumps(value, indent=2, default=str), "json"),
                     "",
                     "</details>",
                     "",
                 ]
             else:
-                lines.append(f"- **{key}**: `{value}`")
+                lines.append(f"- **{_text(key)}**: {_code(value)}")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
 
 def _finding_block(finding: Finding) -> list[str]:
     """What, where, how much, allowed, likely cause, fix, as a Markdown list."""
-    out = [f"### {VERDICT_SYMBOL[finding.verdict.value]} `{finding.check_id}` ({finding.stage})", ""]
+    symbol = VERDICT_SYMBOL[finding.verdict.value]
+    out = [f"### {symbol} {_code(finding.check_id)} ({_text(finding.stage)})", ""]
     if finding.explanation:
-        out.append(f"- **what**: {finding.explanation}")
-    out.append(f"- **where**: {finding.where.describe()}")
+        out.append(f"- **what**: {_text(finding.explanation)}")
+    out.append(f"- **where**: {_text(finding.where.describe())}")
     if finding.figure is not None:
         out.append(f"- **measured**: {fmt_number(finding.figure)} (allowed {fmt_number(finding.tolerance)})")
     if finding.likely_cause:
-        catalog = f" (bug-catalog {finding.catalog_id})" if finding.catalog_id else ""
-        out.append(f"- **likely cause**: {finding.likely_cause}{catalog}")
+        catalog = f" (bug-catalog {_text(finding.catalog_id)})" if finding.catalog_id else ""
+        out.append(f"- **likely cause**: {_text(finding.likely_cause)}{catalog}")
     if finding.fix:
-        out.append(f"- **fix**: {finding.fix}")
+        out.append(f"- **fix**: {_text(finding.fix)}")
     return out
