@@ -35,6 +35,7 @@ import json
 import math
 import os
 import re
+import stat
 import sys
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -102,9 +103,15 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     An unwritable destination (a directory, a parent that is a file, no permission, disk full) raises
     :class:`OutputPathError` naming the path; nothing is left behind.
     """
-    target = Path(path)
+    shown = Path(path)
+    target = Path(os.path.realpath(shown))  # a symlink is written through to its target, not replaced
     if target.is_dir():
-        raise OutputPathError("is a directory; give a file name to write the output to", source=str(target))
+        raise OutputPathError("is a directory; give a file name to write the output to", source=str(shown))
+    if target.exists() and not stat.S_ISREG(target.stat().st_mode):  # a device or a pipe: renaming over
+        raise OutputPathError(  # it would replace it with a plain file
+            "is not a regular file (a device or a pipe); give a file name to write the output to",
+            source=str(shown),
+        )
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -359,15 +366,7 @@ class TraceWriter:
                 suffix += 1
             entry = f"{entry}-{suffix}"
         self._names.add(entry)
-        problems = validate_step_tensors(tensors)
-        if problems:  # warn now, in the training process, rather than only when the trace is loaded later
-            import warnings
-
-            listed = "; ".join(f"{field!r}: {message}" for field, message in problems)
-            warnings.warn(
-                f"grpo-check: step {entry} is written but will be skipped when loaded: {listed}",
-                stacklevel=2,
-            )
+        _warn_if_unloadable(entry, tensors, step)
         blob = safetensors_save(tensors, metadata={"format": STEP_FORMAT_NAME}) if tensors else b""
         tensor_file = f"{entry}.safetensors"
         if tensors:
@@ -400,6 +399,26 @@ class TraceWriter:
         return entry
 
 
+def _warn_if_unloadable(entry: str, tensors: Mapping[str, Any], step: TraceStep) -> None:
+    """Warn now, in the training process, about what the loader will leave out later."""
+    import warnings
+
+    problems = validate_step_tensors(tensors)
+    if problems:
+        listed = "; ".join(f"{field!r}: {message}" for field, message in problems)
+        warnings.warn(
+            f"grpo-check: step {entry} is written but will be skipped when loaded: {listed}", stacklevel=3
+        )
+        return
+    texts = {"completion_text": step.completion_text, "prompt_text": step.prompt_text}
+    text_problems = text_row_problems(tensors, texts)
+    if text_problems:
+        listed = "; ".join(f"{field!r}: {message}" for field, message in text_problems)
+        warnings.warn(
+            f"grpo-check: step {entry}: its text will be dropped when loaded: {listed}", stacklevel=3
+        )
+
+
 def _dtype_name(dtype: Any) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -428,7 +447,11 @@ def load_trace(path: str | os.PathLike[str], *, strict: bool = False) -> Trace:
     its ``.json`` recorded and parses; tensor names are canonical (``grpo_check.trace.model.TENSOR_STAGE``)
     or start with ``extra.`` (an unknown name drops only that tensor); shapes agree on B (rows) and T
     (completion tokens), ``advantages`` (B,) or (B, T), ``ratio`` (B, T) or (B, 1); ids are integer and
-    float quantities floating point; ``group_index`` is non-negative; texts have one entry per row.
+    float quantities floating point; ``group_index`` is non-negative.
+
+    Partial drops (the step is kept without the faulty part): a ``completion_text`` / ``prompt_text`` that is
+    not a list of strings or has not one entry per row is dropped; a step meta key the checks read as an
+    integer (:data:`INT_META_KEYS`, ``eos_token_ids``) holding another type is dropped.
 
     Value checks (the step is kept, because these are pipeline bugs the invariants diagnose): masks hold only
     0/1; no group has more rows than the manifest's ``num_generations``.
@@ -474,7 +497,8 @@ def load_trace(path: str | os.PathLike[str], *, strict: bool = False) -> Trace:
         detail = f"; problems: {'; '.join(problems)}" if problems else ""
         raise InputError(f"trace holds no readable step{detail}", source=str(steps_dir))
     loaded.sort(key=lambda item: (item[0], item[1]))
-    return Trace(manifest=manifest, steps=[step for _, _, step in loaded], problems=problems)
+    steps = [step for _, _, step in loaded]
+    return Trace(manifest=manifest, steps=steps, problems=problems, source=str(root / MANIFEST_FILE))
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -544,13 +568,8 @@ def _load_step(json_path: Path, num_generations: int | None, problem) -> tuple[i
     if not isinstance(meta, dict):
         problem("must be a JSON object", source=json_path, field="meta")
         return None
-    texts: dict[str, list[str] | None] = {}
-    for key in ("completion_text", "prompt_text"):
-        value = record.get(key)
-        if value is not None and not (isinstance(value, list) and all(isinstance(s, str) for s in value)):
-            problem("must be a list of strings", source=json_path, field=key)
-            return None
-        texts[key] = value
+    meta = _typed_meta(meta, json_path, problem)
+    texts = _read_texts(record, json_path, problem)
     tensors = _read_tensor_file(json_path, record, problem)
     if tensors is None:
         return None
@@ -577,16 +596,14 @@ def _load_step(json_path: Path, num_generations: int | None, problem) -> tuple[i
             )
             return None
     errors = validate_step_tensors(tensors)
-    for length_field, text in texts.items():
-        if text is not None and tensors:
-            rows = _batch_rows(tensors)
-            if rows is not None and len(text) != rows:
-                errors.append((length_field, f"has {len(text)} entries for {rows} rows"))
     tensor_path = json_path.with_suffix(".safetensors")
     if errors:
         for field, message in errors:
             problem(message + "; step skipped", source=tensor_path, field=field)
         return None
+    for field, message in text_row_problems(tensors, texts):
+        problem(message + "; text dropped, tensors kept", source=json_path, field=field)
+        texts[field] = None
     for field, message in step_value_problems(tensors, num_generations=num_generations):
         problem(message + "; step kept for the invariants to diagnose", source=tensor_path, field=field)
     index = record.get("index")
@@ -595,6 +612,85 @@ def _load_step(json_path: Path, num_generations: int | None, problem) -> tuple[i
         tensors=tensors, completion_text=texts["completion_text"], prompt_text=texts["prompt_text"], meta=meta
     )
     return order, json_path.stem, step
+
+
+# Step meta keys the checks convert with int(): a wrongly typed value would otherwise fail far from the file.
+INT_META_KEYS: tuple[str, ...] = (
+    "step",
+    "micro_batch",
+    "rank",
+    "iteration",
+    "optimizer_steps_since_old_logps",
+    "gradient_accumulation_steps",
+    "steps_per_generation",
+    "num_processes",
+    "pad_token_id",
+)
+INT_LIST_META_KEYS: tuple[str, ...] = ("eos_token_ids",)  # an int or a list of ints
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def meta_type_problems(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Step meta keys holding a value of the wrong type, as ``(key, message)`` pairs (empty when valid).
+
+    >>> meta_type_problems({"step": "zero", "rank": 0, "eos_token_ids": [2]})
+    [('step', "must be an integer or null, got 'zero'")]
+    """
+    problems: list[tuple[str, str]] = []
+    for key, value in meta.items():
+        if key in INT_META_KEYS and value is not None and not _is_int(value):
+            problems.append((key, f"must be an integer or null, got {value!r}"))
+        elif key in INT_LIST_META_KEYS and value is not None and not _is_int_or_int_list(value):
+            problems.append((key, f"must be an integer or a list of integers, got {value!r}"))
+    return problems
+
+
+def _is_int_or_int_list(value: Any) -> bool:
+    return _is_int(value) or (isinstance(value, list) and all(_is_int(v) for v in value))
+
+
+def _typed_meta(meta: dict[str, Any], json_path: Path, problem) -> dict[str, Any]:
+    """``meta`` without the keys whose value has the wrong type (each reported); the step itself is kept."""
+    bad = meta_type_problems(meta)
+    for key, message in bad:
+        problem(message + "; key dropped, step kept", source=json_path, field=f"meta.{key}")
+    dropped = {key for key, _ in bad}
+    return {key: value for key, value in meta.items() if key not in dropped}
+
+
+def _read_texts(record: Mapping[str, Any], json_path: Path, problem) -> dict[str, list[str] | None]:
+    """The step's ``completion_text`` / ``prompt_text``; one that is not a list of strings is reported and
+    dropped (the step's tensors are still used)."""
+    texts: dict[str, list[str] | None] = {}
+    for key in ("completion_text", "prompt_text"):
+        value = record.get(key)
+        if value is not None and not (isinstance(value, list) and all(isinstance(s, str) for s in value)):
+            problem("must be a list of strings; text dropped, tensors kept", source=json_path, field=key)
+            value = None
+        texts[key] = value
+    return texts
+
+
+def text_row_problems(
+    tensors: Mapping[str, Any], texts: Mapping[str, list[str] | None]
+) -> list[tuple[str, str]]:
+    """Texts whose entry count differs from the step's rows (B), as ``(field, message)`` pairs.
+
+    >>> import torch
+    >>> text_row_problems({"rewards": torch.zeros(4)}, {"completion_text": ["a", "b", "c"]})
+    [('completion_text', 'has 3 entries for 4 rows')]
+    """
+    rows = batch_rows(tensors)
+    if rows is None:
+        return []
+    return [
+        (field, f"has {len(text)} entries for {rows} rows")
+        for field, text in texts.items()
+        if text is not None and len(text) != rows
+    ]
 
 
 def _order_from_stem(stem: str) -> int:
@@ -643,7 +739,8 @@ def _read_tensor_file(json_path: Path, record: dict[str, Any], problem) -> dict[
 _ROW_TENSORS = BT_TENSORS | BT_OR_B1_TENSORS | BP_TENSORS | B_TENSORS | {"rewards_per_func", "advantages"}
 
 
-def _batch_rows(tensors: Mapping[str, Any]) -> int | None:
+def batch_rows(tensors: Mapping[str, Any]) -> int | None:
+    """B, the number of rows, from the first tensor that has one (``None`` when none has)."""
     for name, tensor in tensors.items():
         if name in _ROW_TENSORS and tensor.dim() >= 1:
             return int(tensor.shape[0])

@@ -49,7 +49,12 @@ logged metrics for this step, e.g. ``clip_ratio/low_mean``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from grpo_check.findings import InputError
+
+if TYPE_CHECKING:
+    from grpo_check.config import GRPOSpec
 
 TENSOR_STAGE: dict[str, str] = {
     "prompt_ids": "batch",
@@ -116,11 +121,39 @@ class Trace:
     manifest: dict[str, Any] = dataclasses.field(default_factory=dict)
     steps: list[TraceStep] = dataclasses.field(default_factory=list)
     problems: list[str] = dataclasses.field(default_factory=list)  # load problems; readable steps still used
+    source: str | None = dataclasses.field(default=None, compare=False)  # manifest.json it was loaded from
 
-    def spec(self):  # -> GRPOSpec
+    def spec(self) -> GRPOSpec:
+        """The manifest's ``config`` as a GRPOSpec; a config that is not one raises
+        :class:`~grpo_check.findings.InputError` naming the manifest file and the field."""
         from grpo_check.config import GRPOSpec
 
-        return GRPOSpec.from_dict(self.manifest.get("config") or {})
+        config = self.manifest.get("config")
+        if config is None:
+            config = {}
+        if not isinstance(config, dict):
+            raise InputError(
+                f"must be a JSON object (a GRPOSpec dict), got {type(config).__name__}",
+                source=self.source,
+                field="config",
+            )
+        try:
+            return GRPOSpec.from_dict(config)
+        except InputError as exc:
+            raise _config_error(exc, self.source) from None
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"not a valid GRPOSpec: {exc}", source=self.source, field="config") from None
 
     def __len__(self) -> int:
         return len(self.steps)
+
+
+def _config_error(error: InputError, source: str | None) -> InputError:
+    """``error`` from GRPOSpec restated against the manifest file: its source, field ``config.<field>``."""
+    if source is None or error.source is not None:
+        return error
+    message = str(error)
+    prefix = f"field {error.field!r}: " if error.field else ""
+    message = message.removeprefix(prefix)
+    field = f"config.{error.field}" if error.field else "config"
+    return InputError(message, source=source, field=field)

@@ -25,14 +25,24 @@ arrived is listed in the step's ``meta["missing_grads"]``; it is never a failure
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from grpo_check.findings import InputError
-from grpo_check.trace.io import TraceWriter, build_manifest, to_jsonable
+from grpo_check.findings import STAGES, InputError
+from grpo_check.trace.io import (
+    INT_LIST_META_KEYS,
+    INT_META_KEYS,
+    TraceWriter,
+    batch_rows,
+    build_manifest,
+    meta_type_problems,
+    text_row_problems,
+    to_jsonable,
+)
 from grpo_check.trace.model import TENSOR_STAGE, Trace, TraceStep
 
 __all__ = ["Recorder", "StepRecorder"]
@@ -48,6 +58,69 @@ def _capture(name: str, value: Any):
         return torch.as_tensor(value).clone()
     except Exception as exc:
         raise InputError(f"cannot record a {type(value).__name__} as a tensor ({exc})", field=name) from None
+
+
+def _text_rows(name: str, text: Iterable[str] | None) -> list[str] | None:
+    """``text`` as a list with one string per row; a bare string (one row per character) is refused."""
+    if text is None:
+        return None
+    if isinstance(text, (str, bytes)):
+        raise InputError("give a list with one string per row, not a single string", field=name)
+    return [str(s) for s in text]
+
+
+def _check_text_rows(
+    tensors: Mapping[str, Any], completion_text: list[str] | None, prompt_text: list[str] | None
+) -> None:
+    """Refuse texts whose length differs from the step's rows (B), or, while B is unknown, each other's."""
+    texts = {"completion_text": completion_text, "prompt_text": prompt_text}
+    if batch_rows(tensors) is None:
+        if (
+            completion_text is not None
+            and prompt_text is not None
+            and len(completion_text) != len(prompt_text)
+        ):
+            raise InputError(
+                f"has {len(prompt_text)} entries but completion_text has {len(completion_text)}; "
+                "record one string per row in both",
+                field="prompt_text",
+            )
+        return
+    for field, message in text_row_problems(tensors, texts):
+        raise InputError(f"{message} of this step's tensors; record one string per row", field=field)
+
+
+def _coordinate(name: str, value: Any) -> int:
+    """A step coordinate (``step``, ``micro_batch``, ``rank``) as an int; a non-whole number is refused."""
+    if not isinstance(value, bool):
+        with contextlib.suppress(TypeError):
+            return operator.index(value)  # int, numpy and 0-d torch integers
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    raise InputError(f"must be an integer, got {value!r}", field=name)
+
+
+def _check_step_meta(meta: Mapping[str, Any]) -> None:
+    """Refuse step metadata the checks read as integers but that holds another type (e.g. a string)."""
+    typed = {k: to_jsonable(v) for k, v in meta.items() if k in INT_META_KEYS or k in INT_LIST_META_KEYS}
+    for key, message in meta_type_problems(typed):
+        raise InputError(message, field=key)
+
+
+def _check_stages(stages: Iterable[str]) -> frozenset[str]:
+    """``stages`` as a frozenset; a bare string or an unknown stage name is refused."""
+    if isinstance(stages, str):
+        raise InputError(
+            f"give a set of stage names, e.g. {{{stages!r}}}, not a single string", field="stages"
+        )
+    chosen = frozenset(stages)
+    unknown = sorted(str(s) for s in chosen - set(STAGES))
+    if unknown:
+        raise InputError(
+            f"unknown stage(s) {', '.join(map(repr, unknown))}; valid stages: {', '.join(STAGES)}",
+            field="stages",
+        )
+    return chosen
 
 
 class StepRecorder:
@@ -89,11 +162,14 @@ class StepRecorder:
         if not self.active:
             return
         self._check_open("record")
-        for name, value in tensors.items():
-            if value is None or not self._accept(name):
-                continue
-            with self._lock:
-                self.tensors[name] = _capture(name, value)
+        captured = {
+            name: _capture(name, value)
+            for name, value in tensors.items()
+            if value is not None and self._accept(name)
+        }
+        with self._lock:
+            _check_text_rows({**self.tensors, **captured}, self.completion_text, self.prompt_text)
+            self.tensors.update(captured)
 
     def _check_open(self, what: str) -> None:
         if self._exited:
@@ -110,14 +186,21 @@ class StepRecorder:
     def record_text(
         self, completion_text: Iterable[str] | None = None, prompt_text: Iterable[str] | None = None
     ) -> None:
-        """Record decoded completions (and prompts), one string per row."""
+        """Record decoded completions (and prompts), one string per row.
+
+        A text whose entry count differs from the rows of the step's tensors raises
+        :class:`~grpo_check.findings.InputError`, now or when a tensor recorded later fixes the row count.
+        """
         if not self.active:
             return
         self._check_open("record_text")
-        if completion_text is not None:
-            self.completion_text = [str(s) for s in completion_text]
-        if prompt_text is not None:
-            self.prompt_text = [str(s) for s in prompt_text]
+        completion = _text_rows("completion_text", completion_text)
+        prompt = _text_rows("prompt_text", prompt_text)
+        with self._lock:
+            completion = self.completion_text if completion is None else completion
+            prompt = self.prompt_text if prompt is None else prompt
+            _check_text_rows(self.tensors, completion, prompt)
+            self.completion_text, self.prompt_text = completion, prompt
 
     def watch(self, name: str, tensor: Any) -> Any:
         """Record ``tensor`` now and its gradient ``∂loss/∂tensor`` as ``<name>_grad`` during backward.
@@ -200,7 +283,8 @@ class Recorder:
         trainer_config: the raw trainer configuration (JSON-able dict), kept verbatim in the manifest.
         seeds: anything JSON-able (an int, a dict of seeds).
         every: record one optimizer step in ``every`` (by ``step`` number); other steps are no-ops.
-        stages: record only tensors of these stages (e.g. ``{"batch", "advantages", "grad"}``); ``None`` = all.
+        stages: record only tensors of these stages (e.g. ``{"batch", "advantages", "grad"}``; see
+            :data:`grpo_check.findings.STAGES`; an unknown name raises ``InputError``); ``None`` = all.
         in_memory: keep steps in memory so :meth:`close` returns them (set ``False`` for long runs on disk).
         overwrite: allow writing into a directory that already holds a trace (its files are replaced).
     """
@@ -229,7 +313,7 @@ class Recorder:
             spec = GRPOSpec.from_dict(dict(spec), strict=True)
         self.spec = spec
         self.every = every
-        self.stages = frozenset(stages) if stages is not None else None
+        self.stages = _check_stages(stages) if stages is not None else None
         self.in_memory = in_memory
         self.manifest = build_manifest(
             trainer=trainer, spec=spec, trainer_config=trainer_config, seeds=seeds, notes=notes
@@ -259,13 +343,18 @@ class Recorder:
         """
         if self._closed:
             raise InputError("Recorder is closed; create a new one", field="step")
-        step_number = self._count if step is None else int(step)
+        step_number = self._count if step is None else _coordinate("step", step)
+        coordinates = {
+            name: None if value is None else _coordinate(name, value)
+            for name, value in (("micro_batch", micro_batch), ("rank", rank))
+        }
+        _check_step_meta(meta)
         self.flush_pending(except_step=step_number)
         self._count += 1
         active = step_number % self.every == 0
         recorder = StepRecorder(
             self,
-            {"step": step_number, "micro_batch": micro_batch, "rank": rank, **meta},
+            {"step": step_number, **coordinates, **meta},
             active=active,
             sequence=self._count - 1,
         )

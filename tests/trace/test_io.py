@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -158,19 +158,13 @@ def _two_step_trace(tmp_path: Path, break_second) -> Path:
             "group_index",
             "non-negative",
         ),
-        (lambda s: setattr(s, "completion_text", ["only one"]), "completion_text", "4 rows"),
     ],
 )
 def test_malformed_step_is_named_and_good_steps_still_load(
     tmp_path: Path, breakage, field: str, needle: str
 ) -> None:
-    # a tensor format error is also announced while writing (the text rows are checked at load only)
-    writing = (
-        pytest.warns(UserWarning, match=f"will be skipped when loaded: {field!r}")
-        if field != "completion_text"
-        else contextlib.nullcontext()
-    )
-    with writing:
+    # a tensor format error is also announced while writing
+    with pytest.warns(UserWarning, match=f"will be skipped when loaded: {field!r}"):
         path = _two_step_trace(tmp_path, breakage)
     with pytest.raises(InputError) as info:
         load_trace(path, strict=True)
@@ -417,3 +411,196 @@ def test_unwritable_destination_is_an_input_error_and_an_oserror(tmp_path: Path,
     assert isinstance(info.value, InputError) and isinstance(info.value, OSError)
     assert info.value.source == str(target)
     assert (tmp_path / "file.txt").read_text() == "x"
+
+
+# ------------------------------------------------------- partial drops: wrong text, wrongly typed step meta
+def _edit_step_json(path: Path, edit) -> Path:
+    """Apply ``edit`` to step 1's ``.json`` record (the tensor file is left untouched)."""
+    meta_path = path / "steps" / "000001-mb00-r0.json"
+    record = json.loads(meta_path.read_text())
+    edit(record)
+    meta_path.write_text(json.dumps(record))
+    return meta_path
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("completion_text", ["a", "b", "c"], "has 3 entries for 4 rows"),
+        ("prompt_text", ["p"] * 5, "has 5 entries for 4 rows"),
+        ("completion_text", [1, 2, 3, 4], "list of strings"),
+    ],
+)
+def test_wrong_text_drops_only_the_text_and_names_the_json(
+    tmp_path: Path, field: str, value: list, needle: str
+) -> None:
+    path = _two_step_trace(tmp_path, lambda s: None)
+    meta_path = _edit_step_json(path, lambda record: record.__setitem__(field, value))
+    with pytest.raises(InputError) as info:
+        load_trace(path, strict=True)
+    assert (info.value.field, info.value.source) == (field, str(meta_path))
+    assert needle in str(info.value)
+
+    loaded = load_trace(path)
+    assert [s.step for s in loaded.steps] == [0, 1]  # the step and its tensors are kept
+    good, kept = loaded.steps
+    assert set(kept.tensors) == set(good.tensors)
+    assert getattr(kept, field) is None  # only the faulty text is dropped
+    other = "prompt_text" if field == "completion_text" else "completion_text"
+    assert getattr(kept, other) == getattr(good, other)
+    (message,) = loaded.problems
+    assert message.startswith(f"{meta_path}: field {field!r}: ") and "text dropped, tensors kept" in message
+
+
+def test_text_with_one_entry_per_row_is_kept(tmp_path: Path) -> None:
+    path = _two_step_trace(tmp_path, lambda s: None)
+    loaded = load_trace(path, strict=True)
+    assert loaded.steps[1].completion_text == ["a", "bb", "", "c d"]
+    assert loaded.steps[1].prompt_text == ["p0", "p0", "p1", "p1"]
+
+
+def test_writer_warns_that_a_wrong_text_will_be_dropped(tmp_path: Path) -> None:
+    with pytest.warns(
+        UserWarning, match="text will be dropped when loaded: 'completion_text': has 1 entries"
+    ):
+        path = _two_step_trace(tmp_path, lambda s: setattr(s, "completion_text", ["only one"]))
+    loaded = load_trace(path)
+    assert [s.completion_text is None for s in loaded.steps] == [False, True]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("step", "zero"),
+        ("micro_batch", "0"),
+        ("rank", 1.5),
+        ("step", True),
+        ("optimizer_steps_since_old_logps", "0"),
+        ("pad_token_id", [0]),
+        ("eos_token_ids", "23"),
+        ("eos_token_ids", [2, "x"]),
+    ],
+)
+def test_wrongly_typed_meta_key_is_dropped_and_the_step_kept(tmp_path: Path, key: str, value: object) -> None:
+    path = _two_step_trace(tmp_path, lambda s: None)
+    meta_path = _edit_step_json(path, lambda record: record["meta"].__setitem__(key, value))
+    with pytest.raises(InputError) as info:
+        load_trace(path, strict=True)
+    assert (info.value.field, info.value.source) == (f"meta.{key}", str(meta_path))
+    assert repr(value) in str(info.value)
+
+    loaded = load_trace(path)
+    assert len(loaded.steps) == 2
+    kept = loaded.steps[1]
+    assert key not in kept.meta and kept.meta["num_items_in_batch"] == 11  # only the bad key is dropped
+    assert set(kept.tensors) == set(loaded.steps[0].tensors)
+    (message,) = loaded.problems
+    assert message.startswith(f"{meta_path}: field 'meta.{key}': ") and "key dropped, step kept" in message
+
+
+def test_integer_and_null_meta_values_load_without_problems(tmp_path: Path) -> None:
+    path = _two_step_trace(tmp_path, lambda s: None)
+    values = {"rank": None, "optimizer_steps_since_old_logps": 0, "pad_token_id": 0, "eos_token_ids": [1, 2]}
+    _edit_step_json(path, lambda record: record["meta"].update(values))
+    loaded = load_trace(path, strict=True)
+    assert loaded.problems == []
+    assert {k: loaded.steps[1].meta[k] for k in values} == values
+    _edit_step_json(path, lambda record: record["meta"].update(eos_token_ids=2))
+    assert load_trace(path, strict=True).steps[1].meta["eos_token_ids"] == 2
+
+
+def test_check_on_a_wrongly_typed_step_number_reports_instead_of_crashing(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from grpo_check.cli import app
+
+    path = _two_step_trace(tmp_path, lambda s: None)
+    _edit_step_json(path, lambda record: record["meta"].__setitem__("step", "zero"))
+    args = ["check", str(path), "--output", str(tmp_path / "reports")]
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code in (0, 1), result.output  # checked, not a usage error and not a traceback
+    assert "field 'meta.step': must be an integer or null, got 'zero'" in result.output
+
+
+# --------------------------------------------------------------------------- manifest config of wrong type
+def _edit_manifest_config(path: Path, edit) -> Path:
+    manifest_path = path / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    edit(manifest)
+    manifest_path.write_text(json.dumps(manifest))
+    return manifest_path
+
+
+def _run_check(path: Path, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from grpo_check.cli import app
+
+    args = ["check", str(path), "--output", str(tmp_path / "reports")]
+    return CliRunner().invoke(app, args, catch_exceptions=False)
+
+
+@pytest.mark.parametrize("config", [[1], "grpo", 4])
+def test_config_that_is_not_an_object_is_an_input_error(tmp_path: Path, config: object) -> None:
+    path = _two_step_trace(tmp_path, lambda s: None)
+    manifest_path = _edit_manifest_config(path, lambda m: m.__setitem__("config", config))
+    with pytest.raises(InputError) as info:
+        load_trace(path, strict=True)
+    assert (info.value.field, info.value.source) == ("config", str(manifest_path))
+    trace = load_trace(path)
+    assert len(trace.steps) == 2 and any("'config'" in p for p in trace.problems)
+    with pytest.raises(InputError) as info:
+        trace.spec()
+    assert (info.value.field, info.value.source) == ("config", str(manifest_path))
+    assert "must be a JSON object" in str(info.value)
+
+    result = _run_check(path, tmp_path)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"error: {info.value}"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [("num_generations", "4", "whole number"), ("epsilon", "0.2", "finite number")],
+)
+def test_config_field_of_wrong_type_is_an_input_error_naming_the_manifest(
+    tmp_path: Path, field: str, value: str, needle: str
+) -> None:
+    path = _two_step_trace(tmp_path, lambda s: None)
+    manifest_path = _edit_manifest_config(path, lambda m: m["config"].__setitem__(field, value))
+    with pytest.raises(InputError) as info:
+        load_trace(path).spec()
+    assert (info.value.field, info.value.source) == (f"config.{field}", str(manifest_path))
+    assert needle in str(info.value)
+
+    result = _run_check(path, tmp_path)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"error: {info.value}"]
+
+
+@pytest.mark.parametrize("config", [None, {}, {"num_generations": 2, "epsilon": 0.2}])
+def test_valid_or_absent_config_still_checks(tmp_path: Path, config: object) -> None:
+    path = _two_step_trace(tmp_path, lambda s: None)
+    _edit_manifest_config(path, lambda m: m.__setitem__("config", config))
+    trace = load_trace(path, strict=True)
+    assert trace.spec().epsilon == 0.2 and trace.problems == []
+    assert _run_check(path, tmp_path).exit_code in (0, 1)
+
+
+def test_atomic_write_goes_through_a_symlink_and_refuses_devices_and_pipes(tmp_path: Path) -> None:
+    """Renaming a temp file over the path would replace a symlink, a device node or a FIFO with a plain file
+    (``-o /dev/full`` used to turn the device into a file, as root)."""
+    from grpo_check.trace.io import OutputPathError, atomic_write_bytes
+
+    real = tmp_path / "real.json"
+    real.write_text("{}")
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    atomic_write_bytes(link, b"new")
+    assert link.is_symlink() and real.read_bytes() == b"new"
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for special in (fifo, Path(os.devnull)):
+        with pytest.raises(OutputPathError, match="not a regular file"):
+            atomic_write_bytes(special, b"x")
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and stat.S_ISCHR(Path(os.devnull).stat().st_mode)

@@ -285,3 +285,108 @@ def test_recorder_under_a_file_is_an_input_error(tmp_path) -> None:
     (tmp_path / "afile").write_text("x")
     with pytest.raises(InputError, match="a parent of this path is a file"):
         Recorder(tmp_path / "afile" / "t", spec=GRPOSpec(num_generations=2))
+
+
+# ------------------------------------------------------------------------------- misuse refused early
+def _rows(n: int = 4) -> dict[str, torch.Tensor]:
+    return {"completion_mask": torch.ones(n, 3, dtype=torch.long), "group_index": torch.arange(n) // 2}
+
+
+@pytest.mark.parametrize("field", ["completion_text", "prompt_text"])
+def test_text_with_the_wrong_row_count_is_refused_when_recorded(tmp_path: Path, field: str) -> None:
+    rec = Recorder(tmp_path / "t")
+    with rec.step(step=0) as s:
+        s.record(**_rows())
+        with pytest.raises(InputError) as info:
+            s.record_text(**{field: ["a", "b", "c"]})
+        assert info.value.field == field and "has 3 entries for 4 rows" in str(info.value)
+        s.record_text(**{field: ["a", "b", "c", "d"]})  # the correct call still works
+    rec.close()
+    (step,) = load_trace(tmp_path / "t", strict=True).steps
+    assert getattr(step, field) == ["a", "b", "c", "d"]
+
+
+def test_text_recorded_before_the_rows_are_known_is_checked_when_they_are(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path / "t")
+    with rec.step(step=0) as s:
+        s.record(loss=torch.tensor(0.5))  # a scalar: B still unknown
+        s.record_text(completion_text=["a", "b", "c"])
+        with pytest.raises(InputError) as info:
+            s.record(**_rows())
+        assert info.value.field == "completion_text" and "has 3 entries for 4 rows" in str(info.value)
+        assert not s.tensors.keys() & _rows().keys()  # the refused call recorded nothing
+        s.record(**_rows(3))
+    with rec.step(step=1) as s:
+        s.record_text(completion_text=["a", "b"], prompt_text=["p", "p"])
+        s.record(**_rows(2))
+    rec.close()
+    trace = load_trace(tmp_path / "t", strict=True)
+    assert [s.completion_text for s in trace.steps] == [["a", "b", "c"], ["a", "b"]]
+    assert [s["completion_mask"].shape[0] for s in trace.steps] == [3, 2]
+
+
+def test_texts_of_different_lengths_or_a_bare_string_are_refused() -> None:
+    rec = Recorder(None)
+    with rec.step(step=0) as s:
+        with pytest.raises(InputError, match="completion_text has 2") as info:
+            s.record_text(completion_text=["a", "b"], prompt_text=["p"])
+        assert info.value.field == "prompt_text"
+        with pytest.raises(InputError, match="not a single string") as info:
+            s.record_text(completion_text="one completion")
+        assert info.value.field == "completion_text"
+        s.record_text(completion_text=["one completion"], prompt_text=["p"])
+    (step,) = rec.close().steps
+    assert (step.completion_text, step.prompt_text) == (["one completion"], ["p"])
+
+
+def test_unknown_stage_names_are_refused() -> None:
+    with pytest.raises(InputError) as info:
+        Recorder(None, stages={"advantage", "gradient"})
+    message = str(info.value)
+    assert info.value.field == "stages"
+    assert "'advantage', 'gradient'" in message
+    assert "valid stages: batch, rewards, advantages, logps, ratio, kl, loss, grad" in message
+    with pytest.raises(InputError, match="not a single string"):
+        Recorder(None, stages="batch")
+
+    rec = Recorder(None, stages={"advantages", "grad"})  # the correct spelling records
+    with rec.step(step=0) as s:
+        s.record(advantages=torch.tensor([1.0, -1.0]), **_rows(2))
+    (step,) = rec.close().steps
+    assert set(step.tensors) == {"advantages"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"step": "zero"}, "step"),
+        ({"step": 1.5}, "step"),
+        ({"micro_batch": "1"}, "micro_batch"),
+        ({"rank": True}, "rank"),
+        ({"optimizer_steps_since_old_logps": "0"}, "optimizer_steps_since_old_logps"),
+        ({"eos_token_ids": "23"}, "eos_token_ids"),
+    ],
+)
+def test_wrongly_typed_step_coordinates_and_meta_are_refused(kwargs: dict, field: str) -> None:
+    rec = Recorder(None)
+    with pytest.raises(InputError) as info, rec.step(**kwargs):
+        pass
+    assert info.value.field == field
+    assert rec.close().steps == []
+
+
+def test_integer_like_step_coordinates_and_meta_are_accepted(tmp_path: Path) -> None:
+    import numpy as np
+
+    rec = Recorder(tmp_path / "t")
+    meta = {"optimizer_steps_since_old_logps": torch.tensor(0), "eos_token_ids": (1, 2), "pad_token_id": None}
+    with rec.step(step=np.int64(2), micro_batch=torch.tensor(1), rank=1.0, **meta) as s:
+        s.record(**_rows(2))
+    rec.close()
+    (step,) = load_trace(tmp_path / "t", strict=True).steps
+    assert {k: step.meta[k] for k in ("step", "micro_batch", "rank")} == {
+        "step": 2,
+        "micro_batch": 1,
+        "rank": 1,
+    }
+    assert (step.meta["optimizer_steps_since_old_logps"], step.meta["eos_token_ids"]) == (0, [1, 2])
