@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
@@ -108,6 +109,7 @@ def effective_values(
     """
     values = _versions.defaults_for(_versions.resolve_version(version))
     values.update(user_values)
+    values.update(_parsed_dict_fields(values))
     values["num_processes"] = num_processes
     scale = values.get("scale_rewards")
     if scale is True or scale is False:
@@ -139,12 +141,51 @@ def effective_values(
 
 
 def _as_int(value: Any) -> int | None:
+    """``value`` as an int, or None when it is not one (a bool, a fraction such as 2.5, NaN/inf, a word):
+    a rule then stays silent instead of judging a truncated value; GA409/GA410 report the value itself."""
     if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, float) and not value.is_integer():
         return None
     try:
         return int(value)
     except (TypeError, ValueError, OverflowError):  # OverflowError: inf in an integer field
         return None
+
+
+# Fields that take a mapping; TrainingArguments/GRPOConfig.__post_init__ also accept a JSON object written as a
+# string (``_VALID_DICT_FIELDS``: a string starting with "{" goes through json.loads).
+MAPPING_FIELDS: tuple[str, ...] = (
+    "generation_kwargs",
+    "model_init_kwargs",
+    "chat_template_kwargs",
+    "lr_scheduler_kwargs",
+    "gradient_checkpointing_kwargs",
+    "activation_checkpointing_kwargs",
+)
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    """The mapping a JSON-object string holds (``'{"temperature": 0.7}'``), else None."""
+    import json
+
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        loaded = json.loads(text)
+    except ValueError:
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def _parsed_dict_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The mapping fields written as JSON-object strings, parsed (the others are left for GA410 to judge)."""
+    parsed = {}
+    for name in MAPPING_FIELDS:
+        value = values.get(name)
+        if isinstance(value, str) and (loaded := _json_object(value)) is not None:
+            parsed[name] = loaded
+    return parsed
 
 
 def _as_float(value: Any) -> float | None:
@@ -196,6 +237,20 @@ class Rule:
         if isinstance(out, Hit):
             return [out]
         return list(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The rule's record, as ``grpo-check audit --list-rules -f json`` / ``--explain ID -f json`` print it."""
+        return {
+            "id": self.id,
+            "severity": self.severity,
+            "category": self.category,
+            "title": self.title,
+            "fields": list(self.fields),
+            "reason": self.reason,
+            "source": self.source,
+            "fix": self.fix,
+            "catalog_id": self.catalog_id,
+        }
 
     def explain(self) -> str:
         """The full rationale, as ``grpo-check audit --explain`` prints it."""
@@ -1413,33 +1468,41 @@ def _field_not_in_version(ctx: AuditContext) -> list[Hit]:
 
 @rule(
     "GA404",
-    "unknown key",
-    "info",
+    "unknown key that looks like a typo of a known field",
+    "warning",
     ("<field>",),
     reason=(
         "The key is neither a GRPOConfig/TrainingArguments field in any TRL release tabulated nor a key TRL's "
-        "scripts read. Usually a typo: the value you meant to set keeps its default."
+        "scripts read, and it is a close spelling of one that is (betta → beta). A recipe that filters keys "
+        "drops it and HfArgumentParser may refuse it; either way the value you meant to set keeps its default."
     ),
-    source="grpo_check/audit/versions.py field lists; difflib close matches",
+    source="grpo_check/audit/versions.py field lists; difflib close matches (ratio ≥ 0.75)",
     fix="Fix the spelling (see the suggestion) or remove the key.",
 )
-def _unknown_key(ctx: AuditContext) -> list[Hit]:
+def _likely_typo(ctx: AuditContext) -> list[Hit]:
     hits = []
-    every_field = set(_versions._HISTORY) | _versions.TRAINING_ARGUMENTS_FIELDS
-    for key in ctx.facts.get("keys", ()):
-        if key in every_field or key in _versions.SCRIPT_KEYS:
-            continue
-        matches = difflib.get_close_matches(key, sorted(every_field), n=2, cutoff=0.75)
+    for key, matches in _unknown_keys(ctx):
+        if not matches:
+            continue  # GA411
         hint = " or ".join(f"`{m}`{_availability(m, ctx.version)}" for m in matches)
-        typo = f"; typo of {hint}?" if hint else ""
         hits.append(
             Hit(
-                f"{key!r} is not a GRPOConfig field in TRL {ctx.version}{typo}",
+                f"{key!r} is not a GRPOConfig field in TRL {ctx.version}; typo of {hint}?",
                 fields=(key,),
                 details={"suggestions": matches},
             )
         )
     return hits
+
+
+def _unknown_keys(ctx: AuditContext) -> list[tuple[str, list[str]]]:
+    """Keys of the file that no TRL release tabulated knows, each with its close matches among the fields."""
+    every_field = set(_versions._HISTORY) | _versions.TRAINING_ARGUMENTS_FIELDS
+    return [
+        (key, difflib.get_close_matches(key, sorted(every_field), n=2, cutoff=0.75))
+        for key in ctx.facts.get("keys", ())
+        if key not in every_field and key not in _versions.SCRIPT_KEYS
+    ]
 
 
 def _availability(field: str, version: str) -> str:
@@ -1568,12 +1631,32 @@ _INFINITY_ALLOWED: frozenset[str] = frozenset(
 )
 
 
+# Integer fields whose default is None (so the defaults table cannot tell their type).
+_INTEGER_FIELDS_WITHOUT_DEFAULT: frozenset[str] = frozenset(
+    {"generation_batch_size", "steps_per_generation", "num_generations_eval", "max_prompt_length"}
+)
+# Integer-valued fields that transformers also accepts as a float (a ratio of the total steps when < 1).
+_STEP_RATIO_FIELDS: frozenset[str] = frozenset({"logging_steps", "eval_steps", "save_steps"})
+
+
 def _numeric_fields(version: str) -> set[str]:
-    return {
-        name
-        for name, value in _versions.defaults_for(version).items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool)
-    } | {"learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "epsilon_high", "delta", "min_p"}
+    return (
+        {
+            name
+            for name, value in _versions.defaults_for(version).items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
+        }
+        | {"learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "epsilon_high", "delta", "min_p"}
+        | _INTEGER_FIELDS_WITHOUT_DEFAULT
+    )
+
+
+def _integer_fields(version: str) -> set[str]:
+    defaults = _versions.defaults_for(version)
+    typed = {
+        name for name, value in defaults.items() if isinstance(value, int) and not isinstance(value, bool)
+    }
+    return (typed | _INTEGER_FIELDS_WITHOUT_DEFAULT) - _STEP_RATIO_FIELDS
 
 
 @rule(
@@ -1604,6 +1687,103 @@ def _non_finite_or_non_numeric(ctx: AuditContext) -> list[Hit]:
         elif number in (float("inf"), float("-inf")) and not (number > 0 and name in _INFINITY_ALLOWED):
             hits.append(Hit(f"{name} = {number} is not finite", fields=(name,)))
     return hits
+
+
+@rule(
+    "GA410",
+    "value of the wrong type for the field",
+    "error",
+    ("<field>",),
+    reason=(
+        "GRPOConfig does not check value types: a fraction in an integer field (num_generations: 2.5), a "
+        "boolean in a numeric field (num_generations: true), reward_weights that is not a list of numbers, or a "
+        "*_kwargs field that is not a mapping passes GRPOConfig(**…) and fails only later — range(), "
+        "torch.tensor(reward_weights), generation_kwargs.update() — after the model has loaded, or (a boolean "
+        "read as 0/1) silently trains with a value nobody wrote. The other rules cannot judge such a value and "
+        "stay silent about it (they never round 2.5 to 2), so this one says so."
+    ),
+    source=(
+        "TRL GRPOConfig field types (TRL 1.16: num_generations: int | None, reward_weights: list[float] | None, "
+        "generation_kwargs: dict | str | None); transformers TrainingArguments.__post_init__ "
+        "(_VALID_DICT_FIELDS: a string starting with '{' is parsed as JSON)"
+    ),
+    fix=(
+        "Write a whole number in integer fields, a list with one number per reward function in reward_weights, "
+        "and a mapping (or a JSON object string) in *_kwargs fields."
+    ),
+)
+def _wrong_type(ctx: AuditContext) -> list[Hit]:
+    hits = [_number_type_hit(name, ctx.values.get(name), ctx.version) for name in sorted(ctx.explicit)]
+    if ctx.is_set("reward_weights"):
+        hits.append(_reward_weights_hit(ctx["reward_weights"]))
+    hits.extend(_mapping_hit(name, ctx[name]) for name in MAPPING_FIELDS if ctx.is_set(name))
+    return [hit for hit in hits if hit is not None]
+
+
+def _number_type_hit(name: str, value: Any, version: str) -> Hit | None:
+    """A boolean in a numeric field, or a float in an integer field (NaN/inf are GA409's)."""
+    if isinstance(value, bool) and name in _numeric_fields(version):
+        return Hit(f"{name} = {value!r} is a boolean, not a number", fields=(name,))
+    if not isinstance(value, float) or not math.isfinite(value) or name not in _integer_fields(version):
+        return None  # NaN and infinity are GA409's
+    if value.is_integer():
+        return Hit(
+            f"{name} = {value!r} is a float; TRL needs an integer (write {int(value)})", fields=(name,)
+        )
+    return Hit(f"{name} = {value!r} is not a whole number; TRL needs an integer", fields=(name,))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _reward_weights_hit(weights: Any) -> Hit | None:
+    if weights is None:
+        return None
+    if not isinstance(weights, (list, tuple)):
+        return Hit(
+            f"reward_weights = {weights!r} is not a list of numbers ({type(weights).__name__})",
+            fields=("reward_weights",),
+        )
+    bad = [f"{i} ({w!r})" for i, w in enumerate(weights) if not _is_number(w)]
+    if not bad:
+        return None
+    return Hit(
+        f"reward_weights = {list(weights)!r}: entries {', '.join(bad)} are not numbers",
+        fields=("reward_weights",),
+    )
+
+
+def _mapping_hit(name: str, value: Any) -> Hit | None:
+    if value is None or isinstance(value, Mapping):
+        return None
+    kind = "a string that is not a JSON object" if isinstance(value, str) else type(value).__name__
+    return Hit(f"{name} = {value!r} is not a mapping ({kind})", fields=(name,))
+
+
+@rule(
+    "GA411",
+    "unknown key",
+    "info",
+    ("<field>",),
+    reason=(
+        "The key is neither a GRPOConfig/TrainingArguments field in any TRL release tabulated nor a key TRL's "
+        "scripts read, and no known field is spelled like it (a close spelling is GA404, a warning). Often a "
+        "key of your own script; if it was meant as a TRL setting, that setting keeps its default."
+    ),
+    source="grpo_check/audit/versions.py field lists; difflib close matches (none at ratio ≥ 0.75)",
+    fix="Remove the key, or check the GRPOConfig documentation of your TRL release for the field you meant.",
+)
+def _unknown_key(ctx: AuditContext) -> list[Hit]:
+    return [
+        Hit(
+            f"{key!r} is not a GRPOConfig field in TRL {ctx.version}",
+            fields=(key,),
+            details={"suggestions": []},
+        )
+        for key, matches in _unknown_keys(ctx)
+        if not matches
+    ]
 
 
 # --------------------------------------------------------------------------- GA5xx live trainer
@@ -1705,5 +1885,5 @@ def get_rule(rule_id: str) -> Rule:
     key = rule_id.strip().upper()
     if key in RULES:
         return RULES[key]
-    close = difflib.get_close_matches(key, list(RULES), n=3)
+    close = [r for r in RULES if r.startswith(key)][:3] or difflib.get_close_matches(key, list(RULES), n=3)
     raise KeyError(f"no audit rule {rule_id!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))

@@ -75,15 +75,10 @@ def register(app: typer.Typer) -> None:
         if min_severity not in ("info", "warning", "error"):
             raise fail_usage(f"--min-severity must be info, warning or error, got {min_severity!r}")
         if explain is not None:
-            from grpo_check.audit.rules import get_rule
-
-            try:
-                typer.echo(get_rule(explain).explain())
-            except KeyError as exc:
-                raise fail_usage(str(exc.args[0])) from None
+            _explain_rule(explain, output_format, output)
             raise typer.Exit(EXIT_CLEAN)
         if list_rules:
-            _print_rules(output_format)
+            _list_rules(output_format, output)
             raise typer.Exit(EXIT_CLEAN)
         if config is None:
             raise fail_usage("missing CONFIG (a YAML or JSON file); see `grpo-check audit --help`")
@@ -116,41 +111,60 @@ def _emit(result, output_format: str, output: Path | None, min_severity: str) ->
         text = render.to_markdown(result, min_severity=min_severity)
     else:
         text = render.to_text(result, min_severity=min_severity)
+    _write(text, output)
+
+
+def _write(text: str, output: Path | None) -> None:
+    """``text`` to stdout, or atomically to ``output`` (an unwritable path is a usage error, exit 2)."""
     if output is None:
         typer.echo(text)
+        return
+    from grpo_check.trace.io import atomic_write_text
+
+    with user_errors():
+        atomic_write_text(output, text + "\n")
+    typer.echo(f"wrote {output}", err=True)
+
+
+# The --format values each rule-listing mode can honour (table and text both mean plain text there).
+_EXPLAIN_FORMATS: tuple[str, ...] = ("table", "text", "json")
+_LIST_FORMATS: tuple[str, ...] = ("table", "text", "json", "md")
+
+
+def _require_format(mode: str, output_format: str, supported: tuple[str, ...]) -> None:
+    if output_format not in supported:
+        raise fail_usage(
+            f"--format {output_format} does not apply to {mode}; use one of {', '.join(supported)}"
+        )
+
+
+def _explain_rule(rule_id: str, output_format: str, output: Path | None) -> None:
+    import json
+
+    from grpo_check.audit.rules import get_rule
+
+    _require_format("--explain", output_format, _EXPLAIN_FORMATS)
+    try:
+        current = get_rule(rule_id)
+    except KeyError as exc:
+        raise fail_usage(str(exc.args[0])) from None
+    if output_format == "json":
+        _write(json.dumps(current.to_dict(), indent=2, ensure_ascii=False), output)
     else:
-        from grpo_check.trace.io import atomic_write_text
-
-        with user_errors():  # an unwritable --output is a usage error (exit 2), never a traceback
-            atomic_write_text(output, text + "\n")
-        typer.echo(f"wrote {output}", err=True)
+        _write(current.explain().rstrip("\n"), output)
 
 
-def _print_rules(output_format: str) -> None:
+def _list_rules(output_format: str, output: Path | None) -> None:
     import json
 
     from grpo_check.audit.rules import RULES
 
+    _require_format("--list-rules", output_format, _LIST_FORMATS)
     if output_format == "json":
-        typer.echo(
-            json.dumps(
-                [
-                    {
-                        "id": r.id,
-                        "severity": r.severity,
-                        "category": r.category,
-                        "title": r.title,
-                        "fields": list(r.fields),
-                        "reason": r.reason,
-                        "source": r.source,
-                        "fix": r.fix,
-                    }
-                    for r in RULES.values()
-                ],
-                indent=2,
-                ensure_ascii=False,
-            )
-        )
-        return
-    for r in RULES.values():
-        typer.echo(f"{r.id}  {r.severity:7}  {r.category:18}  {r.title}")
+        text = json.dumps([r.to_dict() for r in RULES.values()], indent=2, ensure_ascii=False)
+    elif output_format == "md":
+        rows = [f"| `{r.id}` | {r.severity} | {r.category} | {r.title} |" for r in RULES.values()]
+        text = "\n".join(["| id | severity | category | title |", "|---|---|---|---|", *rows])
+    else:
+        text = "\n".join(f"{r.id}  {r.severity:7}  {r.category:18}  {r.title}" for r in RULES.values())
+    _write(text, output)

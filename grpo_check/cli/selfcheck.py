@@ -24,7 +24,8 @@ def register(app: typer.Typer) -> None:
             "    grpo-check selfcheck\n\n"
             "    grpo-check selfcheck --format json > selfcheck.json\n\n"
             "    grpo-check selfcheck --golden-dir my_vectors/ --only adv-\n\n"
-            "Exit codes: 0 all cases pass, 1 some case failed, 2 usage error (bad folder, bad JSON)."
+            "Exit codes: 0 all cases pass, 1 some case failed, 2 usage error (bad folder, bad JSON, a "
+            "malformed case: unknown function, dtype, input or keyword, ragged data, bad spec, duplicate id)."
         ),
     )
     def selfcheck(

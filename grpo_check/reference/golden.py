@@ -4,7 +4,10 @@ Format (``grpo-check-golden/1``): a file holds ``{"format": ..., "cases": [case,
 ``{"id", "function", "description", "hand_worked", "equations", "spec", "meta", "kwargs", "inputs",
 "expected", "rtol", "atol"}``. Tensors are ``{"dtype": "float64" | "int64" | "bool", "data": nested lists}``
 with non-finite floats written as the strings ``"nan"``, ``"inf"``, ``"-inf"``. ``spec`` holds only the
-``GRPOSpec`` fields that differ from the defaults. A copy of the files ships inside the package
+``GRPOSpec`` fields that differ from the defaults. :func:`load_cases` refuses a case it could not replay as
+written (unknown function, dtype, input or keyword name, missing input, ragged data, bad spec, duplicate id)
+with an ``InputError`` naming the case and the file: a broken vector file is an input error, not a failure of
+the reference. A copy of the files ships inside the package
 (``grpo_check/reference/golden_vectors/``) so ``grpo-check selfcheck`` works when installed.
 
 Example::
@@ -97,6 +100,7 @@ def load_cases(directory: str | Path | None = None) -> list[dict[str, Any]]:
     if not files:
         raise InputError(f"no golden vector files (*.json) in {directory}")
     cases: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}  # case id -> file that defined it
     for path in files:
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
@@ -114,9 +118,172 @@ def load_cases(directory: str | Path | None = None) -> list[dict[str, Any]]:
                 isinstance(case.get(key), str) for key in ("id", "function")
             ):
                 raise InputError(f"{path}: field 'cases[{index}]' needs string 'id' and 'function' keys")
+            _check_case(case, path, seen)
             case["_file"] = path.name
             cases.append(case)
     return cases
+
+
+# -------------------------------------------------------------------------------------------- validation
+
+
+@dataclasses.dataclass(frozen=True)
+class _Signature:
+    """What a golden ``function`` reads: input tensors (required / optional) and keyword arguments."""
+
+    required: frozenset[str] = frozenset()
+    optional: frozenset[str] = frozenset()
+    kwargs: frozenset[str] = frozenset()
+    required_kwargs: frozenset[str] = frozenset()
+
+
+_STEP_INPUTS = frozenset(
+    {
+        "completion_mask", "group_index", "rewards_per_func", "rewards", "advantages", "logps", "old_logps",
+        "ref_logps", "sampler_logps", "entropies", "tool_mask", "truncated", "sampler_is_ratio",
+        "reward_weights",
+    }
+)  # fmt: skip
+
+# One entry per function :func:`run_case` dispatches on; anything else in a case is a malformed vector.
+FUNCTIONS: dict[str, _Signature] = {
+    "compute_advantages": _Signature(
+        required=frozenset({"rewards_per_func"}), optional=frozenset({"group_index", "reward_weights"})
+    ),
+    "logps_and_entropy_from_logits": _Signature(
+        required=frozenset({"logits", "completion_ids"}), kwargs=frozenset({"temperature", "chunk_size"})
+    ),
+    "logps_from_full_logits": _Signature(
+        required=frozenset({"full_logits", "completion_ids"}),
+        kwargs=frozenset({"prompt_length", "temperature", "chunk_size"}),
+        required_kwargs=frozenset({"prompt_length"}),
+    ),
+    "sampling_kept_mass": _Signature(
+        required=frozenset({"logits", "completion_ids"}),
+        kwargs=frozenset({"temperature", "top_p", "top_k", "min_p", "order", "chunk_size"}),
+    ),
+    "per_token_kl": _Signature(
+        required=frozenset({"logps", "ref_logps"}),
+        optional=frozenset({"ratio"}),
+        kwargs=frozenset({"estimator"}),
+    ),
+    "sampler_is_ratio": _Signature(
+        required=frozenset({"old_logps", "sampler_logps"}),
+        optional=frozenset({"loss_mask"}),
+        kwargs=frozenset({"mode", "clip_min", "clip_max"}),
+    ),
+    "reference_step": _Signature(optional=_STEP_INPUTS, kwargs=frozenset({"isolate", "stages"})),
+}
+
+_DTYPES: tuple[str, ...] = ("float64", "int64", "bool")
+_NON_FINITE: tuple[str, ...] = ("nan", "inf", "-inf")
+
+
+class _Malformed(ValueError):
+    """A golden case that cannot be replayed as written (the message says what is wrong)."""
+
+
+def _names(names: Iterable[str]) -> str:
+    return ", ".join(sorted(names))
+
+
+def _check_case(case: dict[str, Any], path: Path, seen: dict[str, str]) -> None:
+    """Raise ``InputError("malformed golden case <id> in <file>: <what>")`` unless ``case`` can be replayed."""
+    from grpo_check.findings import InputError
+
+    case_id = case["id"]
+    try:
+        if case_id in seen:
+            where = "earlier in the same file" if seen[case_id] == str(path) else f"also in {seen[case_id]}"
+            raise _Malformed(f"duplicate case id ({where})")
+        _check_structure(case)
+    except _Malformed as exc:
+        raise InputError(f"malformed golden case {case_id} in {path}: {exc}") from None
+    seen[case_id] = str(path)
+
+
+def _check_structure(case: dict[str, Any]) -> None:
+    signature = FUNCTIONS.get(case["function"])
+    if signature is None:
+        raise _Malformed(f"unknown function {case['function']!r} (known: {_names(FUNCTIONS)})")
+    inputs = _mapping(case, "inputs", required=True)
+    _check_names("inputs", inputs, signature.required, signature.required | signature.optional)
+    kwargs = _mapping(case, "kwargs")
+    _check_names("kwargs", kwargs, signature.required_kwargs, signature.kwargs)
+    _mapping(case, "meta")
+    expected = _mapping(case, "expected", required=True)
+    if not expected:
+        raise _Malformed("'expected' lists no outputs")
+    for section, tensors in (("inputs", inputs), ("expected", expected)):
+        for name, obj in tensors.items():
+            _check_tensor(f"{section}.{name}", obj)
+    for tolerance in ("rtol", "atol"):
+        value = case.get(tolerance, 0.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise _Malformed(f"'{tolerance}' must be a number ≥ 0, got {value!r}")
+    _check_spec(case)
+
+
+def _mapping(case: dict[str, Any], key: str, *, required: bool = False) -> dict[str, Any]:
+    value = case.get(key)
+    if value is None and not required:
+        return {}
+    if value is None:
+        raise _Malformed(f"'{key}' is missing")
+    if not isinstance(value, dict):
+        raise _Malformed(f"'{key}' must be a mapping, got {type(value).__name__} {value!r:.40}")
+    return value
+
+
+def _check_names(
+    section: str, given: dict[str, Any], required: frozenset[str], allowed: frozenset[str]
+) -> None:
+    missing = required - set(given)
+    if missing:
+        raise _Malformed(f"'{section}' lacks {_names(missing)}")
+    unknown = set(given) - allowed
+    if unknown:
+        known = _names(allowed) if allowed else "none"
+        raise _Malformed(f"unknown '{section}' key(s) {_names(unknown)} (known: {known})")
+
+
+def _check_tensor(where: str, obj: Any) -> None:
+    if not isinstance(obj, dict) or set(obj) != {"dtype", "data"}:
+        raise _Malformed(f'{where} must be a tensor {{"dtype": ..., "data": ...}}, got {obj!r:.60}')
+    if obj["dtype"] not in _DTYPES:
+        raise _Malformed(f"{where}: unknown dtype {obj['dtype']!r} (known: {', '.join(_DTYPES)})")
+    _shape(where, obj["data"], obj["dtype"])
+
+
+def _shape(where: str, data: Any, dtype: str) -> tuple[int, ...]:
+    """The shape of the nested list ``data``; raises on a ragged list or an element ``dtype`` cannot hold."""
+    if isinstance(data, list):
+        shapes = {_shape(where, item, dtype) for item in data}
+        if len(shapes) > 1:
+            raise _Malformed(f"{where}: ragged data (rows of shapes {sorted(shapes)})")
+        return (len(data), *(shapes.pop() if shapes else ()))
+    if not _is_element(data, dtype):
+        raise _Malformed(f"{where}: {data!r:.40} is not a {dtype} value")
+    return ()
+
+
+def _is_element(value: Any, dtype: str) -> bool:
+    if dtype == "bool":
+        return isinstance(value, bool)
+    if dtype == "int64":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return value in _NON_FINITE if isinstance(value, str) else isinstance(value, (int, float))
+
+
+def _check_spec(case: dict[str, Any]) -> None:
+    from grpo_check.findings import InputError
+
+    if not isinstance(case.get("spec") or {}, dict):
+        raise _Malformed(f"'spec' must be a mapping of GRPOSpec fields, got {type(case['spec']).__name__}")
+    try:
+        _spec(case)
+    except (InputError, TypeError, ValueError) as exc:
+        raise _Malformed(f"bad 'spec': {exc}") from None
 
 
 # ------------------------------------------------------------------------------------------------ replay

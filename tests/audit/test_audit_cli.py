@@ -109,6 +109,60 @@ def test_list_rules(app):
     assert {r["id"] for r in as_json} == set(RULES)
 
 
+def test_explain_honours_json_and_refuses_formats_it_cannot_give(app, tmp_path):
+    """`--explain ID -f json` used to print the text; md and sarif make no sense for one rule: exit 2."""
+    record = json.loads(run(app, "--explain", "GA201", "-f", "json").output)
+    assert record["id"] == "GA201" and record["fix"] == RULES["GA201"].fix and record["catalog_id"] == "3"
+    assert run(app, "--explain", "GA201", "-f", "text").output.startswith("GA201 [warning]")
+    for fmt in ("md", "sarif"):
+        refused = CliRunner().invoke(app, ["audit", "--explain", "GA201", "-f", fmt])
+        assert refused.exit_code == 2, refused.output
+        assert f"--format {fmt} does not apply to --explain" in refused.output
+    out = tmp_path / "ga201.json"
+    assert run(app, "--explain", "GA201", "-f", "json", "-o", out).exit_code == 0
+    assert json.loads(out.read_text())["id"] == "GA201"
+
+
+def test_list_rules_honours_md_and_refuses_sarif(app, tmp_path):
+    """`--list-rules -f sarif` used to print the text table silently."""
+    refused = CliRunner().invoke(app, ["audit", "--list-rules", "-f", "sarif"])
+    assert refused.exit_code == 2 and "--format sarif does not apply to --list-rules" in refused.output
+    table = run(app, "--list-rules", "-f", "md").output.splitlines()
+    assert table[0] == "| id | severity | category | title |" and len(table) == len(RULES) + 2
+    out = tmp_path / "rules.json"
+    assert run(app, "--list-rules", "-f", "json", "-o", out).exit_code == 0
+    assert [r["id"] for r in json.loads(out.read_text())] == list(RULES)
+
+
+@pytest.mark.parametrize(
+    ("key", "strict_exit", "rule_id"), [("betta: 0.1", 1, "GA404"), ("my_own_setting: 1", 0, "GA411")]
+)
+def test_strict_fails_on_a_likely_typo_only(app, tmp_path, key, strict_exit, rule_id):
+    """A close misspelling of a field is a warning (--strict exits 1); a key like no field stays info."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text((EXAMPLES / "clean.yaml").read_text() + key + "\n")
+    result = run(app, path, "--trl-version", "1.16", "--format", "text", "--strict")
+    assert result.exit_code == strict_exit, result.output
+    assert rule_id in result.output
+    assert run(app, EXAMPLES / "clean.yaml", "--trl-version", "1.16", "--strict").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("num_generations: 2.5\n", "num_generations = 2.5 is not a whole number"),
+        ("num_generations: true\n", "num_generations = True is a boolean"),
+        ("reward_weights: 5\n", "reward_weights = 5 is not a list of numbers"),
+        ("generation_kwargs: temperature=0.7\n", "generation_kwargs = 'temperature=0.7' is not a mapping"),
+    ],
+)
+def test_wrong_value_types_exit_1(app, tmp_path, content, message):
+    path = tmp_path / "cfg.yaml"
+    path.write_text(content)
+    result = run(app, path, "--trl-version", "1.16", "--format", "text", "--num-reward-funcs", "3")
+    assert result.exit_code == 1 and "GA410" in result.output and message in result.output
+
+
 def test_json_and_md_formats(app, tmp_path):
     result = run(app, EXAMPLES / "bad.yaml", "--trl-version", "1.16", "--format", "json")
     data = json.loads(result.output)

@@ -266,6 +266,19 @@ CASES: dict[str, list[tuple[dict, dict, str, int]]] = {
         ({"num_generations": "eight"}, {"num_generations": 8}, LATEST, 1),
         ({"per_device_train_batch_size": float("inf")}, {"per_device_train_batch_size": 8}, LATEST, 1),
     ],
+    "GA410": [
+        ({"num_generations": 2.5}, {"num_generations": 2}, LATEST, 1),
+        ({"num_generations": 8.0}, {"num_generations": 8}, LATEST, 1),
+        ({"num_generations": True}, {"num_generations": 8}, LATEST, 1),
+        ({"beta": True}, {"beta": 0.04}, LATEST, 1),
+        ({"reward_weights": 5}, {"reward_weights": [5.0]}, LATEST, 1),
+        ({"reward_weights": "abc"}, {"reward_weights": None}, LATEST, 1),
+        ({"reward_weights": [1, "a", None]}, {"reward_weights": [1, 0.5, 0]}, LATEST, 1),
+        ({"generation_kwargs": "temperature=0.7"}, {"generation_kwargs": '{"max_tokens": 64}'}, LATEST, 1),
+        ({"generation_kwargs": [1, 2]}, {"generation_kwargs": {"max_tokens": 64}}, LATEST, 1),
+        ({"model_init_kwargs": "bfloat16"}, {"model_init_kwargs": {"dtype": "bfloat16"}}, LATEST, 1),
+    ],
+    "GA411": [({"my_own_script_setting": 1, "num_generations": 8}, {"num_generations": 8}, LATEST, 1)],
     "GA406": [({"num_generations": 8}, {"num_generations": 8}, "0.13", 1)],
 }
 
@@ -337,6 +350,48 @@ def test_ga404_suggests_the_close_field():
     (finding,) = audit({"num_generation": 8}, trl_version=LATEST, rules=["GA404"]).findings
     assert finding.details["suggestions"][0] == "num_generations"
     assert "typo of `num_generations`" in finding.explanation
+
+
+def test_ga404_typo_is_a_warning_and_a_key_with_no_match_is_info():
+    """A close misspelling (betta) fails --strict; a key nothing resembles stays informational."""
+    typo = audit({"betta": 0.1, "num_generations": 8}, trl_version=LATEST, rules=["GA404", "GA411"])
+    assert [(f.check_id, f.verdict) for f in typo] == [("GA404", Verdict.WARN)]
+    assert "typo of `beta`" in typo.findings[0].explanation and typo.exit_code(strict=True) == 1
+    own = audit({"my_own_script_setting": 1, "beta": 0.1}, trl_version=LATEST, rules=["GA404", "GA411"])
+    assert [(f.check_id, f.verdict) for f in own] == [("GA411", Verdict.PASS)]
+    assert own.exit_code(strict=True) == 0
+    assert not audit({"beta": 0.1}, trl_version=LATEST, rules=["GA404", "GA411"]).findings
+
+
+def test_ga410_on_a_real_pyyaml_file(tmp_path):
+    """The values come from YAML as the sweep wrote them; each wrong type is one GA410 error at its line."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text(
+        "num_generations: 2.5\nbeta: true\nreward_weights: [1, 'a', null]\ngeneration_kwargs: [1, 2]\n"
+    )
+    result = audit(path, trl_version=LATEST, num_reward_funcs=3)
+    hits = {f.details["fields"][0]: f for f in result.findings if f.check_id == "GA410"}
+    assert sorted(hits) == ["beta", "generation_kwargs", "num_generations", "reward_weights"]
+    assert hits["num_generations"].details["line"] == 1 and "2.5 is not a whole number" in (
+        hits["num_generations"].explanation
+    )
+    assert "entries 1 ('a'), 2 (None)" in hits["reward_weights"].explanation
+    assert result.exit_code() == 1
+
+
+def test_a_fraction_is_never_rounded_by_other_rules():
+    """num_generations: 2.5 used to be judged (and shown) as num_generations = 2 by GA302."""
+    result = audit({"num_generations": 2.5, "per_device_train_batch_size": 5}, trl_version=LATEST)
+    assert not any("num_generations = 2 " in f.explanation for f in result.findings)
+    assert {f.check_id for f in result.failures} == {"GA410"}
+
+
+def test_generation_kwargs_as_a_json_string_is_parsed_like_trl():
+    """TRL's __post_init__ json-loads a dict field written as a string, so GA202 must see its keys."""
+    result = audit(
+        {"generation_kwargs": '{"temperature": 0.7}'}, trl_version=LATEST, rules=["GA202", "GA410"]
+    )
+    assert [f.check_id for f in result.findings] == ["GA202"]
 
 
 def test_ga408_on_a_real_pyyaml_file(tmp_path):
