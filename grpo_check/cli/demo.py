@@ -16,8 +16,8 @@ float64 reference while it trains (rewards, advantages, log-probs from the refer
 reference-model log-probs, loss and ∂loss/∂logps).
 
 The configurations leave the defaults that hide bugs: every TRL loss type, token and sequence importance
-sampling, beta 0 and > 0, scale_rewards group/batch/none, num_iterations 1 and 2, gradient accumulation 1 and
-4 with steps_per_generation != gradient_accumulation_steps, temperature != 1, top_p < 1, several prompts per
+sampling, beta 0 and > 0, scale_rewards group/batch/none, num_iterations 1 and 2, gradient accumulation 1, 2
+and 4 with steps_per_generation != gradient_accumulation_steps, temperature != 1, top_p < 1, several prompts per
 micro-batch, a tokenizer whose pad token is its EOS token, left-padded prompts of different lengths.
 
 A correct TRL comes out with zero failures. Reports go to `reports/demo/` (report.md, report.html,
@@ -31,7 +31,7 @@ Examples:
 
     grpo-check demo --only cispo --only sapo # configurations whose name contains a pattern
 
-    grpo-check demo --processes 2            # 2 processes (accelerate launch --cpu, gloo)
+    grpo-check demo --processes 2            # 2 CPU processes (torchrun; accelerate uses gloo)
 
     grpo-check demo --list                   # show the matrix and exit
 
@@ -60,11 +60,14 @@ def register(app: typer.Typer) -> None:
             [], "--only", help="Run only configurations whose name contains this (repeatable)."
         ),
         processes: int = typer.Option(
-            1, "--processes", "-p", help="Processes per run (2: accelerate, gloo)."
+            1, "--processes", "-p", help="Processes per run (2: torchrun on CPU, gloo)."
         ),
         out_dir: Path = typer.Option(Path("reports/demo"), "--out-dir", "-o", help="Where the report goes."),
         output_format: str = typer.Option(
-            "text", "--format", "-f", help="What to print at the end: text, md, json or junit."
+            "text",
+            "--format",
+            "-f",
+            help="What to print at the end: text, md, json or junit (the HTML report is written to --out-dir).",
         ),
         seed: int = typer.Option(0, "--seed", help="Seed of the model weights, dataset and TRL."),
         strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too."),

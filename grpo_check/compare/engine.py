@@ -164,7 +164,7 @@ def compare(
 
         result = Result(metadata=_metadata(trace, spec, policy, source, "trace-vs-trace"))
         result.metadata["against"] = against.manifest.get("source") or against.manifest.get("trainer")
-        result.extend(compare_traces(trace, against, spec, policy, progress=progress))
+        result.extend(_collapsed(compare_traces(trace, against, spec, policy, progress=progress), trace))
         _add_trace_problems(result, trace)
         _add_unused_overrides(result, policy)
         return result
@@ -185,10 +185,7 @@ def compare(
         )
         if progress is not None:
             progress(index + 1, total)
-    if len(trace.steps) > 1:  # as `check` does: "not captured" only for what ran on no step at all
-        from grpo_check.invariants.registry import _collapse_not_captured
-
-        result.findings[:] = _collapse_not_captured(result.findings)
+    result.findings[:] = _collapsed(result.findings, trace)
     result.extend(_trend_findings(trace.steps, spec))
     _add_trace_problems(result, trace)
     _add_unused_overrides(result, policy)
@@ -286,6 +283,15 @@ def _add_trace_problems(result: Result, trace: Trace) -> None:
                 explanation=f"trace load problem: {problem}",
             )
         )
+
+
+def _collapsed(findings: list[Finding], trace: Trace) -> list[Finding]:
+    """As ``check`` does over several steps: "not captured" once, and only for what ran on no step at all."""
+    if len(trace.steps) < 2:
+        return findings
+    from grpo_check.invariants.registry import _collapse_not_captured
+
+    return _collapse_not_captured(findings)
 
 
 def _add_unused_overrides(result: Result, policy: TolerancePolicy) -> None:

@@ -68,6 +68,21 @@ def compare_traces(
                 )
             )
             continue
+        for name in sorted(set(step.tensors) ^ set(match.tensors)):  # what only one of the two holds
+            if name in _SKIP:
+                continue
+            where = "the trace compared against" if name in match.tensors else "this trace"
+            findings.append(
+                Finding(
+                    check_id=f"trace.{name}",
+                    stage=TENSOR_STAGE.get(name, "run"),
+                    verdict=Verdict.NOT_CAPTURED,
+                    where=ctx.where(),
+                    kind="compare",
+                    explanation=f"{name}: captured only in {where}, so it is not compared",
+                    details={"missing": [name]},
+                )
+            )
         for name in sorted(set(step.tensors) & set(match.tensors)):
             if name in _SKIP:
                 continue

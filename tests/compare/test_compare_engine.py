@@ -456,3 +456,16 @@ def test_sampler_metrics_equal_the_same_formulas_in_torch(seed):
     )
     worst = torch.where(selected, (logps - sampler).abs(), -1.0).argmax()
     assert (got["worst_row"], got["worst_token"]) == divmod(int(worst), 9)
+
+
+def test_a_tensor_only_one_of_two_traces_holds_is_not_captured_not_silently_skipped():
+    trace, other = make_trace(SPEC, steps=2), make_trace(SPEC, steps=2)
+    for step in other.steps:
+        step.tensors.pop("logps_grad", None)
+    result = compare(trace, against=other)
+    missing = [f for f in result if f.verdict is Verdict.NOT_CAPTURED]
+    assert [f.check_id for f in missing] == ["trace.logps_grad"]  # once over the trace, not per step
+    assert "captured only in this trace" in missing[0].explanation
+    assert not [
+        f for f in compare(trace, against=make_trace(SPEC, steps=2)) if f.verdict is Verdict.NOT_CAPTURED
+    ]
