@@ -121,6 +121,7 @@ def check(trace: Trace, *, spec: GRPOSpec | None = None, source: str | None = No
     # all steps in one call: a check whose inputs no step holds is reported "not captured" once per trace
     result.extend(_invariant_findings(list(trace.steps), spec))
     _add_trace_problems(result, trace)
+    _add_nothing_checked(result)
     return result
 
 
@@ -167,6 +168,7 @@ def compare(
         result.extend(_collapsed(compare_traces(trace, against, spec, policy, progress=progress), trace))
         _add_trace_problems(result, trace)
         _add_unused_overrides(result, policy)
+        _add_nothing_checked(result)
         return result
     result = Result(metadata=_metadata(trace, spec, policy, source, "reference"))
     total = len(trace.steps)
@@ -189,6 +191,7 @@ def compare(
     result.extend(_trend_findings(trace.steps, spec))
     _add_trace_problems(result, trace)
     _add_unused_overrides(result, policy)
+    _add_nothing_checked(result)
     return result
 
 
@@ -292,6 +295,26 @@ def _collapsed(findings: list[Finding], trace: Trace) -> list[Finding]:
     from grpo_check.invariants.registry import _collapse_not_captured
 
     return _collapse_not_captured(findings)
+
+
+def _add_nothing_checked(result: Result) -> None:
+    """A trace holding none of the tensors any check needs would otherwise read "OK": say that nothing was
+    checked."""
+    decided = (Verdict.PASS, Verdict.FAIL, Verdict.WARN, Verdict.CONVENTION)
+    if any(finding.verdict in decided for finding in result.findings):
+        return
+    result.add(
+        Finding(
+            check_id="run.nothing_checked",
+            stage="run",
+            verdict=Verdict.WARN,
+            kind="compare",
+            explanation=(
+                "no check could run: the trace holds none of the tensors the checks need (see the not-captured "
+                "list for what to record)"
+            ),
+        )
+    )
 
 
 def _add_unused_overrides(result: Result, policy: TolerancePolicy) -> None:

@@ -95,7 +95,8 @@ class Check:
                     stage=self.stage,
                     verdict=Verdict.NOT_CAPTURED,
                     where=where_in_step(step, None, None),
-                    explanation=f"not captured: needs {self._needs} (missing {', '.join(lacking)})",
+                    explanation=f"not captured: needs {self._needs} (missing {', '.join(lacking)})"
+                    + _misnamed_hint(step, lacking),
                     kind="invariant",
                     details={"missing": lacking},
                 )
@@ -326,6 +327,19 @@ def run_invariants(
     if len(steps) > 1:
         findings = _collapse_not_captured(findings)
     return findings
+
+
+def _misnamed_hint(step: TraceStep, lacking: Iterable[str]) -> str:
+    """``; the step holds 'advantage': did you mean 'advantages'?`` when a tensor under a non-canonical name
+    is one or two letters from a missing one (a hand-built TraceStep; the Recorder refuses such names)."""
+    from grpo_check.trace.model import TENSOR_STAGE
+
+    odd = [name for name in step.tensors if name not in TENSOR_STAGE and not name.startswith("extra.")]
+    for name in odd:
+        near = difflib.get_close_matches(name, list(lacking), n=1, cutoff=0.75)
+        if near:
+            return f"; the step holds {name!r}: did you mean {near[0]!r}?"
+    return ""
 
 
 def _check_tolerances(tolerances: dict[str, float]) -> None:

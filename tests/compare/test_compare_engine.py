@@ -469,3 +469,13 @@ def test_a_tensor_only_one_of_two_traces_holds_is_not_captured_not_silently_skip
     assert not [
         f for f in compare(trace, against=make_trace(SPEC, steps=2)) if f.verdict is Verdict.NOT_CAPTURED
     ]
+
+
+def test_a_trace_with_nothing_to_check_says_so_instead_of_ok():
+    from grpo_check.trace.model import Trace, TraceStep
+
+    empty = Trace(manifest={"config": SPEC.to_dict()}, steps=[TraceStep(meta={"step": 0})])
+    for result in (check(empty), compare(empty)):
+        (nothing,) = [f for f in result if f.check_id == "run.nothing_checked"]
+        assert nothing.verdict is Verdict.WARN and result.exit_code(strict=True) == 1
+    assert not [f for f in compare(make_trace(SPEC, steps=1)) if f.check_id == "run.nothing_checked"]

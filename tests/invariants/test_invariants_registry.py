@@ -303,3 +303,14 @@ def test_any_subset_of_a_correct_capture_never_fails(dropped, drop_text, drop_me
     for key in drop_meta:
         step.meta.pop(key, None)
     assert [(f.check_id, f.explanation) for f in bad(run_invariants(step, built.spec))] == []
+
+
+def test_not_captured_names_a_tensor_held_under_a_misspelt_name():
+    step = TraceStep(tensors={"advantage": torch.ones(2), "group_index": torch.tensor([0, 0])})
+    (finding,) = run_invariants(step, checks=["advantages.group_sum_zero"])
+    assert finding.verdict is Verdict.NOT_CAPTURED
+    assert "the step holds 'advantage': did you mean 'advantages'?" in finding.explanation
+    (plain,) = run_invariants(
+        TraceStep(tensors={"group_index": torch.tensor([0, 0])}), checks=["advantages.group_sum_zero"]
+    )
+    assert "did you mean" not in plain.explanation
