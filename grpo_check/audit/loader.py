@@ -120,6 +120,8 @@ def load_file(path: str | os.PathLike[str]) -> LoadedConfig:
             + SAFE_EXPORT_HINT,
             source=name,
         )
+    if path.exists() and not path.is_dir() and not path.is_file():  # a pipe would block forever
+        raise InputError("not a regular file (a device or a pipe)", source=name)
     raw = path.read_bytes()  # FileNotFoundError / IsADirectoryError -> exit 2 in the CLI
     if raw[:1] == b"\x80" or raw[:2] == b"PK":
         raise InputError(

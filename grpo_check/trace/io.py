@@ -506,6 +506,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
         raise InputError(
             "missing manifest.json: not a grpo-check trace directory", source=str(path.parent), field=None
         )
+    if not path.is_file():  # a directory or a pipe (reading a pipe with no writer would wait forever)
+        raise InputError("manifest.json is not a regular file", source=str(path))
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -53,6 +53,8 @@ def _capture(name: str, value: Any):
     import torch
 
     if isinstance(value, torch.Tensor):
+        if value.layout is not torch.strided:  # sparse / nested: traces hold dense tensors (safetensors)
+            raise InputError(f"cannot record a {value.layout} tensor; pass it .to_dense()", field=name)
         return value.detach().to("cpu", copy=True).contiguous()
     try:
         return torch.as_tensor(value).clone()
@@ -307,10 +309,14 @@ class Recorder:
             raise InputError(f"must be >= 1, got {every}", field="every")
         if out_dir is None and not in_memory:
             raise InputError("with out_dir=None the trace must be kept in memory", field="in_memory")
-        if isinstance(spec, Mapping):
-            from grpo_check.config import GRPOSpec
+        from grpo_check.config import GRPOSpec
 
+        if isinstance(spec, Mapping):
             spec = GRPOSpec.from_dict(dict(spec), strict=True)
+        elif spec is not None and not isinstance(spec, GRPOSpec):
+            raise InputError(
+                f"must be a GRPOSpec or a dict of its fields, got {type(spec).__name__}", field="spec"
+            )
         self.spec = spec
         self.every = every
         self.stages = _check_stages(stages) if stages is not None else None

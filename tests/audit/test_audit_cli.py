@@ -85,6 +85,15 @@ def test_pickle_refused_exits_2(app, tmp_path):
     assert result.exit_code == 2 and "json.dump(trainer.args.to_dict()" in result.output
 
 
+def test_a_pipe_in_place_of_the_config_exits_2_instead_of_waiting(app, tmp_path):
+    import os
+
+    pipe = tmp_path / "config.yaml"
+    os.mkfifo(pipe)
+    result = CliRunner().invoke(app, ["audit", str(pipe)])
+    assert result.exit_code == 2 and "not a regular file" in result.output
+
+
 def test_missing_file_and_bad_options_exit_2(app, tmp_path):
     assert CliRunner().invoke(app, ["audit", str(tmp_path / "nope.yaml")]).exit_code == 2
     assert CliRunner().invoke(app, ["audit"]).exit_code == 2

@@ -604,3 +604,13 @@ def test_atomic_write_goes_through_a_symlink_and_refuses_devices_and_pipes(tmp_p
         with pytest.raises(OutputPathError, match="not a regular file"):
             atomic_write_bytes(special, b"x")
     assert stat.S_ISFIFO(fifo.stat().st_mode) and stat.S_ISCHR(Path(os.devnull).stat().st_mode)
+
+
+def test_a_manifest_that_is_a_pipe_is_refused_instead_of_waiting_forever(tmp_path: Path) -> None:
+    from grpo_check.findings import InputError
+    from grpo_check.trace.io import load_trace
+
+    (tmp_path / "steps").mkdir()
+    os.mkfifo(tmp_path / "manifest.json")
+    with pytest.raises(InputError, match=r"manifest\.json is not a regular file"):
+        load_trace(tmp_path)

@@ -390,3 +390,20 @@ def test_integer_like_step_coordinates_and_meta_are_accepted(tmp_path: Path) -> 
         "rank": 1,
     }
     assert (step.meta["optimizer_steps_since_old_logps"], step.meta["eos_token_ids"]) == (0, [1, 2])
+
+
+def test_a_spec_of_the_wrong_kind_and_a_sparse_tensor_are_refused(tmp_path) -> None:
+    import torch
+
+    from grpo_check.trace.recorder import Recorder
+
+    with pytest.raises(InputError, match="field 'spec': must be a GRPOSpec or a dict of its fields, got str"):
+        Recorder(tmp_path / "a", spec="grpo")
+    recorder = Recorder(tmp_path / "b", spec={"num_generations": 2})
+    with recorder.step(step=0) as step:
+        with pytest.raises(
+            InputError, match=r"cannot record a torch\.sparse_coo tensor; pass it \.to_dense\(\)"
+        ):
+            step.record(logps=torch.eye(2).to_sparse())
+        step.record(logps=-torch.ones(2, 3))
+    assert recorder.close().steps[0].has("logps")
