@@ -33,10 +33,12 @@ _SKIP = {"prompt_ids", "completion_ids", "group_index", "prompt_mask"}
 
 
 def _key(step: TraceStep, index: int) -> tuple:
+    """(step, micro-batch, rank, scope): a TRL trace holds a generation step and micro-batch 0 under the same
+    (step, micro-batch, rank); the scope tells them apart."""
     meta = step.meta
     if meta.get("step") is None:
         return ("index", index)
-    return (meta.get("step"), meta.get("micro_batch") or 0, meta.get("rank") or 0)
+    return (meta.get("step"), meta.get("micro_batch") or 0, meta.get("rank") or 0, meta.get("scope") or "")
 
 
 def compare_traces(

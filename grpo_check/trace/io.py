@@ -132,13 +132,13 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
-        raise OutputPathError(f"cannot write here: {exc.strerror or exc}", source=str(target)) from exc
+        raise OutputPathError(f"cannot write here: {exc.strerror or exc}", source=str(shown)) from exc
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise
     _fsync_dir(target.parent)
-    return target
+    return shown  # as the caller named it (a relative path stays relative in messages)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -1,7 +1,7 @@
 """The zoo's registry: every mutant (a buggy pipeline) and every control (the same pipeline, correct).
 
 A :class:`Case` says what the pipeline is, how to run it, and — for a mutant — which bug(s) it carries:
-the bug-catalog entry (``/work/shared/bug-catalog.md``, e.g. ``"S1"``, ``"6"``), the stage the bug lives in,
+the bug-catalog entry (``reference/bug-catalog.md``, e.g. ``"S1"``, ``"6"``), the stage the bug lives in,
 and the catalog ids a correct diagnosis may name. These declarations are made from the bug, not from what the
 detectors happen to report: the scorecard holds grpo-check to them.
 

@@ -479,3 +479,17 @@ def test_a_trace_with_nothing_to_check_says_so_instead_of_ok():
         (nothing,) = [f for f in result if f.check_id == "run.nothing_checked"]
         assert nothing.verdict is Verdict.WARN and result.exit_code(strict=True) == 1
     assert not [f for f in compare(make_trace(SPEC, steps=1)) if f.check_id == "run.nothing_checked"]
+
+
+def test_against_pairs_a_generation_step_and_micro_batch_0_by_scope():
+    """A TRL trace holds its generation step under the same (step, micro-batch, rank) as micro-batch 0."""
+    trace = make_trace(SPEC, steps=1)
+    micro_batch = trace.steps[0]
+    micro_batch.meta.update(step=0, micro_batch=0, rank=0, scope="micro_batch")
+    generation = type(micro_batch)(
+        tensors={"advantages": torch.cat([micro_batch["advantages"]] * 2)},
+        meta={"step": 0, "micro_batch": 0, "rank": 0, "scope": "generation"},
+    )
+    trace.steps.insert(0, generation)
+    result = compare(trace, against=trace)
+    assert result.exit_code() == 0, [f.message() for f in result.failures]
