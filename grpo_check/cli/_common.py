@@ -83,3 +83,11 @@ def _first_file(path: Path) -> Path:
         if candidate.exists() and not candidate.is_dir():
             return candidate
     return path
+
+
+def refuse_output_inside(out_dir: Path, trace_path: Path) -> None:
+    """Reports written into the trace itself would be read back as broken steps by every later load."""
+    trace_dir = trace_path.parent if trace_path.name == "manifest.json" else trace_path
+    inside = Path(os.path.realpath(out_dir))
+    if inside == Path(os.path.realpath(trace_dir)) or Path(os.path.realpath(trace_dir)) in inside.parents:
+        raise fail_usage(f"--output {out_dir} is inside the trace {trace_dir}; write the reports elsewhere")

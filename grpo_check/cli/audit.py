@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -74,6 +75,12 @@ def register(app: typer.Typer) -> None:
             raise fail_usage(f"--format must be one of {', '.join(FORMATS)}, got {output_format!r}")
         if min_severity not in ("info", "warning", "error"):
             raise fail_usage(f"--min-severity must be info, warning or error, got {min_severity!r}")
+        if config is not None and (explain is not None or list_rules):
+            raise fail_usage(
+                "--explain and --list-rules describe the rules and audit nothing: drop CONFIG or them"
+            )
+        if output is not None and config is not None and _same_file(output, config):
+            raise fail_usage(f"--output {output} is the config being audited; writing there would destroy it")
         if explain is not None:
             _explain_rule(explain, output_format, output)
             raise typer.Exit(EXIT_CLEAN)
@@ -93,6 +100,13 @@ def register(app: typer.Typer) -> None:
             )
         _emit(result, output_format, output, min_severity)
         raise typer.Exit(EXIT_FINDINGS if result.exit_code(strict=strict) else EXIT_CLEAN)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _emit(result, output_format: str, output: Path | None, min_severity: str) -> None:

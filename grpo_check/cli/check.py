@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from grpo_check.cli._common import user_errors
+from grpo_check.cli._common import refuse_output_inside, user_errors
 
 _HELP = """
 Run the single-implementation invariants on every step of a recorded trace — no reference, no model:
@@ -46,7 +46,9 @@ def register(app: typer.Typer) -> None:
 
             normalise_format(output_format)
             trace = load_trace(trace_path)
-            out_dir = make_output_dir(output or Path("reports") / (trace_path.resolve().name or "trace"))
+            out_dir = output or Path("reports") / (trace_path.resolve().name or "trace")
+            refuse_output_inside(out_dir, trace_path)
+            out_dir = make_output_dir(out_dir)
             result = check(trace, source=str(trace_path))
             code = emit(result, output_format=output_format, out_dir=out_dir, strict=strict, trace=trace)
         raise typer.Exit(code)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from grpo_check.cli._common import EXIT_USAGE, fail_usage, user_errors
+from grpo_check.cli._common import EXIT_USAGE, fail_usage, refuse_output_inside, user_errors
 
 _HELP = """
 Compare a recorded trace with the float64 reference GRPO, stage by stage: each stage is fed the trainer's
@@ -74,7 +75,12 @@ def _progress_bar(total: int, label: str):
 def parse_tolerances(values: list[str] | None):
     from grpo_check.compare.tolerances import TolerancePolicy
 
-    overrides = dict(TolerancePolicy.parse_override(v) for v in values or [])
+    overrides: dict[str, tuple[float, float]] = {}
+    for value in values or []:
+        key, pair = TolerancePolicy.parse_override(value)
+        if key in overrides:
+            raise fail_usage(f"--tolerance {key} is given twice ({overrides[key]} and {pair}); give it once")
+        overrides[key] = pair
     return TolerancePolicy(overrides=overrides)
 
 
@@ -93,23 +99,36 @@ def emit(
 
     fmt = normalise_format(output_format)
     paths = write_report(result, out_dir)
-    if fmt == "text":
-        from grpo_check.report.terminal import render_terminal
-
-        typer.echo(render_terminal(result, color=sys.stdout.isatty()))
-    else:
-        typer.echo(render(result, fmt, strict=strict), nl=False)
     code = result.exit_code(strict=strict)
-    written = ", ".join(str(p) for p in paths.values())
-    typer.secho(f"reports: {written}", err=True)
+    repro_path = None
     if code and repro and trace is not None:
-        try:
-            path = write_repro(trace, None, result, out_dir / "repro")
-        except InputError:
-            pass
+        with contextlib.suppress(InputError):
+            repro_path = write_repro(trace, None, result, out_dir / "repro")
+    # everything is written before anything is printed: a reader that stops early (`| head`) costs neither the
+    # files nor the exit code
+    with _reader_may_stop():
+        if fmt == "text":
+            from grpo_check.report.terminal import render_terminal
+
+            typer.echo(render_terminal(result, color=sys.stdout.isatty()))
         else:
-            typer.secho(f"repro: {path} (replay with: grpo-check compare {path})", err=True)
+            typer.echo(render(result, fmt, strict=strict), nl=False)
+        written = ", ".join(str(p) for p in paths.values())
+        typer.secho(f"reports: {written}", err=True)
+        if repro_path is not None:
+            typer.secho(f"repro: {repro_path} (replay with: grpo-check compare {repro_path})", err=True)
     return code
+
+
+@contextlib.contextmanager
+def _reader_may_stop():
+    """A closed stdout or stderr (the reader stopped) ends the printing quietly; the caller goes on."""
+    try:
+        yield
+    except BrokenPipeError:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def register(app: typer.Typer) -> None:
@@ -124,7 +143,9 @@ def register(app: typer.Typer) -> None:
             "--trainer",
             help="Build and run a TRL trainer from PATH.py:FUNCTION (returns a GRPOTrainer), capture, compare.",
         ),
-        steps: int = typer.Option(2, "--steps", help="Optimizer steps to run with --trainer."),
+        steps: int | None = typer.Option(
+            None, "--steps", help="Optimizer steps to run with --trainer (default 2)."
+        ),
         output_format: str = typer.Option(
             "text", "--format", "-f", help="Printed format: text, md, html, json, junit."
         ),
@@ -151,7 +172,12 @@ def register(app: typer.Typer) -> None:
             policy = parse_tolerances(tolerance)
             if (trace_path is None) == (trainer is None):
                 raise fail_usage("give exactly one of TRACE or --trainer PATH.py:FUNCTION (see --help)")
+            if steps is not None and trainer is None:
+                raise fail_usage(
+                    "--steps applies to --trainer (how many optimizer steps to train); a TRACE is compared whole"
+                )
             if trainer is not None:
+                steps = 2 if steps is None else steps
                 if against is not None:
                     raise fail_usage("--against needs a TRACE, not --trainer")
                 try:
@@ -172,7 +198,9 @@ def register(app: typer.Typer) -> None:
                 source = trainer
             else:
                 trace = load_trace(trace_path)
-                out_dir = make_output_dir(output or Path("reports") / (trace_path.resolve().name or "trace"))
+                out_dir = output or Path("reports") / (trace_path.resolve().name or "trace")
+                refuse_output_inside(out_dir, trace_path)
+                out_dir = make_output_dir(out_dir)
                 source = str(trace_path)
             other = load_trace(against) if against is not None else None
             update, close = _progress_bar(len(trace.steps), "comparing steps")

@@ -80,6 +80,8 @@ def register(app: typer.Typer) -> None:
             if list_cells:
                 _list(cells("full"), chosen, output_format)
                 raise typer.Exit(EXIT_CLEAN)
+            if not 0 <= seed < 2**32:  # torch and numpy take seeds in [0, 2**32)
+                raise fail_usage(f"--seed must be between 0 and {2**32 - 1}, got {seed}")
             if processes not in (1, 2, 3, 4):
                 raise fail_usage(f"--processes must be between 1 and 4, got {processes}")
             from grpo_check.report import normalise_format, render

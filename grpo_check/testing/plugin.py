@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,26 @@ def _check_report_path(path: str | None) -> None:
             if not parent.is_dir():
                 raise pytest.UsageError(f"--grpo-report={path}: {parent} is a file, not a directory")
             break
+    json_path = target.with_suffix(".json") if target.suffix == ".md" else target
+    for written in (json_path, json_path.with_suffix(".md")):
+        problem = _not_a_report(Path(os.path.realpath(written)))
+        if problem:
+            raise pytest.UsageError(f"--grpo-report={path}: {written} {problem}; give a new file name")
+
+
+def _not_a_report(path: Path) -> str | None:
+    """Why the file at ``path`` must not be replaced by a report (None: absent, or an earlier report)."""
+    if not path.exists():
+        return None
+    if not stat.S_ISREG(path.stat().st_mode):
+        return "is not a regular file (a device or a pipe)"
+    try:
+        head = path.read_text(encoding="utf-8")[:4096]
+    except (OSError, UnicodeDecodeError):
+        return "exists and is not a grpo-check report"
+    if '"grpo-check-result"' in head or head.startswith("# grpo-check"):  # an earlier run's JSON / Markdown
+        return None
+    return "exists and is not a grpo-check report (it would be overwritten)"
 
 
 # ---------------------------------------------------------------- collecting findings
@@ -162,6 +183,7 @@ def build_result(records: list[dict[str, Any]]):  # -> grpo_check.findings.Resul
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    path = Path(os.path.realpath(path))  # through a symlink to its target, not over the link
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

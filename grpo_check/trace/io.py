@@ -598,6 +598,9 @@ def _load_step(json_path: Path, num_generations: int | None, problem) -> tuple[i
             )
             return None
     errors = validate_step_tensors(tensors)
+    for name in SCALAR_TENSORS & set(tensors):  # a scalar saved as (1,) or (1, 1) is read as the scalar it is
+        if tensors[name].numel() == 1:
+            tensors[name] = tensors[name].reshape(())
     tensor_path = json_path.with_suffix(".safetensors")
     if errors:
         for field, message in errors:

@@ -305,8 +305,15 @@ class Recorder:
         overwrite: bool = False,
         notes: str | None = None,
     ):
-        if every < 1:
-            raise InputError(f"must be >= 1, got {every}", field="every")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise InputError(f"must be a whole number >= 1, got {every!r}", field="every")
+        for name, flag in (("overwrite", overwrite), ("in_memory", in_memory)):
+            if not isinstance(flag, bool):  # "no" would read as true, and overwrite deletes a trace
+                raise InputError(f"must be True or False, got {flag!r}", field=name)
+        if out_dir is not None and not os.fspath(out_dir):
+            raise InputError(
+                "is empty; give a directory name (or None to keep the trace in memory)", field="out_dir"
+            )
         if out_dir is None and not in_memory:
             raise InputError("with out_dir=None the trace must be kept in memory", field="in_memory")
         from grpo_check.config import GRPOSpec

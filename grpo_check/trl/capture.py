@@ -162,6 +162,12 @@ class Attachment:
         self.trainer = trainer
         self.support: TRLSupport = check_trainer_support(trainer)
         self.out_dir = None if out_dir is None else os.fspath(out_dir)
+        if self.out_dir == "":
+            raise InputError("out_dir is empty; give a directory name (or None to keep the trace in memory)")
+        for name, flag in (("live", live), ("recompute_logps", recompute_logps), ("invariants", invariants),
+                           ("background", background)):  # fmt: skip
+            if not isinstance(flag, bool):
+                raise InputError(f"{name} must be True or False, got {flag!r}")
         if self.out_dir is not None and os.path.exists(self.out_dir) and not os.path.isdir(self.out_dir):
             # found now, not at close(): the trace must not be lost after training
             raise InputError("out_dir is a file; the trace is written as a directory", source=self.out_dir)

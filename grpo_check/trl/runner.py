@@ -96,6 +96,10 @@ def build_from_factory(factory_ref: str, steps: int) -> Any:
         source = inspect.getsourcefile(factory) if inspect.isfunction(factory) else None
         where = _where(exc, Path(source) if source else None)
         raise InputError(f"{factory_ref} raised {where}", field="trainer") from None
+    if isinstance(trainer, type):  # `return GRPOTrainer` instead of `return GRPOTrainer(...)`
+        raise InputError(
+            f"{factory_ref} returned the class {trainer.__name__}, not an instance of it", field="trainer"
+        )
     if not (hasattr(trainer, "train") and hasattr(trainer, "compute_loss")):
         raise InputError(
             f"{factory_ref} returned a {type(trainer).__name__}, not a TRL GRPOTrainer", field="trainer"

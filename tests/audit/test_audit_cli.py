@@ -94,6 +94,24 @@ def test_a_pipe_in_place_of_the_config_exits_2_instead_of_waiting(app, tmp_path)
     assert result.exit_code == 2 and "not a regular file" in result.output
 
 
+def test_an_output_that_is_the_config_and_a_config_with_list_rules_are_refused(app, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text((EXAMPLES / "bad.yaml").read_text())
+    before = config.read_text()
+    result = CliRunner().invoke(app, ["audit", str(config), "-f", "json", "-o", str(config)])
+    assert result.exit_code == 2 and "is the config being audited" in result.output
+    assert config.read_text() == before
+    for mode in (["--list-rules"], ["--explain", "GA001"]):
+        result = CliRunner().invoke(app, ["audit", str(config), *mode])
+        assert result.exit_code == 2 and "audit nothing" in result.output
+    assert (
+        CliRunner()
+        .invoke(app, ["audit", str(config), "-f", "json", "-o", str(tmp_path / "r.json")])
+        .exit_code
+        == 1
+    )
+
+
 def test_missing_file_and_bad_options_exit_2(app, tmp_path):
     assert CliRunner().invoke(app, ["audit", str(tmp_path / "nope.yaml")]).exit_code == 2
     assert CliRunner().invoke(app, ["audit"]).exit_code == 2

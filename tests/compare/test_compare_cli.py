@@ -152,6 +152,16 @@ def test_trainer_option_checks_the_factory_and_the_output_before_training(monkey
     assert res.exit_code == 2 and "syntax error at line 1" in res.stderr
 
 
+def test_a_factory_that_returns_the_class_is_told_so(tmp_path):
+    from grpo_check.findings import InputError
+    from grpo_check.trl.runner import build_from_factory
+
+    factory = tmp_path / "train.py"
+    factory.write_text("from trl import GRPOTrainer\n\ndef build_trainer():\n    return GRPOTrainer\n")
+    with pytest.raises(InputError, match="returned the class GRPOTrainer, not an instance of it"):
+        build_from_factory(f"{factory}:build_trainer", steps=1)
+
+
 def test_a_factory_that_raises_is_named_with_its_line(tmp_path):
     from grpo_check.findings import InputError
     from grpo_check.trl.runner import build_from_factory
@@ -181,3 +191,27 @@ def test_trainer_option_not_available(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "grpo_check.trl.runner", None)
     res = runner.invoke(app, ["compare", "--trainer", "train.py:build_trainer", "-o", str(tmp_path / "r")])
     assert res.exit_code == 2 and "not available" in res.output
+
+
+def test_options_that_would_be_ignored_or_destructive_are_refused(good, tmp_path):
+    res = runner.invoke(app, ["compare", str(good), "--steps", "3", "-o", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "--steps applies to --trainer" in res.output
+    twice = ["--tolerance", "logps=1e-3,0", "--tolerance", "logps=1e-2,0"]
+    res = runner.invoke(app, ["compare", str(good), *twice, "-o", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "--tolerance logps is given twice" in res.output
+    for command in ("compare", "check"):  # reports inside the trace would be read back as broken steps
+        res = runner.invoke(app, [command, str(good), "-o", str(good / "steps")])
+        assert res.exit_code == 2 and "is inside the trace" in res.output, res.output
+    assert runner.invoke(app, ["compare", str(good), "-o", str(tmp_path / "r")]).exit_code == 0
+
+
+def test_a_reader_that_stops_early_costs_neither_the_exit_code_nor_the_repro(bad, tmp_path):
+    import shutil
+    import subprocess
+
+    exe = shutil.which("grpo-check")
+    out = tmp_path / "r"
+    shell = f"'{exe}' compare '{bad}' -o '{out}' 2>&1 | head -1 >/dev/null; exit ${{PIPESTATUS[0]}}"
+    done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert (out / "result.json").exists() and (out / "repro" / "manifest.json").exists()

@@ -97,6 +97,24 @@ def test_demo_cli_lists_the_matrix_without_training():
     assert all(c.name in out.output for c in MATRIX)
     bad = CliRunner().invoke(app, ["demo", "--matrix", "huge"])
     assert bad.exit_code == 2 and "matrix must be" in bad.output
+    listed = CliRunner().invoke(app, ["demo", "--list", "--format", "json"])
+    assert {row["name"] for row in json.loads(listed.stdout)} == {c.name for c in MATRIX}
+
+
+def test_demo_cli_refuses_a_bad_seed_or_out_dir_before_training(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import grpo_check.demo.run as demo_run
+    from grpo_check.cli import app
+
+    monkeypatch.setattr(demo_run, "run_demo", lambda *args, **kwargs: pytest.fail("trained"))
+    for seed in ("-5", str(2**32)):
+        bad = CliRunner().invoke(app, ["demo", "--seed", seed, "--out-dir", str(tmp_path / "r")])
+        assert bad.exit_code == 2 and "--seed must be between 0 and" in bad.output
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    bad = CliRunner().invoke(app, ["demo", "--out-dir", str(a_file)])
+    assert bad.exit_code == 2 and "is a file, not a directory" in bad.output
 
 
 @pytest.mark.slow

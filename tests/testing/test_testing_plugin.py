@@ -171,3 +171,24 @@ def test_a_marked_test_that_errors_in_setup_counts_as_failed(pytester: pytest.Py
     assert by_test["test_bad_marker"]["explanation"].startswith("error in setup: ")
     assert by_test["test_ok"]["verdict"] == "pass"
     assert data["counts"]["fail"] == 1
+
+
+def test_a_report_path_that_would_overwrite_another_file_or_a_pipe_is_refused(
+    pytester: pytest.Pytester,
+) -> None:
+    import os
+
+    pytester.makepyfile(test_victim="import pytest\n\n@pytest.mark.grpo\ndef test_ok():\n    pass\n")
+    victim = pytester.path / "test_victim.py"
+    before = victim.read_text()
+    result = pytester.runpytest("-p", "no:cacheprovider", f"--grpo-report={victim}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR and victim.read_text() == before
+    result.stderr.fnmatch_lines(["*is not a grpo-check report*"])
+    pipe = pytester.path / "pipe.json"
+    os.mkfifo(pipe)
+    result = pytester.runpytest("-p", "no:cacheprovider", f"--grpo-report={pipe}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    report = pytester.path / "grpo.json"
+    for _ in range(2):  # an earlier run's report is replaced
+        assert pytester.runpytest("-p", "no:cacheprovider", f"--grpo-report={report}").ret == 0
+    assert json.loads(report.read_text())["format"] == "grpo-check-result"

@@ -614,3 +614,14 @@ def test_a_manifest_that_is_a_pipe_is_refused_instead_of_waiting_forever(tmp_pat
     os.mkfifo(tmp_path / "manifest.json")
     with pytest.raises(InputError, match=r"manifest\.json is not a regular file"):
         load_trace(tmp_path)
+
+
+def test_a_scalar_saved_with_unit_dimensions_loads_as_a_scalar(tmp_path: Path) -> None:
+    from grpo_check.compare import compare
+    from grpo_check.compare.synthetic import make_trace
+
+    trace = make_trace(steps=1)
+    trace.steps[0].tensors["loss"] = trace.steps[0]["loss"].reshape(1, 1)  # (1, 1): used to crash compare
+    loaded = load_trace(save_trace(trace, tmp_path / "t"))
+    assert loaded.steps[0]["loss"].shape == () and not loaded.problems
+    assert compare(loaded).exit_code() == 0

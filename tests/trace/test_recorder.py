@@ -407,3 +407,18 @@ def test_a_spec_of_the_wrong_kind_and_a_sparse_tensor_are_refused(tmp_path) -> N
             step.record(logps=torch.eye(2).to_sparse())
         step.record(logps=-torch.ones(2, 3))
     assert recorder.close().steps[0].has("logps")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"every": "2"}, "every"),
+        ({"every": 1.5}, "every"),
+        ({"every": True}, "every"),
+        ({"overwrite": "no"}, "overwrite"),
+    ],
+)
+def test_recorder_settings_of_the_wrong_kind_are_refused(tmp_path, kwargs, field) -> None:
+    with pytest.raises(InputError, match=f"field '{field}'"):
+        Recorder(tmp_path / "t", **kwargs)
+    Recorder(tmp_path / "ok", every=2, overwrite=False).close()

@@ -352,6 +352,10 @@ def test_attach_refuses_misuse_before_training_and_takes_tolerance_overrides_as_
         attach(trainer, tolerances={"logps": 1e-3})
     with pytest.raises(InputError, match="every must be a whole number"):
         attach(trainer, every=1.5)
+    with pytest.raises(InputError, match="out_dir is empty"):
+        attach(trainer, out_dir="")
+    with pytest.raises(InputError, match="live must be True or False"):
+        attach(trainer, live="no")
     assert trainer._compute_loss.__func__ is type(trainer)._compute_loss  # none of them installed a hook
 
     attachment = attach(trainer, tolerances={"logps": (1e-3, 1e-3)})
