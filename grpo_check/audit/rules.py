@@ -1786,6 +1786,51 @@ def _unknown_key(ctx: AuditContext) -> list[Hit]:
     ]
 
 
+# Counts TRL divides by, takes range() of or slices with: 0 or less fails (ZeroDivisionError, an empty batch)
+# only after the model has loaded, or (max_completion_length) generates nothing to learn from.
+_AT_LEAST_ONE: tuple[str, ...] = (
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "steps_per_generation",
+    "generation_batch_size",
+    "num_iterations",
+    "max_completion_length",
+    "max_prompt_length",
+)
+
+
+@rule(
+    "GA412",
+    "value outside the range the field can take",
+    "error",
+    ("<field>",),
+    reason=(
+        "GRPOConfig does not check ranges. A batch size, gradient_accumulation_steps, steps_per_generation, "
+        "generation_batch_size or num_iterations of 0 (or less) divides by zero or builds an empty batch once "
+        "training starts; max_completion_length 0 generates nothing to learn from; top_p outside (0, 1] is "
+        "refused by the sampler or means nothing; a temperature of 0 or less divides the logits by zero "
+        "(TRL scales log-probs by 1/temperature)."
+    ),
+    source="TRL 1.16 GRPOTrainer (batch arithmetic, logits / temperature); transformers TopPLogitsWarper",
+    fix="Use counts ≥ 1, 0 < top_p ≤ 1 and temperature > 0.",
+)
+def _out_of_range(ctx: AuditContext) -> list[Hit]:
+    hits = []
+    for name in _AT_LEAST_ONE:
+        value = _as_int(ctx.values.get(name)) if name in ctx.explicit else None
+        if value is not None and value < 1:
+            hits.append(Hit(f"{name} = {value}: must be at least 1", fields=(name,), figure=float(value)))
+    top_p = _as_float(ctx.values.get("top_p")) if "top_p" in ctx.explicit else None
+    if top_p is not None and top_p == top_p and not 0.0 < top_p <= 1.0:
+        hits.append(Hit(f"top_p = {top_p}: must be in (0, 1]", fields=("top_p",), figure=top_p))
+    temperature = _as_float(ctx.values.get("temperature")) if "temperature" in ctx.explicit else None
+    if temperature is not None and temperature == temperature and temperature <= 0.0:
+        hits.append(
+            Hit(f"temperature = {temperature}: must be > 0", fields=("temperature",), figure=temperature)
+        )
+    return hits
+
+
 # --------------------------------------------------------------------------- GA5xx live trainer
 
 

@@ -279,6 +279,14 @@ CASES: dict[str, list[tuple[dict, dict, str, int]]] = {
         ({"model_init_kwargs": "bfloat16"}, {"model_init_kwargs": {"dtype": "bfloat16"}}, LATEST, 1),
     ],
     "GA411": [({"my_own_script_setting": 1, "num_generations": 8}, {"num_generations": 8}, LATEST, 1)],
+    "GA412": [
+        ({"per_device_train_batch_size": 0}, {"per_device_train_batch_size": 8}, LATEST, 1),
+        ({"gradient_accumulation_steps": 0}, {"gradient_accumulation_steps": 1}, LATEST, 1),
+        ({"num_iterations": 0}, {"num_iterations": 1}, LATEST, 1),
+        ({"max_completion_length": 0}, {"max_completion_length": 256}, LATEST, 1),
+        ({"top_p": 1.5}, {"top_p": 1.0}, LATEST, 1),
+        ({"temperature": 0}, {"temperature": 0.7}, LATEST, 1),
+    ],
     "GA406": [({"num_generations": 8}, {"num_generations": 8}, "0.13", 1)],
 }
 
