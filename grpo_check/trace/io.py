@@ -29,6 +29,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -461,6 +462,8 @@ def load_trace(path: str | os.PathLike[str], *, strict: bool = False) -> Trace:
     raises :class:`InputError` (``.source`` = file, ``.field`` = field). A missing or unreadable manifest, a
     newer ``format_version``, or a trace with no readable step at all always raise :class:`InputError`.
     """
+    if not isinstance(path, str | os.PathLike):
+        raise InputError(f"a trace path is a string or a path, got {type(path).__name__}")
     root = Path(path)
     if root.is_file() and root.name == MANIFEST_FILE:
         root = root.parent
@@ -478,6 +481,7 @@ def load_trace(path: str | os.PathLike[str], *, strict: bool = False) -> Trace:
         problems.append(str(error))
 
     num_generations = _manifest_num_generations(manifest, root / MANIFEST_FILE, problem)
+    _unknown_config_fields(manifest, root / MANIFEST_FILE, problem)
     steps_dir = root / STEPS_DIR
     loaded: list[tuple[int, str, TraceStep]] = []
     if steps_dir.is_dir():
@@ -499,6 +503,22 @@ def load_trace(path: str | os.PathLike[str], *, strict: bool = False) -> Trace:
     loaded.sort(key=lambda item: (item[0], item[1]))
     steps = [step for _, _, step in loaded]
     return Trace(manifest=manifest, steps=steps, problems=problems, source=str(root / MANIFEST_FILE))
+
+
+def _unknown_config_fields(manifest: dict[str, Any], path: Path, problem) -> None:
+    """A config key no GRPOSpec field has is ignored by ``trace.spec()``: say so (a typo keeps the default)."""
+    import difflib
+
+    from grpo_check.config import GRPOSpec
+
+    config = manifest.get("config")
+    if not isinstance(config, dict):
+        return  # Trace.spec() refuses it
+    fields = [field.name for field in dataclasses.fields(GRPOSpec)]
+    for key in sorted(set(config) - set(fields)):
+        near = difflib.get_close_matches(str(key), fields, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        problem(f"unknown GRPOSpec field, ignored{hint}", source=path, field=f"config.{key}")
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

@@ -53,6 +53,8 @@ def _capture(name: str, value: Any):
     import torch
 
     if isinstance(value, torch.Tensor):
+        if value.is_meta:  # no data to record (a model built on the meta device)
+            raise InputError("cannot record a tensor on the meta device: it holds no values", field=name)
         if value.layout is not torch.strided:  # sparse / nested: traces hold dense tensors (safetensors)
             raise InputError(f"cannot record a {value.layout} tensor; pass it .to_dense()", field=name)
         return value.detach().to("cpu", copy=True).contiguous()

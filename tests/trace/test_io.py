@@ -625,3 +625,22 @@ def test_a_scalar_saved_with_unit_dimensions_loads_as_a_scalar(tmp_path: Path) -
     loaded = load_trace(save_trace(trace, tmp_path / "t"))
     assert loaded.steps[0]["loss"].shape == () and not loaded.problems
     assert compare(loaded).exit_code() == 0
+
+
+def test_an_unknown_config_field_in_a_manifest_is_a_load_problem_not_silently_ignored(tmp_path: Path) -> None:
+    from grpo_check.compare.synthetic import make_trace
+
+    trace = make_trace(steps=1)
+    trace.manifest["config"] = {**trace.manifest.get("config", {}), "num_generation": 4}
+    loaded = load_trace(save_trace(trace, tmp_path / "t"))
+    assert any("field 'config.num_generation': unknown GRPOSpec field, ignored (did you mean 'num_generations'?)"
+               in problem for problem in loaded.problems)  # fmt: skip
+    clean = load_trace(save_trace(make_trace(steps=1), tmp_path / "clean"))
+    assert not clean.problems
+
+
+def test_load_trace_refuses_a_path_of_the_wrong_kind() -> None:
+    from grpo_check.findings import InputError
+
+    with pytest.raises(InputError, match="a trace path is a string or a path, got NoneType"):
+        load_trace(None)

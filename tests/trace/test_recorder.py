@@ -422,3 +422,10 @@ def test_recorder_settings_of_the_wrong_kind_are_refused(tmp_path, kwargs, field
     with pytest.raises(InputError, match=f"field '{field}'"):
         Recorder(tmp_path / "t", **kwargs)
     Recorder(tmp_path / "ok", every=2, overwrite=False).close()
+
+
+def test_a_tensor_on_the_meta_device_is_refused(tmp_path) -> None:
+    recorder = Recorder(tmp_path / "t")
+    with recorder.step(step=0) as step, pytest.raises(InputError, match="on the meta device"):
+        step.record(logps=torch.empty(2, 3, device="meta"))
+    recorder.close()
