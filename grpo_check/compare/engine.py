@@ -275,17 +275,21 @@ def _trend_findings(steps: Iterable[TraceStep], spec: GRPOSpec) -> list[Finding]
     ]
 
 
+def _run_warning(check_id: str, explanation: str, **details: Any) -> Finding:
+    """A warning about the run itself (stage ``run``), not about one of its tensors."""
+    return Finding(
+        check_id=check_id,
+        stage="run",
+        verdict=Verdict.WARN,
+        kind="compare",
+        explanation=explanation,
+        details=details,
+    )
+
+
 def _add_trace_problems(result: Result, trace: Trace) -> None:
     for problem in trace.problems:
-        result.add(
-            Finding(
-                check_id="run.trace_problem",
-                stage="run",
-                verdict=Verdict.WARN,
-                kind="compare",
-                explanation=f"trace load problem: {problem}",
-            )
-        )
+        result.add(_run_warning("run.trace_problem", f"trace load problem: {problem}"))
 
 
 def _collapsed(findings: list[Finding], trace: Trace) -> list[Finding]:
@@ -304,15 +308,10 @@ def _add_nothing_checked(result: Result) -> None:
     if any(finding.verdict in decided for finding in result.findings):
         return
     result.add(
-        Finding(
-            check_id="run.nothing_checked",
-            stage="run",
-            verdict=Verdict.WARN,
-            kind="compare",
-            explanation=(
-                "no check could run: the trace holds none of the tensors the checks need (see the not-captured "
-                "list for what to record)"
-            ),
+        _run_warning(
+            "run.nothing_checked",
+            "no check could run: the trace holds none of the tensors the checks need (see the not-captured list "
+            "for what to record)",
         )
     )
 
@@ -328,16 +327,11 @@ def _add_unused_overrides(result: Result, policy: TolerancePolicy) -> None:
             continue
         near = difflib.get_close_matches(key, sorted(check_ids | set(QUANTITY_DEFAULTS)), n=1)
         result.add(
-            Finding(
-                check_id="run.tolerance_override_unused",
-                stage="run",
-                verdict=Verdict.WARN,
-                kind="compare",
-                explanation=(
-                    f"tolerance override {key!r} matched no check and no quantity of this comparison, so it "
-                    f"changed nothing" + (f" (did you mean {near[0]!r}?)" if near else "")
-                ),
-                details={"override": key},
+            _run_warning(
+                "run.tolerance_override_unused",
+                f"tolerance override {key!r} matched no check and no quantity of this comparison, so it changed "
+                f"nothing" + (f" (did you mean {near[0]!r}?)" if near else ""),
+                override=key,
             )
         )
 
