@@ -20,6 +20,7 @@ import dataclasses
 import math
 from typing import Any, Literal
 
+from grpo_check._kinds import is_real_number, is_whole_number
 from grpo_check.findings import InputError
 
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"]
@@ -189,9 +190,9 @@ class GRPOSpec:
             if kinds.startswith("bool"):
                 ok, expected = isinstance(value, bool), "True or False"
             elif kinds.startswith("int"):
-                ok, expected = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+                ok, expected = is_whole_number(value), "a whole number"
             elif kinds.startswith("float"):
-                ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+                ok = is_real_number(value) and math.isfinite(value)
                 expected = "a finite number"
             elif kinds.startswith("str"):
                 ok, expected = isinstance(value, str), "a string"

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from grpo_check._kinds import is_nonnegative_number
 from grpo_check.config import GRPOSpec, as_spec
 from grpo_check.findings import STAGES, Finding, GRPOCheckError, InputError, Verdict, severity
 from grpo_check.invariants import advantages, batch, grad, kl, logps, loss, ratio, rewards, text  # noqa: F401 (register)
@@ -115,9 +116,7 @@ def check_step(
             f"assert for {check_id}: the positional argument is a TraceStep; pass tensors by name "
             f"(e.g. advantages=...), got {type(step).__name__}"
         )
-    if tolerance is not None and (
-        isinstance(tolerance, bool) or not isinstance(tolerance, int | float) or not tolerance >= 0
-    ):
+    if tolerance is not None and not is_nonnegative_number(tolerance):
         raise InputError(f"assert for {check_id}: tolerance must be a number >= 0, got {tolerance!r}")
     _refuse_misspelt_inputs(check_id, inputs)
     spec = None if spec is None else as_spec(spec)

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from grpo_check._kinds import is_nonnegative_number
 from grpo_check._step_cache import cached, step_cache
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import STAGES, Finding, InputError, Verdict, Where
@@ -348,7 +349,7 @@ def _check_tolerances(tolerances: dict[str, float]) -> None:
             near = difflib.get_close_matches(str(check_id), list(REGISTRY), n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise InputError(f"tolerances: unknown invariant {check_id!r}{hint}")
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        if not is_nonnegative_number(value):
             raise InputError(f"tolerances: {check_id!r} must be a number >= 0, got {value!r}")
 
 

@@ -29,6 +29,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from grpo_check._kinds import is_nonnegative_number, is_whole_number
+
 FORMAT = "grpo-check-golden/1"
 PACKAGE_DIR = Path(__file__).parent / "golden_vectors"
 
@@ -219,7 +221,7 @@ def _check_structure(case: dict[str, Any]) -> None:
             _check_tensor(f"{section}.{name}", obj)
     for tolerance in ("rtol", "atol"):
         value = case.get(tolerance, 0.0)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        if not is_nonnegative_number(value):
             raise _Malformed(f"'{tolerance}' must be a number ≥ 0, got {value!r}")
     _check_spec(case)
 
@@ -271,7 +273,7 @@ def _is_element(value: Any, dtype: str) -> bool:
     if dtype == "bool":
         return isinstance(value, bool)
     if dtype == "int64":
-        return isinstance(value, int) and not isinstance(value, bool)
+        return is_whole_number(value)
     return value in _NON_FINITE if isinstance(value, str) else isinstance(value, (int, float))
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from grpo_check._kinds import is_whole_number
 from grpo_check.findings import Where
 
 WHERE_INT_FIELDS: tuple[str, ...] = (
@@ -34,10 +35,6 @@ WHERE_INT_FIELDS: tuple[str, ...] = (
 WHERE_TEXT_FIELDS: tuple[str, ...] = ("reward_function",)
 REQUIRED_TEXT_FIELDS: tuple[str, ...] = ("check_id", "stage", "kind")
 OPTIONAL_TEXT_FIELDS: tuple[str, ...] = ("explanation", "likely_cause", "fix", "catalog_id")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _type_error(name: str, expected: str, value: Any) -> ValueError:
@@ -56,7 +53,7 @@ def check_where(where: Any) -> None:
             raise ValueError(f"where has an unknown coordinate {key!r} (known: {', '.join(sorted(known))})")
         if value is None:
             continue
-        if key in WHERE_INT_FIELDS and not _is_int(value):
+        if key in WHERE_INT_FIELDS and not is_whole_number(value):
             raise _type_error(f"where.{key}", "an integer or null", value)
         if key in WHERE_TEXT_FIELDS and not isinstance(value, str):
             raise _type_error(f"where.{key}", "a string or null", value)

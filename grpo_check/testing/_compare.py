@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from grpo_check._kinds import is_nonnegative_number, is_real_number
 from grpo_check.findings import Finding, InputError, Verdict, Where
 from grpo_check.tolerance_defaults import DTYPE_DEFAULTS
 
@@ -168,9 +169,9 @@ def compare_tensors(
 
 def _tolerance_value(value: Any, name: str) -> float:
     """``rtol``/``atol`` as a float, or an ``InputError`` for a value that is not a number ≥ 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real_number(value):
         raise InputError(f"{name} must be a number >= 0, got {type(value).__name__} {value!r}")
-    if not value >= 0:  # also NaN
+    if not is_nonnegative_number(value):  # also NaN
         raise InputError(f"{name} must be a number >= 0, got {value!r}")
     return float(value)
 

@@ -59,6 +59,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from grpo_check._kinds import is_whole_number
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, GRPOCheckError, InputError, Verdict
 from grpo_check.testing import _stages
@@ -290,29 +291,25 @@ _DESCRIBE_FIELDS = {
 }
 
 
-def _whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _check_generation_settings(
     max_examples: Any, num_prompts: Any, max_length: Any, dtypes: Any
 ) -> tuple[torch.dtype, ...]:
     """``InputError`` for settings hypothesis would reject with a message about its own internals; the
     dtypes as a tuple (one dtype alone is accepted)."""
-    if not _whole(max_examples) or max_examples < 1:
+    if not is_whole_number(max_examples) or max_examples < 1:
         raise InputError(f"must be a whole number >= 1, got {max_examples!r}", field="max_examples")
-    low_high = (num_prompts, num_prompts) if _whole(num_prompts) else num_prompts
+    low_high = (num_prompts, num_prompts) if is_whole_number(num_prompts) else num_prompts
     if not (
         isinstance(low_high, tuple | list)
         and len(low_high) == 2
-        and all(_whole(v) for v in low_high)
+        and all(is_whole_number(v) for v in low_high)
         and 1 <= low_high[0] <= low_high[1]
     ):
         raise InputError(
             f"must be a whole number >= 1 or a range (low, high) with 1 <= low <= high, got {num_prompts!r}",
             field="num_prompts",
         )
-    if not _whole(max_length) or max_length < 1:
+    if not is_whole_number(max_length) or max_length < 1:
         raise InputError(f"must be a whole number >= 1, got {max_length!r}", field="max_length")
     chosen = (dtypes,) if isinstance(dtypes, torch.dtype) else tuple(dtypes)
     if not chosen or not all(isinstance(d, torch.dtype) and d.is_floating_point for d in chosen):

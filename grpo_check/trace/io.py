@@ -43,6 +43,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from grpo_check._kinds import is_whole_number
 from grpo_check.findings import InputError
 from grpo_check.trace.model import TENSOR_STAGE, Trace, TraceStep
 
@@ -654,10 +655,6 @@ INT_META_KEYS: tuple[str, ...] = (
 INT_LIST_META_KEYS: tuple[str, ...] = ("eos_token_ids",)  # an int or a list of ints
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def meta_type_problems(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Step meta keys holding a value of the wrong type, as ``(key, message)`` pairs (empty when valid).
 
@@ -666,7 +663,7 @@ def meta_type_problems(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
     """
     problems: list[tuple[str, str]] = []
     for key, value in meta.items():
-        if key in INT_META_KEYS and value is not None and not _is_int(value):
+        if key in INT_META_KEYS and value is not None and not is_whole_number(value):
             problems.append((key, f"must be an integer or null, got {value!r}"))
         elif key in INT_LIST_META_KEYS and value is not None and not _is_int_or_int_list(value):
             problems.append((key, f"must be an integer or a list of integers, got {value!r}"))
@@ -674,7 +671,7 @@ def meta_type_problems(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def _is_int_or_int_list(value: Any) -> bool:
-    return _is_int(value) or (isinstance(value, list) and all(_is_int(v) for v in value))
+    return is_whole_number(value) or (isinstance(value, list) and all(is_whole_number(v) for v in value))
 
 
 def _typed_meta(meta: dict[str, Any], json_path: Path, problem) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from grpo_check._kinds import is_whole_number
 from grpo_check.findings import STAGES, InputError
 from grpo_check.trace.io import (
     INT_LIST_META_KEYS,
@@ -307,7 +308,7 @@ class Recorder:
         overwrite: bool = False,
         notes: str | None = None,
     ):
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        if not is_whole_number(every) or every < 1:
             raise InputError(f"must be a whole number >= 1, got {every!r}", field="every")
         for name, flag in (("overwrite", overwrite), ("in_memory", in_memory)):
             if not isinstance(flag, bool):  # "no" would read as true, and overwrite deletes a trace

@@ -59,11 +59,12 @@ class CheckSchedule:
         *,
         agree: Callable[[int], int] | None = None,
     ) -> None:
+        from grpo_check._kinds import is_real_number, is_whole_number
         from grpo_check.findings import InputError
 
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        if not is_whole_number(every) or every < 1:
             raise InputError(f"every must be a whole number >= 1, got {every!r}", field="every")
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float)):
+        if budget is not None and not is_real_number(budget):
             raise InputError(
                 f"budget is a fraction of the step time (0.03 for 3 %), got {budget!r}", field="budget"
             )
