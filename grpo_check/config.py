@@ -200,6 +200,8 @@ class GRPOSpec:
                 continue
             if not ok:
                 raise InputError(f"must be {expected}, got {value!r}", field=field.name)
+            if kinds.startswith(("int", "float")) and type(value) not in (int, float):  # numpy's: plain
+                object.__setattr__(self, field.name, int(value) if kinds.startswith("int") else float(value))
 
     @property
     def epsilon_low(self) -> float:

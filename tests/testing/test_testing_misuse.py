@@ -155,7 +155,11 @@ def test_a_spec_refuses_values_of_the_wrong_kind(fields, message) -> None:
 
 
 def test_a_spec_takes_numbers_of_either_kind_where_a_float_is_declared() -> None:
+    import numpy
+
     assert GRPOSpec(temperature=1, beta=0, epsilon=0).temperature == 1
+    from_numpy = GRPOSpec(num_generations=numpy.int64(4), beta=numpy.float32(0.5))  # stored as plain numbers
+    assert type(from_numpy.num_generations) is int and type(from_numpy.beta) is float
     assert GRPOSpec(beta=-0.04).beta == -0.04  # the diagnoses model a KL added with the wrong sign so
 
 
