@@ -41,8 +41,7 @@ def user_errors() -> Iterator[None]:
     except (FileExistsError, NotADirectoryError) as exc:
         raise fail_usage(f"a parent of this path is a file, not a directory: {exc.filename or exc}") from None
     except BrokenPipeError:  # stdout closed early (`| head`): stop quietly, as other command-line tools do
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        silence_closed_streams()
         sys.exit(EXIT_CLEAN)
     except PermissionError as exc:
         raise fail_usage(f"permission denied: {exc.filename or exc}") from None
@@ -91,3 +90,21 @@ def refuse_output_inside(out_dir: Path, trace_path: Path) -> None:
     inside = Path(os.path.realpath(out_dir))
     if inside == Path(os.path.realpath(trace_dir)) or Path(os.path.realpath(trace_dir)) in inside.parents:
         raise fail_usage(f"--output {out_dir} is inside the trace {trace_dir}; write the reports elsewhere")
+
+
+def silence_closed_streams() -> None:
+    """After a reader closed the pipe: point stdout and stderr at /dev/null, so that nothing printed later,
+    and no flush at exit, raises a second BrokenPipeError."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+
+
+def same_file(first: Path, second: Path) -> bool:
+    """Whether two paths name one file: equal once symlinks are resolved, or hard links to one inode."""
+    if first.resolve() == second.resolve():
+        return True
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one of them does not exist (yet): it cannot be the other
+        return False

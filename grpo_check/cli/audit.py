@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
 
-from grpo_check.cli._common import EXIT_CLEAN, EXIT_FINDINGS, fail_usage, user_errors
+from grpo_check.cli._common import EXIT_CLEAN, EXIT_FINDINGS, fail_usage, same_file, user_errors
 
 _HELP = """
 Audit a TRL GRPO configuration before launching a run: cross-field consistency TRL checks late or not at
@@ -79,7 +78,7 @@ def register(app: typer.Typer) -> None:
             raise fail_usage(
                 "--explain and --list-rules describe the rules and audit nothing: drop CONFIG or them"
             )
-        if output is not None and config is not None and _same_file(output, config):
+        if output is not None and config is not None and same_file(output, config):
             raise fail_usage(f"--output {output} is the config being audited; writing there would destroy it")
         if explain is not None:
             _explain_rule(explain, output_format, output)
@@ -100,13 +99,6 @@ def register(app: typer.Typer) -> None:
             )
         _emit(result, output_format, output, min_severity)
         raise typer.Exit(EXIT_FINDINGS if result.exit_code(strict=strict) else EXIT_CLEAN)
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
 
 
 def _emit(result, output_format: str, output: Path | None, min_severity: str) -> None:

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from grpo_check.cli._common import EXIT_USAGE, fail_usage, refuse_output_inside, user_errors
+from grpo_check.cli._common import (
+    EXIT_USAGE,
+    fail_usage,
+    refuse_output_inside,
+    silence_closed_streams,
+    user_errors,
+)
 
 _HELP = """
 Compare a recorded trace with the float64 reference GRPO, stage by stage: each stage is fed the trainer's
@@ -126,9 +131,7 @@ def _reader_may_stop():
     try:
         yield
     except BrokenPipeError:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):
-                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+        silence_closed_streams()
 
 
 def register(app: typer.Typer) -> None:

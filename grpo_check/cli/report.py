@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import typer
 
-from grpo_check.cli._common import EXIT_CLEAN, EXIT_FINDINGS, user_errors
+from grpo_check.cli._common import EXIT_CLEAN, EXIT_FINDINGS, same_file, user_errors
 
 _HELP = """
 Render one or more saved results (`result.json`, written by `grpo-check compare`/`check` or by
@@ -131,16 +130,6 @@ def _refuse_duplicates(paths: list[Path]) -> None:
         seen[key] = path
 
 
-def _same_file(first: Path, second: Path) -> bool:
-    """Whether two paths name one file: equal once symlinks are resolved, or hard links to one inode."""
-    if first.resolve() == second.resolve():
-        return True
-    try:
-        return os.path.samefile(first, second)
-    except OSError:  # one of them does not exist (yet): it cannot be the other
-        return False
-
-
 def _out_dir_files(out_dir: Path) -> list[Path]:
     """The files ``--out-dir`` writes (``write_report``'s default formats)."""
     from grpo_check.report import DEFAULT_FORMATS, FILE_NAMES
@@ -153,7 +142,7 @@ def _refuse_overwriting_inputs(inputs: list[Path], *, output: Path | None, out_d
     from grpo_check.findings import InputError
 
     for path in inputs:
-        if output is not None and _same_file(output, path):
+        if output is not None and same_file(output, path):
             raise InputError(
                 f"--output {output} is this input file: writing the report there would destroy the saved "
                 "result; choose another --output file",
@@ -162,7 +151,7 @@ def _refuse_overwriting_inputs(inputs: list[Path], *, output: Path | None, out_d
         if out_dir is None:
             continue
         for target in _out_dir_files(out_dir):
-            if _same_file(target, path):
+            if same_file(target, path):
                 raise InputError(
                     f"--out-dir {out_dir} would overwrite this input ({target.name}) with "
                     f"{_replacement(len(inputs))}; choose another --out-dir (e.g. a new directory)",

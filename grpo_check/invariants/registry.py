@@ -36,7 +36,7 @@ from grpo_check._step_cache import cached, step_cache
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import STAGES, Finding, InputError, Verdict, Where
 from grpo_check.invariants._common import Outcome
-from grpo_check.trace.model import TraceStep
+from grpo_check.trace.model import TENSOR_STAGE, TraceStep
 
 CheckFunction = Callable[..., "Outcome | list[Outcome]"]
 
@@ -333,8 +333,6 @@ def run_invariants(
 def _misnamed_hint(step: TraceStep, lacking: Iterable[str]) -> str:
     """``; the step holds 'advantage': did you mean 'advantages'?`` when a tensor under a non-canonical name
     is one or two letters from a missing one (a hand-built TraceStep; the Recorder refuses such names)."""
-    from grpo_check.trace.model import TENSOR_STAGE
-
     odd = [name for name in step.tensors if name not in TENSOR_STAGE and not name.startswith("extra.")]
     for name in odd:
         near = difflib.get_close_matches(name, list(lacking), n=1, cutoff=0.75)
