@@ -14,14 +14,6 @@ from typing import Any
 import torch
 
 from grpo_check.compare import distribution
-from grpo_check.compare._diff import (
-    Comparison,
-    StepContext,
-    as_f64,
-    compare_tensor,
-    compare_tensors,
-    not_captured,
-)
 from grpo_check.compare.forward import model_logits, model_logps
 from grpo_check.compare.reference_inputs import (
     StageReference,
@@ -29,6 +21,14 @@ from grpo_check.compare.reference_inputs import (
     reference_advantages,
     reference_downstream,
     same_precision_reference,
+)
+from grpo_check.compare.tensor_diff import (
+    Comparison,
+    StepContext,
+    as_f64,
+    compare_tensor,
+    compare_tensors,
+    not_captured,
 )
 from grpo_check.compare.tolerances import Tolerance, TolerancePolicy
 from grpo_check.config import GRPOSpec

@@ -18,7 +18,10 @@ Example::
     >>> assert_advantages_close(torch.tensor([-1.0, 1.0, 0.0, 0.0]), rewards=rewards, num_generations=2)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    grpo_check.findings.GRPOCheckError: [FAIL] testing.advantages_close (advantages): advantages: 2 of 4 ...
+    grpo_check.findings.GRPOCheckError: [FAIL] testing.advantages_close (advantages): advantages differs from the reference
+    Mismatched elements: 2 / 4 (50.0%)
+    Greatest absolute difference: 0.293 at prompt 0, generation 0, row 0 (actual -1 vs expected -0.707007; up to 1.23e-05 allowed)
+    ...
 
 The invariants' ``assert_*`` forms (single-implementation checks such as ``assert_group_sum_zero``) are
 re-exported by :mod:`grpo_check.testing` too.

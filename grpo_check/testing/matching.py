@@ -419,7 +419,8 @@ def _final_finding(
     finding.check_id = f"testing.matches_reference.{stage}"
     finding.explanation = (
         f"stage {stage!r}: {_fn_name(user_fn)} disagrees with the float64 reference.\n  "
-        f"{finding.explanation}\n  smallest failing batch (shrunk by hypothesis after {count} example(s)):\n    "
+        + finding.explanation.replace("\n", "\n  ")
+        + f"\n  smallest failing batch (shrunk by hypothesis after {count} example(s)):\n    "
         + description.replace("\n", "\n    ")
     )
     finding.details.update(
