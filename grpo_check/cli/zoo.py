@@ -28,7 +28,7 @@ Examples:
 
     grpo-check zoo --only S1 --only 6           # cases for catalog entries S1 and #6
 
-    grpo-check zoo --only seed-S1-S2-S3 --only controls
+    grpo-check zoo --only skillsbench-S1-S2-S3 --only controls
 
     grpo-check zoo --format md -o zoo.md        # Markdown table (as in the README)
 
