@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from grpo_check.cli._common import (
-    EXIT_USAGE,
+    ExitCode,
     fail_usage,
     refuse_output_inside,
     silence_closed_streams,
@@ -97,14 +97,14 @@ def emit(
     strict: bool,
     trace: Any = None,
     repro: bool = True,
-) -> int:
+) -> ExitCode:
     """Write the reports, print the chosen rendering, write a repro on failure; return the exit code."""
     from grpo_check.findings import InputError
     from grpo_check.report import normalise_format, render, write_report, write_repro
 
     fmt = normalise_format(output_format)
     paths = write_report(result, out_dir)
-    code = result.exit_code(strict=strict)
+    code = ExitCode(result.exit_code(strict=strict))
     repro_path = None
     if code and repro and trace is not None:
         with contextlib.suppress(InputError):
@@ -191,7 +191,7 @@ def register(app: typer.Typer) -> None:
                         err=True,
                         fg=typer.colors.RED,
                     )
-                    raise typer.Exit(EXIT_USAGE) from None
+                    raise typer.Exit(ExitCode.USAGE) from None
                 name = Path(trainer.split(":")[0]).stem or "trainer"
                 out_dir = make_output_dir(output or Path("reports") / name)  # before training, not after
                 load_factory(trainer)  # a wrong file or function name: said now, not after training
@@ -219,4 +219,4 @@ def register(app: typer.Typer) -> None:
             finally:
                 close()
             code = emit(result, output_format=output_format, out_dir=out_dir, strict=strict, trace=trace)
-        raise typer.Exit(code)
+        raise typer.Exit(ExitCode(code))
