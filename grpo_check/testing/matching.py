@@ -358,6 +358,7 @@ def assert_matches_reference(
         rtol, atol: override torch's per-dtype tolerances.
         derandomize: the same examples every run (reproducible CI); ``False`` explores new ones each run.
     """
+    __tracebackhide__ = True
     if stage not in _STAGES:
         raise InputError(f"stage must be one of {', '.join(STAGE_NAMES)}; got {stage!r}", field="stage")
     from grpo_check.testing.assertions import as_spec
