@@ -11,6 +11,7 @@ import torch
 from grpo_check.compare.reference_inputs import (
     StageReference,
     computed_dtype,
+    decided_clip_branch,
     reference_downstream,
     same_precision_reference,
 )
@@ -81,7 +82,7 @@ def end_to_end_findings(
             "logps_grad",
             "e2e.logps_grad",
             "end-to-end ∂loss/∂logps",
-            torch.ones_like(down["loss_mask"]).bool(),
+            decided_clip_branch(down, spec, computed_dtype(step, "logps")).expand_as(down["loss_mask"]),
         ),
     ):
         if not step.has(name):

@@ -25,7 +25,9 @@ from grpo_check.trace.model import TraceStep
 __all__ = [
     "StageReference",
     "computed_dtype",
+    "decided_clip_branch",
     "reference_advantages",
+    "reference_aggregation",
     "reference_downstream",
     "same_precision_reference",
     "step_context",
@@ -81,13 +83,35 @@ def _step_context(step: TraceStep, spec: GRPOSpec) -> StepContext:
 _MODEL_COMPUTED = frozenset({"logps", "old_logps", "ref_logps", "sampler_logps", "entropies"})
 
 
+# Tensors computed from other captured tensors: they are only as precise as the coarsest of those as stored
+# (a loss computed from bf16 log-probs and returned in float64 carries bf16 rounding).
+_COMPUTED_FROM: dict[str, tuple[str, ...]] = {
+    "ratio": ("logps", "old_logps"),
+    "clipped_ratio": ("logps", "old_logps"),
+    "kl": ("logps", "ref_logps"),
+    "per_token_loss": ("logps", "old_logps", "ref_logps", "advantages"),
+    "loss": ("per_token_loss", "logps", "old_logps", "ref_logps", "advantages"),
+    "logps_grad": ("logps", "old_logps", "ref_logps", "advantages"),
+}
+
+
+def _stored_dtype(step: TraceStep, name: str) -> torch.dtype | None:
+    t = step.get(name)
+    return t.dtype if isinstance(t, torch.Tensor) and t.dtype.is_floating_point else None
+
+
 def computed_dtype(step: TraceStep, name: str) -> str:
-    """The precision ``name`` was computed in: the compute dtype for model outputs, else the stored dtype."""
+    """The precision ``name`` was computed in: the compute dtype for model outputs; for a quantity computed
+    from other captured tensors, the coarsest of its own stored dtype and theirs; else the stored dtype."""
     t = step.get(name)
     stored = str(t.dtype).removeprefix("torch.") if isinstance(t, torch.Tensor) else "float32"
     compute = step.meta.get("compute_dtype")
     if name in _MODEL_COMPUTED and compute in LOW_PRECISION:
         return str(compute)
+    inputs = [d for d in (_stored_dtype(step, i) for i in _COMPUTED_FROM.get(name, ())) if d is not None]
+    low = [d for d in inputs if str(d).removeprefix("torch.") in LOW_PRECISION]
+    if low and stored not in LOW_PRECISION:
+        return str(max(low, key=lambda d: torch.finfo(d).eps)).removeprefix("torch.")
     return stored
 
 
@@ -196,3 +220,47 @@ def reference_downstream(
         if value is not None:
             result[name] = value.detach()
     return result
+
+
+def reference_aggregation(step: TraceStep, spec: GRPOSpec) -> torch.Tensor | None:
+    """The loss the trainer's own ``per_token_loss`` aggregates to under ``spec`` (``None`` without it): the
+    aggregation alone, for a step whose upstream (``logps``, ``advantages``) was not captured."""
+    from grpo_check.reference.loss import aggregate_loss, loss_mask
+
+    values = step.get("per_token_loss")
+    if values is None:
+        return None
+    mask_in = step.get("completion_mask")
+    if mask_in is None:
+        mask_in = torch.ones_like(values, dtype=torch.long)
+    mask = loss_mask(mask_in, step.get("tool_mask"), step.get("truncated"), spec.mask_truncated_completions)
+    meta = step.meta
+    items = meta.get("num_items_in_batch")
+    return aggregate_loss(
+        as_f64(values),
+        mask,
+        spec,
+        num_items_in_batch=None if items is None else float(items),
+        gradient_accumulation_steps=_meta_int(meta, "gradient_accumulation_steps", None),
+        num_processes=_meta_int(meta, "num_processes", None),
+        steps_per_generation=_meta_int(meta, "steps_per_generation", None),
+    ).loss.detach()
+
+
+# tokens whose ratio lies within this many unit roundoffs (of the trainer's precision) of a clip bound
+_CLIP_BAND = 4.0
+
+
+def decided_clip_branch(reference: Mapping[str, torch.Tensor], spec: GRPOSpec, dtype: str) -> torch.Tensor:
+    """Where the clip branch of each token is decided (bool, like the reference ``ratio``): not where the
+    ratio lies within rounding distance, in the precision ``dtype`` the trainer computed it in, of a clip
+    bound 1 − ε_low or 1 + ε_high. There a correct trainer may take either branch, and ∂loss/∂logps
+    jumps between them (to 0 when clipped)."""
+    ratio = reference["ratio"]
+    unit = torch.finfo(getattr(torch, dtype, torch.float32)).eps
+    band = _CLIP_BAND * unit * ratio.abs()
+    near = torch.zeros_like(ratio, dtype=torch.bool)
+    for bound in (1.0 - spec.epsilon_low, 1.0 + spec.epsilon_high_effective):
+        near |= (ratio - bound).abs() <= band
+    near &= torch.isfinite(ratio)  # a NaN/Inf ratio is compared (and fails), never skipped
+    return ~near

@@ -29,7 +29,16 @@ import torch
 
 from grpo_check._step_cache import step_cache
 from grpo_check.config import GRPOSpec
-from grpo_check.diagnose import advantages, logps, loss_zero, nonfinite, objective, sampling, unexplained
+from grpo_check.diagnose import (
+    advantages,
+    logps,
+    loss_zero,
+    nonfinite,
+    objective,
+    sampling,
+    unexplained,
+    variants,
+)
 from grpo_check.diagnose._context import Diagnosis, shared_comparisons
 from grpo_check.findings import Finding, InputError
 from grpo_check.trace.model import TraceStep
@@ -53,11 +62,13 @@ DETECTORS: tuple[Detector, ...] = (
     sampling.detect_truncated_support,
     sampling.detect_sampler_mismatch,
     nonfinite.detect_nan_origin,
+    variants.detect_aggregation_variant,
     objective.detect_detached_grad,
     objective.detect_kl_estimator_values,
     objective.detect_clipping_not_applied,
     objective.detect_objective_variant,
     objective.detect_unnamed_factor,
+    variants.detect_ratio_variant,
     loss_zero.detect_loss_near_zero,
     unexplained.detect_unexplained,
 )
