@@ -109,15 +109,18 @@ def _json_number(value: float | None) -> float | str | None:
     return value
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """Replace non-finite floats (anywhere inside dicts/lists) by their repr: JSON has no NaN/Infinity."""
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
+
+
+_json_safe = json_safe  # the former name
 
 
 def _from_json_number(value: Any) -> float | None:
@@ -184,7 +187,7 @@ class Finding:
             "fix": self.fix,
             "catalog_id": self.catalog_id,
             "kind": self.kind,
-            "details": _json_safe(self.details),
+            "details": json_safe(self.details),
         }
 
     @classmethod
@@ -310,7 +313,7 @@ class Result:
         return {
             "format": "grpo-check-result",
             "format_version": 1,
-            "metadata": _json_safe(self.metadata),
+            "metadata": json_safe(self.metadata),
             "counts": self.counts(),
             "findings": [f.to_dict() for f in self.findings],
         }

@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
             message=f"--format must be text, md or json, got {output_format!r}",
         )
         with user_errors():
-            from grpo_check.zoo.catalog import select_cases
+            from grpo_check.zoo.cases import select_cases
 
             cases = select_cases(only or None)
             if list_cases:

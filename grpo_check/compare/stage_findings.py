@@ -15,16 +15,6 @@ from typing import Any
 import torch
 
 from grpo_check.compare import distribution
-from grpo_check.compare.forward import model_logits, model_logps
-from grpo_check.compare.reference_inputs import (
-    StageReference,
-    computed_dtype,
-    decided_clip_branch,
-    reference_advantages,
-    reference_aggregation,
-    reference_downstream,
-    same_precision_reference,
-)
 from grpo_check.compare.tensor_diff import (
     Comparison,
     StepContext,
@@ -36,6 +26,16 @@ from grpo_check.compare.tensor_diff import (
 from grpo_check.compare.tolerances import Tolerance, TolerancePolicy
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, Verdict
+from grpo_check.stepref.forward import model_logits, model_logps
+from grpo_check.stepref.inputs import (
+    StageReference,
+    computed_dtype,
+    decided_clip_branch,
+    reference_advantages,
+    reference_aggregation,
+    reference_downstream,
+    same_precision_reference,
+)
 from grpo_check.trace.model import TraceStep
 
 __all__ = [
@@ -189,7 +189,7 @@ class _ForwardSlot:
     name: str
     check_id: str
     source: Any
-    """The model (or :class:`~grpo_check.compare.forward.KnownLogps`) the reference ran."""
+    """The model (or :class:`~grpo_check.stepref.forward.KnownLogps`) the reference ran."""
     temperature: float
     tolerance: Tolerance
     reference: torch.Tensor

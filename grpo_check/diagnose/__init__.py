@@ -39,7 +39,7 @@ from grpo_check.diagnose import (
     unexplained,
     variants,
 )
-from grpo_check.diagnose._context import Diagnosis, shared_comparisons
+from grpo_check.diagnose._context import Diagnosis, constant_factor, shared_comparisons
 from grpo_check.findings import Finding, InputError
 from grpo_check.trace.model import TraceStep
 
@@ -87,19 +87,14 @@ def diagnose(
 
     Args:
         step: the trainer's captured step.
-        reference: the stage reference (:class:`grpo_check.compare.stages.StageReference`) or a plain mapping
+        reference: the stage reference (:class:`grpo_check.stepref.inputs.StageReference`) or a plain mapping
             of reference tensors by canonical name.
         spec: the algorithm configuration.
         findings: the compare findings of this step (explained findings are updated in place).
         model: the policy model, if available (enables temperature and truncated-support signatures).
     """
-    from grpo_check.compare.stages import (
-        model_logits,
-        model_logps,
-        model_logps_shifted,
-        reference_downstream,
-        step_context,
-    )
+    from grpo_check.stepref.forward import model_logits, model_logps, model_logps_shifted
+    from grpo_check.stepref.inputs import reference_downstream, step_context
 
     tensors = dict(reference.tensors) if hasattr(reference, "tensors") else dict(reference or {})
     logits = getattr(reference, "logits", None)
@@ -158,4 +153,4 @@ def diagnose(
     return out
 
 
-__all__ = ["DETECTORS", "Diagnosis", "diagnose"]
+__all__ = ["DETECTORS", "Diagnosis", "constant_factor", "diagnose"]

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from grpo_check.compare.conventions import classify_advantage_scale
 from grpo_check.diagnose._context import Diagnosis, close, worst
+from grpo_check.diagnose.conventions import classify_advantage_scale
 from grpo_check.findings import Finding, Verdict
 from grpo_check.signatures import signature
 
@@ -63,7 +63,7 @@ def detect_grouping(dx: Diagnosis) -> list[Finding]:
     trainer_adv, gi = dx.trainer("advantages"), dx.group_index
     if trainer_adv is None or gi is None:
         return []
-    from grpo_check.compare.stages import reference_advantages
+    from grpo_check.stepref.inputs import reference_advantages
 
     adv = _row_advantages(trainer_adv)
     sums = _group_sums(adv, gi)

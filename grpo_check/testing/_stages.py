@@ -57,8 +57,8 @@ class _Logits:
 
 
 def _policy(stage: str, step: TraceStep, rtol: float | None, atol: float | None) -> Any:
-    from grpo_check.compare.reference_inputs import computed_dtype
     from grpo_check.compare.tolerances import TolerancePolicy
+    from grpo_check.stepref.inputs import computed_dtype
 
     rtol = None if rtol is None else tolerance_value(rtol, "rtol")
     atol = None if atol is None else tolerance_value(atol, "atol")
