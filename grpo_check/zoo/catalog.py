@@ -203,3 +203,13 @@ def registered() -> list[Case]:
     """The cases registered so far, in registration order (:func:`grpo_check.zoo.cases.all_cases` loads every
     module that registers some)."""
     return list(_REGISTRY.values())
+
+
+def __getattr__(name: str) -> Any:
+    """``all_cases`` and ``select_cases`` live in :mod:`grpo_check.zoo.cases` (which loads every module that
+    registers here); they stay importable from here, loaded on first use."""
+    if name in ("all_cases", "select_cases"):
+        import importlib
+
+        return getattr(importlib.import_module("grpo_check.zoo.cases"), name)
+    raise AttributeError(f"module 'grpo_check.zoo.catalog' has no attribute {name!r}")
