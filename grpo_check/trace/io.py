@@ -28,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -35,48 +36,127 @@ import json
 import math
 import os
 import re
+import stat
 import sys
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from grpo_check._kinds import is_whole_number
 from grpo_check.findings import InputError
-from grpo_check.trace.atomic import (  # noqa: F401 (also importable from here)
-    _UMASK,
-    OutputPathError,
-    _fsync_dir,
-    atomic_write_bytes,
-    atomic_write_text,
-)
 from grpo_check.trace.model import TENSOR_STAGE, Trace, TraceStep
-from grpo_check.trace.validate import (  # noqa: F401 (also importable from here)
-    B_TENSORS,
-    BP_TENSORS,
-    BT_OR_B1_TENSORS,
-    BT_TENSORS,
-    FLOAT_TENSORS,
-    ID_TENSORS,
-    INT_LIST_META_KEYS,
-    INT_META_KEYS,
-    MASK_TENSORS,
-    SCALAR_TENSORS,
-    _check_name,
-    _dtype_name,
-    _is_int_or_int_list,
-    _shape_errors,
-    batch_rows,
-    meta_type_problems,
-    step_value_problems,
-    tensor_names,
-    text_row_problems,
-    validate_step_tensors,
-)
 
 FORMAT_NAME = "grpo-check-trace"
 STEP_FORMAT_NAME = "grpo-check-trace-step"
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 STEPS_DIR = "steps"
+
+# --- tensor-name rules (shape letters: B rows, T completion tokens, P prompt tokens, F reward functions) ---
+ID_TENSORS: frozenset[str] = frozenset({"prompt_ids", "completion_ids", "group_index"})
+MASK_TENSORS: frozenset[str] = frozenset(
+    {"prompt_mask", "completion_mask", "tool_mask", "truncated", "is_low_clipped", "is_high_clipped"}
+)
+FLOAT_TENSORS: frozenset[str] = frozenset(TENSOR_STAGE) - ID_TENSORS - MASK_TENSORS
+BT_TENSORS: frozenset[str] = frozenset(
+    {
+        "completion_ids",
+        "completion_mask",
+        "tool_mask",
+        "logps",
+        "old_logps",
+        "ref_logps",
+        "sampler_logps",
+        "entropies",
+        "kl",
+        "per_token_loss",
+        "logps_grad",
+        "is_low_clipped",
+        "is_high_clipped",
+    }
+)
+BT_OR_B1_TENSORS: frozenset[str] = frozenset({"ratio", "clipped_ratio", "sampler_is_ratio"})
+BP_TENSORS: frozenset[str] = frozenset({"prompt_ids", "prompt_mask"})
+B_TENSORS: frozenset[str] = frozenset({"group_index", "truncated", "rewards"})
+SCALAR_TENSORS: frozenset[str] = frozenset({"loss", "loss_normalizer"})
+
+
+# ----------------------------------------------------------------------------------------------- atomic IO
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+class OutputPathError(InputError, OSError):
+    """An output destination that cannot be written (a directory, a parent that is a file, no permission,
+    disk full). An :class:`~grpo_check.findings.InputError` (the CLI answers exit code 2 with one line) and
+    still an :class:`OSError` for code that catches those."""
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, ``os.replace``.
+
+    A reader never sees a half-written file: either the old content (or nothing) or the new content.
+    An unwritable destination (a directory, a parent that is a file, no permission, disk full) raises
+    :class:`OutputPathError` naming the path; nothing is left behind.
+    """
+    shown = Path(path)
+    target = Path(os.path.realpath(shown))  # a symlink is written through to its target, not replaced
+    if target.is_dir():
+        raise OutputPathError("is a directory; give a file name to write the output to", source=str(shown))
+    if target.exists() and not stat.S_ISREG(target.stat().st_mode):  # a device or a pipe: renaming over
+        raise OutputPathError(  # it would replace it with a plain file
+            "is not a regular file (a device or a pipe); give a file name to write the output to",
+            source=str(shown),
+        )
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise OutputPathError(
+            "cannot write here: a parent of this path is a file, not a directory", source=str(target)
+        ) from exc
+    except OSError as exc:
+        raise OutputPathError(f"cannot write here: {exc.strerror or exc}", source=str(target)) from exc
+    try:
+        if hasattr(os, "fchmod"):  # mkstemp creates 0600; give the file the usual permissions
+            os.fchmod(fd, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise OutputPathError(f"cannot write here: {exc.strerror or exc}", source=str(shown)) from exc
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(target.parent)
+    return shown  # as the caller named it (a relative path stays relative in messages)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _fsync_dir(directory: Path) -> None:
+    if os.name != "posix":  # pragma: no cover - directory fsync is a POSIX notion
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 # ------------------------------------------------------------------------------------------ JSON helpers
@@ -341,6 +421,10 @@ def _warn_if_unloadable(entry: str, tensors: Mapping[str, Any], step: TraceStep)
         )
 
 
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def save_trace(trace: Trace, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Write ``trace`` to directory ``path`` (manifest + one safetensors/JSON pair per step), atomically.
 
@@ -556,6 +640,40 @@ def _load_step(json_path: Path, num_generations: int | None, problem) -> tuple[i
     return order, json_path.stem, step
 
 
+# Step meta keys the checks convert with int(): a wrongly typed value would otherwise fail far from the file.
+INT_META_KEYS: tuple[str, ...] = (
+    "step",
+    "micro_batch",
+    "rank",
+    "iteration",
+    "optimizer_steps_since_old_logps",
+    "gradient_accumulation_steps",
+    "steps_per_generation",
+    "num_processes",
+    "pad_token_id",
+)
+INT_LIST_META_KEYS: tuple[str, ...] = ("eos_token_ids",)  # an int or a list of ints
+
+
+def meta_type_problems(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Step meta keys holding a value of the wrong type, as ``(key, message)`` pairs (empty when valid).
+
+    >>> meta_type_problems({"step": "zero", "rank": 0, "eos_token_ids": [2]})
+    [('step', "must be an integer or null, got 'zero'")]
+    """
+    problems: list[tuple[str, str]] = []
+    for key, value in meta.items():
+        if key in INT_META_KEYS and value is not None and not is_whole_number(value):
+            problems.append((key, f"must be an integer or null, got {value!r}"))
+        elif key in INT_LIST_META_KEYS and value is not None and not _is_int_or_int_list(value):
+            problems.append((key, f"must be an integer or a list of integers, got {value!r}"))
+    return problems
+
+
+def _is_int_or_int_list(value: Any) -> bool:
+    return is_whole_number(value) or (isinstance(value, list) and all(is_whole_number(v) for v in value))
+
+
 def _typed_meta(meta: dict[str, Any], json_path: Path, problem) -> dict[str, Any]:
     """``meta`` without the keys whose value has the wrong type (each reported); the step itself is kept."""
     bad = meta_type_problems(meta)
@@ -576,6 +694,25 @@ def _read_texts(record: Mapping[str, Any], json_path: Path, problem) -> dict[str
             value = None
         texts[key] = value
     return texts
+
+
+def text_row_problems(
+    tensors: Mapping[str, Any], texts: Mapping[str, list[str] | None]
+) -> list[tuple[str, str]]:
+    """Texts whose entry count differs from the step's rows (B), as ``(field, message)`` pairs.
+
+    >>> import torch
+    >>> text_row_problems({"rewards": torch.zeros(4)}, {"completion_text": ["a", "b", "c"]})
+    [('completion_text', 'has 3 entries for 4 rows')]
+    """
+    rows = batch_rows(tensors)
+    if rows is None:
+        return []
+    return [
+        (field, f"has {len(text)} entries for {rows} rows")
+        for field, text in texts.items()
+        if text is not None and len(text) != rows
+    ]
 
 
 def _order_from_stem(stem: str) -> int:
@@ -619,3 +756,178 @@ def _read_tensor_file(json_path: Path, record: dict[str, Any], problem) -> dict[
     except Exception as exc:  # safetensors raises its own SafetensorError on truncated/garbled files
         problem(f"not a readable safetensors file ({exc})", source=tensor_path, field=None)
         return None
+
+
+_ROW_TENSORS = BT_TENSORS | BT_OR_B1_TENSORS | BP_TENSORS | B_TENSORS | {"rewards_per_func", "advantages"}
+
+
+def batch_rows(tensors: Mapping[str, Any]) -> int | None:
+    """B, the number of rows, from the first tensor that has one (``None`` when none has)."""
+    for name, tensor in tensors.items():
+        if name in _ROW_TENSORS and tensor.dim() >= 1:
+            return int(tensor.shape[0])
+    return None
+
+
+def validate_step_tensors(tensors: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Format errors in one step's named tensors; returns ``(field, message)`` pairs (empty when valid).
+
+    A step with a format error cannot be used (the loader leaves it out). Rules: dtype classes (ids
+    integer, masks bool/integer/float, quantities floating point), shapes consistent on B and T,
+    ``advantages`` (B,) or (B, T), ``ratio`` (B, T) or (B, 1), ``loss`` a scalar, ``group_index``
+    non-negative. Tensors with an ``extra.`` prefix are not checked. Values that are legal to store but
+    wrong for GRPO (a mask holding 2) are :func:`step_value_problems`.
+
+    >>> import torch
+    >>> validate_step_tensors({"completion_ids": torch.zeros(2, 3), "completion_mask": torch.ones(2, 4)})
+    [('completion_ids', 'ids must be an integer tensor, got dtype float32'), ('completion_mask', "T = 4 along this tensor but T = 3 in 'completion_ids'")]
+    """
+    import torch
+
+    errors: list[tuple[str, str]] = []
+    known = {n: t for n, t in tensors.items() if n in TENSOR_STAGE}
+    for name, tensor in known.items():
+        if name in ID_TENSORS and (tensor.dtype.is_floating_point or tensor.dtype.is_complex):
+            errors.append((name, f"ids must be an integer tensor, got dtype {_dtype_name(tensor.dtype)}"))
+        elif name in ID_TENSORS and tensor.dtype == torch.bool:
+            errors.append((name, "ids must be an integer tensor, got dtype bool"))
+        elif name in MASK_TENSORS and tensor.dtype.is_complex:
+            errors.append((name, f"mask must be 0/1, got dtype {_dtype_name(tensor.dtype)}"))
+        elif name in FLOAT_TENSORS and not tensor.dtype.is_floating_point:
+            errors.append((name, f"must be a floating-point tensor, got dtype {_dtype_name(tensor.dtype)}"))
+    errors += _shape_errors(known)
+    group_index = known.get("group_index")
+    bad_group_index = any(f == "group_index" for f, _ in errors)
+    if (
+        group_index is not None
+        and not bad_group_index
+        and group_index.numel()
+        and bool((group_index < 0).any())
+    ):
+        errors.append(("group_index", "must be non-negative (one id per prompt)"))
+    return errors
+
+
+def step_value_problems(
+    tensors: Mapping[str, Any], *, num_generations: int | None = None
+) -> list[tuple[str, str]]:
+    """Values a well-formed step should not hold: masks other than 0/1, a group with more than
+    ``num_generations`` rows. These are pipeline bugs the invariants (``batch.masks_binary``,
+    ``batch.group_sizes``) report with a diagnosis, so the loader keeps such a step and only notes them.
+
+    >>> import torch
+    >>> step_value_problems({"completion_mask": torch.tensor([[1, 2, 0], [1, 1, 0]])})
+    [('completion_mask', 'mask must hold only 0 and 1; found value 2 at index (0, 1)')]
+    """
+    import torch
+
+    problems: list[tuple[str, str]] = []
+    for name in sorted(MASK_TENSORS & set(tensors)):
+        tensor = tensors[name]
+        if not tensor.numel() or tensor.dtype == torch.bool or tensor.dtype.is_complex:
+            continue
+        bad = ~((tensor == 0) | (tensor == 1))
+        if bool(bad.any()):
+            position = tuple(int(i) for i in bad.nonzero()[0].tolist())
+            value = tensor[position].item() if position else tensor.item()
+            problems.append((name, f"mask must hold only 0 and 1; found value {value:g} at index {position}"))
+    group_index = tensors.get("group_index")
+    if (
+        num_generations is not None
+        and group_index is not None
+        and group_index.numel()
+        and not group_index.dtype.is_floating_point
+        and group_index.dtype != torch.bool
+        and bool((group_index >= 0).all())
+    ):
+        counts = torch.bincount(group_index.reshape(-1).long())
+        worst = int(counts.argmax())
+        if int(counts[worst]) > num_generations:
+            problems.append(
+                (
+                    "group_index",
+                    f"group {worst} has {int(counts[worst])} rows but num_generations is {num_generations} "
+                    "(rows of different prompts share a group id?)",
+                )
+            )
+    return problems
+
+
+def _shape_errors(tensors: Mapping[str, Any]) -> list[tuple[str, str]]:
+    errors: list[tuple[str, str]] = []
+    rows: tuple[str, int] | None = None  # (which tensor fixed B, B)
+    tokens: tuple[str, int] | None = None  # (which tensor fixed T, T)
+    prompt_len: tuple[str, int] | None = None
+    functions: tuple[str, int] | None = None
+
+    def agree(name: str, size: int, anchor: tuple[str, int] | None, letter: str):
+        if anchor is None:
+            return (name, size)
+        if anchor[1] != size:
+            errors.append(
+                (name, f"{letter} = {size} along this tensor but {letter} = {anchor[1]} in {anchor[0]!r}")
+            )
+        return anchor
+
+    order = sorted(tensors, key=lambda n: (n not in ("completion_ids", "completion_mask"), n))
+    for name in order:
+        shape = tuple(tensors[name].shape)
+        if name in SCALAR_TENSORS:
+            if tensors[name].numel() != 1:
+                errors.append((name, f"must be a scalar, got shape {list(shape)}"))
+            continue
+        if name == "reward_weights":
+            if len(shape) != 1:
+                errors.append((name, f"must be (F,), got shape {list(shape)}"))
+            else:
+                functions = agree(name, shape[0], functions, "F")
+            continue
+        if name in BT_TENSORS or name in BP_TENSORS or name == "rewards_per_func":
+            if len(shape) != 2:
+                want = {"rewards_per_func": "(B, F)"}.get(name, "(B, P)" if name in BP_TENSORS else "(B, T)")
+                errors.append((name, f"must be {want}, got shape {list(shape)}"))
+                continue
+            rows = agree(name, shape[0], rows, "B")
+            if name in BT_TENSORS:
+                tokens = agree(name, shape[1], tokens, "T")
+            elif name in BP_TENSORS:
+                prompt_len = agree(name, shape[1], prompt_len, "P")
+            else:
+                functions = agree(name, shape[1], functions, "F")
+        elif name in BT_OR_B1_TENSORS:
+            if len(shape) != 2:
+                errors.append((name, f"must be (B, T) or (B, 1), got shape {list(shape)}"))
+                continue
+            rows = agree(name, shape[0], rows, "B")
+            if shape[1] != 1:
+                tokens = agree(name, shape[1], tokens, "T")
+        elif name == "advantages":
+            if len(shape) not in (1, 2):
+                errors.append((name, f"must be (B,) or (B, T), got shape {list(shape)}"))
+                continue
+            rows = agree(name, shape[0], rows, "B")
+            if len(shape) == 2:
+                tokens = agree(name, shape[1], tokens, "T")
+        elif name in B_TENSORS:
+            if len(shape) != 1:
+                errors.append((name, f"must be (B,), got shape {list(shape)}"))
+                continue
+            rows = agree(name, shape[0], rows, "B")
+    return errors
+
+
+def _check_name(name: str, *, source: str | None) -> None:
+    if name not in TENSOR_STAGE and not name.startswith("extra."):
+        raise InputError(
+            "unknown tensor name; use a canonical name (grpo_check.trace.model.TENSOR_STAGE) or prefix it "
+            "with 'extra.'",
+            source=source,
+            field=name,
+        )
+
+
+def tensor_names(steps: Iterable[TraceStep]) -> list[str]:
+    """Every tensor name present in any of ``steps``, in canonical order then extras."""
+    present = {name for step in steps for name in step.tensors}
+    canonical = [n for n in TENSOR_STAGE if n in present]
+    return canonical + sorted(present - set(canonical))
