@@ -14,6 +14,8 @@ import typer
 EXIT_CLEAN = 0
 EXIT_FINDINGS = 1
 EXIT_USAGE = 2
+EXIT_CRASHED = 3  # the user's trainer or factory crashed
+EXIT_INCOMPLETE = 4  # a core check could not run although what it needs was at hand
 
 
 def fail_usage(message: str) -> typer.Exit:

@@ -15,6 +15,7 @@ import json
 import re
 from typing import Any
 
+from grpo_check.coverage import coverage_lines
 from grpo_check.findings import Finding, Result, Verdict, severity
 from grpo_check.report._common import (
     VERDICT_SYMBOL,
@@ -68,6 +69,9 @@ def render_markdown(result: Result, *, title: str = "grpo-check report") -> str:
         lines += [f"Checked: {_code(source)}", ""]
     if result.metadata.get("incomplete"):
         lines += [f"> **Incomplete:** {_text(result.metadata['incomplete'])}", ""]
+    coverage = coverage_lines(result.metadata.get("coverage"))
+    if coverage:
+        lines += ["## Coverage", "", *(f"- {_text(line)}" for line in coverage), ""]
 
     first = result.first_divergence()
     if first is not None:
