@@ -297,7 +297,7 @@ def rule(
 _POST_INIT = "trl/trainer/grpo_config.py GRPOConfig.__post_init__ (TRL 1.16)"
 _TRAINER_INIT = "trl/trainer/grpo_trainer.py GRPOTrainer.__init__ (TRL 1.16)"
 _COMPUTE_LOSS = "trl/trainer/grpo_trainer.py GRPOTrainer._compute_loss (TRL 1.16)"
-_SEED = "the GRPO algorithm note (/work/shared/seeds), 'Key Hyperparameters' table"
+_GRPO_SKILL = "the GRPO skill of the SkillsBench debug-trl-grpo task ('Key Hyperparameters' table)"
 
 
 # --------------------------------------------------------------------------- GA0xx batch and grouping
@@ -1155,7 +1155,7 @@ def _outside(value: float | None, low: float, high: float) -> bool:
         "RL fine-tuning of an LLM is far more sensitive than SFT: GRPO recipes use 1e-7 – 5e-6 (TRL defaults "
         "to 1e-6). An SFT-like 5e-5 typically collapses the policy within tens of steps; below 1e-7 nothing moves."
     ),
-    source=f"{_SEED}; TRL GRPOConfig learning_rate default 1e-6",
+    source=f"{_GRPO_SKILL}; TRL GRPOConfig learning_rate default 1e-6",
     fix="Use a learning rate in 1e-7 – 5e-6 (1e-6 is the usual start; LoRA tolerates ~10× more).",
 )
 def _learning_rate_range(ctx: AuditContext) -> Hit | None:
@@ -1176,7 +1176,7 @@ def _learning_rate_range(ctx: AuditContext) -> Hit | None:
         "G sets the baseline's quality: with G = 2–3 the group mean/std are extremely noisy (|A| ≤ (G−1)/√G) "
         "and many groups have zero variance; beyond 16 the compute per prompt rarely pays off."
     ),
-    source=f"{_SEED}; DeepSeekMath (arXiv 2402.03300) used G = 64 for a different budget; bug-catalog #9",
+    source=f"{_GRPO_SKILL}; DeepSeekMath (arXiv 2402.03300) used G = 64 for a different budget; bug-catalog #9",
     fix="Use num_generations in 4 – 16 (8 is TRL's default).",
     catalog_id="9",
 )
@@ -1196,7 +1196,7 @@ def _generations_range(ctx: AuditContext) -> Hit | None:
         "beta weighs the KL penalty to the reference. Above 0.1 it dominates the policy gradient and the "
         "model barely moves from the reference; a negative beta rewards drifting away."
     ),
-    source=f"{_SEED} (beta 0.01–0.1); DeepSeekMath (arXiv 2402.03300) beta 0.04",
+    source=f"{_GRPO_SKILL} (beta 0.01–0.1); DeepSeekMath (arXiv 2402.03300) beta 0.04",
     fix="Use beta = 0 (no KL, TRL ≥ 0.19 default) or 0.001 – 0.1.",
 )
 def _beta_high(ctx: AuditContext) -> Hit | None:
@@ -1215,7 +1215,7 @@ def _beta_high(ctx: AuditContext) -> Hit | None:
         "0 < beta < 0.01 keeps the cost of a reference model (memory, a forward pass per step) for a penalty "
         "that hardly constrains the policy. DeepSeek-R1 uses 0.001 deliberately; otherwise consider 0 or 0.01–0.1."
     ),
-    source=f"{_SEED} (beta 0.01–0.1); DeepSeek-R1 (arXiv 2501.12948) beta 0.001; TRL docs for beta",
+    source=f"{_GRPO_SKILL} (beta 0.01–0.1); DeepSeek-R1 (arXiv 2501.12948) beta 0.001; TRL docs for beta",
     fix="Use beta = 0 to drop the reference model, or a value in 0.01 – 0.1.",
 )
 def _beta_tiny(ctx: AuditContext) -> Hit | None:
@@ -1234,7 +1234,7 @@ def _beta_tiny(ctx: AuditContext) -> Hit | None:
         "epsilon bounds the ratio to [1−ε, 1+ε] (PPO clipping). Below 0.1 almost every off-policy token is "
         "clipped and contributes no gradient; above 0.3 clipping no longer limits destructive updates."
     ),
-    source=f"{_SEED} (epsilon 0.1–0.2); PPO (arXiv 1707.06347); DAPO uses 0.2/0.28",
+    source=f"{_GRPO_SKILL} (epsilon 0.1–0.2); PPO (arXiv 1707.06347); DAPO uses 0.2/0.28",
     fix="Use epsilon ≈ 0.2 (and epsilon_high ≈ 0.28 for clip-higher).",
 )
 def _epsilon_range(ctx: AuditContext) -> Hit | None:
@@ -1259,7 +1259,7 @@ def _epsilon_range(ctx: AuditContext) -> Hit | None:
         "a value ≥ 1 makes the lower bound 1 − ε ≤ 0. Both usually mean the advantage epsilon (1e-8 – 1e-4) "
         "was put in the wrong field."
     ),
-    source=f"{_SEED} (epsilon (clip) 0.1–0.2 vs epsilon (advantage) 1e-8–1e-4); bug-catalog S2",
+    source=f"{_GRPO_SKILL} (epsilon (clip) 0.1–0.2 vs epsilon (advantage) 1e-8–1e-4); bug-catalog S2",
     fix="Set epsilon ≈ 0.2. The advantage epsilon is not configurable in TRL.",
     catalog_id="S2",
 )

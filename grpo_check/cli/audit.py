@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from grpo_check.cli._common import EXIT_CLEAN, EXIT_FINDINGS, fail_usage, same_file, user_errors
+from grpo_check.cli._common import ExitCode, OutputFormat, fail_usage, same_file, user_errors
 
 _HELP = """
 Audit a TRL GRPO configuration before launching a run: cross-field consistency TRL checks late or not at
@@ -70,8 +70,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from grpo_check.audit.render import FORMATS
 
-        if output_format not in FORMATS:
-            raise fail_usage(f"--format must be one of {', '.join(FORMATS)}, got {output_format!r}")
+        output_format = OutputFormat.parse(
+            output_format,
+            (OutputFormat(name) for name in FORMATS),
+            message=f"--format must be one of {', '.join(FORMATS)}, got {output_format!r}",
+        )
         if min_severity not in ("info", "warning", "error"):
             raise fail_usage(f"--min-severity must be info, warning or error, got {min_severity!r}")
         if config is not None and (explain is not None or list_rules):
@@ -82,10 +85,10 @@ def register(app: typer.Typer) -> None:
             raise fail_usage(f"--output {output} is the config being audited; writing there would destroy it")
         if explain is not None:
             _explain_rule(explain, output_format, output)
-            raise typer.Exit(EXIT_CLEAN)
+            raise typer.Exit(ExitCode.OK)
         if list_rules:
             _list_rules(output_format, output)
-            raise typer.Exit(EXIT_CLEAN)
+            raise typer.Exit(ExitCode.OK)
         if config is None:
             raise fail_usage("missing CONFIG (a YAML or JSON file); see `grpo-check audit --help`")
         with user_errors():
@@ -98,7 +101,7 @@ def register(app: typer.Typer) -> None:
                 num_reward_funcs=num_reward_funcs,
             )
         _emit(result, output_format, output, min_severity)
-        raise typer.Exit(EXIT_FINDINGS if result.exit_code(strict=strict) else EXIT_CLEAN)
+        raise typer.Exit(ExitCode.FINDINGS if result.exit_code(strict=strict) else ExitCode.OK)
 
 
 def _emit(result, output_format: str, output: Path | None, min_severity: str) -> None:
