@@ -151,11 +151,25 @@ def completion_ends_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) 
     expected = expected_completion_mask(ends, ids.shape[1], mask_truncated=spec.mask_truncated_completions)
     actual = mask.detach().bool().cpu()
     mismatch = actual != expected
+    # A row without EOS followed by pad ids is ambiguous from the ids alone: the pads may be padding (a
+    # sampler that stopped on a stop string) or pad ids the policy sampled before the length limit. Any
+    # prefix mask from its last non-pad token to the full width fits (or none, with mask_truncated_completions).
+    width = ids.shape[1]
+    ambiguous = ends.truncated & (ends.lengths < width)
+    if bool(ambiguous.any()):
+        positions = torch.arange(width).expand(ids.shape[0], width)
+        actual_len = actual.sum(1)
+        prefix = (actual == (positions < actual_len.unsqueeze(1))).all(1)
+        fits = prefix & (actual_len >= ends.lengths)
+        if spec.mask_truncated_completions:
+            fits = fits | (actual_len == 0)
+        mismatch = mismatch & ~(ambiguous & fits).unsqueeze(1)
     sources = {name: list(values) for name, values in eos.by_source.items()}
     truncated_rows = int(ends.truncated.sum())
     recorded_truncated = tensor_or_none(step, "truncated")
     if recorded_truncated is not None and recorded_truncated.numel() == ids.shape[0]:
         flag_mismatch = recorded_truncated.detach().bool().reshape(-1).cpu() != ends.truncated
+        flag_mismatch &= ~(ends.truncated & (ends.lengths < ids.shape[1]))  # pad tail: either reading fits
         if bool(flag_mismatch.any()):
             row = int(flag_mismatch.int().argmax())
             return _finding(

@@ -351,3 +351,17 @@ def test_a_check_with_nothing_to_verify_reports_nothing():
         assert [
             f.check_id for f in rederive_step(step, spec or GRPOSpec(), None) if f.check_id == check
         ] == []
+
+
+@pytest.mark.parametrize("mask_len", [2, 3, 5])
+def test_completion_ends_accepts_either_reading_of_a_pad_tail(mask_len):
+    """No EOS, then pad ids: padding after a stop, or pad ids the policy sampled up to the length limit."""
+    ids = torch.tensor([[5, 6, PAD, PAD, PAD]])
+    mask = (torch.arange(5) < mask_len).int().unsqueeze(0)
+    step = TraceStep(
+        tensors={"completion_ids": ids, "completion_mask": mask},
+        meta={"eos_token_id_sources": SOURCES, "pad_token_id": PAD},
+    )
+    assert finding(step, "rederive.completion_ends").verdict is Verdict.PASS
+    step.tensors["completion_mask"] = torch.tensor([[1, 0, 0, 0, 0]])  # cuts into the generated tokens
+    assert finding(step, "rederive.completion_ends").verdict is Verdict.FAIL
