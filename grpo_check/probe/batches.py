@@ -209,6 +209,12 @@ def ratio_levels(spec: GRPOSpec) -> tuple[float, ...]:
         levels = [(1.0 + low) / 2 if low > 0 else 0.5, 1.0, (1.0 + high) / 2]
         if low > 0.06:
             levels.insert(0, low * 0.7)
+        if (
+            spec.epsilon_high_effective != spec.epsilon_low
+        ):  # between the two ε: tells ε_low from ε_high apart
+            levels += [1.0 + (spec.epsilon_low + spec.epsilon_high_effective) / 2]
+            if 1.0 - spec.epsilon_high_effective > 0:
+                levels += [1.0 - (spec.epsilon_low + spec.epsilon_high_effective) / 2]
         if spec.delta is None:
             levels.append(high * 1.25)
         else:

@@ -88,6 +88,12 @@ def _sampler_ignored(probe: ProbeBatch, spec: GRPOSpec) -> Outcome | None:
     return reference_outcome(changed, spec.replace(sampler_is_correction=False))
 
 
+def _tool_mask_ignored(probe: ProbeBatch, spec: GRPOSpec) -> Outcome | None:
+    if "tool_mask" not in probe.tensors:
+        return None
+    return reference_outcome(with_changes(probe, tensors={"tool_mask": None}), spec)
+
+
 def _normaliser_counts(which: str) -> Callable[[ProbeBatch, GRPOSpec], Outcome | None]:
     def outcome(probe: ProbeBatch, spec: GRPOSpec) -> Outcome | None:
         t = probe.tensors
@@ -262,6 +268,13 @@ VARIANTS: tuple[Variant, ...] = (
         "1",
         _sampler_ignored,
         lambda s: s.sampler_is_correction,
+    ),
+    Variant(
+        "mask.tool_ignored",
+        "the tool mask is ignored: tool-output tokens are trained on and counted (bug-catalog 28)",
+        "multiply the loss mask by tool_mask (1 = policy-generated token) in the loss and its normaliser",
+        "28",
+        _tool_mask_ignored,
     ),
     Variant(
         "normaliser.not_divided_by_accumulation",
