@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from grpo_check.audit import versions as _versions
+from grpo_check.audit.loader import LAUNCHER_KEYS
 
 Severity = Literal["error", "warning", "info"]
 SEVERITIES: tuple[str, ...] = ("error", "warning", "info")
@@ -1501,7 +1502,10 @@ def _unknown_keys(ctx: AuditContext) -> list[tuple[str, list[str]]]:
     return [
         (key, difflib.get_close_matches(key, sorted(every_field), n=2, cutoff=0.75))
         for key in ctx.facts.get("keys", ())
-        if key not in every_field and key not in _versions.SCRIPT_KEYS
+        if key not in every_field
+        and key not in _versions.SCRIPT_KEYS
+        and key not in _versions.EXTENSION_KEYS
+        and key not in LAUNCHER_KEYS
     ]
 
 
@@ -1829,6 +1833,73 @@ def _out_of_range(ctx: AuditContext) -> list[Hit]:
             Hit(f"temperature = {temperature}: must be > 0", fields=("temperature",), figure=temperature)
         )
     return hits
+
+
+@rule(
+    "GA413",
+    "key written twice",
+    "warning",
+    ("<key>",),
+    reason=(
+        "YAML and JSON parsers (yaml.safe_load, json.load, and so TRL's CLI) silently keep the last value of a "
+        "key written twice in one mapping. When the two values differ, the one that runs may not be the one "
+        "you meant; when they agree, the next edit to one of them will silently not take effect. The audit "
+        "uses the last value, as TRL does."
+    ),
+    source="PyYAML SafeLoader / json.loads (last value wins); TRL HfArgumentParser.parse_yaml_file",
+    fix="Keep one occurrence of the key.",
+)
+def _duplicate_key(ctx: AuditContext) -> list[Hit]:
+    return [
+        Hit(problem["message"], fields=(problem["key"],), details={"line": problem["line"]})
+        for problem in ctx.facts.get("load_problems", ())
+        if problem.get("kind") == "duplicate_key"
+    ]
+
+
+@rule(
+    "GA414",
+    "line that is not valid YAML",
+    "error",
+    ("<key>",),
+    reason=(
+        "A syntax error confined to one line (an alias to an anchor that does not exist, a stray character) "
+        "makes yaml.safe_load, and so TRL's CLI, refuse the whole file. The audit reports the line and audits "
+        "the rest of the file without it, so every other problem is found in the same pass."
+    ),
+    source="PyYAML SafeLoader; TRL HfArgumentParser.parse_yaml_file",
+    fix="Correct the line (quote a value that contains special characters such as `*`, `&`, `:` or `#`).",
+)
+def _invalid_line(ctx: AuditContext) -> list[Hit]:
+    return [
+        Hit(problem["message"], fields=(problem["key"],), details={"line": problem["line"]})
+        for problem in ctx.facts.get("load_problems", ())
+        if problem.get("kind") == "invalid_line"
+    ]
+
+
+@rule(
+    "GA415",
+    "key of a known project's GRPOConfig subclass",
+    "info",
+    ("<field>",),
+    reason=(
+        "Public projects extend TRL's GRPOConfig and script arguments with their own keys (open-r1: "
+        "system_prompt, chat_template, hub_model_revision, reward shaping settings …). Their scripts read "
+        "them; TRL's own GRPOConfig(**…) and `trl grpo --config` refuse them. Nothing to fix when the recipe "
+        "is run by that project's script."
+    ),
+    source="grpo_check/audit/versions.py EXTENSION_KEYS (open-r1 src/open_r1/configs.py)",
+    fix="Run the recipe with the project's script that reads these keys, or drop them for TRL's CLI.",
+)
+def _extension_keys(ctx: AuditContext) -> list[Hit]:
+    return [
+        Hit(f"{key!r} is read by {_versions.EXTENSION_KEYS[key]}, not by TRL's GRPOConfig", fields=(key,))
+        for key in ctx.facts.get("keys", ())
+        if key in _versions.EXTENSION_KEYS
+        and key not in _versions.known_fields(ctx.version)
+        and key not in _versions.SCRIPT_KEYS
+    ]
 
 
 # --------------------------------------------------------------------------- GA5xx live trainer
