@@ -13,6 +13,8 @@ Categories:
 - ``GA3xx`` ranges the GRPO literature recommends
 - ``GA4xx`` TRL version awareness (changed defaults, unknown/removed fields)
 - ``GA5xx`` facts of an instantiated ``GRPOTrainer`` (dropout really active, reference = policy, overrides)
+- ``GA6xx`` advisories: numerical bugs that shipped in the TRL release audited against and were fixed later
+  (one rule per entry of :data:`grpo_check.audit.advisories.ADVISORIES`)
 
 Example::
 
@@ -30,6 +32,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
+from grpo_check.audit import advisories as _advisories
 from grpo_check.audit import versions as _versions
 from grpo_check.audit.loader import LAUNCHER_KEYS
 
@@ -43,6 +46,7 @@ CATEGORIES: dict[str, str] = {
     "GA3": "recommended ranges",
     "GA4": "TRL version",
     "GA5": "live trainer",
+    "GA6": "advisory (bug shipped in a TRL release)",
 }
 
 TOKEN_SUM_LOSSES: tuple[str, ...] = ("bnpo", "dr_grpo", "dapo", "cispo")
@@ -1994,6 +1998,71 @@ def _attribute_overrides(ctx: AuditContext) -> list[Hit]:
         Hit(f"trainer.{attr} = {now!r} but args.{field} = {was!r} (the audit uses {now!r})", fields=(field,))
         for field, attr, was, now in ctx.facts.get("overrides", ())
     ]
+
+
+# --------------------------------------------------------------------------- GA6xx advisories
+
+
+def _advisory_check(advisory: _advisories.Advisory) -> CheckFn:
+    def check(ctx: AuditContext) -> Hit | None:
+        release = str(ctx.facts.get("requested_version") or ctx.version)
+        try:
+            why = advisory.check(release, ctx.values)
+        except ValueError:  # an unparsable version: GA406 / the loader report it
+            return None
+        if why is None:
+            return None
+        data = f"; it bites when {advisory.data_dependent}" if advisory.data_dependent else ""
+        return Hit(
+            f"TRL {release}: {advisory.title} — {why}{data} ({advisory.pr}, fixed in TRL {advisory.fixed_in})",
+            details={
+                "advisory": advisory.id,
+                "pr": advisory.pr,
+                "url": advisory.url,
+                "introduced": advisory.introduced,
+                "fixed_in": advisory.fixed_in,
+                "stage": advisory.stage,
+            },
+        )
+
+    return check
+
+
+def _register_advisories() -> None:
+    for advisory in _advisories.ADVISORIES.values():
+        fields = tuple(
+            sorted(
+                {
+                    "GA601": ("per_device_train_batch_size",),
+                    "GA602": ("temperature",),
+                    "GA603": ("use_vllm", "max_prompt_length"),
+                    "GA604": ("use_vllm", "max_prompt_length"),
+                    "GA605": ("top_entropy_quantile", "num_processes"),
+                    "GA606": ("scale_rewards",),
+                    "GA607": ("loss_type", "mask_truncated_completions"),
+                    "GA608": ("loss_type", "steps_per_generation", "gradient_accumulation_steps"),
+                    "GA609": ("num_iterations", "steps_per_generation", "gradient_accumulation_steps"),
+                }.get(advisory.id, ("trl_version",))
+            )
+        )
+        rule(
+            advisory.id,
+            advisory.title,
+            advisory.severity,  # type: ignore[arg-type]
+            fields,
+            reason=(
+                f"{advisory.effect} Affected: TRL {advisory.introduced} – {advisory.last_affected}; "
+                f"triggered by: {advisory.condition}."
+            ),
+            source=f"{advisory.pr} ({advisory.url}); fixed in TRL {advisory.fixed_in}",
+            fix=(
+                f"Upgrade to TRL ≥ {advisory.fixed_in}, or avoid the triggering setting ({advisory.condition})."
+            ),
+            catalog_id=advisory.catalog_id,
+        )(_advisory_check(advisory))
+
+
+_register_advisories()
 
 
 def get_rule(rule_id: str) -> Rule:
