@@ -14,13 +14,22 @@ all, settings that silently change the objective, values outside the ranges the 
 defaults that changed between TRL releases (every rule has a reason, a source and a fix).
 
 CONFIG is a YAML or JSON file as TRL's CLI uses it (flat GRPOConfig fields), or a larger recipe with the
-fields nested under e.g. `training:`, `trainer:`, `grpo:` or `args:` (found automatically). Pickled files
-(training_args.bin, *.pt, *.pkl) are refused: export with
+fields nested under e.g. `training:`, `trainer:`, `grpo:` or `args:` (found automatically). A problem confined
+to one key (a key written twice, a line that is not YAML, a key of another trainer) is a finding on that key;
+the rest of the file is still audited. Launcher settings the file carries (num_processes, nproc_per_node ×
+nnodes, …) are read; a rule that needs the number of processes and finds none says it assumed 1. Pickled
+files (training_args.bin, *.pt, *.pkl) are refused: export with
 `json.dump(trainer.args.to_dict(), open("cfg.json", "w"))`.
+
+Output (default `--format text`) reads like ruff or flake8: one line per finding,
+`path:line: CODE severity message`, then each distinct fix once with the codes it applies to, then a
+summary line. `--format table` draws a table; json, md and sarif are for tools.
 
 Examples:
 
     grpo-check audit examples/audit/bad.yaml
+
+    grpo-check audit examples/audit/bad.yaml --format table
 
     grpo-check audit recipe.yaml --trl-version 0.19 --num-processes 8 --strict
 
@@ -30,8 +39,8 @@ Examples:
 
     grpo-check audit --list-rules
 
-Exit codes: 0 clean, 1 error findings (with --strict also warnings), 2 unreadable, malformed or refused
-input (a key written twice included) or an unwritable --output.
+Exit codes: 0 clean, 1 error findings (with --strict also warnings), 2 unreadable or refused input (not
+YAML/JSON beyond a few lines, a pickle) or an unwritable --output.
 """
 
 
@@ -45,7 +54,7 @@ def register(app: typer.Typer) -> None:
             help="Interpret unset fields with this TRL release's defaults (e.g. 0.19). Default: installed trl.",
         ),
         output_format: str = typer.Option(
-            "table", "--format", "-f", help="table (rich), text, json, md or sarif."
+            "text", "--format", "-f", help="text (linter lines, default), table (rich), json, md or sarif."
         ),
         output: Path | None = typer.Option(
             None, "--output", "-o", help="Write the report here instead of stdout."
