@@ -1,9 +1,11 @@
-"""JUnit XML for CI: one ``<testcase>`` per check per step, ``<failure>`` carrying the finding's message.
+"""JUnit XML for CI: one ``<testcase>`` per check per step where something is wrong, one per check for passes.
 
 Mapping: ``fail`` → ``<failure>``; ``warn`` → ``<failure>`` only with ``strict=True``, otherwise a passing
-testcase whose ``<system-out>`` holds the message; ``not_captured`` and ``inconclusive`` → ``<skipped>``;
-``pass`` and ``convention`` → passing testcases. Test-case ``classname`` is ``grpo_check.<stage>``, ``name``
-is ``<check_id>[step=..,mb=..,rank=..]``.
+testcase whose ``<system-out>`` holds the message; ``not_captured`` and ``inconclusive`` → ``<skipped>``.
+Those get one testcase per occurrence, named ``<check_id>[step=..,mb=..,rank=..]``. ``pass`` and
+``convention`` findings are aggregated: one passing testcase per check, named ``<check_id>``, whose
+``<system-out>`` says how many occurrences passed and the worst figure (so a run of 1,000 steps stays a
+file a CI page can show). Test-case ``classname`` is ``grpo_check.<stage>``.
 
 Example::
 
@@ -19,7 +21,9 @@ import re
 import xml.etree.ElementTree as ET
 
 from grpo_check.findings import Finding, Result, Verdict
-from grpo_check.report._common import ordered_findings
+from grpo_check.report._common import CheckGroup, fmt_number, group_by_check, ordered_findings
+
+_AGGREGATED = (Verdict.PASS, Verdict.CONVENTION)
 
 
 def testcase_name(finding: Finding) -> str:
@@ -41,14 +45,15 @@ def render_junit(result: Result, *, suite_name: str = "grpo-check", strict: bool
     findings = ordered_findings(result)
     failures = sum(1 for f in findings if _is_failure(f, strict))
     skipped = sum(1 for f in findings if f.verdict in (Verdict.NOT_CAPTURED, Verdict.INCONCLUSIVE))
-    root = ET.Element(
-        "testsuites", name=suite_name, tests=str(len(findings)), failures=str(failures), errors="0"
+    tests = sum(1 for f in findings if f.verdict not in _AGGREGATED) + len(
+        group_by_check(findings, _AGGREGATED)
     )
+    root = ET.Element("testsuites", name=suite_name, tests=str(tests), failures=str(failures), errors="0")
     suite = ET.SubElement(
         root,
         "testsuite",
         name=suite_name,
-        tests=str(len(findings)),
+        tests=str(tests),
         failures=str(failures),
         errors="0",
         skipped=str(skipped),
@@ -57,7 +62,10 @@ def render_junit(result: Result, *, suite_name: str = "grpo-check", strict: bool
     if source:
         properties = ET.SubElement(suite, "properties")
         ET.SubElement(properties, "property", name="source", value=_xml_text(str(source)))
+    aggregated = {id(f) for f in findings if f.verdict in _AGGREGATED}
     for finding in findings:
+        if id(finding) in aggregated:
+            continue
         case = ET.SubElement(
             suite,
             "testcase",
@@ -71,8 +79,19 @@ def render_junit(result: Result, *, suite_name: str = "grpo-check", strict: bool
             element.text = message
         elif finding.verdict in (Verdict.NOT_CAPTURED, Verdict.INCONCLUSIVE):
             ET.SubElement(case, "skipped", message=_first_line(finding))
-        elif finding.verdict in (Verdict.WARN, Verdict.CONVENTION):
+        elif finding.verdict is Verdict.WARN:
             ET.SubElement(case, "system-out").text = message
+    for group in group_by_check(findings, _AGGREGATED):
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            classname=_xml_text(f"grpo_check.{group.stage}"),
+            name=_xml_text(
+                group.check_id if group.verdict is Verdict.PASS else f"{group.check_id}[convention]"
+            ),
+            time="0",
+        )
+        ET.SubElement(case, "system-out").text = _xml_text(_group_summary(group))
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
@@ -91,3 +110,17 @@ def _is_failure(finding: Finding, strict: bool) -> bool:
 
 def _first_line(finding: Finding) -> str:
     return _xml_text(f"{finding.check_id}: {finding.explanation}"[:500])
+
+
+def _group_summary(group: CheckGroup) -> str:
+    """``passed 8000 occurrence(s), steps 0-999; worst figure 3e-07 (allowed 1e-05) at step 12, ...``."""
+    if group.verdict is Verdict.CONVENTION:
+        return f"declared convention, {group.occurrences()}: {group.first.explanation}"
+    worst = group.worst
+    text = f"passed {group.occurrences()}"
+    if worst.figure is not None:
+        text += (
+            f"; worst figure {fmt_number(worst.figure)} (allowed {fmt_number(worst.tolerance)}) at "
+            f"{worst.where.describe()}"
+        )
+    return text
