@@ -1,11 +1,13 @@
-"""JUnit XML for CI: one ``<testcase>`` per check per step where something is wrong, one per check for passes.
+"""JUnit XML for CI: one ``<testcase>`` per failing or warning check per step, one per check for the rest.
 
 Mapping: ``fail`` → ``<failure>``; ``warn`` → ``<failure>`` only with ``strict=True``, otherwise a passing
-testcase whose ``<system-out>`` holds the message; ``not_captured`` and ``inconclusive`` → ``<skipped>``.
-Those get one testcase per occurrence, named ``<check_id>[step=..,mb=..,rank=..]``. ``pass`` and
-``convention`` findings are aggregated: one passing testcase per check, named ``<check_id>``, whose
-``<system-out>`` says how many occurrences passed and the worst figure (so a run of 1,000 steps stays a
-file a CI page can show). Test-case ``classname`` is ``grpo_check.<stage>``.
+testcase whose ``<system-out>`` holds the message. Those get one testcase per occurrence, named
+``<check_id>[step=..,mb=..,rank=..]``. The other verdicts are aggregated per check, so that a run of 1,000
+steps stays a file a CI page can show: ``pass`` → one passing testcase named ``<check_id>`` whose
+``<system-out>`` says how many occurrences passed and the worst figure; ``convention`` → one passing
+testcase ``<check_id>[convention]``; ``not_captured`` and ``inconclusive`` → one ``<skipped>`` testcase
+``<check_id>[not_captured]`` / ``<check_id>[inconclusive]`` whose message gives the count and the reasons.
+Test-case ``classname`` is ``grpo_check.<stage>``.
 
 Example::
 
@@ -21,9 +23,9 @@ import re
 import xml.etree.ElementTree as ET
 
 from grpo_check.findings import Finding, Result, Verdict
-from grpo_check.report._common import CheckGroup, fmt_number, group_by_check, ordered_findings
+from grpo_check.report._common import CheckGroup, fmt_number, group_by_check, ordered_findings, reasons_text
 
-_AGGREGATED = (Verdict.PASS, Verdict.CONVENTION)
+_AGGREGATED = (Verdict.PASS, Verdict.CONVENTION, Verdict.NOT_CAPTURED, Verdict.INCONCLUSIVE)
 
 
 def testcase_name(finding: Finding) -> str:
@@ -44,7 +46,7 @@ def render_junit(result: Result, *, suite_name: str = "grpo-check", strict: bool
     """Render ``result`` as a JUnit XML document (a ``<testsuites>`` with one ``<testsuite>``)."""
     findings = ordered_findings(result)
     failures = sum(1 for f in findings if _is_failure(f, strict))
-    skipped = sum(1 for f in findings if f.verdict in (Verdict.NOT_CAPTURED, Verdict.INCONCLUSIVE))
+    skipped = len(group_by_check(findings, (Verdict.NOT_CAPTURED, Verdict.INCONCLUSIVE)))
     tests = sum(1 for f in findings if f.verdict not in _AGGREGATED) + len(
         group_by_check(findings, _AGGREGATED)
     )
@@ -77,21 +79,22 @@ def render_junit(result: Result, *, suite_name: str = "grpo-check", strict: bool
         if _is_failure(finding, strict):
             element = ET.SubElement(case, "failure", message=_first_line(finding), type=finding.verdict.value)
             element.text = message
-        elif finding.verdict in (Verdict.NOT_CAPTURED, Verdict.INCONCLUSIVE):
-            ET.SubElement(case, "skipped", message=_first_line(finding))
         elif finding.verdict is Verdict.WARN:
             ET.SubElement(case, "system-out").text = message
     for group in group_by_check(findings, _AGGREGATED):
+        label = "" if group.verdict is Verdict.PASS else f"[{group.verdict.value}]"
         case = ET.SubElement(
             suite,
             "testcase",
             classname=_xml_text(f"grpo_check.{group.stage}"),
-            name=_xml_text(
-                group.check_id if group.verdict is Verdict.PASS else f"{group.check_id}[convention]"
-            ),
+            name=_xml_text(group.check_id + label),
             time="0",
         )
-        ET.SubElement(case, "system-out").text = _xml_text(_group_summary(group))
+        if group.verdict in (Verdict.NOT_CAPTURED, Verdict.INCONCLUSIVE):
+            reason = f"{group.verdict.value.replace('_', ' ')}, {group.occurrences()}: {reasons_text(group)}"
+            ET.SubElement(case, "skipped", message=_xml_text(reason[:500]))
+        else:
+            ET.SubElement(case, "system-out").text = _xml_text(_group_summary(group))
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 

@@ -187,8 +187,10 @@ def test_cli_merges_and_writes_junit(tmp_path: Path, mixed_result: Result) -> No
     assert run.exit_code == 1, run.output
     suite = ET.parse(out).getroot().find("testsuite")
     assert int(suite.get("failures")) == 2 * len(mixed_result.failures)
-    # one testcase per occurrence, except passes and conventions: one per check (both ranks together)
-    aggregated = len(mixed_result.by_verdict("pass")) + len(mixed_result.by_verdict("convention"))
+    # one testcase per failing/warning occurrence; one per check for the rest (both ranks together)
+    aggregated = sum(
+        len(mixed_result.by_verdict(v)) for v in ("pass", "convention", "not_captured", "inconclusive")
+    )
     assert len(suite.findall("testcase")) == 2 * len(mixed_result) - aggregated
 
 
