@@ -34,7 +34,9 @@ def long_run_result(steps: int, micro_batches: int, bug_from: int):
     bad.tensors["advantages"] = bad["advantages"] * 1.5
     manifest = {"trainer": "synthetic", "config": spec.to_dict(), "format_version": 1}
     templates = {
-        broken: [f for f in compare(Trace(manifest=manifest, steps=[one])).findings if f.where.step is not None]
+        broken: [
+            f for f in compare(Trace(manifest=manifest, steps=[one])).findings if f.where.step is not None
+        ]
         for broken, one in ((False, good), (True, bad))
     }
     findings = []
@@ -75,7 +77,9 @@ def main() -> None:
 
     result = long_run_result(args.steps, args.micro_batches, args.bug_from)
     counts = result.counts()
-    print(f"{args.steps} steps x {args.micro_batches} micro-batches: {len(result.findings):,} findings {counts}")
+    print(
+        f"{args.steps} steps x {args.micro_batches} micro-batches: {len(result.findings):,} findings {counts}"
+    )
     out = Path(tempfile.mkdtemp(prefix="grpo-check-scale-"))
     for fmt in ("md", "html", "junit", "text", "json"):
         start = time.perf_counter()
@@ -85,7 +89,9 @@ def main() -> None:
         path.write_text(text, encoding="utf-8")
         print(f"  {path.name:12} {path.stat().st_size / 1024:>10,.0f} KiB   rendered in {seconds:6.2f} s")
     if args.browser:
-        print(f"  report.html opened (load event) in headless Chromium in {open_in_chromium(out / 'report.html'):.2f} s")
+        print(
+            f"  report.html opened (load event) in headless Chromium in {open_in_chromium(out / 'report.html'):.2f} s"
+        )
     print(f"  {date.today().isoformat()}, {platform.platform()}, Python {platform.python_version()}")
     print(f"  files: {out}")
 

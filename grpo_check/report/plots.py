@@ -110,7 +110,7 @@ def stage_error_plot(result: Result) -> bytes | None:
     heights = [ceiling if math.isinf(ratio) else (ratio if ratio > 0 else 0.0) for _, ratio, _ in bars]
     colours = [VERDICT_COLOURS[verdict.value] for _, _, verdict in bars]
     drawn = [i for i, height in enumerate(heights) if height > 0]
-    ax.bar([names[i] for i in drawn], [heights[i] for i in drawn], color=[colours[i] for i in drawn])
+    ax.bar(drawn, [heights[i] for i in drawn], color=[colours[i] for i in drawn])  # at the stage's own slot
     ax.set_xticks(range(len(names)), names)
     ax.set_yscale("log")
     ax.set_ylim(floor, ceiling * 1.5)

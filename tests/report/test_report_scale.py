@@ -170,6 +170,7 @@ def _bar_heights(result: Result, monkeypatch: pytest.MonkeyPatch) -> dict[str, f
 def test_stage_plot_draws_no_bar_for_a_zero_figure(monkeypatch: pytest.MonkeyPatch) -> None:
     result = Result(
         [
+            Finding("batch.finite", "batch", Verdict.PASS, figure=0.0, tolerance=1e-6),
             Finding("loss.finite", "loss", Verdict.PASS, figure=0.0, tolerance=1e-6),
             Finding("kl.values", "kl", Verdict.PASS, figure=2e-7, tolerance=1e-6),
             Finding("logps.values", "logps", Verdict.FAIL, figure=0.3, tolerance=1e-5),
@@ -179,6 +180,7 @@ def test_stage_plot_draws_no_bar_for_a_zero_figure(monkeypatch: pytest.MonkeyPat
     assert set(heights) == {"kl", "logps"}
     assert heights["kl"] == pytest.approx(0.2) and heights["logps"] == pytest.approx(3e4)
     assert [(s, r) for s, r, _ in report_plots.stage_bars(result)] == [
+        ("batch", 0.0),
         ("logps", pytest.approx(3e4)),
         ("kl", pytest.approx(0.2)),
         ("loss", 0.0),
