@@ -75,9 +75,10 @@ def _shown_commands() -> list[tuple[str, str]]:
         for block in re.findall(r"```[a-z]*\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S):
             for line in block.splitlines():
                 line = line.strip().removeprefix("$ ").removeprefix("time ")
+                # not an output line such as "grpo-check demo: 4 configuration(s)" or a repro's title
                 first = line.split()[1] if len(line.split()) > 1 else ""
                 if line.startswith("grpo-check ") and not first.endswith(":") and first != "repro":
-                    commands.append((page.name, line))  # (not an output line such as "grpo-check demo: 4 ...")
+                    commands.append((page.name, line))
     return commands
 
 
