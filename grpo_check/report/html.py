@@ -95,6 +95,7 @@ def render_html(
         parts += [
             '<section id="first-divergence"><h2>First divergence</h2>',
             _finding_section(first, plot_module, budget, heatmap_id="divergence-heatmap"),
+            *_token_picture(result, first, plot_module, budget),
             "</section>",
         ]
 
@@ -219,6 +220,41 @@ def _distribution_section(
         caption = f"{finding.check_id} ({finding.where.describe()}): {finding.details.get('values_label', finding.stage)}"
         figures.append(f"<figure>{_img(png, caption)}<figcaption>{_e(caption)}</figcaption></figure>")
     return ["<h2>Distributions</h2>", *figures] if figures else []
+
+
+def token_picture_source(result: Result, first: Finding) -> Finding | None:
+    """The finding whose per-token error map shows the first divergence token by token: the first divergence
+    itself when it carries one; else (a per-row quantity such as the advantages) the first failing finding of
+    the same step, micro-batch and rank that carries one (the per-token loss or gradient it flows into)."""
+    if "token_error_map" in first.details:
+        return None  # drawn in the first divergence's own section
+    same_place = [
+        f
+        for f in ordered_findings(result)
+        if f.verdict is Verdict.FAIL
+        and "token_error_map" in f.details
+        and (f.where.step, f.where.micro_batch, f.where.rank)
+        == (first.where.step, first.where.micro_batch, first.where.rank)
+    ]
+    return same_place[0] if same_place else None
+
+
+def _token_picture(result: Result, first: Finding, plot_module: Any, budget: list[int]) -> list[str]:
+    source = token_picture_source(result, first)
+    if source is None or plot_module is None or budget[0] <= 0:
+        return []
+    png = plot_module.token_error_heatmap(source)
+    if png is None:
+        return []
+    budget[0] -= 1
+    caption = (
+        f"Where it lands, token by token: {source.check_id} ({source.where.describe()}), |trainer − reference| "
+        "per (row, token), rows grouped by prompt, masked tokens grey, worst circled"
+    )
+    return [
+        f"<figure class='heatmap' id=\"divergence-heatmap\">{_img(png, caption)}"
+        f"<figcaption>{_e(caption)}</figcaption></figure>"
+    ]
 
 
 def _group_section(group: CheckGroup, first: Finding | None, plot_module: Any, budget: list[int]) -> str:

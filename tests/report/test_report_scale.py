@@ -201,3 +201,27 @@ def test_error_map_of_a_1d_quantity_is_absent() -> None:
     from grpo_check.compare._diff import error_map
 
     assert error_map(torch.ones(3), torch.ones(3, dtype=torch.bool)) is None
+
+
+def test_a_per_row_first_divergence_is_pictured_where_it_lands_token_by_token() -> None:
+    from grpo_check.compare import compare
+    from grpo_check.compare.synthetic import make_trace
+    from grpo_check.report.html import token_picture_source
+
+    trace = make_trace(steps=2, n_prompts=2, completion_length=6)
+    trace.steps[1].tensors["advantages"] = trace.steps[1]["advantages"] * 1.5  # a per-row (B,) quantity
+    result = compare(trace)
+    first = result.first_divergence()
+    assert first.stage == "advantages" and "token_error_map" not in first.details
+    source = token_picture_source(result, first)
+    assert source is not None and source.verdict is Verdict.FAIL and "token_error_map" in source.details
+    assert source.where.step == first.where.step == trace.steps[1].step
+    page = render(result, "html")
+    section = page.split('<section id="first-divergence">')[1].split("</section>")[0]
+    assert 'id="divergence-heatmap"' in section and f"token by token: {source.check_id}" in section
+    # silent when nothing at that step carries a per-token map
+    for finding in result.findings:
+        if finding is not first:
+            finding.details.pop("token_error_map", None)
+    assert token_picture_source(result, first) is None
+    assert 'id="divergence-heatmap"' not in render(result, "html")
