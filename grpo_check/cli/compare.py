@@ -11,7 +11,6 @@ import typer
 
 from grpo_check.cli._common import (
     EXIT_CRASHED,
-    EXIT_USAGE,
     ExitCode,
     fail_usage,
     refuse_output_inside,

@@ -30,7 +30,7 @@ Examples:
 
     grpo-check zoo --only skillsbench-S1-S2-S3 --only controls
 
-    grpo-check zoo --format md -o zoo.md        # Markdown table (as in the README)
+    grpo-check zoo --format md -o zoo.md        # Markdown table (as in docs/zoo.md)
 
     grpo-check zoo --list                       # list the cases and exit
 
