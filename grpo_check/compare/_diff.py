@@ -1,6 +1,6 @@
 """Element-wise comparison of one trainer tensor with its reference, producing one Finding.
 
-Internal: :mod:`grpo_check.compare.stages` calls :func:`compare_tensor` once per compared quantity.
+Internal: :mod:`grpo_check.compare.stage_findings` calls :func:`compare_tensor` once per compared quantity.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ from typing import Any
 
 from grpo_check._step_cache import step_cache
 from grpo_check.compare import distribution
-from grpo_check.compare.stages import compare_stages, step_context
+from grpo_check.compare.reference_inputs import step_context
+from grpo_check.compare.stages import compare_stages
 from grpo_check.compare.tolerances import TolerancePolicy, as_policy
 from grpo_check.config import GRPOSpec, as_spec
 from grpo_check.findings import Finding, InputError, Result, Verdict
