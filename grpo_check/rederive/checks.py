@@ -443,6 +443,17 @@ def old_logps_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) -> Fin
             tolerance=0.0,
             optimizer_steps_between=0,
         )
+    if step.meta.get("policy_changed_since_generation") is False:
+        return _finding(
+            check_id,
+            step,
+            Verdict.PASS,
+            f"{between} optimizer step(s) between generation and use left every parameter as it was (a zero "
+            "update): ρ ≡ 1 is expected",
+            figure=0.0,
+            tolerance=0.0,
+            optimizer_steps_between=between,
+        )
     logps, old = tensor_or_none(step, "logps"), tensor_or_none(step, "old_logps")
     ratio = tensor_or_none(step, "ratio")
     mask = tensor_or_none(step, "completion_mask")
