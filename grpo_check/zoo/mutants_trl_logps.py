@@ -93,7 +93,7 @@ trl_case(
 trl_case(
     id="trl-logps-helper-off-by-one",
     title="a GRPOTrainer subclass whose log-prob helper does not shift the logits (off by one token)",
-    bugs=(Bug("X-shift", "logps", keywords=("shift", "misaligned", "off by one")),),
+    bugs=(Bug(None, "logps", keywords=("off-by-one shift", "misaligned")),),
     trainer=lambda: classic_logps_trainer(shift=False),
     overrides=LOGPS_HELPER_OVERRIDES,
     seen_in="hand-written log-prob helpers that forget logits[:, :-1]",
