@@ -11,7 +11,7 @@ import typer
 
 from grpo_check.cli._common import (
     EXIT_CRASHED,
-    EXIT_USAGE,
+    ExitCode,
     fail_usage,
     refuse_output_inside,
     silence_closed_streams,
@@ -121,7 +121,7 @@ def emit(
     trace: Any = None,
     repro: bool = True,
     allow_partial: bool = False,
-) -> int:
+) -> ExitCode:
     """Write the reports, print the chosen rendering, write a repro on failure; return the exit code."""
     from grpo_check.findings import InputError
     from grpo_check.report import normalise_format, render, write_report, write_repro
@@ -130,7 +130,7 @@ def emit(
     if allow_partial:
         result.metadata["allow_partial"] = True  # the headline and every report agree with the exit code
     paths = write_report(result, out_dir)
-    code = result.exit_code(strict=strict, allow_partial=allow_partial)
+    code = ExitCode(result.exit_code(strict=strict, allow_partial=allow_partial))
     repro_path = None
     if code and repro and trace is not None:
         with contextlib.suppress(InputError):
@@ -279,7 +279,7 @@ def register(app: typer.Typer) -> None:
                         err=True,
                         fg=typer.colors.RED,
                     )
-                    raise typer.Exit(EXIT_USAGE) from None
+                    raise typer.Exit(ExitCode.USAGE) from None
                 name = Path(trainer.split(":")[0]).stem or "trainer"
                 out_dir = make_output_dir(output or Path("reports") / name)  # before training, not after
                 load_factory(trainer)  # a wrong file or function name: said now, not after training
@@ -330,4 +330,4 @@ def register(app: typer.Typer) -> None:
                 trace=trace,
                 allow_partial=allow_partial,
             )
-        raise typer.Exit(code)
+        raise typer.Exit(ExitCode(code))

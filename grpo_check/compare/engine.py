@@ -20,7 +20,9 @@ from typing import Any
 
 from grpo_check._step_cache import step_cache
 from grpo_check.compare import distribution
-from grpo_check.compare.stages import compare_stages, step_context
+from grpo_check.compare.hooks import step_findings
+from grpo_check.compare.reference_inputs import step_context
+from grpo_check.compare.stages import compare_stages
 from grpo_check.compare.tolerances import TolerancePolicy, as_policy
 from grpo_check.config import GRPOSpec, as_spec
 from grpo_check.findings import Finding, InputError, Result, Verdict
@@ -38,18 +40,21 @@ def compare_step(
     ref_model: Any = None,
     diagnose: bool = True,
     end_to_end: bool = True,
+    trace: Trace | None = None,
 ) -> list[Finding]:
     """Compare one captured step (micro-batch) stage by stage against the reference; then diagnose.
 
     This is the building block the TRL adapter calls live during training. Findings have kind
     ``"compare"`` (stage-isolated and ``e2e.*``) and ``"diagnosis"`` (signature → bug-catalog entry; the
-    compare finding it explains gets the same ``likely_cause``/``fix``/``catalog_id``).
+    compare finding it explains gets the same ``likely_cause``/``fix``/``catalog_id``). The check families
+    registered in :mod:`grpo_check.compare.hooks` (re-derivations) run on the step too; ``trace`` is the trace
+    it belongs to, for the ones that join it with other steps.
 
     >>> from grpo_check.compare.synthetic import make_step
     >>> from grpo_check.config import GRPOSpec
     >>> spec = GRPOSpec(num_generations=4, loss_type="grpo", beta=0.04)
     >>> findings = compare_step(make_step(spec), spec)
-    >>> sorted({f.verdict.value for f in findings})
+    >>> sorted({f.verdict.value for f in findings if f.kind != "rederive"})
     ['pass']
     """
     step = _as_step(step)
@@ -63,6 +68,7 @@ def compare_step(
             from grpo_check.diagnose import diagnose as run_diagnose
 
             findings += run_diagnose(step, reference, spec, findings, model=model, tolerances=policy)
+        findings += step_findings(step, spec, trace)
     return findings
 
 
@@ -183,6 +189,7 @@ def compare(
                 model=_for_step(model, step),
                 ref_model=_for_step(ref_model, step),
                 diagnose=diagnose,
+                trace=trace,
             )
         )
         if progress is not None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from grpo_check.findings import Finding, Verdict
 from grpo_check.trace.model import TraceStep
+from grpo_check.trl.rederive_inputs import EOS_SOURCES_KEY, eos_token_id_sources, rederive_meta_at_generation
 from grpo_check.trl.rowtag import ROW_TAG, group_ids_from_prompts, untag_rows
 from grpo_check.trl.spec import trainer_config_dict
 from grpo_check.trl.versions import library_versions
@@ -45,6 +46,7 @@ class StepRecording:
                 f"TRL line {self.support.line}; log-probs from {self.support.logps_method}",
             ],
             "eos_token_ids": self._eos_token_ids(),
+            EOS_SOURCES_KEY: eos_token_id_sources(self.trainer),
             "pad_token_id": None if tok is None else tok.pad_token_id,
             "compute_dtype": self._compute_dtype(),
             "model": self._model_sources(),
@@ -160,6 +162,8 @@ class StepRecording:
             if output.get(name) is not None
         }
         info["ref_reference"] = None
+        # every EOS id by source, the optimizer step now and N from the loss masks (gathered: every rank calls it)
+        info["rederive"] = rederive_meta_at_generation(trainer, output)
         self._generations[generation] = info
         for stale in [g for g in self._generations if g < generation - 1]:
             del self._generations[stale]
@@ -183,6 +187,7 @@ class StepRecording:
             "scale_rewards": self.spec.scale_rewards,
             "eos_token_ids": self._eos_token_ids(),
             "pad_token_id": self.trace.manifest.get("pad_token_id"),
+            **info["rederive"],
         }
         step = TraceStep(tensors=tensors, meta=meta)
         if self.num_processes == 1:
@@ -238,7 +243,9 @@ class StepRecording:
             meta["num_items_in_batch"] = float(inputs["num_items_in_batch"])
         spg = meta["steps_per_generation"]
         meta["iteration"] = (self._micro_batch_counter - 1) // max(spg, 1) % max(meta["num_iterations"], 1)
+        meta[EOS_SOURCES_KEY] = eos_token_id_sources(trainer)
         if info is not None:
+            meta.update(info["rederive"])
             meta["optimizer_steps_since_old_logps"] = (
                 global_step - info["global_step"] if info["old_logps_computed"] else 0
             )

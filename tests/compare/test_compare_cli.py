@@ -119,7 +119,9 @@ def test_trainer_option_runs_factory_and_compares(monkeypatch, tmp_path):
         calls.update(factory_ref=factory_ref, steps=steps, out_dir=out_dir)
         print("{'loss': '0.0103'}")  # what TRL's trainer prints while it trains
         trace = make_trace(SPEC, steps=steps)
-        return runner_module.CheckedRun(result=compare(trace), trace=trace, outcome=runner_module.RunOutcome())
+        return runner_module.CheckedRun(
+            result=compare(trace), trace=trace, outcome=runner_module.RunOutcome()
+        )
 
     monkeypatch.setattr(runner_module, "check_factory", fake_check_factory)
     monkeypatch.setattr(runner_module, "load_factory", lambda reference: None)
@@ -174,7 +176,10 @@ def test_a_factory_that_raises_is_named_with_its_line(tmp_path):
         build_from_factory(f"{factory}:build_trainer", steps=1)
     res = runner.invoke(app, ["compare", "--trainer", f"{factory}:build_trainer", "-o", str(tmp_path / "r")])
     assert res.exit_code == 3, res.output
-    assert res.stderr.strip() == f"error: {factory}:build_trainer raised RuntimeError: no GPU here (at {factory}:2)"
+    assert (
+        res.stderr.strip()
+        == f"error: {factory}:build_trainer raised RuntimeError: no GPU here (at {factory}:2)"
+    )
 
 
 def test_an_output_that_cannot_be_written_is_refused_before_comparing(good, tmp_path, monkeypatch):
