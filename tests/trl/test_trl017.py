@@ -98,3 +98,16 @@ def test_background_checking_on_trl017_gives_the_inline_findings(tmp_path):
         )
         assert not result.metadata["live_problems"]
     assert verdicts[True] == verdicts[False]
+
+
+def test_probe_trainer_on_the_0x_loss_code(tmp_path):
+    """0.x computes old log-probs only with num_iterations > 1 and (0.18) scores the reference model inside the
+    loss: probing drives that loss code as it is and finds it correct."""
+    from grpo_check.demo.run import build_trainer
+    from grpo_check.trl.probe import loss_era, probe_trainer_outcome
+
+    trainer = build_trainer(CELL_017, tmp_path)
+    assert loss_era(trainer).helper_outputs in (1, 2)
+    outcome = probe_trainer_outcome(trainer)
+    assert outcome.ok, [f.message() for f in outcome.findings if f.verdict is not Verdict.PASS]
+    assert "clip.lower_binds" in outcome.branches  # num_iterations = 2: the loss reads the old log-probs
