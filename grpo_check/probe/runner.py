@@ -146,7 +146,11 @@ class _Compared:
 
 
 def _labels(ids: list[str]) -> str:
-    return "; ".join(f"{i} ({BRANCHES[i]})" for i in ids) if ids else "no branch (padding)"
+    """The most specific branch with its meaning, the others by id."""
+    if not ids:
+        return "no branch (padding)"
+    more = f" [also {', '.join(ids[1:])}]" if len(ids) > 1 else ""
+    return f"{ids[0]} ({BRANCHES[ids[0]]}){more}"
 
 
 def _diagnosis_fields(variant: Variant | None) -> dict[str, Any]:
