@@ -279,8 +279,11 @@ def trainer_loss_fn(trainer: Any, era: LossEra | None = None) -> Any:
         inputs = trl_inputs(trainer, probe, era)
         ref = probe.tensors.get("ref_logps")
         ref = None if ref is None else ref.detach().to(device)
-        with _probing(trainer, era, _fake_helper(leaf, entropies, era, ref), window):
-            loss = trainer.compute_loss(trainer.model, inputs)
+        context = getattr(trainer, "compute_loss_context_manager", contextlib.nullcontext)
+        with _probing(trainer, era, _fake_helper(leaf, entropies, era, ref), window), context():
+            loss = trainer.compute_loss(
+                trainer.model, inputs
+            )  # as training_step calls it (autocast included)
             loss = loss * backward_scale(trainer, window)
         return loss, leaf
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _handwritten_loss import handwritten_loss
 
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import InputError, Verdict
 from grpo_check.probe import build_probes, reference_loss_fn, run_probes
 from grpo_check.probe.branches import BRANCHES, branch_masks
 from grpo_check.trace.model import TraceStep
-from tests.probe._handwritten_loss import handwritten_loss
 
 SPECS = {
     "grpo-gas2": GRPOSpec(num_generations=4, loss_type="grpo", gradient_accumulation_steps=2),
