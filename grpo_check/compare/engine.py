@@ -195,11 +195,65 @@ def compare(
         if progress is not None:
             progress(index + 1, total)
     result.findings[:] = _collapsed(result.findings, trace)
+    finish_result(
+        result,
+        trace,
+        spec,
+        policy,
+        model_at_hand=model is not None,
+        ref_model_at_hand=ref_model is not None,
+        hows=_recorded_model_hows(trace),
+    )
+    return result
+
+
+def finish_result(
+    result: Result,
+    trace: Trace,
+    spec: GRPOSpec,
+    policy: TolerancePolicy,
+    *,
+    model_at_hand: bool,
+    ref_model_at_hand: bool | None = None,
+    reasons: dict[str, str] | None = None,
+    not_applicable: dict[str, str] | None = None,
+    hows: dict[str, str] | None = None,
+) -> Result:
+    """What every comparison against the reference ends with, offline (:func:`compare`) or live
+    (``grpo_check.trl.attach``): trends across steps, the run-level warnings and the coverage
+    (``metadata["coverage"]``, see :mod:`grpo_check.coverage`)."""
+    from grpo_check.coverage import coverage_of
+
     result.extend(_trend_findings(trace.steps, spec))
     _add_trace_problems(result, trace)
     _add_unused_overrides(result, policy)
     _add_nothing_checked(result)
+    result.metadata["coverage"] = coverage_of(
+        result.findings,
+        beta=spec.beta,
+        model_at_hand=model_at_hand,
+        ref_model_at_hand=ref_model_at_hand,
+        reasons=reasons,
+        not_applicable=not_applicable,
+        hows=hows,
+    )
     return result
+
+
+def _recorded_model_hows(trace: Trace) -> dict[str, str]:
+    """``pass --model <path>`` where the trace recorded the model it was captured with."""
+    recorded = trace.manifest.get("model") or {}
+    if not isinstance(recorded, dict):
+        return {}
+    hows: dict[str, str] = {}
+    for family, key, option in (
+        ("forward_logps", "policy", "--model"),
+        ("ref_forward", "ref_model", "--ref-model"),
+    ):
+        if isinstance(recorded.get(key), str) and recorded[key]:
+            note = "; the weights of its first step" if key == "policy" else ""
+            hows[family] = f"pass {option} {recorded[key]} (recorded in the trace{note})"
+    return hows
 
 
 def _as_trace(value: Any, name: str = "trace") -> Trace:
@@ -343,4 +397,4 @@ def _add_unused_overrides(result: Result, policy: TolerancePolicy) -> None:
         )
 
 
-__all__ = ["check", "compare", "compare_step", "step_context"]
+__all__ = ["check", "compare", "compare_step", "finish_result", "step_context"]

@@ -49,7 +49,24 @@ class StepRecording:
             EOS_SOURCES_KEY: eos_token_id_sources(self.trainer),
             "pad_token_id": None if tok is None else tok.pad_token_id,
             "compute_dtype": self._compute_dtype(),
+            "model": self._model_sources(),
         }
+
+    def _model_sources(self) -> dict[str, str | None]:
+        """Where the policy and the reference model came from (``name_or_path``: a local directory or a hub id),
+        so that ``grpo-check compare TRACE --model`` can say what to pass."""
+        sources: dict[str, str | None] = {}
+        for role, model in (
+            ("policy", self.trainer.model),
+            ("ref_model", getattr(self.trainer, "ref_model", None)),
+        ):
+            source = None
+            if model is not None:
+                model = self.trainer.accelerator.unwrap_model(model)
+                config = getattr(model, "config", None)
+                source = getattr(model, "name_or_path", None) or getattr(config, "_name_or_path", None)
+            sources[role] = str(source) if source else None
+        return sources
 
     def _compute_dtype(self) -> str:
         """The precision the trainer's forward ran in: the autocast dtype under mixed precision (TRL 1.x defaults
