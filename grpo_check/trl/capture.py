@@ -145,10 +145,14 @@ class Attachment(TrainerHooks, StepRecording, LiveChecking, HelperClient):
     def result(self) -> Result:
         """The live comparison so far as a :class:`Result` (empty when ``live=False``); waits for the
         background checks still running."""
+        from grpo_check.trl.history import name_shipped_bugs
+
         self._flush_window()
         self._collect_background(wait=True)
+        # a failing stage that a shipped bug of this release explains is named as such (bug, fix, PR)
+        shipped = name_shipped_bugs(self.findings, self.support.version, self.spec.to_dict())
         return Result(
-            findings=list(self.findings),
+            findings=[*self.findings, *shipped],
             metadata={
                 "source": self.trace.manifest.get("trainer"),
                 "config": self.spec.to_dict(),
