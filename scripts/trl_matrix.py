@@ -192,6 +192,26 @@ def _summary(tail: str) -> str:
     return lines[-1] if lines else ""
 
 
+def demo_outcome(code: int, result_json: Path) -> tuple[str, bool]:
+    """The demo's cell and whether it passed: clean, or failing only where a shipped bug of the release is
+    named (the run found the bug it should find); any other failure is a FAIL."""
+    if code == 0:
+        return "clean", True
+    if code != 1 or not result_json.exists():
+        return f"exit {code}", False
+    findings = json.loads(result_json.read_text()).get("findings", [])
+    failing = [f for f in findings if f.get("verdict") == "fail"]
+    unexplained = [f for f in failing if not (f.get("details") or {}).get("shipped_bug")]
+    named = sorted(
+        f"{f['details']['shipped_bug']} (fixed in {f['details']['fixed_in']}, PR #{f['details']['pr']})"
+        for f in failing
+        if f.get("check_id", "").startswith("trl.shipped_bug.")
+    )
+    if unexplained or not named:
+        return f"FAIL: {len(unexplained)} unexplained failing findings", False
+    return "shipped bug found: " + "; ".join(sorted(set(named))), True
+
+
 def run_release(release: str, cache: Path, *, demo: bool, timeout: float, log) -> Row:
     row = Row(release)
     start = time.perf_counter()
@@ -237,9 +257,9 @@ def run_release(release: str, cache: Path, *, demo: bool, timeout: float, log) -
              "--steps", "2", "--output", str(out), "--format", "text"],
             env=env, timeout=timeout, log=log,
         )  # fmt: skip
-        row.demo = {0: "clean", 1: "findings"}.get(code, f"exit {code}")
-        ok = ok and code == 0
-        if code:
+        row.demo, demo_ok = demo_outcome(code, out / "result.json")
+        ok = ok and demo_ok
+        if not demo_ok:
             row.detail = _summary(tail)
     row.result = "pass" if ok else "FAIL"
     row.seconds = time.perf_counter() - start

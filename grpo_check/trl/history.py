@@ -153,3 +153,12 @@ def name_shipped_bugs(findings: Iterable[Finding], version: str, settings: Setti
             )
         )
     return out
+
+
+def name_shipped_bugs_in_trace(manifest: Mapping[str, Any], findings: Iterable[Finding]) -> list[Finding]:
+    """:func:`name_shipped_bugs` for a trace TRL's ``GRPOTrainer`` recorded (its manifest names the TRL
+    release and the configuration); ``[]`` for any other trace."""
+    version = (manifest.get("versions") or {}).get("trl")
+    if not version or not str(manifest.get("trainer", "")).startswith("trl."):
+        return []
+    return name_shipped_bugs(findings, str(version), manifest.get("config") or {})

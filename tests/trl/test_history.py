@@ -85,3 +85,19 @@ def test_a_cause_already_diagnosed_is_kept_and_the_bug_added():
     named = name_shipped_bugs([finding], "1.8.0", DAPO_SPG4_GAS2)
     assert [f.details["fixed_in"] for f in named] == ["1.9.1"]
     assert finding.likely_cause.startswith("loss normaliser off by a constant factor; shipped TRL bug")
+
+
+def test_a_recorded_trl_trace_names_its_release_bugs_and_another_trace_does_not():
+    from grpo_check.trl.history import name_shipped_bugs_in_trace
+
+    manifest = {
+        "trainer": "trl.GRPOTrainer (GRPOTrainer)",
+        "versions": {"trl": "1.8.0"},
+        "config": DAPO_SPG4_GAS2,
+    }
+    named = name_shipped_bugs_in_trace(manifest, [_failing("grad", "grad.logps_grad")])
+    assert [f.details["shipped_bug"] for f in named] == ["trl-dapo-normaliser-spg"]
+    assert (
+        name_shipped_bugs_in_trace({**manifest, "trainer": "my-loop"}, [_failing("loss", "loss.value")]) == []
+    )
+    assert name_shipped_bugs_in_trace({**manifest, "versions": {}}, [_failing("loss", "loss.value")]) == []
