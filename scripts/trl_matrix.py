@@ -6,8 +6,8 @@ transformers/accelerate/datasets that release runs with, then grpo-check with --
 dependencies), this script
 
 1. runs the adapter's release-agnostic contract tests (tests/trl/test_trl_contract.py), and
-2. runs a demo configuration: ``grpo-check compare --trainer grpo_check.demo.portable:build_trainer
-   --steps 2`` (TRL's real GRPOTrainer on the tiny policy, with the settings the release has),
+2. runs a demo configuration: ``python -m grpo_check.demo.portable --steps 2``, TRL's real GRPOTrainer on
+   the tiny policy with the settings the release has, checked live (the reference's own forward passes too),
 
 and writes the table (release, transformers used, result, seconds) as Markdown and JSON.
 
@@ -253,8 +253,7 @@ def run_release(release: str, cache: Path, *, demo: bool, timeout: float, log) -
     if demo:
         out = cache / "demo" / release
         code, tail = _run(
-            [str(python), "-m", "grpo_check", "compare", "--trainer", "grpo_check.demo.portable:build_trainer",
-             "--steps", "2", "--output", str(out), "--format", "text"],
+            [str(python), "-m", "grpo_check.demo.portable", "--steps", "2", "--output", str(out)],
             env=env, timeout=timeout, log=log,
         )  # fmt: skip
         row.demo, demo_ok = demo_outcome(code, out / "result.json")
@@ -272,7 +271,7 @@ def markdown(rows: list[Row], command: str) -> str:
         f"Generated {date} by `{command}` on {platform.machine()} Linux, 2 CPU cores, CPU-only torch "
         f"2.13.0, Python {platform.python_version()}.",
         "",
-        "| TRL | transformers | result | contract tests | demo (compare --trainer) | seconds | note |",
+        "| TRL | transformers | result | contract tests | demo (live, 2 steps) | seconds | note |",
         "|---|---|---|---|---|---:|---|",
     ]
     for row in rows:

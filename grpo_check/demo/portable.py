@@ -93,3 +93,45 @@ def build_trainer(
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     return trainer
+
+
+def run_live(steps: int = 2, out_dir: str | os.PathLike[str] | None = None) -> Any:
+    """Train :func:`build_trainer` with grpo-check attached live (the reference's own forward passes too) and
+    return the :class:`~grpo_check.findings.Result`; ``out_dir`` receives ``result.json``."""
+    import json
+
+    from grpo_check.trl import attach
+
+    trainer = build_trainer(steps=steps)
+    attachment = attach(trainer, live=True)
+    trainer.train()
+    result = attachment.result()
+    attachment.close()
+    if out_dir is not None:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "result.json"), "w") as handle:
+            json.dump(result.to_dict(), handle, indent=1)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m grpo_check.demo.portable [--steps N] [--output DIR]``: the live run, its counts, exit 0 when
+    nothing failed and 1 otherwise."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Run the portable demo trainer with grpo-check attached live."
+    )
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--output", default=None, help="directory for result.json")
+    args = parser.parse_args(argv)
+    result = run_live(args.steps, args.output)
+    for finding in result.findings:
+        if finding.failed:
+            print(finding.message())
+    print(f"grpo-check (live, portable demo): {result.counts()}")
+    return result.exit_code()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -354,12 +354,18 @@ def implied_settings(version: str) -> dict[str, Any]:
 
 def era_table() -> list[dict[str, str]]:
     """The eras as rows (first release, hooks, timing, defaults, notes) for docs and reports."""
+    lines = [(0, minor) for minor in range(14, 30)] + [(1, minor) for minor in range(0, 17)]
     rows = []
     for index, era in enumerate(ERAS):
-        last = "" if index + 1 == len(ERAS) else f"before {ERAS[index + 1].first}"
+        if index + 1 == len(ERAS):
+            span = f"{era.first} and later"
+        else:
+            before = parse_version(ERAS[index + 1].first)[:2]
+            major, minor = max(line for line in lines if line < before)
+            span = f"{era.first} – {major}.{minor}.x"
         rows.append(
             {
-                "releases": f"{era.first} {last}".strip() if last else f"{era.first} and later",
+                "releases": span,
                 "generation": era.generation_method,
                 "loss": era.loss_method,
                 "log-probs": era.logps_method or "(local function: frame capture)",
