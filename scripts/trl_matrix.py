@@ -380,9 +380,8 @@ def main(argv: list[str] | None = None) -> int:
                     json.dumps({"releases": [dataclasses.asdict(r) for r in table]}, indent=2) + "\n"
                 )
     table_rows = merge_json(args.json, []) if args.json else rows
-    command = "python scripts/trl_matrix.py" + (
-        f" --releases {args.releases}" if args.releases != "all" else ""
-    )
+    whole = sorted(releases) == sorted(RELEASES)  # every line, in whatever order
+    command = "python scripts/trl_matrix.py" + ("" if whole else f" --releases {args.releases}")
     text = markdown(table_rows, command)
     if args.md:
         write_markdown(args.md, text)
