@@ -34,25 +34,23 @@ import json
 import os
 import platform
 import re
-import subprocess
+import shutil
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-TORCH = "torch==2.13.0"
-LIGHT_DEPS = [
-    "numpy",
-    "safetensors",
-    "typer",
-    "rich",
-    "pandas",
-    "pyyaml",
-    "hypothesis",
-    "pytest",
-    "matplotlib",
-    "tokenizers",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's grpo_check
+
+from grpo_check.zoo.history.envs import (
+    LIGHT_DEPS,
+    TORCH,
+    EnvironmentError_,
+    child_environment,
+    ensure_env,
+    installed,
+    pins_for,
+    run_logged,
+)
 
 # one release per minor line (the line's last patch release)
 RELEASES = [
@@ -98,26 +96,6 @@ CANNOT_TRAIN_ON_CPU = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class Pins:
-    """A pin set: the environment's name and what is installed beside TRL."""
-
-    name: str
-    requirements: tuple[str, ...]
-
-
-def pins_for(release: str) -> Pins:
-    """The pin set ``release`` runs with on CPU torch 2.13 (the known working set)."""
-    major, minor = (int(p) for p in release.split(".")[:2])
-    if major == 0 and minor <= 18:  # 0.15/0.16 fail on transformers 4.53 (_get_train_sampler signature)
-        return Pins("tf4.51", ("transformers==4.51.3", "accelerate<1.8", "datasets<4"))
-    if major == 0 and minor <= 20:
-        return Pins("tf4.53", ("transformers==4.53.2", "accelerate<1.8", "datasets<4"))
-    if major == 0 and minor <= 22:
-        return Pins("tf4.56", ("transformers==4.56.2", "accelerate<1.11", "datasets<4"))
-    return Pins("tf5", ("transformers>=5,<6", "accelerate", "datasets", "requests"))
-
-
 @dataclasses.dataclass
 class Row:
     release: str
@@ -127,60 +105,6 @@ class Row:
     demo: str = ""
     seconds: float = 0.0
     detail: str = ""
-
-
-def _run(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float, log) -> tuple[int, str]:
-    """Run ``cmd``, append its output to ``log``; (exit code, last lines). 124 on timeout."""
-    log.write(f"\n$ {' '.join(cmd)}\n")
-    log.flush()
-    try:
-        done = subprocess.run(
-            cmd,
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout if isinstance(exc.stdout, str) else (exc.stdout or b"").decode(errors="replace")
-        log.write(out + "\n[timed out]\n")
-        return 124, out[-2000:]
-    log.write(done.stdout)
-    log.flush()
-    return done.returncode, done.stdout[-2000:]
-
-
-def ensure_venv(pins: Pins, cache: Path, log, timeout: float) -> Path:
-    """The pin set's environment (created on first use): its python."""
-    venv = cache / f"venv-{pins.name}"
-    python = venv / "bin" / "python"
-    if not python.exists():
-        code, _ = _run([sys.executable, "-m", "venv", str(venv)], timeout=timeout, log=log)
-        if code:
-            raise RuntimeError(f"python -m venv {venv} failed")
-        for step in ([TORCH], [TORCH, *pins.requirements, *LIGHT_DEPS]):
-            code, tail = _run([str(python), "-m", "pip", "install", "-q", *step], timeout=timeout, log=log)
-            if code:
-                raise RuntimeError(f"pip install {' '.join(step)} failed: {tail.strip().splitlines()[-1:]}")
-        code, tail = _run(
-            [str(python), "-m", "pip", "install", "-q", "--no-deps", "-e", str(REPO)],
-            timeout=timeout,
-            log=log,
-        )
-        if code:
-            raise RuntimeError(f"pip install --no-deps -e {REPO} failed")
-    return python
-
-
-def installed(python: Path, package: str) -> str:
-    out = subprocess.run(
-        [str(python), "-c", f"import importlib.metadata as m; print(m.version({package!r}))"],
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout.strip() if out.returncode == 0 else ""
 
 
 def _summary(tail: str) -> str:
@@ -217,15 +141,15 @@ def run_release(release: str, cache: Path, *, demo: bool, timeout: float, log) -
     start = time.perf_counter()
     pins = pins_for(release)
     try:
-        python = ensure_venv(pins, cache, log, timeout)
-        code, tail = _run(
+        python = ensure_env(pins, cache, log=log, timeout=timeout)
+        code, tail = run_logged(
             [str(python), "-m", "pip", "install", "-q", f"trl=={release}", TORCH, *pins.requirements],
             timeout=timeout,
             log=log,
         )
         if code:
-            raise RuntimeError(f"pip install trl=={release} failed: {_summary(tail)}")
-    except RuntimeError as exc:
+            raise EnvironmentError_(f"pip install trl=={release} failed: {_summary(tail)}")
+    except EnvironmentError_ as exc:
         row.result, row.detail = "install failed", str(exc)
         row.seconds = time.perf_counter() - start
         return row
@@ -234,15 +158,8 @@ def run_release(release: str, cache: Path, *, demo: bool, timeout: float, log) -
         row.result, row.detail = "not run", CANNOT_TRAIN_ON_CPU[release]
         row.seconds = time.perf_counter() - start
         return row
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "HF_HUB_OFFLINE": "1",
-    }
-    code, tail = _run(
+    env = child_environment()
+    code, tail = run_logged(
         [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/trl/test_trl_contract.py"],
         env=env,
         timeout=timeout,
@@ -252,9 +169,10 @@ def run_release(release: str, cache: Path, *, demo: bool, timeout: float, log) -
     ok = code == 0
     if demo:
         out = cache / "demo" / release
-        code, tail = _run(
+        shutil.rmtree(out, ignore_errors=True)  # a run that dies must not be read from an older result.json
+        code, tail = run_logged(
             [str(python), "-m", "grpo_check.demo.portable", "--steps", "2", "--output", str(out)],
-            env=env, timeout=timeout, log=log,
+            log=log, timeout=timeout, env=env,
         )  # fmt: skip
         row.demo, demo_ok = demo_outcome(code, out / "result.json")
         ok = ok and demo_ok
