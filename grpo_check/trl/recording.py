@@ -48,7 +48,8 @@ class StepRecording:
             "seeds": {"seed": int(getattr(self.trainer.args, "seed", 0))},
             "notes": [
                 "captured by grpo_check.trl.attach: micro-batches as TRL used them in the loss",
-                f"TRL line {self.support.line}; log-probs from {self.support.logps_method}",
+                f"TRL {self.support.version} ({self.support.era} era); log-probs from "
+                f"{self.support.logps_method or 'the locals of compute_loss'}",
             ],
             "eos_token_ids": self._eos_token_ids(),
             EOS_SOURCES_KEY: eos_token_id_sources(self.trainer),
@@ -300,6 +301,8 @@ class StepRecording:
             tensors["reward_weights"] = _cpu(weights)
         if pending.get("logps") is not None:
             tensors["logps"] = pending["logps"]
+        if "ref_logps" not in tensors and pending.get("ref_logps") is not None:  # scored in the loss (0.18)
+            tensors["ref_logps"] = pending["ref_logps"]
         if pending.get("entropies") is not None:
             tensors["entropies"] = pending["entropies"]
         if pending.get("logps_grad") is not None:

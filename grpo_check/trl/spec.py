@@ -21,6 +21,7 @@ from typing import Any
 
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import InputError
+from grpo_check.trl.versions import implied_settings, installed_trl_version
 
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:
@@ -51,11 +52,15 @@ def spec_from_trl(trainer_or_config: Any) -> GRPOSpec:
             field="trainer",
         )
 
+    # what the installed release applies without a config field (0.14-0.16 have no loss_type, ...)
+    implied = implied_settings(installed_trl_version())
+
     def pick(name: str, default: Any = None) -> Any:
-        """The trainer's effective attribute if it has one, else the config's field."""
+        """The trainer's effective attribute if it has one, else the config's field, else what the release
+        implies, else ``default``."""
         if trainer is not None and getattr(trainer, name, None) is not None:
             return getattr(trainer, name)
-        return _get(args, name, default)
+        return _get(args, name, implied.get(name, default))
 
     reward_weights = None
     if trainer is not None and getattr(trainer, "reward_weights", None) is not None:
