@@ -121,6 +121,7 @@ def audit_loaded(
     facts["requested_version"] = requested
     facts["effective"] = loaded.effective
     facts["keys"] = tuple(loaded.values) if not loaded.effective else ()
+    facts["user_values"] = dict(loaded.values)
     if "scale_rewards" in loaded.values and not loaded.effective:
         facts["raw_scale_rewards"] = loaded.values["scale_rewards"]  # before True -> "group" normalisation
     if loaded.effective:
