@@ -2135,9 +2135,7 @@ def _register_advisories() -> None:
                 f"triggered by: {advisory.condition}."
             ),
             source=f"{advisory.pr} ({advisory.url}); fixed in TRL {advisory.fixed_in}",
-            fix=(
-                f"Upgrade to TRL ≥ {advisory.fixed_in}, or avoid the triggering setting ({advisory.condition})."
-            ),
+            fix=advisory.fix,
             catalog_id=advisory.catalog_id,
         )(_advisory_check(advisory))
 
