@@ -209,7 +209,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "audit" / "dapo-rec
 @pytest.mark.parametrize(
     ("release", "expected"),
     [
-        ("0.22.1", ["GA606", "GA607", "GA608"]),
+        ("0.22.1", ["GA606", "GA607", "GA608", "GA610"]),
         ("1.8.0", ["GA607", "GA608"]),
         ("1.9.0", ["GA608"]),
         ("1.16.0", []),
