@@ -163,7 +163,10 @@ def _against_trl(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                trl.GRPOConfig(output_dir="unused", report_to="none", use_cpu=True, bf16=False, **kwargs)
+                # this machine's facts override the recipe's: no GPU (bf16 off, use_cpu), no logging services
+                trl.GRPOConfig(
+                    **{"output_dir": "unused", **kwargs, "report_to": "none", "use_cpu": True, "bf16": False}
+                )
                 refused = None
             except Exception as exc:
                 refused = f"{type(exc).__name__}: {str(exc)[:120]}"

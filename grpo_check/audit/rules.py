@@ -1986,6 +1986,38 @@ def _other_trainer_key(ctx: AuditContext) -> list[Hit]:
     ]
 
 
+@rule(
+    "GA418",
+    "TrainingArguments field that transformers 5 removed",
+    "error",
+    ("<field>",),
+    reason=(
+        "GRPOConfig inherits transformers' TrainingArguments. transformers 5 dropped several 4.x fields "
+        "(overwrite_output_dir, warmup_ratio, logging_dir, evaluation_strategy, no_cuda …); with it installed, "
+        "GRPOConfig(**…) and TRL's CLI refuse them as unexpected keyword arguments. TRL 1.x runs on "
+        "transformers 4.56 and 5.x, so the installed transformers decides; when none is installed the audit "
+        "assumes the 5 series and says so."
+    ),
+    source="transformers 5.25.0 TrainingArguments fields vs transformers 4.x; TRL 1.16 requires transformers>=4.56.2",
+    fix="Remove the key or use its transformers 5 replacement (warmup_ratio → warmup_steps; evaluation_strategy → "
+    "eval_strategy; logging_dir → the logger's own setting), or pin transformers < 5.",
+)
+def _transformers_5_removed(ctx: AuditContext) -> list[Hit]:
+    installed = ctx.facts.get("transformers_version")
+    try:
+        major = _versions.parse_version(installed)[0] if installed else None
+    except ValueError:
+        major = None
+    if major is not None and major < 5:
+        return []
+    where = f"transformers {installed}" if installed else "transformers 5 (assumed: none is installed here)"
+    return [
+        Hit(f"{key!r} is not a TrainingArguments field in {where}", fields=(key,))
+        for key in ctx.facts.get("keys", ())
+        if key in _versions.TRANSFORMERS_5_REMOVED
+    ]
+
+
 # --------------------------------------------------------------------------- GA5xx live trainer
 
 

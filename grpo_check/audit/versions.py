@@ -807,6 +807,48 @@ OTHER_TRAINER_KEYS: dict[str, str] = {
 }
 
 
+# TrainingArguments fields of transformers 4.x that transformers 5's TrainingArguments no longer has (read from
+# transformers 5.25.0). TRL 1.x runs on either series (transformers >= 4.56.2), so whether GRPOConfig refuses these
+# depends on the transformers installed beside it.
+TRANSFORMERS_5_REMOVED: frozenset[str] = frozenset(
+    [
+        "adafactor",
+        "dispatch_batches",
+        "evaluation_strategy",
+        "fp16_backend",
+        "fp16_opt_level",
+        "fsdp_min_num_params",
+        "fsdp_transformer_layer_cls_to_wrap",
+        "group_by_length",
+        "half_precision_backend",
+        "include_inputs_for_metrics",
+        "include_tokens_per_second",
+        "jit_mode_eval",
+        "logging_dir",
+        "mp_parameters",
+        "no_cuda",
+        "overwrite_output_dir",
+        "past_index",
+        "per_gpu_eval_batch_size",
+        "per_gpu_train_batch_size",
+        "push_to_hub_model_id",
+        "push_to_hub_organization",
+        "push_to_hub_token",
+        "ray_scope",
+        "save_safetensors",
+        "sharded_ddp",
+        "split_batches",
+        "torchdynamo",
+        "tpu_num_cores",
+        "use_ipex",
+        "use_legacy_prediction_loop",
+        "use_mps_device",
+        "warmup_ratio",
+        "xpu_backend",
+    ]
+)
+
+
 # Values accepted by a field, with the release that introduced each (read from the GRPOConfig docstrings
 # of each wheel). A value outside the list is rejected late (loss_type: "Unknown loss type" at the first
 # loss computation) or silently misread (scale_rewards="none" on TRL < 0.22 is a truthy string: scaling on).

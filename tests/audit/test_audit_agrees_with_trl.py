@@ -74,6 +74,10 @@ CHOICES: dict[str, list] = {
     "betta": [0.1],
     "max_prompt_length": [512],
     "max_seq_length": [1024],
+    # TrainingArguments fields of transformers 4.x (refused with transformers 5 installed)
+    "overwrite_output_dir": [True],
+    "warmup_ratio": [0.1],
+    "warmup_steps": [10],
 }
 
 configs = st.fixed_dictionaries(

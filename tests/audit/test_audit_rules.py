@@ -136,6 +136,10 @@ CASES: dict[str, list[tuple[dict, dict, str, int]]] = {
         ),
         ({"packing": True, "num_generations": 8}, {"num_generations": 8}, LATEST, 1),
     ],
+    "GA418": [
+        ({"overwrite_output_dir": True, "num_generations": 8}, {"num_generations": 8}, LATEST, 1),
+        ({"warmup_ratio": 0.1, "num_generations": 8}, {"warmup_steps": 10, "num_generations": 8}, LATEST, 1),
+    ],
     "GA416": [
         (
             {"log_completions_hub_repo": "org/completions", "log_completions": False},
@@ -520,3 +524,13 @@ def test_infinite_integer_field_does_not_crash_other_rules(tmp_path):
 def test_ga409_allows_infinite_upper_bounds():
     assert not audit({"max_grad_norm": float("inf")}, trl_version=LATEST, rules=["GA409"]).findings
     assert audit({"max_grad_norm": float("-inf")}, trl_version=LATEST, rules=["GA409"]).findings
+
+
+def test_ga418_follows_the_installed_transformers():
+    values = {"overwrite_output_dir": True, "warmup_ratio": 0.1}
+    on_5 = AuditContext.from_values(values, facts={"transformers_version": "5.25.0"})
+    assert [h.fields for h in RULES["GA418"].run(on_5)] == [("overwrite_output_dir",), ("warmup_ratio",)]
+    on_4 = AuditContext.from_values(values, facts={"transformers_version": "4.56.2"})
+    assert RULES["GA418"].run(on_4) == []
+    unknown = AuditContext.from_values(values, facts={"transformers_version": None})
+    assert "assumed" in RULES["GA418"].run(unknown)[0].message
