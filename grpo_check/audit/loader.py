@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from grpo_check import _limits
 from grpo_check.audit import versions as _versions
 from grpo_check.findings import InputError
 
@@ -122,7 +123,8 @@ def load_file(path: str | os.PathLike[str]) -> LoadedConfig:
         )
     if path.exists() and not path.is_dir() and not path.is_file():  # a pipe would block forever
         raise InputError("not a regular file (a device or a pipe)", source=name)
-    raw = path.read_bytes()  # FileNotFoundError / IsADirectoryError -> exit 2 in the CLI
+    # bounded, and never blocking; FileNotFoundError / IsADirectoryError -> exit 2 in the CLI
+    raw = _limits.read_bytes(path, cap=_limits.MAX_CONFIG_BYTES, source=name)
     if raw[:1] == b"\x80" or raw[:2] == b"PK":
         raise InputError(
             "this looks like a pickle / torch.save archive, not YAML or JSON; refusing to unpickle it.\n"
@@ -162,7 +164,9 @@ def _parse_json(text: str, name: str) -> tuple[Any, dict[tuple[str, ...], int]]:
         return dict(pairs)
 
     try:
-        data = json.loads(text, object_pairs_hook=pairs_to_dict)
+        data = _limits.loads_json(
+            text, source=name, object_pairs_hook=pairs_to_dict
+        )  # depth, integers bounded
     except json.JSONDecodeError as exc:
         raise InputError(
             f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", source=name
@@ -217,6 +221,7 @@ def _parse_yaml(text: str, name: str) -> tuple[Any, dict[tuple[str, ...], int]]:
     import yaml
 
     try:
+        _limits.check_yaml(text, source=name)  # depth, recursive aliases, alias bombs, long integers
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

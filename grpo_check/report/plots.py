@@ -61,13 +61,24 @@ def _to_png(fig) -> bytes:
     return buffer.getvalue()
 
 
+PLOT_LIMIT = (
+    1e100  # larger magnitudes are drawn as off-scale (like inf): matplotlib overflows on ±1e308 ranges
+)
+
+
 def _as_float(value: Any) -> float:
     if value is None:
         return math.nan
     try:
-        return float(value)  # also parses "inf", "nan", "-inf"
-    except (TypeError, ValueError):
+        number = float(value)  # also parses "inf", "nan", "-inf"
+    except (TypeError, ValueError, OverflowError):
         return math.nan
+    return math.copysign(math.inf, number) if abs(number) > PLOT_LIMIT else number
+
+
+def _text(value: Any) -> str:
+    """Text for a plot label; characters a font cannot take (lone surrogates) as their escapes."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def stage_error_plot(result: Result) -> bytes | None:
@@ -90,17 +101,18 @@ def stage_error_plot(result: Result) -> bytes | None:
     order = [s for s in ("config", *STAGES, "run") if s in worst] + sorted(
         s for s in worst if s not in ("config", *STAGES, "run")
     )
+    worst = {stage: (_as_float(ratio), verdict) for stage, (ratio, verdict) in worst.items()}
     finite = [r for r, _ in worst.values() if math.isfinite(r) and r > 0]
     ceiling = max(finite) * 10 if finite else 10.0
     floor = min(finite) / 10 if finite else 1e-3
     heights = []
     for stage in order:
         ratio = worst[stage][0]
-        heights.append(ceiling if math.isinf(ratio) else max(ratio, floor))
+        heights.append(ceiling if not math.isfinite(ratio) else max(ratio, floor))
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(order) + 1.5), 3.0))
     colours = [VERDICT_COLOURS[worst[s][1].value] for s in order]
-    ax.bar(order, heights, color=colours)
+    ax.bar([_text(s) for s in order], heights, color=colours)
     ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
     ax.set_yscale("log")
     ax.set_ylabel("worst figure / tolerance")
@@ -140,9 +152,9 @@ def token_error_heatmap(finding: Finding, *, max_rows: int = 64, max_tokens: int
         ax.scatter([token], [row], s=120, facecolors="none", edgecolors="red", linewidths=1.5)
     ax.set_xlabel("completion token")
     ax.set_ylabel("row (completion)")
-    ax.set_title(f"{finding.check_id}: per-token error")
+    ax.set_title(_text(f"{finding.check_id}: per-token error"))
     fig.colorbar(
-        image, ax=ax, label=str(finding.details.get("token_error_map_label", "|trainer − reference|"))
+        image, ax=ax, label=_text(finding.details.get("token_error_map_label", "|trainer − reference|"))
     )
     return _to_png(fig)
 
@@ -168,7 +180,7 @@ def _histograms(details: dict[str, Any]) -> list[tuple[list[float], list[float],
         edges_f, counts_f = [_as_float(e) for e in edges], [_as_float(c) for c in counts]
         if not counts_f or any(math.isnan(v) or math.isinf(v) for v in edges_f + counts_f):
             continue
-        out.append((edges_f, counts_f, str(item.get("label", ""))))
+        out.append((edges_f, counts_f, _text(item.get("label", ""))))
     return out
 
 
@@ -189,7 +201,7 @@ def distribution_plot(finding: Finding) -> bytes | None:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.0, 3.0))
-    label = str(details.get("values_label", finding.stage))
+    label = _text(details.get("values_label", finding.stage))
     for edges, counts, hist_label in histograms:
         ax.stairs(counts, edges, fill=True, alpha=0.5, label=hist_label or None)
     if values:
@@ -205,7 +217,7 @@ def distribution_plot(finding: Finding) -> bytes | None:
         ax.legend(fontsize=8)
     ax.set_xlabel(label)
     ax.set_ylabel("count")
-    ax.set_title(f"{finding.check_id}: distribution")
+    ax.set_title(_text(f"{finding.check_id}: distribution"))
     return _to_png(fig)
 
 
