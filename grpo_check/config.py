@@ -52,6 +52,17 @@ DEFAULT_AGGREGATION: dict[str, str] = {
 }
 
 
+_MAX_COUNT = 2**31 - 1  # grpo_check._limits.MAX_COUNT (this module stays stdlib-only)
+_COUNT_FIELDS = (
+    "num_generations",
+    "top_k",
+    "max_completion_length",
+    "gradient_accumulation_steps",
+    "steps_per_generation",
+    "num_processes",
+    "num_iterations",
+)
+
 ScaleRewards = Literal["group", "batch", "none"]
 StdConvention = Literal["sample", "population"]
 Baseline = Literal["mean", "rloo"]
@@ -176,6 +187,10 @@ class GRPOSpec:
         self._check_types()
         if self.num_generations < 1:
             raise bad("num_generations", f"must be >= 1, got {self.num_generations}")
+        for name in _COUNT_FIELDS:  # a count past 2**31 - 1 is a corrupted value, and overflows tensors
+            value = getattr(self, name)
+            if value is not None and value > _MAX_COUNT:
+                raise bad(name, f"must be at most {_MAX_COUNT}, got a {int(value).bit_length()}-bit number")
         # (beta may be negative: the diagnoses model a KL term added with the wrong sign that way)
         for name in ("epsilon", "epsilon_high", "adv_epsilon", "top_k", "entropy_coef"):
             value = getattr(self, name)
