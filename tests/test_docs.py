@@ -41,7 +41,7 @@ def _pages() -> list[Path]:
 def test_readme_is_a_landing_page() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert len(readme.splitlines()) <= 300
-    for link in re.findall(r"\]\((docs/[^)#]+)", readme):
+    for link in re.findall(r"\]\(((?:docs|reference|examples)/[^)#]+)", readme):
         assert (ROOT / link).exists(), link
 
 
