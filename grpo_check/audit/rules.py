@@ -13,6 +13,8 @@ Categories:
 - ``GA3xx`` ranges the GRPO literature recommends
 - ``GA4xx`` TRL version awareness (changed defaults, unknown/removed fields)
 - ``GA5xx`` facts of an instantiated ``GRPOTrainer`` (dropout really active, reference = policy, overrides)
+- ``GA6xx`` advisories: numerical bugs that shipped in the TRL release audited against and were fixed later
+  (one rule per entry of :data:`grpo_check.audit.advisories.ADVISORIES`)
 
 Example::
 
@@ -30,7 +32,9 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
+from grpo_check.audit import advisories as _advisories
 from grpo_check.audit import versions as _versions
+from grpo_check.audit.loader import LAUNCHER_KEYS
 
 Severity = Literal["error", "warning", "info"]
 SEVERITIES: tuple[str, ...] = ("error", "warning", "info")
@@ -42,6 +46,7 @@ CATEGORIES: dict[str, str] = {
     "GA3": "recommended ranges",
     "GA4": "TRL version",
     "GA5": "live trainer",
+    "GA6": "advisory (bug shipped in a TRL release)",
 }
 
 TOKEN_SUM_LOSSES: tuple[str, ...] = ("bnpo", "dr_grpo", "dapo", "cispo")
@@ -297,7 +302,7 @@ def rule(
 _POST_INIT = "trl/trainer/grpo_config.py GRPOConfig.__post_init__ (TRL 1.16)"
 _TRAINER_INIT = "trl/trainer/grpo_trainer.py GRPOTrainer.__init__ (TRL 1.16)"
 _COMPUTE_LOSS = "trl/trainer/grpo_trainer.py GRPOTrainer._compute_loss (TRL 1.16)"
-_SEED = "the GRPO algorithm note (/work/shared/seeds), 'Key Hyperparameters' table"
+_GRPO_SKILL = "the GRPO skill of the SkillsBench debug-trl-grpo task ('Key Hyperparameters' table)"
 
 
 # --------------------------------------------------------------------------- GA0xx batch and grouping
@@ -1155,7 +1160,7 @@ def _outside(value: float | None, low: float, high: float) -> bool:
         "RL fine-tuning of an LLM is far more sensitive than SFT: GRPO recipes use 1e-7 – 5e-6 (TRL defaults "
         "to 1e-6). An SFT-like 5e-5 typically collapses the policy within tens of steps; below 1e-7 nothing moves."
     ),
-    source=f"{_SEED}; TRL GRPOConfig learning_rate default 1e-6",
+    source=f"{_GRPO_SKILL}; TRL GRPOConfig learning_rate default 1e-6",
     fix="Use a learning rate in 1e-7 – 5e-6 (1e-6 is the usual start; LoRA tolerates ~10× more).",
 )
 def _learning_rate_range(ctx: AuditContext) -> Hit | None:
@@ -1176,7 +1181,7 @@ def _learning_rate_range(ctx: AuditContext) -> Hit | None:
         "G sets the baseline's quality: with G = 2–3 the group mean/std are extremely noisy (|A| ≤ (G−1)/√G) "
         "and many groups have zero variance; beyond 16 the compute per prompt rarely pays off."
     ),
-    source=f"{_SEED}; DeepSeekMath (arXiv 2402.03300) used G = 64 for a different budget; bug-catalog #9",
+    source=f"{_GRPO_SKILL}; DeepSeekMath (arXiv 2402.03300) used G = 64 for a different budget; bug-catalog #9",
     fix="Use num_generations in 4 – 16 (8 is TRL's default).",
     catalog_id="9",
 )
@@ -1196,7 +1201,7 @@ def _generations_range(ctx: AuditContext) -> Hit | None:
         "beta weighs the KL penalty to the reference. Above 0.1 it dominates the policy gradient and the "
         "model barely moves from the reference; a negative beta rewards drifting away."
     ),
-    source=f"{_SEED} (beta 0.01–0.1); DeepSeekMath (arXiv 2402.03300) beta 0.04",
+    source=f"{_GRPO_SKILL} (beta 0.01–0.1); DeepSeekMath (arXiv 2402.03300) beta 0.04",
     fix="Use beta = 0 (no KL, TRL ≥ 0.19 default) or 0.001 – 0.1.",
 )
 def _beta_high(ctx: AuditContext) -> Hit | None:
@@ -1215,7 +1220,7 @@ def _beta_high(ctx: AuditContext) -> Hit | None:
         "0 < beta < 0.01 keeps the cost of a reference model (memory, a forward pass per step) for a penalty "
         "that hardly constrains the policy. DeepSeek-R1 uses 0.001 deliberately; otherwise consider 0 or 0.01–0.1."
     ),
-    source=f"{_SEED} (beta 0.01–0.1); DeepSeek-R1 (arXiv 2501.12948) beta 0.001; TRL docs for beta",
+    source=f"{_GRPO_SKILL} (beta 0.01–0.1); DeepSeek-R1 (arXiv 2501.12948) beta 0.001; TRL docs for beta",
     fix="Use beta = 0 to drop the reference model, or a value in 0.01 – 0.1.",
 )
 def _beta_tiny(ctx: AuditContext) -> Hit | None:
@@ -1234,7 +1239,7 @@ def _beta_tiny(ctx: AuditContext) -> Hit | None:
         "epsilon bounds the ratio to [1−ε, 1+ε] (PPO clipping). Below 0.1 almost every off-policy token is "
         "clipped and contributes no gradient; above 0.3 clipping no longer limits destructive updates."
     ),
-    source=f"{_SEED} (epsilon 0.1–0.2); PPO (arXiv 1707.06347); DAPO uses 0.2/0.28",
+    source=f"{_GRPO_SKILL} (epsilon 0.1–0.2); PPO (arXiv 1707.06347); DAPO uses 0.2/0.28",
     fix="Use epsilon ≈ 0.2 (and epsilon_high ≈ 0.28 for clip-higher).",
 )
 def _epsilon_range(ctx: AuditContext) -> Hit | None:
@@ -1259,7 +1264,7 @@ def _epsilon_range(ctx: AuditContext) -> Hit | None:
         "a value ≥ 1 makes the lower bound 1 − ε ≤ 0. Both usually mean the advantage epsilon (1e-8 – 1e-4) "
         "was put in the wrong field."
     ),
-    source=f"{_SEED} (epsilon (clip) 0.1–0.2 vs epsilon (advantage) 1e-8–1e-4); bug-catalog S2",
+    source=f"{_GRPO_SKILL} (epsilon (clip) 0.1–0.2 vs epsilon (advantage) 1e-8–1e-4); bug-catalog S2",
     fix="Set epsilon ≈ 0.2. The advantage epsilon is not configurable in TRL.",
     catalog_id="S2",
 )
@@ -1501,7 +1506,10 @@ def _unknown_keys(ctx: AuditContext) -> list[tuple[str, list[str]]]:
     return [
         (key, difflib.get_close_matches(key, sorted(every_field), n=2, cutoff=0.75))
         for key in ctx.facts.get("keys", ())
-        if key not in every_field and key not in _versions.SCRIPT_KEYS
+        if key not in every_field
+        and key not in _versions.SCRIPT_KEYS
+        and key not in _versions.EXTENSION_KEYS
+        and key not in LAUNCHER_KEYS
     ]
 
 
@@ -1831,6 +1839,73 @@ def _out_of_range(ctx: AuditContext) -> list[Hit]:
     return hits
 
 
+@rule(
+    "GA413",
+    "key written twice",
+    "warning",
+    ("<key>",),
+    reason=(
+        "YAML and JSON parsers (yaml.safe_load, json.load, and so TRL's CLI) silently keep the last value of a "
+        "key written twice in one mapping. When the two values differ, the one that runs may not be the one "
+        "you meant; when they agree, the next edit to one of them will silently not take effect. The audit "
+        "uses the last value, as TRL does."
+    ),
+    source="PyYAML SafeLoader / json.loads (last value wins); TRL HfArgumentParser.parse_yaml_file",
+    fix="Keep one occurrence of the key.",
+)
+def _duplicate_key(ctx: AuditContext) -> list[Hit]:
+    return [
+        Hit(problem["message"], fields=(problem["key"],), details={"line": problem["line"]})
+        for problem in ctx.facts.get("load_problems", ())
+        if problem.get("kind") == "duplicate_key"
+    ]
+
+
+@rule(
+    "GA414",
+    "line that is not valid YAML",
+    "error",
+    ("<key>",),
+    reason=(
+        "A syntax error confined to one line (an alias to an anchor that does not exist, a stray character) "
+        "makes yaml.safe_load, and so TRL's CLI, refuse the whole file. The audit reports the line and audits "
+        "the rest of the file without it, so every other problem is found in the same pass."
+    ),
+    source="PyYAML SafeLoader; TRL HfArgumentParser.parse_yaml_file",
+    fix="Correct the line (quote a value that contains special characters such as `*`, `&`, `:` or `#`).",
+)
+def _invalid_line(ctx: AuditContext) -> list[Hit]:
+    return [
+        Hit(problem["message"], fields=(problem["key"],), details={"line": problem["line"]})
+        for problem in ctx.facts.get("load_problems", ())
+        if problem.get("kind") == "invalid_line"
+    ]
+
+
+@rule(
+    "GA415",
+    "key of a known project's GRPOConfig subclass",
+    "info",
+    ("<field>",),
+    reason=(
+        "Public projects extend TRL's GRPOConfig and script arguments with their own keys (open-r1: "
+        "system_prompt, chat_template, hub_model_revision, reward shaping settings …). Their scripts read "
+        "them; TRL's own GRPOConfig(**…) and `trl grpo --config` refuse them. Nothing to fix when the recipe "
+        "is run by that project's script."
+    ),
+    source="grpo_check/audit/versions.py EXTENSION_KEYS (open-r1 src/open_r1/configs.py)",
+    fix="Run the recipe with the project's script that reads these keys, or drop them for TRL's CLI.",
+)
+def _extension_keys(ctx: AuditContext) -> list[Hit]:
+    return [
+        Hit(f"{key!r} is read by {_versions.EXTENSION_KEYS[key]}, not by TRL's GRPOConfig", fields=(key,))
+        for key in ctx.facts.get("keys", ())
+        if key in _versions.EXTENSION_KEYS
+        and key not in _versions.known_fields(ctx.version)
+        and key not in _versions.SCRIPT_KEYS
+    ]
+
+
 # --------------------------------------------------------------------------- GA5xx live trainer
 
 
@@ -1923,6 +1998,71 @@ def _attribute_overrides(ctx: AuditContext) -> list[Hit]:
         Hit(f"trainer.{attr} = {now!r} but args.{field} = {was!r} (the audit uses {now!r})", fields=(field,))
         for field, attr, was, now in ctx.facts.get("overrides", ())
     ]
+
+
+# --------------------------------------------------------------------------- GA6xx advisories
+
+
+def _advisory_check(advisory: _advisories.Advisory) -> CheckFn:
+    def check(ctx: AuditContext) -> Hit | None:
+        release = str(ctx.facts.get("requested_version") or ctx.version)
+        try:
+            why = advisory.check(release, ctx.values)
+        except ValueError:  # an unparsable version: GA406 / the loader report it
+            return None
+        if why is None:
+            return None
+        data = f"; it bites when {advisory.data_dependent}" if advisory.data_dependent else ""
+        return Hit(
+            f"TRL {release}: {advisory.title} — {why}{data} ({advisory.pr}, fixed in TRL {advisory.fixed_in})",
+            details={
+                "advisory": advisory.id,
+                "pr": advisory.pr,
+                "url": advisory.url,
+                "introduced": advisory.introduced,
+                "fixed_in": advisory.fixed_in,
+                "stage": advisory.stage,
+            },
+        )
+
+    return check
+
+
+def _register_advisories() -> None:
+    for advisory in _advisories.ADVISORIES.values():
+        fields = tuple(
+            sorted(
+                {
+                    "GA601": ("per_device_train_batch_size",),
+                    "GA602": ("temperature",),
+                    "GA603": ("use_vllm", "max_prompt_length"),
+                    "GA604": ("use_vllm", "max_prompt_length"),
+                    "GA605": ("top_entropy_quantile", "num_processes"),
+                    "GA606": ("scale_rewards",),
+                    "GA607": ("loss_type", "mask_truncated_completions"),
+                    "GA608": ("loss_type", "steps_per_generation", "gradient_accumulation_steps"),
+                    "GA609": ("num_iterations", "steps_per_generation", "gradient_accumulation_steps"),
+                }.get(advisory.id, ("trl_version",))
+            )
+        )
+        rule(
+            advisory.id,
+            advisory.title,
+            advisory.severity,  # type: ignore[arg-type]
+            fields,
+            reason=(
+                f"{advisory.effect} Affected: TRL {advisory.introduced} – {advisory.last_affected}; "
+                f"triggered by: {advisory.condition}."
+            ),
+            source=f"{advisory.pr} ({advisory.url}); fixed in TRL {advisory.fixed_in}",
+            fix=(
+                f"Upgrade to TRL ≥ {advisory.fixed_in}, or avoid the triggering setting ({advisory.condition})."
+            ),
+            catalog_id=advisory.catalog_id,
+        )(_advisory_check(advisory))
+
+
+_register_advisories()
 
 
 def get_rule(rule_id: str) -> Rule:

@@ -689,6 +689,53 @@ SCRIPT_KEYS: frozenset[str] = frozenset(
     ]
 )
 
+# Keys that public projects add to TRL's GRPOConfig in a subclass, or to their script arguments: read by that
+# project's own scripts, refused by TRL's GRPOConfig(**…) and TRL's CLI. key -> the project class that reads it.
+_OPEN_R1_CONFIG = "open-r1 GRPOConfig (src/open_r1/configs.py)"
+_OPEN_R1_SCRIPT = "open-r1 GRPOScriptArguments (src/open_r1/configs.py)"
+EXTENSION_KEYS: dict[str, str] = {
+    **{
+        key: _OPEN_R1_CONFIG
+        for key in (
+            "benchmarks",
+            "callbacks",
+            "chat_template",
+            "hub_model_revision",
+            "num_completions_to_print",
+            "overwrite_hub_revision",
+            "push_to_hub_revision",
+            "system_prompt",
+            "wandb_entity",
+            "wandb_project",
+            "wandb_run_group",
+        )
+    },
+    **{
+        key: _OPEN_R1_SCRIPT
+        for key in (
+            "cosine_min_value_wrong",
+            "cosine_max_value_wrong",
+            "cosine_min_value_correct",
+            "cosine_max_value_correct",
+            "cosine_max_len",
+            "repetition_n_grams",
+            "repetition_max_penalty",
+            "code_language",
+            "code_eval_test_batch_size",
+            "code_eval_scoring_mode",
+            "parallel_code_exec_per_proc",
+            "dataset_prompt_column",
+            "e2b_router_url",
+            "morph_router_url",
+            "code_provider",
+            "ioi_provider",
+            "max_completion_len",
+            "soft_punish_cache",
+        )
+    },
+}
+
+
 # Values accepted by a field, with the release that introduced each (read from the GRPOConfig docstrings
 # of each wheel). A value outside the list is rejected late (loss_type: "Unknown loss type" at the first
 # loss computation) or silently misread (scale_rewards="none" on TRL < 0.22 is a truthy string: scaling on).

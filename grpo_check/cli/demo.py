@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from grpo_check.cli._common import EXIT_CLEAN, EXIT_FINDINGS, check_output_dir, fail_usage, user_errors
+from grpo_check.cli._common import ExitCode, check_output_dir, fail_usage, user_errors
 
 _HELP = """
 Run TRL's real `GRPOTrainer` on a tiny transformer policy and character-level tokenizer built from code
@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
             chosen = cells(matrix, only or None)
             if list_cells:
                 _list(cells("full"), chosen, output_format)
-                raise typer.Exit(EXIT_CLEAN)
+                raise typer.Exit(ExitCode.OK)
             if not 0 <= seed < 2**32:  # torch and numpy take seeds in [0, 2**32)
                 raise fail_usage(f"--seed must be between 0 and {2**32 - 1}, got {seed}")
             if processes not in (1, 2, 3, 4):
@@ -117,4 +117,4 @@ def register(app: typer.Typer) -> None:
                     typer.echo(f"repro: {path} (replay with: grpo-check compare {path})")
             else:
                 typer.echo(render(result, fmt, strict=strict))
-            raise typer.Exit(EXIT_FINDINGS if result.exit_code(strict=strict) else EXIT_CLEAN)
+            raise typer.Exit(ExitCode.FINDINGS if result.exit_code(strict=strict) else ExitCode.OK)

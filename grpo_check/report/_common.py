@@ -117,9 +117,8 @@ def counts_line(result: Result) -> str:
 
 
 def headline(result: Result) -> str:
-    worst = result.worst()
-    status = {Verdict.FAIL: "FAIL", Verdict.WARN: "WARN"}.get(worst, "OK")
-    if status == "OK" and result.metadata.get("incomplete"):
+    status = result.status()
+    if status.startswith("OK") and result.metadata.get("incomplete"):
         status = "INCOMPLETE"  # nothing failed, but the run stopped before every check ran
     return f"grpo-check: {status} - {counts_line(result)}"
 

@@ -12,6 +12,7 @@ import html
 import json
 from typing import Any
 
+from grpo_check.coverage import coverage_lines
 from grpo_check.findings import Finding, Result, Verdict
 from grpo_check.report._common import (
     OCCURRENCE_ROWS,
@@ -87,6 +88,14 @@ def render_html(
         parts.append(f"<p>Checked: <code>{_e(source)}</code></p>")
     if result.metadata.get("incomplete"):
         parts.append(f'<p class="headline h-warn">Incomplete: {_e(str(result.metadata["incomplete"]))}</p>')
+    coverage = coverage_lines(result.metadata.get("coverage"))
+    if coverage:
+        parts += [
+            "<h2>Coverage</h2>",
+            "<ul>",
+            *(f"<li><code>{_e(line)}</code></li>" for line in coverage),
+            "</ul>",
+        ]
 
     sections = report_sections(result)
     first = sections.first

@@ -95,6 +95,22 @@ def render_junit(result: Result, *, suite_name: str = "grpo-check", strict: bool
             ET.SubElement(case, "skipped", message=_xml_text(reason[:500]))
         else:
             ET.SubElement(case, "system-out").text = _xml_text(_group_summary(group))
+    for family in (result.metadata.get("coverage") or {}).get(
+        "families", []
+    ):  # one testcase per check family
+        case = ET.SubElement(suite, "testcase", classname="grpo_check.coverage", name=family["id"], time="0")
+        reason = _xml_text(f"{family['title']}: {family.get('reason')}")
+        if family.get("gap") and not result.metadata.get("allow_partial"):
+            ET.SubElement(case, "failure", message=reason, type="incomplete").text = reason
+            failures += 1
+        elif family["status"] != "ran":
+            ET.SubElement(case, "skipped", message=reason)
+            skipped += 1
+    tests = len(suite.findall("testcase"))
+    for element in (root, suite):
+        element.set("tests", str(tests))
+        element.set("failures", str(failures))
+    suite.set("skipped", str(skipped))
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 

@@ -16,6 +16,7 @@ import json
 import re
 from typing import Any
 
+from grpo_check.coverage import coverage_lines
 from grpo_check.findings import Finding, Result
 from grpo_check.report._common import (
     OCCURRENCE_ROWS,
@@ -73,6 +74,9 @@ def render_markdown(result: Result, *, title: str = "grpo-check report") -> str:
         lines += [f"Checked: {_code(source)}", ""]
     if result.metadata.get("incomplete"):
         lines += [f"> **Incomplete:** {_text(result.metadata['incomplete'])}", ""]
+    coverage = coverage_lines(result.metadata.get("coverage"))
+    if coverage:
+        lines += ["## Coverage", "", *(f"- {_text(line)}" for line in coverage), ""]
 
     sections = report_sections(result)
     first = sections.first

@@ -288,6 +288,10 @@ CASES: dict[str, list[tuple[dict, dict, str, int]]] = {
         ({"temperature": 0}, {"temperature": 0.7}, LATEST, 1),
     ],
     "GA406": [({"num_generations": 8}, {"num_generations": 8}, "0.13", 1)],
+    "GA415": [
+        ({"system_prompt": "Think first.", "num_generations": 8}, {"num_generations": 8}, LATEST, 1),
+        ({"cosine_max_len": 1000, "num_generations": 8}, {"num_generations": 8}, LATEST, 1),
+    ],
 }
 
 # GA406 fires on the version, not the values: its silent case uses a supported release.
@@ -296,13 +300,20 @@ SILENT_VERSION = {"GA406": "0.14"}
 # Rules that need facts a live trainer provides (tested in test_trainer_rules below and test_objects.py).
 TRAINER_RULES = {"GA501", "GA502", "GA503", "GA504"}
 
+# Rules about the text of a file (a key written twice, a line that is not YAML): tested on files in
+# tests/audit/test_audit_recipes.py.
+FILE_RULES = {"GA413", "GA414"}
+
+# Advisories (bugs shipped in TRL releases): tested on both sides of each fix in test_audit_advisories.py.
+ADVISORY_RULES = {r for r in RULES if r.startswith("GA6")}
+
 
 def _ids(rule_id: str, hits) -> list[str]:
     return [f.check_id for f in hits if f.check_id == rule_id]
 
 
 def test_every_rule_has_a_case():
-    assert set(RULES) == set(CASES) | TRAINER_RULES
+    assert set(RULES) == set(CASES) | TRAINER_RULES | FILE_RULES | ADVISORY_RULES
     assert len(RULES) >= 30
 
 

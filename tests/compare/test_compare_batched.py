@@ -15,8 +15,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from grpo_check.compare import _diff
-from grpo_check.compare._diff import Comparison, StepContext, compare_tensors
+from grpo_check.compare import tensor_diff as _diff
+from grpo_check.compare.tensor_diff import Comparison, StepContext, compare_tensors
 from grpo_check.compare.tolerances import Tolerance
 from grpo_check.findings import Verdict
 
@@ -180,14 +180,14 @@ def test_boundary_element_exactly_at_the_allowance_passes_in_both_paths(shape):
 def test_end_to_end_findings_repeated_from_the_isolated_pass_equal_fresh_comparisons(monkeypatch, loss_type):
     """With the isolated reference reused, the e2e per-token loss, loss and gradient findings are the isolated
     ones relabelled; comparing afresh gives the same findings."""
-    from grpo_check.compare import compare_step, stages
+    from grpo_check.compare import compare_step, end_to_end
     from grpo_check.compare.synthetic import make_step
     from grpo_check.config import GRPOSpec
 
     spec = GRPOSpec(num_generations=4, loss_type=loss_type, beta=0.04)
     step = make_step(spec)
     repeated = [f for f in compare_step(step, spec) if f.check_id.startswith("e2e.")]
-    monkeypatch.setattr(stages, "_repeat_isolated", lambda comparison, isolated: None)
+    monkeypatch.setattr(end_to_end, "repeat_isolated", lambda comparison, isolated: None)
     fresh = [f for f in compare_step(step, spec) if f.check_id.startswith("e2e.")]
     assert (
         [f.check_id for f in repeated]

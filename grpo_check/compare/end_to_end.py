@@ -1,0 +1,133 @@
+"""The end-to-end pass: the reference from the rewards onward with its own upstream (its advantages, and given
+a model its own log-probs), reported as ``e2e.*`` findings beside the stage-isolated ones."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import torch
+
+from grpo_check.compare.reference_inputs import (
+    StageReference,
+    computed_dtype,
+    reference_downstream,
+    same_precision_reference,
+)
+from grpo_check.compare.stage_findings import ISOLATED_LOSS_CHECKS
+from grpo_check.compare.tensor_diff import Comparison, StepContext, compare_tensors
+from grpo_check.compare.tolerances import TolerancePolicy
+from grpo_check.config import GRPOSpec
+from grpo_check.findings import Finding, InputError, Verdict
+from grpo_check.trace.model import TraceStep
+
+__all__ = ["end_to_end_findings", "repeat_isolated"]
+
+
+def end_to_end_findings(
+    step: TraceStep,
+    spec: GRPOSpec,
+    policy: TolerancePolicy,
+    ctx: StepContext,
+    ref: StageReference,
+    upstream: list[Finding],
+) -> list[Finding]:
+    """Reference from the rewards onward with its own upstream; reported as ``e2e.*``."""
+    findings: list[Finding] = []
+    ref_adv = ref.tensors.get("advantages")
+    if ref_adv is None:
+        return findings
+    overrides: dict[str, torch.Tensor | None] = {"advantages": ref_adv}
+    if "logps" in ref.tensors and step.has("logps"):
+        overrides["logps"] = ref.tensors["logps"]
+        if not step.has("old_logps"):
+            overrides["old_logps"] = ref.tensors["logps"]
+    if "ref_logps" in ref.tensors:
+        overrides["ref_logps"] = ref.tensors["ref_logps"]
+    if not step.has("logps") and "logps" not in overrides:
+        return findings
+    # Where every upstream tensor the end-to-end pass would replace already matched the reference within
+    # tolerance (stage-isolated), the end-to-end reference equals the isolated one up to that tolerance:
+    # reuse it instead of a second float64 forward + backward (the e2e findings then repeat the isolated ones).
+    upstream_check = {
+        "advantages": "advantages.values",
+        "logps": "logps.model",
+        "ref_logps": "logps.ref_model",
+    }
+    verdicts = {f.check_id: f.verdict for f in upstream}
+    isolated = ref.notes.get("isolated_downstream")
+    reuse = isolated is not None and all(
+        verdicts.get(upstream_check.get(name, "")) is Verdict.PASS
+        for name in overrides
+        if name != "old_logps"
+    )
+    if reuse:
+        down = isolated
+    else:
+        try:
+            down = reference_downstream(step, spec, **overrides)
+        except InputError:
+            return findings
+    if down is None:
+        return findings
+    ref.e2e.update(advantages=ref_adv, **{k: v for k, v in down.items() if k != "loss_mask"})
+    comparisons: list[Comparison] = []
+    planned: list[Comparison | Finding] = []
+    isolated_by_id = {f.check_id: f for f in upstream}
+    for name, check_id, what, mask in (
+        ("per_token_loss", "e2e.per_token_loss", "end-to-end per-token loss", down["loss_mask"].bool()),
+        ("loss", "e2e.loss", "end-to-end loss (reference from the rewards onward)", None),
+        (
+            "logps_grad",
+            "e2e.logps_grad",
+            "end-to-end ∂loss/∂logps",
+            torch.ones_like(down["loss_mask"]).bool(),
+        ),
+    ):
+        if not step.has(name):
+            continue
+        comparison = Comparison(
+            check_id=check_id,
+            stage="loss" if name != "logps_grad" else "grad",
+            name=name,
+            what=what,
+            trainer=step[name],
+            reference=down[name],
+            reference_same_precision=same_precision_reference(down[name], step, name),
+            tolerance=policy.for_check(check_id, name, computed_dtype(step, name)),
+            mask=mask,
+        )
+        repeated = repeat_isolated(comparison, isolated_by_id) if reuse else None
+        planned.append(comparison if repeated is None else repeated)
+        if repeated is None:
+            comparisons.append(comparison)
+    computed = iter(compare_tensors(comparisons, ctx))
+    for item in planned:
+        finding = next(computed) if isinstance(item, Comparison) else item
+        finding.details["end_to_end"] = True
+        finding.details["reused_isolated_reference"] = reuse
+        findings.append(finding)
+    return findings
+
+
+def repeat_isolated(comparison: Comparison, isolated_by_id: Mapping[str, Finding]) -> Finding | None:
+    """With the isolated reference reused, an end-to-end comparison is the isolated one again (same trainer
+    tensor, same reference, same mask): a passing isolated finding relabelled, instead of a second pass
+    over the tensors. ``None`` (compare afresh) unless it passed under the same tolerance."""
+    isolated_id, isolated_label = ISOLATED_LOSS_CHECKS[comparison.name]
+    isolated = isolated_by_id.get(isolated_id)
+    prefix = f"{isolated_label} matches the reference:"
+    if (
+        isolated is None
+        or isolated.verdict is not Verdict.PASS
+        or isolated.details.get("tolerance") != comparison.tolerance.to_dict()
+        or not isolated.explanation.startswith(prefix)
+    ):
+        return None
+    return dataclasses.replace(
+        isolated,
+        check_id=comparison.check_id,
+        stage=comparison.stage,
+        explanation=comparison.what + isolated.explanation[len(isolated_label) :],
+        details=dict(isolated.details),
+    )

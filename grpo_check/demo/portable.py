@@ -1,0 +1,95 @@
+"""A demo trainer every TRL release since 0.14 builds: the settings that leave the bug-hiding defaults, as far
+as the installed release has them.
+
+The demo matrix (:mod:`grpo_check.demo.matrix`) uses settings of the 1.x line (``steps_per_generation``,
+``importance_sampling_level``, the newer loss types). This factory asks the installed ``GRPOConfig`` which
+fields it has and sets only those: temperature != 1 everywhere; ``beta > 0`` (a reference model);
+gradient accumulation 2; two reward functions with unequal weights (0.15+); ``top_p < 1`` and
+``num_iterations=2`` (0.16+); ``steps_per_generation != gradient_accumulation_steps`` (0.18+); float32 (1.x
+defaults to bf16). The version matrix (``scripts/trl_matrix.py``) runs it on every release line with
+``grpo-check compare --trainer grpo_check.demo.portable:build_trainer --steps 2``.
+
+Example::
+
+    from grpo_check.demo.portable import build_trainer
+    trainer = build_trainer(steps=2)     # before trainer.train()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from typing import Any
+
+# wanted settings, in the order the releases gained them; a release without a field skips it
+WANTED: dict[str, Any] = {
+    "num_generations": 4,
+    "max_completion_length": 6,
+    "learning_rate": 5e-3,
+    "temperature": 0.7,
+    "beta": 0.04,
+    "gradient_accumulation_steps": 2,
+    "reward_weights": [1.0, 0.5],  # 0.15+
+    "top_p": 0.9,  # 0.16+
+    "num_iterations": 2,  # 0.16+
+    "steps_per_generation": 4,  # 0.18+
+    "bf16": False,
+}
+
+
+def per_device_batch_size(version: str) -> int:
+    """Per-device batch: 2 prompts x 4 generations. 0.14 counts prompts (each generates ``num_generations``
+    completions), later releases count completions."""
+    from grpo_check.trl.versions import parse_version
+
+    return 2 if parse_version(version) < (0, 15, 0) else 8
+
+
+def config_kwargs(config_cls: Any, version: str) -> dict[str, Any]:
+    """The :data:`WANTED` settings ``config_cls`` (a release's ``GRPOConfig``) has fields for."""
+    fields = {field.name for field in dataclasses.fields(config_cls)}
+    kwargs = {name: value for name, value in WANTED.items() if name in fields}
+    kwargs["per_device_train_batch_size"] = per_device_batch_size(version)
+    return kwargs
+
+
+def build_trainer(
+    steps: int = 2, *, workdir: str | os.PathLike[str] | None = None, trainer_cls: Any = None, seed: int = 0
+) -> Any:
+    """A ``GRPOTrainer`` (or ``trainer_cls``) on the demo's tiny policy, built from code (nothing downloaded)."""
+    from grpo_check.demo.run import _quiet_libraries
+
+    _quiet_libraries()
+    import trl
+    from trl import GRPOConfig, GRPOTrainer
+
+    from grpo_check.demo.model import build_tokenizer, save_policy
+    from grpo_check.demo.task import correctness_reward, format_reward, make_dataset
+
+    work = str(workdir) if workdir is not None else tempfile.mkdtemp(prefix="grpo-check-portable-")
+    model_dir = save_policy(os.path.join(work, "policy"), seed=seed)
+    config = GRPOConfig(
+        output_dir=os.path.join(work, "trl-output"),
+        max_steps=steps,
+        logging_steps=1,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        seed=seed,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        **config_kwargs(GRPOConfig, trl.__version__),
+    )
+    trainer = (trainer_cls or GRPOTrainer)(
+        model=model_dir,
+        reward_funcs=[correctness_reward, format_reward],
+        args=config,
+        train_dataset=make_dataset(64, seed=seed),
+        processing_class=build_tokenizer(),
+    )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return trainer
