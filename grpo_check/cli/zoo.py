@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from grpo_check.cli._common import ExitCode, OutputFormat, check_output_file, user_errors
+from grpo_check.cli._common import ExitCode, OutputFormat, check_output_file, fail_usage, user_errors
 
 _HELP = """
 Prove that grpo-check catches real bugs: run every **mutant** (a GRPO pipeline with one bug from the bug
@@ -165,7 +165,7 @@ def _history(only, output_format: str, output, list_cases: bool, quiet: bool, ca
     if list_cases:
         for case in cases:
             typer.echo(f"{case.id:28} TRL {case.buggy} (bug) / {case.fixed} (fix)  {case.bug.title}")
-        raise typer.Exit(EXIT_CLEAN)
+        raise typer.Exit(ExitCode.OK)
     with user_errors():
         if output is not None:
             check_output_file(output)
@@ -181,4 +181,4 @@ def _history(only, output_format: str, output, list_cases: bool, quiet: bool, ca
         if output is not None:
             output.parent.mkdir(parents=True, exist_ok=True)
             output.write_text(text + "\n", encoding="utf-8")
-    raise typer.Exit(EXIT_CLEAN if card.all_scored() else EXIT_FINDINGS)
+    raise typer.Exit(ExitCode.OK if card.all_scored() else ExitCode.FINDINGS)
