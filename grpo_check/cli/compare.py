@@ -233,6 +233,9 @@ def register(app: typer.Typer) -> None:
         no_invariants: bool = typer.Option(
             False, "--no-invariants", help="Skip the single-trace invariants."
         ),
+        no_probes: bool = typer.Option(
+            False, "--no-probes", help="With --trainer: do not probe the trainer's own loss code."
+        ),
         model: Path | None = typer.Option(
             None,
             "--model",
@@ -285,7 +288,13 @@ def register(app: typer.Typer) -> None:
                 load_factory(trainer)  # a wrong file or function name: said now, not after training
                 try:
                     with contextlib.redirect_stdout(sys.stderr):  # stdout is for the chosen format only
-                        run = check_factory(trainer, steps, tolerances=policy, invariants=not no_invariants)
+                        run = check_factory(
+                            trainer,
+                            steps,
+                            tolerances=policy,
+                            invariants=not no_invariants,
+                            probes=not no_probes,
+                        )
                 except FactoryCrashed as exc:
                     typer.secho(f"error: {exc.line}", err=True, fg=typer.colors.RED)
                     raise typer.Exit(EXIT_CRASHED) from None

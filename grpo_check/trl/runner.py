@@ -217,6 +217,7 @@ def train_checked(
     invariants: bool = True,
     background: bool = False,
     budget: float | None = None,
+    probes: bool = True,
     user_file: str | os.PathLike[str] | None = None,
 ) -> CheckedRun:
     """Attach the full check to ``trainer``, train it, and compare what was captured — also when training
@@ -234,6 +235,7 @@ def train_checked(
         invariants=invariants,
         background=background,
         budget=budget,
+        probes=probes,
     )
     outcome = RunOutcome()
     try:
@@ -276,6 +278,7 @@ def check_factory(
     *,
     tolerances: Any = None,
     invariants: bool = True,
+    probes: bool = True,
 ) -> CheckedRun:
     """Import the factory, build the trainer, train ``steps`` optimizer steps with the full check attached
     (:func:`train_checked`). Raises :class:`FactoryCrashed` when the factory itself raises."""
