@@ -100,10 +100,17 @@ def _where(error: BaseException, file: Path | None = None, *, name: str | None =
     frames = traceback.extract_tb(error.__traceback__)
     chosen = [frame for frame in frames if file is not None and _same_file(frame.filename, file)]
     chosen = chosen or [frame for frame in frames if _is_user_code(frame.filename)] or frames
-    place = f" (at {chosen[-1].filename}:{chosen[-1].lineno})" if chosen else ""
+    place = f" (at {_shown(chosen[-1].filename)}:{chosen[-1].lineno})" if chosen else ""
     message = " ".join(str(error).split())  # one line
     name = name or type(error).__name__
     return f"{name}: {message}{place}" if message else f"{name}{place}"
+
+
+def _shown(name: str) -> str:
+    """A file as the user would write it: relative to the working directory when it lies below it."""
+    with contextlib.suppress(ValueError, OSError):
+        return str(Path(name).resolve().relative_to(Path.cwd().resolve()))
+    return name
 
 
 def _same_file(name: str, file: Path) -> bool:

@@ -107,7 +107,10 @@ def test_a_crash_or_interrupt_is_its_own_outcome_and_what_was_captured_is_compar
     run = _cli(args, GRPO_CHECK_TEST_STOP=stop)
     assert run.exit_code == code, run.output
     where = 'raise RuntimeError("reward server down")' if stop == "raise" else "os.kill(os.getpid()"
-    expected = line.format(file=FACTORIES, n=_line_of(where, FACTORIES))
+    shown = (
+        FACTORIES.relative_to(Path.cwd()) if FACTORIES.is_relative_to(Path.cwd()) else FACTORIES
+    )  # as typed
+    expected = line.format(file=shown, n=_line_of(where, FACTORIES))
     assert run.stderr.strip().splitlines()[-1] == f"error: {expected}"
     assert "Traceback" not in run.output
     result = json.loads((out / "result.json").read_text())
