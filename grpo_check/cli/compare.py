@@ -212,7 +212,8 @@ def register(app: typer.Typer) -> None:
         trainer: str | None = typer.Option(
             None,
             "--trainer",
-            help="Build and run a TRL trainer from PATH.py:FUNCTION (returns a GRPOTrainer), capture, compare.",
+            help="The full check: build the GRPOTrainer PATH.py:FUNCTION returns, train it with grpo-check attached, "
+            "compare every micro-batch live (forward passes included).",
         ),
         steps: int | None = typer.Option(
             None, "--steps", help="Optimizer steps to run with --trainer (default 2)."
