@@ -43,6 +43,7 @@ from grpo_check.trl.spec import spec_from_trl
 __all__ = [
     "LossEra",
     "NotProbeable",
+    "ProbeOnce",
     "backward_scale",
     "effective_spec",
     "loss_era",
@@ -354,3 +355,19 @@ def probe_key(trainer: Any, step: Any = None) -> str:
     return json.dumps(
         {"spec": spec.to_dict(), "window": int(window), "class": type(trainer).__qualname__}, sort_keys=True
     )
+
+
+class ProbeOnce:
+    """Probe a trainer once per configuration: ``prober(trainer, step)`` returns :func:`probe_trainer`'s
+    findings the first time a :func:`probe_key` is seen and ``[]`` after (for ``attach`` and ``compare``)."""
+
+    def __init__(self, *, tolerances: Any = None) -> None:
+        self.tolerances = tolerances
+        self.seen: set[str] = set()
+
+    def __call__(self, trainer: Any, step: Any = None) -> list[Finding]:
+        key = probe_key(trainer, step)
+        if key in self.seen:
+            return []
+        self.seen.add(key)
+        return probe_trainer(trainer, step, tolerances=self.tolerances)

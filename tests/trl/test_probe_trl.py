@@ -64,6 +64,19 @@ def test_trl_loss_code_passes_every_probe(tmp_path, name):
     assert len(outcome.branches) >= 9
 
 
+def test_probe_once_per_configuration(tmp_path):
+    from grpo_check.trl.probe import ProbeOnce
+
+    trainer = _trainer(tmp_path, CONFIGS["grpo-gas2"])
+    prober = ProbeOnce()
+    first = prober(trainer)
+    assert {f.check_id for f in first} == {"probe.loss", "probe.logps_grad"}
+    assert prober(trainer) == []  # the same configuration: nothing to do
+    trainer.args.epsilon_high = 0.3  # another configuration (a changed clip bound) is probed again
+    trainer.epsilon_high = 0.3
+    assert prober(trainer) and len(prober.seen) == 2
+
+
 def _patched(name, replacements):
     from trl import GRPOTrainer
 
