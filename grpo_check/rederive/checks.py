@@ -515,11 +515,17 @@ def old_logps_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) -> Fin
                 f"{head}; ρ ≠ 1 (max |ρ − 1| = {deviation:.3g})",
                 figure=deviation,
             )
+        moved = _policy_moved(step, trace)
         return _finding(
             check_id,
             step,
-            Verdict.FAIL,
-            f"{head}, yet ρ ≡ 1 on every token",
+            Verdict.WARN if moved is None else Verdict.FAIL,
+            f"{head}, yet ρ ≡ 1 on every token"
+            + (
+                " (legitimate only if the policy did not move; the trace holds no earlier log-probs of these rows)"
+                if moved is None
+                else f", while the policy moved (log-probs at optimizer step {moved[0]} differ by up to {moved[1]:.3g})"
+            ),
             figure=0.0,
             tolerance=0.0,
             catalog_id="17",

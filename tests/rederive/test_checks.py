@@ -250,7 +250,9 @@ def test_old_logps_uses_recorded_generation_step_and_ratio():
     step = TraceStep(
         tensors={"ratio": torch.ones(2, 3)}, meta={"step": 2, "generation_step": 1, "scope": "micro_batch"}
     )
-    assert finding(step, "rederive.old_logps_required").verdict is Verdict.FAIL
+    assert (
+        finding(step, "rederive.old_logps_required").verdict is Verdict.WARN
+    )  # no evidence the policy moved
     step.tensors["ratio"] = torch.tensor([[1.0, 1.01, 1.0], [1.0, 1.0, 1.0]])
     assert finding(step, "rederive.old_logps_required").verdict is Verdict.PASS
 
