@@ -695,6 +695,7 @@ INT_META_KEYS: tuple[str, ...] = (
     "rank",
     "iteration",
     "optimizer_steps_since_old_logps",
+    "generation_step",
     "gradient_accumulation_steps",
     "steps_per_generation",
     "num_processes",
