@@ -43,7 +43,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from grpo_check import _limits
+from grpo_check import limits
 from grpo_check._kinds import is_real_number, is_whole_number
 from grpo_check.findings import InputError
 from grpo_check.trace.model import TENSOR_STAGE, Trace, TraceStep
@@ -566,8 +566,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if not path.is_file():  # a directory or a pipe (reading a pipe with no writer would wait forever)
         raise InputError("manifest.json is not a regular file", source=str(path))
     try:
-        raw = _limits.read_bytes(path, cap=_limits.MAX_JSON_BYTES)
-        manifest = _limits.loads_json(raw.decode("utf-8"), source=str(path))
+        raw = limits.read_bytes(path, cap=limits.MAX_JSON_BYTES)
+        manifest = limits.loads_json(raw.decode("utf-8"), source=str(path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"manifest is not valid JSON ({exc})", source=str(path)) from None
     if not isinstance(manifest, dict):
@@ -617,9 +617,9 @@ _STEM = re.compile(r"^(\d+)-mb(\d+)-r(\d+)")
 def _load_step(json_path: Path, num_generations: int | None, problem) -> tuple[int, str, TraceStep] | None:
     """Read one step; on any problem report it and return ``None`` (so the step is left out)."""
     try:
-        raw = _limits.read_bytes(json_path, cap=_limits.MAX_JSON_BYTES)
-        record = _limits.loads_json(raw.decode("utf-8"), source=None)
-    except _limits.LimitError as exc:
+        raw = limits.read_bytes(json_path, cap=limits.MAX_JSON_BYTES)
+        record = limits.loads_json(raw.decode("utf-8"), source=None)
+    except limits.LimitError as exc:
         problem(f"{exc.message}; step skipped", source=json_path, field=exc.field)
         return None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -731,7 +731,7 @@ def _short(value: Any) -> str:
 
 
 def _is_int64(value: Any) -> bool:
-    return is_whole_number(value) and _limits.INT64_MIN <= int(value) <= _limits.INT64_MAX
+    return is_whole_number(value) and limits.INT64_MIN <= int(value) <= limits.INT64_MAX
 
 
 def _is_count(value: Any) -> bool:
@@ -805,8 +805,8 @@ def _read_tensor_file(json_path: Path, record: dict[str, Any], problem) -> dict[
         return None
     tensor_path = json_path.parent / tensor_file
     try:
-        blob = _limits.read_bytes(tensor_path, cap=_limits.MAX_TENSOR_FILE_BYTES)  # a regular file, bounded
-    except _limits.LimitError as exc:
+        blob = limits.read_bytes(tensor_path, cap=limits.MAX_TENSOR_FILE_BYTES)  # a regular file, bounded
+    except limits.LimitError as exc:
         problem(f"{exc.message}; step skipped", source=tensor_path, field=exc.field)
         return None
     except OSError as exc:
@@ -829,8 +829,8 @@ def _read_tensor_file(json_path: Path, record: dict[str, Any], problem) -> dict[
         )
         return None
     try:  # every declared tensor inside the file, with a supported dtype, before safetensors builds them
-        _limits.check_safetensors_blob(blob, source=str(tensor_path))
-    except _limits.LimitError as exc:
+        limits.check_safetensors_blob(blob, source=str(tensor_path))
+    except limits.LimitError as exc:
         problem(
             f"not a readable safetensors file ({exc.message}); step skipped",
             source=tensor_path,
@@ -875,12 +875,12 @@ def validate_step_tensors(tensors: Mapping[str, Any]) -> list[tuple[str, str]]:
     errors: list[tuple[str, str]] = []
     known = {n: t for n, t in tensors.items() if n in TENSOR_STAGE}
     for name, tensor in known.items():
-        if _dtype_name(tensor.dtype) not in _limits.SUPPORTED_TORCH_DTYPES:
+        if _dtype_name(tensor.dtype) not in limits.SUPPORTED_TORCH_DTYPES:
             errors.append(
                 (
                     name,
                     f"dtype {_dtype_name(tensor.dtype)} is not supported "
-                    f"(one of {', '.join(sorted(_limits.SUPPORTED_TORCH_DTYPES))})",
+                    f"(one of {', '.join(sorted(limits.SUPPORTED_TORCH_DTYPES))})",
                 )
             )
         elif name in ID_TENSORS and (tensor.dtype.is_floating_point or tensor.dtype.is_complex):
