@@ -69,6 +69,12 @@ def _global_token_normaliser_with_spg_not_gas(settings: Settings) -> bool:
     return str(settings.get("loss_type", "")) in ("dapo", "cispo", "vespo") and spg != gas
 
 
+def _global_token_normaliser_with_truncation_mask(settings: Settings) -> bool:
+    return str(settings.get("loss_type", "")) in ("dapo", "cispo", "vespo") and bool(
+        settings.get("mask_truncated_completions", False)
+    )
+
+
 SHIPPED_BUGS: tuple[ShippedBug, ...] = (
     ShippedBug(
         id="trl-temperature-logps",
@@ -94,6 +100,19 @@ SHIPPED_BUGS: tuple[ShippedBug, ...] = (
         trigger_text="loss_type dapo, cispo or vespo with steps_per_generation != gradient_accumulation_steps",
         effect="each micro-batch divides by the generation batch's token count, so one accumulation window's "
         "loss and gradient are scaled by gradient_accumulation_steps / steps_per_generation",
+    ),
+    ShippedBug(
+        id="trl-num-items-truncated",
+        title="dapo/cispo/vespo token normaliser counts the tokens of truncated completions the loss masks out",
+        first="0.22.0",
+        last="1.8.0",
+        fixed_in="1.9.0",
+        pr=6439,
+        stages=("loss", "grad"),
+        trigger=_global_token_normaliser_with_truncation_mask,
+        trigger_text="loss_type dapo, cispo or vespo with mask_truncated_completions=True and a truncated completion",
+        effect="num_items_in_batch is counted before the truncated rows are masked, so the denominator counts "
+        "tokens the numerator does not: loss and gradient shrink by the masked fraction",
     ),
 )
 

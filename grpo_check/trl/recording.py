@@ -144,6 +144,7 @@ class StepRecording:
             if output.get(name) is not None
         }
         info["ref_reference"] = None
+        items_finding = self._check_num_items(output, info)
         self._generations[generation] = info
         for stale in [g for g in self._generations if g < generation - 1]:
             del self._generations[stale]
@@ -173,7 +174,7 @@ class StepRecording:
             step.completion_text = info["completions"]
             step.prompt_text = [str(p) for p in prompts]
         if self._due(info["global_step"]):
-            self._finish_step(step)
+            self._finish_step(step, extra_findings=[] if items_finding is None else [items_finding])
 
     def _record_micro_batch(self, pending: dict[str, Any], micro_batch: int) -> None:
         import torch
@@ -280,6 +281,56 @@ class StepRecording:
         )
         findings_from_slice, self._slice_findings = self._slice_findings, []
         self._finish_step(step, extra_findings=findings_from_slice)
+
+    def _check_num_items(self, output: dict[str, Any], info: dict[str, Any]) -> Finding | None:
+        """The loss-token count TRL hands its global-token normaliser (``num_items_in_batch``) is the number of
+        tokens the loss counts in this generation batch (completion mask x tool mask, all processes).
+
+        Not GRPO maths: bookkeeping, like :meth:`_check_slice`. The reference normalises with the trainer's
+        ``num_items_in_batch``; this holds that number to the masks it must count. ``None`` where TRL passes
+        none (before 0.22) or the masks are not in the batch.
+        """
+        from grpo_check.findings import Where
+
+        items, mask = info.get("num_items_in_batch"), output.get("completion_mask")
+        if items is None or mask is None:
+            return None
+        loss_mask = mask if output.get("tool_mask") is None else mask * output["tool_mask"]
+        counted = loss_mask.sum()
+        if self.num_processes > 1:
+            from accelerate.utils import gather
+
+            counted = gather(counted.reshape(1)).sum()
+        counted = float(counted)
+        if self.rank != 0:
+            return None
+        error = abs(items - counted)
+        failed = error > 0.5  # token counts: integers
+        where = Where(step=info["global_step"], rank=0)
+        return Finding(
+            check_id="trl.num_items_in_batch",
+            stage="loss",
+            verdict=Verdict.FAIL if failed else Verdict.PASS,
+            figure=error,
+            tolerance=0.5,
+            where=where,
+            kind="compare",
+            explanation=(
+                f"num_items_in_batch (the global token normaliser) is {items:g} but the loss counts {counted:g} "
+                f"tokens in this generation batch (completion mask x tool mask, all processes) at {where.describe()}"
+                if failed
+                else f"num_items_in_batch ({items:g}) is the number of tokens the loss counts in the generation batch"
+            ),
+            likely_cause=(
+                "the token count was taken before masking (truncated completions or tool tokens masked after "
+                "counting): the normaliser's denominator and its numerator count different tokens"
+                if failed
+                else None
+            ),
+            fix="count num_items_in_batch from the final loss mask (after mask_truncated_completions and tool masks)"
+            if failed
+            else None,
+        )
 
     def _check_slice(self, used: Any, generated: Any, meta: dict[str, Any]) -> None:
         """The rows the loss used carry the advantages computed for them on the gathered batch.

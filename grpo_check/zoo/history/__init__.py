@@ -50,6 +50,17 @@ HISTORY_CASES: tuple[HistoryCase, ...] = (
         fixed="1.9.1",
         settings={"loss_type": "dapo", "gradient_accumulation_steps": 2, "steps_per_generation": 4},
     ),
+    HistoryCase(  # spg == GAS: the spg/GAS normaliser bug (fixed in 1.9.1) stays out of the way
+        _BUGS["trl-num-items-truncated"],
+        buggy="1.8.0",
+        fixed="1.9.2",
+        settings={
+            "loss_type": "dapo",
+            "mask_truncated_completions": True,
+            "gradient_accumulation_steps": 2,
+            "steps_per_generation": 2,
+        },
+    ),
 )
 
 
