@@ -75,6 +75,15 @@ def _global_token_normaliser_with_truncation_mask(settings: Settings) -> bool:
     )
 
 
+def _luspo_with_token_level_loss(settings: Settings) -> bool:
+    """luspo whose per-token loss is (B, T): a KL term, token-level ratios or an entropy mask broadcast it."""
+    return str(settings.get("loss_type", "")) == "luspo" and (
+        float(settings.get("beta", 0.0) or 0.0) != 0.0
+        or str(settings.get("importance_sampling_level", "token")) == "token"
+        or float(settings.get("top_entropy_quantile", 1.0)) < 1.0
+    )
+
+
 SHIPPED_BUGS: tuple[ShippedBug, ...] = (
     ShippedBug(
         id="trl-temperature-logps",
@@ -113,6 +122,20 @@ SHIPPED_BUGS: tuple[ShippedBug, ...] = (
         trigger_text="loss_type dapo, cispo or vespo with mask_truncated_completions=True and a truncated completion",
         effect="num_items_in_batch is counted before the truncated rows are masked, so the denominator counts "
         "tokens the numerator does not: loss and gradient shrink by the masked fraction",
+    ),
+    ShippedBug(
+        id="trl-luspo-unmasked",
+        title="luspo loss weighted each row's per-token losses by its length instead of masking them",
+        first="0.28.0",
+        last="1.9.2",
+        fixed_in="1.10.0",
+        pr=6654,
+        stages=("loss", "grad"),
+        trigger=_luspo_with_token_level_loss,
+        trigger_text="loss_type luspo with a (B, T) per-token loss (beta != 0, token-level importance sampling "
+        "or top_entropy_quantile < 1)",
+        effect="(per_token_loss * |o_i|).mean() over all T columns: padding enters and each row is weighted by "
+        "|o_i|^2 / T instead of summed over its tokens",
     ),
 )
 

@@ -153,3 +153,20 @@ def test_num_items_in_batch_is_held_to_the_tokens_the_loss_counts():
         _num_items_finding(2.0, [[1, 1, 1]], tool_mask=[[1, 0, 1]]).verdict is Verdict.PASS
     )  # tool tokens out
     assert _num_items_finding(None, truncated_masked) is None  # releases without a global normaliser
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        (
+            {"loss_type": "luspo", "beta": 0.04, "importance_sampling_level": "sequence"},
+            ["trl-luspo-unmasked"],
+        ),
+        ({"loss_type": "luspo", "beta": 0.0, "importance_sampling_level": "token"}, ["trl-luspo-unmasked"]),
+        ({"loss_type": "luspo", "beta": 0.0, "importance_sampling_level": "sequence"}, []),  # (B, 1): exact
+        ({"loss_type": "grpo", "beta": 0.04}, []),
+    ],
+)
+def test_the_luspo_bug_needs_a_token_level_per_token_loss(settings, expected):
+    assert [bug.id for bug in shipped_bugs("1.9.2", settings)] == expected
+    assert shipped_bugs("1.10.0", settings) == [] and shipped_bugs("0.27.2", settings) == []

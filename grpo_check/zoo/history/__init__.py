@@ -61,6 +61,12 @@ HISTORY_CASES: tuple[HistoryCase, ...] = (
             "steps_per_generation": 2,
         },
     ),
+    HistoryCase(
+        _BUGS["trl-luspo-unmasked"],
+        buggy="1.9.2",
+        fixed="1.10.0",
+        settings={"loss_type": "luspo", "beta": 0.04},
+    ),
 )
 
 
