@@ -84,6 +84,17 @@ def _luspo_with_token_level_loss(settings: Settings) -> bool:
     )
 
 
+def _entropy_bonus_with_global_normaliser(settings: Settings) -> bool:
+    """An entropy bonus with a dapo-family loss, over more than one micro-batch per window or generation."""
+    gas = int(settings.get("gradient_accumulation_steps", 1) or 1)
+    spg = int(settings.get("steps_per_generation", gas) or gas)
+    return (
+        str(settings.get("loss_type", "")) in ("dapo", "cispo", "vespo")
+        and float(settings.get("entropy_coef", 0.0) or 0.0) != 0.0
+        and max(gas, spg) > 1
+    )
+
+
 SHIPPED_BUGS: tuple[ShippedBug, ...] = (
     ShippedBug(
         id="trl-temperature-logps",
@@ -136,6 +147,21 @@ SHIPPED_BUGS: tuple[ShippedBug, ...] = (
         "or top_entropy_quantile < 1)",
         effect="(per_token_loss * |o_i|).mean() over all T columns: padding enters and each row is weighted by "
         "|o_i|^2 / T instead of summed over its tokens",
+    ),
+    ShippedBug(
+        id="trl-entropy-bonus-normaliser",
+        title="entropy bonus of dapo/cispo/vespo divided by the policy's global token count, not averaged per "
+        "micro-batch",
+        first="1.8.0",
+        last="1.9.2",
+        fixed_in="1.10.0",
+        pr=6648,
+        stages=("loss", "grad"),
+        trigger=_entropy_bonus_with_global_normaliser,
+        trigger_text="entropy_coef != 0 with loss_type dapo, cispo or vespo and several micro-batches per "
+        "accumulation window or generation batch",
+        effect="the bonus of a micro-batch scales with its share of the generation batch's tokens instead of "
+        "being its mean entropy / gradient_accumulation_steps",
     ),
 )
 

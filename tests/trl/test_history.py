@@ -170,3 +170,18 @@ def test_num_items_in_batch_is_held_to_the_tokens_the_loss_counts():
 def test_the_luspo_bug_needs_a_token_level_per_token_loss(settings, expected):
     assert [bug.id for bug in shipped_bugs("1.9.2", settings)] == expected
     assert shipped_bugs("1.10.0", settings) == [] and shipped_bugs("0.27.2", settings) == []
+
+
+def test_the_entropy_bonus_bug_needs_a_bonus_a_global_normaliser_and_several_micro_batches():
+    settings = {
+        "loss_type": "dapo",
+        "entropy_coef": 0.1,
+        "gradient_accumulation_steps": 2,
+        "steps_per_generation": 2,
+    }
+    assert [bug.id for bug in shipped_bugs("1.9.2", settings)] == ["trl-entropy-bonus-normaliser"]
+    assert shipped_bugs("1.10.0", settings) == [] and shipped_bugs("1.7.1", settings) == []
+    assert shipped_bugs("1.9.2", {**settings, "entropy_coef": 0.0}) == []
+    assert shipped_bugs("1.9.2", {**settings, "loss_type": "bnpo"}) == []
+    one = {**settings, "gradient_accumulation_steps": 1, "steps_per_generation": 1}
+    assert shipped_bugs("1.9.2", one) == []  # one micro-batch: the two normalisers agree

@@ -67,6 +67,17 @@ HISTORY_CASES: tuple[HistoryCase, ...] = (
         fixed="1.10.0",
         settings={"loss_type": "luspo", "beta": 0.04},
     ),
+    HistoryCase(  # spg == GAS and no truncation masking: the other dapo normaliser bugs stay out of the way
+        _BUGS["trl-entropy-bonus-normaliser"],
+        buggy="1.9.2",
+        fixed="1.10.0",
+        settings={
+            "loss_type": "dapo",
+            "entropy_coef": 0.1,
+            "gradient_accumulation_steps": 2,
+            "steps_per_generation": 2,
+        },
+    ),
 )
 
 
