@@ -150,7 +150,10 @@ class Attachment(TrainerHooks, StepRecording, LiveChecking, HelperClient):
         self._flush_window()
         self._collect_background(wait=True)
         # a failing stage that a shipped bug of this release explains is named as such (bug, fix, PR)
-        shipped = name_shipped_bugs(self.findings, self.support.version, self.spec.to_dict())
+        observed = {
+            "unscorable_rows": getattr(self, "_unscorable_rows_seen", False)
+        }  # from the captured rewards
+        shipped = name_shipped_bugs(self.findings, self.support.version, {**self.spec.to_dict(), **observed})
         return Result(
             findings=[*self.findings, *shipped],
             metadata={

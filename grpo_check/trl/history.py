@@ -95,6 +95,11 @@ def _entropy_bonus_with_global_normaliser(settings: Settings) -> bool:
     )
 
 
+def _unscorable_rows(settings: Settings) -> bool:
+    """A row that every reward function left unscored (None): known from the captured rewards, not a setting."""
+    return bool(settings.get("unscorable_rows", False))
+
+
 SHIPPED_BUGS: tuple[ShippedBug, ...] = (
     ShippedBug(
         id="trl-temperature-logps",
@@ -162,6 +167,19 @@ SHIPPED_BUGS: tuple[ShippedBug, ...] = (
         "accumulation window or generation batch",
         effect="the bonus of a micro-batch scales with its share of the generation batch's tokens instead of "
         "being its mean entropy / gradient_accumulation_steps",
+    ),
+    ShippedBug(
+        id="trl-unscorable-rows-counted",
+        title="a completion every reward function left unscored (None) entered its group's mean and std as reward 0",
+        first="0.16.0",
+        last="1.5.1",
+        fixed_in="1.6.0",
+        pr=5902,
+        stages=("advantages",),
+        trigger=_unscorable_rows,
+        trigger_text="a completion for which every reward function returns None",
+        effect="nansum turns the unscorable row into a reward of 0: it shifts its group's baseline and scale and "
+        "gets an advantage of its own instead of being left out with advantage 0",
     ),
 )
 

@@ -185,3 +185,12 @@ def test_the_entropy_bonus_bug_needs_a_bonus_a_global_normaliser_and_several_mic
     assert shipped_bugs("1.9.2", {**settings, "loss_type": "bnpo"}) == []
     one = {**settings, "gradient_accumulation_steps": 1, "steps_per_generation": 1}
     assert shipped_bugs("1.9.2", one) == []  # one micro-batch: the two normalisers agree
+
+
+def test_the_unscorable_rows_bug_is_known_from_the_captured_rewards_not_a_setting():
+    assert [b.id for b in shipped_bugs("1.5.1", {"unscorable_rows": True})] == ["trl-unscorable-rows-counted"]
+    assert shipped_bugs("1.5.1", {}) == [] and shipped_bugs("1.6.0", {"unscorable_rows": True}) == []
+    named = name_shipped_bugs(
+        [_failing("advantages", "advantages.values")], "1.5.1", {"unscorable_rows": True}
+    )
+    assert [f.details["pr"] for f in named] == [5902]

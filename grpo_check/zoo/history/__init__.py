@@ -78,6 +78,9 @@ HISTORY_CASES: tuple[HistoryCase, ...] = (
             "steps_per_generation": 2,
         },
     ),
+    HistoryCase(  # every 4th completion unscorable: one per group of 4
+        _BUGS["trl-unscorable-rows-counted"], buggy="1.5.1", fixed="1.6.0", settings={"unscorable_every": 4}
+    ),
 )
 
 
