@@ -52,88 +52,133 @@ DEFAULT_AGGREGATION: dict[str, str] = {
 }
 
 
+_MAX_COUNT = 2**31 - 1  # grpo_check._limits.MAX_COUNT (this module stays stdlib-only)
+_COUNT_FIELDS = (
+    "num_generations",
+    "top_k",
+    "max_completion_length",
+    "gradient_accumulation_steps",
+    "steps_per_generation",
+    "num_processes",
+    "num_iterations",
+)
+
+ScaleRewards = Literal["group", "batch", "none"]
+StdConvention = Literal["sample", "population"]
+Baseline = Literal["mean", "rloo"]
+MultiObjectiveAggregation = Literal["sum_then_normalize", "normalize_then_sum"]
+ImportanceSamplingLevel = Literal["token", "sequence"]
+KLEstimator = Literal["k1", "k2", "k3"]
+SamplerISMode = Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"]
+
+# the names of the Literal aliases above, as the field annotations spell them (held to "a string")
+_TEXT_KINDS = (
+    "LossType",
+    "Aggregation",
+    "ScaleRewards",
+    "StdConvention",
+    "Baseline",
+    "MultiObjectiveAggregation",
+    "ImportanceSamplingLevel",
+    "KLEstimator",
+    "SamplerISMode",
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class GRPOSpec:
     """Everything that defines the GRPO objective for one step. Defaults follow TRL 1.x where TRL has them.
 
-    Advantages:
-        num_generations: G, completions per prompt.
-        scale_rewards: ``"group"`` (divide by the group std), ``"batch"`` (by the batch std) or ``"none"``.
-        std: ``"sample"`` (Bessel, TRL) or ``"population"``.
-        adv_epsilon: ε added to the std (TRL 1e-4, verl 1e-6, OpenRLHF 1e-8).
-        baseline: ``"mean"`` (group mean) or ``"rloo"`` (leave-one-out mean).
-        reward_weights: one weight per reward function (``None`` = all 1).
-        multi_objective_aggregation: ``"sum_then_normalize"`` or ``"normalize_then_sum"``.
-    Log-probs:
-        temperature, top_p, top_k, min_p: sampling parameters (logits are divided by ``temperature``).
-    Ratios and objective:
-        loss_type: one of :data:`LOSS_TYPES`.
-        aggregation: override the aggregation implied by ``loss_type`` (one of :data:`AGGREGATIONS`).
-        epsilon: lower clip ε_low; ``epsilon_high`` defaults to it (for cispo it is ε_max).
-        delta: two-sided upper bound on the unclipped ratio (INTELLECT-2).
-        dual_clip: c > 1 for dual clip on negative advantages (``None`` = off).
-        importance_sampling_level: ``"token"`` or ``"sequence"`` (GSPO).
-        max_completion_length: L_max (needed by dr_grpo).
-        mask_truncated_completions: drop completions that did not end in EOS from the loss.
-        top_entropy_quantile: keep only the top-ρ entropy tokens in the policy loss (1.0 = all).
-        entropy_coef: entropy bonus coefficient.
-        off_policy_mask_threshold: DeepSeek-V3.2 off-policy sequence mask δ (``None`` = off).
-    KL:
-        beta: KL coefficient; kl_estimator ``"k1" | "k2" | "k3"``; use_bias_correction_kl multiplies the
-        per-token KL by the importance ratio (TRL 1.x default ``True``).
-    Sampler correction:
-        sampler_is_correction, sampler_is_mode (``token_truncate`` | ``token_mask`` | ``sequence_truncate`` |
-        ``sequence_mask``), sampler_is_clip_min / sampler_is_clip_max.
-    Normalisers:
-        gradient_accumulation_steps, steps_per_generation, num_processes, num_iterations.
+    Fields are grouped as advantages, log-probs and sampling, the objective, KL, the sampler
+    importance-sampling correction and the normalisers; each is documented where it is declared.
     """
 
     # advantages
     num_generations: int = 8
-    scale_rewards: str = "group"
-    std: str = "sample"
+    """G, completions per prompt."""
+    scale_rewards: ScaleRewards = "group"
+    """Divide the centred rewards by the group std (``"group"``), the batch std (``"batch"``) or not (``"none"``)."""
+    std: StdConvention = "sample"
+    """``"sample"`` (Bessel-corrected, as TRL) or ``"population"`` standard deviation."""
     adv_epsilon: float = 1e-4
-    baseline: str = "mean"
+    """ε added to the std (TRL 1e-4, verl 1e-6, OpenRLHF 1e-8)."""
+    baseline: Baseline = "mean"
+    """``"mean"`` (the group mean) or ``"rloo"`` (the leave-one-out mean)."""
     reward_weights: tuple[float, ...] | None = None
-    multi_objective_aggregation: str = "sum_then_normalize"
+    """One weight per reward function (``None`` = all 1)."""
+    multi_objective_aggregation: MultiObjectiveAggregation = "sum_then_normalize"
+    """Sum the weighted rewards then normalise, or normalise each reward function then sum."""
     # log-probs / sampling
     temperature: float = 1.0
+    """Sampling temperature: logits are divided by it before the log-softmax."""
     top_p: float = 1.0
+    """Nucleus sampling mass in (0, 1] (1 = the full vocabulary)."""
     top_k: int = 0
+    """Top-k sampling (0 = off)."""
     min_p: float | None = None
+    """Min-p sampling threshold (``None`` = off)."""
     # objective
-    loss_type: str = "dapo"
-    aggregation: str | None = None
+    loss_type: LossType = "dapo"
+    """The objective, one of :data:`LOSS_TYPES` (TRL's ``loss_type``)."""
+    aggregation: Aggregation | None = None
+    """Override the aggregation ``loss_type`` implies (one of :data:`AGGREGATIONS`)."""
     epsilon: float = 0.2
+    """Lower clip ε_low (for cispo: ε_max); ``epsilon_high`` defaults to it."""
     epsilon_high: float | None = None
+    """Upper clip ε_high (``None`` = ``epsilon``)."""
     delta: float | None = None
+    """Two-sided upper bound on the unclipped ratio (INTELLECT-2; ``None`` = off)."""
     dual_clip: float | None = None
-    importance_sampling_level: str = "token"
+    """c > 1 for dual clip on negative advantages (``None`` = off)."""
+    importance_sampling_level: ImportanceSamplingLevel = "token"
+    """Importance ratio per token or per sequence (GSPO)."""
     max_completion_length: int | None = None
+    """L_max, the normaliser of dr_grpo."""
     mask_truncated_completions: bool = False
+    """Drop completions that did not end in EOS from the loss."""
     top_entropy_quantile: float = 1.0
+    """Keep only the top-ρ entropy tokens in the policy loss (1.0 = all)."""
     entropy_coef: float = 0.0
+    """Entropy bonus coefficient."""
     off_policy_mask_threshold: float | None = None
+    """DeepSeek-V3.2 off-policy sequence mask δ (``None`` = off)."""
     sapo_temperature_pos: float = 1.0
+    """SAPO soft-gate temperature for positive advantages."""
     sapo_temperature_neg: float = 1.05
+    """SAPO soft-gate temperature for negative advantages."""
     vespo_k_pos: float = 2.0
+    """VESPO shape parameter k for positive advantages."""
     vespo_lambda_pos: float = 3.0
+    """VESPO scale parameter λ for positive advantages."""
     vespo_k_neg: float = 3.0
+    """VESPO shape parameter k for negative advantages."""
     vespo_lambda_neg: float = 2.0
+    """VESPO scale parameter λ for negative advantages."""
     # KL
     beta: float = 0.0
-    kl_estimator: str = "k3"
+    """KL coefficient (0 = no KL term)."""
+    kl_estimator: KLEstimator = "k3"
+    """Per-token KL estimator (Schulman's k1, k2 or k3)."""
     use_bias_correction_kl: bool = True
+    """Multiply the per-token KL by the importance ratio (TRL 1.x default)."""
     # sampler importance-sampling correction
     sampler_is_correction: bool = False
-    sampler_is_mode: str = "sequence_mask"
+    """Correct for the sampler's log-probs differing from the trainer's (truncated importance sampling)."""
+    sampler_is_mode: SamplerISMode = "sequence_mask"
+    """Per token or per sequence, truncating or masking the sampler importance weight."""
     sampler_is_clip_min: float | None = None
+    """Lower bound of the sampler importance weight (``None`` = none)."""
     sampler_is_clip_max: float | None = 3.0
+    """Upper bound of the sampler importance weight (``None`` = none)."""
     # normalisers
     gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step."""
     steps_per_generation: int | None = None
+    """Optimizer steps per generation batch (``None`` = ``gradient_accumulation_steps``)."""
     num_processes: int = 1
+    """Data-parallel processes (the loss normaliser of some loss types counts all of them)."""
     num_iterations: int = 1
+    """Optimisation passes over each generation batch (μ)."""
 
     def __post_init__(self) -> None:
         def bad(field: str, msg: str) -> InputError:
@@ -142,6 +187,10 @@ class GRPOSpec:
         self._check_types()
         if self.num_generations < 1:
             raise bad("num_generations", f"must be >= 1, got {self.num_generations}")
+        for name in _COUNT_FIELDS:  # a count past 2**31 - 1 is a corrupted value, and overflows tensors
+            value = getattr(self, name)
+            if value is not None and value > _MAX_COUNT:
+                raise bad(name, f"must be at most {_MAX_COUNT}, got a {int(value).bit_length()}-bit number")
         # (beta may be negative: the diagnoses model a KL term added with the wrong sign that way)
         for name in ("epsilon", "epsilon_high", "adv_epsilon", "top_k", "entropy_coef"):
             value = getattr(self, name)
@@ -194,7 +243,7 @@ class GRPOSpec:
             elif kinds.startswith("float"):
                 ok = is_real_number(value) and math.isfinite(value)
                 expected = "a finite number"
-            elif kinds.startswith("str"):
+            elif kinds.startswith(("str", *_TEXT_KINDS)):
                 ok, expected = isinstance(value, str), "a string"
             else:
                 continue
@@ -265,3 +314,29 @@ def as_spec(value: Any, *, name: str = "spec") -> GRPOSpec:
     raise TypeError(
         f"{name} must be a grpo_check.GRPOSpec or a dict of its fields, got {type(value).__name__}"
     )
+
+
+#: GRPOSpec fields a trainer may change from one step to the next (recorded per step in
+#: ``meta["spec_overrides"]``): TRL's adaptive entropy bonus moves ``entropy_coef`` at every optimizer step.
+STEP_FIELDS: tuple[str, ...] = ("entropy_coef",)
+
+
+def spec_for_step(spec: GRPOSpec | None, meta: dict[str, Any] | None) -> GRPOSpec | None:
+    """``spec`` with the per-step values a step recorded (``meta["spec_overrides"]``, fields of
+    :data:`STEP_FIELDS` only; anything else there is ignored).
+
+    >>> spec_for_step(GRPOSpec(), {"spec_overrides": {"entropy_coef": 0.01}}).entropy_coef
+    0.01
+    >>> spec_for_step(GRPOSpec(), {}).entropy_coef
+    0.0
+    """
+    overrides = (meta or {}).get("spec_overrides")
+    if spec is None or not isinstance(overrides, dict):
+        return spec
+    values = {
+        name: float(value)
+        for name, value in overrides.items()
+        if name in STEP_FIELDS and isinstance(value, int | float) and not isinstance(value, bool)
+    }
+    values = {name: value for name, value in values.items() if value == value}  # NaN is not a coefficient
+    return dataclasses.replace(spec, **values) if values else spec

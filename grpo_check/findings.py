@@ -300,11 +300,47 @@ class Result:
             return None
         return min(failing, key=lambda f: (order.get(f.stage, 99), f.where.step or 0))
 
-    def exit_code(self, *, strict: bool = False) -> int:
-        """0 clean, 1 findings (fail; with ``strict`` also warn)."""
+    def exit_code(self, *, strict: bool = False, allow_partial: bool = False) -> int:
+        """0 clean, 1 findings (fail; with ``strict`` also warn), 3 the trainer crashed, 130/143 it was
+        interrupted (``metadata["outcome"]``), 4 incomplete coverage: a core check could not run although
+        what it needs was at hand (``metadata["coverage"]``; accepted with ``allow_partial`` or
+        ``metadata["allow_partial"]``)."""
+        outcome = self.metadata.get("outcome") or {}
+        if outcome.get("exit_code"):
+            return int(outcome["exit_code"])
         worst = severity(self.worst())
         threshold = severity(Verdict.WARN) if strict else severity(Verdict.FAIL)
-        return 1 if worst >= threshold else 0
+        if worst >= threshold:
+            return 1
+        if self.coverage_state()[0] == "incomplete" and not allow_partial:
+            return 4
+        return 0
+
+    def coverage_state(self) -> tuple[str, str]:
+        """(``"complete"`` | ``"partial"`` | ``"incomplete"``, what was not verified), from
+        ``metadata["coverage"]`` (see :mod:`grpo_check.coverage`); an accepted partial run is ``"partial"``."""
+        from grpo_check.coverage import coverage_status
+
+        state, text = coverage_status(self.metadata.get("coverage"))
+        if state == "incomplete" and self.metadata.get("allow_partial"):
+            state = "partial"
+        return state, text
+
+    def status(self) -> str:
+        """The headline's verdict: ``FAIL``, ``WARN``, ``OK``, ``OK (partial: …)``, ``INCOMPLETE (…)``, or the
+        run's outcome first (``CRASHED (…)``, ``INTERRUPTED (…)``)."""
+        worst = self.worst()
+        status = {Verdict.FAIL: "FAIL", Verdict.WARN: "WARN"}.get(worst, "OK")
+        if status == "OK":
+            state, text = self.coverage_state()
+            if state == "incomplete":
+                status = f"INCOMPLETE ({text})"
+            elif state == "partial":
+                status = f"OK (partial: {text})"
+        outcome = self.metadata.get("outcome") or {}
+        if outcome.get("status") in ("crashed", "interrupted"):
+            status = f"{outcome['status'].upper()} ({outcome.get('line', '')}); what was captured: {status}"
+        return status
 
     def to_dict(self) -> dict[str, Any]:
         return {

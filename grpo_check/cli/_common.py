@@ -1,19 +1,74 @@
-"""Shared CLI plumbing: output formats, error handling with the documented exit codes."""
+"""Shared CLI plumbing: the exit codes, the output formats, error handling.
+
+>>> ExitCode.FINDINGS == 1, int(ExitCode.INCOMPLETE)
+(True, 4)
+>>> OutputFormat.parse("md", (OutputFormat.TEXT, OutputFormat.MD))
+<OutputFormat.MD: 'md'>
+"""
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import typer
 
-EXIT_CLEAN = 0
-EXIT_FINDINGS = 1
-EXIT_USAGE = 2
+
+class ExitCode(enum.IntEnum):
+    """What every ``grpo-check`` command exits with (the numbers are part of the interface)."""
+
+    OK = 0
+    """Everything checked, nothing failed (with ``--strict``: nothing warned either)."""
+    FINDINGS = 1
+    """At least one failing finding (with ``--strict``: or a warning)."""
+    USAGE = 2
+    """Bad usage or input: a wrong option, a missing or malformed trace or config file."""
+    CRASHED = 3
+    """The user's trainer (or trainer factory) crashed or was interrupted."""
+    INCOMPLETE = 4
+    """A core check could not run although it could have (coverage incomplete)."""
+    INTERRUPTED = 130
+    """Ctrl-C while grpo-check itself was working (the shell's convention for SIGINT)."""
+
+
+EXIT_CLEAN = ExitCode.OK
+EXIT_FINDINGS = ExitCode.FINDINGS
+EXIT_USAGE = ExitCode.USAGE
+EXIT_CRASHED = ExitCode.CRASHED  # the user's trainer or factory crashed
+EXIT_INCOMPLETE = ExitCode.INCOMPLETE  # a core check could not run although what it needs was at hand
+
+
+class OutputFormat(str, enum.Enum):
+    """Every format a command can print or write; each command accepts its own subset (:meth:`parse`)."""
+
+    TEXT = "text"
+    TABLE = "table"
+    MD = "md"
+    HTML = "html"
+    JSON = "json"
+    JUNIT = "junit"
+    SARIF = "sarif"
+
+    def __str__(self) -> str:  # as enum.StrEnum (Python >= 3.11) prints: the value
+        return self.value
+
+    @classmethod
+    def parse(
+        cls, value: str, allowed: Iterable[OutputFormat], *, message: str | None = None
+    ) -> OutputFormat:
+        """``value`` as a member of ``allowed``; exit 2 with ``message`` (default: the choices) otherwise."""
+        choices = tuple(allowed)
+        for member in choices:
+            if member.value == value:
+                return member
+        names = [member.value for member in choices]
+        listed = " or ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} or {names[-1]}"
+        raise fail_usage(message or f"--format must be {listed}, got {value!r}")
 
 
 def fail_usage(message: str) -> typer.Exit:
@@ -49,7 +104,7 @@ def user_errors() -> Iterator[None]:
         raise fail_usage(f"{exc.filename or 'I/O error'}: {exc.strerror or exc}") from None
     except KeyboardInterrupt:
         typer.secho("interrupted", err=True)
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)
 
 
 def check_output_file(path: Path, option: str = "--output") -> None:

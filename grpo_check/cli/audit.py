@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from grpo_check.cli._common import EXIT_CLEAN, EXIT_FINDINGS, fail_usage, same_file, user_errors
+from grpo_check.cli._common import ExitCode, OutputFormat, fail_usage, same_file, user_errors
 
 _HELP = """
 Audit a TRL GRPO configuration before launching a run: cross-field consistency TRL checks late or not at
@@ -14,13 +14,22 @@ all, settings that silently change the objective, values outside the ranges the 
 defaults that changed between TRL releases (every rule has a reason, a source and a fix).
 
 CONFIG is a YAML or JSON file as TRL's CLI uses it (flat GRPOConfig fields), or a larger recipe with the
-fields nested under e.g. `training:`, `trainer:`, `grpo:` or `args:` (found automatically). Pickled files
-(training_args.bin, *.pt, *.pkl) are refused: export with
+fields nested under e.g. `training:`, `trainer:`, `grpo:` or `args:` (found automatically). A problem confined
+to one key (a key written twice, a line that is not YAML, a key of another trainer) is a finding on that key;
+the rest of the file is still audited. Launcher settings the file carries (num_processes, nproc_per_node ×
+nnodes, …) are read; a rule that needs the number of processes and finds none says it assumed 1. Pickled
+files (training_args.bin, *.pt, *.pkl) are refused: export with
 `json.dump(trainer.args.to_dict(), open("cfg.json", "w"))`.
+
+Output (default `--format text`) reads like ruff or flake8: one line per finding,
+`path:line: CODE severity message`, then each distinct fix once with the codes it applies to, then a
+summary line. `--format table` draws a table; json, md and sarif are for tools.
 
 Examples:
 
     grpo-check audit examples/audit/bad.yaml
+
+    grpo-check audit examples/audit/bad.yaml --format table
 
     grpo-check audit recipe.yaml --trl-version 0.19 --num-processes 8 --strict
 
@@ -30,8 +39,8 @@ Examples:
 
     grpo-check audit --list-rules
 
-Exit codes: 0 clean, 1 error findings (with --strict also warnings), 2 unreadable, malformed or refused
-input (a key written twice included) or an unwritable --output.
+Exit codes: 0 clean, 1 error findings (with --strict also warnings), 2 unreadable or refused input (not
+YAML/JSON beyond a few lines, a pickle) or an unwritable --output.
 """
 
 
@@ -45,7 +54,7 @@ def register(app: typer.Typer) -> None:
             help="Interpret unset fields with this TRL release's defaults (e.g. 0.19). Default: installed trl.",
         ),
         output_format: str = typer.Option(
-            "table", "--format", "-f", help="table (rich), text, json, md or sarif."
+            "text", "--format", "-f", help="text (linter lines, default), table (rich), json, md or sarif."
         ),
         output: Path | None = typer.Option(
             None, "--output", "-o", help="Write the report here instead of stdout."
@@ -70,8 +79,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from grpo_check.audit.render import FORMATS
 
-        if output_format not in FORMATS:
-            raise fail_usage(f"--format must be one of {', '.join(FORMATS)}, got {output_format!r}")
+        output_format = OutputFormat.parse(
+            output_format,
+            (OutputFormat(name) for name in FORMATS),
+            message=f"--format must be one of {', '.join(FORMATS)}, got {output_format!r}",
+        )
         if min_severity not in ("info", "warning", "error"):
             raise fail_usage(f"--min-severity must be info, warning or error, got {min_severity!r}")
         if config is not None and (explain is not None or list_rules):
@@ -82,10 +94,10 @@ def register(app: typer.Typer) -> None:
             raise fail_usage(f"--output {output} is the config being audited; writing there would destroy it")
         if explain is not None:
             _explain_rule(explain, output_format, output)
-            raise typer.Exit(EXIT_CLEAN)
+            raise typer.Exit(ExitCode.OK)
         if list_rules:
             _list_rules(output_format, output)
-            raise typer.Exit(EXIT_CLEAN)
+            raise typer.Exit(ExitCode.OK)
         if config is None:
             raise fail_usage("missing CONFIG (a YAML or JSON file); see `grpo-check audit --help`")
         with user_errors():
@@ -98,7 +110,7 @@ def register(app: typer.Typer) -> None:
                 num_reward_funcs=num_reward_funcs,
             )
         _emit(result, output_format, output, min_severity)
-        raise typer.Exit(EXIT_FINDINGS if result.exit_code(strict=strict) else EXIT_CLEAN)
+        raise typer.Exit(ExitCode.FINDINGS if result.exit_code(strict=strict) else ExitCode.OK)
 
 
 def _emit(result, output_format: str, output: Path | None, min_severity: str) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from grpo_check.cli._common import EXIT_FINDINGS, check_output_file, fail_usage, user_errors
+from grpo_check.cli._common import ExitCode, OutputFormat, check_output_file, fail_usage, user_errors
 
 _FIGURES = ("startup", "memory", "throughput", "overhead")
 
@@ -43,7 +43,7 @@ def bench(
         "--naive",
         help="Also measure a naive float64 log-softmax for comparison (needs ~15 GiB: 12x the logits).",
     ),
-    output_format: str = typer.Option("text", "--format", help="text or json."),
+    output_format: str = typer.Option("text", "--format", "-f", help="text or json."),
     output: Path = typer.Option(None, "--output", "-o", help="Also write the JSON figures to this file."),
     check_targets: bool = typer.Option(False, "--check", help="Exit 1 when a figure misses its target."),
 ) -> None:
@@ -87,8 +87,11 @@ def bench(
     unknown = sorted(set(selected) - set(_FIGURES))
     if unknown:
         raise fail_usage(f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(_FIGURES)}")
-    if output_format not in ("text", "json"):
-        raise fail_usage(f"--format must be text or json, got {output_format!r}")
+    output_format = OutputFormat.parse(
+        output_format,
+        (OutputFormat.TEXT, OutputFormat.JSON),
+        message=f"--format must be text or json, got {output_format!r}",
+    )
     if "overhead" in selected:
         from grpo_check.bench.overhead import check_steps
 
@@ -135,9 +138,9 @@ def bench(
             + (f" and written to {output}" if output is not None else ""),
             err=True,
         )
-        raise typer.Exit(130)
+        raise typer.Exit(ExitCode.INTERRUPTED)
     if check_targets and any(f.ok is False for f in figures):
-        raise typer.Exit(EXIT_FINDINGS)
+        raise typer.Exit(ExitCode.FINDINGS)
 
 
 def _check_factory_reference(reference: str) -> None:

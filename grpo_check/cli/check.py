@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from grpo_check.cli._common import refuse_output_inside, user_errors
+from grpo_check.cli._common import ExitCode, refuse_output_inside, user_errors
 
 _HELP = """
 Run the single-implementation invariants on every step of a recorded trace — no reference, no model:
@@ -51,4 +51,4 @@ def register(app: typer.Typer) -> None:
             out_dir = make_output_dir(out_dir)
             result = check(trace, source=str(trace_path))
             code = emit(result, output_format=output_format, out_dir=out_dir, strict=strict, trace=trace)
-        raise typer.Exit(code)
+        raise typer.Exit(ExitCode(code))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from grpo_check.cli._common import EXIT_CLEAN, EXIT_FINDINGS, check_output_dir, fail_usage, user_errors
+from grpo_check.cli._common import ExitCode, check_output_dir, fail_usage, user_errors
 
 _HELP = """
 Run TRL's real `GRPOTrainer` on a tiny transformer policy and character-level tokenizer built from code
@@ -62,12 +62,15 @@ def register(app: typer.Typer) -> None:
         processes: int = typer.Option(
             1, "--processes", "-p", help="Processes per run (2: torchrun on CPU, gloo)."
         ),
-        out_dir: Path = typer.Option(Path("reports/demo"), "--out-dir", "-o", help="Where the report goes."),
+        out_dir: Path = typer.Option(
+            Path("reports/demo"), "--output", "-o", help="Report folder (report.md, report.html, ...)."
+        ),
+        out_dir_alias: Path | None = typer.Option(None, "--out-dir", hidden=True),
         output_format: str = typer.Option(
             "text",
             "--format",
             "-f",
-            help="What to print at the end: text, md, json or junit (the HTML report is written to --out-dir).",
+            help="What to print at the end: text, md, json or junit (the HTML report is written to --output).",
         ),
         seed: int = typer.Option(0, "--seed", help="Seed of the model weights, dataset and TRL."),
         strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too."),
@@ -76,10 +79,13 @@ def register(app: typer.Typer) -> None:
         with user_errors():
             from grpo_check.demo.matrix import cells
 
+            if out_dir_alias is not None:  # the older spelling of --output
+                out_dir = out_dir_alias
+
             chosen = cells(matrix, only or None)
             if list_cells:
                 _list(cells("full"), chosen, output_format)
-                raise typer.Exit(EXIT_CLEAN)
+                raise typer.Exit(ExitCode.OK)
             if not 0 <= seed < 2**32:  # torch and numpy take seeds in [0, 2**32)
                 raise fail_usage(f"--seed must be between 0 and {2**32 - 1}, got {seed}")
             if processes not in (1, 2, 3, 4):
@@ -89,9 +95,9 @@ def register(app: typer.Typer) -> None:
             fmt = normalise_format(output_format)
             if fmt == "html":
                 raise fail_usage(
-                    "--format html prints nothing useful; the HTML report is written to --out-dir"
+                    "--format html prints nothing useful; the HTML report is written to --output"
                 )
-            check_output_dir(out_dir, "--out-dir")  # now, not after the matrix has trained
+            check_output_dir(out_dir, "--output")  # now, not after the matrix has trained
             from grpo_check.demo.run import run_demo
 
             def progress(line: str) -> None:
@@ -111,4 +117,4 @@ def register(app: typer.Typer) -> None:
                     typer.echo(f"repro: {path} (replay with: grpo-check compare {path})")
             else:
                 typer.echo(render(result, fmt, strict=strict))
-            raise typer.Exit(EXIT_FINDINGS if result.exit_code(strict=strict) else EXIT_CLEAN)
+            raise typer.Exit(ExitCode.FINDINGS if result.exit_code(strict=strict) else ExitCode.OK)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from grpo_check.cli._common import EXIT_CLEAN, EXIT_FINDINGS, same_file, user_errors
+from grpo_check.cli._common import ExitCode, same_file, user_errors
 
 _HELP = """
 Render one or more saved results (`result.json`, written by `grpo-check compare`/`check` or by
@@ -19,7 +19,8 @@ was killed before finishing), or a `result.partial.jsonl` log directly: findings
 never lost.
 
 Formats: `text` (terminal, coloured when writing to a terminal), `md`, `html` (self-contained page with
-plots embedded), `json` (the merged result), `junit` (XML for CI: one testcase per check per step).
+plots embedded), `json` (the merged result), `junit` (XML for CI: one testcase per failing check per step,
+one per check for the rest).
 
 Examples:
 
@@ -99,8 +100,8 @@ def register(app: typer.Typer) -> None:
                     typer.echo(f"wrote {path}", err=True)
         if result.metadata.get("incomplete"):  # a crashed run is never "clean": its later checks never ran
             typer.secho(f"warning: incomplete result: {result.metadata['incomplete']}", err=True, fg="yellow")
-            raise typer.Exit(EXIT_FINDINGS)
-        raise typer.Exit(EXIT_FINDINGS if result.exit_code(strict=strict) else EXIT_CLEAN)
+            raise typer.Exit(ExitCode.FINDINGS)
+        raise typer.Exit(ExitCode.FINDINGS if result.exit_code(strict=strict) else ExitCode.OK)
 
 
 def _resolve(path: Path) -> Path:

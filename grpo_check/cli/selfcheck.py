@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from grpo_check.cli._common import EXIT_CLEAN, EXIT_FINDINGS, fail_usage, user_errors
+from grpo_check.cli._common import ExitCode, OutputFormat, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -29,15 +29,18 @@ def register(app: typer.Typer) -> None:
         ),
     )
     def selfcheck(
-        output_format: str = typer.Option("text", "--format", help="Output format: text or json."),
+        output_format: str = typer.Option("text", "--format", "-f", help="Output format: text or json."),
         golden_dir: Path | None = typer.Option(
             None, "--golden-dir", help="Folder of golden *.json files (default: the packaged vectors)."
         ),
         only: str | None = typer.Option(None, "--only", help="Replay only cases whose id starts with this."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Also print each case's description."),
     ) -> None:
-        if output_format not in ("text", "json"):
-            raise fail_usage(f"--format must be 'text' or 'json', got {output_format!r}")
+        output_format = OutputFormat.parse(
+            output_format,
+            (OutputFormat.TEXT, OutputFormat.JSON),
+            message=f"--format must be 'text' or 'json', got {output_format!r}",
+        )
         with user_errors():
             from grpo_check.findings import InputError
             from grpo_check.reference.golden import load_cases, replay_case
@@ -73,4 +76,4 @@ def register(app: typer.Typer) -> None:
             if failed:
                 summary += f"; {len(failed)} FAILED: the installed reference disagrees with the specification"
             typer.echo(summary)
-        raise typer.Exit(EXIT_FINDINGS if failed else EXIT_CLEAN)
+        raise typer.Exit(ExitCode.FINDINGS if failed else ExitCode.OK)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from grpo_check.cli._common import EXIT_CLEAN, EXIT_FINDINGS, check_output_file, fail_usage, user_errors
+from grpo_check.cli._common import ExitCode, OutputFormat, check_output_file, fail_usage, user_errors
 
 _HELP = """
 Prove that grpo-check catches real bugs: run every **mutant** (a GRPO pipeline with one bug from the bug
@@ -28,9 +28,9 @@ Examples:
 
     grpo-check zoo --only S1 --only 6           # cases for catalog entries S1 and #6
 
-    grpo-check zoo --only seed-S1-S2-S3 --only controls
+    grpo-check zoo --only skillsbench-S1-S2-S3 --only controls
 
-    grpo-check zoo --format md -o zoo.md        # Markdown table (as in the README)
+    grpo-check zoo --format md -o zoo.md        # Markdown table (as in docs/zoo.md)
 
     grpo-check zoo --list                       # list the cases and exit
 
@@ -69,8 +69,11 @@ def register(app: typer.Typer) -> None:
             None, "--cache-dir", help="With --history: where the per-release environments live."
         ),
     ) -> None:
-        if output_format not in ("text", "md", "json"):
-            raise fail_usage(f"--format must be text, md or json, got {output_format!r}")
+        output_format = OutputFormat.parse(
+            output_format,
+            (OutputFormat.TEXT, OutputFormat.MD, OutputFormat.JSON),
+            message=f"--format must be text, md or json, got {output_format!r}",
+        )
         if history:
             _history(only, output_format, output, list_cases, quiet, cache_dir)
         with user_errors():
@@ -79,7 +82,7 @@ def register(app: typer.Typer) -> None:
             cases = select_cases(only or None)
             if list_cases:
                 _list(cases, output_format)
-                raise typer.Exit(EXIT_CLEAN)
+                raise typer.Exit(ExitCode.OK)
             if output is not None:
                 check_output_file(output)  # now, not after minutes of training
             card = _run(cases, quiet=quiet)
@@ -88,7 +91,7 @@ def register(app: typer.Typer) -> None:
             if output is not None:
                 output.parent.mkdir(parents=True, exist_ok=True)
                 output.write_text(text + "\n", encoding="utf-8")
-        raise typer.Exit(EXIT_CLEAN if card.targets_met() else EXIT_FINDINGS)
+        raise typer.Exit(ExitCode.OK if card.targets_met() else ExitCode.FINDINGS)
 
 
 def _list(cases, output_format: str) -> None:
@@ -162,7 +165,7 @@ def _history(only, output_format: str, output, list_cases: bool, quiet: bool, ca
     if list_cases:
         for case in cases:
             typer.echo(f"{case.id:28} TRL {case.buggy} (bug) / {case.fixed} (fix)  {case.bug.title}")
-        raise typer.Exit(EXIT_CLEAN)
+        raise typer.Exit(ExitCode.OK)
     with user_errors():
         if output is not None:
             check_output_file(output)
@@ -178,4 +181,4 @@ def _history(only, output_format: str, output, list_cases: bool, quiet: bool, ca
         if output is not None:
             output.parent.mkdir(parents=True, exist_ok=True)
             output.write_text(text + "\n", encoding="utf-8")
-    raise typer.Exit(EXIT_CLEAN if card.all_scored() else EXIT_FINDINGS)
+    raise typer.Exit(ExitCode.OK if card.all_scored() else ExitCode.FINDINGS)

@@ -8,7 +8,6 @@ from collections.abc import Mapping
 
 import torch
 
-from grpo_check.compare._diff import Comparison, StepContext, compare_tensors
 from grpo_check.compare.reference_inputs import (
     StageReference,
     computed_dtype,
@@ -16,6 +15,7 @@ from grpo_check.compare.reference_inputs import (
     same_precision_reference,
 )
 from grpo_check.compare.stage_findings import ISOLATED_LOSS_CHECKS
+from grpo_check.compare.tensor_diff import Comparison, StepContext, compare_tensors
 from grpo_check.compare.tolerances import TolerancePolicy
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, InputError, Verdict

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from grpo_check._step_cache import cached
-from grpo_check.compare._diff import StepContext, as_f64
+from grpo_check.compare.tensor_diff import StepContext, as_f64
 from grpo_check.compare.tolerances import LOW_PRECISION
 from grpo_check.config import GRPOSpec
 from grpo_check.trace.model import TraceStep

@@ -9,19 +9,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 
 from grpo_check.compare import distribution
-from grpo_check.compare._diff import (
-    Comparison,
-    StepContext,
-    as_f64,
-    compare_tensor,
-    compare_tensors,
-    not_captured,
-)
 from grpo_check.compare.forward import model_logits, model_logps
 from grpo_check.compare.reference_inputs import (
     StageReference,
@@ -29,6 +22,14 @@ from grpo_check.compare.reference_inputs import (
     reference_advantages,
     reference_downstream,
     same_precision_reference,
+)
+from grpo_check.compare.tensor_diff import (
+    Comparison,
+    StepContext,
+    as_f64,
+    compare_tensor,
+    compare_tensors,
+    not_captured,
 )
 from grpo_check.compare.tolerances import Tolerance, TolerancePolicy
 from grpo_check.config import GRPOSpec
@@ -173,6 +174,20 @@ def _forward_comparison(
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class _ForwardSlot:
+    """A log-prob tensor to hold against the reference's own forward pass of ``source``."""
+
+    name: str
+    check_id: str
+    source: Any
+    """The model (or :class:`~grpo_check.compare.forward.KnownLogps`) the reference ran."""
+    temperature: float
+    tolerance: Tolerance
+    reference: torch.Tensor
+    """The reference's log-probs (positions from the attention mask)."""
+
+
 def logps_findings(
     step: TraceStep,
     spec: GRPOSpec,
@@ -183,7 +198,7 @@ def logps_findings(
     ref_model: Any,
 ) -> list[Finding]:
     # one slot per source in order: a finding already made (not captured) or a comparison to run, batched
-    slots: list[Finding | tuple[str, str, Any, float, Any, torch.Tensor]] = []
+    slots: list[Finding | _ForwardSlot] = []
     comparisons: list[Comparison] = []
     for name, check_id, source, temperature in (
         ("logps", "logps.model", model, spec.temperature),
@@ -203,7 +218,7 @@ def logps_findings(
             )
             continue
         tol = policy.for_check(check_id, name, computed_dtype(step, name))
-        slots.append((name, check_id, source, temperature, tol, want))
+        slots.append(_ForwardSlot(name, check_id, source, temperature, tol, want))
         comparisons.append(_forward_comparison(step, name, check_id, want, temperature, tol))
     compared = iter(compare_tensors(comparisons, ctx))
     findings: list[Finding] = []
@@ -211,7 +226,14 @@ def logps_findings(
         if isinstance(slot, Finding):
             findings.append(slot)
             continue
-        name, check_id, source, temperature, tol, want = slot
+        name, check_id, source, temperature, tol, want = (
+            slot.name,
+            slot.check_id,
+            slot.source,
+            slot.temperature,
+            slot.tolerance,
+            slot.reference,
+        )
         finding = next(compared)
         alt = None
         if finding.verdict is not Verdict.PASS:

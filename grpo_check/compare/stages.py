@@ -39,7 +39,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from grpo_check.compare._diff import Comparison, StepContext
 from grpo_check.compare.end_to_end import end_to_end_findings, repeat_isolated
 from grpo_check.compare.forward import (
     KnownLogps,
@@ -63,6 +62,7 @@ from grpo_check.compare.stage_findings import (
     downstream_findings,
     logps_findings,
 )
+from grpo_check.compare.tensor_diff import Comparison, StepContext
 from grpo_check.compare.tolerances import TolerancePolicy
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding

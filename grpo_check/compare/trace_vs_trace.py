@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 import torch
 
-from grpo_check.compare._diff import compare_tensor
 from grpo_check.compare.reference_inputs import step_context
+from grpo_check.compare.tensor_diff import compare_tensor
 from grpo_check.compare.tolerances import TolerancePolicy
 from grpo_check.config import GRPOSpec
 from grpo_check.diagnose._context import constant_factor

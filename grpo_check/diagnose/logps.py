@@ -13,6 +13,7 @@ weights) — under a transformation that mimics the bug:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 
@@ -20,18 +21,30 @@ from grpo_check.diagnose._context import Diagnosis, close, worst
 from grpo_check.findings import Finding, Verdict
 
 
-def _sources(dx: Diagnosis) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, float, float, list[Finding]]]:
-    """(label, trainer tensor, independent source, rtol, atol, findings to attach to)."""
+class _Source(NamedTuple):
+    """An independent source of log-probs the trainer's are held against."""
+
+    label: str
+    trainer: torch.Tensor
+    source: torch.Tensor
+    rtol: float
+    atol: float
+    attach: list[Finding]
+    """The failing findings a diagnosis from this source explains."""
+
+
+def _sources(dx: Diagnosis) -> Iterator[_Source]:
+    """The reference's own forward pass, and the sampler's log-probs, each beside the trainer's."""
     model_logps = dx.ref("logps")
     trainer = dx.trainer("logps")
     if model_logps is not None and trainer is not None:
-        yield (
-            "the reference's own forward pass",
-            trainer,
-            model_logps,
-            1e-3,
-            1e-4,
-            dx.failing(prefix="logps.model"),
+        yield _Source(
+            label="the reference's own forward pass",
+            trainer=trainer,
+            source=model_logps,
+            rtol=1e-3,
+            atol=1e-4,
+            attach=dx.failing(prefix="logps.model"),
         )
     sampler = dx.trainer("sampler_logps")
     trainer_old = dx.trainer("old_logps")
@@ -39,13 +52,13 @@ def _sources(dx: Diagnosis) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, f
         trainer_old = trainer
     if sampler is not None and trainer_old is not None:
         name = "old_logps" if dx.trainer("old_logps") is not None else "logps"
-        yield (
-            f"the sampler's log-probs (vs the trainer's {name})",
-            trainer_old,
-            sampler,
-            2e-2,
-            2e-2,
-            dx.failing(prefix="logps.sampler"),
+        yield _Source(
+            label=f"the sampler's log-probs (vs the trainer's {name})",
+            trainer=trainer_old,
+            source=sampler,
+            rtol=2e-2,
+            atol=2e-2,
+            attach=dx.failing(prefix="logps.sampler"),
         )
 
 
@@ -341,6 +354,10 @@ def detect_ref_is_policy(dx: Diagnosis) -> list[Finding]:
         if not (isinstance(step_index, int) and step_index >= 1 and dx.spec.beta != 0.0):
             return []
         if moved or ref_logps.shape != logps.shape:
+            return []
+        if dx.step.meta.get("policy_changed_since_start") is False:  # zero updates so far: policy = reference
+            return []
+        if not bool(sel.any()):  # no token to compare (every row masked, e.g. truncated): no evidence
             return []
         if int(((ref_logps != logps) & sel).count_nonzero()):  # not bit-identical (NaN counts as different)
             return []

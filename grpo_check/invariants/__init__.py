@@ -30,7 +30,7 @@ Each ``assert_<name>`` (and ``assert_<stage>_<name>``, always unique) takes an o
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -110,6 +110,7 @@ def check_step(
     Returns the worst finding otherwise. Raises :class:`InputError` when the inputs the check needs are
     missing (a usage error in an assertion, not a "not captured" verdict).
     """
+    __tracebackhide__ = True
     check = get(check_id)
     if step is not None and not isinstance(step, TraceStep):
         raise InputError(
@@ -170,6 +171,7 @@ def assert_invariants(
     tolerances: dict[str, float] | None = None,
 ) -> list[Finding]:
     """Run invariants; raise :class:`GRPOCheckError` for the first failing one (message lists all failures)."""
+    __tracebackhide__ = True
     findings = run_invariants(step_or_trace, spec, checks, tolerances=tolerances)
     threshold = severity(Verdict.WARN) if strict else severity(Verdict.FAIL)
     bad = [f for f in findings if severity(f.verdict) >= threshold]
@@ -182,27 +184,6 @@ def assert_invariants(
             )
         raise error
     return findings
-
-
-def _make_assert(check: Check) -> Callable[..., Finding]:
-    def assert_check(
-        step: TraceStep | None = None,
-        /,
-        *,
-        spec: GRPOSpec | None = None,
-        tolerance: float | None = None,
-        strict: bool = False,
-        **inputs: Any,
-    ) -> Finding:
-        return check_step(check.id, step, spec=spec, tolerance=tolerance, strict=strict, **inputs)
-
-    needs = " or ".join(", ".join(alt) for alt in check.requires) or "(step meta)"
-    assert_check.__doc__ = (
-        f"Assert ``{check.id}``: {check.description}.\n\n"
-        f"Inputs: {needs}. Tolerance: {check.tolerance}.\n"
-        "Raises GRPOCheckError on FAIL (and WARN with strict=True); returns the Finding otherwise."
-    )
-    return assert_check
 
 
 def _assert_names() -> dict[str, Check]:
@@ -220,11 +201,7 @@ def _assert_names() -> dict[str, Check]:
 ASSERTS: dict[str, Check] = _assert_names()
 """``assert_*`` function name -> check."""
 
-for _name, _check in ASSERTS.items():
-    _function = _make_assert(_check)
-    _function.__name__ = _function.__qualname__ = _name
-    globals()[_name] = _function
-del _name, _check, _function
+from grpo_check.invariants.asserts import *  # noqa: E402, F403 (one function per check, defined there)
 
 __all__ = [
     "ASSERTS",

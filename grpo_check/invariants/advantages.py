@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -181,16 +182,32 @@ def bounded(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None =
     )
 
 
-def _group_reward_stats(
-    step: TraceStep, spec: GRPOSpec | None
-) -> tuple[torch.Tensor, torch.Tensor, Groups, torch.Tensor, torch.Tensor, torch.Tensor, int] | str:
-    """(advantages, rewards, groups, whole, scorable, centred rewards, G) or a reason (shared per step)."""
+@dataclasses.dataclass(frozen=True)
+class GroupRewardStats:
+    """What several advantage checks share about one step's groups (computed once per step)."""
+
+    advantages: torch.Tensor
+    """(B,) the trainer's advantages, float64."""
+    rewards: torch.Tensor
+    """(B,) total rewards."""
+    groups: Groups
+    """The prompt groups of the rows."""
+    whole: torch.Tensor
+    """Per group: all G rows present."""
+    scorable: torch.Tensor
+    """(B,) rows whose reward and advantage are finite."""
+    centred: torch.Tensor
+    """(B,) reward − group mean over the scorable rows (0 elsewhere)."""
+    size: int
+    """G, the group size."""
+
+
+def _group_reward_stats(step: TraceStep, spec: GRPOSpec | None) -> GroupRewardStats | str:
+    """The step's :class:`GroupRewardStats`, or a reason they cannot be computed (shared per step)."""
     return cached(("adv_reward_stats", id(step), id(spec)), lambda: _group_reward_stats_uncached(step, spec))
 
 
-def _group_reward_stats_uncached(
-    step: TraceStep, spec: GRPOSpec | None
-) -> tuple[torch.Tensor, torch.Tensor, Groups, torch.Tensor, torch.Tensor, torch.Tensor, int] | str:
+def _group_reward_stats_uncached(step: TraceStep, spec: GRPOSpec | None) -> GroupRewardStats | str:
     prepared = _prepare(step, spec)
     if isinstance(prepared, str):
         return prepared
@@ -203,7 +220,7 @@ def _group_reward_stats_uncached(
     count = groups.sum(weight)
     mean = groups.sum(torch.where(scorable, rewards, 0.0)) / count.clamp(min=1)
     centred = torch.where(scorable, rewards - groups.expand(mean), 0.0)
-    return advantages, rewards, groups, whole, scorable, centred, size
+    return GroupRewardStats(advantages, rewards, groups, whole, scorable, centred, size)
 
 
 @register(
@@ -224,7 +241,8 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     stats = _group_reward_stats(step, spec)
     if isinstance(stats, str):
         return inconclusive(stats)
-    advantages, rewards, groups, whole, scorable, centred, _ = stats
+    advantages, rewards, groups, whole = stats.advantages, stats.rewards, stats.groups, stats.whole
+    scorable, centred = stats.scorable, stats.centred
     count = groups.sum(scorable.double())
     squares = groups.sum(centred**2)
     sample_std = torch.sqrt(squares / (count - 1).clamp(min=1))
@@ -307,7 +325,13 @@ def constant_group_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: fl
     stats = _group_reward_stats(step, spec)
     if isinstance(stats, str):
         return inconclusive(stats)
-    advantages, rewards, groups, whole, _, _, size = stats
+    advantages, rewards, groups, whole, size = (
+        stats.advantages,
+        stats.rewards,
+        stats.groups,
+        stats.whole,
+        stats.size,
+    )
     scorable = torch.isfinite(
         rewards
     )  # group membership by rewards alone: a NaN advantage is a violation here
@@ -434,7 +458,8 @@ def sign_follows_rewards(
     stats = _group_reward_stats(step, spec)
     if isinstance(stats, str):
         return inconclusive(stats)
-    advantages, rewards, groups, whole, scorable, centred, _ = stats
+    advantages, rewards, groups, whole = stats.advantages, stats.rewards, stats.groups, stats.whole
+    scorable, centred = stats.scorable, stats.centred
     _, atol = rtol_atol(step["advantages"].dtype)
     reward_rtol, _ = rtol_atol(
         step["rewards"].dtype if step.has("rewards") else step["rewards_per_func"].dtype

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import re
 
+from grpo_check.coverage import coverage_lines
 from grpo_check.findings import Finding, Result, Verdict, severity
 from grpo_check.report._common import (
     VERDICT_SYMBOL,
@@ -59,7 +60,9 @@ def render_terminal(
         emoji=False,
     )
     worst = result.worst()
-    console.print(Text(headline(result), style=STYLE.get(worst.value, "") + (" bold" if color else "")))
+    console.print(
+        Text(headline(result), style=STYLE.get(worst.value, "") + (" bold" if color else "")), soft_wrap=True
+    )
     source = result.metadata.get("source")
     if source:
         console.print(Text(_printable(f"checked: {source}"), style="dim"))
@@ -69,6 +72,13 @@ def render_terminal(
     incomplete = result.metadata.get("incomplete")
     if incomplete:
         console.print(Text(_printable(f"INCOMPLETE: {incomplete}"), style="bold yellow" if color else ""))
+    coverage = coverage_lines(result.metadata.get("coverage"))
+    if coverage:
+        console.print()
+        console.print(Text("Coverage", style="bold"))
+        for line in coverage:
+            style = "bold yellow" if line.startswith("GAP") else ("dim" if not line.startswith("ran") else "")
+            console.print(Text(_printable(line), style=style if color else ""), soft_wrap=True)
 
     first = result.first_divergence()
     if first is not None:

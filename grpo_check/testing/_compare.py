@@ -1,7 +1,9 @@
-"""Internal: element-wise comparison producing a Finding with GRPO coordinates (assert_close style)."""
+"""Internal: the assertions' tolerances (torch.testing's per dtype) around the one tensor comparison of
+:mod:`grpo_check.compare.tensor_diff`, and calling a user's function by argument names."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -38,20 +40,6 @@ def to_tensor(value: Any, name: str) -> torch.Tensor:
         ) from exc
 
 
-def coordinates(
-    index: tuple[int, ...], group_index: torch.Tensor | None, step: int | None, has_token_axis: bool
-) -> Where:
-    """GRPO coordinates of an element: row -> prompt (group label) and generation (rank inside its group)."""
-    row = index[0] if index else None
-    prompt = generation = None
-    if row is not None and group_index is not None and row < group_index.numel():
-        label = group_index[row]
-        prompt = int(label)
-        generation = int((group_index[:row] == label).sum())
-    token = index[1] if has_token_axis and len(index) > 1 else None
-    return Where(step=step, prompt=prompt, generation=generation, row=row, token=token)
-
-
 def compare_tensors(
     actual: Any,
     expected: Any,
@@ -73,9 +61,13 @@ def compare_tensors(
 ) -> Finding | None:
     """Compare ``actual`` with ``expected`` (float64) element-wise; ``None`` when they agree.
 
-    Allowed difference per element: ``atol + rtol·|expected| (+ extra_tolerance)``; tolerances default to
-    torch's for ``tolerance_dtype`` (default: ``actual``'s dtype). NaN agrees only with NaN. Only positions where ``mask`` is true count.
+    The comparison is :func:`grpo_check.compare.tensor_diff.compare_tensor` (the one the CLI runs), held to
+    ``atol + rtol·|expected| (+ extra_tolerance)``; tolerances default to torch's for ``tolerance_dtype``
+    (default: ``actual``'s dtype). NaN agrees only with NaN. Only positions where ``mask`` is true count.
     """
+    from grpo_check.compare.tensor_diff import StepContext, compare_tensor
+    from grpo_check.compare.tolerances import Tolerance
+
     actual_t = to_tensor(actual, name)
     expected_t = to_tensor(expected, f"expected {name}").double()
     dtype = actual_t.dtype if actual_t.dtype.is_floating_point else torch.float64
@@ -100,71 +92,36 @@ def compare_tensors(
                 kind=kind,
                 details={"actual_shape": list(actual_t.shape), "expected_shape": list(expected_t.shape)},
             )
-    actual_f = actual_t.double()
-    compared = torch.ones_like(expected_t, dtype=torch.bool)
+    compared = None
     if mask is not None:
         compared = torch.broadcast_to(to_tensor(mask, "mask").to(torch.bool), expected_t.shape)
-    allowed = atol + rtol * expected_t.abs()
-    if extra_tolerance is not None:
-        allowed = allowed + torch.broadcast_to(extra_tolerance.double(), expected_t.shape)
-    # a non-finite expected value is matched exactly (NaN by NaN, ±inf by the same inf): no tolerance around
-    # it, or a NaN/inf allowance would let any actual value through
-    allowed = torch.where(
-        torch.isfinite(expected_t) & ~torch.isnan(allowed), allowed, torch.zeros_like(allowed)
-    )
-    both_nan = torch.isnan(actual_f) & torch.isnan(expected_t)
-    same_inf = torch.isinf(actual_f) & torch.isinf(expected_t) & (actual_f == expected_t)
-    diff = (actual_f - expected_t).abs()
-    diff = torch.where(both_nan | same_inf, torch.zeros_like(diff), diff)
-    diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
-    bad = (diff > allowed) & compared
-    n_bad = int(bad.sum())
-    if n_bad == 0:
-        return None
-    n_compared = int(compared.sum())
-    score = torch.where(bad, diff / allowed.clamp(min=1e-300), torch.full_like(diff, -1.0))
-    flat = int(torch.argmax(torch.nan_to_num(score, posinf=1e308)))
-    index = _unravel(flat, tuple(expected_t.shape))
-    where = coordinates(
-        index, group_index, step, has_token_axis=expected_t.dim() > 1 and expected_t.shape[-1] > 1
-    )
-    got = float(actual_f[index]) if index else float(actual_f)
-    want = float(expected_t[index]) if index else float(expected_t)
-    worst_diff = float(diff[index]) if index else float(diff)
-    worst_allowed = float(allowed[index]) if index else float(allowed)
-    relative = worst_diff / abs(want) if want not in (0.0,) and want == want else float("inf")
-    percent = 100.0 * n_bad / max(n_compared, 1)
-    where_text = where.describe()
-    location = f" at {where_text}" if where_text != "-" else ""
-    explanation = (
-        f"{name}: {n_bad} of {n_compared} compared element(s) differ ({percent:.3g}%). "
-        f"Greatest difference{location}: got {got:.6g}, expected {want:.6g} "
-        f"(|diff| {worst_diff:.3g}, allowed {worst_allowed:.3g}; relative diff {relative:.3g}; "
-        f"rtol={rtol:.2g}, atol={atol:.2g} for {str(dtype).replace('torch.', '')})."
-    )
-    mismatches = bad.nonzero().tolist()[:8]
-    return Finding(
+    elif expected_t.dim() == 0:
+        compared = torch.ones_like(expected_t, dtype=torch.bool)
+    per_row_only = expected_t.dim() > 1 and expected_t.shape[-1] == 1  # (B, 1): a row has no token axis
+    finding = compare_tensor(
         check_id=check_id,
         stage=stage,
-        verdict=Verdict.FAIL,
-        figure=worst_diff,
-        tolerance=worst_allowed,
-        where=where,
-        explanation=explanation,
-        likely_cause=likely_cause,
-        fix=fix,
-        catalog_id=catalog_id,
+        name=name,
+        trainer=actual_t,
+        reference=expected_t,
+        tolerance=Tolerance(
+            rtol=rtol, atol=atol, source=f"torch.testing defaults for {str(dtype).removeprefix('torch.')}"
+        ),
+        ctx=StepContext(
+            step=step, group_index=None if group_index is None else to_tensor(group_index, "group_index")
+        ),
+        mask=compared,
         kind=kind,
-        details={
-            "mismatched": n_bad,
-            "compared": n_compared,
-            "actual": got,
-            "expected": want,
-            "rtol": rtol,
-            "atol": atol,
-            "first_mismatches": mismatches,
-        },
+        extra_allowance=extra_tolerance,
+        equal_nan=True,
+        sides=("actual", "expected"),
     )
+    if finding.verdict in (Verdict.PASS, Verdict.INCONCLUSIVE):
+        return None
+    if per_row_only and finding.where.token is not None:
+        finding.where = dataclasses.replace(finding.where, token=None)
+    finding.likely_cause, finding.fix, finding.catalog_id = likely_cause, fix, catalog_id
+    return finding
 
 
 def _tolerance_value(value: Any, name: str) -> float:
@@ -174,15 +131,6 @@ def _tolerance_value(value: Any, name: str) -> float:
     if not is_nonnegative_number(value):  # also NaN
         raise InputError(f"{name} must be a number >= 0, got {value!r}")
     return float(value)
-
-
-def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Row-major multi-index of a flat position (torch.unravel_index imports sympy: seconds)."""
-    index = []
-    for size in reversed(shape):
-        flat, position = divmod(flat, size)
-        index.append(position)
-    return tuple(reversed(index))
 
 
 def _same_up_to_unit_dims(a: torch.Size, b: torch.Size) -> bool:

@@ -18,7 +18,10 @@ Example::
     >>> assert_advantages_close(torch.tensor([-1.0, 1.0, 0.0, 0.0]), rewards=rewards, num_generations=2)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    grpo_check.findings.GRPOCheckError: [FAIL] testing.advantages_close (advantages): advantages: 2 of 4 ...
+    grpo_check.findings.GRPOCheckError: [FAIL] testing.advantages_close (advantages): advantages differs from the reference
+    Mismatched elements: 2 / 4 (50.0%)
+    Greatest absolute difference: 0.293 at prompt 0, generation 0, row 0 (actual -1 vs expected -0.707007; up to 1.23e-05 allowed)
+    ...
 
 The invariants' ``assert_*`` forms (single-implementation checks such as ``assert_group_sum_zero``) are
 re-exported by :mod:`grpo_check.testing` too.
@@ -38,6 +41,7 @@ from grpo_check.trace.model import TraceStep
 
 
 def _raise(finding: Finding | None) -> None:
+    __tracebackhide__ = True
     if finding is not None:
         raise GRPOCheckError(finding)
 
@@ -172,6 +176,7 @@ def assert_advantages_close(
     """``actual`` (B,) advantages against the reference's from ``rewards`` (B,) or ``rewards_per_func``
     (B, F) and ``group_index`` (B,) — or contiguous groups of ``num_generations`` rows when no index is
     given. ``spec`` sets ε, std convention, ``scale_rewards`` (default ``GRPOSpec()``)."""
+    __tracebackhide__ = True
     inputs = {
         "rewards": rewards,
         "rewards_per_func": rewards_per_func,
@@ -218,6 +223,7 @@ def assert_logps_close(
     With ``prompt_length`` the ``logits`` are the model's raw (B, P+T, V) output (the reference applies the
     one-token shift, so an off-by-one in yours shows); without it they are already shifted (B, T, V).
     """
+    __tracebackhide__ = True
     inputs = {
         "completion_ids": completion_ids,
         "completion_mask": completion_mask,
@@ -257,6 +263,7 @@ def assert_ratio_close(
     atol: float | None = None,
 ) -> None:
     """Importance ratio (token (B, T) or sequence (B, 1), per ``spec.importance_sampling_level``)."""
+    __tracebackhide__ = True
     inputs = {
         "logps": logps,
         "old_logps": old_logps,
@@ -301,6 +308,7 @@ def assert_kl_close(
 ) -> None:
     """The bare per-token KL estimate (``estimator`` or ``spec.kl_estimator``, no bias correction) and,
     if ``grad`` (∂Σkl/∂logps) is given, its gradient."""
+    __tracebackhide__ = True
     inputs = {
         "logps": logps,
         "ref_logps": ref_logps,
@@ -353,6 +361,7 @@ def assert_loss_close(
     and ``completion_mask`` (``ref_logps`` when ``spec.beta != 0``). ``num_items_in_batch`` defaults to the
     mask's token count (one process, no accumulation).
     """
+    __tracebackhide__ = True
     inputs = {
         "per_token_loss": per_token_loss,
         "logps": logps,
@@ -421,6 +430,7 @@ def assert_grad_close(
     """``actual`` = ∂loss/∂logps (B, T) — the per-token weight your trainer really applies — against the
     reference's by float64 autograd. Catches detached ratios, sign errors, clipping on the wrong side,
     gradient at padding and wrong normalisers, which loss values cannot show (bug-catalog 21, 5, 31)."""
+    __tracebackhide__ = True
     inputs = {
         "logps": logps,
         "old_logps": old_logps,

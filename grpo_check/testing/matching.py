@@ -358,6 +358,7 @@ def assert_matches_reference(
         rtol, atol: override torch's per-dtype tolerances.
         derandomize: the same examples every run (reproducible CI); ``False`` explores new ones each run.
     """
+    __tracebackhide__ = True
     if stage not in _STAGES:
         raise InputError(f"stage must be one of {', '.join(STAGE_NAMES)}; got {stage!r}", field="stage")
     from grpo_check.testing.assertions import as_spec
@@ -419,7 +420,8 @@ def _final_finding(
     finding.check_id = f"testing.matches_reference.{stage}"
     finding.explanation = (
         f"stage {stage!r}: {_fn_name(user_fn)} disagrees with the float64 reference.\n  "
-        f"{finding.explanation}\n  smallest failing batch (shrunk by hypothesis after {count} example(s)):\n    "
+        + finding.explanation.replace("\n", "\n  ")
+        + f"\n  smallest failing batch (shrunk by hypothesis after {count} example(s)):\n    "
         + description.replace("\n", "\n    ")
     )
     finding.details.update(

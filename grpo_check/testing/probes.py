@@ -114,6 +114,7 @@ class Probe:
         ``is_low_clipped``, ``is_high_clipped``, ``clip_fraction``, ``kl``, ``kl_grad``, ``per_token_loss``,
         ``loss``, ``logps_grad``, ``per_token_loss_grad``: whichever this probe defines).
         """
+        __tracebackhide__ = True
         for finding in self.findings(output, rtol=rtol, atol=atol):
             raise GRPOCheckError(finding)
 
@@ -164,6 +165,7 @@ class Probe:
         For probes with a :attr:`grad_input` (loss-like probes) a scalar output is also differentiated with
         respect to that input and the gradient checked (``logps_grad`` / ``per_token_loss_grad`` / ``kl_grad``).
         """
+        __tracebackhide__ = True
         inputs = self.inputs(requires_grad=self.grad_input is not None)
         available: dict[str, Any] = {**inputs, "spec": self.spec, "config": self.spec, **self.meta}
         output = call_by_names(fn, available, order=tuple(self.input_values), stage=self.stage)

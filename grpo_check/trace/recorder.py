@@ -1,6 +1,6 @@
 """``Recorder``: capture a trace from a hand-written GRPO loop with a few added lines.
 
-Example (a complete loop on a tiny model lives in ``docs/readme/traces-and-reports.md``)::
+Example (a complete loop on a tiny model lives in ``docs/traces.md``)::
 
     >>> import torch
     >>> from grpo_check import Recorder, GRPOSpec

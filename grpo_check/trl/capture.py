@@ -127,6 +127,8 @@ class Attachment(TrainerHooks, StepRecording, LiveChecking, HelperClient):
         self._slice_findings: list[Finding] = []
         self.invariants = invariants
         self.skipped_invariants: dict[str, int] = {}
+        # why a check family did not run, by family id (grpo_check.coverage), where the adapter knows
+        self.coverage_notes: dict[str, str] = {}
         self._closed = False
         self._step_checking = 0.0  # seconds this optimizer step spent on capture and checking
         self._step_ended_at: float | None = None  # perf_counter at the end of the previous optimizer step
@@ -144,7 +146,9 @@ class Attachment(TrainerHooks, StepRecording, LiveChecking, HelperClient):
 
     def result(self) -> Result:
         """The live comparison so far as a :class:`Result` (empty when ``live=False``); waits for the
-        background checks still running."""
+        background checks still running. With ``live=True`` it ends as every comparison does
+        (:func:`grpo_check.compare.engine.finish_result`): trends, run-level warnings and the coverage. A failing
+        stage that a shipped bug of the installed TRL release explains is named as such (bug, fix, PR)."""
         from grpo_check.trl.history import name_shipped_bugs
 
         self._flush_window()
@@ -154,7 +158,7 @@ class Attachment(TrainerHooks, StepRecording, LiveChecking, HelperClient):
             "unscorable_rows": getattr(self, "_unscorable_rows_seen", False)
         }  # from the captured rewards
         shipped = name_shipped_bugs(self.findings, self.support.version, {**self.spec.to_dict(), **observed})
-        return Result(
+        result = Result(
             findings=[*self.findings, *shipped],
             metadata={
                 "source": self.trace.manifest.get("trainer"),
@@ -167,6 +171,44 @@ class Attachment(TrainerHooks, StepRecording, LiveChecking, HelperClient):
                 "rank": self.rank,
                 "num_processes": self.num_processes,
             },
+        )
+        if self.live:
+            self._finish_result(result)
+        return result
+
+    def _finish_result(self, result: Result) -> None:
+        """Trends, run-level warnings and coverage: what the model at hand made checkable and what ran."""
+        from grpo_check.compare.engine import finish_result
+
+        policy = as_policy(self.tolerances)
+        reasons: dict[str, str] = {}
+        not_applicable: dict[str, str] = {}
+        if not self.recompute_logps:
+            reasons["forward_logps"] = "turned off (attach(recompute_logps=False))"
+            reasons["ref_forward"] = reasons["forward_logps"]
+        elif self.live_problems:
+            reasons.setdefault("forward_logps", "; ".join(self.live_problems))
+        has_ref = getattr(self.trainer, "ref_model", None) is not None
+        if self.spec.beta != 0.0 and not has_ref:
+            not_applicable["ref_forward"] = (
+                "the trainer has no separate reference model (its reference log-probs come from the policy "
+                "with the adapter disabled)"
+            )
+        if not self.invariants:
+            not_applicable["invariants"] = "turned off (invariants=False)"
+        # probes of the trainer's own loss code run in grpo_check.trl.probe when it is installed; until they have
+        # run (or said why not, in coverage_notes) the family reports "not run"
+        reasons.setdefault("probes", "no probe of the trainer's loss code ran on this run")
+        reasons.update(self.coverage_notes)
+        finish_result(
+            result,
+            self.trace,
+            self.spec,
+            policy,
+            model_at_hand=self.recompute_logps,
+            ref_model_at_hand=self.recompute_logps and has_ref,
+            reasons=reasons,
+            not_applicable=not_applicable,
         )
 
     def close(self) -> Trace:

@@ -19,6 +19,7 @@ from typing import Any
 
 from grpo_check.trl.recording import cpu_copy as _cpu
 from grpo_check.trl.rowtag import ROW_TAG, row_tags
+from grpo_check.trl.spec import applied_entropy_coef
 
 ATTACHED = "_grpo_check_attachment"  # the trainer attribute that holds its live attachment
 
@@ -216,7 +217,13 @@ class TrainerHooks:
             if not self._due(int(self.trainer.state.global_step)):
                 self._pending = {"due": False}  # counted as a micro-batch, nothing copied or hooked
                 return original(model, inputs, *args, **kw)
-            self._pending = {"inputs": inputs, "logps": None, "logps_grad": None, "loss_scale": None}
+            self._pending = {
+                "inputs": inputs,
+                "logps": None,
+                "logps_grad": None,
+                "loss_scale": None,
+                "entropy_coef": applied_entropy_coef(self.trainer),  # read before the loss may update it
+            }
             self._in_loss = True
             try:
                 loss = original(model, inputs, *args, **kw)

@@ -11,6 +11,12 @@ from typing import Any
 
 from grpo_check.findings import Finding, Verdict
 from grpo_check.trace.model import TraceStep
+from grpo_check.trl.rederive_inputs import (
+    EOS_SOURCES_KEY,
+    eos_token_id_sources,
+    policy_fingerprint,
+    rederive_meta_at_generation,
+)
 from grpo_check.trl.rowtag import ROW_TAG, group_ids_from_prompts, untag_rows
 from grpo_check.trl.spec import trainer_config_dict
 from grpo_check.trl.versions import library_versions
@@ -46,9 +52,27 @@ class StepRecording:
                 f"{self.support.logps_method or 'the locals of compute_loss'}",
             ],
             "eos_token_ids": self._eos_token_ids(),
+            EOS_SOURCES_KEY: eos_token_id_sources(self.trainer),
             "pad_token_id": None if tok is None else tok.pad_token_id,
             "compute_dtype": self._compute_dtype(),
+            "model": self._model_sources(),
         }
+
+    def _model_sources(self) -> dict[str, str | None]:
+        """Where the policy and the reference model came from (``name_or_path``: a local directory or a hub id),
+        so that ``grpo-check compare TRACE --model`` can say what to pass."""
+        sources: dict[str, str | None] = {}
+        for role, model in (
+            ("policy", self.trainer.model),
+            ("ref_model", getattr(self.trainer, "ref_model", None)),
+        ):
+            source = None
+            if model is not None:
+                model = self.trainer.accelerator.unwrap_model(model)
+                config = getattr(model, "config", None)
+                source = getattr(model, "name_or_path", None) or getattr(config, "_name_or_path", None)
+            sources[role] = str(source) if source else None
+        return sources
 
     def _compute_dtype(self) -> str:
         """The precision the trainer's forward ran in: the autocast dtype under mixed precision (TRL 1.x defaults
@@ -147,7 +171,14 @@ class StepRecording:
             if output.get(name) is not None
         }
         info["ref_reference"] = None
-        items_finding = self._check_num_items(output, info)
+        # every EOS id by source, the optimizer step now and N from the loss masks (gathered: every rank calls it)
+        info["rederive"] = rederive_meta_at_generation(trainer, output)
+        # whether an optimizer step really changed the policy since this batch was generated (or since the start)
+        info["policy_fingerprint"] = policy_fingerprint(trainer)
+        if not hasattr(
+            self, "_policy_fingerprint_at_start"
+        ):  # the first batch is generated before any update
+            self._policy_fingerprint_at_start = info["policy_fingerprint"]
         self._generations[generation] = info
         for stale in [g for g in self._generations if g < generation - 1]:
             del self._generations[stale]
@@ -171,13 +202,14 @@ class StepRecording:
             "scale_rewards": self.spec.scale_rewards,
             "eos_token_ids": self._eos_token_ids(),
             "pad_token_id": self.trace.manifest.get("pad_token_id"),
+            **info["rederive"],
         }
         step = TraceStep(tensors=tensors, meta=meta)
         if self.num_processes == 1:
             step.completion_text = info["completions"]
             step.prompt_text = [str(p) for p in prompts]
         if self._due(info["global_step"]):
-            self._finish_step(step, extra_findings=[] if items_finding is None else [items_finding])
+            self._finish_step(step)
 
     def _record_micro_batch(self, pending: dict[str, Any], micro_batch: int) -> None:
         import torch
@@ -226,7 +258,15 @@ class StepRecording:
             meta["num_items_in_batch"] = float(inputs["num_items_in_batch"])
         spg = meta["steps_per_generation"]
         meta["iteration"] = (self._micro_batch_counter - 1) // max(spg, 1) % max(meta["num_iterations"], 1)
+        meta[EOS_SOURCES_KEY] = eos_token_id_sources(trainer)
         if info is not None:
+            meta.update(info["rederive"])
+            now = policy_fingerprint(trainer)
+            if now is not None and info.get("policy_fingerprint") is not None:
+                meta["policy_changed_since_generation"] = now != info["policy_fingerprint"]
+            start = getattr(self, "_policy_fingerprint_at_start", None)
+            if now is not None and start is not None:
+                meta["policy_changed_since_start"] = now != start
             meta["optimizer_steps_since_old_logps"] = (
                 global_step - info["global_step"] if info["old_logps_computed"] else 0
             )
@@ -272,6 +312,8 @@ class StepRecording:
             tensors["logps_grad"] = pending["logps_grad"]
         # "loss" is the value backpropagated for this micro-batch (trace format): TRL 1.x backpropagates what
         # compute_loss returns (scale 1); on 0.x transformers' Trainer divides it by GAS first (scale 1/GAS).
+        if pending.get("entropy_coef") is not None:  # adaptive entropy bonus: this micro-batch's coefficient
+            meta["spec_overrides"] = {"entropy_coef": pending["entropy_coef"]}
         scale = pending.get("loss_scale")
         meta["backward_scale"] = scale
         meta["loss_returned"] = float(pending["loss"])
@@ -284,56 +326,6 @@ class StepRecording:
         )
         findings_from_slice, self._slice_findings = self._slice_findings, []
         self._finish_step(step, extra_findings=findings_from_slice)
-
-    def _check_num_items(self, output: dict[str, Any], info: dict[str, Any]) -> Finding | None:
-        """The loss-token count TRL hands its global-token normaliser (``num_items_in_batch``) is the number of
-        tokens the loss counts in this generation batch (completion mask x tool mask, all processes).
-
-        Not GRPO maths: bookkeeping, like :meth:`_check_slice`. The reference normalises with the trainer's
-        ``num_items_in_batch``; this holds that number to the masks it must count. ``None`` where TRL passes
-        none (before 0.22) or the masks are not in the batch.
-        """
-        from grpo_check.findings import Where
-
-        items, mask = info.get("num_items_in_batch"), output.get("completion_mask")
-        if items is None or mask is None:
-            return None
-        loss_mask = mask if output.get("tool_mask") is None else mask * output["tool_mask"]
-        counted = loss_mask.sum()
-        if self.num_processes > 1:
-            from accelerate.utils import gather
-
-            counted = gather(counted.reshape(1)).sum()
-        counted = float(counted)
-        if self.rank != 0:
-            return None
-        error = abs(items - counted)
-        failed = error > 0.5  # token counts: integers
-        where = Where(step=info["global_step"], rank=0)
-        return Finding(
-            check_id="trl.num_items_in_batch",
-            stage="loss",
-            verdict=Verdict.FAIL if failed else Verdict.PASS,
-            figure=error,
-            tolerance=0.5,
-            where=where,
-            kind="compare",
-            explanation=(
-                f"num_items_in_batch (the global token normaliser) is {items:g} but the loss counts {counted:g} "
-                f"tokens in this generation batch (completion mask x tool mask, all processes) at {where.describe()}"
-                if failed
-                else f"num_items_in_batch ({items:g}) is the number of tokens the loss counts in the generation batch"
-            ),
-            likely_cause=(
-                "the token count was taken before masking (truncated completions or tool tokens masked after "
-                "counting): the normaliser's denominator and its numerator count different tokens"
-                if failed
-                else None
-            ),
-            fix="count num_items_in_batch from the final loss mask (after mask_truncated_completions and tool masks)"
-            if failed
-            else None,
-        )
 
     def _check_slice(self, used: Any, generated: Any, meta: dict[str, Any]) -> None:
         """The rows the loss used carry the advantages computed for them on the gathered batch.

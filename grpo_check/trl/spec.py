@@ -136,3 +136,19 @@ def trainer_config_dict(trainer_or_config: Any) -> dict[str, Any]:
         else:
             out[key] = repr(value)
     return out
+
+
+def applied_entropy_coef(trainer: Any) -> float | None:
+    """The entropy-bonus coefficient the trainer's next loss applies, or ``None`` without an adaptive one.
+
+    With ``use_adaptive_entropy`` TRL moves ``entropy_coef`` at every optimizer step and applies it only while
+    the window's entropy is at or below ``entropy_target`` (0 otherwise), so the coefficient is per step, not
+    per run: it is recorded on each micro-batch (``meta["spec_overrides"]``) for the reference to use."""
+    if not getattr(trainer, "use_adaptive_entropy", False):
+        return None
+    coef = float(getattr(trainer, "entropy_coef", 0.0))
+    last = getattr(trainer, "_last_world_entropy", None)
+    target = getattr(getattr(trainer, "args", None), "entropy_target", None)
+    if last is not None and target is not None and float(last) > float(target):
+        return 0.0
+    return coef

@@ -22,7 +22,7 @@ from grpo_check.zoo.loop import GRPOLoop, LoopConfig
     "logps",
     id="S1-logsoftmax-sign",
     title="log-softmax sign flipped (logsumexp − logit)",
-    seen_in="the seed's debugging scenario (TRL 0.17 based)",
+    seen_in="the SkillsBench debug-trl-grpo task (a TRL 0.17-based pipeline)",
     config=LoopConfig(beta=0.04),
 )
 class LogSoftmaxSignFlip(GRPOLoop):
@@ -38,7 +38,7 @@ class LogSoftmaxSignFlip(GRPOLoop):
     "advantages",
     id="S2-adv-epsilon-1e4",
     title="advantage epsilon 1e4 instead of 1e-4",
-    seen_in="the seed's debugging scenario (TRL 0.17 based)",
+    seen_in="the SkillsBench debug-trl-grpo task (a TRL 0.17-based pipeline)",
 )
 class AdvantageEpsilonTypo(GRPOLoop):
     """The std guard is written ``1e4``: advantages shrink by σ/(σ+10⁴), the learning signal vanishes."""
@@ -57,7 +57,7 @@ class AdvantageEpsilonTypo(GRPOLoop):
     "batch",
     id="S3-decode-blank",
     title="post-processing blanks or truncates the decoded completion; rewards score the wrong string",
-    seen_in="the seed's debugging scenario (TRL 0.17 based)",
+    seen_in="the SkillsBench debug-trl-grpo task (a TRL 0.17-based pipeline)",
 )
 class DecodeBlanksText(GRPOLoop):
     """Post-processing keeps only the text after an answer marker: '' when the marker is missing, and the
@@ -70,8 +70,8 @@ class DecodeBlanksText(GRPOLoop):
         return [text.partition(self.answer_marker)[2] for text in texts]
 
 
-class _SeedScenario(LogSoftmaxSignFlip, AdvantageEpsilonTypo, DecodeBlanksText):
-    """S1 + S2 + S3 in one TRL-style pipeline: the seed's debugging scenario."""
+class _SkillsBenchScenario(LogSoftmaxSignFlip, AdvantageEpsilonTypo, DecodeBlanksText):
+    """S1 + S2 + S3 in one TRL-style pipeline, as in the SkillsBench debug-trl-grpo task."""
 
     pipeline = "loop"
 
@@ -79,12 +79,12 @@ class _SeedScenario(LogSoftmaxSignFlip, AdvantageEpsilonTypo, DecodeBlanksText):
 mutant(
     "S1",
     "logps",
-    id="seed-S1-S2-S3",
-    title="the seed's scenario: S1 + S2 + S3 in one pipeline (each must be found in its own stage)",
-    seen_in="the seed's debugging scenario (TRL 0.17 based)",
+    id="skillsbench-S1-S2-S3",
+    title="the SkillsBench debug-trl-grpo scenario: S1 + S2 + S3 in one pipeline (each must be found in its own stage)",
+    seen_in="the SkillsBench debug-trl-grpo task (a TRL 0.17-based pipeline)",
     extra_bugs=(Bug("S2", "advantages"), Bug("S3", "batch")),
     config=LoopConfig(beta=0.04),
-)(_SeedScenario)
+)(_SkillsBenchScenario)
 
 # ================================================================================================= batch
 

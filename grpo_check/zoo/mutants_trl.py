@@ -62,17 +62,17 @@ class TRLRun:
 def _run_trl(trainer_cls_factory: Any, overrides: dict[str, Any], *, pad_is_eos: bool, steps: int) -> TRLRun:
     from grpo_check.demo.matrix import Cell
     from grpo_check.demo.run import build_trainer
-    from grpo_check.trl import attach
+    from grpo_check.trl.runner import train_checked
 
     trainer_cls = trainer_cls_factory()
     cell = Cell(name="zoo", overrides=overrides, pad_is_eos=pad_is_eos, steps=steps)
     work = Path(tempfile.mkdtemp(prefix="grpo-check-zoo-"))
     try:
         trainer = build_trainer(cell, work, trainer_cls=trainer_cls, dataset_size=16)
-        attachment = attach(trainer, live=True)
-        trainer.train()
-        trace = attachment.close()
-        return TRLRun(trace=trace, result=attachment.result())
+        run = train_checked(trainer, live=True)
+        if run.outcome.status != "completed":
+            raise RuntimeError(run.outcome.line)
+        return TRLRun(trace=run.trace, result=run.result)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -170,7 +170,7 @@ def _prefix_strip_decode(base: Any) -> Any:
     return DecodeStripsPrefix
 
 
-def _seed_scenario() -> Any:
+def _skillsbench_scenario() -> Any:
     return _blank_decode(_epsilon_typo(_sign_flip_logps(_base())))
 
 
@@ -185,12 +185,12 @@ def _loss_patch(name: str, replacements: list[tuple[str, str]]) -> Any:
 
 
 trl_case(
-    id="trl-seed-S1-S2-S3",
-    title="the seed's scenario on TRL's GRPOTrainer: S1 + S2 + S3 in one run",
+    id="trl-skillsbench-S1-S2-S3",
+    title="the SkillsBench debug-trl-grpo scenario on TRL's GRPOTrainer: S1 + S2 + S3 in one run",
     bugs=(Bug("S1", "logps"), Bug("S2", "advantages"), Bug("S3", "batch")),
-    trainer=_seed_scenario,
+    trainer=_skillsbench_scenario,
     overrides={"beta": 0.04},
-    seen_in="the seed's debugging scenario (TRL 0.17 based)",
+    seen_in="the SkillsBench debug-trl-grpo task (a TRL 0.17-based pipeline)",
     description="log-prob helper sign-flipped, advantage ε typed 1e4, completions replaced by the answer an "
     "extractor found in them ('' when none); each must be found in its own stage in one run",
 )
@@ -199,28 +199,28 @@ trl_case(
     title="GRPOTrainer with a sign-flipped log-prob helper",
     bugs=(Bug("S1", "logps"),),
     trainer=lambda: _sign_flip_logps(_base()),
-    seen_in="the seed's debugging scenario (TRL 0.17 based)",
+    seen_in="the SkillsBench debug-trl-grpo task (a TRL 0.17-based pipeline)",
 )
 trl_case(
     id="trl-S2-adv-epsilon-1e4",
     title="GRPOTrainer with the advantage epsilon typed 1e4",
     bugs=(Bug("S2", "advantages"),),
     trainer=lambda: _epsilon_typo(_base()),
-    seen_in="the seed's debugging scenario (TRL 0.17 based)",
+    seen_in="the SkillsBench debug-trl-grpo task (a TRL 0.17-based pipeline)",
 )
 trl_case(
     id="trl-S3-decode-blank",
     title="GRPOTrainer whose completions are replaced by the extracted answer (blank when none)",
     bugs=(Bug("S3", "batch"),),
     trainer=lambda: _blank_decode(_base()),
-    seen_in="the seed's debugging scenario (TRL 0.17 based)",
+    seen_in="the SkillsBench debug-trl-grpo task (a TRL 0.17-based pipeline)",
 )
 trl_case(
     id="trl-S3-decode-strips-prefix",
     title="GRPOTrainer whose decode post-processing drops the first two characters (text mangled, not blank)",
     bugs=(Bug("S3", "batch"),),
     trainer=lambda: _prefix_strip_decode(_base()),
-    seen_in="the seed's debugging scenario (TRL 0.17 based): 'blanks or mangles completion text'",
+    seen_in="the SkillsBench debug-trl-grpo task (a TRL 0.17-based pipeline): 'blanks or mangles completion text'",
 )
 trl_case(
     id="trl-4-loss-not-scaled-by-gas",

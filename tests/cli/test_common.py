@@ -33,3 +33,24 @@ def test_user_mistakes_exit_2(error, capsys):
 def test_programming_errors_still_raise():
     with pytest.raises(ZeroDivisionError), user_errors():
         raise ZeroDivisionError("our bug, keep the traceback")
+
+
+def test_exit_codes_keep_their_documented_numbers():
+    from grpo_check.cli._common import ExitCode
+
+    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4, 130]
+    assert [code.name for code in ExitCode][:5] == ["OK", "FINDINGS", "USAGE", "CRASHED", "INCOMPLETE"]
+
+
+def test_output_format_parse_accepts_the_allowed_and_exits_2_on_others(capsys):
+    import typer
+
+    from grpo_check.cli._common import OutputFormat
+
+    allowed = (OutputFormat.TEXT, OutputFormat.JSON)
+    assert OutputFormat.parse("json", allowed) is OutputFormat.JSON
+    assert OutputFormat.parse("json", allowed) == "json"  # compares as the plain string
+    with pytest.raises(typer.Exit) as caught:
+        OutputFormat.parse("md", allowed)
+    assert caught.value.exit_code == 2
+    assert "--format must be text or json, got 'md'" in capsys.readouterr().err

@@ -15,8 +15,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from grpo_check.compare import _diff
-from grpo_check.compare._diff import Comparison, StepContext, compare_tensors
+from grpo_check.compare import tensor_diff as _diff
+from grpo_check.compare.tensor_diff import Comparison, StepContext, compare_tensors
 from grpo_check.compare.tolerances import Tolerance
 from grpo_check.findings import Verdict
 

@@ -35,7 +35,7 @@ def _logps(seed: int = 0) -> torch.Tensor:
 
 def test_a_nan_reference_no_longer_lets_any_value_through() -> None:
     """allowed = atol + rtol·|NaN| is NaN, and ``diff > NaN`` is never true: every element used to pass."""
-    with pytest.raises(GRPOCheckError, match="got 7, expected nan"):
+    with pytest.raises(GRPOCheckError, match="actual 7 vs expected nan"):
         assert_ratio_close(torch.full((B, T), 7.0), logps=NAN, old_logps=NAN, completion_mask=MASK)
     with pytest.raises(GRPOCheckError, match="expected nan"):
         assert_kl_close(torch.full((B, T), 7.0), logps=NAN, ref_logps=NAN, completion_mask=MASK)
@@ -43,7 +43,7 @@ def test_a_nan_reference_no_longer_lets_any_value_through() -> None:
     ids = torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(1))
     with pytest.raises(GRPOCheckError, match="expected nan"):
         assert_logps_close(-torch.ones(B, T), logits=nan_logits, completion_ids=ids, prompt_length=P)
-    with pytest.raises(GRPOCheckError, match="got 123, expected nan"):
+    with pytest.raises(GRPOCheckError, match="actual 123 vs expected nan"):
         assert_loss_close(
             torch.tensor(123.0),
             logps=NAN,

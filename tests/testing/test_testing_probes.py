@@ -193,7 +193,7 @@ def test_aggregation_check_fn_catches_token_mean_for_grpo() -> None:
     probe.check_fn(seq_mean)
     with pytest.raises(GRPOCheckError) as info:
         probe.check_fn(token_mean)
-    assert "got 2.5, expected 3" in str(info.value)
+    assert "actual 2.5 vs expected 3" in str(info.value)
 
 
 def test_unknown_output_names_and_unsupported_specs_are_input_errors() -> None:

@@ -125,36 +125,6 @@ def test_the_truncation_normaliser_bug_needs_masked_truncations_and_a_global_nor
     assert [bug.id for bug in shipped_bugs(version, settings)] == expected
 
 
-class _Recording:
-    """The parts of an attachment StepRecording._check_num_items reads."""
-
-    num_processes, rank = 1, 0
-
-
-def _num_items_finding(items, mask, tool_mask=None):
-    import torch
-
-    from grpo_check.trl.recording import StepRecording
-
-    output = {"completion_mask": torch.tensor(mask)}
-    if tool_mask is not None:
-        output["tool_mask"] = torch.tensor(tool_mask)
-    info = {"num_items_in_batch": items, "global_step": 3}
-    return StepRecording._check_num_items(_Recording(), output, info)
-
-
-def test_num_items_in_batch_is_held_to_the_tokens_the_loss_counts():
-    truncated_masked = [[1, 1, 1], [0, 0, 0]]  # row 1 was truncated and masked out of the loss
-    bad = _num_items_finding(6.0, truncated_masked)
-    assert bad.verdict is Verdict.FAIL and bad.figure == 3.0 and bad.stage == "loss"
-    assert "is 6 but the loss counts 3 tokens" in bad.explanation and "before masking" in bad.likely_cause
-    assert _num_items_finding(3.0, truncated_masked).verdict is Verdict.PASS
-    assert (
-        _num_items_finding(2.0, [[1, 1, 1]], tool_mask=[[1, 0, 1]]).verdict is Verdict.PASS
-    )  # tool tokens out
-    assert _num_items_finding(None, truncated_masked) is None  # releases without a global normaliser
-
-
 @pytest.mark.parametrize(
     ("settings", "expected"),
     [

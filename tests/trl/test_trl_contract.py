@@ -126,3 +126,19 @@ def test_background_checking_gives_the_inline_findings(tmp_path):
         )
         assert not result.metadata["live_problems"]
     assert verdicts[True] == verdicts[False]
+
+
+def test_probing_drives_this_release_s_own_loss_code(tmp_path):
+    """The trainer's own loss code, run on the probe micro-batches (0.x reads old log-probs only with
+    num_iterations > 1 and 0.18 scores the reference model inside the loss): correct on every probe but the
+    shipped bugs of the release, which name their fix."""
+    from grpo_check.demo.portable import build_trainer
+    from grpo_check.trl.history import SHIPPED_BUGS
+    from grpo_check.trl.probe import probe_trainer_outcome
+
+    trainer = build_trainer(steps=1, workdir=tmp_path)
+    outcome = probe_trainer_outcome(trainer)
+    assert outcome.branches, "no loss branch was exercised"
+    failing = [f for f in outcome.findings if f.verdict is Verdict.FAIL]
+    if failing and not any(bug.affects(trl.__version__) for bug in SHIPPED_BUGS):
+        raise AssertionError("\n".join(f.message() for f in failing))

@@ -29,8 +29,8 @@ def test_every_mutant_declares_a_catalog_entry_or_keywords_and_a_stage():
         assert case.pipeline in ("loop", "trl"), case.id
 
 
-def test_seed_scenarios_carry_s1_s2_s3_in_their_own_stages():
-    seeds = [c for c in all_cases() if c.id in ("seed-S1-S2-S3", "trl-seed-S1-S2-S3")]
+def test_skillsbench_scenarios_carry_s1_s2_s3_in_their_own_stages():
+    seeds = [c for c in all_cases() if c.id in ("skillsbench-S1-S2-S3", "trl-skillsbench-S1-S2-S3")]
     assert len(seeds) == 2
     for case in seeds:
         assert {(b.catalog_id, b.stage) for b in case.bugs} == {
@@ -50,7 +50,7 @@ def test_loop_mutants_swap_one_function():
         if not issubclass(cls, GRPOLoop) or cls is GRPOLoop:
             continue
         own = {name for name in vars(cls) if name in base_methods and name != "__init__"}
-        limit = 3 if cls.__name__ == "_SeedScenario" else 1
+        limit = 3 if cls.__name__ == "_SkillsBenchScenario" else 1
         assert len(own) <= limit, (cls.__name__, own)
 
 

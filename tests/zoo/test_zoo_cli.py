@@ -16,7 +16,7 @@ runner = CliRunner()
 def test_list_shows_mutants_and_controls():
     out = runner.invoke(app, ["zoo", "--list"])
     assert out.exit_code == 0
-    assert "seed-S1-S2-S3" in out.output and "ctl-grpo" in out.output
+    assert "skillsbench-S1-S2-S3" in out.output and "ctl-grpo" in out.output
 
 
 def test_unknown_only_is_a_usage_error():

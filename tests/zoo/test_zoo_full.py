@@ -26,8 +26,8 @@ def test_no_false_positives(card):
     assert card.totals()["false_positives"] == 0, _problems(card, lambda s: s.false_positive)
 
 
-def test_seed_scenarios_find_s1_s2_s3_each_in_its_own_stage(card):
-    for case_id in ("seed-S1-S2-S3", "trl-seed-S1-S2-S3"):
+def test_skillsbench_scenarios_find_s1_s2_s3_each_in_its_own_stage(card):
+    for case_id in ("skillsbench-S1-S2-S3", "trl-skillsbench-S1-S2-S3"):
         score = next(s for s in card.scores if s.case.id == case_id)
         assert score.error is None, score.error
         for bug in score.bugs:

@@ -1,0 +1,650 @@
+"""Element-wise comparison of one trainer tensor with its reference, producing one Finding.
+
+The one tensor-comparison routine: :mod:`grpo_check.compare.stage_findings` calls it once per compared
+quantity (batched for the passing ones by :func:`compare_tensors`), and the ``assert_*_close`` assertions of
+:mod:`grpo_check.testing` call it for theirs. A mismatch is reported by
+:func:`grpo_check.compare.mismatch.mismatch_message`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import torch
+
+from grpo_check._step_cache import f64
+from grpo_check.compare.mismatch import Extreme, NonFinite, mismatch_message
+from grpo_check.compare.tolerances import Tolerance
+from grpo_check.findings import Finding, Verdict, Where
+
+__all__ = [
+    "Comparison",
+    "StepContext",
+    "as_f64",
+    "compare_tensor",
+    "compare_tensors",
+    "error_map",
+    "not_captured",
+]
+
+_MAP_LIMIT = 64  # rows/cols of the token error map kept in details (plots stay small)
+
+
+@dataclasses.dataclass
+class StepContext:
+    """GRPO coordinates of one captured step: turns a (row, token) into a :class:`Where`."""
+
+    step: int | None = None
+    micro_batch: int | None = None
+    rank: int | None = None
+    group_index: torch.Tensor | None = None
+    completion_ids: torch.Tensor | None = None
+    completion_mask: torch.Tensor | None = None
+    dtype: str | None = None
+    # group_index as a Python list, converted once (``where`` is called per finding): (source tensor, list)
+    _groups: tuple[torch.Tensor, list[int]] | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def where(self, row: int | None = None, token: int | None = None, prompt: int | None = None) -> Where:
+        generation = None
+        if row is not None and self.group_index is not None and row < self.group_index.numel():
+            groups = self._group_list()
+            prompt = groups[row]
+            generation = groups[:row].count(prompt)
+        token_id = None
+        ids = self.completion_ids
+        if (
+            row is not None
+            and token is not None
+            and ids is not None
+            and ids.dim() == 2
+            and row < ids.shape[0]
+            and token < ids.shape[1]
+        ):
+            token_id = int(ids[row, token])
+        return Where(
+            step=self.step,
+            micro_batch=self.micro_batch,
+            rank=self.rank,
+            prompt=prompt,
+            generation=generation,
+            row=row,
+            token=token,
+            token_id=token_id,
+        )
+
+    def _group_list(self) -> list[int]:
+        """``group_index`` as a Python list, converted once per context (``where`` is called per finding)."""
+        if self._groups is None or self._groups[0] is not self.group_index:
+            self._groups = (self.group_index, [int(g) for g in self.group_index.reshape(-1).tolist()])
+        return self._groups[1]
+
+    def token_mask(self, like: torch.Tensor) -> torch.Tensor:
+        """Boolean mask of the compared elements for a tensor shaped like ``like``."""
+        if like.dim() == 2 and self.completion_mask is not None and like.shape == self.completion_mask.shape:
+            return self.completion_mask.bool()
+        if like.dim() == 2 and self.completion_mask is not None and like.shape[1] == 1:
+            return self.completion_mask.bool().any(dim=1, keepdim=True)
+        return torch.ones_like(like, dtype=torch.bool)
+
+
+def as_f64(tensor: Any) -> torch.Tensor:
+    """``tensor`` detached, as float64 (itself when it already is one and carries no autograd graph); one
+    conversion per tensor while a :func:`~grpo_check._step_cache.step_cache` is open."""
+    if isinstance(tensor, torch.Tensor):
+        return f64(tensor)
+    return torch.as_tensor(tensor).double()
+
+
+def _unravel(index: int, shape: torch.Size) -> tuple[int | None, int | None]:
+    if len(shape) == 0:
+        return None, None
+    if len(shape) == 1:
+        return index, None
+    cols = shape[-1]
+    return index // cols, index % cols
+
+
+def error_map(error: torch.Tensor, mask: torch.Tensor) -> list[list[float | None]] | None:
+    """(B, T) nested list of |error| on the mask (``None`` = not compared), truncated to a plot-sized window."""
+    if error.dim() != 2:
+        return None
+    shown = torch.nan_to_num(error[:_MAP_LIMIT, :_MAP_LIMIT], nan=float("inf")).tolist()
+    kept = mask.expand_as(error)[:_MAP_LIMIT, :_MAP_LIMIT].tolist()
+    return [
+        [v if k else None for v, k in zip(row, keep, strict=True)]
+        for row, keep in zip(shown, kept, strict=True)
+    ]
+
+
+def compare_tensor(
+    *,
+    check_id: str,
+    stage: str,
+    name: str,
+    trainer: Any,
+    reference: Any,
+    tolerance: Tolerance,
+    ctx: StepContext,
+    reference_same_precision: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    what: str = "",
+    kind: str = "compare",
+    extra_allowance: torch.Tensor | None = None,
+    equal_nan: bool = False,
+    sides: tuple[str, str] = ("trainer", "reference"),
+) -> Finding:
+    """Compare ``trainer`` with ``reference`` (both broadcastable to one shape) element-wise.
+
+    Returns one Finding: PASS/WARN/FAIL against ``tolerance``; the figure is the max |error| over the
+    compared elements and ``where`` the worst offender. ``details`` carries the max/mean error, the
+    fraction out of tolerance, and a ``token_error_map`` for (B, T) quantities.
+
+    Allowed per element: ``max(k × same-precision error, atol + rtol·|reference|) + extra_allowance``.
+    A NaN/Inf on a compared element fails, unless ``equal_nan`` and both sides hold the same non-finite
+    value. ``sides`` names the two tensors in the message.
+    """
+    label = what or name
+    got = as_f64(trainer)
+    want = as_f64(reference)
+    if got.shape != want.shape:
+        try:
+            got, want = torch.broadcast_tensors(got, want)
+        except RuntimeError:
+            return Finding(
+                check_id=check_id,
+                stage=stage,
+                verdict=Verdict.FAIL,
+                where=ctx.where(),
+                kind=kind,
+                explanation=(
+                    f"{label}: {sides[0]} tensor has shape {tuple(as_f64(trainer).shape)}, {sides[1]} "
+                    f"{tuple(as_f64(reference).shape)}; they cannot be compared element-wise"
+                ),
+                fix="record the tensor with the canonical shape (see grpo_check/trace/model.py)",
+            )
+    compared = ctx.token_mask(got) if mask is None else mask.bool().expand_as(got)
+    n = int(compared.sum())
+    if n == 0:
+        return Finding(
+            check_id=check_id,
+            stage=stage,
+            verdict=Verdict.INCONCLUSIVE,
+            where=ctx.where(),
+            kind=kind,
+            explanation=f"{label}: nothing to compare (every element is masked out)",
+        )
+    details: dict[str, Any] = {"quantity": name, "compared_elements": n, "tolerance": tolerance.to_dict()}
+    tolerance_text = _tolerance_text(tolerance, extra_allowance is not None)
+
+    # 1. NaN/Inf locations before any tolerance.
+    got_finite, want_finite = (got - got) == 0, (want - want) == 0  # = torch.isfinite, ~2x faster on CPU
+    all_finite = bool(got_finite.all()) and bool(want_finite.all())
+    if not all_finite:
+        got_bad = ~got_finite & compared
+        want_bad = ~want_finite & compared
+        mismatch = got_bad | want_bad  # a non-finite trainer value on a compared element always fails
+        if equal_nan:  # ... unless both sides hold the same NaN/Inf
+            agree = (torch.isnan(got) & torch.isnan(want)) | (torch.isinf(got) & (got == want))
+            mismatch = mismatch & ~agree
+            compared = compared & ~agree
+    if not all_finite and bool(mismatch.any()):
+        flat = int(torch.nonzero(mismatch.reshape(-1))[0])
+        row, token = _unravel(flat, got.shape)
+        where = ctx.where(row=row, token=token)
+        count = int(mismatch.sum())
+        side = sides[0] if bool(got_bad.reshape(-1)[flat]) else sides[1]
+        both = bool((got_bad & want_bad & mismatch).any())
+        details.update(nonfinite_elements=count, nonfinite_side=side, nonfinite_in_both=both)
+        return Finding(
+            check_id=check_id,
+            stage=stage,
+            verdict=Verdict.FAIL,
+            figure=float(count),
+            tolerance=0.0,
+            where=where,
+            kind=kind,
+            details=details,
+            explanation=mismatch_message(
+                label,
+                mismatched=count,
+                compared=n,
+                nonfinite=NonFinite(
+                    count=count,
+                    where=where,
+                    actual=float(got.reshape(-1)[flat]),
+                    expected=float(want.reshape(-1)[flat]),
+                    side=side,
+                    inherited=both,
+                ),
+                sides=sides,
+            ),
+        )
+    both_finite = compared if all_finite else compared & got_finite & want_finite
+    if not bool(both_finite.any()):  # every compared element agreed as the same NaN/Inf
+        return _agreeing_nonfinite(check_id, stage, kind, label, n, ctx, details)
+
+    # 2. Tolerance per element (every use of error/allowed below is masked by both_finite).
+    error = (got - want).abs()
+    want_abs = want.abs()
+    allowed = tolerance.atol + tolerance.rtol * want_abs
+    same_precision_error = None
+    if reference_same_precision is not None:
+        sp = as_f64(reference_same_precision).expand_as(want)
+        sp_err = torch.where(both_finite, (sp - want).abs(), torch.zeros_like(want))
+        sp_err = torch.nan_to_num(sp_err, nan=0.0, posinf=0.0)
+        same_precision_error = float(sp_err.max())
+        allowed = torch.maximum(allowed, tolerance.k * sp_err.max().expand_as(allowed))
+        details["same_precision_max_error"] = same_precision_error
+    if extra_allowance is not None:
+        allowed = allowed + torch.broadcast_to(as_f64(extra_allowance), allowed.shape)
+        allowed = torch.where(torch.isnan(allowed), torch.zeros_like(allowed), allowed)
+    beyond = (error > allowed) & both_finite
+    n_beyond = int(beyond.sum())
+    frac_beyond = n_beyond / n
+    masked_error = torch.where(both_finite, error, torch.full_like(error, -1.0))
+    flat = int(torch.argmax(masked_error.reshape(-1)))
+    row, token = _unravel(flat, got.shape)
+    max_error = float(error.reshape(-1)[flat])
+    allowed_at_worst = float(allowed.reshape(-1)[flat])
+    worst_rel = flat
+    if n_beyond:  # the worst offender relative to its allowance (for the figure we report max |error|)
+        ratio_to_allowed = (error / allowed.clamp_min(1e-300)).masked_fill(~both_finite, 0.0)
+        worst_rel = int(torch.argmax(ratio_to_allowed.reshape(-1)))
+        row, token = _unravel(worst_rel, got.shape)
+        max_error_rel = float(error.reshape(-1)[worst_rel])
+        allowed_at_worst = float(allowed.reshape(-1)[worst_rel])
+    else:
+        max_error_rel = max_error
+    ref_scale = float(want_abs.masked_fill(~both_finite, 0.0).max())
+    details.update(
+        max_abs_error=max_error,
+        mean_abs_error=float(error[both_finite].mean()),  # n > 0 compared elements, all finite here
+        reference_max_abs=ref_scale,
+        max_rel_error=max_error / ref_scale if ref_scale > 0 else None,
+        elements_beyond_tolerance=n_beyond,
+        fraction_beyond_tolerance=frac_beyond,
+        outlier_budget=tolerance.outlier_fraction,
+    )
+    emap = error_map(error, both_finite) if n_beyond else None
+    if emap is not None:
+        details["token_error_map"] = emap
+        if ctx.group_index is not None and ctx.group_index.numel() == got.shape[0]:
+            details["token_error_map_prompts"] = ctx._group_list()[:_MAP_LIMIT]  # row → prompt, for the plot
+    where = ctx.where(row=row, token=token)
+    if n_beyond == 0:
+        verdict = Verdict.PASS
+        explanation = (
+            f"{label} matches the reference: max |error| {max_error:.3g} over {n} element(s) "
+            f"(allowed {allowed_at_worst:.3g} there)"
+        )
+    else:
+        verdict = Verdict.FAIL if frac_beyond > tolerance.outlier_fraction else Verdict.WARN
+        explanation = mismatch_message(
+            label,
+            mismatched=n_beyond,
+            compared=n,
+            greatest_absolute=_extreme(flat, error, allowed, got, want, ctx),
+            greatest_relative=_greatest_relative(error, allowed, got, want, both_finite, ctx),
+            tolerance=tolerance_text,
+            outlier_budget=tolerance.outlier_fraction,
+            sides=sides,
+        )
+    return Finding(
+        check_id=check_id,
+        stage=stage,
+        verdict=verdict,
+        figure=max_error_rel if n_beyond else max_error,
+        tolerance=allowed_at_worst,
+        where=where,
+        kind=kind,
+        details=details,
+        explanation=explanation,
+    )
+
+
+def _tolerance_text(tolerance: Tolerance, extra: bool) -> str:
+    parts = [f"rtol {tolerance.rtol:.2g}, atol {tolerance.atol:.2g}"]
+    if tolerance.k != 1.0:
+        parts.append(f"or {tolerance.k:g}× a same-precision reference's error")
+    if extra:
+        parts.append("plus the rounding error of a correct computation in that precision")
+    source = f" ({tolerance.source})" if tolerance.source and tolerance.source != "default" else ""
+    return ", ".join(parts) + source
+
+
+def _extreme(
+    flat: int,
+    error: torch.Tensor,
+    allowed: torch.Tensor,
+    got: torch.Tensor,
+    want: torch.Tensor,
+    ctx: StepContext,
+) -> Extreme:
+    row, token = _unravel(flat, got.shape)
+    return Extreme(
+        difference=float(error.reshape(-1)[flat]),
+        allowed=float(allowed.reshape(-1)[flat]),
+        where=ctx.where(row=row, token=token),
+        actual=float(got.reshape(-1)[flat]),
+        expected=float(want.reshape(-1)[flat]),
+    )
+
+
+def _greatest_relative(
+    error: torch.Tensor,
+    allowed: torch.Tensor,
+    got: torch.Tensor,
+    want: torch.Tensor,
+    both_finite: torch.Tensor,
+    ctx: StepContext,
+) -> Extreme:
+    """The element with the greatest |difference| / |reference| (a zero reference counts as infinitely far)."""
+    scale = want.abs()
+    relative = torch.where(scale > 0, error / scale.clamp_min(1e-300), torch.where(error > 0, torch.inf, 0.0))
+    relative = relative.masked_fill(~both_finite, -1.0)
+    flat = int(torch.argmax(relative.reshape(-1)))
+    extreme = _extreme(flat, error, allowed, got, want, ctx)
+    reference = abs(extreme.expected)
+    return dataclasses.replace(
+        extreme,
+        difference=float(relative.reshape(-1)[flat]),
+        allowed=extreme.allowed / reference if reference > 0 else math.inf,
+    )
+
+
+def _agreeing_nonfinite(
+    check_id: str, stage: str, kind: str, label: str, n: int, ctx: StepContext, details: dict[str, Any]
+) -> Finding:
+    details.update(max_abs_error=0.0, elements_beyond_tolerance=0, fraction_beyond_tolerance=0.0)
+    return Finding(
+        check_id=check_id,
+        stage=stage,
+        verdict=Verdict.PASS,
+        figure=0.0,
+        tolerance=0.0,
+        where=ctx.where(),
+        kind=kind,
+        details=details,
+        explanation=f"{label} matches the reference: all {n} compared element(s) are the same NaN/Inf on both sides",
+    )
+
+
+@dataclasses.dataclass
+class Comparison:
+    """One requested comparison: the keyword arguments of :func:`compare_tensor` (without ``ctx``)."""
+
+    check_id: str
+    stage: str
+    name: str
+    trainer: Any
+    reference: Any
+    tolerance: Tolerance
+    mask: torch.Tensor | None = None
+    what: str = ""
+    kind: str = "compare"
+    reference_same_precision: torch.Tensor | None = None
+
+    def run(self, ctx: StepContext) -> Finding:
+        """The full element-wise comparison (:func:`compare_tensor`)."""
+        return compare_tensor(ctx=ctx, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
+
+def compare_tensors(comparisons: list[Comparison], ctx: StepContext) -> list[Finding]:
+    """:func:`compare_tensor` for each comparison, in order, with the passing ones evaluated together.
+
+    Comparisons of one shape are stacked and summarised by one set of batched reductions (max error, its
+    position, allowance there, mean error, reference scale), fetched in a single transfer; a comparison whose
+    summary shows anything but a clean pass (an element beyond tolerance, NaN/Inf, nothing compared, a shape
+    mismatch, a low-precision allowance) is re-run through :func:`compare_tensor`, so failures get its full
+    diagnostics. A pass gives the same finding :func:`compare_tensor` gives, up to float rounding of the mean.
+    """
+    results: list[Finding | None] = [None] * len(comparisons)
+    by_shape: dict[tuple[int, ...], list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+    for index, comparison in enumerate(comparisons):
+        prepared = _prepare(comparison, ctx)
+        if prepared is None or prepared[0].numel() == 0:  # (an empty step: "nothing to compare")
+            results[index] = comparison.run(ctx)
+            continue
+        got, want, compared = prepared
+        by_shape.setdefault(tuple(got.shape), []).append((index, got, want, compared))
+    for shape, members in by_shape.items():
+        summaries = _summarise(
+            [m[1] for m in members],
+            [m[2] for m in members],
+            [m[3] for m in members],
+            [comparisons[m[0]].tolerance for m in members],
+        )
+        for (index, *_), summary in zip(members, summaries, strict=True):
+            comparison = comparisons[index]
+            passed = (
+                summary.compared > 0
+                and summary.beyond == 0
+                and math.isfinite(summary.max_error)
+                and math.isfinite(summary.reference_max_abs)
+            )
+            results[index] = _pass_finding(comparison, summary, shape, ctx) if passed else comparison.run(ctx)
+    return [finding for finding in results if finding is not None]
+
+
+def _prepare(
+    comparison: Comparison, ctx: StepContext
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(trainer, reference, compared mask) detached at one shape (any float dtype: :func:`_summarise`
+    converts while stacking), or ``None`` for the full path."""
+    if comparison.reference_same_precision is not None:
+        return None
+    got, want = _detached(comparison.trainer), _detached(comparison.reference)
+    if not (got.dtype.is_floating_point and want.dtype.is_floating_point):
+        got, want = got.double(), want.double()
+    if got.shape != want.shape:
+        try:
+            got, want = torch.broadcast_tensors(got, want)
+        except RuntimeError:
+            return None
+    if comparison.mask is None:
+        compared = ctx.token_mask(got)
+    else:
+        try:
+            compared = comparison.mask.bool().expand_as(got)
+        except RuntimeError:
+            return None
+    if compared.shape != got.shape:
+        return None
+    return got, want, compared
+
+
+def _detached(tensor: Any) -> torch.Tensor:
+    return (tensor if isinstance(tensor, torch.Tensor) else torch.as_tensor(tensor)).detach()
+
+
+class _Summary(NamedTuple):  # a NamedTuple: built per comparison on the hot path, cheaply
+    beyond: int  # compared elements with |error| > allowed (NaN |error| is not counted: see max_error)
+    compared: int
+    error_sum: float
+    reference_max_abs: float
+    max_error: float
+    allowed_at_worst: float
+    trainer_at_worst: float
+    reference_at_worst: float
+    worst: int  # flat index of the largest |error|
+
+
+def _summaries(table: list[list[float]]) -> list[_Summary]:
+    """One :class:`_Summary` per row of the (K, 9) table both summary paths fetch (counts and index as ints)."""
+    return [
+        _Summary(int(row[0]), int(row[1]), row[2], row[3], row[4], row[5], row[6], row[7], int(row[8]))
+        for row in table
+    ]
+
+
+# Up to this many elements per row, one batched operation beats one operation per row (per-call overhead
+# dominates); above it, per-row passes win (a bool reduction along dim 1 is ~10x slower than count_nonzero).
+_SMALL_ROW = 32_768
+
+
+def _rows_f64(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """(K, N) float64: each tensor flattened into one row (large rows converted while copied, one pass)."""
+    if len(tensors) == 1:
+        return f64(tensors[0]).reshape(1, -1)  # the step's float64 copy when a step cache holds one
+    if tensors[0].numel() <= _SMALL_ROW:
+        return torch.stack(tensors).reshape(len(tensors), -1).double()
+    out = torch.empty((len(tensors), tensors[0].numel()), dtype=torch.float64, device=tensors[0].device)
+    for row, tensor in zip(out, tensors, strict=True):
+        row.copy_(tensor.reshape(-1))
+    return out
+
+
+def _row_counts(mask: torch.Tensor) -> torch.Tensor:
+    """(K, 1) float64 count of True per row of a (K, N) bool mask."""
+    if mask.shape[1] <= _SMALL_ROW:
+        return mask.sum(1, keepdim=True, dtype=torch.float64)
+    return torch.stack([row.count_nonzero() for row in mask]).double().unsqueeze(1)
+
+
+def _summarise(
+    got: list[torch.Tensor],
+    want: list[torch.Tensor],
+    compared: list[torch.Tensor],
+    tolerances: list[Tolerance],
+) -> list[_Summary]:
+    """Batched reductions over K same-shaped comparisons; one host transfer for all of them. Large rows are
+    summarised one comparison at a time instead: batching saves nothing there, and stacking would copy them."""
+    if len(got) > 1 and got[0].numel() > _SMALL_ROW:
+        return [
+            summary
+            for one in zip(got, want, compared, tolerances, strict=True)
+            for summary in _summarise(*([part] for part in one))
+        ]
+    if len(got) * got[0].numel() <= _NUMPY_ELEMENTS and all(t.device.type == "cpu" for t in (*got, *want)):
+        return _summarise_numpy(got, want, compared, tolerances)
+    trainer, reference = _rows_f64(got), _rows_f64(want)  # (K, N)
+    mask = (
+        compared[0].reshape(1, -1) if len(compared) == 1 else torch.stack([c.reshape(-1) for c in compared])
+    )
+    bounds = torch.tensor([[t.rtol, t.atol] for t in tolerances], dtype=torch.float64)  # (K, 2)
+    error = torch.sub(trainer, reference).abs_()
+    reference_abs = reference.abs()
+    allowed = (
+        reference_abs * bounds[:, :1] + bounds[:, 1:]
+    )  # atol + rtol·|reference|, rounded as compare_tensor
+    # beyond tolerance; a NaN |error| shows as the max error instead (argmax propagates NaN), an infinite
+    # reference as reference_max_abs
+    beyond = torch.gt(error, allowed).logical_and_(mask)
+    masked_error = torch.where(mask, error, -1.0)
+    worst = masked_error.argmax(1, keepdim=True)  # (K, 1)
+    # one gather each: stacking the four (K, N) tensors into one (K, 4, N) copy to gather once costs far more
+    # than three more small calls at the sizes this path sees (K·N above _NUMPY_ELEMENTS)
+    at_worst = (error, allowed, trainer, reference)
+    values_at_worst = torch.cat([values.gather(1, worst) for values in at_worst], dim=1)
+    table = torch.cat(
+        [
+            _row_counts(beyond),
+            _row_counts(mask),
+            masked_error.clamp_min_(0.0).sum(1, keepdim=True),  # Σ |error| over the compared elements
+            torch.where(mask, reference_abs, 0.0).amax(1, keepdim=True),
+            values_at_worst,  # |error|, allowed, trainer, reference at the worst element
+            worst.double(),
+        ],
+        dim=1,
+    ).tolist()
+    return _summaries(table)
+
+
+# Up to this many elements in all, the summary runs in numpy: the same float64 arithmetic at a few times
+# less per-call overhead (each op here is a few microseconds of dispatch on tensors this small); above it,
+# torch's kernels (multi-threaded) win.
+_NUMPY_ELEMENTS = 16_384
+
+
+def _summarise_numpy(
+    got: list[torch.Tensor],
+    want: list[torch.Tensor],
+    compared: list[torch.Tensor],
+    tolerances: list[Tolerance],
+) -> list[_Summary]:
+    """:func:`_summarise` on CPU tensors through numpy views (no copy for float64 tensors), operation for
+    operation: the same float64 values, NaN handling and first-index ties."""
+    import numpy as np
+
+    rows = len(got)
+    trainer = _rows_f64(got).numpy()  # (K, N)
+    reference = _rows_f64(want).numpy()
+    mask = torch.stack(compared).reshape(rows, -1).numpy()
+    bounds = np.array([(t.rtol, t.atol) for t in tolerances], dtype=np.float64)  # (K, 2)
+    rtol, atol = bounds[:, :1], bounds[:, 1:]
+    with np.errstate(invalid="ignore"):  # inf − inf is NaN, as in torch: no warning
+        error = np.abs(trainer - reference)
+    reference_abs = np.abs(reference)
+    allowed = reference_abs * rtol + atol  # atol + rtol·|reference|, rounded as compare_tensor
+    beyond = (error > allowed) & mask  # NaN |error| is not beyond: it shows as the max error (argmax)
+    masked_error = np.where(mask, error, -1.0)
+    worst = masked_error.argmax(1)  # first index of the largest value; NaN counts as the largest
+    at = (np.arange(rows), worst)
+    table = np.stack(
+        [
+            beyond.sum(1),
+            mask.sum(1),
+            np.maximum(masked_error, 0.0).sum(1),  # Σ |error| over the compared elements
+            np.where(mask, reference_abs, 0.0).max(1),
+            error[at],
+            allowed[at],
+            trainer[at],
+            reference[at],
+            worst,
+        ],
+        axis=1,
+    ).tolist()
+    return _summaries(table)
+
+
+def _pass_finding(
+    comparison: Comparison, summary: _Summary, shape: tuple[int, ...], ctx: StepContext
+) -> Finding:
+    """The PASS finding :func:`compare_tensor` builds, from a batched summary."""
+    n, max_error, ref_scale = summary.compared, summary.max_error, summary.reference_max_abs
+    tolerance = comparison.tolerance
+    row, token = _unravel(summary.worst, torch.Size(shape))
+    label = comparison.what or comparison.name
+    return Finding(
+        check_id=comparison.check_id,
+        stage=comparison.stage,
+        verdict=Verdict.PASS,
+        figure=max_error,
+        tolerance=summary.allowed_at_worst,
+        where=ctx.where(row=row, token=token),
+        kind=comparison.kind,
+        details={
+            "quantity": comparison.name,
+            "compared_elements": n,
+            "tolerance": tolerance.to_dict(),
+            "max_abs_error": max_error,
+            "mean_abs_error": summary.error_sum / n,
+            "reference_max_abs": ref_scale,
+            "max_rel_error": max_error / ref_scale if ref_scale > 0 else None,
+            "elements_beyond_tolerance": 0,
+            "fraction_beyond_tolerance": 0.0,
+            "outlier_budget": tolerance.outlier_fraction,
+        },
+        explanation=(
+            f"{label} matches the reference: max |error| {max_error:.3g} over {n} element(s) "
+            f"(allowed {summary.allowed_at_worst:.3g} there)"
+        ),
+    )
+
+
+def not_captured(
+    check_id: str, stage: str, ctx: StepContext, missing: list[str], kind: str = "compare"
+) -> Finding:
+    return Finding(
+        check_id=check_id,
+        stage=stage,
+        verdict=Verdict.NOT_CAPTURED,
+        where=ctx.where(),
+        kind=kind,
+        explanation=f"not captured: {', '.join(missing)} (record them to compare this stage)",
+        details={"missing": missing},
+    )
