@@ -156,7 +156,11 @@ class Attachment(TrainerHooks, StepRecording, LiveChecking, HelperClient):
 
         self._flush_window()
         self._collect_background(wait=True)
-        shipped = name_shipped_bugs(self.findings, self.support.version, self.spec.to_dict())
+        # a failing stage that a shipped bug of this release explains is named as such (bug, fix, PR)
+        observed = {
+            "unscorable_rows": getattr(self, "_unscorable_rows_seen", False)
+        }  # from the captured rewards
+        shipped = name_shipped_bugs(self.findings, self.support.version, {**self.spec.to_dict(), **observed})
         result = Result(
             findings=[*self.findings, *shipped],
             metadata={
