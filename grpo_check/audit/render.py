@@ -59,7 +59,9 @@ def _one_line(text: str) -> str:
 
 def _message(finding: Finding) -> str:
     """The explanation, prefixed with the field it is about when the explanation does not name it."""
-    fields = [f for f in finding.details.get("fields") or [] if not str(f).startswith("<")]
+    fields = [
+        f for f in finding.details.get("fields") or [] if not str(f).startswith("<") and f != "trl_version"
+    ]
     message = _one_line(finding.explanation)
     if fields and str(fields[0]) not in message:
         message = f"{fields[0]}: {message}"
