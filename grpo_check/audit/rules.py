@@ -2158,6 +2158,7 @@ def _register_advisories() -> None:
                     "GA607": ("loss_type", "mask_truncated_completions"),
                     "GA608": ("loss_type", "steps_per_generation", "gradient_accumulation_steps"),
                     "GA609": ("num_iterations", "steps_per_generation", "gradient_accumulation_steps"),
+                    "GA611": ("num_iterations",),
                 }.get(advisory.id, ("trl_version",))
             )
         )
