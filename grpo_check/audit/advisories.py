@@ -385,11 +385,12 @@ ADVISORIES: dict[str, Advisory] = {
         ),
         Advisory(
             id="GA611",
-            title="logged clip_ratio counts the tokens where clipping does not act",
+            title="logged clip_ratio counts out-of-range tokens the clip does not act on",
             effect=(
                 "clip_ratio was computed as the fraction of tokens where the unclipped surrogate is the smaller "
-                "term (per_token_loss1 < per_token_loss2): the tokens the clip leaves alone, not the ones it "
-                "clips. The gradient is unaffected; the metric people watch to tune epsilon is wrong."
+                "term (per_token_loss1 < per_token_loss2): tokens whose ratio left the clip range on the side "
+                "where the pessimistic min keeps the unclipped term, so the clip does not act on them; the tokens "
+                "it does clip are not counted. The gradient is unaffected; the metric used to tune epsilon is."
             ),
             introduced="0.16.0",
             fixed_in="0.17.0",
