@@ -104,3 +104,72 @@ def test_an_unwritable_trace_directory_is_refused_before_any_step(tmp_path: Path
         TraceWriter.open(tmp_path / "file" / "trace", {"trainer": "unit"})
     with pytest.raises(InputError, match="cannot create the trace directory"):
         TraceWriter.open("/proc/grpo-check-trace", {"trainer": "unit"})
+
+
+# ------------------------------------------------------------------------------------------ report sets
+# Writes a clean report set (run A), then starts writing a failing one (run B) and kills itself with SIGKILL
+# after the chosen number of B's files is in place.
+KILLED_REPORT = textwrap.dedent(
+    """
+    import os, signal, sys
+    sys.path.insert(0, {root!r})
+    from grpo_check.findings import Finding, Result
+    from grpo_check.report import write_report
+    from grpo_check.report import atomic
+
+    out, kill_after = sys.argv[1], int(sys.argv[2])
+    write_report(Result([Finding("loss.finite", "loss", "pass")]), out)
+    written = []
+    original = atomic.atomic_write_bytes
+
+    def counting(path, data):
+        result = original(path, data)
+        written.append(path)
+        if len(written) == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    atomic.atomic_write_bytes = counting
+    write_report(Result([Finding("loss.finite", "loss", "fail", explanation="run B")]), out)
+    """
+)
+
+
+@pytest.mark.parametrize("kill_after", [1, 2, 3])
+def test_a_report_set_cut_by_a_kill_is_refused_not_mixed(tmp_path: Path, kill_after: int) -> None:
+    script = tmp_path / "killed_report.py"
+    script.write_text(KILLED_REPORT.format(root=str(h.ROOT)))
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, str(script), str(out), str(kill_after)], capture_output=True, text=True
+    )
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["findings"][0]["verdict"] == "fail"  # result.json is written first: never a stale OK
+    code, _, err = h.run_cli_in_process(["report", str(out)])
+    assert code == 2 and err.startswith("error: ") and "incomplete report set" in err
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = h.run_cli_in_process(["report", str(out / "result.json")])
+    assert code == 2 and "incomplete report set" in err
+
+
+def test_a_report_set_mixing_two_runs_is_refused(tmp_path: Path) -> None:
+    from grpo_check.findings import Finding, Result
+    from grpo_check.report import write_report
+
+    write_report(Result([Finding("loss.finite", "loss", "pass")]), tmp_path / "a")
+    write_report(Result([Finding("loss.finite", "loss", "fail")]), tmp_path / "b")
+    code, _, _ = h.run_cli_in_process(["report", str(tmp_path / "a")])
+    assert code == 0  # a whole set is read
+    (tmp_path / "a" / "report.md").write_bytes((tmp_path / "b" / "report.md").read_bytes())
+    code, _, err = h.run_cli_in_process(["report", str(tmp_path / "a")])
+    assert code == 2 and "mixed report set: report.md is not the one run" in err
+    (tmp_path / "a" / "report.md").unlink()
+    code, _, err = h.run_cli_in_process(["report", str(tmp_path / "a")])
+    assert code == 2 and "report.md of run" in err and "is missing" in err
+
+
+def test_a_folder_without_a_set_record_is_read_as_before(tmp_path: Path) -> None:
+    (tmp_path / "result.json").write_text(json.dumps({"format": "grpo-check-result", "findings": []}))
+    code, _, err = h.run_cli_in_process(["report", str(tmp_path)])
+    assert code == 0, err
