@@ -116,7 +116,25 @@ def make_output_dir(out_dir: str | os.PathLike[str]) -> Path:
         raise OutputPathError(
             f"cannot create the report directory: {exc.strerror or exc}", source=str(directory)
         ) from None
+    _probe_writable(directory)  # a read-only folder is found now, not after the work (or the training)
     return directory
+
+
+def _probe_writable(directory: Path) -> None:
+    """Create and remove a file in ``directory``: the one test of writability that holds for every user and
+    file system (permissions, a read-only mount, a full quota)."""
+    import tempfile
+
+    from grpo_check.trace.io import OutputPathError
+
+    try:
+        fd, name = tempfile.mkstemp(prefix=".grpo-check-probe-", dir=directory)
+    except OSError as exc:
+        raise OutputPathError(
+            f"cannot write in the report directory: {exc.strerror or exc}", source=str(directory)
+        ) from None
+    os.close(fd)
+    os.unlink(name)
 
 
 def write_report(

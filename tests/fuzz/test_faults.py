@@ -173,3 +173,24 @@ def test_a_folder_without_a_set_record_is_read_as_before(tmp_path: Path) -> None
     (tmp_path / "result.json").write_text(json.dumps({"format": "grpo-check-result", "findings": []}))
     code, _, err = h.run_cli_in_process(["report", str(tmp_path)])
     assert code == 0, err
+
+
+def test_an_unwritable_report_folder_is_refused_before_training(tmp_path: Path) -> None:
+    from grpo_check.report import make_output_dir
+
+    with pytest.raises(InputError, match="cannot write in the report directory"):
+        make_output_dir("/proc/self")  # exists, and nothing can be created in it (whoever runs the test)
+    code, _, err = h.run_cli_in_process(
+        [
+            "compare",
+            "--trainer",
+            f"{h.ROOT / 'examples' / 'train_factory.py'}:build_trainer",
+            "--steps",
+            "1",
+            "-o",
+            "/proc/self",
+        ]
+    )
+    assert code == 2 and "cannot write in the report directory" in err  # refused before the trainer was built
+    assert make_output_dir(tmp_path / "new") == tmp_path / "new"
+    assert list((tmp_path / "new").iterdir()) == []  # the probe leaves nothing behind
