@@ -314,3 +314,29 @@ def as_spec(value: Any, *, name: str = "spec") -> GRPOSpec:
     raise TypeError(
         f"{name} must be a grpo_check.GRPOSpec or a dict of its fields, got {type(value).__name__}"
     )
+
+
+#: GRPOSpec fields a trainer may change from one step to the next (recorded per step in
+#: ``meta["spec_overrides"]``): TRL's adaptive entropy bonus moves ``entropy_coef`` at every optimizer step.
+STEP_FIELDS: tuple[str, ...] = ("entropy_coef",)
+
+
+def spec_for_step(spec: GRPOSpec | None, meta: dict[str, Any] | None) -> GRPOSpec | None:
+    """``spec`` with the per-step values a step recorded (``meta["spec_overrides"]``, fields of
+    :data:`STEP_FIELDS` only; anything else there is ignored).
+
+    >>> spec_for_step(GRPOSpec(), {"spec_overrides": {"entropy_coef": 0.01}}).entropy_coef
+    0.01
+    >>> spec_for_step(GRPOSpec(), {}).entropy_coef
+    0.0
+    """
+    overrides = (meta or {}).get("spec_overrides")
+    if spec is None or not isinstance(overrides, dict):
+        return spec
+    values = {
+        name: float(value)
+        for name, value in overrides.items()
+        if name in STEP_FIELDS and isinstance(value, int | float) and not isinstance(value, bool)
+    }
+    values = {name: value for name, value in values.items() if value == value}  # NaN is not a coefficient
+    return dataclasses.replace(spec, **values) if values else spec

@@ -1,7 +1,8 @@
 """Regenerate what the docs show from the code, so that the docs cannot drift:
 
-- ``docs/index.md``, the site's home page, from ``README.md`` (links into ``docs/`` made relative to it;
-  links to files outside the site become plain code spans);
+- ``docs/index.md``, the site's home page, from ``README.md`` (links into ``docs/`` made relative to it, links
+  to the specification in ``reference/`` pointed at ``spec/``, its place in the site; links to other files
+  outside the site become plain code spans);
 - ``docs/cli.md``, the table of every subcommand's options, from the typer app;
 - with ``--reports``: ``reports/my-loop/`` (the committed example report), by running ``examples/my_loop.py``
   and ``grpo-check compare traces/my-loop`` as the README shows.
@@ -32,6 +33,8 @@ def index_from_readme(readme: str) -> str:
             return match.group(0)
         if target.startswith("docs/"):
             return f"[{text}]({target[len('docs/') :]})"
+        if target.startswith("reference/") and target.endswith(".md"):  # served as docs/spec/
+            return f"[{text}](spec/{target[len('reference/') :]})"
         return text if text.startswith("`") else f"`{text}`"  # a file outside the site: name it
 
     body = _LINK.sub(relink, readme)

@@ -41,7 +41,7 @@ def _pages() -> list[Path]:
 def test_readme_is_a_landing_page() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert len(readme.splitlines()) <= 300
-    for link in re.findall(r"\]\((docs/[^)#]+)", readme):
+    for link in re.findall(r"\]\(((?:docs|reference|examples)/[^)#]+)", readme):
         assert (ROOT / link).exists(), link
 
 
@@ -186,3 +186,25 @@ def test_docs_site_builds_strictly_and_fails_on_a_broken_link(tmp_path: Path) ->
     )
     broken = _build(copy, tmp_path / "broken-site")
     assert broken.returncode != 0 and "no-such-page.md" in broken.stderr + broken.stdout
+
+
+def test_the_readme_finding_is_what_grpo_check_prints(tmp_path: Path, monkeypatch) -> None:
+    """The README's example output, line for line, up to its "..." (the run is deterministic)."""
+    import runpy
+
+    from typer.testing import CliRunner
+
+    from grpo_check.cli import app
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(
+        r"```console\n\$ python examples/my_loop.py\n\$ grpo-check compare traces/my-loop\n(.*?)\n\.\.\.\n```",
+        readme,
+        flags=re.S,
+    )
+    assert block is not None
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(ROOT / "examples" / "my_loop.py"), run_name="__main__")
+    run = CliRunner().invoke(app, ["compare", "traces/my-loop", "-o", "reports/my-loop"])
+    assert run.exit_code == 1, run.output
+    assert block.group(1) in run.stdout

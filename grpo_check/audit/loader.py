@@ -364,7 +364,13 @@ def _from_mapping(
     data: dict[str, Any], *, origin: str, kind: Literal["file", "mapping"], lines: dict[tuple[str, ...], int]
 ) -> LoadedConfig:
     path, mapping = find_config_mapping(data)
-    every = set(_versions._HISTORY) | _versions.TRAINING_ARGUMENTS_FIELDS
+    every = (
+        set(_versions._HISTORY)
+        | _versions.TRAINING_ARGUMENTS_FIELDS
+        | set(_versions.OTHER_TRAINER_KEYS)
+        | set(_versions.EXTENSION_KEYS)
+        | _versions.SCRIPT_KEYS
+    )
     keys = [str(k) for k in mapping]
     if keys and not (set(keys) & every) and not _any_close(keys, every):
         raise InputError(

@@ -19,7 +19,8 @@ was killed before finishing), or a `result.partial.jsonl` log directly: findings
 never lost.
 
 Formats: `text` (terminal, coloured when writing to a terminal), `md`, `html` (self-contained page with
-plots embedded), `json` (the merged result), `junit` (XML for CI: one testcase per check per step).
+plots embedded), `json` (the merged result), `junit` (XML for CI: one testcase per failing check per step,
+one per check for the rest).
 
 Examples:
 
