@@ -4,10 +4,13 @@
   to the specification in ``reference/`` pointed at ``spec/``, its place in the site; links to other files
   outside the site become plain code spans);
 - ``docs/cli.md``, the table of every subcommand's options, from the typer app;
+- the output of the ``grpo-check audit`` and ``grpo-check selfcheck`` examples in ``docs/audit-rules.md`` and
+  ``docs/reference.md`` (each ``console`` block whose commands are all ``grpo-check`` ones and that shows
+  the whole output, run from the repository root; ``$ echo $?`` shows the exit code of the command before it);
 - with ``--reports``: ``reports/my-loop/`` (the committed example report), by running ``examples/my_loop.py``
   and ``grpo-check compare traces/my-loop`` as the README shows.
 
-``tests/test_docs.py`` fails when ``docs/index.md`` or ``docs/cli.md`` differs from what this script writes.
+``tests/test_docs.py`` fails when a page differs from what this script writes.
 
 Run: python scripts/regen_docs.py [--reports]
 """
@@ -57,6 +60,46 @@ def write_cli_table() -> Path:
     return path
 
 
+CONSOLE_PAGES = ("audit-rules.md", "reference.md")
+_CONSOLE = re.compile(r"```console\n(.*?)```", flags=re.S)
+
+
+def _runnable(commands: list[str]) -> bool:
+    return bool(commands) and all(c.startswith("grpo-check ") or c == "echo $?" for c in commands)
+
+
+def _run_console_block(block: str) -> str:
+    """The block with each command's output as it prints now (stdout; ``echo $?``: the last exit code)."""
+    commands = [line[2:] for line in block.splitlines() if line.startswith("$ ")]
+    if not _runnable(commands) or "..." in block.splitlines():  # "...": an excerpt, kept as written
+        return block
+    out: list[str] = []
+    code = 0
+    for command in commands:
+        out.append(f"$ {command}")
+        if command == "echo $?":
+            out.append(str(code))
+            continue
+        run = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, check=False)
+        code = run.returncode
+        out += run.stdout.rstrip("\n").splitlines()
+    return "\n".join(out) + "\n"
+
+
+def console_blocks_now(text: str) -> str:
+    """``text`` with every runnable console block rerun."""
+    return _CONSOLE.sub(lambda m: f"```console\n{_run_console_block(m.group(1))}```", text)
+
+
+def write_console_blocks() -> list[Path]:
+    paths = []
+    for name in CONSOLE_PAGES:
+        path = ROOT / "docs" / name
+        path.write_text(console_blocks_now(path.read_text(encoding="utf-8")), encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
 def write_example_report() -> None:
     """``python examples/my_loop.py && grpo-check compare traces/my-loop`` (exit 1: it finds the bug)."""
     subprocess.run([sys.executable, "examples/my_loop.py"], cwd=ROOT, check=True)
@@ -71,6 +114,8 @@ def main() -> None:
     args = parser.parse_args()
     print(write_index().relative_to(ROOT))
     print(write_cli_table().relative_to(ROOT))
+    for path in write_console_blocks():
+        print(path.relative_to(ROOT))
     if args.reports:
         write_example_report()
         print("reports/my-loop/")

@@ -215,3 +215,13 @@ def test_the_walkthrough_output_is_what_grpo_check_prints(page: str, tmp_path: P
         found = run.stdout.find(chunk, position)
         assert found >= 0, f"not in grpo-check's output (in this order):\n{chunk}\n\noutput:\n{run.stdout}"
         position = found + len(chunk)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", ["audit-rules.md", "reference.md"])
+def test_console_examples_are_what_grpo_check_prints(page: str) -> None:
+    """The audit and selfcheck examples, rerun (``python scripts/regen_docs.py`` rewrites them)."""
+    if shutil.which("grpo-check") is None:
+        pytest.skip("the grpo-check command is not installed")
+    text = (DOCS / page).read_text(encoding="utf-8")
+    assert _regen().console_blocks_now(text) == text, "run: python scripts/regen_docs.py"
