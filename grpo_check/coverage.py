@@ -50,6 +50,7 @@ class Family:
     prefixes: tuple[str, ...] = ()
     kinds: tuple[str, ...] = ()
     not_run_reason: str = "no step holds what these checks need"
+    needs: tuple[str, ...] = ()  # the tensors its checks compare (named when none was captured)
 
     def owns(self, finding: Finding) -> bool:
         return (
@@ -61,12 +62,22 @@ class Family:
 
 FAMILIES: tuple[Family, ...] = (
     Family(
-        "advantages", "rewards and advantages", core=True, check_ids=("advantages.values", "rewards.total")
+        "advantages",
+        "rewards and advantages",
+        core=True,
+        check_ids=("advantages.values", "rewards.total"),
+        needs=("advantages",),
     ),
-    Family("forward_logps", "forward log-probs", core=True, check_ids=("logps.model",)),
-    Family("ref_forward", "reference-model forward", core=True, check_ids=("logps.ref_model",)),
-    Family("loss", "loss", core=True, check_ids=("loss.value", "loss.per_token")),
-    Family("loss_grad", "∂loss/∂logps", core=True, check_ids=("grad.logps_grad",)),
+    Family("forward_logps", "forward log-probs", core=True, check_ids=("logps.model",), needs=("logps",)),
+    Family(
+        "ref_forward",
+        "reference-model forward",
+        core=True,
+        check_ids=("logps.ref_model",),
+        needs=("ref_logps",),
+    ),
+    Family("loss", "loss", core=True, check_ids=("loss.value", "loss.per_token"), needs=("loss",)),
+    Family("loss_grad", "∂loss/∂logps", core=True, check_ids=("grad.logps_grad",), needs=("logps_grad",)),
     Family(
         "probes",
         "probes of the trainer's loss code",
@@ -164,6 +175,14 @@ def _why_not(
         return f"not captured: missing {', '.join(missing)}", f"record {', '.join(missing)}", model_at_hand
     if any(f.verdict is Verdict.INCONCLUSIVE for f in own):
         return "inconclusive on every step (nothing to compare)", None, False
+    if family.needs:
+        names = ", ".join(family.needs)
+        how = (
+            "watch the log-probs (Recorder: s.watch('logps', logps))"
+            if names == "logps_grad"
+            else f"record {names}"
+        )
+        return f"not captured: no step holds {names}", how, model_at_hand
     return family.not_run_reason, None, model_at_hand
 
 
@@ -196,7 +215,8 @@ def _not_checked(families: list[Mapping[str, Any]]) -> str:
     if all(f.get("reason") in _NO_MODEL_REASONS for f in families):
         flags = dict.fromkeys("--ref-model" if f["id"] == "ref_forward" else "--model" for f in families)
         return f"{titles} not checked — no model; pass {' and '.join(flags)}"
-    if len(families) == 1 and families[0].get("reason"):
+    reasons = {f.get("reason") for f in families}
+    if len(reasons) == 1 and families[0].get("reason"):
         return f"{titles} not checked — {families[0]['reason']}"
     return f"{titles} not checked"
 

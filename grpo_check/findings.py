@@ -339,7 +339,7 @@ class Result:
                 status = f"OK (partial: {text})"
         outcome = self.metadata.get("outcome") or {}
         if outcome.get("status") in ("crashed", "interrupted"):
-            status = f"{outcome['status'].upper()} ({outcome.get('line', '')}) · {status}"
+            status = f"{outcome['status'].upper()} ({outcome.get('line', '')}); what was captured: {status}"
         return status
 
     def to_dict(self) -> dict[str, Any]:

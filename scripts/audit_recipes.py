@@ -111,11 +111,77 @@ def collect(git_dirs: list[Path], out: Path) -> dict[str, int]:
     return counts
 
 
+def notice(directory: Path) -> str:
+    """tests/audit/recipes/NOTICE.md: every source repository of the corpus, its licence and file count."""
+    entries = load_manifest(directory)
+    counts = collections.Counter((e["repo"], e["licence"]) for e in entries)
+    rows = "\n".join(
+        f"| `{repo}` | {licence} | {n} | https://github.com/{repo} |"
+        for (repo, licence), n in sorted(counts.items())
+    )
+    return f"""# Recipe corpus: sources and licences
+
+`tests/audit/test_audit_recipes.py::test_every_real_recipe_is_audited_fully` audits GRPO recipe files
+written by other projects. They are third-party data and are not part of grpo-check's sources: they are
+collected from local clones of the repositories below by `scripts/audit_recipes.py collect` (every version of
+every YAML/JSON file in each repository's history that sets `num_generations`, exact duplicates dropped) into
+`$GRPO_CHECK_RECIPES` (default `~/.cache/grpo-check/audit-recipes`), with a `MANIFEST.json` naming each file's
+repository, path, git blob id and licence. Only repositories whose LICENSE is Apache-2.0, MIT or BSD are
+collected; each file remains under its repository's licence and copyright.
+
+| repository | licence | recipe versions | source |
+|---|---|---|---|
+{rows}
+
+Total: {len(entries)} files from {len(counts)} repositories.
+"""
+
+
 def load_manifest(directory: Path) -> list[dict[str, str]]:
     return json.loads((directory / "MANIFEST.json").read_text(encoding="utf-8"))
 
 
-def figures(directory: Path, trl_version: str) -> dict[str, object]:
+def _against_trl(
+    directory: Path, entries: list[dict[str, str]], trl_version: str, num_processes: int | None
+) -> dict[str, object]:
+    """Construct the installed TRL's GRPOConfig from each recipe's GRPOConfig keys (what TRL's CLI passes it:
+    script, model and project keys go to other dataclasses) and compare its refusals with the audit's errors."""
+    import warnings
+
+    import trl
+
+    from grpo_check.audit import audit
+    from grpo_check.audit.loader import LAUNCHER_KEYS, load_file
+    from grpo_check.audit.versions import EXTENSION_KEYS, SCRIPT_KEYS
+
+    routed_elsewhere = set(SCRIPT_KEYS) | set(EXTENSION_KEYS) | set(LAUNCHER_KEYS)
+    counts: collections.Counter[str] = collections.Counter()
+    disagreements: list[str] = []
+    for entry in entries:
+        loaded = load_file(directory / entry["file"])
+        kwargs = {k: v for k, v in loaded.values.items() if k not in routed_elsewhere}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                # this machine's facts override the recipe's: no GPU (bf16 off, use_cpu), no logging services
+                trl.GRPOConfig(
+                    **{"output_dir": "unused", **kwargs, "report_to": "none", "use_cpu": True, "bf16": False}
+                )
+                refused = None
+            except Exception as exc:
+                refused = f"{type(exc).__name__}: {str(exc)[:120]}"
+        result = audit(directory / entry["file"], trl_version=trl_version, num_processes=num_processes)
+        errors = sorted({f.check_id for f in result if f.details.get("severity") == "error"})
+        key = ("refused" if refused else "accepted") + (" / audit error" if errors else " / no audit error")
+        counts[key] += 1
+        if bool(refused) != bool(errors):
+            disagreements.append(f"{entry['file']}: TRL {refused or 'accepts'}; audit errors {errors}")
+    return {"counts": dict(counts), "disagreements": disagreements}
+
+
+def figures(
+    directory: Path, trl_version: str, num_processes: int | None = None, against_trl: bool = False
+) -> dict[str, object]:
     """Audit every collected recipe: files audited fully, refused (with the reason), findings by rule."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from grpo_check.audit import audit
@@ -128,15 +194,16 @@ def figures(directory: Path, trl_version: str) -> dict[str, object]:
     audited = 0
     for entry in entries:
         try:
-            result = audit(directory / entry["file"], trl_version=trl_version)
+            result = audit(directory / entry["file"], trl_version=trl_version, num_processes=num_processes)
         except InputError as exc:
             refused.append((entry["file"], str(exc)))
             continue
         audited += 1
-        ids = [f.check_id for f in result if f.details.get("severity") in ("error", "warning")]
+        ids = [f.check_id for f in result]
         by_rule.update(ids)
         files_with.update(set(ids))
     return {
+        "against_trl": _against_trl(directory, entries, trl_version, num_processes) if against_trl else None,
         "files": len(entries),
         "repositories": len({e["repo"] for e in entries}),
         "audited_fully": audited,
@@ -154,9 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("collect")
     c.add_argument("git_dirs", nargs="+", type=Path)
     c.add_argument("--out", type=Path, default=None)
+    c.add_argument("--notice", type=Path, default=None, help="also write the NOTICE file here")
     f = sub.add_parser("figures")
     f.add_argument("--out", type=Path, default=None)
     f.add_argument("--trl-version", default="1.16")
+    f.add_argument("--num-processes", type=int, default=None)
+    f.add_argument(
+        "--against-trl", action="store_true", help="also construct the installed GRPOConfig per recipe"
+    )
     f.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
     out = args.out or default_dir()
@@ -165,8 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, kept in counts.items():
             print(f"{name}: {kept} recipe versions")
         print(f"{sum(counts.values())} files in {out}")
+        if args.notice is not None:
+            args.notice.write_text(notice(out), encoding="utf-8")
         return 0
-    result = figures(out, args.trl_version)
+    result = figures(out, args.trl_version, args.num_processes, args.against_trl)
     if not args.markdown:
         print(json.dumps(result, indent=1))
         return 0

@@ -6,8 +6,8 @@ transformers/accelerate/datasets that release runs with, then grpo-check with --
 dependencies), this script
 
 1. runs the adapter's release-agnostic contract tests (tests/trl/test_trl_contract.py), and
-2. runs a demo configuration: ``grpo-check compare --trainer grpo_check.demo.portable:build_trainer
-   --steps 2`` (TRL's real GRPOTrainer on the tiny policy, with the settings the release has),
+2. runs a demo configuration: ``python -m grpo_check.demo.portable --steps 2``, TRL's real GRPOTrainer on
+   the tiny policy with the settings the release has, checked live (the reference's own forward passes too),
 
 and writes the table (release, transformers used, result, seconds) as Markdown and JSON.
 
@@ -34,25 +34,23 @@ import json
 import os
 import platform
 import re
-import subprocess
+import shutil
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-TORCH = "torch==2.13.0"
-LIGHT_DEPS = [
-    "numpy",
-    "safetensors",
-    "typer",
-    "rich",
-    "pandas",
-    "pyyaml",
-    "hypothesis",
-    "pytest",
-    "matplotlib",
-    "tokenizers",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's grpo_check
+
+from grpo_check.zoo.history.envs import (
+    LIGHT_DEPS,
+    TORCH,
+    EnvironmentError_,
+    child_environment,
+    ensure_env,
+    installed,
+    pins_for,
+    run_logged,
+)
 
 # one release per minor line (the line's last patch release)
 RELEASES = [
@@ -98,26 +96,6 @@ CANNOT_TRAIN_ON_CPU = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class Pins:
-    """A pin set: the environment's name and what is installed beside TRL."""
-
-    name: str
-    requirements: tuple[str, ...]
-
-
-def pins_for(release: str) -> Pins:
-    """The pin set ``release`` runs with on CPU torch 2.13 (the known working set)."""
-    major, minor = (int(p) for p in release.split(".")[:2])
-    if major == 0 and minor <= 18:  # 0.15/0.16 fail on transformers 4.53 (_get_train_sampler signature)
-        return Pins("tf4.51", ("transformers==4.51.3", "accelerate<1.8", "datasets<4"))
-    if major == 0 and minor <= 20:
-        return Pins("tf4.53", ("transformers==4.53.2", "accelerate<1.8", "datasets<4"))
-    if major == 0 and minor <= 22:
-        return Pins("tf4.56", ("transformers==4.56.2", "accelerate<1.11", "datasets<4"))
-    return Pins("tf5", ("transformers>=5,<6", "accelerate", "datasets", "requests"))
-
-
 @dataclasses.dataclass
 class Row:
     release: str
@@ -129,60 +107,6 @@ class Row:
     detail: str = ""
 
 
-def _run(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float, log) -> tuple[int, str]:
-    """Run ``cmd``, append its output to ``log``; (exit code, last lines). 124 on timeout."""
-    log.write(f"\n$ {' '.join(cmd)}\n")
-    log.flush()
-    try:
-        done = subprocess.run(
-            cmd,
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout if isinstance(exc.stdout, str) else (exc.stdout or b"").decode(errors="replace")
-        log.write(out + "\n[timed out]\n")
-        return 124, out[-2000:]
-    log.write(done.stdout)
-    log.flush()
-    return done.returncode, done.stdout[-2000:]
-
-
-def ensure_venv(pins: Pins, cache: Path, log, timeout: float) -> Path:
-    """The pin set's environment (created on first use): its python."""
-    venv = cache / f"venv-{pins.name}"
-    python = venv / "bin" / "python"
-    if not python.exists():
-        code, _ = _run([sys.executable, "-m", "venv", str(venv)], timeout=timeout, log=log)
-        if code:
-            raise RuntimeError(f"python -m venv {venv} failed")
-        for step in ([TORCH], [TORCH, *pins.requirements, *LIGHT_DEPS]):
-            code, tail = _run([str(python), "-m", "pip", "install", "-q", *step], timeout=timeout, log=log)
-            if code:
-                raise RuntimeError(f"pip install {' '.join(step)} failed: {tail.strip().splitlines()[-1:]}")
-        code, tail = _run(
-            [str(python), "-m", "pip", "install", "-q", "--no-deps", "-e", str(REPO)],
-            timeout=timeout,
-            log=log,
-        )
-        if code:
-            raise RuntimeError(f"pip install --no-deps -e {REPO} failed")
-    return python
-
-
-def installed(python: Path, package: str) -> str:
-    out = subprocess.run(
-        [str(python), "-c", f"import importlib.metadata as m; print(m.version({package!r}))"],
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout.strip() if out.returncode == 0 else ""
-
-
 def _summary(tail: str) -> str:
     """pytest's closing line, or the last line of the output."""
     lines = [line.strip("= ") for line in tail.strip().splitlines() if line.strip()]
@@ -192,20 +116,40 @@ def _summary(tail: str) -> str:
     return lines[-1] if lines else ""
 
 
+def demo_outcome(code: int, result_json: Path) -> tuple[str, bool]:
+    """The demo's cell and whether it passed: clean, or failing only where a shipped bug of the release is
+    named (the run found the bug it should find); any other failure is a FAIL."""
+    if code == 0:
+        return "clean", True
+    if code != 1 or not result_json.exists():
+        return f"exit {code}", False
+    findings = json.loads(result_json.read_text()).get("findings", [])
+    failing = [f for f in findings if f.get("verdict") == "fail"]
+    unexplained = [f for f in failing if not (f.get("details") or {}).get("shipped_bug")]
+    named = sorted(
+        f"{f['details']['shipped_bug']} (fixed in {f['details']['fixed_in']}, PR #{f['details']['pr']})"
+        for f in failing
+        if f.get("check_id", "").startswith("trl.shipped_bug.")
+    )
+    if unexplained or not named:
+        return f"FAIL: {len(unexplained)} unexplained failing findings", False
+    return "shipped bug found: " + "; ".join(sorted(set(named))), True
+
+
 def run_release(release: str, cache: Path, *, demo: bool, timeout: float, log) -> Row:
     row = Row(release)
     start = time.perf_counter()
     pins = pins_for(release)
     try:
-        python = ensure_venv(pins, cache, log, timeout)
-        code, tail = _run(
+        python = ensure_env(pins, cache, log=log, timeout=timeout)
+        code, tail = run_logged(
             [str(python), "-m", "pip", "install", "-q", f"trl=={release}", TORCH, *pins.requirements],
             timeout=timeout,
             log=log,
         )
         if code:
-            raise RuntimeError(f"pip install trl=={release} failed: {_summary(tail)}")
-    except RuntimeError as exc:
+            raise EnvironmentError_(f"pip install trl=={release} failed: {_summary(tail)}")
+    except EnvironmentError_ as exc:
         row.result, row.detail = "install failed", str(exc)
         row.seconds = time.perf_counter() - start
         return row
@@ -214,15 +158,8 @@ def run_release(release: str, cache: Path, *, demo: bool, timeout: float, log) -
         row.result, row.detail = "not run", CANNOT_TRAIN_ON_CPU[release]
         row.seconds = time.perf_counter() - start
         return row
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "HF_HUB_OFFLINE": "1",
-    }
-    code, tail = _run(
+    env = child_environment()
+    code, tail = run_logged(
         [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/trl/test_trl_contract.py"],
         env=env,
         timeout=timeout,
@@ -232,14 +169,14 @@ def run_release(release: str, cache: Path, *, demo: bool, timeout: float, log) -
     ok = code == 0
     if demo:
         out = cache / "demo" / release
-        code, tail = _run(
-            [str(python), "-m", "grpo_check", "compare", "--trainer", "grpo_check.demo.portable:build_trainer",
-             "--steps", "2", "--output", str(out), "--format", "text"],
-            env=env, timeout=timeout, log=log,
+        shutil.rmtree(out, ignore_errors=True)  # a run that dies must not be read from an older result.json
+        code, tail = run_logged(
+            [str(python), "-m", "grpo_check.demo.portable", "--steps", "2", "--output", str(out)],
+            log=log, timeout=timeout, env=env,
         )  # fmt: skip
-        row.demo = {0: "clean", 1: "findings"}.get(code, f"exit {code}")
-        ok = ok and code == 0
-        if code:
+        row.demo, demo_ok = demo_outcome(code, out / "result.json")
+        ok = ok and demo_ok
+        if not demo_ok:
             row.detail = _summary(tail)
     row.result = "pass" if ok else "FAIL"
     row.seconds = time.perf_counter() - start
@@ -252,7 +189,7 @@ def markdown(rows: list[Row], command: str) -> str:
         f"Generated {date} by `{command}` on {platform.machine()} Linux, 2 CPU cores, CPU-only torch "
         f"2.13.0, Python {platform.python_version()}.",
         "",
-        "| TRL | transformers | result | contract tests | demo (compare --trainer) | seconds | note |",
+        "| TRL | transformers | result | contract tests | demo (live, 2 steps) | seconds | note |",
         "|---|---|---|---|---|---:|---|",
     ]
     for row in rows:
@@ -361,9 +298,8 @@ def main(argv: list[str] | None = None) -> int:
                     json.dumps({"releases": [dataclasses.asdict(r) for r in table]}, indent=2) + "\n"
                 )
     table_rows = merge_json(args.json, []) if args.json else rows
-    command = "python scripts/trl_matrix.py" + (
-        f" --releases {args.releases}" if args.releases != "all" else ""
-    )
+    whole = sorted(releases) == sorted(RELEASES)  # every line, in whatever order
+    command = "python scripts/trl_matrix.py" + ("" if whole else f" --releases {args.releases}")
     text = markdown(table_rows, command)
     if args.md:
         write_markdown(args.md, text)

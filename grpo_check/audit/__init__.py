@@ -70,6 +70,16 @@ def audit(
     )
 
 
+def _installed(package: str) -> str | None:
+    """The installed version of ``package`` from its metadata (nothing is imported), else None."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def _choose_version(loaded: LoadedConfig, trl_version: str | None) -> tuple[str, str]:
     if trl_version is not None:
         try:
@@ -108,6 +118,7 @@ def audit_loaded(
             raise InputError(f"num_reward_funcs must be ≥ 1, got {num_reward_funcs}")
         facts["num_reward_funcs"] = num_reward_funcs
     facts["load_problems"] = list(loaded.problems)
+    facts.setdefault("transformers_version", _installed("transformers"))
     assumptions: list[str] = []
     if num_processes is not None:
         facts["num_processes_source"] = "--num-processes"
@@ -121,6 +132,7 @@ def audit_loaded(
     facts["requested_version"] = requested
     facts["effective"] = loaded.effective
     facts["keys"] = tuple(loaded.values) if not loaded.effective else ()
+    facts["user_values"] = dict(loaded.values)
     if "scale_rewards" in loaded.values and not loaded.effective:
         facts["raw_scale_rewards"] = loaded.values["scale_rewards"]  # before True -> "group" normalisation
     if loaded.effective:

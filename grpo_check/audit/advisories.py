@@ -45,6 +45,7 @@ class Advisory:
         condition: the configuration that triggers it, in words.
         trigger: effective config values (TRL field names, plus ``num_processes``) -> why it triggers, or None.
         stage: where grpo-check's side-by-side comparison localises it (``logps``, ``advantages``, ``loss`` …).
+        workaround: what to do on an affected release when the trigger cannot simply be avoided.
         data_dependent: it also needs something only the data shows (prompt lengths, rewards returning None).
         catalog_id: the bug-catalog entry it belongs to.
     """
@@ -61,6 +62,13 @@ class Advisory:
     data_dependent: str = ""
     catalog_id: str | None = None
     severity: str = "error"
+    workaround: str = ""
+
+    @property
+    def fix(self) -> str:
+        """What to do: upgrade, or the workaround on an affected release."""
+        instead = self.workaround or f"avoid {self.condition}"
+        return f"Upgrade to TRL ≥ {self.fixed_in}; on an affected release, {instead}."
 
     @property
     def url(self) -> str:
@@ -298,6 +306,7 @@ ADVISORIES: dict[str, Advisory] = {
             trigger=_any_scale_rewards,
             stage="advantages",
             catalog_id="10",
+            workaround="write scale_rewards='none' to get group scaling (and 'group' to get none)",
         ),
         Advisory(
             id="GA607",
@@ -364,6 +373,7 @@ ADVISORIES: dict[str, Advisory] = {
             stage="advantages",
             data_dependent="a reward function returns None for some completions (e.g. multi-task data)",
             catalog_id="8",
+            workaround="make the reward functions return a number for every completion",
             severity="warning",
         ),
     )

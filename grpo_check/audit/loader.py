@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from grpo_check import _limits
 from grpo_check.audit import versions as _versions
 from grpo_check.findings import InputError
 
@@ -126,7 +127,8 @@ def load_file(path: str | os.PathLike[str]) -> LoadedConfig:
         )
     if path.exists() and not path.is_dir() and not path.is_file():  # a pipe would block forever
         raise InputError("not a regular file (a device or a pipe)", source=name)
-    raw = path.read_bytes()  # FileNotFoundError / IsADirectoryError -> exit 2 in the CLI
+    # bounded, and never blocking; FileNotFoundError / IsADirectoryError -> exit 2 in the CLI
+    raw = _limits.read_bytes(path, cap=_limits.MAX_CONFIG_BYTES, source=name)
     if raw[:1] == b"\x80" or raw[:2] == b"PK":
         raise InputError(
             "this looks like a pickle / torch.save archive, not YAML or JSON; refusing to unpickle it.\n"
@@ -173,7 +175,9 @@ def _parse_json(
         return dict(pairs)
 
     try:
-        data = json.loads(text, object_pairs_hook=pairs_to_dict)
+        data = _limits.loads_json(
+            text, source=name, object_pairs_hook=pairs_to_dict
+        )  # depth, integers bounded
     except json.JSONDecodeError as exc:
         raise InputError(
             f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", source=name
@@ -250,6 +254,8 @@ def _parse_yaml(
     skipped: list[dict[str, Any]] = []
     while True:
         try:
+            # depth, recursive aliases, alias bombs and long integers first (a grpo_check._limits.LimitError)
+            _limits.check_yaml("\n".join(lines_of_text), source=name)
             node = yaml.compose("\n".join(lines_of_text), Loader=yaml.SafeLoader)
             data = yaml.safe_load("\n".join(lines_of_text))
             break
@@ -358,7 +364,13 @@ def _from_mapping(
     data: dict[str, Any], *, origin: str, kind: Literal["file", "mapping"], lines: dict[tuple[str, ...], int]
 ) -> LoadedConfig:
     path, mapping = find_config_mapping(data)
-    every = set(_versions._HISTORY) | _versions.TRAINING_ARGUMENTS_FIELDS
+    every = (
+        set(_versions._HISTORY)
+        | _versions.TRAINING_ARGUMENTS_FIELDS
+        | set(_versions.OTHER_TRAINER_KEYS)
+        | set(_versions.EXTENSION_KEYS)
+        | _versions.SCRIPT_KEYS
+    )
     keys = [str(k) for k in mapping]
     if keys and not (set(keys) & every) and not _any_close(keys, every):
         raise InputError(

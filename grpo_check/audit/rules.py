@@ -95,6 +95,7 @@ class AuditContext:
         if "scale_rewards" in values:
             facts.setdefault("raw_scale_rewards", values["scale_rewards"])
         facts.setdefault("keys", tuple(values))
+        facts.setdefault("user_values", dict(values))
         return cls(
             values=effective_values(values, version=version, num_processes=facts.get("num_processes", 1)),
             explicit=frozenset(values),
@@ -364,7 +365,12 @@ def _generation_batch_divisible(ctx: AuditContext) -> Hit | None:
     fix="Keep one of them (steps_per_generation is the clearer one) and delete the other.",
 )
 def _both_generation_sizes(ctx: AuditContext) -> Hit | None:
-    if ctx.is_set("generation_batch_size") and ctx.is_set("steps_per_generation"):
+    written = ctx.facts.get("user_values", ctx.values)  # before the derivation that fills the other one in
+    both = all(
+        ctx.is_set(f) and written.get(f) is not None
+        for f in ("generation_batch_size", "steps_per_generation")
+    )
+    if both:
         if ctx.facts.get("effective"):
             return None  # an object after __post_init__ always has both
         return Hit(
@@ -804,9 +810,12 @@ def _entropy_quantile_range(ctx: AuditContext) -> Hit | None:
 @rule(
     "GA112",
     "sync_ref_model with beta = 0",
-    "warning",
+    "error",
     ("sync_ref_model", "beta"),
-    reason="With beta = 0 TRL loads no reference model, so there is nothing to synchronise; the setting is dead.",
+    reason=(
+        "With beta = 0 TRL loads no reference model, so there is nothing to synchronise: GRPOTrainer refuses "
+        "the combination at construction."
+    ),
     source=f"{_TRAINER_INIT}: 'You passed sync_ref_model=True while beta=0.0'; TR-DPO (arXiv 2404.09656)",
     fix="Either set beta > 0 (then the TR-DPO sync applies) or drop sync_ref_model.",
 )
@@ -1098,23 +1107,48 @@ def _vllm_without_is(ctx: AuditContext) -> Hit | None:
     ),
     reason=(
         "The IS weights are clipped (truncate modes) or masked (mask modes) to [C_min, C_max]. C_min ≥ C_max "
-        "leaves no valid ratio; a truncate mode with neither bound does nothing; C_max < 1 removes or caps "
-        "the on-policy ratio 1 itself."
+        "leaves no valid ratio; a truncate mode with neither bound does nothing. GRPOConfig refuses both, "
+        "whether or not vLLM is used (C_max < 1 is GA208)."
     ),
     source=f"{_POST_INIT} (clip_min < clip_max; *_truncate needs a bound); TRL docs for vllm_importance_sampling_mode",
     fix="Use 0 ≤ C_min < 1 < C_max (TRL default: C_max = 3, C_min unset).",
     catalog_id="1",
 )
 def _vllm_is_bounds(ctx: AuditContext) -> Hit | None:
-    if not (ctx["use_vllm"] and ctx["vllm_importance_sampling_correction"]):
-        return None
+    # GRPOConfig.__post_init__ refuses the first two whether or not vLLM is used.
     low = _as_float(ctx["vllm_importance_sampling_clip_min"])
     high = _as_float(ctx["vllm_importance_sampling_clip_max"])
     mode = str(ctx.get("vllm_importance_sampling_mode", ""))
     if low is not None and high is not None and low >= high:
         return Hit(f"vllm_importance_sampling_clip_min = {low} ≥ clip_max = {high}")
-    if mode.endswith("_truncate") and low is None and high is None:
+    if (
+        ctx["vllm_importance_sampling_correction"]
+        and mode.endswith("_truncate")
+        and low is None
+        and high is None
+    ):
         return Hit(f"vllm_importance_sampling_mode = {mode!r} with neither clip bound set")
+    return None
+
+
+@rule(
+    "GA208",
+    "vLLM importance-sampling cap below 1",
+    "error",
+    ("vllm_importance_sampling_clip_max",),
+    reason=(
+        "The IS weights are clipped (truncate modes) or masked (mask modes) above C_max. C_max < 1 caps or "
+        "removes the on-policy ratio 1 itself: every token the sampler and trainer agree on is down-weighted "
+        "or dropped. TRL accepts the value."
+    ),
+    source="TRL docs for vllm_importance_sampling_mode / vllm_importance_sampling_clip_max",
+    fix="Use C_max > 1 (TRL default: 3).",
+    catalog_id="1",
+)
+def _vllm_is_cap_below_one(ctx: AuditContext) -> Hit | None:
+    high = _as_float(ctx["vllm_importance_sampling_clip_max"])
+    if not (ctx["use_vllm"] and ctx["vllm_importance_sampling_correction"]):
+        return None
     if high is not None and high < 1.0:
         return Hit(
             f"vllm_importance_sampling_clip_max = {high} < 1 excludes the on-policy ratio 1", figure=high
@@ -1443,12 +1477,13 @@ def _plumbing_defaults(ctx: AuditContext) -> list[Hit]:
 @rule(
     "GA403",
     "field does not exist in this TRL release",
-    "warning",
+    "error",
     ("<field>",),
     reason=(
         "The key is a GRPOConfig field in other TRL releases but not in the one this config will run with: "
-        "HfArgumentParser / GRPOConfig(**…) rejects it, or (in recipes that filter keys) it is silently "
-        "ignored, so the setting you wrote has no effect."
+        "GRPOConfig(**…) refuses it (unexpected keyword argument), and so does TRL's CLI (HfArgumentParser "
+        "refuses keys no dataclass takes); a script that filters keys drops it silently, so the setting you "
+        "wrote has no effect."
     ),
     source="grpo_check/audit/versions.py (field history across TRL 0.14.0 … 1.16.0)",
     fix="Use the field's replacement in this release, or pin the TRL version the config was written for.",
@@ -1474,12 +1509,12 @@ def _field_not_in_version(ctx: AuditContext) -> list[Hit]:
 @rule(
     "GA404",
     "unknown key that looks like a typo of a known field",
-    "warning",
+    "error",
     ("<field>",),
     reason=(
         "The key is neither a GRPOConfig/TrainingArguments field in any TRL release tabulated nor a key TRL's "
-        "scripts read, and it is a close spelling of one that is (betta → beta). A recipe that filters keys "
-        "drops it and HfArgumentParser may refuse it; either way the value you meant to set keeps its default."
+        "scripts read, and it is a close spelling of one that is (betta → beta). GRPOConfig(**…) and TRL's CLI "
+        "refuse it; a script that filters keys drops it, and the value you meant to set keeps its default."
     ),
     source="grpo_check/audit/versions.py field lists; difflib close matches (ratio ≥ 0.75)",
     fix="Fix the spelling (see the suggestion) or remove the key.",
@@ -1509,6 +1544,7 @@ def _unknown_keys(ctx: AuditContext) -> list[tuple[str, list[str]]]:
         if key not in every_field
         and key not in _versions.SCRIPT_KEYS
         and key not in _versions.EXTENSION_KEYS
+        and key not in _versions.OTHER_TRAINER_KEYS
         and key not in LAUNCHER_KEYS
     ]
 
@@ -1772,12 +1808,13 @@ def _mapping_hit(name: str, value: Any) -> Hit | None:
 @rule(
     "GA411",
     "unknown key",
-    "info",
+    "error",
     ("<field>",),
     reason=(
         "The key is neither a GRPOConfig/TrainingArguments field in any TRL release tabulated nor a key TRL's "
-        "scripts read, and no known field is spelled like it (a close spelling is GA404, a warning). Often a "
-        "key of your own script; if it was meant as a TRL setting, that setting keeps its default."
+        "scripts read, and no known field is spelled like it (a close spelling is GA404). GRPOConfig(**…) and "
+        "TRL's CLI refuse it. Often a key of your own script (then read the file with that script's parser); "
+        "if it was meant as a TRL setting, that setting keeps its default."
     ),
     source="grpo_check/audit/versions.py field lists; difflib close matches (none at ratio ≥ 0.75)",
     fix="Remove the key, or check the GRPOConfig documentation of your TRL release for the field you meant.",
@@ -1903,6 +1940,81 @@ def _extension_keys(ctx: AuditContext) -> list[Hit]:
         if key in _versions.EXTENSION_KEYS
         and key not in _versions.known_fields(ctx.version)
         and key not in _versions.SCRIPT_KEYS
+    ]
+
+
+@rule(
+    "GA416",
+    "log_completions_hub_repo without log_completions",
+    "error",
+    ("log_completions_hub_repo", "log_completions"),
+    reason=(
+        "Completions are uploaded to the Hub only when they are logged; GRPOConfig refuses a Hub repository "
+        "for completions while log_completions is false."
+    ),
+    source=f"{_POST_INIT} ('log_completions_hub_repo is set, but log_completions is False')",
+    fix="Set log_completions = true, or drop log_completions_hub_repo.",
+)
+def _hub_repo_without_logging(ctx: AuditContext) -> Hit | None:
+    if ctx["log_completions_hub_repo"] is not None and not ctx["log_completions"]:
+        return Hit(
+            f"log_completions_hub_repo = {ctx['log_completions_hub_repo']!r} but log_completions = false"
+        )
+    return None
+
+
+@rule(
+    "GA417",
+    "field of another TRL trainer",
+    "error",
+    ("<field>",),
+    reason=(
+        "The key belongs to another TRL trainer's config (SFTConfig, DPOConfig, PPOConfig …), not to GRPOConfig: "
+        "GRPOConfig(**…) and `trl grpo --config` refuse it, and a script that filters keys drops it, so the "
+        "behaviour it asks for (max_seq_length, packing, kl_coef …) does not happen in GRPO."
+    ),
+    source="grpo_check/audit/versions.py OTHER_TRAINER_KEYS (TRL 1.16 configs, and fields earlier releases had)",
+    fix="Use the GRPOConfig field for the same purpose (e.g. max_completion_length, beta), or remove the key.",
+)
+def _other_trainer_key(ctx: AuditContext) -> list[Hit]:
+    return [
+        Hit(f"{key!r} is a field of {_versions.OTHER_TRAINER_KEYS[key]}, not of GRPOConfig", fields=(key,))
+        for key in ctx.facts.get("keys", ())
+        if key in _versions.OTHER_TRAINER_KEYS
+        and key not in _versions.known_fields(ctx.version)
+        and key not in _versions.SCRIPT_KEYS
+    ]
+
+
+@rule(
+    "GA418",
+    "TrainingArguments field that transformers 5 removed",
+    "error",
+    ("<field>",),
+    reason=(
+        "GRPOConfig inherits transformers' TrainingArguments. transformers 5 dropped several 4.x fields "
+        "(overwrite_output_dir, warmup_ratio, logging_dir, evaluation_strategy, no_cuda …); with it installed, "
+        "GRPOConfig(**…) and TRL's CLI refuse them as unexpected keyword arguments. TRL 1.x runs on "
+        "transformers 4.56 and 5.x, so the installed transformers decides; when none is installed the audit "
+        "assumes the 5 series and says so."
+    ),
+    source="transformers 5.25.0 TrainingArguments fields vs transformers 4.x; TRL 1.16 requires transformers>=4.56.2",
+    fix="Remove the key or use its transformers 5 replacement (warmup_ratio → warmup_steps; evaluation_strategy → "
+    "eval_strategy; logging_dir → the logger's own setting), or pin transformers < 5.",
+)
+def _transformers_5_removed(ctx: AuditContext) -> list[Hit]:
+    installed = ctx.facts.get("transformers_version")
+    try:
+        major = _versions.parse_version(installed)[0] if installed else None
+    except ValueError:
+        major = None
+    if major is not None and major < 5:
+        return []
+    where = f"transformers {installed}" if installed else "transformers 5 (assumed: none is installed here)"
+    return [
+        Hit(f"{key!r} is not a TrainingArguments field in {where}", fields=(key,))
+        for key in ctx.facts.get("keys", ())
+        if key in _versions.TRANSFORMERS_5_REMOVED
     ]
 
 
@@ -2055,9 +2167,7 @@ def _register_advisories() -> None:
                 f"triggered by: {advisory.condition}."
             ),
             source=f"{advisory.pr} ({advisory.url}); fixed in TRL {advisory.fixed_in}",
-            fix=(
-                f"Upgrade to TRL ≥ {advisory.fixed_in}, or avoid the triggering setting ({advisory.condition})."
-            ),
+            fix=advisory.fix,
             catalog_id=advisory.catalog_id,
         )(_advisory_check(advisory))
 

@@ -322,6 +322,10 @@ def register(app: typer.Typer) -> None:
                 )
             finally:
                 close()
+            if other is None:  # a failure that a shipped bug of the recorded TRL release explains is named
+                from grpo_check.trl.history import name_shipped_bugs_in_trace
+
+                result.findings.extend(name_shipped_bugs_in_trace(trace.manifest, result.findings))
             code = emit(
                 result,
                 output_format=output_format,

@@ -24,7 +24,7 @@ from grpo_check.compare.hooks import step_findings
 from grpo_check.compare.reference_inputs import step_context
 from grpo_check.compare.stages import compare_stages
 from grpo_check.compare.tolerances import TolerancePolicy, as_policy
-from grpo_check.config import GRPOSpec, as_spec
+from grpo_check.config import GRPOSpec, as_spec, spec_for_step
 from grpo_check.findings import Finding, InputError, Result, Verdict
 from grpo_check.trace.model import Trace, TraceStep
 
@@ -58,7 +58,9 @@ def compare_step(
     ['pass']
     """
     step = _as_step(step)
-    spec = as_spec(spec)
+    spec = spec_for_step(
+        as_spec(spec), step.meta
+    )  # a coefficient the trainer moves per step (adaptive entropy)
     policy = as_policy(tolerances)
     with step_cache(step):  # float64 copies made once for the comparison and the diagnoses
         findings, reference = compare_stages(

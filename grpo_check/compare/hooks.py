@@ -30,12 +30,15 @@ FAMILY_MODULES: tuple[str, ...] = ("grpo_check.rederive",)
 """Modules that register a family when imported."""
 
 _FAMILIES: dict[str, StepChecks] = {}
+_CHECK_IDS: dict[str, tuple[str, ...]] = {}
 _loaded = False
 
 
-def register_step_checks(family: str, function: StepChecks) -> None:
-    """Run ``function(step, spec, trace)`` on every compared step; its findings belong to ``family``."""
+def register_step_checks(family: str, function: StepChecks, check_ids: tuple[str, ...] = ()) -> None:
+    """Run ``function(step, spec, trace)`` on every compared step; its findings belong to ``family``, and
+    ``check_ids`` lists the checks it can report (for coverage: which of them ran, which could not)."""
     _FAMILIES[family] = function
+    _CHECK_IDS[family] = tuple(check_ids)
 
 
 def _load() -> None:
@@ -52,6 +55,16 @@ def registered_families() -> list[str]:
     return list(_FAMILIES)
 
 
+def family_check_ids() -> dict[str, tuple[str, ...]]:
+    """Every registered family with the check ids it can report.
+
+    >>> family_check_ids()["re-derivations"][0]
+    'rederive.completion_ends'
+    """
+    _load()
+    return dict(_CHECK_IDS)
+
+
 def step_findings(step: TraceStep, spec: GRPOSpec, trace: Trace | None = None) -> list[Finding]:
     """The findings of every registered family on ``step``."""
     _load()
@@ -61,4 +74,10 @@ def step_findings(step: TraceStep, spec: GRPOSpec, trace: Trace | None = None) -
     return findings
 
 
-__all__ = ["FAMILY_MODULES", "register_step_checks", "registered_families", "step_findings"]
+__all__ = [
+    "FAMILY_MODULES",
+    "family_check_ids",
+    "register_step_checks",
+    "registered_families",
+    "step_findings",
+]

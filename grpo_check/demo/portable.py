@@ -46,18 +46,25 @@ def per_device_batch_size(version: str) -> int:
     return 2 if parse_version(version) < (0, 15, 0) else 8
 
 
-def config_kwargs(config_cls: Any, version: str) -> dict[str, Any]:
-    """The :data:`WANTED` settings ``config_cls`` (a release's ``GRPOConfig``) has fields for."""
+def config_kwargs(config_cls: Any, version: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The :data:`WANTED` settings (``overrides`` winning) that ``config_cls`` (a release's ``GRPOConfig``) has
+    fields for."""
     fields = {field.name for field in dataclasses.fields(config_cls)}
-    kwargs = {name: value for name, value in WANTED.items() if name in fields}
+    kwargs = {name: value for name, value in {**WANTED, **(overrides or {})}.items() if name in fields}
     kwargs["per_device_train_batch_size"] = per_device_batch_size(version)
     return kwargs
 
 
 def build_trainer(
-    steps: int = 2, *, workdir: str | os.PathLike[str] | None = None, trainer_cls: Any = None, seed: int = 0
+    steps: int = 2,
+    *,
+    workdir: str | os.PathLike[str] | None = None,
+    trainer_cls: Any = None,
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
 ) -> Any:
-    """A ``GRPOTrainer`` (or ``trainer_cls``) on the demo's tiny policy, built from code (nothing downloaded)."""
+    """A ``GRPOTrainer`` (or ``trainer_cls``) on the demo's tiny policy, built from code (nothing downloaded);
+    ``overrides`` replace :data:`WANTED` settings (those the release has)."""
     from grpo_check.demo.run import _quiet_libraries
 
     _quiet_libraries()
@@ -79,7 +86,7 @@ def build_trainer(
         seed=seed,
         disable_tqdm=True,
         dataloader_num_workers=0,
-        **config_kwargs(GRPOConfig, trl.__version__),
+        **config_kwargs(GRPOConfig, trl.__version__, overrides),
     )
     trainer = (trainer_cls or GRPOTrainer)(
         model=model_dir,
@@ -93,3 +100,47 @@ def build_trainer(
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     return trainer
+
+
+def run_live(
+    steps: int = 2, out_dir: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None
+) -> Any:
+    """Train :func:`build_trainer` with grpo-check attached live (the reference's own forward passes too) and
+    return the :class:`~grpo_check.findings.Result`; ``out_dir`` receives ``result.json``."""
+    import json
+
+    from grpo_check.trl import attach
+
+    trainer = build_trainer(steps=steps, overrides=overrides)
+    attachment = attach(trainer, live=True)
+    trainer.train()
+    result = attachment.result()
+    attachment.close()
+    if out_dir is not None:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "result.json"), "w") as handle:
+            json.dump(result.to_dict(), handle, indent=1)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m grpo_check.demo.portable [--steps N] [--output DIR]``: the live run, its counts, exit 0 when
+    nothing failed and 1 otherwise."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Run the portable demo trainer with grpo-check attached live."
+    )
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--output", default=None, help="directory for result.json")
+    args = parser.parse_args(argv)
+    result = run_live(args.steps, args.output)
+    for finding in result.findings:
+        if finding.failed:
+            print(finding.message())
+    print(f"grpo-check (live, portable demo): {result.counts()}")
+    return result.exit_code()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
@@ -83,10 +82,4 @@ def with_changes(
     probe: ProbeBatch, *, meta: dict[str, Any] | None = None, tensors: dict[str, Any] | None = None
 ) -> ProbeBatch:
     """A copy of ``probe`` with some meta entries / tensors replaced (a tensor set to None is dropped)."""
-    new_tensors = dict(probe.tensors)
-    for name, value in (tensors or {}).items():
-        if value is None:
-            new_tensors.pop(name, None)
-        else:
-            new_tensors[name] = value
-    return dataclasses.replace(probe, tensors=new_tensors, meta={**probe.meta, **(meta or {})})
+    return probe.replace(meta=meta, tensors=tensors)

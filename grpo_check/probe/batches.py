@@ -70,6 +70,18 @@ class ProbeBatch:
     def __contains__(self, name: object) -> bool:
         return name in self.tensors
 
+    def replace(
+        self, *, meta: dict[str, Any] | None = None, tensors: dict[str, Any] | None = None
+    ) -> ProbeBatch:
+        """A copy with some meta entries / tensors replaced (a tensor set to None is dropped)."""
+        new_tensors = dict(self.tensors)
+        for name, value in (tensors or {}).items():
+            if value is None:
+                new_tensors.pop(name, None)
+            else:
+                new_tensors[name] = value
+        return dataclasses.replace(self, tensors=new_tensors, meta={**self.meta, **(meta or {})})
+
 
 @dataclasses.dataclass(frozen=True)
 class _Base:

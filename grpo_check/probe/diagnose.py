@@ -271,7 +271,7 @@ VARIANTS: tuple[Variant, ...] = (
     ),
     Variant(
         "mask.tool_ignored",
-        "the tool mask is ignored: tool-output tokens are trained on and counted (bug-catalog 28)",
+        "the tool mask is ignored: tool-output tokens are trained on and counted",
         "multiply the loss mask by tool_mask (1 = policy-generated token) in the loss and its normaliser",
         "28",
         _tool_mask_ignored,

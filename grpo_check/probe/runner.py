@@ -53,6 +53,9 @@ class ProbeOutcome:
     probes: list[str]
     branches: list[str]
     not_run: dict[str, str] = dataclasses.field(default_factory=dict)
+    per_probe: dict[str, list[str]] = dataclasses.field(
+        default_factory=dict
+    )  # probe -> branches it exercised
 
     @property
     def failures(self) -> list[Finding]:
@@ -146,7 +149,11 @@ class _Compared:
 
 
 def _labels(ids: list[str]) -> str:
-    return "; ".join(f"{i} ({BRANCHES[i]})" for i in ids) if ids else "no branch (padding)"
+    """The most specific branch with its meaning, the others by id."""
+    if not ids:
+        return "no branch (padding)"
+    more = f" [also {', '.join(ids[1:])}]" if len(ids) > 1 else ""
+    return f"{ids[0]} ({BRANCHES[ids[0]]}){more}"
 
 
 def _diagnosis_fields(variant: Variant | None) -> dict[str, Any]:
@@ -240,8 +247,11 @@ def _not_run_finding(probe: ProbeBatch, error: BaseException) -> Finding:
     )
 
 
-def _pass_findings(compared: list[_Compared], probes: list[str], branches: list[str]) -> list[Finding]:
-    coverage = {"probes": probes, "branches": branches}
+def _pass_findings(
+    compared: list[_Compared], per_probe: dict[str, list[str]], branches: list[str]
+) -> list[Finding]:
+    probes = list(per_probe)
+    coverage = {"probes": probes, "branches": branches, "per_probe": per_probe}
     out = []
     for check_id, stage, pick in (
         (
@@ -298,6 +308,7 @@ def run_probes(
     ran: list[str] = []
     covered: set[str] = set()
     not_run: dict[str, str] = {}
+    per_probe: dict[str, list[str]] = {}
     failing: list[tuple[_Compared, dict[str, torch.Tensor], list[str]]] = []
     for probe in probes:
         ref_loss, ref_grad = reference_outcome(probe, spec)
@@ -328,6 +339,7 @@ def run_probes(
         masks = branch_masks(probe, spec)
         exercised = [name for name in BRANCHES if name in masks]
         ran.append(probe.name)
+        per_probe[probe.name] = exercised
         covered.update(exercised)
         compared.append(c)
         if c.loss_bad or bool(c.grad_bad.any()):
@@ -342,7 +354,9 @@ def run_probes(
                 findings.append(finding)
     branches = [name for name in BRANCHES if name in covered]
     failing_checks = {f.check_id for f in findings if f.verdict in (Verdict.FAIL, Verdict.WARN)}
-    passes = [f for f in _pass_findings(compared, ran, branches) if f.check_id not in failing_checks]
+    passes = [f for f in _pass_findings(compared, per_probe, branches) if f.check_id not in failing_checks]
     if compared:
         findings = passes + findings
-    return ProbeOutcome(findings=findings, probes=ran, branches=branches, not_run=not_run)
+    return ProbeOutcome(
+        findings=findings, probes=ran, branches=branches, not_run=not_run, per_probe=per_probe
+    )

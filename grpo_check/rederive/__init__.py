@@ -64,7 +64,7 @@ from grpo_check.rederive.inputs import (
 def _register_with_compare() -> None:
     from grpo_check.compare.hooks import register_step_checks
 
-    register_step_checks(FAMILY, rederive_step)
+    register_step_checks(FAMILY, rederive_step, tuple(REDERIVATIONS))
 
 
 _register_with_compare()

@@ -146,8 +146,8 @@ def completion_ends_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) 
         )
     pad = step.meta.get("pad_token_id")
     pad = int(pad) if isinstance(pad, int) and not isinstance(pad, bool) else None
-    all_ids = eos.all
-    ends = completion_ends(ids, all_ids, pad)
+    all_ids = eos.ends
+    ends = completion_ends(ids, all_ids, pad, tensor_or_none(step, "tool_mask"))
     expected = expected_completion_mask(ends, ids.shape[1], mask_truncated=spec.mask_truncated_completions)
     actual = mask.detach().bool().cpu()
     mismatch = actual != expected
@@ -391,8 +391,8 @@ def _masked_tokens(step: TraceStep, trace: Trace | None) -> dict[str, float] | N
         if ids is None or mask is None or ids.shape != mask.shape or eos is None:
             return None
         rows = micro.meta.get("global_rows") or list(range(ids.shape[0]))
-        ends = completion_ends(ids, eos.all, micro.meta.get("pad_token_id"))
         tool = tensor_or_none(micro, "tool_mask")
+        ends = completion_ends(ids, eos.ends, micro.meta.get("pad_token_id"), tool)
         m = mask.detach().to(torch.float64)
         for index, row in enumerate(rows):
             if int(row) in seen:
@@ -442,6 +442,17 @@ def old_logps_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) -> Fin
             figure=0.0,
             tolerance=0.0,
             optimizer_steps_between=0,
+        )
+    if step.meta.get("policy_changed_since_generation") is False:
+        return _finding(
+            check_id,
+            step,
+            Verdict.PASS,
+            f"{between} optimizer step(s) between generation and use left every parameter as it was (a zero "
+            "update): ρ ≡ 1 is expected",
+            figure=0.0,
+            tolerance=0.0,
+            optimizer_steps_between=between,
         )
     logps, old = tensor_or_none(step, "logps"), tensor_or_none(step, "old_logps")
     ratio = tensor_or_none(step, "ratio")

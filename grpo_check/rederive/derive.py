@@ -63,16 +63,25 @@ def normalise_eos_ids(*sources: Any) -> list[int]:
 
 
 def completion_ends(
-    completion_ids: torch.Tensor, eos_token_ids: Sequence[int], pad_token_id: int | None = None
+    completion_ids: torch.Tensor,
+    eos_token_ids: Sequence[int],
+    pad_token_id: int | None = None,
+    tool_mask: torch.Tensor | None = None,
 ) -> CompletionEnds:
     """Each row's end from its ids: the first position holding ANY of ``eos_token_ids`` (inclusive), else the
     row's generated length — the padded width, or the last non-pad token when only padding follows (a sampler
     that stopped for another reason). Rows without any EOS are truncated (TRL: the last generated id is not an
-    EOS). (M1)"""
+    EOS). In a multi-turn completion (``tool_mask`` = 0 on tool outputs) the turns before the last tool output
+    end with an EOS of their own: only an EOS after the last tool-output token ends the completion. (M1)"""
     ids = completion_ids.detach()
     rows, width = ids.shape
     eos = torch.tensor(list(eos_token_ids), dtype=ids.dtype, device=ids.device)
     is_eos = torch.isin(ids, eos) if eos.numel() else torch.zeros_like(ids, dtype=torch.bool)
+    if tool_mask is not None and tool_mask.shape == ids.shape:
+        positions = torch.arange(width, device=ids.device).expand(rows, width)
+        tool_output = ~tool_mask.detach().bool()
+        last_tool = torch.where(tool_output, positions, -1).amax(1) if width else torch.full((rows,), -1)
+        is_eos = is_eos & (positions > last_tool.unsqueeze(1))
     has_eos = is_eos.any(1)
     first = torch.where(has_eos, is_eos.int().argmax(1), torch.full((rows,), -1, dtype=torch.long))
     lengths = torch.where(has_eos, first + 1, torch.full((rows,), width, dtype=torch.long))

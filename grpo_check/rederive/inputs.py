@@ -37,6 +37,15 @@ class EosIds:
         return normalise_eos_ids(*self.by_source.values())
 
     @property
+    def ends(self) -> list[int]:
+        """The ids that end a completion: the tokenizer's and the generation config's when recorded (what
+        generation stops at; the trainer's own list is what is being checked), else the trainer's."""
+        independent = [
+            ids for name, ids in self.by_source.items() if name in ("tokenizer", "generation_config")
+        ]
+        return normalise_eos_ids(*independent) if independent else self.all
+
+    @property
     def independent(self) -> bool:
         """True when the tokenizer's or the generation config's ids were recorded (not only the trainer's)."""
         return any(name in self.by_source for name in ("tokenizer", "generation_config"))

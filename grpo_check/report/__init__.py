@@ -136,8 +136,10 @@ def load_result(path: str | os.PathLike[str]) -> Result:
     source = Path(path)
     if source.suffix == ".jsonl":
         return read_partial(source)
+    from grpo_check import _limits
+
     try:
-        data = json.loads(source.read_text(encoding="utf-8"))
+        data = _limits.loads_json(_limits.read_text(source, cap=_limits.MAX_JSON_BYTES), source=str(source))
     except json.JSONDecodeError as exc:
         raise InputError(f"not valid JSON ({exc})", source=str(source)) from None
     except UnicodeDecodeError as exc:

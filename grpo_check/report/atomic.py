@@ -115,8 +115,10 @@ class ResultWriter:
 def read_partial(path: str | os.PathLike[str]) -> Result:
     """Load a ``result.partial.jsonl`` log (possibly cut off mid-line) as a :class:`Result`."""
     source = Path(path)
+    from grpo_check import _limits
+
     try:
-        text = source.read_text(encoding="utf-8")
+        text = _limits.read_text(source, cap=_limits.MAX_JSON_BYTES)
     except UnicodeDecodeError as exc:
         raise InputError(f"not UTF-8 text ({exc})", source=str(source)) from None
     result = Result()
@@ -126,7 +128,7 @@ def read_partial(path: str | os.PathLike[str]) -> Result:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = _limits.loads_json(line, source=str(source), field=f"line {number}")
         except json.JSONDecodeError:
             if number == len(lines):  # the run was killed while writing this line
                 result.metadata["incomplete"] = result.metadata.get("incomplete") or "log ends in a torn line"

@@ -63,13 +63,24 @@ def _to_png(fig) -> bytes:
     return buffer.getvalue()
 
 
+PLOT_LIMIT = (
+    1e100  # larger magnitudes are drawn as off-scale (like inf): matplotlib overflows on ±1e308 ranges
+)
+
+
 def _as_float(value: Any) -> float:
     if value is None:
         return math.nan
     try:
-        return float(value)  # also parses "inf", "nan", "-inf"
-    except (TypeError, ValueError):
+        number = float(value)  # also parses "inf", "nan", "-inf"
+    except (TypeError, ValueError, OverflowError):
         return math.nan
+    return math.copysign(math.inf, number) if abs(number) > PLOT_LIMIT else number
+
+
+def _text(value: Any) -> str:
+    """Text for a plot label; characters a font cannot take (lone surrogates) as their escapes."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def stage_bars(result: Result) -> list[tuple[str, float, Verdict]]:
@@ -101,12 +112,13 @@ def stage_error_plot(result: Result) -> bytes | None:
     bars = stage_bars(result)
     if not bars:
         return None
+    bars = [(stage, _as_float(ratio), verdict) for stage, ratio, verdict in bars]  # ±1e308: off-scale
     finite = [ratio for _, ratio, _ in bars if math.isfinite(ratio) and ratio > 0]
     ceiling = max([*finite, 1.0]) * 10
     floor = min([*finite, 1.0]) / 10
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(bars) + 1.5), 3.0))
-    names = [stage for stage, _, _ in bars]
+    names = [_text(stage) for stage, _, _ in bars]
     heights = [ceiling if math.isinf(ratio) else (ratio if ratio > 0 else 0.0) for _, ratio, _ in bars]
     colours = [VERDICT_COLOURS[verdict.value] for _, _, verdict in bars]
     drawn = [i for i, height in enumerate(heights) if height > 0]
@@ -225,9 +237,9 @@ def token_error_heatmap(finding: Finding, *, max_rows: int = 64, max_tokens: int
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=7, frameon=False)
     ax.set_xlabel("completion token")
-    ax.set_title(f"{finding.check_id}: per-token error")
+    ax.set_title(_text(f"{finding.check_id}: per-token error"))
     fig.colorbar(
-        image, ax=ax, label=str(finding.details.get("token_error_map_label", "|trainer − reference|"))
+        image, ax=ax, label=_text(finding.details.get("token_error_map_label", "|trainer − reference|"))
     )
     return _to_png(fig)
 
@@ -253,7 +265,7 @@ def _histograms(details: dict[str, Any]) -> list[tuple[list[float], list[float],
         edges_f, counts_f = [_as_float(e) for e in edges], [_as_float(c) for c in counts]
         if not counts_f or any(math.isnan(v) or math.isinf(v) for v in edges_f + counts_f):
             continue
-        out.append((edges_f, counts_f, str(item.get("label", ""))))
+        out.append((edges_f, counts_f, _text(item.get("label", ""))))
     return out
 
 
@@ -274,7 +286,7 @@ def distribution_plot(finding: Finding) -> bytes | None:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.0, 3.0))
-    label = str(details.get("values_label", finding.stage))
+    label = _text(details.get("values_label", finding.stage))
     for edges, counts, hist_label in histograms:
         ax.stairs(counts, edges, fill=True, alpha=0.5, label=hist_label or None)
     if values:
@@ -290,7 +302,7 @@ def distribution_plot(finding: Finding) -> bytes | None:
         ax.legend(fontsize=8)
     ax.set_xlabel(label)
     ax.set_ylabel("count")
-    ax.set_title(f"{finding.check_id}: distribution")
+    ax.set_title(_text(f"{finding.check_id}: distribution"))
     return _to_png(fig)
 
 

@@ -62,7 +62,9 @@ def render_terminal(
         emoji=False,
     )
     worst = result.worst()
-    console.print(Text(headline(result), style=STYLE.get(worst.value, "") + (" bold" if color else "")))
+    console.print(
+        Text(headline(result), style=STYLE.get(worst.value, "") + (" bold" if color else "")), soft_wrap=True
+    )
     source = result.metadata.get("source")
     if source:
         console.print(Text(_printable(f"checked: {source}"), style="dim"))

@@ -43,7 +43,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from grpo_check._kinds import is_whole_number
+from grpo_check import _limits
+from grpo_check._kinds import is_real_number, is_whole_number
 from grpo_check.findings import InputError
 from grpo_check.trace.model import TENSOR_STAGE, Trace, TraceStep
 
@@ -144,8 +145,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """:func:`atomic_write_bytes` for UTF-8 text."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    """:func:`atomic_write_bytes` for UTF-8 text; a character UTF-8 cannot hold (a lone surrogate read from a
+    malformed input) is written as its ``\\uXXXX`` escape, never a crash."""
+    return atomic_write_bytes(path, text.encode("utf-8", "backslashreplace"))
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -481,6 +483,7 @@ def load_trace(path: str | os.PathLike[str], *, strict: bool = False) -> Trace:
             raise error
         problems.append(str(error))
 
+    _drop_mistyped_manifest_fields(manifest, root / MANIFEST_FILE, problem)
     num_generations = _manifest_num_generations(manifest, root / MANIFEST_FILE, problem)
     _unknown_config_fields(manifest, root / MANIFEST_FILE, problem)
     steps_dir = root / STEPS_DIR
@@ -504,6 +507,35 @@ def load_trace(path: str | os.PathLike[str], *, strict: bool = False) -> Trace:
     loaded.sort(key=lambda item: (item[0], item[1]))
     steps = [step for _, _, step in loaded]
     return Trace(manifest=manifest, steps=steps, problems=problems, source=str(root / MANIFEST_FILE))
+
+
+def _is_str_or_none(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _is_str_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(_is_str_or_none(v) for v in value.values())
+
+
+# manifest keys the checks and reports read, and the kind of value each must hold
+MANIFEST_FIELD_KINDS: dict[str, tuple[str, Any]] = {
+    "trainer": ("a string", _is_str_or_none),
+    "source": ("a string", _is_str_or_none),
+    "notes": ("a string", _is_str_or_none),
+    "created": ("a string", _is_str_or_none),
+    "versions": ("an object of version strings", lambda v: v is None or _is_str_map(v)),
+    "dtypes": ("an object of dtype names", lambda v: v is None or _is_str_map(v)),
+    "trainer_config": ("an object", lambda v: v is None or isinstance(v, dict)),
+    "num_steps": ("an integer", lambda v: v is None or _is_int64(v)),
+}
+
+
+def _drop_mistyped_manifest_fields(manifest: dict[str, Any], path: Path, problem) -> None:
+    """A manifest key holding a value of the wrong kind is reported and dropped (the steps are still read)."""
+    for key, (kind, valid) in MANIFEST_FIELD_KINDS.items():
+        if key in manifest and not valid(manifest[key]):
+            problem(f"must be {kind}, got {_short(manifest[key])}; ignored", source=path, field=key)
+            del manifest[key]
 
 
 def _unknown_config_fields(manifest: dict[str, Any], path: Path, problem) -> None:
@@ -530,7 +562,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if not path.is_file():  # a directory or a pipe (reading a pipe with no writer would wait forever)
         raise InputError("manifest.json is not a regular file", source=str(path))
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        raw = _limits.read_bytes(path, cap=_limits.MAX_JSON_BYTES)
+        manifest = _limits.loads_json(raw.decode("utf-8"), source=str(path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"manifest is not valid JSON ({exc})", source=str(path)) from None
     if not isinstance(manifest, dict):
@@ -580,7 +613,11 @@ _STEM = re.compile(r"^(\d+)-mb(\d+)-r(\d+)")
 def _load_step(json_path: Path, num_generations: int | None, problem) -> tuple[int, str, TraceStep] | None:
     """Read one step; on any problem report it and return ``None`` (so the step is left out)."""
     try:
-        record = json.loads(json_path.read_text(encoding="utf-8"))
+        raw = _limits.read_bytes(json_path, cap=_limits.MAX_JSON_BYTES)
+        record = _limits.loads_json(raw.decode("utf-8"), source=None)
+    except _limits.LimitError as exc:
+        problem(f"{exc.message}; step skipped", source=json_path, field=exc.field)
+        return None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         problem(f"step metadata is not valid JSON ({exc}); step skipped", source=json_path, field=None)
         return None
@@ -597,6 +634,13 @@ def _load_step(json_path: Path, num_generations: int | None, problem) -> tuple[i
     if tensors is None:
         return None
     listing = record.get("tensors") or {}
+    if not isinstance(listing, dict):
+        problem(
+            f"must be a JSON object (tensor name -> dtype, shape), got {type(listing).__name__}; step skipped",
+            source=json_path,
+            field="tensors",
+        )
+        return None
     for name in list(tensors):
         if name not in TENSOR_STAGE and not name.startswith("extra."):
             problem(
@@ -663,15 +707,42 @@ def meta_type_problems(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
     """
     problems: list[tuple[str, str]] = []
     for key, value in meta.items():
-        if key in INT_META_KEYS and value is not None and not is_whole_number(value):
-            problems.append((key, f"must be an integer or null, got {value!r}"))
+        if key in INT_META_KEYS and value is not None and not _is_int64(value):
+            problems.append((key, f"must be an integer or null, got {_short(value)}"))
         elif key in INT_LIST_META_KEYS and value is not None and not _is_int_or_int_list(value):
-            problems.append((key, f"must be an integer or a list of integers, got {value!r}"))
+            problems.append((key, f"must be an integer or a list of integers, got {_short(value)}"))
+        elif key in NUMBER_META_KEYS and value is not None and not _is_count(value):
+            problems.append((key, f"must be a finite number >= 0 or null, got {_short(value)}"))
     return problems
 
 
+# Step meta keys the checks convert with float(): a count of items, a number >= 0.
+NUMBER_META_KEYS: tuple[str, ...] = ("num_items_in_batch",)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_int64(value: Any) -> bool:
+    return is_whole_number(value) and _limits.INT64_MIN <= int(value) <= _limits.INT64_MAX
+
+
+def _is_count(value: Any) -> bool:
+    if not is_real_number(value):
+        return False
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+    return math.isfinite(number) and number >= 0
+
+
 def _is_int_or_int_list(value: Any) -> bool:
-    return is_whole_number(value) or (isinstance(value, list) and all(is_whole_number(v) for v in value))
+    return _is_int64(value) or (
+        isinstance(value, list) and len(value) <= 4096 and all(_is_int64(v) for v in value)
+    )
 
 
 def _typed_meta(meta: dict[str, Any], json_path: Path, problem) -> dict[str, Any]:
@@ -729,12 +800,15 @@ def _read_tensor_file(json_path: Path, record: dict[str, Any], problem) -> dict[
         return None
     tensor_path = json_path.parent / tensor_file
     try:
-        blob = tensor_path.read_bytes()
+        blob = _limits.read_bytes(tensor_path, cap=_limits.MAX_TENSOR_FILE_BYTES)  # a regular file, bounded
+    except _limits.LimitError as exc:
+        problem(f"{exc.message}; step skipped", source=tensor_path, field=exc.field)
+        return None
     except OSError as exc:
         problem(f"cannot read the tensor file ({exc.strerror or exc})", source=tensor_path, field=None)
         return None
     expected_size = record.get("tensor_file_bytes")
-    if isinstance(expected_size, int) and expected_size != len(blob):
+    if isinstance(expected_size, int) and not isinstance(expected_size, bool) and expected_size != len(blob):
         problem(
             f"file is {len(blob)} bytes, the .json recorded {expected_size} (truncated or overwritten)",
             source=tensor_path,
@@ -747,6 +821,15 @@ def _read_tensor_file(json_path: Path, record: dict[str, Any], problem) -> dict[
             "sha256 does not match the .json (file corrupted or overwritten)",
             source=tensor_path,
             field="tensor_file_sha256",
+        )
+        return None
+    try:  # every declared tensor inside the file, with a supported dtype, before safetensors builds them
+        _limits.check_safetensors_blob(blob, source=str(tensor_path))
+    except _limits.LimitError as exc:
+        problem(
+            f"not a readable safetensors file ({exc.message}); step skipped",
+            source=tensor_path,
+            field=exc.field,
         )
         return None
     from safetensors.torch import load as safetensors_load
@@ -787,7 +870,15 @@ def validate_step_tensors(tensors: Mapping[str, Any]) -> list[tuple[str, str]]:
     errors: list[tuple[str, str]] = []
     known = {n: t for n, t in tensors.items() if n in TENSOR_STAGE}
     for name, tensor in known.items():
-        if name in ID_TENSORS and (tensor.dtype.is_floating_point or tensor.dtype.is_complex):
+        if _dtype_name(tensor.dtype) not in _limits.SUPPORTED_TORCH_DTYPES:
+            errors.append(
+                (
+                    name,
+                    f"dtype {_dtype_name(tensor.dtype)} is not supported "
+                    f"(one of {', '.join(sorted(_limits.SUPPORTED_TORCH_DTYPES))})",
+                )
+            )
+        elif name in ID_TENSORS and (tensor.dtype.is_floating_point or tensor.dtype.is_complex):
             errors.append((name, f"ids must be an integer tensor, got dtype {_dtype_name(tensor.dtype)}"))
         elif name in ID_TENSORS and tensor.dtype == torch.bool:
             errors.append((name, "ids must be an integer tensor, got dtype bool"))
@@ -840,14 +931,15 @@ def step_value_problems(
         and group_index.dtype != torch.bool
         and bool((group_index >= 0).all())
     ):
-        counts = torch.bincount(group_index.reshape(-1).long())
+        # unique, not bincount: a group id of 2**40 must not allocate a 2**40-long count table
+        labels, counts = torch.unique(group_index.reshape(-1).long(), return_counts=True)
         worst = int(counts.argmax())
         if int(counts[worst]) > num_generations:
             problems.append(
                 (
                     "group_index",
-                    f"group {worst} has {int(counts[worst])} rows but num_generations is {num_generations} "
-                    "(rows of different prompts share a group id?)",
+                    f"group {int(labels[worst])} has {int(counts[worst])} rows but num_generations is "
+                    f"{num_generations} (rows of different prompts share a group id?)",
                 )
             )
     return problems

@@ -147,11 +147,15 @@ class Attachment(TrainerHooks, StepRecording, LiveChecking, HelperClient):
     def result(self) -> Result:
         """The live comparison so far as a :class:`Result` (empty when ``live=False``); waits for the
         background checks still running. With ``live=True`` it ends as every comparison does
-        (:func:`grpo_check.compare.engine.finish_result`): trends, run-level warnings and the coverage."""
+        (:func:`grpo_check.compare.engine.finish_result`): trends, run-level warnings and the coverage. A failing
+        stage that a shipped bug of the installed TRL release explains is named as such (bug, fix, PR)."""
+        from grpo_check.trl.history import name_shipped_bugs
+
         self._flush_window()
         self._collect_background(wait=True)
+        shipped = name_shipped_bugs(self.findings, self.support.version, self.spec.to_dict())
         result = Result(
-            findings=list(self.findings),
+            findings=[*self.findings, *shipped],
             metadata={
                 "source": self.trace.manifest.get("trainer"),
                 "config": self.spec.to_dict(),

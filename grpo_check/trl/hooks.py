@@ -1,9 +1,13 @@
 """The trainer hooks of :class:`~grpo_check.trl.capture.Attachment`: what is wrapped on the trainer instance.
 
 Five trainer methods are wrapped on the instance (never on the class, so other trainers are untouched;
-:meth:`TrainerHooks.detach` restores them): the reward computation, ``_generate_and_score_completions`` (which
-also tags the rows, see :mod:`grpo_check.trl.rowtag`), the loss, the per-token log-prob helper while the loss
-runs, and ``training_step`` (which hands each captured micro-batch to the recording). The hooks only copy
+:meth:`TrainerHooks.detach` restores them): the reward computation, the method that builds a generation batch
+(``_generate_and_score_completions``; ``_prepare_inputs`` on TRL 0.15; it also tags the rows, see
+:mod:`grpo_check.trl.rowtag`), the loss, the per-token log-prob helper while the loss runs (on TRL 0.18 its
+second call, on the reference model, too), and ``training_step`` (which hands each captured micro-batch to
+the recording). Which methods those are is the release's era (:mod:`grpo_check.trl.versions`); TRL 0.14,
+whose ``compute_loss`` does everything in one call, is captured from that call's locals
+(:mod:`grpo_check.trl.eras`). The hooks only copy
 tensors; they consume no randomness and change no number.
 """
 
@@ -15,6 +19,7 @@ from typing import Any
 
 from grpo_check.trl.recording import cpu_copy as _cpu
 from grpo_check.trl.rowtag import ROW_TAG, row_tags
+from grpo_check.trl.spec import applied_entropy_coef
 
 ATTACHED = "_grpo_check_attachment"  # the trainer attribute that holds its live attachment
 
@@ -28,12 +33,15 @@ class TrainerHooks:
 
     def _install(self) -> None:
         t = self.trainer
-        hooks = [
-            ("_generate_and_score_completions", self._wrap_generate),
-            (self.support.loss_method, self._wrap_loss),
-            (self.support.logps_method, self._wrap_logps),
-            ("training_step", self._wrap_training_step),
-        ]
+        if self.support.generation_method == self.support.loss_method:  # TRL 0.14: one call does it all
+            hooks = [(self.support.loss_method, self._wrap_fused_loss)]
+        else:  # the generation method: _generate_and_score_completions, or _prepare_inputs on TRL 0.15
+            hooks = [
+                (self.support.generation_method, self._wrap_generate),
+                (self.support.loss_method, self._wrap_loss),
+                (self.support.logps_method, self._wrap_logps),
+            ]
+        hooks.append(("training_step", self._wrap_training_step))
         if self.support.rewards_method:
             hooks.insert(0, (self.support.rewards_method, self._wrap_calculate_rewards))
         else:  # TRL 0.x scores inline: capture each reward function's own output instead
@@ -132,20 +140,75 @@ class TrainerHooks:
             output = original(inputs, *args, **kw)
             if not self.trainer.model.training:  # evaluation: not a training batch
                 return output
-            if not self.support.rewards_method:
-                self._rewards_capture = self._rewards_from_reward_functions()
-            generation = self._generation_counter
-            self._generation_counter += 1
-            local_rows = int(output["completion_ids"].shape[0])
-            offset = self.rank * local_rows
-            # the tag encodes (generation, global row); it rides through TRL's shuffle and split untouched
-            output[ROW_TAG] = row_tags(generation, offset, local_rows).to(output["completion_ids"].device)
-            start = time.perf_counter()
-            self._record_generation(generation, inputs, output, local_rows)
-            self._step_checking += time.perf_counter() - start
+            self._tag_generation(inputs, output)
             return output
 
         return wrapped
+
+    def _tag_generation(self, inputs: Any, output: dict[str, Any]) -> None:
+        """Tag the rows of a generation batch TRL built and record it (its rewards, advantages, groups)."""
+        if not self.support.rewards_method:
+            self._rewards_capture = self._rewards_from_reward_functions()
+        generation = self._generation_counter
+        self._generation_counter += 1
+        local_rows = int(output["completion_ids"].shape[0])
+        offset = self.rank * local_rows
+        # the tag encodes (generation, global row); it rides through TRL's shuffle and split untouched
+        output[ROW_TAG] = row_tags(generation, offset, local_rows).to(output["completion_ids"].device)
+        start = time.perf_counter()
+        self._record_generation(generation, inputs, output, local_rows)
+        self._step_checking += time.perf_counter() - start
+
+    def _wrap_fused_loss(self, original: Any) -> Any:
+        """TRL 0.14: ``compute_loss`` generates, scores and computes the loss in one call; the micro-batch is
+        read from its local variables as it returns (:mod:`grpo_check.trl.eras`)."""
+        from grpo_check.trl.eras import call_keeping_locals, fused_step_output
+
+        def wrapped(model: Any, inputs: Any, *args: Any, **kw: Any):
+            if not self.trainer.model.training:
+                return original(model, inputs, *args, **kw)
+            self._rewards_capture = None
+            loss, local = call_keeping_locals(original, model, inputs, *args, **kw)
+            num_generations = int(getattr(self.trainer, "num_generations", self.spec.num_generations))
+            output = fused_step_output(local, num_generations)
+            if output is None:
+                self._note(
+                    f"{type(self.trainer).__name__}.compute_loss holds no TRL 0.14 micro-batch: not captured"
+                )
+                return loss
+            self._tag_generation(inputs, output)
+            if not self._due(int(self.trainer.state.global_step)):
+                self._pending = {"due": False}
+                return loss
+            pending: dict[str, Any] = {"inputs": output, "logps_grad": None, "loss_scale": None}
+            self._pending = pending
+            self._keep_logps(pending, local["per_token_logps"])
+            self._keep_loss(pending, loss)
+            return loss
+
+        return wrapped
+
+    def _keep_loss(self, pending: dict[str, Any], loss: Any) -> None:
+        """Copy the loss into ``pending`` and hook the factor backward applies to it (``loss_scale``)."""
+        pending["loss"] = _cpu(loss)
+        if loss.requires_grad:
+
+            def on_loss_grad(grad: Any) -> None:
+                pending["loss_scale"] = float(grad.detach().to("cpu").reshape(-1)[0])
+
+            loss.register_hook(on_loss_grad)
+
+    def _keep_logps(self, pending: dict[str, Any], logps: Any, entropies: Any = None) -> None:
+        """Copy the log-probs the loss used into ``pending`` and hook ∂(backpropagated value)/∂logps."""
+        pending["logps"] = _cpu(logps)
+        if entropies is not None:
+            pending["entropies"] = _cpu(entropies)
+        if logps.requires_grad:
+
+            def on_logps_grad(grad: Any) -> None:
+                pending["logps_grad"] = _cpu(grad)
+
+            logps.register_hook(on_logps_grad)
 
     def _wrap_loss(self, original: Any) -> Any:
         def wrapped(model: Any, inputs: Any, *args: Any, **kw: Any):
@@ -154,20 +217,19 @@ class TrainerHooks:
             if not self._due(int(self.trainer.state.global_step)):
                 self._pending = {"due": False}  # counted as a micro-batch, nothing copied or hooked
                 return original(model, inputs, *args, **kw)
-            self._pending = {"inputs": inputs, "logps": None, "logps_grad": None, "loss_scale": None}
+            self._pending = {
+                "inputs": inputs,
+                "logps": None,
+                "logps_grad": None,
+                "loss_scale": None,
+                "entropy_coef": applied_entropy_coef(self.trainer),  # read before the loss may update it
+            }
             self._in_loss = True
             try:
                 loss = original(model, inputs, *args, **kw)
             finally:
                 self._in_loss = False
-            pending = self._pending
-            pending["loss"] = _cpu(loss)
-            if loss.requires_grad:
-
-                def on_loss_grad(grad: Any) -> None:
-                    pending["loss_scale"] = float(grad.detach().to("cpu").reshape(-1)[0])
-
-                loss.register_hook(on_loss_grad)
+            self._keep_loss(self._pending, loss)
             return loss
 
         return wrapped
@@ -175,22 +237,33 @@ class TrainerHooks:
     def _wrap_logps(self, original: Any) -> Any:
         def wrapped(*args: Any, **kw: Any):
             out = original(*args, **kw)
-            if not self._in_loss or self._pending is None or self._pending.get("logps") is not None:
+            pending = self._pending
+            if not self._in_loss or pending is None:
                 return out
             logps, entropies = (out[0], out[1]) if isinstance(out, tuple) else (out, None)
-            pending = self._pending
-            pending["logps"] = _cpu(logps)
-            if entropies is not None:
-                pending["entropies"] = _cpu(entropies)
-            if logps.requires_grad:
-
-                def on_logps_grad(grad: Any) -> None:
-                    pending["logps_grad"] = _cpu(grad)
-
-                logps.register_hook(on_logps_grad)
+            if pending.get("logps") is None:
+                self._keep_logps(pending, logps, entropies)
+            elif self._scores_reference_model(
+                args, kw, pending
+            ):  # TRL 0.18: the reference model, in the loss
+                pending["ref_logps"] = _cpu(logps)
             return out
 
         return wrapped
+
+    def _scores_reference_model(
+        self, args: tuple[Any, ...], kw: dict[str, Any], pending: dict[str, Any]
+    ) -> bool:
+        """This log-prob call scores the reference model for a micro-batch whose inputs carry none."""
+        ref_model = getattr(self.trainer, "ref_model", None)
+        model = args[0] if args else kw.get("model")
+        inputs = pending.get("inputs") or {}
+        return (
+            ref_model is not None
+            and model is ref_model
+            and "ref_logps" not in pending
+            and inputs.get("ref_per_token_logps") is None
+        )
 
     def _wrap_training_step(self, original: Any) -> Any:
         def wrapped(model: Any, inputs: Any, *args: Any, **kw: Any):

@@ -35,7 +35,7 @@ import torch
 
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, InputError
-from grpo_check.probe.batches import ProbeBatch
+from grpo_check.probe.batches import ProbeBatch, build_probes
 from grpo_check.probe.runner import ProbeOutcome, run_probes
 from grpo_check.trl.capture import preserved_rng
 from grpo_check.trl.spec import spec_from_trl
@@ -48,6 +48,7 @@ __all__ = [
     "probe_key",
     "probe_trainer",
     "probe_trainer_outcome",
+    "reads_old_logps",
     "trainer_loss_fn",
     "trl_inputs",
 ]
@@ -69,13 +70,19 @@ class LossEra:
     ``helper``: the per-token log-prob helper the loss calls; ``helper_outputs``: what it returns
     (1: logps — 0.17 ``_get_per_token_logps``; 2: (logps, entropies) — 0.18/0.19; 3: (logps, entropies,
     aux_loss) — 1.x); ``tool_mask``: the loss multiplies ``inputs["tool_mask"]`` into its mask;
-    ``num_items_in_inputs``: dapo/cispo/vespo normalise by ``inputs["num_items_in_batch"]``.
+    ``num_items_in_inputs``: dapo/cispo/vespo normalise by ``inputs["num_items_in_batch"]``;
+    ``old_logps_only_with_iterations``: the loss reads ``inputs["old_per_token_logps"]`` only when
+    ``num_iterations > 1`` and uses ``per_token_logps.detach()`` otherwise (0.17);
+    ``ref_logps_in_loss``: the loss computes the reference model's log-probs itself, with the same helper
+    under ``torch.no_grad()`` (0.18), instead of reading ``inputs["ref_per_token_logps"]``.
     """
 
     helper: str
     helper_outputs: int
     tool_mask: bool
     num_items_in_inputs: bool
+    old_logps_only_with_iterations: bool = False
+    ref_logps_in_loss: bool = False
 
 
 def _trl_definition(trainer: Any, name: str) -> Any:
@@ -114,7 +121,15 @@ def loss_era(trainer: Any) -> LossEra:
         helper_outputs=outputs,
         tool_mask='"tool_mask"' in loss_source,
         num_items_in_inputs='inputs["num_items_in_batch"]' in loss_source,
+        old_logps_only_with_iterations="if self.num_iterations > 1 else per_token_logps.detach()"
+        in loss_source,
+        ref_logps_in_loss="ref_per_token_logps = self._get_per_token_logps" in loss_source,
     )
+
+
+def reads_old_logps(trainer: Any, era: LossEra) -> bool:
+    """Whether the loss uses the old log-probs it is given (else every ratio is 1: on-policy probes only)."""
+    return not era.old_logps_only_with_iterations or int(getattr(trainer, "num_iterations", 1)) > 1
 
 
 def effective_spec(trainer: Any) -> GRPOSpec:
@@ -155,6 +170,8 @@ def trl_inputs(trainer: Any, probe: ProbeBatch, era: LossEra) -> dict[str, Any]:
         "completion_ids": put("completion_ids"),
         "completion_mask": put("completion_mask"),
         "advantages": put("advantages"),
+        "old_per_token_logps": None,  # 0.18/0.19 index this key: None = on-policy, as TRL itself passes it
+        "ref_per_token_logps": None,
     }
     for canonical, key in (
         ("old_logps", "old_per_token_logps"),
@@ -164,6 +181,12 @@ def trl_inputs(trainer: Any, probe: ProbeBatch, era: LossEra) -> dict[str, Any]:
     ):
         if canonical in t:
             inputs[key] = put(canonical)
+    if (
+        inputs["old_per_token_logps"] is None
+        and era.old_logps_only_with_iterations
+        and reads_old_logps(trainer, era)
+    ):
+        inputs["old_per_token_logps"] = put("logps")  # 0.17 with num_iterations > 1 always passes them: ρ = 1
     if "tool_mask" in t:
         if not era.tool_mask:
             raise InputError("this TRL release's loss takes no tool_mask; build the probes without one")
@@ -173,8 +196,9 @@ def trl_inputs(trainer: Any, probe: ProbeBatch, era: LossEra) -> dict[str, Any]:
     return inputs
 
 
-def _fake_helper(leaf: torch.Tensor, entropies: torch.Tensor, era: LossEra) -> Any:
-    """A per-token log-prob helper that returns the probe's leaf (and entropies) without a forward pass."""
+def _fake_helper(leaf: torch.Tensor, entropies: torch.Tensor, era: LossEra, ref: torch.Tensor | None) -> Any:
+    """A per-token log-prob helper that returns the probe's leaf (and entropies) without a forward pass; where
+    the loss scores the reference model itself (``era.ref_logps_in_loss``), calls without grad get ``ref``."""
 
     def helper(
         model: Any, input_ids: Any, attention_mask: Any, logits_to_keep: Any, *args: Any, **kwargs: Any
@@ -183,6 +207,8 @@ def _fake_helper(leaf: torch.Tensor, entropies: torch.Tensor, era: LossEra) -> A
             raise RuntimeError(
                 f"the loss asked for {logits_to_keep} completion positions, the probe has {leaf.shape[1]}"
             )
+        if era.ref_logps_in_loss and ref is not None and not torch.is_grad_enabled():
+            return ref if era.helper_outputs == 1 else (ref, None, None)[: era.helper_outputs]
         if era.helper_outputs == 1:
             return leaf
         wants_entropy = bool(kwargs.get("compute_entropy", len(args) >= 2 and bool(args[1])))
@@ -251,8 +277,13 @@ def trainer_loss_fn(trainer: Any, era: LossEra | None = None) -> Any:
         entropies = probe.tensors["entropies"].detach().to(device)
         window = int(probe.meta.get("gradient_accumulation_steps") or 1)
         inputs = trl_inputs(trainer, probe, era)
-        with _probing(trainer, era, _fake_helper(leaf, entropies, era), window):
-            loss = trainer.compute_loss(trainer.model, inputs)
+        ref = probe.tensors.get("ref_logps")
+        ref = None if ref is None else ref.detach().to(device)
+        context = getattr(trainer, "compute_loss_context_manager", contextlib.nullcontext)
+        with _probing(trainer, era, _fake_helper(leaf, entropies, era, ref), window), context():
+            loss = trainer.compute_loss(
+                trainer.model, inputs
+            )  # as training_step calls it (autocast included)
             loss = loss * backward_scale(trainer, window)
         return loss, leaf
 
@@ -270,15 +301,16 @@ def probe_trainer_outcome(trainer: Any, step: Any = None, *, tolerances: Any = N
     era = loss_era(trainer)
     spec = effective_spec(trainer)
     processes = int(getattr(trainer.accelerator, "num_processes", 1) or 1)
-    return run_probes(
-        trainer_loss_fn(trainer, era),
+    probes = build_probes(
         spec,
         step,
-        tolerances=tolerances,
         tool_mask=era.tool_mask and _uses_tools(trainer, step),
         # several processes: TRL takes the entropy quantile over every rank, which one rank's reference cannot
         entropy_quantile=processes == 1,
     )
+    if not reads_old_logps(trainer, era):  # this configuration's loss never sees a ratio ≠ 1
+        probes = [p.replace(tensors={"old_logps": None}) for p in probes]
+    return run_probes(trainer_loss_fn(trainer, era), spec, probes=probes, tolerances=tolerances)
 
 
 def probe_trainer(trainer: Any, step: Any = None, *, tolerances: Any = None) -> list[Finding]:

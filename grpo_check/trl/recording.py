@@ -11,7 +11,12 @@ from typing import Any
 
 from grpo_check.findings import Finding, Verdict
 from grpo_check.trace.model import TraceStep
-from grpo_check.trl.rederive_inputs import EOS_SOURCES_KEY, eos_token_id_sources, rederive_meta_at_generation
+from grpo_check.trl.rederive_inputs import (
+    EOS_SOURCES_KEY,
+    eos_token_id_sources,
+    policy_fingerprint,
+    rederive_meta_at_generation,
+)
 from grpo_check.trl.rowtag import ROW_TAG, group_ids_from_prompts, untag_rows
 from grpo_check.trl.spec import trainer_config_dict
 from grpo_check.trl.versions import library_versions
@@ -43,7 +48,8 @@ class StepRecording:
             "seeds": {"seed": int(getattr(self.trainer.args, "seed", 0))},
             "notes": [
                 "captured by grpo_check.trl.attach: micro-batches as TRL used them in the loss",
-                f"TRL line {self.support.line}; log-probs from {self.support.logps_method}",
+                f"TRL {self.support.version} ({self.support.era} era); log-probs from "
+                f"{self.support.logps_method or 'the locals of compute_loss'}",
             ],
             "eos_token_ids": self._eos_token_ids(),
             EOS_SOURCES_KEY: eos_token_id_sources(self.trainer),
@@ -164,6 +170,12 @@ class StepRecording:
         info["ref_reference"] = None
         # every EOS id by source, the optimizer step now and N from the loss masks (gathered: every rank calls it)
         info["rederive"] = rederive_meta_at_generation(trainer, output)
+        # whether an optimizer step really changed the policy since this batch was generated (or since the start)
+        info["policy_fingerprint"] = policy_fingerprint(trainer)
+        if not hasattr(
+            self, "_policy_fingerprint_at_start"
+        ):  # the first batch is generated before any update
+            self._policy_fingerprint_at_start = info["policy_fingerprint"]
         self._generations[generation] = info
         for stale in [g for g in self._generations if g < generation - 1]:
             del self._generations[stale]
@@ -246,6 +258,12 @@ class StepRecording:
         meta[EOS_SOURCES_KEY] = eos_token_id_sources(trainer)
         if info is not None:
             meta.update(info["rederive"])
+            now = policy_fingerprint(trainer)
+            if now is not None and info.get("policy_fingerprint") is not None:
+                meta["policy_changed_since_generation"] = now != info["policy_fingerprint"]
+            start = getattr(self, "_policy_fingerprint_at_start", None)
+            if now is not None and start is not None:
+                meta["policy_changed_since_start"] = now != start
             meta["optimizer_steps_since_old_logps"] = (
                 global_step - info["global_step"] if info["old_logps_computed"] else 0
             )
@@ -283,12 +301,16 @@ class StepRecording:
             tensors["reward_weights"] = _cpu(weights)
         if pending.get("logps") is not None:
             tensors["logps"] = pending["logps"]
+        if "ref_logps" not in tensors and pending.get("ref_logps") is not None:  # scored in the loss (0.18)
+            tensors["ref_logps"] = pending["ref_logps"]
         if pending.get("entropies") is not None:
             tensors["entropies"] = pending["entropies"]
         if pending.get("logps_grad") is not None:
             tensors["logps_grad"] = pending["logps_grad"]
         # "loss" is the value backpropagated for this micro-batch (trace format): TRL 1.x backpropagates what
         # compute_loss returns (scale 1); on 0.x transformers' Trainer divides it by GAS first (scale 1/GAS).
+        if pending.get("entropy_coef") is not None:  # adaptive entropy bonus: this micro-batch's coefficient
+            meta["spec_overrides"] = {"entropy_coef": pending["entropy_coef"]}
         scale = pending.get("loss_scale")
         meta["backward_scale"] = scale
         meta["loss_returned"] = float(pending["loss"])

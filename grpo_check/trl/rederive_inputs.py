@@ -27,8 +27,12 @@ __all__ = [
     "eos_token_id_sources",
     "generation_loss_tokens",
     "optimizer_step",
+    "policy_fingerprint",
     "rederive_meta_at_generation",
 ]
+
+#: elements read from the start of every parameter tensor for :func:`policy_fingerprint`
+_FINGERPRINT_ELEMENTS = 256
 
 
 def _tokenizer(trainer: Any) -> Any:
@@ -66,6 +70,26 @@ def optimizer_step(trainer: Any) -> int:
     """The optimizer steps taken so far (``trainer.state.global_step``): recorded when a batch is generated
     and when a loss is computed on it, their difference says whether old log-probs were needed."""
     return int(trainer.state.global_step)
+
+
+def policy_fingerprint(trainer: Any) -> str | None:
+    """A short digest of the policy's parameters (the first elements of every parameter tensor, exactly):
+    equal digests at generation and at use mean no optimizer step changed the policy in between (a zero
+    update: every advantage 0 and no other gradient), so ρ ≡ 1 and ref = policy are then legitimate.
+    ``None`` when the model holds no parameters the process can read (e.g. sharded away)."""
+    import hashlib
+
+    import torch
+
+    model = getattr(trainer, "model", None)
+    model = getattr(model, "module", model)
+    if model is None or not hasattr(model, "parameters"):
+        return None
+    parts = [p.detach().reshape(-1)[:_FINGERPRINT_ELEMENTS] for p in model.parameters() if p.numel()]
+    if not parts:
+        return None
+    values = torch.cat([part.to(torch.float64) for part in parts]).cpu().numpy()
+    return hashlib.blake2b(values.tobytes(), digest_size=8).hexdigest()
 
 
 def generation_loss_tokens(trainer: Any, output: dict[str, Any]) -> float | None:

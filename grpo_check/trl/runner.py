@@ -94,7 +94,7 @@ def load_factory(factory_ref: str) -> Any:
     return factory
 
 
-def _where(error: BaseException, file: Path | None = None) -> str:
+def _where(error: BaseException, file: Path | None = None, *, name: str | None = None) -> str:
     """``Type: message (at file.py:line)``: the innermost frame in ``file``, else the innermost frame of the
     user's code (not an installed library, the standard library or grpo-check), else the innermost frame."""
     frames = traceback.extract_tb(error.__traceback__)
@@ -102,7 +102,8 @@ def _where(error: BaseException, file: Path | None = None) -> str:
     chosen = chosen or [frame for frame in frames if _is_user_code(frame.filename)] or frames
     place = f" (at {chosen[-1].filename}:{chosen[-1].lineno})" if chosen else ""
     message = " ".join(str(error).split())  # one line
-    return f"{type(error).__name__}: {message}{place}" if message else f"{type(error).__name__}{place}"
+    name = name or type(error).__name__
+    return f"{name}: {message}{place}" if message else f"{name}{place}"
 
 
 def _same_file(name: str, file: Path) -> bool:
@@ -238,15 +239,21 @@ def train_checked(
     try:
         with _terminate_raises():
             trainer.train()
-    except KeyboardInterrupt:
-        outcome = RunOutcome("interrupted", EXIT_SIGINT, "interrupted (SIGINT) during training")
-    except _Terminated:
-        outcome = RunOutcome("interrupted", EXIT_SIGTERM, "terminated (SIGTERM) during training")
+    except KeyboardInterrupt as exc:
+        outcome = RunOutcome("interrupted", EXIT_SIGINT, _where(exc, _as_path(user_file), name="SIGINT"))
+    except _Terminated as exc:
+        outcome = RunOutcome("interrupted", EXIT_SIGTERM, _where(exc, _as_path(user_file), name="SIGTERM"))
     except (
         Exception
     ) as exc:  # the user's trainer crashed: one line saying where; what was captured is checked
-        outcome = RunOutcome("crashed", EXIT_CRASHED, f"training crashed: {_where(exc, _as_path(user_file))}")
+        outcome = RunOutcome("crashed", EXIT_CRASHED, _where(exc, _as_path(user_file)))
     outcome.optimizer_steps = int(getattr(getattr(trainer, "state", None), "global_step", 0) or 0)
+    if outcome.status != "completed":
+        done = outcome.optimizer_steps
+        verb = "crashed" if outcome.status == "crashed" else "interrupted"
+        outcome.line = (
+            f"training {verb} after {done} optimizer step{'' if done == 1 else 's'}: {outcome.line}"
+        )
     if outcome.status != "completed":
         attachment.trace.manifest["outcome"] = outcome.to_dict()
     result = attachment.result()

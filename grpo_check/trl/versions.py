@@ -153,7 +153,7 @@ ERAS: tuple[Era, ...] = (
         logps_method="_get_per_token_logps",
         rewards_method="",
         old_logps="at generation when num_iterations > 1 or steps_per_generation > gradient_accumulation_steps",
-        ref_logps="at generation",
+        ref_logps="in the loss, per micro-batch (the same helper, called on the reference model)",
         scale_rewards="bool",
         loss_type_default="bnpo",
         beta_default=0.04,
@@ -303,9 +303,6 @@ def _pick(trainer: Any, preferred: str, fallbacks: tuple[str, ...]) -> str:
     return ""
 
 
-_NOT_HOOKED = frozenset({"0.14", "0.15"})  # eras whose capture is not implemented here
-
-
 def check_trainer_support(trainer: Any, version: str | None = None) -> TRLSupport:
     """Return how to hook ``trainer``, or raise :class:`InputError` naming what is missing.
 
@@ -315,11 +312,6 @@ def check_trainer_support(trainer: Any, version: str | None = None) -> TRLSuppor
     """
     version = version or installed_trl_version()
     era = era_for(version)
-    if era.name in _NOT_HOOKED:
-        raise InputError(
-            f"TRL {version} ({era.name} era: {era.notes}) is not hooked by this grpo-check; record its batches "
-            "with grpo_check.Recorder, or use TRL >= 0.16"
-        )
     major = parse_version(version)[0]
     logps_method = era.logps_method
     if logps_method:
@@ -362,12 +354,18 @@ def implied_settings(version: str) -> dict[str, Any]:
 
 def era_table() -> list[dict[str, str]]:
     """The eras as rows (first release, hooks, timing, defaults, notes) for docs and reports."""
+    lines = [(0, minor) for minor in range(14, 30)] + [(1, minor) for minor in range(0, 17)]
     rows = []
     for index, era in enumerate(ERAS):
-        last = "" if index + 1 == len(ERAS) else f"before {ERAS[index + 1].first}"
+        if index + 1 == len(ERAS):
+            span = f"{era.first} and later"
+        else:
+            before = parse_version(ERAS[index + 1].first)[:2]
+            major, minor = max(line for line in lines if line < before)
+            span = f"{era.first} – {major}.{minor}.x"
         rows.append(
             {
-                "releases": f"{era.first} {last}".strip() if last else f"{era.first} and later",
+                "releases": span,
                 "generation": era.generation_method,
                 "loss": era.loss_method,
                 "log-probs": era.logps_method or "(local function: frame capture)",

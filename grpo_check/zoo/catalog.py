@@ -203,7 +203,8 @@ def all_cases() -> list[Case]:
     import grpo_check.zoo.mutants_loop
     import grpo_check.zoo.mutants_probe
     import grpo_check.zoo.mutants_rederive
-    import grpo_check.zoo.mutants_trl  # noqa: F401  (registers)
+    import grpo_check.zoo.mutants_trl
+    import grpo_check.zoo.mutants_trl_logps  # noqa: F401  (registers)
 
     cases = list(_REGISTRY.values())
     return [c for c in cases if c.is_mutant] + [c for c in cases if not c.is_mutant]

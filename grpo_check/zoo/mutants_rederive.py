@@ -75,6 +75,15 @@ _case(
     description="the second iteration over a generation batch uses old = logps.detach(): ρ ≡ 1, no clipping",
 )
 _case(
+    id="trl-rederive-unscorable-scored-zero",
+    title="rows no reward function could score are summed to 0 and kept in the group statistics",
+    function="build_unscorable_scored_zero",
+    bugs=(Bug("8", "advantages"),),
+    seen_in="TRL PR #5773, #5775",
+    description="the NaN marking of unscorable rows is missing before the group mean and std (scale_rewards="
+    "'batch'): they count as reward 0 and carry an advantage",
+)
+_case(
     id="ctl-trl-rederive-truncated-masked",
     title="control: dapo with mask_truncated_completions, truncated rows masked and left out of N",
     function="build_truncating_dapo",
@@ -88,4 +97,9 @@ _case(
     id="ctl-trl-rederive-spg-below-gas",
     title="control: steps_per_generation 2 < GAS 3 (not a multiple), old log-probs taken at generation",
     function="build_spg_below_gas",
+)
+_case(
+    id="ctl-trl-rederive-unscorable-rows",
+    title="control: a verifier that returns None for some completions, unscorable rows left out of the statistics",
+    function="build_unscorable_rows",
 )

@@ -11,8 +11,9 @@ Each ``build_*`` function returns an untrained ``GRPOTrainer`` (or a buggy subcl
 
     grpo-check compare --trainer grpo_check/zoo/rederive_factories.py:build_truncating_dapo --steps 2
 
-Correct: ``build_truncating_dapo``, ``build_two_eos``, ``build_spg_below_gas``.
-Buggy: ``build_count_before_truncation_mask``, ``build_secondary_eos_ignored``, ``build_old_logps_skipped``.
+Correct: ``build_truncating_dapo``, ``build_two_eos``, ``build_spg_below_gas``, ``build_unscorable_rows``.
+Buggy: ``build_count_before_truncation_mask``, ``build_secondary_eos_ignored``, ``build_old_logps_skipped``,
+``build_unscorable_scored_zero``.
 """
 
 from __future__ import annotations
@@ -111,6 +112,14 @@ def sum_reward(prompts: list[str], completions: list[str], **_: Any) -> list[flo
     return rewards
 
 
+def checked_sum_reward(prompts: list[str], completions: list[str], **_: Any) -> list[float | None]:
+    """:func:`sum_reward`, but ``None`` (the verifier cannot score it) for a completion containing ``-``."""
+    scores = sum_reward(prompts, completions)
+    return [
+        None if "-" in completion else score for completion, score in zip(completions, scores, strict=True)
+    ]
+
+
 def _config(workdir: str, steps: int, **overrides: Any) -> Any:
     from trl import GRPOConfig
 
@@ -140,12 +149,12 @@ def _config(workdir: str, steps: int, **overrides: Any) -> Any:
     )
 
 
-def _build(trainer_cls: Any, steps: int, **overrides: Any) -> Any:
+def _build(trainer_cls: Any, steps: int, *, reward: Any = sum_reward, **overrides: Any) -> Any:
     workdir = tempfile.mkdtemp(prefix="grpo-check-rederive-")
     model_path = save_policy(f"{workdir}/policy")
     return trainer_cls(
         model=model_path,
-        reward_funcs=[sum_reward],
+        reward_funcs=[reward],
         args=_config(workdir, steps, **overrides),
         train_dataset=make_dataset(48),
         processing_class=build_tokenizer(),
@@ -180,6 +189,12 @@ def build_spg_below_gas(steps: int = 2) -> Any:
         gradient_accumulation_steps=3,
         steps_per_generation=2,
     )
+
+
+def build_unscorable_rows(steps: int = 2) -> Any:
+    """Correct: the verifier returns None for completions containing ``-`` (unscorable rows in most groups);
+    scale_rewards = "batch"."""
+    return _build(_trl(), steps, reward=checked_sum_reward, loss_type="grpo", scale_rewards="batch")
 
 
 # ----------------------------------------------------------------------------------------------- mutants
@@ -246,3 +261,32 @@ def old_logps_skipped_trainer() -> Any:
 
 def build_old_logps_skipped(steps: int = 2) -> Any:
     return _build(old_logps_skipped_trainer(), steps, loss_type="grpo", num_iterations=2)
+
+
+def unscorable_scored_zero_trainer() -> Any:
+    """Unscorable rows are not marked NaN before the group statistics: nansum scores them 0, they pull their
+    group's mean and std and get an advantage of their own (the behaviour TRL PR #5773 fixed)."""
+    from trl import GRPOTrainer
+
+    from grpo_check.zoo.mutants_trl import source_patched
+
+    patched = source_patched(
+        GRPOTrainer._generate_and_score_completions,
+        [
+            (
+                "            rewards[unscorable_mask] = torch.nan\n            mean_grouped_rewards",
+                "            mean_grouped_rewards",
+            )
+        ],
+    )
+    return type("UnscorableScoredZero", (GRPOTrainer,), {"_generate_and_score_completions": patched})
+
+
+def build_unscorable_scored_zero(steps: int = 2) -> Any:
+    return _build(
+        unscorable_scored_zero_trainer(),
+        steps,
+        reward=checked_sum_reward,
+        loss_type="grpo",
+        scale_rewards="batch",
+    )

@@ -201,3 +201,23 @@ def test_the_released_code_has_the_bug_and_the_fix(rule_id):
     assert faulty in before
     if rule_id not in ("GA608", "GA610"):  # those fixes keep the fragment and add a correction next to it
         assert faulty not in after
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "audit" / "dapo-recipe.yaml"
+
+
+@pytest.mark.parametrize(
+    ("release", "expected"),
+    [
+        ("0.22.1", ["GA606", "GA607", "GA608", "GA610"]),
+        ("1.8.0", ["GA607", "GA608"]),
+        ("1.9.0", ["GA608"]),
+        ("1.16.0", []),
+    ],
+)
+def test_the_documented_example(release, expected):
+    """docs/audit.md shows this file's advisories on 1.8.0 and 0.22.1, and a clean audit on 1.16.0."""
+    result = audit(EXAMPLE, trl_version=release)
+    assert sorted(f.check_id for f in result if f.check_id.startswith("GA6")) == expected
+    assert result.metadata["num_processes"] == 8 and not result.metadata["assumptions"]
+    assert bool(expected) == bool(result.exit_code())

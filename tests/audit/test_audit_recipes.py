@@ -170,3 +170,17 @@ def test_the_notice_names_every_source_repository_of_the_corpus():
     notice = (ROOT / "tests" / "audit" / "recipes" / "NOTICE.md").read_text()
     for entry in _corpus():
         assert f"`{entry['repo']}`" in notice, entry["repo"]
+
+
+def test_a_field_of_another_trainer_is_a_finding_on_that_field(tmp_path):
+    text = "num_generations: 8\nper_device_train_batch_size: 8\nmax_seq_length: 2048\npacking: true\n"
+    result = audit(_write(tmp_path, text), trl_version="1.16")
+    found = {f.details["fields"][0]: f for f in _ids(result, "GA417")}
+    assert set(found) == {"max_seq_length", "packing"}
+    assert found["max_seq_length"].details["line"] == 3 and "SFTConfig" in found["max_seq_length"].explanation
+    assert not [f for f in result if f.check_id in ("GA404", "GA411")]
+
+
+def test_a_recipe_of_another_trainer_only_is_audited_not_refused(tmp_path):
+    result = audit(_write(tmp_path, "max_seq_length: 2048\ndataset_text_field: text\n"), trl_version="1.16")
+    assert len(_ids(result, "GA417")) == 2

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _handwritten_loss import handwritten_loss
 
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import InputError, Verdict
 from grpo_check.probe import build_probes, reference_loss_fn, run_probes
 from grpo_check.probe.branches import BRANCHES, branch_masks
 from grpo_check.trace.model import TraceStep
-from tests.probe._handwritten_loss import handwritten_loss
 
 SPECS = {
     "grpo-gas2": GRPOSpec(num_generations=4, loss_type="grpo", gradient_accumulation_steps=2),
@@ -91,6 +91,12 @@ def test_probes_reach_every_branch_of_the_configured_loss():
         outcome = run_probes(reference_loss_fn(SPECS[name]), SPECS[name], tool_mask=True)
         assert branches <= set(outcome.branches), (name, branches - set(outcome.branches))
         assert set(outcome.branches) <= set(BRANCHES)
+        assert set().union(*outcome.per_probe.values()) == set(outcome.branches)
+        assert outcome.findings[0].details["per_probe"] == outcome.per_probe
+    grid = run_probes(reference_loss_fn(SPECS["grpo-gas2"]), SPECS["grpo-gas2"]).per_probe["ratio-grid"]
+    assert {"clip.lower_binds", "clip.upper_binds", "advantage.zero"} <= set(
+        grid
+    ) and "mask.padding" not in grid
 
 
 # bug -> (spec, the variant that must be diagnosed or None, a branch the worst differing element must be in)

@@ -365,3 +365,19 @@ def test_completion_ends_accepts_either_reading_of_a_pad_tail(mask_len):
     assert finding(step, "rederive.completion_ends").verdict is Verdict.PASS
     step.tensors["completion_mask"] = torch.tensor([[1, 0, 0, 0, 0]])  # cuts into the generated tokens
     assert finding(step, "rederive.completion_ends").verdict is Verdict.FAIL
+
+
+def test_completion_ends_holds_the_trainer_list_to_the_tokenizer_and_generation_config():
+    """A trainer list with an id generation does not stop at cuts completions short: the re-derived end is
+    the first id of the tokenizer's or the generation config's EOS ids."""
+    ids = torch.tensor([[5, 9, 6, EOS, PAD]])
+    cut = torch.tensor([[1, 1, 0, 0, 0]])  # the trainer masked at id 9
+    sources = {"tokenizer": [EOS], "generation_config": [EOS], "trainer": [EOS, 9]}
+    step = TraceStep(
+        tensors={"completion_ids": ids, "completion_mask": cut},
+        meta={"eos_token_id_sources": sources, "pad_token_id": PAD},
+    )
+    f = finding(step, "rederive.completion_ends")
+    assert f.verdict is Verdict.FAIL and "expected 4" in f.explanation
+    step.tensors["completion_mask"] = torch.tensor([[1, 1, 1, 1, 0]])
+    assert finding(step, "rederive.completion_ends").verdict is Verdict.PASS

@@ -95,3 +95,12 @@ def test_schedule_says_when_old_logps_are_needed():
 def test_unscorable_rows_are_all_nan():
     nan = float("nan")
     assert unscorable(torch.tensor([[1.0, nan], [nan, nan], [0.0, 0.0]])).tolist() == [False, True, False]
+
+
+def test_a_multi_turn_completion_ends_after_its_last_tool_output():
+    # turn 1 ends with EOS 2, tool output (tool_mask 0, holding an EOS too), turn 2 ends with EOS 2
+    ids = torch.tensor([[5, 2, 8, 2, 6, 2, 0], [5, 2, 0, 0, 0, 0, 0]])
+    tool = torch.tensor([[1, 1, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]])
+    ends = completion_ends(ids, [2], pad_token_id=0, tool_mask=tool)
+    assert ends.lengths.tolist() == [6, 2] and ends.truncated.tolist() == [False, False]
+    assert completion_ends(ids, [2], pad_token_id=0).lengths.tolist() == [2, 2]

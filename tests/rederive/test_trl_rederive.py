@@ -112,3 +112,13 @@ def test_rederive_inputs_read_the_sources_not_the_trainer_list():
     trainer = build_secondary_eos_ignored(steps=1)
     assert eos_token_id_sources(trainer) == {"tokenizer": [2], "generation_config": [3, 2], "trainer": [2]}
     assert optimizer_step(trainer) == 0
+
+
+def test_unscorable_rows_control_is_clean_and_the_leak_is_caught():
+    _, control = _compare_trainer("build_unscorable_rows")
+    checked = _rederived(control, "rederive.unscorable_rows")
+    assert checked and _verdicts(checked) == {Verdict.PASS}  # the control does have unscorable rows
+    assert not control.failures and not control.warnings, [f.message() for f in control.failures]
+    _, leak = _compare_trainer("build_unscorable_scored_zero")
+    failing = [f for f in leak.failures if f.check_id == "rederive.unscorable_rows"]
+    assert failing and all(f.stage == "advantages" and f.catalog_id == "8" for f in failing)

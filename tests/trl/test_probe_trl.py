@@ -35,6 +35,7 @@ CONFIGS = {
         "off_policy_mask_threshold": 0.5,
     },
     "grpo-entropy-bonus": {"loss_type": "grpo", "entropy_coef": 0.01},
+    "dapo-bf16-autocast": {"loss_type": "dapo", "bf16": True, "beta": 0.04, "delta": 1.5},
 }
 
 
@@ -263,3 +264,36 @@ def test_probes_from_a_captured_micro_batch(tmp_path):
 
     probes = build_probes(effective_spec(trainer), step)
     assert all(p.shape[1] == step["completion_mask"].shape[1] for p in probes)
+
+
+@pytest.mark.slow
+def test_probing_on_two_processes(tmp_path):
+    """Every rank probes (TRL's loss gathers its metrics); N counts both processes; the entropy quantile, which
+    spans the ranks, is neutralised rather than misjudged."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("_probe_rank.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+    ]
+    proc = subprocess.run(
+        [*cmd, str(script), str(tmp_path)], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        report = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert report["processes"] == 2 and report["ok"] == [True, True], report["problems"]
+        assert "normaliser.processes" in report["branches"]
+        assert "entropy_mask.drops" not in report["branches"]
