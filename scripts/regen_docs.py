@@ -6,7 +6,7 @@
 - ``docs/cli.md``, the table of every subcommand's options, from the typer app;
 - the output of the ``grpo-check audit`` and ``grpo-check selfcheck`` examples in ``docs/audit-rules.md`` and
   ``docs/reference.md`` (each ``console`` block whose commands are all ``grpo-check`` ones and that shows
-  the whole output, run from the repository root; ``$ echo $?`` shows the exit code of the command before it);
+  the whole output, run in a scratch folder holding ``examples/``; ``$ echo $?`` shows the exit code of the command before it);
 - with ``--reports``: ``reports/my-loop/`` (the committed example report), by running ``examples/my_loop.py``
   and ``grpo-check compare traces/my-loop`` as the README shows.
 
@@ -21,6 +21,7 @@ import argparse
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,14 +76,18 @@ def _run_console_block(block: str) -> str:
         return block
     out: list[str] = []
     code = 0
-    for command in commands:
-        out.append(f"$ {command}")
-        if command == "echo $?":
-            out.append(str(code))
-            continue
-        run = subprocess.run(["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, check=False)
-        code = run.returncode
-        out += run.stdout.rstrip("\n").splitlines()
+    with tempfile.TemporaryDirectory() as scratch:  # files a command writes (-o audit.sarif) land here
+        (Path(scratch) / "examples").symlink_to(ROOT / "examples")
+        for command in commands:
+            out.append(f"$ {command}")
+            if command == "echo $?":
+                out.append(str(code))
+                continue
+            run = subprocess.run(
+                ["bash", "-c", command], cwd=scratch, capture_output=True, text=True, check=False
+            )
+            code = run.returncode
+            out += run.stdout.rstrip("\n").splitlines()
     return "\n".join(out) + "\n"
 
 
