@@ -7,12 +7,14 @@
 - the output of the ``grpo-check audit`` and ``grpo-check selfcheck`` examples in ``docs/audit-rules.md`` and
   ``docs/reference.md`` (each ``console`` block whose commands are all ``grpo-check`` ones and that shows
   the whole output, run in a scratch folder holding ``examples/``; ``$ echo $?`` shows the exit code of the command before it);
+- with ``--slow``: the same for the ``grpo-check demo`` and ``compare --trainer`` examples of ``docs/demo.md``
+  and ``docs/trl.md`` (they train TRL's real trainer);
 - with ``--reports``: ``reports/my-loop/`` (the committed example report), by running ``examples/my_loop.py``
   and ``grpo-check compare traces/my-loop`` as the README shows.
 
 ``tests/test_docs.py`` fails when a page differs from what this script writes.
 
-Run: python scripts/regen_docs.py [--reports]
+Run: python scripts/regen_docs.py [--slow] [--reports]
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def write_cli_table() -> Path:
 
 
 CONSOLE_PAGES = ("audit-rules.md", "reference.md")
+SLOW_CONSOLE_PAGES = ("demo.md", "trl.md")  # they train TRL (minutes; their timings differ run to run)
 _CONSOLE = re.compile(r"```console\n(.*?)```", flags=re.S)
 
 
@@ -96,9 +99,9 @@ def console_blocks_now(text: str) -> str:
     return _CONSOLE.sub(lambda m: f"```console\n{_run_console_block(m.group(1))}```", text)
 
 
-def write_console_blocks() -> list[Path]:
+def write_console_blocks(pages: tuple[str, ...] = CONSOLE_PAGES) -> list[Path]:
     paths = []
-    for name in CONSOLE_PAGES:
+    for name in pages:
         path = ROOT / "docs" / name
         path.write_text(console_blocks_now(path.read_text(encoding="utf-8")), encoding="utf-8")
         paths.append(path)
@@ -116,10 +119,15 @@ def write_example_report() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Regenerate what the docs show from the code.")
     parser.add_argument("--reports", action="store_true", help="also regenerate reports/my-loop/")
+    parser.add_argument(
+        "--slow",
+        action="store_true",
+        help=f"also rerun the examples of {', '.join(SLOW_CONSOLE_PAGES)} (TRL training)",
+    )
     args = parser.parse_args()
     print(write_index().relative_to(ROOT))
     print(write_cli_table().relative_to(ROOT))
-    for path in write_console_blocks():
+    for path in write_console_blocks(CONSOLE_PAGES + (SLOW_CONSOLE_PAGES if args.slow else ())):
         print(path.relative_to(ROOT))
     if args.reports:
         write_example_report()
