@@ -1,6 +1,6 @@
 """A hand-written GRPO loop with one bug (rewards grouped with view(G, -1)), recorded with grpo_check.Recorder.
 
-Run: python examples/my_loop.py && grpo-check compare traces/my-loop  (see README, "Walkthrough")
+Run: python examples/my_loop.py && grpo-check compare traces/my-loop  (see docs/compare.md, "Walkthrough")
 """
 
 import torch

@@ -52,6 +52,17 @@ DEFAULT_AGGREGATION: dict[str, str] = {
 }
 
 
+_MAX_COUNT = 2**31 - 1  # grpo_check.limits.MAX_COUNT (this module stays stdlib-only)
+_COUNT_FIELDS = (
+    "num_generations",
+    "top_k",
+    "max_completion_length",
+    "gradient_accumulation_steps",
+    "steps_per_generation",
+    "num_processes",
+    "num_iterations",
+)
+
 ScaleRewards = Literal["group", "batch", "none"]
 StdConvention = Literal["sample", "population"]
 Baseline = Literal["mean", "rloo"]
@@ -176,6 +187,10 @@ class GRPOSpec:
         self._check_types()
         if self.num_generations < 1:
             raise bad("num_generations", f"must be >= 1, got {self.num_generations}")
+        for name in _COUNT_FIELDS:  # a count past 2**31 - 1 is a corrupted value, and overflows tensors
+            value = getattr(self, name)
+            if value is not None and value > _MAX_COUNT:
+                raise bad(name, f"must be at most {_MAX_COUNT}, got a {int(value).bit_length()}-bit number")
         # (beta may be negative: the diagnoses model a KL term added with the wrong sign that way)
         for name in ("epsilon", "epsilon_high", "adv_epsilon", "top_k", "entropy_coef"):
             value = getattr(self, name)
@@ -299,3 +314,29 @@ def as_spec(value: Any, *, name: str = "spec") -> GRPOSpec:
     raise TypeError(
         f"{name} must be a grpo_check.GRPOSpec or a dict of its fields, got {type(value).__name__}"
     )
+
+
+#: GRPOSpec fields a trainer may change from one step to the next (recorded per step in
+#: ``meta["spec_overrides"]``): TRL's adaptive entropy bonus moves ``entropy_coef`` at every optimizer step.
+STEP_FIELDS: tuple[str, ...] = ("entropy_coef",)
+
+
+def spec_for_step(spec: GRPOSpec | None, meta: dict[str, Any] | None) -> GRPOSpec | None:
+    """``spec`` with the per-step values a step recorded (``meta["spec_overrides"]``, fields of
+    :data:`STEP_FIELDS` only; anything else there is ignored).
+
+    >>> spec_for_step(GRPOSpec(), {"spec_overrides": {"entropy_coef": 0.01}}).entropy_coef
+    0.01
+    >>> spec_for_step(GRPOSpec(), {}).entropy_coef
+    0.0
+    """
+    overrides = (meta or {}).get("spec_overrides")
+    if spec is None or not isinstance(overrides, dict):
+        return spec
+    values = {
+        name: float(value)
+        for name, value in overrides.items()
+        if name in STEP_FIELDS and isinstance(value, int | float) and not isinstance(value, bool)
+    }
+    values = {name: value for name, value in values.items() if value == value}  # NaN is not a coefficient
+    return dataclasses.replace(spec, **values) if values else spec

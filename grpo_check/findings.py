@@ -27,7 +27,7 @@ import dataclasses
 import enum
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 STAGES: tuple[str, ...] = ("batch", "rewards", "advantages", "logps", "ratio", "kl", "loss", "grad")
@@ -303,11 +303,45 @@ class Result:
             return None
         return min(failing, key=lambda f: (order.get(f.stage, 99), f.where.step or 0))
 
-    def exit_code(self, *, strict: bool = False) -> int:
-        """0 clean, 1 findings (fail; with ``strict`` also warn)."""
+    def exit_code(self, *, strict: bool = False, allow_partial: bool = False) -> int:
+        """0 clean, 1 findings (fail; with ``strict`` also warn), 3 the trainer crashed, 130/143 it was
+        interrupted (``metadata["outcome"]``), 4 incomplete coverage: a core check could not run although
+        what it needs was at hand (``metadata["coverage"]``; accepted with ``allow_partial`` or
+        ``metadata["allow_partial"]``)."""
+        outcome = self.metadata.get("outcome") or {}
+        if outcome.get("exit_code"):
+            return int(outcome["exit_code"])
         worst = severity(self.worst())
         threshold = severity(Verdict.WARN) if strict else severity(Verdict.FAIL)
-        return 1 if worst >= threshold else 0
+        if worst >= threshold:
+            return 1
+        if self.coverage_state()[0] == "incomplete" and not allow_partial:
+            return 4
+        return 0
+
+    def coverage_state(self) -> tuple[str, str]:
+        """(``"complete"`` | ``"partial"`` | ``"incomplete"``, what was not verified), from
+        ``metadata["coverage"]`` (see :mod:`grpo_check.coverage`); an accepted partial run is ``"partial"``."""
+        state, text = coverage_status(self.metadata.get("coverage"))
+        if state == "incomplete" and self.metadata.get("allow_partial"):
+            state = "partial"
+        return state, text
+
+    def status(self) -> str:
+        """The headline's verdict: ``FAIL``, ``WARN``, ``OK``, ``OK (partial: …)``, ``INCOMPLETE (…)``, or the
+        run's outcome first (``CRASHED (…)``, ``INTERRUPTED (…)``)."""
+        worst = self.worst()
+        status = {Verdict.FAIL: "FAIL", Verdict.WARN: "WARN"}.get(worst, "OK")
+        if status == "OK":
+            state, text = self.coverage_state()
+            if state == "incomplete":
+                status = f"INCOMPLETE ({text})"
+            elif state == "partial":
+                status = f"OK (partial: {text})"
+        outcome = self.metadata.get("outcome") or {}
+        if outcome.get("status") in ("crashed", "interrupted"):
+            status = f"{outcome['status'].upper()} ({outcome.get('line', '')}); what was captured: {status}"
+        return status
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -353,3 +387,37 @@ class Result:
                 row[name] = getattr(f.where, name)
             rows.append(row)
         return pd.DataFrame(rows)
+
+
+#: the reasons a check family gives when it did not run for want of a model (a partial, not an incomplete, run)
+NO_MODEL_REASONS = ("no model", "no reference model")
+
+
+def coverage_status(coverage: Mapping[str, Any] | None) -> tuple[str, str]:
+    """(``"complete"`` | ``"partial"`` | ``"incomplete"``, what was not verified) for the headline.
+
+    ``"incomplete"``: a core family did not run although what it needs was at hand (exit 4);
+    ``"partial"``: core families did not run for want of a model (the exit code is unchanged).
+    """
+    if not coverage:
+        return "complete", ""
+    families = coverage.get("families", [])
+    gaps = [f for f in families if f.get("gap")]
+    if gaps:
+        return "incomplete", _not_checked(gaps)
+    missing = [f for f in families if f.get("core") and f.get("status") == "not_run"]
+    if missing:
+        return "partial", _not_checked(missing)
+    return "complete", ""
+
+
+def _not_checked(families: list[Mapping[str, Any]]) -> str:
+    """``forward log-probs, reference-model forward not checked — no model; pass --model and --ref-model``."""
+    titles = ", ".join(str(f["title"]) for f in families)
+    if all(f.get("reason") in NO_MODEL_REASONS for f in families):
+        flags = dict.fromkeys("--ref-model" if f["id"] == "ref_forward" else "--model" for f in families)
+        return f"{titles} not checked — no model; pass {' and '.join(flags)}"
+    reasons = {f.get("reason") for f in families}
+    if len(reasons) == 1 and families[0].get("reason"):
+        return f"{titles} not checked — {families[0]['reason']}"
+    return f"{titles} not checked"

@@ -23,12 +23,14 @@ PACKAGE = ROOT / "grpo_check"
 
 # lowest first; a package may import its own layer's base and anything below its layer
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("_kinds", "_step_cache", "findings", "config", "signatures", "tolerance_defaults")),
+    ("base", ("_kinds", "_step_cache", "findings", "config", "signatures", "tolerance_defaults", "limits")),
+    ("coverage", ("coverage",)),
     ("trace", ("trace",)),
     ("reference", ("reference",)),
     ("reference on a step", ("stepref",)),
     ("checks", ("invariants", "diagnose")),
     ("comparison", ("compare",)),
+    ("probes, re-derivations", ("probe", "rederive")),
     ("outputs", ("report", "audit")),
     ("capture", ("trl",)),
     ("demo", ("demo",)),
@@ -39,12 +41,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 FACADE = "__init__"  # grpo_check/__init__.py re-exports the public names of every layer
 
 # names that still cross a package boundary under a private name: (importing file, name)
-PRIVATE_ALLOWED = {
-    (
-        "grpo_check/trl/capture.py",
-        "_dtype",
-    ),  # grpo_check.compare.stages._dtype = stepref.inputs.computed_dtype
-}
+PRIVATE_ALLOWED: set[tuple[str, str]] = set()
 
 
 def layer_of(package: str) -> int:

@@ -70,6 +70,16 @@ def audit(
     )
 
 
+def _installed(package: str) -> str | None:
+    """The installed version of ``package`` from its metadata (nothing is imported), else None."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def _choose_version(loaded: LoadedConfig, trl_version: str | None) -> tuple[str, str]:
     if trl_version is not None:
         try:
@@ -107,10 +117,28 @@ def audit_loaded(
         if num_reward_funcs < 1:
             raise InputError(f"num_reward_funcs must be ≥ 1, got {num_reward_funcs}")
         facts["num_reward_funcs"] = num_reward_funcs
-    facts.setdefault("num_processes", 1)
+    facts["load_problems"] = list(loaded.problems)
+    # The installed transformers is the one the audited release runs with only when that release is installed.
+    installed_trl = _installed("trl")
+    same_stack = installed_trl is None or versions.parse_version(installed_trl) == versions.parse_version(
+        requested
+    )
+    facts.setdefault("transformers_version", _installed("transformers") if same_stack else None)
+    facts.setdefault("transformers_known", same_stack)
+    assumptions: list[str] = []
+    if num_processes is not None:
+        facts["num_processes_source"] = "--num-processes"
+    elif "num_processes" in facts and loaded.kind in ("file", "mapping"):
+        facts.setdefault("num_processes_source", "num_processes")
+    elif "num_processes" not in facts:
+        facts["num_processes"] = 1
+        if loaded.kind in ("file", "mapping"):
+            facts["num_processes_assumed"] = True
+            assumptions.append("num_processes = 1 (the file does not say; pass --num-processes N)")
     facts["requested_version"] = requested
     facts["effective"] = loaded.effective
     facts["keys"] = tuple(loaded.values) if not loaded.effective else ()
+    facts["user_values"] = dict(loaded.values)
     if "scale_rewards" in loaded.values and not loaded.effective:
         facts["raw_scale_rewards"] = loaded.values["scale_rewards"]  # before True -> "group" normalisation
     if loaded.effective:
@@ -133,6 +161,9 @@ def audit_loaded(
             "trl_version_table": resolved,
             "trl_version_source": version_source,
             "num_processes": facts["num_processes"],
+            "num_processes_source": facts.get("num_processes_source", "assumed" if assumptions else None),
+            "assumptions": assumptions,
+            "section_line": loaded.facts.get("section_line"),
             "rules_run": [r.id for r in selected],
             "config": _jsonable(
                 {k: values.get(k) for k in sorted(set(loaded.values) | _KEY_FIELDS) if k in values}
@@ -182,12 +213,19 @@ def _finding(current: Rule, hit: Hit, loaded: LoadedConfig, ctx: AuditContext) -
         "trl_version": ctx.version,
     }
     details.update(_jsonable(dict(hit.details)))
+    message = hit.message
+    if "num_processes" in current.fields or "num_processes" in fields:
+        if ctx.facts.get("num_processes_assumed"):
+            details["assumed"] = {"num_processes": 1}
+            message += " [assumed num_processes = 1: the file does not say; pass --num-processes N]"
+        elif ctx.facts.get("num_processes_source") not in (None, "--num-processes"):
+            message += f" [num_processes = {ctx.facts['num_processes']} from the file's {ctx.facts['num_processes_source']}]"
     return Finding(
         check_id=current.id,
         stage="config",
         verdict=verdict_for(current.severity),
         figure=hit.figure,
-        explanation=hit.message,
+        explanation=message,
         likely_cause=current.reason,
         fix=current.fix,
         catalog_id=current.catalog_id,

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from grpo_check import limits
 from grpo_check.audit import versions as _versions
 from grpo_check.findings import InputError
 
@@ -75,6 +76,9 @@ class LoadedConfig:
         effective: ``values`` already went through TRL's ``__post_init__`` (objects).
         facts: extras a rule may use (``num_processes``, ``num_reward_funcs``, ``dropout_max`` …).
         trl_version: the TRL version an object was built with (objects only).
+        problems: problems confined to one key or line of a file (a key written twice, a line that is not
+            YAML), each ``{"kind", "key", "line", "message", ...}``; the audit reports them as findings on
+            that key instead of refusing the file.
     """
 
     values: dict[str, Any]
@@ -86,6 +90,7 @@ class LoadedConfig:
     effective: bool = False
     facts: dict[str, Any] = dataclasses.field(default_factory=dict)
     trl_version: str | None = None
+    problems: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def load_source(source: Any) -> LoadedConfig:
@@ -122,7 +127,8 @@ def load_file(path: str | os.PathLike[str]) -> LoadedConfig:
         )
     if path.exists() and not path.is_dir() and not path.is_file():  # a pipe would block forever
         raise InputError("not a regular file (a device or a pipe)", source=name)
-    raw = path.read_bytes()  # FileNotFoundError / IsADirectoryError -> exit 2 in the CLI
+    # bounded, and never blocking; FileNotFoundError / IsADirectoryError -> exit 2 in the CLI
+    raw = limits.read_bytes(path, cap=limits.MAX_CONFIG_BYTES, source=name)
     if raw[:1] == b"\x80" or raw[:2] == b"PK":
         raise InputError(
             "this looks like a pickle / torch.save archive, not YAML or JSON; refusing to unpickle it.\n"
@@ -138,50 +144,68 @@ def load_file(path: str | os.PathLike[str]) -> LoadedConfig:
     if not text.strip():
         raise InputError("the file is empty", source=name)
     suffix = path.suffix.lower()
+    problems: list[dict[str, Any]] = []
     if suffix == ".json" or (suffix not in (".yaml", ".yml") and text.lstrip().startswith("{")):
-        data, key_lines = _parse_json(text, name)
+        data, key_lines = _parse_json(text, name, problems)
     else:
-        data, key_lines = _parse_yaml(text, name)
+        data, key_lines = _parse_yaml(text, name, problems)
     if not isinstance(data, Mapping):
         raise InputError(
             f"expected a mapping of GRPOConfig fields at the top level, got a {type(data).__name__}",
             source=name,
         )
-    return _from_mapping(dict(data), origin=name, kind="file", lines=key_lines)
+    loaded = _from_mapping(dict(data), origin=name, kind="file", lines=key_lines)
+    loaded.problems = problems
+    return loaded
 
 
-def _parse_json(text: str, name: str) -> tuple[Any, dict[tuple[str, ...], int]]:
-    duplicates: list[str] = []
+def _parse_json(
+    text: str, name: str, problems: list[dict[str, Any]]
+) -> tuple[Any, dict[tuple[str, ...], int]]:
+    """Parse JSON; a key written twice in one object is recorded in ``problems`` (the last value is kept,
+    as ``json.load`` and TRL keep it)."""
+    duplicates: list[tuple[str, Any, Any]] = []
 
     def pairs_to_dict(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        seen: set[str] = set()
-        for key, _ in pairs:
+        seen: dict[str, Any] = {}
+        for key, value in pairs:
             if key in seen:
-                duplicates.append(key)
-            seen.add(key)
+                duplicates.append((key, seen[key], value))
+            seen[key] = value
         return dict(pairs)
 
     try:
-        data = json.loads(text, object_pairs_hook=pairs_to_dict)
+        data = limits.loads_json(
+            text, source=name, object_pairs_hook=pairs_to_dict
+        )  # depth, integers bounded
     except json.JSONDecodeError as exc:
         raise InputError(
             f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", source=name
         ) from None
-    if duplicates:
-        key = duplicates[0]
+    for key, first, last in duplicates:
         pattern = re.compile(r'"' + re.escape(json.dumps(key)[1:-1]) + r'"\s*:')
         found = [text.count("\n", 0, m.start()) + 1 for m in pattern.finditer(text)]
-        raise InputError(_duplicate_message(key, found), source=name, field=key)
+        problems.append(_duplicate_problem(key, found, first, last))
     return data, _json_key_lines(text, data)
 
 
-def _duplicate_message(key: str, lines: list[int]) -> str:
+def _duplicate_problem(key: str, lines: list[int], first: Any, last: Any) -> dict[str, Any]:
     distinct = list(dict.fromkeys(lines))
     where = f" (lines {', '.join(map(str, distinct))})" if len(distinct) >= 2 else ""
-    return (
-        f"the key appears more than once{where}: YAML and JSON parsers silently keep the last value, which "
-        f"may not be the one you meant; keep one {key}"
+    same = first == last
+    used = (
+        f"both say {last!r}"
+        if same
+        else f"{first!r} then {last!r}; YAML/JSON parsers (and TRL) keep {last!r}"
     )
+    return {
+        "kind": "duplicate_key",
+        "key": key,
+        "line": distinct[-1] if distinct else None,
+        "lines": distinct,
+        "same_value": same,
+        "message": f"{key} is written more than once{where}: {used}",
+    }
 
 
 def _json_key_lines(text: str, data: Any) -> dict[tuple[str, ...], int]:
@@ -213,34 +237,89 @@ def _json_key_lines(text: str, data: Any) -> dict[tuple[str, ...], int]:
     return lines
 
 
-def _parse_yaml(text: str, name: str) -> tuple[Any, dict[tuple[str, ...], int]]:
+# A file whose syntax errors are all confined to a few lines is audited without those lines; more than this
+# many broken lines means the file is not YAML at all, and it is refused.
+MAX_SKIPPED_LINES = 5
+
+
+def _parse_yaml(
+    text: str, name: str, problems: list[dict[str, Any]]
+) -> tuple[Any, dict[tuple[str, ...], int]]:
+    """Parse YAML. A line with a syntax error is blanked and parsing retried (up to ``MAX_SKIPPED_LINES``),
+    each skipped line recorded in ``problems``; a key written twice in one mapping is recorded there too
+    (the last value is kept, as ``yaml.safe_load`` keeps it)."""
     import yaml
 
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise InputError(f"invalid YAML{where}: {problem}", source=name) from None
+    lines_of_text = text.split("\n")
+    skipped: list[dict[str, Any]] = []
+    while True:
+        try:
+            # depth, recursive aliases, alias bombs and long integers first (a grpo_check.limits.LimitError)
+            limits.check_yaml("\n".join(lines_of_text), source=name)
+            node = yaml.compose("\n".join(lines_of_text), Loader=yaml.SafeLoader)
+            data = yaml.safe_load("\n".join(lines_of_text))
+            break
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            line = _skippable_line(lines_of_text, mark)
+            if line is None or len(skipped) >= MAX_SKIPPED_LINES:
+                raise InputError(f"invalid YAML{where}: {problem}", source=name) from None
+            key = lines_of_text[line].split(":", 1)[0].strip().strip("'\"")
+            skipped.append(
+                {
+                    "kind": "invalid_line",
+                    "key": key,
+                    "line": line + 1,
+                    "message": f"line {line + 1} is not valid YAML ({problem}{where}); audited without it",
+                }
+            )
+            lines_of_text[line] = "#" + " " * max(len(lines_of_text[line]) - 1, 0)
+    problems.extend(skipped)
     lines: dict[tuple[str, ...], int] = {}
 
     def walk(current: Any, prefix: tuple[str, ...]) -> None:
         if not isinstance(current, yaml.MappingNode):
             return
-        first_line: dict[str, int] = {}
+        first: dict[str, Any] = {}
         for key_node, value_node in current.value:
             key = str(key_node.value)
             line = key_node.start_mark.line + 1
-            if key in first_line and key != "<<":  # "<<" is YAML's merge key
-                raise InputError(_duplicate_message(key, [first_line[key], line]), source=name, field=key)
-            first_line[key] = line
+            if key in first and key != "<<":  # "<<" is YAML's merge key
+                first_line, first_node = first[key]
+                problems.append(
+                    _duplicate_problem(
+                        key, [first_line, line], _node_text(first_node), _node_text(value_node)
+                    )
+                )
+            first[key] = (line, value_node)
             lines[(*prefix, key)] = line
             walk(value_node, (*prefix, key))
 
     walk(node, ())
     return data, lines
+
+
+def _skippable_line(lines: list[str], mark: Any) -> int | None:
+    """The 0-based line a YAML error points at, when blanking that one line can help (it holds a key)."""
+    if mark is None or not 0 <= mark.line < len(lines):
+        return None
+    line = lines[mark.line]
+    if ":" not in line or line.lstrip().startswith("#"):
+        return None
+    return int(mark.line)
+
+
+def _node_text(node: Any) -> Any:
+    """A YAML value node as comparable data (a scalar's text, else the source text it spans)."""
+    value = getattr(node, "value", None)
+    if isinstance(value, str):
+        return value
+    buffer = getattr(node.start_mark, "buffer", None)
+    if buffer is not None:
+        return buffer[node.start_mark.index : node.end_mark.index].strip()
+    return repr(node)
 
 
 # --------------------------------------------------------------------------- recipes
@@ -285,7 +364,13 @@ def _from_mapping(
     data: dict[str, Any], *, origin: str, kind: Literal["file", "mapping"], lines: dict[tuple[str, ...], int]
 ) -> LoadedConfig:
     path, mapping = find_config_mapping(data)
-    every = set(_versions._HISTORY) | _versions.TRAINING_ARGUMENTS_FIELDS
+    every = (
+        set(_versions._HISTORY)
+        | _versions.TRAINING_ARGUMENTS_FIELDS
+        | set(_versions.OTHER_TRAINER_KEYS)
+        | set(_versions.EXTENSION_KEYS)
+        | _versions.SCRIPT_KEYS
+    )
     keys = [str(k) for k in mapping]
     if keys and not (set(keys) & every) and not _any_close(keys, every):
         raise InputError(
@@ -300,10 +385,12 @@ def _from_mapping(
         facts["num_reward_funcs"] = len(reward_funcs)
     elif isinstance(reward_funcs, str):
         facts["num_reward_funcs"] = len(reward_funcs.split())
-    processes = values.get("num_processes", data.get("num_processes"))
-    if isinstance(processes, int) and not isinstance(processes, bool) and processes > 0:
-        facts["num_processes"] = processes
+    launcher = launcher_processes(values, data)
+    if launcher is not None:
+        facts["num_processes"], facts["num_processes_source"] = launcher
     field_lines = {key[-1]: line for key, line in lines.items() if key[:-1] == path}
+    if path and path in lines:
+        facts["section_line"] = lines[path]
     for key in _versions.SCRIPT_KEYS:
         values.pop(key, None)
     return LoadedConfig(
@@ -315,6 +402,53 @@ def _from_mapping(
         explicit=frozenset(values),
         facts=facts,
     )
+
+
+# Launcher settings a recipe may carry (accelerate, torchrun, other launch scripts). The product of a
+# per-node count and a node count is the number of processes; a total count is taken as it is.
+LAUNCHER_TOTAL_KEYS: tuple[str, ...] = ("num_processes", "world_size", "n_gpus", "num_gpus", "gpus")
+LAUNCHER_PER_NODE_KEYS: tuple[str, ...] = ("nproc_per_node", "n_gpus_per_node", "gpus_per_node")
+LAUNCHER_NODE_KEYS: tuple[str, ...] = ("num_machines", "nnodes", "num_nodes")
+LAUNCHER_KEYS: frozenset[str] = frozenset(
+    (
+        *LAUNCHER_TOTAL_KEYS,
+        *LAUNCHER_PER_NODE_KEYS,
+        *LAUNCHER_NODE_KEYS,
+        *("machine_rank", "main_process_port", "main_process_ip", "distributed_type", "mixed_precision"),
+        *("deepspeed_config", "fsdp_config", "zero_stage", "num_cpu_threads_per_process", "rdzv_backend"),
+        *("same_network", "main_training_function", "downcast_bf16", "use_cpu", "tpu_env", "tpu_use_cluster"),
+    )
+)
+
+
+def launcher_processes(*mappings: Mapping[str, Any]) -> tuple[int, str] | None:
+    """(number of processes, the key(s) it was read from) from launcher settings found in ``mappings``
+    (the config section first, then the whole file; nested ``accelerate:``/``launcher:`` sections too)."""
+    scopes: list[Mapping[str, Any]] = []
+    for mapping in mappings:
+        scopes.append(mapping)
+        for name in ("accelerate", "launcher", "distributed", "trainer", "resources"):
+            nested = mapping.get(name)
+            if isinstance(nested, Mapping):
+                scopes.append(nested)
+
+    def count(scope: Mapping[str, Any], keys: tuple[str, ...]) -> tuple[int, str] | None:
+        for key in keys:
+            value = scope.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value, key
+        return None
+
+    for scope in scopes:
+        total = count(scope, LAUNCHER_TOTAL_KEYS)
+        if total is not None:
+            return total
+        per_node = count(scope, LAUNCHER_PER_NODE_KEYS)
+        if per_node is not None:
+            nodes = count(scope, LAUNCHER_NODE_KEYS) or (1, "")
+            source = f"{per_node[1]} × {nodes[1]}" if nodes[1] else per_node[1]
+            return per_node[0] * nodes[0], source
+    return None
 
 
 def _any_close(keys: list[str], fields: set[str]) -> bool:

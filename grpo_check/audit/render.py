@@ -34,23 +34,69 @@ def summary_line(result: Result) -> str:
         counts[severity_of(finding)] = counts.get(severity_of(finding), 0) + 1
     meta = result.metadata
     where = f" (fields under `{meta['key_path']}`)" if meta.get("key_path") else ""
+    assumed = "".join(f"; assumed {note}" for note in meta.get("assumptions", ()))
     return (
         f"{meta.get('source', '?')}{where}: {counts['error']} error(s), {counts['warning']} warning(s), "
         f"{counts['info']} info — {len(meta.get('rules_run', []))} rules, TRL {meta.get('trl_version')} "
-        f"({meta.get('trl_version_source')}; defaults table {meta.get('trl_version_table')})"
+        f"({meta.get('trl_version_source')}; defaults table {meta.get('trl_version_table')}){assumed}"
     )
 
 
+def _line(finding: Finding, result: Result) -> int:
+    """The field's line, else the line of the section holding the fields (a field left unset belongs
+    there), else 1 (the file)."""
+    return int(finding.details.get("line") or result.metadata.get("section_line") or 1)
+
+
+def _location(finding: Finding, result: Result) -> str:
+    """``path:line`` of a finding in a file; an object's description otherwise."""
+    meta = result.metadata
+    source = str(meta.get("source", "?"))
+    if meta.get("source_kind") != "file":
+        return source
+    return f"{source}:{_line(finding, result)}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _message(finding: Finding) -> str:
+    """The explanation, prefixed with the field it is about when the explanation does not name it."""
+    fields = [
+        f for f in finding.details.get("fields") or [] if not str(f).startswith("<") and f != "trl_version"
+    ]
+    message = _one_line(finding.explanation)
+    if fields and str(fields[0]) not in message:
+        message = f"{fields[0]}: {message}"
+    return message
+
+
 def to_text(result: Result, *, min_severity: str = "info") -> str:
-    """One paragraph per finding (assert_close style), then the summary."""
-    blocks = []
-    for finding in filter_findings(result, min_severity):
-        fix = f"\n  fix: {finding.fix}" if finding.fix else ""
-        blocks.append(
-            f"{severity_of(finding).upper():7} {finding.check_id} [{_where(finding)}] {finding.explanation}{fix}"
-        )
-    blocks.append(summary_line(result))
-    return "\n".join(blocks)
+    """Linter-style text (as ruff and flake8 print): one line per finding, ``path:line: CODE severity
+    message``; then each distinct fix once, with the codes it applies to; then the summary line."""
+    shown = filter_findings(result, min_severity)
+    shown.sort(key=lambda f: (_line(f, result), _ORDER.get(severity_of(f), 1), f.check_id))
+    lines = [
+        f"{_location(finding, result)}: {finding.check_id} {severity_of(finding)} {_message(finding)}"
+        for finding in shown
+    ]
+    fixes: dict[str, list[str]] = {}
+    for finding in shown:
+        if finding.fix:
+            codes = fixes.setdefault(_one_line(finding.fix), [])
+            if finding.check_id not in codes:
+                codes.append(finding.check_id)
+    if fixes:
+        lines.append("")
+        for fix, codes in fixes.items():
+            count = sum(1 for f in shown if f.fix and _one_line(f.fix) == fix)
+            times = f" ({count} findings)" if count > 1 else ""
+            lines.append(f"fix {', '.join(codes)}{times}: {fix}")
+    if shown:
+        lines.append("")
+    lines.append(summary_line(result))
+    return "\n".join(lines)
 
 
 def to_markdown(result: Result, *, min_severity: str = "info") -> str:

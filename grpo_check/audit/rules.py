@@ -13,6 +13,8 @@ Categories:
 - ``GA3xx`` ranges the GRPO literature recommends
 - ``GA4xx`` TRL version awareness (changed defaults, unknown/removed fields)
 - ``GA5xx`` facts of an instantiated ``GRPOTrainer`` (dropout really active, reference = policy, overrides)
+- ``GA6xx`` advisories: numerical bugs that shipped in the TRL release audited against and were fixed later
+  (one rule per entry of :data:`grpo_check.audit.advisories.ADVISORIES`)
 
 Example::
 
@@ -30,7 +32,9 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
+from grpo_check.audit import advisories as _advisories
 from grpo_check.audit import versions as _versions
+from grpo_check.audit.loader import LAUNCHER_KEYS
 
 Severity = Literal["error", "warning", "info"]
 SEVERITIES: tuple[str, ...] = ("error", "warning", "info")
@@ -42,6 +46,7 @@ CATEGORIES: dict[str, str] = {
     "GA3": "recommended ranges",
     "GA4": "TRL version",
     "GA5": "live trainer",
+    "GA6": "advisory (bug shipped in a TRL release)",
 }
 
 TOKEN_SUM_LOSSES: tuple[str, ...] = ("bnpo", "dr_grpo", "dapo", "cispo")
@@ -90,6 +95,7 @@ class AuditContext:
         if "scale_rewards" in values:
             facts.setdefault("raw_scale_rewards", values["scale_rewards"])
         facts.setdefault("keys", tuple(values))
+        facts.setdefault("user_values", dict(values))
         return cls(
             values=effective_values(values, version=version, num_processes=facts.get("num_processes", 1)),
             explicit=frozenset(values),
@@ -359,7 +365,12 @@ def _generation_batch_divisible(ctx: AuditContext) -> Hit | None:
     fix="Keep one of them (steps_per_generation is the clearer one) and delete the other.",
 )
 def _both_generation_sizes(ctx: AuditContext) -> Hit | None:
-    if ctx.is_set("generation_batch_size") and ctx.is_set("steps_per_generation"):
+    written = ctx.facts.get("user_values", ctx.values)  # before the derivation that fills the other one in
+    both = all(
+        ctx.is_set(f) and written.get(f) is not None
+        for f in ("generation_batch_size", "steps_per_generation")
+    )
+    if both:
         if ctx.facts.get("effective"):
             return None  # an object after __post_init__ always has both
         return Hit(
@@ -799,9 +810,12 @@ def _entropy_quantile_range(ctx: AuditContext) -> Hit | None:
 @rule(
     "GA112",
     "sync_ref_model with beta = 0",
-    "warning",
+    "error",
     ("sync_ref_model", "beta"),
-    reason="With beta = 0 TRL loads no reference model, so there is nothing to synchronise; the setting is dead.",
+    reason=(
+        "With beta = 0 TRL loads no reference model, so there is nothing to synchronise: GRPOTrainer refuses "
+        "the combination at construction."
+    ),
     source=f"{_TRAINER_INIT}: 'You passed sync_ref_model=True while beta=0.0'; TR-DPO (arXiv 2404.09656)",
     fix="Either set beta > 0 (then the TR-DPO sync applies) or drop sync_ref_model.",
 )
@@ -1093,23 +1107,48 @@ def _vllm_without_is(ctx: AuditContext) -> Hit | None:
     ),
     reason=(
         "The IS weights are clipped (truncate modes) or masked (mask modes) to [C_min, C_max]. C_min ≥ C_max "
-        "leaves no valid ratio; a truncate mode with neither bound does nothing; C_max < 1 removes or caps "
-        "the on-policy ratio 1 itself."
+        "leaves no valid ratio; a truncate mode with neither bound does nothing. GRPOConfig refuses both, "
+        "whether or not vLLM is used (C_max < 1 is GA208)."
     ),
     source=f"{_POST_INIT} (clip_min < clip_max; *_truncate needs a bound); TRL docs for vllm_importance_sampling_mode",
     fix="Use 0 ≤ C_min < 1 < C_max (TRL default: C_max = 3, C_min unset).",
     catalog_id="1",
 )
 def _vllm_is_bounds(ctx: AuditContext) -> Hit | None:
-    if not (ctx["use_vllm"] and ctx["vllm_importance_sampling_correction"]):
-        return None
+    # GRPOConfig.__post_init__ refuses the first two whether or not vLLM is used.
     low = _as_float(ctx["vllm_importance_sampling_clip_min"])
     high = _as_float(ctx["vllm_importance_sampling_clip_max"])
     mode = str(ctx.get("vllm_importance_sampling_mode", ""))
     if low is not None and high is not None and low >= high:
         return Hit(f"vllm_importance_sampling_clip_min = {low} ≥ clip_max = {high}")
-    if mode.endswith("_truncate") and low is None and high is None:
+    if (
+        ctx["vllm_importance_sampling_correction"]
+        and mode.endswith("_truncate")
+        and low is None
+        and high is None
+    ):
         return Hit(f"vllm_importance_sampling_mode = {mode!r} with neither clip bound set")
+    return None
+
+
+@rule(
+    "GA208",
+    "vLLM importance-sampling cap below 1",
+    "error",
+    ("vllm_importance_sampling_clip_max",),
+    reason=(
+        "The IS weights are clipped (truncate modes) or masked (mask modes) above C_max. C_max < 1 caps or "
+        "removes the on-policy ratio 1 itself: every token the sampler and trainer agree on is down-weighted "
+        "or dropped. TRL accepts the value."
+    ),
+    source="TRL docs for vllm_importance_sampling_mode / vllm_importance_sampling_clip_max",
+    fix="Use C_max > 1 (TRL default: 3).",
+    catalog_id="1",
+)
+def _vllm_is_cap_below_one(ctx: AuditContext) -> Hit | None:
+    high = _as_float(ctx["vllm_importance_sampling_clip_max"])
+    if not (ctx["use_vllm"] and ctx["vllm_importance_sampling_correction"]):
+        return None
     if high is not None and high < 1.0:
         return Hit(
             f"vllm_importance_sampling_clip_max = {high} < 1 excludes the on-policy ratio 1", figure=high
@@ -1438,12 +1477,13 @@ def _plumbing_defaults(ctx: AuditContext) -> list[Hit]:
 @rule(
     "GA403",
     "field does not exist in this TRL release",
-    "warning",
+    "error",
     ("<field>",),
     reason=(
         "The key is a GRPOConfig field in other TRL releases but not in the one this config will run with: "
-        "HfArgumentParser / GRPOConfig(**…) rejects it, or (in recipes that filter keys) it is silently "
-        "ignored, so the setting you wrote has no effect."
+        "GRPOConfig(**…) refuses it (unexpected keyword argument), and so does TRL's CLI (HfArgumentParser "
+        "refuses keys no dataclass takes); a script that filters keys drops it silently, so the setting you "
+        "wrote has no effect."
     ),
     source="grpo_check/audit/versions.py (field history across TRL 0.14.0 … 1.16.0)",
     fix="Use the field's replacement in this release, or pin the TRL version the config was written for.",
@@ -1469,12 +1509,12 @@ def _field_not_in_version(ctx: AuditContext) -> list[Hit]:
 @rule(
     "GA404",
     "unknown key that looks like a typo of a known field",
-    "warning",
+    "error",
     ("<field>",),
     reason=(
         "The key is neither a GRPOConfig/TrainingArguments field in any TRL release tabulated nor a key TRL's "
-        "scripts read, and it is a close spelling of one that is (betta → beta). A recipe that filters keys "
-        "drops it and HfArgumentParser may refuse it; either way the value you meant to set keeps its default."
+        "scripts read, and it is a close spelling of one that is (betta → beta). GRPOConfig(**…) and TRL's CLI "
+        "refuse it; a script that filters keys drops it, and the value you meant to set keeps its default."
     ),
     source="grpo_check/audit/versions.py field lists; difflib close matches (ratio ≥ 0.75)",
     fix="Fix the spelling (see the suggestion) or remove the key.",
@@ -1501,7 +1541,11 @@ def _unknown_keys(ctx: AuditContext) -> list[tuple[str, list[str]]]:
     return [
         (key, difflib.get_close_matches(key, sorted(every_field), n=2, cutoff=0.75))
         for key in ctx.facts.get("keys", ())
-        if key not in every_field and key not in _versions.SCRIPT_KEYS
+        if key not in every_field
+        and key not in _versions.SCRIPT_KEYS
+        and key not in _versions.EXTENSION_KEYS
+        and key not in _versions.OTHER_TRAINER_KEYS
+        and key not in LAUNCHER_KEYS
     ]
 
 
@@ -1764,12 +1808,13 @@ def _mapping_hit(name: str, value: Any) -> Hit | None:
 @rule(
     "GA411",
     "unknown key",
-    "info",
+    "error",
     ("<field>",),
     reason=(
         "The key is neither a GRPOConfig/TrainingArguments field in any TRL release tabulated nor a key TRL's "
-        "scripts read, and no known field is spelled like it (a close spelling is GA404, a warning). Often a "
-        "key of your own script; if it was meant as a TRL setting, that setting keeps its default."
+        "scripts read, and no known field is spelled like it (a close spelling is GA404). GRPOConfig(**…) and "
+        "TRL's CLI refuse it. Often a key of your own script (then read the file with that script's parser); "
+        "if it was meant as a TRL setting, that setting keeps its default."
     ),
     source="grpo_check/audit/versions.py field lists; difflib close matches (none at ratio ≥ 0.75)",
     fix="Remove the key, or check the GRPOConfig documentation of your TRL release for the field you meant.",
@@ -1829,6 +1874,152 @@ def _out_of_range(ctx: AuditContext) -> list[Hit]:
             Hit(f"temperature = {temperature}: must be > 0", fields=("temperature",), figure=temperature)
         )
     return hits
+
+
+@rule(
+    "GA413",
+    "key written twice",
+    "warning",
+    ("<key>",),
+    reason=(
+        "YAML and JSON parsers (yaml.safe_load, json.load, and so TRL's CLI) silently keep the last value of a "
+        "key written twice in one mapping. When the two values differ, the one that runs may not be the one "
+        "you meant; when they agree, the next edit to one of them will silently not take effect. The audit "
+        "uses the last value, as TRL does."
+    ),
+    source="PyYAML SafeLoader / json.loads (last value wins); TRL HfArgumentParser.parse_yaml_file",
+    fix="Keep one occurrence of the key.",
+)
+def _duplicate_key(ctx: AuditContext) -> list[Hit]:
+    return [
+        Hit(problem["message"], fields=(problem["key"],), details={"line": problem["line"]})
+        for problem in ctx.facts.get("load_problems", ())
+        if problem.get("kind") == "duplicate_key"
+    ]
+
+
+@rule(
+    "GA414",
+    "line that is not valid YAML",
+    "error",
+    ("<key>",),
+    reason=(
+        "A syntax error confined to one line (an alias to an anchor that does not exist, a stray character) "
+        "makes yaml.safe_load, and so TRL's CLI, refuse the whole file. The audit reports the line and audits "
+        "the rest of the file without it, so every other problem is found in the same pass."
+    ),
+    source="PyYAML SafeLoader; TRL HfArgumentParser.parse_yaml_file",
+    fix="Correct the line (quote a value that contains special characters such as `*`, `&`, `:` or `#`).",
+)
+def _invalid_line(ctx: AuditContext) -> list[Hit]:
+    return [
+        Hit(problem["message"], fields=(problem["key"],), details={"line": problem["line"]})
+        for problem in ctx.facts.get("load_problems", ())
+        if problem.get("kind") == "invalid_line"
+    ]
+
+
+@rule(
+    "GA415",
+    "key of a known project's GRPOConfig subclass",
+    "info",
+    ("<field>",),
+    reason=(
+        "Public projects extend TRL's GRPOConfig and script arguments with their own keys (open-r1: "
+        "system_prompt, chat_template, hub_model_revision, reward shaping settings …). Their scripts read "
+        "them; TRL's own GRPOConfig(**…) and `trl grpo --config` refuse them. Nothing to fix when the recipe "
+        "is run by that project's script."
+    ),
+    source="grpo_check/audit/versions.py EXTENSION_KEYS (open-r1 src/open_r1/configs.py)",
+    fix="Run the recipe with the project's script that reads these keys, or drop them for TRL's CLI.",
+)
+def _extension_keys(ctx: AuditContext) -> list[Hit]:
+    return [
+        Hit(f"{key!r} is read by {_versions.EXTENSION_KEYS[key]}, not by TRL's GRPOConfig", fields=(key,))
+        for key in ctx.facts.get("keys", ())
+        if key in _versions.EXTENSION_KEYS
+        and key not in _versions.known_fields(ctx.version)
+        and key not in _versions.SCRIPT_KEYS
+    ]
+
+
+@rule(
+    "GA416",
+    "log_completions_hub_repo without log_completions",
+    "error",
+    ("log_completions_hub_repo", "log_completions"),
+    reason=(
+        "Completions are uploaded to the Hub only when they are logged; GRPOConfig refuses a Hub repository "
+        "for completions while log_completions is false."
+    ),
+    source=f"{_POST_INIT} ('log_completions_hub_repo is set, but log_completions is False')",
+    fix="Set log_completions = true, or drop log_completions_hub_repo.",
+)
+def _hub_repo_without_logging(ctx: AuditContext) -> Hit | None:
+    if ctx["log_completions_hub_repo"] is not None and not ctx["log_completions"]:
+        return Hit(
+            f"log_completions_hub_repo = {ctx['log_completions_hub_repo']!r} but log_completions = false"
+        )
+    return None
+
+
+@rule(
+    "GA417",
+    "field of another TRL trainer",
+    "error",
+    ("<field>",),
+    reason=(
+        "The key belongs to another TRL trainer's config (SFTConfig, DPOConfig, PPOConfig …), not to GRPOConfig: "
+        "GRPOConfig(**…) and `trl grpo --config` refuse it, and a script that filters keys drops it, so the "
+        "behaviour it asks for (max_seq_length, packing, kl_coef …) does not happen in GRPO."
+    ),
+    source="grpo_check/audit/versions.py OTHER_TRAINER_KEYS (TRL 1.16 configs, and fields earlier releases had)",
+    fix="Use the GRPOConfig field for the same purpose (e.g. max_completion_length, beta), or remove the key.",
+)
+def _other_trainer_key(ctx: AuditContext) -> list[Hit]:
+    return [
+        Hit(f"{key!r} is a field of {_versions.OTHER_TRAINER_KEYS[key]}, not of GRPOConfig", fields=(key,))
+        for key in ctx.facts.get("keys", ())
+        if key in _versions.OTHER_TRAINER_KEYS
+        and key not in _versions.known_fields(ctx.version)
+        and key not in _versions.SCRIPT_KEYS
+    ]
+
+
+@rule(
+    "GA418",
+    "TrainingArguments field that transformers 5 removed",
+    "error",
+    ("<field>",),
+    reason=(
+        "GRPOConfig inherits transformers' TrainingArguments. transformers 5 dropped several 4.x fields "
+        "(overwrite_output_dir, warmup_ratio, logging_dir, evaluation_strategy, no_cuda …); with it installed, "
+        "GRPOConfig(**…) and TRL's CLI refuse them as unexpected keyword arguments. TRL 1.x runs on "
+        "transformers 4.56 and 5.x, so the installed transformers decides; when none is installed the audit "
+        "assumes the 5 series and says so."
+    ),
+    source="transformers 5.25.0 TrainingArguments fields vs transformers 4.x; TRL 1.16 requires transformers>=4.56.2",
+    fix=(
+        "Remove the key or write its transformers 5 form (warmup_ratio: r → warmup_steps: r, a float in [0, 1) "
+        "being a ratio; evaluation_strategy → eval_strategy; no_cuda → use_cpu), or pin transformers < 5."
+    ),
+)
+def _transformers_5_removed(ctx: AuditContext) -> list[Hit]:
+    if not ctx.facts.get("transformers_known", True):
+        return []  # another TRL release than the installed one: its transformers is not known here
+    installed = ctx.facts.get("transformers_version")
+    try:
+        major = _versions.parse_version(installed)[0] if installed else None
+    except ValueError:
+        major = None
+    if major is not None and major < 5:
+        return []
+    where = f"transformers {installed}" if installed else "transformers 5 (assumed: none is installed here)"
+    return [
+        Hit(f"{key!r} is not a TrainingArguments field in {where}", fields=(key,))
+        for key in ctx.facts.get("keys", ())
+        if key in _versions.TRANSFORMERS_5_REMOVED
+    ]
 
 
 # --------------------------------------------------------------------------- GA5xx live trainer
@@ -1923,6 +2114,70 @@ def _attribute_overrides(ctx: AuditContext) -> list[Hit]:
         Hit(f"trainer.{attr} = {now!r} but args.{field} = {was!r} (the audit uses {now!r})", fields=(field,))
         for field, attr, was, now in ctx.facts.get("overrides", ())
     ]
+
+
+# --------------------------------------------------------------------------- GA6xx advisories
+
+
+def _advisory_check(advisory: _advisories.Advisory) -> CheckFn:
+    def check(ctx: AuditContext) -> Hit | None:
+        release = str(ctx.facts.get("requested_version") or ctx.version)
+        try:
+            why = advisory.check(release, ctx.values)
+        except ValueError:  # an unparsable version: GA406 / the loader report it
+            return None
+        if why is None:
+            return None
+        data = f"; it bites when {advisory.data_dependent}" if advisory.data_dependent else ""
+        return Hit(
+            f"TRL {release}: {advisory.title} — {why}{data} ({advisory.pr}, fixed in TRL {advisory.fixed_in})",
+            details={
+                "advisory": advisory.id,
+                "pr": advisory.pr,
+                "url": advisory.url,
+                "introduced": advisory.introduced,
+                "fixed_in": advisory.fixed_in,
+                "stage": advisory.stage,
+            },
+        )
+
+    return check
+
+
+def _register_advisories() -> None:
+    for advisory in _advisories.ADVISORIES.values():
+        fields = tuple(
+            sorted(
+                {
+                    "GA601": ("per_device_train_batch_size",),
+                    "GA602": ("temperature",),
+                    "GA603": ("use_vllm", "max_prompt_length"),
+                    "GA604": ("use_vllm", "max_prompt_length"),
+                    "GA605": ("top_entropy_quantile", "num_processes"),
+                    "GA606": ("scale_rewards",),
+                    "GA607": ("loss_type", "mask_truncated_completions"),
+                    "GA608": ("loss_type", "steps_per_generation", "gradient_accumulation_steps"),
+                    "GA609": ("num_iterations", "steps_per_generation", "gradient_accumulation_steps"),
+                    "GA611": ("num_iterations",),
+                }.get(advisory.id, ("trl_version",))
+            )
+        )
+        rule(
+            advisory.id,
+            advisory.title,
+            advisory.severity,  # type: ignore[arg-type]
+            fields,
+            reason=(
+                f"{advisory.effect} Affected: TRL {advisory.introduced} – {advisory.last_affected}; "
+                f"triggered by: {advisory.condition}."
+            ),
+            source=f"{advisory.pr} ({advisory.url}); fixed in TRL {advisory.fixed_in}",
+            fix=advisory.fix,
+            catalog_id=advisory.catalog_id,
+        )(_advisory_check(advisory))
+
+
+_register_advisories()
 
 
 def get_rule(rule_id: str) -> Rule:

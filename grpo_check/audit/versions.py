@@ -689,6 +689,166 @@ SCRIPT_KEYS: frozenset[str] = frozenset(
     ]
 )
 
+# Keys that public projects add to TRL's GRPOConfig in a subclass, or to their script arguments: read by that
+# project's own scripts, refused by TRL's GRPOConfig(**…) and TRL's CLI. key -> the project class that reads it.
+_OPEN_R1_CONFIG = "open-r1 GRPOConfig (src/open_r1/configs.py)"
+_OPEN_R1_SCRIPT = "open-r1 GRPOScriptArguments (src/open_r1/configs.py)"
+EXTENSION_KEYS: dict[str, str] = {
+    **{
+        key: _OPEN_R1_CONFIG
+        for key in (
+            "benchmarks",
+            "callbacks",
+            "chat_template",
+            "hub_model_revision",
+            "num_completions_to_print",
+            "overwrite_hub_revision",
+            "push_to_hub_revision",
+            "system_prompt",
+            "wandb_entity",
+            "wandb_project",
+            "wandb_run_group",
+        )
+    },
+    **{
+        key: _OPEN_R1_SCRIPT
+        for key in (
+            "cosine_min_value_wrong",
+            "cosine_max_value_wrong",
+            "cosine_min_value_correct",
+            "cosine_max_value_correct",
+            "cosine_max_len",
+            "repetition_n_grams",
+            "repetition_max_penalty",
+            "code_language",
+            "code_eval_test_batch_size",
+            "code_eval_scoring_mode",
+            "parallel_code_exec_per_proc",
+            "dataset_prompt_column",
+            "e2b_router_url",
+            "morph_router_url",
+            "code_provider",
+            "ioi_provider",
+            "max_completion_len",
+            "soft_punish_cache",
+        )
+    },
+}
+
+
+# Fields of TRL's other trainers' configs (SFTConfig, DPOConfig, RewardConfig, KTOConfig, RLOOConfig, PPOConfig …)
+# that GRPOConfig does not have: a recipe written for another trainer, or a key copied from one. key -> config.
+OTHER_TRAINER_KEYS: dict[str, str] = {
+    "activation_offloading": "SFTConfig",
+    "assistant_only_loss": "SFTConfig",
+    "center_rewards_coefficient": "RewardConfig",
+    "chars_per_token": "SFTConfig (TRL < 0.12)",
+    "chat_template_path": "SFTConfig",
+    "cliprange": "PPOConfig",
+    "cliprange_value": "PPOConfig",
+    "completion_only_loss": "SFTConfig",
+    "dataset_batch_size": "SFTConfig",
+    "dataset_kwargs": "SFTConfig",
+    "dataset_num_proc": "SFTConfig",
+    "dataset_text_field": "SFTConfig",
+    "desirable_weight": "KTOConfig",
+    "discopop_tau": "DPOConfig",
+    "eos_token": "SFTConfig",
+    "eval_packing": "SFTConfig",
+    "exp_name": "PPOConfig / RLOOConfig",
+    "f_alpha_divergence_coef": "DPOConfig",
+    "f_divergence_type": "DPOConfig",
+    "force_use_ref_model": "DPOConfig",
+    "gamma": "PPOConfig",
+    "generate_during_eval": "DPOConfig",
+    "is_encoder_decoder": "DPOConfig",
+    "kl_coef": "PPOConfig / RLOOConfig",
+    "kl_estimator": "PPOConfig",
+    "label_smoothing": "DPOConfig",
+    "lam": "PPOConfig",
+    "ld_alpha": "DPOConfig",
+    "lmbda": "GKDConfig",
+    "local_rollout_forward_batch_size": "PPOConfig / RLOOConfig",
+    "loss_weights": "DPOConfig",
+    "max_length": "SFTConfig",
+    "max_seq_length": "SFTConfig (TRL < 0.20)",
+    "max_target_length": "DPOConfig",
+    "missing_eos_penalty": "PPOConfig / RLOOConfig / OnlineDPOConfig",
+    "model_adapter_name": "DPOConfig",
+    "normalize_advantages": "RLOOConfig",
+    "num_mini_batches": "PPOConfig / RLOOConfig",
+    "num_of_sequences": "SFTConfig (TRL < 0.12)",
+    "num_ppo_epochs": "PPOConfig",
+    "num_sample_generations": "PPOConfig / RLOOConfig",
+    "packing": "SFTConfig",
+    "packing_strategy": "SFTConfig",
+    "pad_token": "SFTConfig",
+    "padding_free": "SFTConfig",
+    "precompute_ref_batch_size": "DPOConfig",
+    "precompute_ref_log_probs": "DPOConfig",
+    "ref_adapter_name": "DPOConfig",
+    "response_length": "PPOConfig / RLOOConfig",
+    "response_truncation_length": "OnlineDPOConfig",
+    "reward_clip_range": "RLOOConfig",
+    "reward_model_path": "PPOConfig / RLOOConfig",
+    "rloo_k": "RLOOConfig (TRL < 0.23)",
+    "rpo_alpha": "DPOConfig",
+    "seq_kd": "GKDConfig",
+    "sft_model_path": "PPOConfig / RLOOConfig",
+    "stop_token": "PPOConfig / RLOOConfig",
+    "stop_token_id": "PPOConfig / RLOOConfig",
+    "total_episodes": "PPOConfig / RLOOConfig",
+    "truncation_mode": "SFTConfig",
+    "undesirable_weight": "KTOConfig",
+    "use_weighting": "DPOConfig",
+    "value_model_path": "PPOConfig",
+    "vf_coef": "PPOConfig",
+    "whiten_rewards": "PPOConfig",
+}
+
+
+# TrainingArguments fields of transformers 4.x that transformers 5's TrainingArguments no longer has (read from
+# transformers 5.25.0). TRL 1.x runs on either series (transformers >= 4.56.2), so whether GRPOConfig refuses these
+# depends on the transformers installed beside it.
+TRANSFORMERS_5_REMOVED: frozenset[str] = frozenset(
+    [
+        "adafactor",
+        "dispatch_batches",
+        "evaluation_strategy",
+        "fp16_backend",
+        "fp16_opt_level",
+        "fsdp_min_num_params",
+        "fsdp_transformer_layer_cls_to_wrap",
+        "group_by_length",
+        "half_precision_backend",
+        "include_inputs_for_metrics",
+        "include_tokens_per_second",
+        "jit_mode_eval",
+        "logging_dir",
+        "mp_parameters",
+        "no_cuda",
+        "overwrite_output_dir",
+        "past_index",
+        "per_gpu_eval_batch_size",
+        "per_gpu_train_batch_size",
+        "push_to_hub_model_id",
+        "push_to_hub_organization",
+        "push_to_hub_token",
+        "ray_scope",
+        "save_safetensors",
+        "sharded_ddp",
+        "split_batches",
+        "torchdynamo",
+        "tpu_num_cores",
+        "use_ipex",
+        "use_legacy_prediction_loop",
+        "use_mps_device",
+        "warmup_ratio",
+        "xpu_backend",
+    ]
+)
+
+
 # Values accepted by a field, with the release that introduced each (read from the GRPOConfig docstrings
 # of each wheel). A value outside the list is rejected late (loss_type: "Unknown loss type" at the first
 # loss computation) or silently misread (scale_rewards="none" on TRL < 0.22 is a truthy string: scaling on).

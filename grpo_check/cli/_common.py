@@ -33,15 +33,19 @@ class ExitCode(enum.IntEnum):
     INCOMPLETE = 4
     """A core check could not run although it could have (coverage incomplete)."""
     INTERRUPTED = 130
-    """Ctrl-C while grpo-check itself was working (the shell's convention for SIGINT)."""
+    """Ctrl-C (SIGINT) while grpo-check or the user's trainer was working (the shell's convention)."""
+    TERMINATED = 143
+    """SIGTERM while the user's trainer was training (``compare --trainer``; the shell's convention)."""
 
 
 EXIT_CLEAN = ExitCode.OK
 EXIT_FINDINGS = ExitCode.FINDINGS
 EXIT_USAGE = ExitCode.USAGE
+EXIT_CRASHED = ExitCode.CRASHED  # the user's trainer or factory crashed
+EXIT_INCOMPLETE = ExitCode.INCOMPLETE  # a core check could not run although what it needs was at hand
 
 
-class OutputFormat(enum.StrEnum):
+class OutputFormat(str, enum.Enum):
     """Every format a command can print or write; each command accepts its own subset (:meth:`parse`)."""
 
     TEXT = "text"
@@ -51,6 +55,9 @@ class OutputFormat(enum.StrEnum):
     JSON = "json"
     JUNIT = "junit"
     SARIF = "sarif"
+
+    def __str__(self) -> str:  # as enum.StrEnum (Python >= 3.11) prints: the value
+        return self.value
 
     @classmethod
     def parse(

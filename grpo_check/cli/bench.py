@@ -43,7 +43,7 @@ def bench(
         "--naive",
         help="Also measure a naive float64 log-softmax for comparison (needs ~15 GiB: 12x the logits).",
     ),
-    output_format: str = typer.Option("text", "--format", help="text or json."),
+    output_format: str = typer.Option("text", "--format", "-f", help="text or json."),
     output: Path = typer.Option(None, "--output", "-o", help="Also write the JSON figures to this file."),
     check_targets: bool = typer.Option(False, "--check", help="Exit 1 when a figure misses its target."),
 ) -> None:

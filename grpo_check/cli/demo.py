@@ -62,12 +62,15 @@ def register(app: typer.Typer) -> None:
         processes: int = typer.Option(
             1, "--processes", "-p", help="Processes per run (2: torchrun on CPU, gloo)."
         ),
-        out_dir: Path = typer.Option(Path("reports/demo"), "--out-dir", "-o", help="Where the report goes."),
+        out_dir: Path = typer.Option(
+            Path("reports/demo"), "--output", "-o", help="Report folder (report.md, report.html, ...)."
+        ),
+        out_dir_alias: Path | None = typer.Option(None, "--out-dir", hidden=True),
         output_format: str = typer.Option(
             "text",
             "--format",
             "-f",
-            help="What to print at the end: text, md, json or junit (the HTML report is written to --out-dir).",
+            help="What to print at the end: text, md, json or junit (the HTML report is written to --output).",
         ),
         seed: int = typer.Option(0, "--seed", help="Seed of the model weights, dataset and TRL."),
         strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too."),
@@ -75,6 +78,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         with user_errors():
             from grpo_check.demo.matrix import cells
+
+            if out_dir_alias is not None:  # the older spelling of --output
+                out_dir = out_dir_alias
 
             chosen = cells(matrix, only or None)
             if list_cells:
@@ -89,9 +95,9 @@ def register(app: typer.Typer) -> None:
             fmt = normalise_format(output_format)
             if fmt == "html":
                 raise fail_usage(
-                    "--format html prints nothing useful; the HTML report is written to --out-dir"
+                    "--format html prints nothing useful; the HTML report is written to --output"
                 )
-            check_output_dir(out_dir, "--out-dir")  # now, not after the matrix has trained
+            check_output_dir(out_dir, "--output")  # now, not after the matrix has trained
             from grpo_check.demo.run import run_demo
 
             def progress(line: str) -> None:

@@ -19,7 +19,8 @@ was killed before finishing), or a `result.partial.jsonl` log directly: findings
 never lost.
 
 Formats: `text` (terminal, coloured when writing to a terminal), `md`, `html` (self-contained page with
-plots embedded), `json` (the merged result), `junit` (XML for CI: one testcase per check per step).
+plots embedded), `json` (the merged result), `junit` (XML for CI: one testcase per failing check per step,
+one per check for the rest).
 
 Examples:
 
@@ -104,7 +105,14 @@ def register(app: typer.Typer) -> None:
 
 
 def _resolve(path: Path) -> Path:
-    """A report directory stands for its result.json (or, after a crash, its result.partial.jsonl)."""
+    """A report directory stands for its result.json (or, after a crash, its result.partial.jsonl). A folder
+    whose report set is incomplete or mixes two runs is refused (its result.json may be another run's)."""
+    from grpo_check.report.atomic import check_report_set
+
+    if path.is_dir():
+        check_report_set(path)
+    elif path.name == "result.json":
+        check_report_set(path.parent)
     if path.is_dir():
         for name in ("result.json", "result.partial.jsonl"):
             if (path / name).is_file():

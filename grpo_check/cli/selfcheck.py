@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         ),
     )
     def selfcheck(
-        output_format: str = typer.Option("text", "--format", help="Output format: text or json."),
+        output_format: str = typer.Option("text", "--format", "-f", help="Output format: text or json."),
         golden_dir: Path | None = typer.Option(
             None, "--golden-dir", help="Folder of golden *.json files (default: the packaged vectors)."
         ),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from grpo_check.cli._common import ExitCode, OutputFormat, check_output_file, user_errors
+from grpo_check.cli._common import ExitCode, OutputFormat, check_output_file, fail_usage, user_errors
 
 _HELP = """
 Prove that grpo-check catches real bugs: run every **mutant** (a GRPO pipeline with one bug from the bug
@@ -30,9 +30,17 @@ Examples:
 
     grpo-check zoo --only skillsbench-S1-S2-S3 --only controls
 
-    grpo-check zoo --format md -o zoo.md        # Markdown table (as in the README)
+    grpo-check zoo --format md -o zoo.md        # Markdown table (as in docs/zoo.md)
 
     grpo-check zoo --list                       # list the cases and exit
+
+    grpo-check zoo --history                    # shipped TRL bugs, each run on its release and its fix
+
+With --history: every numerical bug that shipped in a TRL release and was fixed later (docs/trl-versions.md)
+is run unmodified on the last release that has it and on the release that fixed it, each in its own
+environment (built on first use under ~/.cache/grpo-check/trl, or --cache-dir; minutes the first time). A
+case scores when the buggy release fails in the bug's stage with the bug named (fixing release and pull
+request) and the fixing release is clean. --only filters by bug id.
 
 Exit codes: 0 every target met, 1 a target missed, 2 usage error (e.g. an unknown --only id).
 """
@@ -54,12 +62,20 @@ def register(app: typer.Typer) -> None:
         ),
         list_cases: bool = typer.Option(False, "--list", help="List the cases and exit."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines on stderr."),
+        history: bool = typer.Option(
+            False, "--history", help="Run the shipped-TRL-bug cases on their buggy and fixing releases."
+        ),
+        cache_dir: Path | None = typer.Option(
+            None, "--cache-dir", help="With --history: where the per-release environments live."
+        ),
     ) -> None:
         output_format = OutputFormat.parse(
             output_format,
             (OutputFormat.TEXT, OutputFormat.MD, OutputFormat.JSON),
             message=f"--format must be text, md or json, got {output_format!r}",
         )
+        if history:
+            _history(only, output_format, output, list_cases, quiet, cache_dir)
         with user_errors():
             from grpo_check.zoo.cases import select_cases
 
@@ -137,3 +153,32 @@ def _render(card, output_format: str) -> str:
     if output_format == "md":
         return render_markdown(card)
     return render_text(card)
+
+
+def _history(only, output_format: str, output, list_cases: bool, quiet: bool, cache_dir) -> None:
+    """``zoo --history``: the shipped-bug cases (exits)."""
+    from grpo_check.zoo.history import select_history
+
+    cases = select_history(only or None)
+    if not cases:
+        raise fail_usage(f"no history case matches {only}; see grpo-check zoo --history --list")
+    if list_cases:
+        for case in cases:
+            typer.echo(f"{case.id:28} TRL {case.buggy} (bug) / {case.fixed} (fix)  {case.bug.title}")
+        raise typer.Exit(ExitCode.OK)
+    with user_errors():
+        if output is not None:
+            check_output_file(output)
+        from grpo_check.zoo.history.run import run_history
+
+        def progress(line: str) -> None:
+            if not quiet:
+                print(line, file=sys.stderr, flush=True)
+
+        card = run_history(cases, cache=cache_dir, progress=progress)
+        text = card.render(output_format)
+        typer.echo(text)
+        if output is not None:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            output.write_text(text + "\n", encoding="utf-8")
+    raise typer.Exit(ExitCode.OK if card.all_scored() else ExitCode.FINDINGS)

@@ -20,9 +20,10 @@ from typing import Any
 
 from grpo_check._step_cache import step_cache
 from grpo_check.compare import distribution
+from grpo_check.compare.hooks import step_findings
 from grpo_check.compare.stages import compare_stages
 from grpo_check.compare.tolerances import TolerancePolicy, as_policy
-from grpo_check.config import GRPOSpec, as_spec
+from grpo_check.config import GRPOSpec, as_spec, spec_for_step
 from grpo_check.findings import Finding, InputError, Result, Verdict
 from grpo_check.stepref.inputs import step_context
 from grpo_check.trace.model import Trace, TraceStep
@@ -39,22 +40,27 @@ def compare_step(
     ref_model: Any = None,
     diagnose: bool = True,
     end_to_end: bool = True,
+    trace: Trace | None = None,
 ) -> list[Finding]:
     """Compare one captured step (micro-batch) stage by stage against the reference; then diagnose.
 
     This is the building block the TRL adapter calls live during training. Findings have kind
     ``"compare"`` (stage-isolated and ``e2e.*``) and ``"diagnosis"`` (signature → bug-catalog entry; the
-    compare finding it explains gets the same ``likely_cause``/``fix``/``catalog_id``).
+    compare finding it explains gets the same ``likely_cause``/``fix``/``catalog_id``). The check families
+    registered in :mod:`grpo_check.compare.hooks` (re-derivations) run on the step too; ``trace`` is the trace
+    it belongs to, for the ones that join it with other steps.
 
     >>> from grpo_check.compare.synthetic import make_step
     >>> from grpo_check.config import GRPOSpec
     >>> spec = GRPOSpec(num_generations=4, loss_type="grpo", beta=0.04)
     >>> findings = compare_step(make_step(spec), spec)
-    >>> sorted({f.verdict.value for f in findings})
+    >>> sorted({f.verdict.value for f in findings if f.kind != "rederive"})
     ['pass']
     """
     step = _as_step(step)
-    spec = as_spec(spec)
+    spec = spec_for_step(
+        as_spec(spec), step.meta
+    )  # a coefficient the trainer moves per step (adaptive entropy)
     policy = as_policy(tolerances)
     with step_cache(step):  # float64 copies made once for the comparison and the diagnoses
         findings, reference = compare_stages(
@@ -64,6 +70,7 @@ def compare_step(
             from grpo_check.diagnose import diagnose as run_diagnose
 
             findings += run_diagnose(step, reference, spec, findings, model=model, tolerances=policy)
+        findings += step_findings(step, spec, trace)
     return findings
 
 
@@ -184,16 +191,71 @@ def compare(
                 model=_for_step(model, step),
                 ref_model=_for_step(ref_model, step),
                 diagnose=diagnose,
+                trace=trace,
             )
         )
         if progress is not None:
             progress(index + 1, total)
     result.findings[:] = _collapsed(result.findings, trace)
+    finish_result(
+        result,
+        trace,
+        spec,
+        policy,
+        model_at_hand=model is not None,
+        ref_model_at_hand=ref_model is not None,
+        hows=_recorded_model_hows(trace),
+    )
+    return result
+
+
+def finish_result(
+    result: Result,
+    trace: Trace,
+    spec: GRPOSpec,
+    policy: TolerancePolicy,
+    *,
+    model_at_hand: bool,
+    ref_model_at_hand: bool | None = None,
+    reasons: dict[str, str] | None = None,
+    not_applicable: dict[str, str] | None = None,
+    hows: dict[str, str] | None = None,
+) -> Result:
+    """What every comparison against the reference ends with, offline (:func:`compare`) or live
+    (``grpo_check.trl.attach``): trends across steps, the run-level warnings and the coverage
+    (``metadata["coverage"]``, see :mod:`grpo_check.coverage`)."""
+    from grpo_check.coverage import coverage_of
+
     result.extend(_trend_findings(trace.steps, spec))
     _add_trace_problems(result, trace)
     _add_unused_overrides(result, policy)
     _add_nothing_checked(result)
+    result.metadata["coverage"] = coverage_of(
+        result.findings,
+        beta=spec.beta,
+        model_at_hand=model_at_hand,
+        ref_model_at_hand=ref_model_at_hand,
+        reasons=reasons,
+        not_applicable=not_applicable,
+        hows=hows,
+    )
     return result
+
+
+def _recorded_model_hows(trace: Trace) -> dict[str, str]:
+    """``pass --model <path>`` where the trace recorded the model it was captured with."""
+    recorded = trace.manifest.get("model") or {}
+    if not isinstance(recorded, dict):
+        return {}
+    hows: dict[str, str] = {}
+    for family, key, option in (
+        ("forward_logps", "policy", "--model"),
+        ("ref_forward", "ref_model", "--ref-model"),
+    ):
+        if isinstance(recorded.get(key), str) and recorded[key]:
+            note = "; the weights of its first step" if key == "policy" else ""
+            hows[family] = f"pass {option} {recorded[key]} (recorded in the trace{note})"
+    return hows
 
 
 def _as_trace(value: Any, name: str = "trace") -> Trace:
@@ -337,4 +399,4 @@ def _add_unused_overrides(result: Result, policy: TolerancePolicy) -> None:
         )
 
 
-__all__ = ["check", "compare", "compare_step", "step_context"]
+__all__ = ["check", "compare", "compare_step", "finish_result", "step_context"]

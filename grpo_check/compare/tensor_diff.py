@@ -42,13 +42,16 @@ def _unravel(index: int, shape: torch.Size) -> tuple[int | None, int | None]:
     return index // cols, index % cols
 
 
-def error_map(error: torch.Tensor, mask: torch.Tensor) -> list[list[float]] | None:
-    """(B, T) nested list of |error| on the mask (0 elsewhere), truncated to a plot-sized window."""
+def error_map(error: torch.Tensor, mask: torch.Tensor) -> list[list[float | None]] | None:
+    """(B, T) nested list of |error| on the mask (``None`` = not compared), truncated to a plot-sized window."""
     if error.dim() != 2:
         return None
-    shown = torch.where(mask, error, torch.zeros_like(error))[:_MAP_LIMIT, :_MAP_LIMIT]
-    shown = torch.nan_to_num(shown, nan=float("inf"))
-    return [[float(v) for v in row] for row in shown]
+    shown = torch.nan_to_num(error[:_MAP_LIMIT, :_MAP_LIMIT], nan=float("inf")).tolist()
+    kept = mask.expand_as(error)[:_MAP_LIMIT, :_MAP_LIMIT].tolist()
+    return [
+        [v if k else None for v, k in zip(row, keep, strict=True)]
+        for row, keep in zip(shown, kept, strict=True)
+    ]
 
 
 def compare_tensor(
@@ -203,6 +206,8 @@ def compare_tensor(
     emap = error_map(error, both_finite) if n_beyond else None
     if emap is not None:
         details["token_error_map"] = emap
+        if ctx.group_index is not None and ctx.group_index.numel() == got.shape[0]:
+            details["token_error_map_prompts"] = ctx._group_list()[:_MAP_LIMIT]  # row → prompt, for the plot
     where = ctx.where(row=row, token=token)
     if n_beyond == 0:
         verdict = Verdict.PASS

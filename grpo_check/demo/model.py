@@ -47,6 +47,10 @@ def build_tokenizer(*, pad_is_eos: bool = False) -> Any:
         eos_token=EOS,
         pad_token=EOS if pad_is_eos else PAD,
         padding_side="left",
+        model_input_names=[
+            "input_ids",
+            "attention_mask",
+        ],  # as a causal LM's: no token_type_ids for generate()
     )
     return tokenizer
 

@@ -151,24 +151,23 @@ def run_cell(
     """Train ``cell`` with checking attached (single process) and return its :class:`CellRun`.
 
     ``steps`` overrides the cell's optimizer steps; ``budget`` attaches with ``attach(budget=...)``."""
-    from grpo_check.trl import attach
+    from grpo_check.trl.runner import train_checked
 
     start = time.perf_counter()
     owned = workdir is None
     work = Path(tempfile.mkdtemp(prefix="grpo-check-demo-")) if owned else Path(workdir)
     try:
         trainer = build_trainer(cell, work, seed=seed, trainer_cls=trainer_cls, steps=steps)
-        attachment = attach(trainer, out_dir=trace_dir, every=every, live=live, budget=budget)
-        trainer.train()
-        trace = attachment.close()
-        result = attachment.result()
-        _label(result.findings, cell)
+        run = train_checked(trainer, out_dir=trace_dir, every=every, live=live, budget=budget)
+        if run.outcome.status != "completed":
+            raise RuntimeError(f"{cell.name}: {run.outcome.line}")
+        _label(run.result.findings, cell)
         return CellRun(
             cell=cell,
-            result=result,
-            trace=trace,
+            result=run.result,
+            trace=run.trace,
             seconds=time.perf_counter() - start,
-            log_history=list(trainer.state.log_history),
+            log_history=run.log_history,
         )
     finally:
         if owned:
@@ -316,9 +315,12 @@ def run_demo(
             run = run_cell_multiprocess(cell, processes=processes, seed=seed)
         runs.append(run)
         say("      " + _summary_line(run))
+    from grpo_check.coverage import merge_coverage
+
     result = Result()
     for run in runs:
         result.extend(run.result.findings)
+    coverage = merge_coverage(run.result.metadata.get("coverage") for run in runs)
     seconds = time.perf_counter() - start
     from grpo_check.trl.versions import library_versions
 
@@ -342,6 +344,7 @@ def run_demo(
             ],
             "seconds": round(seconds, 2),
             "processes": processes,
+            **({"coverage": coverage} if coverage is not None else {}),
         }
     )
     paths = write_demo_report(result, out_dir, formats) if out_dir is not None else []

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from grpo_check.demo.matrix import MATRIX
     from grpo_check.demo.run import build_trainer
-    from grpo_check.trl import attach
+    from grpo_check.trl.runner import train_checked
 
     cell = next(c for c in MATRIX if c.name == args.cell)
     out = Path(args.out)
@@ -33,13 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(trainer.accelerator.process_index)
     rank_dir = out / f"rank{rank}"
     rank_dir.mkdir(parents=True, exist_ok=True)
-    attachment = attach(trainer, out_dir=rank_dir / "trace", live=True, budget=args.budget)
-    trainer.train()
-    attachment.close()
-    (rank_dir / "result.json").write_text(attachment.result().to_json() + "\n")
+    run = train_checked(trainer, out_dir=rank_dir / "trace", live=True, budget=args.budget)
+    (rank_dir / "result.json").write_text(run.result.to_json() + "\n")
     if rank == 0:
-        (rank_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, default=str) + "\n")
-    return 0
+        (rank_dir / "log_history.json").write_text(json.dumps(run.log_history, default=str) + "\n")
+    return run.outcome.exit_code
 
 
 if __name__ == "__main__":

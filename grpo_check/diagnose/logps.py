@@ -355,6 +355,10 @@ def detect_ref_is_policy(dx: Diagnosis) -> list[Finding]:
             return []
         if moved or ref_logps.shape != logps.shape:
             return []
+        if dx.step.meta.get("policy_changed_since_start") is False:  # zero updates so far: policy = reference
+            return []
+        if not bool(sel.any()):  # no token to compare (every row masked, e.g. truncated): no evidence
+            return []
         if int(((ref_logps != logps) & sel).count_nonzero()):  # not bit-identical (NaN counts as different)
             return []
         how = "they are bit-identical to the policy's after optimizer steps, so KL ≡ 0 and β does nothing"

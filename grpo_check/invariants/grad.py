@@ -260,6 +260,13 @@ def sign_matches_advantage(
         sampler = sampler.expand(grad.shape) if sampler.shape[-1] == 1 else sampler
         decidable &= sampler > 0
     if effective.beta != 0:
+        if _masked_tokens_allowed(
+            effective
+        ):  # a masked policy term leaves the KL gradient alone, of either sign
+            return inconclusive(
+                "β > 0 with an entropy / off-policy mask: where the mask drops the policy term, the KL gradient "
+                "alone decides the sign"
+            )
         kl_bound = _kl_gradient_bound(step, effective, ratio)
         if kl_bound is None:
             return inconclusive(

@@ -119,6 +119,10 @@ def zero_at_step0(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | 
         return not_applicable(f"step {int(step.meta['step'])} > 0")
     if step.meta.get("ref_is_init") is False:
         return not_applicable("meta ref_is_init is False")
+    if step.meta.get("policy_changed_since_start") is False:
+        return not_applicable(
+            "the optimizer steps so far changed no parameter (zero updates): policy = reference"
+        )
     if step.has("logps", "ref_logps"):
         logps = f64(step["logps"])
         valid = policy_ref_valid(step)
@@ -177,6 +181,10 @@ def reference_frozen(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float
         return not_applicable("no optimizer step yet (step 0)")
     if step.meta.get("ref_is_init") is False:
         return not_applicable("meta ref_is_init is False")
+    if step.meta.get("policy_changed_since_start") is False:
+        return not_applicable(
+            "the optimizer steps so far changed no parameter (zero updates): policy = reference"
+        )
     if step.has("logps", "ref_logps"):
         logps = f64(step["logps"])
         valid = policy_ref_valid(step)

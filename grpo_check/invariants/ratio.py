@@ -172,6 +172,10 @@ def moves_off_policy(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float
     steps_since = int(step.meta["optimizer_steps_since_old_logps"])
     if steps_since == 0:
         return not_applicable("no optimizer step since the old log-probs")
+    if step.meta.get("policy_changed_since_generation") is False:
+        return not_applicable(
+            "the optimizer steps since the old log-probs changed no parameter (a zero update)"
+        )
     logps, old = step["logps"].detach(), step["old_logps"].detach()
     valid = token_mask(step, logps)
     if not bool(valid.any()):

@@ -33,7 +33,7 @@ import torch
 
 from grpo_check._kinds import is_nonnegative_number
 from grpo_check._step_cache import cached, step_cache
-from grpo_check.config import GRPOSpec
+from grpo_check.config import GRPOSpec, spec_for_step
 from grpo_check.findings import STAGES, Finding, InputError, Verdict, Where
 from grpo_check.invariants._common import Outcome
 from grpo_check.trace.model import TENSOR_STAGE, TraceStep
@@ -102,6 +102,7 @@ class Check:
                     details={"missing": lacking},
                 )
             ]
+        spec = spec_for_step(spec, step.meta)  # a coefficient the trainer moves per step (adaptive entropy)
         try:
             outcome = self.function(step, spec, tolerance=tolerance)
         except (RuntimeError, ValueError, LookupError, TypeError) as error:

@@ -12,14 +12,18 @@ import html
 import json
 from typing import Any
 
-from grpo_check.findings import Finding, Result, Verdict, severity
+from grpo_check.coverage import coverage_lines
+from grpo_check.findings import Finding, Result, Verdict
 from grpo_check.report._common import (
+    OCCURRENCE_ROWS,
     VERDICT_SYMBOL,
-    counts_line,
+    CheckGroup,
     fmt_number,
     headline,
     metadata_items,
     ordered_findings,
+    reasons_text,
+    report_sections,
     stage_summary,
 )
 
@@ -37,7 +41,9 @@ code, .mono { font-family: "SFMono-Regular", Consolas, monospace; font-size: .92
 .headline { font-size: 1.15em; padding: .6em 1em; border-radius: 4px; }
 .h-fail { background: #ffebee; } .h-warn { background: #fff3e0; } .h-ok { background: #e8f5e9; }
 .finding { border-left: 4px solid #ccc; padding: .2em 1em; margin: 1em 0; background: #fafafa; }
-.finding.fail { border-color: #c62828; } .finding.warn { border-color: #ef6c00; }
+.finding.fail, .group.fail > .finding { border-color: #c62828; } .finding.warn { border-color: #ef6c00; }
+.group { margin: 1.2em 0; } .group > .finding { margin-top: .3em; }
+summary { cursor: pointer; color: #1565c0; }
 .finding dl { display: grid; grid-template-columns: 9em 1fr; margin: .3em 0; }
 .finding dt { font-weight: bold; } .finding dd { margin: 0 0 .2em 0; }
 figure { margin: .6em 0; } figcaption { font-size: .85em; color: #555; }
@@ -82,16 +88,30 @@ def render_html(
         parts.append(f"<p>Checked: <code>{_e(source)}</code></p>")
     if result.metadata.get("incomplete"):
         parts.append(f'<p class="headline h-warn">Incomplete: {_e(str(result.metadata["incomplete"]))}</p>')
+    coverage = coverage_lines(result.metadata.get("coverage"))
+    if coverage:
+        parts += [
+            "<h2>Coverage</h2>",
+            "<ul>",
+            *(f"<li><code>{_e(line)}</code></li>" for line in coverage),
+            "</ul>",
+        ]
 
-    first = result.first_divergence()
+    sections = report_sections(result)
+    first = sections.first
     budget = [max_plots]
     if first is not None:
-        parts += ["<h2>First divergence</h2>", _finding_section(first, plot_module, budget)]
+        parts += [
+            '<section id="first-divergence"><h2>First divergence</h2>',
+            _finding_section(first, plot_module, budget, heatmap_id="divergence-heatmap"),
+            *_token_picture(result, first, plot_module, budget),
+            "</section>",
+        ]
 
     rows = stage_summary(result)
     if rows:
         parts += [
-            "<h2>Per stage</h2>",
+            '<section id="per-stage"><h2>Per stage</h2>',
             "<table><tr><th>stage</th><th>fail</th><th>warn</th><th>pass</th><th>other</th><th>worst</th>"
             "<th>worst figure/tolerance</th></tr>",
         ]
@@ -109,33 +129,65 @@ def render_html(
             if png is not None:
                 parts.append(
                     f"<figure>{_img(png, 'per-stage error relative to tolerance')}<figcaption>Worst "
-                    "figure/tolerance per stage (log scale; dashed line = at tolerance).</figcaption></figure>"
+                    "figure/tolerance per stage (log scale; dashed line = at tolerance; no bar where the "
+                    "figure is 0).</figcaption></figure>"
                 )
+        parts.append("</section>")
 
-    findings = ordered_findings(result)
-    serious = [f for f in findings if severity(f.verdict) >= severity(Verdict.WARN) and f is not first]
-    if plot_module is not None:
-        parts += _distribution_section(findings, {id(f) for f in [first, *serious]}, plot_module, budget)
-    parts.append(f"<h2>Findings ({_e(counts_line(result))})</h2>")
-    if findings:
-        parts.append(
-            "<table><tr><th>verdict</th><th>check</th><th>stage</th><th>where</th><th>figure</th>"
-            "<th>tolerance</th><th>explanation</th></tr>"
-        )
-        for finding in findings:
-            parts.append(
-                f"<tr><td class='v v-{finding.verdict.value}'>{VERDICT_SYMBOL[finding.verdict.value]}</td>"
-                f"<td><code>{_e(finding.check_id)}</code></td><td>{_e(finding.stage)}</td>"
-                f"<td>{_e(finding.where.describe())}</td><td class=num>{fmt_number(finding.figure)}</td>"
-                f"<td class=num>{fmt_number(finding.tolerance)}</td><td>{_e(finding.explanation)}</td></tr>"
-            )
-        parts.append("</table>")
-    else:
+    if not result.findings:
         parts.append("<p>No findings.</p>")
-
-    if serious:
-        parts.append("<h2>Details</h2>")
-        parts += [_finding_section(f, plot_module, budget) for f in serious]
+    if sections.serious:
+        total = sum(group.count for group in sections.serious)
+        parts.append(
+            f'<section id="failures"><h2>Failures and warnings ({total} in {len(sections.serious)} check(s))</h2>'
+        )
+        parts += [_group_section(group, first, plot_module, budget) for group in sections.serious]
+        parts.append("</section>")
+    if plot_module is not None:
+        shown = {id(first)} | {id(g.first) for g in sections.serious}
+        parts += _distribution_section(ordered_findings(result), shown, plot_module, budget)
+    if sections.passed:
+        total = sum(group.count for group in sections.passed)
+        parts += [
+            f'<section id="passed"><h2>Passed ({total} in {len(sections.passed)} check(s))</h2>',
+            "<table><tr><th>check</th><th>stage</th><th>passed</th><th>steps</th><th>worst figure</th>"
+            "<th>tolerance</th><th>worst/tolerance</th><th>worst at</th></tr>",
+        ]
+        for group in sections.passed:
+            worst = group.worst
+            parts.append(
+                f"<tr><td><code>{_e(group.check_id)}</code></td><td>{_e(group.stage)}</td>"
+                f"<td class=num>{group.count}</td><td>{_e(group.steps())}</td>"
+                f"<td class=num>{fmt_number(worst.figure)}</td><td class=num>{fmt_number(worst.tolerance)}</td>"
+                f"<td class=num>{fmt_number(group.worst_ratio)}</td><td>{_e(worst.where.describe())}</td></tr>"
+            )
+        parts.append("</table></section>")
+    if sections.conventions:
+        parts += [
+            '<section id="conventions"><h2>Declared conventions (not failures)</h2>',
+            "<table><tr><th>check</th><th>stage</th><th>count</th><th>steps</th><th>explanation</th></tr>",
+        ]
+        for group in sections.conventions:
+            parts.append(
+                f"<tr><td><code>{_e(group.check_id)}</code></td><td>{_e(group.stage)}</td>"
+                f"<td class=num>{group.count}</td><td>{_e(group.steps())}</td>"
+                f"<td>{_e(group.first.explanation)}</td></tr>"
+            )
+        parts.append("</table></section>")
+    if sections.undecided:
+        parts += [
+            '<section id="undecided"><h2>Inconclusive and not captured</h2>',
+            "<table><tr><th>verdict</th><th>check</th><th>stage</th><th>count</th><th>steps</th>"
+            "<th>reason</th></tr>",
+        ]
+        for group in sections.undecided:
+            verdict = group.verdict.value
+            parts.append(
+                f"<tr><td class='v v-{verdict}'>{VERDICT_SYMBOL[verdict]}</td><td><code>{_e(group.check_id)}"
+                f"</code></td><td>{_e(group.stage)}</td><td class=num>{group.count}</td>"
+                f"<td>{_e(group.steps())}</td><td>{_e(reasons_text(group))}</td></tr>"
+            )
+        parts.append("</table></section>")
 
     items = metadata_items(result)
     if items:
@@ -179,7 +231,84 @@ def _distribution_section(
     return ["<h2>Distributions</h2>", *figures] if figures else []
 
 
-def _finding_section(finding: Finding, plot_module: Any, budget: list[int]) -> str:
+def token_picture_source(result: Result, first: Finding) -> Finding | None:
+    """The finding whose per-token error map shows the first divergence token by token: the first divergence
+    itself when it carries one; else (a per-row quantity such as the advantages) the first failing finding of
+    the same step, micro-batch and rank that carries one (the per-token loss or gradient it flows into)."""
+    if "token_error_map" in first.details:
+        return None  # drawn in the first divergence's own section
+    same_place = [
+        f
+        for f in ordered_findings(result)
+        if f.verdict is Verdict.FAIL
+        and "token_error_map" in f.details
+        and (f.where.step, f.where.micro_batch, f.where.rank)
+        == (first.where.step, first.where.micro_batch, first.where.rank)
+    ]
+    return same_place[0] if same_place else None
+
+
+def _token_picture(result: Result, first: Finding, plot_module: Any, budget: list[int]) -> list[str]:
+    source = token_picture_source(result, first)
+    if source is None or plot_module is None or budget[0] <= 0:
+        return []
+    png = plot_module.token_error_heatmap(source)
+    if png is None:
+        return []
+    budget[0] -= 1
+    caption = (
+        f"Where it lands, token by token: {source.check_id} ({source.where.describe()}), |trainer − reference| "
+        "per (row, token), rows grouped by prompt, masked tokens grey, worst circled"
+    )
+    return [
+        f"<figure class='heatmap' id=\"divergence-heatmap\">{_img(png, caption)}"
+        f"<figcaption>{_e(caption)}</figcaption></figure>"
+    ]
+
+
+def _group_section(group: CheckGroup, first: Finding | None, plot_module: Any, budget: list[int]) -> str:
+    """One failing or warning check: its first occurrence in full (with plots), its worst, every occurrence."""
+    verdict = group.verdict.value
+    head = (
+        f"<h3><span class='v v-{verdict}'>{VERDICT_SYMBOL[verdict]}</span> <code>{_e(group.check_id)}</code> "
+        f"({_e(group.stage)}): {_e(group.occurrences())}</h3>"
+    )
+    if group.first is first:
+        body = "<p>First occurrence: the first divergence, above.</p>"
+    else:
+        body = _finding_section(group.first, plot_module, budget, heading=False)
+    worst = group.worst
+    if group.count > 1 and worst is not group.first:
+        body += (
+            f"<p><b>worst</b>: {fmt_number(worst.figure)} (allowed {_e(fmt_number(worst.tolerance))}) at "
+            f"{_e(worst.where.describe())}</p>"
+        )
+    if group.count > 1:
+        rows = "".join(
+            f"<tr><td>{_e(f.where.describe())}</td><td class=num>{fmt_number(f.figure)}</td>"
+            f"<td class=num>{fmt_number(f.tolerance)}</td><td>{_e(f.explanation)}</td></tr>"
+            for f in group.findings[:OCCURRENCE_ROWS]
+        )
+        more = (
+            f"<p>… and {group.count - OCCURRENCE_ROWS} more occurrence(s) in <code>result.json</code>.</p>"
+            if group.count > OCCURRENCE_ROWS
+            else ""
+        )
+        body += (
+            "<details><summary>every occurrence</summary><table><tr><th>where</th><th>figure</th>"
+            f"<th>tolerance</th><th>explanation</th></tr>{rows}</table>{more}</details>"
+        )
+    return f"<div class='group {verdict}'>{head}{body}</div>"
+
+
+def _finding_section(
+    finding: Finding,
+    plot_module: Any,
+    budget: list[int],
+    *,
+    heading: bool = True,
+    heatmap_id: str | None = None,
+) -> str:
     verdict = finding.verdict.value
     rows = [("what", _e(finding.explanation)), ("where", _e(finding.where.describe()))]
     if finding.figure is not None:
@@ -194,12 +323,16 @@ def _finding_section(finding: Finding, plot_module: Any, budget: list[int]) -> s
     body = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows)
     figures = ""
     if plot_module is not None and budget[0] > 0:
-        for caption, png in plot_module.finding_plots(finding):
+        for kind, caption, png in plot_module.finding_plots(finding):
             if budget[0] <= 0:
                 break
             budget[0] -= 1
-            figures += f"<figure>{_img(png, caption)}<figcaption>{_e(caption)}</figcaption></figure>"
-    return (
-        f"<div class='finding {verdict}'><h3><span class='v v-{verdict}'>{VERDICT_SYMBOL[verdict]}</span> "
-        f"<code>{_e(finding.check_id)}</code> ({_e(finding.stage)})</h3><dl>{body}</dl>{figures}</div>"
+            ident = f' id="{heatmap_id}"' if kind == "heatmap" and heatmap_id else ""
+            figures += f"<figure class='{kind}'{ident}>{_img(png, caption)}<figcaption>{_e(caption)}</figcaption></figure>"
+    title = (
+        f"<h3><span class='v v-{verdict}'>{VERDICT_SYMBOL[verdict]}</span> "
+        f"<code>{_e(finding.check_id)}</code> ({_e(finding.stage)})</h3>"
+        if heading
+        else ""
     )
+    return f"<div class='finding {verdict}'>{title}<dl>{body}</dl>{figures}</div>"

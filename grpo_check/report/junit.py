@@ -1,9 +1,13 @@
-"""JUnit XML for CI: one ``<testcase>`` per check per step, ``<failure>`` carrying the finding's message.
+"""JUnit XML for CI: one ``<testcase>`` per failing or warning check per step, one per check for the rest.
 
 Mapping: ``fail`` → ``<failure>``; ``warn`` → ``<failure>`` only with ``strict=True``, otherwise a passing
-testcase whose ``<system-out>`` holds the message; ``not_captured`` and ``inconclusive`` → ``<skipped>``;
-``pass`` and ``convention`` → passing testcases. Test-case ``classname`` is ``grpo_check.<stage>``, ``name``
-is ``<check_id>[step=..,mb=..,rank=..]``.
+testcase whose ``<system-out>`` holds the message. Those get one testcase per occurrence, named
+``<check_id>[step=..,mb=..,rank=..]``. The other verdicts are aggregated per check, so that a run of 1,000
+steps stays a file a CI page can show: ``pass`` → one passing testcase named ``<check_id>`` whose
+``<system-out>`` says how many occurrences passed and the worst figure; ``convention`` → one passing
+testcase ``<check_id>[convention]``; ``not_captured`` and ``inconclusive`` → one ``<skipped>`` testcase
+``<check_id>[not_captured]`` / ``<check_id>[inconclusive]`` whose message gives the count and the reasons.
+Test-case ``classname`` is ``grpo_check.<stage>``.
 
 Example::
 
@@ -19,7 +23,9 @@ import re
 import xml.etree.ElementTree as ET
 
 from grpo_check.findings import Finding, Result, Verdict
-from grpo_check.report._common import ordered_findings
+from grpo_check.report._common import CheckGroup, fmt_number, group_by_check, ordered_findings, reasons_text
+
+_AGGREGATED = (Verdict.PASS, Verdict.CONVENTION, Verdict.NOT_CAPTURED, Verdict.INCONCLUSIVE)
 
 
 def testcase_name(finding: Finding) -> str:
@@ -40,15 +46,16 @@ def render_junit(result: Result, *, suite_name: str = "grpo-check", strict: bool
     """Render ``result`` as a JUnit XML document (a ``<testsuites>`` with one ``<testsuite>``)."""
     findings = ordered_findings(result)
     failures = sum(1 for f in findings if _is_failure(f, strict))
-    skipped = sum(1 for f in findings if f.verdict in (Verdict.NOT_CAPTURED, Verdict.INCONCLUSIVE))
-    root = ET.Element(
-        "testsuites", name=suite_name, tests=str(len(findings)), failures=str(failures), errors="0"
+    skipped = len(group_by_check(findings, (Verdict.NOT_CAPTURED, Verdict.INCONCLUSIVE)))
+    tests = sum(1 for f in findings if f.verdict not in _AGGREGATED) + len(
+        group_by_check(findings, _AGGREGATED)
     )
+    root = ET.Element("testsuites", name=suite_name, tests=str(tests), failures=str(failures), errors="0")
     suite = ET.SubElement(
         root,
         "testsuite",
         name=suite_name,
-        tests=str(len(findings)),
+        tests=str(tests),
         failures=str(failures),
         errors="0",
         skipped=str(skipped),
@@ -57,7 +64,10 @@ def render_junit(result: Result, *, suite_name: str = "grpo-check", strict: bool
     if source:
         properties = ET.SubElement(suite, "properties")
         ET.SubElement(properties, "property", name="source", value=_xml_text(str(source)))
+    aggregated = {id(f) for f in findings if f.verdict in _AGGREGATED}
     for finding in findings:
+        if id(finding) in aggregated:
+            continue
         case = ET.SubElement(
             suite,
             "testcase",
@@ -69,10 +79,38 @@ def render_junit(result: Result, *, suite_name: str = "grpo-check", strict: bool
         if _is_failure(finding, strict):
             element = ET.SubElement(case, "failure", message=_first_line(finding), type=finding.verdict.value)
             element.text = message
-        elif finding.verdict in (Verdict.NOT_CAPTURED, Verdict.INCONCLUSIVE):
-            ET.SubElement(case, "skipped", message=_first_line(finding))
-        elif finding.verdict in (Verdict.WARN, Verdict.CONVENTION):
+        elif finding.verdict is Verdict.WARN:
             ET.SubElement(case, "system-out").text = message
+    for group in group_by_check(findings, _AGGREGATED):
+        label = "" if group.verdict is Verdict.PASS else f"[{group.verdict.value}]"
+        case = ET.SubElement(
+            suite,
+            "testcase",
+            classname=_xml_text(f"grpo_check.{group.stage}"),
+            name=_xml_text(group.check_id + label),
+            time="0",
+        )
+        if group.verdict in (Verdict.NOT_CAPTURED, Verdict.INCONCLUSIVE):
+            reason = f"{group.verdict.value.replace('_', ' ')}, {group.occurrences()}: {reasons_text(group)}"
+            ET.SubElement(case, "skipped", message=_xml_text(reason[:500]))
+        else:
+            ET.SubElement(case, "system-out").text = _xml_text(_group_summary(group))
+    for family in (result.metadata.get("coverage") or {}).get(
+        "families", []
+    ):  # one testcase per check family
+        case = ET.SubElement(suite, "testcase", classname="grpo_check.coverage", name=family["id"], time="0")
+        reason = _xml_text(f"{family['title']}: {family.get('reason')}")
+        if family.get("gap") and not result.metadata.get("allow_partial"):
+            ET.SubElement(case, "failure", message=reason, type="incomplete").text = reason
+            failures += 1
+        elif family["status"] != "ran":
+            ET.SubElement(case, "skipped", message=reason)
+            skipped += 1
+    tests = len(suite.findall("testcase"))
+    for element in (root, suite):
+        element.set("tests", str(tests))
+        element.set("failures", str(failures))
+    suite.set("skipped", str(skipped))
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
@@ -91,3 +129,17 @@ def _is_failure(finding: Finding, strict: bool) -> bool:
 
 def _first_line(finding: Finding) -> str:
     return _xml_text(f"{finding.check_id}: {finding.explanation}"[:500])
+
+
+def _group_summary(group: CheckGroup) -> str:
+    """``passed 8000 occurrence(s), steps 0-999; worst figure 3e-07 (allowed 1e-05) at step 12, ...``."""
+    if group.verdict is Verdict.CONVENTION:
+        return f"declared convention, {group.occurrences()}: {group.first.explanation}"
+    worst = group.worst
+    text = f"passed {group.occurrences()}"
+    if worst.figure is not None:
+        text += (
+            f"; worst figure {fmt_number(worst.figure)} (allowed {fmt_number(worst.tolerance)}) at "
+            f"{worst.where.describe()}"
+        )
+    return text

@@ -1,10 +1,11 @@
-"""Markdown renderer: summary, first divergence, per-stage table, one table row per finding, details.
+"""Markdown renderer: summary, first divergence, per-stage table, failures and warnings in full, passes
+aggregated per check, inconclusive and not-captured checks grouped with their reason.
 
 Example::
 
     >>> from grpo_check.findings import Finding, Result
     >>> text = render_markdown(Result([Finding("loss.finite", "loss", "pass", explanation="all finite")]))
-    >>> "| PASS | `loss.finite` |" in text
+    >>> "| `loss.finite` | loss | 1 |" in text
     True
 """
 
@@ -15,14 +16,17 @@ import json
 import re
 from typing import Any
 
-from grpo_check.findings import Finding, Result, Verdict, severity
+from grpo_check.coverage import coverage_lines
+from grpo_check.findings import Finding, Result
 from grpo_check.report._common import (
+    OCCURRENCE_ROWS,
     VERDICT_SYMBOL,
-    counts_line,
+    CheckGroup,
     fmt_number,
     headline,
     metadata_items,
-    ordered_findings,
+    reasons_text,
+    report_sections,
     stage_summary,
 )
 
@@ -61,15 +65,21 @@ def _longest_backtick_run(value: str) -> int:
 
 
 def render_markdown(result: Result, *, title: str = "grpo-check report") -> str:
-    """Render ``result`` as GitHub-flavoured Markdown."""
+    """Render ``result`` as GitHub-flavoured Markdown: the first divergence, failures and warnings grouped per
+    check (each occurrence listed, up to :data:`OCCURRENCE_ROWS` rows), passes aggregated per check,
+    inconclusive and not-captured checks grouped with their reason. ``result.json`` keeps every finding."""
     lines: list[str] = [f"# {_text(title)}", "", f"**{headline(result)}**", ""]
     source = result.metadata.get("source")
     if source:
         lines += [f"Checked: {_code(source)}", ""]
     if result.metadata.get("incomplete"):
         lines += [f"> **Incomplete:** {_text(result.metadata['incomplete'])}", ""]
+    coverage = coverage_lines(result.metadata.get("coverage"))
+    if coverage:
+        lines += ["## Coverage", "", *(f"- {_text(line)}" for line in coverage), ""]
 
-    first = result.first_divergence()
+    sections = report_sections(result)
+    first = sections.first
     if first is not None:
         lines += ["## First divergence", "", *_finding_block(first), ""]
 
@@ -90,29 +100,55 @@ def render_markdown(result: Result, *, title: str = "grpo-check report") -> str:
             )
         lines.append("")
 
-    findings = ordered_findings(result)
-    lines += [f"## Findings ({counts_line(result)})", ""]
-    if findings:
+    if not result.findings:
+        lines += ["No findings.", ""]
+    if sections.serious:
+        total = sum(group.count for group in sections.serious)
+        lines += [f"## Failures and warnings ({total} in {len(sections.serious)} check(s))", ""]
+        for group in sections.serious:
+            lines += [*_group_block(group, first), ""]
+    if sections.passed:
+        total = sum(group.count for group in sections.passed)
         lines += [
-            "| verdict | check | stage | where | figure | tolerance | explanation |",
-            "|---|---|---|---|---:|---:|---|",
+            f"## Passed ({total} in {len(sections.passed)} check(s))",
+            "",
+            "| check | stage | passed | steps | worst figure | tolerance | worst/tolerance | worst at |",
+            "|---|---|---:|---|---:|---:|---:|---|",
         ]
-        for finding in findings:
+        for group in sections.passed:
+            worst = group.worst
             lines.append(
-                f"| {VERDICT_SYMBOL[finding.verdict.value]} | {_code_cell(finding.check_id)} "
-                f"| {_cell(finding.stage)} "
-                f"| {_cell(finding.where.describe())} | {fmt_number(finding.figure)} "
-                f"| {fmt_number(finding.tolerance)} | {_cell(finding.explanation)} |"
+                f"| {_code_cell(group.check_id)} | {_cell(group.stage)} | {group.count} | {group.steps()} "
+                f"| {fmt_number(worst.figure)} | {fmt_number(worst.tolerance)} | {fmt_number(group.worst_ratio)} "
+                f"| {_cell(worst.where.describe())} |"
             )
         lines.append("")
-    else:
-        lines += ["No findings.", ""]
-
-    serious = [f for f in findings if severity(f.verdict) >= severity(Verdict.WARN) and f is not first]
-    if serious:
-        lines += ["## Details", ""]
-        for finding in serious:
-            lines += [*_finding_block(finding), ""]
+    if sections.conventions:
+        lines += [
+            "## Declared conventions (not failures)",
+            "",
+            "| check | stage | count | steps | explanation |",
+            "|---|---|---:|---|---|",
+        ]
+        for group in sections.conventions:
+            lines.append(
+                f"| {_code_cell(group.check_id)} | {_cell(group.stage)} | {group.count} | {group.steps()} "
+                f"| {_cell(group.first.explanation)} |"
+            )
+        lines.append("")
+    if sections.undecided:
+        lines += [
+            "## Inconclusive and not captured",
+            "",
+            "| verdict | check | stage | count | steps | reason |",
+            "|---|---|---|---:|---|---|",
+        ]
+        for group in sections.undecided:
+            lines.append(
+                f"| {VERDICT_SYMBOL[group.verdict.value]} | {_code_cell(group.check_id)} | {_cell(group.stage)} "
+                f"| {group.count} | {group.steps()} | {_cell(reasons_text(group))} |"
+            )
+        lines.append("")
 
     items = metadata_items(result)
     if items:
@@ -131,6 +167,35 @@ def render_markdown(result: Result, *, title: str = "grpo-check report") -> str:
                 lines.append(f"- **{_text(key)}**: {_code(value)}")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _group_block(group: CheckGroup, first: Finding | None) -> list[str]:
+    """One failing or warning check: its first occurrence in full, its worst, then every occurrence."""
+    symbol = VERDICT_SYMBOL[group.verdict.value]
+    out = [
+        f"### {symbol} {_code(group.check_id)} ({_text(group.stage)}): {group.occurrences()}",
+        "",
+    ]
+    if group.first is first:
+        out.append("- first occurrence: the first divergence, above")
+    else:
+        out += _finding_block(group.first)[2:]
+    worst = group.worst
+    if group.count > 1 and worst is not group.first:
+        out.append(
+            f"- **worst**: {fmt_number(worst.figure)} (allowed {fmt_number(worst.tolerance)}) at "
+            f"{_text(worst.where.describe())}"
+        )
+    if group.count > 1:
+        out += ["", "| where | figure | tolerance | explanation |", "|---|---:|---:|---|"]
+        for finding in group.findings[:OCCURRENCE_ROWS]:
+            out.append(
+                f"| {_cell(finding.where.describe())} | {fmt_number(finding.figure)} "
+                f"| {fmt_number(finding.tolerance)} | {_cell(finding.explanation)} |"
+            )
+        if group.count > OCCURRENCE_ROWS:
+            out += ["", f"… and {group.count - OCCURRENCE_ROWS} more occurrence(s) in `result.json`."]
+    return out
 
 
 def _finding_block(finding: Finding) -> list[str]:

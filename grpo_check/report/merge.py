@@ -49,6 +49,11 @@ def merge_results(results: Sequence[Result], sources: Sequence[str] | None = Non
     merged.metadata = _common_metadata(metadatas)
     merged.metadata["sources"] = metadatas
     merged.metadata["source"] = ", ".join(m["source"] for m in metadatas)
+    from grpo_check.coverage import merge_coverage
+
+    coverage = merge_coverage(m.get("coverage") for m in metadatas)
+    if coverage is not None:
+        merged.metadata["coverage"] = coverage
     incomplete = [f"{m['source']}: {m['incomplete']}" for m in metadatas if m.get("incomplete")]
     if incomplete:
         merged.metadata["incomplete"] = "; ".join(incomplete)

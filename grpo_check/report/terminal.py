@@ -13,12 +13,15 @@ from __future__ import annotations
 import io
 import re
 
+from grpo_check.coverage import coverage_lines
 from grpo_check.findings import Finding, Result, Verdict, severity
 from grpo_check.report._common import (
     VERDICT_SYMBOL,
+    CheckGroup,
+    finding_sort_key,
     fmt_number,
+    group_by_check,
     headline,
-    ordered_findings,
     stage_rank,
     stage_summary,
 )
@@ -59,7 +62,9 @@ def render_terminal(
         emoji=False,
     )
     worst = result.worst()
-    console.print(Text(headline(result), style=STYLE.get(worst.value, "") + (" bold" if color else "")))
+    console.print(
+        Text(headline(result), style=STYLE.get(worst.value, "") + (" bold" if color else "")), soft_wrap=True
+    )
     source = result.metadata.get("source")
     if source:
         console.print(Text(_printable(f"checked: {source}"), style="dim"))
@@ -69,6 +74,13 @@ def render_terminal(
     incomplete = result.metadata.get("incomplete")
     if incomplete:
         console.print(Text(_printable(f"INCOMPLETE: {incomplete}"), style="bold yellow" if color else ""))
+    coverage = coverage_lines(result.metadata.get("coverage"))
+    if coverage:
+        console.print()
+        console.print(Text("Coverage", style="bold"))
+        for line in coverage:
+            style = "bold yellow" if line.startswith("GAP") else ("dim" if not line.startswith("ran") else "")
+            console.print(Text(_printable(line), style=style if color else ""), soft_wrap=True)
 
     first = result.first_divergence()
     if first is not None:
@@ -96,32 +108,54 @@ def render_terminal(
         console.print(table)
 
     threshold = severity(Verdict(show)) if show in {v.value for v in Verdict} else severity(Verdict.WARN)
-    shown = [f for f in ordered_findings(result) if severity(f.verdict) >= threshold and f is not first]
-    if shown:
+    verdicts = tuple(v for v in Verdict if severity(v) >= threshold)
+    groups = sorted(group_by_check(result.findings, verdicts), key=lambda g: finding_sort_key(g.first))
+    blocks: list[tuple[str, str]] = []  # (text, style): one per check, its first occurrence in full
+    for group in groups:
+        style = STYLE.get(group.verdict.value, "")
+        more = _more_occurrences(group)
+        if group.first is first:
+            if more:
+                blocks.append((f"{group.check_id}: {more} (the first is the first divergence above)", "dim"))
+            continue
+        blocks.append((group.first.message() + (f"\n  {more}" if more else ""), style))
+    if blocks:
         console.print()
-        for number, finding in enumerate(shown[:limit]):
+        for number, (text, style) in enumerate(blocks[:limit]):
             if number:
                 console.print()
+            console.print(Text(_printable(text), style=style), soft_wrap=True)
+        if len(blocks) > limit:
             console.print(
-                Text(_printable(finding.message()), style=STYLE.get(finding.verdict.value, "")),
-                soft_wrap=True,
+                Text(
+                    f"... and {len(blocks) - limit} more check(s) (see the Markdown/HTML report)", style="dim"
+                )
             )
-        if len(shown) > limit:
-            console.print(
-                Text(f"... and {len(shown) - limit} more (see the Markdown/HTML report)", style="dim")
-            )
-    conventions = result.by_verdict(Verdict.CONVENTION)
+    conventions = group_by_check(result.findings, (Verdict.CONVENTION,))
     if conventions and threshold > severity(Verdict.CONVENTION):
         console.print()
         console.print(Text("Declared convention differences (not failures):", style="cyan"))
-        for finding in conventions[:limit]:
+        for group in conventions[:limit]:
+            count = f" ({group.occurrences()})" if group.count > 1 else ""
             console.print(
-                Text(_printable(f"  {finding.check_id}: {finding.explanation}"), style="cyan"), soft_wrap=True
+                Text(_printable(f"  {group.check_id}: {group.first.explanation}{count}"), style="cyan"),
+                soft_wrap=True,
             )
     not_captured_line = _not_captured_summary(result)
     if not_captured_line:
         console.print(Text(not_captured_line, style="dim"), soft_wrap=True)
     return buffer.getvalue()
+
+
+def _more_occurrences(group: CheckGroup) -> str | None:
+    """``+ 7 more occurrences (8, steps 0-7); worst 0.9 (allowed 1e-05) at step 3, ...`` or ``None``."""
+    if group.count == 1:
+        return None
+    worst = group.worst
+    text = f"+ {group.count - 1} more occurrence(s) ({group.occurrences()})"
+    if worst.figure is not None and worst is not group.first:
+        text += f"; worst {fmt_number(worst.figure)} (allowed {fmt_number(worst.tolerance)}) at {worst.where.describe()}"
+    return text
 
 
 def _not_captured_summary(result: Result) -> str | None:

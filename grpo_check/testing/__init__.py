@@ -39,6 +39,8 @@ _LAZY: dict[str, str] = {
     "clip_probe": "probes",
     "kl_probe": "probes",
     "on_policy_probe": "probes",
+    "probe_loss": "probing",
+    "probe_loss_findings": "probing",
     "GRPOBatch": "strategies",
     "grpo_batches": "strategies",
     "make_batch": "strategies",

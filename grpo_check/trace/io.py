@@ -43,7 +43,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from grpo_check._kinds import is_whole_number
+from grpo_check import limits
+from grpo_check._kinds import is_real_number, is_whole_number
 from grpo_check.findings import InputError
 from grpo_check.trace.model import TENSOR_STAGE, Trace, TraceStep
 
@@ -144,8 +145,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """:func:`atomic_write_bytes` for UTF-8 text."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    """:func:`atomic_write_bytes` for UTF-8 text; a character UTF-8 cannot hold (a lone surrogate read from a
+    malformed input) is written as its ``\\uXXXX`` escape, never a crash."""
+    return atomic_write_bytes(path, text.encode("utf-8", "backslashreplace"))
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -290,12 +292,44 @@ def _tensor_to_cpu_contiguous(name: str, value: Any):
 class TraceWriter:
     """Streams a trace to a directory: manifest first, then one step at a time, each write atomic.
 
+    Each step reaches the disk as it is appended: its ``.safetensors`` then its ``.json`` (the step's commit
+    record), each written to a temporary file and renamed into place, so a step on disk is complete or
+    absent. Until :meth:`close`, the manifest says ``"complete": false``: a run killed half-way leaves a
+    trace that loads with every step it finished and a problem saying the run did not close it.
+
     >>> import tempfile, torch
-    >>> writer = TraceWriter(tempfile.mkdtemp(), overwrite=True)
-    >>> writer.write_manifest({"trainer": "demo"})
-    >>> writer.write_step(TraceStep(tensors={"loss": torch.tensor(0.5)}, meta={"step": 0}))
+    >>> writer = TraceWriter.open(tempfile.mkdtemp(), {"trainer": "demo"}, overwrite=True)
+    >>> writer.append_step(TraceStep(tensors={"loss": torch.tensor(0.5)}, meta={"step": 0}))
     '000000-mb00-r0'
+    >>> load_trace(writer.path).problems[0].endswith("the run did not close this trace (interrupted or crashed?): 1 complete step(s) read")
+    True
+    >>> writer.close()
+    >>> load_trace(writer.path).problems
+    []
     """
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], manifest: Mapping[str, Any], *, overwrite: bool = False
+    ) -> TraceWriter:
+        """A writer whose directory (created now: an unwritable one fails here, before any work) holds the
+        manifest, marked not complete until :meth:`close`."""
+        writer = cls(path, overwrite=overwrite)
+        writer.write_manifest(manifest)
+        return writer
+
+    def append_step(self, step: TraceStep, *, index: int | None = None) -> str:
+        """Write one step now (complete or absent on disk); returns its entry name."""
+        if self._closed:
+            raise InputError(
+                "this trace was closed; open a new TraceWriter to write more steps", source=str(self.path)
+            )
+        return self.write_step(step, index=index)
+
+    def close(self, manifest: Mapping[str, Any] | None = None) -> None:
+        """Rewrite the manifest (``manifest`` if given) with the step count and ``"complete": true``."""
+        self._closed = True
+        self.write_manifest(self._manifest if manifest is None else manifest)
 
     def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False):
         self.path = Path(path)
@@ -323,7 +357,8 @@ class TraceWriter:
         self._names: set[str] = set()
         self._count = 0
         self.dtypes: dict[str, str] = {}
-        self._manifest: dict[str, Any] | None = None
+        self._manifest: dict[str, Any] = {}
+        self._closed = False
 
     def _existing_files(self) -> list[Path]:
         files = [self.path / MANIFEST_FILE] if (self.path / MANIFEST_FILE).exists() else []
@@ -346,6 +381,7 @@ class TraceWriter:
         merged_dtypes.update(self.dtypes)
         full["dtypes"] = merged_dtypes
         full["num_steps"] = self._count
+        full["complete"] = self._closed
         self._manifest = full
         atomic_write_text(self.path / MANIFEST_FILE, json.dumps(to_jsonable(full), indent=2) + "\n")
 
@@ -436,8 +472,8 @@ def save_trace(trace: Trace, path: str | os.PathLike[str], *, overwrite: bool = 
         manifest = {**build_manifest(trainer=manifest.get("trainer", "custom")), **manifest}
     writer.write_manifest(manifest)  # first, so a crash while writing steps leaves a loadable trace
     for step in trace.steps:
-        writer.write_step(step)
-    writer.write_manifest(manifest)  # again, now with num_steps and dtypes
+        writer.append_step(step)
+    writer.close(manifest)  # again, now with num_steps, dtypes and "complete": true
     return writer.path
 
 
@@ -481,6 +517,7 @@ def load_trace(path: str | os.PathLike[str], *, strict: bool = False) -> Trace:
             raise error
         problems.append(str(error))
 
+    _drop_mistyped_manifest_fields(manifest, root / MANIFEST_FILE, problem)
     num_generations = _manifest_num_generations(manifest, root / MANIFEST_FILE, problem)
     _unknown_config_fields(manifest, root / MANIFEST_FILE, problem)
     steps_dir = root / STEPS_DIR
@@ -498,12 +535,52 @@ def load_trace(path: str | os.PathLike[str], *, strict: bool = False) -> Trace:
             item = _load_step(json_path, num_generations, problem)
             if item is not None:
                 loaded.append(item)
+    if manifest.get("complete") is False:  # written by a TraceWriter that was never closed
+        problem(
+            f"the run did not close this trace (interrupted or crashed?): {len(loaded)} complete step(s) read",
+            source=root / MANIFEST_FILE,
+            field="complete",
+        )
     if not loaded:
         detail = f"; problems: {'; '.join(problems)}" if problems else ""
         raise InputError(f"trace holds no readable step{detail}", source=str(steps_dir))
     loaded.sort(key=lambda item: (item[0], item[1]))
     steps = [step for _, _, step in loaded]
     return Trace(manifest=manifest, steps=steps, problems=problems, source=str(root / MANIFEST_FILE))
+
+
+def _is_str_or_none(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _is_str_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(_is_str_or_none(v) for v in value.values())
+
+
+# manifest keys the checks and reports read, and the kind of value each must hold
+MANIFEST_FIELD_KINDS: dict[str, tuple[str, Any]] = {
+    "trainer": ("a string", _is_str_or_none),
+    "source": ("a string", _is_str_or_none),
+    "notes": ("a string or a list of strings", lambda v: _is_str_or_none(v) or _is_str_list(v)),
+    "created": ("a string", _is_str_or_none),
+    "versions": ("an object of version strings", lambda v: v is None or _is_str_map(v)),
+    "dtypes": ("an object of dtype names", lambda v: v is None or _is_str_map(v)),
+    "trainer_config": ("an object", lambda v: v is None or isinstance(v, dict)),
+    "num_steps": ("an integer", lambda v: v is None or _is_int64(v)),
+    "complete": ("true or false", lambda v: isinstance(v, bool)),
+}
+
+
+def _drop_mistyped_manifest_fields(manifest: dict[str, Any], path: Path, problem) -> None:
+    """A manifest key holding a value of the wrong kind is reported and dropped (the steps are still read)."""
+    for key, (kind, valid) in MANIFEST_FIELD_KINDS.items():
+        if key in manifest and not valid(manifest[key]):
+            problem(f"must be {kind}, got {_short(manifest[key])}; ignored", source=path, field=key)
+            del manifest[key]
 
 
 def _unknown_config_fields(manifest: dict[str, Any], path: Path, problem) -> None:
@@ -530,7 +607,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if not path.is_file():  # a directory or a pipe (reading a pipe with no writer would wait forever)
         raise InputError("manifest.json is not a regular file", source=str(path))
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        raw = limits.read_bytes(path, cap=limits.MAX_JSON_BYTES)
+        manifest = limits.loads_json(raw.decode("utf-8"), source=str(path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"manifest is not valid JSON ({exc})", source=str(path)) from None
     if not isinstance(manifest, dict):
@@ -580,7 +658,11 @@ _STEM = re.compile(r"^(\d+)-mb(\d+)-r(\d+)")
 def _load_step(json_path: Path, num_generations: int | None, problem) -> tuple[int, str, TraceStep] | None:
     """Read one step; on any problem report it and return ``None`` (so the step is left out)."""
     try:
-        record = json.loads(json_path.read_text(encoding="utf-8"))
+        raw = limits.read_bytes(json_path, cap=limits.MAX_JSON_BYTES)
+        record = limits.loads_json(raw.decode("utf-8"), source=None)
+    except limits.LimitError as exc:
+        problem(f"{exc.message}; step skipped", source=json_path, field=exc.field)
+        return None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         problem(f"step metadata is not valid JSON ({exc}); step skipped", source=json_path, field=None)
         return None
@@ -597,6 +679,13 @@ def _load_step(json_path: Path, num_generations: int | None, problem) -> tuple[i
     if tensors is None:
         return None
     listing = record.get("tensors") or {}
+    if not isinstance(listing, dict):
+        problem(
+            f"must be a JSON object (tensor name -> dtype, shape), got {type(listing).__name__}; step skipped",
+            source=json_path,
+            field="tensors",
+        )
+        return None
     for name in list(tensors):
         if name not in TENSOR_STAGE and not name.startswith("extra."):
             problem(
@@ -647,6 +736,7 @@ INT_META_KEYS: tuple[str, ...] = (
     "rank",
     "iteration",
     "optimizer_steps_since_old_logps",
+    "generation_step",
     "gradient_accumulation_steps",
     "steps_per_generation",
     "num_processes",
@@ -663,15 +753,42 @@ def meta_type_problems(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
     """
     problems: list[tuple[str, str]] = []
     for key, value in meta.items():
-        if key in INT_META_KEYS and value is not None and not is_whole_number(value):
-            problems.append((key, f"must be an integer or null, got {value!r}"))
+        if key in INT_META_KEYS and value is not None and not _is_int64(value):
+            problems.append((key, f"must be an integer or null, got {_short(value)}"))
         elif key in INT_LIST_META_KEYS and value is not None and not _is_int_or_int_list(value):
-            problems.append((key, f"must be an integer or a list of integers, got {value!r}"))
+            problems.append((key, f"must be an integer or a list of integers, got {_short(value)}"))
+        elif key in NUMBER_META_KEYS and value is not None and not _is_count(value):
+            problems.append((key, f"must be a finite number >= 0 or null, got {_short(value)}"))
     return problems
 
 
+# Step meta keys the checks convert with float(): a count of items, a number >= 0.
+NUMBER_META_KEYS: tuple[str, ...] = ("num_items_in_batch",)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_int64(value: Any) -> bool:
+    return is_whole_number(value) and limits.INT64_MIN <= int(value) <= limits.INT64_MAX
+
+
+def _is_count(value: Any) -> bool:
+    if not is_real_number(value):
+        return False
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+    return math.isfinite(number) and number >= 0
+
+
 def _is_int_or_int_list(value: Any) -> bool:
-    return is_whole_number(value) or (isinstance(value, list) and all(is_whole_number(v) for v in value))
+    return _is_int64(value) or (
+        isinstance(value, list) and len(value) <= 4096 and all(_is_int64(v) for v in value)
+    )
 
 
 def _typed_meta(meta: dict[str, Any], json_path: Path, problem) -> dict[str, Any]:
@@ -729,12 +846,15 @@ def _read_tensor_file(json_path: Path, record: dict[str, Any], problem) -> dict[
         return None
     tensor_path = json_path.parent / tensor_file
     try:
-        blob = tensor_path.read_bytes()
+        blob = limits.read_bytes(tensor_path, cap=limits.MAX_TENSOR_FILE_BYTES)  # a regular file, bounded
+    except limits.LimitError as exc:
+        problem(f"{exc.message}; step skipped", source=tensor_path, field=exc.field)
+        return None
     except OSError as exc:
         problem(f"cannot read the tensor file ({exc.strerror or exc})", source=tensor_path, field=None)
         return None
     expected_size = record.get("tensor_file_bytes")
-    if isinstance(expected_size, int) and expected_size != len(blob):
+    if isinstance(expected_size, int) and not isinstance(expected_size, bool) and expected_size != len(blob):
         problem(
             f"file is {len(blob)} bytes, the .json recorded {expected_size} (truncated or overwritten)",
             source=tensor_path,
@@ -747,6 +867,15 @@ def _read_tensor_file(json_path: Path, record: dict[str, Any], problem) -> dict[
             "sha256 does not match the .json (file corrupted or overwritten)",
             source=tensor_path,
             field="tensor_file_sha256",
+        )
+        return None
+    try:  # every declared tensor inside the file, with a supported dtype, before safetensors builds them
+        limits.check_safetensors_blob(blob, source=str(tensor_path))
+    except limits.LimitError as exc:
+        problem(
+            f"not a readable safetensors file ({exc.message}); step skipped",
+            source=tensor_path,
+            field=exc.field,
         )
         return None
     from safetensors.torch import load as safetensors_load
@@ -787,7 +916,15 @@ def validate_step_tensors(tensors: Mapping[str, Any]) -> list[tuple[str, str]]:
     errors: list[tuple[str, str]] = []
     known = {n: t for n, t in tensors.items() if n in TENSOR_STAGE}
     for name, tensor in known.items():
-        if name in ID_TENSORS and (tensor.dtype.is_floating_point or tensor.dtype.is_complex):
+        if _dtype_name(tensor.dtype) not in limits.SUPPORTED_TORCH_DTYPES:
+            errors.append(
+                (
+                    name,
+                    f"dtype {_dtype_name(tensor.dtype)} is not supported "
+                    f"(one of {', '.join(sorted(limits.SUPPORTED_TORCH_DTYPES))})",
+                )
+            )
+        elif name in ID_TENSORS and (tensor.dtype.is_floating_point or tensor.dtype.is_complex):
             errors.append((name, f"ids must be an integer tensor, got dtype {_dtype_name(tensor.dtype)}"))
         elif name in ID_TENSORS and tensor.dtype == torch.bool:
             errors.append((name, "ids must be an integer tensor, got dtype bool"))
@@ -840,14 +977,15 @@ def step_value_problems(
         and group_index.dtype != torch.bool
         and bool((group_index >= 0).all())
     ):
-        counts = torch.bincount(group_index.reshape(-1).long())
+        # unique, not bincount: a group id of 2**40 must not allocate a 2**40-long count table
+        labels, counts = torch.unique(group_index.reshape(-1).long(), return_counts=True)
         worst = int(counts.argmax())
         if int(counts[worst]) > num_generations:
             problems.append(
                 (
                     "group_index",
-                    f"group {worst} has {int(counts[worst])} rows but num_generations is {num_generations} "
-                    "(rows of different prompts share a group id?)",
+                    f"group {int(labels[worst])} has {int(counts[worst])} rows but num_generations is "
+                    f"{num_generations} (rows of different prompts share a group id?)",
                 )
             )
     return problems

@@ -41,7 +41,9 @@ logps_grad             grad        (B, T) ∂loss/∂logps
 Step metadata keys (all optional): ``step`` (optimizer step), ``micro_batch``, ``rank``, ``num_items_in_batch``
 (global token count of the generation batch), ``gradient_accumulation_steps``, ``steps_per_generation``,
 ``num_processes``, ``optimizer_steps_since_old_logps``, ``iteration`` (which of num_iterations),
-``eos_token_ids`` (list), ``pad_token_id``, ``kl_estimator``, ``ref_is_init`` (bool: the reference model is the
+``eos_token_ids`` (list), ``eos_token_id_sources`` (``{"tokenizer": [...], "generation_config": [...],
+"trainer": [...]}``), ``generation_step`` (optimizer step when the batch was generated), ``generation_loss_tokens``
+(Σ completion_mask · tool_mask over the generation batch, all processes), ``pad_token_id``, ``kl_estimator``, ``ref_is_init`` (bool: the reference model is the
 initial policy; ``False`` disables the step-0 KL and frozen-reference checks), ``metrics`` (dict of the trainer's
 logged metrics for this step, e.g. ``clip_ratio/low_mean``).
 """

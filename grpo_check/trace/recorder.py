@@ -1,6 +1,6 @@
 """``Recorder``: capture a trace from a hand-written GRPO loop with a few added lines.
 
-Example (a complete loop on a tiny model lives in ``docs/readme/traces-and-reports.md``)::
+Example (a complete loop on a tiny model lives in ``docs/traces.md``)::
 
     >>> import torch
     >>> from grpo_check import Recorder, GRPOSpec
@@ -412,7 +412,7 @@ class Recorder:
                 + f" {self._late_grads} gradient(s) arrived after their step was written and were dropped."
             ).strip()
         if self._writer is not None and not self._closed:
-            self._writer.write_manifest(self.manifest)
+            self._writer.close(self.manifest)
         self._closed = True
         return Trace(manifest=to_jsonable(dict(self.manifest)), steps=self._ordered_steps())
 

@@ -1,28 +1,53 @@
-"""Run a user's TRL trainer factory with capture attached, and merge per-rank traces.
+"""Train a TRL trainer with the full check attached: the one path ``attach``, ``compare --trainer`` and the demo
+share. Also: run a user's trainer factory, and merge per-rank traces.
 
-``grpo-check compare --trainer path/to/train.py:build_trainer --steps 2`` uses :func:`run_factory`: it
-imports the file, calls the factory (no arguments, or ``steps=`` when it accepts it), attaches
-:func:`grpo_check.trl.attach`, trains N optimizer steps and returns the captured trace.
+:func:`train_checked` attaches :func:`grpo_check.trl.attach` (live: the reference's own forward passes of the
+policy and the reference model, every stage, diagnoses, invariants), trains, and returns a :class:`CheckedRun`:
+the :class:`~grpo_check.findings.Result` (with its coverage), the trace, and how training ended. A trainer that
+raises, or a SIGINT/SIGTERM, ends training but not the check: what was captured is still compared, and the
+outcome (``metadata["outcome"]``) sets the exit code: 3 crashed, 130 SIGINT, 143 SIGTERM.
+
+``grpo-check compare --trainer path/to/train.py:build_trainer --steps 2`` uses :func:`check_factory`: it
+imports the file, calls the factory (no arguments, or ``steps=`` when it accepts it) and runs
+:func:`train_checked` for N optimizer steps.
 
 Example::
 
-    from grpo_check.trl.runner import run_factory
-    trace = run_factory("examples/train_factory.py:build_trainer", steps=2, out_dir="traces/run1")
+    from grpo_check.trl.runner import check_factory
+    run = check_factory("examples/train_factory.py:build_trainer", steps=2, out_dir="traces/run1")
+    print(run.result.status(), run.outcome.status)
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import inspect
 import os
+import signal
 import sys
+import sysconfig
+import threading
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from grpo_check.findings import InputError
+from grpo_check.findings import InputError, Result
 from grpo_check.trace.model import Trace
+
+EXIT_CRASHED = 3
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class FactoryCrashed(Exception):
+    """The user's factory raised while building the trainer (exit code 3). ``line`` says what and where."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(line)
+        self.line = line
 
 
 def load_factory(factory_ref: str) -> Any:
@@ -69,14 +94,48 @@ def load_factory(factory_ref: str) -> Any:
     return factory
 
 
-def _where(error: BaseException, file: Path | None = None) -> str:
-    """``Type: message (at file.py:line)``: the innermost frame in ``file`` (else the innermost frame)."""
+def _where(error: BaseException, file: Path | None = None, *, name: str | None = None) -> str:
+    """``Type: message (at file.py:line)``: the innermost frame in ``file``, else the innermost frame of the
+    user's code (not an installed library, the standard library or grpo-check), else the innermost frame."""
     frames = traceback.extract_tb(error.__traceback__)
-    if file is not None:
-        mine = [frame for frame in frames if Path(frame.filename).resolve() == file.resolve()]
-        frames = mine or frames
-    place = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
-    return f"{type(error).__name__}: {error}{place}"
+    chosen = [frame for frame in frames if file is not None and _same_file(frame.filename, file)]
+    chosen = chosen or [frame for frame in frames if _is_user_code(frame.filename)] or frames
+    place = f" (at {_shown(chosen[-1].filename)}:{chosen[-1].lineno})" if chosen else ""
+    message = " ".join(str(error).split())  # one line
+    name = name or type(error).__name__
+    return f"{name}: {message}{place}" if message else f"{name}{place}"
+
+
+def _shown(name: str) -> str:
+    """A file as the user would write it: relative to the working directory when it lies below it."""
+    with contextlib.suppress(ValueError, OSError):
+        return str(Path(name).resolve().relative_to(Path.cwd().resolve()))
+    return name
+
+
+def _same_file(name: str, file: Path) -> bool:
+    try:
+        return Path(name).resolve() == file.resolve()
+    except OSError:  # pragma: no cover
+        return False
+
+
+_LIBRARY_ROOTS = tuple(
+    str(Path(p).resolve())
+    for p in {
+        sysconfig.get_paths()["stdlib"],
+        sysconfig.get_paths()["purelib"],
+        sysconfig.get_paths()["platlib"],
+    }
+)
+_OWN_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def _is_user_code(name: str) -> bool:
+    if name.startswith("<"):
+        return False
+    path = str(Path(name).resolve())
+    return not path.startswith((*_LIBRARY_ROOTS, _OWN_ROOT)) and "site-packages" not in path
 
 
 def build_from_factory(factory_ref: str, steps: int) -> Any:
@@ -95,7 +154,7 @@ def build_from_factory(factory_ref: str, steps: int) -> Any:
     except Exception as exc:  # the user's factory failed: one line saying where, not our traceback
         source = inspect.getsourcefile(factory) if inspect.isfunction(factory) else None
         where = _where(exc, Path(source) if source else None)
-        raise InputError(f"{factory_ref} raised {where}", field="trainer") from None
+        raise FactoryCrashed(f"{factory_ref} raised {where}") from None
     if isinstance(trainer, type):  # `return GRPOTrainer` instead of `return GRPOTrainer(...)`
         raise InputError(
             f"{factory_ref} returned the class {trainer.__name__}, not an instance of it", field="trainer"
@@ -106,6 +165,146 @@ def build_from_factory(factory_ref: str, steps: int) -> Any:
         )
     trainer.args.max_steps = steps
     return trainer
+
+
+@dataclasses.dataclass
+class RunOutcome:
+    """How training ended: ``completed``, ``crashed`` (the trainer raised) or ``interrupted`` (SIGINT/SIGTERM).
+
+    ``line`` is the one line to print (the exception and where: the user's file and line); ``exit_code`` is 0,
+    3, 130 or 143."""
+
+    status: Literal["completed", "crashed", "interrupted"] = "completed"
+    exit_code: int = 0
+    line: str = ""
+    optimizer_steps: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class CheckedRun:
+    """A training run checked live: the comparison's result (with coverage), the trace, how training ended."""
+
+    result: Result
+    trace: Trace
+    outcome: RunOutcome
+    log_history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+class _Terminated(BaseException):
+    """SIGTERM during training, raised like KeyboardInterrupt so that training unwinds."""
+
+
+@contextlib.contextmanager
+def _terminate_raises() -> Iterator[None]:
+    """While training: SIGTERM raises :class:`_Terminated` (main thread only; elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def train_checked(
+    trainer: Any,
+    *,
+    out_dir: str | os.PathLike[str] | None = None,
+    every: int = 1,
+    live: bool = True,
+    tolerances: Any = None,
+    invariants: bool = True,
+    background: bool = False,
+    budget: float | None = None,
+    probes: bool = True,
+    user_file: str | os.PathLike[str] | None = None,
+) -> CheckedRun:
+    """Attach the full check to ``trainer``, train it, and compare what was captured — also when training
+    crashes or is interrupted (SIGINT, SIGTERM): then ``outcome`` says so in one line and the result's
+    ``metadata["outcome"]`` makes its exit code 3, 130 or 143. ``user_file`` (the factory's file) is where the
+    crash's line is looked for first."""
+    from grpo_check.trl.capture import attach
+
+    attachment = attach(
+        trainer,
+        out_dir=out_dir,
+        every=every,
+        live=live,
+        tolerances=tolerances,
+        invariants=invariants,
+        background=background,
+        budget=budget,
+        probes=probes,
+    )
+    outcome = RunOutcome()
+    try:
+        with _terminate_raises():
+            trainer.train()
+    except KeyboardInterrupt as exc:
+        outcome = RunOutcome("interrupted", EXIT_SIGINT, _where(exc, _as_path(user_file), name="SIGINT"))
+    except _Terminated as exc:
+        outcome = RunOutcome("interrupted", EXIT_SIGTERM, _where(exc, _as_path(user_file), name="SIGTERM"))
+    except (
+        Exception
+    ) as exc:  # the user's trainer crashed: one line saying where; what was captured is checked
+        outcome = RunOutcome("crashed", EXIT_CRASHED, _where(exc, _as_path(user_file)))
+    outcome.optimizer_steps = int(getattr(getattr(trainer, "state", None), "global_step", 0) or 0)
+    if outcome.status != "completed":
+        done = outcome.optimizer_steps
+        verb = "crashed" if outcome.status == "crashed" else "interrupted"
+        outcome.line = (
+            f"training {verb} after {done} optimizer step{'' if done == 1 else 's'}: {outcome.line}"
+        )
+    if outcome.status != "completed":
+        attachment.trace.manifest["outcome"] = outcome.to_dict()
+    result = attachment.result()
+    trace = attachment.close()
+    if outcome.status != "completed":
+        result.metadata["outcome"] = outcome.to_dict()
+    history = list(getattr(getattr(trainer, "state", None), "log_history", []) or [])
+    return CheckedRun(result=result, trace=trace, outcome=outcome, log_history=history)
+
+
+def _as_path(value: str | os.PathLike[str] | None) -> Path | None:
+    return None if value is None else Path(value)
+
+
+def check_factory(
+    factory_ref: str,
+    steps: int,
+    out_dir: str | os.PathLike[str] | None = None,
+    every: int = 1,
+    *,
+    tolerances: Any = None,
+    invariants: bool = True,
+    probes: bool = True,
+) -> CheckedRun:
+    """Import the factory, build the trainer, train ``steps`` optimizer steps with the full check attached
+    (:func:`train_checked`). Raises :class:`FactoryCrashed` when the factory itself raises."""
+    if steps < 1:
+        raise InputError(f"steps must be >= 1, got {steps}", field="steps")
+    trainer = build_from_factory(factory_ref, steps)
+    path_part = factory_ref.rpartition(":")[0]
+    user_file = path_part if path_part.endswith(".py") else None
+    run = train_checked(
+        trainer,
+        out_dir=out_dir,
+        every=every,
+        tolerances=tolerances,
+        invariants=invariants,
+        user_file=user_file,
+    )
+    run.trace.manifest["factory"] = factory_ref
+    run.result.metadata["source"] = factory_ref
+    return run
 
 
 def run_factory(
@@ -119,19 +318,24 @@ def run_factory(
     """Import the factory, build the trainer, attach capture, train ``steps`` optimizer steps, return the trace.
 
     ``out_dir`` (optional) receives the trace on disk. With ``live=True`` the comparison also runs during
-    training; its findings are in ``trace.manifest["live_result"]``.
+    training; its findings are in ``trace.manifest["live_result"]``. (:func:`check_factory` returns the result
+    and how training ended too.)
     """
     if steps < 1:
         raise InputError(f"steps must be >= 1, got {steps}", field="steps")
-    from grpo_check.trl.capture import attach
-
     trainer = build_from_factory(factory_ref, steps)
-    attachment = attach(trainer, out_dir=out_dir, every=every, live=live)
-    trainer.train()
-    attachment.trace.manifest["factory"] = factory_ref
+    run = train_checked(trainer, out_dir=None, every=every, live=live)
+    if run.outcome.status != "completed":
+        raise RuntimeError(run.outcome.line)
+    trace = run.trace
+    trace.manifest["factory"] = factory_ref
     if live:
-        attachment.trace.manifest["live_result"] = attachment.result().to_dict()
-    return attachment.close()
+        trace.manifest["live_result"] = run.result.to_dict()
+    if out_dir is not None:
+        from grpo_check.trace.io import save_trace
+
+        save_trace(trace, out_dir)
+    return trace
 
 
 def merge_rank_traces(paths: list[str]) -> Trace:

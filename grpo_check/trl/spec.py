@@ -21,6 +21,7 @@ from typing import Any
 
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import InputError
+from grpo_check.trl.versions import implied_settings, installed_trl_version
 
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:
@@ -51,11 +52,15 @@ def spec_from_trl(trainer_or_config: Any) -> GRPOSpec:
             field="trainer",
         )
 
+    # what the installed release applies without a config field (0.14-0.16 have no loss_type, ...)
+    implied = implied_settings(installed_trl_version())
+
     def pick(name: str, default: Any = None) -> Any:
-        """The trainer's effective attribute if it has one, else the config's field."""
+        """The trainer's effective attribute if it has one, else the config's field, else what the release
+        implies, else ``default``."""
         if trainer is not None and getattr(trainer, name, None) is not None:
             return getattr(trainer, name)
-        return _get(args, name, default)
+        return _get(args, name, implied.get(name, default))
 
     reward_weights = None
     if trainer is not None and getattr(trainer, "reward_weights", None) is not None:
@@ -131,3 +136,19 @@ def trainer_config_dict(trainer_or_config: Any) -> dict[str, Any]:
         else:
             out[key] = repr(value)
     return out
+
+
+def applied_entropy_coef(trainer: Any) -> float | None:
+    """The entropy-bonus coefficient the trainer's next loss applies, or ``None`` without an adaptive one.
+
+    With ``use_adaptive_entropy`` TRL moves ``entropy_coef`` at every optimizer step and applies it only while
+    the window's entropy is at or below ``entropy_target`` (0 otherwise), so the coefficient is per step, not
+    per run: it is recorded on each micro-batch (``meta["spec_overrides"]``) for the reference to use."""
+    if not getattr(trainer, "use_adaptive_entropy", False):
+        return None
+    coef = float(getattr(trainer, "entropy_coef", 0.0))
+    last = getattr(trainer, "_last_world_entropy", None)
+    target = getattr(getattr(trainer, "args", None), "entropy_target", None)
+    if last is not None and target is not None and float(last) > float(target):
+        return 0.0
+    return coef

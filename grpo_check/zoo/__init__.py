@@ -7,7 +7,7 @@ Example::
     >>> card.targets_met()                             # doctest: +SKIP
     True
 
-From the command line: ``grpo-check zoo`` (see ``docs/readme/zoo.md``).
+From the command line: ``grpo-check zoo`` (see ``docs/zoo.md``).
 """
 
 from __future__ import annotations

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import grpo_check.zoo.controls
 import grpo_check.zoo.mutants_loop
-import grpo_check.zoo.mutants_trl  # noqa: F401  (each registers its cases)
+import grpo_check.zoo.mutants_probe
+import grpo_check.zoo.mutants_rederive
+import grpo_check.zoo.mutants_trl
+import grpo_check.zoo.mutants_trl_logps  # noqa: F401  (each registers its cases)
 from grpo_check.findings import InputError
 from grpo_check.zoo.catalog import Case, registered
 

@@ -62,17 +62,17 @@ class TRLRun:
 def _run_trl(trainer_cls_factory: Any, overrides: dict[str, Any], *, pad_is_eos: bool, steps: int) -> TRLRun:
     from grpo_check.demo.matrix import Cell
     from grpo_check.demo.run import build_trainer
-    from grpo_check.trl import attach
+    from grpo_check.trl.runner import train_checked
 
     trainer_cls = trainer_cls_factory()
     cell = Cell(name="zoo", overrides=overrides, pad_is_eos=pad_is_eos, steps=steps)
     work = Path(tempfile.mkdtemp(prefix="grpo-check-zoo-"))
     try:
         trainer = build_trainer(cell, work, trainer_cls=trainer_cls, dataset_size=16)
-        attachment = attach(trainer, live=True)
-        trainer.train()
-        trace = attachment.close()
-        return TRLRun(trace=trace, result=attachment.result())
+        run = train_checked(trainer, live=True)
+        if run.outcome.status != "completed":
+            raise RuntimeError(run.outcome.line)
+        return TRLRun(trace=run.trace, result=run.result)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -133,7 +133,11 @@ def test_unsupported_object():
 
 def test_reward_funcs_and_num_processes_from_file():
     loaded = load_source({"reward_funcs": ["a", "b"], "num_processes": 4, "num_generations": 8})
-    assert loaded.facts == {"num_reward_funcs": 2, "num_processes": 4}
+    assert loaded.facts == {
+        "num_reward_funcs": 2,
+        "num_processes": 4,
+        "num_processes_source": "num_processes",
+    }
     assert "reward_funcs" not in loaded.values
 
 

@@ -127,6 +127,27 @@ CASES: dict[str, list[tuple[dict, dict, str, int]]] = {
     "GA110": [({"disable_dropout": False}, {"disable_dropout": True}, LATEST, 1)],
     "GA111": [({"top_entropy_quantile": 1.5}, {"top_entropy_quantile": 0.2}, LATEST, 1)],
     "GA112": [({"sync_ref_model": True, "beta": 0.0}, {"sync_ref_model": True, "beta": 0.04}, LATEST, 1)],
+    "GA417": [
+        (
+            {"max_seq_length": 1024, "num_generations": 8},
+            {"max_completion_length": 1024, "num_generations": 8},
+            LATEST,
+            1,
+        ),
+        ({"packing": True, "num_generations": 8}, {"num_generations": 8}, LATEST, 1),
+    ],
+    "GA418": [
+        ({"overwrite_output_dir": True, "num_generations": 8}, {"num_generations": 8}, LATEST, 1),
+        ({"warmup_ratio": 0.1, "num_generations": 8}, {"warmup_steps": 10, "num_generations": 8}, LATEST, 1),
+    ],
+    "GA416": [
+        (
+            {"log_completions_hub_repo": "org/completions", "log_completions": False},
+            {"log_completions_hub_repo": "org/completions", "log_completions": True},
+            LATEST,
+            1,
+        )
+    ],
     "GA113": [({"delta": 1.1, "epsilon_high": 0.28}, {"delta": 4.0, "epsilon_high": 0.28}, LATEST, 1)],
     "GA114": [
         ({"epsilon": 0.2, "epsilon_high": 0.1}, {"epsilon": 0.2, "epsilon_high": 0.28}, LATEST, 1),
@@ -201,6 +222,8 @@ CASES: dict[str, list[tuple[dict, dict, str, int]]] = {
             LATEST,
             1,
         ),
+    ],
+    "GA208": [
         (
             {"use_vllm": True, "vllm_importance_sampling_clip_max": 0.8},
             {"use_vllm": False, "vllm_importance_sampling_clip_max": 0.8},
@@ -288,6 +311,10 @@ CASES: dict[str, list[tuple[dict, dict, str, int]]] = {
         ({"temperature": 0}, {"temperature": 0.7}, LATEST, 1),
     ],
     "GA406": [({"num_generations": 8}, {"num_generations": 8}, "0.13", 1)],
+    "GA415": [
+        ({"system_prompt": "Think first.", "num_generations": 8}, {"num_generations": 8}, LATEST, 1),
+        ({"cosine_max_len": 1000, "num_generations": 8}, {"num_generations": 8}, LATEST, 1),
+    ],
 }
 
 # GA406 fires on the version, not the values: its silent case uses a supported release.
@@ -296,13 +323,20 @@ SILENT_VERSION = {"GA406": "0.14"}
 # Rules that need facts a live trainer provides (tested in test_trainer_rules below and test_objects.py).
 TRAINER_RULES = {"GA501", "GA502", "GA503", "GA504"}
 
+# Rules about the text of a file (a key written twice, a line that is not YAML): tested on files in
+# tests/audit/test_audit_recipes.py.
+FILE_RULES = {"GA413", "GA414"}
+
+# Advisories (bugs shipped in TRL releases): tested on both sides of each fix in test_audit_advisories.py.
+ADVISORY_RULES = {r for r in RULES if r.startswith("GA6")}
+
 
 def _ids(rule_id: str, hits) -> list[str]:
     return [f.check_id for f in hits if f.check_id == rule_id]
 
 
 def test_every_rule_has_a_case():
-    assert set(RULES) == set(CASES) | TRAINER_RULES
+    assert set(RULES) == set(CASES) | TRAINER_RULES | FILE_RULES | ADVISORY_RULES
     assert len(RULES) >= 30
 
 
@@ -360,14 +394,18 @@ def test_ga404_suggests_the_close_field():
     assert "typo of `num_generations`" in finding.explanation
 
 
-def test_ga404_typo_is_a_warning_and_a_key_with_no_match_is_info():
-    """A close misspelling (betta) fails --strict; a key nothing resembles stays informational."""
+def test_unknown_keys_are_errors_as_trl_refuses_them():
+    """GRPOConfig(**…) refuses any key it does not declare: a close misspelling (betta, GA404, with the
+    suggestion) and a key nothing resembles (GA411) are both errors; a key of open-r1's own GRPOConfig is info."""
     typo = audit({"betta": 0.1, "num_generations": 8}, trl_version=LATEST, rules=["GA404", "GA411"])
-    assert [(f.check_id, f.verdict) for f in typo] == [("GA404", Verdict.WARN)]
-    assert "typo of `beta`" in typo.findings[0].explanation and typo.exit_code(strict=True) == 1
+    assert [(f.check_id, f.verdict) for f in typo] == [("GA404", Verdict.FAIL)]
+    assert "typo of `beta`" in typo.findings[0].explanation and typo.exit_code() == 1
     own = audit({"my_own_script_setting": 1, "beta": 0.1}, trl_version=LATEST, rules=["GA404", "GA411"])
-    assert [(f.check_id, f.verdict) for f in own] == [("GA411", Verdict.PASS)]
-    assert own.exit_code(strict=True) == 0
+    assert [(f.check_id, f.verdict) for f in own] == [("GA411", Verdict.FAIL)]
+    extension = audit(
+        {"system_prompt": "x", "beta": 0.1}, trl_version=LATEST, rules=["GA404", "GA411", "GA415"]
+    )
+    assert [(f.check_id, f.verdict) for f in extension] == [("GA415", Verdict.PASS)]
     assert not audit({"beta": 0.1}, trl_version=LATEST, rules=["GA404", "GA411"]).findings
 
 
@@ -486,3 +524,27 @@ def test_infinite_integer_field_does_not_crash_other_rules(tmp_path):
 def test_ga409_allows_infinite_upper_bounds():
     assert not audit({"max_grad_norm": float("inf")}, trl_version=LATEST, rules=["GA409"]).findings
     assert audit({"max_grad_norm": float("-inf")}, trl_version=LATEST, rules=["GA409"]).findings
+
+
+def test_ga418_follows_the_installed_transformers():
+    values = {"overwrite_output_dir": True, "warmup_ratio": 0.1}
+    on_5 = AuditContext.from_values(values, facts={"transformers_version": "5.25.0"})
+    assert [h.fields for h in RULES["GA418"].run(on_5)] == [("overwrite_output_dir",), ("warmup_ratio",)]
+    on_4 = AuditContext.from_values(values, facts={"transformers_version": "4.56.2"})
+    assert RULES["GA418"].run(on_4) == []
+    unknown = AuditContext.from_values(values, facts={"transformers_version": None})
+    assert "assumed" in RULES["GA418"].run(unknown)[0].message
+    other_release = AuditContext.from_values(values, facts={"transformers_known": False})
+    assert RULES["GA418"].run(other_release) == []
+
+
+def test_ga418_only_judges_the_installed_release():
+    """transformers 5 is installed here: it decides for the installed TRL, not for another release audited."""
+    from importlib import metadata
+
+    values = {"overwrite_output_dir": True, "num_generations": 8}
+    installed = audit(values, trl_version=metadata.version("trl"), rules=["GA418"])
+    assert [f.check_id for f in installed] == (
+        ["GA418"] if int(metadata.version("transformers").split(".")[0]) >= 5 else []
+    )
+    assert not audit(values, trl_version="0.19.0", rules=["GA418"]).findings

@@ -113,12 +113,17 @@ def test_trainer_option_runs_factory_and_compares(monkeypatch, tmp_path):
 
     calls = {}
 
-    def fake_run_factory(factory_ref, steps, out_dir=None, **_):
+    def fake_check_factory(factory_ref, steps, out_dir=None, **_):
+        from grpo_check.compare import compare
+
         calls.update(factory_ref=factory_ref, steps=steps, out_dir=out_dir)
         print("{'loss': '0.0103'}")  # what TRL's trainer prints while it trains
-        return make_trace(SPEC, steps=steps)
+        trace = make_trace(SPEC, steps=steps)
+        return runner_module.CheckedRun(
+            result=compare(trace), trace=trace, outcome=runner_module.RunOutcome()
+        )
 
-    monkeypatch.setattr(runner_module, "run_factory", fake_run_factory)
+    monkeypatch.setattr(runner_module, "check_factory", fake_check_factory)
     monkeypatch.setattr(runner_module, "load_factory", lambda reference: None)
     out = tmp_path / "r"
     args = ["compare", "--trainer", "train.py:build_trainer", "--steps", "1", "-o", str(out), "-f", "json"]
@@ -136,7 +141,7 @@ def test_trainer_option_checks_the_factory_and_the_output_before_training(monkey
     import grpo_check.trl.runner as runner_module
 
     trained = []
-    monkeypatch.setattr(runner_module, "run_factory", lambda *args, **kwargs: trained.append(1))
+    monkeypatch.setattr(runner_module, "check_factory", lambda *args, **kwargs: trained.append(1))
     factory = tmp_path / "train.py"
     factory.write_text("def build_trainer():\n    raise RuntimeError('no GPU here')\n")
     a_file = tmp_path / "a-file"
@@ -163,13 +168,18 @@ def test_a_factory_that_returns_the_class_is_told_so(tmp_path):
 
 
 def test_a_factory_that_raises_is_named_with_its_line(tmp_path):
-    from grpo_check.findings import InputError
-    from grpo_check.trl.runner import build_from_factory
+    from grpo_check.trl.runner import FactoryCrashed, build_from_factory
 
     factory = tmp_path / "train.py"
     factory.write_text("def build_trainer():\n    raise RuntimeError('no GPU here')\n")
-    with pytest.raises(InputError, match=rf"raised RuntimeError: no GPU here \(at {factory}:2\)"):
+    with pytest.raises(FactoryCrashed, match=rf"raised RuntimeError: no GPU here \(at {factory}:2\)"):
         build_from_factory(f"{factory}:build_trainer", steps=1)
+    res = runner.invoke(app, ["compare", "--trainer", f"{factory}:build_trainer", "-o", str(tmp_path / "r")])
+    assert res.exit_code == 3, res.output
+    assert (
+        res.stderr.strip()
+        == f"error: {factory}:build_trainer raised RuntimeError: no GPU here (at {factory}:2)"
+    )
 
 
 def test_an_output_that_cannot_be_written_is_refused_before_comparing(good, tmp_path, monkeypatch):

@@ -113,8 +113,9 @@ def test_demo_cli_refuses_a_bad_seed_or_out_dir_before_training(tmp_path, monkey
         assert bad.exit_code == 2 and "--seed must be between 0 and" in bad.output
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
-    bad = CliRunner().invoke(app, ["demo", "--out-dir", str(a_file)])
-    assert bad.exit_code == 2 and "is a file, not a directory" in bad.output
+    for option in ("--output", "-o", "--out-dir"):  # --out-dir: the older spelling, kept as a hidden alias
+        bad = CliRunner().invoke(app, ["demo", option, str(a_file)])
+        assert bad.exit_code == 2 and "is a file, not a directory" in bad.output, option
 
 
 @pytest.mark.slow
@@ -125,7 +126,7 @@ def test_demo_cli_fast_subset_is_clean_and_writes_reports(tmp_path):
     from grpo_check.cli import app
 
     out_dir = tmp_path / "demo"
-    run = CliRunner().invoke(app, ["demo", "--out-dir", str(out_dir)])
+    run = CliRunner().invoke(app, ["demo", "--output", str(out_dir)])
     assert run.exit_code == 0, run.output
     for name in ("report.md", "report.html", "result.json", "junit.xml"):
         assert (out_dir / name).is_file(), name
@@ -147,7 +148,7 @@ def test_full_matrix_is_clean_on_a_correct_trl(tmp_path):
     from grpo_check.cli import app
 
     out_dir = tmp_path / "full"
-    run = CliRunner().invoke(app, ["demo", "--matrix", "full", "--out-dir", str(out_dir), "--format", "json"])
+    run = CliRunner().invoke(app, ["demo", "--matrix", "full", "--output", str(out_dir), "--format", "json"])
     assert run.exit_code == 0, run.output
     result = json.loads((out_dir / "result.json").read_text())
     bad = [

@@ -1,9 +1,9 @@
-"""Example: GRPO correctness tests next to your trainer code (the README's "Use in CI" file).
+"""Example: GRPO correctness tests next to your trainer code (the file shown in docs/ci.md).
 
 Copy this file into your project's tests and replace ``compute_advantages`` and ``grpo_loss`` with imports of
 your own. grpo-check's pytest plugin is loaded automatically once grpo-check is installed: it provides the
 ``grpo_*`` fixtures, the ``grpo`` marker and the ``--grpo-report=PATH`` option. This file is kept identical to
-the code block in docs/readme/testing.md.
+the code block in docs/ci.md.
 """
 
 import pytest

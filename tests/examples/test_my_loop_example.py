@@ -1,4 +1,4 @@
-"""The README's compare walkthrough (examples/my_loop.py) runs, and grpo-check finds its grouping bug."""
+"""The compare walkthrough of docs/compare.md (examples/my_loop.py) runs, and grpo-check finds its grouping bug."""
 
 from __future__ import annotations
 

@@ -132,7 +132,11 @@ def test_result_writer_renders_at_the_end(tmp_path: Path, mixed_result: Result) 
     with ResultWriter(tmp_path / "out", formats=("json", "junit")) as writer:
         writer.extend(mixed_result.findings)
         writer.update_metadata(trainer="unit")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["junit.xml", "result.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "junit.xml",
+        "report-set.json",
+        "result.json",
+    ]
     loaded = load_result(tmp_path / "out" / "result.json")
     assert loaded.counts() == mixed_result.counts() and loaded.metadata["trainer"] == "unit"
 
@@ -187,7 +191,11 @@ def test_cli_merges_and_writes_junit(tmp_path: Path, mixed_result: Result) -> No
     assert run.exit_code == 1, run.output
     suite = ET.parse(out).getroot().find("testsuite")
     assert int(suite.get("failures")) == 2 * len(mixed_result.failures)
-    assert len(suite.findall("testcase")) == 2 * len(mixed_result)
+    # one testcase per failing/warning occurrence; one per check for the rest (both ranks together)
+    aggregated = sum(
+        len(mixed_result.by_verdict(v)) for v in ("pass", "convention", "not_captured", "inconclusive")
+    )
+    assert len(suite.findall("testcase")) == 2 * len(mixed_result) - aggregated
 
 
 def test_cli_reads_a_partial_log(tmp_path: Path) -> None:

@@ -56,18 +56,27 @@ def test_terminal_colour_and_clean(mixed_result: Result, clean_result: Result) -
     assert "population std" in clean  # conventions are listed as such, not as failures
 
 
-def test_markdown_has_a_row_per_finding(mixed_result: Result) -> None:
+def test_markdown_failures_in_full_then_aggregated_passes(mixed_result: Result) -> None:
     text = render(mixed_result, "md")
-    table = text.split("## Findings")[1].split("\n## ")[0]
-    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| verdict")]
-    assert len(rows) == len(mixed_result.findings)
-    # the first row is the first divergence; pipes in explanations are escaped (column count stays 7)
-    assert "advantages.group_sum_zero" in rows[0]
-    assert all(len(re.split(r"(?<!\\)\|", row)) == 9 for row in rows)
-    assert "## First divergence" in text
+    assert (
+        text.index("## First divergence") < text.index("## Failures and warnings") < text.index("## Passed")
+    )
+    failures = text.split("## Failures and warnings (3 in 3 check(s))")[1].split("\n## ")[0]
+    # the first divergence is not repeated; the other failure and the warning are shown in full
+    assert "first occurrence: the first divergence, above" in failures
+    assert "**likely cause**: temperature applied on one side only (bug-catalog S1)" in failures
+    assert "&lt;html&gt; &amp; stuff" in failures
+    assert "**fix**: disable dropout" in failures
+    assert "| `loss.finite` | loss | 1 | 0 | 0 | 0 | 0 | step 0 |" in text
+    assert "| NOT CAPTURED | `kl.match_reference` | kl | 1 | - | kl was not recorded |" in text
+    assert (
+        "| `advantages.std_convention` | advantages | 1 | 0 | population std instead of sample std |" in text
+    )
     assert "**likely cause**: generations grouped with repeat" in text
     assert "| advantages | 1 | 0 | 0 | 1 | FAIL |" in text
     assert "tolerances" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert all(len(re.split(r"(?<!\\)\|", row)) == row.count("|") + 1 - row.count("\\|") for row in rows)
 
 
 class _Collector(HTMLParser):
@@ -189,7 +198,9 @@ def test_write_report_writes_every_format(mixed_result: Result, tmp_path: Path) 
         "junit": "junit.xml",
         "text": "report.txt",
     }
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths.values())
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [*(p.name for p in paths.values()), "report-set.json"]
+    )
     assert load_result(paths["json"]).counts() == mixed_result.counts()
 
 

@@ -88,7 +88,10 @@ def test_out_dir_holding_an_input_is_refused_for_a_merge(tmp_path: Path) -> None
     run = _cli(str(first), str(second), "--out-dir", str(tmp_path / "r0"))
     _refused(run, str(first), "--out-dir", "merged result", "choose another --out-dir")
     assert first.read_bytes() == before  # r0's own findings are kept
-    assert sorted(p.name for p in (tmp_path / "r0").iterdir()) == ["result.json"]  # nothing written
+    assert sorted(p.name for p in (tmp_path / "r0").iterdir()) == [
+        "report-set.json",
+        "result.json",
+    ]  # nothing new
     # correct usage: a new directory; the merge holds each rank's finding once
     run = _cli(str(first), str(second), "--out-dir", str(tmp_path / "merged"))
     assert run.exit_code == 1, run.output
@@ -278,12 +281,12 @@ def test_markdown_escaping_holds_once_rendered_as_html() -> None:
 
 def test_markdown_keeps_normal_text_as_it_was(mixed_result: Result) -> None:
     text = render(mixed_result, "md")
-    assert "| PASS | `loss.finite` |" in text
+    assert "| `loss.finite` | loss | 1 |" in text
     assert "- **fix**: group rows with repeat_interleave(G)" in text
     assert (
         "**likely cause**: generations grouped with repeat instead of repeat_interleave (bug-catalog 6)"
         in text
     )
-    assert "pipes and &lt;html&gt; &amp; stuff" in text and "\\| pipes" in text
+    assert "pipes and &lt;html&gt; &amp; stuff" in text
     assert "Checked: `traces/run1`" in text and "- **source**: `traces/run1`" in text
     assert "<details><summary>tolerances</summary>" in text and "```json" in text

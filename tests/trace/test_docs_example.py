@@ -1,4 +1,4 @@
-"""The walkthrough in docs/readme/traces-and-reports.md runs as written (hand-written loop on a tiny Llama)."""
+"""The walkthrough in docs/traces.md runs as written (hand-written loop on a tiny Llama)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "readme" / "traces-and-reports.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "traces.md"
 
 
 def _python_blocks() -> list[str]:

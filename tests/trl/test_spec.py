@@ -69,7 +69,7 @@ def test_trainer_config_dict_is_json_able():
 
 @pytest.mark.parametrize(
     ("version", "message"),
-    [("0.16.0", "older than the oldest supported"), ("2.0.0", "newer than the supported")],
+    [("0.13.0", "older than 0.14.0, the first release with GRPOTrainer"), ("2.0.0", "lacks the methods")],
 )
 def test_unsupported_trl_versions_get_a_clear_message(version, message):
     class Trainer:
