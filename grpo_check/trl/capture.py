@@ -204,7 +204,9 @@ class Attachment(TrainerHooks, StepRecording, LiveChecking, HelperClient):
             not_applicable["invariants"] = "turned off (invariants=False)"
         if not self.probes:
             not_applicable["probes"] = "turned off (probes=False)"
-        else:  # no captured micro-batch was checked (or coverage_notes says why probing did not run)
+        elif (
+            not self._probed
+        ):  # no captured micro-batch was checked (or coverage_notes says why probing did not run)
             reasons.setdefault("probes", "no micro-batch was checked, so the loss code was not probed")
         reasons.update(self.coverage_notes)
         finish_result(
