@@ -65,7 +65,7 @@ def test_a_correct_trl_is_captured_and_compares_clean_but_for_its_shipped_bugs(t
     result = attachment.result()
     # the numerical bugs this release shipped (and a later one fixed) that these settings trigger: each must
     # fail and be named (bug, fixing release, PR); nothing else may fail
-    expected = {bug.id: bug for bug in shipped_bugs(trl.__version__, attachment.spec.to_dict())}
+    expected = {bug.id: bug for bug in shipped_bugs(trl.__version__, attachment.run_settings())}
     failing = [f for f in result.findings if f.verdict is Verdict.FAIL]
     unexplained = [f.message() for f in failing if (f.details or {}).get("shipped_bug") not in expected]
     assert not unexplained, unexplained

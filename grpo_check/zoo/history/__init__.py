@@ -12,7 +12,7 @@ From the command line: ``grpo-check zoo --history`` (see ``docs/trl-versions.md`
 Example::
 
     >>> [case.bug.id for case in HISTORY_CASES][:2]
-    ['trl-temperature-logps', 'trl-dapo-normaliser-spg']
+    ['trl-logps-no-attention-mask', 'trl-temperature-logps']
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ class HistoryCase:
 
 
 HISTORY_CASES: tuple[HistoryCase, ...] = (
+    HistoryCase(  # T = 1: the temperature bug of the same releases stays out of the way
+        _BUGS["trl-logps-no-attention-mask"], buggy="0.14.0", fixed="0.15.2", settings={"temperature": 1.0}
+    ),
     HistoryCase(
         _BUGS["trl-temperature-logps"], buggy="0.15.2", fixed="0.16.1", settings={"temperature": 0.7}
     ),
