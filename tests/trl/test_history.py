@@ -173,3 +173,12 @@ def test_the_attention_mask_bug_is_known_from_left_padded_prompts_and_only_on_0_
     assert shipped_bugs("0.15.0", padded) == []
     both = [b.id for b in shipped_bugs("0.14.0", {**padded, "temperature": 0.7})]
     assert both == ["trl-logps-no-attention-mask", "trl-temperature-logps"]
+
+
+def test_a_re_derivation_failing_in_the_bug_s_stage_is_explained_too():
+    finding = _failing("loss", "rederive.num_items_in_batch")
+    finding.kind = "rederive"
+    settings = {"loss_type": "dapo", "mask_truncated_completions": True, "gradient_accumulation_steps": 1}
+    named = name_shipped_bugs([finding], "1.8.0", settings)
+    assert [f.details["shipped_bug"] for f in named] == ["trl-num-items-truncated"]
+    assert finding.details["shipped_bug"] == "trl-num-items-truncated"
