@@ -561,7 +561,10 @@ def _is_str_map(value: Any) -> bool:
 MANIFEST_FIELD_KINDS: dict[str, tuple[str, Any]] = {
     "trainer": ("a string", _is_str_or_none),
     "source": ("a string", _is_str_or_none),
-    "notes": ("a string", _is_str_or_none),
+    "notes": (
+        "a string or a list of strings",
+        lambda v: _is_str_or_none(v) or (isinstance(v, list) and all(isinstance(x, str) for x in v)),
+    ),
     "created": ("a string", _is_str_or_none),
     "versions": ("an object of version strings", lambda v: v is None or _is_str_map(v)),
     "dtypes": ("an object of dtype names", lambda v: v is None or _is_str_map(v)),
