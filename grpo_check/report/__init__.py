@@ -163,10 +163,10 @@ def load_result(path: str | os.PathLike[str]) -> Result:
     source = Path(path)
     if source.suffix == ".jsonl":
         return read_partial(source)
-    from grpo_check import _limits
+    from grpo_check import limits
 
     try:
-        data = _limits.loads_json(_limits.read_text(source, cap=_limits.MAX_JSON_BYTES), source=str(source))
+        data = limits.loads_json(limits.read_text(source, cap=limits.MAX_JSON_BYTES), source=str(source))
     except json.JSONDecodeError as exc:
         raise InputError(f"not valid JSON ({exc})", source=str(source)) from None
     except UnicodeDecodeError as exc:

@@ -127,10 +127,10 @@ class ResultWriter:
 def read_partial(path: str | os.PathLike[str]) -> Result:
     """Load a ``result.partial.jsonl`` log (possibly cut off mid-line) as a :class:`Result`."""
     source = Path(path)
-    from grpo_check import _limits
+    from grpo_check import limits
 
     try:
-        text = _limits.read_text(source, cap=_limits.MAX_JSON_BYTES)
+        text = limits.read_text(source, cap=limits.MAX_JSON_BYTES)
     except UnicodeDecodeError as exc:
         raise InputError(f"not UTF-8 text ({exc})", source=str(source)) from None
     result = Result()
@@ -140,7 +140,7 @@ def read_partial(path: str | os.PathLike[str]) -> Result:
         if not line.strip():
             continue
         try:
-            record = _limits.loads_json(line, source=str(source), field=f"line {number}")
+            record = limits.loads_json(line, source=str(source), field=f"line {number}")
         except json.JSONDecodeError:
             if number == len(lines):  # the run was killed while writing this line
                 result.metadata["incomplete"] = result.metadata.get("incomplete") or "log ends in a torn line"
@@ -216,13 +216,13 @@ def check_report_set(directory: str | os.PathLike[str]) -> None:
     """
     import hashlib
 
-    from grpo_check import _limits
+    from grpo_check import limits
 
     folder = Path(directory)
     set_path = folder / SET_NAME
     if not set_path.exists():
         return
-    record = _limits.read_json(set_path, cap=_limits.MiB, what="report set")
+    record = limits.read_json(set_path, cap=limits.MiB, what="report set")
     files = record.get("files") if isinstance(record, dict) else None
     if not isinstance(record, dict) or record.get("format") != SET_FORMAT or not isinstance(files, dict):
         raise InputError(f"not a {SET_FORMAT} record", source=str(set_path))
@@ -243,7 +243,7 @@ def check_report_set(directory: str | os.PathLike[str]) -> None:
         if "/" in str(name) or not isinstance(expected, str):
             raise InputError("malformed file entry", source=str(set_path), field=str(name))
         try:
-            actual = hashlib.sha256(_limits.read_bytes(path, cap=_limits.MAX_JSON_BYTES)).hexdigest()
+            actual = hashlib.sha256(limits.read_bytes(path, cap=limits.MAX_JSON_BYTES)).hexdigest()
         except FileNotFoundError:
             raise InputError(
                 f"incomplete report set: {name} of run {record.get('run_id')!s:.12} is missing",

@@ -43,7 +43,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from grpo_check import _limits
+from grpo_check import limits
 from grpo_check._kinds import is_real_number, is_whole_number
 from grpo_check.findings import InputError
 from grpo_check.trace.model import TENSOR_STAGE, Trace, TraceStep
@@ -553,6 +553,10 @@ def _is_str_or_none(value: Any) -> bool:
     return value is None or isinstance(value, str)
 
 
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
 def _is_str_map(value: Any) -> bool:
     return isinstance(value, dict) and all(_is_str_or_none(v) for v in value.values())
 
@@ -561,10 +565,7 @@ def _is_str_map(value: Any) -> bool:
 MANIFEST_FIELD_KINDS: dict[str, tuple[str, Any]] = {
     "trainer": ("a string", _is_str_or_none),
     "source": ("a string", _is_str_or_none),
-    "notes": (
-        "a string or a list of strings",
-        lambda v: _is_str_or_none(v) or (isinstance(v, list) and all(isinstance(x, str) for x in v)),
-    ),
+    "notes": ("a string or a list of strings", lambda v: _is_str_or_none(v) or _is_str_list(v)),
     "created": ("a string", _is_str_or_none),
     "versions": ("an object of version strings", lambda v: v is None or _is_str_map(v)),
     "dtypes": ("an object of dtype names", lambda v: v is None or _is_str_map(v)),
@@ -606,8 +607,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if not path.is_file():  # a directory or a pipe (reading a pipe with no writer would wait forever)
         raise InputError("manifest.json is not a regular file", source=str(path))
     try:
-        raw = _limits.read_bytes(path, cap=_limits.MAX_JSON_BYTES)
-        manifest = _limits.loads_json(raw.decode("utf-8"), source=str(path))
+        raw = limits.read_bytes(path, cap=limits.MAX_JSON_BYTES)
+        manifest = limits.loads_json(raw.decode("utf-8"), source=str(path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"manifest is not valid JSON ({exc})", source=str(path)) from None
     if not isinstance(manifest, dict):
@@ -657,9 +658,9 @@ _STEM = re.compile(r"^(\d+)-mb(\d+)-r(\d+)")
 def _load_step(json_path: Path, num_generations: int | None, problem) -> tuple[int, str, TraceStep] | None:
     """Read one step; on any problem report it and return ``None`` (so the step is left out)."""
     try:
-        raw = _limits.read_bytes(json_path, cap=_limits.MAX_JSON_BYTES)
-        record = _limits.loads_json(raw.decode("utf-8"), source=None)
-    except _limits.LimitError as exc:
+        raw = limits.read_bytes(json_path, cap=limits.MAX_JSON_BYTES)
+        record = limits.loads_json(raw.decode("utf-8"), source=None)
+    except limits.LimitError as exc:
         problem(f"{exc.message}; step skipped", source=json_path, field=exc.field)
         return None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -735,6 +736,7 @@ INT_META_KEYS: tuple[str, ...] = (
     "rank",
     "iteration",
     "optimizer_steps_since_old_logps",
+    "generation_step",
     "gradient_accumulation_steps",
     "steps_per_generation",
     "num_processes",
@@ -770,7 +772,7 @@ def _short(value: Any) -> str:
 
 
 def _is_int64(value: Any) -> bool:
-    return is_whole_number(value) and _limits.INT64_MIN <= int(value) <= _limits.INT64_MAX
+    return is_whole_number(value) and limits.INT64_MIN <= int(value) <= limits.INT64_MAX
 
 
 def _is_count(value: Any) -> bool:
@@ -844,8 +846,8 @@ def _read_tensor_file(json_path: Path, record: dict[str, Any], problem) -> dict[
         return None
     tensor_path = json_path.parent / tensor_file
     try:
-        blob = _limits.read_bytes(tensor_path, cap=_limits.MAX_TENSOR_FILE_BYTES)  # a regular file, bounded
-    except _limits.LimitError as exc:
+        blob = limits.read_bytes(tensor_path, cap=limits.MAX_TENSOR_FILE_BYTES)  # a regular file, bounded
+    except limits.LimitError as exc:
         problem(f"{exc.message}; step skipped", source=tensor_path, field=exc.field)
         return None
     except OSError as exc:
@@ -868,8 +870,8 @@ def _read_tensor_file(json_path: Path, record: dict[str, Any], problem) -> dict[
         )
         return None
     try:  # every declared tensor inside the file, with a supported dtype, before safetensors builds them
-        _limits.check_safetensors_blob(blob, source=str(tensor_path))
-    except _limits.LimitError as exc:
+        limits.check_safetensors_blob(blob, source=str(tensor_path))
+    except limits.LimitError as exc:
         problem(
             f"not a readable safetensors file ({exc.message}); step skipped",
             source=tensor_path,
@@ -914,12 +916,12 @@ def validate_step_tensors(tensors: Mapping[str, Any]) -> list[tuple[str, str]]:
     errors: list[tuple[str, str]] = []
     known = {n: t for n, t in tensors.items() if n in TENSOR_STAGE}
     for name, tensor in known.items():
-        if _dtype_name(tensor.dtype) not in _limits.SUPPORTED_TORCH_DTYPES:
+        if _dtype_name(tensor.dtype) not in limits.SUPPORTED_TORCH_DTYPES:
             errors.append(
                 (
                     name,
                     f"dtype {_dtype_name(tensor.dtype)} is not supported "
-                    f"(one of {', '.join(sorted(_limits.SUPPORTED_TORCH_DTYPES))})",
+                    f"(one of {', '.join(sorted(limits.SUPPORTED_TORCH_DTYPES))})",
                 )
             )
         elif name in ID_TENSORS and (tensor.dtype.is_floating_point or tensor.dtype.is_complex):

@@ -346,17 +346,17 @@ def test_usage_errors_are_one_line(args: list[str], expected: str) -> None:
 
 
 def test_regular_file_check_does_not_open_a_fifo(tmp_path: Path) -> None:
-    from grpo_check import _limits
+    from grpo_check import limits
 
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    with pytest.raises(_limits.LimitError, match="a pipe"):
-        _limits.read_bytes(fifo, cap=10)
+    with pytest.raises(limits.LimitError, match="a pipe"):
+        limits.read_bytes(fifo, cap=10)
     big = tmp_path / "big"
     big.write_bytes(b"x" * 11)
-    with pytest.raises(_limits.LimitError, match="11 bytes; at most 10"):
-        _limits.read_bytes(big, cap=10)
-    assert _limits.read_bytes(big, cap=11) == b"x" * 11
+    with pytest.raises(limits.LimitError, match="11 bytes; at most 10"):
+        limits.read_bytes(big, cap=10)
+    assert limits.read_bytes(big, cap=11) == b"x" * 11
 
 
 @pytest.mark.parametrize(
