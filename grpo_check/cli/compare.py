@@ -202,6 +202,15 @@ def first_step_weights(trace: Any, model: Any) -> Any:
     return for_step
 
 
+def _forget_earlier_trace(trace_dir: Path) -> None:
+    """An earlier ``compare --trainer`` run's trace in the report folder is replaced: removed before training
+    (the new one is streamed there step by step). Anything else at that path is left for the writer to refuse."""
+    import shutil
+
+    if trace_dir.is_dir() and not trace_dir.is_symlink() and (trace_dir / "manifest.json").is_file():
+        shutil.rmtree(trace_dir)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("compare", help=_HELP)
     def compare_command(
@@ -287,11 +296,14 @@ def register(app: typer.Typer) -> None:
                 name = Path(trainer.split(":")[0]).stem or "trainer"
                 out_dir = make_output_dir(output or Path("reports") / name)  # before training, not after
                 load_factory(trainer)  # a wrong file or function name: said now, not after training
+                trace_dir = out_dir / "trace"
+                _forget_earlier_trace(trace_dir)
                 try:
                     with contextlib.redirect_stdout(sys.stderr):  # stdout is for the chosen format only
                         run = check_factory(
                             trainer,
                             steps,
+                            trace_dir,  # every captured step reaches the disk as it is captured
                             tolerances=policy,
                             invariants=not no_invariants,
                             probes=not no_probes,
@@ -299,7 +311,7 @@ def register(app: typer.Typer) -> None:
                 except FactoryCrashed as exc:
                     typer.secho(f"error: {exc.line}", err=True, fg=typer.colors.RED)
                     raise typer.Exit(EXIT_CRASHED) from None
-                save_trace(run.trace, out_dir / "trace", overwrite=True)
+                save_trace(run.trace, trace_dir, overwrite=True)  # with what the run added to the manifest
                 code = emit(
                     run.result,
                     output_format=output_format,

@@ -142,3 +142,26 @@ def test_a_core_check_that_could_not_run_with_the_model_at_hand_is_incomplete(tm
     accepted = _cli([*args, "--allow-partial"])
     assert accepted.exit_code == 0, accepted.output
     assert accepted.stdout.startswith("grpo-check: OK (partial: forward log-probs, reference-model forward")
+
+
+@pytest.mark.slow
+def test_a_killed_compare_trainer_keeps_every_captured_step_on_disk(tmp_path):
+    """SIGKILL cannot be caught: what ``compare --trainer`` captured before it must already be on disk, and a
+    later ``compare TRACE`` checks it."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("trl")
+    from grpo_check.trace.io import load_trace
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "GRPO_CHECK_TEST_STOP": "SIGKILL", "OMP_NUM_THREADS": "1"}
+    args = ["compare", "--trainer", f"{FACTORIES}:stops_in_second_step", "--steps", "2", "-o", str(out)]
+    run = subprocess.run([sys.executable, "-m", "grpo_check", *args], env=env, capture_output=True, timeout=600)
+    assert run.returncode == -9, run.stderr.decode()[-2000:]
+    trace = load_trace(out / "trace")
+    assert trace.steps, "nothing captured before the kill reached the disk"
+    assert any("not close" in problem or "complete" in problem for problem in map(str, trace.problems))
+    again = _cli(["compare", str(out / "trace"), "-o", str(tmp_path / "after")])
+    assert again.exit_code in (0, 1), again.output
