@@ -82,6 +82,16 @@ class Case:
         return "mutant" if self.is_mutant else "control"
 
     @property
+    def entry_point(self) -> str:
+        """Through which user entry point the case is checked: ``compare --trainer`` (a TRL trainer trained with
+        the full check attached, the path the command runs) or ``compare TRACE`` (a hand-written loop's
+        Recorder trace, compared with the weights of each step)."""
+        declared = self.config.get("entry_point")
+        if isinstance(declared, str) and declared:
+            return declared
+        return "compare --trainer" if self.pipeline == "trl" else "compare TRACE"
+
+    @property
     def first_stage(self) -> str | None:
         """The earliest stage among the planted bugs: where the first divergence should be."""
         if not self.bugs:
@@ -94,6 +104,7 @@ class Case:
             "kind": self.kind,
             "title": self.title,
             "pipeline": self.pipeline,
+            "entry_point": self.entry_point,
             "seen_in": self.seen_in,
             "bugs": [dataclasses.asdict(b) for b in self.bugs],
             "config": self.config,

@@ -338,20 +338,23 @@ def describe_score(score: CaseScore) -> str:
 def render_text(card: Scorecard) -> str:
     lines = ["grpo-check zoo: detection scorecard", ""]
     lines.append(
-        f"{'case':44} {'bug':>6} {'stage':>10} {'det':>4} {'first div.':>11} {'loc':>4} {'diag':>5}  named"
+        f"{'case':44} {'bug':>6} {'stage':>10} {'det':>4} {'first div.':>11} {'loc':>4} {'diag':>5}  "
+        f"{'entry point':17}  named"
     )
     for s in card.mutants:
         bug = "+".join(b.label() for b in s.case.bugs)
         lines.append(
             f"{s.case.id:44} {bug:>6} {s.case.first_stage or '-':>10} {_detected_mark(s):>4} "
             f"{s.first_stage or '-':>11} {_mark(s.localised):>4} {_mark(s.diagnosed):>5}  "
-            f"{','.join(s.named_ids) or '-'}{'  ERROR' if s.error else ''}"
+            f"{s.case.entry_point:17}  {','.join(s.named_ids) or '-'}{'  ERROR' if s.error else ''}"
         )
     lines.append("")
-    lines.append(f"{'control':44} {'result':>14}  failing checks")
+    lines.append(f"{'control':44} {'result':>14}  {'entry point':17}  failing checks")
     for s in card.controls:
         verdict = "ERROR" if s.error else ("FALSE POSITIVE" if s.false_positive else "clean")
-        lines.append(f"{s.case.id:44} {verdict:>14}  {', '.join(s.failing_checks) or '-'}")
+        lines.append(
+            f"{s.case.id:44} {verdict:>14}  {s.case.entry_point:17}  {', '.join(s.failing_checks) or '-'}"
+        )
     lines += ["", *_totals_lines(card)]
     return "\n".join(lines)
 
@@ -377,20 +380,24 @@ def _totals_lines(card: Scorecard) -> list[str]:
 
 def render_markdown(card: Scorecard) -> str:
     lines = [
-        "| mutant | bug | pipeline | bug stage | detected | first divergence | localised | diagnosed | catalog ids named |",
+        "| mutant | bug | entry point | bug stage | detected | first divergence | localised | diagnosed | "
+        "catalog ids named |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in card.mutants:
         bug = " + ".join(b.label() for b in s.case.bugs)
         lines.append(
-            f"| `{s.case.id}` | {bug} | {s.case.pipeline} | {s.case.first_stage} | {_detected_mark(s)} | "
+            f"| `{s.case.id}` | {bug} | `{s.case.entry_point}` | {s.case.first_stage} | {_detected_mark(s)} | "
             f"{s.first_stage or '-'} (`{s.first_check or '-'}`) | {_mark(s.localised)} | {_mark(s.diagnosed)} | "
             f"{', '.join(s.named_ids) or '-'} |"
         )
-    lines += ["", "| control | result | failing checks |", "|---|---|---|"]
+    lines += ["", "| control | entry point | result | failing checks |", "|---|---|---|---|"]
     for s in card.controls:
         verdict = "ERROR" if s.error else ("**false positive**" if s.false_positive else "clean")
-        lines.append(f"| `{s.case.id}` ({s.case.title}) | {verdict} | {', '.join(s.failing_checks) or '-'} |")
+        lines.append(
+            f"| `{s.case.id}` ({s.case.title}) | `{s.case.entry_point}` | {verdict} | "
+            f"{', '.join(s.failing_checks) or '-'} |"
+        )
     lines += ["", "```", *_totals_lines(card), "```"]
     return "\n".join(lines)
 

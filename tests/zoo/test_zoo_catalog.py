@@ -70,3 +70,22 @@ def test_unknown_selector_is_an_input_error():
 def test_unknown_selector_suggests_close_ids():
     with pytest.raises(InputError, match="did you mean S1-logsoftmax-sign"):
         select_cases(["S1-logsoftmax-sing"])
+
+
+def test_every_case_says_through_which_entry_point_it_is_checked():
+    from grpo_check.zoo.cases import all_cases
+    from grpo_check.zoo.scorecard import Scorecard, render_markdown, render_text, score_result
+
+    cases = all_cases()
+    points = {case.pipeline: set() for case in cases}
+    for case in cases:
+        points[case.pipeline].add(case.entry_point)
+        assert case.to_dict()["entry_point"] == case.entry_point
+    assert points["trl"] == {"compare --trainer"}
+    assert points["loop"] == {"compare TRACE"}
+    from grpo_check.findings import Result
+
+    trl_case = next(c for c in cases if c.pipeline == "trl" and c.is_mutant)
+    card = Scorecard(scores=[score_result(trl_case, Result())], seconds=0.0)
+    assert "`compare --trainer`" in render_markdown(card)
+    assert "compare --trainer" in render_text(card)
