@@ -31,6 +31,7 @@ from grpo_check.rederive.inputs import (
     generation_loss_tokens,
     generation_step_of,
     tensor_or_none,
+    whole,
 )
 from grpo_check.trace.model import Trace, TraceStep
 
@@ -145,7 +146,7 @@ def completion_ends_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) 
             f"completion_ids {tuple(ids.shape)} and completion_mask {tuple(mask.shape)} are not the same (B, T)",
         )
     pad = step.meta.get("pad_token_id")
-    pad = int(pad) if isinstance(pad, int) and not isinstance(pad, bool) else None
+    pad = whole(pad)
     all_ids = eos.ends
     ends = completion_ends(ids, all_ids, pad, tensor_or_none(step, "tool_mask"))
     expected = expected_completion_mask(ends, ids.shape[1], mask_truncated=spec.mask_truncated_completions)
@@ -357,7 +358,7 @@ def num_items_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) -> Fin
 def _count_cause(step: TraceStep, trace: Trace | None, given: float, derived: float) -> str:
     extra = given - derived
     masked = _masked_tokens(step, trace)
-    processes = step.meta.get("num_processes")
+    processes = whole(step.meta.get("num_processes"))
     if masked is not None and masked["truncated"] > 0 and abs(extra - masked["truncated"]) <= 0.5:
         return (
             f"the normaliser counts the {masked['truncated']:g} tokens of truncated completions that "
@@ -367,7 +368,7 @@ def _count_cause(step: TraceStep, trace: Trace | None, given: float, derived: fl
         return f"the normaliser counts the {masked['tool']:g} tool-output tokens that tool_mask removes from the loss"
     if masked is not None and masked["after_mask"] > 0 and abs(extra - masked["after_mask"]) <= 0.5:
         return f"the normaliser counts {masked['after_mask']:g} masked tokens (padding or tokens after EOS)"
-    if isinstance(processes, int) and processes > 1 and abs(given * processes - derived) <= 0.5:
+    if processes is not None and processes > 1 and abs(given * processes - derived) <= 0.5:
         return "the token count was not gathered across processes (one process's count used as the global N)"
     if extra > 0:
         return "the normaliser counts tokens the loss mask excludes"
@@ -378,8 +379,8 @@ def _masked_tokens(step: TraceStep, trace: Trace | None) -> dict[str, float] | N
     """Over the generation batch (as far as the trace holds it): tokens of truncated rows a zeroed mask drops,
     tool-output tokens, and other positions outside the mask (padding)."""
     steps = [step]
-    generation = step.meta.get("generation")
-    if trace is not None and isinstance(generation, int):
+    generation = whole(step.meta.get("generation"))
+    if trace is not None and generation is not None:
         from grpo_check.rederive.inputs import _index
 
         steps = _index(trace).micro_batches.get(generation, [step])
@@ -392,7 +393,7 @@ def _masked_tokens(step: TraceStep, trace: Trace | None) -> dict[str, float] | N
             return None
         rows = micro.meta.get("global_rows") or list(range(ids.shape[0]))
         tool = tensor_or_none(micro, "tool_mask")
-        ends = completion_ends(ids, eos.ends, micro.meta.get("pad_token_id"), tool)
+        ends = completion_ends(ids, eos.ends, whole(micro.meta.get("pad_token_id")), tool)
         m = mask.detach().to(torch.float64)
         for index, row in enumerate(rows):
             if int(row) in seen:
@@ -419,9 +420,9 @@ def old_logps_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) -> Fin
     check_id = "rederive.old_logps_required"
     if step.meta.get("scope") == "generation":
         return _not_applicable(check_id, step, "a generation step (no loss computed on it)")
-    use_step = step.meta.get("step")
+    use_step = whole(step.meta.get("step"))
     generated = generation_step_of(step, trace)
-    if not isinstance(use_step, int) or isinstance(use_step, bool):
+    if use_step is None:
         return _not_captured(check_id, step, "meta step")
     if generated is None:
         return _not_captured(check_id, step, "meta generation_step (or the generation step in the trace)")
@@ -487,12 +488,29 @@ def old_logps_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) -> Fin
                 figure=moved,
                 optimizer_steps_between=between,
             )
+        moved = _policy_moved(step, trace)
+        if moved is None:  # bitwise equal is also what a policy that did not move gives (lr 0, zero gradient)
+            return _finding(
+                check_id,
+                step,
+                Verdict.WARN,
+                f"{head}, yet old_logps equal logps bitwise on all {int(valid.sum())} loss token(s): ρ ≡ 1 "
+                "(legitimate only if the policy did not move: learning rate 0 or zero gradients; the trace holds "
+                "no earlier log-probs of these rows to tell)",
+                figure=0.0,
+                tolerance=0.0,
+                catalog_id="17",
+                likely_cause=cause,
+                fix=fix,
+                optimizer_steps_between=between,
+            )
         return _finding(
             check_id,
             step,
             Verdict.FAIL,
-            f"{head}, yet old_logps equal logps bitwise on all {int(valid.sum())} loss token(s): ρ ≡ 1",
-            figure=0.0,
+            f"{head}, yet old_logps equal logps bitwise on all {int(valid.sum())} loss token(s): ρ ≡ 1, while "
+            f"the policy moved ({moved[0]})",
+            figure=moved[1],
             tolerance=0.0,
             catalog_id="17",
             likely_cause=cause,
@@ -509,11 +527,17 @@ def old_logps_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) -> Fin
                 f"{head}; ρ ≠ 1 (max |ρ − 1| = {deviation:.3g})",
                 figure=deviation,
             )
+        moved = _policy_moved(step, trace)
         return _finding(
             check_id,
             step,
-            Verdict.FAIL,
-            f"{head}, yet ρ ≡ 1 on every token",
+            Verdict.WARN if moved is None else Verdict.FAIL,
+            f"{head}, yet ρ ≡ 1 on every token"
+            + (
+                " (legitimate only if the policy did not move; the trace holds no earlier log-probs of these rows)"
+                if moved is None
+                else f", while the policy moved ({moved[0]})"
+            ),
             figure=0.0,
             tolerance=0.0,
             catalog_id="17",
@@ -536,6 +560,42 @@ def old_logps_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) -> Fin
         fix=fix,
         optimizer_steps_between=between,
     )
+
+
+def _policy_moved(step: TraceStep, trace: Trace | None) -> tuple[str, float] | None:
+    """Evidence that the policy changed since the batch was generated, as ``(what shows it, a figure)``: the
+    parameters' fingerprint recorded at generation and at use differ (``meta["policy_changed_since_generation"]``),
+    or another micro-batch of the same generation, at another optimizer step, holds other log-probs of a row."""
+    if step.meta.get("policy_changed_since_generation") is True:
+        return "its parameters' fingerprint at use differs from the one at generation", 1.0
+    generation, rows, use_step = (
+        whole(step.meta.get("generation")),
+        step.meta.get("global_rows"),
+        step.meta.get("step"),
+    )
+    logps = tensor_or_none(step, "logps")
+    if trace is None or generation is None or not isinstance(rows, list) or logps is None:
+        return None
+    from grpo_check.rederive.inputs import _index
+
+    here = {int(row): index for index, row in enumerate(rows)}
+    for other in _index(trace).micro_batches.get(generation, []):
+        other_rows, other_logps = other.meta.get("global_rows"), tensor_or_none(other, "logps")
+        if other is step or other.meta.get("step") == use_step or not isinstance(other_rows, list):
+            continue
+        if other_logps is None or other_logps.shape[1] != logps.shape[1]:
+            continue
+        for index, row in enumerate(other_rows):
+            mine = here.get(int(row))
+            if mine is None:
+                continue
+            delta = float((logps[mine].detach().double() - other_logps[index].detach().double()).abs().max())
+            if delta > 0:
+                return (
+                    f"the same rows' log-probs at optimizer step {other.meta['step']} differ by up to {delta:.3g}",
+                    delta,
+                )
+    return None
 
 
 # ------------------------------------------------------------------------------------------ loss: tool mask

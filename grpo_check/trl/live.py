@@ -74,6 +74,7 @@ class LiveChecking:
     trainer: Any
     spec: Any
     trace: Any
+    _sink: Any  # grpo_check.trace.io.TraceWriter streaming to out_dir, or None
 
     def _due(self, global_step: int) -> bool:
         return self.schedule.due(global_step)
@@ -92,13 +93,41 @@ class LiveChecking:
     def _finish_step(self, step: TraceStep, extra_findings: list[Finding] | None = None) -> None:
         if self.keep_steps or self.out_dir is not None:
             self.trace.steps.append(step)
+        if self._sink is not None:  # on disk now, complete or absent: a killed run keeps what it captured
+            self._sink.append_step(step)
         if not self.live:
             return
+        self._probe_once(step)
         if self._batches_policy_forward(step):
             # compared when its gradient-accumulation window closes, with one policy forward for the window
             self._window.append((step, extra_findings or [], int(self.trainer.state.global_step)))
             return
         self._check_live(step, extra_findings or [])
+
+    def _probe_once(self, step: TraceStep) -> None:
+        """Probe the trainer's own loss code (:mod:`grpo_check.trl.probe`) from this captured micro-batch, once per
+        configuration: synthetic micro-batches drive every branch of the configured loss through the trainer's
+        loss code and are held to the reference. Training is unchanged (RNG, parameters and trainer state are
+        restored); a failure is noted in the coverage, never raised."""
+        if not self.probes or step.meta.get("scope") != "micro_batch":
+            return
+        try:
+            from grpo_check.trl.probe import probe_key, probe_trainer
+        except ImportError as error:  # pragma: no cover - probing ships with grpo-check
+            self.coverage_notes["probes"] = f"probing is not available ({error})"
+            return
+        try:
+            key = probe_key(self.trainer, step)
+            if key in self._probed:
+                return
+            self._probed.add(key)
+            findings = probe_trainer(self.trainer, step, tolerances=self.tolerances)
+        except Exception as error:  # never stop training
+            log.warning("grpo-check: probing the loss code failed: %s: %s", type(error).__name__, error)
+            self.coverage_notes["probes"] = f"probing failed ({type(error).__name__}: {error})"
+            return
+        self.findings.extend(findings)
+        self._accumulate_metrics(step, findings)
 
     def _check_live(self, step: TraceStep, extra_findings: list[Finding], policy_model: Any = None) -> None:
         try:

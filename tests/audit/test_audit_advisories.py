@@ -39,6 +39,7 @@ CASES: dict[str, tuple[dict, dict | None, int]] = {
         1,
     ),
     "GA610": ({"num_generations": 8}, None, 1),
+    "GA611": ({"num_iterations": 2}, {"num_iterations": 1}, 1),
 }
 
 # A config where the batch arithmetic is valid on every release (so the only findings under test are advisories).
@@ -129,7 +130,8 @@ def test_advisories_from_a_file_on_the_release_it_was_written_for(tmp_path):
 
 # ------------------------------------------------------------- the released code itself (when the wheels are here)
 
-WHEELS = Path(os.environ.get("GRPO_CHECK_TRL_WHEELS", "/work/venvs/audit-wheels"))
+# Fill with: pip download trl==X --no-deps -d ~/.cache/grpo-check/trl-wheels (for each release named in MARKERS)
+WHEELS = Path(os.environ.get("GRPO_CHECK_TRL_WHEELS") or Path.home() / ".cache" / "grpo-check" / "trl-wheels")
 
 # id -> (file in the wheel, a fragment of the faulty code or None, a fragment of the fixed code). The faulty
 # fragment is in the last affected release; the fixed one is in the fixing release and not in the last affected.
@@ -176,6 +178,11 @@ MARKERS: dict[str, tuple[str, str | None, str]] = {
         "gradient_accumulation_steps % generate_every",
     ),
     "GA610": ("trl/trainer/grpo_trainer.py", "nansum(dim=1)", "unscorable_mask"),
+    "GA611": (
+        "trl/trainer/grpo_trainer.py",
+        "is_clipped = (per_token_loss1 < per_token_loss2).float()",
+        "is_region_clipped",
+    ),
 }
 
 

@@ -221,10 +221,23 @@ def test_old_logps_fires_when_skipped_after_an_optimizer_step():
     assert "1 optimizer step(s) between generation (step 3) and use (step 4)" in f.explanation
 
 
-def test_old_logps_fires_when_aliased_to_logps():
+def test_old_logps_aliased_to_logps_fail_when_the_policy_moved():
     trace = old_logps_trace(5, torch.tensor([[-1.0, -2.0], [-0.5, -0.25]]))
+    # without earlier log-probs of these rows, a policy that did not move (lr 0) gives the same: a warning
     f = finding(trace.steps[1], "rederive.old_logps_required", trace=trace)
-    assert f.verdict is Verdict.FAIL and "equal logps bitwise" in f.explanation
+    assert f.verdict is Verdict.WARN and "equal logps bitwise" in f.explanation
+    # the same rows scored at the generation step (iteration 0) with other log-probs: the policy moved
+    for step in trace.steps[1:]:
+        step.meta["global_rows"] = [0, 1]
+    first_use = TraceStep(
+        tensors={"logps": torch.tensor([[-1.2, -2.0], [-0.5, -0.25]]), "completion_mask": torch.ones(2, 2)},
+        meta={"scope": "micro_batch", "generation": 4, "step": 3, "global_rows": [1, 0]},
+    )
+    trace.steps.append(first_use)
+    f = finding(trace.steps[1], "rederive.old_logps_required", trace=trace)
+    assert f.verdict is Verdict.FAIL and "the policy moved" in f.explanation
+    # rows are paired by global row: row 1 here is row 0 there, |(-0.5, -0.25) - (-1.2, -2.0)| = 1.75 at most
+    assert f.figure == 1.75 and "at optimizer step 3" in f.explanation
 
 
 def test_old_logps_silent_when_taken_before_the_update():
@@ -237,7 +250,14 @@ def test_old_logps_uses_recorded_generation_step_and_ratio():
     step = TraceStep(
         tensors={"ratio": torch.ones(2, 3)}, meta={"step": 2, "generation_step": 1, "scope": "micro_batch"}
     )
-    assert finding(step, "rederive.old_logps_required").verdict is Verdict.FAIL
+    # no evidence the policy moved: a warning
+    assert finding(step, "rederive.old_logps_required").verdict is Verdict.WARN
+    step.meta["policy_changed_since_generation"] = True  # the parameters' fingerprints differ: it moved
+    moved = finding(step, "rederive.old_logps_required")
+    assert moved.verdict is Verdict.FAIL and "fingerprint" in moved.explanation
+    step.meta["policy_changed_since_generation"] = False  # a zero update: ρ ≡ 1 is right
+    assert finding(step, "rederive.old_logps_required").verdict is Verdict.PASS
+    del step.meta["policy_changed_since_generation"]
     step.tensors["ratio"] = torch.tensor([[1.0, 1.01, 1.0], [1.0, 1.0, 1.0]])
     assert finding(step, "rederive.old_logps_required").verdict is Verdict.PASS
 
@@ -381,3 +401,15 @@ def test_completion_ends_holds_the_trainer_list_to_the_tokenizer_and_generation_
     assert f.verdict is Verdict.FAIL and "expected 4" in f.explanation
     step.tensors["completion_mask"] = torch.tensor([[1, 1, 1, 1, 0]])
     assert finding(step, "rederive.completion_ends").verdict is Verdict.PASS
+
+
+def test_meta_numbers_of_other_integer_kinds_are_read():
+    import numpy as np
+
+    step = TraceStep(
+        tensors={"logps": torch.zeros(1, 2)},
+        meta={"step": np.int64(2), "generation_step": torch.tensor(1), "scope": "micro_batch"},
+    )
+    assert finding(step, "rederive.old_logps_required").verdict is Verdict.FAIL
+    step.meta["generation_step"] = "1"  # the wrong kind: not recorded
+    assert finding(step, "rederive.old_logps_required").verdict is Verdict.NOT_CAPTURED
