@@ -52,3 +52,20 @@ def test_compare_trainer_runs_the_example_factory(tmp_path):
     assert scopes.count("micro_batch") == 4 and scopes.count("generation") == 1  # 2 steps x GAS 2, spg 4
     assert trace.manifest["factory"].endswith("train_factory.py:build_trainer")
     assert not trace.problems
+
+
+def test_a_crash_is_placed_in_the_user_s_code_not_in_a_library(tmp_path):
+    from grpo_check.trl.runner import _where
+
+    user = tmp_path / "train.py"
+    user.write_text("import json\n\ndef build():\n    return json.loads('{')\n")
+    namespace: dict = {}
+    exec(compile(user.read_text(), str(user), "exec"), namespace)
+    try:
+        namespace["build"]()
+    except ValueError as error:
+        assert _where(error).endswith(f"(at {user}:4)")  # the innermost frames are the standard library's
+        assert _where(error, user).endswith(f"(at {user}:4)")
+        assert _where(error, name="SIGTERM").startswith("SIGTERM: Expecting property name")
+    else:  # pragma: no cover
+        raise AssertionError("json.loads('{') should raise")
