@@ -17,7 +17,7 @@ into it in turn (pip resolves against local caches, so a switch takes seconds). 
 Examples::
 
     python scripts/trl_matrix.py --list                       # the releases and their pins
-    python scripts/trl_matrix.py                              # every release line (about an hour on 2 cores)
+    python scripts/trl_matrix.py                              # every release line (2-6 min a release on a shared 2-core machine)
     python scripts/trl_matrix.py --releases 0.14.0,0.22.2     # some releases
     python scripts/trl_matrix.py --releases ci                # the three CI runs
     python scripts/trl_matrix.py --md docs/trl-versions.md    # rewrite the table in the docs page
