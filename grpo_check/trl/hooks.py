@@ -128,6 +128,7 @@ class TrainerHooks:
                 "rewards_per_func": _cpu(rewards_per_func),
                 "prompts": list(prompts),
                 "completions": [c if isinstance(c, str) else repr(c) for c in completions],
+                "completion_ids": [list(map(int, ids)) for ids in completion_ids_list],
             }
             return rewards_per_func
 
