@@ -1,0 +1,97 @@
+"""TRL glue for :mod:`grpo_check.probe.rewards`: call each reward function again as ``_calculate_rewards``
+calls it (TRL 1.x), its per-row arguments reordered, on the first generation batch of a run.
+
+The extra calls leave training untouched: the RNG states (Python, NumPy, torch) are restored afterwards, and
+the logging callbacks TRL hands reward functions (``log_extra``, ``log_metric``) are replaced by no-ops.
+Reward models (``nn.Module``) and async reward functions are not probed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import random
+from collections.abc import Iterator
+from typing import Any
+
+from grpo_check.findings import Finding
+
+_PER_ROW_EXCLUDED = ("prompt", "completion", "completion_ids")  # the columns TRL passes under other names
+
+
+@contextlib.contextmanager
+def _rng_preserved() -> Iterator[None]:
+    import torch
+
+    py_state = random.getstate()
+    torch_state = torch.random.get_rng_state()
+    np_state = None
+    with contextlib.suppress(ImportError):
+        import numpy as np
+
+        np_state = np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(py_state)
+        torch.random.set_rng_state(torch_state)
+        if np_state is not None:
+            import numpy as np
+
+            np.random.set_state(np_state)
+
+
+def _noop(*_: Any, **__: Any) -> None:
+    return None
+
+
+def probe_reward_functions(
+    trainer: Any,
+    inputs: list[dict[str, Any]],
+    prompts: list[Any],
+    completions: list[Any],
+    completion_ids_list: list[Any],
+    rewards_per_func: Any,
+    *,
+    rank: int = 0,
+    step: int | None = None,
+) -> list[Finding]:
+    """One :data:`~grpo_check.probe.rewards.CHECK_ID` finding per synchronous reward function."""
+    import torch
+
+    from grpo_check.probe.rewards import probe_reward_rows
+
+    rows = len(prompts)
+    if not rows or not inputs or rewards_per_func is None:
+        return []
+    table = rewards_per_func.detach().to("cpu")
+    if table.shape[0] >= (rank + 1) * rows:  # TRL gathers the rewards of every process
+        table = table[rank * rows : (rank + 1) * rows]
+    columns = {key: [row.get(key) for row in inputs] for key in inputs[0] if key not in _PER_ROW_EXCLUDED}
+    per_row: dict[str, list[Any]] = {
+        "prompts": list(prompts),
+        "completions": list(completions),
+        "completion_ids": list(completion_ids_list),
+        **columns,
+    }
+    shared: dict[str, Any] = {"trainer_state": getattr(trainer, "state", None), "log_extra": _noop,
+                              "log_metric": _noop}  # fmt: skip
+    if getattr(trainer, "environments", None) is not None:
+        return []  # environments are stateful per row: reordering them is not a pure reordering
+    findings: list[Finding] = []
+    names = list(getattr(trainer, "reward_func_names", []) or [])
+    for index, func in enumerate(getattr(trainer, "reward_funcs", []) or []):
+        if isinstance(func, torch.nn.Module) or inspect.iscoroutinefunction(func):
+            continue
+        name = names[index] if index < len(names) else getattr(func, "__name__", f"reward_{index}")
+
+        def call(order: list[int], func: Any = func) -> list[Any]:
+            kwargs = {key: [values[i] for i in order] for key, values in per_row.items()}
+            with _rng_preserved():
+                return list(func(**kwargs, **shared))
+
+        try:
+            findings.append(probe_reward_rows(call, table[:, index].tolist(), name=name, step=step))
+        except Exception:
+            continue
+    return findings
