@@ -45,6 +45,7 @@ DETECTORS: tuple[Detector, ...] = (
     advantages.detect_group_sums,
     logps.detect_sign_flip,
     logps.detect_position_ids,
+    logps.detect_forward_variant,
     logps.detect_token_shift,
     logps.detect_temperature,
     logps.detect_old_logps_mismatch,

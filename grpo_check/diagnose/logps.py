@@ -225,6 +225,53 @@ def detect_token_shift(dx: Diagnosis) -> list[Finding]:
     return []
 
 
+_FORWARD_VARIANTS = {
+    "no_attention_mask": (
+        "the trainer's {quantity} equal the reference forward pass run without the attention mask (padding "
+        "attended to, positions 0..P+T−1); with the mask they differ by up to {figure:.3g}",
+        "the log-prob forward is called without attention_mask: left padding is attended to and shifts the "
+        "positions, so a row's log-probs depend on how much it was padded",
+        "pass attention_mask (and position_ids from it) to the model in the log-prob helper",
+    ),
+    "temperature_1": (
+        "the trainer's {quantity} equal the reference model's forward pass at T=1 while the policy is scored at "
+        "T={temperature:g} (differing by up to {figure:.3g}): the reference model's logits are not divided by the "
+        "temperature",
+        "temperature applied to the policy's logits only: the KL compares a tempered policy with an untempered "
+        "reference model",
+        "score the reference model with the same temperature as the policy (one log-prob helper for both)",
+    ),
+}
+
+
+def detect_forward_variant(dx: Diagnosis) -> list[Finding]:
+    """Trainer log-probs equal a known wrong forward pass (no attention mask; reference model at T=1)."""
+    out: list[Finding] = []
+    for label, (explanation, cause, fix) in _FORWARD_VARIANTS.items():
+        failing = [f for f in dx.failing(prefix="logps.") if f.details.get("matches_forward") == label]
+        if not failing:
+            continue
+        target = failing[0]
+        quantity = target.details.get("quantity", "logps")
+        out.append(
+            dx.finding(
+                check_id="diagnose.forward_variant",
+                stage="logps",
+                catalog_id="1" if label == "temperature_1" else None,
+                figure=target.figure,
+                where=target.where,
+                explanation=explanation.format(
+                    quantity=quantity, figure=target.figure or 0.0, temperature=dx.spec.temperature
+                ),
+                likely_cause=cause,
+                fix=fix,
+                details={"variant": label, "quantity": quantity},
+                attach_to=failing + dx.failing(stage="ratio") + dx.failing(stage="kl"),
+            )
+        )
+    return out
+
+
 def detect_temperature(dx: Diagnosis) -> list[Finding]:
     """Trainer log-probs match the reference forward pass at another temperature (or divided by T)."""
     trainer, at_spec = dx.trainer("logps"), dx.ref("logps")
