@@ -33,7 +33,9 @@ class ExitCode(enum.IntEnum):
     INCOMPLETE = 4
     """A core check could not run although it could have (coverage incomplete)."""
     INTERRUPTED = 130
-    """Ctrl-C while grpo-check itself was working (the shell's convention for SIGINT)."""
+    """Ctrl-C (SIGINT) while grpo-check or the user's trainer was working (the shell's convention)."""
+    TERMINATED = 143
+    """SIGTERM while the user's trainer was training (``compare --trainer``; the shell's convention)."""
 
 
 EXIT_CLEAN = ExitCode.OK

@@ -212,7 +212,8 @@ def register(app: typer.Typer) -> None:
         trainer: str | None = typer.Option(
             None,
             "--trainer",
-            help="Build and run a TRL trainer from PATH.py:FUNCTION (returns a GRPOTrainer), capture, compare.",
+            help="The full check: build the GRPOTrainer PATH.py:FUNCTION returns, train it with grpo-check attached, "
+            "compare every micro-batch live (forward passes included).",
         ),
         steps: int | None = typer.Option(
             None, "--steps", help="Optimizer steps to run with --trainer (default 2)."
@@ -232,6 +233,9 @@ def register(app: typer.Typer) -> None:
         strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too."),
         no_invariants: bool = typer.Option(
             False, "--no-invariants", help="Skip the single-trace invariants."
+        ),
+        no_probes: bool = typer.Option(
+            False, "--no-probes", help="With --trainer: do not probe the trainer's own loss code."
         ),
         model: Path | None = typer.Option(
             None,
@@ -285,7 +289,13 @@ def register(app: typer.Typer) -> None:
                 load_factory(trainer)  # a wrong file or function name: said now, not after training
                 try:
                     with contextlib.redirect_stdout(sys.stderr):  # stdout is for the chosen format only
-                        run = check_factory(trainer, steps, tolerances=policy, invariants=not no_invariants)
+                        run = check_factory(
+                            trainer,
+                            steps,
+                            tolerances=policy,
+                            invariants=not no_invariants,
+                            probes=not no_probes,
+                        )
                 except FactoryCrashed as exc:
                     typer.secho(f"error: {exc.line}", err=True, fg=typer.colors.RED)
                     raise typer.Exit(EXIT_CRASHED) from None

@@ -487,12 +487,29 @@ def old_logps_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) -> Fin
                 figure=moved,
                 optimizer_steps_between=between,
             )
+        moved = _policy_moved(step, trace)
+        if moved is None:  # bitwise equal is also what a policy that did not move gives (lr 0, zero gradient)
+            return _finding(
+                check_id,
+                step,
+                Verdict.WARN,
+                f"{head}, yet old_logps equal logps bitwise on all {int(valid.sum())} loss token(s): ρ ≡ 1 "
+                "(legitimate only if the policy did not move: learning rate 0 or zero gradients; the trace holds "
+                "no earlier log-probs of these rows to tell)",
+                figure=0.0,
+                tolerance=0.0,
+                catalog_id="17",
+                likely_cause=cause,
+                fix=fix,
+                optimizer_steps_between=between,
+            )
         return _finding(
             check_id,
             step,
             Verdict.FAIL,
-            f"{head}, yet old_logps equal logps bitwise on all {int(valid.sum())} loss token(s): ρ ≡ 1",
-            figure=0.0,
+            f"{head}, yet old_logps equal logps bitwise on all {int(valid.sum())} loss token(s): ρ ≡ 1, while "
+            f"the policy moved (the same rows' log-probs at optimizer step {moved[0]} differ by up to {moved[1]:.3g})",
+            figure=moved[1],
             tolerance=0.0,
             catalog_id="17",
             likely_cause=cause,
@@ -509,11 +526,17 @@ def old_logps_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) -> Fin
                 f"{head}; ρ ≠ 1 (max |ρ − 1| = {deviation:.3g})",
                 figure=deviation,
             )
+        moved = _policy_moved(step, trace)
         return _finding(
             check_id,
             step,
-            Verdict.FAIL,
-            f"{head}, yet ρ ≡ 1 on every token",
+            Verdict.WARN if moved is None else Verdict.FAIL,
+            f"{head}, yet ρ ≡ 1 on every token"
+            + (
+                " (legitimate only if the policy did not move; the trace holds no earlier log-probs of these rows)"
+                if moved is None
+                else f", while the policy moved (log-probs at optimizer step {moved[0]} differ by up to {moved[1]:.3g})"
+            ),
             figure=0.0,
             tolerance=0.0,
             catalog_id="17",
@@ -536,6 +559,36 @@ def old_logps_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) -> Fin
         fix=fix,
         optimizer_steps_between=between,
     )
+
+
+def _policy_moved(step: TraceStep, trace: Trace | None) -> tuple[int, float] | None:
+    """Evidence that the policy changed between two uses of the same rows: another micro-batch of the same
+    generation, at another optimizer step, whose log-probs of a shared row differ. ``(that step, max |Δ|)``."""
+    generation, rows, use_step = (
+        step.meta.get("generation"),
+        step.meta.get("global_rows"),
+        step.meta.get("step"),
+    )
+    logps = tensor_or_none(step, "logps")
+    if trace is None or not isinstance(generation, int) or not isinstance(rows, list) or logps is None:
+        return None
+    from grpo_check.rederive.inputs import _index
+
+    here = {int(row): index for index, row in enumerate(rows)}
+    for other in _index(trace).micro_batches.get(generation, []):
+        other_rows, other_logps = other.meta.get("global_rows"), tensor_or_none(other, "logps")
+        if other is step or other.meta.get("step") == use_step or not isinstance(other_rows, list):
+            continue
+        if other_logps is None or other_logps.shape[1] != logps.shape[1]:
+            continue
+        for index, row in enumerate(other_rows):
+            mine = here.get(int(row))
+            if mine is None:
+                continue
+            delta = float((logps[mine].detach().double() - other_logps[index].detach().double()).abs().max())
+            if delta > 0:
+                return int(other.meta["step"]), delta
+    return None
 
 
 # ------------------------------------------------------------------------------------------ loss: tool mask

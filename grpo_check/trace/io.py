@@ -513,6 +513,10 @@ def _is_str_or_none(value: Any) -> bool:
     return value is None or isinstance(value, str)
 
 
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
 def _is_str_map(value: Any) -> bool:
     return isinstance(value, dict) and all(_is_str_or_none(v) for v in value.values())
 
@@ -521,7 +525,7 @@ def _is_str_map(value: Any) -> bool:
 MANIFEST_FIELD_KINDS: dict[str, tuple[str, Any]] = {
     "trainer": ("a string", _is_str_or_none),
     "source": ("a string", _is_str_or_none),
-    "notes": ("a string", _is_str_or_none),
+    "notes": ("a string or a list of strings", lambda v: _is_str_or_none(v) or _is_str_list(v)),
     "created": ("a string", _is_str_or_none),
     "versions": ("an object of version strings", lambda v: v is None or _is_str_map(v)),
     "dtypes": ("an object of dtype names", lambda v: v is None or _is_str_map(v)),
@@ -691,6 +695,7 @@ INT_META_KEYS: tuple[str, ...] = (
     "rank",
     "iteration",
     "optimizer_steps_since_old_logps",
+    "generation_step",
     "gradient_accumulation_steps",
     "steps_per_generation",
     "num_processes",

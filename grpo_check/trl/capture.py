@@ -73,6 +73,7 @@ class Attachment(TrainerHooks, StepRecording, LiveChecking, HelperClient):
         invariants: bool = True,
         background: bool = False,
         budget: float | None = None,
+        probes: bool = True,
     ) -> None:
         from grpo_check.trl.schedule import CheckSchedule
 
@@ -88,7 +89,7 @@ class Attachment(TrainerHooks, StepRecording, LiveChecking, HelperClient):
         if self.out_dir == "":
             raise InputError("out_dir is empty; give a directory name (or None to keep the trace in memory)")
         for name, flag in (("live", live), ("recompute_logps", recompute_logps), ("invariants", invariants),
-                           ("background", background)):  # fmt: skip
+                           ("background", background), ("probes", probes)):  # fmt: skip
             if not isinstance(flag, bool):
                 raise InputError(f"{name} must be True or False, got {flag!r}")
         if self.out_dir is not None and os.path.exists(self.out_dir) and not os.path.isdir(self.out_dir):
@@ -126,6 +127,8 @@ class Attachment(TrainerHooks, StepRecording, LiveChecking, HelperClient):
         self._window_metrics: dict[str, float] = {}
         self._slice_findings: list[Finding] = []
         self.invariants = invariants
+        self.probes = probes
+        self._probed: set[str] = set()  # configurations whose loss code was probed (grpo_check.trl.probe)
         self.skipped_invariants: dict[str, int] = {}
         # why a check family did not run, by family id (grpo_check.coverage), where the adapter knows
         self.coverage_notes: dict[str, str] = {}
@@ -192,9 +195,10 @@ class Attachment(TrainerHooks, StepRecording, LiveChecking, HelperClient):
             )
         if not self.invariants:
             not_applicable["invariants"] = "turned off (invariants=False)"
-        # probes of the trainer's own loss code run in grpo_check.trl.probe when it is installed; until they have
-        # run (or said why not, in coverage_notes) the family reports "not run"
-        reasons.setdefault("probes", "no probe of the trainer's loss code ran on this run")
+        if not self.probes:
+            not_applicable["probes"] = "turned off (probes=False)"
+        else:  # no captured micro-batch was checked (or coverage_notes says why probing did not run)
+            reasons.setdefault("probes", "no micro-batch was checked, so the loss code was not probed")
         reasons.update(self.coverage_notes)
         finish_result(
             result,
@@ -235,6 +239,7 @@ def attach(
     invariants: bool = True,
     background: bool = False,
     budget: float | None = None,
+    probes: bool = True,
 ) -> Attachment:
     """Capture every micro-batch of a TRL ``GRPOTrainer`` and (``live=True``) check it against the float64
     reference while it trains.
@@ -256,6 +261,10 @@ def attach(
             (``0.03``: training takes at most about 1.03x as long): after each checked step the next is chosen
             from what recent checks and steps took on this process (see :mod:`grpo_check.trl.schedule`).
             Step 0 is always checked. ``result().metadata["checking"]`` reports the cost either way.
+        probes: probe the trainer's own loss code once per configuration (:mod:`grpo_check.trl.probe`):
+            synthetic micro-batches built from the first checked micro-batch drive every branch of the
+            configured loss (both clip bounds, ``delta``, masked and truncated rows, ...) through the trainer's
+            loss code, compared with the reference (``live=True`` only).
 
     Checking does not change training: the hooks consume no randomness (RNG state is saved and restored
     around the reference) and the model's train/eval mode is restored.
@@ -270,4 +279,5 @@ def attach(
         invariants=invariants,
         background=background,
         budget=budget,
+        probes=probes,
     )

@@ -94,11 +94,37 @@ class LiveChecking:
             self.trace.steps.append(step)
         if not self.live:
             return
+        self._probe_once(step)
         if self._batches_policy_forward(step):
             # compared when its gradient-accumulation window closes, with one policy forward for the window
             self._window.append((step, extra_findings or [], int(self.trainer.state.global_step)))
             return
         self._check_live(step, extra_findings or [])
+
+    def _probe_once(self, step: TraceStep) -> None:
+        """Probe the trainer's own loss code (:mod:`grpo_check.trl.probe`) from this captured micro-batch, once per
+        configuration: synthetic micro-batches drive every branch of the configured loss through the trainer's
+        loss code and are held to the reference. Training is unchanged (RNG, parameters and trainer state are
+        restored); a failure is noted in the coverage, never raised."""
+        if not self.probes or step.meta.get("scope") != "micro_batch":
+            return
+        try:
+            from grpo_check.trl.probe import probe_key, probe_trainer
+        except ImportError as error:  # pragma: no cover - probing ships with grpo-check
+            self.coverage_notes["probes"] = f"probing is not available ({error})"
+            return
+        try:
+            key = probe_key(self.trainer, step)
+            if key in self._probed:
+                return
+            self._probed.add(key)
+            findings = probe_trainer(self.trainer, step, tolerances=self.tolerances)
+        except Exception as error:  # never stop training
+            log.warning("grpo-check: probing the loss code failed: %s: %s", type(error).__name__, error)
+            self.coverage_notes["probes"] = f"probing failed ({type(error).__name__}: {error})"
+            return
+        self.findings.extend(findings)
+        self._accumulate_metrics(step, findings)
 
     def _check_live(self, step: TraceStep, extra_findings: list[Finding], policy_model: Any = None) -> None:
         try:

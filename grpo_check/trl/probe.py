@@ -42,6 +42,8 @@ from grpo_check.trl.spec import spec_from_trl
 
 __all__ = [
     "LossEra",
+    "NotProbeable",
+    "ProbeOnce",
     "backward_scale",
     "effective_spec",
     "loss_era",
@@ -100,8 +102,23 @@ def _source(function: Any) -> str:
         return ""
 
 
+class NotProbeable(RuntimeError):
+    """The trainer's loss does not call the per-token log-prob helper, so synthetic log-probs cannot reach it."""
+
+
+_ERAS: dict[type, LossEra] = {}
+
+
 def loss_era(trainer: Any) -> LossEra:
-    """The :class:`LossEra` of ``trainer``'s TRL release, read from TRL's own method definitions."""
+    """The :class:`LossEra` of ``trainer``'s TRL release, read from TRL's own method definitions (once per
+    trainer class)."""
+    cls = type(trainer)
+    if cls not in _ERAS:
+        _ERAS[cls] = _read_era(trainer)
+    return _ERAS[cls]
+
+
+def _read_era(trainer: Any) -> LossEra:
     if hasattr(trainer, "_get_per_token_logps_and_entropies"):
         helper = "_get_per_token_logps_and_entropies"
         outputs = 3 if "aux_loss" in _source(_trl_definition(trainer, helper)) else 2
@@ -203,6 +220,7 @@ def _fake_helper(leaf: torch.Tensor, entropies: torch.Tensor, era: LossEra, ref:
     def helper(
         model: Any, input_ids: Any, attention_mask: Any, logits_to_keep: Any, *args: Any, **kwargs: Any
     ):
+        helper.calls += 1
         if int(logits_to_keep) != leaf.shape[1]:
             raise RuntimeError(
                 f"the loss asked for {logits_to_keep} completion positions, the probe has {leaf.shape[1]}"
@@ -218,6 +236,7 @@ def _fake_helper(leaf: torch.Tensor, entropies: torch.Tensor, era: LossEra, ref:
         aux = torch.zeros((), device=leaf.device) if kwargs.get("compute_aux_loss") else None
         return leaf, out_entropies, aux
 
+    helper.calls = 0  # type: ignore[attr-defined]
     return helper
 
 
@@ -280,11 +299,18 @@ def trainer_loss_fn(trainer: Any, era: LossEra | None = None) -> Any:
         ref = probe.tensors.get("ref_logps")
         ref = None if ref is None else ref.detach().to(device)
         context = getattr(trainer, "compute_loss_context_manager", contextlib.nullcontext)
-        with _probing(trainer, era, _fake_helper(leaf, entropies, era, ref), window), context():
-            loss = trainer.compute_loss(
-                trainer.model, inputs
-            )  # as training_step calls it (autocast included)
+        helper = _fake_helper(leaf, entropies, era, ref)
+        with (
+            _probing(trainer, era, helper, window),
+            context(),
+        ):  # as training_step calls it (autocast included)
+            loss = trainer.compute_loss(trainer.model, inputs)
             loss = loss * backward_scale(trainer, window)
+        if not helper.calls:
+            raise NotProbeable(
+                f"{type(trainer).__name__}'s loss does not take its log-probs from {era.helper}: it cannot be fed "
+                "synthetic log-probs (the probe is left to the comparison of captured steps)"
+            )
         return loss, leaf
 
     return loss_fn
@@ -329,3 +355,19 @@ def probe_key(trainer: Any, step: Any = None) -> str:
     return json.dumps(
         {"spec": spec.to_dict(), "window": int(window), "class": type(trainer).__qualname__}, sort_keys=True
     )
+
+
+class ProbeOnce:
+    """Probe a trainer once per configuration: ``prober(trainer, step)`` returns :func:`probe_trainer`'s
+    findings the first time a :func:`probe_key` is seen and ``[]`` after (for ``attach`` and ``compare``)."""
+
+    def __init__(self, *, tolerances: Any = None) -> None:
+        self.tolerances = tolerances
+        self.seen: set[str] = set()
+
+    def __call__(self, trainer: Any, step: Any = None) -> list[Finding]:
+        key = probe_key(trainer, step)
+        if key in self.seen:
+            return []
+        self.seen.add(key)
+        return probe_trainer(trainer, step, tolerances=self.tolerances)

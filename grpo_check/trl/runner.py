@@ -100,10 +100,17 @@ def _where(error: BaseException, file: Path | None = None, *, name: str | None =
     frames = traceback.extract_tb(error.__traceback__)
     chosen = [frame for frame in frames if file is not None and _same_file(frame.filename, file)]
     chosen = chosen or [frame for frame in frames if _is_user_code(frame.filename)] or frames
-    place = f" (at {chosen[-1].filename}:{chosen[-1].lineno})" if chosen else ""
+    place = f" (at {_shown(chosen[-1].filename)}:{chosen[-1].lineno})" if chosen else ""
     message = " ".join(str(error).split())  # one line
     name = name or type(error).__name__
     return f"{name}: {message}{place}" if message else f"{name}{place}"
+
+
+def _shown(name: str) -> str:
+    """A file as the user would write it: relative to the working directory when it lies below it."""
+    with contextlib.suppress(ValueError, OSError):
+        return str(Path(name).resolve().relative_to(Path.cwd().resolve()))
+    return name
 
 
 def _same_file(name: str, file: Path) -> bool:
@@ -217,6 +224,7 @@ def train_checked(
     invariants: bool = True,
     background: bool = False,
     budget: float | None = None,
+    probes: bool = True,
     user_file: str | os.PathLike[str] | None = None,
 ) -> CheckedRun:
     """Attach the full check to ``trainer``, train it, and compare what was captured — also when training
@@ -234,6 +242,7 @@ def train_checked(
         invariants=invariants,
         background=background,
         budget=budget,
+        probes=probes,
     )
     outcome = RunOutcome()
     try:
@@ -276,6 +285,7 @@ def check_factory(
     *,
     tolerances: Any = None,
     invariants: bool = True,
+    probes: bool = True,
 ) -> CheckedRun:
     """Import the factory, build the trainer, train ``steps`` optimizer steps with the full check attached
     (:func:`train_checked`). Raises :class:`FactoryCrashed` when the factory itself raises."""

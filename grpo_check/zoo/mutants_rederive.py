@@ -1,6 +1,6 @@
 """Mutants and controls for what a trainer hands its loss: the token count, the completion ends, the old
 log-probs. Each runs a factory of :mod:`grpo_check.zoo.rederive_factories` exactly as
-``grpo-check compare --trainer FILE:FUNCTION --steps 2`` does (capture, then the comparison of the trace), on
+``grpo-check compare --trainer FILE:FUNCTION --steps 2`` does (the full check attached while it trains), on
 a tiny Qwen2 policy with two EOS ids and an arithmetic task, not the demo's model.
 
 The bugs are invisible to a comparison fed the trainer's own inputs (the reference divides by the same wrong
@@ -19,13 +19,14 @@ ENTRY_POINT = "compare --trainer"
 
 
 def _run_compare_trainer(function: str, steps: int) -> Any:
-    """``grpo-check compare --trainer`` in-process: the factory trained with capture, then ``compare``."""
-    from grpo_check.compare import compare
-    from grpo_check.trl.runner import run_factory
+    """``grpo-check compare --trainer`` in-process: the factory trained with the full check attached."""
+    from grpo_check.trl.runner import check_factory
     from grpo_check.zoo.mutants_trl import TRLRun
 
-    trace = run_factory(f"grpo_check.zoo.rederive_factories:{function}", steps)
-    return TRLRun(trace=trace, result=compare(trace))
+    run = check_factory(f"grpo_check.zoo.rederive_factories:{function}", steps)
+    if run.outcome.status != "completed":
+        raise RuntimeError(run.outcome.line)
+    return TRLRun(trace=run.trace, result=run.result)
 
 
 def _case(

@@ -38,7 +38,7 @@ def test_programming_errors_still_raise():
 def test_exit_codes_keep_their_documented_numbers():
     from grpo_check.cli._common import ExitCode
 
-    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4, 130]
+    assert [int(code) for code in ExitCode] == [0, 1, 2, 3, 4, 130, 143]
     assert [code.name for code in ExitCode][:5] == ["OK", "FINDINGS", "USAGE", "CRASHED", "INCOMPLETE"]
 
 

@@ -221,10 +221,23 @@ def test_old_logps_fires_when_skipped_after_an_optimizer_step():
     assert "1 optimizer step(s) between generation (step 3) and use (step 4)" in f.explanation
 
 
-def test_old_logps_fires_when_aliased_to_logps():
+def test_old_logps_aliased_to_logps_fail_when_the_policy_moved():
     trace = old_logps_trace(5, torch.tensor([[-1.0, -2.0], [-0.5, -0.25]]))
+    # without earlier log-probs of these rows, a policy that did not move (lr 0) gives the same: a warning
     f = finding(trace.steps[1], "rederive.old_logps_required", trace=trace)
-    assert f.verdict is Verdict.FAIL and "equal logps bitwise" in f.explanation
+    assert f.verdict is Verdict.WARN and "equal logps bitwise" in f.explanation
+    # the same rows scored at the generation step (iteration 0) with other log-probs: the policy moved
+    for step in trace.steps[1:]:
+        step.meta["global_rows"] = [0, 1]
+    first_use = TraceStep(
+        tensors={"logps": torch.tensor([[-1.2, -2.0], [-0.5, -0.25]]), "completion_mask": torch.ones(2, 2)},
+        meta={"scope": "micro_batch", "generation": 4, "step": 3, "global_rows": [1, 0]},
+    )
+    trace.steps.append(first_use)
+    f = finding(trace.steps[1], "rederive.old_logps_required", trace=trace)
+    assert f.verdict is Verdict.FAIL and "the policy moved" in f.explanation
+    # rows are paired by global row: row 1 here is row 0 there, |(-0.5, -0.25) - (-1.2, -2.0)| = 1.75 at most
+    assert f.figure == 1.75 and "at optimizer step 3" in f.explanation
 
 
 def test_old_logps_silent_when_taken_before_the_update():
@@ -237,7 +250,9 @@ def test_old_logps_uses_recorded_generation_step_and_ratio():
     step = TraceStep(
         tensors={"ratio": torch.ones(2, 3)}, meta={"step": 2, "generation_step": 1, "scope": "micro_batch"}
     )
-    assert finding(step, "rederive.old_logps_required").verdict is Verdict.FAIL
+    assert (
+        finding(step, "rederive.old_logps_required").verdict is Verdict.WARN
+    )  # no evidence the policy moved
     step.tensors["ratio"] = torch.tensor([[1.0, 1.01, 1.0], [1.0, 1.0, 1.0]])
     assert finding(step, "rederive.old_logps_required").verdict is Verdict.PASS
 

@@ -3,6 +3,8 @@ comparison of ``attach``. Each mutant is caught in its stage; its control (same 
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from grpo_check.findings import Verdict
@@ -13,11 +15,12 @@ FACTORIES = "grpo_check.zoo.rederive_factories"
 
 
 def _compare_trainer(function: str, steps: int = 2):
-    from grpo_check.compare import compare
-    from grpo_check.trl.runner import run_factory
+    """What ``grpo-check compare --trainer`` runs: the factory trained with the full check attached."""
+    from grpo_check.trl.runner import check_factory
 
-    trace = run_factory(f"{FACTORIES}:{function}", steps)
-    return trace, compare(trace)
+    run = check_factory(f"{FACTORIES}:{function}", steps)
+    assert run.outcome.status == "completed", run.outcome.line
+    return run.trace, run.result
 
 
 def _rederived(result, check_id: str):
@@ -90,6 +93,23 @@ def test_spg_below_gas_control_needs_and_has_old_logps():
     assert not result.failures and not result.warnings, [
         f.message() for f in result.failures + result.warnings
     ]
+
+
+def test_offline_compare_of_the_trace_rederives_too(truncating_control):
+    """``grpo-check compare TRACE``: the recorded trace alone, and the same trace with the recorded sums
+    removed (N then joined from the trace's micro-batches)."""
+    from grpo_check.compare import compare
+
+    trace = copy.deepcopy(truncating_control[0])
+    counts = _rederived(compare(trace), "rederive.num_items_in_batch")
+    assert counts and _verdicts(counts) == {Verdict.PASS}
+    for step in trace.steps:
+        step.meta.pop("generation_loss_tokens", None)
+        if step.meta.get("scope") == "micro_batch":
+            step.meta["num_items_in_batch"] += 1.0
+    joined = _rederived(compare(trace), "rederive.num_items_in_batch")
+    assert joined and _verdicts(joined) == {Verdict.FAIL}
+    assert "in the trace" in joined[0].explanation
 
 
 def test_live_attach_runs_the_rederivations_without_the_trace():

@@ -99,6 +99,9 @@ def test_checking_does_not_change_training(tmp_path):
     plain_params, plain_losses, _ = _train(cell, tmp_path / "plain", attach_live=None)
     checked_params, checked_losses, attachment = _train(cell, tmp_path / "checked", attach_live=True)
     assert attachment.findings, "the live comparison ran"
+    assert {"probe.loss", "probe.logps_grad"} <= {f.check_id for f in attachment.findings}, (
+        "the loss code was probed"
+    )
     assert plain_losses == checked_losses  # bitwise equal floats
     assert plain_params.keys() == checked_params.keys()
     for name in plain_params:
@@ -235,14 +238,16 @@ def _second_micro_batch_flipped_trainer():
     class FlipEverySecondTrainer(GRPOTrainer):
         """Log-probs negated in the loss of every second micro-batch only (micro-batch 1 of each GAS-2 window)."""
 
-        _loss_calls = 0
+        _micro_batches = 0
         _flip = False
 
-        def _compute_loss(self, model, inputs):
-            self._flip = self._loss_calls % 2 == 1
-            self._loss_calls += 1
+        def training_step(
+            self, *args, **kwargs
+        ):  # counts training micro-batches, not other loss calls (probes)
+            self._flip = self._micro_batches % 2 == 1
+            self._micro_batches += 1
             try:
-                return super()._compute_loss(model, inputs)
+                return super().training_step(*args, **kwargs)
             finally:
                 self._flip = False
 

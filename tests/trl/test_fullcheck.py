@@ -107,12 +107,16 @@ def test_a_crash_or_interrupt_is_its_own_outcome_and_what_was_captured_is_compar
     run = _cli(args, GRPO_CHECK_TEST_STOP=stop)
     assert run.exit_code == code, run.output
     where = 'raise RuntimeError("reward server down")' if stop == "raise" else "os.kill(os.getpid()"
-    expected = line.format(file=FACTORIES, n=_line_of(where, FACTORIES))
+    shown = (
+        FACTORIES.relative_to(Path.cwd()) if FACTORIES.is_relative_to(Path.cwd()) else FACTORIES
+    )  # as typed
+    expected = line.format(file=shown, n=_line_of(where, FACTORIES))
     assert run.stderr.strip().splitlines()[-1] == f"error: {expected}"
     assert "Traceback" not in run.output
     result = json.loads((out / "result.json").read_text())
     assert result["metadata"]["outcome"]["exit_code"] == code
-    compared = {f["where"].get("step") for f in result["findings"] if f["kind"] == "compare"}
+    stages = ("advantages.", "logps.", "loss.", "grad.")
+    compared = {f["where"].get("step") for f in result["findings"] if f["check_id"].startswith(stages)}
     assert compared == {0} and not [f for f in result["findings"] if f["verdict"] == "fail"]
     assert run.stdout.startswith(f"grpo-check: {'CRASHED' if code == 3 else 'INTERRUPTED'} (")
     from grpo_check.trace.io import load_trace
@@ -123,11 +127,10 @@ def test_a_crash_or_interrupt_is_its_own_outcome_and_what_was_captured_is_compar
 
 
 def test_a_core_check_that_could_not_run_with_the_model_at_hand_is_incomplete(tmp_path, monkeypatch):
-    import grpo_check.compare.stages as stages
+    import grpo_check.compare.stage_findings as stage_findings
 
-    monkeypatch.setattr(
-        stages, "model_logps", lambda *args, **kwargs: None
-    )  # no forward pass can score a row
+    # no forward pass can score a row
+    monkeypatch.setattr(stage_findings, "model_logps", lambda *args, **kwargs: None)
     out = tmp_path / "r"
     args = ["compare", "--trainer", f"{EXAMPLE}:build_trainer", "--steps", "1", "-o", str(out)]
     run = _cli(args)

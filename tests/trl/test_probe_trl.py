@@ -64,6 +64,19 @@ def test_trl_loss_code_passes_every_probe(tmp_path, name):
     assert len(outcome.branches) >= 9
 
 
+def test_probe_once_per_configuration(tmp_path):
+    from grpo_check.trl.probe import ProbeOnce
+
+    trainer = _trainer(tmp_path, CONFIGS["grpo-gas2"])
+    prober = ProbeOnce()
+    first = prober(trainer)
+    assert {f.check_id for f in first} == {"probe.loss", "probe.logps_grad"}
+    assert prober(trainer) == []  # the same configuration: nothing to do
+    trainer.args.epsilon_high = 0.3  # another configuration (a changed clip bound) is probed again
+    trainer.epsilon_high = 0.3
+    assert prober(trainer) and len(prober.seen) == 2
+
+
 def _patched(name, replacements):
     from trl import GRPOTrainer
 
@@ -297,3 +310,31 @@ def test_probing_on_two_processes(tmp_path):
         assert report["processes"] == 2 and report["ok"] == [True, True], report["problems"]
         assert "normaliser.processes" in report["branches"]
         assert "entropy_mask.drops" not in report["branches"]
+
+
+def test_a_loss_that_runs_its_own_forward_is_inconclusive_not_a_false_alarm(tmp_path):
+    from trl import GRPOTrainer
+
+    from grpo_check.trl.probe import probe_trainer_outcome
+
+    class OwnForward(GRPOTrainer):
+        """Calls the class's log-prob helper directly: synthetic log-probs cannot reach this loss."""
+
+        def _compute_loss(self, model, inputs):
+            self._get_per_token_logps_and_entropies = GRPOTrainer._get_per_token_logps_and_entropies.__get__(
+                self
+            )
+            try:
+                return super()._compute_loss(model, inputs)
+            finally:
+                del self._get_per_token_logps_and_entropies
+
+    trainer = _trainer(tmp_path, {"loss_type": "dapo"}, trainer_cls=OwnForward)
+    params, rng = _state(trainer)
+    outcome = probe_trainer_outcome(trainer)
+    assert not outcome.ok and not outcome.failures
+    assert set(outcome.not_run) == {"on-policy", "ratio-grid", "masks", "normaliser"}
+    assert all("does not take its log-probs" in f.explanation for f in outcome.findings)
+    assert torch.equal(rng, torch.random.get_rng_state())
+    after, _ = _state(trainer)
+    assert all(torch.equal(params[k], after[k]) for k in params)
