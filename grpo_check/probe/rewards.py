@@ -9,7 +9,7 @@ has just scored: once in the same order (to tell a non-deterministic function ap
 per-row argument reversed, and maps the second answer back to the batch order.
 
 * same order gives different rewards: the function is not deterministic, the probe is inconclusive;
-* reversed order gives a row a different reward: FAIL ``probe.reward_rows`` (stage ``rewards``), the row and
+* reversed order gives a row a different reward: FAIL ``rewards.row_independence`` (stage ``rewards``), the row and
   both values named;
 * otherwise PASS.
 
@@ -39,7 +39,7 @@ from typing import Any
 
 from grpo_check.findings import Finding, Verdict, Where
 
-CHECK_ID = "probe.reward_rows"
+CHECK_ID = "rewards.row_independence"
 STAGE = "rewards"
 RTOL = 1e-6
 ATOL = 1e-9

@@ -1,4 +1,4 @@
-"""probe.reward_rows: a reward function that scores another row's completion fails; row-wise ones pass."""
+"""rewards.row_independence: a reward function that scores another row's completion fails; row-wise ones pass."""
 
 from __future__ import annotations
 
