@@ -42,6 +42,7 @@ DETECTORS: tuple[Detector, ...] = (
     advantages.detect_grouping,
     advantages.detect_group_scale,
     advantages.detect_permuted,
+    advantages.detect_batch_restandardised,
     advantages.detect_group_sums,
     logps.detect_sign_flip,
     logps.detect_position_ids,
