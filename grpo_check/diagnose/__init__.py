@@ -29,7 +29,16 @@ import torch
 
 from grpo_check._step_cache import step_cache
 from grpo_check.config import GRPOSpec
-from grpo_check.diagnose import advantages, logps, loss_zero, nonfinite, objective, sampling, unexplained
+from grpo_check.diagnose import (
+    advantages,
+    entropy,
+    logps,
+    loss_zero,
+    nonfinite,
+    objective,
+    sampling,
+    unexplained,
+)
 from grpo_check.diagnose._context import Diagnosis, shared_comparisons
 from grpo_check.findings import Finding, InputError
 from grpo_check.trace.model import TraceStep
@@ -43,6 +52,7 @@ DETECTORS: tuple[Detector, ...] = (
     advantages.detect_group_scale,
     advantages.detect_permuted,
     advantages.detect_batch_restandardised,
+    entropy.detect_entropy_mask_pool,
     advantages.detect_group_sums,
     logps.detect_sign_flip,
     logps.detect_position_ids,
