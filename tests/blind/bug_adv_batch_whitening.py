@@ -27,7 +27,9 @@ class WhitenedAdvantages(GRPOTrainer):
 
 def build_trainer(steps: int = 2) -> GRPOTrainer:
     tokenizer = char_tokenizer(PARITY_ALPHABET)
-    args = base_args(steps, scale_rewards="group", gradient_accumulation_steps=2, steps_per_generation=4)
+    args = base_args(
+        steps, loss_type="grpo", scale_rewards="group", gradient_accumulation_steps=2, steps_per_generation=4
+    )
     return WhitenedAdvantages(
         model=saved_model("gpt_neox", tokenizer, seed=2),
         reward_funcs=[parity_reward],

@@ -1,6 +1,6 @@
 """Bug: the high-entropy token mask takes its quantile over every position, padding included.
 
-Tiny Qwen2, parity task, top_entropy_quantile 0.4, GAS 2."""
+Tiny Qwen2, parity task, loss_type dapo (TRL 1.16's default), top_entropy_quantile 0.4, GAS 2."""
 
 from __future__ import annotations
 

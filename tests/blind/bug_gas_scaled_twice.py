@@ -25,7 +25,12 @@ class AccumulationScaled(GRPOTrainer):
 def build_trainer(steps: int = 2) -> GRPOTrainer:
     tokenizer = char_tokenizer(WORD_ALPHABET)
     args = base_args(
-        steps, per_device_train_batch_size=4, gradient_accumulation_steps=4, steps_per_generation=4, beta=0.02
+        steps,
+        loss_type="grpo",
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=4,
+        steps_per_generation=4,
+        beta=0.02,
     )
     return AccumulationScaled(
         model=saved_model("gpt_neox", tokenizer, seed=22),

@@ -32,7 +32,7 @@ class NoAttentionMask(GRPOTrainer):
 
 def build_trainer(steps: int = 2) -> GRPOTrainer:
     tokenizer = char_tokenizer(WORD_ALPHABET)
-    args = base_args(steps, top_p=0.95, temperature=0.8)
+    args = base_args(steps, loss_type="grpo", top_p=0.95, temperature=0.8)
     return NoAttentionMask(
         model=saved_model("llama", tokenizer, seed=24),
         reward_funcs=[case_reward],

@@ -37,7 +37,7 @@ class TwiceTempered(GRPOTrainer):
 
 def build_trainer(steps: int = 2) -> GRPOTrainer:
     tokenizer = char_tokenizer(DIGITS_ALPHABET)
-    args = base_args(steps, temperature=0.7, beta=0.04)
+    args = base_args(steps, loss_type="grpo", temperature=0.7, beta=0.04)
     return TwiceTempered(
         model=saved_model("gpt2", tokenizer, seed=1),
         reward_funcs=[sum_reward],

@@ -21,7 +21,9 @@ def answer_reward(completions: list[str], answer: list[str], **_: Any) -> list[f
 
 def build_trainer(steps: int = 2) -> GRPOTrainer:
     tokenizer = char_tokenizer(WORD_ALPHABET)
-    args = base_args(steps, temperature=0.9, gradient_accumulation_steps=2, steps_per_generation=2)
+    args = base_args(
+        steps, loss_type="grpo", temperature=0.9, gradient_accumulation_steps=2, steps_per_generation=2
+    )
     return GRPOTrainer(
         model=saved_model("llama", tokenizer, seed=3),
         reward_funcs=[answer_reward, upper_reward],

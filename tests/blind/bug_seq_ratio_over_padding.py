@@ -1,6 +1,6 @@
 """Bug: sequence-level importance ratio averaged over every position, padding included.
 
-Tiny Llama, sum task, importance_sampling_level sequence (GSPO), steps_per_generation 2, GAS 1."""
+Tiny Llama, sum task, loss_type grpo, importance_sampling_level sequence (GSPO), steps_per_generation 2, GAS 1."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class PaddedSequenceRatio(GRPOTrainer):
 def build_trainer(steps: int = 2) -> GRPOTrainer:
     tokenizer = char_tokenizer(DIGITS_ALPHABET)
     args = base_args(
-        steps, importance_sampling_level="sequence", steps_per_generation=2, learning_rate=2e-2,
+        steps, loss_type="grpo", importance_sampling_level="sequence", steps_per_generation=2, learning_rate=2e-2,
         max_completion_length=8,
     )  # fmt: skip
     return PaddedSequenceRatio(

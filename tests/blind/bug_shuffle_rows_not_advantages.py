@@ -26,7 +26,9 @@ class ShuffledRows(GRPOTrainer):
 
 def build_trainer(steps: int = 2) -> GRPOTrainer:
     tokenizer = char_tokenizer(WORD_ALPHABET)
-    args = base_args(steps, gradient_accumulation_steps=2, steps_per_generation=2, temperature=0.9)
+    args = base_args(
+        steps, loss_type="grpo", gradient_accumulation_steps=2, steps_per_generation=2, temperature=0.9
+    )
     return ShuffledRows(
         model=saved_model("gpt2", tokenizer, seed=14),
         reward_funcs=[case_reward],

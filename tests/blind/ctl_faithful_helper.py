@@ -1,6 +1,6 @@
 """Control: a log-prob helper refactored by hand (plain forward, shift, temperature, log_softmax, gather).
 
-Tiny GPT-NeoX, parity task, temperature 0.9, top_p 0.9, beta 0.02, GAS 2."""
+Tiny GPT-NeoX, parity task, loss_type dapo (TRL 1.16's default), temperature 0.9, top_p 0.9, beta 0.02, GAS 2."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Control: a second EOS id in the generation config, rewards scaled over the batch (declared), two rewards.
 
-Tiny Llama with ``<eot>`` as a second end token, word task, scale_rewards batch, top_p 0.8, temperature 1.2."""
+Tiny Llama with ``<eot>`` as a second end token, word task, loss_type dapo (the default), scale_rewards batch, top_p 0.8, temperature 1.2."""
 
 from __future__ import annotations
 
