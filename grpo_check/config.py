@@ -52,7 +52,7 @@ DEFAULT_AGGREGATION: dict[str, str] = {
 }
 
 
-_MAX_COUNT = 2**31 - 1  # grpo_check._limits.MAX_COUNT (this module stays stdlib-only)
+_MAX_COUNT = 2**31 - 1  # grpo_check.limits.MAX_COUNT (this module stays stdlib-only)
 _COUNT_FIELDS = (
     "num_generations",
     "top_k",

@@ -28,7 +28,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
-from grpo_check.findings import Finding, Verdict
+from grpo_check.findings import Finding, Verdict, coverage_status
 
 Status = Literal["ran", "not_run", "not_applicable"]
 
@@ -36,7 +36,6 @@ _DECIDED = (Verdict.PASS, Verdict.FAIL, Verdict.WARN, Verdict.CONVENTION)
 
 NO_MODEL_HOW = "pass --model PATH: the policy's weights at the first captured step"
 REF_MODEL_HOW = "pass --ref-model PATH: the frozen reference model"
-_NO_MODEL_REASONS = ("no model", "no reference model")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,36 +188,6 @@ def _why_not(
 def coverage_gaps(coverage: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """The families whose absence makes the run incomplete (core, could have run, did not)."""
     return [f for f in (coverage or {}).get("families", []) if f.get("gap")]
-
-
-def coverage_status(coverage: Mapping[str, Any] | None) -> tuple[str, str]:
-    """(``"complete"`` | ``"partial"`` | ``"incomplete"``, what was not verified) for the headline.
-
-    ``"incomplete"``: a core family did not run although what it needs was at hand (exit 4);
-    ``"partial"``: core families did not run for want of a model (the exit code is unchanged).
-    """
-    if not coverage:
-        return "complete", ""
-    families = coverage.get("families", [])
-    gaps = [f for f in families if f.get("gap")]
-    if gaps:
-        return "incomplete", _not_checked(gaps)
-    missing = [f for f in families if f.get("core") and f.get("status") == "not_run"]
-    if missing:
-        return "partial", _not_checked(missing)
-    return "complete", ""
-
-
-def _not_checked(families: list[Mapping[str, Any]]) -> str:
-    """``forward log-probs, reference-model forward not checked — no model; pass --model and --ref-model``."""
-    titles = ", ".join(str(f["title"]) for f in families)
-    if all(f.get("reason") in _NO_MODEL_REASONS for f in families):
-        flags = dict.fromkeys("--ref-model" if f["id"] == "ref_forward" else "--model" for f in families)
-        return f"{titles} not checked — no model; pass {' and '.join(flags)}"
-    reasons = {f.get("reason") for f in families}
-    if len(reasons) == 1 and families[0].get("reason"):
-        return f"{titles} not checked — {families[0]['reason']}"
-    return f"{titles} not checked"
 
 
 def coverage_lines(coverage: Mapping[str, Any] | None) -> list[str]:

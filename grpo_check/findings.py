@@ -27,7 +27,7 @@ import dataclasses
 import enum
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 STAGES: tuple[str, ...] = ("batch", "rewards", "advantages", "logps", "ratio", "kl", "loss", "grad")
@@ -109,15 +109,18 @@ def _json_number(value: float | None) -> float | str | None:
     return value
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """Replace non-finite floats (anywhere inside dicts/lists) by their repr: JSON has no NaN/Infinity."""
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
+
+
+_json_safe = json_safe  # the former name
 
 
 def _from_json_number(value: Any) -> float | None:
@@ -184,7 +187,7 @@ class Finding:
             "fix": self.fix,
             "catalog_id": self.catalog_id,
             "kind": self.kind,
-            "details": _json_safe(self.details),
+            "details": json_safe(self.details),
         }
 
     @classmethod
@@ -319,8 +322,6 @@ class Result:
     def coverage_state(self) -> tuple[str, str]:
         """(``"complete"`` | ``"partial"`` | ``"incomplete"``, what was not verified), from
         ``metadata["coverage"]`` (see :mod:`grpo_check.coverage`); an accepted partial run is ``"partial"``."""
-        from grpo_check.coverage import coverage_status
-
         state, text = coverage_status(self.metadata.get("coverage"))
         if state == "incomplete" and self.metadata.get("allow_partial"):
             state = "partial"
@@ -346,7 +347,7 @@ class Result:
         return {
             "format": "grpo-check-result",
             "format_version": 1,
-            "metadata": _json_safe(self.metadata),
+            "metadata": json_safe(self.metadata),
             "counts": self.counts(),
             "findings": [f.to_dict() for f in self.findings],
         }
@@ -386,3 +387,37 @@ class Result:
                 row[name] = getattr(f.where, name)
             rows.append(row)
         return pd.DataFrame(rows)
+
+
+#: the reasons a check family gives when it did not run for want of a model (a partial, not an incomplete, run)
+NO_MODEL_REASONS = ("no model", "no reference model")
+
+
+def coverage_status(coverage: Mapping[str, Any] | None) -> tuple[str, str]:
+    """(``"complete"`` | ``"partial"`` | ``"incomplete"``, what was not verified) for the headline.
+
+    ``"incomplete"``: a core family did not run although what it needs was at hand (exit 4);
+    ``"partial"``: core families did not run for want of a model (the exit code is unchanged).
+    """
+    if not coverage:
+        return "complete", ""
+    families = coverage.get("families", [])
+    gaps = [f for f in families if f.get("gap")]
+    if gaps:
+        return "incomplete", _not_checked(gaps)
+    missing = [f for f in families if f.get("core") and f.get("status") == "not_run"]
+    if missing:
+        return "partial", _not_checked(missing)
+    return "complete", ""
+
+
+def _not_checked(families: list[Mapping[str, Any]]) -> str:
+    """``forward log-probs, reference-model forward not checked — no model; pass --model and --ref-model``."""
+    titles = ", ".join(str(f["title"]) for f in families)
+    if all(f.get("reason") in NO_MODEL_REASONS for f in families):
+        flags = dict.fromkeys("--ref-model" if f["id"] == "ref_forward" else "--model" for f in families)
+        return f"{titles} not checked — no model; pass {' and '.join(flags)}"
+    reasons = {f.get("reason") for f in families}
+    if len(reasons) == 1 and families[0].get("reason"):
+        return f"{titles} not checked — {families[0]['reason']}"
+    return f"{titles} not checked"

@@ -12,3 +12,6 @@ DTYPE_DEFAULTS: dict[str, tuple[float, float]] = {
     "bfloat16": (1.6e-2, 1e-5),
     "float16": (1e-3, 1e-5),
 }
+
+# dtypes whose rounding is coarse enough that a tensor is held to a same-precision reference's error
+LOW_PRECISION: tuple[str, ...] = ("bfloat16", "float16")

@@ -141,11 +141,17 @@ def load_manifest(directory: Path) -> list[dict[str, str]]:
     return json.loads((directory / "MANIFEST.json").read_text(encoding="utf-8"))
 
 
-def _against_trl(
-    directory: Path, entries: list[dict[str, str]], trl_version: str, num_processes: int | None
-) -> dict[str, object]:
-    """Construct the installed TRL's GRPOConfig from each recipe's GRPOConfig keys (what TRL's CLI passes it:
-    script, model and project keys go to other dataclasses) and compare its refusals with the audit's errors."""
+KEY_RULES = ("GA403", "GA404", "GA411", "GA417", "GA418")  # keys GRPOConfig does not take
+
+
+def _against_trl(directory: Path, entries: list[dict[str, str]], trl_version: str) -> dict[str, object]:
+    """Construct the installed TRL's GRPOConfig from each recipe and compare with the audit, on one process
+    (this machine's world size; a recipe's own num_processes is overridden to match).
+
+    Two comparisons: (1) the recipe's GRPOConfig keys as written (script, model, project and launcher keys go to
+    other dataclasses, as TRL's CLI routes them) — TRL refuses ⇔ the audit has an error; (2) the same without the
+    keys the audit reports as not taken by GRPOConfig (GA403/GA404/GA411/GA417/GA418), so that the value rules
+    are compared too — TRL refuses ⇔ the audit has an error other than those."""
     import warnings
 
     import trl
@@ -155,11 +161,8 @@ def _against_trl(
     from grpo_check.audit.versions import EXTENSION_KEYS, SCRIPT_KEYS
 
     routed_elsewhere = set(SCRIPT_KEYS) | set(EXTENSION_KEYS) | set(LAUNCHER_KEYS)
-    counts: collections.Counter[str] = collections.Counter()
-    disagreements: list[str] = []
-    for entry in entries:
-        loaded = load_file(directory / entry["file"])
-        kwargs = {k: v for k, v in loaded.values.items() if k not in routed_elsewhere}
+
+    def refusal(kwargs: dict) -> str | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -167,16 +170,35 @@ def _against_trl(
                 trl.GRPOConfig(
                     **{"output_dir": "unused", **kwargs, "report_to": "none", "use_cpu": True, "bf16": False}
                 )
-                refused = None
-            except Exception as exc:
-                refused = f"{type(exc).__name__}: {str(exc)[:120]}"
-        result = audit(directory / entry["file"], trl_version=trl_version, num_processes=num_processes)
-        errors = sorted({f.check_id for f in result if f.details.get("severity") == "error"})
-        key = ("refused" if refused else "accepted") + (" / audit error" if errors else " / no audit error")
-        counts[key] += 1
-        if bool(refused) != bool(errors):
-            disagreements.append(f"{entry['file']}: TRL {refused or 'accepts'}; audit errors {errors}")
-    return {"counts": dict(counts), "disagreements": disagreements}
+            except Exception as exc:  # any refusal counts
+                return f"{type(exc).__name__}: {str(exc)[:120]}"
+        return None
+
+    counts: dict[str, collections.Counter[str]] = {
+        "as written": collections.Counter(),
+        "keys dropped": collections.Counter(),
+    }
+    disagreements: list[str] = []
+    for entry in entries:
+        result = audit(directory / entry["file"], trl_version=trl_version, num_processes=1)
+        errors = {f.check_id for f in result if f.details.get("severity") == "error"}
+        dropped = {f.details["fields"][0] for f in result if f.check_id in KEY_RULES}
+        kwargs = {
+            k: v for k, v in load_file(directory / entry["file"]).values.items() if k not in routed_elsewhere
+        }
+        for label, keys_out, judged in (
+            ("as written", set(), errors),
+            ("keys dropped", dropped, errors - set(KEY_RULES)),
+        ):
+            refused = refusal({k: v for k, v in kwargs.items() if k not in keys_out})
+            counts[label][
+                f"TRL {'refuses' if refused else 'accepts'} / audit {'error' if judged else 'no error'}"
+            ] += 1
+            if bool(refused) != bool(judged):
+                disagreements.append(
+                    f"{label}: {entry['file']}: TRL {refused or 'accepts'}; audit errors {sorted(judged)}"
+                )
+    return {"counts": {k: dict(v) for k, v in counts.items()}, "disagreements": disagreements}
 
 
 def figures(
@@ -203,7 +225,7 @@ def figures(
         by_rule.update(ids)
         files_with.update(set(ids))
     return {
-        "against_trl": _against_trl(directory, entries, trl_version, num_processes) if against_trl else None,
+        "against_trl": _against_trl(directory, entries, trl_version) if against_trl else None,
         "files": len(entries),
         "repositories": len({e["repo"] for e in entries}),
         "audited_fully": audited,

@@ -3,7 +3,8 @@
 The Result is built from real comparisons: one correct synthetic step and the same step with its advantages
 scaled by 1.5 (a normalisation bug) are compared with the reference once each (comparison, invariants,
 diagnoses); their findings are then
-repeated for every (step, micro-batch) of the run, the bug present from step ``--bug-from`` on. Prints the
+repeated for every (step, micro-batch) of the run, the bug present from step ``--bug-from`` on (each copy
+gets its own coordinates; its explanation keeps the template's text). Prints the
 size of each report file, the time to render it and, with ``--browser``, the time headless Chromium takes to
 open the HTML report (load event).
 

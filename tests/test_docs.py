@@ -188,23 +188,40 @@ def test_docs_site_builds_strictly_and_fails_on_a_broken_link(tmp_path: Path) ->
     assert broken.returncode != 0 and "no-such-page.md" in broken.stderr + broken.stdout
 
 
-def test_the_readme_finding_is_what_grpo_check_prints(tmp_path: Path, monkeypatch) -> None:
-    """The README's example output, line for line, up to its "..." (the run is deterministic)."""
+@pytest.mark.parametrize("page", ["README.md", "docs/compare.md"])
+def test_the_walkthrough_output_is_what_grpo_check_prints(page: str, tmp_path: Path, monkeypatch) -> None:
+    """The output shown for ``python examples/my_loop.py && grpo-check compare traces/my-loop``, line for line
+    where it is not elided by "..." (the run is deterministic)."""
     import runpy
 
     from typer.testing import CliRunner
 
     from grpo_check.cli import app
 
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    text = (ROOT / page).read_text(encoding="utf-8")
     block = re.search(
-        r"```console\n\$ python examples/my_loop.py\n\$ grpo-check compare traces/my-loop\n(.*?)\n\.\.\.\n```",
-        readme,
+        r"```console\n\$ python examples/my_loop.py\n\$ grpo-check compare traces/my-loop\n(.*?)\n(?:\$ |```)",
+        text,
         flags=re.S,
     )
     assert block is not None
     monkeypatch.chdir(tmp_path)
     runpy.run_path(str(ROOT / "examples" / "my_loop.py"), run_name="__main__")
-    run = CliRunner().invoke(app, ["compare", "traces/my-loop", "-o", "reports/my-loop"])
+    run = CliRunner().invoke(app, ["compare", "traces/my-loop"])
     assert run.exit_code == 1, run.output
-    assert block.group(1) in run.stdout
+    position = 0
+    for chunk in block.group(1).split("\n...\n"):  # "..." elides lines; the rest is shown as printed
+        chunk = chunk.removesuffix("\n...")
+        found = run.stdout.find(chunk, position)
+        assert found >= 0, f"not in grpo-check's output (in this order):\n{chunk}\n\noutput:\n{run.stdout}"
+        position = found + len(chunk)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", ["audit-rules.md", "reference.md"])
+def test_console_examples_are_what_grpo_check_prints(page: str) -> None:
+    """The audit and selfcheck examples, rerun (``python scripts/regen_docs.py`` rewrites them)."""
+    if shutil.which("grpo-check") is None:
+        pytest.skip("the grpo-check command is not installed")
+    text = (DOCS / page).read_text(encoding="utf-8")
+    assert _regen().console_blocks_now(text) == text, "run: python scripts/regen_docs.py"

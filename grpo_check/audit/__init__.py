@@ -118,7 +118,13 @@ def audit_loaded(
             raise InputError(f"num_reward_funcs must be ≥ 1, got {num_reward_funcs}")
         facts["num_reward_funcs"] = num_reward_funcs
     facts["load_problems"] = list(loaded.problems)
-    facts.setdefault("transformers_version", _installed("transformers"))
+    # The installed transformers is the one the audited release runs with only when that release is installed.
+    installed_trl = _installed("trl")
+    same_stack = installed_trl is None or versions.parse_version(installed_trl) == versions.parse_version(
+        requested
+    )
+    facts.setdefault("transformers_version", _installed("transformers") if same_stack else None)
+    facts.setdefault("transformers_known", same_stack)
     assumptions: list[str] = []
     if num_processes is not None:
         facts["num_processes_source"] = "--num-processes"

@@ -199,6 +199,13 @@ def _generation_straddles_an_update(values: Mapping[str, Any]) -> str | None:
     )
 
 
+def _several_iterations(values: Mapping[str, Any]) -> str | None:
+    iterations = _count(values, "num_iterations")
+    if iterations < 2:
+        return None
+    return f"num_iterations = {iterations} (the ratio moves away from 1, so clipping can act)"
+
+
 def _always(values: Mapping[str, Any]) -> str | None:
     return "every configuration"
 
@@ -375,6 +382,25 @@ ADVISORIES: dict[str, Advisory] = {
             catalog_id="8",
             workaround="make the reward functions return a number for every completion",
             severity="warning",
+        ),
+        Advisory(
+            id="GA611",
+            title="logged clip_ratio counts out-of-range tokens the clip does not act on",
+            effect=(
+                "clip_ratio was computed as the fraction of tokens where the unclipped surrogate is the smaller "
+                "term (per_token_loss1 < per_token_loss2): tokens whose ratio left the clip range on the side "
+                "where the pessimistic min keeps the unclipped term, so the clip does not act on them; the tokens "
+                "it does clip are not counted. The gradient is unaffected; the metric used to tune epsilon is."
+            ),
+            introduced="0.16.0",
+            fixed_in="0.17.0",
+            pr="huggingface/trl#3175",
+            condition="num_iterations > 1 (with one iteration the ratio is 1 and the metric is 0 either way)",
+            trigger=_several_iterations,
+            stage="metrics",
+            catalog_id="22",
+            severity="warning",
+            workaround="recompute the clipped fraction from the ratios and advantages (grpo-check compare does)",
         ),
     )
 }

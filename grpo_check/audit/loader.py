@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from grpo_check import _limits
+from grpo_check import limits
 from grpo_check.audit import versions as _versions
 from grpo_check.findings import InputError
 
@@ -128,7 +128,7 @@ def load_file(path: str | os.PathLike[str]) -> LoadedConfig:
     if path.exists() and not path.is_dir() and not path.is_file():  # a pipe would block forever
         raise InputError("not a regular file (a device or a pipe)", source=name)
     # bounded, and never blocking; FileNotFoundError / IsADirectoryError -> exit 2 in the CLI
-    raw = _limits.read_bytes(path, cap=_limits.MAX_CONFIG_BYTES, source=name)
+    raw = limits.read_bytes(path, cap=limits.MAX_CONFIG_BYTES, source=name)
     if raw[:1] == b"\x80" or raw[:2] == b"PK":
         raise InputError(
             "this looks like a pickle / torch.save archive, not YAML or JSON; refusing to unpickle it.\n"
@@ -175,7 +175,7 @@ def _parse_json(
         return dict(pairs)
 
     try:
-        data = _limits.loads_json(
+        data = limits.loads_json(
             text, source=name, object_pairs_hook=pairs_to_dict
         )  # depth, integers bounded
     except json.JSONDecodeError as exc:
@@ -254,8 +254,8 @@ def _parse_yaml(
     skipped: list[dict[str, Any]] = []
     while True:
         try:
-            # depth, recursive aliases, alias bombs and long integers first (a grpo_check._limits.LimitError)
-            _limits.check_yaml("\n".join(lines_of_text), source=name)
+            # depth, recursive aliases, alias bombs and long integers first (a grpo_check.limits.LimitError)
+            limits.check_yaml("\n".join(lines_of_text), source=name)
             node = yaml.compose("\n".join(lines_of_text), Loader=yaml.SafeLoader)
             data = yaml.safe_load("\n".join(lines_of_text))
             break

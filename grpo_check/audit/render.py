@@ -42,15 +42,19 @@ def summary_line(result: Result) -> str:
     )
 
 
+def _line(finding: Finding, result: Result) -> int:
+    """The field's line, else the line of the section holding the fields (a field left unset belongs
+    there), else 1 (the file)."""
+    return int(finding.details.get("line") or result.metadata.get("section_line") or 1)
+
+
 def _location(finding: Finding, result: Result) -> str:
-    """``path:line`` of a finding: the field's line, else the line of the section holding the fields (a
-    field left unset belongs there), else line 1 (the file); an object's description when not a file."""
+    """``path:line`` of a finding in a file; an object's description otherwise."""
     meta = result.metadata
     source = str(meta.get("source", "?"))
     if meta.get("source_kind") != "file":
         return source
-    line = finding.details.get("line") or meta.get("section_line") or 1
-    return f"{source}:{line}"
+    return f"{source}:{_line(finding, result)}"
 
 
 def _one_line(text: str) -> str:
@@ -59,7 +63,9 @@ def _one_line(text: str) -> str:
 
 def _message(finding: Finding) -> str:
     """The explanation, prefixed with the field it is about when the explanation does not name it."""
-    fields = [f for f in finding.details.get("fields") or [] if not str(f).startswith("<")]
+    fields = [
+        f for f in finding.details.get("fields") or [] if not str(f).startswith("<") and f != "trl_version"
+    ]
     message = _one_line(finding.explanation)
     if fields and str(fields[0]) not in message:
         message = f"{fields[0]}: {message}"
@@ -70,7 +76,7 @@ def to_text(result: Result, *, min_severity: str = "info") -> str:
     """Linter-style text (as ruff and flake8 print): one line per finding, ``path:line: CODE severity
     message``; then each distinct fix once, with the codes it applies to; then the summary line."""
     shown = filter_findings(result, min_severity)
-    shown.sort(key=lambda f: (int(f.details.get("line") or 0), _ORDER.get(severity_of(f), 1), f.check_id))
+    shown.sort(key=lambda f: (_line(f, result), _ORDER.get(severity_of(f), 1), f.check_id))
     lines = [
         f"{_location(finding, result)}: {finding.check_id} {severity_of(finding)} {_message(finding)}"
         for finding in shown

@@ -1999,10 +1999,14 @@ def _other_trainer_key(ctx: AuditContext) -> list[Hit]:
         "assumes the 5 series and says so."
     ),
     source="transformers 5.25.0 TrainingArguments fields vs transformers 4.x; TRL 1.16 requires transformers>=4.56.2",
-    fix="Remove the key or use its transformers 5 replacement (warmup_ratio → warmup_steps; evaluation_strategy → "
-    "eval_strategy; logging_dir → the logger's own setting), or pin transformers < 5.",
+    fix=(
+        "Remove the key or write its transformers 5 form (warmup_ratio: r → warmup_steps: r, a float in [0, 1) "
+        "being a ratio; evaluation_strategy → eval_strategy; no_cuda → use_cpu), or pin transformers < 5."
+    ),
 )
 def _transformers_5_removed(ctx: AuditContext) -> list[Hit]:
+    if not ctx.facts.get("transformers_known", True):
+        return []  # another TRL release than the installed one: its transformers is not known here
     installed = ctx.facts.get("transformers_version")
     try:
         major = _versions.parse_version(installed)[0] if installed else None
@@ -2154,6 +2158,7 @@ def _register_advisories() -> None:
                     "GA607": ("loss_type", "mask_truncated_completions"),
                     "GA608": ("loss_type", "steps_per_generation", "gradient_accumulation_steps"),
                     "GA609": ("num_iterations", "steps_per_generation", "gradient_accumulation_steps"),
+                    "GA611": ("num_iterations",),
                 }.get(advisory.id, ("trl_version",))
             )
         )

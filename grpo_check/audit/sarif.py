@@ -138,8 +138,8 @@ def to_sarif(result: Result, *, tool_version: str | None = None) -> dict[str, An
 
 def to_sarif_json(result: Result, *, indent: int | None = 2) -> str:
     """:func:`to_sarif` as a JSON string."""
-    from grpo_check.findings import _json_safe
+    from grpo_check.findings import json_safe
 
     # JSON has no NaN/Infinity literal (GitHub code scanning rejects the file): a config value such as
     # ``learning_rate: .nan`` is written as the string "nan".
-    return json.dumps(_json_safe(to_sarif(result)), indent=indent, ensure_ascii=False, allow_nan=False)
+    return json.dumps(json_safe(to_sarif(result)), indent=indent, ensure_ascii=False, allow_nan=False)

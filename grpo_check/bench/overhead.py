@@ -86,7 +86,7 @@ def _forward_passes_only(
 ) -> tuple[list[Any], list[str]]:
     """``check_captured_step`` without the checks: only the forward passes it would run (none where the
     adapter already computed the log-probs for these rows: ``KnownLogps``). What checking cannot avoid."""
-    from grpo_check.compare.forward import model_logps
+    from grpo_check.stepref.forward import model_logps
 
     for forward in (model, ref_model):
         if forward is not None:

@@ -9,9 +9,11 @@ import typer
 from grpo_check.cli._common import ExitCode, OutputFormat, fail_usage, same_file, user_errors
 
 _HELP = """
-Audit a TRL GRPO configuration before launching a run: cross-field consistency TRL checks late or not at
-all, settings that silently change the objective, values outside the ranges the GRPO literature uses, and
-defaults that changed between TRL releases (every rule has a reason, a source and a fix).
+Audit a TRL GRPO configuration before launching a run: everything the TRL release would refuse (as errors),
+cross-field consistency TRL checks late or not at all, settings that silently change the objective, values
+outside the ranges the GRPO literature uses, defaults that changed between TRL releases, and advisories
+(GA6xx): numerical GRPO bugs that shipped in the TRL release audited against, with the PR that fixed them and
+the first release that has the fix. Every rule has a reason, a source and a fix.
 
 CONFIG is a YAML or JSON file as TRL's CLI uses it (flat GRPOConfig fields), or a larger recipe with the
 fields nested under e.g. `training:`, `trainer:`, `grpo:` or `args:` (found automatically). A problem confined
@@ -33,6 +35,8 @@ Examples:
 
     grpo-check audit recipe.yaml --trl-version 0.19 --num-processes 8 --strict
 
+    grpo-check audit examples/audit/dapo-recipe.yaml --trl-version 1.8.0
+
     grpo-check audit cfg.json --format sarif --output audit.sarif
 
     grpo-check audit --explain GA101
@@ -51,7 +55,10 @@ def register(app: typer.Typer) -> None:
         trl_version: str | None = typer.Option(
             None,
             "--trl-version",
-            help="Interpret unset fields with this TRL release's defaults (e.g. 0.19). Default: installed trl.",
+            help=(
+                "Audit against this TRL release (e.g. 0.19 or 0.22.1): its defaults, the fields and values it "
+                "accepts, the bugs it shipped. Default: the installed trl."
+            ),
         ),
         output_format: str = typer.Option(
             "text", "--format", "-f", help="text (linter lines, default), table (rich), json, md or sarif."
@@ -64,7 +71,10 @@ def register(app: typer.Typer) -> None:
             None,
             "--num-processes",
             "-n",
-            help="Processes (GPUs) the run uses; the file cannot know it (default 1).",
+            help=(
+                "Processes (GPUs) the run uses. Default: the file's launcher settings (num_processes, "
+                "nproc_per_node × nnodes …), else 1, which the findings that depend on it say they assumed."
+            ),
         ),
         num_reward_funcs: int | None = typer.Option(
             None, "--num-reward-funcs", help="Number of reward functions, to check reward_weights."

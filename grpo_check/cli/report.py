@@ -105,7 +105,14 @@ def register(app: typer.Typer) -> None:
 
 
 def _resolve(path: Path) -> Path:
-    """A report directory stands for its result.json (or, after a crash, its result.partial.jsonl)."""
+    """A report directory stands for its result.json (or, after a crash, its result.partial.jsonl). A folder
+    whose report set is incomplete or mixes two runs is refused (its result.json may be another run's)."""
+    from grpo_check.report.atomic import check_report_set
+
+    if path.is_dir():
+        check_report_set(path)
+    elif path.name == "result.json":
+        check_report_set(path.parent)
     if path.is_dir():
         for name in ("result.json", "result.partial.jsonl"):
             if (path / name).is_file():

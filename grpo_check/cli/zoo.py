@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
         if history:
             _history(only, output_format, output, list_cases, quiet, cache_dir)
         with user_errors():
-            from grpo_check.zoo.catalog import select_cases
+            from grpo_check.zoo.cases import select_cases
 
             cases = select_cases(only or None)
             if list_cases:

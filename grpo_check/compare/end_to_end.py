@@ -8,17 +8,18 @@ from collections.abc import Mapping
 
 import torch
 
-from grpo_check.compare.reference_inputs import (
-    StageReference,
-    computed_dtype,
-    reference_downstream,
-    same_precision_reference,
-)
 from grpo_check.compare.stage_findings import ISOLATED_LOSS_CHECKS
 from grpo_check.compare.tensor_diff import Comparison, StepContext, compare_tensors
 from grpo_check.compare.tolerances import TolerancePolicy
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, InputError, Verdict
+from grpo_check.stepref.inputs import (
+    StageReference,
+    computed_dtype,
+    decided_clip_branch,
+    reference_downstream,
+    same_precision_reference,
+)
 from grpo_check.trace.model import TraceStep
 
 __all__ = ["end_to_end_findings", "repeat_isolated"]
@@ -81,7 +82,7 @@ def end_to_end_findings(
             "logps_grad",
             "e2e.logps_grad",
             "end-to-end ∂loss/∂logps",
-            torch.ones_like(down["loss_mask"]).bool(),
+            decided_clip_branch(down, spec, computed_dtype(step, "logps")).expand_as(down["loss_mask"]),
         ),
     ):
         if not step.has(name):

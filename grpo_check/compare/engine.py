@@ -21,11 +21,11 @@ from typing import Any
 from grpo_check._step_cache import step_cache
 from grpo_check.compare import distribution
 from grpo_check.compare.hooks import step_findings
-from grpo_check.compare.reference_inputs import step_context
 from grpo_check.compare.stages import compare_stages
 from grpo_check.compare.tolerances import TolerancePolicy, as_policy
 from grpo_check.config import GRPOSpec, as_spec, spec_for_step
 from grpo_check.findings import Finding, InputError, Result, Verdict
+from grpo_check.stepref.inputs import step_context
 from grpo_check.trace.model import Trace, TraceStep
 
 ProgressCallback = Callable[[int, int], None]
@@ -359,9 +359,9 @@ def _collapsed(findings: list[Finding], trace: Trace) -> list[Finding]:
     """As ``check`` does over several steps: "not captured" once, and only for what ran on no step at all."""
     if len(trace.steps) < 2:
         return findings
-    from grpo_check.invariants.registry import _collapse_not_captured
+    from grpo_check.invariants.registry import collapse_not_captured
 
-    return _collapse_not_captured(findings)
+    return collapse_not_captured(findings)
 
 
 def _add_nothing_checked(result: Result) -> None:

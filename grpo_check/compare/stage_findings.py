@@ -15,14 +15,6 @@ from typing import Any
 import torch
 
 from grpo_check.compare import distribution
-from grpo_check.compare.forward import model_logits, model_logps
-from grpo_check.compare.reference_inputs import (
-    StageReference,
-    computed_dtype,
-    reference_advantages,
-    reference_downstream,
-    same_precision_reference,
-)
 from grpo_check.compare.tensor_diff import (
     Comparison,
     StepContext,
@@ -34,9 +26,25 @@ from grpo_check.compare.tensor_diff import (
 from grpo_check.compare.tolerances import Tolerance, TolerancePolicy
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, Verdict
+from grpo_check.stepref.forward import model_logits, model_logps
+from grpo_check.stepref.inputs import (
+    StageReference,
+    computed_dtype,
+    decided_clip_branch,
+    reference_advantages,
+    reference_aggregation,
+    reference_downstream,
+    same_precision_reference,
+)
 from grpo_check.trace.model import TraceStep
 
-__all__ = ["ISOLATED_LOSS_CHECKS", "advantage_findings", "downstream_findings", "logps_findings"]
+__all__ = [
+    "ISOLATED_LOSS_CHECKS",
+    "advantage_findings",
+    "aggregation_finding",
+    "downstream_findings",
+    "logps_findings",
+]
 
 # RoPE models: positions 0..L−1 vs cumsum(mask) − 1 agree up to float rounding (~1e-5 nats); absolute position
 # embeddings (GPT-2) differ by whole nats. Anything beyond this is a material difference (bug-catalog #14).
@@ -181,7 +189,7 @@ class _ForwardSlot:
     name: str
     check_id: str
     source: Any
-    """The model (or :class:`~grpo_check.compare.forward.KnownLogps`) the reference ran."""
+    """The model (or :class:`~grpo_check.stepref.forward.KnownLogps`) the reference ran."""
     temperature: float
     tolerance: Tolerance
     reference: torch.Tensor
@@ -399,6 +407,30 @@ ISOLATED_LOSS_CHECKS = {
 }
 
 
+def aggregation_finding(
+    step: TraceStep, spec: GRPOSpec, policy: TolerancePolicy, ctx: StepContext, ref: StageReference
+) -> Finding:
+    """``loss`` against the aggregation of the trainer's own ``per_token_loss`` (``loss.aggregation``): the
+    one loss check a step without its upstream (``logps``, ``advantages``) still allows."""
+    want = reference_aggregation(step, spec)
+    ref.tensors["loss"] = want
+    return compare_tensors(
+        [
+            Comparison(
+                check_id="loss.aggregation",
+                stage="loss",
+                name="loss",
+                what=f"loss aggregated ({spec.aggregation_effective}) from the trainer's own per-token loss",
+                trainer=step["loss"],
+                reference=want,
+                reference_same_precision=same_precision_reference(want, step, "loss"),
+                tolerance=policy.for_check("loss.aggregation", "loss", computed_dtype(step, "loss")),
+            )
+        ],
+        ctx,
+    )[0]
+
+
 def downstream_findings(
     step: TraceStep, spec: GRPOSpec, policy: TolerancePolicy, ctx: StepContext, ref: StageReference
 ) -> list[Finding]:
@@ -419,6 +451,8 @@ def downstream_findings(
         ):
             if step.has(name):
                 findings.append(not_captured(check_id, stage, ctx, missing or ["entropies/sampler inputs"]))
+        if missing and step.has("per_token_loss", "loss"):
+            findings.append(aggregation_finding(step, spec, policy, ctx, ref))
         return findings
     ref.tensors.update({k: v for k, v in down.items() if k not in ("loss_mask",)})
     ref.notes["isolated_downstream"] = down
@@ -454,7 +488,7 @@ def downstream_findings(
             "grad.logps_grad",
             "grad",
             ISOLATED_LOSS_CHECKS["logps_grad"][1],
-            torch.ones_like(loss_mask),
+            decided_clip_branch(down, spec, computed_dtype(step, "logps")).expand_as(loss_mask),
         ),
     ]
     comparisons: list[Comparison] = []

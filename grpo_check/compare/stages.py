@@ -14,8 +14,8 @@ An end-to-end pass (``e2e.*`` checks) recomputes everything from the rewards wit
 advantages (and, given a model, its own log-probs) and is reported separately.
 
 :func:`compare_stages` runs them in order; each job has its module:
-:mod:`~grpo_check.compare.forward` (the reference's own forward passes),
-:mod:`~grpo_check.compare.reference_inputs` (what the reference is fed: coordinates, precisions, reference
+:mod:`~grpo_check.stepref.forward` (the reference's own forward passes),
+:mod:`~grpo_check.stepref.inputs` (what the reference is fed: coordinates, precisions, reference
 tensors from the trainer's upstream), :mod:`~grpo_check.compare.stage_findings` (the findings of each stage)
 and :mod:`~grpo_check.compare.end_to_end` (the ``e2e.*`` pass). Their names are importable from here too.
 
@@ -40,22 +40,6 @@ import math
 from typing import Any
 
 from grpo_check.compare.end_to_end import end_to_end_findings, repeat_isolated
-from grpo_check.compare.forward import (
-    KnownLogps,
-    model_logits,
-    model_logps,
-    model_logps_shifted,
-    set_training,
-    window_known_logps,
-)
-from grpo_check.compare.reference_inputs import (
-    StageReference,
-    computed_dtype,
-    reference_advantages,
-    reference_downstream,
-    same_precision_reference,
-    step_context,
-)
 from grpo_check.compare.stage_findings import (
     ISOLATED_LOSS_CHECKS,
     advantage_findings,
@@ -66,6 +50,22 @@ from grpo_check.compare.tensor_diff import Comparison, StepContext
 from grpo_check.compare.tolerances import TolerancePolicy
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding
+from grpo_check.stepref.forward import (
+    KnownLogps,
+    model_logits,
+    model_logps,
+    model_logps_shifted,
+    set_training,
+    window_known_logps,
+)
+from grpo_check.stepref.inputs import (
+    StageReference,
+    computed_dtype,
+    reference_advantages,
+    reference_downstream,
+    same_precision_reference,
+    step_context,
+)
 from grpo_check.trace.model import TraceStep
 
 # the names this module held before it was split, importable from here as before

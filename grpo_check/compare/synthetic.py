@@ -69,9 +69,9 @@ def make_step(
     ``off_policy`` is the scale of the noise between ``old_logps`` and ``logps`` (so ratios ≠ 1 and some
     tokens clip); ``sampler_noise`` the noise between ``sampler_logps`` and ``old_logps``.
     """
-    from grpo_check.compare.reference_inputs import reference_downstream
     from grpo_check.reference.advantages import compute_advantages
     from grpo_check.reference.logps import logps_from_model
+    from grpo_check.stepref.inputs import reference_downstream
 
     g = torch.Generator().manual_seed(seed)
     group_size = spec.num_generations

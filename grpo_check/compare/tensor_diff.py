@@ -17,7 +17,8 @@ import torch
 from grpo_check._step_cache import f64
 from grpo_check.compare.mismatch import Extreme, NonFinite, mismatch_message
 from grpo_check.compare.tolerances import Tolerance
-from grpo_check.findings import Finding, Verdict, Where
+from grpo_check.findings import Finding, Verdict
+from grpo_check.stepref.context import StepContext, as_f64
 
 __all__ = [
     "Comparison",
@@ -30,73 +31,6 @@ __all__ = [
 ]
 
 _MAP_LIMIT = 64  # rows/cols of the token error map kept in details (plots stay small)
-
-
-@dataclasses.dataclass
-class StepContext:
-    """GRPO coordinates of one captured step: turns a (row, token) into a :class:`Where`."""
-
-    step: int | None = None
-    micro_batch: int | None = None
-    rank: int | None = None
-    group_index: torch.Tensor | None = None
-    completion_ids: torch.Tensor | None = None
-    completion_mask: torch.Tensor | None = None
-    dtype: str | None = None
-    # group_index as a Python list, converted once (``where`` is called per finding): (source tensor, list)
-    _groups: tuple[torch.Tensor, list[int]] | None = dataclasses.field(
-        default=None, init=False, repr=False, compare=False
-    )
-
-    def where(self, row: int | None = None, token: int | None = None, prompt: int | None = None) -> Where:
-        generation = None
-        if row is not None and self.group_index is not None and row < self.group_index.numel():
-            groups = self._group_list()
-            prompt = groups[row]
-            generation = groups[:row].count(prompt)
-        token_id = None
-        ids = self.completion_ids
-        if (
-            row is not None
-            and token is not None
-            and ids is not None
-            and ids.dim() == 2
-            and row < ids.shape[0]
-            and token < ids.shape[1]
-        ):
-            token_id = int(ids[row, token])
-        return Where(
-            step=self.step,
-            micro_batch=self.micro_batch,
-            rank=self.rank,
-            prompt=prompt,
-            generation=generation,
-            row=row,
-            token=token,
-            token_id=token_id,
-        )
-
-    def _group_list(self) -> list[int]:
-        """``group_index`` as a Python list, converted once per context (``where`` is called per finding)."""
-        if self._groups is None or self._groups[0] is not self.group_index:
-            self._groups = (self.group_index, [int(g) for g in self.group_index.reshape(-1).tolist()])
-        return self._groups[1]
-
-    def token_mask(self, like: torch.Tensor) -> torch.Tensor:
-        """Boolean mask of the compared elements for a tensor shaped like ``like``."""
-        if like.dim() == 2 and self.completion_mask is not None and like.shape == self.completion_mask.shape:
-            return self.completion_mask.bool()
-        if like.dim() == 2 and self.completion_mask is not None and like.shape[1] == 1:
-            return self.completion_mask.bool().any(dim=1, keepdim=True)
-        return torch.ones_like(like, dtype=torch.bool)
-
-
-def as_f64(tensor: Any) -> torch.Tensor:
-    """``tensor`` detached, as float64 (itself when it already is one and carries no autograd graph); one
-    conversion per tensor while a :func:`~grpo_check._step_cache.step_cache` is open."""
-    if isinstance(tensor, torch.Tensor):
-        return f64(tensor)
-    return torch.as_tensor(tensor).double()
 
 
 def _unravel(index: int, shape: torch.Size) -> tuple[int | None, int | None]:

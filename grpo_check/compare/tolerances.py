@@ -30,7 +30,10 @@ import dataclasses
 from typing import Any
 
 from grpo_check.findings import InputError
-from grpo_check.tolerance_defaults import DTYPE_DEFAULTS  # torch.testing's (rtol, atol) per dtype
+from grpo_check.tolerance_defaults import (  # torch.testing's (rtol, atol) per dtype; bf16/fp16
+    DTYPE_DEFAULTS,
+    LOW_PRECISION,
+)
 
 # Per-quantity tolerances for a float32 (or float64) trainer against the float64 reference.
 # These are the *floor*: they absorb float32 rounding of the trainer's own arithmetic.
@@ -48,7 +51,6 @@ QUANTITY_DEFAULTS: dict[str, tuple[float, float]] = {
 
 # How much looser each quantity is in low precision, beyond the dtype defaults (bf16 log-probs are
 # quantised at ~1/128 of their magnitude).
-LOW_PRECISION = ("bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)

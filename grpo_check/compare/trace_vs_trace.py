@@ -21,12 +21,12 @@ from collections.abc import Callable
 
 import torch
 
-from grpo_check.compare.reference_inputs import step_context
 from grpo_check.compare.tensor_diff import compare_tensor
 from grpo_check.compare.tolerances import TolerancePolicy
 from grpo_check.config import GRPOSpec
-from grpo_check.diagnose._context import constant_factor
+from grpo_check.diagnose import constant_factor
 from grpo_check.findings import Finding, Verdict
+from grpo_check.stepref.inputs import step_context
 from grpo_check.trace.model import TENSOR_STAGE, Trace, TraceStep
 
 _SKIP = {"prompt_ids", "completion_ids", "group_index", "prompt_mask"}

@@ -38,6 +38,22 @@ WANTED: dict[str, Any] = {
 }
 
 
+SWITCHES = ("unscorable_every",)
+"""Overrides that are not GRPOConfig fields: ``unscorable_every=k`` makes both reward functions return None for
+every k-th completion (an unscorable row)."""
+
+
+def _unscorable(func: Any, every: int) -> Any:
+    """``func`` returning None for every ``every``-th completion."""
+
+    def reward(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float | None]:
+        values = func(prompts, completions, **kwargs)
+        return [None if index % every == every - 1 else value for index, value in enumerate(values)]
+
+    reward.__name__ = func.__name__
+    return reward
+
+
 def per_device_batch_size(version: str) -> int:
     """Per-device batch: 2 prompts x 4 generations. 0.14 counts prompts (each generates ``num_generations``
     completions), later releases count completions."""
@@ -76,6 +92,11 @@ def build_trainer(
 
     work = str(workdir) if workdir is not None else tempfile.mkdtemp(prefix="grpo-check-portable-")
     model_dir = save_policy(os.path.join(work, "policy"), seed=seed)
+    overrides = dict(overrides or {})
+    every = overrides.pop("unscorable_every", None)
+    reward_funcs: list[Any] = [correctness_reward, format_reward]
+    if every:
+        reward_funcs = [_unscorable(func, int(every)) for func in reward_funcs]
     config = GRPOConfig(
         output_dir=os.path.join(work, "trl-output"),
         max_steps=steps,
@@ -90,7 +111,7 @@ def build_trainer(
     )
     trainer = (trainer_cls or GRPOTrainer)(
         model=model_dir,
-        reward_funcs=[correctness_reward, format_reward],
+        reward_funcs=reward_funcs,
         args=config,
         train_dataset=make_dataset(64, seed=seed),
         processing_class=build_tokenizer(),

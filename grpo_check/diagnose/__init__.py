@@ -38,8 +38,9 @@ from grpo_check.diagnose import (
     objective,
     sampling,
     unexplained,
+    variants,
 )
-from grpo_check.diagnose._context import Diagnosis, shared_comparisons
+from grpo_check.diagnose._context import Diagnosis, constant_factor, shared_comparisons
 from grpo_check.findings import Finding, InputError
 from grpo_check.trace.model import TraceStep
 
@@ -65,11 +66,13 @@ DETECTORS: tuple[Detector, ...] = (
     sampling.detect_truncated_support,
     sampling.detect_sampler_mismatch,
     nonfinite.detect_nan_origin,
+    variants.detect_aggregation_variant,
     objective.detect_detached_grad,
     objective.detect_kl_estimator_values,
     objective.detect_clipping_not_applied,
     objective.detect_objective_variant,
     objective.detect_unnamed_factor,
+    variants.detect_ratio_variant,
     loss_zero.detect_loss_near_zero,
     unexplained.detect_unexplained,
 )
@@ -88,19 +91,14 @@ def diagnose(
 
     Args:
         step: the trainer's captured step.
-        reference: the stage reference (:class:`grpo_check.compare.stages.StageReference`) or a plain mapping
+        reference: the stage reference (:class:`grpo_check.stepref.inputs.StageReference`) or a plain mapping
             of reference tensors by canonical name.
         spec: the algorithm configuration.
         findings: the compare findings of this step (explained findings are updated in place).
         model: the policy model, if available (enables temperature and truncated-support signatures).
     """
-    from grpo_check.compare.stages import (
-        model_logits,
-        model_logps,
-        model_logps_shifted,
-        reference_downstream,
-        step_context,
-    )
+    from grpo_check.stepref.forward import model_logits, model_logps, model_logps_shifted
+    from grpo_check.stepref.inputs import reference_downstream, step_context
 
     tensors = dict(reference.tensors) if hasattr(reference, "tensors") else dict(reference or {})
     logits = getattr(reference, "logits", None)
@@ -159,4 +157,4 @@ def diagnose(
     return out
 
 
-__all__ = ["DETECTORS", "Diagnosis", "diagnose"]
+__all__ = ["DETECTORS", "Diagnosis", "constant_factor", "diagnose"]

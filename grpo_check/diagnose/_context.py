@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 from grpo_check._step_cache import cached
-from grpo_check.compare.tensor_diff import StepContext, as_f64
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, Verdict, Where
+from grpo_check.stepref.context import StepContext, as_f64
 from grpo_check.trace.model import TraceStep
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from grpo_check.compare.conventions import classify_advantage_scale
 from grpo_check.diagnose._context import Diagnosis, close, worst
+from grpo_check.diagnose.conventions import classify_advantage_scale
 from grpo_check.findings import Finding, Verdict
+from grpo_check.signatures import signature
 
 
 def _row_advantages(adv: torch.Tensor) -> torch.Tensor:
@@ -62,7 +63,7 @@ def detect_grouping(dx: Diagnosis) -> list[Finding]:
     trainer_adv, gi = dx.trainer("advantages"), dx.group_index
     if trainer_adv is None or gi is None:
         return []
-    from grpo_check.compare.stages import reference_advantages
+    from grpo_check.stepref.inputs import reference_advantages
 
     adv = _row_advantages(trainer_adv)
     sums = _group_sums(adv, gi)
@@ -75,7 +76,7 @@ def detect_grouping(dx: Diagnosis) -> list[Finding]:
             dx.finding(
                 check_id="diagnose.grouping",
                 stage="advantages",
-                catalog_id="6",
+                catalog_id=signature("repeat_not_interleave").catalog_id,
                 figure=abs(sums[worst_group]),
                 tolerance=1e-6,
                 where=dx.where(prompt=worst_group),
@@ -84,14 +85,8 @@ def detect_grouping(dx: Diagnosis) -> list[Finding]:
                     f"group {worst_group} sums to {sums[worst_group]:.4g} instead of 0, but they match the reference "
                     f"exactly when the rows are grouped as {description}"
                 ),
-                likely_cause=(
-                    "completions grouped wrongly (repeat vs repeat_interleave, or per-device order) when computing "
-                    "group statistics"
-                ),
-                fix=(
-                    "reshape rewards as (num_prompts, G) in the order the generations were produced: prompts "
-                    "repeated with repeat_interleave(G) ⇒ rewards.view(-1, G); gather across processes before grouping"
-                ),
+                likely_cause=signature("repeat_not_interleave").cause,
+                fix=signature("repeat_not_interleave").fix,
                 details={"group_sums": {str(k): v for k, v in sums.items()}, "partition": partition.tolist()},
                 attach_to=failing,
             )

@@ -58,7 +58,7 @@ def detect_nan_leak(dx: Diagnosis) -> list[Finding]:
         row = int(torch.nonzero(adv_bad)[0])
         how = "as NaN: every advantage of the group becomes NaN"
     else:
-        from grpo_check.compare.stages import reference_advantages
+        from grpo_check.stepref.inputs import reference_advantages
         from grpo_check.trace.model import TraceStep
 
         if not dx.failing(prefix="advantages."):

@@ -221,7 +221,7 @@ def _variants(dx: Diagnosis) -> list[_Variant]:
         )
     if spec.beta != 0.0:
         for estimator in ("k1", "k2", "k3"):
-            for bias in (True, False):
+            for bias in (spec.use_bias_correction_kl, not spec.use_bias_correction_kl):  # the declared first
                 if estimator == spec.kl_estimator and bias == spec.use_bias_correction_kl:
                     continue
                 label = f"{'ρ·' if bias else ''}{estimator}"
@@ -488,10 +488,10 @@ def detect_kl_estimator_values(dx: Diagnosis) -> list[Finding]:
     spec = dx.spec
     for swapped in (False, True):
         for estimator in ("k1", "k2", "k3"):
-            for bias in (True, False):
+            for bias in (spec.use_bias_correction_kl, not spec.use_bias_correction_kl):  # the declared first
                 if not swapped and estimator == spec.kl_estimator and bias == spec.use_bias_correction_kl:
                     continue
-                if bias and ratio is None:
+                if bias and (ratio is None or bool((ratio == 1).all())):  # ρ ≡ 1: ρ·k is k, named as k
                     continue
                 first, second = (ref_logps, logps) if swapped else (logps, ref_logps)
                 candidate = per_token_kl(first, second, estimator, ratio if bias else None)

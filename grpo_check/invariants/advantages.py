@@ -29,6 +29,7 @@ from grpo_check.invariants._common import (
     unscorable_rows,
 )
 from grpo_check.invariants.registry import register
+from grpo_check.signatures import signature
 from grpo_check.trace.model import TraceStep
 
 _TOKEN_LEVEL = (
@@ -81,10 +82,8 @@ def _prepare_uncached(
     catalog_ids=("6",),
     description="advantages of each prompt group sum to ≈ 0",
     tolerance="atol + rtol·Σ|A| of the group, rtol/atol of the advantages dtype (torch.testing defaults)",
-    likely_cause="completions grouped wrongly when computing advantages (repeat vs repeat_interleave, "
-    "per-device order): the baseline of one prompt was computed from another prompt's rewards",
-    fix="reshape rewards with view(-1, G) only when rows are laid out prompt-major "
-    "(prompt.repeat_interleave(G)); otherwise reduce per group_index",
+    likely_cause=signature("repeat_not_interleave").cause,
+    fix=signature("repeat_not_interleave").fix,
 )
 def group_sum_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
     prepared = _prepare(step, spec)

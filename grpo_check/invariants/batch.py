@@ -17,6 +17,7 @@ from grpo_check.invariants._common import (
     passed,
 )
 from grpo_check.invariants.registry import register
+from grpo_check.signatures import signature
 from grpo_check.trace.model import TraceStep
 
 _MASK_NAMES = ("completion_mask", "prompt_mask", "tool_mask")
@@ -159,9 +160,8 @@ def mask_prefix_eos(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float 
     catalog_ids=("6",),
     description="every group_index group has exactly G rows (partial groups: a warning)",
     tolerance="exact",
-    likely_cause="generations grouped wrongly (repeat vs repeat_interleave, per-device order) or a group "
-    "split across micro-batches",
-    fix="build group ids with torch.arange(num_prompts).repeat_interleave(G) before any shuffling",
+    likely_cause=f"{signature('repeat_not_interleave').cause}; or a group split across micro-batches",
+    fix=signature("repeat_not_interleave").fix,
 )
 def group_sizes(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
     groups = groups_of(step["group_index"])

@@ -327,7 +327,7 @@ def run_invariants(
             for check in selected:
                 findings.extend(check.run(step, spec, tolerance=tolerances.get(check.id)))
     if len(steps) > 1:
-        findings = _collapse_not_captured(findings)
+        findings = collapse_not_captured(findings)
     return findings
 
 
@@ -352,7 +352,7 @@ def _check_tolerances(tolerances: dict[str, float]) -> None:
             raise InputError(f"tolerances: {check_id!r} must be a number >= 0, got {value!r}")
 
 
-def _collapse_not_captured(findings: list[Finding]) -> list[Finding]:
+def collapse_not_captured(findings: list[Finding]) -> list[Finding]:
     """Over several steps, a check's NOT_CAPTURED findings are noise when it ran on another step (e.g.
     advantages captured once per generation batch, gradients once per micro-batch): keep them only for
     checks that ran nowhere, once."""

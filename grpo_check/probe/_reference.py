@@ -9,7 +9,7 @@ import torch
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import InputError
 from grpo_check.probe.batches import ProbeBatch, probe_loss_mask
-from grpo_check.reference._util import as_f64
+from grpo_check.reference import as_f64
 from grpo_check.reference.gradients import autograd_logps_grad
 from grpo_check.reference.loss import aggregate_loss, per_token_loss
 from grpo_check.reference.step import reference_step

@@ -21,7 +21,7 @@ import torch
 
 from grpo_check.config import GRPOSpec
 from grpo_check.probe.batches import ProbeBatch, probe_loss_mask
-from grpo_check.reference._util import as_f64
+from grpo_check.reference import as_f64
 from grpo_check.reference.loss import CLIPPED_SURROGATE_TYPES, high_entropy_mask
 from grpo_check.reference.ratio import importance_log_ratio, off_policy_sequence_mask
 

@@ -31,6 +31,7 @@ from grpo_check.rederive.inputs import (
     generation_loss_tokens,
     generation_step_of,
     tensor_or_none,
+    whole,
 )
 from grpo_check.trace.model import Trace, TraceStep
 
@@ -145,7 +146,7 @@ def completion_ends_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) 
             f"completion_ids {tuple(ids.shape)} and completion_mask {tuple(mask.shape)} are not the same (B, T)",
         )
     pad = step.meta.get("pad_token_id")
-    pad = int(pad) if isinstance(pad, int) and not isinstance(pad, bool) else None
+    pad = whole(pad)
     all_ids = eos.ends
     ends = completion_ends(ids, all_ids, pad, tensor_or_none(step, "tool_mask"))
     expected = expected_completion_mask(ends, ids.shape[1], mask_truncated=spec.mask_truncated_completions)
@@ -357,7 +358,7 @@ def num_items_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) -> Fin
 def _count_cause(step: TraceStep, trace: Trace | None, given: float, derived: float) -> str:
     extra = given - derived
     masked = _masked_tokens(step, trace)
-    processes = step.meta.get("num_processes")
+    processes = whole(step.meta.get("num_processes"))
     if masked is not None and masked["truncated"] > 0 and abs(extra - masked["truncated"]) <= 0.5:
         return (
             f"the normaliser counts the {masked['truncated']:g} tokens of truncated completions that "
@@ -367,7 +368,7 @@ def _count_cause(step: TraceStep, trace: Trace | None, given: float, derived: fl
         return f"the normaliser counts the {masked['tool']:g} tool-output tokens that tool_mask removes from the loss"
     if masked is not None and masked["after_mask"] > 0 and abs(extra - masked["after_mask"]) <= 0.5:
         return f"the normaliser counts {masked['after_mask']:g} masked tokens (padding or tokens after EOS)"
-    if isinstance(processes, int) and processes > 1 and abs(given * processes - derived) <= 0.5:
+    if processes is not None and processes > 1 and abs(given * processes - derived) <= 0.5:
         return "the token count was not gathered across processes (one process's count used as the global N)"
     if extra > 0:
         return "the normaliser counts tokens the loss mask excludes"
@@ -378,8 +379,8 @@ def _masked_tokens(step: TraceStep, trace: Trace | None) -> dict[str, float] | N
     """Over the generation batch (as far as the trace holds it): tokens of truncated rows a zeroed mask drops,
     tool-output tokens, and other positions outside the mask (padding)."""
     steps = [step]
-    generation = step.meta.get("generation")
-    if trace is not None and isinstance(generation, int):
+    generation = whole(step.meta.get("generation"))
+    if trace is not None and generation is not None:
         from grpo_check.rederive.inputs import _index
 
         steps = _index(trace).micro_batches.get(generation, [step])
@@ -392,7 +393,7 @@ def _masked_tokens(step: TraceStep, trace: Trace | None) -> dict[str, float] | N
             return None
         rows = micro.meta.get("global_rows") or list(range(ids.shape[0]))
         tool = tensor_or_none(micro, "tool_mask")
-        ends = completion_ends(ids, eos.ends, micro.meta.get("pad_token_id"), tool)
+        ends = completion_ends(ids, eos.ends, whole(micro.meta.get("pad_token_id")), tool)
         m = mask.detach().to(torch.float64)
         for index, row in enumerate(rows):
             if int(row) in seen:
@@ -419,9 +420,9 @@ def old_logps_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) -> Fin
     check_id = "rederive.old_logps_required"
     if step.meta.get("scope") == "generation":
         return _not_applicable(check_id, step, "a generation step (no loss computed on it)")
-    use_step = step.meta.get("step")
+    use_step = whole(step.meta.get("step"))
     generated = generation_step_of(step, trace)
-    if not isinstance(use_step, int) or isinstance(use_step, bool):
+    if use_step is None:
         return _not_captured(check_id, step, "meta step")
     if generated is None:
         return _not_captured(check_id, step, "meta generation_step (or the generation step in the trace)")
@@ -565,12 +566,12 @@ def _policy_moved(step: TraceStep, trace: Trace | None) -> tuple[int, float] | N
     """Evidence that the policy changed between two uses of the same rows: another micro-batch of the same
     generation, at another optimizer step, whose log-probs of a shared row differ. ``(that step, max |Δ|)``."""
     generation, rows, use_step = (
-        step.meta.get("generation"),
+        whole(step.meta.get("generation")),
         step.meta.get("global_rows"),
         step.meta.get("step"),
     )
     logps = tensor_or_none(step, "logps")
-    if trace is None or not isinstance(generation, int) or not isinstance(rows, list) or logps is None:
+    if trace is None or generation is None or not isinstance(rows, list) or logps is None:
         return None
     from grpo_check.rederive.inputs import _index
 

@@ -84,13 +84,16 @@ def eos_ids_of(step: TraceStep, trace: Trace | None = None) -> EosIds | None:
     return EosIds(by_source) if by_source else None
 
 
-def _int(value: Any) -> int | None:
-    if value is None or isinstance(value, bool):
+def whole(value: Any) -> int | None:
+    """``value`` as an int when it is a whole number (an int, a numpy integer, a 0-d tensor), else ``None``
+    (a bool, a string, a fraction: a meta value of the wrong kind is treated as not recorded)."""
+    if value is None or isinstance(value, bool | str):
         return None
     try:
-        return int(value)
+        number = float(value)
     except (TypeError, ValueError):
         return None
+    return int(number) if number.is_integer() else None
 
 
 @dataclasses.dataclass
@@ -109,7 +112,7 @@ def _index(trace: Trace) -> _TraceIndex:
     generation_steps: dict[int, TraceStep] = {}
     micro_batches: dict[int, list[TraceStep]] = {}
     for step in trace.steps:
-        generation = _int(step.meta.get("generation"))
+        generation = whole(step.meta.get("generation"))
         if generation is None:
             continue
         if step.meta.get("scope") == "generation":
@@ -124,16 +127,16 @@ def _index(trace: Trace) -> _TraceIndex:
 def generation_step_of(step: TraceStep, trace: Trace | None = None) -> int | None:
     """The optimizer step at which ``step``'s rows were generated: ``meta["generation_step"]``, else the
     ``step`` of the trace's generation step with the same ``meta["generation"]``."""
-    recorded = _int(step.meta.get(GENERATION_STEP_KEY))
+    recorded = whole(step.meta.get(GENERATION_STEP_KEY))
     if recorded is not None:
         return recorded
     if step.meta.get("scope") == "generation":
-        return _int(step.meta.get("step"))
-    generation = _int(step.meta.get("generation"))
+        return whole(step.meta.get("step"))
+    generation = whole(step.meta.get("generation"))
     if trace is None or generation is None:
         return None
     source = _index(trace).generation_steps.get(generation)
-    return None if source is None else _int(source.meta.get("step"))
+    return None if source is None else whole(source.meta.get("step"))
 
 
 def generation_loss_tokens(step: TraceStep, trace: Trace | None = None) -> LossTokens:
@@ -144,11 +147,11 @@ def generation_loss_tokens(step: TraceStep, trace: Trace | None = None) -> LossT
     recorded = step.meta.get(GENERATION_LOSS_TOKENS_KEY)
     if isinstance(recorded, int | float) and not isinstance(recorded, bool):
         return LossTokens(float(recorded), "the loss masks of the generation batch, summed at generation")
-    generation = _int(step.meta.get("generation"))
+    generation = whole(step.meta.get("generation"))
     if trace is not None and generation is not None:
         return _joined_loss_tokens(step, trace, generation)
-    spg = _int(step.meta.get("steps_per_generation"))
-    processes = _int(step.meta.get("num_processes"))
+    spg = whole(step.meta.get("steps_per_generation"))
+    processes = whole(step.meta.get("num_processes"))
     if spg == 1 and processes == 1 and step.has("completion_mask"):
         count = float(loss_tokens_per_row(step["completion_mask"], step.get("tool_mask")).sum())
         return LossTokens(count, "this micro-batch's loss masks (it is the whole generation batch)")

@@ -14,6 +14,7 @@ Example::
     tensor([0., 0.], dtype=torch.float64)
 """
 
+from grpo_check.reference._util import as_f64
 from grpo_check.reference.advantages import (
     AdvantageOutput,
     compute_advantages,
@@ -69,6 +70,7 @@ __all__ = [
     "ReferenceStep",
     "aggregate_loss",
     "aggregation_weights",
+    "as_f64",
     "autograd_logps_grad",
     "cispo_loss",
     "clip_masks",

@@ -90,7 +90,7 @@ def golden_dirs() -> list[Path]:
 
 def load_cases(directory: str | Path | None = None) -> list[dict[str, Any]]:
     """All cases from the ``*.json`` files of ``directory`` (default: the first of :func:`golden_dirs`)."""
-    from grpo_check import _limits
+    from grpo_check import limits
     from grpo_check.findings import InputError
 
     if directory is None:
@@ -106,7 +106,7 @@ def load_cases(directory: str | Path | None = None) -> list[dict[str, Any]]:
     seen: dict[str, str] = {}  # case id -> file that defined it
     for path in files:
         try:
-            doc = _limits.loads_json(_limits.read_text(path, cap=_limits.MAX_JSON_BYTES), source=str(path))
+            doc = limits.loads_json(limits.read_text(path, cap=limits.MAX_JSON_BYTES), source=str(path))
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}: not valid JSON ({exc})") from None
         except UnicodeDecodeError as exc:

@@ -14,7 +14,8 @@ Example::
     ['json', 'junit', 'md']
 
 File names written by :func:`write_report`: ``report.md``, ``report.html``, ``result.json``,
-``junit.xml``, ``report.txt``. Every file is written atomically.
+``junit.xml``, ``report.txt``, and ``report-set.json`` (the run id and sha256 of each file: the files are
+published as one set). Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 from grpo_check.findings import Finding, InputError, Result
 from grpo_check.report._validate import check_finding_record, check_metadata
-from grpo_check.report.atomic import ResultWriter, atomic_write_text, read_partial
+from grpo_check.report.atomic import ResultWriter, check_report_set, publish_report_set, read_partial
 from grpo_check.report.merge import merge_results
 from grpo_check.report.repro import failing_step_indices, write_repro
 
@@ -55,6 +56,7 @@ __all__ = [
     "DEFAULT_FORMATS",
     "FILE_NAMES",
     "ResultWriter",
+    "check_report_set",
     "failing_step_indices",
     "load_result",
     "merge_results",
@@ -114,7 +116,25 @@ def make_output_dir(out_dir: str | os.PathLike[str]) -> Path:
         raise OutputPathError(
             f"cannot create the report directory: {exc.strerror or exc}", source=str(directory)
         ) from None
+    _probe_writable(directory)  # a read-only folder is found now, not after the work (or the training)
     return directory
+
+
+def _probe_writable(directory: Path) -> None:
+    """Create and remove a file in ``directory``: the one test of writability that holds for every user and
+    file system (permissions, a read-only mount, a full quota)."""
+    import tempfile
+
+    from grpo_check.trace.io import OutputPathError
+
+    try:
+        fd, name = tempfile.mkstemp(prefix=".grpo-check-probe-", dir=directory)
+    except OSError as exc:
+        raise OutputPathError(
+            f"cannot write in the report directory: {exc.strerror or exc}", source=str(directory)
+        ) from None
+    os.close(fd)
+    os.unlink(name)
 
 
 def write_report(
@@ -122,12 +142,19 @@ def write_report(
     out_dir: str | os.PathLike[str] = "reports/latest",
     formats: Sequence[str] = DEFAULT_FORMATS,
 ) -> dict[str, Path]:
-    """Write ``result`` in each of ``formats`` into ``out_dir`` (atomically); returns format → path."""
+    """Write ``result`` in each of ``formats`` into ``out_dir`` as one set; returns format → path.
+
+    The set is published as a whole (see :mod:`grpo_check.report.atomic`): every format is rendered before
+    anything is written; ``report-set.json`` is first replaced by an entry saying a set with a fresh run id
+    is being written, then each file is written atomically (``result.json`` first), and last
+    ``report-set.json`` lists every file with its sha256. A folder never silently mixes two runs: a run
+    killed half-way leaves a set marked incomplete, and ``grpo-check report DIR`` refuses it.
+    """
     directory = make_output_dir(out_dir)
-    paths: dict[str, Path] = {}
-    for fmt in formats:
-        canonical = normalise_format(fmt)
-        paths[canonical] = atomic_write_text(directory / FILE_NAMES[canonical], render(result, canonical))
+    order = sorted((normalise_format(fmt) for fmt in formats), key=lambda fmt: fmt != "json")
+    texts = {fmt: render(result, fmt) for fmt in dict.fromkeys(order)}  # a renderer fails before any write
+    with publish_report_set(directory) as publish:
+        paths = {fmt: publish(FILE_NAMES[fmt], text) for fmt, text in texts.items()}
     return paths
 
 
@@ -136,10 +163,10 @@ def load_result(path: str | os.PathLike[str]) -> Result:
     source = Path(path)
     if source.suffix == ".jsonl":
         return read_partial(source)
-    from grpo_check import _limits
+    from grpo_check import limits
 
     try:
-        data = _limits.loads_json(_limits.read_text(source, cap=_limits.MAX_JSON_BYTES), source=str(source))
+        data = limits.loads_json(limits.read_text(source, cap=limits.MAX_JSON_BYTES), source=str(source))
     except json.JSONDecodeError as exc:
         raise InputError(f"not valid JSON ({exc})", source=str(source)) from None
     except UnicodeDecodeError as exc:

@@ -23,9 +23,10 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,20 @@ from grpo_check.findings import Finding, InputError, Result
 from grpo_check.report._validate import check_finding_record, check_metadata
 from grpo_check.trace.io import atomic_write_bytes, atomic_write_text, to_jsonable
 
-__all__ = ["PARTIAL_NAME", "ResultWriter", "atomic_write_bytes", "atomic_write_text", "read_partial"]
+__all__ = [
+    "PARTIAL_NAME",
+    "SET_NAME",
+    "ResultWriter",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_report_set",
+    "publish_report_set",
+    "read_partial",
+]
 
 PARTIAL_NAME = "result.partial.jsonl"
+SET_NAME = "report-set.json"
+SET_FORMAT = "grpo-check-report-set"
 
 
 class ResultWriter:
@@ -115,10 +127,10 @@ class ResultWriter:
 def read_partial(path: str | os.PathLike[str]) -> Result:
     """Load a ``result.partial.jsonl`` log (possibly cut off mid-line) as a :class:`Result`."""
     source = Path(path)
-    from grpo_check import _limits
+    from grpo_check import limits
 
     try:
-        text = _limits.read_text(source, cap=_limits.MAX_JSON_BYTES)
+        text = limits.read_text(source, cap=limits.MAX_JSON_BYTES)
     except UnicodeDecodeError as exc:
         raise InputError(f"not UTF-8 text ({exc})", source=str(source)) from None
     result = Result()
@@ -128,7 +140,7 @@ def read_partial(path: str | os.PathLike[str]) -> Result:
         if not line.strip():
             continue
         try:
-            record = _limits.loads_json(line, source=str(source), field=f"line {number}")
+            record = limits.loads_json(line, source=str(source), field=f"line {number}")
         except json.JSONDecodeError:
             if number == len(lines):  # the run was killed while writing this line
                 result.metadata["incomplete"] = result.metadata.get("incomplete") or "log ends in a torn line"
@@ -163,3 +175,83 @@ def _finding_from_record(record: Any) -> Finding:
         raise ValueError(f"finding must be an object, got {type(record).__name__}")
     check_finding_record(record)
     return Finding.from_dict(record)
+
+
+# ------------------------------------------------------------------------------------------ report sets
+@contextlib.contextmanager
+def publish_report_set(directory: Path) -> Iterator[Callable[[str, str], Path]]:
+    """Publish files in ``directory`` as one set: yields ``publish(name, text) -> path``.
+
+    On entry ``report-set.json`` is (atomically) replaced by ``{"run_id": <new>, "complete": false}``, so the
+    previous set is withdrawn before any of its files is replaced; each published file is written
+    atomically; on a clean exit ``report-set.json`` lists every file with its sha256 and says
+    ``"complete": true``. A run killed in between leaves the set marked incomplete, never a folder that
+    silently mixes two runs.
+    """
+    import hashlib
+    import uuid
+
+    from grpo_check.trace.io import utc_now
+
+    run_id = uuid.uuid4().hex
+    record: dict[str, Any] = {"format": SET_FORMAT, "run_id": run_id, "created": utc_now(), "complete": False}
+    set_path = directory / SET_NAME
+    atomic_write_text(set_path, json.dumps({**record, "files": {}}, indent=1) + "\n")
+    files: dict[str, dict[str, Any]] = {}
+
+    def publish(name: str, text: str) -> Path:
+        data = text.encode("utf-8", "backslashreplace")
+        path = atomic_write_bytes(directory / name, data)
+        files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        return path
+
+    yield publish
+    atomic_write_text(set_path, json.dumps({**record, "complete": True, "files": files}, indent=1) + "\n")
+
+
+def check_report_set(directory: str | os.PathLike[str]) -> None:
+    """Refuse (:class:`InputError`) a report folder whose set is incomplete or mixes runs.
+
+    A folder without ``report-set.json`` (written by hand, or by an older grpo-check) is not judged.
+    """
+    import hashlib
+
+    from grpo_check import limits
+
+    folder = Path(directory)
+    set_path = folder / SET_NAME
+    if not set_path.exists():
+        return
+    record = limits.read_json(set_path, cap=limits.MiB, what="report set")
+    files = record.get("files") if isinstance(record, dict) else None
+    if not isinstance(record, dict) or record.get("format") != SET_FORMAT or not isinstance(files, dict):
+        raise InputError(f"not a {SET_FORMAT} record", source=str(set_path))
+    hint = (
+        f"; the findings logged before it stopped are in {folder / PARTIAL_NAME}"
+        if (folder / PARTIAL_NAME).is_file()
+        else ""
+    )
+    if record.get("complete") is not True:
+        raise InputError(
+            f"incomplete report set (run {record.get('run_id')!s:.12}): the run was stopped while writing its "
+            f"reports, so the files here may come from different runs{hint}",
+            source=str(folder),
+        )
+    for name, entry in files.items():
+        expected = entry.get("sha256") if isinstance(entry, dict) else None
+        path = folder / str(name)
+        if "/" in str(name) or not isinstance(expected, str):
+            raise InputError("malformed file entry", source=str(set_path), field=str(name))
+        try:
+            actual = hashlib.sha256(limits.read_bytes(path, cap=limits.MAX_JSON_BYTES)).hexdigest()
+        except FileNotFoundError:
+            raise InputError(
+                f"incomplete report set: {name} of run {record.get('run_id')!s:.12} is missing",
+                source=str(folder),
+            ) from None
+        if actual != expected:
+            raise InputError(
+                f"mixed report set: {name} is not the one run {record.get('run_id')!s:.12} wrote (another run "
+                "replaced it, or it was edited); rerun to write a consistent set",
+                source=str(folder),
+            )

@@ -205,7 +205,9 @@ def token_error_heatmap(finding: Finding, *, max_rows: int = 64, max_tokens: int
     from matplotlib.patches import Patch
 
     n_rows, width = data.shape
-    fig, ax = plt.subplots(figsize=(min(12.0, 3.0 + 0.12 * width), min(8.0, 1.8 + 0.2 * n_rows)))
+    fig, ax = plt.subplots(
+        figsize=(min(12.0, 3.0 + 0.12 * width), min(8.0, 2.2 + 0.2 * n_rows)), layout="constrained"
+    )
     cmap = plt.get_cmap("viridis").with_extremes(bad="#d0d0d0")
     image = ax.imshow(shown, aspect="auto", cmap=cmap, interpolation="nearest", vmin=0, vmax=finite_max)
     handles = []
@@ -233,7 +235,7 @@ def token_error_heatmap(finding: Finding, *, max_rows: int = 64, max_tokens: int
     else:
         ax.set_ylabel("row (completion)")
     if handles:
-        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.18, 1.0), fontsize=7, frameon=False)
+        fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=7, frameon=False)
     ax.set_xlabel("completion token")
     ax.set_title(_text(f"{finding.check_id}: per-token error"))
     fig.colorbar(

@@ -17,9 +17,11 @@ from grpo_check.coverage import coverage_lines
 from grpo_check.findings import Finding, Result, Verdict, severity
 from grpo_check.report._common import (
     VERDICT_SYMBOL,
+    CheckGroup,
+    finding_sort_key,
     fmt_number,
+    group_by_check,
     headline,
-    ordered_findings,
     stage_rank,
     stage_summary,
 )
@@ -106,32 +108,54 @@ def render_terminal(
         console.print(table)
 
     threshold = severity(Verdict(show)) if show in {v.value for v in Verdict} else severity(Verdict.WARN)
-    shown = [f for f in ordered_findings(result) if severity(f.verdict) >= threshold and f is not first]
-    if shown:
+    verdicts = tuple(v for v in Verdict if severity(v) >= threshold)
+    groups = sorted(group_by_check(result.findings, verdicts), key=lambda g: finding_sort_key(g.first))
+    blocks: list[tuple[str, str]] = []  # (text, style): one per check, its first occurrence in full
+    for group in groups:
+        style = STYLE.get(group.verdict.value, "")
+        more = _more_occurrences(group)
+        if group.first is first:
+            if more:
+                blocks.append((f"{group.check_id}: {more} (the first is the first divergence above)", "dim"))
+            continue
+        blocks.append((group.first.message() + (f"\n  {more}" if more else ""), style))
+    if blocks:
         console.print()
-        for number, finding in enumerate(shown[:limit]):
+        for number, (text, style) in enumerate(blocks[:limit]):
             if number:
                 console.print()
+            console.print(Text(_printable(text), style=style), soft_wrap=True)
+        if len(blocks) > limit:
             console.print(
-                Text(_printable(finding.message()), style=STYLE.get(finding.verdict.value, "")),
-                soft_wrap=True,
+                Text(
+                    f"... and {len(blocks) - limit} more check(s) (see the Markdown/HTML report)", style="dim"
+                )
             )
-        if len(shown) > limit:
-            console.print(
-                Text(f"... and {len(shown) - limit} more (see the Markdown/HTML report)", style="dim")
-            )
-    conventions = result.by_verdict(Verdict.CONVENTION)
+    conventions = group_by_check(result.findings, (Verdict.CONVENTION,))
     if conventions and threshold > severity(Verdict.CONVENTION):
         console.print()
         console.print(Text("Declared convention differences (not failures):", style="cyan"))
-        for finding in conventions[:limit]:
+        for group in conventions[:limit]:
+            count = f" ({group.occurrences()})" if group.count > 1 else ""
             console.print(
-                Text(_printable(f"  {finding.check_id}: {finding.explanation}"), style="cyan"), soft_wrap=True
+                Text(_printable(f"  {group.check_id}: {group.first.explanation}{count}"), style="cyan"),
+                soft_wrap=True,
             )
     not_captured_line = _not_captured_summary(result)
     if not_captured_line:
         console.print(Text(not_captured_line, style="dim"), soft_wrap=True)
     return buffer.getvalue()
+
+
+def _more_occurrences(group: CheckGroup) -> str | None:
+    """``+ 7 more occurrences (8, steps 0-7); worst 0.9 (allowed 1e-05) at step 3, ...`` or ``None``."""
+    if group.count == 1:
+        return None
+    worst = group.worst
+    text = f"+ {group.count - 1} more occurrence(s) ({group.occurrences()})"
+    if worst.figure is not None and worst is not group.first:
+        text += f"; worst {fmt_number(worst.figure)} (allowed {fmt_number(worst.tolerance)}) at {worst.where.describe()}"
+    return text
 
 
 def _not_captured_summary(result: Result) -> str | None:

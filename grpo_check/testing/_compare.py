@@ -25,10 +25,6 @@ def default_tolerance(dtype: torch.dtype) -> tuple[float, float]:
     return _DEFAULT_TOLERANCES.get(dtype, _DEFAULT_TOLERANCES[torch.float64])
 
 
-def unit_roundoff(dtype: torch.dtype) -> float:
-    return float(torch.finfo(dtype).eps) if dtype.is_floating_point else float(torch.finfo(torch.float64).eps)
-
-
 def to_tensor(value: Any, name: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
@@ -74,8 +70,8 @@ def compare_tensors(
     if tolerance_dtype is not None:
         dtype = tolerance_dtype
     default_rtol, default_atol = default_tolerance(dtype)
-    rtol = default_rtol if rtol is None else _tolerance_value(rtol, "rtol")
-    atol = default_atol if atol is None else _tolerance_value(atol, "atol")
+    rtol = default_rtol if rtol is None else tolerance_value(rtol, "rtol")
+    atol = default_atol if atol is None else tolerance_value(atol, "atol")
     if actual_t.shape != expected_t.shape:
         if actual_t.numel() == expected_t.numel() and _same_up_to_unit_dims(actual_t.shape, expected_t.shape):
             actual_t = actual_t.reshape(expected_t.shape)
@@ -124,7 +120,7 @@ def compare_tensors(
     return finding
 
 
-def _tolerance_value(value: Any, name: str) -> float:
+def tolerance_value(value: Any, name: str) -> float:
     """``rtol``/``atol`` as a float, or an ``InputError`` for a value that is not a number ≥ 0."""
     if not is_real_number(value):
         raise InputError(f"{name} must be a number >= 0, got {type(value).__name__} {value!r}")

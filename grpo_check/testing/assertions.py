@@ -1,11 +1,13 @@
 """Assertion helpers: your trainer's tensors against the float64 reference, ``assert_close`` style.
 
 Each ``assert_<stage>_close`` takes your output (a tensor, or a :class:`~grpo_check.trace.model.TraceStep`
-from which it and its inputs are read by canonical name), recomputes the stage with the reference on the
-same inputs, and raises :class:`~grpo_check.findings.GRPOCheckError` (an ``AssertionError``) whose message
-says what differed, where (step, prompt, generation, token), by how much, what was allowed and the likely
-cause — or returns ``None``. Tolerances default to torch's per dtype plus the rounding error a correct
-computation in your dtype can make; ``rtol``/``atol`` override.
+from which it and its inputs are read by canonical name), puts it and its inputs into a trace step and runs
+the comparison ``grpo-check compare`` runs on it (:func:`grpo_check.compare.compare_step`: the reference fed
+the same inputs, the same tolerance policy, the same diagnoses). It raises
+:class:`~grpo_check.findings.GRPOCheckError` (an ``AssertionError``) when that stage's check fails — the
+message says what differed, where (step, prompt, generation, token), by how much, what was allowed and the
+likely cause — or returns ``None``: the assertion and the CLI give the same verdict on the same tensors.
+``rtol``/``atol`` override the stage's tolerance as ``--tolerance CHECK=RTOL,ATOL`` does.
 
 Example::
 
@@ -15,12 +17,12 @@ Example::
     >>> rewards = torch.tensor([0.0, 1.0, 1.0, 1.0])
     >>> assert_advantages_close(torch.tensor([-0.7070, 0.7070, 0.0, 0.0]), rewards=rewards,
     ...                         num_generations=2, rtol=1e-3)
-    >>> assert_advantages_close(torch.tensor([-1.0, 1.0, 0.0, 0.0]), rewards=rewards, num_generations=2)  # doctest: +ELLIPSIS
+    >>> assert_advantages_close(torch.tensor([-5e-5, 5e-5, 0.0, 0.0]), rewards=rewards, num_generations=2)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    grpo_check.findings.GRPOCheckError: [FAIL] testing.advantages_close (advantages): advantages differs from the reference
+    grpo_check.findings.GRPOCheckError: [FAIL] advantages.values (advantages): advantages (from the trainer's rewards) differs from the reference
     Mismatched elements: 2 / 4 (50.0%)
-    Greatest absolute difference: 0.293 at prompt 0, generation 0, row 0 (actual -1 vs expected -0.707007; up to 1.23e-05 allowed)
+    Greatest absolute difference: 0.707 at prompt 0, generation 0, row 0 (trainer -5e-05 vs reference -0.707007; up to 1.71e-05 allowed)
     ...
 
 The invariants' ``assert_*`` forms (single-implementation checks such as ``assert_group_sum_zero``) are
@@ -306,12 +308,14 @@ def assert_kl_close(
     rtol: float | None = None,
     atol: float | None = None,
 ) -> None:
-    """The bare per-token KL estimate (``estimator`` or ``spec.kl_estimator``, no bias correction) and,
+    """The per-token KL estimate (``estimator`` or ``spec.kl_estimator``; from plain tensors the bare
+    estimate, from a trace step with ``old_logps`` times the ratio where ``spec.use_bias_correction_kl``) and,
     if ``grad`` (∂Σkl/∂logps) is given, its gradient."""
     __tracebackhide__ = True
     inputs = {
         "logps": logps,
         "ref_logps": ref_logps,
+        "old_logps": None,
         "completion_mask": completion_mask,
         "group_index": group_index,
         "step": step,
@@ -330,6 +334,7 @@ def assert_kl_close(
             torch.as_tensor(inputs["ref_logps"]).detach(),
             mask,
             _spec(spec, kl_estimator=estimator),
+            old_logps=inputs["old_logps"],
             actual_grad=grad,
             group_index=inputs["group_index"],
             step=at,

@@ -43,7 +43,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from grpo_check import _limits
+from grpo_check import limits
 from grpo_check._kinds import is_real_number, is_whole_number
 from grpo_check.findings import InputError
 from grpo_check.trace.model import TENSOR_STAGE, Trace, TraceStep
@@ -292,12 +292,44 @@ def _tensor_to_cpu_contiguous(name: str, value: Any):
 class TraceWriter:
     """Streams a trace to a directory: manifest first, then one step at a time, each write atomic.
 
+    Each step reaches the disk as it is appended: its ``.safetensors`` then its ``.json`` (the step's commit
+    record), each written to a temporary file and renamed into place, so a step on disk is complete or
+    absent. Until :meth:`close`, the manifest says ``"complete": false``: a run killed half-way leaves a
+    trace that loads with every step it finished and a problem saying the run did not close it.
+
     >>> import tempfile, torch
-    >>> writer = TraceWriter(tempfile.mkdtemp(), overwrite=True)
-    >>> writer.write_manifest({"trainer": "demo"})
-    >>> writer.write_step(TraceStep(tensors={"loss": torch.tensor(0.5)}, meta={"step": 0}))
+    >>> writer = TraceWriter.open(tempfile.mkdtemp(), {"trainer": "demo"}, overwrite=True)
+    >>> writer.append_step(TraceStep(tensors={"loss": torch.tensor(0.5)}, meta={"step": 0}))
     '000000-mb00-r0'
+    >>> load_trace(writer.path).problems[0].endswith("the run did not close this trace (interrupted or crashed?): 1 complete step(s) read")
+    True
+    >>> writer.close()
+    >>> load_trace(writer.path).problems
+    []
     """
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], manifest: Mapping[str, Any], *, overwrite: bool = False
+    ) -> TraceWriter:
+        """A writer whose directory (created now: an unwritable one fails here, before any work) holds the
+        manifest, marked not complete until :meth:`close`."""
+        writer = cls(path, overwrite=overwrite)
+        writer.write_manifest(manifest)
+        return writer
+
+    def append_step(self, step: TraceStep, *, index: int | None = None) -> str:
+        """Write one step now (complete or absent on disk); returns its entry name."""
+        if self._closed:
+            raise InputError(
+                "this trace was closed; open a new TraceWriter to write more steps", source=str(self.path)
+            )
+        return self.write_step(step, index=index)
+
+    def close(self, manifest: Mapping[str, Any] | None = None) -> None:
+        """Rewrite the manifest (``manifest`` if given) with the step count and ``"complete": true``."""
+        self._closed = True
+        self.write_manifest(self._manifest if manifest is None else manifest)
 
     def __init__(self, path: str | os.PathLike[str], *, overwrite: bool = False):
         self.path = Path(path)
@@ -325,7 +357,8 @@ class TraceWriter:
         self._names: set[str] = set()
         self._count = 0
         self.dtypes: dict[str, str] = {}
-        self._manifest: dict[str, Any] | None = None
+        self._manifest: dict[str, Any] = {}
+        self._closed = False
 
     def _existing_files(self) -> list[Path]:
         files = [self.path / MANIFEST_FILE] if (self.path / MANIFEST_FILE).exists() else []
@@ -348,6 +381,7 @@ class TraceWriter:
         merged_dtypes.update(self.dtypes)
         full["dtypes"] = merged_dtypes
         full["num_steps"] = self._count
+        full["complete"] = self._closed
         self._manifest = full
         atomic_write_text(self.path / MANIFEST_FILE, json.dumps(to_jsonable(full), indent=2) + "\n")
 
@@ -438,8 +472,8 @@ def save_trace(trace: Trace, path: str | os.PathLike[str], *, overwrite: bool = 
         manifest = {**build_manifest(trainer=manifest.get("trainer", "custom")), **manifest}
     writer.write_manifest(manifest)  # first, so a crash while writing steps leaves a loadable trace
     for step in trace.steps:
-        writer.write_step(step)
-    writer.write_manifest(manifest)  # again, now with num_steps and dtypes
+        writer.append_step(step)
+    writer.close(manifest)  # again, now with num_steps, dtypes and "complete": true
     return writer.path
 
 
@@ -501,6 +535,12 @@ def load_trace(path: str | os.PathLike[str], *, strict: bool = False) -> Trace:
             item = _load_step(json_path, num_generations, problem)
             if item is not None:
                 loaded.append(item)
+    if manifest.get("complete") is False:  # written by a TraceWriter that was never closed
+        problem(
+            f"the run did not close this trace (interrupted or crashed?): {len(loaded)} complete step(s) read",
+            source=root / MANIFEST_FILE,
+            field="complete",
+        )
     if not loaded:
         detail = f"; problems: {'; '.join(problems)}" if problems else ""
         raise InputError(f"trace holds no readable step{detail}", source=str(steps_dir))
@@ -531,6 +571,7 @@ MANIFEST_FIELD_KINDS: dict[str, tuple[str, Any]] = {
     "dtypes": ("an object of dtype names", lambda v: v is None or _is_str_map(v)),
     "trainer_config": ("an object", lambda v: v is None or isinstance(v, dict)),
     "num_steps": ("an integer", lambda v: v is None or _is_int64(v)),
+    "complete": ("true or false", lambda v: isinstance(v, bool)),
 }
 
 
@@ -566,8 +607,8 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if not path.is_file():  # a directory or a pipe (reading a pipe with no writer would wait forever)
         raise InputError("manifest.json is not a regular file", source=str(path))
     try:
-        raw = _limits.read_bytes(path, cap=_limits.MAX_JSON_BYTES)
-        manifest = _limits.loads_json(raw.decode("utf-8"), source=str(path))
+        raw = limits.read_bytes(path, cap=limits.MAX_JSON_BYTES)
+        manifest = limits.loads_json(raw.decode("utf-8"), source=str(path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"manifest is not valid JSON ({exc})", source=str(path)) from None
     if not isinstance(manifest, dict):
@@ -617,9 +658,9 @@ _STEM = re.compile(r"^(\d+)-mb(\d+)-r(\d+)")
 def _load_step(json_path: Path, num_generations: int | None, problem) -> tuple[int, str, TraceStep] | None:
     """Read one step; on any problem report it and return ``None`` (so the step is left out)."""
     try:
-        raw = _limits.read_bytes(json_path, cap=_limits.MAX_JSON_BYTES)
-        record = _limits.loads_json(raw.decode("utf-8"), source=None)
-    except _limits.LimitError as exc:
+        raw = limits.read_bytes(json_path, cap=limits.MAX_JSON_BYTES)
+        record = limits.loads_json(raw.decode("utf-8"), source=None)
+    except limits.LimitError as exc:
         problem(f"{exc.message}; step skipped", source=json_path, field=exc.field)
         return None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -731,7 +772,7 @@ def _short(value: Any) -> str:
 
 
 def _is_int64(value: Any) -> bool:
-    return is_whole_number(value) and _limits.INT64_MIN <= int(value) <= _limits.INT64_MAX
+    return is_whole_number(value) and limits.INT64_MIN <= int(value) <= limits.INT64_MAX
 
 
 def _is_count(value: Any) -> bool:
@@ -805,8 +846,8 @@ def _read_tensor_file(json_path: Path, record: dict[str, Any], problem) -> dict[
         return None
     tensor_path = json_path.parent / tensor_file
     try:
-        blob = _limits.read_bytes(tensor_path, cap=_limits.MAX_TENSOR_FILE_BYTES)  # a regular file, bounded
-    except _limits.LimitError as exc:
+        blob = limits.read_bytes(tensor_path, cap=limits.MAX_TENSOR_FILE_BYTES)  # a regular file, bounded
+    except limits.LimitError as exc:
         problem(f"{exc.message}; step skipped", source=tensor_path, field=exc.field)
         return None
     except OSError as exc:
@@ -829,8 +870,8 @@ def _read_tensor_file(json_path: Path, record: dict[str, Any], problem) -> dict[
         )
         return None
     try:  # every declared tensor inside the file, with a supported dtype, before safetensors builds them
-        _limits.check_safetensors_blob(blob, source=str(tensor_path))
-    except _limits.LimitError as exc:
+        limits.check_safetensors_blob(blob, source=str(tensor_path))
+    except limits.LimitError as exc:
         problem(
             f"not a readable safetensors file ({exc.message}); step skipped",
             source=tensor_path,
@@ -875,12 +916,12 @@ def validate_step_tensors(tensors: Mapping[str, Any]) -> list[tuple[str, str]]:
     errors: list[tuple[str, str]] = []
     known = {n: t for n, t in tensors.items() if n in TENSOR_STAGE}
     for name, tensor in known.items():
-        if _dtype_name(tensor.dtype) not in _limits.SUPPORTED_TORCH_DTYPES:
+        if _dtype_name(tensor.dtype) not in limits.SUPPORTED_TORCH_DTYPES:
             errors.append(
                 (
                     name,
                     f"dtype {_dtype_name(tensor.dtype)} is not supported "
-                    f"(one of {', '.join(sorted(_limits.SUPPORTED_TORCH_DTYPES))})",
+                    f"(one of {', '.join(sorted(limits.SUPPORTED_TORCH_DTYPES))})",
                 )
             )
         elif name in ID_TENSORS and (tensor.dtype.is_floating_point or tensor.dtype.is_complex):

@@ -412,7 +412,7 @@ class Recorder:
                 + f" {self._late_grads} gradient(s) arrived after their step was written and were dropped."
             ).strip()
         if self._writer is not None and not self._closed:
-            self._writer.write_manifest(self.manifest)
+            self._writer.close(self.manifest)
         self._closed = True
         return Trace(manifest=to_jsonable(dict(self.manifest)), steps=self._ordered_steps())
 

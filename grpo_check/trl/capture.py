@@ -39,6 +39,7 @@ from typing import Any
 
 from grpo_check.compare.tolerances import as_policy
 from grpo_check.findings import Finding, InputError, Result
+from grpo_check.trace.io import TraceWriter
 from grpo_check.trace.model import Trace, TraceStep
 from grpo_check.trl.helper_client import HELPER_SLOTS, UNDECIDED, HelperClient
 from grpo_check.trl.hooks import ATTACHED, TrainerHooks
@@ -101,6 +102,8 @@ class Attachment(TrainerHooks, StepRecording, LiveChecking, HelperClient):
         self.keep_steps = keep_steps
         self.spec = spec_from_trl(trainer)
         self.trace = Trace(manifest=self._manifest(), steps=[])
+        # the trace directory is made (and found unwritable) now, before training; steps stream into it
+        self._sink = None if self.out_dir is None else TraceWriter.open(self.out_dir, self.trace.manifest)
         self.findings: list[Finding] = []
         self.live_problems: list[str] = []
         self._originals: dict[str, Any] = {}
@@ -156,7 +159,11 @@ class Attachment(TrainerHooks, StepRecording, LiveChecking, HelperClient):
 
         self._flush_window()
         self._collect_background(wait=True)
-        shipped = name_shipped_bugs(self.findings, self.support.version, self.spec.to_dict())
+        # a failing stage that a shipped bug of this release explains is named as such (bug, fix, PR)
+        observed = {
+            "unscorable_rows": getattr(self, "_unscorable_rows_seen", False)
+        }  # from the captured rewards
+        shipped = name_shipped_bugs(self.findings, self.support.version, {**self.spec.to_dict(), **observed})
         result = Result(
             findings=[*self.findings, *shipped],
             metadata={
@@ -220,10 +227,8 @@ class Attachment(TrainerHooks, StepRecording, LiveChecking, HelperClient):
             self._checker.submit({"forget": forget}, {}, awaited=False)
             self._shipped = {}
         self.detach()
-        if self.out_dir is not None and not self._closed:
-            from grpo_check.trace.io import save_trace
-
-            save_trace(self.trace, self.out_dir)
+        if self._sink is not None and not self._closed:
+            self._sink.close(self.trace.manifest)  # the steps are on disk already
         self._closed = True
         return self.trace
 

@@ -85,8 +85,8 @@ class HelperClient:
         the completion mask: then the helper's comparison passes too (its allowance is never below that
         floor), and needs no model for its diagnoses."""
 
-        from grpo_check.compare.stages import _dtype
         from grpo_check.compare.tolerances import TolerancePolicy
+        from grpo_check.stepref.inputs import computed_dtype as _dtype
 
         policy = self.tolerances or TolerancePolicy()
         for name, check_id in (("logps", "logps.model"), ("ref_logps", "logps.ref_model")):

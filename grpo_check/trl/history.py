@@ -69,6 +69,37 @@ def _global_token_normaliser_with_spg_not_gas(settings: Settings) -> bool:
     return str(settings.get("loss_type", "")) in ("dapo", "cispo", "vespo") and spg != gas
 
 
+def _global_token_normaliser_with_truncation_mask(settings: Settings) -> bool:
+    return str(settings.get("loss_type", "")) in ("dapo", "cispo", "vespo") and bool(
+        settings.get("mask_truncated_completions", False)
+    )
+
+
+def _luspo_with_token_level_loss(settings: Settings) -> bool:
+    """luspo whose per-token loss is (B, T): a KL term, token-level ratios or an entropy mask broadcast it."""
+    return str(settings.get("loss_type", "")) == "luspo" and (
+        float(settings.get("beta", 0.0) or 0.0) != 0.0
+        or str(settings.get("importance_sampling_level", "token")) == "token"
+        or float(settings.get("top_entropy_quantile", 1.0)) < 1.0
+    )
+
+
+def _entropy_bonus_with_global_normaliser(settings: Settings) -> bool:
+    """An entropy bonus with a dapo-family loss, over more than one micro-batch per window or generation."""
+    gas = int(settings.get("gradient_accumulation_steps", 1) or 1)
+    spg = int(settings.get("steps_per_generation", gas) or gas)
+    return (
+        str(settings.get("loss_type", "")) in ("dapo", "cispo", "vespo")
+        and float(settings.get("entropy_coef", 0.0) or 0.0) != 0.0
+        and max(gas, spg) > 1
+    )
+
+
+def _unscorable_rows(settings: Settings) -> bool:
+    """A row that every reward function left unscored (None): known from the captured rewards, not a setting."""
+    return bool(settings.get("unscorable_rows", False))
+
+
 SHIPPED_BUGS: tuple[ShippedBug, ...] = (
     ShippedBug(
         id="trl-temperature-logps",
@@ -94,6 +125,61 @@ SHIPPED_BUGS: tuple[ShippedBug, ...] = (
         trigger_text="loss_type dapo, cispo or vespo with steps_per_generation != gradient_accumulation_steps",
         effect="each micro-batch divides by the generation batch's token count, so one accumulation window's "
         "loss and gradient are scaled by gradient_accumulation_steps / steps_per_generation",
+    ),
+    ShippedBug(
+        id="trl-num-items-truncated",
+        title="dapo/cispo/vespo token normaliser counts the tokens of truncated completions the loss masks out",
+        first="0.22.0",
+        last="1.8.0",
+        fixed_in="1.9.0",
+        pr=6439,
+        stages=("loss", "grad"),
+        trigger=_global_token_normaliser_with_truncation_mask,
+        trigger_text="loss_type dapo, cispo or vespo with mask_truncated_completions=True and a truncated completion",
+        effect="num_items_in_batch is counted before the truncated rows are masked, so the denominator counts "
+        "tokens the numerator does not: loss and gradient shrink by the masked fraction",
+    ),
+    ShippedBug(
+        id="trl-luspo-unmasked",
+        title="luspo loss weighted each row's per-token losses by its length instead of masking them",
+        first="0.28.0",
+        last="1.9.2",
+        fixed_in="1.10.0",
+        pr=6654,
+        stages=("loss", "grad"),
+        trigger=_luspo_with_token_level_loss,
+        trigger_text="loss_type luspo with a (B, T) per-token loss (beta != 0, token-level importance sampling "
+        "or top_entropy_quantile < 1)",
+        effect="(per_token_loss * |o_i|).mean() over all T columns: padding enters and each row is weighted by "
+        "|o_i|^2 / T instead of summed over its tokens",
+    ),
+    ShippedBug(
+        id="trl-entropy-bonus-normaliser",
+        title="entropy bonus of dapo/cispo/vespo divided by the policy's global token count, not averaged per "
+        "micro-batch",
+        first="1.8.0",
+        last="1.9.2",
+        fixed_in="1.10.0",
+        pr=6648,
+        stages=("loss", "grad"),
+        trigger=_entropy_bonus_with_global_normaliser,
+        trigger_text="entropy_coef != 0 with loss_type dapo, cispo or vespo and several micro-batches per "
+        "accumulation window or generation batch",
+        effect="the bonus of a micro-batch scales with its share of the generation batch's tokens instead of "
+        "being its mean entropy / gradient_accumulation_steps",
+    ),
+    ShippedBug(
+        id="trl-unscorable-rows-counted",
+        title="a completion every reward function left unscored (None) entered its group's mean and std as reward 0",
+        first="0.16.0",
+        last="1.5.1",
+        fixed_in="1.6.0",
+        pr=5902,
+        stages=("advantages",),
+        trigger=_unscorable_rows,
+        trigger_text="a completion for which every reward function returns None",
+        effect="nansum turns the unscorable row into a reward of 0: it shifts its group's baseline and scale and "
+        "gets an advantage of its own instead of being left out with advantage 0",
     ),
 )
 

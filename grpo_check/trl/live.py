@@ -74,6 +74,7 @@ class LiveChecking:
     trainer: Any
     spec: Any
     trace: Any
+    _sink: Any  # grpo_check.trace.io.TraceWriter streaming to out_dir, or None
 
     def _due(self, global_step: int) -> bool:
         return self.schedule.due(global_step)
@@ -92,6 +93,8 @@ class LiveChecking:
     def _finish_step(self, step: TraceStep, extra_findings: list[Finding] | None = None) -> None:
         if self.keep_steps or self.out_dir is not None:
             self.trace.steps.append(step)
+        if self._sink is not None:  # on disk now, complete or absent: a killed run keeps what it captured
+            self._sink.append_step(step)
         if not self.live:
             return
         self._probe_once(step)

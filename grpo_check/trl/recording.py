@@ -183,6 +183,9 @@ class StepRecording:
             else None,
         }
         info["advantages"] = _cpu(all_advantages)
+        rewards = info["rewards_per_func"]
+        if rewards is not None and rewards.numel() and bool(rewards.isnan().all(dim=1).any()):
+            self._unscorable_rows_seen = True  # a row no reward function scored (for the shipped-bug history)
         # this rank's rows as the reference model scores them: its log-probs are computed once per generation
         # batch, on the first checked micro-batch that needs them (see _ref_model_for)
         info["batch"] = {

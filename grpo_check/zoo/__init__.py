@@ -17,8 +17,8 @@ from typing import Any
 __all__ = ["GRPOLoop", "LoopConfig", "Scorecard", "all_cases", "run_scorecard", "select_cases"]
 
 _LAZY = {
-    "all_cases": ("grpo_check.zoo.catalog", "all_cases"),
-    "select_cases": ("grpo_check.zoo.catalog", "select_cases"),
+    "all_cases": ("grpo_check.zoo.cases", "all_cases"),
+    "select_cases": ("grpo_check.zoo.cases", "select_cases"),
     "run_scorecard": ("grpo_check.zoo.scorecard", "run_scorecard"),
     "Scorecard": ("grpo_check.zoo.scorecard", "Scorecard"),
     "GRPOLoop": ("grpo_check.zoo.loop", "GRPOLoop"),

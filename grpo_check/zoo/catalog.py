@@ -5,9 +5,11 @@ the bug-catalog entry (``reference/bug-catalog.md``, e.g. ``"S1"``, ``"6"``), th
 and the catalog ids a correct diagnosis may name. These declarations are made from the bug, not from what the
 detectors happen to report: the scorecard holds grpo-check to them.
 
+The mutant and control modules register their cases here; :mod:`grpo_check.zoo.cases` loads them all.
+
 Example::
 
-    >>> from grpo_check.zoo.catalog import all_cases
+    >>> from grpo_check.zoo.cases import all_cases
     >>> cases = all_cases()
     >>> sum(c.is_mutant for c in cases) >= 25
     True
@@ -22,9 +24,9 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from grpo_check.findings import STAGES, InputError
+from grpo_check.findings import STAGES
 
-__all__ = ["Bug", "Case", "all_cases", "control", "mutant", "register", "select_cases"]
+__all__ = ["Bug", "Case", "control", "mutant", "register", "registered"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,48 +199,17 @@ def control(
     )
 
 
-def all_cases() -> list[Case]:
-    """Every registered case: mutants first (in registration order), then controls."""
-    import grpo_check.zoo.controls
-    import grpo_check.zoo.mutants_loop
-    import grpo_check.zoo.mutants_probe
-    import grpo_check.zoo.mutants_rederive
-    import grpo_check.zoo.mutants_trl
-    import grpo_check.zoo.mutants_trl_logps  # noqa: F401  (registers)
-
-    cases = list(_REGISTRY.values())
-    return [c for c in cases if c.is_mutant] + [c for c in cases if not c.is_mutant]
+def registered() -> list[Case]:
+    """The cases registered so far, in registration order (:func:`grpo_check.zoo.cases.all_cases` loads every
+    module that registers some)."""
+    return list(_REGISTRY.values())
 
 
-def select_cases(only: list[str] | None = None) -> list[Case]:
-    """Cases whose id, or catalog id (``S1``, ``#6``, ``6``), matches one of ``only``; all when empty.
+def __getattr__(name: str) -> Any:
+    """``all_cases`` and ``select_cases`` live in :mod:`grpo_check.zoo.cases` (which loads every module that
+    registers here); they stay importable from here, loaded on first use."""
+    if name in ("all_cases", "select_cases"):
+        import importlib
 
-    Raises :class:`InputError` naming the unknown selector, with the known ids.
-    """
-    cases = all_cases()
-    if not only:
-        return cases
-    chosen: list[Case] = []
-    for selector in only:
-        key = selector.strip().lstrip("#")
-        exact = [c for c in cases if c.id == selector]
-        matches = exact or [
-            c
-            for c in cases
-            if c.id == selector or c.id.startswith(key + "-") or any(b.catalog_id == key for b in c.bugs)
-        ]
-        if key in ("controls", "control"):
-            matches = [c for c in cases if not c.is_mutant]
-        if key in ("mutants", "mutant"):
-            matches = [c for c in cases if c.is_mutant]
-        if not matches:
-            import difflib
-
-            close = difflib.get_close_matches(selector, [c.id for c in cases], n=3, cutoff=0.5)
-            hint = f"did you mean {', '.join(close)}? " if close else ""
-            raise InputError(
-                f"--only {selector!r} matches no zoo case; {hint}use a case id, a bug-catalog id (S1, 6, ...), "
-                "'mutants' or 'controls' (grpo-check zoo --list shows every case)"
-            )
-        chosen.extend(c for c in matches if c not in chosen)
-    return chosen
+        return getattr(importlib.import_module("grpo_check.zoo.cases"), name)
+    raise AttributeError(f"module 'grpo_check.zoo.catalog' has no attribute {name!r}")

@@ -33,7 +33,8 @@ from collections.abc import Callable
 from typing import Any
 
 from grpo_check.findings import STAGES, Finding, Result, Verdict, severity
-from grpo_check.zoo.catalog import Bug, Case, select_cases
+from grpo_check.zoo.cases import select_cases
+from grpo_check.zoo.catalog import Bug, Case
 
 __all__ = ["TARGETS", "BugScore", "CaseScore", "Scorecard", "evaluate_case", "run_scorecard", "score_result"]
 
@@ -285,7 +286,7 @@ def run_scorecard(
     progress: ProgressCallback | None = None,
     keep_results: bool = False,
 ) -> Scorecard:
-    """Run the selected cases (all by default; see :func:`grpo_check.zoo.catalog.select_cases`) and score them."""
+    """Run the selected cases (all by default; see :func:`grpo_check.zoo.cases.select_cases`) and score them."""
     cases = select_cases(only)
     start = time.perf_counter()
     scores: list[CaseScore] = []

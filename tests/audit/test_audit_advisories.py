@@ -39,6 +39,7 @@ CASES: dict[str, tuple[dict, dict | None, int]] = {
         1,
     ),
     "GA610": ({"num_generations": 8}, None, 1),
+    "GA611": ({"num_iterations": 2}, {"num_iterations": 1}, 1),
 }
 
 # A config where the batch arithmetic is valid on every release (so the only findings under test are advisories).
@@ -176,6 +177,11 @@ MARKERS: dict[str, tuple[str, str | None, str]] = {
         "gradient_accumulation_steps % generate_every",
     ),
     "GA610": ("trl/trainer/grpo_trainer.py", "nansum(dim=1)", "unscorable_mask"),
+    "GA611": (
+        "trl/trainer/grpo_trainer.py",
+        "is_clipped = (per_token_loss1 < per_token_loss2).float()",
+        "is_region_clipped",
+    ),
 }
 
 

@@ -19,6 +19,11 @@ from grpo_check.audit.rules import RULES
 
 trl = pytest.importorskip("trl")
 TRL_VERSION = metadata.version("trl")
+if not TRL_VERSION.startswith("1.16."):
+    pytest.skip(
+        f"the differential agreement is established against TRL 1.16 (installed: {TRL_VERSION})",
+        allow_module_level=True,
+    )
 
 # Audit errors on configurations TRL constructs without complaint, each with the reason the audit still calls them
 # errors: TRL fails later (after loading the model and generating), or the run computes something else than GRPO.

@@ -319,3 +319,14 @@ def test_duplicate_key_is_a_finding_on_that_key(app, tmp_path, name, text, lines
     assert f"{path}:{lines[-2]}: GA413 warning beta is written more than once {lines}" in result.output
     assert "keep 0.5" in result.output or "keep '0.5'" in result.output
     assert audit(path).metadata["config"]["beta"] == 0.5
+
+
+def test_text_lines_are_sorted_by_the_line_they_print(app, tmp_path):
+    """Unset fields print at their section's line; a finding above the section comes first."""
+    path = tmp_path / "order.yaml"
+    path.write_text(
+        "model:\n  name: x\n  name: y\ntraining:\n  num_generations: 3\n  per_device_train_batch_size: 4\n"
+    )
+    result = run(app, path, "--trl-version", "1.16", "--min-severity", "warning")
+    numbers = [int(line.split(":")[1]) for line in result.output.splitlines() if line.startswith(f"{path}:")]
+    assert numbers == sorted(numbers) and numbers[0] == 3 and 4 in numbers

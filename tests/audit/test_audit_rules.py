@@ -534,3 +534,17 @@ def test_ga418_follows_the_installed_transformers():
     assert RULES["GA418"].run(on_4) == []
     unknown = AuditContext.from_values(values, facts={"transformers_version": None})
     assert "assumed" in RULES["GA418"].run(unknown)[0].message
+    other_release = AuditContext.from_values(values, facts={"transformers_known": False})
+    assert RULES["GA418"].run(other_release) == []
+
+
+def test_ga418_only_judges_the_installed_release():
+    """transformers 5 is installed here: it decides for the installed TRL, not for another release audited."""
+    from importlib import metadata
+
+    values = {"overwrite_output_dir": True, "num_generations": 8}
+    installed = audit(values, trl_version=metadata.version("trl"), rules=["GA418"])
+    assert [f.check_id for f in installed] == (
+        ["GA418"] if int(metadata.version("transformers").split(".")[0]) >= 5 else []
+    )
+    assert not audit(values, trl_version="0.19.0", rules=["GA418"]).findings

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from grpo_check.compare import TolerancePolicy, check, compare, compare_step
-from grpo_check.compare.conventions import classify_advantage_scale
 from grpo_check.compare.distribution import sampler_metrics, trend
 from grpo_check.compare.synthetic import make_step, make_trace
 from grpo_check.config import GRPOSpec
+from grpo_check.diagnose.conventions import classify_advantage_scale
 from grpo_check.findings import InputError, Verdict
 
 SPEC = GRPOSpec(num_generations=4, loss_type="grpo", beta=0.04, max_completion_length=6)

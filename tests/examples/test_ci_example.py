@@ -96,4 +96,4 @@ def test_a_buggy_function_is_caught():
     message = str(caught.value)
     assert "stage 'advantages'" in message and "smallest failing batch" in message
     assert "B=2 rows = 1 prompt(s) x G=2" in message
-    assert "epsilon 10000" in caught.value.finding.likely_cause
+    assert "advantage epsilon far too large" in caught.value.finding.likely_cause

@@ -176,14 +176,18 @@ class CliOutcome(Exception):
         self.outcome, self.detail = outcome, detail
 
 
-def run_cli_in_process(args: list[str]) -> tuple[int, str, str]:
-    """``grpo-check ARGS`` in this process through the console entry point; (exit code, stdout, stderr)."""
+def run_cli_in_process(args: list[str], *, cwd: Path | None = None) -> tuple[int, str, str]:
+    """``grpo-check ARGS`` in this process through the console entry point, in folder ``cwd`` (default
+    outputs such as ``reports/`` land there); (exit code, stdout, stderr)."""
     from grpo_check.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     argv = sys.argv
     sys.argv = ["grpo-check", *args]
     code: Any = 0
+    here = os.getcwd()
+    if cwd is not None:
+        os.chdir(cwd)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
@@ -192,14 +196,15 @@ def run_cli_in_process(args: list[str]) -> tuple[int, str, str]:
                 code = exc.code
     finally:
         sys.argv = argv
+        os.chdir(here)
     return (code if isinstance(code, int) else 1), out.getvalue(), err.getvalue()
 
 
-def cli_target(args: list[str]) -> Callable[[], None]:
+def cli_target(args: list[str], *, cwd: Path | None = None) -> Callable[[], None]:
     """The CLI's outcome for ``args``: exit 2 with one line is clean, 0/1 accepted, anything else a bug."""
 
     def call() -> None:
-        code, _, err = run_cli_in_process(args)
+        code, _, err = run_cli_in_process(args, cwd=cwd)
         raise CliOutcome(*judge_cli(args, code, err))
 
     return call

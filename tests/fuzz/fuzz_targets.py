@@ -346,7 +346,7 @@ def build_config(value: dict[str, Any], workdir: Path) -> Callable[[], Any]:
     else:
         path = workdir / "config.yaml"
         path.write_bytes(value["bytes"])
-    return h.cli_target(["audit", str(path), "--format", fmt])
+    return h.cli_target(["audit", str(path), "--format", fmt], cwd=workdir)
 
 
 # ------------------------------------------------------------------------------------------- results
@@ -401,7 +401,9 @@ def build_results(value: dict[str, Any], workdir: Path) -> Callable[[], Any]:
     else:
         path.write_text(dumps(value["document"]))
         fmt = value["format"]
-    return h.cli_target(["report", str(path), "--format", fmt, "-o", str(workdir / f"out.{fmt}")])
+    return h.cli_target(
+        ["report", str(path), "--format", fmt, "-o", str(workdir / f"out.{fmt}")], cwd=workdir
+    )
 
 
 # -------------------------------------------------------------------------------------------- golden
@@ -542,7 +544,7 @@ def build_cli(value: list[str], workdir: Path) -> Callable[[], Any]:
         return str(target / below) if below else str(target)
 
     args = [path_for(token) for token in value]
-    return h.cli_target(args)
+    return h.cli_target(args, cwd=workdir)  # default outputs (reports/...) land in the case's folder
 
 
 TARGETS: dict[str, tuple[Any, Callable[[Any, Path], Callable[[], Any]]]] = {

@@ -346,14 +346,29 @@ def test_usage_errors_are_one_line(args: list[str], expected: str) -> None:
 
 
 def test_regular_file_check_does_not_open_a_fifo(tmp_path: Path) -> None:
-    from grpo_check import _limits
+    from grpo_check import limits
 
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    with pytest.raises(_limits.LimitError, match="a pipe"):
-        _limits.read_bytes(fifo, cap=10)
+    with pytest.raises(limits.LimitError, match="a pipe"):
+        limits.read_bytes(fifo, cap=10)
     big = tmp_path / "big"
     big.write_bytes(b"x" * 11)
-    with pytest.raises(_limits.LimitError, match="11 bytes; at most 10"):
-        _limits.read_bytes(big, cap=10)
-    assert _limits.read_bytes(big, cap=11) == b"x" * 11
+    with pytest.raises(limits.LimitError, match="11 bytes; at most 10"):
+        limits.read_bytes(big, cap=10)
+    assert limits.read_bytes(big, cap=11) == b"x" * 11
+
+
+@pytest.mark.parametrize(
+    ("figure", "tolerance"), [(1e308, 1.0), (-1e308, 1e-3), (1e200, 1e-200), (5e-324, 1e308)]
+)
+def test_stage_plot_takes_extreme_figure_to_tolerance_ratios(figure: float, tolerance: float) -> None:
+    from grpo_check.report import render
+
+    result = Result(
+        [
+            Finding("loss.per_token", "loss", "fail", figure=figure, tolerance=tolerance),
+            Finding("advantages.group_sum_zero", "advantages", "warn", figure=1e-300, tolerance=1e300),
+        ]
+    )
+    assert "data:image/png;base64," in render(result, "html")

@@ -396,3 +396,15 @@ def test_completion_ends_holds_the_trainer_list_to_the_tokenizer_and_generation_
     assert f.verdict is Verdict.FAIL and "expected 4" in f.explanation
     step.tensors["completion_mask"] = torch.tensor([[1, 1, 1, 1, 0]])
     assert finding(step, "rederive.completion_ends").verdict is Verdict.PASS
+
+
+def test_meta_numbers_of_other_integer_kinds_are_read():
+    import numpy as np
+
+    step = TraceStep(
+        tensors={"logps": torch.zeros(1, 2)},
+        meta={"step": np.int64(2), "generation_step": torch.tensor(1), "scope": "micro_batch"},
+    )
+    assert finding(step, "rederive.old_logps_required").verdict is Verdict.FAIL
+    step.meta["generation_step"] = "1"  # the wrong kind: not recorded
+    assert finding(step, "rederive.old_logps_required").verdict is Verdict.NOT_CAPTURED

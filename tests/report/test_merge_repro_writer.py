@@ -132,7 +132,11 @@ def test_result_writer_renders_at_the_end(tmp_path: Path, mixed_result: Result) 
     with ResultWriter(tmp_path / "out", formats=("json", "junit")) as writer:
         writer.extend(mixed_result.findings)
         writer.update_metadata(trainer="unit")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["junit.xml", "result.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "junit.xml",
+        "report-set.json",
+        "result.json",
+    ]
     loaded = load_result(tmp_path / "out" / "result.json")
     assert loaded.counts() == mixed_result.counts() and loaded.metadata["trainer"] == "unit"
 

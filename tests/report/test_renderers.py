@@ -198,7 +198,9 @@ def test_write_report_writes_every_format(mixed_result: Result, tmp_path: Path) 
         "junit": "junit.xml",
         "text": "report.txt",
     }
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths.values())
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [*(p.name for p in paths.values()), "report-set.json"]
+    )
     assert load_result(paths["json"]).counts() == mixed_result.counts()
 
 

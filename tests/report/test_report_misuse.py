@@ -88,7 +88,10 @@ def test_out_dir_holding_an_input_is_refused_for_a_merge(tmp_path: Path) -> None
     run = _cli(str(first), str(second), "--out-dir", str(tmp_path / "r0"))
     _refused(run, str(first), "--out-dir", "merged result", "choose another --out-dir")
     assert first.read_bytes() == before  # r0's own findings are kept
-    assert sorted(p.name for p in (tmp_path / "r0").iterdir()) == ["result.json"]  # nothing written
+    assert sorted(p.name for p in (tmp_path / "r0").iterdir()) == [
+        "report-set.json",
+        "result.json",
+    ]  # nothing new
     # correct usage: a new directory; the merge holds each rank's finding once
     run = _cli(str(first), str(second), "--out-dir", str(tmp_path / "merged"))
     assert run.exit_code == 1, run.output

@@ -225,3 +225,13 @@ def test_a_per_row_first_divergence_is_pictured_where_it_lands_token_by_token() 
             finding.details.pop("token_error_map", None)
     assert token_picture_source(result, first) is None
     assert 'id="divergence-heatmap"' not in render(result, "html")
+
+
+def test_terminal_says_each_failing_check_once_with_its_count() -> None:
+    text = render(long_run(), "text")
+    assert text.count("[FAIL] advantages.values") == 1  # the first divergence, in full
+    assert (
+        "advantages.values: + 79 more occurrence(s) (80 occurrences, steps 30-49); worst 49.5 (allowed 1e-06) at "
+        "step 49, micro-batch 0, rank 0, row 0, token 4 (the first is the first divergence above)"
+    ) in text
+    assert len(text.splitlines()) < 40

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from grpo_check.config import GRPOSpec
-from grpo_check.findings import GRPOCheckError, InputError
+from grpo_check.findings import GRPOCheckError, InputError, Verdict
 from grpo_check.testing import (
     assert_advantages_close,
     assert_grad_close,
@@ -54,17 +54,37 @@ def test_advantages_fire_on_wrong_epsilon_with_cause(batch) -> None:
     finding = info.value.finding
     assert finding.stage == "advantages"
     assert finding.where.prompt == 0 and finding.where.generation is not None
-    assert "epsilon 10000" in finding.likely_cause
+    assert "advantage epsilon far too large" in finding.likely_cause and "1e+04" in finding.likely_cause
+    assert finding.catalog_id == "S2"
     assert "allowed" in str(info.value)
 
 
-def test_advantages_fire_on_population_std_and_pass_when_configured(batch) -> None:
+def test_population_std_is_a_convention_as_in_the_cli_and_passes_when_configured(batch) -> None:
+    """Another std convention is a convention difference, not a failure: the CLI says so, and so does the
+    assertion (bug-catalog 10)."""
+    from grpo_check.compare import compare_step
+    from grpo_check.trace.model import TraceStep
+
     population = _advantages(batch.rewards, 4, std="population")
-    with pytest.raises(GRPOCheckError, match="population std"):
-        assert_advantages_close(population, rewards=batch.rewards, num_generations=4, spec=SPEC)
+    assert_advantages_close(population, rewards=batch.rewards, num_generations=4, spec=SPEC)
+    step = TraceStep(
+        tensors={
+            "rewards_per_func": batch.rewards.unsqueeze(1),
+            "group_index": torch.arange(batch.rewards.numel()) // 4,
+            "advantages": population,
+        }
+    )
+    (compared,) = [
+        f for f in compare_step(step, SPEC.replace(num_generations=4)) if f.check_id == "advantages.values"
+    ]
+    assert compared.verdict is Verdict.CONVENTION and compared.catalog_id == "10"
     assert_advantages_close(
         population, rewards=batch.rewards, num_generations=4, spec=SPEC.replace(std="population")
     )
+    with pytest.raises(GRPOCheckError, match="advantage epsilon"):  # a wrong epsilon is a failure
+        assert_advantages_close(
+            _advantages(batch.rewards, 4, eps=1e4), rewards=batch.rewards, num_generations=4, spec=SPEC
+        )
 
 
 def test_advantages_from_a_trace_step(batch) -> None:
@@ -100,13 +120,13 @@ def test_logps_silent_on_correct_and_fire_on_off_by_one(batch) -> None:
     assert_logps_close(_logps(batch.logits, batch.completion_ids, P), **kwargs)
     with pytest.raises(GRPOCheckError) as info:
         assert_logps_close(_logps(batch.logits, batch.completion_ids, P, shift=False), **kwargs)
-    assert "off by one token" in info.value.finding.likely_cause
+    assert "off-by-one shift" in info.value.finding.likely_cause
     assert info.value.finding.where.token is not None
 
 
 def test_logps_fire_on_missing_temperature(batch) -> None:
     P = batch.prompt_length
-    with pytest.raises(GRPOCheckError, match="temperature not applied"):
+    with pytest.raises(GRPOCheckError, match="the trainer scores at T=1"):
         assert_logps_close(_logps(batch.logits, batch.completion_ids, P), logits=batch.logits,
                            completion_ids=batch.completion_ids, prompt_length=P, temperature=0.7,
                            completion_mask=batch.completion_mask)  # fmt: skip
@@ -118,7 +138,7 @@ def test_ratio_silent_and_firing(batch) -> None:
         logps=batch.logps, old_logps=batch.old_logps, completion_mask=batch.completion_mask, spec=SPEC
     )
     assert_ratio_close(good, **kwargs)
-    with pytest.raises(GRPOCheckError, match="inverted ratio"):
+    with pytest.raises(GRPOCheckError, match="importance ratio inverted"):
         assert_ratio_close(1.0 / good, **kwargs)
 
 
@@ -181,7 +201,7 @@ def test_grad_silent_and_firing(batch) -> None:
     assert_grad_close(_grad(batch), **kwargs)
     with pytest.raises(GRPOCheckError, match="detached"):
         assert_grad_close(torch.zeros_like(batch.logps), **kwargs)
-    with pytest.raises(GRPOCheckError, match="opposite sign"):
+    with pytest.raises(GRPOCheckError, match="loss sign flipped"):
         assert_grad_close(-_grad(batch), **kwargs)
     with pytest.raises(GRPOCheckError) as info:
         assert_grad_close(_grad(batch, token_mean=True), **kwargs)

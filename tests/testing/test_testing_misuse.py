@@ -35,15 +35,15 @@ def _logps(seed: int = 0) -> torch.Tensor:
 
 def test_a_nan_reference_no_longer_lets_any_value_through() -> None:
     """allowed = atol + rtol·|NaN| is NaN, and ``diff > NaN`` is never true: every element used to pass."""
-    with pytest.raises(GRPOCheckError, match="actual 7 vs expected nan"):
+    with pytest.raises(GRPOCheckError, match="trainer 7 vs reference nan"):
         assert_ratio_close(torch.full((B, T), 7.0), logps=NAN, old_logps=NAN, completion_mask=MASK)
-    with pytest.raises(GRPOCheckError, match="expected nan"):
+    with pytest.raises(GRPOCheckError, match="reference nan"):
         assert_kl_close(torch.full((B, T), 7.0), logps=NAN, ref_logps=NAN, completion_mask=MASK)
     nan_logits = torch.full((B, P + T, V), float("nan"))
     ids = torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(1))
-    with pytest.raises(GRPOCheckError, match="expected nan"):
+    with pytest.raises(GRPOCheckError, match="reference nan"):
         assert_logps_close(-torch.ones(B, T), logits=nan_logits, completion_ids=ids, prompt_length=P)
-    with pytest.raises(GRPOCheckError, match="actual 123 vs expected nan"):
+    with pytest.raises(GRPOCheckError, match="trainer 123 vs reference nan"):
         assert_loss_close(
             torch.tensor(123.0),
             logps=NAN,
@@ -52,8 +52,10 @@ def test_a_nan_reference_no_longer_lets_any_value_through() -> None:
             completion_mask=MASK,
             spec=SPEC,
         )
-    # NaN where the reference is NaN still agrees, and a finite reference keeps its tolerance
-    assert_ratio_close(NAN.clone(), logps=NAN, old_logps=NAN, completion_mask=MASK)
+    # NaN where the reference is NaN too fails as in the CLI, naming the upstream tensor as the origin;
+    # a finite reference keeps its tolerance
+    with pytest.raises(GRPOCheckError, match="comes from an upstream tensor"):
+        assert_ratio_close(NAN.clone(), logps=NAN, old_logps=NAN, completion_mask=MASK)
     logps = _logps()
     assert_ratio_close(torch.ones(B, T), logps=logps, old_logps=logps, completion_mask=MASK)
 
@@ -61,9 +63,12 @@ def test_a_nan_reference_no_longer_lets_any_value_through() -> None:
 def test_an_infinite_reference_is_matched_only_by_the_same_infinity() -> None:
     minus_inf = torch.full((B, T), float("-inf"))
     zeros = torch.zeros(B, T)
-    with pytest.raises(GRPOCheckError, match="expected -inf"):  # k1 = logps − ref = −inf; 0 used to pass
+    with pytest.raises(GRPOCheckError, match="reference -inf"):  # k1 = logps − ref = −inf; 0 used to pass
         assert_kl_close(zeros, logps=minus_inf, ref_logps=zeros, estimator="k1", completion_mask=MASK)
-    assert_kl_close(minus_inf.clone(), logps=minus_inf, ref_logps=zeros, estimator="k1", completion_mask=MASK)
+    with pytest.raises(GRPOCheckError, match="comes from an upstream tensor"):  # the same -inf: inherited
+        assert_kl_close(
+            minus_inf.clone(), logps=minus_inf, ref_logps=zeros, estimator="k1", completion_mask=MASK
+        )
 
 
 # ------------------------------------------------------------------ None where a tensor is checked

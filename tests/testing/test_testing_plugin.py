@@ -69,7 +69,7 @@ def test_grpo_report_collects_findings(pytester: pytest.Pytester) -> None:
 
         @pytest.mark.grpo
         def test_bad():
-            assert_advantages_close(torch.tensor([-1.0, 1.0]), rewards=torch.tensor([0.0, 1.0]),
+            assert_advantages_close(torch.tensor([0.7070, -0.7070]), rewards=torch.tensor([0.0, 1.0]),
                                     num_generations=2)
 
         @pytest.mark.grpo
@@ -87,7 +87,7 @@ def test_grpo_report_collects_findings(pytester: pytest.Pytester) -> None:
     data = json.loads(report.read_text())
     assert data["format"] == "grpo-check-result"
     by_test = {f["details"]["test"].split("::")[-1]: f for f in data["findings"]}
-    assert by_test["test_bad"]["check_id"] == "testing.advantages_close"
+    assert by_test["test_bad"]["check_id"] == "advantages.values"
     assert by_test["test_bad"]["verdict"] == "fail"
     assert by_test["test_bad"]["where"]["prompt"] == 0
     assert by_test["test_good"]["verdict"] == "pass"
@@ -95,7 +95,7 @@ def test_grpo_report_collects_findings(pytester: pytest.Pytester) -> None:
     assert "test_unmarked" not in by_test
     assert data["metadata"]["tests"] == {"grpo_marked": 3, "passed": 1, "failed": 2, "skipped": 0}
     markdown = report.with_suffix(".md")
-    assert markdown.exists() and "testing.advantages_close" in markdown.read_text()
+    assert markdown.exists() and "advantages.values" in markdown.read_text()
 
 
 def test_no_report_without_the_option(pytester: pytest.Pytester) -> None:

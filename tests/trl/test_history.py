@@ -101,3 +101,66 @@ def test_a_recorded_trl_trace_names_its_release_bugs_and_another_trace_does_not(
         name_shipped_bugs_in_trace({**manifest, "trainer": "my-loop"}, [_failing("loss", "loss.value")]) == []
     )
     assert name_shipped_bugs_in_trace({**manifest, "versions": {}}, [_failing("loss", "loss.value")]) == []
+
+
+DAPO_MASKED = {**DAPO_SPG4_GAS2, "steps_per_generation": 2, "mask_truncated_completions": True}
+
+
+@pytest.mark.parametrize(
+    ("version", "settings", "expected"),
+    [
+        ("1.8.0", DAPO_MASKED, ["trl-num-items-truncated"]),
+        ("1.9.0", DAPO_MASKED, []),
+        ("1.8.0", {**DAPO_MASKED, "mask_truncated_completions": False}, []),
+        (
+            "1.8.0",
+            {**DAPO_MASKED, "steps_per_generation": 4},
+            ["trl-dapo-normaliser-spg", "trl-num-items-truncated"],
+        ),
+    ],
+)
+def test_the_truncation_normaliser_bug_needs_masked_truncations_and_a_global_normaliser(
+    version, settings, expected
+):
+    assert [bug.id for bug in shipped_bugs(version, settings)] == expected
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        (
+            {"loss_type": "luspo", "beta": 0.04, "importance_sampling_level": "sequence"},
+            ["trl-luspo-unmasked"],
+        ),
+        ({"loss_type": "luspo", "beta": 0.0, "importance_sampling_level": "token"}, ["trl-luspo-unmasked"]),
+        ({"loss_type": "luspo", "beta": 0.0, "importance_sampling_level": "sequence"}, []),  # (B, 1): exact
+        ({"loss_type": "grpo", "beta": 0.04}, []),
+    ],
+)
+def test_the_luspo_bug_needs_a_token_level_per_token_loss(settings, expected):
+    assert [bug.id for bug in shipped_bugs("1.9.2", settings)] == expected
+    assert shipped_bugs("1.10.0", settings) == [] and shipped_bugs("0.27.2", settings) == []
+
+
+def test_the_entropy_bonus_bug_needs_a_bonus_a_global_normaliser_and_several_micro_batches():
+    settings = {
+        "loss_type": "dapo",
+        "entropy_coef": 0.1,
+        "gradient_accumulation_steps": 2,
+        "steps_per_generation": 2,
+    }
+    assert [bug.id for bug in shipped_bugs("1.9.2", settings)] == ["trl-entropy-bonus-normaliser"]
+    assert shipped_bugs("1.10.0", settings) == [] and shipped_bugs("1.7.1", settings) == []
+    assert shipped_bugs("1.9.2", {**settings, "entropy_coef": 0.0}) == []
+    assert shipped_bugs("1.9.2", {**settings, "loss_type": "bnpo"}) == []
+    one = {**settings, "gradient_accumulation_steps": 1, "steps_per_generation": 1}
+    assert shipped_bugs("1.9.2", one) == []  # one micro-batch: the two normalisers agree
+
+
+def test_the_unscorable_rows_bug_is_known_from_the_captured_rewards_not_a_setting():
+    assert [b.id for b in shipped_bugs("1.5.1", {"unscorable_rows": True})] == ["trl-unscorable-rows-counted"]
+    assert shipped_bugs("1.5.1", {}) == [] and shipped_bugs("1.6.0", {"unscorable_rows": True}) == []
+    named = name_shipped_bugs(
+        [_failing("advantages", "advantages.values")], "1.5.1", {"unscorable_rows": True}
+    )
+    assert [f.details["pr"] for f in named] == [5902]

@@ -13,7 +13,8 @@ def test_each_case_runs_the_last_buggy_release_and_a_fixing_one():
     for case in HISTORY_CASES:
         assert case.bug.affects(case.buggy) and not case.bug.affects(case.fixed)
         assert parse_version(case.fixed) >= parse_version(case.bug.fixed_in)
-        assert case.bug.trigger({**{"temperature": 1.0}, **case.settings})  # the settings trigger it
+        observed = {"unscorable_rows": bool(case.settings.get("unscorable_every"))}  # what the rewards show
+        assert case.bug.trigger({"temperature": 1.0, **case.settings, **observed})  # the settings trigger it
     assert [c.id for c in select_history(["dapo"])] == ["trl-dapo-normaliser-spg"]
     assert select_history(["nothing"]) == []
 
@@ -52,15 +53,27 @@ def test_a_case_that_misses_any_part_does_not_score(buggy, fixed, missing):
 
 
 @pytest.mark.slow
-def test_the_dapo_case_is_clean_on_a_release_that_has_the_fix():
+@pytest.mark.parametrize("case_id", ["trl-dapo-normaliser-spg", "trl-unscorable-rows-counted"])
+def test_a_case_is_clean_on_a_release_that_has_the_fix(case_id):
     trl = pytest.importorskip("trl")
-    case = select_history(["trl-dapo-normaliser-spg"])[0]
+    case = select_history([case_id])[0]
     if case.bug.affects(trl.__version__) or parse_version(trl.__version__) < parse_version(case.bug.fixed_in):
         pytest.skip(f"TRL {trl.__version__} is not a fixing release")
     from grpo_check.zoo.history.run import run_case_here
 
     outcome = run_case_here(case)
     assert outcome["failing"] == [] and outcome["named"] == []
+
+
+def test_unscorable_every_makes_every_kth_completion_unscored():
+    from grpo_check.demo.portable import _unscorable
+
+    def reward(prompts, completions, **_):
+        return [1.0] * len(completions)
+
+    wrapped = _unscorable(reward, 4)
+    assert wrapped(["p"] * 8, ["c"] * 8) == [1.0, 1.0, 1.0, None, 1.0, 1.0, 1.0, None]
+    assert wrapped.__name__ == "reward"
 
 
 def test_zoo_history_lists_its_cases_and_refuses_an_unknown_one_in_one_line():

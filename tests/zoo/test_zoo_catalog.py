@@ -7,7 +7,7 @@ import inspect
 import pytest
 
 from grpo_check.findings import STAGES, InputError
-from grpo_check.zoo.catalog import all_cases, select_cases
+from grpo_check.zoo.cases import all_cases, select_cases
 from grpo_check.zoo.loop import GRPOLoop
 
 # The entries of /work/shared/bug-catalog.md (S-entries and numbered ones).

@@ -50,6 +50,38 @@ HISTORY_CASES: tuple[HistoryCase, ...] = (
         fixed="1.9.1",
         settings={"loss_type": "dapo", "gradient_accumulation_steps": 2, "steps_per_generation": 4},
     ),
+    HistoryCase(  # spg == GAS: the spg/GAS normaliser bug (fixed in 1.9.1) stays out of the way
+        _BUGS["trl-num-items-truncated"],
+        buggy="1.8.0",
+        fixed="1.9.2",
+        settings={
+            "loss_type": "dapo",
+            "mask_truncated_completions": True,
+            "gradient_accumulation_steps": 2,
+            "steps_per_generation": 2,
+        },
+    ),
+    HistoryCase(
+        _BUGS["trl-luspo-unmasked"],
+        buggy="1.9.2",
+        fixed="1.10.0",
+        # long enough that some completions end early: with every row at full length the two forms agree
+        settings={"loss_type": "luspo", "beta": 0.04, "max_completion_length": 16},
+    ),
+    HistoryCase(  # spg == GAS and no truncation masking: the other dapo normaliser bugs stay out of the way
+        _BUGS["trl-entropy-bonus-normaliser"],
+        buggy="1.9.2",
+        fixed="1.10.0",
+        settings={
+            "loss_type": "dapo",
+            "entropy_coef": 0.1,
+            "gradient_accumulation_steps": 2,
+            "steps_per_generation": 2,
+        },
+    ),
+    HistoryCase(  # every 4th completion unscorable: one per group of 4
+        _BUGS["trl-unscorable-rows-counted"], buggy="1.5.1", fixed="1.6.0", settings={"unscorable_every": 4}
+    ),
 )
 
 

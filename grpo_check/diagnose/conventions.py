@@ -14,7 +14,7 @@ bug-catalog S2) is a bug, even though its signature — a constant per-group fac
 Example::
 
     >>> import torch
-    >>> from grpo_check.compare.conventions import classify_advantage_scale
+    >>> from grpo_check.diagnose.conventions import classify_advantage_scale
     >>> rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.5, 0.2, 0.9, 0.1])
     >>> group_index = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     >>> def adv(std_unbiased, eps):

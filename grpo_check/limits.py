@@ -21,11 +21,11 @@ field.
 >>> loads_json("[" * 200 + "]" * 200, source="x.json")
 Traceback (most recent call last):
 ...
-grpo_check._limits.LimitError: x.json: nested 200 levels deep; at most 100 are read
+grpo_check.limits.LimitError: x.json: nested 200 levels deep; at most 100 are read
 >>> loads_json('{"n": ' + "9" * 50 + "}", source="x.json")
 Traceback (most recent call last):
 ...
-grpo_check._limits.LimitError: x.json: an integer of 50 digits; at most 40 are read
+grpo_check.limits.LimitError: x.json: an integer of 50 digits; at most 40 are read
 """
 
 from __future__ import annotations
@@ -245,7 +245,7 @@ def check_yaml(text: str, *, source: str | None = None) -> None:
     >>> check_yaml("a: &x [*x]\\n", source="c.yaml")
     Traceback (most recent call last):
     ...
-    grpo_check._limits.LimitError: c.yaml: field 'x': a recursive alias (the anchor refers to itself); refused
+    grpo_check.limits.LimitError: c.yaml: field 'x': a recursive alias (the anchor refers to itself); refused
     """
     import yaml
 

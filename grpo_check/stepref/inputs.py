@@ -1,0 +1,266 @@
+"""What the reference is fed for one step: the step's GRPO coordinates, the precision each trainer tensor was
+computed in, and the reference's own tensors from the trainer's upstream (stage isolation).
+
+* :func:`step_context` — (step, micro-batch, rank, group index) of a captured step;
+* :func:`reference_advantages` — the reference advantages of the trainer's rewards;
+* :func:`reference_downstream` — ratio, KL, per-token loss, loss and ∂loss/∂logps of the trainer's
+  log-probs and advantages (or of overrides, for the end-to-end pass);
+* :class:`StageReference` — the reference tensors one comparison used (handed to the diagnoses).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from grpo_check._step_cache import cached
+from grpo_check.config import GRPOSpec
+from grpo_check.stepref.context import StepContext, as_f64
+from grpo_check.tolerance_defaults import LOW_PRECISION
+from grpo_check.trace.model import TraceStep
+
+__all__ = [
+    "StageReference",
+    "computed_dtype",
+    "decided_clip_branch",
+    "reference_advantages",
+    "reference_aggregation",
+    "reference_downstream",
+    "same_precision_reference",
+    "step_context",
+]
+
+
+@dataclasses.dataclass
+class StageReference:
+    """The reference's tensors for one step.
+
+    ``tensors``: stage-isolated values under canonical names (``advantages``, ``rewards``, ``ratio``, ``kl``,
+    ``per_token_loss``, ``loss``, ``logps_grad``, ``logps`` / ``ref_logps`` from a model forward, ...).
+    ``e2e``: the end-to-end values. ``logits``: the model's completion logits, when a model was given.
+    """
+
+    tensors: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    e2e: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    logits: torch.Tensor | None = None
+    notes: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.tensors.get(name, default)
+
+
+def step_context(step: TraceStep, spec: GRPOSpec) -> StepContext:
+    """GRPO coordinates of ``step`` (group index inferred as contiguous blocks of G when not captured); one
+    per step while a step cache is open (the comparison and the diagnoses share it)."""
+    # the cached value holds the step too: its id cannot be reused by another step while the cache is open
+    key = ("step_context", id(step), spec.num_generations)
+    return cached(key, lambda: (_step_context(step, spec), step))[0]
+
+
+def _step_context(step: TraceStep, spec: GRPOSpec) -> StepContext:
+    group_index = step.get("group_index")
+    if group_index is None:
+        for name in ("rewards_per_func", "rewards", "advantages", "completion_ids", "logps"):
+            t = step.get(name)
+            if t is not None and t.dim() >= 1 and t.shape[0] % spec.num_generations == 0:
+                group_index = torch.div(torch.arange(t.shape[0]), spec.num_generations, rounding_mode="floor")
+                break
+    return StepContext(
+        step=step.meta.get("step"),
+        micro_batch=step.meta.get("micro_batch"),
+        rank=step.meta.get("rank"),
+        group_index=None if group_index is None else group_index.reshape(-1),
+        completion_ids=step.get("completion_ids"),
+        completion_mask=step.get("completion_mask"),
+    )
+
+
+# Tensors a trainer computes with the model: under mixed precision (e.g. bf16 autocast) they are stored as
+# float32 but are only as precise as the compute dtype the capture records in ``meta["compute_dtype"]``.
+_MODEL_COMPUTED = frozenset({"logps", "old_logps", "ref_logps", "sampler_logps", "entropies"})
+
+
+# Tensors computed from other captured tensors: they are only as precise as the coarsest of those as stored
+# (a loss computed from bf16 log-probs and returned in float64 carries bf16 rounding).
+_COMPUTED_FROM: dict[str, tuple[str, ...]] = {
+    "ratio": ("logps", "old_logps"),
+    "clipped_ratio": ("logps", "old_logps"),
+    "kl": ("logps", "ref_logps"),
+    "per_token_loss": ("logps", "old_logps", "ref_logps", "advantages"),
+    "loss": ("per_token_loss", "logps", "old_logps", "ref_logps", "advantages"),
+    "logps_grad": ("logps", "old_logps", "ref_logps", "advantages"),
+}
+
+
+def _stored_dtype(step: TraceStep, name: str) -> torch.dtype | None:
+    t = step.get(name)
+    return t.dtype if isinstance(t, torch.Tensor) and t.dtype.is_floating_point else None
+
+
+def computed_dtype(step: TraceStep, name: str) -> str:
+    """The precision ``name`` was computed in: the compute dtype for model outputs; for a quantity computed
+    from other captured tensors, the coarsest of its own stored dtype and theirs; else the stored dtype."""
+    t = step.get(name)
+    stored = str(t.dtype).removeprefix("torch.") if isinstance(t, torch.Tensor) else "float32"
+    compute = step.meta.get("compute_dtype")
+    if name in _MODEL_COMPUTED and compute in LOW_PRECISION:
+        return str(compute)
+    inputs = [d for d in (_stored_dtype(step, i) for i in _COMPUTED_FROM.get(name, ())) if d is not None]
+    low = [d for d in inputs if str(d).removeprefix("torch.") in LOW_PRECISION]
+    if low and stored not in LOW_PRECISION:
+        return str(max(low, key=lambda d: torch.finfo(d).eps)).removeprefix("torch.")
+    return stored
+
+
+def same_precision_reference(reference: torch.Tensor, step: TraceStep, name: str) -> torch.Tensor | None:
+    """The reference rounded to the precision ``name`` was computed in: the error a same-precision
+    reference makes (``None`` for full-precision tensors)."""
+    dtype_name = computed_dtype(step, name)
+    if dtype_name in LOW_PRECISION:
+        return reference.detach().to(getattr(torch, dtype_name)).double()
+    return None
+
+
+def _meta_int(meta: Mapping[str, Any], key: str, default: int | None) -> int | None:
+    value = meta.get(key)
+    try:
+        return int(value) if value is not None else default
+    except (TypeError, ValueError):
+        return default
+
+
+def reference_advantages(step: TraceStep, spec: GRPOSpec, group_index: torch.Tensor | None = None):
+    """Reference :class:`AdvantageOutput` from the trainer's rewards (``rewards_per_func`` or ``rewards``)."""
+    from grpo_check.reference.advantages import compute_advantages
+
+    rewards = step.get("rewards_per_func")
+    if rewards is None:
+        rewards = step.get("rewards")
+    if rewards is None:
+        return None
+    weights = step.get("reward_weights") if step.get("rewards_per_func") is not None else None
+    gi = group_index if group_index is not None else step.get("group_index")
+    if gi is None and rewards.shape[0] % spec.num_generations:
+        return None
+    return compute_advantages(rewards, None if gi is None else gi.reshape(-1), spec, reward_weights=weights)
+
+
+def reference_downstream(
+    step: TraceStep, spec: GRPOSpec, **overrides: torch.Tensor | None
+) -> dict[str, torch.Tensor] | None:
+    """Reference ratio, KL, per-token loss, loss and ∂loss/∂logps from the trainer's upstream tensors.
+
+    ``overrides`` replace trainer inputs by name (e.g. ``advantages=`` the reference advantages for the
+    end-to-end pass). Returns ``None`` when ``logps`` or ``advantages`` is missing. Gradients are float64
+    autograd with respect to a leaf copy of the given ``logps``.
+    """
+    from grpo_check.reference.loss import aggregate_loss, loss_mask, per_token_loss
+
+    def pick(name: str) -> torch.Tensor | None:
+        if name in overrides:
+            return overrides[name]
+        return step.get(name)
+
+    logps_in, advantages, mask_in = pick("logps"), pick("advantages"), pick("completion_mask")
+    if logps_in is None or advantages is None:
+        return None
+    logps = as_f64(logps_in).detach().clone().requires_grad_(True)
+    if mask_in is None:
+        mask_in = torch.ones_like(logps, dtype=torch.long)
+    mask = loss_mask(mask_in, pick("tool_mask"), pick("truncated"), spec.mask_truncated_completions)
+    if spec.beta != 0.0 and pick("ref_logps") is None:
+        return None
+    if spec.top_entropy_quantile < 1.0 and pick("entropies") is None:
+        return None
+    sampler_logps = pick("sampler_logps")
+    if spec.sampler_is_correction and sampler_logps is None and pick("sampler_is_ratio") is None:
+        return None
+    old = pick("old_logps")
+    with torch.enable_grad():
+        out = per_token_loss(
+            logps,
+            None if old is None else as_f64(old),
+            as_f64(advantages),
+            mask,
+            spec,
+            ref_logps=None if pick("ref_logps") is None else as_f64(pick("ref_logps")),
+            entropies=None if pick("entropies") is None else as_f64(pick("entropies")),
+            sampler_logps=None if sampler_logps is None else as_f64(sampler_logps),
+            sampler_is_ratio=None if pick("sampler_is_ratio") is None else as_f64(pick("sampler_is_ratio")),
+        )
+        meta = step.meta
+        items = meta.get("num_items_in_batch")
+        agg = aggregate_loss(
+            out.per_token_loss,
+            mask,
+            spec,
+            num_items_in_batch=None if items is None else float(items),
+            gradient_accumulation_steps=_meta_int(meta, "gradient_accumulation_steps", None),
+            num_processes=_meta_int(meta, "num_processes", None),
+            steps_per_generation=_meta_int(meta, "steps_per_generation", None),
+            entropies=None if pick("entropies") is None else as_f64(pick("entropies")),
+            entropy_mask=out.entropy_mask,
+        )
+        (grad,) = torch.autograd.grad(agg.loss, logps, allow_unused=True)
+    result = {
+        "ratio": out.ratio.detach(),
+        "log_ratio": out.log_ratio.detach(),
+        "per_token_loss": out.per_token_loss.detach(),
+        "policy_loss": out.policy_loss.detach(),
+        "loss": agg.loss.detach(),
+        "loss_normalizer": agg.loss_normalizer.detach(),
+        "logps_grad": torch.zeros_like(logps) if grad is None else grad.detach(),
+        "loss_mask": mask,
+    }
+    for name in ("clipped_ratio", "is_low_clipped", "is_high_clipped", "kl", "sampler_is_ratio"):
+        value = getattr(out, name)
+        if value is not None:
+            result[name] = value.detach()
+    return result
+
+
+def reference_aggregation(step: TraceStep, spec: GRPOSpec) -> torch.Tensor | None:
+    """The loss the trainer's own ``per_token_loss`` aggregates to under ``spec`` (``None`` without it): the
+    aggregation alone, for a step whose upstream (``logps``, ``advantages``) was not captured."""
+    from grpo_check.reference.loss import aggregate_loss, loss_mask
+
+    values = step.get("per_token_loss")
+    if values is None:
+        return None
+    mask_in = step.get("completion_mask")
+    if mask_in is None:
+        mask_in = torch.ones_like(values, dtype=torch.long)
+    mask = loss_mask(mask_in, step.get("tool_mask"), step.get("truncated"), spec.mask_truncated_completions)
+    meta = step.meta
+    items = meta.get("num_items_in_batch")
+    return aggregate_loss(
+        as_f64(values),
+        mask,
+        spec,
+        num_items_in_batch=None if items is None else float(items),
+        gradient_accumulation_steps=_meta_int(meta, "gradient_accumulation_steps", None),
+        num_processes=_meta_int(meta, "num_processes", None),
+        steps_per_generation=_meta_int(meta, "steps_per_generation", None),
+    ).loss.detach()
+
+
+# tokens whose ratio lies within this many unit roundoffs (of the trainer's precision) of a clip bound
+_CLIP_BAND = 4.0
+
+
+def decided_clip_branch(reference: Mapping[str, torch.Tensor], spec: GRPOSpec, dtype: str) -> torch.Tensor:
+    """Where the clip branch of each token is decided (bool, like the reference ``ratio``): not where the
+    ratio lies within rounding distance, in the precision ``dtype`` the trainer computed it in, of a clip
+    bound 1 − ε_low or 1 + ε_high. There a correct trainer may take either branch, and ∂loss/∂logps
+    jumps between them (to 0 when clipped)."""
+    ratio = reference["ratio"]
+    unit = torch.finfo(getattr(torch, dtype, torch.float32)).eps
+    band = _CLIP_BAND * unit * ratio.abs()
+    near = torch.zeros_like(ratio, dtype=torch.bool)
+    for bound in (1.0 - spec.epsilon_low, 1.0 + spec.epsilon_high_effective):
+        near |= (ratio - bound).abs() <= band
+    near &= torch.isfinite(ratio)  # a NaN/Inf ratio is compared (and fails), never skipped
+    return ~near

@@ -1,0 +1,31 @@
+"""docs/audit.md shows real outputs: each `$ grpo-check audit …` block is what the command prints now."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("audit_doc", ROOT / "scripts" / "audit_doc.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_page_shows_what_the_commands_print():
+    script = _script()
+    text = script.PAGE.read_text(encoding="utf-8")
+    blocks = script.BLOCK.findall(text)
+    assert len(blocks) >= 3
+    assert script.regenerate(text) == text, "docs/audit.md is out of date: run python scripts/audit_doc.py"
+
+
+def test_a_changed_output_is_detected():
+    script = _script()
+    text = script.PAGE.read_text(encoding="utf-8").replace(
+        "4 error(s), 9 warning(s)", "3 error(s), 9 warning(s)"
+    )
+    assert script.regenerate(text) != text
