@@ -55,6 +55,11 @@ def _same(a: float, b: float) -> bool:
     return abs(a - b) <= ATOL + RTOL * abs(b)  # R1: the reward of a row is a function of that row alone
 
 
+def _gap(a: float, b: float) -> float:
+    """|a − b|, infinite where exactly one of them is unscorable (NaN)."""
+    return math.inf if math.isnan(a) != math.isnan(b) else abs(a - b)
+
+
 def differing_rows(first: Sequence[Any], second: Sequence[Any]) -> list[int]:
     """Rows whose rewards differ (``None`` and NaN both mean "unscorable" and equal each other)."""
     return [i for i, (a, b) in enumerate(zip(first, second, strict=True)) if not _same(_value(a), _value(b))]
@@ -108,19 +113,21 @@ def probe_reward_rows(
             details=details, explanation=f"reward function {name!r} gives every row the same reward in a "
             f"reversed batch ({rows} rows)",
         )  # fmt: skip
-    worst = bad[0]
+    gaps = {i: _gap(_value(back[i]), _value(rewards[i])) for i in bad}
+    worst = max(bad, key=lambda i: gaps[i])
+    scale = max((abs(_value(r)) for r in rewards if not math.isnan(_value(r))), default=0.0)
     return Finding(
         CHECK_ID,
         STAGE,
         Verdict.FAIL,
-        figure=float(len(bad)),
-        tolerance=0.0,
+        figure=gaps[worst],
+        tolerance=ATOL + RTOL * scale,
         where=Where(step=step, row=worst, reward_function=name),
         kind="invariant",
         details=details,
         explanation=(
             f"reward function {name!r} gives {len(bad)} of {rows} row(s) a different reward when the batch is "
-            f"reversed (row {worst}: {_value(rewards[worst]):.6g} in batch order, {_value(back[worst]):.6g} "
+            f"reversed (worst row {worst}: {_value(rewards[worst]):.6g} in batch order, {_value(back[worst]):.6g} "
             f"reversed; allowed: equal up to rtol {RTOL:g}): a row's reward depends on the other rows"
         ),
         likely_cause=(

@@ -40,6 +40,8 @@ def test_reward_reading_the_previous_row_fails_with_the_row() -> None:
     assert row is not None and row in finding.details["rows_changed"]
     assert "off_by_one" in finding.explanation and "reversed" in finding.explanation
     assert "off-by-one" in (finding.likely_cause or "")
+    assert finding.figure is not None and finding.tolerance is not None
+    assert finding.figure == 1.0 and finding.tolerance < 1e-5  # the largest reward change, against rtol
 
 
 def test_non_deterministic_reward_is_inconclusive_not_a_failure() -> None:
