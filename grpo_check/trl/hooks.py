@@ -124,7 +124,8 @@ class TrainerHooks:
             inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any, *args: Any, **kw: Any
         ):
             rewards_per_func = original(inputs, prompts, completions, completion_ids_list, *args, **kw)
-            if not getattr(self, "_reward_rows_probed", False) and self.trainer.model.training:
+            probing = getattr(self, "probes", True) and self.trainer.model.training
+            if probing and not getattr(self, "_reward_rows_probed", False):
                 from grpo_check.trl.reward_probe import probe_reward_functions
 
                 self._reward_rows_probed = True  # once per run: the reward functions' own code, not the data
