@@ -41,6 +41,24 @@ def _rng_preserved() -> Iterator[None]:
             np.random.set_state(np_state)
 
 
+def not_probed(name: str, step: int | None, error: BaseException) -> Finding:
+    """INCONCLUSIVE: the reward function raised when called again, so its row independence is unknown."""
+    from grpo_check.findings import Verdict, Where
+    from grpo_check.probe.rewards import CHECK_ID, STAGE
+
+    message = " ".join(str(error).split())
+    return Finding(
+        CHECK_ID,
+        STAGE,
+        Verdict.INCONCLUSIVE,
+        where=Where(step=step, reward_function=name),
+        kind="invariant",
+        explanation=f"reward function {name!r} raised {type(error).__name__}: {message} when called again on the "
+        "same batch, so its row independence was not probed",
+        details={"reward_function": name, "error": type(error).__name__},
+    )
+
+
 def _noop(*_: Any, **__: Any) -> None:
     return None
 
@@ -92,6 +110,6 @@ def probe_reward_functions(
 
         try:
             findings.append(probe_reward_rows(call, table[:, index].tolist(), name=name, step=step))
-        except Exception:
-            continue
+        except Exception as exc:  # a reward function that cannot be called again is not probed: say so
+            findings.append(not_probed(name, step, exc))
     return findings

@@ -102,3 +102,19 @@ def test_trl_glue_leaves_the_random_streams_where_they_were() -> None:
     torch.manual_seed(5)
     assert after == (random.random(), torch.rand(1).item())  # the probe's calls consumed nothing
     assert [f.verdict for f in findings] == [Verdict.PASS]
+
+
+def test_trl_glue_reward_that_raises_when_called_again_is_inconclusive() -> None:
+    calls: list[int] = []
+
+    def once(completions: list[str], **_: Any) -> list[float]:
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("quota exceeded")
+        return [1.0 for _ in completions]
+
+    inputs, prompts, completions, ids = trl_batch()
+    rewards = torch.tensor([once(completions)]).T
+    (finding,) = probe_reward_functions(trainer_with(once), inputs, prompts, completions, ids, rewards)
+    assert finding.verdict is Verdict.INCONCLUSIVE
+    assert "quota exceeded" in finding.explanation and finding.where.reward_function == "once"
