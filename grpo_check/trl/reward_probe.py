@@ -3,7 +3,8 @@ calls it (TRL 1.x), its per-row arguments reordered, on the first generation bat
 
 The extra calls leave training untouched: the RNG states (Python, NumPy, torch) are restored afterwards, and
 the logging callbacks TRL hands reward functions (``log_extra``, ``log_metric``) are replaced by no-ops.
-Reward models (``nn.Module``) and async reward functions are not probed.
+Reward models (``nn.Module``), async reward functions and functions marked
+``func.grpo_check_row_dependent = True`` (row-dependent by design) are not probed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from grpo_check.findings import Finding
+
+ROW_DEPENDENT_ATTRIBUTE = "grpo_check_row_dependent"
+"""Set this attribute to True on a reward function whose rewards depend on the other rows by design (a rank
+within the batch, a position-based schedule): the reward-row probe skips it."""
 
 _PER_ROW_EXCLUDED = ("prompt", "completion", "completion_ids")  # the columns TRL passes under other names
 
@@ -100,6 +105,10 @@ def probe_reward_functions(
     names = list(getattr(trainer, "reward_func_names", []) or [])
     for index, func in enumerate(getattr(trainer, "reward_funcs", []) or []):
         if isinstance(func, torch.nn.Module) or inspect.iscoroutinefunction(func):
+            continue
+        if getattr(
+            func, ROW_DEPENDENT_ATTRIBUTE, False
+        ):  # row-dependent by design (batch-relative), declared
             continue
         name = names[index] if index < len(names) else getattr(func, "__name__", f"reward_{index}")
 

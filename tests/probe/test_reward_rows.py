@@ -118,3 +118,15 @@ def test_trl_glue_reward_that_raises_when_called_again_is_inconclusive() -> None
     (finding,) = probe_reward_functions(trainer_with(once), inputs, prompts, completions, ids, rewards)
     assert finding.verdict is Verdict.INCONCLUSIVE
     assert "quota exceeded" in finding.explanation and finding.where.reward_function == "once"
+
+
+def test_trl_glue_skips_a_reward_declared_row_dependent() -> None:
+    def by_position(completions: list[str], **_: Any) -> list[float]:
+        return [float(i) for i in range(len(completions))]
+
+    by_position.grpo_check_row_dependent = True  # type: ignore[attr-defined]
+    inputs, prompts, completions, ids = trl_batch()
+    rewards = torch.tensor([by_position(completions), off_by_one(completions, ROWS["answer"])]).T
+    trainer = trainer_with(by_position, off_by_one)
+    findings = probe_reward_functions(trainer, inputs, prompts, completions, ids, rewards)
+    assert [(f.where.reward_function, f.verdict) for f in findings] == [("off_by_one", Verdict.FAIL)]
