@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from grpo_check._kinds import is_real_number, is_whole_number
 from grpo_check.findings import InputError
@@ -31,13 +31,8 @@ Aggregation = Literal[
     "seq_mean_token_sum_norm",  # Σ loss / (B · L_max)  (= dr_grpo)
 ]
 
-LOSS_TYPES: tuple[str, ...] = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
-AGGREGATIONS: tuple[str, ...] = (
-    "token_mean",
-    "seq_mean_token_mean",
-    "seq_mean_token_sum",
-    "seq_mean_token_sum_norm",
-)
+LOSS_TYPES: tuple[str, ...] = get_args(LossType)
+AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
 
 # The aggregation each TRL loss type uses, when `GRPOSpec.aggregation` is not set explicitly.
 DEFAULT_AGGREGATION: dict[str, str] = {
@@ -202,26 +197,26 @@ class GRPOSpec:
                 raise bad(name, f"must be >= 1, got {value}")
         if not 0 < self.top_p <= 1:
             raise bad("top_p", f"must be in (0, 1], got {self.top_p}")
-        if self.scale_rewards not in ("group", "batch", "none"):
+        if self.scale_rewards not in get_args(ScaleRewards):
             raise bad("scale_rewards", f"must be 'group', 'batch' or 'none', got {self.scale_rewards!r}")
-        if self.std not in ("sample", "population"):
+        if self.std not in get_args(StdConvention):
             raise bad("std", f"must be 'sample' or 'population', got {self.std!r}")
-        if self.baseline not in ("mean", "rloo"):
+        if self.baseline not in get_args(Baseline):
             raise bad("baseline", f"must be 'mean' or 'rloo', got {self.baseline!r}")
-        if self.multi_objective_aggregation not in ("sum_then_normalize", "normalize_then_sum"):
+        if self.multi_objective_aggregation not in get_args(MultiObjectiveAggregation):
             raise bad("multi_objective_aggregation", f"unknown value {self.multi_objective_aggregation!r}")
         if self.loss_type not in LOSS_TYPES:
             raise bad("loss_type", f"must be one of {', '.join(LOSS_TYPES)}; got {self.loss_type!r}")
         if self.aggregation is not None and self.aggregation not in AGGREGATIONS:
             raise bad("aggregation", f"must be one of {', '.join(AGGREGATIONS)}; got {self.aggregation!r}")
-        if self.importance_sampling_level not in ("token", "sequence"):
+        if self.importance_sampling_level not in get_args(ImportanceSamplingLevel):
             raise bad(
                 "importance_sampling_level",
                 f"must be 'token' or 'sequence', got {self.importance_sampling_level!r}",
             )
-        if self.kl_estimator not in ("k1", "k2", "k3"):
+        if self.kl_estimator not in get_args(KLEstimator):
             raise bad("kl_estimator", f"must be 'k1', 'k2' or 'k3', got {self.kl_estimator!r}")
-        if self.sampler_is_mode not in ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask"):
+        if self.sampler_is_mode not in get_args(SamplerISMode):
             raise bad("sampler_is_mode", f"unknown value {self.sampler_is_mode!r}")
         if self.temperature <= 0:
             raise bad("temperature", f"must be > 0, got {self.temperature}")

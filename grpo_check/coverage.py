@@ -172,8 +172,14 @@ def _why_not(
     missing = sorted({name for f in own for name in (f.details or {}).get("missing", []) or []})
     if missing:
         return f"not captured: missing {', '.join(missing)}", f"record {', '.join(missing)}", model_at_hand
-    if any(f.verdict is Verdict.INCONCLUSIVE for f in own):
-        return "inconclusive on every step (nothing to compare)", None, False
+    inconclusive = [f for f in own if f.verdict is Verdict.INCONCLUSIVE]
+    if inconclusive:
+        first = " ".join(inconclusive[0].explanation.split())[:200]
+        return (
+            f"inconclusive wherever it ran ({first})" if first else "inconclusive wherever it ran",
+            None,
+            False,
+        )
     if family.needs:
         names = ", ".join(family.needs)
         how = (

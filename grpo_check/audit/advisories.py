@@ -14,8 +14,8 @@ Example::
     >>> from grpo_check.audit.advisories import triggered
     >>> [(a.id, a.fixed_in) for a, _ in triggered("0.15.2", {"temperature": 0.9})]
     [('GA602', '0.16.0')]
-    >>> triggered("0.16.0", {"temperature": 0.9})
-    []
+    >>> [a.id for a, _ in triggered("0.16.0", {"temperature": 0.9})]  # the temperature bug is fixed in 0.16.0
+    ['GA610']
 """
 
 from __future__ import annotations

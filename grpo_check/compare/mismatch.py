@@ -72,13 +72,15 @@ def mismatch_message(
     tolerance: str = "",
     outlier_budget: float = 0.0,
     nonfinite: NonFinite | None = None,
+    first: Extreme | None = None,
     sides: tuple[str, str] = ("trainer", "reference"),
 ) -> str:
     """The message of a tensor that differs from its reference (``label``: what the tensor is).
 
     ``mismatched`` of ``compared`` elements are beyond tolerance (or non-finite: ``nonfinite``);
     ``greatest_absolute``/``greatest_relative`` are the elements with the greatest |difference| and
-    |difference| / |expected|; ``sides`` names the two tensors (``("actual", "expected")`` in assertions)."""
+    |difference| / |expected|; ``first`` is the first differing element of an exactly compared tensor (a
+    boolean mask); ``sides`` names the two tensors (``("actual", "expected")`` in assertions)."""
     actual, expected = sides
     share = mismatched / compared if compared else 0.0
     budget = f"; outlier budget {outlier_budget:.2%}" if outlier_budget > 0 else ""
@@ -95,6 +97,10 @@ def mismatch_message(
             lines.append(
                 f"The {expected} fed the same inputs is non-finite there too: the NaN/Inf comes from an upstream tensor"
             )
+    if first is not None:
+        lines.append(
+            f"First mismatch{_at(first.where)}: {actual} {first.actual:g} vs {expected} {first.expected:g}"
+        )
     if greatest_absolute is not None:
         g = greatest_absolute
         lines.append(

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from grpo_check.compare import distribution
+from grpo_check.compare.mismatch import Extreme, mismatch_message
 from grpo_check.compare.tensor_diff import (
     Comparison,
     StepContext,
@@ -554,9 +555,17 @@ def _mask_finding(
         tolerance=0.0,
         where=ctx.where(row=row, token=token),
         kind="compare",
-        explanation=(
-            f"{name} differs from the reference on {count} loss token(s); first at "
-            f"{ctx.where(row=row, token=token).describe()}: trainer {bool(got[row, token])}, reference "
-            f"{bool(want[row, token])}"
+        explanation=mismatch_message(
+            f"{name} (on the loss tokens)",
+            mismatched=count,
+            compared=int(loss_mask.expand_as(got).sum()),
+            first=Extreme(
+                difference=1.0,
+                allowed=0.0,
+                where=ctx.where(row=row, token=token),
+                actual=float(got[row, token]),
+                expected=float(want[row, token]),
+            ),
+            tolerance="exact (a boolean mask)",
         ),
     )

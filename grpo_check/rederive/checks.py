@@ -509,7 +509,7 @@ def old_logps_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) -> Fin
             step,
             Verdict.FAIL,
             f"{head}, yet old_logps equal logps bitwise on all {int(valid.sum())} loss token(s): ρ ≡ 1, while "
-            f"the policy moved (the same rows' log-probs at optimizer step {moved[0]} differ by up to {moved[1]:.3g})",
+            f"the policy moved ({moved[0]})",
             figure=moved[1],
             tolerance=0.0,
             catalog_id="17",
@@ -536,7 +536,7 @@ def old_logps_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) -> Fin
             + (
                 " (legitimate only if the policy did not move; the trace holds no earlier log-probs of these rows)"
                 if moved is None
-                else f", while the policy moved (log-probs at optimizer step {moved[0]} differ by up to {moved[1]:.3g})"
+                else f", while the policy moved ({moved[0]})"
             ),
             figure=0.0,
             tolerance=0.0,
@@ -562,9 +562,12 @@ def old_logps_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) -> Fin
     )
 
 
-def _policy_moved(step: TraceStep, trace: Trace | None) -> tuple[int, float] | None:
-    """Evidence that the policy changed between two uses of the same rows: another micro-batch of the same
-    generation, at another optimizer step, whose log-probs of a shared row differ. ``(that step, max |Δ|)``."""
+def _policy_moved(step: TraceStep, trace: Trace | None) -> tuple[str, float] | None:
+    """Evidence that the policy changed since the batch was generated, as ``(what shows it, a figure)``: the
+    parameters' fingerprint recorded at generation and at use differ (``meta["policy_changed_since_generation"]``),
+    or another micro-batch of the same generation, at another optimizer step, holds other log-probs of a row."""
+    if step.meta.get("policy_changed_since_generation") is True:
+        return "its parameters' fingerprint at use differs from the one at generation", 1.0
     generation, rows, use_step = (
         whole(step.meta.get("generation")),
         step.meta.get("global_rows"),
@@ -588,7 +591,10 @@ def _policy_moved(step: TraceStep, trace: Trace | None) -> tuple[int, float] | N
                 continue
             delta = float((logps[mine].detach().double() - other_logps[index].detach().double()).abs().max())
             if delta > 0:
-                return int(other.meta["step"]), delta
+                return (
+                    f"the same rows' log-probs at optimizer step {other.meta['step']} differ by up to {delta:.3g}",
+                    delta,
+                )
     return None
 
 

@@ -13,11 +13,11 @@ Fixtures:
     ``grpo_probe_advantages``, ``grpo_probe_advantages_pair``, ``grpo_probe_on_policy``, ``grpo_probe_clip``,
         ``grpo_probe_kl``, ``grpo_probe_aggregation``: probe tasks (closed-form answers) configured from
         ``grpo_spec``; ``grpo_probes``: all of them.
-    ``grpo_result``: the session's :class:`~grpo_check.findings.Result`; findings you add land in the report.
+    ``grpo_result``: the test run's :class:`~grpo_check.findings.Result`; findings you add land in the report.
 
 Marker: ``@pytest.mark.grpo`` tags a grpo-check test (its keyword arguments configure ``grpo_spec``).
 
-Option: ``--grpo-report=PATH`` writes the session's findings — every :class:`GRPOCheckError` a test raised,
+Option: ``--grpo-report=PATH`` writes the test run's findings — every :class:`GRPOCheckError` a test raised,
 plus one pass/fail row per ``grpo``-marked test — as a grpo-check result JSON at PATH and, when the
 renderers are installed, Markdown next to it (``PATH`` with suffix ``.md``).
 """
@@ -46,7 +46,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="grpo_report",
         metavar="PATH",
         default=None,
-        help="write the grpo-check report of this session (findings raised as GRPOCheckError, one row per "
+        help="write the grpo-check report of this test run (findings raised as GRPOCheckError, one row per "
         "@pytest.mark.grpo test) as JSON to PATH, and Markdown next to it",
     )
 
@@ -145,7 +145,7 @@ def _crash_message(report: pytest.TestReport) -> str:
 
 
 def build_result(records: list[dict[str, Any]]):  # -> grpo_check.findings.Result
-    """The grpo-check :class:`Result` of a session from the plugin's per-test records."""
+    """The grpo-check :class:`Result` of a test run from the plugin's per-test records."""
     from grpo_check.findings import Finding, Result, Verdict
 
     result = Result(metadata={"source": "pytest", "tool": "grpo-check pytest plugin"})
@@ -196,7 +196,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def write_session_report(records: list[dict[str, Any]], path: str | os.PathLike[str]) -> list[Path]:
-    """Write the session result as JSON (``path``, or ``path`` with ``.json`` when it ends in ``.md``) and,
+    """Write the test run's result as JSON (``path``, or ``path`` with ``.json`` when it ends in ``.md``) and,
     when :mod:`grpo_check.report` is available, as Markdown (suffix ``.md``). Returns the paths written."""
     result = build_result(records)
     target = Path(path)
@@ -363,7 +363,7 @@ def grpo_probes(grpo_spec):
 
 @pytest.fixture
 def grpo_result(request: pytest.FixtureRequest):
-    """The session's grpo-check Result: add findings here to include them in ``--grpo-report``."""
+    """The test run's grpo-check Result: add findings here to include them in ``--grpo-report``."""
     from grpo_check.findings import Result
 
     reporter = _reporter(request.config)

@@ -160,10 +160,7 @@ class Attachment(TrainerHooks, StepRecording, LiveChecking, HelperClient):
         self._flush_window()
         self._collect_background(wait=True)
         # a failing stage that a shipped bug of this release explains is named as such (bug, fix, PR)
-        observed = {
-            "unscorable_rows": getattr(self, "_unscorable_rows_seen", False)
-        }  # from the captured rewards
-        shipped = name_shipped_bugs(self.findings, self.support.version, {**self.spec.to_dict(), **observed})
+        shipped = name_shipped_bugs(self.findings, self.support.version, self.run_settings())
         result = Result(
             findings=[*self.findings, *shipped],
             metadata={
@@ -181,6 +178,15 @@ class Attachment(TrainerHooks, StepRecording, LiveChecking, HelperClient):
         if self.live:
             self._finish_result(result)
         return result
+
+    def run_settings(self) -> dict[str, Any]:
+        """The algorithm settings (:meth:`GRPOSpec.to_dict`) plus what the captured batches showed that no setting
+        says: a row no reward function scored, prompts left-padded in a batch (for the shipped-bug history)."""
+        observed = {
+            "unscorable_rows": getattr(self, "_unscorable_rows_seen", False),
+            "left_padded_prompts": getattr(self, "_left_padding_seen", False),
+        }
+        return {**self.spec.to_dict(), **observed}
 
     def _finish_result(self, result: Result) -> None:
         """Trends, run-level warnings and coverage: what the model at hand made checkable and what ran."""
@@ -204,7 +210,9 @@ class Attachment(TrainerHooks, StepRecording, LiveChecking, HelperClient):
             not_applicable["invariants"] = "turned off (invariants=False)"
         if not self.probes:
             not_applicable["probes"] = "turned off (probes=False)"
-        else:  # no captured micro-batch was checked (or coverage_notes says why probing did not run)
+        elif (
+            not self._probed
+        ):  # no captured micro-batch was checked (or coverage_notes says why probing did not run)
             reasons.setdefault("probes", "no micro-batch was checked, so the loss code was not probed")
         reasons.update(self.coverage_notes)
         finish_result(

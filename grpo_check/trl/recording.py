@@ -186,6 +186,9 @@ class StepRecording:
         rewards = info["rewards_per_func"]
         if rewards is not None and rewards.numel() and bool(rewards.isnan().all(dim=1).any()):
             self._unscorable_rows_seen = True  # a row no reward function scored (for the shipped-bug history)
+        prompt_mask = output.get("prompt_mask")
+        if prompt_mask is not None and bool((prompt_mask == 0).any()):
+            self._left_padding_seen = True  # prompts of different lengths in a batch (idem)
         # this rank's rows as the reference model scores them: its log-probs are computed once per generation
         # batch, on the first checked micro-batch that needs them (see _ref_model_for)
         info["batch"] = {

@@ -130,7 +130,8 @@ def test_advisories_from_a_file_on_the_release_it_was_written_for(tmp_path):
 
 # ------------------------------------------------------------- the released code itself (when the wheels are here)
 
-WHEELS = Path(os.environ.get("GRPO_CHECK_TRL_WHEELS", "/work/venvs/audit-wheels"))
+# Fill with: pip download trl==X --no-deps -d ~/.cache/grpo-check/trl-wheels (for each release named in MARKERS)
+WHEELS = Path(os.environ.get("GRPO_CHECK_TRL_WHEELS") or Path.home() / ".cache" / "grpo-check" / "trl-wheels")
 
 # id -> (file in the wheel, a fragment of the faulty code or None, a fragment of the fixed code). The faulty
 # fragment is in the last affected release; the fixed one is in the fixing release and not in the last affected.

@@ -188,3 +188,17 @@ def test_every_rendering_shows_the_coverage(fmt):
             and "∂loss/∂logps: not captured: no step holds logps_grad" in text
         )
         assert "INCOMPLETE (∂loss/∂logps not checked" in text
+
+
+def test_a_family_inconclusive_wherever_it_ran_says_why():
+    found = _passing("advantages.values", "logps.model", "loss.value", "grad.logps_grad")
+    found.append(
+        Finding(
+            "probe.loss", "loss", Verdict.INCONCLUSIVE, kind="compare", explanation="the loss code raised X"
+        )
+    )
+    family = _families(coverage_of(found, beta=0.0, model_at_hand=True))["probes"]
+    assert family["status"] == "not_run" and not family["gap"]
+    assert family["reason"] == "inconclusive wherever it ran (the loss code raised X)"
+    ran = _families(coverage_of([*found, *_passing("probe.loss")], beta=0.0, model_at_hand=True))["probes"]
+    assert ran["status"] == "ran" and ran["reason"] is None

@@ -18,7 +18,10 @@ def compute_advantages(rewards: torch.Tensor, num_generations: int) -> torch.Ten
     grouped = rewards.view(-1, num_generations)
     scorable = ~torch.isnan(grouped)
     count = scorable.sum(1, keepdim=True)
-    mean = torch.nanmean(grouped, dim=1, keepdim=True)
+    # mean as lowest + Σ(r − lowest)/n: an all-equal group gets advantage exactly 0, not a float residue
+    # that the division by σ + ε blows up (bug-catalog 9)
+    lowest = torch.where(scorable, grouped, torch.inf).amin(1, keepdim=True).nan_to_num(0.0, posinf=0.0)
+    mean = lowest + torch.where(scorable, grouped - lowest, 0.0).sum(1, keepdim=True) / count.clamp(min=1)
     var = torch.where(scorable, (grouped - mean) ** 2, 0.0).sum(1, keepdim=True) / (count - 1).clamp(min=1)
     advantages = (grouped - mean) / (var.sqrt() + 1e-4)
     advantages = torch.where(count > 1, advantages, 0.0)

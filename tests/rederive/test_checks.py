@@ -250,9 +250,14 @@ def test_old_logps_uses_recorded_generation_step_and_ratio():
     step = TraceStep(
         tensors={"ratio": torch.ones(2, 3)}, meta={"step": 2, "generation_step": 1, "scope": "micro_batch"}
     )
-    assert (
-        finding(step, "rederive.old_logps_required").verdict is Verdict.WARN
-    )  # no evidence the policy moved
+    # no evidence the policy moved: a warning
+    assert finding(step, "rederive.old_logps_required").verdict is Verdict.WARN
+    step.meta["policy_changed_since_generation"] = True  # the parameters' fingerprints differ: it moved
+    moved = finding(step, "rederive.old_logps_required")
+    assert moved.verdict is Verdict.FAIL and "fingerprint" in moved.explanation
+    step.meta["policy_changed_since_generation"] = False  # a zero update: ρ ≡ 1 is right
+    assert finding(step, "rederive.old_logps_required").verdict is Verdict.PASS
+    del step.meta["policy_changed_since_generation"]
     step.tensors["ratio"] = torch.tensor([[1.0, 1.01, 1.0], [1.0, 1.0, 1.0]])
     assert finding(step, "rederive.old_logps_required").verdict is Verdict.PASS
 

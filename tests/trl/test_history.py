@@ -164,3 +164,21 @@ def test_the_unscorable_rows_bug_is_known_from_the_captured_rewards_not_a_settin
         [_failing("advantages", "advantages.values")], "1.5.1", {"unscorable_rows": True}
     )
     assert [f.details["pr"] for f in named] == [5902]
+
+
+def test_the_attention_mask_bug_is_known_from_left_padded_prompts_and_only_on_0_14():
+    padded = {"temperature": 1.0, "left_padded_prompts": True}
+    assert [b.id for b in shipped_bugs("0.14.0", padded)] == ["trl-logps-no-attention-mask"]
+    assert shipped_bugs("0.14.0", {**padded, "left_padded_prompts": False}) == []
+    assert shipped_bugs("0.15.0", padded) == []
+    both = [b.id for b in shipped_bugs("0.14.0", {**padded, "temperature": 0.7})]
+    assert both == ["trl-logps-no-attention-mask", "trl-temperature-logps"]
+
+
+def test_a_re_derivation_failing_in_the_bug_s_stage_is_explained_too():
+    finding = _failing("loss", "rederive.num_items_in_batch")
+    finding.kind = "rederive"
+    settings = {"loss_type": "dapo", "mask_truncated_completions": True, "gradient_accumulation_steps": 1}
+    named = name_shipped_bugs([finding], "1.8.0", settings)
+    assert [f.details["shipped_bug"] for f in named] == ["trl-num-items-truncated"]
+    assert finding.details["shipped_bug"] == "trl-num-items-truncated"

@@ -13,14 +13,18 @@ def test_each_case_runs_the_last_buggy_release_and_a_fixing_one():
     for case in HISTORY_CASES:
         assert case.bug.affects(case.buggy) and not case.bug.affects(case.fixed)
         assert parse_version(case.fixed) >= parse_version(case.bug.fixed_in)
-        observed = {"unscorable_rows": bool(case.settings.get("unscorable_every"))}  # what the rewards show
+        # what the captured batches show: unscored rows where asked for; the demo's prompts are left-padded
+        observed = {
+            "unscorable_rows": bool(case.settings.get("unscorable_every")),
+            "left_padded_prompts": True,
+        }
         assert case.bug.trigger({"temperature": 1.0, **case.settings, **observed})  # the settings trigger it
     assert [c.id for c in select_history(["dapo"])] == ["trl-dapo-normaliser-spg"]
     assert select_history(["nothing"]) == []
 
 
 def _outcome(buggy: ReleaseRun, fixed: ReleaseRun) -> HistoryOutcome:
-    return HistoryOutcome(HISTORY_CASES[0], buggy, fixed)
+    return HistoryOutcome(select_history(["trl-temperature-logps"])[0], buggy, fixed)
 
 
 FOUND = ReleaseRun("0.15.2", failing=["logps.model", "trl.shipped_bug.trl-temperature-logps"], first_stage="logps",

@@ -12,7 +12,7 @@ From the command line: ``grpo-check zoo --history`` (see ``docs/trl-versions.md`
 Example::
 
     >>> [case.bug.id for case in HISTORY_CASES][:2]
-    ['trl-temperature-logps', 'trl-dapo-normaliser-spg']
+    ['trl-logps-no-attention-mask', 'trl-temperature-logps']
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ class HistoryCase:
 
 
 HISTORY_CASES: tuple[HistoryCase, ...] = (
+    HistoryCase(  # T = 1: the temperature bug of the same releases stays out of the way
+        _BUGS["trl-logps-no-attention-mask"], buggy="0.14.0", fixed="0.15.2", settings={"temperature": 1.0}
+    ),
     HistoryCase(
         _BUGS["trl-temperature-logps"], buggy="0.15.2", fixed="0.16.1", settings={"temperature": 0.7}
     ),
@@ -79,8 +82,11 @@ HISTORY_CASES: tuple[HistoryCase, ...] = (
             "steps_per_generation": 2,
         },
     ),
-    HistoryCase(  # every 4th completion unscorable: one per group of 4
-        _BUGS["trl-unscorable-rows-counted"], buggy="1.5.1", fixed="1.6.0", settings={"unscorable_every": 4}
+    HistoryCase(  # every 4th completion unscorable (one per group of 4); spg == GAS: 1.6.0's dapo bug stays out
+        _BUGS["trl-unscorable-rows-counted"],
+        buggy="1.5.1",
+        fixed="1.6.0",
+        settings={"unscorable_every": 4, "steps_per_generation": 2},
     ),
 )
 

@@ -52,7 +52,7 @@ def pins_for(release: str) -> Pins:
         return Pins("tf4.51", ("transformers==4.51.3", "accelerate<1.8", "datasets<4"))
     if major == 0 and minor <= 20:
         return Pins("tf4.53", ("transformers==4.53.2", "accelerate<1.8", "datasets<4"))
-    if major == 0 and minor <= 22:
+    if major == 0 and minor <= 28:  # 0.23-0.28 do not import with transformers 5 (a tuple taken for a bool)
         return Pins("tf4.56", ("transformers==4.56.2", "accelerate<1.11", "datasets<4"))
     return Pins("tf5", ("transformers>=5,<6", "accelerate", "datasets", "requests"))
 

@@ -84,7 +84,9 @@ class HistoryCard:
                         else (o.buggy.error or "not found")
                     ),
                     "named": "yes" if o.diagnosed else "no",
-                    "fixing release clean": "yes" if o.fixed_clean else (o.fixed.error or "no"),
+                    "fixing release clean": "yes"
+                    if o.fixed_clean
+                    else (o.fixed.error or "no: " + ", ".join(sorted(set(o.fixed.failing))[:4])),
                 }
             )
         return out
