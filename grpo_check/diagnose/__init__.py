@@ -60,6 +60,7 @@ DETECTORS: tuple[Detector, ...] = (
     logps.detect_forward_variant,
     logps.detect_token_shift,
     logps.detect_temperature,
+    logps.detect_old_is_ref,
     logps.detect_old_logps_mismatch,
     logps.detect_ref_is_policy,
     sampling.detect_sampler_temperature,

@@ -334,6 +334,33 @@ def detect_temperature(dx: Diagnosis) -> list[Finding]:
     return []
 
 
+def detect_old_is_ref(dx: Diagnosis) -> list[Finding]:
+    """The old log-probs the loss received are the reference model's (ρ = π/π_ref, not π/π_old)."""
+    failing = [f for f in dx.failing(prefix="logps.old_model") if f.likely_cause is None]
+    old, ref, mask = dx.trainer("old_logps"), dx.trainer("ref_logps"), dx.mask
+    if not failing or old is None or ref is None or old.shape != ref.shape:
+        return []
+    if not close(old, ref, mask, rtol=1e-6, atol=1e-7):
+        return []
+    return [
+        dx.finding(
+            check_id="diagnose.old_is_ref",
+            stage="logps",
+            catalog_id=None,
+            figure=failing[0].figure,
+            where=failing[0].where,
+            explanation=(
+                "the old log-probs the loss received are the reference model's log-probs, element for element, while "
+                "the policy's own forward pass at the weights that sampled the batch differs from them "
+                f"(|Δ| up to {failing[0].figure or 0.0:.3g}): the ratio is π/π_ref, not π/π_old"
+            ),
+            likely_cause="old_per_token_logps set from the reference model's log-probs (ref_per_token_logps)",
+            fix="take the old log-probs from the policy that generated the batch (or leave them unset on-policy)",
+            attach_to=dx.failing(prefix="logps.") + dx.failing(stage="ratio"),
+        )
+    ]
+
+
 def detect_old_logps_mismatch(dx: Diagnosis) -> list[Finding]:
     """Old log-probs taken at the current weights differ from the same forward pass (#16/#15/#17)."""
     failing = dx.failing(prefix="logps.old_model")

@@ -33,6 +33,7 @@ CAUGHT: dict[str, tuple[str, str]] = {
     "bug_entropy_quantile_padded": ("loss", "diagnose.entropy_mask_pool"),
     "bug_gas_scaled_twice": ("loss", "diagnose.normalizer_factor"),
     "bug_num_items_with_prompt": ("loss", "rederive.num_items_in_batch"),
+    "bug_old_logps_from_ref": ("logps", "diagnose.old_is_ref"),
 }
 # buggy cases no check can see: the reward's *meaning* is wrong, every number downstream is consistent
 OUT_OF_REACH: dict[str, str] = {
