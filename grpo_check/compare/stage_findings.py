@@ -197,6 +197,31 @@ class _ForwardSlot:
     """The reference's log-probs (positions from the attention mask)."""
 
 
+def _matching_forward_variant(
+    step: TraceStep,
+    name: str,
+    check_id: str,
+    source: Any,
+    temperature: float,
+    tol: Tolerance,
+    ctx: StepContext,
+) -> str | None:
+    """Which known wrong forward pass the trainer's failing ``name`` equals, if one: ``"no_attention_mask"``
+    (the model called without the attention mask) or, for the reference model, ``"temperature_1"`` (its
+    logits not divided by the sampling temperature). Read by :mod:`grpo_check.diagnose.logps`."""
+    variants: list[tuple[str, Any]] = [("no_attention_mask", lambda: model_logps(source, step, temperature,
+                                                                                 attention="none"))]  # fmt: skip
+    if name != "logps" and temperature != 1.0:  # the policy's temperature signatures: diagnose.temperature
+        variants.append(("temperature_1", lambda: model_logps(source, step, 1.0)))
+    for label, compute in variants:
+        alt = compute()
+        if alt is None:
+            continue
+        if _forward_comparison(step, name, check_id, alt, temperature, tol).run(ctx).verdict is Verdict.PASS:
+            return label
+    return None
+
+
 def logps_findings(
     step: TraceStep,
     spec: GRPOSpec,
@@ -272,6 +297,10 @@ def logps_findings(
                 else:
                     alt_finding.details["position_ids"] = "arange"
                     finding, want = alt_finding, alt
+        if finding.verdict is not Verdict.PASS and "matches_positions" not in finding.details:
+            matched = _matching_forward_variant(step, name, check_id, source, temperature, tol, ctx)
+            if matched is not None:
+                finding.details["matches_forward"] = matched
         ref.tensors[name] = want
         findings.append(finding)
     on_policy_old = step.meta.get("optimizer_steps_since_old_logps") == 0

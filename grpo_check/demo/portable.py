@@ -51,6 +51,7 @@ def _unscorable(func: Any, every: int) -> Any:
         return [None if index % every == every - 1 else value for index, value in enumerate(values)]
 
     reward.__name__ = func.__name__
+    reward.grpo_check_row_dependent = True  # type: ignore[attr-defined]  # by position, on purpose
     return reward
 
 

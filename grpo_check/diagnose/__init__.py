@@ -31,6 +31,7 @@ from grpo_check._step_cache import step_cache
 from grpo_check.config import GRPOSpec
 from grpo_check.diagnose import (
     advantages,
+    entropy,
     logps,
     loss_zero,
     nonfinite,
@@ -51,11 +52,15 @@ DETECTORS: tuple[Detector, ...] = (
     advantages.detect_grouping,
     advantages.detect_group_scale,
     advantages.detect_permuted,
+    advantages.detect_batch_restandardised,
+    entropy.detect_entropy_mask_pool,
     advantages.detect_group_sums,
     logps.detect_sign_flip,
     logps.detect_position_ids,
+    logps.detect_forward_variant,
     logps.detect_token_shift,
     logps.detect_temperature,
+    logps.detect_old_is_ref,
     logps.detect_old_logps_mismatch,
     logps.detect_ref_is_policy,
     sampling.detect_sampler_temperature,

@@ -229,3 +229,59 @@ def detect_group_sums(dx: Diagnosis) -> list[Finding]:
             attach_to=failing,
         )
     ]
+
+
+def affine_fit(got: torch.Tensor, want: torch.Tensor) -> tuple[float, float]:
+    """Least-squares ``(a, b)`` with ``got ≈ a·want + b`` (float64)."""
+    x, y = want.double().reshape(-1), got.double().reshape(-1)
+    design = torch.stack([x, torch.ones_like(x)], dim=1)
+    solution = torch.linalg.lstsq(design, y.unsqueeze(1)).solution.reshape(-1)
+    return float(solution[0]), float(solution[1])
+
+
+def detect_batch_restandardised(dx: Diagnosis) -> list[Finding]:
+    """The trainer's advantages are the reference's under one affine map a·A + b for the whole batch: a second
+    normalisation over the batch (whitening) on top of the configured one (A1: only the configured scale)."""
+    failing = [f for f in dx.failing(prefix="advantages.") if f.likely_cause is None]
+    if not failing:
+        return []
+    trainer_adv, ref_adv = dx.trainer("advantages"), dx.ref("advantages")
+    if trainer_adv is None or ref_adv is None:
+        return []
+    adv = _row_advantages(trainer_adv)
+    finite = torch.isfinite(adv) & torch.isfinite(ref_adv)
+    if adv.shape != ref_adv.shape or int(finite.sum()) < 3 or float(ref_adv[finite].std()) == 0.0:
+        return []
+    got, want = adv[finite].double(), ref_adv[finite].double()
+    a, b = affine_fit(got, want)
+    if not close(got, a * want + b, rtol=2e-3, atol=1e-4):
+        return []
+    whitened = (want - want.mean()) / want.std()
+    is_whitening = close(got, whitened, rtol=2e-3, atol=1e-3)
+    how = (
+        "re-standardised over the whole batch ((A − mean) / std of the batch)"
+        if is_whitening
+        else f"mapped by one affine transform for the whole batch (A_trainer = {a:.4g}·A + {b:.4g})"
+    )
+    row, _, value = worst(adv - ref_adv)
+    return [
+        dx.finding(
+            check_id="diagnose.advantages_rescaled",
+            stage="advantages",
+            catalog_id=None,
+            figure=value,
+            where=dx.where(row=row),
+            explanation=(
+                f"the trainer's advantages are the reference's ({dx.spec.scale_rewards!r} scaling) {how}: every "
+                f"row is off by the same scale and shift (worst at {dx.where(row=row).describe()}, |Δ| {abs(value):.3g})"
+            ),
+            likely_cause=(
+                "a second normalisation of the advantages over the batch after the configured one (whitening in a "
+                "_generate_and_score_completions override or a data collator): the group baselines no longer "
+                "sum to zero per prompt"
+            ),
+            fix="normalise once, as scale_rewards declares; drop the extra batch-level (A − mean) / std",
+            details={"scale": a, "shift": b, "whitening": is_whitening},
+            attach_to=failing,
+        )
+    ]

@@ -225,6 +225,53 @@ def detect_token_shift(dx: Diagnosis) -> list[Finding]:
     return []
 
 
+_FORWARD_VARIANTS = {
+    "no_attention_mask": (
+        "the trainer's {quantity} equal the reference forward pass run without the attention mask (padding "
+        "attended to, positions 0..P+T−1); with the mask they differ by up to {figure:.3g}",
+        "the log-prob forward is called without attention_mask: left padding is attended to and shifts the "
+        "positions, so a row's log-probs depend on how much it was padded",
+        "pass attention_mask (and position_ids from it) to the model in the log-prob helper",
+    ),
+    "temperature_1": (
+        "the trainer's {quantity} equal the reference model's forward pass at T=1 while the policy is scored at "
+        "T={temperature:g} (differing by up to {figure:.3g}): the reference model's logits are not divided by the "
+        "temperature",
+        "temperature applied to the policy's logits only: the KL compares a tempered policy with an untempered "
+        "reference model",
+        "score the reference model with the same temperature as the policy (one log-prob helper for both)",
+    ),
+}
+
+
+def detect_forward_variant(dx: Diagnosis) -> list[Finding]:
+    """Trainer log-probs equal a known wrong forward pass (no attention mask; reference model at T=1)."""
+    out: list[Finding] = []
+    for label, (explanation, cause, fix) in _FORWARD_VARIANTS.items():
+        failing = [f for f in dx.failing(prefix="logps.") if f.details.get("matches_forward") == label]
+        if not failing:
+            continue
+        target = failing[0]
+        quantity = target.details.get("quantity", "logps")
+        out.append(
+            dx.finding(
+                check_id="diagnose.forward_variant",
+                stage="logps",
+                catalog_id="1" if label == "temperature_1" else None,
+                figure=target.figure,
+                where=target.where,
+                explanation=explanation.format(
+                    quantity=quantity, figure=target.figure or 0.0, temperature=dx.spec.temperature
+                ),
+                likely_cause=cause,
+                fix=fix,
+                details={"variant": label, "quantity": quantity},
+                attach_to=failing + dx.failing(stage="ratio") + dx.failing(stage="kl"),
+            )
+        )
+    return out
+
+
 def detect_temperature(dx: Diagnosis) -> list[Finding]:
     """Trainer log-probs match the reference forward pass at another temperature (or divided by T)."""
     trainer, at_spec = dx.trainer("logps"), dx.ref("logps")
@@ -285,6 +332,33 @@ def detect_temperature(dx: Diagnosis) -> list[Finding]:
                 )
             ]
     return []
+
+
+def detect_old_is_ref(dx: Diagnosis) -> list[Finding]:
+    """The old log-probs the loss received are the reference model's (ρ = π/π_ref, not π/π_old)."""
+    failing = [f for f in dx.failing(prefix="logps.old_model") if f.likely_cause is None]
+    old, ref, mask = dx.trainer("old_logps"), dx.trainer("ref_logps"), dx.mask
+    if not failing or old is None or ref is None or old.shape != ref.shape:
+        return []
+    if not close(old, ref, mask, rtol=1e-6, atol=1e-7):
+        return []
+    return [
+        dx.finding(
+            check_id="diagnose.old_is_ref",
+            stage="logps",
+            catalog_id=None,
+            figure=failing[0].figure,
+            where=failing[0].where,
+            explanation=(
+                "the old log-probs the loss received are the reference model's log-probs, element for element, while "
+                "the policy's own forward pass at the weights that sampled the batch differs from them "
+                f"(|Δ| up to {failing[0].figure or 0.0:.3g}): the ratio is π/π_ref, not π/π_old"
+            ),
+            likely_cause="old_per_token_logps set from the reference model's log-probs (ref_per_token_logps)",
+            fix="take the old log-probs from the policy that generated the batch (or leave them unset on-policy)",
+            attach_to=dx.failing(prefix="logps.") + dx.failing(stage="ratio"),
+        )
+    ]
 
 
 def detect_old_logps_mismatch(dx: Diagnosis) -> list[Finding]:

@@ -81,6 +81,17 @@ def _detached(probe: ProbeBatch, spec: GRPOSpec) -> Outcome | None:
     return loss, torch.zeros_like(grad)
 
 
+def _advantages_clamped(probe: ProbeBatch, spec: GRPOSpec) -> Outcome | None:
+    # ρ ≥ 0: −min(ρ·A, ρ·clip(A)) = −ρ·min(A, clip(A)), the unclipped surrogate of the advantages min(A, clip(A))
+    advantages = probe.tensors["advantages"]
+    high = 1 + spec.epsilon_high_effective
+    capped = torch.minimum(advantages, torch.clamp(advantages, 1 - spec.epsilon_low, high))
+    if torch.equal(capped, advantages):
+        return None
+    changed = with_changes(probe, tensors={"advantages": capped})
+    return reference_outcome(changed, spec.replace(epsilon=1.0, epsilon_high=NO_BOUND))
+
+
 def _sampler_ignored(probe: ProbeBatch, spec: GRPOSpec) -> Outcome | None:
     if "sampler_is_ratio" not in probe.tensors:
         return None
@@ -157,6 +168,15 @@ VARIANTS: tuple[Variant, ...] = (
         "21",
         _spec(epsilon_high=NO_BOUND),
         _clipped,
+    ),
+    Variant(
+        "clip.advantages_clamped",
+        "the clip is applied to the advantages instead of the ratio: −min(ρ·A, ρ·clip(A, 1 − ε_low, 1 + ε_high)), "
+        "so advantages above 1 + ε_high are capped and the ratio is never clipped",
+        "clip the ratio, not the advantage: −min(ρ·A, clip(ρ, 1 − ε_low, 1 + ε_high)·A)",
+        "21",
+        _advantages_clamped,
+        lambda s: _clipped(s) and s.delta is None and s.dual_clip is None,
     ),
     Variant(
         "clip.none",

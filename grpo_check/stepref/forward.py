@@ -165,27 +165,34 @@ def window_known_logps(model: Any, steps: list[TraceStep], temperature: float) -
 
 
 def model_logps(
-    model: Any, step: TraceStep, temperature: float, positions: str = "from_mask"
+    model: Any, step: TraceStep, temperature: float, positions: str = "from_mask", attention: str = "mask"
 ) -> torch.Tensor | None:
-    """The reference's own forward pass (``grpo_check.reference.logps_from_model``) on the step's batch."""
+    """The reference's own forward pass (``grpo_check.reference.logps_from_model``) on the step's batch.
+
+    ``attention="none"``: the forward a helper that forgets the attention mask runs (every position attended,
+    padding included, positions 0..P+T−1): a diagnosis variant, never the reference."""
     from grpo_check.reference.logps import logps_from_model
 
     needed = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
     if not step.has(*needed):
         return None
     if isinstance(model, KnownLogps):
-        if positions == "from_mask" and temperature == model.temperature:
+        if positions == "from_mask" and attention == "mask" and temperature == model.temperature:
             return model.logps
         model = model.model
     if model is None:  # log-probs known for one convention only, and no model to compute another
         return None
+    prompt_mask, completion_mask = step["prompt_mask"], step["completion_mask"]
+    if attention == "none":
+        prompt_mask, completion_mask = torch.ones_like(prompt_mask), torch.ones_like(completion_mask)
+        positions = "arange"
     with _eval_mode(model):
         return logps_from_model(
             model,
             step["prompt_ids"],
-            step["prompt_mask"],
+            prompt_mask,
             step["completion_ids"],
-            step["completion_mask"],
+            completion_mask,
             temperature=temperature,
             positions=positions,
         )

@@ -277,7 +277,9 @@ def attach(
         probes: probe the trainer's own loss code once per configuration (:mod:`grpo_check.trl.probe`):
             synthetic micro-batches built from the first checked micro-batch drive every branch of the
             configured loss (both clip bounds, ``delta``, masked and truncated rows, ...) through the trainer's
-            loss code, compared with the reference (``live=True`` only).
+            loss code, compared with the reference (``live=True`` only). Also calls each reward function
+            twice more on the first generation batch, in batch and in reversed row order
+            (``rewards.row_independence``: a row's reward must not depend on the other rows).
 
     Checking does not change training: the hooks consume no randomness (RNG state is saved and restored
     around the reference) and the model's train/eval mode is restored.

@@ -124,10 +124,28 @@ class TrainerHooks:
             inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any, *args: Any, **kw: Any
         ):
             rewards_per_func = original(inputs, prompts, completions, completion_ids_list, *args, **kw)
+            probing = getattr(self, "probes", True) and self.trainer.model.training
+            if probing and not getattr(self, "_reward_rows_probed", False):
+                from grpo_check.trl.reward_probe import probe_reward_functions
+
+                self._reward_rows_probed = True  # once per run: the reward functions' own code, not the data
+                self.findings.extend(
+                    probe_reward_functions(
+                        self.trainer,
+                        inputs,
+                        prompts,
+                        completions,
+                        completion_ids_list,
+                        rewards_per_func,
+                        rank=self.rank,
+                        step=int(self.trainer.state.global_step),
+                    )
+                )
             self._rewards_capture = {
                 "rewards_per_func": _cpu(rewards_per_func),
                 "prompts": list(prompts),
                 "completions": [c if isinstance(c, str) else repr(c) for c in completions],
+                "completion_ids": [list(map(int, ids)) for ids in completion_ids_list],
             }
             return rewards_per_func
 

@@ -17,7 +17,7 @@ from grpo_check.trl.rederive_inputs import (
     policy_fingerprint,
     rederive_meta_at_generation,
 )
-from grpo_check.trl.rowtag import ROW_TAG, group_ids_from_prompts, untag_rows
+from grpo_check.trl.rowtag import ROW_TAG, group_ids_from_prompts, scored_row_order, untag_rows
 from grpo_check.trl.spec import trainer_config_dict
 from grpo_check.trl.versions import library_versions
 
@@ -128,13 +128,36 @@ class StepRecording:
             or self.trainer.args.gradient_accumulation_steps
         )
 
+    def _scored_in_batch_order(self, captured: dict[str, Any], output: dict[str, Any]) -> dict[str, Any]:
+        """The captured prompts, completions and rewards in the row order of the batch the trainer returned: a
+        ``_generate_and_score_completions`` override may reorder its rows after the rewards were computed."""
+        scored_ids = captured.get("completion_ids")
+        if self.num_processes != 1 or scored_ids is None or output.get("completion_ids") is None:
+            return captured
+        rewards = captured.get("rewards_per_func")
+        prompts, completions = captured.get("prompts") or [], captured.get("completions") or []
+        if rewards is None or len(prompts) != len(scored_ids) or len(completions) != len(scored_ids):
+            return captured
+        keys = [(repr(p), rewards[j].tolist()) for j, p in enumerate(prompts)]
+        pad = self.trace.manifest.get("pad_token_id")
+        order = scored_row_order(scored_ids, output["completion_ids"].tolist(), pad, keys)
+        if order is None:
+            return captured
+        return {
+            **captured,
+            "rewards_per_func": rewards[order],
+            "prompts": [prompts[j] for j in order],
+            "completions": [completions[j] for j in order],
+            "completion_ids": [scored_ids[j] for j in order],
+        }
+
     def _record_generation(
         self, generation: int, inputs: Any, output: dict[str, Any], local_rows: int
     ) -> None:
         import torch
 
         trainer = self.trainer
-        captured = self._rewards_capture or {}
+        captured = self._scored_in_batch_order(self._rewards_capture or {}, output)
         prompts = captured.get("prompts") or [row.get("prompt") for row in inputs]
         all_prompts = list(prompts)
         local_advantages = output["advantages"]

@@ -79,3 +79,40 @@ def generation_rows(info: dict[str, Any], global_rows: list[int], tensors: dict[
     if not torch.equal(ids[local.to(ids.device)].to("cpu"), mine):
         return None
     return local
+
+
+def scored_row_order(
+    scored_ids: list[list[int]], completion_ids: list[list[int]], pad_token_id: int | None, keys: list[Any]
+) -> list[int] | None:
+    """Which reward-time row each row of the returned generation batch is, when they are not the same order.
+
+    The rewards are captured when the trainer scores its completions (``scored_ids``: each row's completion
+    tokens, unpadded, in scoring order); a ``_generate_and_score_completions`` override may reorder the rows
+    of the batch it returns (``completion_ids``, padded with ``pad_token_id``) afterwards. Returns ``order``
+    with ``completion_ids[i]`` the completion scored at ``order[i]``, or ``None`` when the order is the same
+    (or cannot be told: not a permutation). Rows with the same tokens are told apart by ``keys`` (what was
+    scored with them: prompt, rewards); rows equal in both are interchangeable and matched in order.
+
+    >>> scored_row_order([[5, 6], [7], [8, 9]], [[7, 0], [8, 9], [5, 6]], 0, ["a", "b", "c"])
+    [1, 2, 0]
+    >>> scored_row_order([[5, 6], [7]], [[5, 6], [7, 0]], 0, ["a", "b"]) is None
+    True
+    """
+
+    def holds(row: list[int], scored: list[int]) -> bool:
+        n = len(scored)
+        return row[:n] == scored and all(t == pad_token_id for t in row[n:])
+
+    if len(scored_ids) != len(completion_ids):
+        return None
+    if all(holds(row, scored) for row, scored in zip(completion_ids, scored_ids, strict=True)):
+        return None
+    taken = [False] * len(scored_ids)
+    order: list[int] = []
+    for row in completion_ids:
+        candidates = [j for j, scored in enumerate(scored_ids) if not taken[j] and holds(row, scored)]
+        if not candidates or len({repr(keys[j]) for j in candidates}) > 1:
+            return None  # no scored row has these tokens, or several that were scored differently
+        taken[candidates[0]] = True
+        order.append(candidates[0])
+    return order

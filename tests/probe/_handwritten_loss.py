@@ -30,6 +30,7 @@ BUGS = (
     "cispo_cap_ignored",
     "sapo_temperatures_swapped",
     "detached",
+    "advantages_clamped",
 )
 
 
@@ -85,6 +86,8 @@ def handwritten_loss(spec: GRPOSpec, bugs: tuple[str, ...] = ()):
             if spec.delta is not None and "delta_ignored" not in bugs:
                 coef_1 = torch.clamp(coef_1, max=spec.delta)
             loss_t = -torch.min(coef_1 * adv, coef_2 * adv)
+            if "advantages_clamped" in bugs:  # the clip applied to the advantages instead of the ratio
+                loss_t = -torch.min(coef_1 * adv, coef_1 * torch.clamp(adv, 1 - spec.epsilon_low, high))
             if spec.dual_clip is not None and "dual_clip_ignored" not in bugs:
                 loss_t = torch.where(adv < 0, torch.min(loss_t, -spec.dual_clip * adv), loss_t)
         if spec.off_policy_mask_threshold is not None and "off_policy_mask_ignored" not in bugs:

@@ -39,9 +39,12 @@ _CALLS: list[int] = []
 
 
 def _reward_that_stops(completions: list[str], **kwargs: Any) -> list[float | None]:
-    """Scores like the demo's correctness reward; on its second call it fails as GRPO_CHECK_TEST_STOP says."""
+    """Scores like the demo's correctness reward; in the second optimizer step it fails as GRPO_CHECK_TEST_STOP
+    says (the reward-row probe calls it again in the first step: those calls do not count)."""
+    state = kwargs.get("trainer_state")
+    step = len(_CALLS) if state is None else int(state.global_step)
     _CALLS.append(1)
-    if len(_CALLS) == 2:
+    if step == 1:
         how = os.environ.get("GRPO_CHECK_TEST_STOP", "raise")
         if how == "raise":
             raise RuntimeError("reward server down")
