@@ -100,12 +100,31 @@ def _left_padded_prompts(settings: Settings) -> bool:
     return bool(settings.get("left_padded_prompts", False))
 
 
+def _any_scale_rewards(settings: Settings) -> bool:
+    """Every scale_rewards value is affected: 'group' (the default) does not scale, 'batch' and 'none' do."""
+    return True
+
+
 def _unscorable_rows(settings: Settings) -> bool:
     """A row that every reward function left unscored (None): known from the captured rewards, not a setting."""
     return bool(settings.get("unscorable_rows", False))
 
 
 SHIPPED_BUGS: tuple[ShippedBug, ...] = (
+    ShippedBug(
+        id="trl-scale-rewards-swapped",
+        title="scale_rewards branches swapped: 'group' (the default) never divides by the std, 'batch' and 'none' "
+        "divide by each group's std",
+        first="0.22.0",
+        last="0.22.1",
+        fixed_in="0.22.2",
+        pr=3992,
+        stages=("advantages",),
+        trigger=_any_scale_rewards,
+        trigger_text="any scale_rewards (the default 'group' included)",
+        effect="the advantages are r − group mean, not divided by the group std, under the default; 'none' and "
+        "'batch' scale by the group std instead",
+    ),
     ShippedBug(
         id="trl-logps-no-attention-mask",
         title="log-probs computed without the attention mask: the left padding of shorter prompts is attended",

@@ -158,7 +158,9 @@ def test_a_killed_compare_trainer_keeps_every_captured_step_on_disk(tmp_path):
     out = tmp_path / "killed"
     env = {**os.environ, "GRPO_CHECK_TEST_STOP": "SIGKILL", "OMP_NUM_THREADS": "1"}
     args = ["compare", "--trainer", f"{FACTORIES}:stops_in_second_step", "--steps", "2", "-o", str(out)]
-    run = subprocess.run([sys.executable, "-m", "grpo_check", *args], env=env, capture_output=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-m", "grpo_check", *args], env=env, capture_output=True, timeout=600
+    )
     assert run.returncode == -9, run.stderr.decode()[-2000:]
     trace = load_trace(out / "trace")
     assert trace.steps, "nothing captured before the kill reached the disk"

@@ -43,7 +43,10 @@ def test_every_entry_is_a_closed_range_fixed_by_the_next_release():
         ("0.15.2", T09, ["trl-temperature-logps"]),
         ("0.16.0", T09, []),  # the fixing release
         ("0.15.2", {**T09, "temperature": 1.0}, []),  # the bug vanishes at T=1
-        ("0.22.0", DAPO_SPG4_GAS2, ["trl-dapo-normaliser-spg"]),
+        ("0.22.0", DAPO_SPG4_GAS2, ["trl-scale-rewards-swapped", "trl-dapo-normaliser-spg"]),
+        ("0.22.1", {"scale_rewards": "group"}, ["trl-scale-rewards-swapped"]),
+        ("0.22.2", {"scale_rewards": "group"}, []),  # the fixing release
+        ("0.21.0", {"scale_rewards": "batch"}, []),  # before the swap shipped
         ("1.9.0", DAPO_SPG4_GAS2, ["trl-dapo-normaliser-spg"]),
         ("1.9.1", DAPO_SPG4_GAS2, []),
         ("1.0.0", {**DAPO_SPG4_GAS2, "steps_per_generation": 2}, []),  # spg == GAS

@@ -82,6 +82,12 @@ HISTORY_CASES: tuple[HistoryCase, ...] = (
             "steps_per_generation": 2,
         },
     ),
+    HistoryCase(  # the default scale_rewards; grpo's per-sequence normaliser keeps the releases' dapo bug out
+        _BUGS["trl-scale-rewards-swapped"],
+        buggy="0.22.1",
+        fixed="0.22.2",
+        settings={"scale_rewards": "group", "loss_type": "grpo"},
+    ),
     HistoryCase(  # every 4th completion unscorable (one per group of 4); spg == GAS: 1.6.0's dapo bug stays out
         _BUGS["trl-unscorable-rows-counted"],
         buggy="1.5.1",
