@@ -1,0 +1,68 @@
+"""Audit rules ``GA6xx``: advisories, numerical bugs that shipped in the TRL release audited against and were
+fixed later (one rule per entry of :data:`grpo_check.audit.advisories.ADVISORIES`)."""
+
+from __future__ import annotations
+
+from grpo_check.audit import advisories as _advisories
+from grpo_check.audit.registry import AuditContext, CheckFn, Hit, rule
+
+
+def _advisory_check(advisory: _advisories.Advisory) -> CheckFn:
+    def check(ctx: AuditContext) -> Hit | None:
+        release = str(ctx.facts.get("requested_version") or ctx.version)
+        try:
+            why = advisory.check(release, ctx.values)
+        except ValueError:  # an unparsable version: GA406 / the loader report it
+            return None
+        if why is None:
+            return None
+        data = f"; it bites when {advisory.data_dependent}" if advisory.data_dependent else ""
+        return Hit(
+            f"TRL {release}: {advisory.title} — {why}{data} ({advisory.pr}, fixed in TRL {advisory.fixed_in})",
+            details={
+                "advisory": advisory.id,
+                "pr": advisory.pr,
+                "url": advisory.url,
+                "introduced": advisory.introduced,
+                "fixed_in": advisory.fixed_in,
+                "stage": advisory.stage,
+            },
+        )
+
+    return check
+
+
+def _register_advisories() -> None:
+    for advisory in _advisories.ADVISORIES.values():
+        fields = tuple(
+            sorted(
+                {
+                    "GA601": ("per_device_train_batch_size",),
+                    "GA602": ("temperature",),
+                    "GA603": ("use_vllm", "max_prompt_length"),
+                    "GA604": ("use_vllm", "max_prompt_length"),
+                    "GA605": ("top_entropy_quantile", "num_processes"),
+                    "GA606": ("scale_rewards",),
+                    "GA607": ("loss_type", "mask_truncated_completions"),
+                    "GA608": ("loss_type", "steps_per_generation", "gradient_accumulation_steps"),
+                    "GA609": ("num_iterations", "steps_per_generation", "gradient_accumulation_steps"),
+                    "GA611": ("num_iterations",),
+                }.get(advisory.id, ("trl_version",))
+            )
+        )
+        rule(
+            advisory.id,
+            advisory.title,
+            advisory.severity,  # type: ignore[arg-type]
+            fields,
+            reason=(
+                f"{advisory.effect} Affected: TRL {advisory.introduced} – {advisory.last_affected}; "
+                f"triggered by: {advisory.condition}."
+            ),
+            source=f"{advisory.pr} ({advisory.url}); fixed in TRL {advisory.fixed_in}",
+            fix=advisory.fix,
+            catalog_id=advisory.catalog_id,
+        )(_advisory_check(advisory))
+
+
+_register_advisories()
