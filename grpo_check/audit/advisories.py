@@ -92,13 +92,14 @@ class Advisory:
         return self.trigger(values)
 
 
-# Every TRL release with GRPO, 0.14.0 … 1.16.0 (the wheels the entries were checked against).
+# Every TRL release with GRPO, 0.14.0 … 1.16.0, patch releases included.
 RELEASES: tuple[str, ...] = (
     *("0.14.0", "0.15.0", "0.15.1", "0.15.2", "0.16.0", "0.16.1", "0.17.0", "0.18.0", "0.18.1", "0.18.2"),
     *("0.19.0", "0.19.1", "0.20.0", "0.21.0", "0.22.0", "0.22.1", "0.22.2", "0.23.0", "0.23.1", "0.24.0"),
-    *("0.25.0", "0.25.1", "0.26.0", "0.26.1", "0.26.2", "0.27.0", "0.27.1", "0.28.0", "0.29.0", "1.0.0"),
-    *("1.1.0", "1.2.0", "1.3.0", "1.4.0", "1.5.0", "1.6.0", "1.7.0", "1.8.0", "1.9.0", "1.10.0", "1.11.0"),
-    *("1.12.0", "1.13.0", "1.14.0", "1.15.0", "1.16.0"),
+    *("0.25.0", "0.25.1", "0.26.0", "0.26.1", "0.26.2", "0.27.0", "0.27.1", "0.27.2", "0.28.0", "0.29.0"),
+    *("0.29.1", "1.0.0", "1.1.0", "1.2.0", "1.3.0", "1.4.0", "1.5.0", "1.5.1", "1.6.0", "1.7.0", "1.7.1"),
+    *("1.8.0", "1.9.0", "1.9.1", "1.9.2", "1.10.0", "1.11.0", "1.12.0", "1.13.0", "1.14.0", "1.14.1"),
+    *("1.14.2", "1.15.0", "1.16.0"),
 )
 
 
@@ -341,7 +342,7 @@ ADVISORIES: dict[str, Advisory] = {
                 "scaled by gradient_accumulation_steps / steps_per_generation (0.5× at spg=4, GAS=2)."
             ),
             introduced="0.22.0",
-            fixed_in="1.10.0",
+            fixed_in="1.9.1",
             pr="huggingface/trl#6024",
             condition="loss_type dapo, cispo or vespo with steps_per_generation ≠ gradient_accumulation_steps",
             trigger=_dapo_family_generation_window,
