@@ -1,4 +1,4 @@
-"""Regenerate (or, with --check, verify) the command outputs shown in docs/audit.md.
+"""Regenerate (or, with --check, verify) the command outputs shown in docs/audit.md and README.md.
 
 Every ```text block in the page that starts with `$ grpo-check audit …` is the real output of that command, run
 from the repository root with the installed TRL; this script reruns each and rewrites the block.
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGE = ROOT / "docs" / "audit.md"
+PAGES = (ROOT / "docs" / "audit.md", ROOT / "README.md")
 BLOCK = re.compile(r"```text\n(\$ grpo-check audit [^\n]*\n)(.*?)```", re.DOTALL)
 
 
@@ -50,14 +50,20 @@ def regenerate(text: str) -> str:
 
 def main(argv: list[str]) -> int:
     sys.path.insert(0, str(ROOT))
-    text = PAGE.read_text(encoding="utf-8")
-    new = regenerate(text)
-    if "--check" in argv:
-        if new != text:
-            print("docs/audit.md is out of date: run python scripts/audit_doc.py", file=sys.stderr)
-            return 1
-        return 0
-    PAGE.write_text(new, encoding="utf-8")
+    stale = []
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        new = regenerate(text)
+        if new == text:
+            continue
+        if "--check" in argv:
+            stale.append(page.relative_to(ROOT))
+        else:
+            page.write_text(new, encoding="utf-8")
+    if stale:
+        names = " and ".join(str(name) for name in stale)
+        print(f"{names} out of date: run python scripts/audit_doc.py", file=sys.stderr)
+        return 1
     return 0
 
 
