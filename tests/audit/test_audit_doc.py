@@ -1,4 +1,5 @@
-"""docs/audit.md shows real outputs: each `$ grpo-check audit …` block is what the command prints now."""
+"""docs/audit.md and the README show real outputs: each `$ grpo-check audit …` block is what the command prints
+now."""
 
 from __future__ import annotations
 
@@ -15,17 +16,19 @@ def _script():
     return module
 
 
-def test_the_page_shows_what_the_commands_print():
+def test_the_pages_show_what_the_commands_print():
     script = _script()
-    text = script.PAGE.read_text(encoding="utf-8")
-    blocks = script.BLOCK.findall(text)
-    assert len(blocks) >= 3
-    assert script.regenerate(text) == text, "docs/audit.md is out of date: run python scripts/audit_doc.py"
+    for page, least in zip(script.PAGES, (3, 1), strict=True):
+        text = page.read_text(encoding="utf-8")
+        assert len(script.BLOCK.findall(text)) >= least, page
+        assert script.regenerate(text) == text, f"{page} is out of date: run python scripts/audit_doc.py"
 
 
 def test_a_changed_output_is_detected():
     script = _script()
-    text = script.PAGE.read_text(encoding="utf-8").replace(
-        "4 error(s), 9 warning(s)", "3 error(s), 9 warning(s)"
+    text = (
+        script.PAGES[0]
+        .read_text(encoding="utf-8")
+        .replace("4 error(s), 9 warning(s)", "3 error(s), 9 warning(s)")
     )
     assert script.regenerate(text) != text
