@@ -234,9 +234,12 @@ def detect_group_sums(dx: Diagnosis) -> list[Finding]:
 def affine_fit(got: torch.Tensor, want: torch.Tensor) -> tuple[float, float]:
     """Least-squares ``(a, b)`` with ``got ≈ a·want + b`` (float64)."""
     x, y = want.double().reshape(-1), got.double().reshape(-1)
-    design = torch.stack([x, torch.ones_like(x)], dim=1)
-    solution = torch.linalg.lstsq(design, y.unsqueeze(1)).solution.reshape(-1)
-    return float(solution[0]), float(solution[1])
+    dx_, dy = x - x.mean(), y - y.mean()
+    spread = float((dx_ * dx_).sum())
+    a = (
+        float((dx_ * dy).sum()) / spread if spread else 0.0
+    )  # the normal equations, in closed form (deterministic)
+    return a, float(y.mean()) - a * float(x.mean())
 
 
 def detect_batch_restandardised(dx: Diagnosis) -> list[Finding]:
@@ -281,7 +284,7 @@ def detect_batch_restandardised(dx: Diagnosis) -> list[Finding]:
                 "sum to zero per prompt"
             ),
             fix="normalise once, as scale_rewards declares; drop the extra batch-level (A − mean) / std",
-            details={"scale": a, "shift": b, "whitening": is_whitening},
+            details={"scale": float(f"{a:.6g}"), "shift": float(f"{b:.6g}"), "whitening": is_whitening},
             attach_to=failing,
         )
     ]
