@@ -21,6 +21,16 @@ def _row_advantages(adv: torch.Tensor) -> torch.Tensor:
     return adv[:, 0] if adv.dim() == 2 else adv.reshape(-1)
 
 
+def _unexplained_advantages(dx: Diagnosis) -> tuple[list[Finding], torch.Tensor, torch.Tensor] | None:
+    """(the advantage failures no diagnosis explains yet, the trainer's per-row advantages, the reference's), or
+    None when there is no such failure or either side's advantages are missing."""
+    failing = [f for f in dx.failing(prefix="advantages.") if f.likely_cause is None]
+    trainer_adv, ref_adv = dx.trainer("advantages"), dx.ref("advantages")
+    if not failing or trainer_adv is None or ref_adv is None:
+        return None
+    return failing, _row_advantages(trainer_adv), ref_adv
+
+
 def _canonical(partition: torch.Tensor) -> tuple[tuple[int, ...], ...]:
     groups: dict[int, list[int]] = {}
     for row, g in enumerate(partition.tolist()):
@@ -159,13 +169,10 @@ def detect_group_scale(dx: Diagnosis) -> list[Finding]:
 
 def detect_permuted(dx: Diagnosis) -> list[Finding]:
     """The trainer's advantages are the reference's, in another row order (misaligned with their rows)."""
-    failing = [f for f in dx.failing(prefix="advantages.") if f.likely_cause is None]
-    if not failing:
+    unexplained = _unexplained_advantages(dx)
+    if unexplained is None:
         return []
-    trainer_adv, ref_adv = dx.trainer("advantages"), dx.ref("advantages")
-    if trainer_adv is None or ref_adv is None:
-        return []
-    adv = _row_advantages(trainer_adv)
+    failing, adv, ref_adv = unexplained
     if adv.shape != ref_adv.shape or not bool(torch.isfinite(adv).all()):
         return []
     if not close(torch.sort(adv).values, torch.sort(ref_adv).values, rtol=2e-3, atol=1e-4):
@@ -245,13 +252,10 @@ def affine_fit(got: torch.Tensor, want: torch.Tensor) -> tuple[float, float]:
 def detect_batch_restandardised(dx: Diagnosis) -> list[Finding]:
     """The trainer's advantages are the reference's under one affine map a·A + b for the whole batch: a second
     normalisation over the batch (whitening) on top of the configured one (A1: only the configured scale)."""
-    failing = [f for f in dx.failing(prefix="advantages.") if f.likely_cause is None]
-    if not failing:
+    unexplained = _unexplained_advantages(dx)
+    if unexplained is None:
         return []
-    trainer_adv, ref_adv = dx.trainer("advantages"), dx.ref("advantages")
-    if trainer_adv is None or ref_adv is None:
-        return []
-    adv = _row_advantages(trainer_adv)
+    failing, adv, ref_adv = unexplained
     finite = torch.isfinite(adv) & torch.isfinite(ref_adv)
     if adv.shape != ref_adv.shape or int(finite.sum()) < 3 or float(ref_adv[finite].std()) == 0.0:
         return []

@@ -132,6 +132,17 @@ def _meta_int(meta: Mapping[str, Any], key: str, default: int | None) -> int | N
         return default
 
 
+def _normaliser_settings(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """What a step's metadata says of the loss normaliser: the trainer's N, K, P and S for ``aggregate_loss``."""
+    items = meta.get("num_items_in_batch")
+    return {
+        "num_items_in_batch": None if items is None else float(items),
+        "gradient_accumulation_steps": _meta_int(meta, "gradient_accumulation_steps", None),
+        "num_processes": _meta_int(meta, "num_processes", None),
+        "steps_per_generation": _meta_int(meta, "steps_per_generation", None),
+    }
+
+
 def reference_advantages(step: TraceStep, spec: GRPOSpec, group_index: torch.Tensor | None = None):
     """Reference :class:`AdvantageOutput` from the trainer's rewards (``rewards_per_func`` or ``rewards``)."""
     from grpo_check.reference.advantages import compute_advantages
@@ -191,16 +202,11 @@ def reference_downstream(
             sampler_logps=None if sampler_logps is None else as_f64(sampler_logps),
             sampler_is_ratio=None if pick("sampler_is_ratio") is None else as_f64(pick("sampler_is_ratio")),
         )
-        meta = step.meta
-        items = meta.get("num_items_in_batch")
         agg = aggregate_loss(
             out.per_token_loss,
             mask,
             spec,
-            num_items_in_batch=None if items is None else float(items),
-            gradient_accumulation_steps=_meta_int(meta, "gradient_accumulation_steps", None),
-            num_processes=_meta_int(meta, "num_processes", None),
-            steps_per_generation=_meta_int(meta, "steps_per_generation", None),
+            **_normaliser_settings(step.meta),
             entropies=None if pick("entropies") is None else as_f64(pick("entropies")),
             entropy_mask=out.entropy_mask,
         )
@@ -234,17 +240,7 @@ def reference_aggregation(step: TraceStep, spec: GRPOSpec) -> torch.Tensor | Non
     if mask_in is None:
         mask_in = torch.ones_like(values, dtype=torch.long)
     mask = loss_mask(mask_in, step.get("tool_mask"), step.get("truncated"), spec.mask_truncated_completions)
-    meta = step.meta
-    items = meta.get("num_items_in_batch")
-    return aggregate_loss(
-        as_f64(values),
-        mask,
-        spec,
-        num_items_in_batch=None if items is None else float(items),
-        gradient_accumulation_steps=_meta_int(meta, "gradient_accumulation_steps", None),
-        num_processes=_meta_int(meta, "num_processes", None),
-        steps_per_generation=_meta_int(meta, "steps_per_generation", None),
-    ).loss.detach()
+    return aggregate_loss(as_f64(values), mask, spec, **_normaliser_settings(step.meta)).loss.detach()
 
 
 # tokens whose ratio lies within this many unit roundoffs (of the trainer's precision) of a clip bound
