@@ -1,4 +1,4 @@
-"""One rank of a multi-process demo cell (started by ``accelerate launch``; not meant to be run by hand).
+"""One rank of a multi-process demo cell (started by ``torch.distributed.run``; not meant to be run by hand).
 
 Each rank builds the same trainer, attaches the capture with live checking, trains, and writes
 ``<out>/rank<r>/trace`` (its micro-batches; rank 0 also the gathered generation batches),
@@ -41,4 +41,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from grpo_check.trl.runner import end_rank
+
+    end_rank(main())

@@ -338,6 +338,24 @@ def run_factory(
     return trace
 
 
+def end_rank(exit_code: int) -> None:
+    """End a rank started by ``torch.distributed.run`` once everything it writes is written.
+
+    With torch 2.13 (CPU, gloo), a plain ``trainer.train()`` under ``torch.distributed.run`` aborts in the
+    interpreter's teardown about one run in three ("terminate called without an active exception", SIGABRT),
+    after the rank has finished; the launcher then reports the whole run failed. The ranks meet, the process
+    group is destroyed, the streams are flushed and the process leaves with ``os._exit`` before that teardown.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
+
+
 def merge_rank_traces(paths: list[str]) -> Trace:
     """One trace from the per-rank traces of a multi-process run.
 

@@ -46,4 +46,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from grpo_check.trl.runner import end_rank
+
     main()
+    end_rank(0)

@@ -69,3 +69,14 @@ def test_a_crash_is_placed_in_the_user_s_code_not_in_a_library(tmp_path):
         assert _where(error, name="SIGTERM").startswith("SIGTERM: Expecting property name")
     else:  # pragma: no cover
         raise AssertionError("json.loads('{') should raise")
+
+
+def test_end_rank_leaves_with_the_code_and_flushes_what_was_printed():
+    """The rank's exit code survives ``os._exit`` and buffered output is not lost (stdout is a pipe here)."""
+    import subprocess
+    import sys
+
+    code = "from grpo_check.trl.runner import end_rank\nprint('written', end='')\nend_rank(3)\nprint('never')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == "written"
