@@ -84,12 +84,24 @@ def ratio_interval(round_ratios: Sequence[float]) -> tuple[float, float] | None:
     >>> round(low, 3), round(high, 3)
     (1.131, 1.38)
     """
-    logs = _log_ratios(round_ratios)
-    if len(logs) < 2:
+    interval = difference_interval(_log_ratios(round_ratios))
+    return None if interval is None else (math.exp(interval[0]), math.exp(interval[1]))
+
+
+def difference_interval(round_values: Sequence[float]) -> tuple[float, float] | None:
+    """95 % interval of the mean of round-by-round values on their own scale (a difference of two ratios,
+    say): Student's t. ``None`` below two finite values.
+
+    >>> low, high = difference_interval([0.10, 0.20, 0.30])
+    >>> round(low, 4), round(high, 4)
+    (-0.0484, 0.4484)
+    """
+    values = [v for v in round_values if math.isfinite(v)]
+    if len(values) < 2:
         return None
-    centre = statistics.fmean(logs)
-    half_width = _t_975(len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
-    return math.exp(centre - half_width), math.exp(centre + half_width)
+    centre = statistics.fmean(values)
+    half_width = _t_975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return centre - half_width, centre + half_width
 
 
 def rounds_to_decide(round_ratios: Sequence[float], target: float, most: int = 200) -> int | None:
@@ -100,11 +112,24 @@ def rounds_to_decide(round_ratios: Sequence[float], target: float, most: int = 2
     >>> rounds_to_decide([1.00, 1.06, 1.03, 1.09, 1.05, 1.01], 1.03)
     51
     """
-    logs = _log_ratios(round_ratios)
-    if len(logs) < 2:
+    return _rounds_needed(_log_ratios(round_ratios), math.log(target), most)
+
+
+def rounds_to_decide_difference(round_values: Sequence[float], target: float, most: int = 200) -> int | None:
+    """:func:`rounds_to_decide` for values on their own scale (:func:`difference_interval`).
+
+    >>> rounds_to_decide_difference([0.02, 0.08, 0.05, 0.11, 0.07, 0.03], 0.05)
+    47
+    """
+    return _rounds_needed([v for v in round_values if math.isfinite(v)], target, most)
+
+
+def _rounds_needed(values: Sequence[float], target: float, most: int) -> int | None:
+    """The fewest n with t(n−1)·sd/√n < |mean − target| at the values' spread (``None``: not even ``most``)."""
+    if len(values) < 2:
         return None
-    distance = abs(statistics.fmean(logs) - math.log(target))
-    spread = statistics.stdev(logs)
+    distance = abs(statistics.fmean(values) - target)
+    spread = statistics.stdev(values)
     for rounds in range(2, most + 1):
         if _t_975(rounds - 1) * spread / math.sqrt(rounds) < distance:
             return rounds

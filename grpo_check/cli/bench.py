@@ -9,7 +9,8 @@ import typer
 
 from grpo_check.cli._common import ExitCode, OutputFormat, check_output_file, fail_usage, user_errors
 
-_FIGURES = ("startup", "memory", "throughput", "overhead")
+_FIGURES = ("startup", "memory", "throughput", "overhead", "overhead-realistic")
+_OVERHEAD = ("overhead", "overhead-realistic")
 
 
 def bench(
@@ -24,13 +25,14 @@ def bench(
     steps: int = typer.Option(
         12,
         "--steps",
-        help="Optimizer steps per timed training run (overhead): 2 warm-up steps plus whole tens (12, 22, ...).",
+        help="Optimizer steps per timed training run (overhead, overhead-realistic): 2 warm-up steps plus "
+        "whole tens (12, 22, ...).",
     ),
     rounds: int = typer.Option(
         3,
         "--rounds",
         min=1,
-        help="Interleaved rounds per arm (overhead); more rounds, a narrower 95 % interval.",
+        help="Interleaved rounds per arm (overhead, overhead-realistic); more rounds, a narrower 95 % interval.",
     ),
     threads: int = typer.Option(
         None,
@@ -50,8 +52,9 @@ def bench(
     """Measure what checking costs, with the product itself, and print each figure beside its target.
 
     Figures: **overhead** (step time attached ÷ without, every step and every 10th, on the demo and on
-    `--trainer`; plus the floor: every step with the forward passes run and the checks left out),
-    **memory** (float64 log-probs + entropy over B=2, T=2048, V=151,936 bf16 logits, above the
+    `--trainer`; plus the floor: every step with the forward passes run and the checks left out, and on the
+    demo what the checks add above that floor), **overhead-realistic** (the same, inline, on a 41.7M-parameter
+    Llama with a 32k vocabulary built from code: the cost at a size people train), **memory** (float64 log-probs + entropy over B=2, T=2048, V=151,936 bf16 logits, above the
     logits), **throughput** (tokens/s of the invariant + compare suite at 10k, 100k, 1M tokens) and
     **startup** (`grpo-check --help` ÷ `import torch`).
 
@@ -67,6 +70,8 @@ def bench(
 
         grpo-check bench --only overhead --rounds 20 --trainer benchmarks/wider_policy_factory.py:build_trainer
 
+        grpo-check bench --only overhead-realistic --rounds 3 -o reports/bench/overhead-realistic.json
+
     Each overhead figure comes with its 95 % interval over the rounds (Student's t on the round-by-round
     ratios); where the interval straddles the target the table says "within noise": this run cannot tell
     whether the target is met, and says about how many `--rounds` at the same spread would. Under each
@@ -77,7 +82,10 @@ def bench(
 
     The memory figure allocates 1.2 GiB of bf16 logits (process peak about 1.6 GiB); `--naive` adds about
     12x the logits on top (about 15 GiB: a float64 log-softmax and its exp() product). Overhead trains the
-    demo model (minutes on a CPU).
+    demo model (minutes on a CPU); overhead-realistic trains the 41.7M-parameter policy (steps of one to a
+    few seconds on 2 cores: about 2 minutes a round at 12 steps, 1 GiB of memory) and has no background arms
+    (the helper does not take copies of models over 64 MiB, so their forward passes, most of the cost at
+    this size, stay on the training process anyway).
 
     Exit codes: 0 measured (with `--check`: every figure met its target), 1 with `--check` a figure missed
     its target, 2 usage error (unknown figure or format, bad `--steps` or `--trainer`, unwritable
@@ -92,7 +100,7 @@ def bench(
         (OutputFormat.TEXT, OutputFormat.JSON),
         message=f"--format must be text or json, got {output_format!r}",
     )
-    if "overhead" in selected:
+    if any(figure in selected for figure in _OVERHEAD):
         from grpo_check.bench.overhead import check_steps
 
         with user_errors():
@@ -190,21 +198,28 @@ def _measure(
 
         progress("check throughput at 10k, 100k, 1M tokens ...")
         figures.extend(measure_throughput())
+
+    def round_done(round_number: int, ratios: dict[str, float]) -> None:
+        shown = ", ".join(f"{arm} {ratio:.2f}x" for arm, ratio in ratios.items())
+        progress(f"  round {round_number}/{rounds}: {shown}")
+
     if "overhead" in selected:
+        from grpo_check.bench import overhead
         from grpo_check.bench.overhead import demo_trainer_factory, measure_overhead, user_trainer_factory
 
         progress(
             f"training overhead on the demo ({rounds} rounds x 6 arms x {steps} steps: off, every step and "
             "every 10th, inline and in the background, and the floor: capture + forwards, no checks) ..."
         )
-
-        def round_done(round_number: int, ratios: dict[str, float]) -> None:
-            shown = ", ".join(f"{arm} {ratio:.2f}x" for arm, ratio in ratios.items())
-            progress(f"  round {round_number}/{rounds}: {shown}")
-
         figures.extend(
             measure_overhead(
-                demo_trainer_factory(), steps=steps, rounds=rounds, label="demo", on_round=round_done
+                demo_trainer_factory(),
+                steps=steps,
+                rounds=rounds,
+                label="demo",
+                on_round=round_done,
+                targets=overhead.DEMO_TARGETS,
+                above_floor_target=overhead.TARGET_ABOVE_FLOOR_DEMO,
             )
         )
         if trainer:
@@ -218,6 +233,25 @@ def _measure(
                     on_round=round_done,
                 )
             )
+    if "overhead-realistic" in selected:
+        from grpo_check.bench import overhead, policy
+
+        progress(
+            f"training overhead on a realistic policy ({policy.describe()}; {rounds} rounds x 4 arms x "
+            f"{steps} steps: off, every step, every 10th and the floor, inline) ..."
+        )
+        figures.extend(
+            overhead.measure_overhead(
+                overhead.realistic_trainer_factory(),
+                steps=steps,
+                rounds=rounds,
+                label="realistic",
+                background=False,
+                on_round=round_done,
+                targets=overhead.REALISTIC_TARGETS,
+                policy=policy.describe(),
+            )
+        )
     return figures
 
 
@@ -230,13 +264,22 @@ def _print_table(payload: dict) -> None:
     table.add_column("figure", overflow="fold")  # folded, never cut: the name says which arm it is
     for column in ("value", "unit", "target", "ok"):
         table.add_column(column)
+    policies: dict[
+        str, tuple[str, float | None]
+    ] = {}  # figure-name suffix: (policy, step time without checking)
     for fig in payload["figures"]:
         ok = {True: "[green]yes[/]", False: "[red]no[/]", None: "-"}[fig["ok"]]
-        value = f"{fig['value']:,.0f}" if fig["value"] >= 1000 else f"{fig['value']:.3f}"
         details = fig.get("details") or {}
+        # a difference of step-time ratios (the checks above the floor) reads with its sign
+        signed = "round_values" in details
+        number = "{:+.3f}" if signed else "{:.3f}"
+        value = f"{fig['value']:,.0f}" if fig["value"] >= 1000 else number.format(fig["value"])
+        if details.get("policy"):
+            label = fig["name"].rsplit("_", 1)[-1]
+            policies.setdefault(label, (details["policy"], details.get("mean_step_off_s")))
         interval = details.get("ci95")
         if interval:  # the figure's 95 % interval over the rounds, and what it says of the target
-            value += f"\n95 %: {interval[0]:.3f}–{interval[1]:.3f}"
+            value += f"\n95 %: {number.format(interval[0])}–{number.format(interval[1])}"
             if details.get("target_verdict") == "undecided":
                 needed = details.get("rounds_to_decide")
                 ok += "\n[yellow]within noise[/]" + (
@@ -244,9 +287,10 @@ def _print_table(payload: dict) -> None:
                 )
         if details.get("target_verdict") == "disturbed":  # see DISTURBED_BELOW
             ok = "[yellow]disturbed[/]\n(below 0.8x:\nmeasure again)"
-        rounds = details.get("round_ratios")
+        rounds = details.get("round_values" if signed else "round_ratios")
         if rounds and len(rounds) > 1:  # how far machine load moved it: the lowest and highest round
-            value += f"\n(rounds {min(rounds):.2f}–{max(rounds):.2f})"
+            spread = "{:+.2f}" if signed else "{:.2f}"
+            value += f"\n(rounds {spread.format(min(rounds))}–{spread.format(max(rounds))})"
         if details.get("above_floor") is not None:  # what the checks add to capture + forward passes
             value += f"\nchecks: {details['above_floor']:+.3f} over the floor"
         if details.get("accounted"):  # what the attachment itself timed as checking (its budget's view)
@@ -258,6 +302,9 @@ def _print_table(payload: dict) -> None:
         f"machine: {machine.get('cpu_model', machine.get('processor'))}, {machine.get('cpu_count')} cores, "
         f"torch {machine.get('torch')} ({machine.get('torch_threads')} thread(s)), Python {machine.get('python')}"
     )
+    for label, (policy, step_seconds) in policies.items():
+        step = f"; a step without checking {step_seconds:.2f} s" if step_seconds else ""
+        console.print(f"overhead_*_{label}: {policy}{step}")
 
 
 def register(app: typer.Typer) -> None:

@@ -69,10 +69,12 @@ def build_trainer(
     quiet: bool = True,
     hidden_size: int = HIDDEN_SIZE,
     num_layers: int = NUM_LAYERS,
+    model_dir: str | None = None,
+    tokenizer: Any = None,
 ) -> Any:
     """A TRL ``GRPOTrainer`` (or ``trainer_cls``) for ``cell`` on the tiny policy (or one of ``hidden_size`` and
-    ``num_layers``), reward functions from the toy task. ``workdir`` receives the saved policy and TRL's output
-    directory."""
+    ``num_layers``; or the policy saved in ``model_dir`` with its ``tokenizer``), reward functions from the toy
+    task. ``workdir`` receives the saved policy and TRL's output directory."""
     _quiet_libraries()
     from trl import GRPOConfig, GRPOTrainer
 
@@ -80,13 +82,17 @@ def build_trainer(
     from grpo_check.demo.task import correctness_reward, format_reward, make_dataset
 
     workdir = Path(workdir)
-    model_dir = save_policy(
-        workdir / "policy",
-        seed=seed,
-        pad_is_eos=cell.pad_is_eos,
-        hidden_size=hidden_size,
-        num_layers=num_layers,
-    )
+    if model_dir is None:
+        model_dir = save_policy(
+            workdir / "policy",
+            seed=seed,
+            pad_is_eos=cell.pad_is_eos,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+        )
+        tokenizer = build_tokenizer(pad_is_eos=cell.pad_is_eos)
+    elif tokenizer is None:
+        raise ValueError("model_dir needs its tokenizer")
     kwargs = cell.config_kwargs()
     config = GRPOConfig(
         output_dir=str(workdir / "trl-output"),
@@ -106,7 +112,7 @@ def build_trainer(
         reward_funcs=[correctness_reward, format_reward],
         args=config,
         train_dataset=make_dataset(dataset_size, seed=seed),
-        processing_class=build_tokenizer(pad_is_eos=cell.pad_is_eos),
+        processing_class=tokenizer,
     )
     if quiet:  # the demo prints its own progress lines; TRL's log dicts stay in trainer.state.log_history
         from transformers.trainer_callback import PrinterCallback, ProgressCallback
