@@ -17,7 +17,13 @@ mean is taken), so work deferred past the last step is not free.
 One more arm, ``every_1_floor``, is the floor of checking every step: the attachment captures each step and
 runs the reference's forward passes (the policy once per accumulation window, the reference model once per
 generation batch) but checks nothing. It has no target; the every-step figure's ``above_floor`` (in step
-times without checking) is what the checks themselves add on top of it.
+times without checking) is what the checks themselves add on top of it. Where a target is set for it (the
+demo: on a 2-layer policy the floor alone reaches the every-step target, which is retired there), it is a
+figure of its own, ``overhead_above_floor_<label>``, with its interval over the rounds.
+
+Targets are per policy: :data:`DEMO_TARGETS`, :data:`REALISTIC_TARGETS` (the 41.7M-parameter policy of
+:mod:`grpo_check.bench.policy`, :func:`realistic_trainer_factory`) and :data:`DEFAULT_TARGETS` (a user's
+trainer).
 
 Each attached arm also carries ``accounted``: the checking time the attachment itself timed on the training
 process in the arm's timed steps (what ``result().metadata["checking"]`` reports and ``budget=`` schedules by),

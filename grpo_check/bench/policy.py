@@ -131,11 +131,19 @@ def parameter_count(model: Any) -> int:
 def save_policy(out_dir: str | os.PathLike[str], *, seed: int = 0) -> str:
     """Build the policy and its tokenizer and save both under ``out_dir`` (TRL reloads the reference model
     from this path when ``beta > 0``). Returns the path as a string."""
+    from transformers.utils import logging as hf_logging
+
     tokenizer = build_tokenizer()
     model = build_policy(tokenizer, seed=seed)
     path = os.fspath(out_dir)
     os.makedirs(path, exist_ok=True)
-    model.save_pretrained(path)
+    bar_shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # the bench prints its own progress
+    try:
+        model.save_pretrained(path)
+    finally:
+        if bar_shown:
+            hf_logging.enable_progress_bar()
     tokenizer.save_pretrained(path)
     return path
 
