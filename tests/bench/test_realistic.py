@@ -4,6 +4,9 @@ assertions)."""
 
 from __future__ import annotations
 
+import gc
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -105,12 +108,9 @@ def test_trl_trains_the_realistic_policy_checked_every_step_without_a_failure(tm
     second = make(tmp_path / "b")
     saved = second.model.name_or_path
     assert saved == trainer.model.name_or_path and (tmp_path / "b").exists()
-    del trainer, second, attachment
-    del make
-    import gc
-
+    del trainer, second, attachment, make
     gc.collect()
-    assert not __import__("pathlib").Path(saved).exists()
+    assert not Path(saved).exists()
 
 
 # ------------------------------------------------------------------------------------------- the figures
