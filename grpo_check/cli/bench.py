@@ -83,9 +83,10 @@ def bench(
     The memory figure allocates 1.2 GiB of bf16 logits (process peak about 1.6 GiB); `--naive` adds about
     12x the logits on top (about 15 GiB: a float64 log-softmax and its exp() product). Overhead trains the
     demo model (minutes on a CPU); overhead-realistic trains the 41.7M-parameter policy (steps of one to a
-    few seconds on 2 cores: about 2 minutes a round at 12 steps, 1 GiB of memory) and has no background arms
-    (the helper does not take copies of models over 64 MiB, so their forward passes, most of the cost at
-    this size, stay on the training process anyway).
+    few seconds on 2 cores: about 2 minutes a round at 12 steps, a peak of about 1.7 GB; on a machine other
+    work keeps busy, add `--threads 1`) and has no background arms (the helper does not take copies of
+    models over 64 MiB, so their forward passes, most of the cost at this size, stay on the training
+    process anyway).
 
     Exit codes: 0 measured (with `--check`: every figure met its target), 1 with `--check` a figure missed
     its target, 2 usage error (unknown figure or format, bad `--steps` or `--trainer`, unwritable
