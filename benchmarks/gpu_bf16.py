@@ -131,11 +131,26 @@ def build_trainer(
     return trainer
 
 
+def fail_and_warn(findings: list[Any]) -> list[dict[str, Any]]:
+    """The FAIL and WARN findings: check, verdict, stage and the explanation's first line."""
+    from grpo_check.findings import Verdict
+
+    return [
+        {
+            "check": f.check_id,
+            "verdict": f.verdict.value,
+            "stage": f.stage,
+            "message": (f.explanation.splitlines() or [""])[0],
+        }
+        for f in findings
+        if f.verdict in (Verdict.FAIL, Verdict.WARN)
+    ]
+
+
 def timed_run(make_trainer, *, mode: str) -> dict[str, Any]:
     """Train once (``mode``: off, inline or background); mean step time after the warm-up and the findings."""
     from transformers import TrainerCallback
 
-    from grpo_check.findings import Verdict
     from grpo_check.trl import attach
 
     times: list[float] = []
@@ -164,11 +179,7 @@ def timed_run(make_trainer, *, mode: str) -> dict[str, Any]:
             close_wait = time.perf_counter() - start
             result = attachment.result()
             record["counts"] = result.counts()
-            record["fail_warn"] = [
-                {"check": f.check_id, "verdict": f.verdict.value, "message": f.explanation.splitlines()[0]}
-                for f in result.findings
-                if f.verdict in (Verdict.FAIL, Verdict.WARN)
-            ]
+            record["fail_warn"] = fail_and_warn(result.findings)
         timed = times[WARMUP_STEPS:] or times
         # the wait for unfinished background checks is part of the cost, spread over the timed steps
         record["mean_step_s"] = (sum(timed) + close_wait) / max(len(timed), 1)

@@ -54,15 +54,19 @@ def test_the_tiny_bf16_policy_trains_checked_inline_and_in_the_background_withou
     assert "counts" not in payload["runs"]["off"]
 
 
-def test_the_full_shape_is_qwen2_05b() -> None:
+def _load():
     import importlib.util
-
-    from grpo_check.bench.policy import llama_parameters
 
     spec = importlib.util.spec_from_file_location("gpu_bf16", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    shape = script.FULL
+    return script
+
+
+def test_the_full_shape_is_qwen2_05b() -> None:
+    from grpo_check.bench.policy import llama_parameters
+
+    shape = _load().FULL
     # Qwen2 is a Llama with biases on the query, key and value projections: 494M parameters, embeddings tied
     biases = shape["num_hidden_layers"] * (shape["hidden_size"] + 2 * 128)  # q: hidden, k and v: 2 heads x 64
     parameters = (
@@ -77,3 +81,20 @@ def test_the_full_shape_is_qwen2_05b() -> None:
         + biases
     )
     assert parameters == 494_032_768
+
+
+def test_fail_and_warn_lists_exactly_the_failing_and_warning_findings() -> None:
+    from grpo_check.findings import Finding, Verdict
+
+    script = _load()
+    findings = [
+        Finding("ratio.on_policy", "ratio", Verdict.FAIL, explanation="ρ differed\nat row 3"),
+        Finding("kl.k3", "kl", Verdict.WARN, explanation=""),
+        Finding("loss.value", "loss", Verdict.PASS, explanation="matched"),
+        Finding("logps.entropy", "logps", Verdict.INCONCLUSIVE, explanation="too few tokens"),
+    ]
+    assert script.fail_and_warn(findings) == [
+        {"check": "ratio.on_policy", "verdict": "fail", "stage": "ratio", "message": "ρ differed"},
+        {"check": "kl.k3", "verdict": "warn", "stage": "kl", "message": ""},
+    ]
+    assert script.fail_and_warn(findings[2:]) == []  # a clean run lists nothing
