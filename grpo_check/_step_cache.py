@@ -64,12 +64,13 @@ def cached(key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
     if memo is None:
         return compute()
     # a tensor by identity and in-place version counter (inference tensors have none: nothing changes them
-    # outside inference mode); the exact-type test is the fast path, isinstance catches subclasses
+    # outside inference mode); the exact-type tests are the fast path, isinstance catches subclasses
     ident: list[Any] = []
     for part in key:
-        if type(part) in _PLAIN_KEY_TYPES:
+        kind = type(part)
+        if kind is str or kind is int or kind is tuple or part is None:
             ident.append(part)
-        elif isinstance(part, torch.Tensor):  # inlined: this runs a few hundred times per checked step
+        elif kind is _Tensor or isinstance(part, _Tensor):  # inlined: runs a few hundred times per step
             ident.append((id(part), None if part.is_inference() else part._version))
         else:
             ident.append(part)
@@ -80,7 +81,12 @@ def cached(key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
     return hit[0]
 
 
-_PLAIN_KEY_TYPES = frozenset({str, int, float, bool, type(None), tuple})
+_Tensor = torch.Tensor
+
+
+def plain(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor.detach()``, without the new tensor object (an operation) when it is not part of a graph."""
+    return tensor.detach() if tensor.requires_grad else tensor
 
 
 def f64(tensor: torch.Tensor) -> torch.Tensor:
@@ -103,8 +109,12 @@ def _f64_copy(tensor: torch.Tensor) -> torch.Tensor:
     copy = tensor.detach() if tensor.requires_grad else tensor
     if copy.dtype is not torch.float64:
         # a normal tensor even when made under inference mode (the invariants): the comparison, sharing the
-        # cache, may use it as a constant of its autograd graph. .double(): less call overhead than .to
-        with torch.inference_mode(False):
+        # cache, may use it as a constant of its autograd graph. .double(): less call overhead than .to;
+        # the context manager only where needed (it costs more than the copy of a small tensor)
+        if torch.is_inference_mode_enabled():
+            with torch.inference_mode(False):
+                copy = copy.double()
+        else:
             copy = copy.double()
     cached(("source", copy), lambda: tensor)  # isfinite(copy) = isfinite(tensor): share one mask
     return copy

@@ -392,7 +392,8 @@ def _prepare(
 
 
 def _detached(tensor: Any) -> torch.Tensor:
-    return (tensor if isinstance(tensor, torch.Tensor) else torch.as_tensor(tensor)).detach()
+    tensor = tensor if isinstance(tensor, torch.Tensor) else torch.as_tensor(tensor)
+    return tensor.detach() if tensor.requires_grad else tensor
 
 
 class _Summary(NamedTuple):  # a NamedTuple: built per comparison on the hot path, cheaply
@@ -518,21 +519,24 @@ def _summarise_numpy(
     masked_error = np.where(mask, error, -1.0)
     worst = masked_error.argmax(1)  # first index of the largest value; NaN counts as the largest
     at = (np.arange(rows), worst)
-    table = np.stack(
-        [
-            beyond.sum(1),
-            mask.sum(1),
-            np.maximum(masked_error, 0.0).sum(1),  # Σ |error| over the compared elements
-            np.where(mask, reference_abs, 0.0).max(1),
-            error[at],
-            allowed[at],
-            trainer[at],
-            reference[at],
-            worst,
-        ],
-        axis=1,
-    ).tolist()
-    return _summaries(table)
+    # one list per column, zipped into rows: cheaper than stacking the columns into one float array first
+    return list(
+        map(
+            _Summary._make,
+            zip(
+                beyond.sum(1).tolist(),
+                mask.sum(1).tolist(),
+                np.maximum(masked_error, 0.0).sum(1).tolist(),  # Σ |error| over the compared elements
+                np.where(mask, reference_abs, 0.0).max(1).tolist(),
+                error[at].tolist(),
+                allowed[at].tolist(),
+                trainer[at].tolist(),
+                reference[at].tolist(),
+                worst.tolist(),
+                strict=True,
+            ),
+        )
+    )
 
 
 def _pass_finding(

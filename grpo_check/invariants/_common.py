@@ -7,11 +7,12 @@ Everything here is vectorised torch (no Python loops over tokens or rows); per-g
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from grpo_check._step_cache import cached, f64
+from grpo_check._step_cache import cached, f64, plain
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
 from grpo_check.tolerance_defaults import DTYPE_DEFAULTS
@@ -41,7 +42,7 @@ def _source(tensor: torch.Tensor) -> torch.Tensor:
 def finite_mask(tensor: torch.Tensor) -> torch.Tensor:
     """``torch.isfinite(tensor)``, shared between the checks of one step (and with its float64 copy)."""
     source = _source(tensor)
-    return cached(("isfinite", source), lambda: _isfinite(source.detach()))
+    return cached(("isfinite", source), lambda: _isfinite(plain(source)))
 
 
 def _isfinite(tensor: torch.Tensor) -> torch.Tensor:
@@ -142,7 +143,7 @@ class Groups:
     """
 
     def __init__(self, group_index: torch.Tensor):
-        flat = group_index.detach().reshape(-1).long()
+        flat = plain(group_index).reshape(-1).long()
         self.values, self.inverse, self.count = torch.unique(flat, return_inverse=True, return_counts=True)
         self.num_groups = int(self.values.numel())
 
@@ -198,7 +199,7 @@ def _row_advantages(advantages: torch.Tensor, completion_mask: torch.Tensor | No
     if completion_mask is None:
         valid = torch.ones_like(adv, dtype=torch.bool)
     else:
-        valid = completion_mask.detach().bool()
+        valid = plain(completion_mask).bool()
     first = torch.where(
         valid.any(1), adv.gather(1, valid.long().argmax(1, keepdim=True)).squeeze(1), adv[:, 0]
     )
@@ -242,11 +243,11 @@ def unscorable_rows(step: TraceStep) -> torch.Tensor | None:
     """(B,) bool: rows every reward function returned NaN for (or whose total reward is NaN)."""
     out = None
     if step.has("rewards_per_func"):
-        per_func = step["rewards_per_func"].detach()
+        per_func = plain(step["rewards_per_func"])
         per_func = per_func.unsqueeze(1) if per_func.dim() == 1 else per_func
         out = torch.isnan(per_func).all(1)
     if step.has("rewards"):
-        nan_total = torch.isnan(step["rewards"].detach().reshape(-1))
+        nan_total = torch.isnan(plain(step["rewards"]).reshape(-1))
         out = nan_total if out is None else out | nan_total
     return out
 
@@ -255,7 +256,7 @@ def token_mask(step: TraceStep, like: torch.Tensor) -> torch.Tensor:
     """(B, T) bool of the tokens a per-token tensor ``like`` is meaningful on (all True if no mask)."""
     if step.has("completion_mask") and step["completion_mask"].shape == like.shape:
         mask = step["completion_mask"]
-        return cached(("bool", mask), lambda: mask.detach().bool())
+        return cached(("bool", mask), lambda: plain(mask).bool())
     return cached(
         ("ones", tuple(like.shape), str(like.device)),
         lambda: torch.ones(like.shape, dtype=torch.bool, device=like.device),
@@ -271,11 +272,11 @@ def loss_mask(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor | None:
 
 
 def _loss_mask(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor:
-    mask = step["completion_mask"].detach().bool()
+    mask = plain(step["completion_mask"]).bool()
     if step.has("tool_mask") and step["tool_mask"].shape == mask.shape:
-        mask = mask & step["tool_mask"].detach().bool()
+        mask = mask & plain(step["tool_mask"]).bool()
     if spec is not None and spec.mask_truncated_completions and step.has("truncated"):
-        mask = mask & ~step["truncated"].detach().bool().reshape(-1, 1)
+        mask = mask & ~plain(step["truncated"]).bool().reshape(-1, 1)
     return mask
 
 
@@ -310,13 +311,16 @@ def fmt(x: float) -> str:
 
 
 def finite_outcome(
-    step: TraceStep, names: tuple[str, ...], *, allow_nan: dict[str, torch.Tensor] | None = None
+    step: TraceStep,
+    names: tuple[str, ...],
+    *,
+    allow_nan: dict[str, Callable[[], torch.Tensor]] | None = None,
 ) -> Outcome:
     """FAIL on NaN/inf in ``names`` at valid positions, WARN where only padding is non-finite.
 
-    ``allow_nan`` maps a name to a bool mask of positions where NaN is a legitimate marker (e.g. an
-    unscorable reward). Padding NaN is a warning because ``x * mask`` is still NaN (only ``torch.where`` or
-    ``masked_fill`` hides it).
+    ``allow_nan`` maps a name to a function giving the bool mask of positions where NaN is a legitimate marker
+    (e.g. an unscorable reward), called only when that tensor holds a non-finite value. Padding NaN is a
+    warning because ``x * mask`` is still NaN (only ``torch.where`` or ``masked_fill`` hides it).
     """
     checked: list[str] = []
     worst: tuple[int, str, int | None, int | None, int, int] | None = (
@@ -327,14 +331,14 @@ def finite_outcome(
         if tensor is None or not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
             continue
         checked.append(name)
-        values = tensor.detach()
         finite = finite_mask(tensor)
+        if count_true(finite) == finite.numel():
+            continue
+        values = plain(tensor)
         if allow_nan is None or name not in allow_nan:
-            if count_true(finite) == finite.numel():
-                continue
             bad = ~finite
         else:
-            bad = ~finite & ~(torch.isnan(values) & allow_nan[name].reshape(values.shape))
+            bad = ~finite & ~(torch.isnan(values) & allow_nan[name]().reshape(values.shape))
             if not bool(bad.any()):
                 continue
         valid = token_mask(step, values) if values.dim() == 2 else torch.ones_like(bad)
@@ -354,9 +358,9 @@ def finite_outcome(
         return passed(f"all finite: {', '.join(checked)}", 0.0, 0.0)
     severity, name, row, token, n_valid, n_pad = worst
     tensor = step[name]
-    value = float(tensor.detach().reshape(-1)[0]) if tensor.dim() == 0 else None
+    value = float(plain(tensor).reshape(-1)[0]) if tensor.dim() == 0 else None
     if value is None and row is not None:
-        value = float(tensor.detach()[row] if token is None else tensor.detach()[row, token])
+        value = float(plain(tensor)[row] if token is None else plain(tensor)[row, token])
     if severity == 2:
         return Outcome(
             Verdict.FAIL,

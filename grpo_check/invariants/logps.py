@@ -22,6 +22,7 @@ from grpo_check.invariants._common import (
     machine_eps,
     masked_abs_max,
     passed,
+    plain,
     token_mask,
     valid_finite,
 )
@@ -44,7 +45,7 @@ class _LogpStack:
 
     def __init__(self, step: TraceStep, names: list[str]):
         self.names = names
-        self.values = torch.stack([step[name].detach() for name in names])
+        self.values = torch.stack([plain(step[name]) for name in names])
         finite = (self.values - self.values) == 0  # = isfinite
         self.valid = finite & token_mask(step, step[names[0]])
         for index, name in enumerate(names):
@@ -118,7 +119,7 @@ def _nonpositive_per_tensor(step: TraceStep, tolerance: float | None) -> Outcome
             continue
         checked.append(name)
         # max, argmax and the sign of a float tensor are the same in its own dtype as in float64
-        values = tensor.detach() if tensor.is_floating_point() else f64(tensor)
+        values = plain(tensor) if tensor.is_floating_point() else f64(tensor)
         valid = valid_finite(step, tensor)
         if not any_true(valid):
             continue
@@ -245,7 +246,7 @@ def _bf16_quantised_per_tensor(step: TraceStep, limit: float) -> Outcome:
                 tolerance=limit,
                 details={"tensor": name, "grid": str(tensor.dtype)},
             )
-        values = tensor.detach()
+        values = plain(tensor)
         magnitude = values.abs()
         valid = valid_finite(step, tensor) & (magnitude > 1e-3)
         count = count_true(valid)

@@ -88,7 +88,15 @@ class Check:
         self, step: TraceStep, spec: GRPOSpec | None = None, *, tolerance: float | None = None
     ) -> list[Finding]:
         """Evaluate on one step; always returns at least one finding."""
-        lacking = self.missing(step)
+        return self._run(step, spec, tolerance, _present_names(step))
+
+    __call__ = run
+
+    def _run(
+        self, step: TraceStep, spec: GRPOSpec | None, tolerance: float | None, present: frozenset[str]
+    ) -> list[Finding]:
+        """:meth:`run` given the step's present names (``run_invariants`` collects them once per step)."""
+        lacking = _lacking(self.requires, present) if self.requires else None
         if lacking is not None:
             return [
                 Finding(
@@ -99,7 +107,7 @@ class Check:
                     explanation=f"not captured: needs {self._needs} (missing {', '.join(lacking)})"
                     + _misnamed_hint(step, lacking),
                     kind="invariant",
-                    details={"missing": lacking},
+                    details={"missing": list(lacking)},
                 )
             ]
         spec = spec_for_step(spec, step.meta)  # a coefficient the trainer moves per step (adaptive entropy)
@@ -112,26 +120,29 @@ class Check:
                 "grpo_check/trace/model.py",
                 details={"evaluation_error": type(error).__name__},
             )
-        outcomes = outcome if isinstance(outcome, list) else [outcome]
-        return [self._finding(step, o) for o in outcomes]
-
-    __call__ = run
+        if isinstance(outcome, list):
+            return [self._finding(step, o) for o in outcome]
+        return [self._finding(step, outcome)]
 
     def _finding(self, step: TraceStep, outcome: Outcome) -> Finding:
-        if outcome.verdict is Verdict.CONVENTION:  # a declared difference: only what the outcome says
+        verdict = outcome.verdict
+        if verdict is Verdict.CONVENTION:  # a declared difference: only what the outcome says
             likely_cause, fix, catalog_id = outcome.likely_cause, outcome.fix, outcome.catalog_id
-        elif outcome.verdict in (Verdict.FAIL, Verdict.WARN):  # the check's defaults fill what it leaves out
+        elif (
+            verdict is Verdict.FAIL or verdict is Verdict.WARN
+        ):  # the check's defaults fill what it leaves out
             likely_cause = outcome.likely_cause or self.likely_cause
             fix = outcome.fix or self.fix
             catalog_id = outcome.catalog_id or (self.catalog_ids[0] if self.catalog_ids else None)
         else:
             likely_cause = fix = catalog_id = None
+        figure, tolerance = outcome.figure, outcome.tolerance
         return Finding(
             check_id=self.id,
             stage=self.stage,
-            verdict=outcome.verdict,
-            figure=None if outcome.figure is None else float(outcome.figure),
-            tolerance=None if outcome.tolerance is None else float(outcome.tolerance),
+            verdict=verdict,
+            figure=None if figure is None else float(figure),
+            tolerance=None if tolerance is None else float(tolerance),
             where=where_in_step(step, outcome.row, outcome.token),
             explanation=outcome.explanation,
             likely_cause=likely_cause,
@@ -324,8 +335,9 @@ def run_invariants(
         # float64 copies, masks and ratios computed once per step and shared by the checks; inference mode
         # (no autograd bookkeeping: checks only read) takes about a sixth off each small tensor operation
         with step_cache(step), torch.inference_mode():
+            present = _present_names(step)
             for check in selected:
-                findings.extend(check.run(step, spec, tolerance=tolerances.get(check.id)))
+                findings.extend(check._run(step, spec, tolerances.get(check.id), present))
     if len(steps) > 1:
         findings = collapse_not_captured(findings)
     return findings
