@@ -118,3 +118,17 @@ def _f64_copy(tensor: torch.Tensor) -> torch.Tensor:
             copy = copy.double()
     cached(("source", copy), lambda: tensor)  # isfinite(copy) = isfinite(tensor): share one mask
     return copy
+
+
+def finite_mask(tensor: torch.Tensor) -> torch.Tensor:
+    """``torch.isfinite(tensor)``, shared between the checks of one step (and with its float64 copy)."""
+    source = cached(("source", tensor), lambda: tensor)  # the step tensor an f64 copy was made from
+    return cached(("isfinite", source), lambda: _isfinite(plain(source)))
+
+
+def _isfinite(tensor: torch.Tensor) -> torch.Tensor:
+    """``torch.isfinite``: for floats as ``x − x == 0`` (0 for finite x, NaN for ±inf and NaN), which is the
+    same mask and about 2x faster than torch.isfinite on CPU."""
+    if tensor.is_floating_point():
+        return (tensor - tensor) == 0
+    return torch.isfinite(tensor)

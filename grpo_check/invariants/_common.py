@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from grpo_check._step_cache import cached, f64, plain
+from grpo_check._step_cache import cached, f64, finite_mask, plain
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
 from grpo_check.tolerance_defaults import DTYPE_DEFAULTS
@@ -37,20 +37,6 @@ def machine_eps(dtype: torch.dtype) -> float:
 def _source(tensor: torch.Tensor) -> torch.Tensor:
     """The step tensor an :func:`f64` copy was made from (``tensor`` itself otherwise)."""
     return cached(("source", tensor), lambda: tensor)
-
-
-def finite_mask(tensor: torch.Tensor) -> torch.Tensor:
-    """``torch.isfinite(tensor)``, shared between the checks of one step (and with its float64 copy)."""
-    source = _source(tensor)
-    return cached(("isfinite", source), lambda: _isfinite(plain(source)))
-
-
-def _isfinite(tensor: torch.Tensor) -> torch.Tensor:
-    """``torch.isfinite``: for floats as ``x − x == 0`` (0 for finite x, NaN for ±inf and NaN), which is the
-    same mask and about 2x faster than torch.isfinite on CPU."""
-    if tensor.is_floating_point():
-        return (tensor - tensor) == 0
-    return torch.isfinite(tensor)
 
 
 def count_true(mask: torch.Tensor) -> int:
