@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from grpo_check._step_cache import f64
+from grpo_check._step_cache import cached, f64, plain
 from grpo_check.findings import Where
 
 __all__ = ["StepContext", "as_f64"]
@@ -65,11 +65,16 @@ class StepContext:
 
     def token_mask(self, like: torch.Tensor) -> torch.Tensor:
         """Boolean mask of the compared elements for a tensor shaped like ``like``."""
-        if like.dim() == 2 and self.completion_mask is not None and like.shape == self.completion_mask.shape:
-            return self.completion_mask.bool()
-        if like.dim() == 2 and self.completion_mask is not None and like.shape[1] == 1:
-            return self.completion_mask.bool().any(dim=1, keepdim=True)
-        return torch.ones_like(like, dtype=torch.bool)
+        mask = self.completion_mask
+        if like.dim() == 2 and mask is not None and like.shape == mask.shape:
+            # shared with the invariants' token mask while a step cache is open
+            return cached(("bool", mask), lambda: plain(mask).bool())
+        if like.dim() == 2 and mask is not None and like.shape[1] == 1:
+            return mask.bool().any(dim=1, keepdim=True)
+        return cached(
+            ("ones", tuple(like.shape), str(like.device)),
+            lambda: torch.ones(like.shape, dtype=torch.bool, device=like.device),
+        )
 
 
 def as_f64(tensor: Any) -> torch.Tensor:
