@@ -83,15 +83,17 @@ def total_is_weighted_sum(
     rtol, atol = rtol_atol(step["rewards"].dtype)
     scale = weighted.abs().nansum(1)
     allowed = atol + rtol * scale
-    excess = torch.where(scorable, (total - expected).abs() - allowed, torch.full_like(total, -torch.inf))
+    error_abs = (total - expected).abs()
+    excess = torch.where(scorable, error_abs - allowed, -torch.inf)
     row, _ = argmax_2d(excess)
-    error = float((total - expected).abs()[row])
     if float(excess[row]) <= 0:
+        # max |error| over the scorable rows (≥ 1 of them): a masked max equals the boolean-indexed one
         return passed(
             "total reward equals the weighted sum",
-            float((total - expected)[scorable].abs().max()),
+            float(torch.where(scorable, error_abs, 0.0).max()),
             float(allowed[row]),
         )
+    error = float(error_abs[row])
     return Outcome(
         Verdict.FAIL,
         f"total reward {float(total[row]):.6g} ≠ weighted sum {float(expected[row]):.6g} of rewards_per_func",
