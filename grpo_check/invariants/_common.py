@@ -132,21 +132,26 @@ class Groups:
         flat = plain(group_index).reshape(-1).long()
         self.values, self.inverse, self.count = torch.unique(flat, return_inverse=True, return_counts=True)
         self.num_groups = int(self.values.numel())
+        self._device = self.inverse.device
+
+    def _inverse_on(self, device: torch.device) -> torch.Tensor:
+        """``inverse`` on ``device`` (itself on its own device: no ``.to`` call per reduction)."""
+        return self.inverse if device == self._device else self.inverse.to(device)
 
     def sum(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(self.num_groups, dtype=x.dtype, device=x.device)
-        return out.index_add_(0, self.inverse.to(x.device), x)
+        return out.index_add_(0, self._inverse_on(x.device), x)
 
     def amax(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.full((self.num_groups,), -torch.inf, dtype=x.dtype, device=x.device)
-        return out.scatter_reduce_(0, self.inverse.to(x.device), x, reduce="amax")
+        return out.scatter_reduce_(0, self._inverse_on(x.device), x, reduce="amax")
 
     def amin(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.full((self.num_groups,), torch.inf, dtype=x.dtype, device=x.device)
-        return out.scatter_reduce_(0, self.inverse.to(x.device), x, reduce="amin")
+        return out.scatter_reduce_(0, self._inverse_on(x.device), x, reduce="amin")
 
     def expand(self, per_group: torch.Tensor) -> torch.Tensor:
-        return per_group[self.inverse.to(per_group.device)]
+        return per_group[self._inverse_on(per_group.device)]
 
     def first_row(self, group: int) -> int:
         return int((self.inverse == group).nonzero()[0, 0])

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from grpo_check._step_cache import cached
+from grpo_check._step_cache import cached, finite_mask, plain
 from grpo_check.config import GRPOSpec
 from grpo_check.stepref.context import StepContext, as_f64
 from grpo_check.tolerance_defaults import LOW_PRECISION
@@ -178,7 +178,7 @@ def reference_downstream(
     logps_in, advantages, mask_in = pick("logps"), pick("advantages"), pick("completion_mask")
     if logps_in is None or advantages is None:
         return None
-    logps = as_f64(logps_in).detach().clone().requires_grad_(True)
+    logps = plain(as_f64(logps_in)).clone().requires_grad_(True)
     if mask_in is None:
         mask_in = torch.ones_like(logps, dtype=torch.long)
     mask = loss_mask(mask_in, pick("tool_mask"), pick("truncated"), spec.mask_truncated_completions)
@@ -212,19 +212,19 @@ def reference_downstream(
         )
         (grad,) = torch.autograd.grad(agg.loss, logps, allow_unused=True)
     result = {
-        "ratio": out.ratio.detach(),
-        "log_ratio": out.log_ratio.detach(),
-        "per_token_loss": out.per_token_loss.detach(),
-        "policy_loss": out.policy_loss.detach(),
-        "loss": agg.loss.detach(),
-        "loss_normalizer": agg.loss_normalizer.detach(),
-        "logps_grad": torch.zeros_like(logps) if grad is None else grad.detach(),
+        "ratio": plain(out.ratio),
+        "log_ratio": plain(out.log_ratio),
+        "per_token_loss": plain(out.per_token_loss),
+        "policy_loss": plain(out.policy_loss),
+        "loss": plain(agg.loss),
+        "loss_normalizer": plain(agg.loss_normalizer),
+        "logps_grad": torch.zeros_like(logps) if grad is None else plain(grad),
         "loss_mask": mask,
     }
     for name in ("clipped_ratio", "is_low_clipped", "is_high_clipped", "kl", "sampler_is_ratio"):
         value = getattr(out, name)
         if value is not None:
-            result[name] = value.detach()
+            result[name] = plain(value)
     return result
 
 
@@ -255,8 +255,7 @@ def decided_clip_branch(reference: Mapping[str, torch.Tensor], spec: GRPOSpec, d
     ratio = reference["ratio"]
     unit = torch.finfo(getattr(torch, dtype, torch.float32)).eps
     band = _CLIP_BAND * unit * ratio.abs()
-    near = torch.zeros_like(ratio, dtype=torch.bool)
-    for bound in (1.0 - spec.epsilon_low, 1.0 + spec.epsilon_high_effective):
-        near |= (ratio - bound).abs() <= band
-    near &= torch.isfinite(ratio)  # a NaN/Inf ratio is compared (and fails), never skipped
+    low, high = 1.0 - spec.epsilon_low, 1.0 + spec.epsilon_high_effective
+    near = ((ratio - low).abs() <= band) | ((ratio - high).abs() <= band)
+    near &= finite_mask(ratio)  # a NaN/Inf ratio is compared (and fails), never skipped
     return ~near
