@@ -104,15 +104,33 @@ def computed_dtype(step: TraceStep, name: str) -> str:
     """The precision ``name`` was computed in: the compute dtype for model outputs; for a quantity computed
     from other captured tensors, the coarsest of its own stored dtype and theirs; else the stored dtype."""
     t = step.get(name)
-    stored = str(t.dtype).removeprefix("torch.") if isinstance(t, torch.Tensor) else "float32"
+    stored = _dtype_name(t.dtype) if isinstance(t, torch.Tensor) else "float32"
     compute = step.meta.get("compute_dtype")
     if name in _MODEL_COMPUTED and compute in LOW_PRECISION:
         return str(compute)
-    inputs = [d for d in (_stored_dtype(step, i) for i in _COMPUTED_FROM.get(name, ())) if d is not None]
-    low = [d for d in inputs if str(d).removeprefix("torch.") in LOW_PRECISION]
-    if low and stored not in LOW_PRECISION:
-        return str(max(low, key=lambda d: torch.finfo(d).eps)).removeprefix("torch.")
-    return stored
+    if stored in LOW_PRECISION:
+        return stored
+    coarsest: torch.dtype | None = None  # the first of the low-precision inputs with the largest eps
+    for input_name in _COMPUTED_FROM.get(name, ()):
+        dtype = _stored_dtype(step, input_name)
+        if (
+            dtype is not None
+            and _dtype_name(dtype) in LOW_PRECISION
+            and (coarsest is None or torch.finfo(dtype).eps > torch.finfo(coarsest).eps)
+        ):
+            coarsest = dtype
+    return stored if coarsest is None else _dtype_name(coarsest)
+
+
+_DTYPE_NAMES: dict[torch.dtype, str] = {}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    """``"float32"`` for ``torch.float32`` (memoised: this runs for every comparison)."""
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
+    return name
 
 
 def same_precision_reference(reference: torch.Tensor, step: TraceStep, name: str) -> torch.Tensor | None:
