@@ -9,6 +9,7 @@ import torch
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
 from grpo_check.invariants._common import (
+    _SMALL_SLICE,
     Outcome,
     any_true,
     argmax_2d,
@@ -208,12 +209,12 @@ def bf16_quantised(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float |
     if stack is not None:  # every tensor at once; anything but a clean pass takes the per-tensor path below
         magnitude = stack.values.abs()
         judged = stack.valid & (magnitude > 1e-3)
-        table = torch.stack(
-            [
-                count_true_per_slice(judged),
-                *(count_true_per_slice(_on_grid(stack.values, grid, magnitude) & judged) for grid in _GRIDS),
-            ]
-        ).tolist()  # (1 + grids, K)
+        masks = [judged, *(_on_grid(stack.values, grid, magnitude) & judged for grid in _GRIDS)]
+        if judged[0].numel() <= _SMALL_SLICE:  # one reduction over the stacked masks while they are small
+            counts = count_true_per_slice(torch.stack(masks).flatten(0, 1)).view(len(masks), -1)
+        else:  # large: no stacked copy, one count per tensor
+            counts = torch.stack([count_true_per_slice(mask) for mask in masks])
+        table = counts.tolist()  # (1 + grids, K)
         fractions = [
             table[1 + g][k] / table[0][k]
             for k in range(len(stack.names))
