@@ -252,9 +252,10 @@ def sign_matches_advantage(
     compact = _compact_advantages(
         step
     )  # (B, 1): the same masks as on the broadcast (B, T), B·T times cheaper
-    decidable = mask & (compact.abs() > atol) & finite_mask(grad) & torch.isfinite(compact)
+    # the per-row conditions first, at (B, 1): one (B, T) pass fewer than applying them one by one
+    decidable = mask & ((compact.abs() > atol) & torch.isfinite(compact)) & finite_mask(grad)
     policy_scale, region, near = _policy_scale(effective, ratio, advantages)
-    decidable &= ~region & ~near
+    decidable &= ~(region | near)
     assert policy_scale is not None  # _SIGN_LOSS_TYPES all have a known policy slope
     if step.has("sampler_is_ratio"):
         sampler = f64(step["sampler_is_ratio"])
