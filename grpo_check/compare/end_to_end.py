@@ -3,7 +3,6 @@ a model its own log-probs), reported as ``e2e.*`` findings beside the stage-isol
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 
 import torch
@@ -125,10 +124,17 @@ def repeat_isolated(comparison: Comparison, isolated_by_id: Mapping[str, Finding
         or not isolated.explanation.startswith(prefix)
     ):
         return None
-    return dataclasses.replace(
-        isolated,
+    return Finding(  # dataclasses.replace(isolated, ...) spelled out: it runs for every checked step
         check_id=comparison.check_id,
         stage=comparison.stage,
+        verdict=isolated.verdict,
+        figure=isolated.figure,
+        tolerance=isolated.tolerance,
+        where=isolated.where,
         explanation=comparison.what + isolated.explanation[len(isolated_label) :],
+        likely_cause=isolated.likely_cause,
+        fix=isolated.fix,
+        catalog_id=isolated.catalog_id,
+        kind=isolated.kind,
         details=dict(isolated.details),
     )
