@@ -4,9 +4,9 @@ Runs ``grpo_check.trl.background.check_captured_step`` once (after a warm-up) on
 demo-sized step (8 rows × 6 tokens, dapo, β = 0.04, G = 8) under a ``TorchFunctionMode`` that counts every
 torch call (functions, methods, ``Tensor`` properties excluded), and attributes each call to the part of the
 engine it came from: the innermost ``grpo_check`` module on the Python stack (``invariants.ratio``,
-``compare.stage_findings``, ``reference.losses``, ``diagnose.objective``...). With ``--dispatch`` it also
+``compare.stage_findings``, ``reference.loss``, ``diagnose.objective``...). With ``--dispatch`` it also
 counts the ATen operators reached (a ``TorchDispatchMode``: what the autograd pass and composite functions
-decompose into).
+decompose into). It also prints how many Python function calls one check makes (cProfile).
 
 An operation costs a few microseconds of dispatch whatever the tensor's size, so on a micro-batch the
 count is what the fixed cost follows; unlike a timing it does not move with the machine's load.
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import collections
+import cProfile
+import pstats
 import sys
 from typing import Any
 
@@ -45,7 +47,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dispatch", action="store_true", help="also count ATen operators per part")
     args = parser.parse_args(argv)
 
-    import torch
     from torch.overrides import TorchFunctionMode
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -82,11 +83,15 @@ def main(argv: list[str] | None = None) -> None:
     check()  # warm-up: first-call imports and lazy initialisation are not the steady state
     with _CountCalls():
         findings = check()
+    profiler = cProfile.Profile()  # Python function calls (C functions included), the other fixed cost
+    profiler.runcall(check)
+    python_calls = pstats.Stats(profiler).total_calls
     if args.dispatch:
         with _CountAten():
             check()
     tokens = int(step["completion_mask"].numel())
     print(f"check_captured_step on a correct {tokens}-token step: {len(findings)} findings")
+    print(f"{python_calls:>6} Python function calls (cProfile, C functions included)")
     print(
         f"{sum(by_part.values()):>6} torch calls in all"
         + (f", {sum(aten_by_part.values())} ATen operators" if args.dispatch else "")
