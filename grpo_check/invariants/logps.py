@@ -210,7 +210,8 @@ def bf16_quantised(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float |
         magnitude = stack.values.abs()
         judged = stack.valid & (magnitude > 1e-3)
         masks = [judged, *(_on_grid(stack.values, grid, magnitude) & judged for grid in _GRIDS)]
-        if judged[0].numel() <= _SMALL_SLICE:  # one reduction over the stacked masks while they are small
+        # one reduction over the stacked masks while they stay below torch's parallelisation grain
+        if len(masks) * judged.numel() <= _SMALL_SLICE:
             counts = count_true_per_slice(torch.stack(masks).flatten(0, 1)).view(len(masks), -1)
         else:  # large: no stacked copy, one count per tensor
             counts = torch.stack([count_true_per_slice(mask) for mask in masks])
