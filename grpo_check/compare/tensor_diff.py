@@ -554,10 +554,11 @@ def _summarise_numpy(
         map(
             _Summary._make,
             zip(
-                beyond.sum(1).tolist(),
-                mask.sum(1).tolist(),
-                np.maximum(masked_error, 0.0).sum(1).tolist(),  # Σ |error| over the compared elements
-                np.where(mask, reference_abs, 0.0).max(1).tolist(),
+                # the ufuncs' reductions that ndarray.sum/.max call, without their Python wrappers
+                np.add.reduce(beyond, axis=1).tolist(),
+                np.add.reduce(mask, axis=1).tolist(),
+                np.add.reduce(np.maximum(masked_error, 0.0), axis=1).tolist(),  # Σ |error| over compared
+                np.maximum.reduce(np.where(mask, reference_abs, 0.0), axis=1).tolist(),
                 error[at].tolist(),
                 allowed[at].tolist(),
                 trainer[at].tolist(),
