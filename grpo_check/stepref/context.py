@@ -13,6 +13,9 @@ from grpo_check.findings import Where
 __all__ = ["StepContext", "as_f64"]
 
 
+_IDS_AS_LIST = 4096  # up to this many completion ids, ``where`` reads token ids from a Python copy
+
+
 @dataclasses.dataclass
 class StepContext:
     """GRPO coordinates of one captured step: turns a (row, token) into a :class:`Where`."""
@@ -26,6 +29,10 @@ class StepContext:
     dtype: str | None = None
     # group_index as a Python list, converted once (``where`` is called per finding): (source tensor, list)
     _groups: tuple[torch.Tensor, list[int]] | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False
+    )
+    # completion_ids of a small step as Python lists, converted once: (source tensor, rows)
+    _ids: tuple[torch.Tensor, list[list[int]]] | None = dataclasses.field(
         default=None, init=False, repr=False, compare=False
     )
 
@@ -45,7 +52,12 @@ class StepContext:
             and row < ids.shape[0]
             and token < ids.shape[1]
         ):
-            token_id = int(ids[row, token])
+            if ids.numel() <= _IDS_AS_LIST:  # one conversion, then list indexing per finding
+                if self._ids is None or self._ids[0] is not ids:
+                    self._ids = (ids, ids.tolist())
+                token_id = int(self._ids[1][row][token])
+            else:
+                token_id = int(ids[row, token])
         return Where(
             step=self.step,
             micro_batch=self.micro_batch,
