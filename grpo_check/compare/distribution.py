@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from grpo_check._step_cache import f64
+
 
 def sampler_metrics(
     logps: torch.Tensor, sampler_logps: torch.Tensor, completion_mask: torch.Tensor
@@ -78,7 +80,9 @@ def sampler_metrics(
 
 
 def _float64_array(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().to("cpu", torch.float64).numpy()
+    """A float64 numpy view of ``tensor`` (of the step's float64 copy while a step cache holds one; read only)."""
+    copy = f64(tensor)
+    return (copy if copy.device.type == "cpu" else copy.cpu()).numpy()
 
 
 def _mean(values: np.ndarray, count: int) -> float:
