@@ -7,9 +7,8 @@ comparison, the diagnoses and the invariants. Outside a cache nothing is memoise
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
@@ -30,28 +29,36 @@ _STEP_CACHE: contextvars.ContextVar[_Memo | None] = contextvars.ContextVar(
 )
 
 
-@contextlib.contextmanager
-def step_cache(step: object | None = None) -> Iterator[None]:
+class step_cache:
     """Share intermediate tensors (float64 copies, masks, ratios) between the checks run on ONE step.
 
     Given the ``step``, a cache already open for that same step object is joined instead of opening a new
     one: the comparison, the diagnoses and the invariants of one captured step share their float64 copies.
-    Cached tensors are shared: callers must never modify them in place.
+    Cached tensors are shared: callers must never modify them in place. (A class rather than a generator
+    context manager: it is entered several times per checked step, and this costs less.)
 
     >>> with step_cache():
     ...     x = torch.ones(2)
     ...     f64(x) is f64(x)
     True
     """
-    current = _STEP_CACHE.get()
-    if step is not None and current is not None and current.owner is step:
-        yield
-        return
-    token = _STEP_CACHE.set(_Memo(step))
-    try:
-        yield
-    finally:
-        _STEP_CACHE.reset(token)
+
+    __slots__ = ("_step", "_token")
+
+    def __init__(self, step: object | None = None) -> None:
+        self._step = step
+        self._token: contextvars.Token[_Memo | None] | None = None
+
+    def __enter__(self) -> None:
+        current = _STEP_CACHE.get()
+        if self._step is not None and current is not None and current.owner is self._step:
+            return  # joined: the cache stays open until its opener leaves
+        self._token = _STEP_CACHE.set(_Memo(self._step))
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _STEP_CACHE.reset(self._token)
+            self._token = None
 
 
 def cached(key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
@@ -64,12 +71,13 @@ def cached(key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
     if memo is None:
         return compute()
     # a tensor by identity and in-place version counter (inference tensors have none: nothing changes them
-    # outside inference mode); the exact-type test is the fast path, isinstance catches subclasses
+    # outside inference mode); the exact-type tests are the fast path, isinstance catches subclasses
     ident: list[Any] = []
     for part in key:
-        if type(part) in _PLAIN_KEY_TYPES:
+        kind = type(part)
+        if kind is str or kind is int or kind is tuple or part is None:
             ident.append(part)
-        elif isinstance(part, torch.Tensor):  # inlined: this runs a few hundred times per checked step
+        elif kind is _Tensor or isinstance(part, _Tensor):  # inlined: runs a few hundred times per step
             ident.append((id(part), None if part.is_inference() else part._version))
         else:
             ident.append(part)
@@ -80,7 +88,12 @@ def cached(key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
     return hit[0]
 
 
-_PLAIN_KEY_TYPES = frozenset({str, int, float, bool, type(None), tuple})
+_Tensor = torch.Tensor
+
+
+def plain(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor.detach()``, without the new tensor object (an operation) when it is not part of a graph."""
+    return tensor.detach() if tensor.requires_grad else tensor
 
 
 def f64(tensor: torch.Tensor) -> torch.Tensor:
@@ -103,8 +116,26 @@ def _f64_copy(tensor: torch.Tensor) -> torch.Tensor:
     copy = tensor.detach() if tensor.requires_grad else tensor
     if copy.dtype is not torch.float64:
         # a normal tensor even when made under inference mode (the invariants): the comparison, sharing the
-        # cache, may use it as a constant of its autograd graph. .double(): less call overhead than .to
-        with torch.inference_mode(False):
+        # cache, may use it as a constant of its autograd graph. .double(): less call overhead than .to;
+        # the context manager only where needed (it costs more than the copy of a small tensor)
+        if torch.is_inference_mode_enabled():
+            with torch.inference_mode(False):
+                copy = copy.double()
+        else:
             copy = copy.double()
     cached(("source", copy), lambda: tensor)  # isfinite(copy) = isfinite(tensor): share one mask
     return copy
+
+
+def finite_mask(tensor: torch.Tensor) -> torch.Tensor:
+    """``torch.isfinite(tensor)``, shared between the checks of one step (and with its float64 copy)."""
+    source = cached(("source", tensor), lambda: tensor)  # the step tensor an f64 copy was made from
+    return cached(("isfinite", source), lambda: _isfinite(plain(source)))
+
+
+def _isfinite(tensor: torch.Tensor) -> torch.Tensor:
+    """``torch.isfinite``: for floats as ``x − x == 0`` (0 for finite x, NaN for ±inf and NaN), which is the
+    same mask and about 2x faster than torch.isfinite on CPU."""
+    if tensor.is_floating_point():
+        return (tensor - tensor) == 0
+    return torch.isfinite(tensor)

@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from grpo_check._step_cache import f64
+
 
 def sampler_metrics(
     logps: torch.Tensor, sampler_logps: torch.Tensor, completion_mask: torch.Tensor
@@ -54,6 +56,8 @@ def sampler_metrics(
     abs_d = np.abs(d)
     ratio = np.exp(d)
     x, y = lp[mask], sp[mask]
+    # means as sum / n: what ndarray.mean computes for float64 (add.reduce, then a division by the count),
+    # without its Python wrapper on these small arrays
     # Pearson is undefined for a constant vector: JSON null there, or 1 for equal vectors
     pearson: float | None = _pearson(x, y) if n > 1 else math.nan
     if not math.isfinite(pearson):
@@ -62,11 +66,11 @@ def sampler_metrics(
     cols = lp.shape[1] if lp.ndim == 2 else 1
     return {
         "tokens": n,
-        "mean_d": float(d.mean()),
-        "mean_abs_d": float(abs_d.mean()),
+        "mean_d": _mean(d, n),
+        "mean_abs_d": _mean(abs_d, n),
         "max_abs_d": float(abs_d.max()),
-        "k1": float((-d).mean()),
-        "k3": float((ratio - 1 - d).mean()),
+        "k1": _mean(-d, n),
+        "k3": _mean(ratio - 1 - d, n),
         "pearson": pearson,
         "frac_ratio_outside": int(np.count_nonzero((ratio < 0.5) | (ratio > 2.0))) / n,
         "worst_row": worst_flat // cols,
@@ -76,12 +80,19 @@ def sampler_metrics(
 
 
 def _float64_array(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().to("cpu", torch.float64).numpy()
+    """A float64 numpy view of ``tensor`` (of the step's float64 copy while a step cache holds one; read only)."""
+    copy = f64(tensor)
+    return (copy if copy.device.type == "cpu" else copy.cpu()).numpy()
+
+
+def _mean(values: np.ndarray, count: int) -> float:
+    """``float(values.mean())`` of a 1-D float64 array of ``count`` elements, bit for bit."""
+    return float(np.add.reduce(values)) / count
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     """Pearson correlation of two vectors, clipped to [−1, 1]; NaN when either is constant."""
-    x_centred, y_centred = x - x.mean(), y - y.mean()
+    x_centred, y_centred = x - _mean(x, x.size), y - _mean(y, y.size)
     denominator = math.sqrt(float((x_centred * x_centred).sum()) * float((y_centred * y_centred).sum()))
     if denominator == 0.0:
         return math.nan

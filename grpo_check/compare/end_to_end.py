@@ -3,7 +3,6 @@ a model its own log-probs), reported as ``e2e.*`` findings beside the stage-isol
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 
 import torch
@@ -75,15 +74,10 @@ def end_to_end_findings(
     comparisons: list[Comparison] = []
     planned: list[Comparison | Finding] = []
     isolated_by_id = {f.check_id: f for f in upstream}
-    for name, check_id, what, mask in (
-        ("per_token_loss", "e2e.per_token_loss", "end-to-end per-token loss", down["loss_mask"].bool()),
-        ("loss", "e2e.loss", "end-to-end loss (reference from the rewards onward)", None),
-        (
-            "logps_grad",
-            "e2e.logps_grad",
-            "end-to-end ∂loss/∂logps",
-            decided_clip_branch(down, spec, computed_dtype(step, "logps")).expand_as(down["loss_mask"]),
-        ),
+    for name, check_id, what in (
+        ("per_token_loss", "e2e.per_token_loss", "end-to-end per-token loss"),
+        ("loss", "e2e.loss", "end-to-end loss (reference from the rewards onward)"),
+        ("logps_grad", "e2e.logps_grad", "end-to-end ∂loss/∂logps"),
     ):
         if not step.has(name):
             continue
@@ -94,13 +88,18 @@ def end_to_end_findings(
             what=what,
             trainer=step[name],
             reference=down[name],
-            reference_same_precision=same_precision_reference(down[name], step, name),
+            reference_same_precision=None,
             tolerance=policy.for_check(check_id, name, computed_dtype(step, name)),
-            mask=mask,
         )
         repeated = repeat_isolated(comparison, isolated_by_id) if reuse else None
         planned.append(comparison if repeated is None else repeated)
-        if repeated is None:
+        if repeated is None:  # compared afresh: its mask and same-precision reference are needed only now
+            comparison.reference_same_precision = same_precision_reference(down[name], step, name)
+            if name == "per_token_loss":
+                comparison.mask = down["loss_mask"].bool()
+            elif name == "logps_grad":
+                decided = decided_clip_branch(down, spec, computed_dtype(step, "logps"))
+                comparison.mask = decided.expand_as(down["loss_mask"])
             comparisons.append(comparison)
     computed = iter(compare_tensors(comparisons, ctx))
     for item in planned:
@@ -125,10 +124,17 @@ def repeat_isolated(comparison: Comparison, isolated_by_id: Mapping[str, Finding
         or not isolated.explanation.startswith(prefix)
     ):
         return None
-    return dataclasses.replace(
-        isolated,
+    return Finding(  # dataclasses.replace(isolated, ...) spelled out: it runs for every checked step
         check_id=comparison.check_id,
         stage=comparison.stage,
+        verdict=isolated.verdict,
+        figure=isolated.figure,
+        tolerance=isolated.tolerance,
+        where=isolated.where,
         explanation=comparison.what + isolated.explanation[len(isolated_label) :],
+        likely_cause=isolated.likely_cause,
+        fix=isolated.fix,
+        catalog_id=isolated.catalog_id,
+        kind=isolated.kind,
         details=dict(isolated.details),
     )

@@ -344,6 +344,10 @@ def compare_tensors(comparisons: list[Comparison], ctx: StepContext) -> list[Fin
             results[index] = comparison.run(ctx)
             continue
         got, want, compared = prepared
+        if got.numel() == 1:  # a scalar (the loss, its normaliser): summarised in Python, exactly as below
+            summary = _summarise_scalar(got, want, compared, comparison.tolerance)
+            results[index] = _judged(comparison, summary, tuple(got.shape), ctx)
+            continue
         by_shape.setdefault(tuple(got.shape), []).append((index, got, want, compared))
     for shape, members in by_shape.items():
         summaries = _summarise(
@@ -353,15 +357,41 @@ def compare_tensors(comparisons: list[Comparison], ctx: StepContext) -> list[Fin
             [comparisons[m[0]].tolerance for m in members],
         )
         for (index, *_), summary in zip(members, summaries, strict=True):
-            comparison = comparisons[index]
-            passed = (
-                summary.compared > 0
-                and summary.beyond == 0
-                and math.isfinite(summary.max_error)
-                and math.isfinite(summary.reference_max_abs)
-            )
-            results[index] = _pass_finding(comparison, summary, shape, ctx) if passed else comparison.run(ctx)
+            results[index] = _judged(comparisons[index], summary, shape, ctx)
     return [finding for finding in results if finding is not None]
+
+
+def _judged(comparison: Comparison, summary: _Summary, shape: tuple[int, ...], ctx: StepContext) -> Finding:
+    """The PASS finding of a clean summary; anything else re-runs :func:`compare_tensor` for its diagnostics."""
+    passed = (
+        summary.compared > 0
+        and summary.beyond == 0
+        and math.isfinite(summary.max_error)
+        and math.isfinite(summary.reference_max_abs)
+    )
+    return _pass_finding(comparison, summary, shape, ctx) if passed else comparison.run(ctx)
+
+
+def _summarise_scalar(
+    got: torch.Tensor, want: torch.Tensor, compared: torch.Tensor, tolerance: Tolerance
+) -> _Summary:
+    """:func:`_summarise_numpy` for one element, in Python floats (IEEE float64 like numpy's): the same
+    |error|, allowance (|reference|·rtol + atol), NaN handling and sums (a one-element sum is the element)."""
+    trainer, reference, selected = float(got), float(want), bool(compared)
+    error = abs(trainer - reference)
+    allowed = abs(reference) * tolerance.rtol + tolerance.atol
+    masked_error = error if selected else -1.0
+    return _Summary(
+        beyond=int(error > allowed and selected),  # NaN |error| is not beyond (see max_error)
+        compared=int(selected),
+        error_sum=masked_error if math.isnan(masked_error) else max(masked_error, 0.0),
+        reference_max_abs=abs(reference) if selected else 0.0,
+        max_error=error,
+        allowed_at_worst=allowed,
+        trainer_at_worst=trainer,
+        reference_at_worst=reference,
+        worst=0,
+    )
 
 
 def _prepare(
@@ -392,7 +422,8 @@ def _prepare(
 
 
 def _detached(tensor: Any) -> torch.Tensor:
-    return (tensor if isinstance(tensor, torch.Tensor) else torch.as_tensor(tensor)).detach()
+    tensor = tensor if isinstance(tensor, torch.Tensor) else torch.as_tensor(tensor)
+    return tensor.detach() if tensor.requires_grad else tensor
 
 
 class _Summary(NamedTuple):  # a NamedTuple: built per comparison on the hot path, cheaply
@@ -518,21 +549,25 @@ def _summarise_numpy(
     masked_error = np.where(mask, error, -1.0)
     worst = masked_error.argmax(1)  # first index of the largest value; NaN counts as the largest
     at = (np.arange(rows), worst)
-    table = np.stack(
-        [
-            beyond.sum(1),
-            mask.sum(1),
-            np.maximum(masked_error, 0.0).sum(1),  # Σ |error| over the compared elements
-            np.where(mask, reference_abs, 0.0).max(1),
-            error[at],
-            allowed[at],
-            trainer[at],
-            reference[at],
-            worst,
-        ],
-        axis=1,
-    ).tolist()
-    return _summaries(table)
+    # one list per column, zipped into rows: cheaper than stacking the columns into one float array first
+    return list(
+        map(
+            _Summary._make,
+            zip(
+                # the ufuncs' reductions that ndarray.sum/.max call, without their Python wrappers
+                np.add.reduce(beyond, axis=1).tolist(),
+                np.add.reduce(mask, axis=1).tolist(),
+                np.add.reduce(np.maximum(masked_error, 0.0), axis=1).tolist(),  # Σ |error| over compared
+                np.maximum.reduce(np.where(mask, reference_abs, 0.0), axis=1).tolist(),
+                error[at].tolist(),
+                allowed[at].tolist(),
+                trainer[at].tolist(),
+                reference[at].tolist(),
+                worst.tolist(),
+                strict=True,
+            ),
+        )
+    )
 
 
 def _pass_finding(

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from grpo_check._step_cache import cached
+from grpo_check._step_cache import cached, finite_mask
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, Verdict, Where
 from grpo_check.stepref.context import StepContext, as_f64
@@ -147,10 +147,14 @@ def _comparable(
         return None
     got, want = as_f64(got), as_f64(want)
     try:
-        got, want = torch.broadcast_tensors(got, want)
-        sel = torch.isfinite(got) & torch.isfinite(want)
+        if got.shape != want.shape:
+            got, want = torch.broadcast_tensors(got, want)
+            sel = torch.isfinite(got) & torch.isfinite(want)
+        else:  # the finiteness masks the step cache shares with the invariants
+            sel = finite_mask(got) & finite_mask(want)
         if mask is not None:
-            sel = sel & mask.bool().expand_as(got)
+            mask = mask if mask.dtype is torch.bool else mask.bool()
+            sel = sel & (mask if mask.shape == sel.shape else mask.expand_as(got))
     except RuntimeError:
         return None
     return got, want, sel
@@ -179,15 +183,17 @@ def close(
     *,
     rtol: float = 1e-3,
     atol: float = 1e-6,
+    negated: bool = False,
 ) -> bool:
-    """True when ``got`` ≈ ``want`` on ``mask`` (finite elements; relative to the scale of ``want``)."""
+    """True when ``got`` ≈ ``want`` (``-want`` if ``negated``) on ``mask`` (finite elements; relative to the
+    scale of ``want``). ``negated`` gives the same answer as passing ``-want``, without the negated copy."""
     memo = _CLOSE_MEMO.get()
     if memo is None:
-        return _close(got, want, mask, rtol=rtol, atol=atol)
-    key = (id(got), id(want), id(mask), rtol, atol)
+        return _close(got, want, mask, rtol=rtol, atol=atol, negated=negated)
+    key = (id(got), id(want), id(mask), rtol, atol, negated)
     hit = memo.get(key)
     if hit is None:  # the memo holds the tensors, so their ids cannot be reused while it is open
-        hit = memo[key] = (_close(got, want, mask, rtol=rtol, atol=atol), (got, want, mask))
+        hit = memo[key] = (_close(got, want, mask, rtol=rtol, atol=atol, negated=negated), (got, want, mask))
     return hit[0]
 
 
@@ -198,6 +204,7 @@ def _close(
     *,
     rtol: float,
     atol: float,
+    negated: bool = False,
 ) -> bool:
     aligned = _comparable(got, want, mask)
     if aligned is None:
@@ -206,7 +213,9 @@ def _close(
     if not bool(sel.any()):
         return False
     scale = float(torch.where(sel, want.abs(), 0.0).max())  # no boolean-index copies: this runs per detector
-    return bool(torch.where(sel, (got - want).abs() <= atol + rtol * max(scale, 1e-12), True).all())
+    # got − (−want) is got + want exactly (IEEE subtraction adds the negation), and |−want| = |want|
+    error = (got + want) if negated else (got - want)
+    return bool(torch.where(sel, error.abs() <= atol + rtol * max(scale, 1e-12), True).all())
 
 
 def constant_factor(

@@ -70,7 +70,7 @@ def detect_sign_flip(dx: Diagnosis) -> list[Finding]:
             if label == "the reference's own forward pass":
                 return []  # the trainer's log-probs match the reference's: no sign flip anywhere
             continue
-        if not close(trainer, -source, mask, rtol=rtol, atol=atol):
+        if not close(trainer, source, mask, rtol=rtol, atol=atol, negated=True):
             continue
         row, token, _ = worst(trainer, mask)
         return [_sign_finding(dx, f"trainer log-probs equal −1 × {label}", row, token, trainer, attach)]

@@ -7,11 +7,12 @@ Everything here is vectorised torch (no Python loops over tokens or rows); per-g
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from grpo_check._step_cache import cached, f64
+from grpo_check._step_cache import cached, f64, finite_mask, plain
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
 from grpo_check.tolerance_defaults import DTYPE_DEFAULTS
@@ -36,20 +37,6 @@ def machine_eps(dtype: torch.dtype) -> float:
 def _source(tensor: torch.Tensor) -> torch.Tensor:
     """The step tensor an :func:`f64` copy was made from (``tensor`` itself otherwise)."""
     return cached(("source", tensor), lambda: tensor)
-
-
-def finite_mask(tensor: torch.Tensor) -> torch.Tensor:
-    """``torch.isfinite(tensor)``, shared between the checks of one step (and with its float64 copy)."""
-    source = _source(tensor)
-    return cached(("isfinite", source), lambda: _isfinite(source.detach()))
-
-
-def _isfinite(tensor: torch.Tensor) -> torch.Tensor:
-    """``torch.isfinite``: for floats as ``x − x == 0`` (0 for finite x, NaN for ±inf and NaN), which is the
-    same mask and about 2x faster than torch.isfinite on CPU."""
-    if tensor.is_floating_point():
-        return (tensor - tensor) == 0
-    return torch.isfinite(tensor)
 
 
 def count_true(mask: torch.Tensor) -> int:
@@ -142,24 +129,29 @@ class Groups:
     """
 
     def __init__(self, group_index: torch.Tensor):
-        flat = group_index.detach().reshape(-1).long()
+        flat = plain(group_index).reshape(-1).long()
         self.values, self.inverse, self.count = torch.unique(flat, return_inverse=True, return_counts=True)
         self.num_groups = int(self.values.numel())
+        self._device = self.inverse.device
+
+    def _inverse_on(self, device: torch.device) -> torch.Tensor:
+        """``inverse`` on ``device`` (itself on its own device: no ``.to`` call per reduction)."""
+        return self.inverse if device == self._device else self.inverse.to(device)
 
     def sum(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(self.num_groups, dtype=x.dtype, device=x.device)
-        return out.index_add_(0, self.inverse.to(x.device), x)
+        return out.index_add_(0, self._inverse_on(x.device), x)
 
     def amax(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.full((self.num_groups,), -torch.inf, dtype=x.dtype, device=x.device)
-        return out.scatter_reduce_(0, self.inverse.to(x.device), x, reduce="amax")
+        return out.scatter_reduce_(0, self._inverse_on(x.device), x, reduce="amax")
 
     def amin(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.full((self.num_groups,), torch.inf, dtype=x.dtype, device=x.device)
-        return out.scatter_reduce_(0, self.inverse.to(x.device), x, reduce="amin")
+        return out.scatter_reduce_(0, self._inverse_on(x.device), x, reduce="amin")
 
     def expand(self, per_group: torch.Tensor) -> torch.Tensor:
-        return per_group[self.inverse.to(per_group.device)]
+        return per_group[self._inverse_on(per_group.device)]
 
     def first_row(self, group: int) -> int:
         return int((self.inverse == group).nonzero()[0, 0])
@@ -198,7 +190,7 @@ def _row_advantages(advantages: torch.Tensor, completion_mask: torch.Tensor | No
     if completion_mask is None:
         valid = torch.ones_like(adv, dtype=torch.bool)
     else:
-        valid = completion_mask.detach().bool()
+        valid = plain(completion_mask).bool()
     first = torch.where(
         valid.any(1), adv.gather(1, valid.long().argmax(1, keepdim=True)).squeeze(1), adv[:, 0]
     )
@@ -242,11 +234,11 @@ def unscorable_rows(step: TraceStep) -> torch.Tensor | None:
     """(B,) bool: rows every reward function returned NaN for (or whose total reward is NaN)."""
     out = None
     if step.has("rewards_per_func"):
-        per_func = step["rewards_per_func"].detach()
+        per_func = plain(step["rewards_per_func"])
         per_func = per_func.unsqueeze(1) if per_func.dim() == 1 else per_func
         out = torch.isnan(per_func).all(1)
     if step.has("rewards"):
-        nan_total = torch.isnan(step["rewards"].detach().reshape(-1))
+        nan_total = torch.isnan(plain(step["rewards"]).reshape(-1))
         out = nan_total if out is None else out | nan_total
     return out
 
@@ -255,7 +247,7 @@ def token_mask(step: TraceStep, like: torch.Tensor) -> torch.Tensor:
     """(B, T) bool of the tokens a per-token tensor ``like`` is meaningful on (all True if no mask)."""
     if step.has("completion_mask") and step["completion_mask"].shape == like.shape:
         mask = step["completion_mask"]
-        return cached(("bool", mask), lambda: mask.detach().bool())
+        return cached(("bool", mask), lambda: plain(mask).bool())
     return cached(
         ("ones", tuple(like.shape), str(like.device)),
         lambda: torch.ones(like.shape, dtype=torch.bool, device=like.device),
@@ -271,11 +263,11 @@ def loss_mask(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor | None:
 
 
 def _loss_mask(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor:
-    mask = step["completion_mask"].detach().bool()
+    mask = plain(step["completion_mask"]).bool()
     if step.has("tool_mask") and step["tool_mask"].shape == mask.shape:
-        mask = mask & step["tool_mask"].detach().bool()
+        mask = mask & plain(step["tool_mask"]).bool()
     if spec is not None and spec.mask_truncated_completions and step.has("truncated"):
-        mask = mask & ~step["truncated"].detach().bool().reshape(-1, 1)
+        mask = mask & ~plain(step["truncated"]).bool().reshape(-1, 1)
     return mask
 
 
@@ -310,13 +302,16 @@ def fmt(x: float) -> str:
 
 
 def finite_outcome(
-    step: TraceStep, names: tuple[str, ...], *, allow_nan: dict[str, torch.Tensor] | None = None
+    step: TraceStep,
+    names: tuple[str, ...],
+    *,
+    allow_nan: dict[str, Callable[[], torch.Tensor]] | None = None,
 ) -> Outcome:
     """FAIL on NaN/inf in ``names`` at valid positions, WARN where only padding is non-finite.
 
-    ``allow_nan`` maps a name to a bool mask of positions where NaN is a legitimate marker (e.g. an
-    unscorable reward). Padding NaN is a warning because ``x * mask`` is still NaN (only ``torch.where`` or
-    ``masked_fill`` hides it).
+    ``allow_nan`` maps a name to a function giving the bool mask of positions where NaN is a legitimate marker
+    (e.g. an unscorable reward), called only when that tensor holds a non-finite value. Padding NaN is a
+    warning because ``x * mask`` is still NaN (only ``torch.where`` or ``masked_fill`` hides it).
     """
     checked: list[str] = []
     worst: tuple[int, str, int | None, int | None, int, int] | None = (
@@ -327,14 +322,14 @@ def finite_outcome(
         if tensor is None or not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
             continue
         checked.append(name)
-        values = tensor.detach()
         finite = finite_mask(tensor)
+        if count_true(finite) == finite.numel():
+            continue
+        values = plain(tensor)
         if allow_nan is None or name not in allow_nan:
-            if count_true(finite) == finite.numel():
-                continue
             bad = ~finite
         else:
-            bad = ~finite & ~(torch.isnan(values) & allow_nan[name].reshape(values.shape))
+            bad = ~finite & ~(torch.isnan(values) & allow_nan[name]().reshape(values.shape))
             if not bool(bad.any()):
                 continue
         valid = token_mask(step, values) if values.dim() == 2 else torch.ones_like(bad)
@@ -354,9 +349,9 @@ def finite_outcome(
         return passed(f"all finite: {', '.join(checked)}", 0.0, 0.0)
     severity, name, row, token, n_valid, n_pad = worst
     tensor = step[name]
-    value = float(tensor.detach().reshape(-1)[0]) if tensor.dim() == 0 else None
+    value = float(plain(tensor).reshape(-1)[0]) if tensor.dim() == 0 else None
     if value is None and row is not None:
-        value = float(tensor.detach()[row] if token is None else tensor.detach()[row, token])
+        value = float(plain(tensor)[row] if token is None else plain(tensor)[row, token])
     if severity == 2:
         return Outcome(
             Verdict.FAIL,

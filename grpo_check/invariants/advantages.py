@@ -14,6 +14,8 @@ from grpo_check.invariants._common import (
     Outcome,
     argmax_2d,
     cached,
+    count_true,
+    finite_mask,
     finite_outcome,
     fmt,
     groups_of,
@@ -90,18 +92,22 @@ def group_sum_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float |
     if isinstance(prepared, str):
         return inconclusive(prepared)
     advantages, groups, whole, _ = prepared
-    finite = torch.isfinite(advantages)
-    group_finite = groups.sum((~finite).double()) == 0
-    usable = whole & group_finite
-    if not bool(usable.any()):
-        return inconclusive("every whole group has a non-finite advantage (see advantages.finite)")
-    clean = torch.where(finite, advantages, torch.zeros_like(advantages))
+    finite = finite_mask(advantages)
+    if count_true(finite) == finite.numel():  # every advantage finite: every whole group is usable
+        usable, clean = whole, advantages
+    else:
+        usable = whole & (groups.sum((~finite).double()) == 0)
+        if not bool(usable.any()):
+            return inconclusive("every whole group has a non-finite advantage (see advantages.finite)")
+        clean = torch.where(finite, advantages, torch.zeros_like(advantages))
     sums = groups.sum(clean)
+    sums_abs = sums.abs()
     rtol, atol = rtol_atol(step["advantages"].dtype)
     allowed = (tolerance if tolerance is not None else atol) + rtol * groups.sum(clean.abs())
-    excess = torch.where(usable, sums.abs() - allowed, torch.full_like(sums, -torch.inf))
+    excess = torch.where(usable, sums_abs - allowed, -torch.inf)
     worst = int(torch.argmax(excess))
-    figure = float(sums[usable].abs().max())
+    # max |Σ A| over the usable groups (≥ 1 of them): a masked max equals the boolean-indexed one
+    figure = float(torch.where(usable, sums_abs, 0.0).max())
     if float(excess[worst]) <= 0:
         return passed(f"{int(usable.sum())} group(s) sum to ≈ 0", figure, float(allowed[worst]))
     failing = int((excess > 0).sum())
@@ -197,6 +203,8 @@ class GroupRewardStats:
     """(B,) rows whose reward and advantage are finite."""
     centred: torch.Tensor
     """(B,) reward − group mean over the scorable rows (0 elsewhere)."""
+    count: torch.Tensor
+    """Per group: scorable rows (float64)."""
     size: int
     """G, the group size."""
 
@@ -219,7 +227,7 @@ def _group_reward_stats_uncached(step: TraceStep, spec: GRPOSpec | None) -> Grou
     count = groups.sum(weight)
     mean = groups.sum(torch.where(scorable, rewards, 0.0)) / count.clamp(min=1)
     centred = torch.where(scorable, rewards - groups.expand(mean), 0.0)
-    return GroupRewardStats(advantages, rewards, groups, whole, scorable, centred, size)
+    return GroupRewardStats(advantages, rewards, groups, whole, scorable, centred, count, size)
 
 
 @register(
@@ -241,11 +249,11 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     if isinstance(stats, str):
         return inconclusive(stats)
     advantages, rewards, groups, whole = stats.advantages, stats.rewards, stats.groups, stats.whole
-    scorable, centred = stats.scorable, stats.centred
-    count = groups.sum(scorable.double())
+    scorable, centred, count = stats.scorable, stats.centred, stats.count
     squares = groups.sum(centred**2)
     sample_std = torch.sqrt(squares / (count - 1).clamp(min=1))
-    slope = groups.sum(torch.where(scorable, advantages, 0.0) * centred) / squares.clamp(min=1e-300)
+    clean = torch.where(scorable, advantages, 0.0)
+    slope = groups.sum(clean * centred) / squares.clamp(min=1e-300)
     if effective.scale_rewards == "group":
         scale = sample_std
     elif effective.scale_rewards == "batch":
@@ -264,13 +272,12 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     # a group whose advantages do not sum to 0 was normalised with other rows (advantages.group_sum_zero):
     # its slope says nothing about epsilon
     rtol, atol = rtol_atol(step["advantages"].dtype)
-    clean = torch.where(scorable, advantages, 0.0)
     zero_sum = groups.sum(clean).abs() <= atol + rtol * groups.sum(clean.abs())
     qualifying = whole & zero_sum & (count >= 2) & (sample_std > threshold_std)
     if not bool(qualifying.any()):
         return not_applicable(f"no whole group whose rewards vary (std > {threshold_std:g})")
     limit = tolerance if tolerance is not None else (0.5 if effective.scale_rewards != "batch" else 0.05)
-    masked = torch.where(qualifying, retention, torch.full_like(retention, torch.inf))
+    masked = torch.where(qualifying, retention, torch.inf)
     worst = int(torch.argmin(masked))
     figure = float(retention[worst])
     if figure >= limit:

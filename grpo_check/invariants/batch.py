@@ -15,6 +15,7 @@ from grpo_check.invariants._common import (
     malformed,
     num_generations,
     passed,
+    plain,
 )
 from grpo_check.invariants.registry import register
 from grpo_check.signatures import signature
@@ -40,7 +41,7 @@ def masks_binary(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | N
         checked.append(name)
         if mask.dtype == torch.bool:
             continue
-        values = mask.detach()
+        values = plain(mask)
         bad = (values != 0) & (values != 1)
         if bool(bad.any()):
             row, token = argmax_2d(bad.to(torch.int8))
@@ -67,7 +68,7 @@ def masks_binary(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | N
     fix="mask with positions <= index of the first EOS, not with ids != pad_token_id",
 )
 def mask_prefix(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
-    mask = step["completion_mask"].detach().bool()
+    mask = plain(step["completion_mask"]).bool()
     if mask.dim() != 2:
         return malformed(f"completion_mask must be (B, T), got shape {tuple(mask.shape)}")
     restarts = mask[:, 1:] & ~mask[:, :-1]  # a 1 after a 0
@@ -97,8 +98,8 @@ def mask_prefix(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | No
     "mask with ids != pad_token_id when pad == eos",
 )
 def mask_prefix_eos(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
-    ids = step["completion_ids"].detach()
-    mask = step["completion_mask"].detach().bool()
+    ids = plain(step["completion_ids"])
+    mask = plain(step["completion_mask"]).bool()
     if ids.shape != mask.shape or ids.dim() != 2:
         return malformed(f"completion_ids {tuple(ids.shape)} and completion_mask {tuple(mask.shape)} differ")
     eos = eos_ids(step) or []
@@ -116,7 +117,7 @@ def mask_prefix_eos(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float 
     if spec is not None and spec.max_completion_length is not None:
         truncated |= mask_len == spec.max_completion_length
     if step.has("truncated"):
-        truncated |= step["truncated"].detach().bool().reshape(-1)
+        truncated |= plain(step["truncated"]).bool().reshape(-1)
     ends_before_eos = first_eos >= mask_len
     expected_len = torch.where(truncated & ends_before_eos, mask_len, expected_len)
     pad = step.meta.get("pad_token_id")
@@ -194,7 +195,7 @@ def _content_tokens(step: TraceStep, mask: torch.Tensor) -> torch.Tensor:
     """(B,) tokens per row that should decode to text: masked, before the first EOS, and not the pad id."""
     eos = eos_ids(step)
     if eos is not None and step.has("completion_ids") and step["completion_ids"].shape == mask.shape:
-        ids = step["completion_ids"].detach()
+        ids = plain(step["completion_ids"])
         is_eos = torch.isin(ids, torch.tensor(eos, dtype=ids.dtype, device=ids.device))
         before_eos = is_eos.int().cumsum(1) == 0  # decoding stops at the first EOS
         content = mask & before_eos
@@ -217,7 +218,7 @@ def _content_tokens(step: TraceStep, mask: torch.Tensor) -> torch.Tensor:
 )
 def text_nonempty(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
     texts = step.completion_text or []
-    mask = step["completion_mask"].detach().bool()
+    mask = plain(step["completion_mask"]).bool()
     rows = mask.shape[0]
     if len(texts) != rows:
         return Outcome(

@@ -25,6 +25,7 @@ from grpo_check.invariants._common import (
     malformed,
     not_applicable,
     passed,
+    plain,
     rtol_atol,
     spec_or_default,
     token_mask,
@@ -76,7 +77,7 @@ def zero_outside_loss_mask(
         return passed(f"no gradient on {count_true(~mask)} masked-out position(s)", max(figure, 0.0), allowed)
     row, token = argmax_2d(outside)
     leaking = (outside > allowed) & ~mask
-    in_completion = step["completion_mask"].detach().bool()
+    in_completion = plain(step["completion_mask"]).bool()
     tool_tokens = int((leaking & in_completion).sum())
     if tool_tokens:
         what, catalog = f"{tool_tokens} non-policy (tool_mask = 0 or truncated) token(s)", "28"
@@ -251,9 +252,10 @@ def sign_matches_advantage(
     compact = _compact_advantages(
         step
     )  # (B, 1): the same masks as on the broadcast (B, T), B·T times cheaper
-    decidable = mask & (compact.abs() > atol) & finite_mask(grad) & torch.isfinite(compact)
+    # the per-row conditions first, at (B, 1): one (B, T) pass fewer than applying them one by one
+    decidable = mask & ((compact.abs() > atol) & torch.isfinite(compact)) & finite_mask(grad)
     policy_scale, region, near = _policy_scale(effective, ratio, advantages)
-    decidable &= ~region & ~near
+    decidable &= ~(region | near)
     assert policy_scale is not None  # _SIGN_LOSS_TYPES all have a known policy slope
     if step.has("sampler_is_ratio"):
         sampler = f64(step["sampler_is_ratio"])
@@ -372,7 +374,7 @@ def zero_where_clipped(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
         region = torch.zeros(grad.shape, dtype=torch.bool, device=grad.device)
         for name in ("is_low_clipped", "is_high_clipped"):
             if step.has(name):
-                flag = step[name].detach().bool()
+                flag = plain(step[name]).bool()
                 region |= flag.expand(grad.shape) if flag.shape[-1] == 1 else flag
         source = "is_low_clipped / is_high_clipped"
     mask = loss_mask(step, spec)
@@ -502,9 +504,9 @@ def kl_sign_where_kl_dominates(
         dominated = (_row_view(advantages) == 0) | region
     direction = _kl_gradient_direction(step, effective, ratio)
     estimator = kl_estimator(step, effective)
-    plain = not effective.use_bias_correction_kl  # direction = ∂k_t/∂logp_t: its |·| is shared
+    unweighted = not effective.use_bias_correction_kl  # direction = ∂k_t/∂logp_t: its |·| is shared
     if policy_scale is not None:
-        if plain and effective.beta > 0:  # |β·d| = β·|d| exactly (× 1.0 for no bias correction: skipped)
+        if unweighted and effective.beta > 0:  # |β·d| = β·|d| exactly (× 1.0 for no bias correction: skipped)
             kl_gradient_abs = _beta_abs_slope(step, estimator, effective.beta)
         else:
             kl_gradient = effective.beta * direction
@@ -515,7 +517,7 @@ def kl_sign_where_kl_dominates(
     mask = loss_mask(step, spec)
     mask = token_mask(step, grad) if mask is None or mask.shape != grad.shape else mask
     floor = tolerance if tolerance is not None else 1e-6
-    direction_abs = _abs_slope(step, estimator) if plain else direction.abs()
+    direction_abs = _abs_slope(step, estimator) if unweighted else direction.abs()
     judged = mask & dominated & ~near & (direction_abs > floor) & finite_mask(grad) & (grad != 0)
     count = count_true(judged)
     if count == 0:

@@ -9,6 +9,7 @@ import torch
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
 from grpo_check.invariants._common import (
+    _SMALL_SLICE,
     Outcome,
     any_true,
     argmax_2d,
@@ -22,6 +23,7 @@ from grpo_check.invariants._common import (
     machine_eps,
     masked_abs_max,
     passed,
+    plain,
     token_mask,
     valid_finite,
 )
@@ -44,7 +46,7 @@ class _LogpStack:
 
     def __init__(self, step: TraceStep, names: list[str]):
         self.names = names
-        self.values = torch.stack([step[name].detach() for name in names])
+        self.values = torch.stack([plain(step[name]) for name in names])
         finite = (self.values - self.values) == 0  # = isfinite
         self.valid = finite & token_mask(step, step[names[0]])
         for index, name in enumerate(names):
@@ -118,7 +120,7 @@ def _nonpositive_per_tensor(step: TraceStep, tolerance: float | None) -> Outcome
             continue
         checked.append(name)
         # max, argmax and the sign of a float tensor are the same in its own dtype as in float64
-        values = tensor.detach() if tensor.is_floating_point() else f64(tensor)
+        values = plain(tensor) if tensor.is_floating_point() else f64(tensor)
         valid = valid_finite(step, tensor)
         if not any_true(valid):
             continue
@@ -207,12 +209,13 @@ def bf16_quantised(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float |
     if stack is not None:  # every tensor at once; anything but a clean pass takes the per-tensor path below
         magnitude = stack.values.abs()
         judged = stack.valid & (magnitude > 1e-3)
-        table = torch.stack(
-            [
-                count_true_per_slice(judged),
-                *(count_true_per_slice(_on_grid(stack.values, grid, magnitude) & judged) for grid in _GRIDS),
-            ]
-        ).tolist()  # (1 + grids, K)
+        masks = [judged, *(_on_grid(stack.values, grid, magnitude) & judged for grid in _GRIDS)]
+        # one reduction over the stacked masks while they stay below torch's parallelisation grain
+        if len(masks) * judged.numel() <= _SMALL_SLICE:
+            counts = count_true_per_slice(torch.stack(masks).flatten(0, 1)).view(len(masks), -1)
+        else:  # large: no stacked copy, one count per tensor
+            counts = torch.stack([count_true_per_slice(mask) for mask in masks])
+        table = counts.tolist()  # (1 + grids, K)
         fractions = [
             table[1 + g][k] / table[0][k]
             for k in range(len(stack.names))
@@ -245,7 +248,7 @@ def _bf16_quantised_per_tensor(step: TraceStep, limit: float) -> Outcome:
                 tolerance=limit,
                 details={"tensor": name, "grid": str(tensor.dtype)},
             )
-        values = tensor.detach()
+        values = plain(tensor)
         magnitude = values.abs()
         valid = valid_finite(step, tensor) & (magnitude > 1e-3)
         count = count_true(valid)

@@ -22,6 +22,7 @@ from grpo_check.invariants._common import (
     masked_abs_max,
     not_applicable,
     passed,
+    plain,
     rtol_atol,
     spec_or_default,
     token_mask,
@@ -176,7 +177,7 @@ def moves_off_policy(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float
         return not_applicable(
             "the optimizer steps since the old log-probs changed no parameter (a zero update)"
         )
-    logps, old = step["logps"].detach(), step["old_logps"].detach()
+    logps, old = plain(step["logps"]), plain(step["old_logps"])
     valid = token_mask(step, logps)
     if not bool(valid.any()):
         return inconclusive("no valid token")
@@ -301,7 +302,7 @@ def clip_masks_consistent(
     ):
         if step.has(name):
             names.append(name)
-            mismatch |= (step[name].detach().bool() != expected) & valid
+            mismatch |= (plain(step[name]).bool() != expected) & valid
     if not bool(mismatch.any()):
         return passed(f"{', '.join(names)} match ρ, A and ε", 0.0, 0.0)
     row, token = argmax_2d(mismatch.to(torch.int8))

@@ -88,18 +88,32 @@ class Check:
         self, step: TraceStep, spec: GRPOSpec | None = None, *, tolerance: float | None = None
     ) -> list[Finding]:
         """Evaluate on one step; always returns at least one finding."""
-        lacking = self.missing(step)
+        return self._run(step, spec, tolerance, _present_names(step), _step_where(step))
+
+    __call__ = run
+
+    def _run(
+        self,
+        step: TraceStep,
+        spec: GRPOSpec | None,
+        tolerance: float | None,
+        present: frozenset[str],
+        base: Where,
+    ) -> list[Finding]:
+        """:meth:`run` given the step's present names and coordinates (``run_invariants`` collects them once
+        per step)."""
+        lacking = _lacking(self.requires, present) if self.requires else None
         if lacking is not None:
             return [
                 Finding(
                     check_id=self.id,
                     stage=self.stage,
                     verdict=Verdict.NOT_CAPTURED,
-                    where=where_in_step(step, None, None),
+                    where=base,
                     explanation=f"not captured: needs {self._needs} (missing {', '.join(lacking)})"
                     + _misnamed_hint(step, lacking),
                     kind="invariant",
-                    details={"missing": lacking},
+                    details={"missing": list(lacking)},
                 )
             ]
         spec = spec_for_step(spec, step.meta)  # a coefficient the trainer moves per step (adaptive entropy)
@@ -112,27 +126,32 @@ class Check:
                 "grpo_check/trace/model.py",
                 details={"evaluation_error": type(error).__name__},
             )
-        outcomes = outcome if isinstance(outcome, list) else [outcome]
-        return [self._finding(step, o) for o in outcomes]
+        if isinstance(outcome, list):
+            return [self._finding(step, o, base) for o in outcome]
+        return [self._finding(step, outcome, base)]
 
-    __call__ = run
-
-    def _finding(self, step: TraceStep, outcome: Outcome) -> Finding:
-        if outcome.verdict is Verdict.CONVENTION:  # a declared difference: only what the outcome says
+    def _finding(self, step: TraceStep, outcome: Outcome, base: Where) -> Finding:
+        """The registry's finding for one outcome: the check's id, stage and defaults, the outcome's
+        verdict and figures, GRPO coordinates of its row and token."""
+        verdict = outcome.verdict
+        if verdict is Verdict.CONVENTION:  # a declared difference: only what the outcome says
             likely_cause, fix, catalog_id = outcome.likely_cause, outcome.fix, outcome.catalog_id
-        elif outcome.verdict in (Verdict.FAIL, Verdict.WARN):  # the check's defaults fill what it leaves out
+        elif (
+            verdict is Verdict.FAIL or verdict is Verdict.WARN
+        ):  # the check's defaults fill what it leaves out
             likely_cause = outcome.likely_cause or self.likely_cause
             fix = outcome.fix or self.fix
             catalog_id = outcome.catalog_id or (self.catalog_ids[0] if self.catalog_ids else None)
         else:
             likely_cause = fix = catalog_id = None
+        figure, tolerance, row, token = outcome.figure, outcome.tolerance, outcome.row, outcome.token
         return Finding(
             check_id=self.id,
             stage=self.stage,
-            verdict=outcome.verdict,
-            figure=None if outcome.figure is None else float(outcome.figure),
-            tolerance=None if outcome.tolerance is None else float(outcome.tolerance),
-            where=where_in_step(step, outcome.row, outcome.token),
+            verdict=verdict,
+            figure=None if figure is None else float(figure),
+            tolerance=None if tolerance is None else float(tolerance),
+            where=base if row is None and token is None else where_in_step(step, row, token),
             explanation=outcome.explanation,
             likely_cause=likely_cause,
             fix=fix,
@@ -167,6 +186,11 @@ def _collect_present_names(step: TraceStep) -> frozenset[str]:
     if step.completion_text is not None:
         names.add("completion_text")
     return frozenset(names)
+
+
+def _step_where(step: TraceStep) -> Where:
+    """``where_in_step(step, None, None)``: the step's coordinates alone, one object per step in a cache."""
+    return cached(("where_base", id(step)), lambda: Where(*_where_base(step.meta)))
 
 
 def where_in_step(step: TraceStep, row: int | None, token: int | None) -> Where:
@@ -324,8 +348,9 @@ def run_invariants(
         # float64 copies, masks and ratios computed once per step and shared by the checks; inference mode
         # (no autograd bookkeeping: checks only read) takes about a sixth off each small tensor operation
         with step_cache(step), torch.inference_mode():
+            present, base = _present_names(step), _step_where(step)
             for check in selected:
-                findings.extend(check.run(step, spec, tolerance=tolerances.get(check.id)))
+                findings.extend(check._run(step, spec, tolerances.get(check.id), present, base))
     if len(steps) > 1:
         findings = collapse_not_captured(findings)
     return findings

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from grpo_check.config import GRPOSpec
@@ -14,6 +16,7 @@ from grpo_check.invariants._common import (
     inconclusive,
     malformed,
     passed,
+    plain,
     reward_weights,
     rtol_atol,
 )
@@ -32,15 +35,18 @@ from grpo_check.trace.model import TraceStep
     fix="return None (NaN) only for unscorable completions, sum with nansum, and keep every reward finite",
 )
 def rewards_finite(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
-    allow: dict[str, torch.Tensor] = {}
+    # the allowed-NaN masks are built only for a tensor that holds a non-finite value
+    allow: dict[str, Callable[[], torch.Tensor]] = {}
     if step.has("rewards_per_func"):
-        per_func = step["rewards_per_func"].detach()
-        allow["rewards_per_func"] = torch.ones_like(per_func, dtype=torch.bool)  # NaN = "not applicable"
-        unscorable = torch.isnan(per_func.reshape(per_func.shape[0], -1)).all(1)
-        allow["rewards"] = unscorable
+        per_func = plain(step["rewards_per_func"])
+        allow["rewards_per_func"] = lambda: torch.ones_like(
+            per_func, dtype=torch.bool
+        )  # NaN = "not applicable"
+        rows = per_func.reshape(per_func.shape[0], -1)  # (B, F): malformed shapes raise here, as always
+        allow["rewards"] = lambda: torch.isnan(rows).all(1)
     else:
         rewards = step.get("rewards")
-        allow["rewards"] = torch.ones(
+        allow["rewards"] = lambda: torch.ones(
             rewards.numel() if rewards is not None else 0,
             dtype=torch.bool,
             device=None if rewards is None else rewards.device,
@@ -77,15 +83,17 @@ def total_is_weighted_sum(
     rtol, atol = rtol_atol(step["rewards"].dtype)
     scale = weighted.abs().nansum(1)
     allowed = atol + rtol * scale
-    excess = torch.where(scorable, (total - expected).abs() - allowed, torch.full_like(total, -torch.inf))
+    error_abs = (total - expected).abs()
+    excess = torch.where(scorable, error_abs - allowed, -torch.inf)
     row, _ = argmax_2d(excess)
-    error = float((total - expected).abs()[row])
     if float(excess[row]) <= 0:
+        # max |error| over the scorable rows (≥ 1 of them): a masked max equals the boolean-indexed one
         return passed(
             "total reward equals the weighted sum",
-            float((total - expected)[scorable].abs().max()),
+            float(torch.where(scorable, error_abs, 0.0).max()),
             float(allowed[row]),
         )
+    error = float(error_abs[row])
     return Outcome(
         Verdict.FAIL,
         f"total reward {float(total[row]):.6g} ≠ weighted sum {float(expected[row]):.6g} of rewards_per_func",

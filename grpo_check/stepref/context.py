@@ -7,10 +7,13 @@ from typing import Any
 
 import torch
 
-from grpo_check._step_cache import f64
+from grpo_check._step_cache import cached, f64, plain
 from grpo_check.findings import Where
 
 __all__ = ["StepContext", "as_f64"]
+
+
+_IDS_AS_LIST = 4096  # up to this many completion ids, ``where`` reads token ids from a Python copy
 
 
 @dataclasses.dataclass
@@ -26,6 +29,10 @@ class StepContext:
     dtype: str | None = None
     # group_index as a Python list, converted once (``where`` is called per finding): (source tensor, list)
     _groups: tuple[torch.Tensor, list[int]] | None = dataclasses.field(
+        default=None, init=False, repr=False, compare=False
+    )
+    # completion_ids of a small step as Python lists, converted once: (source tensor, rows)
+    _ids: tuple[torch.Tensor, list[list[int]]] | None = dataclasses.field(
         default=None, init=False, repr=False, compare=False
     )
 
@@ -45,7 +52,12 @@ class StepContext:
             and row < ids.shape[0]
             and token < ids.shape[1]
         ):
-            token_id = int(ids[row, token])
+            if ids.numel() <= _IDS_AS_LIST:  # one conversion, then list indexing per finding
+                if self._ids is None or self._ids[0] is not ids:
+                    self._ids = (ids, ids.tolist())
+                token_id = int(self._ids[1][row][token])
+            else:
+                token_id = int(ids[row, token])
         return Where(
             step=self.step,
             micro_batch=self.micro_batch,
@@ -65,11 +77,16 @@ class StepContext:
 
     def token_mask(self, like: torch.Tensor) -> torch.Tensor:
         """Boolean mask of the compared elements for a tensor shaped like ``like``."""
-        if like.dim() == 2 and self.completion_mask is not None and like.shape == self.completion_mask.shape:
-            return self.completion_mask.bool()
-        if like.dim() == 2 and self.completion_mask is not None and like.shape[1] == 1:
-            return self.completion_mask.bool().any(dim=1, keepdim=True)
-        return torch.ones_like(like, dtype=torch.bool)
+        mask = self.completion_mask
+        if like.dim() == 2 and mask is not None and like.shape == mask.shape:
+            # shared with the invariants' token mask while a step cache is open
+            return cached(("bool", mask), lambda: plain(mask).bool())
+        if like.dim() == 2 and mask is not None and like.shape[1] == 1:
+            return mask.bool().any(dim=1, keepdim=True)
+        return cached(
+            ("ones", tuple(like.shape), str(like.device)),
+            lambda: torch.ones(like.shape, dtype=torch.bool, device=like.device),
+        )
 
 
 def as_f64(tensor: Any) -> torch.Tensor:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from grpo_check._step_cache import cached
+from grpo_check._step_cache import cached, finite_mask, plain
 from grpo_check.config import GRPOSpec
 from grpo_check.stepref.context import StepContext, as_f64
 from grpo_check.tolerance_defaults import LOW_PRECISION
@@ -104,15 +104,33 @@ def computed_dtype(step: TraceStep, name: str) -> str:
     """The precision ``name`` was computed in: the compute dtype for model outputs; for a quantity computed
     from other captured tensors, the coarsest of its own stored dtype and theirs; else the stored dtype."""
     t = step.get(name)
-    stored = str(t.dtype).removeprefix("torch.") if isinstance(t, torch.Tensor) else "float32"
+    stored = _dtype_name(t.dtype) if isinstance(t, torch.Tensor) else "float32"
     compute = step.meta.get("compute_dtype")
     if name in _MODEL_COMPUTED and compute in LOW_PRECISION:
         return str(compute)
-    inputs = [d for d in (_stored_dtype(step, i) for i in _COMPUTED_FROM.get(name, ())) if d is not None]
-    low = [d for d in inputs if str(d).removeprefix("torch.") in LOW_PRECISION]
-    if low and stored not in LOW_PRECISION:
-        return str(max(low, key=lambda d: torch.finfo(d).eps)).removeprefix("torch.")
-    return stored
+    if stored in LOW_PRECISION:
+        return stored
+    coarsest: torch.dtype | None = None  # the first of the low-precision inputs with the largest eps
+    for input_name in _COMPUTED_FROM.get(name, ()):
+        dtype = _stored_dtype(step, input_name)
+        if (
+            dtype is not None
+            and _dtype_name(dtype) in LOW_PRECISION
+            and (coarsest is None or torch.finfo(dtype).eps > torch.finfo(coarsest).eps)
+        ):
+            coarsest = dtype
+    return stored if coarsest is None else _dtype_name(coarsest)
+
+
+_DTYPE_NAMES: dict[torch.dtype, str] = {}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    """``"float32"`` for ``torch.float32`` (memoised: this runs for every comparison)."""
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
+    return name
 
 
 def same_precision_reference(reference: torch.Tensor, step: TraceStep, name: str) -> torch.Tensor | None:
@@ -178,7 +196,7 @@ def reference_downstream(
     logps_in, advantages, mask_in = pick("logps"), pick("advantages"), pick("completion_mask")
     if logps_in is None or advantages is None:
         return None
-    logps = as_f64(logps_in).detach().clone().requires_grad_(True)
+    logps = plain(as_f64(logps_in)).clone().requires_grad_(True)
     if mask_in is None:
         mask_in = torch.ones_like(logps, dtype=torch.long)
     mask = loss_mask(mask_in, pick("tool_mask"), pick("truncated"), spec.mask_truncated_completions)
@@ -212,19 +230,19 @@ def reference_downstream(
         )
         (grad,) = torch.autograd.grad(agg.loss, logps, allow_unused=True)
     result = {
-        "ratio": out.ratio.detach(),
-        "log_ratio": out.log_ratio.detach(),
-        "per_token_loss": out.per_token_loss.detach(),
-        "policy_loss": out.policy_loss.detach(),
-        "loss": agg.loss.detach(),
-        "loss_normalizer": agg.loss_normalizer.detach(),
-        "logps_grad": torch.zeros_like(logps) if grad is None else grad.detach(),
+        "ratio": plain(out.ratio),
+        "log_ratio": plain(out.log_ratio),
+        "per_token_loss": plain(out.per_token_loss),
+        "policy_loss": plain(out.policy_loss),
+        "loss": plain(agg.loss),
+        "loss_normalizer": plain(agg.loss_normalizer),
+        "logps_grad": torch.zeros_like(logps) if grad is None else plain(grad),
         "loss_mask": mask,
     }
     for name in ("clipped_ratio", "is_low_clipped", "is_high_clipped", "kl", "sampler_is_ratio"):
         value = getattr(out, name)
         if value is not None:
-            result[name] = value.detach()
+            result[name] = plain(value)
     return result
 
 
@@ -255,8 +273,7 @@ def decided_clip_branch(reference: Mapping[str, torch.Tensor], spec: GRPOSpec, d
     ratio = reference["ratio"]
     unit = torch.finfo(getattr(torch, dtype, torch.float32)).eps
     band = _CLIP_BAND * unit * ratio.abs()
-    near = torch.zeros_like(ratio, dtype=torch.bool)
-    for bound in (1.0 - spec.epsilon_low, 1.0 + spec.epsilon_high_effective):
-        near |= (ratio - bound).abs() <= band
-    near &= torch.isfinite(ratio)  # a NaN/Inf ratio is compared (and fails), never skipped
+    low, high = 1.0 - spec.epsilon_low, 1.0 + spec.epsilon_high_effective
+    near = ((ratio - low).abs() <= band) | ((ratio - high).abs() <= band)
+    near &= finite_mask(ratio)  # a NaN/Inf ratio is compared (and fails), never skipped
     return ~near

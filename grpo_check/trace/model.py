@@ -99,6 +99,8 @@ class TraceStep:
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def has(self, *names: str) -> bool:
+        if len(names) == 1:  # the common case, without a generator
+            return names[0] in self.tensors
         return all(n in self.tensors for n in names)
 
     def get(self, name: str, default: Any = None) -> Any:

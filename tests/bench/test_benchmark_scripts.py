@@ -36,6 +36,25 @@ def test_ab_check_cost_help_names_its_options() -> None:
         assert option in out
 
 
+def test_count_ops_attributes_the_operations_of_one_check_to_the_engine_parts() -> None:
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "count_ops.py"), "--dispatch", "--top", "3"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    lines = out.splitlines()
+    assert lines[0].startswith("check_captured_step on a correct 48-token step:")
+    calls = int(lines[1].split()[0])
+    torch_calls, _, _, _, _, aten = lines[2].split()[:6]
+    assert calls > int(torch_calls) > int(aten) > 0  # Python calls include the torch calls
+    parts = {line.split()[1] for line in lines[3:] if line.split()[0].isdigit() and "ATen" in line}
+    assert {"invariants.registry", "compare.tensor_diff", "reference.loss"} & parts
+    assert any(part.startswith("invariants.") for part in parts)
+    assert any(part.startswith("diagnose.") for part in parts)
+    assert "--- the 3 most called" in lines
+
+
 def test_merge_window_estimate_checks_only_the_first_micro_batch_of_a_window(monkeypatch) -> None:
     import importlib.util
 

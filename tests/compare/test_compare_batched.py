@@ -236,3 +236,41 @@ def test_set_training_flips_every_module_and_defers_to_a_custom_train():
     tree = torch.nn.Sequential(Custom(), torch.nn.Dropout(0.5))
     set_training(tree, False)
     assert calls == [False] and not any(module.training for module in tree.modules())
+
+
+def test_a_repeated_isolated_finding_keeps_every_field_but_its_label():
+    """repeat_isolated copies the isolated finding field by field: a field added to Finding must travel too."""
+    import dataclasses
+
+    from grpo_check.compare.end_to_end import repeat_isolated
+    from grpo_check.compare.stage_findings import ISOLATED_LOSS_CHECKS
+    from grpo_check.findings import Finding, Where
+
+    isolated_id, label = ISOLATED_LOSS_CHECKS["loss"]
+    isolated = Finding(
+        check_id=isolated_id,
+        stage="loss",
+        verdict=Verdict.PASS,
+        figure=1e-9,
+        tolerance=2e-6,
+        where=Where(step=3, row=1),
+        explanation=f"{label} matches the reference: max |error| 1e-09",
+        likely_cause="cause",
+        fix="fix",
+        catalog_id="7",
+        kind="compare",
+        details={"tolerance": TOL.to_dict(), "n": 1},
+    )
+    comparison = Comparison("e2e.loss", "loss", "loss", 0.0, 0.0, TOL, what="end-to-end loss")
+    repeated = repeat_isolated(comparison, {isolated_id: isolated})
+    relabelled = {"check_id", "stage", "explanation", "details"}
+    for field in dataclasses.fields(Finding):
+        if field.name not in relabelled:
+            assert getattr(repeated, field.name) == getattr(isolated, field.name), field.name
+    assert (repeated.check_id, repeated.explanation) == (
+        "e2e.loss",
+        "end-to-end loss matches the reference: max |error| 1e-09",
+    )
+    assert repeated.details == isolated.details and repeated.details is not isolated.details
+    other_tolerance = dataclasses.replace(comparison, tolerance=dataclasses.replace(TOL, atol=1.0))
+    assert repeat_isolated(other_tolerance, {isolated_id: isolated}) is None  # not under the same tolerance
