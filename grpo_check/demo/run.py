@@ -147,10 +147,12 @@ def run_cell(
     live: bool = True,
     steps: int | None = None,
     budget: float | None = None,
+    forward_rows: str = "subset",
 ) -> CellRun:
     """Train ``cell`` with checking attached (single process) and return its :class:`CellRun`.
 
-    ``steps`` overrides the cell's optimizer steps; ``budget`` attaches with ``attach(budget=...)``."""
+    ``steps`` overrides the cell's optimizer steps; ``budget`` attaches with ``attach(budget=...)``,
+    ``forward_rows`` with ``attach(forward_rows=...)``."""
     from grpo_check.trl.runner import train_checked
 
     start = time.perf_counter()
@@ -158,7 +160,9 @@ def run_cell(
     work = Path(tempfile.mkdtemp(prefix="grpo-check-demo-")) if owned else Path(workdir)
     try:
         trainer = build_trainer(cell, work, seed=seed, trainer_cls=trainer_cls, steps=steps)
-        run = train_checked(trainer, out_dir=trace_dir, every=every, live=live, budget=budget)
+        run = train_checked(
+            trainer, out_dir=trace_dir, every=every, live=live, budget=budget, forward_rows=forward_rows
+        )
         if run.outcome.status != "completed":
             raise RuntimeError(f"{cell.name}: {run.outcome.line}")
         _label(run.result.findings, cell)
