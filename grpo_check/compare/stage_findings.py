@@ -206,9 +206,12 @@ def _rows_note(step: TraceStep) -> str:
 
 
 def _note_forward_rows(step: TraceStep, finding: Finding) -> None:
-    """Record on a forward-pass finding which rows the forward ran on (read by :mod:`grpo_check.coverage`)."""
+    """Record on a forward-pass finding how many rows the forward ran on (read by :mod:`grpo_check.coverage`)."""
     subset = forward_subset(step)
-    if subset is not None:
+    if subset is None and step.has("completion_ids"):
+        rows = int(step["completion_ids"].shape[0])
+        finding.details["forward_rows"] = {"rows": rows, "of": rows, "covers": []}
+    elif subset is not None:
         finding.details["forward_rows"] = {
             "rows": len(subset.rows),
             "of": subset.total,

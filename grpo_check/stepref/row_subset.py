@@ -72,7 +72,7 @@ META_KEY = "forward_rows"
 
 Label = tuple[str, Any]
 """(kind, value): ``("padding", 2)``, ``("end", "eos")``, ``("length", (4, 7))``, ``("group", 3)``,
-``("part", 1)``, ``("anomalous", "non-finite or positive log-prob")``."""
+``("part", 1)``, ``("anomalous", ("non-finite or positive log-prob", row))``."""
 
 # what a subset says it covers, per kind, in report order
 _COVERS = {
@@ -99,6 +99,8 @@ def label_text(label: Label) -> str:
         return f"group {value}"
     if kind == "part":
         return f"micro-batch {value}"
+    if kind == "anomalous":
+        return str(value[0])
     return str(value)
 
 
@@ -154,8 +156,8 @@ def row_labels(
             own.add(("group", int(groups[row])))
         if parts is not None:
             own.add(("part", int(parts[row])))
-        if row in anomalous:
-            own.add(("anomalous", anomalous[row]))
+        if row in anomalous:  # one label per row: each anomalous row is chosen, not one of them
+            own.add(("anomalous", (anomalous[row], row)))
         labels.append(frozenset(own))
     return labels
 
