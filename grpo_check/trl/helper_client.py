@@ -240,6 +240,7 @@ class HelperClient:
         expected: dict[str, Any] = {}
         if not self._forwards_verified:  # the first window is scored here too: the helper compares
             with preserved_rng(), torch.no_grad():
+                self._prefetch_ref_logps(steps)
                 policy_models = self._window_policy_logps(steps)
                 for index, step in enumerate(steps):
                     for name, model in (

@@ -385,16 +385,12 @@ class LiveChecking:
         for step in steps:
             info = self._generations.get(step.meta.get("generation"))
             subset = forward_subset(step)
-            if (
-                info is None
-                or subset is None
-                or len(info.get("batch") or {}) < 4
-                or not step.has("ref_logps")
-            ):
+            if info is None or len(info.get("batch") or {}) < 4 or not step.has("ref_logps"):
                 continue
             local = self._generation_rows(info, step.meta["global_rows"], step.tensors)
-            if local is not None:
-                wanted.setdefault(step.meta.get("generation"), []).append(local[list(subset.rows)])
+            if local is not None:  # (a micro-batch whose every row was chosen has no subset: all its rows)
+                rows = local if subset is None else local[list(subset.rows)]
+                wanted.setdefault(step.meta.get("generation"), []).append(rows)
         ref_model = self._plain_forward(self.trainer.ref_model)
         for generation, parts in wanted.items():
             with preserved_rng(), torch.no_grad():
