@@ -271,3 +271,34 @@ def test_coverage_says_how_many_rows_the_forward_ran_on():
         if "forward log" in line
     )
     assert line.endswith("(1 check; forward on every row (8))")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["compare", "--trainer", "x.py:f", "--forward-rows", "some"],
+            "--forward-rows must be subset or all",
+        ),
+        (["compare", "some-trace", "--forward-rows", "all"], "--forward-rows applies to --trainer"),
+        (["demo", "--forward-rows", "some"], "--forward-rows must be subset or all"),
+    ],
+)
+def test_a_bad_forward_rows_option_is_one_line_and_exit_2(args, message):
+    from typer.testing import CliRunner
+
+    from grpo_check.cli import app
+
+    run = CliRunner().invoke(app, args)
+    assert run.exit_code == 2, run.output
+    assert message in run.output and "Traceback" not in run.output
+
+
+@pytest.mark.parametrize("command", ["compare", "demo"])
+def test_help_names_the_forward_rows_option(command):
+    from typer.testing import CliRunner
+
+    from grpo_check.cli import app
+
+    run = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert run.exit_code == 0 and "--forward-rows" in run.output

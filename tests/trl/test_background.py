@@ -165,7 +165,9 @@ def _run_counting_forwards(cell, tmp_path, monkeypatch, *, trainer_cls=None, for
 @pytest.mark.slow
 @pytest.mark.parametrize("forward_rows", ["all", "subset"])
 @pytest.mark.parametrize("broken", [False, True])
-def test_the_helper_runs_the_forward_passes_of_a_small_model(tmp_path, monkeypatch, broken, forward_rows, free_core):
+def test_the_helper_runs_the_forward_passes_of_a_small_model(
+    tmp_path, monkeypatch, broken, forward_rows, free_core
+):
     """A small CPU model's weights go to the helper with each checked window, and the helper runs the
     reference's forward passes: after the first window (scored on both sides, to vouch for the helper's
     copy) the training process runs none. The findings are inline checking's, diagnoses included, also
@@ -174,7 +176,9 @@ def test_the_helper_runs_the_forward_passes_of_a_small_model(tmp_path, monkeypat
 
     cell = test_capture._cell("grpo-beta")  # beta > 0, GAS 2, spg 4: two windows, one generation batch
     trainer_cls = test_capture._second_micro_batch_flipped_trainer() if broken else None
-    _, inline = _run(cell, tmp_path, background_mode=False, trainer_cls=trainer_cls, forward_rows=forward_rows)
+    _, inline = _run(
+        cell, tmp_path, background_mode=False, trainer_cls=trainer_cls, forward_rows=forward_rows
+    )
     attachment, in_background, policy_rows, ref_rows = _run_counting_forwards(
         cell, tmp_path, monkeypatch, trainer_cls=trainer_cls, forward_rows=forward_rows
     )
@@ -182,7 +186,9 @@ def test_the_helper_runs_the_forward_passes_of_a_small_model(tmp_path, monkeypat
     if forward_rows == "all":
         assert policy_rows == [16] and ref_rows == [32]  # the first window, scored here too; then none
     else:  # the first window's chosen rows, scored here too; then none
-        first = [s for s in attachment.trace.steps if s.meta["scope"] == "micro_batch" and s.meta["step"] == 0]
+        first = [
+            s for s in attachment.trace.steps if s.meta["scope"] == "micro_batch" and s.meta["step"] == 0
+        ]
         chosen = sum(len(s.meta["forward_rows"]["rows"]) for s in first)
         assert policy_rows == [chosen] and ref_rows == [chosen] and chosen < 16
     assert _verdicts(in_background) == _verdicts(inline)

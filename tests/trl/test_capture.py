@@ -262,7 +262,9 @@ def test_reference_model_scores_only_the_forward_rows_once_per_window(tmp_path, 
         assert {f.where.step for f in failed} == corrupted
         for finding in failed:  # a real row index of the micro-batch, holding a corrupted row
             step = next(
-                s for s in micro if (s.meta["step"], s.meta["micro_batch"]) == (finding.where.step, finding.where.micro_batch)
+                s
+                for s in micro
+                if (s.meta["step"], s.meta["micro_batch"]) == (finding.where.step, finding.where.micro_batch)
             )
             assert step.meta["global_rows"][finding.where.row] < 4
             assert finding.where.row in chosen[(finding.where.step, finding.where.micro_batch)]
