@@ -81,7 +81,7 @@ _COVERS = {
     "length": "every completion-length bucket",
     "group": "every group",
     "part": "every micro-batch",
-    "anomalous": "rows with anomalous log-probs",
+    "anomalous": "rows whose log-probs stand out",
 }
 
 
