@@ -341,8 +341,8 @@ class LiveChecking:
     def _ref_logps_of(self, info: dict[str, Any], wanted: Any, ref_model: Any) -> Any:
         """The reference model's log-probs over this rank's generation batch (rows × tokens), computed at least
         on the local rows ``wanted``: the whole batch in one forward the first time when the forward passes run
-        on every row, else the rows not scored yet (NaN on the rows never asked for); ``None`` when the batch
-        tensors are missing."""
+        on every row or the reference model is synced during training, else the rows not scored yet (NaN on
+        the rows never asked for); ``None`` when the batch tensors are missing."""
         import torch
 
         from grpo_check.compare.stages import model_logps
@@ -350,7 +350,11 @@ class LiveChecking:
         batch = info["batch"]
         if info.get("ref_reference") is not None and info.get("ref_scored") is None:
             return info["ref_reference"]  # the whole batch
-        if self.forward_rows == "all":
+        # a reference model synced to the policy during training (sync_ref_model) changes between the windows of
+        # one generation batch: its rows are all scored at the first need, with the weights TRL scored them with
+        if self.forward_rows == "all" or getattr(
+            getattr(self.trainer, "args", None), "sync_ref_model", False
+        ):
             whole = TraceStep(tensors={name: _cpu(t) for name, t in batch.items()}, meta={})
             info["ref_reference"] = model_logps(ref_model, whole, self.spec.temperature)
             return info["ref_reference"]
@@ -377,6 +381,8 @@ class LiveChecking:
         generation batch (instead of one per micro-batch), ahead of their comparisons."""
         if self.forward_rows == "all" or getattr(self.trainer, "ref_model", None) is None:
             return
+        if getattr(getattr(self.trainer, "args", None), "sync_ref_model", False):
+            return  # scored whole at the first need (see _ref_logps_of)
         import torch
 
         from grpo_check.stepref.forward import forward_subset

@@ -108,3 +108,29 @@ def test_forward_rows_takes_subset_or_all_only(tmp_path):
     trainer = build_trainer(CELL, tmp_path, seed=0)
     with pytest.raises(InputError, match="forward_rows must be 'subset' or 'all', got 'some'"):
         attach(trainer, forward_rows="some")
+
+
+def test_a_reference_model_synced_during_training_is_scored_with_the_weights_trl_used(tmp_path):
+    """sync_ref_model moves the reference model between the windows of one generation batch: its chosen rows
+    are scored at the first need, as TRL scored them, so a correct run raises no alarm."""
+    cell = Cell(
+        "sync",
+        {
+            "loss_type": "grpo",
+            "beta": 0.04,
+            "sync_ref_model": True,
+            "ref_model_sync_steps": 1,
+            "ref_model_mixup_alpha": 1.0,
+            "gradient_accumulation_steps": 2,
+            "steps_per_generation": 4,
+        },
+        steps=2,
+    )
+    from grpo_check.demo.run import build_trainer
+    from grpo_check.trl.runner import train_checked
+
+    run = train_checked(build_trainer(cell, tmp_path, seed=0))
+    assert all("forward_rows" in s.meta for s in _micro(run))
+    bad = [f.message() for f in run.result.findings if f.verdict in (Verdict.FAIL, Verdict.WARN)]
+    assert not bad, bad
+    assert any(f.check_id == "logps.ref_model" and f.verdict is Verdict.PASS for f in run.result.findings)
