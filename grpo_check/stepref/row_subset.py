@@ -133,6 +133,9 @@ def row_labels(
         group_index: (B,) the prompt each row belongs to.
         parts: the micro-batch of each row (rows of one accumulation window).
         logps / old_logps: (B, T) the trainer's log-probs, for the anomalous rows.
+
+    A row without completion tokens (all masked out) compares nothing: it carries only its micro-batch, and
+    :func:`select_rows` takes it only where its micro-batch has no other row, or to fill up the size.
     """
     rows = int(completion_mask.shape[0])
     width = int(completion_mask.shape[1]) if completion_mask.dim() == 2 else 0
@@ -149,6 +152,9 @@ def row_labels(
     anomalous = _anomalous_rows(completion_mask, logps, old_logps)
     labels: list[frozenset[Label]] = []
     for row, (length, row_ended) in enumerate(zip(lengths.tolist(), ended.tolist(), strict=True)):
+        if length == 0:  # no completion token to compare (masked out): it covers nothing but its micro-batch
+            labels.append(frozenset({("part", int(parts[row]))} if parts is not None else ()))
+            continue
         own: set[Label] = {("end", "eos" if row_ended else "truncated"), ("length", _length_bucket(length))}
         if padding is not None:
             own.add(("padding", int(padding[row])))
@@ -249,6 +255,8 @@ def select_rows(labels: Sequence[frozenset[Label]], fraction: float = FRACTION) 
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
     total = len(labels)
+    # a row without completion tokens carries no label but its micro-batch: it compares nothing
+    compares = [any(kind != "part" for kind, _ in own) for own in labels]
     carriers: dict[Label, list[int]] = {}
     for row, own in enumerate(labels):
         for label in own:
@@ -259,13 +267,14 @@ def select_rows(labels: Sequence[frozenset[Label]], fraction: float = FRACTION) 
     for label in sorted(carriers, key=lambda lab: (len(carriers[lab]), _order(lab))):
         if label not in uncovered:
             continue
-        best = max(carriers[label], key=lambda row: (len(labels[row] & uncovered), -row))
+        best = max(carriers[label], key=lambda row: (len(labels[row] & uncovered), compares[row], -row))
         gained = labels[best] & uncovered
         chosen[best] = tuple(label_text(lab) for lab in sorted(gained, key=_order))
         uncovered -= gained
     target = max(len(chosen), math.ceil(total * fraction), 1 if total else 0)
     spread = [(k * total) // target for k in range(target)] if target else []
-    for row in (*spread, *range(total)):  # evenly spread extra rows, then the first rows not chosen
+    # evenly spread extra rows, then the first rows not chosen; rows that compare something first
+    for row in sorted((*spread, *range(total)), key=lambda r: not compares[r]):
         if len(chosen) >= target:
             break
         chosen.setdefault(row, ("spread",))

@@ -95,6 +95,19 @@ def test_every_micro_batch_of_a_window_keeps_rows():
     assert {row // 4 for row in subset.rows} == {0, 1, 2, 3}
 
 
+def test_rows_without_completion_tokens_are_chosen_only_where_nothing_else_covers_their_micro_batch():
+    # micro-batch 0: rows 0-1 fully masked (truncated rows a trainer masks out), rows 2-3 with tokens;
+    # micro-batch 1: every row masked
+    batch = _batch([0] * 8, [0, 0, 3, 6, 0, 0, 0, 0])
+    labels = row_labels(batch["prompt_mask"], batch["completion_mask"], parts=[0] * 4 + [1] * 4)
+    assert labels[0] == frozenset({("part", 0)})
+    subset = select_rows(labels)
+    assert {2, 3} <= set(subset.rows) and not {0, 1} & set(subset.rows)
+    assert any(row >= 4 for row in subset.rows)  # micro-batch 1 keeps a row, though it compares nothing
+    alone = _batch([0] * 4, [0, 0, 0, 0])
+    assert select_rows(row_labels(alone["prompt_mask"], alone["completion_mask"])).rows == (0,)
+
+
 def test_rows_with_anomalous_trainer_logps_are_chosen():
     batch = _batch([0] * 12, [6] * 12)
     logps = -torch.rand(12, 6) - 0.1
