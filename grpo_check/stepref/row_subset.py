@@ -11,7 +11,7 @@ The kinds a subset covers (each one *label* per row):
 
 * prompt padding: every distinct number of pad tokens in the prompt (the prompt lengths);
 * completion end: truncated rows (no EOS) and EOS-ended rows;
-* completion length: every length bucket (0, 1, 2–3, 4–7, 8–15, ...);
+* completion length: every length bucket (1, 2–3, 4–7, 8–15, ...);
 * group: at least one row of every group (a group-indexing bug must be visible);
 * part: every micro-batch of an accumulation window (each rank chooses from its own rows, so every rank with
   rows checks some);
