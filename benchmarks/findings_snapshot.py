@@ -15,6 +15,15 @@ anything differs. Typical use around an optimisation::
 
     .venv/bin/python benchmarks/findings_snapshot.py -o /tmp/before.json        # on the old commit
     .venv/bin/python benchmarks/findings_snapshot.py --against /tmp/before.json # on the new one
+
+``--forward`` checks the demo steps with the reference's own forward passes too, exactly as the live run
+handed them over (the policy's and the reference model's log-probs), so that a change to those passes shows.
+``--ignore-counts`` (with ``--against``) compares the findings of the forward family (``logps.model``,
+``logps.ref_model``, ``logps.old_model``) on their check, verdict, stage, catalog id, cause, fix and step
+coordinates only: what legitimately changes when the forward passes run on fewer rows (row and element
+counts, the largest error over the rows compared and where it is, the explanation that states them) is left
+out. Every other finding is still compared in every field. The step meta that records the rows
+(``forward_rows``) is not part of a snapshot.
 """
 
 from __future__ import annotations
@@ -59,15 +68,17 @@ _BREAKS: dict[str, Callable[[Any], None]] = {
 }
 
 
-def _demo_steps() -> list[tuple[Any, Any]]:
-    """The steps a 3-step live demo run checks, with their specs (captured, not checked, here)."""
+def _demo_steps() -> list[tuple[Any, Any, dict[str, Any]]]:
+    """The steps a 3-step live demo run checks, with their specs and the models the run handed over (captured,
+    not checked, here)."""
     from grpo_check.bench.overhead import _timed_run, check_captured_step_replaced, demo_trainer_factory
 
-    captured: list[tuple[Any, Any]] = []
+    captured: list[tuple[Any, Any, dict[str, Any]]] = []
 
     def keep(real: Callable[..., Any]) -> Callable[..., Any]:
         def check(step: Any, spec: Any, **kwargs: Any) -> Any:
-            captured.append((step, spec))
+            models = {"model": kwargs.get("model"), "ref_model": kwargs.get("ref_model")}
+            captured.append((step, spec, models))
             return [], []
 
         return check
@@ -77,13 +88,20 @@ def _demo_steps() -> list[tuple[Any, Any]]:
     return captured
 
 
-def _cases(demo: bool, loss_types: tuple[str, ...]) -> Iterator[tuple[str, Any, Any]]:
+_NO_MODELS: dict[str, Any] = {"model": None, "ref_model": None}
+
+
+def _cases(
+    demo: bool, loss_types: tuple[str, ...], forward: bool = False
+) -> Iterator[tuple[str, Any, Any, dict[str, Any]]]:
     from grpo_check.compare.synthetic import make_step
     from grpo_check.config import GRPOSpec
 
     if demo:
-        for index, (step, spec) in enumerate(_demo_steps()):
-            yield f"demo/{index}/{step.meta.get('scope')}", step, spec
+        for index, (step, spec, models) in enumerate(_demo_steps()):
+            yield f"demo/{index}/{step.meta.get('scope')}", step, spec, _NO_MODELS
+            if forward and any(model is not None for model in models.values()):
+                yield f"demo-forward/{index}/{step.meta.get('scope')}", step, spec, models
     for loss_type in loss_types:
         for beta in (0.0, 0.04):
             for estimator in ("k3", "k1"):
@@ -96,18 +114,20 @@ def _cases(demo: bool, loss_types: tuple[str, ...]) -> Iterator[tuple[str, Any, 
                 )
                 step = make_step(spec, n_prompts=3, completion_length=7, vocab_size=20, seed=1)
                 name = f"{loss_type}/beta={beta}/{estimator}"
-                yield name, step, spec
+                yield name, step, spec, _NO_MODELS
                 for broken_name, mutate in _BREAKS.items():
                     broken = copy.deepcopy(step)
                     mutate(broken)
-                    yield f"{name}/{broken_name}", broken, spec
+                    yield f"{name}/{broken_name}", broken, spec, _NO_MODELS
 
 
 def _finding_record(finding: Any) -> dict[str, str]:
     return {field.name: repr(getattr(finding, field.name)) for field in dataclasses.fields(finding)}
 
 
-def snapshot(demo: bool = True, loss_types: tuple[str, ...] = _LOSS_TYPES) -> dict[str, Any]:
+def snapshot(
+    demo: bool = True, loss_types: tuple[str, ...] = _LOSS_TYPES, forward: bool = False
+) -> dict[str, Any]:
     """{case: {"findings": [...], "not_captured": [...]}} (or {"error": ...}) for every case."""
     import torch
 
@@ -115,16 +135,50 @@ def snapshot(demo: bool = True, loss_types: tuple[str, ...] = _LOSS_TYPES) -> di
 
     torch.set_num_threads(1)
     out: dict[str, Any] = {}
-    for name, step, spec in _cases(demo, loss_types):
+    for name, step, spec, models in _cases(demo, loss_types, forward):
         try:
-            findings, not_captured = check_captured_step(
-                step, spec, model=None, ref_model=None, tolerances=None, invariants=True
-            )
+            with torch.no_grad():
+                findings, not_captured = check_captured_step(
+                    step, spec, tolerances=None, invariants=True, **models
+                )
         except Exception as error:  # a crash is part of what the snapshot records
             out[name] = {"error": repr(error)}
             continue
         out[name] = {"findings": [_finding_record(f) for f in findings], "not_captured": not_captured}
     return out
+
+
+# the findings of the reference's own forward passes, and the fields of theirs that do not depend on how many
+# rows those passes ran on (--ignore-counts)
+FORWARD_CHECKS = frozenset({"logps.model", "logps.ref_model", "logps.old_model"})
+_FORWARD_REPRS = frozenset(repr(check_id) for check_id in FORWARD_CHECKS)
+_KEPT_WITHOUT_COUNTS = ("check_id", "stage", "verdict", "kind", "catalog_id", "likely_cause", "fix")
+
+
+def without_counts(snap: dict[str, Any]) -> dict[str, Any]:
+    """``snap`` with the forward-family findings reduced to the fields that do not depend on the number of rows
+    the forward passes ran on (plus the step coordinates of ``where``)."""
+    out: dict[str, Any] = {}
+    for name, case in snap.items():
+        if "findings" not in case:
+            out[name] = case
+            continue
+        findings = []
+        for finding in case["findings"]:
+            if finding["check_id"] in _FORWARD_REPRS:  # a record holds the repr() of each field
+                kept = {key: finding[key] for key in _KEPT_WITHOUT_COUNTS}
+                kept["where"] = _step_coordinates(finding["where"])
+                finding = kept
+            findings.append(finding)
+        out[name] = {**case, "findings": findings}
+    return out
+
+
+def _step_coordinates(where: str) -> str:
+    """``Where(step=0, micro_batch=1, rank=0, prompt=..., row=...)`` -> its step, micro-batch and rank only."""
+    import re
+
+    return ", ".join(re.findall(r"(?:step|micro_batch|rank)=[^,)]*", where))
 
 
 def differences(before: dict[str, Any], after: dict[str, Any], limit: int = 5) -> list[str]:
@@ -162,6 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", help="write the snapshot (JSON) here")
     parser.add_argument("--against", help="compare with this earlier snapshot; exit 1 if anything differs")
     parser.add_argument("--no-demo", action="store_true", help="synthetic steps only (no TRL run)")
+    parser.add_argument(
+        "--forward", action="store_true", help="also check the demo steps with the reference's forward passes"
+    )
+    parser.add_argument(
+        "--ignore-counts",
+        action="store_true",
+        help="with --against: compare the forward-family findings without their row counts and figures",
+    )
     args = parser.parse_args(argv)
     if args.output and not Path(args.output).resolve().parent.is_dir():
         parser.error(f"-o {args.output}: no such directory")
@@ -172,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                 before = json.load(handle)
         except (OSError, ValueError) as error:
             parser.error(f"--against {args.against}: {error}")
-    current = snapshot(demo=not args.no_demo)
+    current = snapshot(demo=not args.no_demo, forward=args.forward)
     findings = sum(len(case.get("findings", [])) for case in current.values())
     print(f"{len(current)} steps checked, {findings} findings", file=sys.stderr)
     if args.output:
@@ -183,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"findings_snapshot.py: cannot write {args.output}: {error}", file=sys.stderr)
             return 2
     if before is not None:
+        if args.ignore_counts:
+            before, current = without_counts(before), without_counts(current)
         lines = differences(before, current)
         print("\n".join(lines) if lines else f"identical to {args.against}")
         return 1 if lines else 0

@@ -141,6 +141,9 @@ def coverage_of(
         }
         if decided:
             entry.update(status="ran", reason=None, how=None, gap=False)
+            rows = _forward_rows(decided)
+            if rows is not None:
+                entry["rows"] = rows
         elif family.id in not_applicable:
             entry.update(status="not_applicable", reason=not_applicable[family.id], how=None, gap=False)
         else:
@@ -149,6 +152,35 @@ def coverage_of(
             entry.update(status="not_run", reason=reason, how=how, gap=family.core and at_hand)
         families.append(entry)
     return {"model_at_hand": model_at_hand, "ref_model_at_hand": ref_model_at_hand, "families": families}
+
+
+def _forward_rows(findings: list[Finding]) -> dict[str, Any] | None:
+    """How many rows the reference's own forward passes ran on, over the findings that record it
+    (``details["forward_rows"]``: a row-subset forward, see ``grpo_check.stepref.row_subset``): checked rows,
+    rows in all, and what the subsets covered; ``None`` when no finding records it."""
+    parts = [(f.details or {}).get("forward_rows") for f in findings]
+    parts = [p for p in parts if isinstance(p, Mapping)]
+    if not parts:
+        return None
+    covers: list[str] = []
+    for part in parts:
+        covers += [c for c in part.get("covers") or () if c not in covers]
+    return {
+        "checked": sum(int(p.get("rows", 0)) for p in parts),
+        "of": sum(int(p.get("of", 0)) for p in parts),
+        "covers": covers,
+    }
+
+
+def rows_text(rows: Mapping[str, Any] | None) -> str:
+    """``forward on 4 of 16 rows, covering every prompt padding, ...`` / ``forward on every row (16)``."""
+    if not rows:
+        return ""
+    checked, total = rows.get("checked", 0), rows.get("of", 0)
+    if checked >= total:
+        return f"forward on every row ({total})"
+    covers = rows.get("covers") or []
+    return f"forward on {checked} of {total} rows" + (f", covering {', '.join(covers)}" if covers else "")
 
 
 def _why_not(
@@ -204,7 +236,10 @@ def coverage_lines(coverage: Mapping[str, Any] | None) -> list[str]:
         status = family.get("status")
         if status == "ran":
             checks = family["checks"]
-            lines.append(f"ran      {family['title']} ({checks} check{'' if checks == 1 else 's'})")
+            rows = rows_text(family.get("rows"))
+            lines.append(
+                f"ran      {family['title']} ({checks} check{'' if checks == 1 else 's'}{'; ' + rows if rows else ''})"
+            )
         elif status == "not_applicable":
             lines.append(f"n/a      {family['title']}: {family['reason']}")
         else:
@@ -229,6 +264,9 @@ def merge_coverage(coverages: Iterable[Mapping[str, Any] | None]) -> dict[str, A
             elif family["status"] == "ran":
                 checks = have["checks"] + family["checks"] if have["status"] == "ran" else family["checks"]
                 merged[family["id"]] = {**family, "checks": checks}
+                rows = _merged_rows(have.get("rows") if have["status"] == "ran" else None, family.get("rows"))
+                if rows is not None:
+                    merged[family["id"]]["rows"] = rows
             elif have["status"] != "ran" and family.get("gap"):
                 merged[family["id"]] = dict(family)
     order = [f.id for f in FAMILIES]
@@ -239,6 +277,14 @@ def merge_coverage(coverages: Iterable[Mapping[str, Any] | None]) -> dict[str, A
     }
 
 
+def _merged_rows(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not a or not b:
+        return dict(a or b) if (a or b) else None
+    covers = list(a.get("covers") or [])
+    covers += [c for c in b.get("covers") or [] if c not in covers]
+    return {"checked": a["checked"] + b["checked"], "of": a["of"] + b["of"], "covers": covers}
+
+
 __all__ = [
     "FAMILIES",
     "Family",
@@ -247,4 +293,5 @@ __all__ = [
     "coverage_of",
     "coverage_status",
     "merge_coverage",
+    "rows_text",
 ]

@@ -30,6 +30,9 @@ its bug-catalog id and a fix); legitimate convention differences (population std
 with grpo-check attached, and every micro-batch is compared live, including the reference's OWN forward
 passes of the policy and of the reference model (the trainer's per-token log-probs are checked, not
 trusted). The captured trace is written to `<output>/trace`, replacing the one an earlier run left there.
+Those forward passes run on a subset of each accumulation window's rows that covers every prompt padding,
+truncated and EOS-ended rows, every completion-length bucket, every group and micro-batch (at least a
+quarter of the rows); every row keeps the other checks. `--forward-rows all` runs them on every row.
 
 A recorded TRACE is compared offline; its forward log-probs are checked only with `--model PATH` (and the
 reference model's with `--ref-model PATH`): local directories loaded with `from_pretrained`, holding the
@@ -262,6 +265,13 @@ def register(app: typer.Typer) -> None:
             "--allow-partial",
             help="Accept incomplete coverage: exit 0 instead of 4 when a core check could not run.",
         ),
+        forward_rows: str | None = typer.Option(
+            None,
+            "--forward-rows",
+            help="With --trainer: the rows the reference's own forward passes run on: subset (default; every "
+            "prompt padding, truncated and EOS-ended rows, every group and micro-batch, at least a quarter of "
+            "the rows) or all. A TRACE with --model is checked on every row.",
+        ),
     ) -> None:
         with user_errors():
             from grpo_check.compare import compare
@@ -276,6 +286,12 @@ def register(app: typer.Typer) -> None:
                 raise fail_usage(
                     "--steps applies to --trainer (how many optimizer steps to train); a TRACE is compared whole"
                 )
+            if forward_rows is not None and trainer is None:
+                raise fail_usage(
+                    "--forward-rows applies to --trainer; a TRACE with --model is checked on every row"
+                )
+            if forward_rows not in (None, "subset", "all"):
+                raise fail_usage(f"--forward-rows must be subset or all, got {forward_rows!r}")
             if trainer is not None:
                 steps = 2 if steps is None else steps
                 if against is not None:
@@ -307,6 +323,7 @@ def register(app: typer.Typer) -> None:
                             tolerances=policy,
                             invariants=not no_invariants,
                             probes=not no_probes,
+                            forward_rows=forward_rows or "subset",
                         )
                 except FactoryCrashed as exc:
                     typer.secho(f"error: {exc.line}", err=True, fg=typer.colors.RED)

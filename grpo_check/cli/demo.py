@@ -75,6 +75,12 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of the model weights, dataset and TRL."),
         strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too."),
         list_cells: bool = typer.Option(False, "--list", help="List the configurations and exit."),
+        forward_rows: str = typer.Option(
+            "subset",
+            "--forward-rows",
+            help="The rows the reference's own forward passes run on: subset (every prompt padding, truncated "
+            "and EOS-ended rows, every group and micro-batch, at least a quarter of the rows) or all.",
+        ),
     ) -> None:
         with user_errors():
             from grpo_check.demo.matrix import cells
@@ -88,6 +94,8 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(ExitCode.OK)
             if not 0 <= seed < 2**32:  # torch and numpy take seeds in [0, 2**32)
                 raise fail_usage(f"--seed must be between 0 and {2**32 - 1}, got {seed}")
+            if forward_rows not in ("subset", "all"):
+                raise fail_usage(f"--forward-rows must be subset or all, got {forward_rows!r}")
             if processes not in (1, 2, 3, 4):
                 raise fail_usage(f"--processes must be between 1 and 4, got {processes}")
             from grpo_check.report import normalise_format, render
@@ -104,7 +112,13 @@ def register(app: typer.Typer) -> None:
                 typer.echo(line, err=fmt != "text")
 
             outcome = run_demo(
-                matrix, out_dir=out_dir, only=only or None, processes=processes, seed=seed, progress=progress
+                matrix,
+                out_dir=out_dir,
+                only=only or None,
+                processes=processes,
+                seed=seed,
+                progress=progress,
+                forward_rows=forward_rows,
             )
             result = outcome.result
             if fmt == "text":

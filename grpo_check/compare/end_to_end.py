@@ -12,6 +12,8 @@ from grpo_check.compare.tensor_diff import Comparison, StepContext, compare_tens
 from grpo_check.compare.tolerances import TolerancePolicy
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, InputError, Verdict
+from grpo_check.stepref.context import as_f64
+from grpo_check.stepref.forward import forward_row_mask
 from grpo_check.stepref.inputs import (
     StageReference,
     computed_dtype,
@@ -39,11 +41,11 @@ def end_to_end_findings(
         return findings
     overrides: dict[str, torch.Tensor | None] = {"advantages": ref_adv}
     if "logps" in ref.tensors and step.has("logps"):
-        overrides["logps"] = ref.tensors["logps"]
+        overrides["logps"] = _beside_trainer(step, "logps", ref.tensors["logps"])
         if not step.has("old_logps"):
-            overrides["old_logps"] = ref.tensors["logps"]
+            overrides["old_logps"] = overrides["logps"]
     if "ref_logps" in ref.tensors:
-        overrides["ref_logps"] = ref.tensors["ref_logps"]
+        overrides["ref_logps"] = _beside_trainer(step, "ref_logps", ref.tensors["ref_logps"])
     if not step.has("logps") and "logps" not in overrides:
         return findings
     # Where every upstream tensor the end-to-end pass would replace already matched the reference within
@@ -108,6 +110,15 @@ def end_to_end_findings(
         finding.details["reused_isolated_reference"] = reuse
         findings.append(finding)
     return findings
+
+
+def _beside_trainer(step: TraceStep, name: str, own: torch.Tensor) -> torch.Tensor:
+    """The reference's own log-probs where its forward pass ran, the trainer's ``name`` on the rows it did not
+    run (a row subset: :func:`~grpo_check.stepref.forward.forward_row_mask`)."""
+    rows = forward_row_mask(step)
+    if rows is None or not step.has(name) or step[name].shape != own.shape or own.dim() != 2:
+        return own
+    return torch.where(rows.to(own.device).unsqueeze(1), own, as_f64(step[name]).to(own.dtype))
 
 
 def repeat_isolated(comparison: Comparison, isolated_by_id: Mapping[str, Finding]) -> Finding | None:

@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import os
@@ -185,7 +186,7 @@ def compare(
             result.extend(_invariant_findings(step, spec))
         result.extend(
             compare_step(
-                step,
+                _every_row(step) if model is not None or ref_model is not None else step,
                 spec,
                 tolerances=policy,
                 model=_for_step(model, step),
@@ -278,6 +279,16 @@ def _as_step(value: Any) -> TraceStep:
     raise InputError(
         f"step must be a grpo_check TraceStep (TraceStep(tensors={{...}}, meta={{...}})), got {type(value).__name__}"
     )
+
+
+def _every_row(step: TraceStep) -> TraceStep:
+    """``step`` without the row subset a live run recorded for its forward passes (``meta["forward_rows"]``):
+    an offline comparison with a model runs the forward passes on every row."""
+    from grpo_check.stepref.row_subset import META_KEY
+
+    if META_KEY not in step.meta:
+        return step
+    return dataclasses.replace(step, meta={k: v for k, v in step.meta.items() if k != META_KEY})
 
 
 def _for_step(model: Any, step: TraceStep) -> Any:

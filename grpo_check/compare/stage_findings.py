@@ -27,7 +27,7 @@ from grpo_check.compare.tensor_diff import (
 from grpo_check.compare.tolerances import Tolerance, TolerancePolicy
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, Verdict
-from grpo_check.stepref.forward import model_logits, model_logps
+from grpo_check.stepref.forward import forward_row_mask, forward_subset, model_logits, model_logps
 from grpo_check.stepref.inputs import (
     StageReference,
     computed_dtype,
@@ -170,17 +170,53 @@ def _forward_comparison(
     tolerance: Tolerance,
     note: str = "",
 ) -> Comparison:
-    """The trainer's ``name`` against log-probs from the reference's own forward pass."""
+    """The trainer's ``name`` against log-probs from the reference's own forward pass (on the step's forward
+    rows: :func:`~grpo_check.stepref.forward.forward_subset`)."""
     return Comparison(
         check_id=check_id,
         stage="logps",
         name=name,
-        what=f"{name} (vs the reference's own forward pass, T={temperature:g}{note})",
+        what=f"{name} (vs the reference's own forward pass, T={temperature:g}{note}{_rows_note(step)})",
         trainer=step[name],
         reference=reference,
         reference_same_precision=same_precision_reference(reference, step, name),
         tolerance=tolerance,
+        mask=forward_mask(step, reference),
     )
+
+
+def forward_mask(step: TraceStep, like: torch.Tensor) -> torch.Tensor | None:
+    """The elements a comparison with the reference's own forward pass covers: the completion tokens of the
+    rows it ran on; ``None`` (the default mask) when it ran on every row."""
+    rows = forward_row_mask(step)
+    if rows is None or like.dim() != 2 or like.shape[0] != rows.shape[0]:
+        return None
+    mask = step.get("completion_mask")
+    base = (
+        mask.bool()
+        if mask is not None and mask.shape == like.shape
+        else torch.ones(like.shape, dtype=torch.bool)
+    )
+    return base & rows.to(base.device).unsqueeze(1)
+
+
+def _rows_note(step: TraceStep) -> str:
+    subset = forward_subset(step)
+    return "" if subset is None else f"; on {len(subset.rows)} of {subset.total} rows"
+
+
+def _note_forward_rows(step: TraceStep, finding: Finding) -> None:
+    """Record on a forward-pass finding how many rows the forward ran on (read by :mod:`grpo_check.coverage`)."""
+    subset = forward_subset(step)
+    if subset is None and step.has("completion_ids"):
+        rows = int(step["completion_ids"].shape[0])
+        finding.details["forward_rows"] = {"rows": rows, "of": rows, "covers": []}
+    elif subset is not None:
+        finding.details["forward_rows"] = {
+            "rows": len(subset.rows),
+            "of": subset.total,
+            "covers": list(subset.covers),
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,6 +325,7 @@ def logps_findings(
                         reference=want,
                         tolerance=_POSITIONS_MATERIAL,
                         ctx=ctx,
+                        mask=forward_mask(step, want),
                     ).verdict
                     is not Verdict.PASS
                 )
@@ -302,26 +339,34 @@ def logps_findings(
             if matched is not None:
                 finding.details["matches_forward"] = matched
         ref.tensors[name] = want
+        _note_forward_rows(step, finding)
         findings.append(finding)
     on_policy_old = step.meta.get("optimizer_steps_since_old_logps") == 0
     if model is not None and on_policy_old and step.has("old_logps") and "logps" in ref.tensors:
         # no optimizer step since the old log-probs were taken: they must equal the same forward pass
         want = ref.tensors["logps"]
-        findings += compare_tensors(
+        old_findings = compare_tensors(
             [
                 Comparison(
                     check_id="logps.old_model",
                     stage="logps",
                     name="old_logps",
-                    what="old_logps (no optimizer step since: vs the reference's own forward pass)",
+                    what=(
+                        "old_logps (no optimizer step since: vs the reference's own forward pass"
+                        f"{_rows_note(step)})"
+                    ),
                     trainer=step["old_logps"],
                     reference=want,
                     reference_same_precision=same_precision_reference(want, step, "old_logps"),
                     tolerance=policy.for_check("logps.old_model", "logps", computed_dtype(step, "old_logps")),
+                    mask=forward_mask(step, want),
                 )
             ],
             ctx,
         )
+        for finding in old_findings:
+            _note_forward_rows(step, finding)
+        findings += old_findings
     if model is not None and ref.logits is None and spec.truncated_sampling and step.has("sampler_logps"):
         # the full logits are needed only for the kept sampling mass S_t: one more forward, so only then
         ref.logits = model_logits(model, step)
@@ -361,7 +406,11 @@ def _sampler_finding(step: TraceStep, spec: GRPOSpec, ctx: StepContext, ref: Sta
         )
         ref.tensors["kept_mass"] = kept
         expected = distribution.expected_d_from_kept_mass(kept)
-        metrics["expected_mean_d"] = float(expected[mask.bool()].mean())
+        selected = mask.bool()
+        rows = forward_row_mask(step)  # the rows the forward ran on (kept_mass is NaN on the others)
+        if rows is not None and selected.dim() == 2 and selected.shape[0] == rows.shape[0]:
+            selected = selected & rows.to(selected.device).unsqueeze(1)
+        metrics["expected_mean_d"] = float(expected[selected].mean())
         residual_note = (
             f"; the sampling parameters (top_p={spec.top_p:g}, top_k={spec.top_k}, min_p={spec.min_p}) predict a "
             f"mean d of {metrics['expected_mean_d']:.3g} for a renormalising sampler"

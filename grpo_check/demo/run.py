@@ -153,10 +153,12 @@ def run_cell(
     live: bool = True,
     steps: int | None = None,
     budget: float | None = None,
+    forward_rows: str = "subset",
 ) -> CellRun:
     """Train ``cell`` with checking attached (single process) and return its :class:`CellRun`.
 
-    ``steps`` overrides the cell's optimizer steps; ``budget`` attaches with ``attach(budget=...)``."""
+    ``steps`` overrides the cell's optimizer steps; ``budget`` attaches with ``attach(budget=...)``,
+    ``forward_rows`` with ``attach(forward_rows=...)``."""
     from grpo_check.trl.runner import train_checked
 
     start = time.perf_counter()
@@ -164,7 +166,9 @@ def run_cell(
     work = Path(tempfile.mkdtemp(prefix="grpo-check-demo-")) if owned else Path(workdir)
     try:
         trainer = build_trainer(cell, work, seed=seed, trainer_cls=trainer_cls, steps=steps)
-        run = train_checked(trainer, out_dir=trace_dir, every=every, live=live, budget=budget)
+        run = train_checked(
+            trainer, out_dir=trace_dir, every=every, live=live, budget=budget, forward_rows=forward_rows
+        )
         if run.outcome.status != "completed":
             raise RuntimeError(f"{cell.name}: {run.outcome.line}")
         _label(run.result.findings, cell)
@@ -188,10 +192,12 @@ def run_cell_multiprocess(
     timeout: float = 600.0,
     steps: int | None = None,
     budget: float | None = None,
+    forward_rows: str = "subset",
 ) -> CellRun:
     """Run ``cell`` on N CPU processes (torchrun + accelerate, gloo) and merge the ranks' traces and results.
 
-    ``steps`` overrides the cell's optimizer steps; ``budget`` attaches with ``attach(budget=...)``."""
+    ``steps`` overrides the cell's optimizer steps; ``budget`` attaches with ``attach(budget=...)``,
+    ``forward_rows`` with ``attach(forward_rows=...)``."""
     from grpo_check.trl.runner import merge_rank_traces
 
     start = time.perf_counter()
@@ -218,6 +224,8 @@ def run_cell_multiprocess(
             str(seed),
             *(["--steps", str(steps)] if steps is not None else []),
             *(["--budget", str(budget)] if budget is not None else []),
+            "--forward-rows",
+            forward_rows,
         ]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
@@ -300,9 +308,10 @@ def run_demo(
     every: int = 1,
     progress: Progress | None = None,
     formats: list[str] | None = None,
+    forward_rows: str = "subset",
 ) -> DemoOutcome:
     """Run the matrix (``"fast"`` subset or ``"full"``), print one line per cell through ``progress``, write
-    the merged report to ``out_dir`` (skipped when ``None``)."""
+    the merged report to ``out_dir`` (skipped when ``None``). ``forward_rows``: ``attach(forward_rows=...)``."""
     if processes < 1:
         raise InputError(f"processes must be >= 1, got {processes}", field="processes")
     _quiet_libraries()
@@ -316,9 +325,9 @@ def run_demo(
     for index, cell in enumerate(chosen, 1):
         say(f"[{index}/{len(chosen)}] {cell.name}: {cell.why}")
         if processes == 1:
-            run = run_cell(cell, seed=seed, every=every)
+            run = run_cell(cell, seed=seed, every=every, forward_rows=forward_rows)
         else:
-            run = run_cell_multiprocess(cell, processes=processes, seed=seed)
+            run = run_cell_multiprocess(cell, processes=processes, seed=seed, forward_rows=forward_rows)
         runs.append(run)
         say("      " + _summary_line(run))
     from grpo_check.coverage import merge_coverage

@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--budget", type=float, default=None, help="attach(budget=...) instead of every step")
+    parser.add_argument(
+        "--forward-rows", choices=("subset", "all"), default="subset", help="attach(forward_rows=...)"
+    )
     args = parser.parse_args(argv)
 
     from grpo_check.demo.matrix import MATRIX
@@ -33,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(trainer.accelerator.process_index)
     rank_dir = out / f"rank{rank}"
     rank_dir.mkdir(parents=True, exist_ok=True)
-    run = train_checked(trainer, out_dir=rank_dir / "trace", live=True, budget=args.budget)
+    run = train_checked(
+        trainer, out_dir=rank_dir / "trace", live=True, budget=args.budget, forward_rows=args.forward_rows
+    )
     (rank_dir / "result.json").write_text(run.result.to_json() + "\n")
     if rank == 0:
         (rank_dir / "log_history.json").write_text(json.dumps(run.log_history, default=str) + "\n")

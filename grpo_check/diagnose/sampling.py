@@ -42,6 +42,7 @@ def detect_truncated_support(dx: Diagnosis) -> list[Finding]:
             return []
         row, token, value = worst(d, mask)
         sel = mask if mask is not None else torch.ones_like(d, dtype=torch.bool)
+        sel = sel & torch.isfinite(log_kept)  # NaN on rows a row-subset forward did not run
         return [
             dx.finding(
                 check_id="diagnose.truncated_support",

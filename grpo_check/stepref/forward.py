@@ -5,6 +5,10 @@
 * :func:`model_logps_shifted` — log-probs with a misaligned one-token shift (the off-by-one diagnosis);
 * :func:`window_known_logps` / :class:`KnownLogps` — one forward pass shared by the micro-batches of a window;
 * :func:`set_training` — a fast ``model.train(flag)`` for the mode switches around each pass.
+
+A step whose meta records a row subset (``meta["forward_rows"]``, :mod:`grpo_check.stepref.row_subset`) is
+run on those rows only: each function above runs the model on the subset's rows and returns the full-size
+tensor, NaN on the rows it did not run (:func:`forward_row_mask` says which rows hold values).
 """
 
 from __future__ import annotations
@@ -17,10 +21,13 @@ from typing import Any
 
 import torch
 
+from grpo_check.stepref.row_subset import META_KEY, RowSubset
 from grpo_check.trace.model import TraceStep
 
 __all__ = [
     "KnownLogps",
+    "forward_row_mask",
+    "forward_subset",
     "model_logits",
     "model_logps",
     "model_logps_shifted",
@@ -67,6 +74,37 @@ def _eval_mode(model: Any) -> Iterator[None]:
             set_training(model, True)
 
 
+_BATCH = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
+
+
+def forward_subset(step: TraceStep) -> RowSubset | None:
+    """The row subset the step's meta records for the forward passes, or ``None`` when they run on every row
+    (no subset recorded, every row chosen, or a subset that does not fit the step's rows)."""
+    subset = RowSubset.from_meta(step.meta.get(META_KEY))
+    if subset is None or subset.is_all or not step.has("completion_ids"):
+        return None
+    return subset if subset.total == int(step["completion_ids"].shape[0]) else None
+
+
+def forward_row_mask(step: TraceStep) -> torch.Tensor | None:
+    """(B,) bool: the rows the reference's forward passes ran on, or ``None`` for every row."""
+    subset = forward_subset(step)
+    return None if subset is None else subset.mask()
+
+
+def _subset_step(step: TraceStep, rows: tuple[int, ...]) -> TraceStep:
+    """The batch tensors of ``rows`` (no subset in its meta: a forward over it runs on all its rows)."""
+    index = torch.tensor(rows, dtype=torch.long)
+    return TraceStep(tensors={name: step[name][index] for name in _BATCH if step.has(name)}, meta={})
+
+
+def _scattered(values: torch.Tensor, rows: tuple[int, ...], total: int) -> torch.Tensor:
+    """``values`` (one entry per row of ``rows``) at those rows of a NaN tensor of ``total`` rows."""
+    out = torch.full((total, *values.shape[1:]), float("nan"), dtype=values.dtype, device=values.device)
+    out[torch.tensor(rows, dtype=torch.long, device=values.device)] = values
+    return out
+
+
 def _sequence_logits(model: Any, step: TraceStep) -> torch.Tensor | None:
     """Logits (B, P+T, V) of ``model`` over prompt + completion, no grad, eval mode, positions from the
     attention mask (as generation numbers them); ``None`` when the batch tensors were not captured. The
@@ -78,6 +116,10 @@ def _sequence_logits(model: Any, step: TraceStep) -> torch.Tensor | None:
         return None
     if isinstance(model, KnownLogps) and model.model is None:
         return None
+    subset = forward_subset(step)
+    if subset is not None:
+        part = _sequence_logits(model, _subset_step(step, subset.rows))
+        return None if part is None else _scattered(part, subset.rows, subset.total)
     input_ids = torch.cat([step["prompt_ids"], step["completion_ids"]], dim=1)
     attention = torch.cat([step["prompt_mask"], step["completion_mask"]], dim=1).long()
     inputs = on_model_device(
@@ -147,21 +189,34 @@ class KnownLogps:
 def window_known_logps(model: Any, steps: list[TraceStep], temperature: float) -> list[Any]:
     """``KnownLogps`` per step from ONE forward pass of ``model`` over all the steps' rows (micro-batches of one
     gradient-accumulation window: the weights do not change inside it), or ``model`` itself for each step when
-    their prompt or completion widths differ or the batch tensors are missing. The caller sets no-grad and RNG.
+    their prompt or completion widths differ or the batch tensors are missing. A step with a row subset in its
+    meta contributes only those rows (its ``KnownLogps`` is NaN on the others). The caller sets no-grad and RNG.
     """
-    names = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
     if len(steps) < 2 or any(
-        not s.has(*names) or s[name].shape[1] != steps[0][name].shape[1] for s in steps for name in names
+        not s.has(*_BATCH) or s[name].shape[1] != steps[0][name].shape[1] for s in steps for name in _BATCH
     ):
         return [model] * len(steps)
-    combined = TraceStep(tensors={name: torch.cat([s[name] for s in steps]) for name in names}, meta={})
+    subsets = [forward_subset(s) for s in steps]
+    parts = [
+        s if subset is None else _subset_step(s, subset.rows)
+        for s, subset in zip(steps, subsets, strict=True)
+    ]
+    combined = TraceStep(tensors={name: torch.cat([p[name] for p in parts]) for name in _BATCH}, meta={})
     logps = model_logps(model, combined, temperature)  # restores the model's train mode
     if logps is None:
         return [model] * len(steps)
     bounds = [0]
-    for s in steps:
-        bounds.append(bounds[-1] + int(s["completion_ids"].shape[0]))
-    return [KnownLogps(model, logps[start:stop], temperature) for start, stop in itertools.pairwise(bounds)]
+    for part in parts:
+        bounds.append(bounds[-1] + int(part["completion_ids"].shape[0]))
+    known = []
+    for (start, stop), subset in zip(itertools.pairwise(bounds), subsets, strict=True):
+        own = logps[start:stop]
+        known.append(
+            KnownLogps(
+                model, own if subset is None else _scattered(own, subset.rows, subset.total), temperature
+            )
+        )
+    return known
 
 
 def model_logps(
@@ -173,8 +228,7 @@ def model_logps(
     padding included, positions 0..P+T−1): a diagnosis variant, never the reference."""
     from grpo_check.reference.logps import logps_from_model
 
-    needed = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
-    if not step.has(*needed):
+    if not step.has(*_BATCH):
         return None
     if isinstance(model, KnownLogps):
         if positions == "from_mask" and attention == "mask" and temperature == model.temperature:
@@ -182,6 +236,10 @@ def model_logps(
         model = model.model
     if model is None:  # log-probs known for one convention only, and no model to compute another
         return None
+    subset = forward_subset(step)
+    if subset is not None:
+        part = model_logps(model, _subset_step(step, subset.rows), temperature, positions, attention)
+        return None if part is None else _scattered(part, subset.rows, subset.total)
     prompt_mask, completion_mask = step["prompt_mask"], step["completion_mask"]
     if attention == "none":
         prompt_mask, completion_mask = torch.ones_like(prompt_mask), torch.ones_like(completion_mask)

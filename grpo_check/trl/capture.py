@@ -43,7 +43,7 @@ from grpo_check.trace.io import TraceWriter
 from grpo_check.trace.model import Trace, TraceStep
 from grpo_check.trl.helper_client import HELPER_SLOTS, UNDECIDED, HelperClient
 from grpo_check.trl.hooks import ATTACHED, TrainerHooks
-from grpo_check.trl.live import LiveChecking, PlainForward, preserved_rng
+from grpo_check.trl.live import LiveChecking, PlainForward, forward_rows_setting, preserved_rng
 from grpo_check.trl.recording import StepRecording
 from grpo_check.trl.rowtag import ROW_TAG, group_ids_from_prompts
 from grpo_check.trl.spec import spec_from_trl
@@ -75,11 +75,13 @@ class Attachment(TrainerHooks, StepRecording, LiveChecking, HelperClient):
         background: bool = False,
         budget: float | None = None,
         probes: bool = True,
+        forward_rows: str = "subset",
     ) -> None:
         from grpo_check.trl.schedule import CheckSchedule
 
         # validates every and budget before the trainer is looked at; ranks agree on the budget's interval
         self.schedule = CheckSchedule(every, budget, agree=self._agree_interval)
+        self.forward_rows = forward_rows_setting(forward_rows)
         if getattr(trainer, ATTACHED, None) is not None:  # detach() and close() remove it
             raise InputError(
                 "this trainer already has a grpo-check attachment: close() it (or detach()) before attaching again"
@@ -253,6 +255,7 @@ def attach(
     background: bool = False,
     budget: float | None = None,
     probes: bool = True,
+    forward_rows: str = "subset",
 ) -> Attachment:
     """Capture every micro-batch of a TRL ``GRPOTrainer`` and (``live=True``) check it against the float64
     reference while it trains.
@@ -280,6 +283,13 @@ def attach(
             loss code, compared with the reference (``live=True`` only). Also calls each reward function
             twice more on the first generation batch, in batch and in reversed row order
             (``rewards.row_independence``: a row's reward must not depend on the other rows).
+        forward_rows: which rows the reference's own forward passes (policy and reference model: the
+            ``logps.model``/``logps.ref_model`` checks and the forward diagnoses) run on. ``"subset"`` (default):
+            a subset of each accumulation window chosen to cover every prompt padding, truncated and EOS-ended
+            rows, every completion-length bucket, every group and micro-batch, and rows with anomalous
+            log-probs, at least a quarter of the rows (:mod:`grpo_check.stepref.row_subset`; recorded in each
+            step's ``meta["forward_rows"]`` and in the coverage). ``"all"``: every row. Every other check runs
+            on every row either way.
 
     Checking does not change training: the hooks consume no randomness (RNG state is saved and restored
     around the reference) and the model's train/eval mode is restored.
@@ -295,4 +305,5 @@ def attach(
         background=background,
         budget=budget,
         probes=probes,
+        forward_rows=forward_rows,
     )

@@ -86,6 +86,7 @@ class HelperClient:
         floor), and needs no model for its diagnoses."""
 
         from grpo_check.compare.tolerances import TolerancePolicy
+        from grpo_check.stepref.forward import forward_row_mask
         from grpo_check.stepref.inputs import computed_dtype as _dtype
 
         policy = self.tolerances or TolerancePolicy()
@@ -100,6 +101,9 @@ class HelperClient:
             mask = step.get("completion_mask")
             if mask is not None and mask.shape == within.shape:
                 within = within | ~mask.bool()
+            rows = forward_row_mask(step)  # a row-subset forward: NaN on the rows it did not run
+            if rows is not None and within.dim() == 2 and rows.shape[0] == within.shape[0]:
+                within = within | ~rows.unsqueeze(1)
             if not bool(within.all()):
                 return False
         return True
@@ -236,6 +240,7 @@ class HelperClient:
         expected: dict[str, Any] = {}
         if not self._forwards_verified:  # the first window is scored here too: the helper compares
             with preserved_rng(), torch.no_grad():
+                self._prefetch_ref_logps(steps)
                 policy_models = self._window_policy_logps(steps)
                 for index, step in enumerate(steps):
                     for name, model in (

@@ -4,6 +4,11 @@ Each captured step is compared with the float64 reference while training goes on
 gradient-accumulation window share one forward pass of the policy (the weights do not move inside a window);
 the reference model scores each generation batch once. Checking never stops training and never consumes
 randomness (:func:`preserved_rng`).
+
+With ``forward_rows="subset"`` (the default) those forward passes run on a chosen subset of each window's rows
+(:mod:`grpo_check.stepref.row_subset`: every prompt padding, truncated and EOS-ended rows, every completion-length
+bucket, every group, every micro-batch, anomalous rows; at least a quarter of the rows), recorded in each step's
+``meta["forward_rows"]``; every row keeps the other checks. ``forward_rows="all"`` runs them on every row.
 """
 
 from __future__ import annotations
@@ -23,6 +28,18 @@ log = logging.getLogger("grpo_check.trl")
 
 NO_MODEL = object()  # policy_model sentinel: compare without the policy's forward pass
 _NO_MODEL = NO_MODEL
+
+FORWARD_ROWS = ("subset", "all")
+"""The values of ``attach(..., forward_rows=...)``: which rows the reference's forward passes run on."""
+
+
+def forward_rows_setting(value: object) -> str:
+    """``value`` when it is one of :data:`FORWARD_ROWS`, else an :class:`InputError` in one line."""
+    if value not in FORWARD_ROWS:
+        from grpo_check.findings import InputError
+
+        raise InputError(f"forward_rows must be 'subset' or 'all', got {value!r}")
+    return str(value)
 
 
 @contextlib.contextmanager
@@ -75,6 +92,7 @@ class LiveChecking:
     spec: Any
     trace: Any
     _sink: Any  # grpo_check.trace.io.TraceWriter streaming to out_dir, or None
+    forward_rows: str = "subset"
 
     def _due(self, global_step: int) -> bool:
         return self.schedule.due(global_step)
@@ -129,8 +147,49 @@ class LiveChecking:
         self.findings.extend(findings)
         self._accumulate_metrics(step, findings)
 
+    def _choose_forward_rows(self, steps: list[TraceStep]) -> None:
+        """Record in each micro-batch's meta the rows the reference's forward passes run on: one subset chosen
+        over the rows of ``steps`` (the micro-batches of one window: every micro-batch keeps some rows), see
+        :mod:`grpo_check.stepref.row_subset`. Nothing with ``forward_rows="all"`` (every row)."""
+        from grpo_check.stepref.row_subset import META_KEY, RowSubset, row_labels, select_rows
+
+        if self.forward_rows == "all" or not self.recompute_logps:
+            return
+        names = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
+        steps = [
+            s
+            for s in steps
+            if s.meta.get("scope") == "micro_batch" and META_KEY not in s.meta and s.has(*names)
+        ]
+        if not steps:
+            return
+        eos_ids = self._eos_token_ids()
+        labels = []
+        for part, s in enumerate(steps):
+            labels += row_labels(
+                s["prompt_mask"],
+                s["completion_mask"],
+                completion_ids=s["completion_ids"],
+                eos_token_ids=eos_ids,
+                group_index=s.get("group_index", s.get("extra.group_index")),
+                parts=[part] * int(s["completion_ids"].shape[0]) if len(steps) > 1 else None,
+                logps=s.get("logps"),
+                old_logps=s.get("old_logps"),
+            )
+        chosen = select_rows(labels)
+        reasons = dict(zip(chosen.rows, chosen.reasons, strict=True))
+        start = 0
+        for s in steps:
+            size = int(s["completion_ids"].shape[0])
+            rows = tuple(r - start for r in chosen.rows if start <= r < start + size)
+            s.meta[META_KEY] = RowSubset(
+                rows=rows, total=size, reasons=tuple(reasons[r + start] for r in rows), covers=chosen.covers
+            ).to_meta()
+            start += size
+
     def _check_live(self, step: TraceStep, extra_findings: list[Finding], policy_model: Any = None) -> None:
         try:
+            self._choose_forward_rows([step])
             if self.background and self._submit_background(step, extra_findings, policy_model):
                 return
             findings = [*self._compare_live(step, policy_model=policy_model), *extra_findings]
@@ -171,16 +230,23 @@ class LiveChecking:
         if not window:
             return
         current = int(self.trainer.state.global_step)
+        models: list[Any] | None = None
         if any(step_at != current for _, _, step_at in window):
             self._note(
                 "policy log-probs not recomputed for a gradient-accumulation window the optimizer closed "
                 "before it was checked (uneven last window)"
             )
-            models: list[Any] = [_NO_MODEL] * len(window)
-        elif self.background and self._window_handed_off(window):
-            return
+            models = [_NO_MODEL] * len(window)
         else:
             try:
+                self._choose_forward_rows([step for step, _, _ in window])
+            except Exception as error:  # never stop training; the forward passes then run on every row
+                self._live_check_failed(window[0][0], error)
+        if models is None and self.background and self._window_handed_off(window):
+            return
+        if models is None:
+            try:
+                self._prefetch_ref_logps([step for step, _, _ in window])
                 models = self._window_policy_logps([step for step, _, _ in window])
             except Exception as error:  # as in _check_live: never stop training; compare without the forward
                 self._live_check_failed(window[0][0], error)
@@ -249,7 +315,8 @@ class LiveChecking:
         generation batch at once too. One forward per generation batch instead of one per micro-batch.
         """
 
-        from grpo_check.compare.stages import KnownLogps, model_logps
+        from grpo_check.compare.stages import KnownLogps
+        from grpo_check.stepref.forward import forward_subset
 
         info = self._generations.get(step.meta.get("generation"))
         if info is None or len(info.get("batch") or {}) < 4 or not step.has("ref_logps"):
@@ -257,13 +324,83 @@ class LiveChecking:
         local = self._generation_rows(info, step.meta["global_rows"], step.tensors)
         if local is None:
             return ref_model
+        subset = forward_subset(step)
+        wanted = local if subset is None else local[list(subset.rows)]
+        scored = self._ref_logps_of(info, wanted, ref_model)
+        if scored is None:
+            return ref_model
+        if subset is None:
+            return KnownLogps(ref_model, scored[local], self.spec.temperature)
+        import torch
+
+        rows = torch.tensor(subset.rows, dtype=torch.long)
+        own = torch.full((len(local), *scored.shape[1:]), float("nan"), dtype=scored.dtype)
+        own[rows] = scored[wanted]  # only this step's forward rows: NaN on the others, as the policy's
+        return KnownLogps(ref_model, own, self.spec.temperature)
+
+    def _ref_logps_of(self, info: dict[str, Any], wanted: Any, ref_model: Any) -> Any:
+        """The reference model's log-probs over this rank's generation batch (rows × tokens), computed at least
+        on the local rows ``wanted``: the whole batch in one forward the first time when the forward passes run
+        on every row or the reference model is synced during training, else the rows not scored yet (NaN on
+        the rows never asked for); ``None`` when the batch tensors are missing."""
+        import torch
+
+        from grpo_check.compare.stages import model_logps
+
         batch = info["batch"]
-        if info["ref_reference"] is None:
+        if info.get("ref_reference") is not None and info.get("ref_scored") is None:
+            return info["ref_reference"]  # the whole batch
+        # a reference model synced to the policy during training (sync_ref_model) changes between the windows of
+        # one generation batch: its rows are all scored at the first need, with the weights TRL scored them with
+        if self.forward_rows == "all" or getattr(
+            getattr(self.trainer, "args", None), "sync_ref_model", False
+        ):
             whole = TraceStep(tensors={name: _cpu(t) for name, t in batch.items()}, meta={})
             info["ref_reference"] = model_logps(ref_model, whole, self.spec.temperature)
-        if info["ref_reference"] is None:
-            return ref_model
-        return KnownLogps(ref_model, info["ref_reference"][local], self.spec.temperature)
+            return info["ref_reference"]
+        scored = info.get("ref_scored")
+        if scored is None:
+            scored = info["ref_scored"] = torch.zeros(int(batch["completion_ids"].shape[0]), dtype=torch.bool)
+        missing = sorted({int(r) for r in wanted.tolist()} - set(torch.nonzero(scored).reshape(-1).tolist()))
+        if missing:
+            index = torch.tensor(missing, dtype=torch.long)
+            part = TraceStep(tensors={name: _cpu(t)[index] for name, t in batch.items()}, meta={})
+            logps = model_logps(ref_model, part, self.spec.temperature)
+            if logps is None:
+                return None
+            if info.get("ref_reference") is None:
+                info["ref_reference"] = torch.full(
+                    (len(scored), *logps.shape[1:]), float("nan"), dtype=logps.dtype
+                )
+            info["ref_reference"][index] = logps
+            scored[index] = True
+        return info.get("ref_reference")
+
+    def _prefetch_ref_logps(self, steps: list[TraceStep]) -> None:
+        """Score the forward rows of a window's micro-batches with the reference model in one forward per
+        generation batch (instead of one per micro-batch), ahead of their comparisons."""
+        if self.forward_rows == "all" or getattr(self.trainer, "ref_model", None) is None:
+            return
+        if getattr(getattr(self.trainer, "args", None), "sync_ref_model", False):
+            return  # scored whole at the first need (see _ref_logps_of)
+        import torch
+
+        from grpo_check.stepref.forward import forward_subset
+
+        wanted: dict[Any, list[Any]] = {}
+        for step in steps:
+            info = self._generations.get(step.meta.get("generation"))
+            subset = forward_subset(step)
+            if info is None or len(info.get("batch") or {}) < 4 or not step.has("ref_logps"):
+                continue
+            local = self._generation_rows(info, step.meta["global_rows"], step.tensors)
+            if local is not None:  # (a micro-batch whose every row was chosen has no subset: all its rows)
+                rows = local if subset is None else local[list(subset.rows)]
+                wanted.setdefault(step.meta.get("generation"), []).append(rows)
+        ref_model = self._plain_forward(self.trainer.ref_model)
+        for generation, parts in wanted.items():
+            with preserved_rng(), torch.no_grad():
+                self._ref_logps_of(self._generations[generation], torch.cat(parts), ref_model)
 
     def _generation_rows(self, info: dict[str, Any], global_rows: list[int], tensors: dict[str, Any]) -> Any:
         """See :func:`grpo_check.trl.rowtag.generation_rows` (this rank's rows)."""

@@ -226,6 +226,7 @@ def train_checked(
     budget: float | None = None,
     probes: bool = True,
     user_file: str | os.PathLike[str] | None = None,
+    forward_rows: str = "subset",
 ) -> CheckedRun:
     """Attach the full check to ``trainer``, train it, and compare what was captured — also when training
     crashes or is interrupted (SIGINT, SIGTERM): then ``outcome`` says so in one line and the result's
@@ -243,6 +244,7 @@ def train_checked(
         background=background,
         budget=budget,
         probes=probes,
+        forward_rows=forward_rows,
     )
     outcome = RunOutcome()
     try:
@@ -286,6 +288,7 @@ def check_factory(
     tolerances: Any = None,
     invariants: bool = True,
     probes: bool = True,
+    forward_rows: str = "subset",
 ) -> CheckedRun:
     """Import the factory, build the trainer, train ``steps`` optimizer steps with the full check attached
     (:func:`train_checked`). Raises :class:`FactoryCrashed` when the factory itself raises."""
@@ -301,6 +304,8 @@ def check_factory(
         tolerances=tolerances,
         invariants=invariants,
         user_file=user_file,
+        probes=probes,
+        forward_rows=forward_rows,
     )
     run.trace.manifest["factory"] = factory_ref
     run.result.metadata["source"] = factory_ref

@@ -36,12 +36,12 @@ def test_wire_format_round_trips_every_tensor_bit_for_bit(tensor):
         assert torch.equal(tensors[name].view(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8))
 
 
-def _run(cell, tmp_path, *, background_mode, trainer_cls=None):
+def _run(cell, tmp_path, *, background_mode, trainer_cls=None, forward_rows="subset"):
     from grpo_check.demo.run import build_trainer
     from grpo_check.trl import attach
 
     trainer = build_trainer(cell, tmp_path / str(background_mode), seed=0, trainer_cls=trainer_cls)
-    attachment = attach(trainer, live=True, background=background_mode)
+    attachment = attach(trainer, live=True, background=background_mode, forward_rows=forward_rows)
     trainer.train()
     result = attachment.result()
     attachment.close()
@@ -141,7 +141,7 @@ def free_core(monkeypatch):
     monkeypatch.setattr(background, "available_cores", lambda: torch.get_num_threads() + 1)
 
 
-def _run_counting_forwards(cell, tmp_path, monkeypatch, *, trainer_cls=None):
+def _run_counting_forwards(cell, tmp_path, monkeypatch, *, trainer_cls=None, forward_rows="all"):
     """A background run, with the rows of each forward pass the training process runs of the policy and of
     the reference model. The training process waits for each reply here (as if the helper were instant), so
     that the second window finds the first one's verdict on the helper's copies in."""
@@ -153,7 +153,7 @@ def _run_counting_forwards(cell, tmp_path, monkeypatch, *, trainer_cls=None):
     trainer = build_trainer(cell, tmp_path / "counted", seed=0, trainer_cls=trainer_cls)
     policy_rows = test_capture._rows_scored_by(trainer.model, trainer, monkeypatch)
     ref_rows = test_capture._rows_scored_by(trainer.ref_model, trainer, monkeypatch)
-    attachment = attach(trainer, live=True, background=True)
+    attachment = attach(trainer, live=True, background=True, forward_rows=forward_rows)
     collect = attachment._collect_background
     monkeypatch.setattr(attachment, "_collect_background", lambda *, wait: collect(wait=True))
     trainer.train()
@@ -163,8 +163,11 @@ def _run_counting_forwards(cell, tmp_path, monkeypatch, *, trainer_cls=None):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("forward_rows", ["all", "subset"])
 @pytest.mark.parametrize("broken", [False, True])
-def test_the_helper_runs_the_forward_passes_of_a_small_model(tmp_path, monkeypatch, broken, free_core):
+def test_the_helper_runs_the_forward_passes_of_a_small_model(
+    tmp_path, monkeypatch, broken, forward_rows, free_core
+):
     """A small CPU model's weights go to the helper with each checked window, and the helper runs the
     reference's forward passes: after the first window (scored on both sides, to vouch for the helper's
     copy) the training process runs none. The findings are inline checking's, diagnoses included, also
@@ -173,12 +176,21 @@ def test_the_helper_runs_the_forward_passes_of_a_small_model(tmp_path, monkeypat
 
     cell = test_capture._cell("grpo-beta")  # beta > 0, GAS 2, spg 4: two windows, one generation batch
     trainer_cls = test_capture._second_micro_batch_flipped_trainer() if broken else None
-    _, inline = _run(cell, tmp_path, background_mode=False, trainer_cls=trainer_cls)
+    _, inline = _run(
+        cell, tmp_path, background_mode=False, trainer_cls=trainer_cls, forward_rows=forward_rows
+    )
     attachment, in_background, policy_rows, ref_rows = _run_counting_forwards(
-        cell, tmp_path, monkeypatch, trainer_cls=trainer_cls
+        cell, tmp_path, monkeypatch, trainer_cls=trainer_cls, forward_rows=forward_rows
     )
     assert attachment._forward_refusal is None and not attachment._jobs
-    assert policy_rows == [16] and ref_rows == [32]  # the first window, scored here too; then none
+    if forward_rows == "all":
+        assert policy_rows == [16] and ref_rows == [32]  # the first window, scored here too; then none
+    else:  # the first window's chosen rows, scored here too; then none
+        first = [
+            s for s in attachment.trace.steps if s.meta["scope"] == "micro_batch" and s.meta["step"] == 0
+        ]
+        chosen = sum(len(s.meta["forward_rows"]["rows"]) for s in first)
+        assert policy_rows == [chosen] and ref_rows == [chosen] and chosen < 16
     assert _verdicts(in_background) == _verdicts(inline)
     assert not in_background.metadata["live_problems"]
     failed = {

@@ -204,21 +204,22 @@ def _corrupted_ref_trainer():
 @pytest.mark.slow
 @pytest.mark.parametrize("broken", [False, True])
 def test_reference_model_scores_each_generation_batch_once(tmp_path, monkeypatch, broken):
-    """The frozen reference model runs once per generation batch, and each micro-batch is still compared
-    with the reference log-probs of its own rows (after TRL's shuffle): a corrupted row fails exactly
-    the micro-batches that received it."""
+    """With the forward passes on every row (``forward_rows="all"``), the frozen reference model runs once per
+    generation batch, and each micro-batch is still compared with the reference log-probs of its own rows
+    (after TRL's shuffle): a corrupted row fails exactly the micro-batches that received it."""
     from grpo_check.demo.run import build_trainer
     from grpo_check.trl import attach
 
     cell = _cell("grpo-beta")  # beta > 0, GAS 2, spg 4: 4 micro-batches from one generation batch
     trainer = build_trainer(cell, tmp_path, seed=0, trainer_cls=_corrupted_ref_trainer() if broken else None)
     scored_rows = _rows_scored_by(trainer.ref_model, trainer, monkeypatch)
-    attachment = attach(trainer, live=True)
+    attachment = attach(trainer, live=True, forward_rows="all")
     trainer.train()
     trace = attachment.close()
     micro = [s for s in trace.steps if s.meta["scope"] == "micro_batch"]
     ref_findings = [f for f in attachment.findings if f.check_id == "logps.ref_model"]
     assert len(ref_findings) == len(micro) == 4
+    assert all("forward_rows" not in s.meta for s in micro)
     expected_failures = sorted(
         (s.meta["step"], s.meta["micro_batch"]) for s in micro if any(r < 4 for r in s.meta["global_rows"])
     )
@@ -230,6 +231,47 @@ def test_reference_model_scores_each_generation_batch_once(tmp_path, monkeypatch
     else:
         assert failed == []
         assert scored_rows == [32]  # one forward over the 32-row generation batch, none per micro-batch
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("broken", [False, True])
+def test_reference_model_scores_only_the_forward_rows_once_per_window(tmp_path, monkeypatch, broken):
+    """By default the reference model scores only the rows chosen for the forward passes, in one forward per
+    accumulation window; a corrupted group (rows 0-3 of the generation batch) still fails in every window
+    that holds rows of it (every group keeps a row), on a real row of that group."""
+    from grpo_check.demo.run import build_trainer
+    from grpo_check.trl import attach
+
+    cell = _cell("grpo-beta")  # 2 windows of 2 micro-batches of 8 rows, from one 32-row generation batch
+    trainer = build_trainer(cell, tmp_path, seed=0, trainer_cls=_corrupted_ref_trainer() if broken else None)
+    scored_rows = _rows_scored_by(trainer.ref_model, trainer, monkeypatch)
+    attachment = attach(trainer, live=True)
+    trainer.train()
+    trace = attachment.close()
+    micro = [s for s in trace.steps if s.meta["scope"] == "micro_batch"]
+    chosen = {(s.meta["step"], s.meta["micro_batch"]): s.meta["forward_rows"]["rows"] for s in micro}
+    assert all(rows for rows in chosen.values())  # every micro-batch keeps rows
+    ref_findings = [f for f in attachment.findings if f.check_id == "logps.ref_model"]
+    assert len(ref_findings) == 4
+    assert sum(len(rows) for rows in chosen.values()) < 32
+    per_window = [sum(len(rows) for (step, _), rows in chosen.items() if step == window) for window in (0, 1)]
+    assert scored_rows[0] == per_window[0]  # one forward for the first window, over its chosen rows only
+    failed = [f for f in ref_findings if f.verdict is Verdict.FAIL]
+    if broken:
+        corrupted = {s.meta["step"] for s in micro if any(r < 4 for r in s.meta["global_rows"])}
+        assert {f.where.step for f in failed} == corrupted
+        for finding in failed:  # a real row index of the micro-batch, holding a corrupted row
+            step = next(
+                s
+                for s in micro
+                if (s.meta["step"], s.meta["micro_batch"]) == (finding.where.step, finding.where.micro_batch)
+            )
+            assert step.meta["global_rows"][finding.where.row] < 4
+            assert finding.where.row in chosen[(finding.where.step, finding.where.micro_batch)]
+        # the position-ids diagnosis runs the chosen rows of a failing micro-batch again (arange positions)
+        assert sum(scored_rows) > sum(per_window)
+    else:
+        assert failed == [] and scored_rows == per_window  # and nothing else
 
 
 def _second_micro_batch_flipped_trainer():
@@ -259,8 +301,9 @@ def _second_micro_batch_flipped_trainer():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("forward_rows", ["all", "subset"])
 @pytest.mark.parametrize("broken", [False, True])
-def test_policy_forward_runs_once_per_accumulation_window(tmp_path, monkeypatch, broken):
+def test_policy_forward_runs_once_per_accumulation_window(tmp_path, monkeypatch, broken, forward_rows):
     """With gradient accumulation the policy's log-probs for a whole window come from one forward pass (the
     weights only change after its last micro-batch); each micro-batch is still judged on its own rows."""
     from grpo_check.demo.run import build_trainer
@@ -271,7 +314,7 @@ def test_policy_forward_runs_once_per_accumulation_window(tmp_path, monkeypatch,
         cell, tmp_path, seed=0, trainer_cls=_second_micro_batch_flipped_trainer() if broken else None
     )
     policy_rows = _rows_scored_by(trainer.model, trainer, monkeypatch)
-    attachment = attach(trainer, live=True)
+    attachment = attach(trainer, live=True, forward_rows=forward_rows)
     trainer.train()
     result = attachment.result()
     logps_findings = [f for f in result.findings if f.check_id == "logps.model"]
@@ -282,12 +325,20 @@ def test_policy_forward_runs_once_per_accumulation_window(tmp_path, monkeypatch,
         (1, 1),
     ]
     failed = sorted((f.where.step, f.where.micro_batch) for f in logps_findings if f.verdict is Verdict.FAIL)
-    assert policy_rows[:1] == [16]  # one forward over both micro-batches of the first window
-    if broken:
+    window_rows = 16
+    if forward_rows == "subset":  # the chosen rows of both micro-batches (each keeps some)
+        chosen = [f.details["forward_rows"] for f in logps_findings]
+        # (all 8 rows of a flipped micro-batch have positive log-probs: anomalous rows are always chosen)
+        assert all(0 < part["rows"] <= part["of"] == 8 for part in chosen)
+        assert broken or all(part["rows"] < 8 for part in chosen)
+        window_rows = chosen[0]["rows"] + chosen[1]["rows"]
+    assert policy_rows[:1] == [window_rows]  # one forward over both micro-batches of the first window
+    if broken:  # caught in every flipped micro-batch: each keeps rows of its own
         assert failed == [(0, 1), (1, 1)]
     else:
         assert failed == []
-        assert policy_rows == [16, 16]  # and nothing else: one forward per window
+        assert len(policy_rows) == 2  # and nothing else: one forward per window
+        assert forward_rows == "subset" or policy_rows == [16, 16]
     assert not result.metadata["live_problems"]
 
 
