@@ -1,6 +1,8 @@
-"""Check throughput: tokens per second of the full invariant + compare suite on one captured step.
+"""Check throughput and the check engine's fixed cost.
 
-The step is a correct float32 step built by :func:`grpo_check.compare.synthetic.make_step` (rewards,
+Throughput is tokens per second of the full invariant + compare suite on one captured step; the fixed cost
+is the time the same suite takes on a micro-batch of the demo's size (8 rows × 6 tokens), where almost all
+of it is per-operation dispatch and Python whatever the step's size. The step is a correct float32 step built by :func:`grpo_check.compare.synthetic.make_step` (rewards,
 advantages, log-probs, ratio, KL, loss and ∂loss/∂logps all recorded), so every check has its inputs. The
 work measured is what the TRL adapter does per checked micro-batch, minus the model forward pass:
 ``grpo_check.trl.background.check_captured_step``: ``compare_step`` (stage-isolated reference, end-to-end
@@ -11,8 +13,16 @@ from __future__ import annotations
 
 from grpo_check.bench.core import BenchFigure, median_time
 
-TARGET_TOKENS_PER_S = 2_000_000
+TARGET_TOKENS_PER_S = 5_000_000
+TARGETED_SIZES = (100_000, 1_000_000)
+"""The sizes the throughput target applies to; below them a step's time is mostly the fixed cost (its own
+figure, :func:`measure_fixed_cost`), and the 10k figure is reported without a target."""
 SIZES = (10_000, 100_000, 1_000_000)
+TARGET_FIXED_COST_S = 1e-3
+DEMO_MICRO_BATCH = (
+    1,
+    6,
+)  # (prompts, completion length): 1 group of 8 rows × 6 tokens, the demo's micro-batch
 _GENERATIONS = 8
 _COMPLETION_LENGTH = 500  # about this many tokens per row
 
@@ -59,13 +69,14 @@ def measure_throughput(sizes: tuple[int, ...] = SIZES, repeats: int = 5) -> list
         seconds = median_time(lambda step=step, spec=spec: _suite(step, spec), repeats=repeats, warmup=1)
         rate = tokens / seconds
         per_token[size] = seconds / tokens
+        targeted = size in TARGETED_SIZES
         figures.append(
             BenchFigure(
                 name=f"throughput_{size // 1000}k",
                 value=rate,
                 unit="tokens/s",
-                target=f">= {TARGET_TOKENS_PER_S:,}",
-                ok=rate >= TARGET_TOKENS_PER_S,
+                target=f">= {TARGET_TOKENS_PER_S:,}" if targeted else "none: mostly the fixed cost (below)",
+                ok=rate >= TARGET_TOKENS_PER_S if targeted else None,
                 details={
                     "tokens": tokens,
                     "rows": n_prompts * _GENERATIONS,
@@ -89,3 +100,39 @@ def measure_throughput(sizes: tuple[int, ...] = SIZES, repeats: int = 5) -> list
             )
         )
     return figures
+
+
+def measure_fixed_cost(repeats: int = 40) -> BenchFigure:
+    """The check engine's fixed cost: the least time of ``repeats`` calls of the suite on a correct demo-sized
+    micro-batch (dapo, β = 0.04, 8 rows × 6 tokens). The minimum, not the median: the cost is a few
+    milliseconds, and on a shared machine any longer call was disturbed."""
+    import time
+
+    import torch
+
+    from grpo_check.compare.synthetic import make_step
+    from grpo_check.config import GRPOSpec
+
+    prompts, length = DEMO_MICRO_BATCH
+    spec = GRPOSpec(num_generations=_GENERATIONS, loss_type="dapo", beta=0.04, max_completion_length=length)
+    step = make_step(spec, n_prompts=prompts, completion_length=length, vocab_size=50)
+    failures = [f for f in _suite(step, spec) if f.failed]  # also the warm-up
+    best = float("inf")
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        _suite(step, spec)
+        best = min(best, time.perf_counter() - start)
+    return BenchFigure(
+        name="fixed_cost_demo_micro_batch",
+        value=best * 1e3,
+        unit="ms per checked micro-batch",
+        target=f"<= {TARGET_FIXED_COST_S * 1e3:g}",
+        ok=best <= TARGET_FIXED_COST_S,
+        details={
+            "tokens": int(step["completion_mask"].numel()),
+            "rows": prompts * _GENERATIONS,
+            "repeats": repeats,
+            "threads": torch.get_num_threads(),
+            "failures_on_correct_step": len(failures),
+        },
+    )

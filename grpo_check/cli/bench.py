@@ -54,9 +54,10 @@ def bench(
     Figures: **overhead** (step time attached ÷ without, every step and every 10th, on the demo and on
     `--trainer`; plus the floor: every step with the forward passes run and the checks left out, and on the
     demo what the checks add above that floor), **overhead-realistic** (the same, inline, on a 41.7M-parameter
-    Llama with a 32k vocabulary built from code: the cost at a size people train), **memory** (float64 log-probs + entropy over B=2, T=2048, V=151,936 bf16 logits, above the
-    logits), **throughput** (tokens/s of the invariant + compare suite at 10k, 100k, 1M tokens) and
-    **startup** (`grpo-check --help` ÷ `import torch`).
+    Llama with a 32k vocabulary built from code: the cost at a size people train), **memory** (float64
+    log-probs + entropy over B=2, T=2048, V=151,936 bf16 logits, above the logits), **throughput** (tokens/s
+    of the invariant + compare suite at 10k, 100k, 1M tokens, and its fixed cost: the least time of one
+    check of a demo-sized micro-batch) and **startup** (`grpo-check --help` ÷ `import torch`).
 
     Examples:
 
@@ -195,10 +196,11 @@ def _measure(
             progress("naive float64 log-softmax for comparison ...")
             figures.append(measure_memory(naive=True))
     if "throughput" in selected:
-        from grpo_check.bench.throughput import measure_throughput
+        from grpo_check.bench.throughput import measure_fixed_cost, measure_throughput
 
-        progress("check throughput at 10k, 100k, 1M tokens ...")
+        progress("check throughput at 10k, 100k, 1M tokens, and the fixed cost of a demo micro-batch ...")
         figures.extend(measure_throughput())
+        figures.append(measure_fixed_cost())
 
     def round_done(round_number: int, ratios: dict[str, float]) -> None:
         shown = ", ".join(f"{arm} {ratio:.2f}x" for arm, ratio in ratios.items())

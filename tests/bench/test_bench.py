@@ -504,6 +504,31 @@ def test_throughput_steps_hold_the_named_number_of_tokens_and_pass_when_correct(
     assert figure.details["tokens"] == 10_000
     assert figure.details["failures_on_correct_step"] == 0
     assert figure.value == pytest.approx(10_000 / figure.details["seconds"])
+    assert figure.ok is None and figure.target.startswith("none")  # the 10k step is mostly the fixed cost
+
+
+def test_the_throughput_target_applies_at_100k_and_1m_tokens(monkeypatch) -> None:
+    import grpo_check.bench.throughput as throughput
+
+    monkeypatch.setattr(throughput, "step_shape", lambda size, generations=8: (1, size // 8))
+    monkeypatch.setattr(throughput, "median_time", lambda fn, repeats, warmup: 1e-5)  # 100k tokens: 1e10 /s
+    figures = {f.name: f for f in throughput.measure_throughput(sizes=(800, 100_000), repeats=1)}
+    assert figures["throughput_100k"].target == f">= {throughput.TARGET_TOKENS_PER_S:,}"
+    assert figures["throughput_100k"].ok is True
+    assert figures["throughput_0k"].ok is None
+    monkeypatch.setattr(throughput, "median_time", lambda fn, repeats, warmup: 1.0)  # 100k tokens/s: missed
+    slow = {f.name: f for f in throughput.measure_throughput(sizes=(100_000,), repeats=1)}
+    assert slow["throughput_100k"].ok is False
+
+
+def test_fixed_cost_is_one_check_of_a_demo_micro_batch_against_one_millisecond() -> None:
+    from grpo_check.bench.throughput import TARGET_FIXED_COST_S, measure_fixed_cost
+
+    figure = measure_fixed_cost(repeats=2)
+    assert figure.name == "fixed_cost_demo_micro_batch" and figure.target == "<= 1"
+    assert figure.details["rows"] == 8 and figure.details["tokens"] == 48
+    assert figure.details["failures_on_correct_step"] == 0
+    assert figure.ok is (figure.value <= TARGET_FIXED_COST_S * 1e3)
 
 
 def test_each_arm_reports_what_the_attachment_itself_accounted_for_in_its_timed_steps(monkeypatch) -> None:
