@@ -157,7 +157,7 @@ def bounded(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None =
     bound = population_bound if (spec is None or effective.std == "population") else sample_bound
     rtol, atol = rtol_atol(step["advantages"].dtype)
     allowed = tolerance if tolerance is not None else bound * (1 + rtol) + atol
-    magnitude = torch.where(torch.isfinite(advantages), advantages.abs(), torch.zeros_like(advantages))
+    magnitude = torch.where(finite_mask(advantages), advantages.abs(), 0.0)
     row, _ = argmax_2d(magnitude)
     figure = float(magnitude[row])
     if figure <= allowed:
@@ -222,7 +222,7 @@ def _group_reward_stats_uncached(step: TraceStep, spec: GRPOSpec | None) -> Grou
     rewards = total_rewards(step, spec)
     if rewards is None or rewards.numel() != advantages.numel():
         return "rewards do not align with advantages"
-    scorable = torch.isfinite(rewards) & torch.isfinite(advantages)
+    scorable = finite_mask(rewards) & finite_mask(advantages)  # the step's shared masks
     weight = scorable.double()
     count = groups.sum(weight)
     mean = groups.sum(torch.where(scorable, rewards, 0.0)) / count.clamp(min=1)
@@ -338,9 +338,7 @@ def constant_group_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: fl
         stats.whole,
         stats.size,
     )
-    scorable = torch.isfinite(
-        rewards
-    )  # group membership by rewards alone: a NaN advantage is a violation here
+    scorable = finite_mask(rewards)  # group membership by rewards alone: a NaN advantage is a violation here
     finite_rewards = torch.where(scorable, rewards, torch.nan)
     high = groups.amax(torch.where(scorable, rewards, -torch.inf))
     low = groups.amin(torch.where(scorable, rewards, torch.inf))

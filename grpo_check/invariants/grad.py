@@ -253,7 +253,8 @@ def sign_matches_advantage(
         step
     )  # (B, 1): the same masks as on the broadcast (B, T), B·T times cheaper
     # the per-row conditions first, at (B, 1): one (B, T) pass fewer than applying them one by one
-    decidable = mask & ((compact.abs() > atol) & torch.isfinite(compact)) & finite_mask(grad)
+    compact_finite = finite_mask(step["advantages"]).reshape(compact.shape)  # the step's shared mask
+    decidable = mask & ((compact.abs() > atol) & compact_finite) & finite_mask(grad)
     policy_scale, region, near = _policy_scale(effective, ratio, advantages)
     decidable &= ~(region | near)
     assert policy_scale is not None  # _SIGN_LOSS_TYPES all have a known policy slope
@@ -412,13 +413,18 @@ def _k3_slope(step: TraceStep) -> torch.Tensor:
 
 
 def _kl_value(step: TraceStep, estimator: str) -> torch.Tensor:
-    """Per-token KL estimate k_t from x = ref − logp (needed only with the bias correction)."""
-    x = policy_ref_gap(step)
-    if estimator == "k1":
-        return -x
-    if estimator == "k2":
-        return 0.5 * x**2
-    return policy_ref_exp(step) - x - 1
+    """Per-token KL estimate k_t from x = ref − logp (needed only with the bias correction), shared between
+    the checks of one step."""
+
+    def compute() -> torch.Tensor:
+        x = policy_ref_gap(step)
+        if estimator == "k1":
+            return -x
+        if estimator == "k2":
+            return 0.5 * x**2
+        return policy_ref_exp(step) - x - 1
+
+    return cached(("kl_value", step["ref_logps"], step["logps"], estimator), compute)
 
 
 def _abs_slope(step: TraceStep, estimator: str) -> torch.Tensor:
