@@ -251,7 +251,7 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     advantages, rewards, groups, whole = stats.advantages, stats.rewards, stats.groups, stats.whole
     scorable, centred, count = stats.scorable, stats.centred, stats.count
     squares = groups.sum(centred**2)
-    sample_std = torch.sqrt(squares / (count - 1).clamp(min=1))
+    sample_std = torch.sqrt(squares / (count - 1.0).clamp(min=1.0))
     clean = torch.where(scorable, advantages, 0.0)
     slope = groups.sum(clean * centred) / squares.clamp(min=1e-300)
     if effective.scale_rewards == "group":
@@ -273,7 +273,7 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     # its slope says nothing about epsilon
     rtol, atol = rtol_atol(step["advantages"].dtype)
     zero_sum = groups.sum(clean).abs() <= atol + rtol * groups.sum(clean.abs())
-    qualifying = whole & zero_sum & (count >= 2) & (sample_std > threshold_std)
+    qualifying = whole & zero_sum & (count >= 2.0) & (sample_std > threshold_std)
     if not bool(qualifying.any()):
         return not_applicable(f"no whole group whose rewards vary (std > {threshold_std:g})")
     limit = tolerance if tolerance is not None else (0.5 if effective.scale_rewards != "batch" else 0.05)
@@ -343,7 +343,7 @@ def constant_group_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: fl
     high = groups.amax(torch.where(scorable, rewards, -torch.inf))
     low = groups.amin(torch.where(scorable, rewards, torch.inf))
     count = groups.sum(scorable.double())
-    constant = whole & ((high == low) | (count < 2))
+    constant = whole & ((high == low) | (count < 2.0))
     if not bool(constant.any()):
         return not_applicable("no group with all-equal rewards")
     reward_dtype = step["rewards"].dtype if step.has("rewards") else step["rewards_per_func"].dtype
