@@ -165,12 +165,12 @@ def _clip_region_of(
         region |= ratio > spec.delta
         boundaries.append(spec.delta)
     if spec.dual_clip is not None:
-        region |= (advantages < 0) & (ratio > spec.dual_clip)
+        region |= (advantages < 0.0) & (ratio > spec.dual_clip)
         boundaries.append(spec.dual_clip)
-    near = torch.zeros_like(region)
-    for boundary in boundaries:
-        near |= (ratio - boundary).abs() <= _BOUNDARY_MARGIN * boundary
-    return region, near
+    near = (ratio - low).abs() <= _BOUNDARY_MARGIN * low
+    for boundary in boundaries[1:]:
+        near = near | ((ratio - boundary).abs() <= _BOUNDARY_MARGIN * boundary)
+    return region, near if near.shape == region.shape else near.expand(region.shape)
 
 
 def _policy_scale(
@@ -178,11 +178,11 @@ def _policy_scale(
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """(|∂policy term/∂logp_t| up to the shared normaliser or None if unknown, zero-gradient clip region,
     tokens too near a clip boundary to judge)."""
-    none = torch.zeros_like(advantages, dtype=torch.bool)
     if spec.loss_type in CLIP_LOSS_TYPES:
         region, near = _clip_region(ratio, advantages, spec)
         scale = cached(("abs_times", advantages, ratio), lambda: _row_view(advantages).abs() * ratio)
         return scale, region, near
+    none = torch.zeros_like(advantages, dtype=torch.bool)
     if spec.loss_type == "cispo":
         return advantages.abs() * ratio.clamp(max=spec.epsilon_high_effective), none, none
     if spec.loss_type == "sapo":  # −A·σ(τ(ρ−1))·4/τ has slope |A|·4·σ'(τ(ρ−1))·ρ
