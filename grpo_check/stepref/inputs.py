@@ -103,11 +103,8 @@ def _stored_dtype(step: TraceStep, name: str) -> torch.dtype | None:
 def computed_dtype(step: TraceStep, name: str) -> str:
     """The precision ``name`` was computed in: the compute dtype for model outputs; for a quantity computed
     from other captured tensors, the coarsest of its own stored dtype and theirs; else the stored dtype.
-    (Shared between the comparisons of one step; the key holds the tensor itself, so a step made and dropped
-    while the cache is open cannot hand its entry to another at the same address.)"""
-    own = step.get(name)
-    key = ("computed_dtype", id(step), name, own if isinstance(own, torch.Tensor) else None)
-    return cached(key, lambda: _computed_dtype(step, name))
+    (Shared between the comparisons of one step.)"""
+    return cached(("computed_dtype", id(step), name), lambda: _computed_dtype(step, name))
 
 
 def _computed_dtype(step: TraceStep, name: str) -> str:
