@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import torch
 
+from grpo_check._step_cache import finite_mask
 from grpo_check.diagnose._context import Diagnosis, close, worst
 from grpo_check.findings import Finding, Verdict
 
@@ -77,7 +78,7 @@ def detect_sign_flip(dx: Diagnosis) -> list[Finding]:
     trainer = dx.trainer("logps")
     if trainer is None or mask is None:
         return []
-    selected = mask & torch.isfinite(trainer)
+    selected = mask & finite_mask(trainer)  # the step's shared mask
     count = int(selected.count_nonzero())  # counts, not a boolean-indexed copy: this runs on every step
     positive = int(((trainer > 1e-6) & selected).count_nonzero())
     if count and positive / count >= 0.5:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from grpo_check._step_cache import finite_mask
 from grpo_check.diagnose._context import Diagnosis, close
 from grpo_check.findings import Finding
 
@@ -50,7 +51,7 @@ def detect_nan_leak(dx: Diagnosis) -> list[Finding]:
     per_func = per_func if per_func.dim() == 2 else per_func.unsqueeze(1)
     nan_rows = torch.isnan(per_func).any(dim=1)
     adv = trainer_adv[:, 0] if trainer_adv.dim() == 2 else trainer_adv
-    adv_bad = ~torch.isfinite(adv)
+    adv_bad = ~finite_mask(adv)  # the step's shared mask
     if not bool(nan_rows.any()) and not bool(adv_bad.any()):
         return []
     failing = dx.failing(prefix="advantages.") + dx.failing(prefix="rewards.unscorable")

@@ -157,7 +157,7 @@ def bounded(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None =
     bound = population_bound if (spec is None or effective.std == "population") else sample_bound
     rtol, atol = rtol_atol(step["advantages"].dtype)
     allowed = tolerance if tolerance is not None else bound * (1 + rtol) + atol
-    magnitude = torch.where(torch.isfinite(advantages), advantages.abs(), torch.zeros_like(advantages))
+    magnitude = torch.where(finite_mask(advantages), advantages.abs(), 0.0)
     row, _ = argmax_2d(magnitude)
     figure = float(magnitude[row])
     if figure <= allowed:
@@ -222,7 +222,7 @@ def _group_reward_stats_uncached(step: TraceStep, spec: GRPOSpec | None) -> Grou
     rewards = total_rewards(step, spec)
     if rewards is None or rewards.numel() != advantages.numel():
         return "rewards do not align with advantages"
-    scorable = torch.isfinite(rewards) & torch.isfinite(advantages)
+    scorable = finite_mask(rewards) & finite_mask(advantages)  # the step's shared masks
     weight = scorable.double()
     count = groups.sum(weight)
     mean = groups.sum(torch.where(scorable, rewards, 0.0)) / count.clamp(min=1)
@@ -251,7 +251,7 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     advantages, rewards, groups, whole = stats.advantages, stats.rewards, stats.groups, stats.whole
     scorable, centred, count = stats.scorable, stats.centred, stats.count
     squares = groups.sum(centred**2)
-    sample_std = torch.sqrt(squares / (count - 1).clamp(min=1))
+    sample_std = torch.sqrt(squares / (count - 1.0).clamp(min=1.0))
     clean = torch.where(scorable, advantages, 0.0)
     slope = groups.sum(clean * centred) / squares.clamp(min=1e-300)
     if effective.scale_rewards == "group":
@@ -273,7 +273,7 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     # its slope says nothing about epsilon
     rtol, atol = rtol_atol(step["advantages"].dtype)
     zero_sum = groups.sum(clean).abs() <= atol + rtol * groups.sum(clean.abs())
-    qualifying = whole & zero_sum & (count >= 2) & (sample_std > threshold_std)
+    qualifying = whole & zero_sum & (count >= 2.0) & (sample_std > threshold_std)
     if not bool(qualifying.any()):
         return not_applicable(f"no whole group whose rewards vary (std > {threshold_std:g})")
     limit = tolerance if tolerance is not None else (0.5 if effective.scale_rewards != "batch" else 0.05)
@@ -338,14 +338,12 @@ def constant_group_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: fl
         stats.whole,
         stats.size,
     )
-    scorable = torch.isfinite(
-        rewards
-    )  # group membership by rewards alone: a NaN advantage is a violation here
+    scorable = finite_mask(rewards)  # group membership by rewards alone: a NaN advantage is a violation here
     finite_rewards = torch.where(scorable, rewards, torch.nan)
     high = groups.amax(torch.where(scorable, rewards, -torch.inf))
     low = groups.amin(torch.where(scorable, rewards, torch.inf))
     count = groups.sum(scorable.double())
-    constant = whole & ((high == low) | (count < 2))
+    constant = whole & ((high == low) | (count < 2.0))
     if not bool(constant.any()):
         return not_applicable("no group with all-equal rewards")
     reward_dtype = step["rewards"].dtype if step.has("rewards") else step["rewards_per_func"].dtype

@@ -159,18 +159,18 @@ def _clip_region_of(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     low, high = 1 - spec.epsilon_low, 1 + spec.epsilon_high_effective
     advantages = _row_view(advantages)
-    region = ((advantages > 0) & (ratio > high)) | ((advantages < 0) & (ratio < low))
+    region = ((advantages > 0.0) & (ratio > high)) | ((advantages < 0.0) & (ratio < low))
     boundaries = [low, high]
     if spec.delta is not None:
         region |= ratio > spec.delta
         boundaries.append(spec.delta)
     if spec.dual_clip is not None:
-        region |= (advantages < 0) & (ratio > spec.dual_clip)
+        region |= (advantages < 0.0) & (ratio > spec.dual_clip)
         boundaries.append(spec.dual_clip)
-    near = torch.zeros_like(region)
-    for boundary in boundaries:
-        near |= (ratio - boundary).abs() <= _BOUNDARY_MARGIN * boundary
-    return region, near
+    near = (ratio - low).abs() <= _BOUNDARY_MARGIN * low
+    for boundary in boundaries[1:]:
+        near = near | ((ratio - boundary).abs() <= _BOUNDARY_MARGIN * boundary)
+    return region, near if near.shape == region.shape else near.expand(region.shape)
 
 
 def _policy_scale(
@@ -178,11 +178,11 @@ def _policy_scale(
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """(|∂policy term/∂logp_t| up to the shared normaliser or None if unknown, zero-gradient clip region,
     tokens too near a clip boundary to judge)."""
-    none = torch.zeros_like(advantages, dtype=torch.bool)
     if spec.loss_type in CLIP_LOSS_TYPES:
         region, near = _clip_region(ratio, advantages, spec)
         scale = cached(("abs_times", advantages, ratio), lambda: _row_view(advantages).abs() * ratio)
         return scale, region, near
+    none = torch.zeros_like(advantages, dtype=torch.bool)
     if spec.loss_type == "cispo":
         return advantages.abs() * ratio.clamp(max=spec.epsilon_high_effective), none, none
     if spec.loss_type == "sapo":  # −A·σ(τ(ρ−1))·4/τ has slope |A|·4·σ'(τ(ρ−1))·ρ
@@ -253,14 +253,15 @@ def sign_matches_advantage(
         step
     )  # (B, 1): the same masks as on the broadcast (B, T), B·T times cheaper
     # the per-row conditions first, at (B, 1): one (B, T) pass fewer than applying them one by one
-    decidable = mask & ((compact.abs() > atol) & torch.isfinite(compact)) & finite_mask(grad)
+    compact_finite = finite_mask(step["advantages"]).reshape(compact.shape)  # the step's shared mask
+    decidable = mask & ((compact.abs() > atol) & compact_finite) & finite_mask(grad)
     policy_scale, region, near = _policy_scale(effective, ratio, advantages)
     decidable &= ~(region | near)
     assert policy_scale is not None  # _SIGN_LOSS_TYPES all have a known policy slope
     if step.has("sampler_is_ratio"):
         sampler = f64(step["sampler_is_ratio"])
         sampler = sampler.expand(grad.shape) if sampler.shape[-1] == 1 else sampler
-        decidable &= sampler > 0
+        decidable &= sampler > 0.0
     if effective.beta != 0:
         if _masked_tokens_allowed(
             effective
@@ -278,9 +279,9 @@ def sign_matches_advantage(
     count = count_true(decidable)
     if count == 0:
         return inconclusive("no token where the policy term alone decides the gradient sign")
-    wrong = decidable & (grad * advantages > 0)
+    wrong = decidable & (grad * advantages > 0.0)
     # without the loss mask, a zero gradient may just be padding: only wrong signs are judged then
-    zero = decidable & (grad == 0) if step.has("completion_mask") else torch.zeros_like(decidable)
+    zero = decidable & (grad == 0.0) if step.has("completion_mask") else torch.zeros_like(decidable)
     if count_true(wrong):
         row, token = argmax_2d(wrong.to(torch.int8))
         return Outcome(
@@ -391,7 +392,7 @@ def zero_where_clipped(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
         return passed(
             f"{clipped} clipped token(s) get no gradient (clip region from {source})", figure, allowed
         )
-    unclipped = mask & ~region & (grad != 0)
+    unclipped = mask & ~region & (grad != 0.0)
     typical = float(grad[unclipped].abs().median()) if bool(unclipped.any()) else None
     typical_text = f" (median |∂L/∂logp| on unclipped tokens: {fmt(typical)})" if typical is not None else ""
     return Outcome(
@@ -408,17 +409,24 @@ def zero_where_clipped(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
 
 def _k3_slope(step: TraceStep) -> torch.Tensor:
     """``1 − exp(ref − logp)`` (∂k3/∂logp), shared between the checks of one step."""
-    return cached(("k3_slope", step["ref_logps"], step["logps"]), lambda: torch.rsub(policy_ref_exp(step), 1))
+    return cached(
+        ("k3_slope", step["ref_logps"], step["logps"]), lambda: torch.rsub(policy_ref_exp(step), 1.0)
+    )
 
 
 def _kl_value(step: TraceStep, estimator: str) -> torch.Tensor:
-    """Per-token KL estimate k_t from x = ref − logp (needed only with the bias correction)."""
-    x = policy_ref_gap(step)
-    if estimator == "k1":
-        return -x
-    if estimator == "k2":
-        return 0.5 * x**2
-    return policy_ref_exp(step) - x - 1
+    """Per-token KL estimate k_t from x = ref − logp (needed only with the bias correction), shared between
+    the checks of one step."""
+
+    def compute() -> torch.Tensor:
+        x = policy_ref_gap(step)
+        if estimator == "k1":
+            return -x
+        if estimator == "k2":
+            return 0.5 * x**2
+        return policy_ref_exp(step) - x - 1.0
+
+    return cached(("kl_value", step["ref_logps"], step["logps"], estimator), compute)
 
 
 def _abs_slope(step: TraceStep, estimator: str) -> torch.Tensor:
@@ -497,11 +505,11 @@ def kl_sign_where_kl_dominates(
     policy_scale = None
     if ratio is None:  # off-policy with unknown ratio: only tokens without any policy term are judged
         ratio = torch.ones_like(grad)
-        dominated = advantages == 0
+        dominated = advantages == 0.0
         near = torch.zeros_like(dominated)
     else:
         policy_scale, region, near = _policy_scale(effective, ratio, advantages)
-        dominated = (_row_view(advantages) == 0) | region
+        dominated = (_row_view(advantages) == 0.0) | region
     direction = _kl_gradient_direction(step, effective, ratio)
     estimator = kl_estimator(step, effective)
     unweighted = not effective.use_bias_correction_kl  # direction = ∂k_t/∂logp_t: its |·| is shared
@@ -518,11 +526,11 @@ def kl_sign_where_kl_dominates(
     mask = token_mask(step, grad) if mask is None or mask.shape != grad.shape else mask
     floor = tolerance if tolerance is not None else 1e-6
     direction_abs = _abs_slope(step, estimator) if unweighted else direction.abs()
-    judged = mask & dominated & ~near & (direction_abs > floor) & finite_mask(grad) & (grad != 0)
+    judged = mask & dominated & ~near & (direction_abs > floor) & finite_mask(grad) & (grad != 0.0)
     count = count_true(judged)
     if count == 0:
         return not_applicable("no token where the KL penalty alone decides the gradient")
-    wrong = judged & (grad * direction < 0)
+    wrong = judged & (grad * direction < 0.0)
     if not count_true(wrong):
         return passed(
             f"{count} KL-dominated token(s) move towards the reference", 0.0, 0.0, judged_tokens=count

@@ -47,7 +47,8 @@ class _LogpStack:
     def __init__(self, step: TraceStep, names: list[str]):
         self.names = names
         self.values = torch.stack([plain(step[name]) for name in names])
-        finite = (self.values - self.values) == 0  # = isfinite
+        difference = self.values - self.values
+        finite = difference == difference  # = isfinite (see _step_cache._isfinite)
         self.valid = finite & token_mask(step, step[names[0]])
         for index, name in enumerate(names):
             tensor = step[name]

@@ -85,7 +85,7 @@ def group_mean_std(
     dev2 = torch.where(finite, (values - mean[group_ids]) ** 2, 0.0)
     ss = zeros.index_add(0, group_ids, dev2)
     dof = count - 1.0 if std == "sample" else count  # (A2)
-    var = torch.where(dof > 0, ss / dof.clamp(min=1.0), torch.full_like(ss, float("nan")))
+    var = torch.where(dof > 0.0, ss / dof.clamp(min=1.0), torch.full_like(ss, float("nan")))
     return mean[group_ids], var.sqrt()[group_ids], count[group_ids]
 
 
@@ -164,7 +164,7 @@ def compute_advantages(
             advantages = scale_advantages(advantages, scale, spec.adv_epsilon)  # (A3)
     if spec.multi_objective_aggregation == "sum_then_normalize":
         # (A7) a group with < 2 scorable rows carries no relative signal (G = 1 included): advantage 0.
-        advantages = torch.where(group_count > 1, advantages, torch.zeros_like(advantages))
+        advantages = torch.where(group_count > 1.0, advantages, torch.zeros_like(advantages))
     advantages = torch.where(scorable, advantages, torch.zeros_like(advantages))  # (A8)
     advantages = torch.nan_to_num(advantages, nan=0.0)  # (A8)
     return AdvantageOutput(

@@ -50,8 +50,8 @@ def clip_masks(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """TRL's clip metrics: low = ρ < 1−ε_low ∧ A < 0; high = ρ > 1+ε_high ∧ A > 0 (where the clip binds).  # (P4)"""
     advantages = _adv_2d(advantages)
-    is_low = (ratio < 1.0 - epsilon_low) & (advantages < 0)  # (P4)
-    is_high = (ratio > 1.0 + epsilon_high) & (advantages > 0)  # (P4)
+    is_low = (ratio < 1.0 - epsilon_low) & (advantages < 0.0)  # (P4)
+    is_high = (ratio > 1.0 + epsilon_high) & (advantages > 0.0)  # (P4)
     return is_low, is_high
 
 

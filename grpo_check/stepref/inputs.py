@@ -102,7 +102,12 @@ def _stored_dtype(step: TraceStep, name: str) -> torch.dtype | None:
 
 def computed_dtype(step: TraceStep, name: str) -> str:
     """The precision ``name`` was computed in: the compute dtype for model outputs; for a quantity computed
-    from other captured tensors, the coarsest of its own stored dtype and theirs; else the stored dtype."""
+    from other captured tensors, the coarsest of its own stored dtype and theirs; else the stored dtype.
+    (Shared between the comparisons of one step.)"""
+    return cached(("computed_dtype", id(step), name), lambda: _computed_dtype(step, name))
+
+
+def _computed_dtype(step: TraceStep, name: str) -> str:
     t = step.get(name)
     stored = _dtype_name(t.dtype) if isinstance(t, torch.Tensor) else "float32"
     compute = step.meta.get("compute_dtype")
