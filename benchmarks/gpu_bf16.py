@@ -66,6 +66,7 @@ def save_policy(out_dir: Path, shape: dict[str, int], *, seed: int = 0) -> tuple
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from grpo_check.bench.policy import build_tokenizer, parameter_count
+    from grpo_check.demo.model import seeded_model
 
     tokenizer = build_tokenizer(vocab_size=shape["vocab_size"])
     config = Qwen2Config(
@@ -77,15 +78,7 @@ def save_policy(out_dir: Path, shape: dict[str, int], *, seed: int = 0) -> tuple
         tie_word_embeddings=True,
         attention_dropout=0.0,
     )
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
-    finally:
-        torch.random.set_rng_state(state)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = None
+    model = seeded_model(Qwen2ForCausalLM, config, tokenizer, seed=seed).to(torch.bfloat16)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -29,7 +29,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from grpo_check.demo.model import CHARS, EOS, PAD, UNK
+from grpo_check.demo.model import CHARS, EOS, PAD, UNK, seeded_model
 
 VOCAB_SIZE = 32_000
 HIDDEN_SIZE = 512
@@ -94,7 +94,6 @@ def build_policy(
 ) -> Any:
     """A ``LlamaForCausalLM`` over ``tokenizer``'s vocabulary with deterministic random weights (``seed``),
     dropout off, float32, input and output embeddings tied."""
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -111,16 +110,7 @@ def build_policy(
         tie_word_embeddings=True,
         attention_dropout=0.0,
     )
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    finally:
-        torch.random.set_rng_state(state)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = None
-    return model
+    return seeded_model(LlamaForCausalLM, config, tokenizer, seed=seed)
 
 
 def parameter_count(model: Any) -> int:

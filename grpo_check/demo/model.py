@@ -59,11 +59,27 @@ HIDDEN_SIZE = 32
 NUM_LAYERS = 2
 
 
+def seeded_model(model_class: Any, config: Any, tokenizer: Any, *, seed: int) -> Any:
+    """``model_class(config)`` with its random weights drawn from ``seed`` (the global RNG is restored after),
+    its generation config's pad and EOS ids taken from ``tokenizer`` and no BOS id."""
+    import torch
+
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = model_class(config)
+    finally:
+        torch.random.set_rng_state(state)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = None
+    return model
+
+
 def build_policy(
     tokenizer: Any, *, seed: int = 0, hidden_size: int = HIDDEN_SIZE, num_layers: int = NUM_LAYERS
 ) -> Any:
     """A tiny ``LlamaForCausalLM`` with deterministic weights (``seed``), dropout off, float32."""
-    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -80,16 +96,7 @@ def build_policy(
         tie_word_embeddings=True,
         attention_dropout=0.0,
     )
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    finally:
-        torch.random.set_rng_state(state)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = None
-    return model
+    return seeded_model(LlamaForCausalLM, config, tokenizer, seed=seed)
 
 
 def save_policy(
