@@ -95,6 +95,7 @@ def build_trainer(
     from trl import GRPOConfig, GRPOTrainer
 
     from grpo_check.demo.matrix import cells
+    from grpo_check.demo.run import QUIET_CPU_TRAINING
     from grpo_check.demo.task import correctness_reward, format_reward, make_dataset
 
     cell = cells("fast")[0]
@@ -102,13 +103,8 @@ def build_trainer(
     config = GRPOConfig(
         output_dir=str(work / "trl-output"),
         max_steps=steps,
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=device == "cpu",
         seed=0,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
+        **{**QUIET_CPU_TRAINING, "use_cpu": device == "cpu"},
         model_init_kwargs={"dtype": "bfloat16"},
         **kwargs,
     )

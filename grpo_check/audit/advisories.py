@@ -24,6 +24,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from grpo_check.audit.registry import _as_float
 from grpo_check.audit.versions import parse_version
 
 Trigger = Callable[[Mapping[str, Any]], "str | None"]
@@ -104,13 +105,7 @@ RELEASES: tuple[str, ...] = (
 
 
 def _number(values: Mapping[str, Any], name: str) -> float | None:
-    value = values.get(name)
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
+    return _as_float(values.get(name))
 
 
 def _count(values: Mapping[str, Any], name: str, default: int = 1) -> int:

@@ -82,7 +82,7 @@ def build_trainer(
 ) -> Any:
     """A ``GRPOTrainer`` (or ``trainer_cls``) on the demo's tiny policy, built from code (nothing downloaded);
     ``overrides`` replace :data:`WANTED` settings (those the release has)."""
-    from grpo_check.demo.run import _quiet_libraries
+    from grpo_check.demo.run import QUIET_CPU_TRAINING, _quiet_libraries
 
     _quiet_libraries()
     import trl
@@ -101,13 +101,8 @@ def build_trainer(
     config = GRPOConfig(
         output_dir=os.path.join(work, "trl-output"),
         max_steps=steps,
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
         seed=seed,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
+        **QUIET_CPU_TRAINING,
         **config_kwargs(GRPOConfig, trl.__version__, overrides),
     )
     trainer = (trainer_cls or GRPOTrainer)(

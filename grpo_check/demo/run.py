@@ -58,6 +58,18 @@ def _quiet_libraries() -> None:
         pass
 
 
+QUIET_CPU_TRAINING: dict[str, Any] = {
+    "logging_steps": 1,
+    "report_to": [],
+    "save_strategy": "no",
+    "use_cpu": True,
+    "disable_tqdm": True,
+    "dataloader_num_workers": 0,
+}
+"""The ``GRPOConfig`` settings every demo trainer shares: on the CPU, logging each step to the trainer's log
+history only, no checkpoints, no progress bar, no data-loader workers."""
+
+
 def build_trainer(
     cell: Cell,
     workdir: str | os.PathLike[str],
@@ -97,13 +109,8 @@ def build_trainer(
     config = GRPOConfig(
         output_dir=str(workdir / "trl-output"),
         max_steps=steps or cell.steps,
-        logging_steps=1,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
         seed=seed,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
+        **QUIET_CPU_TRAINING,
         **kwargs,
     )
     cls = trainer_cls or GRPOTrainer
