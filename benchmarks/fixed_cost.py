@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> None:
         check_captured_step(
             step, spec, model=None, ref_model=None, tolerances=None, invariants=True
         )  # warm-up
+        # its own loop, not grpo_check.bench.core.least_time: ab_check_cost.py runs this script against older
+        # commits' grpo_check
         best = float("inf")
         for _ in range(repeats):
             start = time.perf_counter()

@@ -65,6 +65,19 @@ def median_time(fn: Callable[[], Any], *, repeats: int, warmup: int = 1) -> floa
     return statistics.median(samples)
 
 
+def least_time(fn: Callable[[], Any], *, repeats: int, warmup: int = 1) -> float:
+    """Least wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs: for work of a few
+    milliseconds on a shared machine, where any longer run was disturbed."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 # Student's t, two-sided 95 %: t(0.975, df) for df = 1..30 (above 30 the df = 30 value: slightly wide)
 _T_975 = (
     12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,

@@ -11,7 +11,7 @@ reference, diagnoses), then ``run_invariants``, sharing the step's float64 copie
 
 from __future__ import annotations
 
-from grpo_check.bench.core import BenchFigure, median_time
+from grpo_check.bench.core import BenchFigure, least_time, median_time
 
 TARGET_TOKENS_PER_S = 5_000_000
 TARGETED_SIZES = (100_000, 1_000_000)
@@ -106,8 +106,6 @@ def measure_fixed_cost(repeats: int = 40) -> BenchFigure:
     """The check engine's fixed cost: the least time of ``repeats`` calls of the suite on a correct demo-sized
     micro-batch (dapo, β = 0.04, 8 rows × 6 tokens). The minimum, not the median: the cost is a few
     milliseconds, and on a shared machine any longer call was disturbed."""
-    import time
-
     import torch
 
     from grpo_check.compare.synthetic import make_step
@@ -117,11 +115,7 @@ def measure_fixed_cost(repeats: int = 40) -> BenchFigure:
     spec = GRPOSpec(num_generations=_GENERATIONS, loss_type="dapo", beta=0.04, max_completion_length=length)
     step = make_step(spec, n_prompts=prompts, completion_length=length, vocab_size=50)
     failures = [f for f in _suite(step, spec) if f.failed]  # also the warm-up
-    best = float("inf")
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        _suite(step, spec)
-        best = min(best, time.perf_counter() - start)
+    best = least_time(lambda: _suite(step, spec), repeats=repeats, warmup=0)
     return BenchFigure(
         name="fixed_cost_demo_micro_batch",
         value=best * 1e3,
