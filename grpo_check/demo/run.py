@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -205,22 +204,15 @@ def run_cell_multiprocess(
 
     ``steps`` overrides the cell's optimizer steps; ``budget`` attaches with ``attach(budget=...)``,
     ``forward_rows`` with ``attach(forward_rows=...)``."""
-    from grpo_check.trl.runner import merge_rank_traces
+    from grpo_check.trl.runner import merge_rank_traces, rank_launch
 
     start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="grpo-check-demo-mp-"))
     try:
         # torchrun starts the ranks; accelerate (inside TRL) sees WORLD_SIZE > 1 without a GPU and uses gloo.
         # (`accelerate launch --cpu` starts a single process unless MPI is configured.)
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nnodes",
-            "1",
-            "--nproc_per_node",
-            str(processes),
+        cmd, env = rank_launch(
+            processes,
             "-m",
             "grpo_check.demo.worker",
             "--cell",
@@ -233,8 +225,7 @@ def run_cell_multiprocess(
             *(["--budget", str(budget)] if budget is not None else []),
             "--forward-rows",
             forward_rows,
-        ]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+        )
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
         if proc.returncode != 0:
             tail = (proc.stdout + proc.stderr)[-3000:]

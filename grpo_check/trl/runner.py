@@ -343,6 +343,26 @@ def run_factory(
     return trace
 
 
+def rank_launch(processes: int, *target: str) -> tuple[list[str], dict[str, str]]:
+    """(command, environment) that start ``target`` (a script and its arguments, or ``-m module ...``) on
+    ``processes`` CPU processes with ``torch.distributed.run``: accelerate (inside TRL) sees WORLD_SIZE > 1
+    without a GPU and uses gloo. One torch thread per rank, no tokenizer threads, nothing downloaded. Each
+    rank should end with :func:`end_rank`."""
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        str(processes),
+        *target,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    return command, env
+
+
 def end_rank(exit_code: int) -> None:
     """End a rank started by ``torch.distributed.run`` once everything it writes is written.
 

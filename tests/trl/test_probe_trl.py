@@ -284,26 +284,14 @@ def test_probing_on_two_processes(tmp_path):
     """Every rank probes (TRL's loss gathers its metrics); N counts both processes; the entropy quantile, which
     spans the ranks, is neutralised rather than misjudged."""
     import json
-    import os
     import subprocess
-    import sys
     from pathlib import Path
 
     script = Path(__file__).with_name("_probe_rank.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nnodes",
-        "1",
-        "--nproc_per_node",
-        "2",
-    ]
-    proc = subprocess.run(
-        [*cmd, str(script), str(tmp_path)], capture_output=True, text=True, timeout=600, env=env
-    )
+    from grpo_check.trl.runner import rank_launch
+
+    cmd, env = rank_launch(2, str(script), str(tmp_path))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):
         report = json.loads((tmp_path / f"rank{rank}.json").read_text())
