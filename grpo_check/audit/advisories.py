@@ -206,6 +206,37 @@ def _always(values: Mapping[str, Any]) -> str | None:
     return "every configuration"
 
 
+def _luspo_token_level_loss(values: Mapping[str, Any]) -> str | None:
+    if str(values.get("loss_type") or "") != "luspo":
+        return None
+    beta = _number(values, "beta") or 0.0
+    level = str(values.get("importance_sampling_level") or "token")  # TRL's default: token
+    quantile = _number(values, "top_entropy_quantile")
+    why = [
+        *([f"beta = {beta:g}"] if beta != 0.0 else []),
+        *(["importance_sampling_level = 'token'"] if level == "token" else []),
+        *([f"top_entropy_quantile = {quantile:g}"] if quantile is not None and quantile < 1.0 else []),
+    ]
+    if not why:
+        return None
+    return f"loss_type = 'luspo' with {', '.join(why)}: the per-token loss is (B, T), not (B, 1)"
+
+
+def _entropy_bonus_dapo_family_several_micro_batches(values: Mapping[str, Any]) -> str | None:
+    loss = str(values.get("loss_type") or "")
+    coefficient = _number(values, "entropy_coef") or 0.0
+    adaptive = _truthy(values, "use_adaptive_entropy")
+    accumulation = _count(values, "gradient_accumulation_steps")
+    steps = _count(values, "steps_per_generation", default=accumulation)
+    if loss not in DAPO_FAMILY or (coefficient == 0.0 and not adaptive) or max(accumulation, steps) < 2:
+        return None
+    bonus = "use_adaptive_entropy = true" if adaptive else f"entropy_coef = {coefficient:g}"
+    return (
+        f"{bonus} with loss_type = {loss!r}, gradient_accumulation_steps = {accumulation} and "
+        f"steps_per_generation = {steps}"
+    )
+
+
 # --------------------------------------------------------------------------- the advisories
 
 ADVISORIES: dict[str, Advisory] = {
@@ -397,6 +428,46 @@ ADVISORIES: dict[str, Advisory] = {
             catalog_id="22",
             severity="warning",
             workaround="recompute the clipped fraction from the ratios and advantages (grpo-check compare does)",
+        ),
+        Advisory(
+            id="GA612",
+            title="luspo loss weighted each row's per-token losses by its length instead of masking them",
+            effect=(
+                "The loss is (per_token_loss * |o_i|).mean() over all T columns. That is LUSPO's row weight only "
+                "when the per-token loss is one value per row; with a KL term, token-level importance sampling "
+                "(TRL's default level) or an entropy mask it is (B, T): padding tokens enter the loss and each "
+                "token of row i is weighted by |o_i| / T instead of 1."
+            ),
+            introduced="0.28.0",
+            fixed_in="1.10.0",
+            pr="huggingface/trl#6654",
+            condition="loss_type luspo with beta ≠ 0, importance_sampling_level = 'token' or top_entropy_quantile < 1",
+            trigger=_luspo_token_level_loss,
+            stage="loss",
+            catalog_id="5",
+            workaround="set importance_sampling_level = 'sequence', beta = 0 and top_entropy_quantile = 1",
+        ),
+        Advisory(
+            id="GA613",
+            title="entropy bonus of dapo/cispo/vespo divided by the global token count, not averaged per micro-batch",
+            effect=(
+                "The entropy bonus of a dapo-family loss is its micro-batch's entropy sum over the generation "
+                "batch's token count, while every other loss type takes the micro-batch's mean entropy / "
+                "gradient_accumulation_steps: with several micro-batches per window or generation batch the "
+                "bonus of a micro-batch scales with its share of the tokens and the coefficient means something "
+                "else than documented."
+            ),
+            introduced="1.8.0",
+            fixed_in="1.10.0",
+            pr="huggingface/trl#6648",
+            condition=(
+                "entropy_coef ≠ 0 or use_adaptive_entropy, with loss_type dapo, cispo or vespo and more than one "
+                "micro-batch per accumulation window or generation batch"
+            ),
+            trigger=_entropy_bonus_dapo_family_several_micro_batches,
+            stage="loss",
+            catalog_id="4",
+            workaround="use one micro-batch per optimizer step, or loss_type bnpo for a token-mean loss",
         ),
     )
 }

@@ -47,6 +47,14 @@ def _register_advisories() -> None:
                     "GA608": ("loss_type", "steps_per_generation", "gradient_accumulation_steps"),
                     "GA609": ("num_iterations", "steps_per_generation", "gradient_accumulation_steps"),
                     "GA611": ("num_iterations",),
+                    "GA612": ("loss_type", "beta", "importance_sampling_level", "top_entropy_quantile"),
+                    "GA613": (
+                        "loss_type",
+                        "entropy_coef",
+                        "use_adaptive_entropy",
+                        "steps_per_generation",
+                        "gradient_accumulation_steps",
+                    ),
                 }.get(advisory.id, ("trl_version",))
             )
         )

@@ -5,8 +5,10 @@ fails a comparison. When the installed release is one a bug affects, the setting
 it corrupts fails, :func:`name_shipped_bugs` adds a diagnosis naming the bug, the releases it affects, the
 release that fixed it and the pull request, and marks the failing findings it explains.
 
-Each entry was established by reading the released code (``pip download trl==X --no-deps``) on both sides
-of the fix.
+The facts of each bug (affected releases, fixing release and pull request, title, effect) are those of its
+audit advisory (:data:`grpo_check.audit.advisories.ADVISORIES`, rules ``GA6xx``), confirmed in the released code
+on both sides of the fix; an entry here adds what a run needs to name the bug: the stages its comparison
+fails in and a trigger over the run's settings and captured data.
 
 Example::
 
@@ -23,30 +25,52 @@ import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from grpo_check.audit.advisories import ADVISORIES, Advisory
 from grpo_check.findings import Finding, Verdict
-from grpo_check.trl.versions import parse_version
 
 Settings = Mapping[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
 class ShippedBug:
-    """One shipped bug: affected releases [first, last], the fixing release and PR, what triggers it, and the
-    stages whose comparison it makes fail."""
+    """One shipped bug as a run names it: its audit advisory, the stages whose comparison it makes fail, and
+    what triggers it in a run's settings (GRPOSpec fields by name, plus facts the captured data shows)."""
 
     id: str
-    title: str
-    first: str
-    last: str
-    fixed_in: str
-    pr: int
+    advisory: Advisory
     stages: tuple[str, ...]
     trigger: Callable[[Settings], bool]
-    trigger_text: str
-    effect: str
+
+    @property
+    def title(self) -> str:
+        return self.advisory.title
+
+    @property
+    def first(self) -> str:
+        return self.advisory.introduced
+
+    @property
+    def last(self) -> str:
+        return self.advisory.last_affected
+
+    @property
+    def fixed_in(self) -> str:
+        return self.advisory.fixed_in
+
+    @property
+    def pr(self) -> int:
+        return int(self.advisory.pr.rsplit("#", 1)[1])
+
+    @property
+    def trigger_text(self) -> str:
+        return self.advisory.condition
+
+    @property
+    def effect(self) -> str:
+        return self.advisory.effect
 
     def affects(self, version: str) -> bool:
-        return parse_version(self.first) <= parse_version(version) <= parse_version(self.last)
+        return self.advisory.affects(version)
 
     @property
     def source(self) -> str:
@@ -55,7 +79,7 @@ class ShippedBug:
     def describe(self) -> str:
         return (
             f"{self.title} — shipped in TRL {self.first} to {self.last}, fixed in {self.fixed_in} "
-            f"({self.source}); triggered by {self.trigger_text}: {self.effect}"
+            f"({self.source}, audit rule {self.advisory.id}); triggered by {self.trigger_text}. {self.effect}"
         )
 
 
@@ -111,112 +135,39 @@ def _unscorable_rows(settings: Settings) -> bool:
 
 
 SHIPPED_BUGS: tuple[ShippedBug, ...] = (
+    ShippedBug("trl-scale-rewards-swapped", ADVISORIES["GA606"], ("advantages",), _any_scale_rewards),
     ShippedBug(
-        id="trl-scale-rewards-swapped",
-        title="scale_rewards branches swapped: 'group' (the default) never divides by the std, 'batch' and 'none' "
-        "divide by each group's std",
-        first="0.22.0",
-        last="0.22.1",
-        fixed_in="0.22.2",
-        pr=3992,
-        stages=("advantages",),
-        trigger=_any_scale_rewards,
-        trigger_text="any scale_rewards (the default 'group' included)",
-        effect="the advantages are r − group mean, not divided by the group std, under the default; 'none' and "
-        "'batch' scale by the group std instead",
+        "trl-logps-no-attention-mask",
+        ADVISORIES["GA601"],
+        ("logps", "ratio", "kl", "loss", "grad"),
+        _left_padded_prompts,
     ),
     ShippedBug(
-        id="trl-logps-no-attention-mask",
-        title="log-probs computed without the attention mask: the left padding of shorter prompts is attended",
-        first="0.14.0",
-        last="0.14.0",
-        fixed_in="0.15.0",
-        pr=2708,
-        stages=("logps", "ratio", "kl", "loss", "grad"),
-        trigger=_left_padded_prompts,
-        trigger_text="prompts of different lengths in one batch (left padding)",
-        effect="the policy and reference log-probs of a row with a padded prompt condition on its pad tokens",
+        "trl-temperature-logps",
+        ADVISORIES["GA602"],
+        ("logps", "ratio", "kl", "loss", "grad"),
+        _temperature_not_one,
     ),
     ShippedBug(
-        id="trl-temperature-logps",
-        title="log-probs computed without dividing the logits by the sampling temperature",
-        first="0.14.0",
-        last="0.15.2",
-        fixed_in="0.16.0",
-        pr=3029,
-        stages=("logps", "ratio", "kl", "loss", "grad"),
-        trigger=_temperature_not_one,
-        trigger_text="temperature != 1 (the default was 0.9)",
-        effect="the policy and reference log-probs are those of the T=1 distribution, not of the sampling one",
+        "trl-dapo-normaliser-spg",
+        ADVISORIES["GA608"],
+        ("loss", "grad"),
+        _global_token_normaliser_with_spg_not_gas,
     ),
     ShippedBug(
-        id="trl-dapo-normaliser-spg",
-        title="dapo/cispo/vespo token normaliser mis-scaled by gradient_accumulation_steps / steps_per_generation",
-        first="0.22.0",
-        last="1.9.0",
-        fixed_in="1.9.1",
-        pr=6024,
-        stages=("loss", "grad"),
-        trigger=_global_token_normaliser_with_spg_not_gas,
-        trigger_text="loss_type dapo, cispo or vespo with steps_per_generation != gradient_accumulation_steps",
-        effect="each micro-batch divides by the generation batch's token count, so one accumulation window's "
-        "loss and gradient are scaled by gradient_accumulation_steps / steps_per_generation",
+        "trl-num-items-truncated",
+        ADVISORIES["GA607"],
+        ("loss", "grad"),
+        _global_token_normaliser_with_truncation_mask,
     ),
+    ShippedBug("trl-luspo-unmasked", ADVISORIES["GA612"], ("loss", "grad"), _luspo_with_token_level_loss),
     ShippedBug(
-        id="trl-num-items-truncated",
-        title="dapo/cispo/vespo token normaliser counts the tokens of truncated completions the loss masks out",
-        first="0.22.0",
-        last="1.8.0",
-        fixed_in="1.9.0",
-        pr=6439,
-        stages=("loss", "grad"),
-        trigger=_global_token_normaliser_with_truncation_mask,
-        trigger_text="loss_type dapo, cispo or vespo with mask_truncated_completions=True and a truncated completion",
-        effect="num_items_in_batch is counted before the truncated rows are masked, so the denominator counts "
-        "tokens the numerator does not: loss and gradient shrink by the masked fraction",
+        "trl-entropy-bonus-normaliser",
+        ADVISORIES["GA613"],
+        ("loss", "grad"),
+        _entropy_bonus_with_global_normaliser,
     ),
-    ShippedBug(
-        id="trl-luspo-unmasked",
-        title="luspo loss weighted each row's per-token losses by its length instead of masking them",
-        first="0.28.0",
-        last="1.9.2",
-        fixed_in="1.10.0",
-        pr=6654,
-        stages=("loss", "grad"),
-        trigger=_luspo_with_token_level_loss,
-        trigger_text="loss_type luspo with a (B, T) per-token loss (beta != 0, token-level importance sampling "
-        "or top_entropy_quantile < 1)",
-        effect="(per_token_loss * |o_i|).mean() over all T columns: padding enters and each row is weighted by "
-        "|o_i|^2 / T instead of summed over its tokens",
-    ),
-    ShippedBug(
-        id="trl-entropy-bonus-normaliser",
-        title="entropy bonus of dapo/cispo/vespo divided by the policy's global token count, not averaged per "
-        "micro-batch",
-        first="1.8.0",
-        last="1.9.2",
-        fixed_in="1.10.0",
-        pr=6648,
-        stages=("loss", "grad"),
-        trigger=_entropy_bonus_with_global_normaliser,
-        trigger_text="entropy_coef != 0 with loss_type dapo, cispo or vespo and several micro-batches per "
-        "accumulation window or generation batch",
-        effect="the bonus of a micro-batch scales with its share of the generation batch's tokens instead of "
-        "being its mean entropy / gradient_accumulation_steps",
-    ),
-    ShippedBug(
-        id="trl-unscorable-rows-counted",
-        title="a completion every reward function left unscored (None) entered its group's mean and std as reward 0",
-        first="0.16.0",
-        last="1.5.1",
-        fixed_in="1.6.0",
-        pr=5902,
-        stages=("advantages",),
-        trigger=_unscorable_rows,
-        trigger_text="a completion for which every reward function returns None",
-        effect="nansum turns the unscorable row into a reward of 0: it shifts its group's baseline and scale and "
-        "gets an advantage of its own instead of being left out with advantage 0",
-    ),
+    ShippedBug("trl-unscorable-rows-counted", ADVISORIES["GA610"], ("advantages",), _unscorable_rows),
 )
 
 

@@ -40,6 +40,16 @@ CASES: dict[str, tuple[dict, dict | None, int]] = {
     ),
     "GA610": ({"num_generations": 8}, None, 1),
     "GA611": ({"num_iterations": 2}, {"num_iterations": 1}, 1),
+    "GA612": (
+        {"loss_type": "luspo", "importance_sampling_level": "token"},
+        {"loss_type": "luspo", "importance_sampling_level": "sequence", "beta": 0.0},
+        1,
+    ),
+    "GA613": (
+        {"loss_type": "dapo", "entropy_coef": 0.01, "gradient_accumulation_steps": 2},
+        {"loss_type": "dapo", "entropy_coef": 0.0, "gradient_accumulation_steps": 2},
+        1,
+    ),
 }
 
 # A config where the batch arithmetic is valid on every release (so the only findings under test are advisories).
@@ -104,6 +114,29 @@ def test_patch_releases_are_told_apart():
     assert not _fired("GA606", {"scale_rewards": "none"}, "0.22.2", 1)
     [finding] = _fired("GA606", {"scale_rewards": "none"}, "0.22.0", 1)
     assert "scaling by each group's std" in finding.explanation
+
+
+def test_ga612_names_what_makes_the_luspo_loss_token_level():
+    [finding] = _fired(
+        "GA612", {"loss_type": "luspo", "beta": 0.04, "importance_sampling_level": "sequence"}, "1.9.2", 1
+    )
+    assert "beta = 0.04" in finding.explanation and "importance_sampling_level" not in finding.explanation
+    assert not _fired("GA612", {"loss_type": "grpo", "beta": 0.04}, "1.9.2", 1)
+
+
+def test_ga613_needs_several_micro_batches_and_counts_the_adaptive_bonus():
+    one = {
+        "loss_type": "dapo",
+        "entropy_coef": 0.01,
+        "gradient_accumulation_steps": 1,
+        "steps_per_generation": 1,
+    }
+    assert not _fired("GA613", one, "1.9.2", 1)  # one micro-batch: the two normalisers agree
+    assert _fired("GA613", {**one, "steps_per_generation": 2}, "1.9.2", 1)
+    adaptive = {**one, "entropy_coef": 0.0, "use_adaptive_entropy": True, "gradient_accumulation_steps": 2}
+    [finding] = _fired("GA613", adaptive, "1.8.0", 1)
+    assert "use_adaptive_entropy" in finding.explanation
+    assert not _fired("GA613", {**adaptive, "loss_type": "bnpo"}, "1.8.0", 1)
 
 
 def test_ga608_names_the_scale_factor():
@@ -182,6 +215,16 @@ MARKERS: dict[str, tuple[str, str | None, str]] = {
         "trl/trainer/grpo_trainer.py",
         "is_clipped = (per_token_loss1 < per_token_loss2).float()",
         "is_region_clipped",
+    ),
+    "GA612": (
+        "trl/trainer/grpo_trainer.py",
+        "loss = (per_token_loss * mask.sum(1, keepdim=True)).mean()",
+        "loss = (per_token_loss * mask).sum(-1).mean()",
+    ),
+    "GA613": (
+        "trl/trainer/grpo_trainer.py",
+        "entropy_loss = (entropies * effective_mask).sum() / normalizer",
+        "accumulation_factor = self.current_gradient_accumulation_steps",
     ),
 }
 

@@ -36,7 +36,7 @@ def test_a_case_scores_only_when_found_localised_named_and_clean_on_the_fix():
     assert _outcome(FOUND, CLEAN).scored
     card = HistoryCard([_outcome(FOUND, CLEAN)])
     assert card.all_scored() and "1/1 shipped bugs" in card.render("text")
-    assert "| log-probs computed without" in card.render("md")
+    assert f"| {select_history(['trl-temperature-logps'])[0].bug.title} |" in card.render("md")
 
 
 @pytest.mark.parametrize(
