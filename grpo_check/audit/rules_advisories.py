@@ -34,30 +34,27 @@ def _advisory_check(advisory: _advisories.Advisory) -> CheckFn:
 
 def _register_advisories() -> None:
     for advisory in _advisories.ADVISORIES.values():
-        fields = tuple(
-            sorted(
-                {
-                    "GA601": ("per_device_train_batch_size",),
-                    "GA602": ("temperature",),
-                    "GA603": ("use_vllm", "max_prompt_length"),
-                    "GA604": ("use_vllm", "max_prompt_length"),
-                    "GA605": ("top_entropy_quantile", "num_processes"),
-                    "GA606": ("scale_rewards",),
-                    "GA607": ("loss_type", "mask_truncated_completions"),
-                    "GA608": ("loss_type", "steps_per_generation", "gradient_accumulation_steps"),
-                    "GA609": ("num_iterations", "steps_per_generation", "gradient_accumulation_steps"),
-                    "GA611": ("num_iterations",),
-                    "GA612": ("loss_type", "beta", "importance_sampling_level", "top_entropy_quantile"),
-                    "GA613": (
-                        "loss_type",
-                        "entropy_coef",
-                        "use_adaptive_entropy",
-                        "steps_per_generation",
-                        "gradient_accumulation_steps",
-                    ),
-                }.get(advisory.id, ("trl_version",))
-            )
-        )
+        # the fields in the order of relevance: the first one present in the file gives the finding's line
+        fields = {
+            "GA601": ("per_device_train_batch_size",),
+            "GA602": ("temperature",),
+            "GA603": ("use_vllm", "max_prompt_length"),
+            "GA604": ("use_vllm", "max_prompt_length"),
+            "GA605": ("top_entropy_quantile", "num_processes"),
+            "GA606": ("scale_rewards",),
+            "GA607": ("mask_truncated_completions", "loss_type"),
+            "GA608": ("steps_per_generation", "gradient_accumulation_steps", "loss_type"),
+            "GA609": ("steps_per_generation", "gradient_accumulation_steps", "num_iterations"),
+            "GA611": ("num_iterations",),
+            "GA612": ("loss_type", "beta", "importance_sampling_level", "top_entropy_quantile"),
+            "GA613": (
+                "entropy_coef",
+                "use_adaptive_entropy",
+                "loss_type",
+                "steps_per_generation",
+                "gradient_accumulation_steps",
+            ),
+        }.get(advisory.id, ("trl_version",))
         rule(
             advisory.id,
             advisory.title,
