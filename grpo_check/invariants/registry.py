@@ -88,7 +88,9 @@ class Check:
         self, step: TraceStep, spec: GRPOSpec | None = None, *, tolerance: float | None = None
     ) -> list[Finding]:
         """Evaluate on one step; always returns at least one finding."""
-        return self._run(step, spec, tolerance, _present_names(step), _step_where(step))
+        return self._run(
+            step, spec_for_step(spec, step.meta), tolerance, _present_names(step), _step_where(step)
+        )
 
     __call__ = run
 
@@ -100,9 +102,10 @@ class Check:
         present: frozenset[str],
         base: Where,
     ) -> list[Finding]:
-        """:meth:`run` given the step's present names and coordinates (``run_invariants`` collects them once
-        per step)."""
-        lacking = _lacking(self.requires, present) if self.requires else None
+        """:meth:`run` given the step's spec (``spec_for_step`` applied), present names and coordinates
+        (``run_invariants`` works them out once per step)."""
+        requires = self.requires
+        lacking = _lacking(requires, present) if requires else None
         if lacking is not None:
             return [
                 Finding(
@@ -116,7 +119,6 @@ class Check:
                     details={"missing": list(lacking)},
                 )
             ]
-        spec = spec_for_step(spec, step.meta)  # a coefficient the trainer moves per step (adaptive entropy)
         try:
             outcome = self.function(step, spec, tolerance=tolerance)
         except (RuntimeError, ValueError, LookupError, TypeError) as error:
@@ -349,8 +351,11 @@ def run_invariants(
         # (no autograd bookkeeping: checks only read) takes about a sixth off each small tensor operation
         with step_cache(step), torch.inference_mode():
             present, base = _present_names(step), _step_where(step)
+            step_spec = spec_for_step(
+                spec, step.meta
+            )  # a coefficient the trainer moves per step (adaptive entropy)
             for check in selected:
-                findings.extend(check._run(step, spec, tolerances.get(check.id), present, base))
+                findings.extend(check._run(step, step_spec, tolerances.get(check.id), present, base))
     if len(steps) > 1:
         findings = collapse_not_captured(findings)
     return findings
@@ -359,12 +364,17 @@ def run_invariants(
 def _misnamed_hint(step: TraceStep, lacking: Iterable[str]) -> str:
     """``; the step holds 'advantage': did you mean 'advantages'?`` when a tensor under a non-canonical name
     is one or two letters from a missing one (a hand-built TraceStep; the Recorder refuses such names)."""
-    odd = [name for name in step.tensors if name not in TENSOR_STAGE and not name.startswith("extra.")]
+    odd = cached(("odd_names", id(step)), lambda: _odd_names(step))  # once per step in a cache
     for name in odd:
         near = difflib.get_close_matches(name, list(lacking), n=1, cutoff=0.75)
         if near:
             return f"; the step holds {name!r}: did you mean {near[0]!r}?"
     return ""
+
+
+def _odd_names(step: TraceStep) -> list[str]:
+    """The step's tensor names that are neither canonical nor ``extra.*``."""
+    return [name for name in step.tensors if name not in TENSOR_STAGE and not name.startswith("extra.")]
 
 
 def _check_tolerances(tolerances: dict[str, float]) -> None:
