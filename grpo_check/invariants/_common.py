@@ -7,6 +7,7 @@ Everything here is vectorised torch (no Python loops over tokens or rows); per-g
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -61,6 +62,8 @@ def count_true_per_slice(mask: torch.Tensor) -> torch.Tensor:
 def valid_finite(step: TraceStep, values: torch.Tensor) -> torch.Tensor:
     """``token_mask(step, values) & torch.isfinite(values)``, shared between the checks of one step."""
     source = _source(values)
+    if id(source) in finite_sources(step):  # every value finite: the same mask as token_mask's
+        return token_mask(step, source)
     return cached(("valid_finite", id(step), source), lambda: token_mask(step, source) & finite_mask(source))
 
 
@@ -69,10 +72,42 @@ def any_true(mask: torch.Tensor) -> bool:
     return cached(("any", mask), lambda: count_true(mask) > 0)
 
 
+_CONSTANTS: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def where_fill(condition: torch.Tensor, values: torch.Tensor, fill: float) -> torch.Tensor:
+    """``torch.where(condition, values, fill)`` for a number ``fill`` (not NaN).
+
+    For floating ``values`` the fill is a 0-dim tensor of their dtype, made once: the same result (a Python
+    number takes the dtype of ``values`` too) without converting the number on every call, which costs
+    about as much as the selection itself on a small tensor.
+    """
+    if not values.is_floating_point():
+        return torch.where(condition, values, fill)
+    key = (fill, values.dtype, values.device)
+    constant = _CONSTANTS.get(key)
+    if constant is None:
+        with torch.inference_mode(False):  # a normal tensor: usable outside inference mode too
+            constant = _CONSTANTS[key] = torch.tensor(fill, dtype=values.dtype, device=values.device)
+    return torch.where(condition, values, constant)
+
+
+def scalars_at(tensor: torch.Tensor, *indices: int) -> list[float]:
+    """``[tensor[i].item() for i in indices]`` for a 1-D tensor; one ``tolist`` when it is small (indexing
+    and converting one element costs about as much as converting a small tensor whole)."""
+    if tensor.numel() <= _FEW:
+        values = tensor.tolist()
+        return [values[i] for i in indices]
+    return [tensor[i].item() for i in indices]
+
+
+_FEW = 256  # elements up to which tolist() costs less than two element look-ups
+
+
 def masked_abs_max(values: torch.Tensor, valid: torch.Tensor) -> float:
     """``float(values[valid].abs().max())`` without the boolean-index copy (``valid`` must select ≥ 1
     position; NaN at a selected position gives NaN, as the indexed form does)."""
-    return float(torch.where(valid, values.abs(), 0.0).max())
+    return float(where_fill(valid, values.abs(), 0.0).max())
 
 
 @dataclasses.dataclass
@@ -143,6 +178,18 @@ class Groups:
         out = torch.zeros(self.num_groups, dtype=x.dtype, device=x.device)
         return out.index_add_(0, self._inverse_on(x.device), x)
 
+    def sums(self, *columns: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``tuple(self.sum(c) for c in columns)`` (same dtype and shape (B,)) from one ``index_add_`` over
+        the stacked columns: each column's rows are added in the same order, so the sums are identical."""
+        stacked = torch.stack(columns, 1)
+        out = torch.zeros((self.num_groups, len(columns)), dtype=stacked.dtype, device=stacked.device)
+        return out.index_add_(0, self._inverse_on(stacked.device), stacked).unbind(1)
+
+    @functools.cached_property
+    def largest(self) -> int:
+        """Rows in the largest group (1 when there is none)."""
+        return int(self.count.max()) if self.num_groups else 1
+
     def amax(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.full((self.num_groups,), -torch.inf, dtype=x.dtype, device=x.device)
         return out.scatter_reduce_(0, self._inverse_on(x.device), x, reduce="amax")
@@ -167,7 +214,7 @@ def num_generations(spec: GRPOSpec | None, groups: Groups) -> int:
     """G from the spec, or (spec not given) the largest group in the step (partial groups are smaller)."""
     if spec is not None:
         return spec.num_generations
-    return int(groups.count.max()) if groups.num_groups else 1
+    return groups.largest
 
 
 def row_advantages(advantages: torch.Tensor, completion_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -318,32 +365,40 @@ _FINITE_CHECKED = frozenset(
 
 def step_all_finite(step: TraceStep) -> bool:
     """Whether every floating tensor of a small step among those the ``*.finite`` invariants check is finite
-    (``False``: some is not, or the step is too large or spread over devices to decide it this way), once
-    per step in a cache.
-
-    One sum over all of them instead of one count per tensor: a sum is finite only if every term is (NaN and
-    ±inf propagate), and a finite sum that overflows only sends the caller to its per-tensor path.
-    """
-    return cached(("all_finite", id(step)), lambda: _all_finite(step))
+    (``False``: some is not, or the step is too large or spread over devices to decide it this way)."""
+    return bool(finite_sources(step))
 
 
-def _all_finite(step: TraceStep) -> bool:
-    tensors = [
-        plain(t) for name, t in step.tensors.items() if name in _FINITE_CHECKED and _is_float_tensor(t)
-    ]
-    if not tensors or sum(t.numel() for t in tensors) > _SMALL_SLICE:
-        return False
-    device = tensors[0].device
-    if any(t.device != device for t in tensors):
-        return False
+def finite_sources(step: TraceStep) -> frozenset[int]:
+    """``id`` of each step tensor the ``*.finite`` invariants check when :func:`step_all_finite` (else
+    empty), once per step in a cache: a mask of such a tensor's finite values is all True."""
+    return cached(("finite_sources", id(step)), lambda: _finite_sources(step))
+
+
+def known_finite(step: TraceStep, *names: str) -> bool:
+    """Whether the step tensors ``names`` are known finite (each present, floating, among those the finite
+    checks cover, and :func:`step_all_finite`)."""
+    sources = finite_sources(step)
+    return bool(sources) and all(id(step.tensors.get(name)) in sources for name in names)
+
+
+def _finite_sources(step: TraceStep) -> frozenset[int]:
+    checked = [t for name, t in step.tensors.items() if name in _FINITE_CHECKED and _is_float_tensor(t)]
+    if not checked or sum(t.numel() for t in checked) > _SMALL_SLICE:
+        return frozenset()
+    device = checked[0].device
+    if any(t.device != device for t in checked):
+        return frozenset()
     by_shape: dict[torch.Size, list[torch.Tensor]] = {}
-    for tensor in tensors:
-        by_shape.setdefault(tensor.shape, []).append(tensor)
-    for same in by_shape.values():  # one sum per shape: same-shape tensors concatenate without a reshape
+    for tensor in checked:
+        by_shape.setdefault(tensor.shape, []).append(plain(tensor))
+    # one sum per shape (same-shape tensors concatenate without a reshape): a sum is finite only if every
+    # term is (NaN and ±inf propagate); a finite sum that overflows only sends callers to their general path
+    for same in by_shape.values():
         part = same[0] if len(same) == 1 else torch.stack(same) if same[0].dim() == 0 else torch.cat(same)
         if not math.isfinite(float(part.sum())):
-            return False
-    return True
+            return frozenset()
+    return frozenset(id(t) for t in checked)
 
 
 def finite_outcome(

@@ -29,6 +29,7 @@ from grpo_check.invariants._common import (
     rtol_atol,
     spec_or_default,
     token_mask,
+    where_fill,
 )
 from grpo_check.invariants.kl import kl_estimator, policy_ref_exp, policy_ref_gap
 from grpo_check.invariants.ratio import CLIP_LOSS_TYPES, log_ratio_for_clipping
@@ -71,7 +72,7 @@ def zero_outside_loss_mask(
         return inconclusive(f"loss mask shape does not match logps_grad {tuple(grad.shape)}")
     allowed = tolerance if tolerance is not None else 0.0
     # non-finite gradients are grad.finite's to report (NaN · 0 stays NaN at padding)
-    outside = torch.where(~mask & finite_mask(grad), grad.abs(), -1.0)
+    outside = where_fill(~mask & finite_mask(grad), grad.abs(), -1.0)
     figure = float(outside.max())  # the value at argmax_2d(outside); the position is only needed on failure
     if figure <= allowed:
         return passed(f"no gradient on {count_true(~mask)} masked-out position(s)", max(figure, 0.0), allowed)
@@ -384,7 +385,7 @@ def zero_where_clipped(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     if not bool(region.any()):
         return not_applicable("no token in the clip region")
     allowed = tolerance if tolerance is not None else 0.0
-    leak = torch.where(region, torch.nan_to_num(grad.abs(), nan=torch.inf), -1.0)
+    leak = where_fill(region, torch.nan_to_num(grad.abs(), nan=torch.inf), -1.0)
     row, token = argmax_2d(leak)
     figure = float(leak[row, token])
     clipped = int(region.sum())

@@ -26,6 +26,7 @@ from grpo_check.invariants._common import (
     plain,
     token_mask,
     valid_finite,
+    where_fill,
 )
 from grpo_check.invariants.registry import register
 from grpo_check.trace.model import TraceStep
@@ -100,7 +101,7 @@ def nonpositive(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | No
     stack = _logp_stack(step)
     if stack is not None:  # every tensor at once; anything but a clean pass takes the per-tensor path below
         allowed = tolerance if tolerance is not None else _positive_tolerance(stack.values.dtype)
-        masked = torch.where(stack.valid, stack.values, -torch.inf)
+        masked = where_fill(stack.valid, stack.values, -torch.inf)
         tops = masked.amax(dim=(1, 2)).tolist()  # −inf: no valid token in that tensor
         finite_tops = [top for top in tops if top != -math.inf]
         if finite_tops and max(finite_tops) <= allowed:
@@ -125,7 +126,7 @@ def _nonpositive_per_tensor(step: TraceStep, tolerance: float | None) -> Outcome
         valid = valid_finite(step, tensor)
         if not any_true(valid):
             continue
-        masked = torch.where(valid, values, -torch.inf)
+        masked = where_fill(valid, values, -torch.inf)
         top = float(masked.max())  # the value at argmax_2d(masked); the position is only needed on failure
         allowed = tolerance if tolerance is not None else _positive_tolerance(tensor.dtype)
         if worst is None or top - allowed > worst[0] - worst[4]:
@@ -291,7 +292,7 @@ def entropies_nonnegative(
         return inconclusive("no valid entropy")
     scale = max(1.0, masked_abs_max(values, valid))
     allowed = tolerance if tolerance is not None else 64 * machine_eps(step["entropies"].dtype) * scale
-    masked = torch.where(valid, -values, -torch.inf)
+    masked = where_fill(valid, -values, -torch.inf)
     row, token = argmax_2d(masked)
     lowest = -float(masked[row] if token is None else masked[row, token])
     if lowest >= -allowed:

@@ -27,6 +27,7 @@ from grpo_check.invariants._common import (
     spec_or_default,
     token_mask,
     valid_finite,
+    where_fill,
 )
 from grpo_check.invariants.registry import register
 from grpo_check.trace.model import TraceStep
@@ -131,7 +132,7 @@ def one_on_policy(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | 
     if not any_true(valid):
         return inconclusive("no valid token")
     allowed = tolerance if tolerance is not None else _on_policy_tolerance(step)
-    deviation = torch.where(valid, torch.nan_to_num(log_ratio.abs(), nan=torch.inf), -1.0)
+    deviation = where_fill(valid, torch.nan_to_num(log_ratio.abs(), nan=torch.inf), -1.0)
     row, token = argmax_2d(deviation)
     figure = float(deviation[row] if token is None else deviation[row, token])
     if figure <= allowed:
@@ -231,13 +232,13 @@ def matches_logps(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | 
         else (rtol_ratio + rtol_logps * max(1.0, logp_scale)) * expected + atol  # exp(·) ≥ 0: |exp| = exp
     )
     error = (ratio - expected).abs()
-    excess = torch.where(valid, torch.nan_to_num(error - allowed, nan=torch.inf), -torch.inf)
+    excess = where_fill(valid, torch.nan_to_num(error - allowed, nan=torch.inf), -torch.inf)
     row, token = argmax_2d(excess)
     pick = (row,) if token is None else (row, token)
     if float(excess[pick]) <= 0:
         return passed(
             "ratio = exp(logps − old_logps)",
-            float(torch.where(valid, error, 0.0).max()),
+            float(where_fill(valid, error, 0.0).max()),
             float(allowed[pick]),
         )
     return Outcome(

@@ -19,6 +19,7 @@ from grpo_check.invariants._common import (
     plain,
     reward_weights,
     rtol_atol,
+    where_fill,
 )
 from grpo_check.invariants.registry import register
 from grpo_check.trace.model import TraceStep
@@ -84,13 +85,13 @@ def total_is_weighted_sum(
     scale = weighted.abs().nansum(1)
     allowed = atol + rtol * scale
     error_abs = (total - expected).abs()
-    excess = torch.where(scorable, error_abs - allowed, -torch.inf)
+    excess = where_fill(scorable, error_abs - allowed, -torch.inf)
     row, _ = argmax_2d(excess)
     if float(excess[row]) <= 0:
         # max |error| over the scorable rows (≥ 1 of them): a masked max equals the boolean-indexed one
         return passed(
             "total reward equals the weighted sum",
-            float(torch.where(scorable, error_abs, 0.0).max()),
+            float(where_fill(scorable, error_abs, 0.0).max()),
             float(allowed[row]),
         )
     error = float(error_abs[row])
