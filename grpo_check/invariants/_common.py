@@ -106,8 +106,11 @@ _FEW = 256  # elements up to which tolist() costs less than two element look-ups
 
 def masked_abs_max(values: torch.Tensor, valid: torch.Tensor) -> float:
     """``float(values[valid].abs().max())`` without the boolean-index copy (``valid`` must select ≥ 1
-    position; NaN at a selected position gives NaN, as the indexed form does)."""
-    return float(where_fill(valid, values.abs(), 0.0).max())
+    position; NaN at a selected position gives NaN, as the indexed form does), shared between the checks
+    of one step (the log-prob scale several tolerances use)."""
+    return cached(
+        ("masked_abs_max", values, valid), lambda: float(where_fill(valid, values.abs(), 0.0).max())
+    )
 
 
 @dataclasses.dataclass

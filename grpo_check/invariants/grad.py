@@ -21,6 +21,7 @@ from grpo_check.invariants._common import (
     finite_outcome,
     fmt,
     inconclusive,
+    known_finite,
     loss_mask,
     malformed,
     not_applicable,
@@ -71,11 +72,15 @@ def zero_outside_loss_mask(
     if mask is None or mask.shape != grad.shape:
         return inconclusive(f"loss mask shape does not match logps_grad {tuple(grad.shape)}")
     allowed = tolerance if tolerance is not None else 0.0
+    masked_out = ~mask
     # non-finite gradients are grad.finite's to report (NaN · 0 stays NaN at padding)
-    outside = where_fill(~mask & finite_mask(grad), grad.abs(), -1.0)
+    judged = masked_out if known_finite(step, "logps_grad") else masked_out & finite_mask(grad)
+    outside = where_fill(judged, grad.abs(), -1.0)
     figure = float(outside.max())  # the value at argmax_2d(outside); the position is only needed on failure
     if figure <= allowed:
-        return passed(f"no gradient on {count_true(~mask)} masked-out position(s)", max(figure, 0.0), allowed)
+        return passed(
+            f"no gradient on {count_true(masked_out)} masked-out position(s)", max(figure, 0.0), allowed
+        )
     row, token = argmax_2d(outside)
     leaking = (outside > allowed) & ~mask
     in_completion = plain(step["completion_mask"]).bool()
@@ -254,8 +259,11 @@ def sign_matches_advantage(
         step
     )  # (B, 1): the same masks as on the broadcast (B, T), B·T times cheaper
     # the per-row conditions first, at (B, 1): one (B, T) pass fewer than applying them one by one
-    compact_finite = finite_mask(step["advantages"]).reshape(compact.shape)  # the step's shared mask
-    decidable = mask & ((compact.abs() > atol) & compact_finite) & finite_mask(grad)
+    if known_finite(step, "advantages", "logps_grad"):  # the finite masks below are all True
+        decidable = mask & (compact.abs() > atol)
+    else:
+        compact_finite = finite_mask(step["advantages"]).reshape(compact.shape)  # the step's shared mask
+        decidable = mask & ((compact.abs() > atol) & compact_finite) & finite_mask(grad)
     policy_scale, region, near = _policy_scale(effective, ratio, advantages)
     decidable &= ~(region | near)
     assert policy_scale is not None  # _SIGN_LOSS_TYPES all have a known policy slope
@@ -527,7 +535,10 @@ def kl_sign_where_kl_dominates(
     mask = token_mask(step, grad) if mask is None or mask.shape != grad.shape else mask
     floor = tolerance if tolerance is not None else 1e-6
     direction_abs = _abs_slope(step, estimator) if unweighted else direction.abs()
-    judged = mask & dominated & ~near & (direction_abs > floor) & finite_mask(grad) & (grad != 0.0)
+    judged = mask & dominated & ~near & (direction_abs > floor)
+    if not known_finite(step, "logps_grad"):  # (a finite mask known all True changes nothing)
+        judged = judged & finite_mask(grad)
+    judged = judged & (grad != 0.0)
     count = count_true(judged)
     if count == 0:
         return not_applicable("no token where the KL penalty alone decides the gradient")

@@ -16,6 +16,7 @@ from grpo_check.invariants._common import (
     finite_outcome,
     fmt,
     inconclusive,
+    known_finite,
     masked_abs_max,
     not_applicable,
     passed,
@@ -59,6 +60,8 @@ def policy_ref_exp(step: TraceStep) -> torch.Tensor:
 
 def policy_ref_valid(step: TraceStep) -> torch.Tensor:
     """Completion tokens where logps and ref_logps are both finite, shared between the checks of one step."""
+    if known_finite(step, "logps", "ref_logps"):  # both finite: the mask is the token mask itself
+        return valid_finite(step, step["logps"])
     return cached(
         ("policy_ref_valid", id(step), step["logps"], step["ref_logps"]),
         lambda: valid_finite(step, step["logps"]) & finite_mask(step["ref_logps"]),

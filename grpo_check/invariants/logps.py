@@ -20,6 +20,7 @@ from grpo_check.invariants._common import (
     finite_outcome,
     fmt,
     inconclusive,
+    known_finite,
     machine_eps,
     masked_abs_max,
     passed,
@@ -38,7 +39,8 @@ _SIGN_ERROR_FRACTION = 0.25  # ... nor can a quarter of all tokens being positiv
 
 
 class _LogpStack:
-    """The step's float32/float64 (B, T) log-prob tensors stacked (K, B, T), with their valid-and-finite mask.
+    """The step's float32/float64 (B, T) log-prob tensors stacked (K, B, T), with their valid-and-finite mask
+    ((K, B, T), or the (B, T) token mask it broadcasts from when every value is known finite).
 
     One set of reductions then serves every log-prob tensor of the step. Building it also fills the step
     cache's per-tensor finite and valid masks with views of the stacked ones, so the checks that still go
@@ -48,6 +50,9 @@ class _LogpStack:
     def __init__(self, step: TraceStep, names: list[str]):
         self.names = names
         self.values = torch.stack([plain(step[name]) for name in names])
+        if known_finite(step, *names):  # every value finite: valid is the (B, T) token mask, broadcast
+            self.valid = token_mask(step, step[names[0]])
+            return
         difference = self.values - self.values
         finite = difference == difference  # = isfinite (see _step_cache._isfinite)
         self.valid = finite & token_mask(step, step[names[0]])

@@ -14,11 +14,13 @@ from grpo_check.invariants._common import (
     f64,
     finite_outcome,
     inconclusive,
+    known_finite,
     malformed,
     passed,
     plain,
     reward_weights,
     rtol_atol,
+    scalars_at,
     where_fill,
 )
 from grpo_check.invariants.registry import register
@@ -78,22 +80,24 @@ def total_is_weighted_sum(
     weights = reward_weights(step, spec, per_func.shape[1], device=per_func.device)
     weighted = per_func * weights
     expected = weighted.nansum(1)
-    scorable = ~torch.isnan(per_func).all(1) & ~torch.isnan(total)
-    if not bool(scorable.any()):
-        return inconclusive("no scorable row")
+    # no NaN in either (and a row of rewards_per_func to look at): every row scorable, no mask to apply
+    every_row = per_func.dim() == 2 and per_func.shape[1] > 0
+    every_row = every_row and known_finite(step, "rewards_per_func", "rewards")
+    if not every_row:
+        scorable = ~torch.isnan(per_func).all(1) & ~torch.isnan(total)
+        if not bool(scorable.any()):
+            return inconclusive("no scorable row")
     rtol, atol = rtol_atol(step["rewards"].dtype)
     scale = weighted.abs().nansum(1)
     allowed = atol + rtol * scale
     error_abs = (total - expected).abs()
-    excess = where_fill(scorable, error_abs - allowed, -torch.inf)
+    excess = error_abs - allowed if every_row else where_fill(scorable, error_abs - allowed, -torch.inf)
     row, _ = argmax_2d(excess)
-    if float(excess[row]) <= 0:
+    row_excess, row_allowed = scalars_at(excess, row) + scalars_at(allowed, row)
+    if row_excess <= 0:
         # max |error| over the scorable rows (≥ 1 of them): a masked max equals the boolean-indexed one
-        return passed(
-            "total reward equals the weighted sum",
-            float(where_fill(scorable, error_abs, 0.0).max()),
-            float(allowed[row]),
-        )
+        figure = error_abs if every_row else where_fill(scorable, error_abs, 0.0)
+        return passed("total reward equals the weighted sum", float(figure.max()), row_allowed)
     error = float(error_abs[row])
     return Outcome(
         Verdict.FAIL,
