@@ -54,7 +54,7 @@ _SMALL_SLICE = 32_768
 
 def count_true_per_slice(mask: torch.Tensor) -> torch.Tensor:
     """(K,) int64 count of True in each ``mask[k]`` of a (K, ...) bool mask."""
-    if mask[0].numel() <= _SMALL_SLICE:
+    if math.prod(mask.shape[1:]) <= _SMALL_SLICE:  # = mask[0].numel(), without a view
         return mask.reshape(mask.shape[0], -1).sum(1)
     return torch.stack([slice_.count_nonzero() for slice_ in mask.unbind(0)])
 
@@ -292,6 +292,12 @@ def unscorable_rows(step: TraceStep) -> torch.Tensor | None:
         nan_total = torch.isnan(plain(step["rewards"]).reshape(-1))
         out = nan_total if out is None else out | nan_total
     return out
+
+
+def completion_bool(step: TraceStep) -> torch.Tensor:
+    """``completion_mask`` as bool, shared between the checks of one step (with :func:`token_mask`)."""
+    mask = step["completion_mask"]
+    return cached(("bool", mask), lambda: plain(mask).bool())
 
 
 def token_mask(step: TraceStep, like: torch.Tensor) -> torch.Tensor:

@@ -85,9 +85,25 @@ def _prepare_uncached(
     return advantages, groups, whole, size, whole_count
 
 
-def group_sums(groups: Groups, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Σ A, Σ |A|) per group of finite (B,) advantages, shared between the checks of one step."""
-    return cached(("adv_group_sums", id(groups), clean), lambda: (groups.sum(clean), groups.sum(clean.abs())))
+def group_sums(groups: Groups, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(Σ A, |Σ A|, Σ |A|) per group of finite (B,) advantages, shared between the checks of one step."""
+
+    def compute() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        sums = groups.sum(clean)
+        return sums, sums.abs(), groups.sum(clean.abs())
+
+    return cached(("adv_group_sums", id(groups), clean), compute)
+
+
+def zero_sum_allowed(step: TraceStep, groups: Groups, clean: torch.Tensor) -> torch.Tensor:
+    """atol + rtol·Σ|A| per group (dtype defaults of the advantages): how far from 0 a group's Σ A may be,
+    shared between the checks of one step."""
+
+    def compute() -> torch.Tensor:
+        rtol, atol = rtol_atol(step["advantages"].dtype)
+        return atol + rtol * group_sums(groups, clean)[2]
+
+    return cached(("adv_sum_allowed", id(groups), clean, step["advantages"].dtype), compute)
 
 
 @register(
@@ -116,10 +132,11 @@ def group_sum_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float |
         if not usable_count:
             return inconclusive("every whole group has a non-finite advantage (see advantages.finite)")
         clean = torch.where(finite, advantages, torch.zeros_like(advantages))
-    sums, abs_sums = group_sums(groups, clean)
-    sums_abs = sums.abs()
-    rtol, atol = rtol_atol(step["advantages"].dtype)
-    allowed = (tolerance if tolerance is not None else atol) + rtol * abs_sums
+    sums, sums_abs, abs_sums = group_sums(groups, clean)
+    if tolerance is None:
+        allowed = zero_sum_allowed(step, groups, clean)
+    else:
+        allowed = tolerance + rtol_atol(step["advantages"].dtype)[0] * abs_sums
     # every group usable: the masks below select everything, and where() returns the values unchanged
     excess = sums_abs - allowed if every_group else where_fill(usable, sums_abs - allowed, -torch.inf)
     worst = int(torch.argmax(excess))
@@ -302,16 +319,13 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
         )
     else:
         scale = torch.ones_like(sample_std)
-    baseline_factor = 1.0
-    if effective.baseline == "rloo":
-        baseline_factor = float(count.max() / (count.max() - 1).clamp(min=1))
-    retention = slope * scale / baseline_factor
+    retention = slope * scale
+    if effective.baseline == "rloo":  # (x / 1.0 is x exactly: no division otherwise)
+        retention = retention / float(count.max() / (count.max() - 1).clamp(min=1))
     threshold_std = 10 * min(effective.adv_epsilon, 1e-3)
     # a group whose advantages do not sum to 0 was normalised with other rows (advantages.group_sum_zero):
     # its slope says nothing about epsilon
-    rtol, atol = rtol_atol(step["advantages"].dtype)
-    clean_sums, clean_abs_sums = group_sums(groups, clean)
-    zero_sum = clean_sums.abs() <= atol + rtol * clean_abs_sums
+    zero_sum = group_sums(groups, clean)[1] <= zero_sum_allowed(step, groups, clean)
     qualifying = (whole & zero_sum if not stats.every_group_whole else zero_sum) & (count >= 2.0)
     qualifying = qualifying & (sample_std > threshold_std)
     qualifying_count = count_true(qualifying)
@@ -430,10 +444,15 @@ def constant_group_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: fl
     "advantages to 0",
 )
 def unscorable_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
-    unscorable = unscorable_rows(step)
+    rows = _rows_known_scorable(step)
+    unscorable = unscorable_rows(step) if rows is None else None
     advantages = row_advantages(step["advantages"], step.get("completion_mask"))
     if advantages is None:
         return inconclusive(_TOKEN_LEVEL)
+    if rows is not None and rows == advantages.numel():  # the all-False mask unscorable_rows would give
+        return not_applicable("no unscorable row")
+    if unscorable is None:
+        unscorable = unscorable_rows(step)
     if unscorable is None or unscorable.numel() != advantages.numel():
         return inconclusive("rewards do not align with advantages")
     if not bool(unscorable.any()):
@@ -487,6 +506,26 @@ def unscorable_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float 
         float(sums[touched].abs().max()),
         float(allowed[worst]),
     )
+
+
+def _rows_known_scorable(step: TraceStep) -> int | None:
+    """B when every row is known scorable without a look at the rewards (each reward tensor present known
+    finite, with shapes ``unscorable_rows`` reads as B rows and ≥ 1 reward function), else ``None``."""
+    names = [name for name in ("rewards_per_func", "rewards") if step.has(name)]
+    if not names or not known_finite(step, *names):
+        return None
+    rows = None
+    if step.has("rewards_per_func"):
+        per_func = step["rewards_per_func"]
+        if per_func.dim() not in (1, 2) or per_func.numel() == 0:
+            return None
+        rows = per_func.shape[0]
+    if step.has("rewards"):
+        count = step["rewards"].numel()
+        if rows is not None and count != rows:
+            return None
+        rows = count
+    return rows
 
 
 @register(

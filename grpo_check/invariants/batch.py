@@ -9,6 +9,7 @@ from grpo_check.findings import Verdict
 from grpo_check.invariants._common import (
     Outcome,
     argmax_2d,
+    completion_bool,
     eos_ids,
     groups_of,
     inconclusive,
@@ -42,6 +43,10 @@ def masks_binary(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | N
         if mask.dtype == torch.bool:
             continue
         values = plain(mask)
+        if not values.is_floating_point() and not values.is_complex() and values.numel():
+            low, high = torch.aminmax(values)  # integers between 0 and 1 are 0 and 1: nothing to locate
+            if low.item() >= 0 and high.item() <= 1:
+                continue
         bad = (values != 0) & (values != 1)
         if bool(bad.any()):
             row, token = argmax_2d(bad.to(torch.int8))
@@ -68,10 +73,10 @@ def masks_binary(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | N
     fix="mask with positions <= index of the first EOS, not with ids != pad_token_id",
 )
 def mask_prefix(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
-    mask = plain(step["completion_mask"]).bool()
+    mask = completion_bool(step)
     if mask.dim() != 2:
         return malformed(f"completion_mask must be (B, T), got shape {tuple(mask.shape)}")
-    restarts = mask[:, 1:] & ~mask[:, :-1]  # a 1 after a 0
+    restarts = mask[:, 1:] > mask[:, :-1]  # a 1 after a 0 (True > False: one operation for a & ~b)
     if not bool(restarts.any()):
         return passed(f"all {mask.shape[0]} rows are prefixes", 0.0, 0.0)
     row, token = argmax_2d(restarts.to(torch.int8))

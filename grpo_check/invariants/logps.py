@@ -216,11 +216,14 @@ def bf16_quantised(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float |
     if stack is not None:  # every tensor at once; anything but a clean pass takes the per-tensor path below
         magnitude = stack.values.abs()
         judged = stack.valid & (magnitude > 1e-3)
-        masks = [judged, *(_on_grid(stack.values, grid, magnitude) & judged for grid in _GRIDS)]
+        on_grids = [_on_grid(stack.values, grid, magnitude) for grid in _GRIDS]
         # one reduction over the stacked masks while they stay below torch's parallelisation grain
-        if len(masks) * judged.numel() <= _SMALL_SLICE:
-            counts = count_true_per_slice(torch.stack(masks).flatten(0, 1)).view(len(masks), -1)
+        if (1 + len(_GRIDS)) * judged.numel() <= _SMALL_SLICE:
+            # [judged, grid ∧ judged, ...] with one &: judged ∧ judged is judged
+            masks = torch.stack([judged, *on_grids]) & judged
+            counts = masks.reshape(1 + len(_GRIDS), len(stack.names), -1).sum(2)
         else:  # large: no stacked copy, one count per tensor
+            masks = [judged, *(on_grid & judged for on_grid in on_grids)]
             counts = torch.stack([count_true_per_slice(mask) for mask in masks])
         table = counts.tolist()  # (1 + grids, K)
         fractions = [

@@ -77,8 +77,9 @@ def total_is_weighted_sum(
     total = f64(step["rewards"]).reshape(-1)
     if total.shape[0] != per_func.shape[0]:
         return malformed(f"rewards has {total.shape[0]} rows, rewards_per_func {per_func.shape[0]}")
-    weights = reward_weights(step, spec, per_func.shape[1], device=per_func.device)
-    weighted = per_func * weights
+    # unit weights (none captured or configured): x · 1.0 is x exactly, so no product is formed
+    unit = not step.has("reward_weights") and (spec is None or spec.reward_weights is None)
+    weighted = per_func if unit else per_func * reward_weights(step, spec, per_func.shape[1], per_func.device)
     expected = weighted.nansum(1)
     # no NaN in either (and a row of rewards_per_func to look at): every row scorable, no mask to apply
     every_row = per_func.dim() == 2 and per_func.shape[1] > 0
@@ -105,5 +106,5 @@ def total_is_weighted_sum(
         figure=error,
         tolerance=float(allowed[row]),
         row=row,
-        details={"weights": weights.tolist()},
+        details={"weights": reward_weights(step, spec, per_func.shape[1], per_func.device).tolist()},
     )
