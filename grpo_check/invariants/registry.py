@@ -66,6 +66,10 @@ class Check:
     likely_cause: str
     fix: str
     function: CheckFunction = dataclasses.field(repr=False, compare=False)
+    _lacking_memo: dict[frozenset[str], tuple[str, ...] | None] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    """``_lacking(requires, present)`` by present names."""
 
     @property
     def name(self) -> str:
@@ -104,8 +108,12 @@ class Check:
     ) -> list[Finding]:
         """:meth:`run` given the step's spec (``spec_for_step`` applied), present names and coordinates
         (``run_invariants`` works them out once per step)."""
-        requires = self.requires
-        lacking = _lacking(requires, present) if requires else None
+        memo = self._lacking_memo  # by present names (a frozenset hashes once; the requires tuple each time)
+        lacking = memo.get(present, _UNKNOWN)
+        if lacking is _UNKNOWN:
+            if len(memo) >= 64:
+                memo.clear()
+            lacking = memo[present] = _lacking(self.requires, present) if self.requires else None
         if lacking is not None:
             return [
                 Finding(
@@ -136,7 +144,9 @@ class Check:
         """The registry's finding for one outcome: the check's id, stage and defaults, the outcome's
         verdict and figures, GRPO coordinates of its row and token."""
         verdict = outcome.verdict
-        if verdict is Verdict.CONVENTION:  # a declared difference: only what the outcome says
+        if verdict is Verdict.PASS or verdict is Verdict.INCONCLUSIVE:
+            likely_cause = fix = catalog_id = None
+        elif verdict is Verdict.CONVENTION:  # a declared difference: only what the outcome says
             likely_cause, fix, catalog_id = outcome.likely_cause, outcome.fix, outcome.catalog_id
         elif (
             verdict is Verdict.FAIL or verdict is Verdict.WARN
@@ -161,6 +171,9 @@ class Check:
             kind="invariant",
             details=outcome.details,
         )
+
+
+_UNKNOWN = object()
 
 
 @functools.lru_cache(maxsize=4096)
