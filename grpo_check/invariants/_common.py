@@ -73,23 +73,33 @@ def any_true(mask: torch.Tensor) -> bool:
 
 
 _CONSTANTS: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}
+# dtypes whose operations take a Python number in their own dtype (16-bit floats compute in float32)
+_OWN_DTYPE_SCALARS = frozenset((torch.float64, torch.float32, torch.int64, torch.int32))
 
 
-def where_fill(condition: torch.Tensor, values: torch.Tensor, fill: float) -> torch.Tensor:
-    """``torch.where(condition, values, fill)`` for a number ``fill`` (not NaN).
-
-    For floating ``values`` the fill is a 0-dim tensor of their dtype, made once: the same result (a Python
-    number takes the dtype of ``values`` too) without converting the number on every call, which costs
-    about as much as the selection itself on a small tensor.
-    """
-    if not values.is_floating_point():
-        return torch.where(condition, values, fill)
-    key = (fill, values.dtype, values.device)
+def scalar_like(value: float, like: torch.Tensor) -> torch.Tensor | float:
+    """``value`` as an operand next to ``like``: a 0-dim tensor of its dtype and device, made once, where
+    an operation converts a Python number to that dtype anyway (float64, float32, int64, int32: the same
+    result), else ``value`` itself. Converting a number costs about as much as an operation on a small
+    tensor; a 0-dim operand of the same dtype does not."""
+    dtype = like.dtype
+    if dtype not in _OWN_DTYPE_SCALARS or value != value:
+        return value
+    key = (value, dtype, like.device)
     constant = _CONSTANTS.get(key)
     if constant is None:
         with torch.inference_mode(False):  # a normal tensor: usable outside inference mode too
-            constant = _CONSTANTS[key] = torch.tensor(fill, dtype=values.dtype, device=values.device)
-    return torch.where(condition, values, constant)
+            constant = _CONSTANTS[key] = torch.tensor(value, dtype=dtype, device=like.device)
+    return constant
+
+
+def where_fill(condition: torch.Tensor, values: torch.Tensor, fill: float) -> torch.Tensor:
+    """``torch.where(condition, values, fill)`` for a number ``fill``, with the fill as
+    :func:`scalar_like` makes it for floating values (the same result: where() gives a Python number the
+    dtype of ``values``)."""
+    if not values.is_floating_point():
+        return torch.where(condition, values, fill)
+    return torch.where(condition, values, scalar_like(fill, values))
 
 
 def scalars_at(tensor: torch.Tensor, *indices: int) -> list[float]:

@@ -28,6 +28,7 @@ from grpo_check.invariants._common import (
     passed,
     plain,
     rtol_atol,
+    scalar_like,
     spec_or_default,
     token_mask,
     where_fill,
@@ -165,7 +166,9 @@ def _clip_region_of(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     low, high = 1 - spec.epsilon_low, 1 + spec.epsilon_high_effective
     advantages = _row_view(advantages)
-    region = ((advantages > 0.0) & (ratio > high)) | ((advantages < 0.0) & (ratio < low))
+    # numbers as 0-dim operands of the tensors' dtype (scalar_like): the same masks, cheaper on small steps
+    zero, low_, high_ = scalar_like(0.0, advantages), scalar_like(low, ratio), scalar_like(high, ratio)
+    region = ((advantages > zero) & (ratio > high_)) | ((advantages < zero) & (ratio < low_))
     boundaries = [low, high]
     if spec.delta is not None:
         region |= ratio > spec.delta
@@ -173,9 +176,10 @@ def _clip_region_of(
     if spec.dual_clip is not None:
         region |= (advantages < 0.0) & (ratio > spec.dual_clip)
         boundaries.append(spec.dual_clip)
-    near = (ratio - low).abs() <= _BOUNDARY_MARGIN * low
+    near = (ratio - low_).abs() <= scalar_like(_BOUNDARY_MARGIN * low, ratio)
     for boundary in boundaries[1:]:
-        near = near | ((ratio - boundary).abs() <= _BOUNDARY_MARGIN * boundary)
+        gap = (ratio - scalar_like(boundary, ratio)).abs()
+        near = near | (gap <= scalar_like(_BOUNDARY_MARGIN * boundary, ratio))
     return region, near if near.shape == region.shape else near.expand(region.shape)
 
 
@@ -260,7 +264,7 @@ def sign_matches_advantage(
     )  # (B, 1): the same masks as on the broadcast (B, T), B·T times cheaper
     # the per-row conditions first, at (B, 1): one (B, T) pass fewer than applying them one by one
     if known_finite(step, "advantages", "logps_grad"):  # the finite masks below are all True
-        decidable = mask & (compact.abs() > atol)
+        decidable = mask & (compact.abs() > scalar_like(atol, compact))
     else:
         compact_finite = finite_mask(step["advantages"]).reshape(compact.shape)  # the step's shared mask
         decidable = mask & ((compact.abs() > atol) & compact_finite) & finite_mask(grad)
@@ -288,9 +292,10 @@ def sign_matches_advantage(
     count = count_true(decidable)
     if count == 0:
         return inconclusive("no token where the policy term alone decides the gradient sign")
-    wrong = decidable & (grad * advantages > 0.0)
+    zero_ = scalar_like(0.0, grad)
+    wrong = decidable & (grad * advantages > zero_)
     # without the loss mask, a zero gradient may just be padding: only wrong signs are judged then
-    zero = decidable & (grad == 0.0) if step.has("completion_mask") else torch.zeros_like(decidable)
+    zero = decidable & (grad == zero_) if step.has("completion_mask") else torch.zeros_like(decidable)
     if count_true(wrong):
         row, token = argmax_2d(wrong.to(torch.int8))
         return Outcome(

@@ -25,6 +25,7 @@ from grpo_check.invariants._common import (
     masked_abs_max,
     passed,
     plain,
+    scalar_like,
     token_mask,
     valid_finite,
     where_fill,
@@ -192,9 +193,11 @@ def _on_grid(values: torch.Tensor, grid: torch.dtype, magnitude: torch.Tensor | 
     """
     if values.dtype != torch.float32:
         return values.to(grid).to(values.dtype) == values
-    low_bits_zero = (values.view(torch.int32) & _FLOAT32_LOW_BITS[grid]) == 0
+    bits = values.view(torch.int32)  # numbers as 0-dim int32 / float32 operands (scalar_like): same masks
+    low_bits_zero = (bits & scalar_like(_FLOAT32_LOW_BITS[grid], bits)) == scalar_like(0, bits)
     if grid is torch.float16:
-        return low_bits_zero & ((values.abs() if magnitude is None else magnitude) <= _FLOAT16_MAX)
+        magnitude = values.abs() if magnitude is None else magnitude
+        return low_bits_zero & (magnitude <= scalar_like(_FLOAT16_MAX, magnitude))
     if magnitude is not None:  # the caller keeps finite values only (NaN bit patterns can end in 16 zeros)
         return low_bits_zero
     return low_bits_zero & ~torch.isnan(values)
@@ -215,7 +218,7 @@ def bf16_quantised(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float |
     stack = _logp_stack(step)
     if stack is not None:  # every tensor at once; anything but a clean pass takes the per-tensor path below
         magnitude = stack.values.abs()
-        judged = stack.valid & (magnitude > 1e-3)
+        judged = stack.valid & (magnitude > scalar_like(1e-3, magnitude))
         on_grids = [_on_grid(stack.values, grid, magnitude) for grid in _GRIDS]
         # one reduction over the stacked masks while they stay below torch's parallelisation grain
         if (1 + len(_GRIDS)) * judged.numel() <= _SMALL_SLICE:
