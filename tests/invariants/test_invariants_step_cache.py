@@ -189,3 +189,16 @@ def test_step_all_finite_decides_from_the_checked_tensors() -> None:
     huge = with_tensors(built.step, rewards=torch.full_like(built.step["rewards"], 3e38))
     assert not step_all_finite(huge)
     assert REGISTRY["rewards.finite"].run(huge, built.spec)[0].verdict is Verdict.PASS
+
+
+def test_small_step_shortcuts_give_the_general_findings(monkeypatch):
+    """Known-finite masks, Python-side grouping and tolist reads (small steps) change no finding: the same
+    variants with those shortcuts turned off give the same findings, field for field."""
+    import grpo_check.invariants._common as common
+
+    variants = _variants()
+    with_shortcuts = [[repr(f) for f in run_invariants(step, spec)] for _, step, spec in variants]
+    monkeypatch.setattr(common, "_finite_sources", lambda step: frozenset())
+    monkeypatch.setattr(common, "_FEW", -1)
+    for (name, step, spec), expected in zip(variants, with_shortcuts, strict=True):
+        assert [repr(f) for f in run_invariants(step, spec)] == expected, name
