@@ -199,7 +199,20 @@ class Groups:
     @functools.cached_property
     def largest(self) -> int:
         """Rows in the largest group (1 when there is none)."""
+        if self.num_groups <= _FEW:
+            return max(self.sizes(), default=1)
         return int(self.count.max()) if self.num_groups else 1
+
+    def all_of_size(self, size: int) -> bool:
+        """Whether every group has ``size`` rows."""
+        if self.num_groups <= _FEW:
+            return all(count == size for count in self.sizes())
+        return bool((self.count == size).all())
+
+    def sizes(self) -> list[int]:
+        """Rows per group (``count.tolist()``), for a few groups (one conversion instead of a reduction and
+        a conversion per question)."""
+        return self.count.tolist()
 
     def amax(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.full((self.num_groups,), -torch.inf, dtype=x.dtype, device=x.device)

@@ -175,7 +175,7 @@ def group_sizes(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | No
         return inconclusive("empty group_index")
     size = num_generations(spec, groups)
     counts = groups.count
-    if bool((counts == size).all()):
+    if groups.all_of_size(size):
         return passed(f"{groups.num_groups} group(s) of {size}", 0.0, 0.0)
     worst = int(torch.argmax((counts - size).abs()))
     row = groups.first_row(worst)
