@@ -179,12 +179,7 @@ class Groups:
 
     def __init__(self, group_index: torch.Tensor):
         flat = plain(group_index).reshape(-1).long()
-        if flat.device.type == "cpu" and flat.numel() <= _FEW:
-            self.values, self.inverse, self.count = _unique_of_few(flat.tolist())
-        else:
-            self.values, self.inverse, self.count = torch.unique(
-                flat, return_inverse=True, return_counts=True
-            )
+        self.values, self.inverse, self.count = torch.unique(flat, return_inverse=True, return_counts=True)
         self.num_groups = int(self.values.numel())
         self._device = self.inverse.device
 
@@ -227,23 +222,6 @@ class Groups:
 
     def first_row(self, group: int) -> int:
         return int((self.inverse == group).nonzero()[0, 0])
-
-
-def _unique_of_few(ids: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``torch.unique(torch.tensor(ids), return_inverse=True, return_counts=True)`` worked out in Python:
-    the same int64 tensors (sorted values, index of each id among them, rows per value), for a few ids
-    faster than the sort torch.unique runs."""
-    values = sorted(set(ids))
-    position = {value: index for index, value in enumerate(values)}
-    inverse = [position[value] for value in ids]
-    count = [0] * len(values)
-    for index in inverse:
-        count[index] += 1
-    return (
-        torch.tensor(values, dtype=torch.int64),
-        torch.tensor(inverse, dtype=torch.int64),
-        torch.tensor(count, dtype=torch.int64),
-    )
 
 
 def groups_of(group_index: torch.Tensor) -> Groups:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from grpo_check.invariants._common import Groups, _unique_of_few, scalar_like, where_fill
+from grpo_check.invariants._common import Groups, scalar_like, where_fill
 
 _BITS = {torch.float32: torch.int32, torch.float64: torch.int64}
 
@@ -16,15 +16,6 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.dtype in _BITS:
         return torch.equal(a.view(_BITS[a.dtype]), b.view(_BITS[b.dtype]))
     return torch.equal(a, b)
-
-
-def test_unique_of_few_is_torch_unique() -> None:
-    generator = torch.Generator().manual_seed(0)
-    for size in (0, 1, 7, 64, 256):
-        ids = torch.randint(-5, 40, (size,), generator=generator)
-        expected = torch.unique(ids, return_inverse=True, return_counts=True)
-        for got, want in zip(_unique_of_few(ids.tolist()), expected, strict=True):
-            assert _same(got, want)
 
 
 def test_groups_of_a_few_rows_match_the_general_path() -> None:

@@ -192,7 +192,7 @@ def test_step_all_finite_decides_from_the_checked_tensors() -> None:
 
 
 def test_small_step_shortcuts_give_the_general_findings(monkeypatch):
-    """Known-finite masks, Python-side grouping and tolist reads (small steps) change no finding: the same
+    """Known-finite masks, group sizes and scalars read with tolist (small steps) change no finding: the same
     variants with those shortcuts turned off give the same findings, field for field."""
     import grpo_check.invariants._common as common
 
