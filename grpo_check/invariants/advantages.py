@@ -269,7 +269,7 @@ def _group_reward_stats_uncached(step: TraceStep, spec: GRPOSpec | None) -> Grou
     # is all True, the where() calls below change nothing, and Σ 1.0 over a group is its row count exactly
     if step.has("rewards") and known_finite(step, "rewards", "advantages"):
         scorable = torch.ones_like(rewards, dtype=torch.bool)
-        count = groups.count.to(torch.float64)
+        count = groups.count.to(device=rewards.device, dtype=torch.float64)
         mean = groups.sum(rewards) / count.clamp(min=1)
         centred = rewards - groups.expand(mean)
         return GroupRewardStats(
