@@ -62,7 +62,7 @@ def count_true_per_slice(mask: torch.Tensor) -> torch.Tensor:
 def valid_finite(step: TraceStep, values: torch.Tensor) -> torch.Tensor:
     """``token_mask(step, values) & torch.isfinite(values)``, shared between the checks of one step."""
     source = _source(values)
-    if id(source) in finite_sources(step):  # every value finite: the same mask as token_mask's
+    if _is_known_finite(finite_sources(step), source):  # every value finite: the same mask as token_mask's
         return token_mask(step, source)
     return cached(("valid_finite", id(step), source), lambda: token_mask(step, source) & finite_mask(source))
 
@@ -391,29 +391,48 @@ _FINITE_CHECKED = frozenset(
 def step_all_finite(step: TraceStep) -> bool:
     """Whether every floating tensor of a small step among those the ``*.finite`` invariants check is finite
     (``False``: some is not, or the step is too large or spread over devices to decide it this way)."""
-    return bool(finite_sources(step))
+    sources = finite_sources(step)
+    return bool(sources) and all(
+        _is_known_finite(sources, tensor)
+        for name, tensor in step.tensors.items()
+        if name in _FINITE_CHECKED and _is_float_tensor(tensor)
+    )
 
 
-def finite_sources(step: TraceStep) -> frozenset[int]:
-    """``id`` of each step tensor the ``*.finite`` invariants check when :func:`step_all_finite` (else
-    empty), once per step in a cache: a mask of such a tensor's finite values is all True."""
+def finite_sources(step: TraceStep) -> dict[int, int | None]:
+    """``id`` → version counter of each step tensor the ``*.finite`` invariants check when they were all
+    finite (else empty), once per step in a cache: a mask of such a tensor's finite values is all True."""
     return cached(("finite_sources", id(step)), lambda: _finite_sources(step))
 
 
 def known_finite(step: TraceStep, *names: str) -> bool:
     """Whether the step tensors ``names`` are known finite (each present, floating, among those the finite
-    checks cover, and :func:`step_all_finite`)."""
+    checks cover, all of them finite, and none changed in place since)."""
     sources = finite_sources(step)
-    return bool(sources) and all(id(step.tensors.get(name)) in sources for name in names)
+    return bool(sources) and all(_is_known_finite(sources, step.tensors.get(name)) for name in names)
 
 
-def _finite_sources(step: TraceStep) -> frozenset[int]:
+def _version(tensor: torch.Tensor) -> int | None:
+    """The in-place version counter (``None`` for an inference tensor: nothing changes it outside
+    inference mode)."""
+    return None if tensor.is_inference() else tensor._version
+
+
+def _is_known_finite(sources: dict[int, int | None], tensor: object) -> bool:
+    version = sources.get(id(tensor), _UNSEEN)
+    return version is not _UNSEEN and isinstance(tensor, torch.Tensor) and version == _version(tensor)
+
+
+_UNSEEN = object()
+
+
+def _finite_sources(step: TraceStep) -> dict[int, int | None]:
     checked = [t for name, t in step.tensors.items() if name in _FINITE_CHECKED and _is_float_tensor(t)]
     if not checked or sum(t.numel() for t in checked) > _SMALL_SLICE:
-        return frozenset()
+        return {}
     device = checked[0].device
     if any(t.device != device for t in checked):
-        return frozenset()
+        return {}
     by_shape: dict[torch.Size, list[torch.Tensor]] = {}
     for tensor in checked:
         by_shape.setdefault(tensor.shape, []).append(plain(tensor))
@@ -422,8 +441,8 @@ def _finite_sources(step: TraceStep) -> frozenset[int]:
     for same in by_shape.values():
         part = same[0] if len(same) == 1 else torch.stack(same) if same[0].dim() == 0 else torch.cat(same)
         if not math.isfinite(float(part.sum())):
-            return frozenset()
-    return frozenset(id(t) for t in checked)
+            return {}
+    return {id(t): _version(t) for t in checked}
 
 
 def finite_outcome(

@@ -198,7 +198,21 @@ def test_small_step_shortcuts_give_the_general_findings(monkeypatch):
 
     variants = _variants()
     with_shortcuts = [[repr(f) for f in run_invariants(step, spec)] for _, step, spec in variants]
-    monkeypatch.setattr(common, "_finite_sources", lambda step: frozenset())
+    monkeypatch.setattr(common, "_finite_sources", lambda step: {})
     monkeypatch.setattr(common, "_FEW", -1)
     for (name, step, spec), expected in zip(variants, with_shortcuts, strict=True):
         assert [repr(f) for f in run_invariants(step, spec)] == expected, name
+
+
+def test_a_tensor_changed_in_place_is_not_known_finite():
+    from grpo_check.invariants._common import known_finite, step_all_finite
+
+    built = build_step(seed=3, prompts=2, G=4, T=5)
+    step = built.step
+    with step_cache(step):
+        assert known_finite(step, "logps") and step_all_finite(step)
+        with torch.no_grad():
+            step["logps"][0, 0] = float("nan")  # in place: the version counter moves
+        assert not known_finite(step, "logps") and not step_all_finite(step)
+        finding = REGISTRY["logps.finite"].run(step, built.spec)[0]
+        assert finding.verdict in (Verdict.FAIL, Verdict.WARN)
