@@ -399,9 +399,10 @@ def step_all_finite(step: TraceStep) -> bool:
     )
 
 
-def finite_sources(step: TraceStep) -> dict[int, int | None]:
-    """``id`` → version counter of each step tensor the ``*.finite`` invariants check when they were all
-    finite (else empty), once per step in a cache: a mask of such a tensor's finite values is all True."""
+def finite_sources(step: TraceStep) -> dict[int, tuple[torch.Tensor, int | None]]:
+    """``id`` → (tensor, version counter) of each step tensor the ``*.finite`` invariants check when they
+    were all finite (else empty), once per step in a cache: a mask of such a tensor's finite values is all
+    True while its version is that one (the tensors are held: no other can take their ids meanwhile)."""
     return cached(("finite_sources", id(step)), lambda: _finite_sources(step))
 
 
@@ -418,15 +419,12 @@ def _version(tensor: torch.Tensor) -> int | None:
     return None if tensor.is_inference() else tensor._version
 
 
-def _is_known_finite(sources: dict[int, int | None], tensor: object) -> bool:
-    version = sources.get(id(tensor), _UNSEEN)
-    return version is not _UNSEEN and isinstance(tensor, torch.Tensor) and version == _version(tensor)
+def _is_known_finite(sources: dict[int, tuple[torch.Tensor, int | None]], tensor: object) -> bool:
+    entry = sources.get(id(tensor))
+    return entry is not None and entry[0] is tensor and entry[1] == _version(entry[0])
 
 
-_UNSEEN = object()
-
-
-def _finite_sources(step: TraceStep) -> dict[int, int | None]:
+def _finite_sources(step: TraceStep) -> dict[int, tuple[torch.Tensor, int | None]]:
     checked = [t for name, t in step.tensors.items() if name in _FINITE_CHECKED and _is_float_tensor(t)]
     if not checked or sum(t.numel() for t in checked) > _SMALL_SLICE:
         return {}
@@ -442,7 +440,7 @@ def _finite_sources(step: TraceStep) -> dict[int, int | None]:
         part = same[0] if len(same) == 1 else torch.stack(same) if same[0].dim() == 0 else torch.cat(same)
         if not math.isfinite(float(part.sum())):
             return {}
-    return {id(t): _version(t) for t in checked}
+    return {id(t): (t, _version(t)) for t in checked}
 
 
 def finite_outcome(
@@ -457,9 +455,9 @@ def finite_outcome(
     (e.g. an unscorable reward), called only when that tensor holds a non-finite value. Padding NaN is a
     warning because ``x * mask`` is still NaN (only ``torch.where`` or ``masked_fill`` hides it).
     """
-    if _FINITE_CHECKED.issuperset(names) and step_all_finite(step):  # the pass the loop below reaches
+    if _FINITE_CHECKED.issuperset(names):  # known finite: the pass the loop below reaches
         checked = [name for name in names if _is_float_tensor(step.get(name))]
-        if checked:
+        if checked and known_finite(step, *checked):
             return passed(f"all finite: {', '.join(checked)}", 0.0, 0.0)
     checked = []
     worst: tuple[int, str, int | None, int | None, int, int] | None = (
