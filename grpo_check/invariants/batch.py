@@ -10,6 +10,7 @@ from grpo_check.invariants._common import (
     Outcome,
     argmax_2d,
     completion_bool,
+    count_true,
     eos_ids,
     groups_of,
     inconclusive,
@@ -77,7 +78,7 @@ def mask_prefix(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | No
     if mask.dim() != 2:
         return malformed(f"completion_mask must be (B, T), got shape {tuple(mask.shape)}")
     restarts = mask[:, 1:] > mask[:, :-1]  # a 1 after a 0 (True > False: one operation for a & ~b)
-    if not bool(restarts.any()):
+    if not count_true(restarts):
         return passed(f"all {mask.shape[0]} rows are prefixes", 0.0, 0.0)
     row, token = argmax_2d(restarts.to(torch.int8))
     bad_rows = int(restarts.any(1).sum())
@@ -133,7 +134,7 @@ def mask_prefix_eos(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float 
         expected_len = torch.where(mask_len == 0, mask_len, expected_len)
     expected = positions < expected_len.unsqueeze(1)
     mismatch = mask != expected
-    if not bool(mismatch.any()):
+    if not count_true(mismatch):
         return passed(f"all {rows} rows end at the first EOS {eos} or at max length", 0.0, 0.0)
     row, token = argmax_2d(mismatch.to(torch.int8))
     bad_rows = mismatch.any(1)

@@ -395,13 +395,13 @@ def zero_where_clipped(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     mask = loss_mask(step, spec)
     mask = token_mask(step, grad) if mask is None or mask.shape != grad.shape else mask
     region = region & mask
-    if not bool(region.any()):
+    clipped = count_true(region)
+    if not clipped:
         return not_applicable("no token in the clip region")
     allowed = tolerance if tolerance is not None else 0.0
     leak = where_fill(region, torch.nan_to_num(grad.abs(), nan=torch.inf), -1.0)
     row, token = argmax_2d(leak)
     figure = float(leak[row, token])
-    clipped = int(region.sum())
     if figure <= allowed:
         return passed(
             f"{clipped} clipped token(s) get no gradient (clip region from {source})", figure, allowed
