@@ -410,7 +410,13 @@ def known_finite(step: TraceStep, *names: str) -> bool:
     """Whether the step tensors ``names`` are known finite (each present, floating, among those the finite
     checks cover, all of them finite, and none changed in place since)."""
     sources = finite_sources(step)
-    return bool(sources) and all(_is_known_finite(sources, step.tensors.get(name)) for name in names)
+    if not sources:
+        return False
+    tensors = step.tensors
+    for name in names:  # noqa: SIM110 (a loop, not all(genexpr): this runs a few dozen times per step)
+        if not _is_known_finite(sources, tensors.get(name)):
+            return False
+    return True
 
 
 def _version(tensor: torch.Tensor) -> int | None:
@@ -421,7 +427,9 @@ def _version(tensor: torch.Tensor) -> int | None:
 
 def _is_known_finite(sources: dict[int, tuple[torch.Tensor, int | None]], tensor: object) -> bool:
     entry = sources.get(id(tensor))
-    return entry is not None and entry[0] is tensor and entry[1] == _version(entry[0])
+    if entry is None or entry[0] is not tensor:
+        return False
+    return entry[1] == (None if tensor.is_inference() else tensor._version)  # _version(tensor), inlined
 
 
 def _finite_sources(step: TraceStep) -> dict[int, tuple[torch.Tensor, int | None]]:
