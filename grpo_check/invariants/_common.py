@@ -7,6 +7,8 @@ Everything here is vectorised torch (no Python loops over tokens or rows); per-g
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -52,7 +54,7 @@ _SMALL_SLICE = 32_768
 
 def count_true_per_slice(mask: torch.Tensor) -> torch.Tensor:
     """(K,) int64 count of True in each ``mask[k]`` of a (K, ...) bool mask."""
-    if mask[0].numel() <= _SMALL_SLICE:
+    if math.prod(mask.shape[1:]) <= _SMALL_SLICE:  # = mask[0].numel(), without a view
         return mask.reshape(mask.shape[0], -1).sum(1)
     return torch.stack([slice_.count_nonzero() for slice_ in mask.unbind(0)])
 
@@ -60,6 +62,8 @@ def count_true_per_slice(mask: torch.Tensor) -> torch.Tensor:
 def valid_finite(step: TraceStep, values: torch.Tensor) -> torch.Tensor:
     """``token_mask(step, values) & torch.isfinite(values)``, shared between the checks of one step."""
     source = _source(values)
+    if _is_known_finite(finite_sources(step), source):  # every value finite: the same mask as token_mask's
+        return token_mask(step, source)
     return cached(("valid_finite", id(step), source), lambda: token_mask(step, source) & finite_mask(source))
 
 
@@ -68,10 +72,55 @@ def any_true(mask: torch.Tensor) -> bool:
     return cached(("any", mask), lambda: count_true(mask) > 0)
 
 
+_CONSTANTS: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}
+# dtypes whose operations take a Python number in their own dtype (16-bit floats compute in float32)
+_OWN_DTYPE_SCALARS = frozenset((torch.float64, torch.float32, torch.int64, torch.int32))
+
+
+def scalar_like(value: float, like: torch.Tensor) -> torch.Tensor | float:
+    """``value`` as an operand next to ``like``: a 0-dim tensor of its dtype and device, made once, where
+    an operation converts a Python number to that dtype anyway (float64, float32, int64, int32: the same
+    result), else ``value`` itself. Converting a number costs about as much as an operation on a small
+    tensor; a 0-dim operand of the same dtype does not."""
+    dtype = like.dtype
+    if dtype not in _OWN_DTYPE_SCALARS or value != value:
+        return value
+    key = (value, dtype, like.device)
+    constant = _CONSTANTS.get(key)
+    if constant is None:
+        with torch.inference_mode(False):  # a normal tensor: usable outside inference mode too
+            constant = _CONSTANTS[key] = torch.tensor(value, dtype=dtype, device=like.device)
+    return constant
+
+
+def where_fill(condition: torch.Tensor, values: torch.Tensor, fill: float) -> torch.Tensor:
+    """``torch.where(condition, values, fill)`` for a number ``fill``, with the fill as
+    :func:`scalar_like` makes it for floating values (the same result: where() gives a Python number the
+    dtype of ``values``)."""
+    if not values.is_floating_point():
+        return torch.where(condition, values, fill)
+    return torch.where(condition, values, scalar_like(fill, values))
+
+
+def scalars_at(tensor: torch.Tensor, *indices: int) -> list[float]:
+    """``[tensor[i].item() for i in indices]`` for a 1-D tensor; one ``tolist`` when it is small (indexing
+    and converting one element costs about as much as converting a small tensor whole)."""
+    if tensor.numel() <= _FEW:
+        values = tensor.tolist()
+        return [values[i] for i in indices]
+    return [tensor[i].item() for i in indices]
+
+
+_FEW = 256  # elements up to which tolist() costs less than two element look-ups
+
+
 def masked_abs_max(values: torch.Tensor, valid: torch.Tensor) -> float:
     """``float(values[valid].abs().max())`` without the boolean-index copy (``valid`` must select ≥ 1
-    position; NaN at a selected position gives NaN, as the indexed form does)."""
-    return float(torch.where(valid, values.abs(), 0.0).max())
+    position; NaN at a selected position gives NaN, as the indexed form does), shared between the checks
+    of one step (the log-prob scale several tolerances use)."""
+    return cached(
+        ("masked_abs_max", values, valid), lambda: float(where_fill(valid, values.abs(), 0.0).max())
+    )
 
 
 @dataclasses.dataclass
@@ -142,6 +191,24 @@ class Groups:
         out = torch.zeros(self.num_groups, dtype=x.dtype, device=x.device)
         return out.index_add_(0, self._inverse_on(x.device), x)
 
+    @functools.cached_property
+    def largest(self) -> int:
+        """Rows in the largest group (1 when there is none)."""
+        if self.num_groups <= _FEW:
+            return max(self.sizes(), default=1)
+        return int(self.count.max()) if self.num_groups else 1
+
+    def all_of_size(self, size: int) -> bool:
+        """Whether every group has ``size`` rows."""
+        if self.num_groups <= _FEW:
+            return all(count == size for count in self.sizes())
+        return bool((self.count == size).all())
+
+    def sizes(self) -> list[int]:
+        """Rows per group (``count.tolist()``), for a few groups (one conversion instead of a reduction and
+        a conversion per question)."""
+        return self.count.tolist()
+
     def amax(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.full((self.num_groups,), -torch.inf, dtype=x.dtype, device=x.device)
         return out.scatter_reduce_(0, self._inverse_on(x.device), x, reduce="amax")
@@ -166,7 +233,7 @@ def num_generations(spec: GRPOSpec | None, groups: Groups) -> int:
     """G from the spec, or (spec not given) the largest group in the step (partial groups are smaller)."""
     if spec is not None:
         return spec.num_generations
-    return int(groups.count.max()) if groups.num_groups else 1
+    return groups.largest
 
 
 def row_advantages(advantages: torch.Tensor, completion_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -243,6 +310,12 @@ def unscorable_rows(step: TraceStep) -> torch.Tensor | None:
     return out
 
 
+def completion_bool(step: TraceStep) -> torch.Tensor:
+    """``completion_mask`` as bool, shared between the checks of one step (with :func:`token_mask`)."""
+    mask = step["completion_mask"]
+    return cached(("bool", mask), lambda: plain(mask).bool())
+
+
 def token_mask(step: TraceStep, like: torch.Tensor) -> torch.Tensor:
     """(B, T) bool of the tokens a per-token tensor ``like`` is meaningful on (all True if no mask)."""
     if step.has("completion_mask") and step["completion_mask"].shape == like.shape:
@@ -301,6 +374,83 @@ def fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
+def _is_float_tensor(value: object) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+# the tensors the ``*.finite`` invariants check (each with finite_outcome)
+_FINITE_CHECKED = frozenset(
+    (
+        *("logps", "old_logps", "ref_logps", "sampler_logps", "entropies", "kl", "logps_grad"),
+        *("ratio", "clipped_ratio", "sampler_is_ratio", "per_token_loss", "loss", "loss_normalizer"),
+        *("advantages", "rewards_per_func", "rewards", "reward_weights"),
+    )
+)
+
+
+def step_all_finite(step: TraceStep) -> bool:
+    """Whether every floating tensor of a small step among those the ``*.finite`` invariants check is finite
+    (``False``: some is not, or the step is too large or spread over devices to decide it this way)."""
+    sources = finite_sources(step)
+    return bool(sources) and all(
+        _is_known_finite(sources, tensor)
+        for name, tensor in step.tensors.items()
+        if name in _FINITE_CHECKED and _is_float_tensor(tensor)
+    )
+
+
+def finite_sources(step: TraceStep) -> dict[int, tuple[torch.Tensor, int | None]]:
+    """``id`` → (tensor, version counter) of each step tensor the ``*.finite`` invariants check when they
+    were all finite (else empty), once per step in a cache: a mask of such a tensor's finite values is all
+    True while its version is that one (the tensors are held: no other can take their ids meanwhile)."""
+    return cached(("finite_sources", id(step)), lambda: _finite_sources(step))
+
+
+def known_finite(step: TraceStep, *names: str) -> bool:
+    """Whether the step tensors ``names`` are known finite (each present, floating, among those the finite
+    checks cover, all of them finite, and none changed in place since)."""
+    sources = finite_sources(step)
+    if not sources:
+        return False
+    tensors = step.tensors
+    for name in names:  # noqa: SIM110 (a loop, not all(genexpr): this runs a few dozen times per step)
+        if not _is_known_finite(sources, tensors.get(name)):
+            return False
+    return True
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    """The in-place version counter (``None`` for an inference tensor: nothing changes it outside
+    inference mode)."""
+    return None if tensor.is_inference() else tensor._version
+
+
+def _is_known_finite(sources: dict[int, tuple[torch.Tensor, int | None]], tensor: object) -> bool:
+    entry = sources.get(id(tensor))
+    if entry is None or entry[0] is not tensor:
+        return False
+    return entry[1] == (None if tensor.is_inference() else tensor._version)  # _version(tensor), inlined
+
+
+def _finite_sources(step: TraceStep) -> dict[int, tuple[torch.Tensor, int | None]]:
+    checked = [t for name, t in step.tensors.items() if name in _FINITE_CHECKED and _is_float_tensor(t)]
+    if not checked or sum(t.numel() for t in checked) > _SMALL_SLICE:
+        return {}
+    device = checked[0].device
+    if any(t.device != device for t in checked):
+        return {}
+    by_shape: dict[torch.Size, list[torch.Tensor]] = {}
+    for tensor in checked:
+        by_shape.setdefault(tensor.shape, []).append(plain(tensor))
+    # one sum per shape (same-shape tensors concatenate without a reshape): a sum is finite only if every
+    # term is (NaN and ±inf propagate); a finite sum that overflows only sends callers to their general path
+    for same in by_shape.values():
+        part = same[0] if len(same) == 1 else torch.stack(same) if same[0].dim() == 0 else torch.cat(same)
+        if not math.isfinite(float(part.sum())):
+            return {}
+    return {id(t): (t, _version(t)) for t in checked}
+
+
 def finite_outcome(
     step: TraceStep,
     names: tuple[str, ...],
@@ -313,7 +463,11 @@ def finite_outcome(
     (e.g. an unscorable reward), called only when that tensor holds a non-finite value. Padding NaN is a
     warning because ``x * mask`` is still NaN (only ``torch.where`` or ``masked_fill`` hides it).
     """
-    checked: list[str] = []
+    if _FINITE_CHECKED.issuperset(names):  # known finite: the pass the loop below reaches
+        checked = [name for name in names if _is_float_tensor(step.get(name))]
+        if checked and known_finite(step, *checked):
+            return passed(f"all finite: {', '.join(checked)}", 0.0, 0.0)
+    checked = []
     worst: tuple[int, str, int | None, int | None, int, int] | None = (
         None  # (severity, name, row, token, n, n_pad)
     )

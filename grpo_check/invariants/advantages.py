@@ -20,15 +20,18 @@ from grpo_check.invariants._common import (
     fmt,
     groups_of,
     inconclusive,
+    known_finite,
     machine_eps,
     not_applicable,
     num_generations,
     passed,
     row_advantages,
     rtol_atol,
+    scalars_at,
     spec_or_default,
     total_rewards,
     unscorable_rows,
+    where_fill,
 )
 from grpo_check.invariants.registry import register
 from grpo_check.signatures import signature
@@ -53,8 +56,11 @@ def advantages_finite(step: TraceStep, spec: GRPOSpec | None, *, tolerance: floa
     return finite_outcome(step, ("advantages",))
 
 
-def _prepare(step: TraceStep, spec: GRPOSpec | None) -> tuple[torch.Tensor, Groups, torch.Tensor, int] | str:
-    """(advantages (B,), groups, whole-group flag per group, G) or the reason the group checks cannot run.
+def _prepare(
+    step: TraceStep, spec: GRPOSpec | None
+) -> tuple[torch.Tensor, Groups, torch.Tensor, int, int] | str:
+    """(advantages (B,), groups, whole-group flag per group, G, number of whole groups) or the reason the
+    group checks cannot run.
 
     Shared by the group checks of one step (see ``step_cache``)."""
     return cached(("adv_prepare", id(step), id(spec)), lambda: _prepare_uncached(step, spec))
@@ -62,7 +68,7 @@ def _prepare(step: TraceStep, spec: GRPOSpec | None) -> tuple[torch.Tensor, Grou
 
 def _prepare_uncached(
     step: TraceStep, spec: GRPOSpec | None
-) -> tuple[torch.Tensor, Groups, torch.Tensor, int] | str:
+) -> tuple[torch.Tensor, Groups, torch.Tensor, int, int] | str:
     advantages = row_advantages(step["advantages"], step.get("completion_mask"))
     if advantages is None:
         return _TOKEN_LEVEL
@@ -71,11 +77,33 @@ def _prepare_uncached(
         raise ValueError(f"group_index has {groups.inverse.numel()} rows, advantages {advantages.numel()}")
     size = num_generations(spec, groups)
     whole = groups.count == size
-    if not bool(whole.any()):
+    whole_count = count_true(whole)
+    if not whole_count:
         return (
             f"no whole group of G={size} rows in this step (sizes {sorted({int(c) for c in groups.count})})"
         )
-    return advantages, groups, whole, size
+    return advantages, groups, whole, size, whole_count
+
+
+def group_sums(groups: Groups, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(Σ A, |Σ A|, Σ |A|) per group of finite (B,) advantages, shared between the checks of one step."""
+
+    def compute() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        sums = groups.sum(clean)
+        return sums, sums.abs(), groups.sum(clean.abs())
+
+    return cached(("adv_group_sums", id(groups), clean), compute)
+
+
+def zero_sum_allowed(step: TraceStep, groups: Groups, clean: torch.Tensor) -> torch.Tensor:
+    """atol + rtol·Σ|A| per group (dtype defaults of the advantages): how far from 0 a group's Σ A may be,
+    shared between the checks of one step."""
+
+    def compute() -> torch.Tensor:
+        rtol, atol = rtol_atol(step["advantages"].dtype)
+        return atol + rtol * group_sums(groups, clean)[2]
+
+    return cached(("adv_sum_allowed", id(groups), clean, step["advantages"].dtype), compute)
 
 
 @register(
@@ -91,25 +119,32 @@ def group_sum_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float |
     prepared = _prepare(step, spec)
     if isinstance(prepared, str):
         return inconclusive(prepared)
-    advantages, groups, whole, _ = prepared
-    finite = finite_mask(advantages)
-    if count_true(finite) == finite.numel():  # every advantage finite: every whole group is usable
-        usable, clean = whole, advantages
+    advantages, groups, whole, _, whole_count = prepared
+    every_group = whole_count == groups.num_groups
+    if known_finite(step, "advantages") or count_true(finite_mask(advantages)) == advantages.numel():
+        # every advantage finite: every whole group is usable
+        usable, usable_count, clean = whole, whole_count, advantages
     else:
+        finite = finite_mask(advantages)
         usable = whole & (groups.sum((~finite).double()) == 0)
-        if not bool(usable.any()):
+        usable_count = count_true(usable)
+        every_group = usable_count == groups.num_groups
+        if not usable_count:
             return inconclusive("every whole group has a non-finite advantage (see advantages.finite)")
         clean = torch.where(finite, advantages, torch.zeros_like(advantages))
-    sums = groups.sum(clean)
-    sums_abs = sums.abs()
-    rtol, atol = rtol_atol(step["advantages"].dtype)
-    allowed = (tolerance if tolerance is not None else atol) + rtol * groups.sum(clean.abs())
-    excess = torch.where(usable, sums_abs - allowed, -torch.inf)
+    sums, sums_abs, abs_sums = group_sums(groups, clean)
+    if tolerance is None:
+        allowed = zero_sum_allowed(step, groups, clean)
+    else:
+        allowed = tolerance + rtol_atol(step["advantages"].dtype)[0] * abs_sums
+    # every group usable: the masks below select everything, and where() returns the values unchanged
+    excess = sums_abs - allowed if every_group else where_fill(usable, sums_abs - allowed, -torch.inf)
     worst = int(torch.argmax(excess))
     # max |Σ A| over the usable groups (≥ 1 of them): a masked max equals the boolean-indexed one
-    figure = float(torch.where(usable, sums_abs, 0.0).max())
-    if float(excess[worst]) <= 0:
-        return passed(f"{int(usable.sum())} group(s) sum to ≈ 0", figure, float(allowed[worst]))
+    figure = float((sums_abs if every_group else where_fill(usable, sums_abs, 0.0)).max())
+    worst_excess, worst_allowed = scalars_at(excess, worst) + scalars_at(allowed, worst)
+    if worst_excess <= 0:
+        return passed(f"{usable_count} group(s) sum to ≈ 0", figure, worst_allowed)
     failing = int((excess > 0).sum())
     return Outcome(
         Verdict.FAIL,
@@ -152,16 +187,19 @@ def bounded(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None =
     if advantages is None:
         return inconclusive(_TOKEN_LEVEL)
     groups = groups_of(step["group_index"])
-    size = max(num_generations(spec, groups), int(groups.count.max()) if groups.num_groups else 1)
+    size = max(num_generations(spec, groups), groups.largest)
     sample_bound, population_bound = _std_bounds(size, effective)
     bound = population_bound if (spec is None or effective.std == "population") else sample_bound
     rtol, atol = rtol_atol(step["advantages"].dtype)
     allowed = tolerance if tolerance is not None else bound * (1 + rtol) + atol
-    magnitude = torch.where(finite_mask(advantages), advantages.abs(), 0.0)
-    row, _ = argmax_2d(magnitude)
-    figure = float(magnitude[row])
+    if known_finite(step, "advantages"):  # the mask below is all True: where() would change nothing
+        magnitude = advantages.abs()
+    else:
+        magnitude = where_fill(finite_mask(advantages), advantages.abs(), 0.0)
+    figure = float(magnitude.max())  # the value at argmax (no NaN); the row is only needed on failure
     if figure <= allowed:
         return passed(f"max |A| = {fmt(figure)} within the G={size} bound", figure, allowed)
+    row, _ = argmax_2d(magnitude)
     population_allowed = population_bound * (1 + rtol) + atol
     if figure <= population_allowed:
         return Outcome(
@@ -207,6 +245,10 @@ class GroupRewardStats:
     """Per group: scorable rows (float64)."""
     size: int
     """G, the group size."""
+    all_scorable: bool
+    """Known without a look at ``scorable``: every reward and advantage finite (``scorable`` all True)."""
+    every_group_whole: bool
+    """Every group has all G rows (``whole`` all True)."""
 
 
 def _group_reward_stats(step: TraceStep, spec: GRPOSpec | None) -> GroupRewardStats | str:
@@ -218,16 +260,29 @@ def _group_reward_stats_uncached(step: TraceStep, spec: GRPOSpec | None) -> Grou
     prepared = _prepare(step, spec)
     if isinstance(prepared, str):
         return prepared
-    advantages, groups, whole, size = prepared
+    advantages, groups, whole, size, whole_count = prepared
     rewards = total_rewards(step, spec)
     if rewards is None or rewards.numel() != advantages.numel():
         return "rewards do not align with advantages"
+    every_group_whole = whole_count == groups.num_groups
+    # the rewards tensor itself (not a sum of rewards_per_func) and the advantages known finite: scorable
+    # is all True, the where() calls below change nothing, and Σ 1.0 over a group is its row count exactly
+    if step.has("rewards") and known_finite(step, "rewards", "advantages"):
+        scorable = torch.ones_like(rewards, dtype=torch.bool)
+        count = groups.count.to(device=rewards.device, dtype=torch.float64)
+        mean = groups.sum(rewards) / count.clamp(min=1)
+        centred = rewards - groups.expand(mean)
+        return GroupRewardStats(
+            advantages, rewards, groups, whole, scorable, centred, count, size, True, every_group_whole
+        )
     scorable = finite_mask(rewards) & finite_mask(advantages)  # the step's shared masks
     weight = scorable.double()
     count = groups.sum(weight)
-    mean = groups.sum(torch.where(scorable, rewards, 0.0)) / count.clamp(min=1)
-    centred = torch.where(scorable, rewards - groups.expand(mean), 0.0)
-    return GroupRewardStats(advantages, rewards, groups, whole, scorable, centred, count, size)
+    mean = groups.sum(where_fill(scorable, rewards, 0.0)) / count.clamp(min=1)
+    centred = where_fill(scorable, rewards - groups.expand(mean), 0.0)
+    return GroupRewardStats(
+        advantages, rewards, groups, whole, scorable, centred, count, size, False, every_group_whole
+    )
 
 
 @register(
@@ -252,7 +307,7 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     scorable, centred, count = stats.scorable, stats.centred, stats.count
     squares = groups.sum(centred**2)
     sample_std = torch.sqrt(squares / (count - 1.0).clamp(min=1.0))
-    clean = torch.where(scorable, advantages, 0.0)
+    clean = advantages if stats.all_scorable else where_fill(scorable, advantages, 0.0)
     slope = groups.sum(clean * centred) / squares.clamp(min=1e-300)
     if effective.scale_rewards == "group":
         scale = sample_std
@@ -264,30 +319,30 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
         )
     else:
         scale = torch.ones_like(sample_std)
-    baseline_factor = 1.0
-    if effective.baseline == "rloo":
-        baseline_factor = float(count.max() / (count.max() - 1).clamp(min=1))
-    retention = slope * scale / baseline_factor
+    retention = slope * scale
+    if effective.baseline == "rloo":  # (x / 1.0 is x exactly: no division otherwise)
+        retention = retention / float(count.max() / (count.max() - 1).clamp(min=1))
     threshold_std = 10 * min(effective.adv_epsilon, 1e-3)
     # a group whose advantages do not sum to 0 was normalised with other rows (advantages.group_sum_zero):
     # its slope says nothing about epsilon
-    rtol, atol = rtol_atol(step["advantages"].dtype)
-    zero_sum = groups.sum(clean).abs() <= atol + rtol * groups.sum(clean.abs())
-    qualifying = whole & zero_sum & (count >= 2.0) & (sample_std > threshold_std)
-    if not bool(qualifying.any()):
+    zero_sum = group_sums(groups, clean)[1] <= zero_sum_allowed(step, groups, clean)
+    qualifying = (whole & zero_sum if not stats.every_group_whole else zero_sum) & (count >= 2.0)
+    qualifying = qualifying & (sample_std > threshold_std)
+    qualifying_count = count_true(qualifying)
+    if not qualifying_count:
         return not_applicable(f"no whole group whose rewards vary (std > {threshold_std:g})")
     limit = tolerance if tolerance is not None else (0.5 if effective.scale_rewards != "batch" else 0.05)
-    masked = torch.where(qualifying, retention, torch.inf)
+    masked = where_fill(qualifying, retention, torch.inf)
     worst = int(torch.argmin(masked))
-    figure = float(retention[worst])
+    (figure,) = scalars_at(retention, worst)
     if figure >= limit:
         return passed(
-            f"{int(qualifying.sum())} group(s) with varying rewards keep ≥ {limit:g} of the normalised signal",
+            f"{qualifying_count} group(s) with varying rewards keep ≥ {limit:g} of the normalised signal",
             figure,
             limit,
         )
     in_group = groups.inverse == worst
-    row = int(torch.argmax(torch.where(in_group, centred.abs(), -1.0)))
+    row = int(torch.argmax(where_fill(in_group, centred.abs(), -1.0)))
     failing = int((masked < limit).sum())
     std = float(sample_std[worst])
     if figure <= 0:
@@ -338,14 +393,20 @@ def constant_group_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: fl
         stats.whole,
         stats.size,
     )
-    scorable = finite_mask(rewards)  # group membership by rewards alone: a NaN advantage is a violation here
-    finite_rewards = torch.where(scorable, rewards, torch.nan)
-    high = groups.amax(torch.where(scorable, rewards, -torch.inf))
-    low = groups.amin(torch.where(scorable, rewards, torch.inf))
-    count = groups.sum(scorable.double())
-    constant = whole & ((high == low) | (count < 2.0))
-    if not bool(constant.any()):
+    if stats.all_scorable:  # every reward finite: the masks below are all True (see _group_reward_stats)
+        high, low, count = groups.amax(rewards), groups.amin(rewards), stats.count
+        scorable = stats.scorable
+    else:  # group membership by rewards alone: a NaN advantage is a violation here
+        scorable = finite_mask(rewards)
+        high = groups.amax(where_fill(scorable, rewards, -torch.inf))
+        low = groups.amin(where_fill(scorable, rewards, torch.inf))
+        count = groups.sum(scorable.double())
+    constant = (high == low) | (count < 2.0)
+    constant = constant if stats.every_group_whole else whole & constant
+    constant_count = count_true(constant)
+    if not constant_count:
         return not_applicable("no group with all-equal rewards")
+    finite_rewards = torch.where(scorable, rewards, torch.nan)
     reward_dtype = step["rewards"].dtype if step.has("rewards") else step["rewards_per_func"].dtype
     _, atol = rtol_atol(step["advantages"].dtype)
     reward_scale = float(torch.nan_to_num(finite_rewards.abs(), nan=0.0).max())
@@ -354,12 +415,12 @@ def constant_group_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: fl
         rounding = min(1e-2, rounding / effective.adv_epsilon) if effective.adv_epsilon > 0 else 0.0
     allowed = tolerance if tolerance is not None else atol + rounding
     in_constant = groups.expand(constant)
-    magnitude = torch.where(in_constant & torch.isfinite(advantages), advantages.abs(), -1.0)
+    magnitude = where_fill(in_constant & torch.isfinite(advantages), advantages.abs(), -1.0)
     magnitude = torch.where(in_constant & ~torch.isfinite(advantages), torch.inf, magnitude)
     row, _ = argmax_2d(magnitude)
     figure = float(magnitude[row])
     if figure <= allowed:
-        return passed(f"{int(constant.sum())} all-equal group(s) carry zero advantage", figure, allowed)
+        return passed(f"{constant_count} all-equal group(s) carry zero advantage", figure, allowed)
     return Outcome(
         Verdict.FAIL,
         f"an all-equal reward group has |A| = {fmt(figure)} (prompt {int(groups.values[groups.inverse[row]])}, "
@@ -383,15 +444,20 @@ def constant_group_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: fl
     "advantages to 0",
 )
 def unscorable_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
-    unscorable = unscorable_rows(step)
+    rows = _rows_known_scorable(step)
+    unscorable = unscorable_rows(step) if rows is None else None
     advantages = row_advantages(step["advantages"], step.get("completion_mask"))
     if advantages is None:
         return inconclusive(_TOKEN_LEVEL)
+    if rows is not None and rows == advantages.numel():  # the all-False mask unscorable_rows would give
+        return not_applicable("no unscorable row")
+    if unscorable is None:
+        unscorable = unscorable_rows(step)
     if unscorable is None or unscorable.numel() != advantages.numel():
         return inconclusive("rewards do not align with advantages")
     if not bool(unscorable.any()):
         return not_applicable("no unscorable row")
-    own = torch.where(unscorable, torch.nan_to_num(advantages.abs(), nan=torch.inf), -1.0)
+    own = where_fill(unscorable, torch.nan_to_num(advantages.abs(), nan=torch.inf), -1.0)
     row, _ = argmax_2d(own)
     if float(own[row]) > (tolerance or 0.0):
         return Outcome(
@@ -424,7 +490,7 @@ def unscorable_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float 
     sums = groups.sum(clean)
     rtol, atol = rtol_atol(step["advantages"].dtype)
     allowed = atol + rtol * groups.sum(clean.abs())
-    excess = torch.where(touched, sums.abs() - allowed, -torch.inf)
+    excess = where_fill(touched, sums.abs() - allowed, -torch.inf)
     worst = int(torch.argmax(excess))
     if float(excess[worst]) > 0:
         return Outcome(
@@ -440,6 +506,26 @@ def unscorable_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float 
         float(sums[touched].abs().max()),
         float(allowed[worst]),
     )
+
+
+def _rows_known_scorable(step: TraceStep) -> int | None:
+    """B when every row is known scorable without a look at the rewards (each reward tensor present known
+    finite, with shapes ``unscorable_rows`` reads as B rows and ≥ 1 reward function), else ``None``."""
+    names = [name for name in ("rewards_per_func", "rewards") if step.has(name)]
+    if not names or not known_finite(step, *names):
+        return None
+    rows = None
+    if step.has("rewards_per_func"):
+        per_func = step["rewards_per_func"]
+        if per_func.dim() not in (1, 2) or per_func.numel() == 0:
+            return None
+        rows = per_func.shape[0]
+    if step.has("rewards"):
+        count = step["rewards"].numel()
+        if rows is not None and count != rows:
+            return None
+        rows = count
+    return rows
 
 
 @register(
@@ -468,18 +554,21 @@ def sign_follows_rewards(
     reward_rtol, _ = rtol_atol(
         step["rewards"].dtype if step.has("rewards") else step["rewards_per_func"].dtype
     )
-    scale = float(torch.where(scorable, rewards.abs(), 0.0).max()) if bool(scorable.any()) else 0.0
-    judged = (
-        groups.expand(whole)
-        & scorable
-        & (centred.abs() > 16 * reward_rtol * max(scale, 1e-12))
-        & (advantages.abs() > (tolerance if tolerance is not None else atol))
-    )
-    if not bool(judged.any()):
+    if stats.all_scorable:  # scorable all True: the masked max is the plain one, the & changes nothing
+        scale = float(rewards.abs().max())
+        judged = centred.abs() > 16 * reward_rtol * max(scale, 1e-12)
+    else:
+        scale = float(where_fill(scorable, rewards.abs(), 0.0).max()) if bool(scorable.any()) else 0.0
+        judged = scorable & (centred.abs() > 16 * reward_rtol * max(scale, 1e-12))
+    judged = judged & (advantages.abs() > (tolerance if tolerance is not None else atol))
+    if not stats.every_group_whole:
+        judged = groups.expand(whole) & judged
+    judged_count = count_true(judged)
+    if not judged_count:
         return not_applicable("no row clearly above or below its group mean")
     wrong = judged & (torch.sign(advantages) != torch.sign(centred))
-    if not bool(wrong.any()):
-        return passed(f"{int(judged.sum())} row(s): sign(A) = sign(r − group mean)", 0.0, 0.0)
+    if not count_true(wrong):
+        return passed(f"{judged_count} row(s): sign(A) = sign(r − group mean)", 0.0, 0.0)
     row = int(wrong.int().argmax())
     return Outcome(
         Verdict.FAIL,

@@ -9,6 +9,8 @@ from grpo_check.findings import Verdict
 from grpo_check.invariants._common import (
     Outcome,
     argmax_2d,
+    completion_bool,
+    count_true,
     eos_ids,
     groups_of,
     inconclusive,
@@ -42,6 +44,10 @@ def masks_binary(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | N
         if mask.dtype == torch.bool:
             continue
         values = plain(mask)
+        if not values.is_floating_point() and not values.is_complex() and values.numel():
+            low, high = torch.aminmax(values)  # integers between 0 and 1 are 0 and 1: nothing to locate
+            if low.item() >= 0 and high.item() <= 1:
+                continue
         bad = (values != 0) & (values != 1)
         if bool(bad.any()):
             row, token = argmax_2d(bad.to(torch.int8))
@@ -68,11 +74,11 @@ def masks_binary(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | N
     fix="mask with positions <= index of the first EOS, not with ids != pad_token_id",
 )
 def mask_prefix(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
-    mask = plain(step["completion_mask"]).bool()
+    mask = completion_bool(step)
     if mask.dim() != 2:
         return malformed(f"completion_mask must be (B, T), got shape {tuple(mask.shape)}")
-    restarts = mask[:, 1:] & ~mask[:, :-1]  # a 1 after a 0
-    if not bool(restarts.any()):
+    restarts = mask[:, 1:] > mask[:, :-1]  # a 1 after a 0 (True > False: one operation for a & ~b)
+    if not count_true(restarts):
         return passed(f"all {mask.shape[0]} rows are prefixes", 0.0, 0.0)
     row, token = argmax_2d(restarts.to(torch.int8))
     bad_rows = int(restarts.any(1).sum())
@@ -128,7 +134,7 @@ def mask_prefix_eos(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float 
         expected_len = torch.where(mask_len == 0, mask_len, expected_len)
     expected = positions < expected_len.unsqueeze(1)
     mismatch = mask != expected
-    if not bool(mismatch.any()):
+    if not count_true(mismatch):
         return passed(f"all {rows} rows end at the first EOS {eos} or at max length", 0.0, 0.0)
     row, token = argmax_2d(mismatch.to(torch.int8))
     bad_rows = mismatch.any(1)
@@ -170,7 +176,7 @@ def group_sizes(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | No
         return inconclusive("empty group_index")
     size = num_generations(spec, groups)
     counts = groups.count
-    if bool((counts == size).all()):
+    if groups.all_of_size(size):
         return passed(f"{groups.num_groups} group(s) of {size}", 0.0, 0.0)
     worst = int(torch.argmax((counts - size).abs()))
     row = groups.first_row(worst)

@@ -21,14 +21,17 @@ from grpo_check.invariants._common import (
     finite_outcome,
     fmt,
     inconclusive,
+    known_finite,
     loss_mask,
     malformed,
     not_applicable,
     passed,
     plain,
     rtol_atol,
+    scalar_like,
     spec_or_default,
     token_mask,
+    where_fill,
 )
 from grpo_check.invariants.kl import kl_estimator, policy_ref_exp, policy_ref_gap
 from grpo_check.invariants.ratio import CLIP_LOSS_TYPES, log_ratio_for_clipping
@@ -70,11 +73,15 @@ def zero_outside_loss_mask(
     if mask is None or mask.shape != grad.shape:
         return inconclusive(f"loss mask shape does not match logps_grad {tuple(grad.shape)}")
     allowed = tolerance if tolerance is not None else 0.0
+    masked_out = ~mask
     # non-finite gradients are grad.finite's to report (NaN · 0 stays NaN at padding)
-    outside = torch.where(~mask & finite_mask(grad), grad.abs(), -1.0)
+    judged = masked_out if known_finite(step, "logps_grad") else masked_out & finite_mask(grad)
+    outside = where_fill(judged, grad.abs(), -1.0)
     figure = float(outside.max())  # the value at argmax_2d(outside); the position is only needed on failure
     if figure <= allowed:
-        return passed(f"no gradient on {count_true(~mask)} masked-out position(s)", max(figure, 0.0), allowed)
+        return passed(
+            f"no gradient on {count_true(masked_out)} masked-out position(s)", max(figure, 0.0), allowed
+        )
     row, token = argmax_2d(outside)
     leaking = (outside > allowed) & ~mask
     in_completion = plain(step["completion_mask"]).bool()
@@ -159,7 +166,9 @@ def _clip_region_of(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     low, high = 1 - spec.epsilon_low, 1 + spec.epsilon_high_effective
     advantages = _row_view(advantages)
-    region = ((advantages > 0.0) & (ratio > high)) | ((advantages < 0.0) & (ratio < low))
+    # numbers as 0-dim operands of the tensors' dtype (scalar_like): the same masks, cheaper on small steps
+    zero, low_, high_ = scalar_like(0.0, advantages), scalar_like(low, ratio), scalar_like(high, ratio)
+    region = ((advantages > zero) & (ratio > high_)) | ((advantages < zero) & (ratio < low_))
     boundaries = [low, high]
     if spec.delta is not None:
         region |= ratio > spec.delta
@@ -167,9 +176,10 @@ def _clip_region_of(
     if spec.dual_clip is not None:
         region |= (advantages < 0.0) & (ratio > spec.dual_clip)
         boundaries.append(spec.dual_clip)
-    near = (ratio - low).abs() <= _BOUNDARY_MARGIN * low
+    near = (ratio - low_).abs() <= scalar_like(_BOUNDARY_MARGIN * low, ratio)
     for boundary in boundaries[1:]:
-        near = near | ((ratio - boundary).abs() <= _BOUNDARY_MARGIN * boundary)
+        gap = (ratio - scalar_like(boundary, ratio)).abs()
+        near = near | (gap <= scalar_like(_BOUNDARY_MARGIN * boundary, ratio))
     return region, near if near.shape == region.shape else near.expand(region.shape)
 
 
@@ -253,8 +263,11 @@ def sign_matches_advantage(
         step
     )  # (B, 1): the same masks as on the broadcast (B, T), B·T times cheaper
     # the per-row conditions first, at (B, 1): one (B, T) pass fewer than applying them one by one
-    compact_finite = finite_mask(step["advantages"]).reshape(compact.shape)  # the step's shared mask
-    decidable = mask & ((compact.abs() > atol) & compact_finite) & finite_mask(grad)
+    if known_finite(step, "advantages", "logps_grad"):  # the finite masks below are all True
+        decidable = mask & (compact.abs() > scalar_like(atol, compact))
+    else:
+        compact_finite = finite_mask(step["advantages"]).reshape(compact.shape)  # the step's shared mask
+        decidable = mask & ((compact.abs() > atol) & compact_finite) & finite_mask(grad)
     policy_scale, region, near = _policy_scale(effective, ratio, advantages)
     decidable &= ~(region | near)
     assert policy_scale is not None  # _SIGN_LOSS_TYPES all have a known policy slope
@@ -279,9 +292,10 @@ def sign_matches_advantage(
     count = count_true(decidable)
     if count == 0:
         return inconclusive("no token where the policy term alone decides the gradient sign")
-    wrong = decidable & (grad * advantages > 0.0)
+    zero_ = scalar_like(0.0, grad)
+    wrong = decidable & (grad * advantages > zero_)
     # without the loss mask, a zero gradient may just be padding: only wrong signs are judged then
-    zero = decidable & (grad == 0.0) if step.has("completion_mask") else torch.zeros_like(decidable)
+    zero = decidable & (grad == zero_) if step.has("completion_mask") else torch.zeros_like(decidable)
     if count_true(wrong):
         row, token = argmax_2d(wrong.to(torch.int8))
         return Outcome(
@@ -381,13 +395,13 @@ def zero_where_clipped(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     mask = loss_mask(step, spec)
     mask = token_mask(step, grad) if mask is None or mask.shape != grad.shape else mask
     region = region & mask
-    if not bool(region.any()):
+    clipped = count_true(region)
+    if not clipped:
         return not_applicable("no token in the clip region")
     allowed = tolerance if tolerance is not None else 0.0
-    leak = torch.where(region, torch.nan_to_num(grad.abs(), nan=torch.inf), -1.0)
+    leak = where_fill(region, torch.nan_to_num(grad.abs(), nan=torch.inf), -1.0)
     row, token = argmax_2d(leak)
     figure = float(leak[row, token])
-    clipped = int(region.sum())
     if figure <= allowed:
         return passed(
             f"{clipped} clipped token(s) get no gradient (clip region from {source})", figure, allowed
@@ -526,7 +540,10 @@ def kl_sign_where_kl_dominates(
     mask = token_mask(step, grad) if mask is None or mask.shape != grad.shape else mask
     floor = tolerance if tolerance is not None else 1e-6
     direction_abs = _abs_slope(step, estimator) if unweighted else direction.abs()
-    judged = mask & dominated & ~near & (direction_abs > floor) & finite_mask(grad) & (grad != 0.0)
+    judged = mask & dominated & ~near & (direction_abs > floor)
+    if not known_finite(step, "logps_grad"):  # (a finite mask known all True changes nothing)
+        judged = judged & finite_mask(grad)
+    judged = judged & (grad != 0.0)
     count = count_true(judged)
     if count == 0:
         return not_applicable("no token where the KL penalty alone decides the gradient")

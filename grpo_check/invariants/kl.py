@@ -16,12 +16,14 @@ from grpo_check.invariants._common import (
     finite_outcome,
     fmt,
     inconclusive,
+    known_finite,
     masked_abs_max,
     not_applicable,
     passed,
     rtol_atol,
     spec_or_default,
     valid_finite,
+    where_fill,
 )
 from grpo_check.invariants.ratio import SMALL_LOG_RATIO
 from grpo_check.invariants.registry import register
@@ -58,6 +60,8 @@ def policy_ref_exp(step: TraceStep) -> torch.Tensor:
 
 def policy_ref_valid(step: TraceStep) -> torch.Tensor:
     """Completion tokens where logps and ref_logps are both finite, shared between the checks of one step."""
+    if known_finite(step, "logps", "ref_logps"):  # both finite: the mask is the token mask itself
+        return valid_finite(step, step["logps"])
     return cached(
         ("policy_ref_valid", id(step), step["logps"], step["ref_logps"]),
         lambda: valid_finite(step, step["logps"]) & finite_mask(step["ref_logps"]),
@@ -88,7 +92,7 @@ def nonnegative(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | No
         return inconclusive("no valid token")
     rtol, _ = rtol_atol(step["kl"].dtype)
     allowed = tolerance if tolerance is not None else rtol * max(1.0, masked_abs_max(values, valid))
-    masked = torch.where(valid, -values, -torch.inf)
+    masked = where_fill(valid, -values, -torch.inf)
     lowest = -float(masked.max())  # the value at argmax_2d(masked); the position is only needed on failure
     if lowest >= -allowed:
         return passed(f"min {estimator} KL {fmt(lowest)} ≥ 0", lowest, allowed)
@@ -130,7 +134,7 @@ def zero_at_step0(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | 
             return inconclusive("no valid token")
         rtol, atol = rtol_atol(step["logps"].dtype)
         allowed = tolerance if tolerance is not None else rtol * max(1.0, masked_abs_max(logps, valid)) + atol
-        deviation = torch.where(valid, policy_ref_gap(step).abs(), -1.0)
+        deviation = where_fill(valid, policy_ref_gap(step).abs(), -1.0)
         quantity = "|logp − ref_logp|"
     else:
         values = f64(step["kl"])
@@ -139,7 +143,7 @@ def zero_at_step0(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | 
             return inconclusive("no valid token")
         rtol, atol = rtol_atol(step["kl"].dtype)
         allowed = tolerance if tolerance is not None else 10 * (rtol + atol)
-        deviation = torch.where(valid, values.abs(), -1.0)
+        deviation = where_fill(valid, values.abs(), -1.0)
         quantity = "|KL|"
     row, token = argmax_2d(deviation)
     figure = float(deviation[row] if token is None else deviation[row, token])

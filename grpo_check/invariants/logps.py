@@ -20,12 +20,15 @@ from grpo_check.invariants._common import (
     finite_outcome,
     fmt,
     inconclusive,
+    known_finite,
     machine_eps,
     masked_abs_max,
     passed,
     plain,
+    scalar_like,
     token_mask,
     valid_finite,
+    where_fill,
 )
 from grpo_check.invariants.registry import register
 from grpo_check.trace.model import TraceStep
@@ -37,7 +40,8 @@ _SIGN_ERROR_FRACTION = 0.25  # ... nor can a quarter of all tokens being positiv
 
 
 class _LogpStack:
-    """The step's float32/float64 (B, T) log-prob tensors stacked (K, B, T), with their valid-and-finite mask.
+    """The step's float32/float64 (B, T) log-prob tensors stacked (K, B, T), with their valid-and-finite mask
+    ((K, B, T), or the (B, T) token mask it broadcasts from when every value is known finite).
 
     One set of reductions then serves every log-prob tensor of the step. Building it also fills the step
     cache's per-tensor finite and valid masks with views of the stacked ones, so the checks that still go
@@ -47,6 +51,9 @@ class _LogpStack:
     def __init__(self, step: TraceStep, names: list[str]):
         self.names = names
         self.values = torch.stack([plain(step[name]) for name in names])
+        if known_finite(step, *names):  # every value finite: valid is the (B, T) token mask, broadcast
+            self.valid = token_mask(step, step[names[0]])
+            return
         difference = self.values - self.values
         finite = difference == difference  # = isfinite (see _step_cache._isfinite)
         self.valid = finite & token_mask(step, step[names[0]])
@@ -100,7 +107,7 @@ def nonpositive(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | No
     stack = _logp_stack(step)
     if stack is not None:  # every tensor at once; anything but a clean pass takes the per-tensor path below
         allowed = tolerance if tolerance is not None else _positive_tolerance(stack.values.dtype)
-        masked = torch.where(stack.valid, stack.values, -torch.inf)
+        masked = where_fill(stack.valid, stack.values, -torch.inf)
         tops = masked.amax(dim=(1, 2)).tolist()  # −inf: no valid token in that tensor
         finite_tops = [top for top in tops if top != -math.inf]
         if finite_tops and max(finite_tops) <= allowed:
@@ -125,7 +132,7 @@ def _nonpositive_per_tensor(step: TraceStep, tolerance: float | None) -> Outcome
         valid = valid_finite(step, tensor)
         if not any_true(valid):
             continue
-        masked = torch.where(valid, values, -torch.inf)
+        masked = where_fill(valid, values, -torch.inf)
         top = float(masked.max())  # the value at argmax_2d(masked); the position is only needed on failure
         allowed = tolerance if tolerance is not None else _positive_tolerance(tensor.dtype)
         if worst is None or top - allowed > worst[0] - worst[4]:
@@ -186,9 +193,11 @@ def _on_grid(values: torch.Tensor, grid: torch.dtype, magnitude: torch.Tensor | 
     """
     if values.dtype != torch.float32:
         return values.to(grid).to(values.dtype) == values
-    low_bits_zero = (values.view(torch.int32) & _FLOAT32_LOW_BITS[grid]) == 0
+    bits = values.view(torch.int32)  # numbers as 0-dim int32 / float32 operands (scalar_like): same masks
+    low_bits_zero = (bits & scalar_like(_FLOAT32_LOW_BITS[grid], bits)) == scalar_like(0, bits)
     if grid is torch.float16:
-        return low_bits_zero & ((values.abs() if magnitude is None else magnitude) <= _FLOAT16_MAX)
+        magnitude = values.abs() if magnitude is None else magnitude
+        return low_bits_zero & (magnitude <= scalar_like(_FLOAT16_MAX, magnitude))
     if magnitude is not None:  # the caller keeps finite values only (NaN bit patterns can end in 16 zeros)
         return low_bits_zero
     return low_bits_zero & ~torch.isnan(values)
@@ -209,12 +218,15 @@ def bf16_quantised(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float |
     stack = _logp_stack(step)
     if stack is not None:  # every tensor at once; anything but a clean pass takes the per-tensor path below
         magnitude = stack.values.abs()
-        judged = stack.valid & (magnitude > 1e-3)
-        masks = [judged, *(_on_grid(stack.values, grid, magnitude) & judged for grid in _GRIDS)]
+        judged = stack.valid & (magnitude > scalar_like(1e-3, magnitude))
+        on_grids = [_on_grid(stack.values, grid, magnitude) for grid in _GRIDS]
         # one reduction over the stacked masks while they stay below torch's parallelisation grain
-        if len(masks) * judged.numel() <= _SMALL_SLICE:
-            counts = count_true_per_slice(torch.stack(masks).flatten(0, 1)).view(len(masks), -1)
+        if (1 + len(_GRIDS)) * judged.numel() <= _SMALL_SLICE:
+            # [judged, grid ∧ judged, ...] with one &: judged ∧ judged is judged
+            masks = torch.stack([judged, *on_grids]) & judged
+            counts = masks.reshape(1 + len(_GRIDS), len(stack.names), -1).sum(2)
         else:  # large: no stacked copy, one count per tensor
+            masks = [judged, *(on_grid & judged for on_grid in on_grids)]
             counts = torch.stack([count_true_per_slice(mask) for mask in masks])
         table = counts.tolist()  # (1 + grids, K)
         fractions = [
@@ -291,7 +303,7 @@ def entropies_nonnegative(
         return inconclusive("no valid entropy")
     scale = max(1.0, masked_abs_max(values, valid))
     allowed = tolerance if tolerance is not None else 64 * machine_eps(step["entropies"].dtype) * scale
-    masked = torch.where(valid, -values, -torch.inf)
+    masked = where_fill(valid, -values, -torch.inf)
     row, token = argmax_2d(masked)
     lowest = -float(masked[row] if token is None else masked[row, token])
     if lowest >= -allowed:

@@ -14,6 +14,7 @@ from grpo_check.invariants._common import (
     any_true,
     argmax_2d,
     cached,
+    count_true,
     f64,
     finite_outcome,
     fmt,
@@ -27,6 +28,7 @@ from grpo_check.invariants._common import (
     spec_or_default,
     token_mask,
     valid_finite,
+    where_fill,
 )
 from grpo_check.invariants.registry import register
 from grpo_check.trace.model import TraceStep
@@ -131,7 +133,7 @@ def one_on_policy(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | 
     if not any_true(valid):
         return inconclusive("no valid token")
     allowed = tolerance if tolerance is not None else _on_policy_tolerance(step)
-    deviation = torch.where(valid, torch.nan_to_num(log_ratio.abs(), nan=torch.inf), -1.0)
+    deviation = where_fill(valid, torch.nan_to_num(log_ratio.abs(), nan=torch.inf), -1.0)
     row, token = argmax_2d(deviation)
     figure = float(deviation[row] if token is None else deviation[row, token])
     if figure <= allowed:
@@ -179,15 +181,12 @@ def moves_off_policy(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float
         )
     logps, old = plain(step["logps"]), plain(step["old_logps"])
     valid = token_mask(step, logps)
-    if not bool(valid.any()):
+    if not any_true(valid):
         return inconclusive("no valid token")
     differ = (logps != old) & valid
-    if bool(differ.any()):
-        return passed(
-            f"{int(differ.sum())} token(s) moved after {steps_since} optimizer step(s)",
-            float(differ.sum()),
-            0.0,
-        )
+    moved = count_true(differ)  # count_nonzero: cheaper than any() at every size, and the count is reported
+    if moved:
+        return passed(f"{moved} token(s) moved after {steps_since} optimizer step(s)", float(moved), 0.0)
     return Outcome(
         Verdict.WARN,
         f"logps are bitwise equal to old_logps on all {int(valid.sum())} tokens although {steps_since} "
@@ -231,13 +230,13 @@ def matches_logps(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | 
         else (rtol_ratio + rtol_logps * max(1.0, logp_scale)) * expected + atol  # exp(·) ≥ 0: |exp| = exp
     )
     error = (ratio - expected).abs()
-    excess = torch.where(valid, torch.nan_to_num(error - allowed, nan=torch.inf), -torch.inf)
+    excess = where_fill(valid, torch.nan_to_num(error - allowed, nan=torch.inf), -torch.inf)
     row, token = argmax_2d(excess)
     pick = (row,) if token is None else (row, token)
     if float(excess[pick]) <= 0:
         return passed(
             "ratio = exp(logps − old_logps)",
-            float(torch.where(valid, error, 0.0).max()),
+            float(where_fill(valid, error, 0.0).max()),
             float(allowed[pick]),
         )
     return Outcome(
@@ -303,7 +302,7 @@ def clip_masks_consistent(
         if step.has(name):
             names.append(name)
             mismatch |= (plain(step[name]).bool() != expected) & valid
-    if not bool(mismatch.any()):
+    if not count_true(mismatch):
         return passed(f"{', '.join(names)} match ρ, A and ε", 0.0, 0.0)
     row, token = argmax_2d(mismatch.to(torch.int8))
     return Outcome(

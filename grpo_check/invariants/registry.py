@@ -66,6 +66,10 @@ class Check:
     likely_cause: str
     fix: str
     function: CheckFunction = dataclasses.field(repr=False, compare=False)
+    _lacking_memo: dict[frozenset[str], tuple[str, ...] | None] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    """``_lacking(requires, present)`` by present names."""
 
     @property
     def name(self) -> str:
@@ -88,7 +92,9 @@ class Check:
         self, step: TraceStep, spec: GRPOSpec | None = None, *, tolerance: float | None = None
     ) -> list[Finding]:
         """Evaluate on one step; always returns at least one finding."""
-        return self._run(step, spec, tolerance, _present_names(step), _step_where(step))
+        return self._run(
+            step, spec_for_step(spec, step.meta), tolerance, _present_names(step), _step_where(step)
+        )
 
     __call__ = run
 
@@ -100,9 +106,14 @@ class Check:
         present: frozenset[str],
         base: Where,
     ) -> list[Finding]:
-        """:meth:`run` given the step's present names and coordinates (``run_invariants`` collects them once
-        per step)."""
-        lacking = _lacking(self.requires, present) if self.requires else None
+        """:meth:`run` given the step's spec (``spec_for_step`` applied), present names and coordinates
+        (``run_invariants`` works them out once per step)."""
+        memo = self._lacking_memo  # by present names (a frozenset hashes once; the requires tuple each time)
+        lacking = memo.get(present, _UNKNOWN)
+        if lacking is _UNKNOWN:
+            if len(memo) >= 64:
+                memo.clear()
+            lacking = memo[present] = _lacking(self.requires, present) if self.requires else None
         if lacking is not None:
             return [
                 Finding(
@@ -116,7 +127,6 @@ class Check:
                     details={"missing": list(lacking)},
                 )
             ]
-        spec = spec_for_step(spec, step.meta)  # a coefficient the trainer moves per step (adaptive entropy)
         try:
             outcome = self.function(step, spec, tolerance=tolerance)
         except (RuntimeError, ValueError, LookupError, TypeError) as error:
@@ -134,7 +144,9 @@ class Check:
         """The registry's finding for one outcome: the check's id, stage and defaults, the outcome's
         verdict and figures, GRPO coordinates of its row and token."""
         verdict = outcome.verdict
-        if verdict is Verdict.CONVENTION:  # a declared difference: only what the outcome says
+        if verdict is Verdict.PASS or verdict is Verdict.INCONCLUSIVE:
+            likely_cause = fix = catalog_id = None
+        elif verdict is Verdict.CONVENTION:  # a declared difference: only what the outcome says
             likely_cause, fix, catalog_id = outcome.likely_cause, outcome.fix, outcome.catalog_id
         elif (
             verdict is Verdict.FAIL or verdict is Verdict.WARN
@@ -159,6 +171,9 @@ class Check:
             kind="invariant",
             details=outcome.details,
         )
+
+
+_UNKNOWN = object()
 
 
 @functools.lru_cache(maxsize=4096)
@@ -349,8 +364,11 @@ def run_invariants(
         # (no autograd bookkeeping: checks only read) takes about a sixth off each small tensor operation
         with step_cache(step), torch.inference_mode():
             present, base = _present_names(step), _step_where(step)
+            step_spec = spec_for_step(
+                spec, step.meta
+            )  # a coefficient the trainer moves per step (adaptive entropy)
             for check in selected:
-                findings.extend(check._run(step, spec, tolerances.get(check.id), present, base))
+                findings.extend(check._run(step, step_spec, tolerances.get(check.id), present, base))
     if len(steps) > 1:
         findings = collapse_not_captured(findings)
     return findings
@@ -359,12 +377,17 @@ def run_invariants(
 def _misnamed_hint(step: TraceStep, lacking: Iterable[str]) -> str:
     """``; the step holds 'advantage': did you mean 'advantages'?`` when a tensor under a non-canonical name
     is one or two letters from a missing one (a hand-built TraceStep; the Recorder refuses such names)."""
-    odd = [name for name in step.tensors if name not in TENSOR_STAGE and not name.startswith("extra.")]
+    odd = cached(("odd_names", id(step)), lambda: _odd_names(step))  # once per step in a cache
     for name in odd:
         near = difflib.get_close_matches(name, list(lacking), n=1, cutoff=0.75)
         if near:
             return f"; the step holds {name!r}: did you mean {near[0]!r}?"
     return ""
+
+
+def _odd_names(step: TraceStep) -> list[str]:
+    """The step's tensor names that are neither canonical nor ``extra.*``."""
+    return [name for name in step.tensors if name not in TENSOR_STAGE and not name.startswith("extra.")]
 
 
 def _check_tolerances(tolerances: dict[str, float]) -> None:

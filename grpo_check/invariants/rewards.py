@@ -14,11 +14,14 @@ from grpo_check.invariants._common import (
     f64,
     finite_outcome,
     inconclusive,
+    known_finite,
     malformed,
     passed,
     plain,
     reward_weights,
     rtol_atol,
+    scalars_at,
+    where_fill,
 )
 from grpo_check.invariants.registry import register
 from grpo_check.trace.model import TraceStep
@@ -74,25 +77,28 @@ def total_is_weighted_sum(
     total = f64(step["rewards"]).reshape(-1)
     if total.shape[0] != per_func.shape[0]:
         return malformed(f"rewards has {total.shape[0]} rows, rewards_per_func {per_func.shape[0]}")
-    weights = reward_weights(step, spec, per_func.shape[1], device=per_func.device)
-    weighted = per_func * weights
+    # unit weights (none captured or configured): x · 1.0 is x exactly, so no product is formed
+    unit = not step.has("reward_weights") and (spec is None or spec.reward_weights is None)
+    weighted = per_func if unit else per_func * reward_weights(step, spec, per_func.shape[1], per_func.device)
     expected = weighted.nansum(1)
-    scorable = ~torch.isnan(per_func).all(1) & ~torch.isnan(total)
-    if not bool(scorable.any()):
-        return inconclusive("no scorable row")
+    # no NaN in either (and a row of rewards_per_func to look at): every row scorable, no mask to apply
+    every_row = per_func.dim() == 2 and per_func.shape[1] > 0
+    every_row = every_row and known_finite(step, "rewards_per_func", "rewards")
+    if not every_row:
+        scorable = ~torch.isnan(per_func).all(1) & ~torch.isnan(total)
+        if not bool(scorable.any()):
+            return inconclusive("no scorable row")
     rtol, atol = rtol_atol(step["rewards"].dtype)
     scale = weighted.abs().nansum(1)
     allowed = atol + rtol * scale
     error_abs = (total - expected).abs()
-    excess = torch.where(scorable, error_abs - allowed, -torch.inf)
+    excess = error_abs - allowed if every_row else where_fill(scorable, error_abs - allowed, -torch.inf)
     row, _ = argmax_2d(excess)
-    if float(excess[row]) <= 0:
+    row_excess, row_allowed = scalars_at(excess, row) + scalars_at(allowed, row)
+    if row_excess <= 0:
         # max |error| over the scorable rows (≥ 1 of them): a masked max equals the boolean-indexed one
-        return passed(
-            "total reward equals the weighted sum",
-            float(torch.where(scorable, error_abs, 0.0).max()),
-            float(allowed[row]),
-        )
+        figure = error_abs if every_row else where_fill(scorable, error_abs, 0.0)
+        return passed("total reward equals the weighted sum", float(figure.max()), row_allowed)
     error = float(error_abs[row])
     return Outcome(
         Verdict.FAIL,
@@ -100,5 +106,5 @@ def total_is_weighted_sum(
         figure=error,
         tolerance=float(allowed[row]),
         row=row,
-        details={"weights": weights.tolist()},
+        details={"weights": reward_weights(step, spec, per_func.shape[1], per_func.device).tolist()},
     )

@@ -172,3 +172,47 @@ def test_checking_a_captured_step_converts_each_tensor_to_float64_once(monkeypat
     step_tensor_ids = {id(t) for t in step.tensors.values()}
     per_step_tensor = [i for i in converted if i in step_tensor_ids]
     assert per_step_tensor and len(per_step_tensor) == len(set(per_step_tensor))
+
+
+def test_step_all_finite_decides_from_the_checked_tensors() -> None:
+    from grpo_check.invariants._common import step_all_finite
+
+    built = build_step(seed=3, prompts=2, G=4, T=5)
+    assert step_all_finite(built.step)
+    logps = built.step["logps"].clone()
+    logps[1, 2] = float("inf")
+    broken = with_tensors(built.step, logps=logps)
+    assert not step_all_finite(broken)
+    finding = REGISTRY["logps.finite"].run(broken, built.spec)[0]
+    assert finding.verdict in (Verdict.FAIL, Verdict.WARN)
+    # a float sum that overflows is not taken for a non-finite value's: the per-tensor path decides
+    huge = with_tensors(built.step, rewards=torch.full_like(built.step["rewards"], 3e38))
+    assert not step_all_finite(huge)
+    assert REGISTRY["rewards.finite"].run(huge, built.spec)[0].verdict is Verdict.PASS
+
+
+def test_small_step_shortcuts_give_the_general_findings(monkeypatch):
+    """Known-finite masks, group sizes and scalars read with tolist (small steps) change no finding: the same
+    variants with those shortcuts turned off give the same findings, field for field."""
+    import grpo_check.invariants._common as common
+
+    variants = _variants()
+    with_shortcuts = [[repr(f) for f in run_invariants(step, spec)] for _, step, spec in variants]
+    monkeypatch.setattr(common, "_finite_sources", lambda step: {})
+    monkeypatch.setattr(common, "_FEW", -1)
+    for (name, step, spec), expected in zip(variants, with_shortcuts, strict=True):
+        assert [repr(f) for f in run_invariants(step, spec)] == expected, name
+
+
+def test_a_tensor_changed_in_place_is_not_known_finite():
+    from grpo_check.invariants._common import known_finite, step_all_finite
+
+    built = build_step(seed=3, prompts=2, G=4, T=5)
+    step = built.step
+    with step_cache(step):
+        assert known_finite(step, "logps") and step_all_finite(step)
+        with torch.no_grad():
+            step["logps"][0, 0] = float("nan")  # in place: the version counter moves
+        assert not known_finite(step, "logps") and not step_all_finite(step)
+        finding = REGISTRY["logps.finite"].run(step, built.spec)[0]
+        assert finding.verdict in (Verdict.FAIL, Verdict.WARN)
