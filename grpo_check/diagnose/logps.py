@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
-from grpo_check._step_cache import finite_mask
+from grpo_check._step_cache import finite_mask, host_view
 from grpo_check.diagnose._context import Diagnosis, close, worst
 from grpo_check.findings import Finding, Verdict
 
@@ -78,9 +79,7 @@ def detect_sign_flip(dx: Diagnosis) -> list[Finding]:
     trainer = dx.trainer("logps")
     if trainer is None or mask is None:
         return []
-    selected = mask & finite_mask(trainer)  # the step's shared mask
-    count = int(selected.count_nonzero())  # counts, not a boolean-indexed copy: this runs on every step
-    positive = int(((trainer > 1e-6) & selected).count_nonzero())
+    count, positive = _positive_count(trainer, mask)
     if count and positive / count >= 0.5:
         row, token, _ = worst(trainer.clamp(min=0.0), mask)
         return [
@@ -94,6 +93,18 @@ def detect_sign_flip(dx: Diagnosis) -> list[Finding]:
             )
         ]
     return []
+
+
+def _positive_count(trainer: torch.Tensor, mask: torch.Tensor) -> tuple[int, int]:
+    """(finite log-probs on the mask, those of them above 1e-6): counts, not boolean-indexed copies, as this
+    runs on every step; in numpy on a small step (the same comparisons, less overhead)."""
+    finite = finite_mask(trainer)  # the step's shared mask
+    host, host_mask = host_view(trainer), host_view(mask)
+    if host is not None and host_mask is not None:
+        selected = host_mask & finite.numpy()
+        return int(np.count_nonzero(selected)), int(np.count_nonzero((host > 1e-6) & selected))
+    selected = mask & finite
+    return int(selected.count_nonzero()), int(((trainer > 1e-6) & selected).count_nonzero())
 
 
 def _sign_finding(

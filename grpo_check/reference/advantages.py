@@ -23,7 +23,7 @@ import torch
 
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import InputError
-from grpo_check.reference._util import DTYPE
+from grpo_check.reference._util import DTYPE, as_f64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +60,12 @@ def total_rewards(rewards_per_func: torch.Tensor, reward_weights: torch.Tensor |
     """r_i = Σ_k w_k R_ik over the non-NaN reward functions; NaN when every function returned NaN.  # (R1)"""
     rewards_per_func = _as_2d(rewards_per_func)
     weights = _weights(reward_weights, rewards_per_func.shape[1])
-    total = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)  # (R1)
-    unscorable = torch.isnan(rewards_per_func).all(dim=1)
+    return _weighted_total(rewards_per_func, weights, torch.isnan(rewards_per_func).all(dim=1))
+
+
+def _weighted_total(values: torch.Tensor, weights: torch.Tensor, unscorable: torch.Tensor) -> torch.Tensor:
+    """:func:`total_rewards` of (B, F) float64 ``values``, given their (F,) weights and unscorable rows."""
+    total = (values * weights.unsqueeze(0)).nansum(dim=1)  # (R1)
     return total.masked_fill(unscorable, float("nan"))
 
 
@@ -85,7 +89,7 @@ def group_mean_std(
     dev2 = torch.where(finite, (values - mean[group_ids]) ** 2, 0.0)
     ss = zeros.index_add(0, group_ids, dev2)
     dof = count - 1.0 if std == "sample" else count  # (A2)
-    var = torch.where(dof > 0.0, ss / dof.clamp(min=1.0), torch.full_like(ss, float("nan")))
+    var = torch.where(dof > 0.0, ss / dof.clamp(min=1.0), float("nan"))
     return mean[group_ids], var.sqrt()[group_ids], count[group_ids]
 
 
@@ -117,7 +121,7 @@ def compute_advantages(
     ``spec.num_generations``. ``reward_weights`` overrides ``spec.reward_weights``.
     Implements (R1), (A1)–(A8) of ``reference/grpo-algorithm.md``; TRL semantics by default.
     """
-    values = _as_2d(rewards_per_func).to(DTYPE)
+    values = _as_2d(rewards_per_func)
     n_rows = values.shape[0]
     if group_index is None:
         if n_rows % spec.num_generations:
@@ -134,8 +138,9 @@ def compute_advantages(
     group_ids, n_groups = dense_group_ids(group_index.to(values.device))
     weights = reward_weights if reward_weights is not None else spec.reward_weights
     weights_t = _weights(weights, values.shape[1]).to(values.device)
-    scorable = ~torch.isnan(values).all(dim=1)
-    rewards = total_rewards(values, weights_t)  # (R1)
+    unscorable = torch.isnan(values).all(dim=1)
+    scorable = ~unscorable
+    rewards = _weighted_total(values, weights_t, unscorable)  # (R1)
 
     if spec.multi_objective_aggregation == "normalize_then_sum":
         # (A6) z-score each reward function within its group, sum with weights, then normalise over the batch.
@@ -164,8 +169,8 @@ def compute_advantages(
             advantages = scale_advantages(advantages, scale, spec.adv_epsilon)  # (A3)
     if spec.multi_objective_aggregation == "sum_then_normalize":
         # (A7) a group with < 2 scorable rows carries no relative signal (G = 1 included): advantage 0.
-        advantages = torch.where(group_count > 1.0, advantages, torch.zeros_like(advantages))
-    advantages = torch.where(scorable, advantages, torch.zeros_like(advantages))  # (A8)
+        advantages = torch.where(group_count > 1.0, advantages, 0.0)
+    advantages = torch.where(scorable, advantages, 0.0)  # (A8)
     advantages = torch.nan_to_num(advantages, nan=0.0)  # (A8)
     return AdvantageOutput(
         rewards=rewards,
@@ -179,7 +184,10 @@ def compute_advantages(
 
 
 def _as_2d(rewards_per_func: torch.Tensor) -> torch.Tensor:
-    rewards_per_func = torch.as_tensor(rewards_per_func).to(DTYPE)
+    if isinstance(rewards_per_func, torch.Tensor):
+        rewards_per_func = as_f64(rewards_per_func)
+    else:  # a list: the default dtype first, as before
+        rewards_per_func = torch.as_tensor(rewards_per_func).to(DTYPE)
     if rewards_per_func.dim() == 1:
         return rewards_per_func.unsqueeze(1)
     if rewards_per_func.dim() != 2:

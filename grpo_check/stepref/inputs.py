@@ -14,9 +14,10 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
-from grpo_check._step_cache import cached, finite_mask, plain
+from grpo_check._step_cache import cached, finite_mask, host_view, plain
 from grpo_check.config import GRPOSpec
 from grpo_check.stepref.context import StepContext, as_f64
 from grpo_check.tolerance_defaults import LOW_PRECISION
@@ -277,8 +278,24 @@ def decided_clip_branch(reference: Mapping[str, torch.Tensor], spec: GRPOSpec, d
     jumps between them (to 0 when clipped)."""
     ratio = reference["ratio"]
     unit = torch.finfo(getattr(torch, dtype, torch.float32)).eps
-    band = _CLIP_BAND * unit * ratio.abs()
     low, high = 1.0 - spec.epsilon_low, 1.0 + spec.epsilon_high_effective
+    finite = finite_mask(ratio)  # a NaN/Inf ratio is compared (and fails), never skipped
+    host = host_view(ratio) if ratio.dtype is torch.float64 else None
+    if host is not None:  # a small step: the same IEEE operations in numpy, at less overhead
+        return torch.from_numpy(_decided_numpy(host, finite.numpy(), low, high, _CLIP_BAND * unit))
+    band = _CLIP_BAND * unit * ratio.abs()
     near = ((ratio - low).abs() <= band) | ((ratio - high).abs() <= band)
-    near &= finite_mask(ratio)  # a NaN/Inf ratio is compared (and fails), never skipped
+    near &= finite
+    return ~near
+
+
+def _decided_numpy(
+    ratio: np.ndarray, finite: np.ndarray, low: float, high: float, scale: float
+) -> np.ndarray:
+    """:func:`decided_clip_branch` on a float64 array, operation for operation (``scale`` = band × unit)."""
+    band = scale * np.abs(
+        ratio
+    )  # no invalid operation (no warning): the bounds and scale are finite, scale > 0
+    near = (np.abs(ratio - low) <= band) | (np.abs(ratio - high) <= band)
+    near &= finite
     return ~near
