@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from grpo_check._step_cache import host_view
 from grpo_check.compare import distribution
 from grpo_check.compare.mismatch import Extreme, mismatch_message
 from grpo_check.compare.tensor_diff import (
@@ -81,18 +82,15 @@ def advantage_findings(
                 trainer=step["rewards"],
                 reference=adv_out.rewards,
                 # unscorable rows (every reward function NaN) carry no total: TRL records 0, others NaN
-                mask=adv_out.scorable.bool(),
+                mask=adv_out.scorable,  # bool
                 tolerance=policy.for_check("rewards.total", "rewards", computed_dtype(step, "rewards")),
             )
         )
     if step.has("advantages"):
         trainer_adv = step["advantages"]
         want = adv_out.advantages
-        mask = None
         if trainer_adv.dim() == 2:  # (B, T): the same advantage on every token of the row
             want = want.unsqueeze(1).expand_as(as_f64(trainer_adv))
-        else:
-            mask = torch.ones_like(as_f64(trainer_adv), dtype=torch.bool)
         comparisons.append(
             Comparison(
                 check_id="advantages.values",
@@ -105,7 +103,8 @@ def advantage_findings(
                 tolerance=policy.for_check(
                     "advantages.values", "advantages", computed_dtype(step, "advantages")
                 ),
-                mask=mask,
+                # the default mask: the completion mask for (B, T) advantages, every element for (B,) ones
+                mask=None,
             )
         )
     findings += compare_tensors(comparisons, ctx)
@@ -120,9 +119,9 @@ def _unscorable_finding(
 ) -> Finding | None:
     """Rows whose every reward function returned NaN must not carry a score into the group statistics."""
     rewards = step.get("rewards")
-    unscorable = ~adv_out.scorable.bool()
-    if rewards is None or not bool(unscorable.any()):
+    if rewards is None or _all_true(adv_out.scorable):
         return None
+    unscorable = ~adv_out.scorable
     scored = unscorable & torch.isfinite(as_f64(rewards).reshape(-1))
     advantages_failed = any(
         f.check_id == "advantages.values" and f.verdict in (Verdict.FAIL, Verdict.WARN) for f in findings
@@ -159,6 +158,12 @@ def _unscorable_finding(
         kind="compare",
         explanation=explanation,
     )
+
+
+def _all_true(mask: torch.Tensor) -> bool:
+    """``bool(mask.all())`` of a bool mask, through numpy on a small step (less per-call overhead)."""
+    host = host_view(mask)
+    return bool(host.all()) if host is not None else bool(mask.all())
 
 
 def _forward_comparison(

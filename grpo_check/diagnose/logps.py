@@ -98,13 +98,20 @@ def detect_sign_flip(dx: Diagnosis) -> list[Finding]:
 def _positive_count(trainer: torch.Tensor, mask: torch.Tensor) -> tuple[int, int]:
     """(finite log-probs on the mask, those of them above 1e-6): counts, not boolean-indexed copies, as this
     runs on every step; in numpy on a small step (the same comparisons, less overhead)."""
-    finite = finite_mask(trainer)  # the step's shared mask
     host, host_mask = host_view(trainer), host_view(mask)
     if host is not None and host_mask is not None:
-        selected = host_mask & finite.numpy()
+        selected = host_mask & np.isfinite(host)
         return int(np.count_nonzero(selected)), int(np.count_nonzero((host > 1e-6) & selected))
-    selected = mask & finite
+    selected = mask & finite_mask(trainer)  # the step's shared mask
     return int(selected.count_nonzero()), int(((trainer > 1e-6) & selected).count_nonzero())
+
+
+def _count_different(a: torch.Tensor, b: torch.Tensor, selected: torch.Tensor) -> int:
+    """Selected elements where ``a != b`` (NaN differs from everything), in numpy on a small step."""
+    host_a, host_b, host_selected = host_view(a), host_view(b), host_view(selected)
+    if host_a is not None and host_b is not None and host_selected is not None:
+        return int(np.count_nonzero((host_a != host_b) & host_selected))
+    return int(((a != b) & selected).count_nonzero())
 
 
 def _sign_finding(
@@ -445,7 +452,7 @@ def detect_ref_is_policy(dx: Diagnosis) -> list[Finding]:
             return []
         if not bool(sel.any()):  # no token to compare (every row masked, e.g. truncated): no evidence
             return []
-        if int(((ref_logps != logps) & sel).count_nonzero()):  # not bit-identical (NaN counts as different)
+        if _count_different(ref_logps, logps, sel):  # not bit-identical (NaN counts as different)
             return []
         how = "they are bit-identical to the policy's after optimizer steps, so KL ≡ 0 and β does nothing"
         failing = dx.failing(stage="kl") + dx.failing(prefix="logps.")

@@ -43,12 +43,12 @@ def _first_nonfinite(t: torch.Tensor, mask: torch.Tensor | None) -> tuple[int | 
     return flat // bad.shape[-1], flat % bad.shape[-1]
 
 
-def _all_clean(per_func: torch.Tensor, adv_finite: torch.Tensor) -> bool:
+def _all_clean(per_func: torch.Tensor, advantages: torch.Tensor) -> bool:
     """No NaN reward and every advantage finite (what most steps show): in numpy on a small step."""
-    host, host_finite = host_view(per_func), host_view(adv_finite)
-    if host is not None and host_finite is not None:
-        return not np.isnan(host).any() and bool(host_finite.all())
-    return not bool(torch.isnan(per_func).any()) and bool(adv_finite.all())
+    host, host_advantages = host_view(per_func), host_view(advantages)
+    if host is not None and host_advantages is not None:
+        return not np.isnan(host).any() and bool(np.isfinite(host_advantages).all())
+    return not bool(torch.isnan(per_func).any()) and bool(finite_mask(advantages).all())
 
 
 def detect_nan_leak(dx: Diagnosis) -> list[Finding]:
@@ -59,10 +59,10 @@ def detect_nan_leak(dx: Diagnosis) -> list[Finding]:
         return []
     per_func = per_func if per_func.dim() == 2 else per_func.unsqueeze(1)
     adv = trainer_adv[:, 0] if trainer_adv.dim() == 2 else trainer_adv
-    if _all_clean(per_func, finite_mask(adv)):  # the step's shared mask
+    if _all_clean(per_func, adv):
         return []
     nan_rows = torch.isnan(per_func).any(dim=1)
-    adv_bad = ~finite_mask(adv)
+    adv_bad = ~finite_mask(adv)  # the step's shared mask
     failing = dx.failing(prefix="advantages.") + dx.failing(prefix="rewards.unscorable")
     if bool(adv_bad.any()):
         row = int(torch.nonzero(adv_bad)[0])
