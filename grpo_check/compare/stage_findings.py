@@ -36,6 +36,7 @@ from grpo_check.stepref.inputs import (
     reference_advantages,
     reference_aggregation,
     reference_downstream,
+    rounded_reference,
     same_precision_reference,
 )
 from grpo_check.trace.model import TraceStep
@@ -558,8 +559,10 @@ def downstream_findings(
             continue
         if name == "logps_grad" and got is None:
             continue
-        if want.dim() == 2 and as_f64(got).dim() == 2 and want.shape[1] == 1 and got.shape[1] != 1:
-            want = want.expand_as(as_f64(got))
+        shaped = got if isinstance(got, torch.Tensor) else as_f64(got)  # its shape: no float64 copy needed
+        if want.dim() == 2 and shaped.dim() == 2 and want.shape[1] == 1 and shaped.shape[1] != 1:
+            want = want.expand_as(shaped)
+        dtype = computed_dtype(step, name)
         comparisons.append(
             Comparison(
                 check_id=check_id,
@@ -568,8 +571,8 @@ def downstream_findings(
                 what=what,
                 trainer=got,
                 reference=want,
-                reference_same_precision=same_precision_reference(want, step, name),
-                tolerance=policy.for_check(check_id, name, computed_dtype(step, name)),
+                reference_same_precision=rounded_reference(want, dtype),
+                tolerance=policy.for_check(check_id, name, dtype),
                 mask=mask,
             )
         )

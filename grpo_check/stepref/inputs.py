@@ -30,6 +30,7 @@ __all__ = [
     "reference_advantages",
     "reference_aggregation",
     "reference_downstream",
+    "rounded_reference",
     "same_precision_reference",
     "step_context",
 ]
@@ -142,7 +143,11 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def same_precision_reference(reference: torch.Tensor, step: TraceStep, name: str) -> torch.Tensor | None:
     """The reference rounded to the precision ``name`` was computed in: the error a same-precision
     reference makes (``None`` for full-precision tensors)."""
-    dtype_name = computed_dtype(step, name)
+    return rounded_reference(reference, computed_dtype(step, name))
+
+
+def rounded_reference(reference: torch.Tensor, dtype_name: str) -> torch.Tensor | None:
+    """:func:`same_precision_reference` given the :func:`computed_dtype` already looked up."""
     if dtype_name in LOW_PRECISION:
         return reference.detach().to(getattr(torch, dtype_name)).double()
     return None
