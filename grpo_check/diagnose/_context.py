@@ -207,19 +207,41 @@ def _close(
     atol: float,
     negated: bool = False,
 ) -> bool:
+    host = _host_comparable(got, want, mask)
+    if host is not None:  # a small step: the same IEEE operations in numpy, at less overhead
+        return _close_numpy(*host, rtol=rtol, atol=atol, negated=negated)
     aligned = _comparable(got, want, mask)
     if aligned is None:
         return False
     got, want, sel = aligned
-    host = host_view(sel)
-    if host is not None:  # a small step: the same IEEE operations in numpy, at less overhead
-        return _close_numpy(got.numpy(), want.numpy(), host, rtol=rtol, atol=atol, negated=negated)
     if not bool(sel.any()):
         return False
     scale = float(torch.where(sel, want.abs(), 0.0).max())  # no boolean-index copies: this runs per detector
     # got − (−want) is got + want exactly (IEEE subtraction adds the negation), and |−want| = |want|
     error = (got + want) if negated else (got - want)
     return bool(torch.where(sel, error.abs() <= atol + rtol * max(scale, 1e-12), True).all())
+
+
+def _host_comparable(
+    got: torch.Tensor | None, want: torch.Tensor | None, mask: torch.Tensor | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """:func:`_comparable` as numpy views (the selection: both finite, and ``mask``) for small CPU tensors of one
+    shape (and a mask of that shape, or none); ``None`` otherwise (then :func:`_comparable` decides)."""
+    if got is None or want is None:
+        return None
+    got, want = as_f64(got), as_f64(want)
+    if got.shape != want.shape or (mask is not None and mask.shape != got.shape):
+        return None
+    host_got, host_want = host_view(got), host_view(want)
+    if host_got is None or host_want is None:
+        return None
+    selected = np.isfinite(host_got) & np.isfinite(host_want)
+    if mask is not None:
+        host_mask = host_view(mask if mask.dtype is torch.bool else mask.bool())
+        if host_mask is None:
+            return None
+        selected &= host_mask
+    return host_got, host_want, selected
 
 
 def _close_numpy(
@@ -229,9 +251,8 @@ def _close_numpy(
     if not sel.any():
         return False
     scale = float(np.where(sel, np.abs(want), 0.0).max())
-    with np.errstate(
-        invalid="ignore", over="ignore"
-    ):  # inf − inf off the selection: NaN, as in torch, silently
+    # inf − inf off the selection is NaN, as in torch: silently
+    with np.errstate(invalid="ignore", over="ignore"):
         error = (got + want) if negated else (got - want)
     return bool(np.where(sel, np.abs(error) <= atol + rtol * max(scale, 1e-12), True).all())
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from grpo_check._step_cache import finite_mask, host_view
+from grpo_check._step_cache import finite_mask, host_view, plain
 from grpo_check.diagnose._context import Diagnosis, close
 from grpo_check.findings import Finding
 
@@ -53,14 +53,17 @@ def _all_clean(per_func: torch.Tensor, advantages: torch.Tensor) -> bool:
 
 def detect_nan_leak(dx: Diagnosis) -> list[Finding]:
     """NaN rewards counted in the group statistics (as NaN or as 0): bug-catalog #8."""
-    per_func = dx.trainer("rewards_per_func")
-    trainer_adv = dx.trainer("advantages")
-    if per_func is None or trainer_adv is None:
+    recorded_rewards, recorded_adv = dx.step.get("rewards_per_func"), dx.step.get("advantages")
+    if recorded_rewards is None or recorded_adv is None:
         return []
+    # in their own dtype: NaN and ±inf are where they are in the float64 copies
+    if _all_clean(
+        plain(recorded_rewards), plain(recorded_adv[:, 0] if recorded_adv.dim() == 2 else recorded_adv)
+    ):
+        return []
+    per_func, trainer_adv = dx.trainer("rewards_per_func"), dx.trainer("advantages")
     per_func = per_func if per_func.dim() == 2 else per_func.unsqueeze(1)
     adv = trainer_adv[:, 0] if trainer_adv.dim() == 2 else trainer_adv
-    if _all_clean(per_func, adv):
-        return []
     nan_rows = torch.isnan(per_func).any(dim=1)
     adv_bad = ~finite_mask(adv)  # the step's shared mask
     failing = dx.failing(prefix="advantages.") + dx.failing(prefix="rewards.unscorable")

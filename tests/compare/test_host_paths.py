@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import math
 
 import pytest
@@ -9,6 +11,8 @@ import torch
 
 from grpo_check import _step_cache
 from grpo_check._step_cache import host_view, step_cache
+from grpo_check.compare import compare_step
+from grpo_check.compare.synthetic import make_step
 from grpo_check.config import GRPOSpec
 from grpo_check.diagnose import _context
 from grpo_check.stepref.inputs import decided_clip_branch
@@ -44,6 +48,7 @@ def test_host_view_only_for_small_cpu_tensors_outside_a_graph() -> None:
     assert host_view(small) is not None and host_view(small).tolist() == [1.0, 1.0, 1.0]
     assert host_view(torch.ones(3, requires_grad=True)) is None
     assert host_view(torch.ones(_step_cache.HOST_ELEMENTS + 1)) is None
+    assert host_view(torch.ones(3, dtype=torch.bfloat16)) is None  # no numpy dtype
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -74,3 +79,40 @@ def test_close_numpy_equals_torch(torch_only, negated: bool, noise: float, expec
     fast = _context._close(got, want, mask, rtol=1e-3, atol=1e-6, negated=negated)
     slow = torch_only(_context, _context._close, got, want, mask, rtol=1e-3, atol=1e-6, negated=negated)
     assert fast == slow == expected
+
+
+_HOST_VIEW_USERS = (
+    "grpo_check.compare.stage_findings",
+    "grpo_check.diagnose._context",
+    "grpo_check.diagnose.logps",
+    "grpo_check.diagnose.nonfinite",
+    "grpo_check.diagnose.objective",
+    "grpo_check.stepref.inputs",
+)
+
+
+def _steps():
+    for loss_type, beta in (("grpo", 0.04), ("dapo", 0.0)):
+        spec = GRPOSpec(num_generations=4, loss_type=loss_type, beta=beta)
+        yield "correct", spec, make_step(spec)
+        yield "correct bf16", spec, make_step(spec, seed=2, dtype=torch.bfloat16)
+        broken = make_step(spec, seed=1)
+        broken.tensors["logps"] = -broken["logps"]  # positive log-probs
+        broken.tensors["rewards_per_func"][0, 0] = math.nan  # an unscorable reward
+        broken.tensors["logps_grad"] = torch.zeros_like(broken["logps_grad"])  # a detached gradient
+        yield "broken", spec, broken
+
+
+def test_compare_step_findings_equal_without_the_numpy_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    for label, spec, step in _steps():
+        fast = [dataclasses.asdict(f) for f in compare_step(step, spec)]
+        with monkeypatch.context() as patched:
+            for module in _HOST_VIEW_USERS:
+                patched.setattr(importlib.import_module(module), "host_view", lambda tensor: None)
+            slow = [dataclasses.asdict(f) for f in compare_step(step, spec)]
+        assert repr(fast) == repr(slow), label
+        diagnoses = {f["check_id"] for f in fast if f["kind"] == "diagnosis"}
+        if label == "broken":  # the numpy paths fire too
+            assert {"diagnose.logps_sign", "diagnose.detached_grad"} <= diagnoses, diagnoses
+        else:
+            assert not diagnoses, (label, diagnoses)
