@@ -33,7 +33,7 @@ __all__ = [
 _MAP_LIMIT = 64  # rows/cols of the token error map kept in details (plots stay small)
 
 
-def _unravel(index: int, shape: torch.Size) -> tuple[int | None, int | None]:
+def _unravel(index: int, shape: tuple[int, ...]) -> tuple[int | None, int | None]:
     if len(shape) == 0:
         return None, None
     if len(shape) == 1:
@@ -576,7 +576,7 @@ def _pass_finding(
     """The PASS finding :func:`compare_tensor` builds, from a batched summary."""
     n, max_error, ref_scale = summary.compared, summary.max_error, summary.reference_max_abs
     tolerance = comparison.tolerance
-    row, token = _unravel(summary.worst, torch.Size(shape))
+    row, token = _unravel(summary.worst, shape)
     label = comparison.what or comparison.name
     return Finding(
         check_id=comparison.check_id,

@@ -10,7 +10,7 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -166,15 +166,18 @@ _CLOSE_MEMO: contextvars.ContextVar[dict[tuple[Any, ...], tuple[bool, tuple[Any,
 )
 
 
-@contextlib.contextmanager
-def shared_comparisons() -> Iterator[None]:
+class shared_comparisons:
     """Within one ``diagnose`` call, :func:`close` on the same tensor objects is evaluated once (several
-    detectors first ask whether the trainer's log-probs already match the reference's)."""
-    token = _CLOSE_MEMO.set({})
-    try:
-        yield
-    finally:
-        _CLOSE_MEMO.reset(token)
+    detectors first ask whether the trainer's log-probs already match the reference's). (A class rather than
+    a generator context manager: it is entered once per checked step, and this costs less.)"""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _CLOSE_MEMO.set({})
+
+    def __exit__(self, *exc: object) -> None:
+        _CLOSE_MEMO.reset(self._token)
 
 
 def close(
