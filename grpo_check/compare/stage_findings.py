@@ -92,6 +92,7 @@ def advantage_findings(
         want = adv_out.advantages
         if trainer_adv.dim() == 2:  # (B, T): the same advantage on every token of the row
             want = want.unsqueeze(1).expand_as(as_f64(trainer_adv))
+        dtype = computed_dtype(step, "advantages")
         comparisons.append(
             Comparison(
                 check_id="advantages.values",
@@ -100,10 +101,8 @@ def advantage_findings(
                 what="advantages (from the trainer's rewards)",
                 trainer=trainer_adv,
                 reference=want,
-                reference_same_precision=same_precision_reference(want, step, "advantages"),
-                tolerance=policy.for_check(
-                    "advantages.values", "advantages", computed_dtype(step, "advantages")
-                ),
+                reference_same_precision=rounded_reference(want, dtype),
+                tolerance=policy.for_check("advantages.values", "advantages", dtype),
                 # the default mask: the completion mask for (B, T) advantages, every element for (B,) ones
                 mask=None,
             )

@@ -409,11 +409,14 @@ def _prepare(
             got, want = torch.broadcast_tensors(got, want)
         except RuntimeError:
             return None
-    if comparison.mask is None:
+    mask = comparison.mask
+    if mask is None:
         compared = ctx.token_mask(got)
+    elif mask.dtype is torch.bool and mask.shape == got.shape:  # as expand_as would give it, without the view
+        compared = mask
     else:
         try:
-            compared = comparison.mask.bool().expand_as(got)
+            compared = mask.bool().expand_as(got)
         except RuntimeError:
             return None
     if compared.shape != got.shape:

@@ -284,23 +284,20 @@ def decided_clip_branch(reference: Mapping[str, torch.Tensor], spec: GRPOSpec, d
     ratio = reference["ratio"]
     unit = torch.finfo(getattr(torch, dtype, torch.float32)).eps
     low, high = 1.0 - spec.epsilon_low, 1.0 + spec.epsilon_high_effective
-    finite = finite_mask(ratio)  # a NaN/Inf ratio is compared (and fails), never skipped
     host = host_view(ratio) if ratio.dtype is torch.float64 else None
     if host is not None:  # a small step: the same IEEE operations in numpy, at less overhead
-        return torch.from_numpy(_decided_numpy(host, finite.numpy(), low, high, _CLIP_BAND * unit))
+        return torch.from_numpy(_decided_numpy(host, low, high, _CLIP_BAND * unit))
     band = _CLIP_BAND * unit * ratio.abs()
     near = ((ratio - low).abs() <= band) | ((ratio - high).abs() <= band)
-    near &= finite
+    near &= finite_mask(ratio)  # a NaN/Inf ratio is compared (and fails), never skipped
     return ~near
 
 
-def _decided_numpy(
-    ratio: np.ndarray, finite: np.ndarray, low: float, high: float, scale: float
-) -> np.ndarray:
+def _decided_numpy(ratio: np.ndarray, low: float, high: float, scale: float) -> np.ndarray:
     """:func:`decided_clip_branch` on a float64 array, operation for operation (``scale`` = band × unit)."""
     band = scale * np.abs(
         ratio
     )  # no invalid operation (no warning): the bounds and scale are finite, scale > 0
     near = (np.abs(ratio - low) <= band) | (np.abs(ratio - high) <= band)
-    near &= finite
+    near &= np.isfinite(ratio)
     return ~near
