@@ -63,9 +63,12 @@ def total_rewards(rewards_per_func: torch.Tensor, reward_weights: torch.Tensor |
     return _weighted_total(rewards_per_func, weights, torch.isnan(rewards_per_func).all(dim=1))
 
 
-def _weighted_total(values: torch.Tensor, weights: torch.Tensor, unscorable: torch.Tensor) -> torch.Tensor:
-    """:func:`total_rewards` of (B, F) float64 ``values``, given their (F,) weights and unscorable rows."""
-    total = (values * weights.unsqueeze(0)).nansum(dim=1)  # (R1)
+def _weighted_total(
+    values: torch.Tensor, weights: torch.Tensor | None, unscorable: torch.Tensor
+) -> torch.Tensor:
+    """:func:`total_rewards` of (B, F) float64 ``values``, given their (F,) weights (``None``: unit weights,
+    for which w·R is R exactly) and unscorable rows."""
+    total = _weighted(values, weights).nansum(dim=1)  # (R1)
     return total.masked_fill(unscorable, float("nan"))
 
 
@@ -137,7 +140,7 @@ def compute_advantages(
         )
     group_ids, n_groups = dense_group_ids(group_index.to(values.device))
     weights = reward_weights if reward_weights is not None else spec.reward_weights
-    weights_t = _weights(weights, values.shape[1]).to(values.device)
+    weights_t = None if weights is None else _weights(weights, values.shape[1]).to(values.device)
     unscorable = torch.isnan(values).all(dim=1)
     scorable = ~unscorable
     rewards = _weighted_total(values, weights_t, unscorable)  # (R1)
@@ -148,7 +151,7 @@ def compute_advantages(
         for k in range(values.shape[1]):
             mean_k, std_k, _ = group_mean_std(values[:, k], group_ids, n_groups, spec.std)
             zscores[:, k] = scale_advantages(values[:, k] - mean_k, std_k, spec.adv_epsilon)
-        centered = (zscores * weights_t.unsqueeze(0)).nansum(dim=1)
+        centered = _weighted(zscores, weights_t).nansum(dim=1)
         centered = centered.masked_fill(~scorable, float("nan"))
         all_rows = torch.zeros(n_rows, dtype=torch.long, device=values.device)
         mean, scale, _ = group_mean_std(centered, all_rows, 1, spec.std)  # (A5)
@@ -196,6 +199,11 @@ def _as_2d(rewards_per_func: torch.Tensor) -> torch.Tensor:
             field="rewards_per_func",
         )
     return rewards_per_func
+
+
+def _weighted(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """w_k · values[:, k] for (B, F) values; unit weights (``None``) leave every value as it is."""
+    return values if weights is None else values * weights.unsqueeze(0)
 
 
 def _weights(weights: torch.Tensor | tuple | list | None, n_funcs: int) -> torch.Tensor:
