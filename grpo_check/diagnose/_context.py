@@ -250,14 +250,19 @@ def _host_comparable(
 def _close_numpy(
     got: np.ndarray, want: np.ndarray, sel: np.ndarray, *, rtol: float, atol: float, negated: bool
 ) -> bool:
-    """:func:`_close`'s test on numpy views, operation for operation."""
-    if not sel.any():
+    """:func:`_close`'s test on numpy views, operation for operation (the ufunc reductions that ndarray's
+    any/max/all call, without their Python wrappers)."""
+    if not np.logical_or.reduce(sel, axis=None):
         return False
-    scale = float(np.where(sel, np.abs(want), 0.0).max())
+    scale = float(np.maximum.reduce(np.where(sel, np.abs(want), 0.0), axis=None))
     # inf − inf off the selection is NaN, as in torch: silently
     with np.errstate(invalid="ignore", over="ignore"):
         error = (got + want) if negated else (got - want)
-    return bool(np.where(sel, np.abs(error) <= atol + rtol * max(scale, 1e-12), True).all())
+    return bool(
+        np.logical_and.reduce(
+            np.where(sel, np.abs(error) <= atol + rtol * max(scale, 1e-12), True), axis=None
+        )
+    )
 
 
 def constant_factor(

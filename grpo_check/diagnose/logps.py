@@ -106,6 +106,12 @@ def _positive_count(trainer: torch.Tensor, mask: torch.Tensor) -> tuple[int, int
     return int(selected.count_nonzero()), int(((trainer > 1e-6) & selected).count_nonzero())
 
 
+def _any(selected: torch.Tensor) -> bool:
+    """``bool(selected.any())``, in numpy on a small step."""
+    host = host_view(selected)
+    return bool(host.any()) if host is not None else bool(selected.any())
+
+
 def _count_different(a: torch.Tensor, b: torch.Tensor, selected: torch.Tensor) -> int:
     """Selected elements where ``a != b`` (NaN differs from everything), in numpy on a small step."""
     host_a, host_b, host_selected = host_view(a), host_view(b), host_view(selected)
@@ -450,7 +456,7 @@ def detect_ref_is_policy(dx: Diagnosis) -> list[Finding]:
             return []
         if dx.step.meta.get("policy_changed_since_start") is False:  # zero updates so far: policy = reference
             return []
-        if not bool(sel.any()):  # no token to compare (every row masked, e.g. truncated): no evidence
+        if not _any(sel):  # no token to compare (every row masked, e.g. truncated): no evidence
             return []
         if _count_different(ref_logps, logps, sel):  # not bit-identical (NaN counts as different)
             return []
