@@ -185,7 +185,10 @@ def reference_advantages(step: TraceStep, spec: GRPOSpec, group_index: torch.Ten
     gi = group_index if group_index is not None else step.get("group_index")
     if gi is None and rewards.shape[0] % spec.num_generations:
         return None
-    return compute_advantages(rewards, None if gi is None else gi.reshape(-1), spec, reward_weights=weights)
+    # the step's float64 copy of the rewards (shared with the invariants while a step cache is open)
+    return compute_advantages(
+        as_f64(rewards), None if gi is None else gi.reshape(-1), spec, reward_weights=weights
+    )
 
 
 def reference_downstream(
