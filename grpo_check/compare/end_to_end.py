@@ -9,7 +9,7 @@ import torch
 
 from grpo_check.compare.stage_findings import ISOLATED_LOSS_CHECKS
 from grpo_check.compare.tensor_diff import Comparison, StepContext, compare_tensors
-from grpo_check.compare.tolerances import TolerancePolicy, tolerance_for
+from grpo_check.compare.tolerances import TolerancePolicy
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, InputError, Verdict
 from grpo_check.stepref.context import as_f64
@@ -91,7 +91,7 @@ def end_to_end_findings(
             trainer=step[name],
             reference=down[name],
             reference_same_precision=None,
-            tolerance=tolerance_for(policy, check_id, name, computed_dtype(step, name)),
+            tolerance=policy.for_check(check_id, name, computed_dtype(step, name)),
         )
         repeated = repeat_isolated(comparison, isolated_by_id) if reuse else None
         planned.append(comparison if repeated is None else repeated)

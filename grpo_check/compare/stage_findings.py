@@ -25,7 +25,7 @@ from grpo_check.compare.tensor_diff import (
     compare_tensors,
     not_captured,
 )
-from grpo_check.compare.tolerances import Tolerance, TolerancePolicy, tolerance_for
+from grpo_check.compare.tolerances import Tolerance, TolerancePolicy
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, Verdict
 from grpo_check.stepref.forward import forward_row_mask, forward_subset, model_logits, model_logps
@@ -84,7 +84,7 @@ def advantage_findings(
                 reference=adv_out.rewards,
                 # unscorable rows (every reward function NaN) carry no total: TRL records 0, others NaN
                 mask=adv_out.scorable,  # bool
-                tolerance=tolerance_for(policy, "rewards.total", "rewards", computed_dtype(step, "rewards")),
+                tolerance=policy.for_check("rewards.total", "rewards", computed_dtype(step, "rewards")),
             )
         )
     if step.has("advantages"):
@@ -102,7 +102,7 @@ def advantage_findings(
                 trainer=trainer_adv,
                 reference=want,
                 reference_same_precision=rounded_reference(want, dtype),
-                tolerance=tolerance_for(policy, "advantages.values", "advantages", dtype),
+                tolerance=policy.for_check("advantages.values", "advantages", dtype),
                 # the default mask: the completion mask for (B, T) advantages, every element for (B,) ones
                 mask=None,
             )
@@ -292,7 +292,7 @@ def logps_findings(
                 )
             )
             continue
-        tol = tolerance_for(policy, check_id, name, computed_dtype(step, name))
+        tol = policy.for_check(check_id, name, computed_dtype(step, name))
         slots.append(_ForwardSlot(name, check_id, source, temperature, tol, want))
         comparisons.append(_forward_comparison(step, name, check_id, want, temperature, tol))
     compared = iter(compare_tensors(comparisons, ctx))
@@ -363,9 +363,7 @@ def logps_findings(
                     trainer=step["old_logps"],
                     reference=want,
                     reference_same_precision=same_precision_reference(want, step, "old_logps"),
-                    tolerance=tolerance_for(
-                        policy, "logps.old_model", "logps", computed_dtype(step, "old_logps")
-                    ),
+                    tolerance=policy.for_check("logps.old_model", "logps", computed_dtype(step, "old_logps")),
                     mask=forward_mask(step, want),
                 )
             ],
@@ -481,7 +479,7 @@ def aggregation_finding(
                 trainer=step["loss"],
                 reference=want,
                 reference_same_precision=same_precision_reference(want, step, "loss"),
-                tolerance=tolerance_for(policy, "loss.aggregation", "loss", computed_dtype(step, "loss")),
+                tolerance=policy.for_check("loss.aggregation", "loss", computed_dtype(step, "loss")),
             )
         ],
         ctx,
@@ -573,7 +571,7 @@ def downstream_findings(
                 trainer=got,
                 reference=want,
                 reference_same_precision=rounded_reference(want, dtype),
-                tolerance=tolerance_for(policy, check_id, name, dtype),
+                tolerance=policy.for_check(check_id, name, dtype),
                 mask=mask,
             )
         )

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from grpo_check._step_cache import cached
 from grpo_check.findings import InputError
 from grpo_check.tolerance_defaults import (  # torch.testing's (rtol, atol) per dtype; bf16/fp16
     DTYPE_DEFAULTS,
@@ -168,14 +167,6 @@ class TolerancePolicy:
         if rtol < 0 or atol < 0:
             raise InputError(f"--tolerance values must be non-negative, got {text!r}")
         return key.strip(), (rtol, atol)
-
-
-def tolerance_for(policy: TolerancePolicy, check_id: str, quantity: str, dtype: str | None) -> Tolerance:
-    """``policy.for_check(check_id, quantity, dtype)``, memoised while a step cache is open (the checks of one
-    step ask for the same tolerances again; a Tolerance is immutable, so they share it)."""
-    # the memo holds the policy: its id cannot be reused by another policy while the cache is open
-    key = ("tolerance", id(policy), check_id, quantity, dtype)
-    return cached(key, lambda: (policy.for_check(check_id, quantity, dtype), policy))[0]
 
 
 def as_policy(value: Any, *, name: str = "tolerances") -> TolerancePolicy:
