@@ -539,13 +539,14 @@ def _summarise_numpy(
     import numpy as np
 
     rows = len(got)
-    trainer = _rows_f64(got).numpy()  # (K, N)
-    reference = _rows_f64(want).numpy()
+    trainer_rows, reference_rows = _rows_f64(got), _rows_f64(want)  # (K, N)
+    trainer, reference = trainer_rows.numpy(), reference_rows.numpy()
     mask = torch.stack(compared).reshape(rows, -1).numpy()
     bounds = np.array([(t.rtol, t.atol) for t in tolerances], dtype=np.float64)  # (K, 2)
     rtol, atol = bounds[:, :1], bounds[:, 1:]
-    with np.errstate(invalid="ignore"):  # inf − inf is NaN, as in torch: no warning
-        error = np.abs(trainer - reference)
+    # |trainer − reference| in torch (the same IEEE float64 operations): inf − inf is NaN there without a
+    # warning, and no numpy error-state context is needed around it
+    error = torch.sub(trainer_rows, reference_rows).abs_().numpy()
     reference_abs = np.abs(reference)
     allowed = reference_abs * rtol + atol  # atol + rtol·|reference|, rounded as compare_tensor
     beyond = (error > allowed) & mask  # NaN |error| is not beyond: it shows as the max error (argmax)
