@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from grpo_check._step_cache import cached, finite_mask, host_view
+from grpo_check._step_cache import cached, finite_mask, host_view, plain
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, Verdict, Where
 from grpo_check.stepref.context import StepContext, as_f64
@@ -42,6 +42,14 @@ class Diagnosis:
     def trainer(self, name: str) -> torch.Tensor | None:
         value = self.step.get(name)
         return None if value is None else as_f64(value)
+
+    def recorded(self, name: str) -> torch.Tensor | None:
+        """The step's tensor in its own dtype, detached (the float64 copy of a value that is not a tensor): for
+        tests that hold in any float dtype (NaN, ±inf, zero), without a float64 copy."""
+        value = self.step.get(name)
+        if value is None or not isinstance(value, torch.Tensor):
+            return None if value is None else as_f64(value)
+        return plain(value)
 
     def ref(self, name: str) -> torch.Tensor | None:
         value = self.reference.get(name)

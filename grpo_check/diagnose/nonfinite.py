@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from grpo_check._step_cache import finite_mask, host_view, plain
+from grpo_check._step_cache import finite_mask, host_view
 from grpo_check.diagnose._context import Diagnosis, close
 from grpo_check.findings import Finding
 
@@ -53,13 +53,11 @@ def _all_clean(per_func: torch.Tensor, advantages: torch.Tensor) -> bool:
 
 def detect_nan_leak(dx: Diagnosis) -> list[Finding]:
     """NaN rewards counted in the group statistics (as NaN or as 0): bug-catalog #8."""
-    recorded_rewards, recorded_adv = dx.step.get("rewards_per_func"), dx.step.get("advantages")
+    recorded_rewards, recorded_adv = dx.recorded("rewards_per_func"), dx.recorded("advantages")
     if recorded_rewards is None or recorded_adv is None:
         return []
     # in their own dtype: NaN and ±inf are where they are in the float64 copies
-    if _all_clean(
-        plain(recorded_rewards), plain(recorded_adv[:, 0] if recorded_adv.dim() == 2 else recorded_adv)
-    ):
+    if _all_clean(recorded_rewards, recorded_adv[:, 0] if recorded_adv.dim() == 2 else recorded_adv):
         return []
     per_func, trainer_adv = dx.trainer("rewards_per_func"), dx.trainer("advantages")
     per_func = per_func if per_func.dim() == 2 else per_func.unsqueeze(1)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from grpo_check._step_cache import host_view, plain
+from grpo_check._step_cache import host_view
 from grpo_check.config import AGGREGATIONS, GRPOSpec
 from grpo_check.diagnose._context import Diagnosis, close, constant_factor, worst
 from grpo_check.findings import Finding, InputError, Verdict
@@ -102,8 +102,8 @@ def detect_detached_grad(dx: Diagnosis) -> list[Finding]:
     missing = "logps_grad" in (dx.step.meta.get("missing_grads") or [])
     if want is None or not _any_nonzero(want):
         return []
-    recorded = dx.step.get("logps_grad")  # its own dtype: |x| > 0 holds exactly where it does in float64
-    if recorded is not None and _any_nonzero(plain(recorded)):
+    recorded = dx.recorded("logps_grad")  # its own dtype: |x| > 0 holds exactly where it does in float64
+    if recorded is not None and _any_nonzero(recorded):
         return []
     got = dx.trainer("logps_grad")
     if got is None and not missing:
