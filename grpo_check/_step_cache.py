@@ -11,6 +11,7 @@ import contextvars
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
 _T = TypeVar("_T")
@@ -141,3 +142,38 @@ def _isfinite(tensor: torch.Tensor) -> torch.Tensor:
         difference = tensor - tensor
         return difference == difference
     return torch.isfinite(tensor)
+
+
+# Up to this many elements, a check may evaluate a tensor through a numpy view (:func:`host_view`): numpy's
+# float64 arithmetic, comparisons and counts are the same IEEE operations as torch's, at a fraction of
+# torch's per-call overhead on small tensors; above it, torch's kernels (multi-threaded) win.
+HOST_ELEMENTS = 16_384
+
+
+def host_view(tensor: torch.Tensor) -> np.ndarray | None:
+    """A numpy view of ``tensor`` (shared memory: never modify it) when it is a small CPU tensor outside any
+    autograd graph, else ``None`` (evaluate it with torch)."""
+    if (
+        tensor.numel() <= HOST_ELEMENTS
+        and tensor.device.type == "cpu"
+        and not tensor.requires_grad
+        and tensor.dtype in _NUMPY_DTYPES
+    ):
+        return tensor.numpy()
+    return None
+
+
+# the dtypes a CPU tensor shares with numpy (bfloat16 and the float8 formats have no numpy dtype)
+_NUMPY_DTYPES = frozenset(
+    {
+        torch.float64,
+        torch.float32,
+        torch.float16,
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
+    }
+)

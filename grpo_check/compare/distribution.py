@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from grpo_check._step_cache import f64
+from grpo_check._step_cache import f64, host_view
 
 
 def sampler_metrics(
@@ -47,7 +47,7 @@ def sampler_metrics(
     """
     lp = _float64_array(logps)
     sp = _float64_array(sampler_logps)
-    mask = (completion_mask.detach().cpu().numpy() != 0) & np.isfinite(lp) & np.isfinite(sp)
+    mask = (_array(completion_mask) != 0) & np.isfinite(lp) & np.isfinite(sp)
     n = int(np.count_nonzero(mask))
     if n == 0:
         return {"tokens": 0}
@@ -68,7 +68,7 @@ def sampler_metrics(
         "tokens": n,
         "mean_d": _mean(d, n),
         "mean_abs_d": _mean(abs_d, n),
-        "max_abs_d": float(abs_d.max()),
+        "max_abs_d": float(np.maximum.reduce(abs_d)),  # abs_d.max() without its Python wrapper
         "k1": _mean(-d, n),
         "k3": _mean(ratio - 1 - d, n),
         "pearson": pearson,
@@ -85,6 +85,12 @@ def _float64_array(tensor: torch.Tensor) -> np.ndarray:
     return (copy if copy.device.type == "cpu" else copy.cpu()).numpy()
 
 
+def _array(tensor: torch.Tensor) -> np.ndarray:
+    """``tensor`` as a numpy array: a view of a small CPU tensor, else a detached host copy."""
+    host = host_view(tensor)
+    return host if host is not None else tensor.detach().cpu().numpy()
+
+
 def _mean(values: np.ndarray, count: int) -> float:
     """``float(values.mean())`` of a 1-D float64 array of ``count`` elements, bit for bit."""
     return float(np.add.reduce(values)) / count
@@ -93,10 +99,13 @@ def _mean(values: np.ndarray, count: int) -> float:
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     """Pearson correlation of two vectors, clipped to [−1, 1]; NaN when either is constant."""
     x_centred, y_centred = x - _mean(x, x.size), y - _mean(y, y.size)
-    denominator = math.sqrt(float((x_centred * x_centred).sum()) * float((y_centred * y_centred).sum()))
+    # np.add.reduce: the reduction ndarray.sum calls, without its Python wrapper
+    denominator = math.sqrt(
+        float(np.add.reduce(x_centred * x_centred)) * float(np.add.reduce(y_centred * y_centred))
+    )
     if denominator == 0.0:
         return math.nan
-    return max(-1.0, min(1.0, float((x_centred * y_centred).sum()) / denominator))
+    return max(-1.0, min(1.0, float(np.add.reduce(x_centred * y_centred)) / denominator))
 
 
 def expected_d_from_kept_mass(kept_mass: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from grpo_check._step_cache import host_view
 from grpo_check.compare import distribution
 from grpo_check.compare.mismatch import Extreme, mismatch_message
 from grpo_check.compare.tensor_diff import (
@@ -35,6 +36,7 @@ from grpo_check.stepref.inputs import (
     reference_advantages,
     reference_aggregation,
     reference_downstream,
+    rounded_reference,
     same_precision_reference,
 )
 from grpo_check.trace.model import TraceStep
@@ -81,18 +83,16 @@ def advantage_findings(
                 trainer=step["rewards"],
                 reference=adv_out.rewards,
                 # unscorable rows (every reward function NaN) carry no total: TRL records 0, others NaN
-                mask=adv_out.scorable.bool(),
+                mask=adv_out.scorable,  # bool
                 tolerance=policy.for_check("rewards.total", "rewards", computed_dtype(step, "rewards")),
             )
         )
     if step.has("advantages"):
         trainer_adv = step["advantages"]
         want = adv_out.advantages
-        mask = None
         if trainer_adv.dim() == 2:  # (B, T): the same advantage on every token of the row
             want = want.unsqueeze(1).expand_as(as_f64(trainer_adv))
-        else:
-            mask = torch.ones_like(as_f64(trainer_adv), dtype=torch.bool)
+        dtype = computed_dtype(step, "advantages")
         comparisons.append(
             Comparison(
                 check_id="advantages.values",
@@ -101,11 +101,10 @@ def advantage_findings(
                 what="advantages (from the trainer's rewards)",
                 trainer=trainer_adv,
                 reference=want,
-                reference_same_precision=same_precision_reference(want, step, "advantages"),
-                tolerance=policy.for_check(
-                    "advantages.values", "advantages", computed_dtype(step, "advantages")
-                ),
-                mask=mask,
+                reference_same_precision=rounded_reference(want, dtype),
+                tolerance=policy.for_check("advantages.values", "advantages", dtype),
+                # the default mask: the completion mask for (B, T) advantages, every element for (B,) ones
+                mask=None,
             )
         )
     findings += compare_tensors(comparisons, ctx)
@@ -120,9 +119,9 @@ def _unscorable_finding(
 ) -> Finding | None:
     """Rows whose every reward function returned NaN must not carry a score into the group statistics."""
     rewards = step.get("rewards")
-    unscorable = ~adv_out.scorable.bool()
-    if rewards is None or not bool(unscorable.any()):
+    if rewards is None or _all_true(adv_out.scorable):
         return None
+    unscorable = ~adv_out.scorable
     scored = unscorable & torch.isfinite(as_f64(rewards).reshape(-1))
     advantages_failed = any(
         f.check_id == "advantages.values" and f.verdict in (Verdict.FAIL, Verdict.WARN) for f in findings
@@ -159,6 +158,12 @@ def _unscorable_finding(
         kind="compare",
         explanation=explanation,
     )
+
+
+def _all_true(mask: torch.Tensor) -> bool:
+    """``bool(mask.all())`` of a bool mask, through numpy on a small step (less per-call overhead)."""
+    host = host_view(mask)
+    return bool(host.all()) if host is not None else bool(mask.all())
 
 
 def _forward_comparison(
@@ -553,8 +558,10 @@ def downstream_findings(
             continue
         if name == "logps_grad" and got is None:
             continue
-        if want.dim() == 2 and as_f64(got).dim() == 2 and want.shape[1] == 1 and got.shape[1] != 1:
-            want = want.expand_as(as_f64(got))
+        shaped = got if isinstance(got, torch.Tensor) else as_f64(got)  # its shape: no float64 copy needed
+        if want.dim() == 2 and shaped.dim() == 2 and want.shape[1] == 1 and shaped.shape[1] != 1:
+            want = want.expand_as(shaped)
+        dtype = computed_dtype(step, name)
         comparisons.append(
             Comparison(
                 check_id=check_id,
@@ -563,8 +570,8 @@ def downstream_findings(
                 what=what,
                 trainer=got,
                 reference=want,
-                reference_same_precision=same_precision_reference(want, step, name),
-                tolerance=policy.for_check(check_id, name, computed_dtype(step, name)),
+                reference_same_precision=rounded_reference(want, dtype),
+                tolerance=policy.for_check(check_id, name, dtype),
                 mask=mask,
             )
         )

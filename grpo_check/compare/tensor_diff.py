@@ -33,7 +33,7 @@ __all__ = [
 _MAP_LIMIT = 64  # rows/cols of the token error map kept in details (plots stay small)
 
 
-def _unravel(index: int, shape: torch.Size) -> tuple[int | None, int | None]:
+def _unravel(index: int, shape: tuple[int, ...]) -> tuple[int | None, int | None]:
     if len(shape) == 0:
         return None, None
     if len(shape) == 1:
@@ -409,11 +409,14 @@ def _prepare(
             got, want = torch.broadcast_tensors(got, want)
         except RuntimeError:
             return None
-    if comparison.mask is None:
+    mask = comparison.mask
+    if mask is None:
         compared = ctx.token_mask(got)
+    elif mask.dtype is torch.bool and mask.shape == got.shape:  # as expand_as would give it, without the view
+        compared = mask
     else:
         try:
-            compared = comparison.mask.bool().expand_as(got)
+            compared = mask.bool().expand_as(got)
         except RuntimeError:
             return None
     if compared.shape != got.shape:
@@ -536,13 +539,14 @@ def _summarise_numpy(
     import numpy as np
 
     rows = len(got)
-    trainer = _rows_f64(got).numpy()  # (K, N)
-    reference = _rows_f64(want).numpy()
+    trainer_rows, reference_rows = _rows_f64(got), _rows_f64(want)  # (K, N)
+    trainer, reference = trainer_rows.numpy(), reference_rows.numpy()
     mask = torch.stack(compared).reshape(rows, -1).numpy()
     bounds = np.array([(t.rtol, t.atol) for t in tolerances], dtype=np.float64)  # (K, 2)
     rtol, atol = bounds[:, :1], bounds[:, 1:]
-    with np.errstate(invalid="ignore"):  # inf − inf is NaN, as in torch: no warning
-        error = np.abs(trainer - reference)
+    # |trainer − reference| in torch (the same IEEE float64 operations): inf − inf is NaN there without a
+    # warning, and no numpy error-state context is needed around it
+    error = torch.sub(trainer_rows, reference_rows).abs_().numpy()
     reference_abs = np.abs(reference)
     allowed = reference_abs * rtol + atol  # atol + rtol·|reference|, rounded as compare_tensor
     beyond = (error > allowed) & mask  # NaN |error| is not beyond: it shows as the max error (argmax)
@@ -576,7 +580,7 @@ def _pass_finding(
     """The PASS finding :func:`compare_tensor` builds, from a batched summary."""
     n, max_error, ref_scale = summary.compared, summary.max_error, summary.reference_max_abs
     tolerance = comparison.tolerance
-    row, token = _unravel(summary.worst, torch.Size(shape))
+    row, token = _unravel(summary.worst, shape)
     label = comparison.what or comparison.name
     return Finding(
         check_id=comparison.check_id,

@@ -78,6 +78,36 @@ DETECTORS: tuple[Detector, ...] = (
     unexplained.detect_unexplained,
 )
 
+# The detectors that only explain a failing comparison: each returns nothing, and changes no finding, while no
+# compare finding fails or warns (they read ``Diagnosis.failing`` first), so a step on which every comparison
+# passed (most steps) skips them with the same findings. The others (NaN rewards, positive log-probs, a
+# shifted token, the reference equal to the policy, a detached gradient, a zero loss) also speak on their own.
+ON_FAILURE_ONLY: frozenset[Detector] = frozenset(
+    {
+        advantages.detect_grouping,
+        advantages.detect_group_scale,
+        advantages.detect_permuted,
+        advantages.detect_batch_restandardised,
+        entropy.detect_entropy_mask_pool,
+        advantages.detect_group_sums,
+        logps.detect_position_ids,
+        logps.detect_forward_variant,
+        logps.detect_old_is_ref,
+        logps.detect_old_logps_mismatch,
+        sampling.detect_sampler_temperature,
+        sampling.detect_truncated_support,
+        sampling.detect_sampler_mismatch,
+        nonfinite.detect_nan_origin,
+        variants.detect_aggregation_variant,
+        objective.detect_kl_estimator_values,
+        objective.detect_clipping_not_applied,
+        objective.detect_objective_variant,
+        objective.detect_unnamed_factor,
+        variants.detect_ratio_variant,
+        unexplained.detect_unexplained,
+    }
+)
+
 
 def diagnose(
     step: TraceStep,
@@ -152,10 +182,12 @@ def diagnose(
         shifted_logps=shifted if model is not None else None,
     )
     out: list[Finding] = []
+    failed = bool(dx.failing())
     with step_cache(step), shared_comparisons():  # joins compare_step's cache for this step, if open
         for detector in DETECTORS:
-            out.extend(detector(dx))
+            if failed or detector not in ON_FAILURE_ONLY:
+                out.extend(detector(dx))
     return out
 
 
-__all__ = ["DETECTORS", "Diagnosis", "constant_factor", "diagnose"]
+__all__ = ["DETECTORS", "ON_FAILURE_ONLY", "Diagnosis", "constant_factor", "diagnose"]

@@ -10,12 +10,13 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
-from grpo_check._step_cache import cached, finite_mask
+from grpo_check._step_cache import cached, finite_mask, host_view, plain
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, Verdict, Where
 from grpo_check.stepref.context import StepContext, as_f64
@@ -41,6 +42,14 @@ class Diagnosis:
     def trainer(self, name: str) -> torch.Tensor | None:
         value = self.step.get(name)
         return None if value is None else as_f64(value)
+
+    def recorded(self, name: str) -> torch.Tensor | None:
+        """The step's tensor in its own dtype, detached (the float64 copy of a value that is not a tensor): for
+        tests that hold in any float dtype (NaN, ±inf, zero), without a float64 copy."""
+        value = self.step.get(name)
+        if value is None or not isinstance(value, torch.Tensor):
+            return None if value is None else as_f64(value)
+        return plain(value)
 
     def ref(self, name: str) -> torch.Tensor | None:
         value = self.reference.get(name)
@@ -165,15 +174,18 @@ _CLOSE_MEMO: contextvars.ContextVar[dict[tuple[Any, ...], tuple[bool, tuple[Any,
 )
 
 
-@contextlib.contextmanager
-def shared_comparisons() -> Iterator[None]:
+class shared_comparisons:
     """Within one ``diagnose`` call, :func:`close` on the same tensor objects is evaluated once (several
-    detectors first ask whether the trainer's log-probs already match the reference's)."""
-    token = _CLOSE_MEMO.set({})
-    try:
-        yield
-    finally:
-        _CLOSE_MEMO.reset(token)
+    detectors first ask whether the trainer's log-probs already match the reference's). (A class rather than
+    a generator context manager: it is entered once per checked step, and this costs less.)"""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _CLOSE_MEMO.set({})
+
+    def __exit__(self, *exc: object) -> None:
+        _CLOSE_MEMO.reset(self._token)
 
 
 def close(
@@ -206,6 +218,9 @@ def _close(
     atol: float,
     negated: bool = False,
 ) -> bool:
+    host = _host_comparable(got, want, mask)
+    if host is not None:  # a small step: the same IEEE operations in numpy, at less overhead
+        return _close_numpy(*host, rtol=rtol, atol=atol, negated=negated)
     aligned = _comparable(got, want, mask)
     if aligned is None:
         return False
@@ -216,6 +231,46 @@ def _close(
     # got − (−want) is got + want exactly (IEEE subtraction adds the negation), and |−want| = |want|
     error = (got + want) if negated else (got - want)
     return bool(torch.where(sel, error.abs() <= atol + rtol * max(scale, 1e-12), True).all())
+
+
+def _host_comparable(
+    got: torch.Tensor | None, want: torch.Tensor | None, mask: torch.Tensor | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """:func:`_comparable` as numpy views (the selection: both finite, and ``mask``) for small CPU tensors of one
+    shape (and a mask of that shape, or none); ``None`` otherwise (then :func:`_comparable` decides)."""
+    if got is None or want is None:
+        return None
+    got, want = as_f64(got), as_f64(want)
+    if got.shape != want.shape or (mask is not None and mask.shape != got.shape):
+        return None
+    host_got, host_want = host_view(got), host_view(want)
+    if host_got is None or host_want is None:
+        return None
+    selected = np.isfinite(host_got) & np.isfinite(host_want)
+    if mask is not None:
+        host_mask = host_view(mask if mask.dtype is torch.bool else mask.bool())
+        if host_mask is None:
+            return None
+        selected &= host_mask
+    return host_got, host_want, selected
+
+
+def _close_numpy(
+    got: np.ndarray, want: np.ndarray, sel: np.ndarray, *, rtol: float, atol: float, negated: bool
+) -> bool:
+    """:func:`_close`'s test on numpy views, operation for operation (the ufunc reductions that ndarray's
+    any/max/all call, without their Python wrappers)."""
+    if not np.logical_or.reduce(sel, axis=None):
+        return False
+    scale = float(np.maximum.reduce(np.where(sel, np.abs(want), 0.0), axis=None))
+    # inf − inf off the selection is NaN, as in torch: silently
+    with np.errstate(invalid="ignore", over="ignore"):
+        error = (got + want) if negated else (got - want)
+    return bool(
+        np.logical_and.reduce(
+            np.where(sel, np.abs(error) <= atol + rtol * max(scale, 1e-12), True), axis=None
+        )
+    )
 
 
 def constant_factor(

@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
-from grpo_check._step_cache import finite_mask
+from grpo_check._step_cache import finite_mask, host_view
 from grpo_check.diagnose._context import Diagnosis, close, worst
 from grpo_check.findings import Finding, Verdict
 
@@ -78,9 +79,7 @@ def detect_sign_flip(dx: Diagnosis) -> list[Finding]:
     trainer = dx.trainer("logps")
     if trainer is None or mask is None:
         return []
-    selected = mask & finite_mask(trainer)  # the step's shared mask
-    count = int(selected.count_nonzero())  # counts, not a boolean-indexed copy: this runs on every step
-    positive = int(((trainer > 1e-6) & selected).count_nonzero())
+    count, positive = _positive_count(trainer, mask)
     if count and positive / count >= 0.5:
         row, token, _ = worst(trainer.clamp(min=0.0), mask)
         return [
@@ -94,6 +93,31 @@ def detect_sign_flip(dx: Diagnosis) -> list[Finding]:
             )
         ]
     return []
+
+
+def _positive_count(trainer: torch.Tensor, mask: torch.Tensor) -> tuple[int, int]:
+    """(finite log-probs on the mask, those of them above 1e-6): counts, not boolean-indexed copies, as this
+    runs on every step; in numpy on a small step (the same comparisons, less overhead)."""
+    host, host_mask = host_view(trainer), host_view(mask)
+    if host is not None and host_mask is not None:
+        selected = host_mask & np.isfinite(host)
+        return int(np.count_nonzero(selected)), int(np.count_nonzero((host > 1e-6) & selected))
+    selected = mask & finite_mask(trainer)  # the step's shared mask
+    return int(selected.count_nonzero()), int(((trainer > 1e-6) & selected).count_nonzero())
+
+
+def _any(selected: torch.Tensor) -> bool:
+    """``bool(selected.any())``, in numpy on a small step."""
+    host = host_view(selected)
+    return bool(host.any()) if host is not None else bool(selected.any())
+
+
+def _count_different(a: torch.Tensor, b: torch.Tensor, selected: torch.Tensor) -> int:
+    """Selected elements where ``a != b`` (NaN differs from everything), in numpy on a small step."""
+    host_a, host_b, host_selected = host_view(a), host_view(b), host_view(selected)
+    if host_a is not None and host_b is not None and host_selected is not None:
+        return int(np.count_nonzero((host_a != host_b) & host_selected))
+    return int(((a != b) & selected).count_nonzero())
 
 
 def _sign_finding(
@@ -432,9 +456,9 @@ def detect_ref_is_policy(dx: Diagnosis) -> list[Finding]:
             return []
         if dx.step.meta.get("policy_changed_since_start") is False:  # zero updates so far: policy = reference
             return []
-        if not bool(sel.any()):  # no token to compare (every row masked, e.g. truncated): no evidence
+        if not _any(sel):  # no token to compare (every row masked, e.g. truncated): no evidence
             return []
-        if int(((ref_logps != logps) & sel).count_nonzero()):  # not bit-identical (NaN counts as different)
+        if _count_different(ref_logps, logps, sel):  # not bit-identical (NaN counts as different)
             return []
         how = "they are bit-identical to the policy's after optimizer steps, so KL ≡ 0 and β does nothing"
         failing = dx.failing(stage="kl") + dx.failing(prefix="logps.")

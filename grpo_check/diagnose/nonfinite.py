@@ -7,9 +7,10 @@ statistics) treats them as reward 0 and shifts every advantage of the group.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from grpo_check._step_cache import finite_mask
+from grpo_check._step_cache import finite_mask, host_view
 from grpo_check.diagnose._context import Diagnosis, close
 from grpo_check.findings import Finding
 
@@ -42,18 +43,27 @@ def _first_nonfinite(t: torch.Tensor, mask: torch.Tensor | None) -> tuple[int | 
     return flat // bad.shape[-1], flat % bad.shape[-1]
 
 
+def _all_clean(per_func: torch.Tensor, advantages: torch.Tensor) -> bool:
+    """No NaN reward and every advantage finite (what most steps show): in numpy on a small step."""
+    host, host_advantages = host_view(per_func), host_view(advantages)
+    if host is not None and host_advantages is not None:
+        return not np.isnan(host).any() and bool(np.isfinite(host_advantages).all())
+    return not bool(torch.isnan(per_func).any()) and bool(finite_mask(advantages).all())
+
+
 def detect_nan_leak(dx: Diagnosis) -> list[Finding]:
     """NaN rewards counted in the group statistics (as NaN or as 0): bug-catalog #8."""
-    per_func = dx.trainer("rewards_per_func")
-    trainer_adv = dx.trainer("advantages")
-    if per_func is None or trainer_adv is None:
+    recorded_rewards, recorded_adv = dx.recorded("rewards_per_func"), dx.recorded("advantages")
+    if recorded_rewards is None or recorded_adv is None:
         return []
+    # in their own dtype: NaN and ±inf are where they are in the float64 copies
+    if _all_clean(recorded_rewards, recorded_adv[:, 0] if recorded_adv.dim() == 2 else recorded_adv):
+        return []
+    per_func, trainer_adv = dx.trainer("rewards_per_func"), dx.trainer("advantages")
     per_func = per_func if per_func.dim() == 2 else per_func.unsqueeze(1)
-    nan_rows = torch.isnan(per_func).any(dim=1)
     adv = trainer_adv[:, 0] if trainer_adv.dim() == 2 else trainer_adv
+    nan_rows = torch.isnan(per_func).any(dim=1)
     adv_bad = ~finite_mask(adv)  # the step's shared mask
-    if not bool(nan_rows.any()) and not bool(adv_bad.any()):
-        return []
     failing = dx.failing(prefix="advantages.") + dx.failing(prefix="rewards.unscorable")
     if bool(adv_bad.any()):
         row = int(torch.nonzero(adv_bad)[0])

@@ -19,8 +19,10 @@ import dataclasses
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
+from grpo_check._step_cache import host_view
 from grpo_check.config import AGGREGATIONS, GRPOSpec
 from grpo_check.diagnose._context import Diagnosis, close, constant_factor, worst
 from grpo_check.findings import Finding, InputError, Verdict
@@ -86,15 +88,24 @@ def _target(dx: Diagnosis) -> tuple[str, torch.Tensor, torch.Tensor, torch.Tenso
     return None
 
 
+def _any_nonzero(values: torch.Tensor) -> bool:
+    """Any |value| > 0 (NaN is not): in numpy on a small step (the same comparison, less overhead)."""
+    host = host_view(values)
+    if host is not None:
+        return bool((np.abs(host) > 0).any())
+    return bool((values.abs() > 0).any())
+
+
 def detect_detached_grad(dx: Diagnosis) -> list[Finding]:
     """No gradient reaches the log-probs (all zero, or it never arrived during backward)."""
     want = dx.ref("logps_grad")
     missing = "logps_grad" in (dx.step.meta.get("missing_grads") or [])
+    if want is None or not _any_nonzero(want):
+        return []
+    recorded = dx.recorded("logps_grad")  # its own dtype: |x| > 0 holds exactly where it does in float64
+    if recorded is not None and _any_nonzero(recorded):
+        return []
     got = dx.trainer("logps_grad")
-    if want is None or not bool((want.abs() > 0).any()):
-        return []
-    if got is not None and bool((got.abs() > 0).any()):
-        return []
     if got is None and not missing:
         return []
     row, token, value = worst(want, dx.mask)

@@ -33,7 +33,7 @@ def unscorable_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) -> Fi
             return _not_applicable(
                 check_id, step, "a micro-batch without whole groups (checked on generation steps)"
             )
-    rewards, advantages = step["rewards_per_func"], step["advantages"].detach().double()
+    rewards, advantages = step["rewards_per_func"], step["advantages"]
     if advantages.dim() == 2:
         advantages = advantages[:, 0]
     bad = unscorable(rewards)
@@ -43,6 +43,7 @@ def unscorable_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) -> Fi
         )
     if not bool(bad.any()):
         return _not_applicable(check_id, step, "no unscorable row")
+    advantages = advantages.detach().double()  # converted only where there is something to verify
     from grpo_check.reference.advantages import compute_advantages
 
     weights = step.get("reward_weights")

@@ -23,7 +23,7 @@ import torch
 
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import InputError
-from grpo_check.reference._util import DTYPE
+from grpo_check.reference._util import DTYPE, as_f64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +60,15 @@ def total_rewards(rewards_per_func: torch.Tensor, reward_weights: torch.Tensor |
     """r_i = Σ_k w_k R_ik over the non-NaN reward functions; NaN when every function returned NaN.  # (R1)"""
     rewards_per_func = _as_2d(rewards_per_func)
     weights = _weights(reward_weights, rewards_per_func.shape[1])
-    total = (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)  # (R1)
-    unscorable = torch.isnan(rewards_per_func).all(dim=1)
+    return _weighted_total(rewards_per_func, weights, torch.isnan(rewards_per_func).all(dim=1))
+
+
+def _weighted_total(
+    values: torch.Tensor, weights: torch.Tensor | None, unscorable: torch.Tensor
+) -> torch.Tensor:
+    """:func:`total_rewards` of (B, F) float64 ``values``, given their (F,) weights (``None``: unit weights,
+    for which w·R is R exactly) and unscorable rows."""
+    total = _weighted(values, weights).nansum(dim=1)  # (R1)
     return total.masked_fill(unscorable, float("nan"))
 
 
@@ -85,7 +92,7 @@ def group_mean_std(
     dev2 = torch.where(finite, (values - mean[group_ids]) ** 2, 0.0)
     ss = zeros.index_add(0, group_ids, dev2)
     dof = count - 1.0 if std == "sample" else count  # (A2)
-    var = torch.where(dof > 0.0, ss / dof.clamp(min=1.0), torch.full_like(ss, float("nan")))
+    var = torch.where(dof > 0.0, ss / dof.clamp(min=1.0), float("nan"))
     return mean[group_ids], var.sqrt()[group_ids], count[group_ids]
 
 
@@ -117,7 +124,7 @@ def compute_advantages(
     ``spec.num_generations``. ``reward_weights`` overrides ``spec.reward_weights``.
     Implements (R1), (A1)–(A8) of ``reference/grpo-algorithm.md``; TRL semantics by default.
     """
-    values = _as_2d(rewards_per_func).to(DTYPE)
+    values = _as_2d(rewards_per_func)
     n_rows = values.shape[0]
     if group_index is None:
         if n_rows % spec.num_generations:
@@ -133,9 +140,10 @@ def compute_advantages(
         )
     group_ids, n_groups = dense_group_ids(group_index.to(values.device))
     weights = reward_weights if reward_weights is not None else spec.reward_weights
-    weights_t = _weights(weights, values.shape[1]).to(values.device)
-    scorable = ~torch.isnan(values).all(dim=1)
-    rewards = total_rewards(values, weights_t)  # (R1)
+    weights_t = None if weights is None else _weights(weights, values.shape[1]).to(values.device)
+    unscorable = torch.isnan(values).all(dim=1)
+    scorable = ~unscorable
+    rewards = _weighted_total(values, weights_t, unscorable)  # (R1)
 
     if spec.multi_objective_aggregation == "normalize_then_sum":
         # (A6) z-score each reward function within its group, sum with weights, then normalise over the batch.
@@ -143,7 +151,7 @@ def compute_advantages(
         for k in range(values.shape[1]):
             mean_k, std_k, _ = group_mean_std(values[:, k], group_ids, n_groups, spec.std)
             zscores[:, k] = scale_advantages(values[:, k] - mean_k, std_k, spec.adv_epsilon)
-        centered = (zscores * weights_t.unsqueeze(0)).nansum(dim=1)
+        centered = _weighted(zscores, weights_t).nansum(dim=1)
         centered = centered.masked_fill(~scorable, float("nan"))
         all_rows = torch.zeros(n_rows, dtype=torch.long, device=values.device)
         mean, scale, _ = group_mean_std(centered, all_rows, 1, spec.std)  # (A5)
@@ -164,8 +172,8 @@ def compute_advantages(
             advantages = scale_advantages(advantages, scale, spec.adv_epsilon)  # (A3)
     if spec.multi_objective_aggregation == "sum_then_normalize":
         # (A7) a group with < 2 scorable rows carries no relative signal (G = 1 included): advantage 0.
-        advantages = torch.where(group_count > 1.0, advantages, torch.zeros_like(advantages))
-    advantages = torch.where(scorable, advantages, torch.zeros_like(advantages))  # (A8)
+        advantages = torch.where(group_count > 1.0, advantages, 0.0)
+    advantages = torch.where(scorable, advantages, 0.0)  # (A8)
     advantages = torch.nan_to_num(advantages, nan=0.0)  # (A8)
     return AdvantageOutput(
         rewards=rewards,
@@ -179,7 +187,10 @@ def compute_advantages(
 
 
 def _as_2d(rewards_per_func: torch.Tensor) -> torch.Tensor:
-    rewards_per_func = torch.as_tensor(rewards_per_func).to(DTYPE)
+    if isinstance(rewards_per_func, torch.Tensor):
+        rewards_per_func = as_f64(rewards_per_func)
+    else:  # a list: the default dtype first, as before
+        rewards_per_func = torch.as_tensor(rewards_per_func).to(DTYPE)
     if rewards_per_func.dim() == 1:
         return rewards_per_func.unsqueeze(1)
     if rewards_per_func.dim() != 2:
@@ -188,6 +199,11 @@ def _as_2d(rewards_per_func: torch.Tensor) -> torch.Tensor:
             field="rewards_per_func",
         )
     return rewards_per_func
+
+
+def _weighted(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """w_k · values[:, k] for (B, F) values; unit weights (``None``) leave every value as it is."""
+    return values if weights is None else values * weights.unsqueeze(0)
 
 
 def _weights(weights: torch.Tensor | tuple | list | None, n_funcs: int) -> torch.Tensor:

@@ -200,7 +200,6 @@ def per_token_loss(
     old = logps.detach() if old_logps is None else as_f64(old_logps)
     mask = as_mask(loss_mask, logps)
     adv = _adv_2d(advantages)
-    log_ratio_token = logps - old
     log_ratio = importance_log_ratio(logps, old, mask, spec.importance_sampling_level)  # (P1) (P2)
     ratio = log_ratio.exp()
 
@@ -238,6 +237,7 @@ def per_token_loss(
     elif spec.loss_type == "sapo":
         policy = sapo_loss(ratio, adv, spec.sapo_temperature_pos, spec.sapo_temperature_neg)
     elif spec.loss_type == "vespo":
+        log_ratio_token = log_ratio if spec.importance_sampling_level == "token" else logps - old  # (P1)
         phi = vespo_gamma_weights(
             adv, log_ratio_token, mask, is_weight,
             spec.vespo_k_pos, spec.vespo_lambda_pos, spec.vespo_k_neg, spec.vespo_lambda_neg,
@@ -331,7 +331,6 @@ def aggregate_loss(
     generation_steps = steps_per_generation or spec.steps_per_generation or accumulation
     n_rows = loss_values.shape[0]
     mode = spec.aggregation_effective
-    masked_sum = (loss_values * mask).sum()
     if mode == "seq_mean_token_mean":
         row_means = (loss_values * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
         loss = row_means.mean() / accumulation  # (N1)
@@ -342,11 +341,11 @@ def aggregate_loss(
         else:
             items = as_f64(num_items_in_batch).clamp(min=1.0)
             normalizer = items / processes * accumulation / generation_steps  # (N3)
-        loss = masked_sum / normalizer
+        loss = (loss_values * mask).sum() / normalizer
     elif mode == "seq_mean_token_sum_norm":
         length = max_completion_length or spec.max_completion_length or loss_values.shape[1]
         normalizer = torch.tensor(float(n_rows * length * accumulation), dtype=DTYPE)
-        loss = masked_sum / normalizer  # (N4)
+        loss = (loss_values * mask).sum() / normalizer  # (N4)
     elif mode == "seq_mean_token_sum":
         loss = (loss_values * mask).sum(-1).mean() / accumulation  # (N5)
         normalizer = torch.tensor(float(n_rows * accumulation), dtype=DTYPE)

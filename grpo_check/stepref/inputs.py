@@ -14,9 +14,10 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
-from grpo_check._step_cache import cached, finite_mask, plain
+from grpo_check._step_cache import cached, finite_mask, host_view, plain
 from grpo_check.config import GRPOSpec
 from grpo_check.stepref.context import StepContext, as_f64
 from grpo_check.tolerance_defaults import LOW_PRECISION
@@ -29,6 +30,7 @@ __all__ = [
     "reference_advantages",
     "reference_aggregation",
     "reference_downstream",
+    "rounded_reference",
     "same_precision_reference",
     "step_context",
 ]
@@ -141,7 +143,11 @@ def _dtype_name(dtype: torch.dtype) -> str:
 def same_precision_reference(reference: torch.Tensor, step: TraceStep, name: str) -> torch.Tensor | None:
     """The reference rounded to the precision ``name`` was computed in: the error a same-precision
     reference makes (``None`` for full-precision tensors)."""
-    dtype_name = computed_dtype(step, name)
+    return rounded_reference(reference, computed_dtype(step, name))
+
+
+def rounded_reference(reference: torch.Tensor, dtype_name: str) -> torch.Tensor | None:
+    """:func:`same_precision_reference` given the :func:`computed_dtype` already looked up."""
     if dtype_name in LOW_PRECISION:
         return reference.detach().to(getattr(torch, dtype_name)).double()
     return None
@@ -179,7 +185,10 @@ def reference_advantages(step: TraceStep, spec: GRPOSpec, group_index: torch.Ten
     gi = group_index if group_index is not None else step.get("group_index")
     if gi is None and rewards.shape[0] % spec.num_generations:
         return None
-    return compute_advantages(rewards, None if gi is None else gi.reshape(-1), spec, reward_weights=weights)
+    # the step's float64 copy of the rewards (shared with the invariants while a step cache is open)
+    return compute_advantages(
+        as_f64(rewards), None if gi is None else gi.reshape(-1), spec, reward_weights=weights
+    )
 
 
 def reference_downstream(
@@ -277,8 +286,21 @@ def decided_clip_branch(reference: Mapping[str, torch.Tensor], spec: GRPOSpec, d
     jumps between them (to 0 when clipped)."""
     ratio = reference["ratio"]
     unit = torch.finfo(getattr(torch, dtype, torch.float32)).eps
-    band = _CLIP_BAND * unit * ratio.abs()
     low, high = 1.0 - spec.epsilon_low, 1.0 + spec.epsilon_high_effective
+    host = host_view(ratio) if ratio.dtype is torch.float64 else None
+    if host is not None:  # a small step: the same IEEE operations in numpy, at less overhead
+        return torch.from_numpy(_decided_numpy(host, low, high, _CLIP_BAND * unit))
+    band = _CLIP_BAND * unit * ratio.abs()
     near = ((ratio - low).abs() <= band) | ((ratio - high).abs() <= band)
     near &= finite_mask(ratio)  # a NaN/Inf ratio is compared (and fails), never skipped
+    return ~near
+
+
+def _decided_numpy(ratio: np.ndarray, low: float, high: float, scale: float) -> np.ndarray:
+    """:func:`decided_clip_branch` on a float64 array, operation for operation (``scale`` = band × unit)."""
+    band = scale * np.abs(
+        ratio
+    )  # no invalid operation (no warning): the bounds and scale are finite, scale > 0
+    near = (np.abs(ratio - low) <= band) | (np.abs(ratio - high) <= band)
+    near &= np.isfinite(ratio)
     return ~near

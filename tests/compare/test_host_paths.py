@@ -1,0 +1,118 @@
+"""The numpy fast paths for small CPU tensors give exactly what the torch paths give (same masks, same answers)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+
+import pytest
+import torch
+
+from grpo_check import _step_cache
+from grpo_check._step_cache import host_view, step_cache
+from grpo_check.compare import compare_step
+from grpo_check.compare.synthetic import make_step
+from grpo_check.config import GRPOSpec
+from grpo_check.diagnose import _context
+from grpo_check.stepref.inputs import decided_clip_branch
+
+
+@pytest.fixture
+def torch_only(monkeypatch: pytest.MonkeyPatch):
+    """Every host_view says "evaluate with torch" (the path large or GPU tensors take)."""
+
+    def no_view(tensor: torch.Tensor) -> None:
+        return None
+
+    def run(module, function, *args, **kwargs):
+        monkeypatch.setattr(module, "host_view", no_view)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            monkeypatch.undo()
+
+    return run
+
+
+def _ratios() -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    ratio = 1.0 + 0.3 * torch.randn(6, 7, generator=generator, dtype=torch.float64)
+    ratio[0, :4] = torch.tensor([0.8, 1.2, 0.8 * (1 + 1e-7), 1.2 * (1 - 1e-9)], dtype=torch.float64)
+    ratio[1, :3] = torch.tensor([math.inf, -math.inf, math.nan], dtype=torch.float64)
+    return ratio
+
+
+def test_host_view_only_for_small_cpu_tensors_outside_a_graph() -> None:
+    small = torch.ones(3, dtype=torch.float64)
+    assert host_view(small) is not None and host_view(small).tolist() == [1.0, 1.0, 1.0]
+    assert host_view(torch.ones(3, requires_grad=True)) is None
+    assert host_view(torch.ones(_step_cache.HOST_ELEMENTS + 1)) is None
+    assert host_view(torch.ones(3, dtype=torch.bfloat16)) is None  # no numpy dtype
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("epsilon_high", [0.2, 0.28])
+def test_decided_clip_branch_numpy_equals_torch(torch_only, dtype: str, epsilon_high: float) -> None:
+    import grpo_check.stepref.inputs as inputs
+
+    spec = GRPOSpec(num_generations=2, epsilon=0.2, epsilon_high=epsilon_high)
+    reference = {"ratio": _ratios()}
+    with step_cache():
+        fast = decided_clip_branch(reference, spec, dtype)
+    with step_cache():
+        slow = torch_only(inputs, decided_clip_branch, reference, spec, dtype)
+    assert fast.dtype is torch.bool and torch.equal(fast, slow)
+    assert not bool(fast[0, 0]) and not bool(fast[0, 2])  # on a bound, and within rounding of it: undecided
+    assert bool(fast[1, :3].all())  # a NaN/Inf ratio is always compared
+
+
+@pytest.mark.parametrize("negated", [False, True])
+@pytest.mark.parametrize(("noise", "expected"), [(0.0, True), (1e-4, True), (1e-1, False)])
+def test_close_numpy_equals_torch(torch_only, negated: bool, noise: float, expected: bool) -> None:
+    generator = torch.Generator().manual_seed(1)
+    want = torch.randn(4, 5, generator=generator, dtype=torch.float64)
+    got = (-want if negated else want) + noise * torch.randn(4, 5, generator=generator, dtype=torch.float64)
+    got[0, 0], want[1, 1] = math.inf, math.nan  # off the selection (not finite on both sides)
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    mask[3] = False
+    fast = _context._close(got, want, mask, rtol=1e-3, atol=1e-6, negated=negated)
+    slow = torch_only(_context, _context._close, got, want, mask, rtol=1e-3, atol=1e-6, negated=negated)
+    assert fast == slow == expected
+
+
+_HOST_VIEW_USERS = (
+    "grpo_check.compare.stage_findings",
+    "grpo_check.diagnose._context",
+    "grpo_check.diagnose.logps",
+    "grpo_check.diagnose.nonfinite",
+    "grpo_check.diagnose.objective",
+    "grpo_check.stepref.inputs",
+)
+
+
+def _steps():
+    for loss_type, beta in (("grpo", 0.04), ("dapo", 0.0)):
+        spec = GRPOSpec(num_generations=4, loss_type=loss_type, beta=beta)
+        yield "correct", spec, make_step(spec)
+        yield "correct bf16", spec, make_step(spec, seed=2, dtype=torch.bfloat16)
+        broken = make_step(spec, seed=1)
+        broken.tensors["logps"] = -broken["logps"]  # positive log-probs
+        broken.tensors["rewards_per_func"][0, 0] = math.nan  # an unscorable reward
+        broken.tensors["logps_grad"] = torch.zeros_like(broken["logps_grad"])  # a detached gradient
+        yield "broken", spec, broken
+
+
+def test_compare_step_findings_equal_without_the_numpy_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    for label, spec, step in _steps():
+        fast = [dataclasses.asdict(f) for f in compare_step(step, spec)]
+        with monkeypatch.context() as patched:
+            for module in _HOST_VIEW_USERS:
+                patched.setattr(importlib.import_module(module), "host_view", lambda tensor: None)
+            slow = [dataclasses.asdict(f) for f in compare_step(step, spec)]
+        assert repr(fast) == repr(slow), label
+        diagnoses = {f["check_id"] for f in fast if f["kind"] == "diagnosis"}
+        if label == "broken":  # the numpy paths fire too
+            assert {"diagnose.logps_sign", "diagnose.detached_grad"} <= diagnoses, diagnoses
+        else:
+            assert not diagnoses, (label, diagnoses)
