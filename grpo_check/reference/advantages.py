@@ -23,6 +23,7 @@ import torch
 
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import InputError
+from grpo_check.reference import _host
 from grpo_check.reference._util import DTYPE, as_f64
 
 
@@ -52,6 +53,9 @@ def dense_group_ids(group_index: torch.Tensor) -> tuple[torch.Tensor, int]:
         raise InputError(
             f"group_index must be 1-D (B,), got shape {tuple(group_index.shape)}", field="group_index"
         )
+    dense = _host.dense_group_ids(group_index)  # already 0..n-1 in order (contiguous groups): itself
+    if dense is not None:
+        return dense
     labels, inverse = torch.unique(group_index, return_inverse=True)
     return inverse, int(labels.numel())
 
@@ -79,6 +83,9 @@ def group_mean_std(
 
     Sample std is NaN for groups with fewer than 2 finite values; population std is 0 for one value.
     """
+    host = _host.group_mean_std(values, group_ids, n_groups, std)  # a small CPU batch: the same in numpy
+    if host is not None:
+        return host
     finite = ~torch.isnan(values)
     zeros = torch.zeros(n_groups, dtype=DTYPE, device=values.device)
     count = zeros.index_add(0, group_ids, finite.to(DTYPE))

@@ -1,0 +1,93 @@
+"""The numpy twins of the group statistics give the torch code's values bit for bit."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from grpo_check.config import GRPOSpec
+from grpo_check.reference import _host, advantages
+
+_SPECIAL = [0.0, -0.0, 1.0, -1.0, 0.5, float("nan"), float("inf"), -float("inf"), 1e-300, 1e16, 1 / 3, 7.25]
+
+
+def _torch_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_host, "group_mean_std", lambda *args: None)
+    monkeypatch.setattr(_host, "dense_group_ids", lambda *args: None)
+
+
+def _reprs(t: torch.Tensor) -> tuple[torch.dtype, tuple[int, ...], list[str]]:
+    return t.dtype, tuple(t.shape), [repr(v) for v in t.reshape(-1).tolist()]
+
+
+def _cases(seed: int, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    rng = random.Random(seed)
+    cases = []
+    for _ in range(n):
+        rows = rng.randint(1, 30)
+        values = [
+            rng.choice(_SPECIAL) if rng.random() < 0.4 else rng.gauss(0.0, rng.choice([1e-8, 1.0, 1e8]))
+            for _ in range(rows)
+        ]
+        if rng.random() < 0.5:
+            groups = torch.arange(rows) // rng.randint(1, 5)
+        else:
+            groups = torch.tensor([rng.randint(0, 6) for _ in range(rows)])
+        cases.append((torch.tensor(values, dtype=torch.float64), groups))
+    return cases
+
+
+@pytest.mark.parametrize("std", ["sample", "population"])
+def test_group_mean_std_host_matches_torch_bit_for_bit(monkeypatch: pytest.MonkeyPatch, std: str) -> None:
+    cases = _cases(0, 400)
+    fast = []
+    for values, groups in cases:
+        ids, n = advantages.dense_group_ids(groups)
+        fast.append((ids, n, advantages.group_mean_std(values, ids, n, std)))
+    _torch_only(monkeypatch)
+    for (values, groups), (ids, n, got) in zip(cases, fast, strict=True):
+        want_ids, want_n = advantages.dense_group_ids(groups)
+        assert n == want_n and torch.equal(ids, want_ids)
+        want = advantages.group_mean_std(values, want_ids, want_n, std)
+        assert [_reprs(t) for t in got] == [_reprs(t) for t in want], (values, groups)
+
+
+def test_dense_group_ids_fast_path_only_for_sorted_dense_labels() -> None:
+    ids = torch.tensor([0, 0, 1, 1, 2])
+    assert _host.dense_group_ids(ids) == (ids, 3)
+    assert _host.dense_group_ids(torch.tensor([0, 2, 2])) is None  # a gap: relabelled by torch.unique
+    assert _host.dense_group_ids(torch.tensor([1, 1, 0, 0])) is None  # unsorted
+    assert _host.dense_group_ids(torch.tensor([1, 1])) is None  # not starting at 0
+    inverse, n = advantages.dense_group_ids(torch.tensor([5, 2, 5]))
+    assert inverse.tolist() == [1, 0, 1] and n == 2
+
+
+def test_compute_advantages_host_matches_torch_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(1)
+    cases = []
+    for _ in range(300):
+        size, prompts, funcs = rng.randint(1, 5), rng.randint(1, 5), rng.randint(1, 3)
+        rows = size * prompts
+        values = torch.tensor(
+            [[rng.choice(_SPECIAL[:6]) if rng.random() < 0.4 else rng.gauss(0, 1) for _ in range(funcs)]
+             for _ in range(rows)],
+            dtype=torch.float64,
+        )  # fmt: skip
+        spec = GRPOSpec(
+            num_generations=size,
+            scale_rewards=rng.choice(["group", "batch", "none"]),
+            std=rng.choice(["sample", "population"]),
+            baseline=rng.choice(["mean", "rloo"]),
+            multi_objective_aggregation=rng.choice(["sum_then_normalize", "normalize_then_sum"]),
+        )
+        groups = rng.choice([None, torch.arange(rows) // size, torch.randint(0, 3, (rows,))])
+        cases.append((values, groups, spec))
+    fields = ("rewards", "advantages", "group_mean", "group_std", "scorable", "centered", "group_size")
+    fast = [advantages.compute_advantages(v, g, s) for v, g, s in cases]
+    _torch_only(monkeypatch)
+    for (values, groups, spec), got in zip(cases, fast, strict=True):
+        want = advantages.compute_advantages(values, groups, spec)
+        for field in fields:
+            assert _reprs(getattr(got, field)) == _reprs(getattr(want, field)), (field, values, groups, spec)
