@@ -263,15 +263,14 @@ def per_token_loss(
             raise InputError("beta != 0 needs ref_logps", field="ref_logps")
         kl = per_token_kl(logps, ref_logps, spec.kl_estimator, ratio if spec.use_bias_correction_kl else None)
         loss = loss + spec.beta * kl  # (O6)
-    loss = loss.expand_as(logps) if loss.shape != logps.shape else loss
     return PerTokenLoss(
-        per_token_loss=loss,
-        policy_loss=policy.expand_as(logps),
+        per_token_loss=_broadcast(loss, logps.shape),
+        policy_loss=_broadcast(policy, logps.shape),
         log_ratio=log_ratio,
         ratio=ratio,
         clipped_ratio=clipped,
-        is_low_clipped=None if is_low is None else is_low.expand(ratio.shape[0], -1),
-        is_high_clipped=None if is_high is None else is_high.expand(ratio.shape[0], -1),
+        is_low_clipped=None if is_low is None else _broadcast(is_low, (ratio.shape[0], is_low.shape[1])),
+        is_high_clipped=None if is_high is None else _broadcast(is_high, (ratio.shape[0], is_high.shape[1])),
         kl=kl,
         entropy_mask=ent_mask,
         off_policy_mask=off_mask,
@@ -339,8 +338,9 @@ def aggregate_loss(
         if spec.loss_type == "bnpo" or num_items_in_batch is None:
             normalizer = mask.sum().clamp(min=1.0) * accumulation  # (N2)
         else:
-            items = as_f64(num_items_in_batch).clamp(min=1.0)
-            normalizer = items / processes * accumulation / generation_steps  # (N3)
+            normalizer = _items_normalizer(
+                num_items_in_batch, processes, accumulation, generation_steps
+            )  # (N3)
         loss = (loss_values * mask).sum() / normalizer
     elif mode == "seq_mean_token_sum_norm":
         length = max_completion_length or spec.max_completion_length or loss_values.shape[1]
@@ -362,6 +362,25 @@ def aggregate_loss(
     return AggregatedLoss(
         loss=loss, loss_normalizer=normalizer, policy_loss=policy, entropy_loss=entropy_term
     )
+
+
+def _broadcast(values: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    """``values.expand(shape)``; ``values`` itself when it already has that shape (no view, no graph node)."""
+    return values if values.shape == shape else values.expand(shape)
+
+
+def _items_normalizer(
+    num_items: float | torch.Tensor, processes: int, accumulation: int, generation_steps: int
+) -> torch.Tensor:
+    """max(N, 1) / P · K / S as a float64 scalar tensor.  # (N3)
+
+    A number N is reduced in Python floats (the same IEEE double operations as on a 0-d float64 tensor,
+    without a tensor per step of the formula); a tensor N in torch."""
+    if isinstance(num_items, torch.Tensor):
+        return as_f64(num_items).clamp(min=1.0) / processes * accumulation / generation_steps  # (N3)
+    items = float(num_items)
+    items = items if math.isnan(items) else max(items, 1.0)  # clamp(min=1): NaN stays NaN
+    return torch.tensor(items / processes * accumulation / generation_steps, dtype=DTYPE)  # (N3)
 
 
 def _adv_2d(advantages: torch.Tensor) -> torch.Tensor:

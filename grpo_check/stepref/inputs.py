@@ -200,7 +200,7 @@ def reference_downstream(
     end-to-end pass). Returns ``None`` when ``logps`` or ``advantages`` is missing. Gradients are float64
     autograd with respect to a leaf copy of the given ``logps``.
     """
-    from grpo_check.reference.loss import aggregate_loss, loss_mask, per_token_loss
+    from grpo_check.reference.loss import aggregate_loss, per_token_loss
 
     def pick(name: str) -> torch.Tensor | None:
         if name in overrides:
@@ -210,10 +210,9 @@ def reference_downstream(
     logps_in, advantages, mask_in = pick("logps"), pick("advantages"), pick("completion_mask")
     if logps_in is None or advantages is None:
         return None
-    logps = plain(as_f64(logps_in)).clone().requires_grad_(True)
-    if mask_in is None:
-        mask_in = torch.ones_like(logps, dtype=torch.long)
-    mask = loss_mask(mask_in, pick("tool_mask"), pick("truncated"), spec.mask_truncated_completions)
+    # a new leaf over the shared float64 copy (an alias, not a copy: nothing here modifies it in place)
+    logps = as_f64(logps_in).detach().requires_grad_(True)
+    mask = _loss_mask(mask_in, logps, pick("tool_mask"), pick("truncated"), spec)
     if spec.beta != 0.0 and pick("ref_logps") is None:
         return None
     if spec.top_entropy_quantile < 1.0 and pick("entropies") is None:
@@ -263,16 +262,30 @@ def reference_downstream(
 def reference_aggregation(step: TraceStep, spec: GRPOSpec) -> torch.Tensor | None:
     """The loss the trainer's own ``per_token_loss`` aggregates to under ``spec`` (``None`` without it): the
     aggregation alone, for a step whose upstream (``logps``, ``advantages``) was not captured."""
-    from grpo_check.reference.loss import aggregate_loss, loss_mask
+    from grpo_check.reference.loss import aggregate_loss
 
     values = step.get("per_token_loss")
     if values is None:
         return None
-    mask_in = step.get("completion_mask")
-    if mask_in is None:
-        mask_in = torch.ones_like(values, dtype=torch.long)
-    mask = loss_mask(mask_in, step.get("tool_mask"), step.get("truncated"), spec.mask_truncated_completions)
+    mask = _loss_mask(step.get("completion_mask"), values, step.get("tool_mask"), step.get("truncated"), spec)
     return aggregate_loss(as_f64(values), mask, spec, **_normaliser_settings(step.meta)).loss.detach()
+
+
+def _loss_mask(
+    completion_mask: torch.Tensor | None,
+    like: torch.Tensor,
+    tool_mask: torch.Tensor | None,
+    truncated: torch.Tensor | None,
+    spec: GRPOSpec,
+) -> torch.Tensor:
+    """The reference's loss mask (M1) from the step's float64 copy of its completion mask (shared with the
+    other checks of the step; an all-ones mask like ``like`` when none was captured)."""
+    from grpo_check.reference.loss import loss_mask
+
+    if completion_mask is None:
+        completion_mask = torch.ones_like(like, dtype=torch.long)
+    mask = as_f64(completion_mask)
+    return loss_mask(mask, tool_mask, truncated, spec.mask_truncated_completions)  # (M1)
 
 
 # tokens whose ratio lies within this many unit roundoffs (of the trainer's precision) of a clip bound

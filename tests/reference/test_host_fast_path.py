@@ -91,3 +91,14 @@ def test_compute_advantages_host_matches_torch_bit_for_bit(monkeypatch: pytest.M
         want = advantages.compute_advantages(values, groups, spec)
         for field in fields:
             assert _reprs(getattr(got, field)) == _reprs(getattr(want, field)), (field, values, groups, spec)
+
+
+@pytest.mark.parametrize("items", [0, 1, 7, 3.5, 1e-3, 123456789.0, 2.0**60 + 1, float("nan"), float("inf")])
+def test_number_normaliser_matches_tensor_normaliser_bit_for_bit(items: float) -> None:
+    from grpo_check.reference.loss import _items_normalizer
+
+    for processes, accumulation, steps in ((1, 1, 1), (3, 7, 5), (8, 3, 2)):
+        number = _items_normalizer(items, processes, accumulation, steps)
+        tensor = _items_normalizer(torch.tensor(float(items)), processes, accumulation, steps)
+        assert number.dtype == tensor.dtype == torch.float64
+        assert repr(number.item()) == repr(tensor.item()), (items, processes, accumulation, steps)
