@@ -99,6 +99,8 @@ def test_number_normaliser_matches_tensor_normaliser_bit_for_bit(items: float) -
 
     for processes, accumulation, steps in ((1, 1, 1), (3, 7, 5), (8, 3, 2)):
         number = _items_normalizer(items, processes, accumulation, steps)
-        tensor = _items_normalizer(torch.tensor(float(items)), processes, accumulation, steps)
+        tensor = _items_normalizer(
+            torch.tensor(float(items), dtype=torch.float64), processes, accumulation, steps
+        )
         assert number.dtype == tensor.dtype == torch.float64
         assert repr(number.item()) == repr(tensor.item()), (items, processes, accumulation, steps)
