@@ -24,8 +24,8 @@ def dense_group_ids(group_index: torch.Tensor) -> tuple[torch.Tensor, int] | Non
     host = host_view(group_index)
     if host is None or host[0] != 0:
         return None
-    steps = np.diff(host)
-    if not ((steps == 0) | (steps == 1)).all():
+    steps = (host[1:] - host[:-1]).view(np.uint64)  # a decrease wraps to a huge unsigned step
+    if not (steps <= 1).all():
         return None
     return group_index, int(host[-1]) + 1
 

@@ -186,9 +186,9 @@ def reference_advantages(step: TraceStep, spec: GRPOSpec, group_index: torch.Ten
     if gi is None and rewards.shape[0] % spec.num_generations:
         return None
     # the step's float64 copy of the rewards (shared with the invariants while a step cache is open)
-    return compute_advantages(
-        as_f64(rewards), None if gi is None else gi.reshape(-1), spec, reward_weights=weights
-    )
+    if gi is not None and gi.dim() != 1:
+        gi = gi.reshape(-1)
+    return compute_advantages(as_f64(rewards), gi, spec, reward_weights=weights)
 
 
 def reference_downstream(
