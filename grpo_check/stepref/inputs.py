@@ -210,8 +210,10 @@ def reference_downstream(
     logps_in, advantages, mask_in = pick("logps"), pick("advantages"), pick("completion_mask")
     if logps_in is None or advantages is None:
         return None
-    # a new leaf over the shared float64 copy (an alias, not a copy: nothing here modifies it in place)
-    logps = as_f64(logps_in).detach().requires_grad_(True)
+    # a new leaf over the shared float64 copy (an alias, not a copy: nothing here modifies it in place); a
+    # copy of an inference tensor (one made under inference mode cannot require grad outside it)
+    shared = as_f64(logps_in)
+    logps = (shared.clone() if shared.is_inference() else shared.detach()).requires_grad_(True)
     mask = _loss_mask(mask_in, logps, pick("tool_mask"), pick("truncated"), spec)
     if spec.beta != 0.0 and pick("ref_logps") is None:
         return None
