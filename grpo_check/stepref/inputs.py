@@ -207,40 +207,41 @@ def reference_downstream(
             return overrides[name]
         return step.get(name)
 
-    logps_in, advantages, mask_in = pick("logps"), pick("advantages"), pick("completion_mask")
+    logps_in, advantages = pick("logps"), pick("advantages")
     if logps_in is None or advantages is None:
+        return None
+    ref_logps, entropies = pick("ref_logps"), pick("entropies")
+    sampler_logps, sampler_ratio = pick("sampler_logps"), pick("sampler_is_ratio")
+    if spec.beta != 0.0 and ref_logps is None:
+        return None
+    if spec.top_entropy_quantile < 1.0 and entropies is None:
+        return None
+    if spec.sampler_is_correction and sampler_logps is None and sampler_ratio is None:
         return None
     # a new leaf over the shared float64 copy (an alias, not a copy: nothing here modifies it in place); a
     # copy of an inference tensor (one made under inference mode cannot require grad outside it)
     shared = as_f64(logps_in)
     logps = (shared.clone() if shared.is_inference() else shared.detach()).requires_grad_(True)
-    mask = _loss_mask(mask_in, logps, pick("tool_mask"), pick("truncated"), spec)
-    if spec.beta != 0.0 and pick("ref_logps") is None:
-        return None
-    if spec.top_entropy_quantile < 1.0 and pick("entropies") is None:
-        return None
-    sampler_logps = pick("sampler_logps")
-    if spec.sampler_is_correction and sampler_logps is None and pick("sampler_is_ratio") is None:
-        return None
-    old = pick("old_logps")
+    mask = _loss_mask(pick("completion_mask"), logps, pick("tool_mask"), pick("truncated"), spec)
+    old, entropies = _f64_or_none(pick("old_logps")), _f64_or_none(entropies)
     with torch.enable_grad():
         out = per_token_loss(
             logps,
-            None if old is None else as_f64(old),
+            old,
             as_f64(advantages),
             mask,
             spec,
-            ref_logps=None if pick("ref_logps") is None else as_f64(pick("ref_logps")),
-            entropies=None if pick("entropies") is None else as_f64(pick("entropies")),
-            sampler_logps=None if sampler_logps is None else as_f64(sampler_logps),
-            sampler_is_ratio=None if pick("sampler_is_ratio") is None else as_f64(pick("sampler_is_ratio")),
+            ref_logps=_f64_or_none(ref_logps),
+            entropies=entropies,
+            sampler_logps=_f64_or_none(sampler_logps),
+            sampler_is_ratio=_f64_or_none(sampler_ratio),
         )
         agg = aggregate_loss(
             out.per_token_loss,
             mask,
             spec,
             **_normaliser_settings(step.meta),
-            entropies=None if pick("entropies") is None else as_f64(pick("entropies")),
+            entropies=entropies,
             entropy_mask=out.entropy_mask,
         )
         (grad,) = torch.autograd.grad(agg.loss, logps, allow_unused=True)
@@ -259,6 +260,10 @@ def reference_downstream(
         if value is not None:
             result[name] = plain(value)
     return result
+
+
+def _f64_or_none(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else as_f64(tensor)
 
 
 def reference_aggregation(step: TraceStep, spec: GRPOSpec) -> torch.Tensor | None:
