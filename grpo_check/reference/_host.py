@@ -1,8 +1,9 @@
 """Host (numpy) twins of the reference's group statistics, for small CPU tensors (internal).
 
 A torch operation costs a few microseconds of dispatch whatever the tensor's size; numpy's float64
-arithmetic, comparisons and sequential scatter-adds are the same IEEE operations at a fraction of that.
-Each function here is operation for operation the torch code it stands in for (same operations, same
+arithmetic (+ − × ÷), comparisons and sequential scatter-adds are the same IEEE operations at a fraction
+of that. (Not the square root: torch's CPU sqrt differs from the correctly rounded np.sqrt in the last bit
+of some values, so torch's is kept.) Each function here is operation for operation the torch code it stands in for (same operations, same
 order of accumulation), so its values are bit-identical; it answers ``None`` where it does not apply and
 the torch code runs.
 """
