@@ -147,7 +147,7 @@ class Outcome:
 def passed(
     explanation: str, figure: float | None = None, tolerance: float | None = None, **details: Any
 ) -> Outcome:
-    return Outcome(Verdict.PASS, explanation, figure, tolerance, details=dict(details))
+    return Outcome(Verdict.PASS, explanation, figure, tolerance, details=details)  # a new dict per call
 
 
 def not_applicable(reason: str) -> Outcome:
