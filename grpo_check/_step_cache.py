@@ -79,14 +79,14 @@ def cached(key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
     for part in key:
         kind = type(part)
         if kind is _Tensor or (kind not in _NOT_TENSORS and isinstance(part, _Tensor)):
-            ident: list[Any] = []
-            for item in key:  # inlined rather than a helper: this runs about a hundred times per step
-                kind = type(item)
-                if kind is _Tensor or (kind not in _NOT_TENSORS and isinstance(item, _Tensor)):
-                    ident.append((id(item), None if item.is_inference() else item._version))
-                else:
-                    ident.append(item)
-            memo_key = tuple(ident)
+            memo_key = tuple(
+                [
+                    (id(item), None if item.is_inference() else item._version)
+                    if type(item) is _Tensor or (type(item) not in _NOT_TENSORS and isinstance(item, _Tensor))
+                    else item
+                    for item in key
+                ]
+            )
             break
     hit = memo.get(memo_key)
     if hit is None:

@@ -487,7 +487,7 @@ def _summarise(
             for one in zip(got, want, compared, tolerances, strict=True)
             for summary in _summarise(*([part] for part in one))
         ]
-    if len(got) * got[0].numel() <= _NUMPY_ELEMENTS and all(t.device.type == "cpu" for t in (*got, *want)):
+    if len(got) * got[0].numel() <= _NUMPY_ELEMENTS and _all_on_cpu(got) and _all_on_cpu(want):
         return _summarise_numpy(got, want, compared, tolerances)
     trainer, reference = _rows_f64(got), _rows_f64(want)  # (K, N)
     mask = (
@@ -522,6 +522,23 @@ def _summarise(
     return _summaries(table)
 
 
+def _all_on_cpu(tensors: list[torch.Tensor]) -> bool:
+    """Whether every tensor is on the CPU (a loop over ``is_cpu``: no device object per tensor)."""
+    for tensor in tensors:  # noqa: SIM110 (a loop, not all(genexpr): this runs for every comparison group)
+        if not tensor.is_cpu:
+            return False
+    return True
+
+
+def _stacked_f64(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """(K, *shape) float64: the tensors stacked (one tensor: its float64 copy the step cache shares, with a
+    leading dim); no conversion where the stack already is float64."""
+    if len(tensors) == 1:
+        return f64(tensors[0]).unsqueeze(0)
+    stacked = torch.stack(tensors)
+    return stacked if stacked.dtype is torch.float64 else stacked.double()
+
+
 # Up to this many elements in all, the summary runs in numpy: the same float64 arithmetic at a few times
 # less per-call overhead (each op here is a few microseconds of dispatch on tensors this small); above it,
 # torch's kernels (multi-threaded) win.
@@ -539,14 +556,15 @@ def _summarise_numpy(
     import numpy as np
 
     rows = len(got)
-    trainer_rows, reference_rows = _rows_f64(got), _rows_f64(want)  # (K, N)
-    trainer, reference = trainer_rows.numpy(), reference_rows.numpy()
-    mask = torch.stack(compared).reshape(rows, -1).numpy()
-    bounds = np.array([(t.rtol, t.atol) for t in tolerances], dtype=np.float64)  # (K, 2)
-    rtol, atol = bounds[:, :1], bounds[:, 1:]
+    trainer_stack, reference_stack = _stacked_f64(got), _stacked_f64(want)  # (K, *shape)
+    # (K, N) views reshaped by numpy: the same elements in the same order as torch's reshape, at less cost
+    trainer, reference = trainer_stack.numpy().reshape(rows, -1), reference_stack.numpy().reshape(rows, -1)
+    mask = torch.stack(compared).numpy().reshape(rows, -1)
+    rtol = np.array([[t.rtol] for t in tolerances], dtype=np.float64)  # (K, 1)
+    atol = np.array([[t.atol] for t in tolerances], dtype=np.float64)  # (K, 1)
     # |trainer − reference| in torch (the same IEEE float64 operations): inf − inf is NaN there without a
     # warning, and no numpy error-state context is needed around it
-    error = torch.sub(trainer_rows, reference_rows).abs_().numpy()
+    error = torch.sub(trainer_stack, reference_stack).abs_().numpy().reshape(rows, -1)
     reference_abs = np.abs(reference)
     allowed = reference_abs * rtol + atol  # atol + rtol·|reference|, rounded as compare_tensor
     beyond = (error > allowed) & mask  # NaN |error| is not beyond: it shows as the max error (argmax)
