@@ -388,8 +388,6 @@ def _summarise_scalar(
         reference_max_abs=abs(reference) if selected else 0.0,
         max_error=error,
         allowed_at_worst=allowed,
-        trainer_at_worst=trainer,
-        reference_at_worst=reference,
         worst=0,
     )
 
@@ -436,17 +434,12 @@ class _Summary(NamedTuple):  # a NamedTuple: built per comparison on the hot pat
     reference_max_abs: float
     max_error: float
     allowed_at_worst: float
-    trainer_at_worst: float
-    reference_at_worst: float
     worst: int  # flat index of the largest |error|
 
 
 def _summaries(table: list[list[float]]) -> list[_Summary]:
-    """One :class:`_Summary` per row of the (K, 9) table both summary paths fetch (counts and index as ints)."""
-    return [
-        _Summary(int(row[0]), int(row[1]), row[2], row[3], row[4], row[5], row[6], row[7], int(row[8]))
-        for row in table
-    ]
+    """One :class:`_Summary` per row of the (K, 7) table both summary paths fetch (counts and index as ints)."""
+    return [_Summary(int(row[0]), int(row[1]), row[2], row[3], row[4], row[5], int(row[6])) for row in table]
 
 
 # Up to this many elements per row, one batched operation beats one operation per row (per-call overhead
@@ -504,9 +497,9 @@ def _summarise(
     beyond = torch.gt(error, allowed).logical_and_(mask)
     masked_error = torch.where(mask, error, -1.0)
     worst = masked_error.argmax(1, keepdim=True)  # (K, 1)
-    # one gather each: stacking the four (K, N) tensors into one (K, 4, N) copy to gather once costs far more
-    # than three more small calls at the sizes this path sees (K·N above _NUMPY_ELEMENTS)
-    at_worst = (error, allowed, trainer, reference)
+    # one gather each: stacking the two (K, N) tensors into one (K, 2, N) copy to gather once costs more than
+    # one more small call at the sizes this path sees (K·N above _NUMPY_ELEMENTS)
+    at_worst = (error, allowed)
     values_at_worst = torch.cat([values.gather(1, worst) for values in at_worst], dim=1)
     table = torch.cat(
         [
@@ -514,7 +507,7 @@ def _summarise(
             _row_counts(mask),
             masked_error.clamp_min_(0.0).sum(1, keepdim=True),  # Σ |error| over the compared elements
             torch.where(mask, reference_abs, 0.0).amax(1, keepdim=True),
-            values_at_worst,  # |error|, allowed, trainer, reference at the worst element
+            values_at_worst,  # |error| and allowed at the worst element
             worst.double(),
         ],
         dim=1,
@@ -558,7 +551,7 @@ def _summarise_numpy(
     rows = len(got)
     trainer_stack, reference_stack = _stacked_f64(got), _stacked_f64(want)  # (K, *shape)
     # (K, N) views reshaped by numpy: the same elements in the same order as torch's reshape, at less cost
-    trainer, reference = trainer_stack.numpy().reshape(rows, -1), reference_stack.numpy().reshape(rows, -1)
+    reference = reference_stack.numpy().reshape(rows, -1)
     mask = torch.stack(compared).numpy().reshape(rows, -1)
     rtol = np.array([[t.rtol] for t in tolerances], dtype=np.float64)  # (K, 1)
     atol = np.array([[t.atol] for t in tolerances], dtype=np.float64)  # (K, 1)
@@ -583,8 +576,6 @@ def _summarise_numpy(
                 np.maximum.reduce(np.where(mask, reference_abs, 0.0), axis=1).tolist(),
                 error[at].tolist(),
                 allowed[at].tolist(),
-                trainer[at].tolist(),
-                reference[at].tolist(),
                 worst.tolist(),
                 strict=True,
             ),
