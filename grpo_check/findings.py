@@ -65,7 +65,7 @@ def severity(verdict: Verdict | str) -> int:
     return _SEVERITY[Verdict(verdict)]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, init=False)
 class Where:
     """GRPO coordinates of the worst offender. Every field is optional.
 
@@ -83,6 +83,33 @@ class Where:
     token: int | None = None
     token_id: int | None = None
     reward_function: str | None = None
+
+    # written out rather than generated: the generated __init__ of a frozen dataclass sets each field through
+    # object.__setattr__, and coordinates are built for most findings; one update of the instance dict
+    # stores the same attributes in the same order
+    def __init__(
+        self,
+        step: int | None = None,
+        micro_batch: int | None = None,
+        rank: int | None = None,
+        prompt: int | None = None,
+        generation: int | None = None,
+        row: int | None = None,
+        token: int | None = None,
+        token_id: int | None = None,
+        reward_function: str | None = None,
+    ) -> None:
+        self.__dict__.update(
+            step=step,
+            micro_batch=micro_batch,
+            rank=rank,
+            prompt=prompt,
+            generation=generation,
+            row=row,
+            token=token,
+            token_id=token_id,
+            reward_function=reward_function,
+        )
 
     def describe(self) -> str:
         """Short human text, e.g. ``step 2, prompt 3, generation 1, token 7 (id 42)``."""
