@@ -28,6 +28,7 @@ class _Memo(dict):  # type: ignore[type-arg]
 _STEP_CACHE: contextvars.ContextVar[_Memo | None] = contextvars.ContextVar(
     "grpo_check_step_cache", default=None
 )
+_current_memo = _STEP_CACHE.get  # the open cache or None (bound once: looked up a few hundred times per step)
 
 
 class step_cache:
@@ -68,21 +69,25 @@ def cached(key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
     Tensors in ``key`` are identified by object identity and version counter (an in-place change is a
     miss) and kept alive by the cache, so an id cannot be reused while it is open.
     """
-    memo = _STEP_CACHE.get()
+    memo = _current_memo()
     if memo is None:
         return compute()
     # a tensor by identity and in-place version counter (inference tensors have none: nothing changes them
-    # outside inference mode); the exact-type tests are the fast path, isinstance catches subclasses
-    ident: list[Any] = []
+    # outside inference mode); a key without tensors (most are a name and a step id) is its own memo key.
+    # The exact-type tests are the fast path, isinstance catches subclasses
+    memo_key = key
     for part in key:
         kind = type(part)
-        if kind is str or kind is int or kind is tuple or part is None:
-            ident.append(part)
-        elif kind is _Tensor or isinstance(part, _Tensor):  # inlined: runs a few hundred times per step
-            ident.append((id(part), None if part.is_inference() else part._version))
-        else:
-            ident.append(part)
-    memo_key = tuple(ident)
+        if kind is _Tensor or (kind not in _NOT_TENSORS and isinstance(part, _Tensor)):
+            memo_key = tuple(
+                [
+                    (id(item), None if item.is_inference() else item._version)
+                    if type(item) is _Tensor or (type(item) not in _NOT_TENSORS and isinstance(item, _Tensor))
+                    else item
+                    for item in key
+                ]
+            )
+            break
     hit = memo.get(memo_key)
     if hit is None:
         hit = memo[memo_key] = (compute(), key)
@@ -90,6 +95,8 @@ def cached(key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
 
 
 _Tensor = torch.Tensor
+# the types of the key parts that are not tensors (found without an isinstance call)
+_NOT_TENSORS = frozenset({str, int, float, bool, tuple, type(None), torch.dtype, torch.device})
 
 
 def plain(tensor: torch.Tensor) -> torch.Tensor:
@@ -102,7 +109,7 @@ def f64(tensor: torch.Tensor) -> torch.Tensor:
 
     Shared between the checks of one step (see :func:`step_cache`): never modify it in place.
     """
-    memo = _STEP_CACHE.get()
+    memo = _current_memo()
     if memo is None:
         return _f64_copy(tensor)
     # cached(("f64", tensor), ...) inlined, same key: this runs about fifty times per checked step

@@ -65,7 +65,7 @@ def severity(verdict: Verdict | str) -> int:
     return _SEVERITY[Verdict(verdict)]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, init=False)
 class Where:
     """GRPO coordinates of the worst offender. Every field is optional.
 
@@ -83,6 +83,33 @@ class Where:
     token: int | None = None
     token_id: int | None = None
     reward_function: str | None = None
+
+    # written out rather than generated: the generated __init__ of a frozen dataclass sets each field through
+    # object.__setattr__, and coordinates are built for most findings; one update of the instance dict
+    # stores the same attributes in the same order
+    def __init__(
+        self,
+        step: int | None = None,
+        micro_batch: int | None = None,
+        rank: int | None = None,
+        prompt: int | None = None,
+        generation: int | None = None,
+        row: int | None = None,
+        token: int | None = None,
+        token_id: int | None = None,
+        reward_function: str | None = None,
+    ) -> None:
+        self.__dict__.update(
+            step=step,
+            micro_batch=micro_batch,
+            rank=rank,
+            prompt=prompt,
+            generation=generation,
+            row=row,
+            token=token,
+            token_id=token_id,
+            reward_function=reward_function,
+        )
 
     def describe(self) -> str:
         """Short human text, e.g. ``step 2, prompt 3, generation 1, token 7 (id 42)``."""
@@ -123,6 +150,10 @@ def json_safe(value: Any) -> Any:
 _json_safe = json_safe  # the former name
 
 
+_NOWHERE = Where()  # the default coordinates (frozen: one instance serves every finding)
+_NEW_DICT: Any = object()  # the default details: a new empty dict per finding
+
+
 def _from_json_number(value: Any) -> float | None:
     if value is None:
         return None
@@ -131,7 +162,7 @@ def _from_json_number(value: Any) -> float | None:
     return float(value)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(init=False)
 class Finding:
     """One verdict of one check.
 
@@ -164,11 +195,35 @@ class Finding:
     kind: str = "invariant"
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        if type(self.verdict) is not Verdict:
-            self.verdict = Verdict(self.verdict)
-        if type(self.where) is dict:
-            self.where = Where(**self.where)
+    # written out rather than generated: a finding is built several dozen times per checked step, and this
+    # saves the generated __init__'s default factories and the __post_init__ call (the same fields result)
+    def __init__(
+        self,
+        check_id: str,
+        stage: str,
+        verdict: Verdict,
+        figure: float | None = None,
+        tolerance: float | None = None,
+        where: Where = _NOWHERE,
+        explanation: str = "",
+        likely_cause: str | None = None,
+        fix: str | None = None,
+        catalog_id: str | None = None,
+        kind: str = "invariant",
+        details: dict[str, Any] = _NEW_DICT,  # type: ignore[assignment]
+    ) -> None:
+        self.check_id = check_id
+        self.stage = stage
+        self.verdict = verdict if type(verdict) is Verdict else Verdict(verdict)
+        self.figure = figure
+        self.tolerance = tolerance
+        self.where = Where(**where) if type(where) is dict else where
+        self.explanation = explanation
+        self.likely_cause = likely_cause
+        self.fix = fix
+        self.catalog_id = catalog_id
+        self.kind = kind
+        self.details = {} if details is _NEW_DICT else details
 
     @property
     def failed(self) -> bool:

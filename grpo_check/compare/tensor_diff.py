@@ -388,8 +388,6 @@ def _summarise_scalar(
         reference_max_abs=abs(reference) if selected else 0.0,
         max_error=error,
         allowed_at_worst=allowed,
-        trainer_at_worst=trainer,
-        reference_at_worst=reference,
         worst=0,
     )
 
@@ -436,17 +434,12 @@ class _Summary(NamedTuple):  # a NamedTuple: built per comparison on the hot pat
     reference_max_abs: float
     max_error: float
     allowed_at_worst: float
-    trainer_at_worst: float
-    reference_at_worst: float
     worst: int  # flat index of the largest |error|
 
 
 def _summaries(table: list[list[float]]) -> list[_Summary]:
-    """One :class:`_Summary` per row of the (K, 9) table both summary paths fetch (counts and index as ints)."""
-    return [
-        _Summary(int(row[0]), int(row[1]), row[2], row[3], row[4], row[5], row[6], row[7], int(row[8]))
-        for row in table
-    ]
+    """One :class:`_Summary` per row of the (K, 7) table both summary paths fetch (counts and index as ints)."""
+    return [_Summary(int(row[0]), int(row[1]), row[2], row[3], row[4], row[5], int(row[6])) for row in table]
 
 
 # Up to this many elements per row, one batched operation beats one operation per row (per-call overhead
@@ -487,7 +480,7 @@ def _summarise(
             for one in zip(got, want, compared, tolerances, strict=True)
             for summary in _summarise(*([part] for part in one))
         ]
-    if len(got) * got[0].numel() <= _NUMPY_ELEMENTS and all(t.device.type == "cpu" for t in (*got, *want)):
+    if len(got) * got[0].numel() <= _NUMPY_ELEMENTS and _all_on_cpu(got) and _all_on_cpu(want):
         return _summarise_numpy(got, want, compared, tolerances)
     trainer, reference = _rows_f64(got), _rows_f64(want)  # (K, N)
     mask = (
@@ -504,9 +497,9 @@ def _summarise(
     beyond = torch.gt(error, allowed).logical_and_(mask)
     masked_error = torch.where(mask, error, -1.0)
     worst = masked_error.argmax(1, keepdim=True)  # (K, 1)
-    # one gather each: stacking the four (K, N) tensors into one (K, 4, N) copy to gather once costs far more
-    # than three more small calls at the sizes this path sees (K·N above _NUMPY_ELEMENTS)
-    at_worst = (error, allowed, trainer, reference)
+    # one gather each: stacking the two (K, N) tensors into one (K, 2, N) copy to gather once costs more than
+    # one more small call at the sizes this path sees (K·N above _NUMPY_ELEMENTS)
+    at_worst = (error, allowed)
     values_at_worst = torch.cat([values.gather(1, worst) for values in at_worst], dim=1)
     table = torch.cat(
         [
@@ -514,12 +507,29 @@ def _summarise(
             _row_counts(mask),
             masked_error.clamp_min_(0.0).sum(1, keepdim=True),  # Σ |error| over the compared elements
             torch.where(mask, reference_abs, 0.0).amax(1, keepdim=True),
-            values_at_worst,  # |error|, allowed, trainer, reference at the worst element
+            values_at_worst,  # |error| and allowed at the worst element
             worst.double(),
         ],
         dim=1,
     ).tolist()
     return _summaries(table)
+
+
+def _all_on_cpu(tensors: list[torch.Tensor]) -> bool:
+    """Whether every tensor is on the CPU (a loop over ``is_cpu``: no device object per tensor)."""
+    for tensor in tensors:  # noqa: SIM110 (a loop, not all(genexpr): this runs for every comparison group)
+        if not tensor.is_cpu:
+            return False
+    return True
+
+
+def _stacked_f64(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """(K, *shape) float64: the tensors stacked (one tensor: its float64 copy the step cache shares, with a
+    leading dim); no conversion where the stack already is float64."""
+    if len(tensors) == 1:
+        return f64(tensors[0]).unsqueeze(0)
+    stacked = torch.stack(tensors)
+    return stacked if stacked.dtype is torch.float64 else stacked.double()
 
 
 # Up to this many elements in all, the summary runs in numpy: the same float64 arithmetic at a few times
@@ -539,14 +549,15 @@ def _summarise_numpy(
     import numpy as np
 
     rows = len(got)
-    trainer_rows, reference_rows = _rows_f64(got), _rows_f64(want)  # (K, N)
-    trainer, reference = trainer_rows.numpy(), reference_rows.numpy()
-    mask = torch.stack(compared).reshape(rows, -1).numpy()
-    bounds = np.array([(t.rtol, t.atol) for t in tolerances], dtype=np.float64)  # (K, 2)
-    rtol, atol = bounds[:, :1], bounds[:, 1:]
+    trainer_stack, reference_stack = _stacked_f64(got), _stacked_f64(want)  # (K, *shape)
+    # (K, N) views reshaped by numpy: the same elements in the same order as torch's reshape, at less cost
+    reference = reference_stack.numpy().reshape(rows, -1)
+    mask = torch.stack(compared).numpy().reshape(rows, -1)
+    rtol = np.array([[t.rtol] for t in tolerances], dtype=np.float64)  # (K, 1)
+    atol = np.array([[t.atol] for t in tolerances], dtype=np.float64)  # (K, 1)
     # |trainer − reference| in torch (the same IEEE float64 operations): inf − inf is NaN there without a
     # warning, and no numpy error-state context is needed around it
-    error = torch.sub(trainer_rows, reference_rows).abs_().numpy()
+    error = torch.sub(trainer_stack, reference_stack).abs_().numpy().reshape(rows, -1)
     reference_abs = np.abs(reference)
     allowed = reference_abs * rtol + atol  # atol + rtol·|reference|, rounded as compare_tensor
     beyond = (error > allowed) & mask  # NaN |error| is not beyond: it shows as the max error (argmax)
@@ -565,8 +576,6 @@ def _summarise_numpy(
                 np.maximum.reduce(np.where(mask, reference_abs, 0.0), axis=1).tolist(),
                 error[at].tolist(),
                 allowed[at].tolist(),
-                trainer[at].tolist(),
-                reference[at].tolist(),
                 worst.tolist(),
                 strict=True,
             ),

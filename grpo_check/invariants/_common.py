@@ -147,7 +147,7 @@ class Outcome:
 def passed(
     explanation: str, figure: float | None = None, tolerance: float | None = None, **details: Any
 ) -> Outcome:
-    return Outcome(Verdict.PASS, explanation, figure, tolerance, details=dict(details))
+    return Outcome(Verdict.PASS, explanation, figure, tolerance, details=details)  # a new dict per call
 
 
 def not_applicable(reason: str) -> Outcome:
@@ -413,8 +413,12 @@ def known_finite(step: TraceStep, *names: str) -> bool:
     if not sources:
         return False
     tensors = step.tensors
-    for name in names:  # noqa: SIM110 (a loop, not all(genexpr): this runs a few dozen times per step)
-        if not _is_known_finite(sources, tensors.get(name)):
+    for name in names:  # a loop with _is_known_finite inlined: this runs a few dozen times per step
+        tensor = tensors.get(name)
+        entry = sources.get(id(tensor))
+        if entry is None or entry[0] is not tensor:
+            return False
+        if entry[1] != (None if tensor.is_inference() else tensor._version):
             return False
     return True
 
@@ -464,7 +468,12 @@ def finite_outcome(
     warning because ``x * mask`` is still NaN (only ``torch.where`` or ``masked_fill`` hides it).
     """
     if _FINITE_CHECKED.issuperset(names):  # known finite: the pass the loop below reaches
-        checked = [name for name in names if _is_float_tensor(step.get(name))]
+        tensors = step.tensors
+        checked = []
+        for name in names:  # _is_float_tensor(step.get(name)), inlined: seven checks per step run this
+            tensor = tensors.get(name)
+            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+                checked.append(name)
         if checked and known_finite(step, *checked):
             return passed(f"all finite: {', '.join(checked)}", 0.0, 0.0)
     checked = []

@@ -99,9 +99,11 @@ class TraceStep:
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def has(self, *names: str) -> bool:
-        if len(names) == 1:  # the common case, without a generator
-            return names[0] in self.tensors
-        return all(n in self.tensors for n in names)
+        tensors = self.tensors
+        for name in names:  # noqa: SIM110 (a loop, not all(genexpr): this runs about fifty times per step)
+            if name not in tensors:
+                return False
+        return True
 
     def get(self, name: str, default: Any = None) -> Any:
         return self.tensors.get(name, default)
