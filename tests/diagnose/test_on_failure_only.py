@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import diagnose_mutants as mutants
 import pytest
 
 import grpo_check.diagnose as diagnose_module
@@ -15,7 +16,6 @@ from grpo_check.compare.synthetic import make_step
 from grpo_check.compare.tolerances import TolerancePolicy
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
-from tests.diagnose import diagnose_mutants as mutants
 
 _SPECS = (
     GRPOSpec(num_generations=4, loss_type="grpo", beta=0.04),
