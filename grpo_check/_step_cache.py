@@ -104,6 +104,20 @@ def plain(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach() if tensor.requires_grad else tensor
 
 
+def bool_mask(mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` as bool, shared between the checks of one step (the comparison's and the invariants' token
+    masks are this one tensor)."""
+    return cached(("bool", mask), lambda: plain(mask).bool())
+
+
+def all_true_like(like: torch.Tensor) -> torch.Tensor:
+    """An all-True bool mask of ``like``'s shape and device, shared between the checks of one step."""
+    return cached(
+        ("ones", tuple(like.shape), str(like.device)),
+        lambda: torch.ones(like.shape, dtype=torch.bool, device=like.device),
+    )
+
+
 def f64(tensor: torch.Tensor) -> torch.Tensor:
     """Detached float64 copy for evaluating a check (the tensor's own dtype drives the tolerance).
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from grpo_check._step_cache import cached, f64, finite_mask, plain
+from grpo_check._step_cache import all_true_like, bool_mask, cached, f64, finite_mask, plain
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
 from grpo_check.tolerance_defaults import DTYPE_DEFAULTS
@@ -312,19 +312,14 @@ def unscorable_rows(step: TraceStep) -> torch.Tensor | None:
 
 def completion_bool(step: TraceStep) -> torch.Tensor:
     """``completion_mask`` as bool, shared between the checks of one step (with :func:`token_mask`)."""
-    mask = step["completion_mask"]
-    return cached(("bool", mask), lambda: plain(mask).bool())
+    return bool_mask(step["completion_mask"])
 
 
 def token_mask(step: TraceStep, like: torch.Tensor) -> torch.Tensor:
     """(B, T) bool of the tokens a per-token tensor ``like`` is meaningful on (all True if no mask)."""
     if step.has("completion_mask") and step["completion_mask"].shape == like.shape:
-        mask = step["completion_mask"]
-        return cached(("bool", mask), lambda: plain(mask).bool())
-    return cached(
-        ("ones", tuple(like.shape), str(like.device)),
-        lambda: torch.ones(like.shape, dtype=torch.bool, device=like.device),
-    )
+        return completion_bool(step)
+    return all_true_like(like)
 
 
 def loss_mask(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor | None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from grpo_check._step_cache import cached, f64, plain
+from grpo_check._step_cache import all_true_like, bool_mask, f64
 from grpo_check.findings import Where
 
 __all__ = ["StepContext", "as_f64"]
@@ -79,14 +79,10 @@ class StepContext:
         """Boolean mask of the compared elements for a tensor shaped like ``like``."""
         mask = self.completion_mask
         if like.dim() == 2 and mask is not None and like.shape == mask.shape:
-            # shared with the invariants' token mask while a step cache is open
-            return cached(("bool", mask), lambda: plain(mask).bool())
+            return bool_mask(mask)  # shared with the invariants' token mask while a step cache is open
         if like.dim() == 2 and mask is not None and like.shape[1] == 1:
             return mask.bool().any(dim=1, keepdim=True)
-        return cached(
-            ("ones", tuple(like.shape), str(like.device)),
-            lambda: torch.ones(like.shape, dtype=torch.bool, device=like.device),
-        )
+        return all_true_like(like)
 
 
 def as_f64(tensor: Any) -> torch.Tensor:
