@@ -66,17 +66,13 @@ def save_policy(out_dir: Path, shape: dict[str, int], *, seed: int = 0) -> tuple
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from grpo_check.bench.policy import build_tokenizer, parameter_count
-    from grpo_check.demo.model import seeded_model
+    from grpo_check.demo.model import policy_config_fields, seeded_model
 
     tokenizer = build_tokenizer(vocab_size=shape["vocab_size"])
     config = Qwen2Config(
         **shape,
         max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-        tie_word_embeddings=True,
-        attention_dropout=0.0,
+        **policy_config_fields(tokenizer),
     )
     model = seeded_model(Qwen2ForCausalLM, config, tokenizer, seed=seed).to(torch.bfloat16)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from grpo_check.demo.model import CHARS, EOS, PAD, UNK, seeded_model
+from grpo_check.demo.model import CHARS, EOS, PAD, UNK, policy_config_fields, seeded_model
 
 VOCAB_SIZE = 32_000
 HIDDEN_SIZE = 512
@@ -104,11 +104,7 @@ def build_policy(
         num_attention_heads=num_heads,
         num_key_value_heads=num_kv_heads,
         max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-        tie_word_embeddings=True,
-        attention_dropout=0.0,
+        **policy_config_fields(tokenizer),
     )
     return seeded_model(LlamaForCausalLM, config, tokenizer, seed=seed)
 

@@ -59,6 +59,18 @@ HIDDEN_SIZE = 32
 NUM_LAYERS = 2
 
 
+def policy_config_fields(tokenizer: Any) -> dict[str, Any]:
+    """The config fields every policy built from code here shares: ``tokenizer``'s pad and EOS ids, no BOS
+    id, input and output embeddings tied, no attention dropout."""
+    return {
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": None,
+        "tie_word_embeddings": True,
+        "attention_dropout": 0.0,
+    }
+
+
 def seeded_model(model_class: Any, config: Any, tokenizer: Any, *, seed: int) -> Any:
     """``model_class(config)`` with its random weights drawn from ``seed`` (the global RNG is restored after),
     its generation config's pad and EOS ids taken from ``tokenizer`` and no BOS id."""
@@ -90,11 +102,7 @@ def build_policy(
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-        tie_word_embeddings=True,
-        attention_dropout=0.0,
+        **policy_config_fields(tokenizer),
     )
     return seeded_model(LlamaForCausalLM, config, tokenizer, seed=seed)
 
