@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import pytest
 import torch
@@ -61,6 +62,21 @@ def test_finding_defaults_are_fresh_details_and_empty_coordinates() -> None:
     assert two.details == {}
     assert one.where == Where() and one.where.describe() == "-"
     assert one.explanation == "" and one.kind == "invariant" and one.figure is None
+
+
+@pytest.mark.parametrize("cls", [Finding, Where])
+def test_the_written_out_constructors_take_every_field_in_order_with_its_default(cls) -> None:
+    """A field added to the dataclass without its constructor parameter (or with another default) fails here."""
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    fields = dataclasses.fields(cls)
+    assert [p.name for p in parameters] == [f.name for f in fields]
+    for parameter, field in zip(parameters, fields, strict=True):
+        if field.default is not dataclasses.MISSING:
+            assert parameter.default == field.default, field.name
+        elif field.default_factory is not dataclasses.MISSING:  # details: a fresh dict per instance
+            assert getattr(cls("a.b", "loss", Verdict.PASS), field.name) == field.default_factory()
+        else:
+            assert parameter.default is inspect.Parameter.empty, field.name
 
 
 def test_finding_coerces_a_verdict_string_and_a_where_dict() -> None:
