@@ -12,6 +12,7 @@ import dataclasses
 import math
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from grpo_check._step_cache import f64
@@ -336,19 +337,27 @@ def compare_tensors(comparisons: list[Comparison], ctx: StepContext) -> list[Fin
     mismatch, a low-precision allowance) is re-run through :func:`compare_tensor`, so failures get its full
     diagnostics. A pass gives the same finding :func:`compare_tensor` gives, up to float rounding of the mean.
     """
+    if not comparisons:
+        return []
     results: list[Finding | None] = [None] * len(comparisons)
     by_shape: dict[tuple[int, ...], list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+    token_masks: dict[tuple[Any, ...], torch.Tensor] = {}  # the context's default mask per shape and device
     for index, comparison in enumerate(comparisons):
-        prepared = _prepare(comparison, ctx)
+        prepared = _prepare(comparison, ctx, token_masks)
         if prepared is None or prepared[0].numel() == 0:  # (an empty step: "nothing to compare")
             results[index] = comparison.run(ctx)
             continue
         got, want, compared = prepared
+        shape = tuple(got.shape)
         if got.numel() == 1:  # a scalar (the loss, its normaliser): summarised in Python, exactly as below
             summary = _summarise_scalar(got, want, compared, comparison.tolerance)
-            results[index] = _judged(comparison, summary, tuple(got.shape), ctx)
+            results[index] = _judged(comparison, summary, shape, ctx)
             continue
-        by_shape.setdefault(tuple(got.shape), []).append((index, got, want, compared))
+        group = by_shape.get(shape)
+        if group is None:
+            by_shape[shape] = [(index, got, want, compared)]
+        else:
+            group.append((index, got, want, compared))
     for shape, members in by_shape.items():
         summaries = _summarise(
             [m[1] for m in members],
@@ -358,18 +367,57 @@ def compare_tensors(comparisons: list[Comparison], ctx: StepContext) -> list[Fin
         )
         for (index, *_), summary in zip(members, summaries, strict=True):
             results[index] = _judged(comparisons[index], summary, shape, ctx)
-    return [finding for finding in results if finding is not None]
+    return results  # type: ignore[return-value]  (every slot is filled above)
 
 
 def _judged(comparison: Comparison, summary: _Summary, shape: tuple[int, ...], ctx: StepContext) -> Finding:
-    """The PASS finding of a clean summary; anything else re-runs :func:`compare_tensor` for its diagnostics."""
-    passed = (
-        summary.compared > 0
-        and summary.beyond == 0
-        and math.isfinite(summary.max_error)
-        and math.isfinite(summary.reference_max_abs)
+    """The PASS finding :func:`compare_tensor` builds, from a clean summary; anything else re-runs
+    :func:`compare_tensor` for its diagnostics."""
+    n, max_error, ref_scale = summary.compared, summary.max_error, summary.reference_max_abs
+    if not (n > 0 and summary.beyond == 0 and math.isfinite(max_error) and math.isfinite(ref_scale)):
+        return comparison.run(ctx)
+    tolerance = comparison.tolerance
+    allowed = summary.allowed_at_worst
+    worst = summary.worst
+    if len(shape) == 1:  # _unravel, inlined
+        row, token = worst, None
+    elif len(shape) == 0:
+        row = token = None
+    else:
+        row, token = divmod(worst, shape[-1])
+    return Finding(
+        check_id=comparison.check_id,
+        stage=comparison.stage,
+        verdict=Verdict.PASS,
+        figure=max_error,
+        tolerance=allowed,
+        where=ctx.where(row=row, token=token),
+        kind=comparison.kind,
+        details={
+            "quantity": comparison.name,
+            "compared_elements": n,
+            "tolerance": tolerance.to_dict(),
+            "max_abs_error": max_error,
+            "mean_abs_error": summary.error_sum / n,
+            "reference_max_abs": ref_scale,
+            "max_rel_error": max_error / ref_scale if ref_scale > 0 else None,
+            "elements_beyond_tolerance": 0,
+            "fraction_beyond_tolerance": 0.0,
+            "outlier_budget": tolerance.outlier_fraction,
+        },
+        explanation=(
+            f"{comparison.what or comparison.name} matches the reference: max |error| {max_error:.3g} over {n} "
+            f"element(s) (allowed {allowed:.3g} there)"
+        ),
     )
-    return _pass_finding(comparison, summary, shape, ctx) if passed else comparison.run(ctx)
+
+
+def _scalar(tensor: torch.Tensor) -> Any:
+    """The one element of a one-element tensor as a Python number (``tolist``: no operation dispatched)."""
+    value = tensor.tolist()
+    while type(value) is list:
+        value = value[0]
+    return value
 
 
 def _summarise_scalar(
@@ -377,7 +425,7 @@ def _summarise_scalar(
 ) -> _Summary:
     """:func:`_summarise_numpy` for one element, in Python floats (IEEE float64 like numpy's): the same
     |error|, allowance (|reference|·rtol + atol), NaN handling and sums (a one-element sum is the element)."""
-    trainer, reference, selected = float(got), float(want), bool(compared)
+    trainer, reference, selected = float(_scalar(got)), float(_scalar(want)), bool(_scalar(compared))
     error = abs(trainer - reference)
     allowed = abs(reference) * tolerance.rtol + tolerance.atol
     masked_error = error if selected else -1.0
@@ -393,13 +441,21 @@ def _summarise_scalar(
 
 
 def _prepare(
-    comparison: Comparison, ctx: StepContext
+    comparison: Comparison, ctx: StepContext, token_masks: dict[tuple[Any, ...], torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """(trainer, reference, compared mask) detached at one shape (any float dtype: :func:`_summarise`
-    converts while stacking), or ``None`` for the full path."""
+    converts while stacking), or ``None`` for the full path. ``token_masks``: the context's default mask
+    by shape and device, looked up once per :func:`compare_tensors` call."""
     if comparison.reference_same_precision is not None:
         return None
-    got, want = _detached(comparison.trainer), _detached(comparison.reference)
+    got, want = comparison.trainer, comparison.reference
+    if type(got) is not torch.Tensor or type(want) is not torch.Tensor:
+        got, want = _detached(got), _detached(want)
+    else:
+        if got.requires_grad:
+            got = got.detach()
+        if want.requires_grad:
+            want = want.detach()
     if not (got.dtype.is_floating_point and want.dtype.is_floating_point):
         got, want = got.double(), want.double()
     if got.shape != want.shape:
@@ -409,7 +465,10 @@ def _prepare(
             return None
     mask = comparison.mask
     if mask is None:
-        compared = ctx.token_mask(got)
+        key = (*got.shape, got.device)
+        compared = token_masks.get(key)
+        if compared is None:
+            compared = token_masks[key] = ctx.token_mask(got)
     elif mask.dtype is torch.bool and mask.shape == got.shape:  # as expand_as would give it, without the view
         compared = mask
     else:
@@ -523,13 +582,17 @@ def _all_on_cpu(tensors: list[torch.Tensor]) -> bool:
     return True
 
 
-def _stacked_f64(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """(K, *shape) float64: the tensors stacked (one tensor: its float64 copy the step cache shares, with a
-    leading dim); no conversion where the stack already is float64."""
-    if len(tensors) == 1:
-        return f64(tensors[0]).unsqueeze(0)
-    stacked = torch.stack(tensors)
-    return stacked if stacked.dtype is torch.float64 else stacked.double()
+# the dtypes numpy holds as they are: float64 itself, and the float dtypes it widens to float64 exactly
+_HOST_DTYPES = frozenset({torch.float64, torch.float32, torch.float16, torch.bool})
+
+
+def _host_rows(tensors: list[torch.Tensor]) -> np.ndarray:
+    """(K, N) numpy array of K same-shaped CPU tensors outside any graph, flattened in torch's element order:
+    one stack (none for one tensor), one host view; other dtypes (bfloat16) as float64 first."""
+    stacked = tensors[0] if len(tensors) == 1 else torch.stack(tensors)
+    if stacked.dtype not in _HOST_DTYPES:
+        stacked = stacked.double()
+    return stacked.numpy().reshape(len(tensors), -1)
 
 
 # Up to this many elements in all, the summary runs in numpy: the same float64 arithmetic at a few times
@@ -544,22 +607,21 @@ def _summarise_numpy(
     compared: list[torch.Tensor],
     tolerances: list[Tolerance],
 ) -> list[_Summary]:
-    """:func:`_summarise` on CPU tensors through numpy views (no copy for float64 tensors), operation for
-    operation: the same float64 values, NaN handling and first-index ties."""
-    import numpy as np
-
+    """:func:`_summarise` on CPU tensors through numpy views, operation for operation: the same float64
+    values, NaN handling and first-index ties."""
     rows = len(got)
-    trainer_stack, reference_stack = _stacked_f64(got), _stacked_f64(want)  # (K, *shape)
-    # (K, N) views reshaped by numpy: the same elements in the same order as torch's reshape, at less cost
-    reference = reference_stack.numpy().reshape(rows, -1)
-    mask = torch.stack(compared).numpy().reshape(rows, -1)
-    rtol = np.array([[t.rtol] for t in tolerances], dtype=np.float64)  # (K, 1)
-    atol = np.array([[t.atol] for t in tolerances], dtype=np.float64)  # (K, 1)
-    # |trainer − reference| in torch (the same IEEE float64 operations): inf − inf is NaN there without a
-    # warning, and no numpy error-state context is needed around it
-    error = torch.sub(trainer_stack, reference_stack).abs_().numpy().reshape(rows, -1)
-    reference_abs = np.abs(reference)
-    allowed = reference_abs * rtol + atol  # atol + rtol·|reference|, rounded as compare_tensor
+    # float32/float16 widen to float64 exactly (as torch's .double()); float64 stays a view
+    trainer = _host_rows(got).astype(np.float64, copy=False)
+    reference = _host_rows(want).astype(np.float64, copy=False)
+    mask = _host_rows(compared)
+    if mask.dtype != np.bool_:
+        mask = mask != 0
+    bounds = np.array([(t.rtol, t.atol) for t in tolerances], dtype=np.float64)  # (K, 2)
+    # no invalid-operation warnings: inf − inf (and inf·0 for rtol 0) are NaN, as in torch, silently
+    with np.errstate(invalid="ignore"):
+        error = np.abs(trainer - reference)
+        reference_abs = np.abs(reference)
+        allowed = reference_abs * bounds[:, :1] + bounds[:, 1:]  # atol + rtol·|reference|, as compare_tensor
     beyond = (error > allowed) & mask  # NaN |error| is not beyond: it shows as the max error (argmax)
     masked_error = np.where(mask, error, -1.0)
     worst = masked_error.argmax(1)  # first index of the largest value; NaN counts as the largest
@@ -580,41 +642,6 @@ def _summarise_numpy(
                 strict=True,
             ),
         )
-    )
-
-
-def _pass_finding(
-    comparison: Comparison, summary: _Summary, shape: tuple[int, ...], ctx: StepContext
-) -> Finding:
-    """The PASS finding :func:`compare_tensor` builds, from a batched summary."""
-    n, max_error, ref_scale = summary.compared, summary.max_error, summary.reference_max_abs
-    tolerance = comparison.tolerance
-    row, token = _unravel(summary.worst, shape)
-    label = comparison.what or comparison.name
-    return Finding(
-        check_id=comparison.check_id,
-        stage=comparison.stage,
-        verdict=Verdict.PASS,
-        figure=max_error,
-        tolerance=summary.allowed_at_worst,
-        where=ctx.where(row=row, token=token),
-        kind=comparison.kind,
-        details={
-            "quantity": comparison.name,
-            "compared_elements": n,
-            "tolerance": tolerance.to_dict(),
-            "max_abs_error": max_error,
-            "mean_abs_error": summary.error_sum / n,
-            "reference_max_abs": ref_scale,
-            "max_rel_error": max_error / ref_scale if ref_scale > 0 else None,
-            "elements_beyond_tolerance": 0,
-            "fraction_beyond_tolerance": 0.0,
-            "outlier_budget": tolerance.outlier_fraction,
-        },
-        explanation=(
-            f"{label} matches the reference: max |error| {max_error:.3g} over {n} element(s) "
-            f"(allowed {summary.allowed_at_worst:.3g} there)"
-        ),
     )
 
 

@@ -59,12 +59,16 @@ def comparison_sets(draw):
     generator = torch.Generator().manual_seed(seed)
     comparisons = []
     for index in range(draw(st.integers(1, 5))):
-        shape = draw(st.sampled_from([(rows, tokens), (rows,), ()]))
-        reference = torch.randn(shape, generator=generator, dtype=torch.float64) * 3
+        shape = draw(st.sampled_from([(rows, tokens), (rows,), (), (1,), (rows, 1)]))
+        dtype = draw(
+            st.sampled_from([torch.float32, torch.float32, torch.float64, torch.float16, torch.bfloat16])
+        )
+        trainer = (torch.randn(shape, generator=generator, dtype=torch.float64) * 3).to(dtype)
         noise = (torch.rand(shape, generator=generator, dtype=torch.float64) - 0.5) * 1e-6
-        trainer = (reference + noise * reference.abs()).to(
-            torch.float32
-        )  # float32 rounding: within tolerance
+        reference = trainer.double() * (1 + noise)  # within tolerance of the trainer's own values
+        if draw(st.booleans()) and len(shape) == 2:  # a row-constant reference, expanded (a strided view)
+            reference = reference[:, :1].expand(shape)
+            trainer = reference.to(dtype)
         corruption = draw(st.sampled_from(_CORRUPTIONS))
         mask = None
         if corruption == "beyond" and trainer.numel():
@@ -274,3 +278,22 @@ def test_a_repeated_isolated_finding_keeps_every_field_but_its_label():
     assert repeated.details == isolated.details and repeated.details is not isolated.details
     other_tolerance = dataclasses.replace(comparison, tolerance=dataclasses.replace(TOL, atol=1.0))
     assert repeat_isolated(other_tolerance, {isolated_id: isolated}) is None  # not under the same tolerance
+
+
+@pytest.mark.parametrize("path", ["numpy", "torch"])
+def test_infinite_operands_summarise_without_warnings(path, recwarn):
+    """inf − inf and inf·0 (an infinite reference under rtol 0) are NaN in both summaries, silently."""
+    ctx = _context(4, 3)
+    reference = torch.randn(4, 3, dtype=torch.float64)
+    reference[1, 1] = float("inf")
+    trainer = reference.float()  # the same inf on both sides at [1, 1]
+    comparisons = [
+        Comparison("test.inf", "loss", "inf", trainer, reference, tolerance)
+        for tolerance in (TOL, Tolerance(rtol=0.0, atol=1e-6))
+    ]
+    with _summary_path(path):
+        batched = compare_tensors(comparisons, ctx)
+    assert [f.verdict for f in batched] == [Verdict.FAIL, Verdict.FAIL]  # a compared NaN/Inf fails
+    for finding, comparison in zip(batched, comparisons, strict=True):
+        _assert_same(finding, comparison.run(ctx))
+    assert not [w for w in recwarn.list if issubclass(w.category, RuntimeWarning)]
