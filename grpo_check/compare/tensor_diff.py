@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from itertools import chain
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -30,6 +31,8 @@ __all__ = [
     "error_map",
     "not_captured",
 ]
+
+_chain = chain.from_iterable
 
 _MAP_LIMIT = 64  # rows/cols of the token error map kept in details (plots stay small)
 
@@ -539,7 +542,10 @@ def _summarise(
             for one in zip(got, want, compared, tolerances, strict=True)
             for summary in _summarise(*([part] for part in one))
         ]
-    if len(got) * got[0].numel() <= _NUMPY_ELEMENTS and _all_on_cpu(got) and _all_on_cpu(want):
+    elements = len(got) * got[0].numel()
+    if elements <= _NUMPY_ELEMENTS and _all_on_cpu(got) and _all_on_cpu(want):
+        if elements <= _PYTHON_ELEMENTS:
+            return _summarise_python(got, want, compared, tolerances)
         return _summarise_numpy(got, want, compared, tolerances)
     trainer, reference = _rows_f64(got), _rows_f64(want)  # (K, N)
     mask = (
@@ -643,6 +649,71 @@ def _summarise_numpy(
             ),
         )
     )
+
+
+# Up to this many elements in all, the summary runs element by element in Python floats (IEEE float64,
+# like numpy's): a few numpy calls cost more than a loop over a handful of elements.
+_PYTHON_ELEMENTS = 64
+
+
+def _flat_list(tensor: torch.Tensor) -> list[Any]:
+    """``tensor``'s elements as a flat Python list in torch's element order (``tolist``: no operation
+    dispatched; float16/bfloat16/float32 values widen to Python floats exactly)."""
+    values = tensor.tolist()
+    dims = tensor.dim()
+    if dims == 1:
+        return values
+    if dims == 0:
+        return [values]
+    for _ in range(dims - 1):
+        values = list(_chain(values))
+    return values
+
+
+def _summarise_python(
+    got: list[torch.Tensor],
+    want: list[torch.Tensor],
+    compared: list[torch.Tensor],
+    tolerances: list[Tolerance],
+) -> list[_Summary]:
+    """:func:`_summarise_numpy` element by element, for a few elements: the same float64 operations (|error|,
+    atol + rtol·|reference|), the same NaN handling and first-index ties, and the error sums by numpy's
+    reduction over the same (K, N) float64 table, so in the same order."""
+    table: list[list[float]] = []  # max(masked |error|, 0) per element: what _summarise_numpy sums
+    rows: list[tuple[int, int, float, float, float, int]] = []
+    for trainer, reference, mask, tolerance in zip(got, want, compared, tolerances, strict=True):
+        rtol, atol = tolerance.rtol, tolerance.atol
+        trainer_values, reference_values = _flat_list(trainer), _flat_list(reference)
+        summed: list[float] = []
+        beyond = count = 0
+        reference_max = 0.0  # np.maximum.reduce over where(mask, |reference|, 0): a NaN sticks
+        largest, worst = 0.0, -1  # np.argmax over where(mask, |error|, -1): the first NaN, else the first max
+        for index, (value, expected, selected) in enumerate(
+            zip(trainer_values, reference_values, _flat_list(mask), strict=True)
+        ):
+            error = abs(value - expected)
+            if selected:
+                count += 1
+                magnitude = abs(expected)
+                if error > magnitude * rtol + atol:
+                    beyond += 1
+                if not magnitude <= reference_max and reference_max == reference_max:
+                    reference_max = magnitude
+                masked = error
+                summed.append(error)
+            else:
+                masked = -1.0
+                summed.append(0.0)
+            if worst < 0 or (not masked <= largest and largest == largest):
+                largest, worst = masked, index
+        table.append(summed)
+        value, expected = trainer_values[worst], reference_values[worst]
+        rows.append((beyond, count, reference_max, abs(value - expected), abs(expected) * rtol + atol, worst))
+    sums = np.add.reduce(np.array(table, dtype=np.float64), axis=1).tolist()
+    return [
+        _Summary(beyond, count, total, reference_max, max_error, allowed, worst)
+        for (beyond, count, reference_max, max_error, allowed, worst), total in zip(rows, sums, strict=True)
+    ]
 
 
 def not_captured(

@@ -101,16 +101,18 @@ def comparison_sets(draw):
 
 @contextlib.contextmanager
 def _summary_path(path: str):
-    """Force the numpy summary (small steps) or the torch one (large steps) for the comparisons inside."""
-    saved = _diff._NUMPY_ELEMENTS
-    _diff._NUMPY_ELEMENTS = 1 << 62 if path == "numpy" else 0
+    """Force the Python summary (a few elements), the numpy one (small steps) or the torch one (large steps)
+    for the comparisons inside."""
+    saved = _diff._NUMPY_ELEMENTS, _diff._PYTHON_ELEMENTS
+    _diff._NUMPY_ELEMENTS = 0 if path == "torch" else 1 << 62
+    _diff._PYTHON_ELEMENTS = 1 << 62 if path == "python" else 0
     try:
         yield
     finally:
-        _diff._NUMPY_ELEMENTS = saved
+        _diff._NUMPY_ELEMENTS, _diff._PYTHON_ELEMENTS = saved
 
 
-@pytest.mark.parametrize("path", ["numpy", "torch"])
+@pytest.mark.parametrize("path", ["python", "numpy", "torch"])
 @settings(max_examples=150, deadline=None)
 @given(case=comparison_sets())
 def test_batched_findings_equal_full_comparison(path, case):
@@ -133,6 +135,8 @@ def test_the_two_summary_paths_agree_value_for_value():
     tolerances = [TOL, Tolerance(rtol=1e-3, atol=0.0), TOL]
     with _summary_path("numpy"):
         numpy_summaries = _diff._summarise(got, want, compared, tolerances)
+    with _summary_path("python"):  # the same float64 table summed by the same reduction: equal, repr for repr
+        assert repr(_diff._summarise(got, want, compared, tolerances)) == repr(numpy_summaries)
     with _summary_path("torch"):
         torch_summaries = _diff._summarise(got, want, compared, tolerances)
     for a, b in zip(numpy_summaries, torch_summaries, strict=True):
@@ -280,7 +284,7 @@ def test_a_repeated_isolated_finding_keeps_every_field_but_its_label():
     assert repeat_isolated(other_tolerance, {isolated_id: isolated}) is None  # not under the same tolerance
 
 
-@pytest.mark.parametrize("path", ["numpy", "torch"])
+@pytest.mark.parametrize("path", ["python", "numpy", "torch"])
 def test_infinite_operands_summarise_without_warnings(path, recwarn):
     """inf − inf and inf·0 (an infinite reference under rtol 0) are NaN in both summaries, silently."""
     ctx = _context(4, 3)
@@ -297,3 +301,38 @@ def test_infinite_operands_summarise_without_warnings(path, recwarn):
     for finding, comparison in zip(batched, comparisons, strict=True):
         _assert_same(finding, comparison.run(ctx))
     assert not [w for w in recwarn.list if issubclass(w.category, RuntimeWarning)]
+
+
+_SPECIAL = (math.nan, math.inf, -math.inf, 0.0, -0.0, 6e4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.integers(1, 5),
+    shape=st.sampled_from([(1,), (8,), (3, 4), (2, 3, 2), (4, 1)]),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
+    seed=st.integers(0, 2**16),
+    specials=st.lists(st.tuples(st.booleans(), st.integers(0, 23), st.sampled_from(_SPECIAL)), max_size=4),
+    keep=st.sampled_from([0.0, 0.5, 1.0]),
+    expanded=st.booleans(),
+)
+def test_python_summary_equals_the_numpy_summary(rows, shape, dtype, seed, specials, keep, expanded):
+    """Every field equal, repr for repr (NaN/Inf/±0 on either side, masked or not, low precision, views)."""
+    generator = torch.Generator().manual_seed(seed)
+    got, want, compared, tolerances = [], [], [], []
+    for row in range(rows):
+        reference = torch.randn(shape, generator=generator, dtype=torch.float64) * 3
+        trainer = (reference * (1 + 1e-6 * torch.randn(shape, generator=generator, dtype=torch.float64))).to(
+            dtype
+        )
+        for on_trainer, at, value in specials:
+            (trainer if on_trainer else reference).reshape(-1)[at % reference.numel()] = value
+        if expanded and len(shape) == 2:
+            reference = reference[:, :1].expand(shape)
+        got.append(trainer)
+        want.append(reference)
+        compared.append(torch.rand(shape, generator=generator) < keep)
+        tolerances.append((TOL, Tolerance(rtol=0.0, atol=0.0), Tolerance(rtol=1e-3, atol=0.0))[row % 3])
+    python = _diff._summarise_python(got, want, compared, tolerances)
+    assert repr(python) == repr(_diff._summarise_numpy(got, want, compared, tolerances))
+    assert all(type(field) in (int, float) for summary in python for field in summary)
