@@ -161,9 +161,20 @@ def _unscorable_finding(
 
 
 def _all_true(mask: torch.Tensor) -> bool:
-    """``bool(mask.all())`` of a bool mask, through numpy on a small step (less per-call overhead)."""
+    """``bool(mask.all())`` of a bool mask: through a Python list for a few rows (``tolist`` dispatches no
+    operation), through numpy on a small step (less per-call overhead)."""
+    if mask.dim() == 1 and mask.numel() <= _LIST_ELEMENTS and mask.is_cpu:
+        return all(mask.tolist())
     host = host_view(mask)
     return bool(host.all()) if host is not None else bool(mask.all())
+
+
+_LIST_ELEMENTS = 256  # up to this many elements, a mask's test runs on its Python list
+
+
+def _shaped_like(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``mask.expand_as(like)``, without the view (an operation) where the shapes already agree."""
+    return mask if mask.shape == like.shape else mask.expand_as(like)
 
 
 def _forward_comparison(
@@ -543,7 +554,7 @@ def downstream_findings(
             "grad.logps_grad",
             "grad",
             ISOLATED_LOSS_CHECKS["logps_grad"][1],
-            decided_clip_branch(down, spec, computed_dtype(step, "logps")).expand_as(loss_mask),
+            _shaped_like(decided_clip_branch(down, spec, computed_dtype(step, "logps")), loss_mask),
         ),
     ]
     comparisons: list[Comparison] = []

@@ -36,7 +36,6 @@ Example::
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from grpo_check.compare.end_to_end import end_to_end_findings, repeat_isolated
@@ -116,6 +115,7 @@ def compare_stages(
     if end_to_end:
         findings += end_to_end_findings(step, spec, policy, ctx, ref, findings)
     for finding in findings:
-        if finding.figure is not None and isinstance(finding.figure, float) and math.isnan(finding.figure):
+        figure = finding.figure
+        if figure is not None and isinstance(figure, float) and figure != figure:  # NaN
             finding.figure = None
     return findings, ref

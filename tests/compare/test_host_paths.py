@@ -116,3 +116,20 @@ def test_compare_step_findings_equal_without_the_numpy_paths(monkeypatch: pytest
             assert {"diagnose.logps_sign", "diagnose.detached_grad"} <= diagnoses, diagnoses
         else:
             assert not diagnoses, (label, diagnoses)
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        torch.ones(8, dtype=torch.bool),
+        torch.tensor([True] * 7 + [False]),
+        torch.zeros(0, dtype=torch.bool),
+        torch.ones(300, dtype=torch.bool),  # beyond the list path: numpy
+        torch.ones(4, 3, dtype=torch.bool).index_fill_(1, torch.tensor([2]), False),  # 2-D: numpy
+        torch.tensor([1.0, float("nan"), 0.0]),  # not bool: NaN is true, 0 is false, as torch's all()
+    ],
+)
+def test_all_true_equals_torch_all(mask: torch.Tensor) -> None:
+    from grpo_check.compare.stage_findings import _all_true
+
+    assert _all_true(mask) is bool(mask.all())
