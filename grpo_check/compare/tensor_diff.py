@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from grpo_check._step_cache import f64
+from grpo_check._step_cache import all_true_like, f64
 from grpo_check.compare.mismatch import Extreme, NonFinite, mismatch_message
 from grpo_check.compare.tolerances import Tolerance
 from grpo_check.findings import Finding, Verdict
@@ -343,7 +343,7 @@ def compare_tensors(comparisons: list[Comparison], ctx: StepContext) -> list[Fin
     if not comparisons:
         return []
     results: list[Finding | None] = [None] * len(comparisons)
-    by_shape: dict[tuple[int, ...], list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+    by_shape: dict[tuple[int, ...], list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]]] = {}
     token_masks: dict[tuple[Any, ...], torch.Tensor] = {}  # the context's default mask per shape and device
     for index, comparison in enumerate(comparisons):
         prepared = _prepare(comparison, ctx, token_masks)
@@ -424,11 +424,12 @@ def _scalar(tensor: torch.Tensor) -> Any:
 
 
 def _summarise_scalar(
-    got: torch.Tensor, want: torch.Tensor, compared: torch.Tensor, tolerance: Tolerance
+    got: torch.Tensor, want: torch.Tensor, compared: torch.Tensor | None, tolerance: Tolerance
 ) -> _Summary:
     """:func:`_summarise_numpy` for one element, in Python floats (IEEE float64 like numpy's): the same
     |error|, allowance (|reference|·rtol + atol), NaN handling and sums (a one-element sum is the element)."""
-    trainer, reference, selected = float(_scalar(got)), float(_scalar(want)), bool(_scalar(compared))
+    trainer, reference = float(_scalar(got)), float(_scalar(want))
+    selected = True if compared is None else bool(_scalar(compared))
     error = abs(trainer - reference)
     allowed = abs(reference) * tolerance.rtol + tolerance.atol
     masked_error = error if selected else -1.0
@@ -445,9 +446,9 @@ def _summarise_scalar(
 
 def _prepare(
     comparison: Comparison, ctx: StepContext, token_masks: dict[tuple[Any, ...], torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
     """(trainer, reference, compared mask) detached at one shape (any float dtype: :func:`_summarise`
-    converts while stacking), or ``None`` for the full path. ``token_masks``: the context's default mask
+    converts while stacking; mask ``None``: every element), or ``None`` for the full path. ``token_masks``: the context's default mask
     by shape and device, looked up once per :func:`compare_tensors` call."""
     if comparison.reference_same_precision is not None:
         return None
@@ -468,6 +469,8 @@ def _prepare(
             return None
     mask = comparison.mask
     if mask is None:
+        if got.dim() != 2:  # no (B, T) grid: the context's default mask is every element (``None`` here)
+            return got, want, None
         key = (*got.shape, got.device)
         compared = token_masks.get(key)
         if compared is None:
@@ -531,7 +534,7 @@ def _row_counts(mask: torch.Tensor) -> torch.Tensor:
 def _summarise(
     got: list[torch.Tensor],
     want: list[torch.Tensor],
-    compared: list[torch.Tensor],
+    compared: list[torch.Tensor | None],
     tolerances: list[Tolerance],
 ) -> list[_Summary]:
     """Batched reductions over K same-shaped comparisons; one host transfer for all of them. Large rows are
@@ -546,7 +549,8 @@ def _summarise(
     if elements <= _NUMPY_ELEMENTS and _all_on_cpu(got) and _all_on_cpu(want):
         if elements <= _PYTHON_ELEMENTS:
             return _summarise_python(got, want, compared, tolerances)
-        return _summarise_numpy(got, want, compared, tolerances)
+        return _summarise_numpy(got, want, _masks(got, compared), tolerances)
+    compared = _masks(got, compared)
     trainer, reference = _rows_f64(got), _rows_f64(want)  # (K, N)
     mask = (
         compared[0].reshape(1, -1) if len(compared) == 1 else torch.stack([c.reshape(-1) for c in compared])
@@ -578,6 +582,18 @@ def _summarise(
         dim=1,
     ).tolist()
     return _summaries(table)
+
+
+def _masks(got: list[torch.Tensor], compared: list[torch.Tensor | None]) -> list[torch.Tensor]:
+    """The compared masks, ``None`` (every element) as the all-True mask of its tensor's shape."""
+    for mask in compared:  # (no `None in compared`: that would compare tensors with None)
+        if mask is None:
+            break
+    else:
+        return compared  # type: ignore[return-value]
+    return [
+        all_true_like(tensor) if mask is None else mask for tensor, mask in zip(got, compared, strict=True)
+    ]
 
 
 def _all_on_cpu(tensors: list[torch.Tensor]) -> bool:
@@ -673,7 +689,7 @@ def _flat_list(tensor: torch.Tensor) -> list[Any]:
 def _summarise_python(
     got: list[torch.Tensor],
     want: list[torch.Tensor],
-    compared: list[torch.Tensor],
+    compared: list[torch.Tensor | None],
     tolerances: list[Tolerance],
 ) -> list[_Summary]:
     """:func:`_summarise_numpy` element by element, for a few elements: the same float64 operations (|error|,
@@ -684,12 +700,13 @@ def _summarise_python(
     for trainer, reference, mask, tolerance in zip(got, want, compared, tolerances, strict=True):
         rtol, atol = tolerance.rtol, tolerance.atol
         trainer_values, reference_values = _flat_list(trainer), _flat_list(reference)
+        mask_values = [True] * len(trainer_values) if mask is None else _flat_list(mask)
         summed: list[float] = []
         beyond = count = 0
         reference_max = 0.0  # np.maximum.reduce over where(mask, |reference|, 0): a NaN sticks
         largest, worst = 0.0, -1  # np.argmax over where(mask, |error|, -1): the first NaN, else the first max
         for index, (value, expected, selected) in enumerate(
-            zip(trainer_values, reference_values, _flat_list(mask), strict=True)
+            zip(trainer_values, reference_values, mask_values, strict=True)
         ):
             error = abs(value - expected)
             if selected:
