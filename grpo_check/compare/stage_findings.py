@@ -501,11 +501,11 @@ def downstream_findings(
     step: TraceStep, spec: GRPOSpec, policy: TolerancePolicy, ctx: StepContext, ref: StageReference
 ) -> list[Finding]:
     findings: list[Finding] = []
-    needed = ["logps", "advantages"] + (["ref_logps"] if spec.beta != 0.0 else [])
-    wanted = [n for n in ("ratio", "kl", "per_token_loss", "loss", "logps_grad") if step.has(n)]
-    if not wanted:
+    tensors = step.tensors  # (membership tests on the dict: step.has(name), without a call per name)
+    needed = ("logps", "advantages", "ref_logps") if spec.beta != 0.0 else ("logps", "advantages")
+    if not any(n in tensors for n in ("ratio", "kl", "per_token_loss", "loss", "logps_grad")):
         return findings
-    missing = [n for n in needed if not step.has(n)]
+    missing = [n for n in needed if n not in tensors]
     down = None if missing else reference_downstream(step, spec)
     if down is None:
         for name, check_id, stage in (
@@ -559,14 +559,10 @@ def downstream_findings(
     ]
     comparisons: list[Comparison] = []
     for name, check_id, stage, what, mask in checks:
-        if not step.has(name):
-            continue
-        if name not in down:
+        if name not in tensors or name not in down:
             continue
         want = down[name]
-        got = step[name]
-        if name in ("is_low_clipped", "is_high_clipped"):
-            continue
+        got = tensors[name]
         if name == "logps_grad" and got is None:
             continue
         shaped = got if isinstance(got, torch.Tensor) else as_f64(got)  # its shape: no float64 copy needed
@@ -588,7 +584,7 @@ def downstream_findings(
         )
     findings += compare_tensors(comparisons, ctx)
     for name in ("is_low_clipped", "is_high_clipped"):
-        if step.has(name) and name in down:
+        if name in tensors and name in down:
             findings.append(_mask_finding(step, name, down[name], loss_mask, ctx))
     return findings
 
