@@ -68,11 +68,22 @@ def compare_step(
             step, spec, policy, model=model, ref_model=ref_model, end_to_end=end_to_end
         )
         if diagnose:
-            from grpo_check.diagnose import diagnose as run_diagnose
-
+            run_diagnose = _LAZY.get("diagnose") or _import_diagnose()
             findings += run_diagnose(step, reference, spec, findings, model=model, tolerances=policy)
         findings += step_findings(step, spec, trace)
     return findings
+
+
+_LAZY: dict[str, Callable[..., Any]] = {}  # functions imported on first use (importing compare stays cheap)
+
+
+def _import_diagnose() -> Callable[..., list[Finding]]:
+    """:func:`grpo_check.diagnose.diagnose`, imported once (a per-call import of a package's name costs a
+    Python call every time)."""
+    from grpo_check.diagnose import diagnose
+
+    _LAZY["diagnose"] = diagnose
+    return diagnose
 
 
 def _invariant_findings(steps: TraceStep | list[TraceStep], spec: GRPOSpec) -> list[Finding]:
