@@ -56,10 +56,10 @@ def end_to_end_findings(
         "logps": "logps.model",
         "ref_logps": "logps.ref_model",
     }
-    verdicts = {f.check_id: f.verdict for f in upstream}
+    isolated_by_id = {f.check_id: f for f in upstream}  # (the last finding of an id, as a dict of verdicts)
     isolated = ref.notes.get("isolated_downstream")
     reuse = isolated is not None and all(
-        verdicts.get(upstream_check.get(name, "")) is Verdict.PASS
+        _verdict(isolated_by_id, upstream_check.get(name, "")) is Verdict.PASS
         for name in overrides
         if name != "old_logps"
     )
@@ -75,7 +75,6 @@ def end_to_end_findings(
     ref.e2e.update(advantages=ref_adv, **{k: v for k, v in down.items() if k != "loss_mask"})
     comparisons: list[Comparison] = []
     planned: list[Comparison | Finding] = []
-    isolated_by_id = {f.check_id: f for f in upstream}
     for name, check_id, what in (
         ("per_token_loss", "e2e.per_token_loss", "end-to-end per-token loss"),
         ("loss", "e2e.loss", "end-to-end loss (reference from the rewards onward)"),
@@ -110,6 +109,11 @@ def end_to_end_findings(
         finding.details["reused_isolated_reference"] = reuse
         findings.append(finding)
     return findings
+
+
+def _verdict(findings: Mapping[str, Finding], check_id: str) -> Verdict | None:
+    finding = findings.get(check_id)
+    return None if finding is None else finding.verdict
 
 
 def _beside_trainer(step: TraceStep, name: str, own: torch.Tensor) -> torch.Tensor:
