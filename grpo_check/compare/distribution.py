@@ -51,18 +51,20 @@ def sampler_metrics(
     n = int(np.count_nonzero(mask))
     if n == 0:
         return {"tokens": 0}
-    diff = lp - sp
-    d = diff[mask]
+    x, y = lp[mask], sp[mask]
+    # (lp − sp)[mask], element for element, without subtracting the masked-out (possibly infinite) elements
+    d = x - y
     abs_d = np.abs(d)
     ratio = np.exp(d)
-    x, y = lp[mask], sp[mask]
     # means as sum / n: what ndarray.mean computes for float64 (add.reduce, then a division by the count),
     # without its Python wrapper on these small arrays
     # Pearson is undefined for a constant vector: JSON null there, or 1 for equal vectors
     pearson: float | None = _pearson(x, y) if n > 1 else math.nan
     if not math.isfinite(pearson):
         pearson = 1.0 if bool(np.array_equal(x, y)) else None
-    worst_flat = int(np.argmax(np.where(mask, np.abs(diff), -1.0)))
+    # the first largest |d| over the masked elements (|d| is no NaN: both sides are finite there), as a flat
+    # index of the full grid: the position of that masked element (the compressed order is the flat order)
+    worst_flat = int(mask.ravel().nonzero()[0][abs_d.argmax()])
     cols = lp.shape[1] if lp.ndim == 2 else 1
     return {
         "tokens": n,

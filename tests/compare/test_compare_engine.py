@@ -4,6 +4,7 @@ trace-vs-trace. Broken inputs FAIL, correct inputs PASS."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -493,3 +494,25 @@ def test_against_pairs_a_generation_step_and_micro_batch_0_by_scope():
     trace.steps.insert(0, generation)
     result = compare(trace, against=trace)
     assert result.exit_code() == 0, [f.message() for f in result.failures]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_sampler_metrics_worst_token_and_values_follow_the_masked_difference(seed):
+    """The worst token is the first largest |logps − sampler_logps| over the finite masked elements (ties,
+    infinite padding and masked-out rows included), and the values are that difference in flat order."""
+    generator = torch.Generator().manual_seed(seed)
+    logps = -torch.rand(4, 5, generator=generator, dtype=torch.float64).round(decimals=1)  # ties likely
+    sampler = -torch.rand(4, 5, generator=generator, dtype=torch.float64).round(decimals=1)
+    logps[0, 4] = sampler[0, 4] = -math.inf  # padding: -inf on both sides
+    sampler[seed % 4, 2] = math.nan
+    mask = torch.rand(4, 5, generator=generator) > 0.3
+    mask[0, 4] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no floating-point warning from the masked-out -inf − -inf
+        metrics = sampler_metrics(logps, sampler, mask)
+    kept = mask & torch.isfinite(logps) & torch.isfinite(sampler)
+    d = (logps - sampler)[kept]
+    assert metrics["values"] == d.tolist()
+    masked = torch.where(kept, (logps - sampler).abs(), torch.tensor(-1.0, dtype=torch.float64)).reshape(-1)
+    first_largest = int(torch.nonzero(masked == masked.max())[0])
+    assert (metrics["worst_row"], metrics["worst_token"]) == divmod(first_largest, 5)
