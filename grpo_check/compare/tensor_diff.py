@@ -611,13 +611,16 @@ def _all_on_cpu(tensors: list[torch.Tensor]) -> bool:
 _HOST_DTYPES = frozenset({torch.float64, torch.float32, torch.float16, torch.bool})
 
 
-def _host_rows(tensors: list[torch.Tensor]) -> np.ndarray:
+def _host_rows(tensors: list[torch.Tensor], float64: bool = True) -> np.ndarray:
     """(K, N) numpy array of K same-shaped CPU tensors outside any graph, flattened in torch's element order:
-    one stack (none for one tensor), one host view; other dtypes (bfloat16) as float64 first."""
+    one stack (none for one tensor), one host view; other dtypes (bfloat16) as float64 first. ``float64``:
+    float16/float32 widened by numpy (exactly, as torch's .double()); else bool stays bool."""
     stacked = tensors[0] if len(tensors) == 1 else torch.stack(tensors)
-    if stacked.dtype not in _HOST_DTYPES:
+    dtype = stacked.dtype
+    if dtype not in _HOST_DTYPES:
         stacked = stacked.double()
-    return stacked.numpy().reshape(len(tensors), -1)
+    rows = stacked.numpy().reshape(len(tensors), -1)
+    return rows.astype(np.float64) if float64 and dtype is not torch.float64 else rows
 
 
 # Up to this many elements in all, the summary runs in numpy: the same float64 arithmetic at a few times
@@ -635,10 +638,8 @@ def _summarise_numpy(
     """:func:`_summarise` on CPU tensors through numpy views, operation for operation: the same float64
     values, NaN handling and first-index ties."""
     rows = len(got)
-    # float32/float16 widen to float64 exactly (as torch's .double()); float64 stays a view
-    trainer = _host_rows(got).astype(np.float64, copy=False)
-    reference = _host_rows(want).astype(np.float64, copy=False)
-    mask = _host_rows(compared)
+    trainer, reference = _host_rows(got), _host_rows(want)  # float64 (a view of float64 tensors)
+    mask = _host_rows(compared, float64=False)
     if mask.dtype != np.bool_:
         mask = mask != 0
     bounds = np.array([(t.rtol, t.atol) for t in tolerances], dtype=np.float64)  # (K, 2)
@@ -660,7 +661,8 @@ def _summarise_numpy(
                 np.add.reduce(beyond, axis=1).tolist(),
                 np.add.reduce(mask, axis=1).tolist(),
                 np.add.reduce(np.maximum(masked_error, 0.0), axis=1).tolist(),  # Σ |error| over compared
-                np.maximum.reduce(np.where(mask, reference_abs, 0.0), axis=1).tolist(),
+                # max over the compared |reference| and 0 (a NaN sticks): where(mask, |reference|, 0).max(1)
+                np.maximum.reduce(reference_abs, axis=1, where=mask, initial=0.0).tolist(),
                 error[at].tolist(),
                 allowed[at].tolist(),
                 worst.tolist(),
