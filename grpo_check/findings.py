@@ -125,7 +125,13 @@ class Where:
         return ", ".join(parts) if parts else "-"
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        """The coordinates that are set, in field order (``dataclasses.asdict`` without its deep copy of
+        the values: they are numbers and strings; this runs for every finding a live check sends)."""
+        values = self.__dict__
+        return {name: value for name in _WHERE_FIELDS if (value := values[name]) is not None}
+
+
+_WHERE_FIELDS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(Where))
 
 
 def _json_number(value: float | None) -> float | str | None:
@@ -138,6 +144,19 @@ def _json_number(value: float | None) -> float | str | None:
 
 def json_safe(value: Any) -> Any:
     """Replace non-finite floats (anywhere inside dicts/lists) by their repr: JSON has no NaN/Infinity."""
+    kind = type(value)  # the exact built-in types first (every value of every finding's details comes here)
+    if kind is float:
+        return value if value - value == 0 else repr(value)  # x − x is NaN for an infinite or NaN x
+    # a value that needs no change is kept without a call: a plain int/str/bool/None or a finite float
+    if kind is dict:
+        return {
+            k: v if type(v) in _AS_IS or (type(v) is float and v - v == 0) else json_safe(v)
+            for k, v in value.items()
+        }
+    if kind is list:
+        return [v if type(v) in _AS_IS or (type(v) is float and v - v == 0) else json_safe(v) for v in value]
+    if kind in _AS_IS:
+        return value
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
     if isinstance(value, dict):
@@ -146,6 +165,8 @@ def json_safe(value: Any) -> Any:
         return [json_safe(v) for v in value]
     return value
 
+
+_AS_IS = frozenset({int, str, bool, type(None)})  # JSON-able as they are (json_safe returns them unchanged)
 
 _json_safe = json_safe  # the former name
 
