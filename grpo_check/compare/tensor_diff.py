@@ -451,8 +451,9 @@ def _prepare(
     comparison: Comparison, ctx: StepContext, token_masks: dict[tuple[Any, ...], torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
     """(trainer, reference, compared mask) detached at one shape (any float dtype: :func:`_summarise`
-    converts while stacking; mask ``None``: every element), or ``None`` for the full path. ``token_masks``: the context's default mask
-    by shape and device, looked up once per :func:`compare_tensors` call."""
+    converts while stacking; mask ``None``: every element), or ``None`` for the full path.
+    ``token_masks``: the context's default mask by shape and device, looked up once per
+    :func:`compare_tensors` call."""
     if comparison.reference_same_precision is not None:
         return None
     got, want = comparison.trainer, comparison.reference
