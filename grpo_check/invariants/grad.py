@@ -451,7 +451,8 @@ def sign_matches_advantage(
     mask = token_mask(step, grad) if mask is None or mask.shape != grad.shape else mask
     _, atol = rtol_atol(step["advantages"].dtype)
     if effective.loss_type in CLIP_LOSS_TYPES and known_finite(step, "advantages", "logps_grad"):
-        outcome = _sign_matches_host(step, effective, grad, ratio, mask, atol)
+        with np.errstate(all="ignore"):  # 0·inf, inf − inf: NaN without a warning, as in torch
+            outcome = _sign_matches_host(step, effective, grad, ratio, mask, atol)
         if outcome is not None:
             return outcome
     advantages = _advantages(step, grad.shape)
@@ -714,9 +715,10 @@ def kl_sign_where_kl_dominates(
     if ratio is not None and effective.loss_type in CLIP_LOSS_TYPES and known_finite(step, "logps_grad"):
         mask = loss_mask(step, spec)
         mask = token_mask(step, grad) if mask is None or mask.shape != grad.shape else mask
-        outcome = _kl_sign_host(
-            step, effective, grad, ratio, mask, tolerance if tolerance is not None else 1e-6
-        )
+        with np.errstate(all="ignore"):  # 0·inf, inf − inf: NaN without a warning, as in torch
+            outcome = _kl_sign_host(
+                step, effective, grad, ratio, mask, tolerance if tolerance is not None else 1e-6
+            )
         if outcome is not None:
             return outcome
     advantages = _advantages(step, grad.shape)

@@ -66,6 +66,14 @@ def _at(name: str, row: int, token: int, value: float) -> Callable[[TraceStep], 
     return _set(name, make)
 
 
+def _extreme(step: TraceStep) -> None:
+    """Finite inputs whose intermediates are not: ρ = 0 and exp(ref − logp) = inf at one token (0·inf),
+    ρ at float32's largest value at another."""
+    for name, value in (("ratio", 0.0), ("logps", -800.0), ("ref_logps", 0.0), ("old_logps", 0.0)):
+        _at(name, 0, 0, value)(step)
+    _at("ratio", 1, 0, torch.finfo(torch.float32).max)(step)
+
+
 _BREAKS: dict[str, Callable[[TraceStep], None]] = {
     "correct": lambda step: None,
     "negated_grad": _set("logps_grad", lambda s: -s["logps_grad"]),
@@ -86,6 +94,7 @@ _BREAKS: dict[str, Callable[[TraceStep], None]] = {
     "mask_hole": _at("completion_mask", 0, 1, 0),
     "empty_mask": _set("completion_mask", lambda s: torch.zeros_like(s["completion_mask"])),
     "sampler_zero": _set("sampler_is_ratio", lambda s: torch.zeros_like(s["sampler_is_ratio"])),
+    "extreme_values": _extreme,
 }
 
 
@@ -110,6 +119,7 @@ _SPECS = [
 ]
 
 
+@pytest.mark.filterwarnings("error")  # numpy's warnings on NaN and overflow would be errors
 @pytest.mark.parametrize("spec", _SPECS)
 def test_numpy_paths_equal_torch_paths_on_correct_and_broken_steps(
     monkeypatch: pytest.MonkeyPatch, spec: GRPOSpec
