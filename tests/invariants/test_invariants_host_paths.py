@@ -95,6 +95,10 @@ _BREAKS: dict[str, Callable[[TraceStep], None]] = {
     "empty_mask": _set("completion_mask", lambda s: torch.zeros_like(s["completion_mask"])),
     "sampler_zero": _set("sampler_is_ratio", lambda s: torch.zeros_like(s["sampler_is_ratio"])),
     "extreme_values": _extreme,
+    "column_advantages": _set("advantages", lambda s: s["advantages"].unsqueeze(1)),
+    "token_advantages": _set(
+        "advantages", lambda s: s["advantages"].unsqueeze(1).expand_as(s["logps"]).contiguous()
+    ),
     "on_policy": lambda step: (
         _set("old_logps", lambda s: s["logps"].clone())(step),
         _set("ratio", lambda s: torch.ones_like(s["ratio"]))(step),
