@@ -107,10 +107,16 @@ def zero_outside_loss_mask(
     )
 
 
+def _host_pair(grad: torch.Tensor, mask: torch.Tensor) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(host_view(grad), host_view(mask)), shared between the checks of one step: a numpy view of a tensor
+    dispatches four no-op operations (detach, to, resolve_conj, resolve_neg), a cache hit none."""
+    return cached(("host_pair", grad, mask), lambda: (host_view(grad), host_view(mask)))
+
+
 def _zero_outside_host(grad: torch.Tensor, mask: torch.Tensor, allowed: float) -> Outcome | None:
     """zero_outside_loss_mask's pass on a small CPU step with a finite gradient, in numpy (the same
     comparisons and maximum); ``None``: not decided here (a failure, or no numpy view), the torch path judges."""
-    values, keep = host_view(grad), host_view(mask)
+    values, keep = _host_pair(grad, mask)
     if values is None or keep is None or values.size == 0:
         return None
     masked_out = ~keep
@@ -352,7 +358,7 @@ def _sign_matches_host(
     """sign_matches_advantage's pass or inconclusive outcome on a small CPU step of a clip loss type with
     finite advantages and gradient; ``None``: not decided here."""
     terms = _host_clip_terms(step, spec, ratio)
-    values, keep = host_view(grad), host_view(mask)
+    values, keep = _host_pair(grad, mask)
     if terms is None or values is None or keep is None or values.size == 0 or keep.shape != values.shape:
         return None
     advantages, rho, region, near, policy_scale = terms
@@ -390,7 +396,7 @@ def _kl_sign_host(
         return None
     clip_terms = _host_clip_terms(step, spec, ratio)
     kl_terms = _host_kl_terms(step, kl_estimator(step, spec))
-    values, keep = host_view(grad), host_view(mask)
+    values, keep = _host_pair(grad, mask)
     if clip_terms is None or kl_terms is None or values is None or keep is None or values.size == 0:
         return None
     advantages, rho, region, near, policy_scale = clip_terms
