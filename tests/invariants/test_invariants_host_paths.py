@@ -74,6 +74,12 @@ def _extreme(step: TraceStep) -> None:
     _at("ratio", 1, 0, torch.finfo(torch.float32).max)(step)
 
 
+def _on_policy(step: TraceStep) -> None:
+    """old_logps = logps and ρ ≡ 1: every token ties in ratio.matches_logps' excess (first position wins)."""
+    _set("old_logps", lambda s: s["logps"].clone())(step)
+    _set("ratio", lambda s: torch.ones_like(s["ratio"]))(step)
+
+
 _BREAKS: dict[str, Callable[[TraceStep], None]] = {
     "correct": lambda step: None,
     "negated_grad": _set("logps_grad", lambda s: -s["logps_grad"]),
@@ -99,10 +105,7 @@ _BREAKS: dict[str, Callable[[TraceStep], None]] = {
     "token_advantages": _set(
         "advantages", lambda s: s["advantages"].unsqueeze(1).expand_as(s["logps"]).contiguous()
     ),
-    "on_policy": lambda step: (
-        _set("old_logps", lambda s: s["logps"].clone())(step),
-        _set("ratio", lambda s: torch.ones_like(s["ratio"]))(step),
-    ),
+    "on_policy": _on_policy,
 }
 
 
