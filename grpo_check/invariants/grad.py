@@ -7,8 +7,10 @@ of −A), and tokens in the clip region must receive exactly no policy gradient.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from grpo_check._step_cache import host_view
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
 from grpo_check.invariants._common import (
@@ -73,6 +75,10 @@ def zero_outside_loss_mask(
     if mask is None or mask.shape != grad.shape:
         return inconclusive(f"loss mask shape does not match logps_grad {tuple(grad.shape)}")
     allowed = tolerance if tolerance is not None else 0.0
+    if known_finite(step, "logps_grad"):
+        outcome = _zero_outside_host(grad, mask, allowed)
+        if outcome is not None:
+            return outcome
     masked_out = ~mask
     # non-finite gradients are grad.finite's to report (NaN · 0 stays NaN at padding)
     judged = masked_out if known_finite(step, "logps_grad") else masked_out & finite_mask(grad)
@@ -99,6 +105,26 @@ def zero_outside_loss_mask(
         token=token,
         catalog_id=catalog,
     )
+
+
+def _host_pair(grad: torch.Tensor, mask: torch.Tensor) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(host_view(grad), host_view(mask)), shared between the checks of one step: a numpy view of a tensor
+    dispatches four no-op operations (detach, to, resolve_conj, resolve_neg), a cache hit none."""
+    return cached(("host_pair", grad, mask), lambda: (host_view(grad), host_view(mask)))
+
+
+def _zero_outside_host(grad: torch.Tensor, mask: torch.Tensor, allowed: float) -> Outcome | None:
+    """zero_outside_loss_mask's pass on a small CPU step with a finite gradient, in numpy (the same
+    comparisons and maximum); ``None``: not decided here (a failure, or no numpy view), the torch path judges."""
+    values, keep = _host_pair(grad, mask)
+    if values is None or keep is None or values.size == 0:
+        return None
+    masked_out = ~keep
+    figure = float(np.where(masked_out, np.abs(values), -1.0).max())
+    if figure > allowed:
+        return None
+    count = int(np.count_nonzero(masked_out))
+    return passed(f"no gradient on {count} masked-out position(s)", max(figure, 0.0), allowed)
 
 
 def _ratio(step: TraceStep, spec: GRPOSpec | None, like: torch.Tensor) -> torch.Tensor | None:
@@ -230,6 +256,178 @@ def _kl_gradient_bound(step: TraceStep, spec: GRPOSpec, ratio: torch.Tensor) -> 
     return spec.beta * bound
 
 
+# numpy on host views for small CPU steps: the pass (and the vacuous outcomes) of the sign checks with the
+# same element-wise IEEE operations, comparisons and counts as their torch paths (exp stays torch's; sums,
+# the sequence-level means, are not taken here). Anything else returns None: the torch path judges.
+
+
+def _host_clip_terms(
+    step: TraceStep, spec: GRPOSpec, ratio: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """(A as (B, 1) or (B, T), ρ, zero-gradient clip region, near a clip boundary, |A|·ρ) as numpy arrays,
+    for the clip loss types (as :func:`_clip_region_of` and :func:`_policy_scale`), shared between the
+    checks of one step; ``None`` without numpy views."""
+    bounds = (spec.epsilon_low, spec.epsilon_high_effective, spec.delta, spec.dual_clip)
+    return cached(
+        ("host_clip_terms", ratio, step["advantages"], bounds), lambda: _host_clip_terms_of(step, spec, ratio)
+    )
+
+
+def _host_clip_terms_of(
+    step: TraceStep, spec: GRPOSpec, ratio: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    advantages, rho = host_view(f64(step["advantages"])), host_view(ratio)
+    if advantages is None or rho is None or rho.ndim != 2:
+        return None
+    if advantages.ndim == 1:
+        advantages = advantages[:, None]
+    if (
+        advantages.ndim != 2
+        or advantages.shape[0] != rho.shape[0]
+        or advantages.shape[1] not in (1, rho.shape[1])
+    ):
+        return None
+    low, high = 1 - spec.epsilon_low, 1 + spec.epsilon_high_effective
+    region = ((advantages > 0.0) & (rho > high)) | ((advantages < 0.0) & (rho < low))
+    boundaries = [low, high]
+    if spec.delta is not None:
+        region |= rho > spec.delta
+        boundaries.append(spec.delta)
+    if spec.dual_clip is not None:
+        region |= (advantages < 0.0) & (rho > spec.dual_clip)
+        boundaries.append(spec.dual_clip)
+    near = np.abs(rho - low) <= _BOUNDARY_MARGIN * low
+    for boundary in boundaries[1:]:
+        near |= np.abs(rho - boundary) <= _BOUNDARY_MARGIN * boundary
+    return advantages, rho, region, near, np.abs(advantages) * rho
+
+
+def _host_kl_terms(step: TraceStep, estimator: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(k_t, ∂k_t/∂logp_t, |∂k_t/∂logp_t|) as numpy arrays (as :func:`_kl_value`, :func:`_k3_slope` /
+    :func:`_kl_gradient_direction`'s slope and :func:`_abs_slope`), shared between the checks of one step;
+    ``None`` without numpy views."""
+    return cached(
+        ("host_kl_terms", step["ref_logps"], step["logps"], estimator),
+        lambda: _host_kl_terms_of(step, estimator),
+    )
+
+
+def _host_kl_terms_of(step: TraceStep, estimator: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    gap = policy_ref_gap(step)
+    x = host_view(gap)
+    if x is None:
+        return None
+    if estimator == "k1":
+        ones = np.ones_like(x)
+        return -x, ones, ones
+    if estimator == "k2":
+        return 0.5 * (x * x), -x, np.abs(x)
+    exp = host_view(policy_ref_exp(step))  # exp(x): torch's (numpy's exp may differ in the last bit)
+    if exp is None:
+        return None
+    slope = 1.0 - exp
+    return exp - x - 1.0, slope, np.abs(slope)
+
+
+def _kl_gradient_bound_host(step: TraceStep, spec: GRPOSpec, rho: np.ndarray) -> np.ndarray | None:
+    """:func:`_kl_gradient_bound` in numpy (``None``: unknown, or the sequence-level mean it needs)."""
+    if not step.has("logps", "ref_logps"):
+        return None
+    terms = _host_kl_terms(step, kl_estimator(step, spec))
+    if terms is None:
+        return None
+    value, _, abs_slope = terms
+    if not spec.use_bias_correction_kl:
+        return spec.beta * abs_slope
+    if spec.importance_sampling_level == "sequence":
+        return None
+    return spec.beta * (rho * (np.abs(value) + abs_slope))
+
+
+def _sampler_positive_host(step: TraceStep, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``sampler_is_ratio > 0`` as a numpy mask broadcastable to ``shape`` (``None``: no view, odd shape)."""
+    sampler = host_view(f64(step["sampler_is_ratio"]))
+    if sampler is None or sampler.shape not in (shape, (shape[0], 1)):
+        return None
+    return sampler > 0.0
+
+
+def _sign_matches_host(
+    step: TraceStep, spec: GRPOSpec, grad: torch.Tensor, ratio: torch.Tensor, mask: torch.Tensor, atol: float
+) -> Outcome | None:
+    """sign_matches_advantage's pass or inconclusive outcome on a small CPU step of a clip loss type with
+    finite advantages and gradient; ``None``: not decided here."""
+    terms = _host_clip_terms(step, spec, ratio)
+    values, keep = _host_pair(grad, mask)
+    if terms is None or values is None or keep is None or values.size == 0 or keep.shape != values.shape:
+        return None
+    advantages, rho, region, near, policy_scale = terms
+    if rho.shape != values.shape:
+        return None
+    decidable = keep & (np.abs(advantages) > atol) & ~(region | near)
+    if step.has("sampler_is_ratio"):
+        sampler_positive = _sampler_positive_host(step, values.shape)
+        if sampler_positive is None:
+            return None
+        decidable &= sampler_positive
+    if spec.beta != 0:
+        if _masked_tokens_allowed(spec):
+            return None
+        kl_bound = _kl_gradient_bound_host(step, spec, rho)
+        if kl_bound is None:
+            return None
+        decidable &= policy_scale > _KL_DOMINANCE * kl_bound
+    count = int(np.count_nonzero(decidable))
+    if count == 0:
+        return inconclusive("no token where the policy term alone decides the gradient sign")
+    if np.count_nonzero(decidable & (values * advantages > 0.0)):
+        return None
+    if step.has("completion_mask") and np.count_nonzero(decidable & (values == 0.0)):
+        return None
+    return passed(f"{count} unclipped token(s): sign(∂L/∂logp) = −sign(A)", 0.0, 0.0, decidable_tokens=count)
+
+
+def _kl_sign_host(
+    step: TraceStep, spec: GRPOSpec, grad: torch.Tensor, ratio: torch.Tensor, mask: torch.Tensor, floor: float
+) -> Outcome | None:
+    """kl_sign_where_kl_dominates' pass or not-applicable outcome on a small CPU step of a clip loss type
+    with a known ratio and a finite gradient; ``None``: not decided here."""
+    if not step.has("logps", "ref_logps"):
+        return None
+    clip_terms = _host_clip_terms(step, spec, ratio)
+    kl_terms = _host_kl_terms(step, kl_estimator(step, spec))
+    values, keep = _host_pair(grad, mask)
+    if clip_terms is None or kl_terms is None or values is None or keep is None or values.size == 0:
+        return None
+    advantages, rho, region, near, policy_scale = clip_terms
+    value, slope, abs_slope = kl_terms
+    if rho.shape != values.shape or keep.shape != values.shape or slope.shape != values.shape:
+        return None
+    unweighted = not spec.use_bias_correction_kl
+    if unweighted:
+        direction = slope
+    elif spec.importance_sampling_level == "sequence":
+        return None
+    else:
+        direction = value + slope
+    if unweighted and spec.beta > 0:
+        kl_gradient_abs = spec.beta * abs_slope
+    else:
+        kl_gradient = spec.beta * direction
+        if not unweighted:
+            kl_gradient = kl_gradient * rho
+        kl_gradient_abs = np.abs(kl_gradient)
+    dominated = (advantages == 0.0) | region | (kl_gradient_abs > _KL_DOMINANCE * policy_scale)
+    direction_abs = abs_slope if unweighted else np.abs(direction)
+    judged = keep & dominated & ~near & (direction_abs > floor) & (values != 0.0)
+    count = int(np.count_nonzero(judged))
+    if count == 0:
+        return not_applicable("no token where the KL penalty alone decides the gradient")
+    if np.count_nonzero(judged & (values * direction < 0.0)):
+        return None
+    return passed(f"{count} KL-dominated token(s) move towards the reference", 0.0, 0.0, judged_tokens=count)
+
+
 @register(
     "grad.sign_matches_advantage",
     requires=("logps_grad", "advantages"),
@@ -255,10 +453,15 @@ def sign_matches_advantage(
         return inconclusive(
             "ratio unknown (needs ratio, logps + old_logps, or meta optimizer_steps_since_old_logps = 0)"
         )
-    advantages = _advantages(step, grad.shape)
     mask = loss_mask(step, spec)
     mask = token_mask(step, grad) if mask is None or mask.shape != grad.shape else mask
     _, atol = rtol_atol(step["advantages"].dtype)
+    if effective.loss_type in CLIP_LOSS_TYPES and known_finite(step, "advantages", "logps_grad"):
+        with np.errstate(all="ignore"):  # 0·inf, inf − inf: NaN without a warning, as in torch
+            outcome = _sign_matches_host(step, effective, grad, ratio, mask, atol)
+        if outcome is not None:
+            return outcome
+    advantages = _advantages(step, grad.shape)
     compact = _compact_advantages(
         step
     )  # (B, 1): the same masks as on the broadcast (B, T), B·T times cheaper
@@ -514,8 +717,17 @@ def kl_sign_where_kl_dominates(
     grad = f64(step["logps_grad"])
     if grad.dim() != 2:
         return malformed(f"logps_grad must be (B, T), got {tuple(grad.shape)}")
-    advantages = _advantages(step, grad.shape)
     ratio = _ratio(step, spec, grad)
+    if ratio is not None and effective.loss_type in CLIP_LOSS_TYPES and known_finite(step, "logps_grad"):
+        mask = loss_mask(step, spec)
+        mask = token_mask(step, grad) if mask is None or mask.shape != grad.shape else mask
+        with np.errstate(all="ignore"):  # 0·inf, inf − inf: NaN without a warning, as in torch
+            outcome = _kl_sign_host(
+                step, effective, grad, ratio, mask, tolerance if tolerance is not None else 1e-6
+            )
+        if outcome is not None:
+            return outcome
+    advantages = _advantages(step, grad.shape)
     policy_scale = None
     if ratio is None:  # off-policy with unknown ratio: only tokens without any policy term are judged
         ratio = torch.ones_like(grad)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 from numbers import Real
 
+import numpy as np
 import torch
 
+from grpo_check._step_cache import host_view
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
 from grpo_check.invariants._common import (
@@ -224,6 +226,13 @@ def matches_logps(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | 
     rtol_ratio, atol = rtol_atol(step["ratio"].dtype)
     rtol_logps, _ = rtol_atol(step["logps"].dtype)
     logp_scale = masked_abs_max(f64(step["logps"]), mask) if any_true(mask) else 1.0
+    if tolerance is None:
+        with np.errstate(all="ignore"):  # inf − inf: NaN without a warning, as in torch
+            outcome = _matches_logps_host(
+                ratio, expected, valid, rtol_ratio + rtol_logps * max(1.0, logp_scale), atol
+            )
+        if outcome is not None:
+            return outcome
     allowed = (
         torch.full_like(expected, tolerance)
         if tolerance is not None
@@ -248,6 +257,27 @@ def matches_logps(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | 
         row=row,
         token=token if ratio.shape[-1] > 1 else None,
     )
+
+
+def _matches_logps_host(
+    ratio: torch.Tensor, expected: torch.Tensor, valid: torch.Tensor, relative: float, atol: float
+) -> Outcome | None:
+    """matches_logps' pass on a small CPU step at the default tolerance, in numpy: the same element-wise
+    operations, maximum and first position of the maximum; ``None``: not decided here (a failure, a NaN,
+    no numpy view), the torch path judges."""
+    recorded, wanted, keep = host_view(ratio), host_view(expected), host_view(valid)
+    if recorded is None or wanted is None or keep is None or recorded.ndim != 2 or recorded.size == 0:
+        return None
+    allowed = relative * wanted + atol
+    error = np.abs(recorded - wanted)
+    # error − allowed is finite, +inf or NaN (never −inf: allowed is inf only where error is inf or NaN):
+    # where it is ≤ 0 at every valid position, the torch path's nan_to_num changes nothing it reads
+    excess = np.where(keep, error - allowed, -np.inf)
+    row, token = divmod(int(excess.argmax()), excess.shape[1])
+    if not excess[row, token] <= 0:
+        return None
+    figure = float(np.where(keep, error, 0.0).max())
+    return passed("ratio = exp(logps − old_logps)", figure, float(allowed[row, token]))
 
 
 def _broadcast_advantages(step: TraceStep, like: torch.Tensor) -> torch.Tensor:
