@@ -34,16 +34,24 @@ def dense_group_ids(group_index: torch.Tensor) -> tuple[torch.Tensor, int] | Non
 def group_mean_std(
     values: torch.Tensor, group_ids: torch.Tensor, n_groups: int, std: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """:func:`grpo_check.reference.advantages.group_mean_std` in numpy (``None`` when not applicable).
-
-    ``index_add`` of a 1-D source and ``np.bincount`` with weights both add row by row, in row order, into
-    zeros; ``scatter_reduce(amin)`` and ``np.minimum.at`` both keep the running value on a tie.
-    """
+    """:func:`grpo_check.reference.advantages.group_mean_std` in numpy (``None`` when not applicable)."""
     if values.dtype is not torch.float64 or group_ids.dtype is not torch.int64:
         return None
     x, ids = host_view(values), host_view(group_ids)
     if x is None or ids is None or x.ndim != 1:
         return None
+    mean, scale, count = _group_stats(x, ids, n_groups, std)
+    return torch.from_numpy(mean[ids]), torch.from_numpy(scale[ids]), torch.from_numpy(count[ids])
+
+
+def _group_stats(
+    x: np.ndarray, ids: np.ndarray, n_groups: int, std: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-group NaN-aware mean (A1), std (A2) and count of float64 ``x`` under dense ``ids``.
+
+    ``index_add`` of a 1-D source and ``np.bincount`` with weights both add row by row, in row order, into
+    zeros; ``scatter_reduce(amin)`` and ``np.minimum.at`` both keep the running value on a tie.
+    """
     with np.errstate(all="ignore"):  # NaN for empty groups and ±inf rewards, as torch gives silently
         finite = ~np.isnan(x)
         count = np.bincount(ids, weights=finite.astype(np.float64), minlength=n_groups)
@@ -57,5 +65,51 @@ def group_mean_std(
         dof = count - 1.0 if std == "sample" else count  # (A2)
         var = np.where(dof > 0.0, ss / np.maximum(dof, 1.0), np.nan)
     # torch's sqrt, not numpy's: the two differ in the last bit of some values (np.sqrt is correctly rounded)
-    scale = torch.from_numpy(var).sqrt().numpy()
-    return torch.from_numpy(mean[ids]), torch.from_numpy(scale[ids]), torch.from_numpy(count[ids])
+    return mean, torch.from_numpy(var).sqrt().numpy(), count
+
+
+def group_advantages(
+    values: torch.Tensor,
+    weights: torch.Tensor | None,
+    group_ids: torch.Tensor,
+    n_groups: int,
+    std: str,
+    scale_rewards: str,
+    epsilon: float,
+) -> tuple[torch.Tensor, ...] | None:
+    """The sum-then-normalise, mean-baseline branch of
+    :func:`grpo_check.reference.advantages.compute_advantages` from (B, F) float64 ``values`` on dense
+    ``group_ids``: ``(rewards, advantages, group_mean, group_std, scorable, group_size)``, or ``None`` when
+    not applicable. The weighted NaN-sum over the reward functions stays torch's (a sum); everything after
+    it is element-wise, counted or the group statistics above."""
+    if values.dtype is not torch.float64 or group_ids.dtype is not torch.int64 or values.dim() != 2:
+        return None
+    x, ids = host_view(values), host_view(group_ids)
+    if x is None or ids is None:
+        return None
+    unscorable = np.isnan(x).all(axis=1)  # (A8)
+    rewards = (values if weights is None else values * weights.unsqueeze(0)).nansum(dim=1)  # (R1)
+    r = host_view(rewards)
+    if r is None:  # pragma: no cover - a reduction of a small CPU tensor is one
+        return None
+    r[unscorable] = np.nan  # the fresh sum's masked_fill, in place
+    mean, scale, count = _group_stats(r, ids, n_groups, std)  # (A1) (A2)
+    if scale_rewards == "batch":
+        scale = _group_stats(r, np.zeros_like(ids), 1, std)[1][np.zeros_like(ids)]  # (A5)
+    else:
+        scale = scale[ids]
+    mean, count = mean[ids], count[ids]
+    with np.errstate(all="ignore"):  # NaN and ±inf as torch gives them silently
+        advantages = r - mean  # (A3) numerator
+        if scale_rewards != "none":
+            advantages = advantages / (scale + epsilon)  # (A3)
+    advantages = np.where(count > 1.0, advantages, 0.0)  # (A7)
+    advantages = np.nan_to_num(np.where(unscorable, 0.0, advantages), nan=0.0)  # (A8)
+    return (
+        rewards,
+        torch.from_numpy(advantages),
+        torch.from_numpy(mean),
+        torch.from_numpy(scale),
+        torch.from_numpy(~unscorable),
+        torch.from_numpy(count),
+    )

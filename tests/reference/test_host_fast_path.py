@@ -16,6 +16,7 @@ _SPECIAL = [0.0, -0.0, 1.0, -1.0, 0.5, float("nan"), float("inf"), -float("inf")
 def _torch_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_host, "group_mean_std", lambda *args: None)
     monkeypatch.setattr(_host, "dense_group_ids", lambda *args: None)
+    monkeypatch.setattr(_host, "group_advantages", lambda *args: None)
 
 
 def _reprs(t: torch.Tensor) -> tuple[torch.dtype, tuple[int, ...], list[str]]:
@@ -71,7 +72,7 @@ def test_compute_advantages_host_matches_torch_bit_for_bit(monkeypatch: pytest.M
         size, prompts, funcs = rng.randint(1, 5), rng.randint(1, 5), rng.randint(1, 3)
         rows = size * prompts
         values = torch.tensor(
-            [[rng.choice(_SPECIAL[:6]) if rng.random() < 0.4 else rng.gauss(0, 1) for _ in range(funcs)]
+            [[rng.choice(_SPECIAL) if rng.random() < 0.4 else rng.gauss(0, 1) for _ in range(funcs)]
              for _ in range(rows)],
             dtype=torch.float64,
         )  # fmt: skip
@@ -83,12 +84,16 @@ def test_compute_advantages_host_matches_torch_bit_for_bit(monkeypatch: pytest.M
             multi_objective_aggregation=rng.choice(["sum_then_normalize", "normalize_then_sum"]),
         )
         groups = rng.choice([None, torch.arange(rows) // size, torch.randint(0, 3, (rows,))])
-        cases.append((values, groups, spec))
+        weights = rng.choice([None, [rng.choice([0.5, 1.0, -2.0, 1 / 3]) for _ in range(funcs)]])
+        cases.append((values, groups, spec, weights))
     fields = ("rewards", "advantages", "group_mean", "group_std", "scorable", "centered", "group_size")
-    fast = [advantages.compute_advantages(v, g, s) for v, g, s in cases]
+    fast = [advantages.compute_advantages(v, g, s, reward_weights=w) for v, g, s, w in cases]
+    taken = _host.group_advantages(cases[0][0], None, torch.zeros(cases[0][0].shape[0], dtype=torch.long), 1,
+                                   "sample", "group", 1e-4)  # fmt: skip
+    assert taken is not None  # the numpy path runs on these steps
     _torch_only(monkeypatch)
-    for (values, groups, spec), got in zip(cases, fast, strict=True):
-        want = advantages.compute_advantages(values, groups, spec)
+    for (values, groups, spec, weights), got in zip(cases, fast, strict=True):
+        want = advantages.compute_advantages(values, groups, spec, reward_weights=weights)
         for field in fields:
             assert _reprs(getattr(got, field)) == _reprs(getattr(want, field)), (field, values, groups, spec)
 
