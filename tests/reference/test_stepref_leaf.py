@@ -40,3 +40,17 @@ def test_downstream_leaves_the_shared_float64_logps_untouched() -> None:
     assert torch.equal(step["logps"], before) and not step["logps"].requires_grad
     assert step["logps"].grad is None
     assert bool(down["logps_grad"].abs().sum() > 0)  # a gradient was taken, through the alias
+
+
+def test_downstream_under_no_grad_matches_grad_mode() -> None:
+    spec = _spec()
+    step = make_step(spec, n_prompts=2, completion_length=5, vocab_size=30)
+    want = reference_downstream(step, spec)
+    assert torch.is_grad_enabled()
+    with torch.no_grad():
+        got = reference_downstream(step, spec)
+        assert not torch.is_grad_enabled()  # the grad mode of the caller is restored
+    assert got is not None and want is not None and got.keys() == want.keys()
+    for name in want:
+        assert repr(got[name].tolist()) == repr(want[name].tolist()), name
+    assert bool(got["logps_grad"].abs().sum() > 0)
