@@ -109,3 +109,28 @@ def test_number_normaliser_matches_tensor_normaliser_bit_for_bit(items: float) -
         )
         assert number.dtype == tensor.dtype == torch.float64
         assert repr(number.item()) == repr(tensor.item()), (items, processes, accumulation, steps)
+
+
+def test_clip_masks_host_matches_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from grpo_check.reference import ratio as ratio_module
+
+    rng = random.Random(2)
+    cases = []
+    for _ in range(200):
+        rows, tokens = rng.randint(0, 6), rng.choice([1, rng.randint(1, 7)])
+        specials = [0.8, 1.2, 1.0, float("nan"), float("inf"), -float("inf"), 0.0, -0.0]
+        ratio = torch.tensor(
+            [[rng.choice(specials) if rng.random() < 0.3 else rng.uniform(0.5, 1.5) for _ in range(tokens)]
+             for _ in range(rows)],
+            dtype=torch.float64,
+        ).reshape(rows, tokens)  # fmt: skip
+        adv = torch.tensor([rng.choice([0.0, -0.0, 1.0, -1.0, float("nan")]) for _ in range(rows)])
+        adv = adv.double() if rng.random() < 0.5 else adv  # float32 advantages are made float64 first
+        if rng.random() < 0.3:
+            adv = adv.unsqueeze(1).expand(rows, tokens).contiguous()
+        cases.append((ratio, adv, rng.choice([0.2, 0.1]), rng.choice([0.2, 0.28])))
+    fast = [ratio_module.clip_masks(*case) for case in cases]
+    monkeypatch.setattr(ratio_module, "host_view", lambda tensor: None)
+    for case, got in zip(cases, fast, strict=True):
+        want = ratio_module.clip_masks(*case)
+        assert [_reprs(t) for t in got] == [_reprs(t) for t in want], case
