@@ -36,12 +36,22 @@ class Diagnosis:
     model_logps: Callable[..., torch.Tensor | None] | None = None  # (temperature) -> logps or None
     kept_mass: Callable[[], torch.Tensor | None] | None = None
     shifted_logps: Callable[[int], torch.Tensor | None] | None = None  # (shift) -> logits misaligned by shift
+    # the float64 copies handed out, by (source, name): (the tensor they were made from, the copy); the
+    # detectors ask for the same few tensors many times (a step does not change while it is diagnosed)
+    _copies: dict[tuple[str, str], tuple[Any, Any]] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     # -- tensors (one float64 copy per tensor in the step cache :func:`~grpo_check.diagnose.diagnose` opens,
     # shared by the detectors and with the comparison: never modify in place) --------------------------------
     def trainer(self, name: str) -> torch.Tensor | None:
         value = self.step.get(name)
-        return None if value is None else as_f64(value)
+        if value is None:
+            return None
+        hit = self._copies.get(("trainer", name))
+        if hit is None or hit[0] is not value:
+            hit = self._copies[("trainer", name)] = (value, as_f64(value))
+        return hit[1]
 
     def recorded(self, name: str) -> torch.Tensor | None:
         """The step's tensor in its own dtype, detached (the float64 copy of a value that is not a tensor): for
@@ -53,12 +63,22 @@ class Diagnosis:
 
     def ref(self, name: str) -> torch.Tensor | None:
         value = self.reference.get(name)
-        return None if value is None else as_f64(value)
+        if value is None:
+            return None
+        hit = self._copies.get(("ref", name))
+        if hit is None or hit[0] is not value:
+            hit = self._copies[("ref", name)] = (value, as_f64(value))
+        return hit[1]
 
     @property
     def mask(self) -> torch.Tensor | None:
         m = self.step.get("completion_mask")
-        return None if m is None else cached(("diagnosis_mask", m), m.bool)
+        if m is None:
+            return None
+        hit = self._copies.get(("mask", ""))
+        if hit is None or hit[0] is not m:
+            hit = self._copies[("mask", "")] = (m, cached(("diagnosis_mask", m), m.bool))
+        return hit[1]
 
     @property
     def group_index(self) -> torch.Tensor | None:

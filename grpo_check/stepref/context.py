@@ -13,6 +13,8 @@ from grpo_check.findings import Where
 __all__ = ["StepContext", "as_f64"]
 
 
+_Tensor, _FLOAT64 = torch.Tensor, torch.float64
+
 _IDS_AS_LIST = 4096  # up to this many completion ids, ``where`` reads token ids from a Python copy
 
 
@@ -88,6 +90,8 @@ class StepContext:
 def as_f64(tensor: Any) -> torch.Tensor:
     """``tensor`` detached, as float64 (itself when it already is one and carries no autograd graph); one
     conversion per tensor while a :func:`~grpo_check._step_cache.step_cache` is open."""
+    if type(tensor) is _Tensor and tensor.dtype is _FLOAT64 and not tensor.requires_grad:
+        return tensor  # what ``f64`` answers for it, without its memo lookup
     if isinstance(tensor, torch.Tensor):
         return f64(tensor)
     return torch.as_tensor(tensor).double()
