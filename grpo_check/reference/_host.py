@@ -15,6 +15,8 @@ import torch
 
 from grpo_check._step_cache import host_view
 
+_FLOAT64_MAX = float(np.finfo(np.float64).max)  # where torch.nan_to_num puts +inf (and −inf at its negative)
+
 
 def dense_group_ids(group_index: torch.Tensor) -> tuple[torch.Tensor, int] | None:
     """``torch.unique(group_index, return_inverse=True)`` as ``(inverse, n_labels)`` when ``group_index`` is
@@ -26,7 +28,7 @@ def dense_group_ids(group_index: torch.Tensor) -> tuple[torch.Tensor, int] | Non
     if host is None or host[0] != 0:
         return None
     steps = (host[1:] - host[:-1]).view(np.uint64)  # a decrease wraps to a huge unsigned step
-    if not (steps <= 1).all():
+    if not np.logical_and.reduce(steps <= 1):  # ndarray.all's ufunc reduction, without its wrapper
         return None
     return group_index, int(host[-1]) + 1
 
@@ -103,8 +105,9 @@ def group_advantages(
         advantages = r - mean  # (A3) numerator
         if scale_rewards != "none":
             advantages = advantages / (scale + epsilon)  # (A3)
-    advantages = np.where(count > 1.0, advantages, 0.0)  # (A7)
-    advantages = np.nan_to_num(np.where(unscorable, 0.0, advantages), nan=0.0)  # (A8)
+    # (A7) fewer than 2 scorable rows, (A8) unscorable rows and NaN: 0; then nan_to_num's ±inf → ±max
+    advantages = np.where((count > 1.0) & ~unscorable & (advantages == advantages), advantages, 0.0)
+    advantages = np.minimum(np.maximum(advantages, -_FLOAT64_MAX), _FLOAT64_MAX)  # (A8)
     return (
         rewards,
         torch.from_numpy(advantages),

@@ -65,6 +65,9 @@ def test_dense_group_ids_fast_path_only_for_sorted_dense_labels() -> None:
     assert inverse.tolist() == [1, 0, 1] and n == 2
 
 
+_HUGE = [*_SPECIAL, 1.7e308, -1.7e308, 5e-324]  # overflowing differences: ±inf advantages, clamped to ±max
+
+
 def test_compute_advantages_host_matches_torch_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(1)
     cases = []
@@ -72,7 +75,7 @@ def test_compute_advantages_host_matches_torch_bit_for_bit(monkeypatch: pytest.M
         size, prompts, funcs = rng.randint(1, 5), rng.randint(1, 5), rng.randint(1, 3)
         rows = size * prompts
         values = torch.tensor(
-            [[rng.choice(_SPECIAL) if rng.random() < 0.4 else rng.gauss(0, 1) for _ in range(funcs)]
+            [[rng.choice(_HUGE) if rng.random() < 0.4 else rng.gauss(0, 1) for _ in range(funcs)]
              for _ in range(rows)],
             dtype=torch.float64,
         )  # fmt: skip
