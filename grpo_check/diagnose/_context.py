@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from grpo_check._step_cache import cached, finite_mask, host_view, plain
+from grpo_check._step_cache import bool_mask, finite_mask, host_view, plain
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, Verdict, Where
 from grpo_check.stepref.context import StepContext, as_f64
@@ -77,7 +77,8 @@ class Diagnosis:
             return None
         hit = self._copies.get(("mask", ""))
         if hit is None or hit[0] is not m:
-            hit = self._copies[("mask", "")] = (m, cached(("diagnosis_mask", m), m.bool))
+            # the step's shared bool view of the mask (the comparison's token mask is the same tensor)
+            hit = self._copies[("mask", "")] = (m, bool_mask(m))
         return hit[1]
 
     @property
