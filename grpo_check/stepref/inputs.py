@@ -99,11 +99,6 @@ _COMPUTED_FROM: dict[str, tuple[str, ...]] = {
 }
 
 
-def _stored_dtype(step: TraceStep, name: str) -> torch.dtype | None:
-    t = step.get(name)
-    return t.dtype if isinstance(t, torch.Tensor) and t.dtype.is_floating_point else None
-
-
 def computed_dtype(step: TraceStep, name: str) -> str:
     """The precision ``name`` was computed in: the compute dtype for model outputs; for a quantity computed
     from other captured tensors, the coarsest of its own stored dtype and theirs; else the stored dtype.
@@ -116,23 +111,29 @@ def computed_dtype(step: TraceStep, name: str) -> str:
 
 
 def _computed_dtype(step: TraceStep, name: str) -> str:
-    t = step.get(name)
+    tensors = step.tensors
+    t = tensors.get(name)
     stored = _dtype_name(t.dtype) if isinstance(t, torch.Tensor) else "float32"
-    compute = step.meta.get("compute_dtype")
-    if name in _MODEL_COMPUTED and compute in LOW_PRECISION:
-        return str(compute)
+    if name in _MODEL_COMPUTED:
+        compute = step.meta.get("compute_dtype")
+        if compute in LOW_PRECISION:
+            return str(compute)
     if stored in LOW_PRECISION:
         return stored
     coarsest: torch.dtype | None = None  # the first of the low-precision inputs with the largest eps
     for input_name in _COMPUTED_FROM.get(name, ()):
-        dtype = _stored_dtype(step, input_name)
-        if (
-            dtype is not None
-            and _dtype_name(dtype) in LOW_PRECISION
-            and (coarsest is None or torch.finfo(dtype).eps > torch.finfo(coarsest).eps)
-        ):
-            coarsest = dtype
+        t = tensors.get(input_name)
+        if isinstance(t, torch.Tensor):
+            dtype = t.dtype
+            if dtype in _LOW_DTYPES and (
+                coarsest is None or torch.finfo(dtype).eps > torch.finfo(coarsest).eps
+            ):
+                coarsest = dtype
     return stored if coarsest is None else _dtype_name(coarsest)
+
+
+# the floating dtypes of LOW_PRECISION
+_LOW_DTYPES = frozenset(getattr(torch, name) for name in LOW_PRECISION)
 
 
 _DTYPE_NAMES: dict[torch.dtype, str] = {}
