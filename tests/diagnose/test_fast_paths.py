@@ -100,3 +100,25 @@ def test_diagnosis_copies_follow_a_replaced_tensor() -> None:
     step.tensors["completion_mask"] = torch.zeros_like(step["completion_mask"])
     assert not bool(dx.mask.any())
     assert dx.ref("logps") is None
+
+
+def test_detectors_run_on_a_clean_step_follow_the_module_attributes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import grpo_check.diagnose as diagnose_module
+
+    want = tuple(d for d in diagnose_module.DETECTORS if d not in diagnose_module.ON_FAILURE_ONLY)
+    assert diagnose_module._speaking_alone() == want and want
+    spec = GRPOSpec(num_generations=4, loss_type="grpo")
+    positive = make_step(spec)
+    positive.tensors["logps"] = -positive["logps"]
+    assert "diagnose.logps_sign" in _check(positive, spec)
+
+    def signs() -> list[str]:  # no compare finding fails: only the detectors that speak alone run
+        findings = diagnose_module.diagnose(positive, {}, spec, [])
+        return [f.check_id for f in findings if f.check_id == "diagnose.logps_sign"]
+
+    assert signs() == ["diagnose.logps_sign"]
+    # a detector marked as explaining failures only is skipped where nothing fails
+    quiet = diagnose_module.ON_FAILURE_ONLY | {diagnose_module.logps.detect_sign_flip}
+    monkeypatch.setattr(diagnose_module, "ON_FAILURE_ONLY", quiet)
+    assert diagnose_module.logps.detect_sign_flip not in diagnose_module._speaking_alone()
+    assert signs() == []
