@@ -56,13 +56,20 @@ def _group_stats(
     """
     with np.errstate(all="ignore"):  # NaN for empty groups and ±inf rewards, as torch gives silently
         finite = ~np.isnan(x)
+        # without a NaN (most steps) each select below keeps every value: skipped, the same numbers
+        every = bool(np.logical_and.reduce(finite))
         count = np.bincount(ids, weights=finite.astype(np.float64), minlength=n_groups)
         shift = np.full(n_groups, np.inf)
-        np.minimum.at(shift, ids, np.where(finite, x, np.inf))
+        np.minimum.at(shift, ids, x if every else np.where(finite, x, np.inf))
         shift = np.where(np.isinf(shift), 0.0, shift)
-        total = np.bincount(ids, weights=np.where(finite, x - shift[ids], 0.0), minlength=n_groups)
+        centred = x - shift[ids]
+        total = np.bincount(
+            ids, weights=centred if every else np.where(finite, centred, 0.0), minlength=n_groups
+        )
         mean = shift + total / count  # (A1)
-        dev2 = np.where(finite, (x - mean[ids]) ** 2, 0.0)
+        dev2 = (x - mean[ids]) ** 2
+        if not every:
+            dev2 = np.where(finite, dev2, 0.0)
         ss = np.bincount(ids, weights=dev2, minlength=n_groups)
         dof = count - 1.0 if std == "sample" else count  # (A2)
         var = np.where(dof > 0.0, ss / np.maximum(dof, 1.0), np.nan)

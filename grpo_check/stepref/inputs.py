@@ -328,6 +328,7 @@ def _loss_mask(
 
 # tokens whose ratio lies within this many unit roundoffs (of the trainer's precision) of a clip bound
 _CLIP_BAND = 4.0
+_UNITS: dict[str, float] = {}  # the machine epsilon of a dtype by name (memoised: this runs on every step)
 
 
 def decided_clip_branch(reference: Mapping[str, torch.Tensor], spec: GRPOSpec, dtype: str) -> torch.Tensor:
@@ -336,7 +337,9 @@ def decided_clip_branch(reference: Mapping[str, torch.Tensor], spec: GRPOSpec, d
     bound 1 − ε_low or 1 + ε_high. There a correct trainer may take either branch, and ∂loss/∂logps
     jumps between them (to 0 when clipped)."""
     ratio = reference["ratio"]
-    unit = torch.finfo(getattr(torch, dtype, torch.float32)).eps
+    unit = _UNITS.get(dtype)
+    if unit is None:
+        unit = _UNITS[dtype] = torch.finfo(getattr(torch, dtype, torch.float32)).eps
     low, high = 1.0 - spec.epsilon_low, 1.0 + spec.epsilon_high_effective
     host = host_view(ratio) if ratio.dtype is torch.float64 else None
     if host is not None:  # a small step: the same IEEE operations in numpy, at less overhead
