@@ -24,6 +24,9 @@ def dense_group_ids(group_index: torch.Tensor) -> tuple[torch.Tensor, int] | Non
     ``group_index`` itself. ``None`` otherwise (or for a tensor numpy does not view)."""
     if group_index.dtype is not torch.int64 or group_index.dim() != 1 or group_index.numel() == 0:
         return None
+    if group_index.numel() <= PY_ROWS and group_index.device.type == "cpu":
+        n_groups = _dense_labels(group_index.tolist())
+        return None if n_groups is None else (group_index, n_groups)
     host = host_view(group_index)
     if host is None or host[0] != 0:
         return None
@@ -33,6 +36,17 @@ def dense_group_ids(group_index: torch.Tensor) -> tuple[torch.Tensor, int] | Non
     return group_index, int(host[-1]) + 1
 
 
+def _dense_labels(labels: list[int]) -> int | None:
+    """The number of labels when ``labels`` is 0, 0, 1, 1, 2, ... (each the same as or one above the one before,
+    from 0), else ``None``."""
+    previous = 0
+    for label in labels:
+        if label != previous and label != previous + 1:
+            return None
+        previous = label
+    return None if labels[0] != 0 else previous + 1
+
+
 def group_mean_std(
     values: torch.Tensor, group_ids: torch.Tensor, n_groups: int, std: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
@@ -40,7 +54,7 @@ def group_mean_std(
     if values.dtype is not torch.float64 or group_ids.dtype is not torch.int64:
         return None
     x, ids = host_view(values), host_view(group_ids)
-    if x is None or ids is None or x.ndim != 1:
+    if x is None or ids is None or x.ndim != 1 or x.size == 0:  # np.bincount of nothing is int64: torch's
         return None
     mean, scale, count = _group_stats(x, ids, n_groups, std)
     return torch.from_numpy(mean[ids]), torch.from_numpy(scale[ids]), torch.from_numpy(count[ids])
@@ -93,8 +107,10 @@ def group_advantages(
     it is element-wise, counted or the group statistics above."""
     if values.dtype is not torch.float64 or group_ids.dtype is not torch.int64 or values.dim() != 2:
         return None
+    if values.shape[0] <= PY_ROWS and epsilon > 0.0 and values.device.type == group_ids.device.type == "cpu":
+        return _group_advantages_py(values, weights, group_ids, n_groups, std, scale_rewards, epsilon)
     x, ids = host_view(values), host_view(group_ids)
-    if x is None or ids is None:
+    if x is None or ids is None or x.shape[0] == 0:  # np.bincount of nothing is int64: torch's
         return None
     unscorable = np.isnan(x).all(axis=1)  # (A8)
     rewards = (values if weights is None else values * weights.unsqueeze(0)).nansum(dim=1)  # (R1)
@@ -123,3 +139,88 @@ def group_advantages(
         torch.from_numpy(~unscorable),
         torch.from_numpy(count),
     )
+
+
+# Up to this many rows, the group statistics and the advantages are computed in Python floats (the same
+# IEEE double operations, in the same order): on a demo-sized batch a handful of list passes costs less
+# than the numpy calls, whose per-call overhead dominates while their code is cold between checks.
+PY_ROWS = 64
+
+_INF = float("inf")
+_NAN = float("nan")
+
+
+def _group_advantages_py(
+    values: torch.Tensor,
+    weights: torch.Tensor | None,
+    group_ids: torch.Tensor,
+    n_groups: int,
+    std: str,
+    scale_rewards: str,
+    epsilon: float,
+) -> tuple[torch.Tensor, ...]:
+    """:func:`group_advantages` in Python floats (``epsilon`` > 0: no denominator is zero, so no Python
+    division raises where IEEE gives ±inf or NaN)."""
+    unscorable = [all(v != v for v in row) for row in values.tolist()]  # (A8)
+    rewards = (values if weights is None else values * weights.unsqueeze(0)).nansum(dim=1)  # (R1)
+    r = rewards.tolist()
+    if any(unscorable):
+        r = [_NAN if bad else v for v, bad in zip(r, unscorable, strict=True)]
+        rewards = torch.tensor(r, dtype=torch.float64)  # the sum's masked_fill
+    ids = group_ids.tolist()
+    mean, scale, count = _group_stats_py(r, ids, n_groups, std)  # (A1) (A2)
+    if scale_rewards == "batch":
+        scale_rows = [_group_stats_py(r, [0] * len(r), 1, std)[1][0]] * len(r)  # (A5)
+    else:
+        scale_rows = [scale[g] for g in ids]
+    mean_rows, count_rows = [mean[g] for g in ids], [count[g] for g in ids]
+    advantages = []
+    for v, m, sigma, n, bad in zip(r, mean_rows, scale_rows, count_rows, unscorable, strict=True):
+        a = v - m  # (A3) numerator
+        if scale_rewards != "none":
+            a = a / (sigma + epsilon)  # (A3)
+        if not n > 1.0 or bad or a != a:  # (A7) fewer than 2 scorable rows, (A8) unscorable rows and NaN
+            a = 0.0
+        elif a == _INF:  # (A8) nan_to_num's ±inf → ±max
+            a = _FLOAT64_MAX
+        elif a == -_INF:
+            a = -_FLOAT64_MAX
+        advantages.append(a)
+    return (
+        rewards,
+        torch.tensor(advantages, dtype=torch.float64),
+        torch.tensor(mean_rows, dtype=torch.float64),
+        torch.tensor(scale_rows, dtype=torch.float64),
+        torch.tensor([not bad for bad in unscorable], dtype=torch.bool),
+        torch.tensor(count_rows, dtype=torch.float64),
+    )
+
+
+def _group_stats_py(
+    x: list[float], ids: list[int], n_groups: int, std: str
+) -> tuple[list[float], list[float], list[float]]:
+    """:func:`_group_stats` on Python floats: the same operations in the same order (a scatter-add adds row
+    by row into 0.0; NaN rows add nothing, adding 0.0 to a sum that is never −0.0 changes nothing)."""
+    count = [0.0] * n_groups
+    shift = [_INF] * n_groups
+    for v, g in zip(x, ids, strict=True):
+        if v == v:
+            count[g] += 1.0
+            s = shift[g]
+            shift[g] = s if s < v else v  # np.minimum's tie rule (either zero gives the same mean)
+    shift = [0.0 if s == _INF or s == -_INF else s for s in shift]
+    total = [0.0] * n_groups
+    for v, g in zip(x, ids, strict=True):
+        if v == v:
+            total[g] += v - shift[g]
+    # (A1); a group without a scorable row: 0/0 = NaN
+    mean = [s + t / c if c != 0.0 else _NAN for s, t, c in zip(shift, total, count, strict=True)]
+    ss = [0.0] * n_groups
+    for v, g in zip(x, ids, strict=True):
+        if v == v:
+            d = v - mean[g]
+            ss[g] += d * d
+    dof = [c - 1.0 for c in count] if std == "sample" else count  # (A2)
+    var = [q / max(k, 1.0) if k > 0.0 else _NAN for q, k in zip(ss, dof, strict=True)]
+    # torch's sqrt, not math.sqrt: the two differ in the last bit of some values
+    return mean, torch.tensor(var, dtype=torch.float64).sqrt().tolist(), count

@@ -55,7 +55,16 @@ def test_group_mean_std_host_matches_torch_bit_for_bit(monkeypatch: pytest.Monke
         assert [_reprs(t) for t in got] == [_reprs(t) for t in want], (values, groups)
 
 
-def test_dense_group_ids_fast_path_only_for_sorted_dense_labels() -> None:
+@pytest.mark.parametrize("py_rows", [_host.PY_ROWS, 0])  # Python floats, numpy
+def test_dense_group_ids_fast_path_only_for_sorted_dense_labels(
+    monkeypatch: pytest.MonkeyPatch, py_rows: int
+) -> None:
+    monkeypatch.setattr(_host, "PY_ROWS", py_rows)
+    three = torch.tensor([0, 1, 2])
+    assert _host.dense_group_ids(three) == (three, 3)
+    assert _host.dense_group_ids(torch.tensor([0])) is not None
+    assert _host.dense_group_ids(torch.tensor([0, 1, 1, 0])) is None  # back to an earlier label
+    assert _host.dense_group_ids(torch.tensor([], dtype=torch.long)) is None
     ids = torch.tensor([0, 0, 1, 1, 2])
     assert _host.dense_group_ids(ids) == (ids, 3)
     assert _host.dense_group_ids(torch.tensor([0, 2, 2])) is None  # a gap: relabelled by torch.unique
@@ -68,17 +77,21 @@ def test_dense_group_ids_fast_path_only_for_sorted_dense_labels() -> None:
 _HUGE = [*_SPECIAL, 1.7e308, -1.7e308, 5e-324]  # overflowing differences: ±inf advantages, clamped to ±max
 
 
-def test_compute_advantages_host_matches_torch_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("py_rows", [_host.PY_ROWS, 0])  # Python floats, numpy
+def test_compute_advantages_host_matches_torch_bit_for_bit(
+    monkeypatch: pytest.MonkeyPatch, py_rows: int
+) -> None:
+    monkeypatch.setattr(_host, "PY_ROWS", py_rows)
     rng = random.Random(1)
     cases = []
     for _ in range(300):
-        size, prompts, funcs = rng.randint(1, 5), rng.randint(1, 5), rng.randint(1, 3)
+        size, prompts, funcs = rng.randint(1, 5), rng.randint(0, 5), rng.randint(1, 3)
         rows = size * prompts
         values = torch.tensor(
             [[rng.choice(_HUGE) if rng.random() < 0.4 else rng.gauss(0, 1) for _ in range(funcs)]
              for _ in range(rows)],
             dtype=torch.float64,
-        )  # fmt: skip
+        ).reshape(rows, funcs)  # fmt: skip
         spec = GRPOSpec(
             num_generations=size,
             scale_rewards=rng.choice(["group", "batch", "none"]),
