@@ -100,7 +100,8 @@ class Diagnosis:
     def _failed_compare(self) -> list[Finding]:
         """The compare findings that failed or warned when diagnosis began (``findings`` does not grow while
         the detectors run; a verdict only moves from FAIL/WARN to CONVENTION): most steps have none."""
-        return [f for f in self.findings if f.kind == "compare" and f.verdict in (Verdict.FAIL, Verdict.WARN)]
+        failing = (Verdict.FAIL, Verdict.WARN)  # the verdict asked first: most findings pass
+        return [f for f in self.findings if f.verdict in failing and f.kind == "compare"]
 
     def failing(self, *, stage: str | None = None, prefix: str | None = None) -> list[Finding]:
         out = []
