@@ -3,8 +3,10 @@ and stays out of its group's statistics."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from grpo_check._step_cache import host_view
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, Verdict
 from grpo_check.rederive.checks_common import _finding, _not_applicable, _not_captured, _register
@@ -19,24 +21,15 @@ from grpo_check.trace.model import Trace, TraceStep
 
 def _no_unscorable_row(rewards: torch.Tensor, advantages: torch.Tensor) -> bool:
     """True when a small CPU step with as many reward rows as advantages has no row whose every reward is NaN
-    (what most steps show; the test of :func:`unscorable` on the values read as Python floats); False means
-    "ask torch"."""
+    (what most steps show; the same test as :func:`unscorable` in numpy); False means "ask torch"."""
     rows = advantages.shape[0] if advantages.dim() == 2 else advantages.numel()
-    if (
-        rewards.dim() not in (1, 2)
-        or rewards.shape[0] != rows
-        or not rewards.is_floating_point()
-        or rewards.numel() > _AS_LIST
-        or rewards.device.type != "cpu"
-    ):
+    if rewards.dim() not in (1, 2) or rewards.shape[0] != rows:
         return False
-    values = rewards.tolist()
-    if rewards.dim() == 1:
-        return not any(v != v for v in values)
-    return not any(all(v != v for v in row) for row in values)
-
-
-_AS_LIST = 4096  # up to this many rewards, the screen reads them as a Python list
+    host = host_view(rewards)
+    if host is None or host.dtype.kind != "f":
+        return False
+    nan = np.isnan(host)
+    return not (nan.any() if nan.ndim == 1 else nan.all(axis=1).any())
 
 
 # ------------------------------------------------------------------------------------------ advantages: NaN rows

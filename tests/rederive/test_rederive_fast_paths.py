@@ -1,4 +1,4 @@
-"""The Python-list shortcut of the unscorable-rows re-derivation answers what its torch test answers."""
+"""The numpy shortcut of the unscorable-rows re-derivation answers what its torch test answers."""
 
 from __future__ import annotations
 
@@ -30,12 +30,12 @@ def test_no_unscorable_row_equals_the_torch_test(rewards, dtype: torch.dtype) ->
     values = torch.tensor(rewards, dtype=dtype)
     advantages = torch.zeros(values.shape[0])
     fast = checks_advantages._no_unscorable_row(values, advantages)
-    assert fast == (not bool(unscorable(values).any())), rewards
+    if dtype is torch.bfloat16:  # no numpy view: torch decides
+        assert fast is False
+    else:
+        assert fast == (not bool(unscorable(values).any())), rewards
     assert (
         checks_advantages._no_unscorable_row(values, torch.zeros(values.shape[0] + 1)) is False
     )  # rows differ
     graph = values.double().requires_grad_(True)
-    assert checks_advantages._no_unscorable_row(graph, advantages) == fast  # read as values all the same
-    assert (
-        checks_advantages._no_unscorable_row(values.long(), advantages) is False
-    )  # not floats: torch decides
+    assert checks_advantages._no_unscorable_row(graph, advantages) is False  # in a graph: torch decides
