@@ -42,6 +42,8 @@ from grpo_check.diagnose import (
 )
 from grpo_check.diagnose._context import Diagnosis, constant_factor, shared_comparisons
 from grpo_check.findings import Finding, InputError
+from grpo_check.stepref.forward import model_logits, model_logps, model_logps_shifted
+from grpo_check.stepref.inputs import reference_downstream, step_context
 from grpo_check.trace.model import TraceStep
 
 Detector = Callable[[Diagnosis], list[Finding]]
@@ -128,9 +130,6 @@ def diagnose(
         findings: the compare findings of this step (explained findings are updated in place).
         model: the policy model, if available (enables temperature and truncated-support signatures).
     """
-    from grpo_check.stepref.forward import model_logits, model_logps, model_logps_shifted
-    from grpo_check.stepref.inputs import reference_downstream, step_context
-
     tensors = dict(reference.tensors) if hasattr(reference, "tensors") else dict(reference or {})
     logits = getattr(reference, "logits", None)
     cache: dict[object, torch.Tensor | None] = {}
@@ -182,12 +181,25 @@ def diagnose(
         shifted_logps=shifted if model is not None else None,
     )
     out: list[Finding] = []
-    failed = bool(dx.failing())
+    detectors = DETECTORS if dx.failing() else _speaking_alone()
     with step_cache(step), shared_comparisons():  # joins compare_step's cache for this step, if open
-        for detector in DETECTORS:
-            if failed or detector not in ON_FAILURE_ONLY:
-                out.extend(detector(dx))
+        for detector in detectors:
+            out.extend(detector(dx))
     return out
+
+
+_SPEAKING_ALONE: tuple[tuple[Detector, ...], frozenset[Detector], tuple[Detector, ...]] | None = None
+
+
+def _speaking_alone() -> tuple[Detector, ...]:
+    """The detectors not in :data:`ON_FAILURE_ONLY`, in order (what runs while no comparison fails), worked
+    out once per value of the two module attributes."""
+    global _SPEAKING_ALONE
+    memo = _SPEAKING_ALONE
+    if memo is None or memo[0] is not DETECTORS or memo[1] is not ON_FAILURE_ONLY:
+        quiet = ON_FAILURE_ONLY
+        memo = _SPEAKING_ALONE = (DETECTORS, quiet, tuple(d for d in DETECTORS if d not in quiet))
+    return memo[2]
 
 
 __all__ = ["DETECTORS", "ON_FAILURE_ONLY", "Diagnosis", "constant_factor", "diagnose"]

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from grpo_check._step_cache import cached, finite_mask, host_view, plain
+from grpo_check._step_cache import bool_mask, finite_mask, host_view, plain
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, Verdict, Where
 from grpo_check.stepref.context import StepContext, as_f64
@@ -36,12 +36,22 @@ class Diagnosis:
     model_logps: Callable[..., torch.Tensor | None] | None = None  # (temperature) -> logps or None
     kept_mass: Callable[[], torch.Tensor | None] | None = None
     shifted_logps: Callable[[int], torch.Tensor | None] | None = None  # (shift) -> logits misaligned by shift
+    # the float64 copies handed out, by (source, name): (the tensor they were made from, the copy); the
+    # detectors ask for the same few tensors many times (a step does not change while it is diagnosed)
+    _copies: dict[tuple[str, str], tuple[Any, Any]] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     # -- tensors (one float64 copy per tensor in the step cache :func:`~grpo_check.diagnose.diagnose` opens,
     # shared by the detectors and with the comparison: never modify in place) --------------------------------
     def trainer(self, name: str) -> torch.Tensor | None:
         value = self.step.get(name)
-        return None if value is None else as_f64(value)
+        if value is None:
+            return None
+        hit = self._copies.get(("trainer", name))
+        if hit is None or hit[0] is not value:
+            hit = self._copies[("trainer", name)] = (value, as_f64(value))
+        return hit[1]
 
     def recorded(self, name: str) -> torch.Tensor | None:
         """The step's tensor in its own dtype, detached (the float64 copy of a value that is not a tensor): for
@@ -53,12 +63,23 @@ class Diagnosis:
 
     def ref(self, name: str) -> torch.Tensor | None:
         value = self.reference.get(name)
-        return None if value is None else as_f64(value)
+        if value is None:
+            return None
+        hit = self._copies.get(("ref", name))
+        if hit is None or hit[0] is not value:
+            hit = self._copies[("ref", name)] = (value, as_f64(value))
+        return hit[1]
 
     @property
     def mask(self) -> torch.Tensor | None:
         m = self.step.get("completion_mask")
-        return None if m is None else cached(("diagnosis_mask", m), m.bool)
+        if m is None:
+            return None
+        hit = self._copies.get(("mask", ""))
+        if hit is None or hit[0] is not m:
+            # the step's shared bool view of the mask (the comparison's token mask is the same tensor)
+            hit = self._copies[("mask", "")] = (m, bool_mask(m))
+        return hit[1]
 
     @property
     def group_index(self) -> torch.Tensor | None:
@@ -79,7 +100,8 @@ class Diagnosis:
     def _failed_compare(self) -> list[Finding]:
         """The compare findings that failed or warned when diagnosis began (``findings`` does not grow while
         the detectors run; a verdict only moves from FAIL/WARN to CONVENTION): most steps have none."""
-        return [f for f in self.findings if f.kind == "compare" and f.verdict in (Verdict.FAIL, Verdict.WARN)]
+        failing = (Verdict.FAIL, Verdict.WARN)  # the verdict asked first: most findings pass
+        return [f for f in self.findings if f.verdict in failing and f.kind == "compare"]
 
     def failing(self, *, stage: str | None = None, prefix: str | None = None) -> list[Finding]:
         out = []

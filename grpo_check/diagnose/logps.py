@@ -456,9 +456,9 @@ def detect_ref_is_policy(dx: Diagnosis) -> list[Finding]:
             return []
         if dx.step.meta.get("policy_changed_since_start") is False:  # zero updates so far: policy = reference
             return []
-        if not _any(sel):  # no token to compare (every row masked, e.g. truncated): no evidence
-            return []
         if _count_different(ref_logps, logps, sel):  # not bit-identical (NaN counts as different)
+            return []
+        if not _any(sel):  # no token to compare (every row masked, e.g. truncated): no evidence
             return []
         how = "they are bit-identical to the policy's after optimizer steps, so KL ≡ 0 and β does nothing"
         failing = dx.failing(stage="kl") + dx.failing(prefix="logps.")

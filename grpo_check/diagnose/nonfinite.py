@@ -47,7 +47,10 @@ def _all_clean(per_func: torch.Tensor, advantages: torch.Tensor) -> bool:
     """No NaN reward and every advantage finite (what most steps show): in numpy on a small step."""
     host, host_advantages = host_view(per_func), host_view(advantages)
     if host is not None and host_advantages is not None:
-        return not np.isnan(host).any() and bool(np.isfinite(host_advantages).all())
+        # the ufunc reductions ndarray.any/all call, without their Python wrappers
+        return not np.logical_or.reduce(np.isnan(host), axis=None) and bool(
+            np.logical_and.reduce(np.isfinite(host_advantages), axis=None)
+        )
     return not bool(torch.isnan(per_func).any()) and bool(finite_mask(advantages).all())
 
 

@@ -91,19 +91,19 @@ def _target(dx: Diagnosis) -> tuple[str, torch.Tensor, torch.Tensor, torch.Tenso
 def _any_nonzero(values: torch.Tensor) -> bool:
     """Any |value| > 0 (NaN is not): in numpy on a small step (the same comparison, less overhead)."""
     host = host_view(values)
-    if host is not None:
-        return bool((np.abs(host) > 0).any())
+    if host is not None:  # the ufunc reduction ndarray.any calls, without its Python wrapper
+        return bool(np.logical_or.reduce(np.abs(host) > 0, axis=None))
     return bool((values.abs() > 0).any())
 
 
 def detect_detached_grad(dx: Diagnosis) -> list[Finding]:
     """No gradient reaches the log-probs (all zero, or it never arrived during backward)."""
+    recorded = dx.recorded("logps_grad")  # its own dtype: |x| > 0 holds exactly where it does in float64
+    if recorded is not None and _any_nonzero(recorded):
+        return []  # a gradient arrived (asked first: the answer whatever the reference's is)
     want = dx.ref("logps_grad")
     missing = "logps_grad" in (dx.step.meta.get("missing_grads") or [])
     if want is None or not _any_nonzero(want):
-        return []
-    recorded = dx.recorded("logps_grad")  # its own dtype: |x| > 0 holds exactly where it does in float64
-    if recorded is not None and _any_nonzero(recorded):
         return []
     got = dx.trainer("logps_grad")
     if got is None and not missing:

@@ -3,8 +3,10 @@ and stays out of its group's statistics."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from grpo_check._step_cache import host_view
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, Verdict
 from grpo_check.rederive.checks_common import _finding, _not_applicable, _not_captured, _register
@@ -15,6 +17,19 @@ from grpo_check.rederive.inputs import (
     tensor_or_none,
 )
 from grpo_check.trace.model import Trace, TraceStep
+
+
+def _no_unscorable_row(rewards: torch.Tensor, advantages: torch.Tensor) -> bool:
+    """True when a small CPU step with as many reward rows as advantages has no row whose every reward is NaN
+    (what most steps show; the same test as :func:`unscorable` in numpy); False means "ask torch"."""
+    rows = advantages.shape[0] if advantages.dim() == 2 else advantages.numel()
+    if rewards.dim() not in (1, 2) or rewards.shape[0] != rows:
+        return False
+    host = host_view(rewards)
+    if host is None or host.dtype.kind != "f":
+        return False
+    nan = np.isnan(host)
+    return not (nan.any() if nan.ndim == 1 else nan.all(axis=1).any())
 
 
 # ------------------------------------------------------------------------------------------ advantages: NaN rows
@@ -34,6 +49,8 @@ def unscorable_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) -> Fi
                 check_id, step, "a micro-batch without whole groups (checked on generation steps)"
             )
     rewards, advantages = step["rewards_per_func"], step["advantages"]
+    if _no_unscorable_row(rewards, advantages):
+        return _not_applicable(check_id, step, "no unscorable row")
     if advantages.dim() == 2:
         advantages = advantages[:, 0]
     bad = unscorable(rewards)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -46,9 +47,15 @@ def _register(
 
 
 def _where(step: TraceStep, row: int | None = None, token: int | None = None):
+    return _where_in_step()(step, row, token)
+
+
+@functools.cache
+def _where_in_step() -> Callable[..., Any]:
+    """The invariants' ``where_in_step``, imported once, on first use (not with this module)."""
     from grpo_check.invariants.registry import where_in_step
 
-    return where_in_step(step, row, token)
+    return where_in_step
 
 
 def _finding(

@@ -148,6 +148,21 @@ def compute_advantages(
     group_ids, n_groups = dense_group_ids(group_index.to(values.device))
     weights = reward_weights if reward_weights is not None else spec.reward_weights
     weights_t = None if weights is None else _weights(weights, values.shape[1]).to(values.device)
+    if spec.multi_objective_aggregation == "sum_then_normalize" and spec.baseline != "rloo":
+        host = _host.group_advantages(
+            values, weights_t, group_ids, n_groups, spec.std, spec.scale_rewards, spec.adv_epsilon
+        )  # a small CPU batch: the same in numpy
+        if host is not None:
+            rewards, advantages, mean, scale, scorable, group_count = host
+            return AdvantageOutput(
+                rewards=rewards,
+                advantages=advantages,
+                group_mean=mean,
+                group_std=scale,
+                scorable=scorable,
+                centered=rewards,
+                group_size=group_count,
+            )
     unscorable = torch.isnan(values).all(dim=1)
     scorable = ~unscorable
     rewards = _weighted_total(values, weights_t, unscorable)  # (R1)

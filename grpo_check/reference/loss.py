@@ -333,7 +333,7 @@ def aggregate_loss(
     if mode == "seq_mean_token_mean":
         row_means = (loss_values * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
         loss = row_means.mean() / accumulation  # (N1)
-        normalizer = torch.tensor(float(n_rows * accumulation), dtype=DTYPE)
+        normalizer = torch.scalar_tensor(float(n_rows * accumulation), dtype=DTYPE)
     elif mode == "token_mean":
         if spec.loss_type == "bnpo" or num_items_in_batch is None:
             normalizer = mask.sum().clamp(min=1.0) * accumulation  # (N2)
@@ -344,11 +344,11 @@ def aggregate_loss(
         loss = (loss_values * mask).sum() / normalizer
     elif mode == "seq_mean_token_sum_norm":
         length = max_completion_length or spec.max_completion_length or loss_values.shape[1]
-        normalizer = torch.tensor(float(n_rows * length * accumulation), dtype=DTYPE)
+        normalizer = torch.scalar_tensor(float(n_rows * length * accumulation), dtype=DTYPE)
         loss = (loss_values * mask).sum() / normalizer  # (N4)
     elif mode == "seq_mean_token_sum":
         loss = (loss_values * mask).sum(-1).mean() / accumulation  # (N5)
-        normalizer = torch.tensor(float(n_rows * accumulation), dtype=DTYPE)
+        normalizer = torch.scalar_tensor(float(n_rows * accumulation), dtype=DTYPE)
     else:  # pragma: no cover - GRPOSpec validates
         raise InputError(f"unknown aggregation {mode!r}", field="aggregation")
     policy = loss
@@ -380,7 +380,7 @@ def _items_normalizer(
         return as_f64(num_items).clamp(min=1.0) / processes * accumulation / generation_steps  # (N3)
     items = float(num_items)
     items = items if math.isnan(items) else max(items, 1.0)  # clamp(min=1): NaN stays NaN
-    return torch.tensor(items / processes * accumulation / generation_steps, dtype=DTYPE)  # (N3)
+    return torch.scalar_tensor(items / processes * accumulation / generation_steps, dtype=DTYPE)  # (N3)
 
 
 def _adv_2d(advantages: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from grpo_check._step_cache import host_view
 from grpo_check.findings import InputError
 from grpo_check.reference._util import DTYPE, as_f64, as_mask, masked_row_mean
 
@@ -50,6 +51,13 @@ def clip_masks(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """TRL's clip metrics: low = ρ < 1−ε_low ∧ A < 0; high = ρ > 1+ε_high ∧ A > 0 (where the clip binds).  # (P4)"""
     advantages = _adv_2d(advantages)
+    if ratio.dtype is DTYPE:
+        host_ratio, host_adv = host_view(ratio), host_view(advantages)
+        if host_ratio is not None and host_adv is not None:  # a small step: the same comparisons in numpy
+            return (
+                torch.from_numpy((host_ratio < 1.0 - epsilon_low) & (host_adv < 0.0)),  # (P4)
+                torch.from_numpy((host_ratio > 1.0 + epsilon_high) & (host_adv > 0.0)),  # (P4)
+            )
     is_low = (ratio < 1.0 - epsilon_low) & (advantages < 0.0)  # (P4)
     is_high = (ratio > 1.0 + epsilon_high) & (advantages > 0.0)  # (P4)
     return is_low, is_high

@@ -19,6 +19,8 @@ import torch
 
 from grpo_check._step_cache import cached, finite_mask, host_view, plain
 from grpo_check.config import GRPOSpec
+from grpo_check.reference.advantages import compute_advantages
+from grpo_check.reference.loss import aggregate_loss, loss_mask, per_token_loss
 from grpo_check.stepref.context import StepContext, as_f64
 from grpo_check.tolerance_defaults import LOW_PRECISION
 from grpo_check.trace.model import TraceStep
@@ -97,36 +99,41 @@ _COMPUTED_FROM: dict[str, tuple[str, ...]] = {
 }
 
 
-def _stored_dtype(step: TraceStep, name: str) -> torch.dtype | None:
-    t = step.get(name)
-    return t.dtype if isinstance(t, torch.Tensor) and t.dtype.is_floating_point else None
-
-
 def computed_dtype(step: TraceStep, name: str) -> str:
     """The precision ``name`` was computed in: the compute dtype for model outputs; for a quantity computed
     from other captured tensors, the coarsest of its own stored dtype and theirs; else the stored dtype.
-    (Shared between the comparisons of one step.)"""
-    return cached(("computed_dtype", id(step), name), lambda: _computed_dtype(step, name))
+    (Shared between the comparisons of one step: one table per step, filled name by name.)"""
+    table = cached(("computed_dtype", id(step)), dict)
+    dtype = table.get(name)
+    if dtype is None:
+        dtype = table[name] = _computed_dtype(step, name)
+    return dtype
 
 
 def _computed_dtype(step: TraceStep, name: str) -> str:
-    t = step.get(name)
+    tensors = step.tensors
+    t = tensors.get(name)
     stored = _dtype_name(t.dtype) if isinstance(t, torch.Tensor) else "float32"
-    compute = step.meta.get("compute_dtype")
-    if name in _MODEL_COMPUTED and compute in LOW_PRECISION:
-        return str(compute)
+    if name in _MODEL_COMPUTED:
+        compute = step.meta.get("compute_dtype")
+        if compute in LOW_PRECISION:
+            return str(compute)
     if stored in LOW_PRECISION:
         return stored
     coarsest: torch.dtype | None = None  # the first of the low-precision inputs with the largest eps
     for input_name in _COMPUTED_FROM.get(name, ()):
-        dtype = _stored_dtype(step, input_name)
-        if (
-            dtype is not None
-            and _dtype_name(dtype) in LOW_PRECISION
-            and (coarsest is None or torch.finfo(dtype).eps > torch.finfo(coarsest).eps)
-        ):
-            coarsest = dtype
+        t = tensors.get(input_name)
+        if isinstance(t, torch.Tensor):
+            dtype = t.dtype
+            if dtype in _LOW_DTYPES and (
+                coarsest is None or torch.finfo(dtype).eps > torch.finfo(coarsest).eps
+            ):
+                coarsest = dtype
     return stored if coarsest is None else _dtype_name(coarsest)
+
+
+# the floating dtypes of LOW_PRECISION
+_LOW_DTYPES = frozenset(getattr(torch, name) for name in LOW_PRECISION)
 
 
 _DTYPE_NAMES: dict[torch.dtype, str] = {}
@@ -174,14 +181,15 @@ def _normaliser_settings(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 def reference_advantages(step: TraceStep, spec: GRPOSpec, group_index: torch.Tensor | None = None):
     """Reference :class:`AdvantageOutput` from the trainer's rewards (``rewards_per_func`` or ``rewards``)."""
-    from grpo_check.reference.advantages import compute_advantages
-
-    rewards = step.get("rewards_per_func")
+    tensors = step.tensors
+    rewards = tensors.get("rewards_per_func")
+    weights = None
     if rewards is None:
-        rewards = step.get("rewards")
-    if rewards is None:
-        return None
-    weights = step.get("reward_weights") if step.get("rewards_per_func") is not None else None
+        rewards = tensors.get("rewards")
+        if rewards is None:
+            return None
+    else:
+        weights = tensors.get("reward_weights")
     gi = group_index if group_index is not None else step.get("group_index")
     if gi is None and rewards.shape[0] % spec.num_generations:
         return None
@@ -200,18 +208,12 @@ def reference_downstream(
     end-to-end pass). Returns ``None`` when ``logps`` or ``advantages`` is missing. Gradients are float64
     autograd with respect to a leaf copy of the given ``logps``.
     """
-    from grpo_check.reference.loss import aggregate_loss, per_token_loss
-
-    def pick(name: str) -> torch.Tensor | None:
-        if name in overrides:
-            return overrides[name]
-        return step.get(name)
-
-    logps_in, advantages = pick("logps"), pick("advantages")
+    tensors = {**step.tensors, **overrides} if overrides else step.tensors
+    logps_in, advantages = tensors.get("logps"), tensors.get("advantages")
     if logps_in is None or advantages is None:
         return None
-    ref_logps, entropies = pick("ref_logps"), pick("entropies")
-    sampler_logps, sampler_ratio = pick("sampler_logps"), pick("sampler_is_ratio")
+    ref_logps, entropies = tensors.get("ref_logps"), tensors.get("entropies")
+    sampler_logps, sampler_ratio = tensors.get("sampler_logps"), tensors.get("sampler_is_ratio")
     if spec.beta != 0.0 and ref_logps is None:
         return None
     if spec.top_entropy_quantile < 1.0 and entropies is None:
@@ -222,29 +224,25 @@ def reference_downstream(
     # copy of an inference tensor (one made under inference mode cannot require grad outside it)
     shared = as_f64(logps_in)
     logps = (shared.clone() if shared.is_inference() else shared.detach()).requires_grad_(True)
-    mask = _loss_mask(pick("completion_mask"), logps, pick("tool_mask"), pick("truncated"), spec)
-    old, entropies = _f64_or_none(pick("old_logps")), _f64_or_none(entropies)
-    with torch.enable_grad():
-        out = per_token_loss(
-            logps,
-            old,
-            as_f64(advantages),
-            mask,
-            spec,
-            ref_logps=_f64_or_none(ref_logps),
-            entropies=entropies,
-            sampler_logps=_f64_or_none(sampler_logps),
-            sampler_is_ratio=_f64_or_none(sampler_ratio),
-        )
-        agg = aggregate_loss(
-            out.per_token_loss,
-            mask,
-            spec,
-            **_normaliser_settings(step.meta),
-            entropies=entropies,
-            entropy_mask=out.entropy_mask,
-        )
-        (grad,) = torch.autograd.grad(agg.loss, logps, allow_unused=True)
+    mask = _loss_mask(
+        tensors.get("completion_mask"), logps, tensors.get("tool_mask"), tensors.get("truncated"), spec
+    )
+    old = tensors.get("old_logps")
+    inputs = (
+        logps,
+        None if old is None else as_f64(old),
+        as_f64(advantages),
+        mask,
+        None if ref_logps is None else as_f64(ref_logps),
+        None if entropies is None else as_f64(entropies),
+        None if sampler_logps is None else as_f64(sampler_logps),
+        None if sampler_ratio is None else as_f64(sampler_ratio),
+    )
+    if torch.is_grad_enabled():  # the usual case: no context to enter
+        out, agg, grad = _loss_and_grad(spec, step.meta, *inputs)
+    else:
+        with torch.enable_grad():
+            out, agg, grad = _loss_and_grad(spec, step.meta, *inputs)
     result = {
         "ratio": plain(out.ratio),
         "log_ratio": plain(out.log_ratio),
@@ -255,22 +253,57 @@ def reference_downstream(
         "logps_grad": torch.zeros_like(logps) if grad is None else plain(grad),
         "loss_mask": mask,
     }
-    for name in ("clipped_ratio", "is_low_clipped", "is_high_clipped", "kl", "sampler_is_ratio"):
-        value = getattr(out, name)
+    for name, value in (
+        ("clipped_ratio", out.clipped_ratio),
+        ("is_low_clipped", out.is_low_clipped),
+        ("is_high_clipped", out.is_high_clipped),
+        ("kl", out.kl),
+        ("sampler_is_ratio", out.sampler_is_ratio),
+    ):
         if value is not None:
             result[name] = plain(value)
     return result
 
 
-def _f64_or_none(tensor: torch.Tensor | None) -> torch.Tensor | None:
-    return None if tensor is None else as_f64(tensor)
+def _loss_and_grad(
+    spec: GRPOSpec,
+    meta: Mapping[str, Any],
+    logps: torch.Tensor,
+    old: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    ref_logps: torch.Tensor | None,
+    entropies: torch.Tensor | None,
+    sampler_logps: torch.Tensor | None,
+    sampler_ratio: torch.Tensor | None,
+) -> tuple[Any, Any, torch.Tensor | None]:
+    """The per-token loss (O6), its aggregation (N1)–(N6) and ∂loss/∂logps by float64 autograd (grad mode on)."""
+    out = per_token_loss(
+        logps,
+        old,
+        advantages,
+        mask,
+        spec,
+        ref_logps=ref_logps,
+        entropies=entropies,
+        sampler_logps=sampler_logps,
+        sampler_is_ratio=sampler_ratio,
+    )
+    agg = aggregate_loss(
+        out.per_token_loss,
+        mask,
+        spec,
+        **_normaliser_settings(meta),
+        entropies=entropies,
+        entropy_mask=out.entropy_mask,
+    )
+    (grad,) = torch.autograd.grad(agg.loss, logps, allow_unused=True)
+    return out, agg, grad
 
 
 def reference_aggregation(step: TraceStep, spec: GRPOSpec) -> torch.Tensor | None:
     """The loss the trainer's own ``per_token_loss`` aggregates to under ``spec`` (``None`` without it): the
     aggregation alone, for a step whose upstream (``logps``, ``advantages``) was not captured."""
-    from grpo_check.reference.loss import aggregate_loss
-
     values = step.get("per_token_loss")
     if values is None:
         return None
@@ -287,8 +320,6 @@ def _loss_mask(
 ) -> torch.Tensor:
     """The reference's loss mask (M1) from the step's float64 copy of its completion mask (shared with the
     other checks of the step; an all-ones mask like ``like`` when none was captured)."""
-    from grpo_check.reference.loss import loss_mask
-
     if completion_mask is None:
         completion_mask = torch.ones_like(like, dtype=torch.long)
     mask = as_f64(completion_mask)
@@ -297,6 +328,7 @@ def _loss_mask(
 
 # tokens whose ratio lies within this many unit roundoffs (of the trainer's precision) of a clip bound
 _CLIP_BAND = 4.0
+_UNITS: dict[str, float] = {}  # the machine epsilon of a dtype by name (memoised: this runs on every step)
 
 
 def decided_clip_branch(reference: Mapping[str, torch.Tensor], spec: GRPOSpec, dtype: str) -> torch.Tensor:
@@ -305,7 +337,9 @@ def decided_clip_branch(reference: Mapping[str, torch.Tensor], spec: GRPOSpec, d
     bound 1 − ε_low or 1 + ε_high. There a correct trainer may take either branch, and ∂loss/∂logps
     jumps between them (to 0 when clipped)."""
     ratio = reference["ratio"]
-    unit = torch.finfo(getattr(torch, dtype, torch.float32)).eps
+    unit = _UNITS.get(dtype)
+    if unit is None:
+        unit = _UNITS[dtype] = torch.finfo(getattr(torch, dtype, torch.float32)).eps
     low, high = 1.0 - spec.epsilon_low, 1.0 + spec.epsilon_high_effective
     host = host_view(ratio) if ratio.dtype is torch.float64 else None
     if host is not None:  # a small step: the same IEEE operations in numpy, at less overhead

@@ -16,6 +16,7 @@ _SPECIAL = [0.0, -0.0, 1.0, -1.0, 0.5, float("nan"), float("inf"), -float("inf")
 def _torch_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_host, "group_mean_std", lambda *args: None)
     monkeypatch.setattr(_host, "dense_group_ids", lambda *args: None)
+    monkeypatch.setattr(_host, "group_advantages", lambda *args: None)
 
 
 def _reprs(t: torch.Tensor) -> tuple[torch.dtype, tuple[int, ...], list[str]]:
@@ -54,7 +55,16 @@ def test_group_mean_std_host_matches_torch_bit_for_bit(monkeypatch: pytest.Monke
         assert [_reprs(t) for t in got] == [_reprs(t) for t in want], (values, groups)
 
 
-def test_dense_group_ids_fast_path_only_for_sorted_dense_labels() -> None:
+@pytest.mark.parametrize("py_rows", [_host.PY_ROWS, 0])  # Python floats, numpy
+def test_dense_group_ids_fast_path_only_for_sorted_dense_labels(
+    monkeypatch: pytest.MonkeyPatch, py_rows: int
+) -> None:
+    monkeypatch.setattr(_host, "PY_ROWS", py_rows)
+    three = torch.tensor([0, 1, 2])
+    assert _host.dense_group_ids(three) == (three, 3)
+    assert _host.dense_group_ids(torch.tensor([0])) is not None
+    assert _host.dense_group_ids(torch.tensor([0, 1, 1, 0])) is None  # back to an earlier label
+    assert _host.dense_group_ids(torch.tensor([], dtype=torch.long)) is None
     ids = torch.tensor([0, 0, 1, 1, 2])
     assert _host.dense_group_ids(ids) == (ids, 3)
     assert _host.dense_group_ids(torch.tensor([0, 2, 2])) is None  # a gap: relabelled by torch.unique
@@ -64,17 +74,24 @@ def test_dense_group_ids_fast_path_only_for_sorted_dense_labels() -> None:
     assert inverse.tolist() == [1, 0, 1] and n == 2
 
 
-def test_compute_advantages_host_matches_torch_bit_for_bit(monkeypatch: pytest.MonkeyPatch) -> None:
+_HUGE = [*_SPECIAL, 1.7e308, -1.7e308, 5e-324]  # overflowing differences: ±inf advantages, clamped to ±max
+
+
+@pytest.mark.parametrize("py_rows", [_host.PY_ROWS, 0])  # Python floats, numpy
+def test_compute_advantages_host_matches_torch_bit_for_bit(
+    monkeypatch: pytest.MonkeyPatch, py_rows: int
+) -> None:
+    monkeypatch.setattr(_host, "PY_ROWS", py_rows)
     rng = random.Random(1)
     cases = []
     for _ in range(300):
-        size, prompts, funcs = rng.randint(1, 5), rng.randint(1, 5), rng.randint(1, 3)
+        size, prompts, funcs = rng.randint(1, 5), rng.randint(0, 5), rng.randint(1, 3)
         rows = size * prompts
         values = torch.tensor(
-            [[rng.choice(_SPECIAL[:6]) if rng.random() < 0.4 else rng.gauss(0, 1) for _ in range(funcs)]
+            [[rng.choice(_HUGE) if rng.random() < 0.4 else rng.gauss(0, 1) for _ in range(funcs)]
              for _ in range(rows)],
             dtype=torch.float64,
-        )  # fmt: skip
+        ).reshape(rows, funcs)  # fmt: skip
         spec = GRPOSpec(
             num_generations=size,
             scale_rewards=rng.choice(["group", "batch", "none"]),
@@ -83,12 +100,16 @@ def test_compute_advantages_host_matches_torch_bit_for_bit(monkeypatch: pytest.M
             multi_objective_aggregation=rng.choice(["sum_then_normalize", "normalize_then_sum"]),
         )
         groups = rng.choice([None, torch.arange(rows) // size, torch.randint(0, 3, (rows,))])
-        cases.append((values, groups, spec))
+        weights = rng.choice([None, [rng.choice([0.5, 1.0, -2.0, 1 / 3]) for _ in range(funcs)]])
+        cases.append((values, groups, spec, weights))
     fields = ("rewards", "advantages", "group_mean", "group_std", "scorable", "centered", "group_size")
-    fast = [advantages.compute_advantages(v, g, s) for v, g, s in cases]
+    fast = [advantages.compute_advantages(v, g, s, reward_weights=w) for v, g, s, w in cases]
+    taken = _host.group_advantages(cases[0][0], None, torch.zeros(cases[0][0].shape[0], dtype=torch.long), 1,
+                                   "sample", "group", 1e-4)  # fmt: skip
+    assert taken is not None  # the numpy path runs on these steps
     _torch_only(monkeypatch)
-    for (values, groups, spec), got in zip(cases, fast, strict=True):
-        want = advantages.compute_advantages(values, groups, spec)
+    for (values, groups, spec, weights), got in zip(cases, fast, strict=True):
+        want = advantages.compute_advantages(values, groups, spec, reward_weights=weights)
         for field in fields:
             assert _reprs(getattr(got, field)) == _reprs(getattr(want, field)), (field, values, groups, spec)
 
@@ -104,3 +125,28 @@ def test_number_normaliser_matches_tensor_normaliser_bit_for_bit(items: float) -
         )
         assert number.dtype == tensor.dtype == torch.float64
         assert repr(number.item()) == repr(tensor.item()), (items, processes, accumulation, steps)
+
+
+def test_clip_masks_host_matches_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from grpo_check.reference import ratio as ratio_module
+
+    rng = random.Random(2)
+    cases = []
+    for _ in range(200):
+        rows, tokens = rng.randint(0, 6), rng.choice([1, rng.randint(1, 7)])
+        specials = [0.8, 1.2, 1.0, float("nan"), float("inf"), -float("inf"), 0.0, -0.0]
+        ratio = torch.tensor(
+            [[rng.choice(specials) if rng.random() < 0.3 else rng.uniform(0.5, 1.5) for _ in range(tokens)]
+             for _ in range(rows)],
+            dtype=torch.float64,
+        ).reshape(rows, tokens)  # fmt: skip
+        adv = torch.tensor([rng.choice([0.0, -0.0, 1.0, -1.0, float("nan")]) for _ in range(rows)])
+        adv = adv.double() if rng.random() < 0.5 else adv  # float32 advantages are made float64 first
+        if rng.random() < 0.3:
+            adv = adv.unsqueeze(1).expand(rows, tokens).contiguous()
+        cases.append((ratio, adv, rng.choice([0.2, 0.1]), rng.choice([0.2, 0.28])))
+    fast = [ratio_module.clip_masks(*case) for case in cases]
+    monkeypatch.setattr(ratio_module, "host_view", lambda tensor: None)
+    for case, got in zip(cases, fast, strict=True):
+        want = ratio_module.clip_masks(*case)
+        assert [_reprs(t) for t in got] == [_reprs(t) for t in want], case

@@ -40,3 +40,51 @@ def test_downstream_leaves_the_shared_float64_logps_untouched() -> None:
     assert torch.equal(step["logps"], before) and not step["logps"].requires_grad
     assert step["logps"].grad is None
     assert bool(down["logps_grad"].abs().sum() > 0)  # a gradient was taken, through the alias
+
+
+def test_downstream_under_no_grad_matches_grad_mode() -> None:
+    spec = _spec()
+    step = make_step(spec, n_prompts=2, completion_length=5, vocab_size=30)
+    want = reference_downstream(step, spec)
+    assert torch.is_grad_enabled()
+    with torch.no_grad():
+        got = reference_downstream(step, spec)
+        assert not torch.is_grad_enabled()  # the grad mode of the caller is restored
+    assert got is not None and want is not None and got.keys() == want.keys()
+    for name in want:
+        assert repr(got[name].tolist()) == repr(want[name].tolist()), name
+    assert bool(got["logps_grad"].abs().sum() > 0)
+
+
+def _where_by_hand(group_index, ids, row, token, prompt=None):
+    generation = token_id = None
+    if row is not None and group_index is not None and row < group_index.numel():
+        groups = group_index.reshape(-1).tolist()
+        prompt, generation = groups[row], groups[:row].count(groups[row])
+    known = row is not None and token is not None and ids is not None and ids.dim() == 2
+    if known and row < ids.shape[0] and token < ids.shape[1]:
+        token_id = int(ids[row, token])
+    return prompt, generation, token_id
+
+
+def test_step_context_where_reads_groups_and_token_ids(monkeypatch) -> None:
+    from grpo_check.stepref import context
+
+    ids = torch.arange(12).reshape(3, 4) + 100
+    for as_list in (4096, 0):  # small ids read from a Python copy, large ones from the tensor
+        monkeypatch.setattr(context, "_IDS_AS_LIST", as_list)
+        for group_index in (torch.tensor([0, 0, 1]), torch.tensor([2, 0, 2]), None):
+            for completion_ids in (ids, ids.reshape(-1), None):
+                ctx = context.StepContext(step=3, group_index=group_index, completion_ids=completion_ids)
+                for row in (None, 0, 1, 2, 3):
+                    for token in (None, 0, 3, 4):
+                        where = ctx.where(row=row, token=token, prompt=9)
+                        want = _where_by_hand(group_index, completion_ids, row, token, prompt=9)
+                        assert (where.prompt, where.generation, where.token_id) == want, (row, token)
+                        assert (where.step, where.row, where.token) == (3, row, token)
+        ctx = context.StepContext(group_index=torch.tensor([0, 1]), completion_ids=ids)
+        assert ctx.where(row=1, token=1).token_id == 105
+        ctx.completion_ids = ids * 2  # a new tensor: read afresh
+        ctx.group_index = torch.tensor([4, 4])
+        where = ctx.where(row=1, token=1)
+        assert (where.token_id, where.prompt, where.generation) == (210, 4, 1)

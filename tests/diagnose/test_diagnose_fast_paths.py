@@ -1,0 +1,124 @@
+"""The shortcuts of the diagnoses and the reference on small steps answer exactly what the general paths answer."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+
+import pytest
+import torch
+
+from grpo_check._step_cache import f64, step_cache
+from grpo_check.compare.synthetic import make_step
+from grpo_check.config import GRPOSpec
+from grpo_check.diagnose import _context, nonfinite, objective
+from grpo_check.stepref.context import as_f64
+from grpo_check.trl.background import check_captured_step
+
+# the modules of the reference, its inputs and the diagnoses that evaluate small tensors in numpy
+_HOST_VIEW_USERS = (
+    "grpo_check.reference._host",
+    "grpo_check.reference.ratio",
+    "grpo_check.stepref.inputs",
+    "grpo_check.diagnose._context",
+    "grpo_check.diagnose.logps",
+    "grpo_check.diagnose.nonfinite",
+    "grpo_check.diagnose.objective",
+)
+
+
+def _steps():
+    for loss_type, beta in (("dapo", 0.04), ("grpo", 0.0), ("bnpo", 0.04)):
+        spec = GRPOSpec(num_generations=4, loss_type=loss_type, beta=beta, max_completion_length=6)
+        yield "correct", spec, make_step(spec, completion_length=6)
+        for dtype in (torch.bfloat16, torch.float16, torch.float64):
+            yield f"correct {dtype}", spec, make_step(spec, seed=2, dtype=dtype, completion_length=6)
+        broken = make_step(spec, seed=1, completion_length=6)
+        broken.tensors["logps"] = -broken["logps"]  # positive log-probs
+        broken.tensors["rewards_per_func"][0, 0] = math.nan  # an unscorable reward
+        broken.tensors["logps_grad"] = torch.zeros_like(broken["logps_grad"])  # a detached gradient
+        yield "broken", spec, broken
+        infinite = make_step(spec, seed=3, completion_length=6)
+        infinite.tensors["logps"][1, 2] = -math.inf
+        infinite.tensors["advantages"] = -infinite["advantages"]
+        yield "infinite", spec, infinite
+
+
+def _check(step, spec) -> str:
+    findings, _ = check_captured_step(
+        step, spec, model=None, ref_model=None, tolerances=None, invariants=True
+    )
+    return repr([dataclasses.asdict(f) for f in findings])
+
+
+def test_check_findings_equal_without_the_numpy_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    for label, spec, step in _steps():
+        fast = _check(step, spec)
+        with monkeypatch.context() as patched:
+            for module in _HOST_VIEW_USERS:
+                patched.setattr(importlib.import_module(module), "host_view", lambda tensor: None)
+            slow = _check(step, spec)
+        assert fast == slow, label
+        if label == "broken":  # the diagnoses speak on it
+            assert "diagnose.detached_grad" in fast and "diagnose.logps_sign" in fast
+
+
+@pytest.mark.parametrize(
+    "values",
+    [[0.0, -0.0], [0.0, math.nan], [0.0, 1e-300], [-2.0, 0.0], [math.inf], [], [[0.0, 0.0], [0.0, -1.0]]],
+)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64, torch.bfloat16])
+def test_any_nonzero_and_all_clean_equal_their_torch_forms(values, dtype: torch.dtype) -> None:
+    t = torch.tensor(values, dtype=dtype)
+    assert objective._any_nonzero(t) == bool((t.abs() > 0).any())
+    flat = t.reshape(-1)
+    want = not bool(torch.isnan(t).any()) and bool(torch.isfinite(flat).all())
+    assert nonfinite._all_clean(t, flat) == want
+
+
+def test_as_f64_of_a_float64_tensor_is_what_f64_answers() -> None:
+    plain64 = torch.tensor([1.0, math.nan], dtype=torch.float64)
+    with step_cache():
+        assert as_f64(plain64) is f64(plain64) is plain64
+        single = torch.tensor([1.5, -0.0])
+        assert as_f64(single) is f64(single) and as_f64(single).dtype == torch.float64
+        graph = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+        assert not as_f64(graph).requires_grad  # detached, as f64 gives it
+
+
+def test_diagnosis_copies_follow_a_replaced_tensor() -> None:
+    spec = GRPOSpec(num_generations=4, loss_type="grpo")
+    step = make_step(spec)
+    dx = _context.Diagnosis(step=step, spec=spec, reference={}, findings=[], ctx=_context.StepContext())
+    first = dx.trainer("logps")
+    assert dx.trainer("logps") is first and torch.equal(first, step["logps"].double())
+    step.tensors["logps"] = step["logps"] * 2
+    assert torch.equal(dx.trainer("logps"), step["logps"].double())
+    mask = dx.mask
+    assert dx.mask is mask and mask.dtype == torch.bool
+    step.tensors["completion_mask"] = torch.zeros_like(step["completion_mask"])
+    assert not bool(dx.mask.any())
+    assert dx.ref("logps") is None
+
+
+def test_detectors_run_on_a_clean_step_follow_the_module_attributes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import grpo_check.diagnose as diagnose_module
+
+    want = tuple(d for d in diagnose_module.DETECTORS if d not in diagnose_module.ON_FAILURE_ONLY)
+    assert diagnose_module._speaking_alone() == want and want
+    spec = GRPOSpec(num_generations=4, loss_type="grpo")
+    positive = make_step(spec)
+    positive.tensors["logps"] = -positive["logps"]
+    assert "diagnose.logps_sign" in _check(positive, spec)
+
+    def signs() -> list[str]:  # no compare finding fails: only the detectors that speak alone run
+        findings = diagnose_module.diagnose(positive, {}, spec, [])
+        return [f.check_id for f in findings if f.check_id == "diagnose.logps_sign"]
+
+    assert signs() == ["diagnose.logps_sign"]
+    # a detector marked as explaining failures only is skipped where nothing fails
+    quiet = diagnose_module.ON_FAILURE_ONLY | {diagnose_module.logps.detect_sign_flip}
+    monkeypatch.setattr(diagnose_module, "ON_FAILURE_ONLY", quiet)
+    assert diagnose_module.logps.detect_sign_flip not in diagnose_module._speaking_alone()
+    assert signs() == []
