@@ -74,24 +74,39 @@ def cached(key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
         return compute()
     # a tensor by identity and in-place version counter (inference tensors have none: nothing changes them
     # outside inference mode); a key without tensors (most are a name and a step id) is its own memo key.
-    # The exact-type tests are the fast path, isinstance catches subclasses
-    memo_key = key
-    for part in key:
+    # The exact-type tests are the fast path, isinstance catches subclasses; a (name, part) key, the most
+    # common shape, is keyed without a loop
+    if len(key) == 2 and type(key[0]) is str:
+        part = key[1]
         kind = type(part)
         if kind is _Tensor or (kind not in _NOT_TENSORS and isinstance(part, _Tensor)):
-            memo_key = tuple(
-                [
-                    (id(item), None if item.is_inference() else item._version)
-                    if type(item) is _Tensor or (type(item) not in _NOT_TENSORS and isinstance(item, _Tensor))
-                    else item
-                    for item in key
-                ]
-            )
-            break
+            memo_key: tuple[Any, ...] = (key[0], (id(part), None if part.is_inference() else part._version))
+        else:
+            memo_key = key
+    else:
+        memo_key = _memo_key(key)
     hit = memo.get(memo_key)
     if hit is None:
         hit = memo[memo_key] = (compute(), key)
     return hit[0]
+
+
+def _memo_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``key`` with each tensor replaced by (id, version counter) (``key`` itself when it holds none)."""
+    for part in key:
+        kind = type(part)
+        if kind is _Tensor or (kind not in _NOT_TENSORS and isinstance(part, _Tensor)):
+            break
+    else:
+        return key
+    out = []
+    for item in key:
+        kind = type(item)
+        if kind is _Tensor or (kind not in _NOT_TENSORS and isinstance(item, _Tensor)):
+            out.append((id(item), None if item.is_inference() else item._version))
+        else:
+            out.append(item)
+    return tuple(out)
 
 
 _Tensor = torch.Tensor
@@ -145,7 +160,12 @@ def _f64_copy(tensor: torch.Tensor) -> torch.Tensor:
                 copy = copy.double()
         else:
             copy = copy.double()
-    cached(("source", copy), lambda: tensor)  # isfinite(copy) = isfinite(tensor): share one mask
+    memo = _current_memo()
+    if (
+        memo is not None
+    ):  # cached(("source", copy), lambda: tensor), inlined: isfinite(copy) = isfinite(tensor)
+        key = ("source", copy)
+        memo.setdefault(("source", (id(copy), None if copy.is_inference() else copy._version)), (tensor, key))
     return copy
 
 
@@ -174,11 +194,12 @@ HOST_ELEMENTS = 16_384
 def host_view(tensor: torch.Tensor) -> np.ndarray | None:
     """A numpy view of ``tensor`` (shared memory: never modify it) when it is a small CPU tensor outside any
     autograd graph, else ``None`` (evaluate it with torch)."""
+    # is_cpu: device.type == "cpu" without a device object
     if (
-        tensor.numel() <= HOST_ELEMENTS
-        and tensor.device.type == "cpu"
-        and not tensor.requires_grad
+        tensor.is_cpu
         and tensor.dtype in _NUMPY_DTYPES
+        and not tensor.requires_grad
+        and tensor.numel() <= HOST_ELEMENTS
     ):
         return tensor.numpy()
     return None

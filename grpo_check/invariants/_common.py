@@ -14,7 +14,15 @@ from typing import Any
 
 import torch
 
-from grpo_check._step_cache import all_true_like, bool_mask, cached, f64, finite_mask, plain
+from grpo_check._step_cache import (
+    _current_memo,
+    all_true_like,
+    bool_mask,
+    cached,
+    f64,
+    finite_mask,
+    plain,
+)
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
 from grpo_check.tolerance_defaults import DTYPE_DEFAULTS
@@ -398,7 +406,14 @@ def finite_sources(step: TraceStep) -> dict[int, tuple[torch.Tensor, int | None]
     """``id`` → (tensor, version counter) of each step tensor the ``*.finite`` invariants check when they
     were all finite (else empty), once per step in a cache: a mask of such a tensor's finite values is all
     True while its version is that one (the tensors are held: no other can take their ids meanwhile)."""
-    return cached(("finite_sources", id(step)), lambda: _finite_sources(step))
+    memo = _current_memo()  # cached(("finite_sources", id(step)), ...), inlined: a few dozen calls per step
+    if memo is None:
+        return _finite_sources(step)
+    key = ("finite_sources", id(step))
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = (_finite_sources(step), key)
+    return hit[0]
 
 
 def known_finite(step: TraceStep, *names: str) -> bool:
