@@ -122,6 +122,59 @@ def scalars_at(tensor: torch.Tensor, *indices: int) -> list[float]:
 _FEW = 256  # elements up to which tolist() costs less than two element look-ups
 
 
+# Up to this many groups, a check may evaluate its per-group figures (one float64 number per group) as
+# Python floats from one ``tolist()`` each: +, −, ×, ÷ and comparisons of Python floats are the same IEEE
+# double operations as torch's float64 ones, at a fraction of an operation's cost on a tiny tensor.
+FEW_GROUPS = 16
+
+
+def few_groups(groups: Groups, like: torch.Tensor) -> bool:
+    """Whether ``groups``' per-group figures, float64 on ``like``'s device, go through Python floats."""
+    return groups.num_groups <= FEW_GROUPS and like.is_cpu and like.dtype is torch.float64
+
+
+def first_argmax(values: list[float]) -> int:
+    """``int(torch.argmax(torch.tensor(values, dtype=torch.float64)))`` on a non-empty list: the first NaN,
+    else the first of the largest values."""
+    best = 0
+    largest = values[0]
+    if largest != largest:
+        return 0
+    for index, value in enumerate(values):
+        if value != value:
+            return index
+        if value > largest:
+            best, largest = index, value
+    return best
+
+
+def first_argmin(values: list[float]) -> int:
+    """``int(torch.argmin(torch.tensor(values, dtype=torch.float64)))`` on a non-empty list: the first NaN,
+    else the first of the smallest values."""
+    best = 0
+    smallest = values[0]
+    if smallest != smallest:
+        return 0
+    for index, value in enumerate(values):
+        if value != value:
+            return index
+        if value < smallest:
+            best, smallest = index, value
+    return best
+
+
+def nan_max(values: list[float]) -> float:
+    """``float(torch.tensor(values, dtype=torch.float64).max())`` on a non-empty list without −0.0: NaN
+    when any value is NaN, else the largest."""
+    largest = values[0]
+    for value in values:
+        if value != value:
+            return value
+        if value > largest:
+            largest = value
+    return largest
+
+
 def masked_abs_max(values: torch.Tensor, valid: torch.Tensor) -> float:
     """``float(values[valid].abs().max())`` without the boolean-index copy (``valid`` must select ≥ 1
     position; NaN at a selected position gives NaN, as the indexed form does), shared between the checks

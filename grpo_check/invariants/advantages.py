@@ -15,13 +15,17 @@ from grpo_check.invariants._common import (
     argmax_2d,
     cached,
     count_true,
+    few_groups,
     finite_mask,
     finite_outcome,
+    first_argmax,
+    first_argmin,
     fmt,
     groups_of,
     inconclusive,
     known_finite,
     machine_eps,
+    nan_max,
     not_applicable,
     num_generations,
     passed,
@@ -137,15 +141,34 @@ def group_sum_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float |
         allowed = zero_sum_allowed(step, groups, clean)
     else:
         allowed = tolerance + rtol_atol(step["advantages"].dtype)[0] * abs_sums
-    # every group usable: the masks below select everything, and where() returns the values unchanged
-    excess = sums_abs - allowed if every_group else where_fill(usable, sums_abs - allowed, -torch.inf)
-    worst = int(torch.argmax(excess))
-    # max |Σ A| over the usable groups (≥ 1 of them): a masked max equals the boolean-indexed one
-    figure = float((sums_abs if every_group else where_fill(usable, sums_abs, 0.0)).max())
-    worst_excess, worst_allowed = scalars_at(excess, worst) + scalars_at(allowed, worst)
-    if worst_excess <= 0:
-        return passed(f"{usable_count} group(s) sum to ≈ 0", figure, worst_allowed)
-    failing = int((excess > 0).sum())
+    if few_groups(groups, sums_abs):  # the same figures as the tensor operations below, as Python floats
+        magnitudes, allowances = sums_abs.tolist(), allowed.tolist()
+        if every_group:
+            excesses = [
+                magnitude - allowance for magnitude, allowance in zip(magnitudes, allowances, strict=True)
+            ]
+        else:
+            flags = usable.tolist()
+            excesses = [
+                m - a if u else -math.inf for m, a, u in zip(magnitudes, allowances, flags, strict=True)
+            ]
+            magnitudes = [m if u else 0.0 for m, u in zip(magnitudes, flags, strict=True)]
+        worst = first_argmax(excesses)
+        figure = nan_max(magnitudes)
+        worst_excess, worst_allowed = excesses[worst], allowances[worst]
+        if worst_excess <= 0:
+            return passed(f"{usable_count} group(s) sum to ≈ 0", figure, worst_allowed)
+        failing = sum(1 for excess in excesses if excess > 0)
+    else:
+        # every group usable: the masks below select everything, and where() returns the values unchanged
+        excess = sums_abs - allowed if every_group else where_fill(usable, sums_abs - allowed, -torch.inf)
+        worst = int(torch.argmax(excess))
+        # max |Σ A| over the usable groups (≥ 1 of them): a masked max equals the boolean-indexed one
+        figure = float((sums_abs if every_group else where_fill(usable, sums_abs, 0.0)).max())
+        worst_excess, worst_allowed = scalars_at(excess, worst) + scalars_at(allowed, worst)
+        if worst_excess <= 0:
+            return passed(f"{usable_count} group(s) sum to ≈ 0", figure, worst_allowed)
+        failing = int((excess > 0).sum())
     return Outcome(
         Verdict.FAIL,
         f"{failing} of {int(usable.sum())} group(s) have advantages that do not sum to 0 "
@@ -308,48 +331,87 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     squares = groups.sum(centred**2)
     sample_std = torch.sqrt(squares / (count - 1.0).clamp(min=1.0))
     clean = advantages if stats.all_scorable else where_fill(scorable, advantages, 0.0)
-    slope = groups.sum(clean * centred) / squares.clamp(min=1e-300)
-    if effective.scale_rewards == "group":
-        scale = sample_std
-    elif effective.scale_rewards == "batch":
-        scale = (
-            torch.full_like(sample_std, float(torch.std(rewards[scorable])))
-            if int(scorable.sum()) > 1
-            else sample_std
-        )
+    numerators = groups.sum(clean * centred)
+    if effective.scale_rewards == "batch":
+        batch_std = float(torch.std(rewards[scorable])) if int(scorable.sum()) > 1 else None
     else:
-        scale = torch.ones_like(sample_std)
-    retention = slope * scale
-    if effective.baseline == "rloo":  # (x / 1.0 is x exactly: no division otherwise)
-        retention = retention / float(count.max() / (count.max() - 1).clamp(min=1))
+        batch_std = None
     threshold_std = 10 * min(effective.adv_epsilon, 1e-3)
+    limit = tolerance if tolerance is not None else (0.5 if effective.scale_rewards != "batch" else 0.05)
     # a group whose advantages do not sum to 0 was normalised with other rows (advantages.group_sum_zero):
     # its slope says nothing about epsilon
-    zero_sum = group_sums(groups, clean)[1] <= zero_sum_allowed(step, groups, clean)
-    qualifying = (whole & zero_sum if not stats.every_group_whole else zero_sum) & (count >= 2.0)
-    qualifying = qualifying & (sample_std > threshold_std)
-    qualifying_count = count_true(qualifying)
-    if not qualifying_count:
-        return not_applicable(f"no whole group whose rewards vary (std > {threshold_std:g})")
-    limit = tolerance if tolerance is not None else (0.5 if effective.scale_rewards != "batch" else 0.05)
-    masked = where_fill(qualifying, retention, torch.inf)
-    worst = int(torch.argmin(masked))
-    (figure,) = scalars_at(retention, worst)
-    if figure >= limit:
-        return passed(
-            f"{qualifying_count} group(s) with varying rewards keep ≥ {limit:g} of the normalised signal",
-            figure,
-            limit,
+    sums_abs, allowed = group_sums(groups, clean)[1], zero_sum_allowed(step, groups, clean)
+    if few_groups(groups, squares):  # the same figures as the tensor operations below, as Python floats
+        stds, counts = sample_std.tolist(), count.tolist()
+        # x.clamp(min=m) is m where x < m, else x (NaN included)
+        slopes = [
+            n / (1e-300 if s < 1e-300 else s)
+            for n, s in zip(numerators.tolist(), squares.tolist(), strict=True)
+        ]
+        if effective.scale_rewards == "group" or (effective.scale_rewards == "batch" and batch_std is None):
+            retention = [slope * scale for slope, scale in zip(slopes, stds, strict=True)]
+        elif effective.scale_rewards == "batch":
+            retention = [slope * batch_std for slope in slopes]
+        else:
+            retention = [slope * 1.0 for slope in slopes]
+        if effective.baseline == "rloo":  # (x / 1.0 is x exactly: no division otherwise)
+            factor = float(count.max() / (count.max() - 1).clamp(min=1))
+            retention = [value / factor for value in retention]
+        zero_sum = [m <= a for m, a in zip(sums_abs.tolist(), allowed.tolist(), strict=True)]
+        if not stats.every_group_whole:
+            zero_sum = [z and w for z, w in zip(zero_sum, whole.tolist(), strict=True)]
+        flags = [z and c >= 2.0 and s > threshold_std for z, c, s in zip(zero_sum, counts, stds, strict=True)]
+        qualifying_count = sum(flags)
+        if not qualifying_count:
+            return not_applicable(f"no whole group whose rewards vary (std > {threshold_std:g})")
+        masked_values = [value if flag else math.inf for value, flag in zip(retention, flags, strict=True)]
+        worst = first_argmin(masked_values)
+        figure = retention[worst]
+        if figure >= limit:
+            return passed(
+                f"{qualifying_count} group(s) with varying rewards keep ≥ {limit:g} of the normalised signal",
+                figure,
+                limit,
+            )
+        failing = sum(1 for value in masked_values if value < limit)
+        std, worst_slope = stds[worst], slopes[worst]
+    else:
+        slope = numerators / squares.clamp(min=1e-300)
+        if effective.scale_rewards == "group":
+            scale = sample_std
+        elif effective.scale_rewards == "batch":
+            scale = torch.full_like(sample_std, batch_std) if batch_std is not None else sample_std
+        else:
+            scale = torch.ones_like(sample_std)
+        retention_tensor = slope * scale
+        if effective.baseline == "rloo":  # (x / 1.0 is x exactly: no division otherwise)
+            retention_tensor = retention_tensor / float(count.max() / (count.max() - 1).clamp(min=1))
+        zero_sum_tensor = sums_abs <= allowed
+        qualifying = (whole & zero_sum_tensor if not stats.every_group_whole else zero_sum_tensor) & (
+            count >= 2.0
         )
+        qualifying = qualifying & (sample_std > threshold_std)
+        qualifying_count = count_true(qualifying)
+        if not qualifying_count:
+            return not_applicable(f"no whole group whose rewards vary (std > {threshold_std:g})")
+        masked = where_fill(qualifying, retention_tensor, torch.inf)
+        worst = int(torch.argmin(masked))
+        (figure,) = scalars_at(retention_tensor, worst)
+        if figure >= limit:
+            return passed(
+                f"{qualifying_count} group(s) with varying rewards keep ≥ {limit:g} of the normalised signal",
+                figure,
+                limit,
+            )
+        failing = int((masked < limit).sum())
+        std, worst_slope = float(sample_std[worst]), float(slope[worst])
     in_group = groups.inverse == worst
     row = int(torch.argmax(where_fill(in_group, centred.abs(), -1.0)))
-    failing = int((masked < limit).sum())
-    std = float(sample_std[worst])
     if figure <= 0:
         return Outcome(
             Verdict.FAIL,
             f"{failing} group(s): advantages anti-correlate with rewards (prompt {int(groups.values[worst])}: "
-            f"slope {fmt(float(slope[worst]))})",
+            f"slope {fmt(worst_slope)})",
             figure=figure,
             tolerance=limit,
             row=row,

@@ -1,0 +1,145 @@
+"""The batch, reward and advantage invariants give the same findings, field for field, whether they read
+small tensors through numpy views and few groups' figures as Python floats or run the general tensor
+operations (the shortcuts turned off), on correct and broken steps, in every dtype."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+
+import pytest
+import torch
+from invariants_builders import build_step, group_advantages, with_tensors
+
+import grpo_check._step_cache as step_cache_module
+import grpo_check.invariants._common as common
+from grpo_check.config import GRPOSpec
+from grpo_check.findings import Verdict
+from grpo_check.invariants import REGISTRY, run_invariants
+from grpo_check.invariants._common import first_argmax, first_argmin, nan_max
+from grpo_check.trace.model import TraceStep
+
+_STAGES = ("batch", "rewards", "advantages")
+_CHECKS = [check for check in REGISTRY.values() if check.stage in _STAGES]
+
+
+def _variants() -> list[tuple[str, TraceStep, GRPOSpec | None]]:
+    out: list[tuple[str, TraceStep, GRPOSpec | None]] = []
+    for prompts, G in ((1, 8), (3, 4), (20, 2)):
+        built = build_step(seed=prompts, prompts=prompts, G=G, T=6)
+        out.append((f"correct_{prompts}x{G}", built.step, built.spec))
+    built = build_step(seed=7, prompts=3, G=4, T=6)
+    step, spec, G = built.step, built.spec, 4
+    rewards, advantages = step["rewards"], step["advantages"]
+    per_func, mask = step["rewards_per_func"], step["completion_mask"]
+    nan_adv = advantages.clone()
+    nan_adv[5] = float("nan")
+    inf_adv = advantages.clone()
+    inf_adv[1] = float("inf")
+    constant_residue = advantages.clone()
+    constant_residue[:G] = torch.tensor([1e-3, -2e-3, 1e-3, 0.0])
+    nan_rewards = per_func.clone()
+    nan_rewards[6] = float("nan")
+    unscorable_adv = group_advantages(
+        nan_rewards.nansum(1).masked_fill(nan_rewards.isnan().all(1), math.nan), G
+    )
+    holed = mask.clone()
+    holed[2, 0] = 0
+    soft = mask.float()
+    soft[1, 1] = 0.5
+    out += [
+        ("interleaved", with_tensors(step, advantages=advantages.view(-1, G).t().reshape(-1)), spec),
+        ("negated", with_tensors(step, advantages=-advantages), spec),
+        ("huge_epsilon", with_tensors(step, advantages=group_advantages(rewards, G, 1e4)), spec),
+        ("nan_advantage", with_tensors(step, advantages=nan_adv), spec),
+        ("inf_advantage", with_tensors(step, advantages=inf_adv), spec),
+        ("constant_residue", with_tensors(step, advantages=constant_residue), spec),
+        ("overflowing_sums", with_tensors(step, advantages=advantages.double() * 1e308), spec),
+        ("negative_zeros", with_tensors(step, advantages=advantages * 0.0 - 0.0), spec),
+        (
+            "unscorable_row",
+            with_tensors(
+                step,
+                rewards_per_func=nan_rewards,
+                rewards=nan_rewards.nansum(1).masked_fill(nan_rewards.isnan().all(1), math.nan),
+                advantages=unscorable_adv,
+            ),
+            spec,
+        ),
+        ("weighted_sum_wrong", with_tensors(step, rewards=rewards * 1.5), spec),
+        (
+            "partial_group",
+            with_tensors(step, **{k: v[:-1] for k, v in step.tensors.items() if v.dim()}),
+            spec,
+        ),
+        ("mask_hole", with_tensors(step, completion_mask=holed), spec),
+        ("soft_mask", with_tensors(step, completion_mask=soft), spec),
+        ("no_spec", step, None),
+        ("rloo", step, dataclasses.replace(spec, baseline="rloo")),
+        ("population", step, dataclasses.replace(spec, std="population")),
+        ("batch_scale", step, dataclasses.replace(spec, scale_rewards="batch")),
+        ("no_scale", step, dataclasses.replace(spec, scale_rewards="none")),
+        (
+            "no_scale_negated",
+            with_tensors(step, advantages=-advantages),
+            dataclasses.replace(spec, scale_rewards="none"),
+        ),
+    ]
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        typed = {k: v.to(dtype) for k, v in step.tensors.items() if v.is_floating_point()}
+        out.append((f"{dtype}", with_tensors(step, **typed), spec))
+        out.append(
+            (f"{dtype}_negated", with_tensors(step, **{**typed, "advantages": -typed["advantages"]}), spec)
+        )
+    return out
+
+
+def _findings(step: TraceStep, spec: GRPOSpec | None) -> list[str]:
+    shared = [repr(f) for f in run_invariants(step, spec, stages=_STAGES)]
+    alone = [repr(f) for check in _CHECKS for f in check.run(step, spec)]
+    overridden = [repr(f) for check in _CHECKS for f in check.run(step, spec, tolerance=1e-6)]
+    return shared + alone + overridden
+
+
+def test_shortcuts_give_the_general_findings(monkeypatch: pytest.MonkeyPatch) -> None:
+    variants = _variants()
+    fast = [_findings(step, spec) for _, step, spec in variants]
+    fired = {
+        f.check_id
+        for _, step, spec in variants
+        for f in run_invariants(step, spec, stages=_STAGES)
+        if f.verdict in (Verdict.FAIL, Verdict.WARN)
+    }
+    monkeypatch.setattr(common, "FEW_GROUPS", -1)
+    monkeypatch.setattr(step_cache_module, "HOST_ELEMENTS", -1)
+    for (name, step, spec), expected in zip(variants, fast, strict=True):
+        assert _findings(step, spec) == expected, name
+    # the variants reach the failure branches, not only passes
+    assert {
+        "advantages.group_sum_zero",
+        "advantages.epsilon_negligible",
+        "advantages.constant_group_zero",
+        "advantages.sign_follows_rewards",
+        "rewards.total_is_weighted_sum",
+        "batch.mask_prefix",
+        "batch.masks_binary",
+    } <= fired
+
+
+def _torch_reduction(values: list[float], name: str) -> float:
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if name == "max":
+        return float(tensor.max())
+    return int(getattr(torch, name)(tensor))
+
+
+def test_list_reductions_are_torchs() -> None:
+    generator = random.Random(3)
+    pool = [0.0, -0.0, 1.0, -1.0, 2.5, math.inf, -math.inf, math.nan, 1e-300, -1e308]
+    for _ in range(3000):
+        values = [generator.choice(pool) for _ in range(generator.randint(1, 6))]
+        assert first_argmax(values) == _torch_reduction(values, "argmax"), values
+        assert first_argmin(values) == _torch_reduction(values, "argmin"), values
+        no_negative_zero = [abs(v) if v == 0 else v for v in values]
+        assert repr(nan_max(no_negative_zero)) == repr(_torch_reduction(no_negative_zero, "max")), values
