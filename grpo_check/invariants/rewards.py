@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -13,9 +14,11 @@ from grpo_check.invariants._common import (
     argmax_2d,
     f64,
     finite_outcome,
+    first_argmax,
     inconclusive,
     known_finite,
     malformed,
+    nan_max,
     passed,
     plain,
     reward_weights,
@@ -25,6 +28,8 @@ from grpo_check.invariants._common import (
 )
 from grpo_check.invariants.registry import register
 from grpo_check.trace.model import TraceStep
+
+_FEW_ROWS = 64  # rows up to which per-row figures are read as Python floats (one tolist each)
 
 
 @register(
@@ -90,21 +95,40 @@ def total_is_weighted_sum(
             return inconclusive("no scorable row")
     rtol, atol = rtol_atol(step["rewards"].dtype)
     scale = weighted.abs().nansum(1)
-    allowed = atol + rtol * scale
-    error_abs = (total - expected).abs()
-    excess = error_abs - allowed if every_row else where_fill(scorable, error_abs - allowed, -torch.inf)
-    row, _ = argmax_2d(excess)
-    row_excess, row_allowed = scalars_at(excess, row) + scalars_at(allowed, row)
-    if row_excess <= 0:
-        # max |error| over the scorable rows (≥ 1 of them): a masked max equals the boolean-indexed one
-        figure = error_abs if every_row else where_fill(scorable, error_abs, 0.0)
-        return passed("total reward equals the weighted sum", float(figure.max()), row_allowed)
-    error = float(error_abs[row])
+    if (
+        0 < total.numel() <= _FEW_ROWS and total.is_cpu
+    ):  # per-row figures as Python floats, same IEEE operations
+        totals, sums = total.tolist(), expected.tolist()
+        allowances = [atol + rtol * value for value in scale.tolist()]
+        errors = [abs(t - e) for t, e in zip(totals, sums, strict=True)]
+        if every_row:
+            excesses = [error - allowance for error, allowance in zip(errors, allowances, strict=True)]
+        else:
+            flags = scorable.tolist()
+            excesses = [e - a if f else -math.inf for e, a, f in zip(errors, allowances, flags, strict=True)]
+            # max |error| over the scorable rows (≥ 1 of them): a masked max equals the boolean-indexed one
+            errors_shown = [e if f else 0.0 for e, f in zip(errors, flags, strict=True)]
+        row = first_argmax(excesses)
+        if excesses[row] <= 0:
+            figure = nan_max(errors if every_row else errors_shown)
+            return passed("total reward equals the weighted sum", figure, allowances[row])
+        error, row_allowed, row_total, row_expected = errors[row], allowances[row], totals[row], sums[row]
+    else:
+        allowed = atol + rtol * scale
+        error_abs = (total - expected).abs()
+        excess = error_abs - allowed if every_row else where_fill(scorable, error_abs - allowed, -torch.inf)
+        row, _ = argmax_2d(excess)
+        row_excess, row_allowed = scalars_at(excess, row) + scalars_at(allowed, row)
+        if row_excess <= 0:
+            # max |error| over the scorable rows (≥ 1 of them): a masked max equals the boolean-indexed one
+            figure = error_abs if every_row else where_fill(scorable, error_abs, 0.0)
+            return passed("total reward equals the weighted sum", float(figure.max()), row_allowed)
+        error, row_total, row_expected = float(error_abs[row]), float(total[row]), float(expected[row])
     return Outcome(
         Verdict.FAIL,
-        f"total reward {float(total[row]):.6g} ≠ weighted sum {float(expected[row]):.6g} of rewards_per_func",
+        f"total reward {row_total:.6g} ≠ weighted sum {row_expected:.6g} of rewards_per_func",
         figure=error,
-        tolerance=float(allowed[row]),
+        tolerance=row_allowed,
         row=row,
         details={"weights": reward_weights(step, spec, per_func.shape[1], per_func.device).tolist()},
     )

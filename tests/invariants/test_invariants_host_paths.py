@@ -14,6 +14,7 @@ from invariants_builders import build_step, group_advantages, with_tensors
 
 import grpo_check._step_cache as step_cache_module
 import grpo_check.invariants._common as common
+import grpo_check.invariants.rewards as rewards_module
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
 from grpo_check.invariants import REGISTRY, run_invariants
@@ -76,6 +77,9 @@ def _variants() -> list[tuple[str, TraceStep, GRPOSpec | None]]:
         ("mask_hole", with_tensors(step, completion_mask=holed), spec),
         ("soft_mask", with_tensors(step, completion_mask=soft), spec),
         ("no_spec", step, None),
+        ("weights", with_tensors(step, reward_weights=torch.tensor([0.5, 2.0])), spec),
+        ("weights_wrong", with_tensors(step, reward_weights=torch.tensor([0.5, 2.0]), rewards=rewards), spec),
+        ("empty", with_tensors(step, **{k: v[:0] for k, v in step.tensors.items() if v.dim()}), spec),
         ("rloo", step, dataclasses.replace(spec, baseline="rloo")),
         ("population", step, dataclasses.replace(spec, std="population")),
         ("batch_scale", step, dataclasses.replace(spec, scale_rewards="batch")),
@@ -113,6 +117,7 @@ def test_shortcuts_give_the_general_findings(monkeypatch: pytest.MonkeyPatch) ->
     }
     monkeypatch.setattr(common, "FEW_GROUPS", -1)
     monkeypatch.setattr(step_cache_module, "HOST_ELEMENTS", -1)
+    monkeypatch.setattr(rewards_module, "_FEW_ROWS", -1)
     for (name, step, spec), expected in zip(variants, fast, strict=True):
         assert _findings(step, spec) == expected, name
     # the variants reach the failure branches, not only passes
