@@ -144,6 +144,14 @@ def few_groups(groups: Groups, like: torch.Tensor) -> bool:
     return groups.num_groups <= FEW_GROUPS and like.is_cpu and like.dtype is torch.float64
 
 
+FEW_ROWS = 64  # rows up to which a check may read per-row float64 figures as Python floats, likewise
+
+
+def few_rows(values: torch.Tensor) -> bool:
+    """Whether the per-row figures of ``values`` (≥ 1 row, float64, CPU) go through Python floats."""
+    return 0 < values.numel() <= FEW_ROWS and values.is_cpu and values.dtype is torch.float64
+
+
 def first_argmax(values: list[float]) -> int:
     """``int(torch.argmax(torch.tensor(values, dtype=torch.float64)))`` on a non-empty list: the first NaN,
     else the first of the largest values."""
@@ -275,6 +283,11 @@ class Groups:
         if self.num_groups <= _FEW:
             return all(count == size for count in self.sizes())
         return bool((self.count == size).all())
+
+    @functools.cached_property
+    def row_groups(self) -> list[int]:
+        """``inverse.tolist()``: each row's group (0 … num_groups − 1), for a few rows."""
+        return self.inverse.tolist()
 
     def sizes(self) -> list[int]:
         """Rows per group (``count.tolist()``), for a few groups (one conversion instead of a reduction and

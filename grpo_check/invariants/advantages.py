@@ -16,6 +16,7 @@ from grpo_check.invariants._common import (
     cached,
     count_true,
     few_groups,
+    few_rows,
     finite_mask,
     finite_outcome,
     first_argmax,
@@ -215,6 +216,10 @@ def bounded(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None =
     bound = population_bound if (spec is None or effective.std == "population") else sample_bound
     rtol, atol = rtol_atol(step["advantages"].dtype)
     allowed = tolerance if tolerance is not None else bound * (1 + rtol) + atol
+    if known_finite(step, "advantages") and few_rows(advantages):  # max |A| of finite Python floats
+        figure = max([abs(value) for value in advantages.tolist()])
+        if figure <= allowed:
+            return passed(f"max |A| = {fmt(figure)} within the G={size} bound", figure, allowed)
     if known_finite(step, "advantages"):  # the mask below is all True: where() would change nothing
         magnitude = advantages.abs()
     else:
@@ -455,6 +460,8 @@ def constant_group_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: fl
         stats.whole,
         stats.size,
     )
+    if stats.all_scorable and few_rows(rewards) and not any(_constant_groups(stats)):
+        return not_applicable("no group with all-equal rewards")  # what the operations below find
     if stats.all_scorable:  # every reward finite: the masks below are all True (see _group_reward_stats)
         high, low, count = groups.amax(rewards), groups.amin(rewards), stats.count
         scorable = stats.scorable
@@ -492,6 +499,24 @@ def constant_group_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: fl
         row=row,
         details={"constant_groups": int(constant.sum())},
     )
+
+
+def _constant_groups(stats: GroupRewardStats) -> list[bool]:
+    """``(amax == amin) | (count < 2)`` per group (∧ whole), from a few finite rewards as Python floats: a
+    group's finite values have equal max and min exactly when each equals the group's first."""
+    groups = stats.groups
+    first: list[float | None] = [None] * groups.num_groups
+    equal = [True] * groups.num_groups
+    for value, group in zip(stats.rewards.tolist(), groups.row_groups, strict=True):
+        seen = first[group]
+        if seen is None:
+            first[group] = value
+        elif value != seen:
+            equal[group] = False
+    flags = [same or count < 2.0 for same, count in zip(equal, stats.count.tolist(), strict=True)]
+    if stats.every_group_whole:
+        return flags
+    return [flag and whole for flag, whole in zip(flags, stats.whole.tolist(), strict=True)]
 
 
 @register(
@@ -616,6 +641,10 @@ def sign_follows_rewards(
     reward_rtol, _ = rtol_atol(
         step["rewards"].dtype if step.has("rewards") else step["rewards_per_func"].dtype
     )
+    if stats.all_scorable and few_rows(rewards):  # the exits below from Python floats, as they would find
+        decided = _sign_exit(stats, 16 * reward_rtol, tolerance if tolerance is not None else atol)
+        if decided is not None:
+            return decided
     if stats.all_scorable:  # scorable all True: the masked max is the plain one, the & changes nothing
         scale = float(rewards.abs().max())
         judged = centred.abs() > 16 * reward_rtol * max(scale, 1e-12)
@@ -640,3 +669,28 @@ def sign_follows_rewards(
         tolerance=0.0,
         row=row,
     )
+
+
+def _sign_exit(stats: GroupRewardStats, relative: float, least: float) -> Outcome | None:
+    """sign_follows_rewards' not-applicable or pass from a few finite rows as Python floats (``None``: some
+    judged row has the wrong sign, left to the tensor operations to locate): a row is judged where
+    |r − mean| > relative·max(max |r|, 1e-12) and |A| > ``least``, wrong where sign(A) ≠ sign(r − mean)."""
+    rewards = stats.rewards.tolist()
+    threshold = relative * max(max(abs(value) for value in rewards), 1e-12)
+    if stats.every_group_whole:
+        in_whole = None
+    else:
+        whole = stats.whole.tolist()
+        in_whole = [whole[group] for group in stats.groups.row_groups]
+    judged = wrong = 0
+    for row, (advantage, centred) in enumerate(
+        zip(stats.advantages.tolist(), stats.centred.tolist(), strict=True)
+    ):
+        if abs(centred) > threshold and abs(advantage) > least and (in_whole is None or in_whole[row]):
+            judged += 1
+            wrong += (advantage > 0) != (centred > 0)  # both non-zero and finite: their signs differ
+    if not judged:
+        return not_applicable("no row clearly above or below its group mean")
+    if not wrong:
+        return passed(f"{judged} row(s): sign(A) = sign(r − group mean)", 0.0, 0.0)
+    return None

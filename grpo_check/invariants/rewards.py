@@ -13,6 +13,7 @@ from grpo_check.invariants._common import (
     Outcome,
     argmax_2d,
     f64,
+    few_rows,
     finite_outcome,
     first_argmax,
     inconclusive,
@@ -28,8 +29,6 @@ from grpo_check.invariants._common import (
 )
 from grpo_check.invariants.registry import register
 from grpo_check.trace.model import TraceStep
-
-_FEW_ROWS = 64  # rows up to which per-row figures are read as Python floats (one tolist each)
 
 
 @register(
@@ -95,9 +94,7 @@ def total_is_weighted_sum(
             return inconclusive("no scorable row")
     rtol, atol = rtol_atol(step["rewards"].dtype)
     scale = weighted.abs().nansum(1)
-    if (
-        0 < total.numel() <= _FEW_ROWS and total.is_cpu
-    ):  # per-row figures as Python floats, same IEEE operations
+    if few_rows(total):  # per-row figures as Python floats: the same IEEE operations as below
         totals, sums = total.tolist(), expected.tolist()
         allowances = [atol + rtol * value for value in scale.tolist()]
         errors = [abs(t - e) for t, e in zip(totals, sums, strict=True)]

@@ -14,7 +14,7 @@ from invariants_builders import build_step, group_advantages, with_tensors
 
 import grpo_check._step_cache as step_cache_module
 import grpo_check.invariants._common as common
-import grpo_check.invariants.rewards as rewards_module
+from grpo_check.compare.synthetic import make_step
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
 from grpo_check.invariants import REGISTRY, run_invariants
@@ -90,6 +90,24 @@ def _variants() -> list[tuple[str, TraceStep, GRPOSpec | None]]:
             dataclasses.replace(spec, scale_rewards="none"),
         ),
     ]
+    for prompts in (1, 3):  # no all-equal group
+        spec = GRPOSpec(num_generations=8, loss_type="dapo", beta=0.04, max_completion_length=6)
+        made = make_step(spec, n_prompts=prompts, completion_length=6, vocab_size=50)
+        adv = made["advantages"]
+        swapped = adv.clone()
+        swapped[[0, 1]] = adv[[1, 0]]
+        out += [
+            (f"synthetic_{prompts}", made, spec),
+            (f"synthetic_{prompts}_negated", with_tensors(made, advantages=-adv), spec),
+            (f"synthetic_{prompts}_swapped", with_tensors(made, advantages=swapped), spec),
+            (f"synthetic_{prompts}_small", with_tensors(made, advantages=adv * 1e-9), spec),
+            (f"synthetic_{prompts}_large", with_tensors(made, advantages=adv * 1e3), spec),
+            (
+                f"synthetic_{prompts}_partial",
+                with_tensors(made, **{k: v[1:] for k, v in made.tensors.items() if v.dim()}),
+                spec,
+            ),
+        ]
     for dtype in (torch.float16, torch.bfloat16, torch.float64):
         typed = {k: v.to(dtype) for k, v in step.tensors.items() if v.is_floating_point()}
         out.append((f"{dtype}", with_tensors(step, **typed), spec))
@@ -117,7 +135,7 @@ def test_shortcuts_give_the_general_findings(monkeypatch: pytest.MonkeyPatch) ->
     }
     monkeypatch.setattr(common, "FEW_GROUPS", -1)
     monkeypatch.setattr(step_cache_module, "HOST_ELEMENTS", -1)
-    monkeypatch.setattr(rewards_module, "_FEW_ROWS", -1)
+    monkeypatch.setattr(common, "FEW_ROWS", -1)
     for (name, step, spec), expected in zip(variants, fast, strict=True):
         assert _findings(step, spec) == expected, name
     # the variants reach the failure branches, not only passes
@@ -126,6 +144,7 @@ def test_shortcuts_give_the_general_findings(monkeypatch: pytest.MonkeyPatch) ->
         "advantages.epsilon_negligible",
         "advantages.constant_group_zero",
         "advantages.sign_follows_rewards",
+        "advantages.bounded",
         "rewards.total_is_weighted_sum",
         "batch.mask_prefix",
         "batch.masks_binary",
