@@ -116,15 +116,20 @@ class Check:
             lacking = memo[present] = _lacking(self.requires, present) if self.requires else None
         if lacking is not None:
             return [
-                Finding(
-                    check_id=self.id,
-                    stage=self.stage,
-                    verdict=Verdict.NOT_CAPTURED,
-                    where=base,
-                    explanation=f"not captured: needs {self._needs} (missing {', '.join(lacking)})"
+                Finding(  # positional, in Finding's field order
+                    self.id,
+                    self.stage,
+                    Verdict.NOT_CAPTURED,
+                    None,
+                    None,
+                    base,
+                    f"not captured: needs {self._needs} (missing {', '.join(lacking)})"
                     + _misnamed_hint(step, lacking),
-                    kind="invariant",
-                    details={"missing": list(lacking)},
+                    None,
+                    None,
+                    None,
+                    "invariant",
+                    {"missing": list(lacking)},
                 )
             ]
         try:
@@ -157,19 +162,20 @@ class Check:
         else:
             likely_cause = fix = catalog_id = None
         figure, tolerance, row, token = outcome.figure, outcome.tolerance, outcome.row, outcome.token
+        # positional, in Finding's field order (a keyword call of a dozen arguments costs twice as much)
         return Finding(
-            check_id=self.id,
-            stage=self.stage,
-            verdict=verdict,
-            figure=None if figure is None else float(figure),
-            tolerance=None if tolerance is None else float(tolerance),
-            where=base if row is None and token is None else where_in_step(step, row, token),
-            explanation=outcome.explanation,
-            likely_cause=likely_cause,
-            fix=fix,
-            catalog_id=catalog_id,
-            kind="invariant",
-            details=outcome.details,
+            self.id,
+            self.stage,
+            verdict,
+            None if figure is None else float(figure),
+            None if tolerance is None else float(tolerance),
+            base if row is None and token is None else where_in_step(step, row, token),
+            outcome.explanation,
+            likely_cause,
+            fix,
+            catalog_id,
+            "invariant",
+            outcome.details,
         )
 
 
