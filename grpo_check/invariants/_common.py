@@ -249,6 +249,9 @@ def spec_or_default(spec: GRPOSpec | None) -> GRPOSpec:
     return spec if spec is not None else GRPOSpec()
 
 
+_unique = getattr(torch, "_unique2", None) or functools.partial(torch.unique, dim=None)
+
+
 class Groups:
     """Per-group reductions over ``group_index`` (B,) without Python loops over rows.
 
@@ -258,8 +261,15 @@ class Groups:
     """
 
     def __init__(self, group_index: torch.Tensor):
-        flat = plain(group_index).reshape(-1).long()
-        self.values, self.inverse, self.count = torch.unique(flat, return_inverse=True, return_counts=True)
+        flat = plain(group_index)
+        if flat.dim() != 1:  # (a 1-D int64 index needs neither: two operations fewer)
+            flat = flat.reshape(-1)
+        if flat.dtype is not torch.int64:
+            flat = flat.long()
+        # torch.unique(flat, return_inverse=True, return_counts=True) without its Python wrapper
+        self.values, self.inverse, self.count = _unique(
+            flat, sorted=True, return_inverse=True, return_counts=True
+        )
         self.num_groups = int(self.values.numel())
         self._device = self.inverse.device
 

@@ -167,3 +167,18 @@ def test_list_reductions_are_torchs() -> None:
         assert first_argmin(values) == _torch_reduction(values, "argmin"), values
         no_negative_zero = [abs(v) if v == 0 else v for v in values]
         assert repr(nan_max(no_negative_zero)) == repr(_torch_reduction(no_negative_zero, "max")), values
+
+
+def test_groups_are_torch_unique_of_the_flat_int64_index() -> None:
+    for ids in (
+        torch.tensor([7, 7, 3, 3, 9, 7]),
+        torch.tensor([[2], [0], [2]]),
+        torch.tensor([5, 1, 5], dtype=torch.int32),
+        torch.tensor([1.0, 0.0, 1.0]),
+        torch.tensor([], dtype=torch.int64),
+    ):
+        groups = common.Groups(ids)
+        values, inverse, count = torch.unique(ids.reshape(-1).long(), return_inverse=True, return_counts=True)
+        assert groups.values.dtype == torch.int64 and torch.equal(groups.values, values)
+        assert torch.equal(groups.inverse, inverse) and torch.equal(groups.count, count)
+        assert groups.num_groups == values.numel() and groups.row_groups == inverse.tolist()
