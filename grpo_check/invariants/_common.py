@@ -24,6 +24,7 @@ from grpo_check._step_cache import (
     cached,
     f64,
     finite_mask,
+    host_view,
     plain,
 )
 from grpo_check.config import GRPOSpec
@@ -435,8 +436,10 @@ def _loss_mask(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor:
 
 
 def argmax_2d(score: torch.Tensor) -> tuple[int, int | None]:
-    """(row, token) of the largest entry of a (B,) or (B, T) score."""
-    flat = int(torch.argmax(score.reshape(-1)))
+    """(row, token) of the largest entry of a (B,) or (B, T) score (the first NaN, else the first largest)."""
+    view = host_view(score) if score.numel() else None  # (an empty score: torch's error, not numpy's)
+    # numpy's argmax of the C-order flattened view: torch's, ties and NaN alike
+    flat = int(view.argmax()) if view is not None else int(torch.argmax(score.reshape(-1)))
     if score.dim() < 2:
         return flat, None
     return flat // score.shape[1], flat % score.shape[1]

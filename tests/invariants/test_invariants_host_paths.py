@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import re
 
 import pytest
 import torch
@@ -77,6 +78,11 @@ def _variants() -> list[tuple[str, TraceStep, GRPOSpec | None]]:
         ("mask_hole", with_tensors(step, completion_mask=holed), spec),
         ("soft_mask", with_tensors(step, completion_mask=soft), spec),
         ("no_spec", step, None),
+        ("mask_two", with_tensors(step, completion_mask=mask.masked_fill(holed == 0, 2)), spec),
+        ("mask_int32_negative", with_tensors(step, prompt_mask=-mask.int()), spec),
+        ("mask_int8_binary", with_tensors(step, prompt_mask=mask.to(torch.int8)), spec),
+        ("mask_uint8", with_tensors(step, completion_mask=(mask * 3).to(torch.uint8)), spec),
+        ("mask_bool_holed", with_tensors(step, completion_mask=holed.bool()), spec),
         ("weights", with_tensors(step, reward_weights=torch.tensor([0.5, 2.0])), spec),
         ("weights_wrong", with_tensors(step, reward_weights=torch.tensor([0.5, 2.0]), rewards=rewards), spec),
         ("empty", with_tensors(step, **{k: v[:0] for k, v in step.tensors.items() if v.dim()}), spec),
@@ -182,3 +188,24 @@ def test_groups_are_torch_unique_of_the_flat_int64_index() -> None:
         assert groups.values.dtype == torch.int64 and torch.equal(groups.values, values)
         assert torch.equal(groups.inverse, inverse) and torch.equal(groups.count, count)
         assert groups.num_groups == values.numel() and groups.row_groups == inverse.tolist()
+
+
+def test_argmax_2d_is_torchs_argmax() -> None:
+    generator = torch.Generator().manual_seed(4)
+    pool = torch.tensor([0.0, -0.0, 1.0, -1.0, math.inf, -math.inf, math.nan, 2.0])
+    for shape in ((7,), (3, 5), (1, 1), (4, 0), (0,)):
+        for _ in range(40):
+            picks = torch.randint(0, len(pool), shape, generator=generator)
+            for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int8):
+                score = (
+                    pool[picks].nan_to_num(0.0, 3.0, -3.0).to(dtype) if dtype is torch.int8 else pool[picks]
+                )
+                score = score.to(dtype)
+                try:
+                    flat = int(torch.argmax(score.reshape(-1)))
+                except (RuntimeError, IndexError) as error:  # an empty score: torch's error
+                    with pytest.raises(type(error), match=re.escape(str(error))):
+                        common.argmax_2d(score)
+                    continue
+                expected = (flat, None) if score.dim() < 2 else (flat // shape[1], flat % shape[1])
+                assert common.argmax_2d(score) == expected, (score, dtype)
