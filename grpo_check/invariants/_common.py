@@ -361,6 +361,13 @@ def _row_advantages(advantages: torch.Tensor, completion_mask: torch.Tensor | No
     return first if bool(same) else None
 
 
+def flat_f64(tensor: torch.Tensor) -> torch.Tensor:
+    """``f64(tensor).reshape(-1)``: the float64 copy itself when it is 1-D already (no view, one operation
+    fewer, and the copy's cached masks apply to it)."""
+    copy = f64(tensor)
+    return copy if copy.dim() == 1 else copy.reshape(-1)
+
+
 def total_rewards(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor | None:
     """(B,) total reward as the trainer used it: ``rewards``, else ``nansum(rewards_per_func · weights)``.
 
@@ -371,7 +378,7 @@ def total_rewards(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor | None
 
 def _total_rewards(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor | None:
     if step.has("rewards"):
-        return f64(step["rewards"]).reshape(-1)
+        return flat_f64(step["rewards"])
     if not step.has("rewards_per_func"):
         return None
     per_func = f64(step["rewards_per_func"])

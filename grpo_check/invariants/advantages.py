@@ -298,8 +298,9 @@ def _group_reward_stats_uncached(step: TraceStep, spec: GRPOSpec | None) -> Grou
     if step.has("rewards") and known_finite(step, "rewards", "advantages"):
         scorable = torch.ones_like(rewards, dtype=torch.bool)
         count = groups.count.to(device=rewards.device, dtype=torch.float64)
-        mean = groups.sum(rewards) / count.clamp(min=1)
-        centred = rewards - groups.expand(mean)
+        mean = groups.sum(rewards) / count  # (each group has ≥ 1 row: count.clamp(min=1) is count)
+        # one group: mean[inverse] is mean broadcast, the same subtraction per row without the gather
+        centred = rewards - mean if groups.num_groups == 1 else rewards - groups.expand(mean)
         return GroupRewardStats(
             advantages, rewards, groups, whole, scorable, centred, count, size, True, every_group_whole
         )

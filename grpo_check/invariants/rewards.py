@@ -16,6 +16,7 @@ from grpo_check.invariants._common import (
     few_rows,
     finite_outcome,
     first_argmax,
+    flat_f64,
     inconclusive,
     known_finite,
     malformed,
@@ -49,7 +50,8 @@ def rewards_finite(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float |
         allow["rewards_per_func"] = lambda: torch.ones_like(
             per_func, dtype=torch.bool
         )  # NaN = "not applicable"
-        rows = per_func.reshape(per_func.shape[0], -1)  # (B, F): malformed shapes raise here, as always
+        # (B, F): malformed shapes raise here, as always (a (B, F) tensor is that already)
+        rows = per_func if per_func.dim() == 2 else per_func.reshape(per_func.shape[0], -1)
         allow["rewards"] = lambda: torch.isnan(rows).all(1)
     else:
         rewards = step.get("rewards")
@@ -78,7 +80,7 @@ def total_is_weighted_sum(
         return inconclusive("total reward is not a weighted sum under normalize_then_sum")
     per_func = f64(step["rewards_per_func"])
     per_func = per_func.unsqueeze(1) if per_func.dim() == 1 else per_func
-    total = f64(step["rewards"]).reshape(-1)
+    total = flat_f64(step["rewards"])
     if total.shape[0] != per_func.shape[0]:
         return malformed(f"rewards has {total.shape[0]} rows, rewards_per_func {per_func.shape[0]}")
     # unit weights (none captured or configured): x · 1.0 is x exactly, so no product is formed
