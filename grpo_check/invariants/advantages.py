@@ -90,12 +90,22 @@ def _prepare_uncached(
     return advantages, groups, whole, size, whole_count
 
 
+def _group_sum(groups: Groups, clean: torch.Tensor) -> torch.Tensor:
+    """Σ A per group of finite (B,) advantages, shared between the checks of one step."""
+    return cached(("adv_group_sum", id(groups), clean), lambda: groups.sum(clean))
+
+
+def _group_abs_sum(groups: Groups, clean: torch.Tensor) -> torch.Tensor:
+    """Σ |A| per group of finite (B,) advantages, shared between the checks of one step."""
+    return cached(("adv_group_abs_sum", id(groups), clean), lambda: groups.sum(clean.abs()))
+
+
 def group_sums(groups: Groups, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(Σ A, |Σ A|, Σ |A|) per group of finite (B,) advantages, shared between the checks of one step."""
 
     def compute() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        sums = groups.sum(clean)
-        return sums, sums.abs(), groups.sum(clean.abs())
+        sums = _group_sum(groups, clean)
+        return sums, sums.abs(), _group_abs_sum(groups, clean)
 
     return cached(("adv_group_sums", id(groups), clean), compute)
 
@@ -109,6 +119,30 @@ def zero_sum_allowed(step: TraceStep, groups: Groups, clean: torch.Tensor) -> to
         return atol + rtol * group_sums(groups, clean)[2]
 
     return cached(("adv_sum_allowed", id(groups), clean, step["advantages"].dtype), compute)
+
+
+def zero_sum_figures(
+    step: TraceStep, groups: Groups, clean: torch.Tensor, tolerance: float | None = None
+) -> tuple[list[float], list[float], list[float]]:
+    """(Σ A, |Σ A|, allowed) per group as Python floats, for a few groups: :func:`group_sums`' and
+    :func:`zero_sum_allowed`'s figures by the same IEEE operations, ``tolerance`` in place of atol when
+    given; shared between the checks of one step."""
+    if tolerance is not None:
+        return _zero_sum_lists(step, groups, clean, tolerance)
+    return cached(
+        ("adv_zero_sum_figures", id(groups), clean, step["advantages"].dtype),
+        lambda: _zero_sum_lists(step, groups, clean, None),
+    )
+
+
+def _zero_sum_lists(
+    step: TraceStep, groups: Groups, clean: torch.Tensor, tolerance: float | None
+) -> tuple[list[float], list[float], list[float]]:
+    rtol, atol = rtol_atol(step["advantages"].dtype)
+    base = atol if tolerance is None else tolerance
+    sums = _group_sum(groups, clean).tolist()
+    allowed = [base + rtol * value for value in _group_abs_sum(groups, clean).tolist()]
+    return sums, [abs(value) for value in sums], allowed
 
 
 @register(
@@ -137,30 +171,32 @@ def group_sum_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float |
         if not usable_count:
             return inconclusive("every whole group has a non-finite advantage (see advantages.finite)")
         clean = torch.where(finite, advantages, torch.zeros_like(advantages))
-    sums, sums_abs, abs_sums = group_sums(groups, clean)
-    if tolerance is None:
-        allowed = zero_sum_allowed(step, groups, clean)
-    else:
-        allowed = tolerance + rtol_atol(step["advantages"].dtype)[0] * abs_sums
-    if few_groups(groups, sums_abs):  # the same figures as the tensor operations below, as Python floats
-        magnitudes, allowances = sums_abs.tolist(), allowed.tolist()
+    if few_groups(groups, clean):  # the same figures as the tensor operations below, as Python floats
+        sums_list, magnitudes, allowances = zero_sum_figures(step, groups, clean, tolerance)
         if every_group:
             excesses = [
                 magnitude - allowance for magnitude, allowance in zip(magnitudes, allowances, strict=True)
             ]
+            shown = magnitudes
         else:
             flags = usable.tolist()
             excesses = [
                 m - a if u else -math.inf for m, a, u in zip(magnitudes, allowances, flags, strict=True)
             ]
-            magnitudes = [m if u else 0.0 for m, u in zip(magnitudes, flags, strict=True)]
+            shown = [m if u else 0.0 for m, u in zip(magnitudes, flags, strict=True)]
         worst = first_argmax(excesses)
-        figure = nan_max(magnitudes)
+        figure = nan_max(shown)
         worst_excess, worst_allowed = excesses[worst], allowances[worst]
         if worst_excess <= 0:
             return passed(f"{usable_count} group(s) sum to ≈ 0", figure, worst_allowed)
         failing = sum(1 for excess in excesses if excess > 0)
+        worst_sum, worst_magnitude = sums_list[worst], magnitudes[worst]
     else:
+        sums, sums_abs, abs_sums = group_sums(groups, clean)
+        if tolerance is None:
+            allowed = zero_sum_allowed(step, groups, clean)
+        else:
+            allowed = tolerance + rtol_atol(step["advantages"].dtype)[0] * abs_sums
         # every group usable: the masks below select everything, and where() returns the values unchanged
         excess = sums_abs - allowed if every_group else where_fill(usable, sums_abs - allowed, -torch.inf)
         worst = int(torch.argmax(excess))
@@ -170,14 +206,16 @@ def group_sum_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float |
         if worst_excess <= 0:
             return passed(f"{usable_count} group(s) sum to ≈ 0", figure, worst_allowed)
         failing = int((excess > 0).sum())
+        worst_sum, worst_magnitude = float(sums[worst]), float(sums[worst].abs())
+        worst_allowed = float(allowed[worst])
     return Outcome(
         Verdict.FAIL,
         f"{failing} of {int(usable.sum())} group(s) have advantages that do not sum to 0 "
-        f"(prompt {int(groups.values[worst])}: Σ A = {fmt(float(sums[worst]))})",
-        figure=float(sums[worst].abs()),
-        tolerance=float(allowed[worst]),
+        f"(prompt {int(groups.values[worst])}: Σ A = {fmt(worst_sum)})",
+        figure=worst_magnitude,
+        tolerance=worst_allowed,
         row=groups.first_row(worst),
-        details={"failing_groups": failing, "group_sums": sums[usable][:32].tolist()},
+        details={"failing_groups": failing, "group_sums": _group_sum(groups, clean)[usable][:32].tolist()},
     )
 
 
@@ -346,7 +384,6 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     limit = tolerance if tolerance is not None else (0.5 if effective.scale_rewards != "batch" else 0.05)
     # a group whose advantages do not sum to 0 was normalised with other rows (advantages.group_sum_zero):
     # its slope says nothing about epsilon
-    sums_abs, allowed = group_sums(groups, clean)[1], zero_sum_allowed(step, groups, clean)
     if few_groups(groups, squares):  # the same figures as the tensor operations below, as Python floats
         stds, counts = sample_std.tolist(), count.tolist()
         # x.clamp(min=m) is m where x < m, else x (NaN included)
@@ -363,7 +400,8 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
         if effective.baseline == "rloo":  # (x / 1.0 is x exactly: no division otherwise)
             factor = float(count.max() / (count.max() - 1).clamp(min=1))
             retention = [value / factor for value in retention]
-        zero_sum = [m <= a for m, a in zip(sums_abs.tolist(), allowed.tolist(), strict=True)]
+        _, magnitudes, allowances = zero_sum_figures(step, groups, clean)
+        zero_sum = [m <= a for m, a in zip(magnitudes, allowances, strict=True)]
         if not stats.every_group_whole:
             zero_sum = [z and w for z, w in zip(zero_sum, whole.tolist(), strict=True)]
         flags = [z and c >= 2.0 and s > threshold_std for z, c, s in zip(zero_sum, counts, stds, strict=True)]
@@ -392,7 +430,7 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
         retention_tensor = slope * scale
         if effective.baseline == "rloo":  # (x / 1.0 is x exactly: no division otherwise)
             retention_tensor = retention_tensor / float(count.max() / (count.max() - 1).clamp(min=1))
-        zero_sum_tensor = sums_abs <= allowed
+        zero_sum_tensor = group_sums(groups, clean)[1] <= zero_sum_allowed(step, groups, clean)
         qualifying = (whole & zero_sum_tensor if not stats.every_group_whole else zero_sum_tensor) & (
             count >= 2.0
         )
