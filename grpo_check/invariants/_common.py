@@ -544,22 +544,32 @@ def _is_known_finite(sources: dict[int, tuple[torch.Tensor, int | None]], tensor
 
 
 def _finite_sources(step: TraceStep) -> dict[int, tuple[torch.Tensor, int | None]]:
-    checked = [t for name, t in step.tensors.items() if name in _FINITE_CHECKED and _is_float_tensor(t)]
-    if not checked or sum(t.numel() for t in checked) > _SMALL_SLICE:
+    checked = []
+    elements = 0
+    for name, tensor in step.tensors.items():  # _is_float_tensor and plain, inlined: once per tensor
+        if name in _FINITE_CHECKED and isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            checked.append(tensor)
+            elements += tensor.numel()
+    if not checked or elements > _SMALL_SLICE:
         return {}
-    device = checked[0].device
-    if any(t.device != device for t in checked):
-        return {}
+    if not all(tensor.is_cpu for tensor in checked):  # (all on the CPU: one device, without device objects)
+        device = checked[0].device
+        if any(t.device != device for t in checked):
+            return {}
     by_shape: dict[torch.Size, list[torch.Tensor]] = {}
     for tensor in checked:
-        by_shape.setdefault(tensor.shape, []).append(plain(tensor))
+        by_shape.setdefault(tensor.shape, []).append(tensor.detach() if tensor.requires_grad else tensor)
     # one sum per shape (same-shape tensors concatenate without a reshape): a sum is finite only if every
-    # term is (NaN and ±inf propagate); a finite sum that overflows only sends callers to their general path
+    # term is (NaN and ±inf propagate); a finite sum that overflows only sends callers to their general path.
+    # A lone 0-dim tensor is its own sum
     for same in by_shape.values():
-        part = same[0] if len(same) == 1 else torch.stack(same) if same[0].dim() == 0 else torch.cat(same)
-        if not math.isfinite(float(part.sum())):
+        if len(same) == 1:
+            part = same[0] if same[0].dim() == 0 else same[0].sum()
+        else:
+            part = (torch.stack(same) if same[0].dim() == 0 else torch.cat(same)).sum()
+        if not math.isfinite(float(part)):
             return {}
-    return {id(t): (t, _version(t)) for t in checked}
+    return {id(t): (t, None if t.is_inference() else t._version) for t in checked}
 
 
 def finite_outcome(

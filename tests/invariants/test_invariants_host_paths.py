@@ -209,3 +209,19 @@ def test_argmax_2d_is_torchs_argmax() -> None:
                     continue
                 expected = (flat, None) if score.dim() < 2 else (flat // shape[1], flat % shape[1])
                 assert common.argmax_2d(score) == expected, (score, dtype)
+
+
+def test_finite_sources_see_a_non_finite_value_in_any_tensor_shape() -> None:
+    built = build_step(seed=2, prompts=2, G=4, T=5)
+    step = built.step
+    step.tensors["loss"] = torch.tensor(0.5)
+    assert common.step_all_finite(step)
+    for name, index in (("loss", ()), ("rewards", (1,)), ("rewards_per_func", (0, 1)), ("logps", (1, 2))):
+        for bad in (math.nan, math.inf, -math.inf):
+            changed = step[name].clone()
+            changed[index] = bad
+            broken = with_tensors(step, **{name: changed})
+            assert not common.step_all_finite(broken), (name, bad)
+            assert not common.known_finite(broken, name)
+    on_meta = with_tensors(step, loss=torch.tensor(0.5, device="meta"))
+    assert not common.step_all_finite(on_meta)  # spread over devices: not decided this way
