@@ -84,7 +84,12 @@ def cached(key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
         else:
             memo_key = key
     else:
-        memo_key = _memo_key(key)
+        memo_key = key
+        for part in key:  # (inlined: most longer keys hold no tensor)
+            kind = type(part)
+            if kind is _Tensor or (kind not in _NOT_TENSORS and isinstance(part, _Tensor)):
+                memo_key = _memo_key(key)
+                break
     hit = memo.get(memo_key)
     if hit is None:
         hit = memo[memo_key] = (compute(), key)
@@ -92,13 +97,7 @@ def cached(key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
 
 
 def _memo_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
-    """``key`` with each tensor replaced by (id, version counter) (``key`` itself when it holds none)."""
-    for part in key:
-        kind = type(part)
-        if kind is _Tensor or (kind not in _NOT_TENSORS and isinstance(part, _Tensor)):
-            break
-    else:
-        return key
+    """``key`` (which holds a tensor) with each tensor replaced by (id, version counter)."""
     out = []
     for item in key:
         kind = type(item)
@@ -122,7 +121,14 @@ def plain(tensor: torch.Tensor) -> torch.Tensor:
 def bool_mask(mask: torch.Tensor) -> torch.Tensor:
     """``mask`` as bool, shared between the checks of one step (the comparison's and the invariants' token
     masks are this one tensor)."""
-    return cached(("bool", mask), lambda: plain(mask).bool())
+    memo = _current_memo()  # cached(("bool", mask), ...), inlined: several calls per step
+    if memo is None:
+        return plain(mask).bool()
+    memo_key = ("bool", (id(mask), None if mask.is_inference() else mask._version))
+    hit = memo.get(memo_key)
+    if hit is None:
+        hit = memo[memo_key] = (plain(mask).bool(), ("bool", mask))
+    return hit[0]
 
 
 def all_true_like(like: torch.Tensor) -> torch.Tensor:

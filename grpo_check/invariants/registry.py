@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from grpo_check._kinds import is_nonnegative_number
-from grpo_check._step_cache import cached, step_cache
+from grpo_check._step_cache import _current_memo, cached, step_cache
 from grpo_check.config import GRPOSpec, spec_for_step
 from grpo_check.findings import STAGES, Finding, InputError, Verdict, Where
 from grpo_check.invariants._common import Outcome
@@ -383,7 +383,17 @@ def run_invariants(
 def _misnamed_hint(step: TraceStep, lacking: Iterable[str]) -> str:
     """``; the step holds 'advantage': did you mean 'advantages'?`` when a tensor under a non-canonical name
     is one or two letters from a missing one (a hand-built TraceStep; the Recorder refuses such names)."""
-    odd = cached(("odd_names", id(step)), lambda: _odd_names(step))  # once per step in a cache
+    memo = _current_memo()  # once per step in a cache (cached(...) inlined: once per uncaptured check)
+    if memo is None:
+        odd = _odd_names(step)
+    else:
+        key = ("odd_names", id(step))
+        hit = memo.get(key)
+        if hit is None:
+            hit = memo[key] = (_odd_names(step), key)
+        odd = hit[0]
+    if not odd:
+        return ""
     for name in odd:
         near = difflib.get_close_matches(name, list(lacking), n=1, cutoff=0.75)
         if near:
