@@ -25,6 +25,10 @@ class _Memo(dict):  # type: ignore[type-arg]
         self.owner = owner
 
 
+# torch.inference_mode(mode) as a context manager: the C++ guard it enters, without its Python wrapper's
+# object and calls (used around every checked step and every float64 copy made under inference mode)
+inference_guard: Callable[[bool], Any] = getattr(torch._C, "_InferenceMode", torch.inference_mode)
+
 _STEP_CACHE: contextvars.ContextVar[_Memo | None] = contextvars.ContextVar(
     "grpo_check_step_cache", default=None
 )
@@ -162,7 +166,7 @@ def _f64_copy(tensor: torch.Tensor) -> torch.Tensor:
         # cache, may use it as a constant of its autograd graph. .double(): less call overhead than .to;
         # the context manager only where needed (it costs more than the copy of a small tensor)
         if torch.is_inference_mode_enabled():
-            with torch.inference_mode(False):
+            with inference_guard(False):
                 copy = copy.double()
         else:
             copy = copy.double()

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from grpo_check._kinds import is_nonnegative_number
-from grpo_check._step_cache import _current_memo, cached, step_cache
+from grpo_check._step_cache import _current_memo, cached, inference_guard, step_cache
 from grpo_check.config import GRPOSpec, spec_for_step
 from grpo_check.findings import STAGES, Finding, InputError, Verdict, Where
 from grpo_check.invariants._common import Outcome
@@ -368,7 +368,7 @@ def run_invariants(
     for step in steps:
         # float64 copies, masks and ratios computed once per step and shared by the checks; inference mode
         # (no autograd bookkeeping: checks only read) takes about a sixth off each small tensor operation
-        with step_cache(step), torch.inference_mode():
+        with step_cache(step), inference_guard(True):
             present, base = _present_names(step), _step_where(step)
             step_spec = spec_for_step(
                 spec, step.meta

@@ -266,3 +266,27 @@ def test_host_view_is_a_view_of_small_cpu_tensors_only(monkeypatch):
     assert host_view(torch.ones(2, dtype=torch.bool)).dtype == bool
     monkeypatch.setattr(step_cache_module, "HOST_ELEMENTS", 5)
     assert host_view(x) is None and host_view(x[0]) is not None
+
+
+def test_inference_guard_enters_and_leaves_inference_mode_as_torch_inference_mode_does():
+    from grpo_check._step_cache import f64, inference_guard
+
+    assert not torch.is_inference_mode_enabled()
+    with inference_guard(True):
+        assert torch.is_inference_mode_enabled()
+        with step_cache():
+            copy = f64(torch.ones(2, dtype=torch.float32))
+        assert not copy.is_inference()  # usable in an autograd graph outside inference mode
+        with inference_guard(False):
+            assert not torch.is_inference_mode_enabled()
+        assert torch.is_inference_mode_enabled()
+    assert not torch.is_inference_mode_enabled()
+    try:
+        with inference_guard(True):
+            raise ValueError("inside")
+    except ValueError:
+        pass
+    assert not torch.is_inference_mode_enabled()
+    built = build_step(seed=1, prompts=2, G=4, T=5)
+    run_invariants(built.step, built.spec)
+    assert not torch.is_inference_mode_enabled()
