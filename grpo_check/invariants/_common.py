@@ -53,6 +53,12 @@ def _source(tensor: torch.Tensor) -> torch.Tensor:
     return cached(("source", tensor), lambda: tensor)
 
 
+try:  # np.count_nonzero(a) without its Python wrapper and dispatcher (the C function it calls)
+    from numpy._core.multiarray import count_nonzero as _count_nonzero
+except ImportError:  # numpy 1.x
+    _count_nonzero = np.count_nonzero
+
+
 def count_true(mask: torch.Tensor) -> int:
     """``int(mask.sum())`` for a bool mask (count_nonzero: several times faster than a bool sum on CPU;
     numpy's on a small CPU mask, as :func:`~grpo_check._step_cache.host_view` would give it, faster still)."""
@@ -62,7 +68,7 @@ def count_true(mask: torch.Tensor) -> int:
         and not mask.requires_grad
         and mask.numel() <= _step_cache.HOST_ELEMENTS
     ):
-        return int(np.count_nonzero(mask.numpy()))
+        return int(_count_nonzero(mask.numpy()))
     return int(torch.count_nonzero(mask))
 
 
@@ -105,12 +111,15 @@ def scalar_like(value: float, like: torch.Tensor) -> torch.Tensor | float:
     dtype = like.dtype
     if dtype not in _OWN_DTYPE_SCALARS or value != value:
         return value
-    key = (value, dtype, like.device)
+    key = (value, dtype, _CPU if like.is_cpu else like.device)  # (no device object for a CPU tensor)
     constant = _CONSTANTS.get(key)
     if constant is None:
         with torch.inference_mode(False):  # a normal tensor: usable outside inference mode too
             constant = _CONSTANTS[key] = torch.tensor(value, dtype=dtype, device=like.device)
     return constant
+
+
+_CPU = torch.device("cpu")
 
 
 def where_fill(condition: torch.Tensor, values: torch.Tensor, fill: float) -> torch.Tensor:
@@ -228,7 +237,8 @@ class Outcome:
 def passed(
     explanation: str, figure: float | None = None, tolerance: float | None = None, **details: Any
 ) -> Outcome:
-    return Outcome(Verdict.PASS, explanation, figure, tolerance, details=details)  # a new dict per call
+    # positional (row, token None): a new dict per call
+    return Outcome(Verdict.PASS, explanation, figure, tolerance, None, None, details)
 
 
 def not_applicable(reason: str) -> Outcome:

@@ -225,3 +225,17 @@ def test_finite_sources_see_a_non_finite_value_in_any_tensor_shape() -> None:
             assert not common.known_finite(broken, name)
     on_meta = with_tensors(step, loss=torch.tensor(0.5, device="meta"))
     assert not common.step_all_finite(on_meta)  # spread over devices: not decided this way
+
+
+def test_passed_and_scalar_like_build_what_their_keyword_forms_build() -> None:
+    from grpo_check.invariants._common import Outcome, passed, scalar_like
+
+    outcome = passed("fine", 1.5, 2.0, groups=3)
+    assert outcome == Outcome(Verdict.PASS, "fine", figure=1.5, tolerance=2.0, details={"groups": 3})
+    assert passed("fine").details == {} and passed("fine").details is not passed("fine").details
+    like = torch.ones(2, dtype=torch.float32)
+    constant = scalar_like(0.25, like)
+    assert constant is scalar_like(0.25, like) and constant.device == like.device
+    assert constant.dtype == torch.float32 and float(constant) == 0.25
+    on_meta = scalar_like(0.25, torch.ones(2, device="meta"))
+    assert on_meta.device.type == "meta" and on_meta is not constant
