@@ -384,7 +384,11 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     limit = tolerance if tolerance is not None else (0.5 if effective.scale_rewards != "batch" else 0.05)
     # a group whose advantages do not sum to 0 was normalised with other rows (advantages.group_sum_zero):
     # its slope says nothing about epsilon
-    if few_groups(groups, squares):  # the same figures as the tensor operations below, as Python floats
+    # the rloo rescaling (x / 1.0 is x exactly: no division otherwise)
+    factor = float(count.max() / (count.max() - 1).clamp(min=1)) if effective.baseline == "rloo" else 1.0
+    # the same figures as the tensor operations below, as Python floats (whose division by 0 would raise
+    # where torch's gives ±inf or NaN: no scorable row at all)
+    if few_groups(groups, squares) and factor != 0.0:
         stds, counts = sample_std.tolist(), count.tolist()
         # x.clamp(min=m) is m where x < m, else x (NaN included)
         slopes = [
@@ -397,8 +401,7 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
             retention = [slope * batch_std for slope in slopes]
         else:
             retention = [slope * 1.0 for slope in slopes]
-        if effective.baseline == "rloo":  # (x / 1.0 is x exactly: no division otherwise)
-            factor = float(count.max() / (count.max() - 1).clamp(min=1))
+        if effective.baseline == "rloo":
             retention = [value / factor for value in retention]
         _, magnitudes, allowances = zero_sum_figures(step, groups, clean)
         zero_sum = [m <= a for m, a in zip(magnitudes, allowances, strict=True)]
@@ -428,8 +431,8 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
         else:
             scale = torch.ones_like(sample_std)
         retention_tensor = slope * scale
-        if effective.baseline == "rloo":  # (x / 1.0 is x exactly: no division otherwise)
-            retention_tensor = retention_tensor / float(count.max() / (count.max() - 1).clamp(min=1))
+        if effective.baseline == "rloo":
+            retention_tensor = retention_tensor / factor
         zero_sum_tensor = group_sums(groups, clean)[1] <= zero_sum_allowed(step, groups, clean)
         qualifying = (whole & zero_sum_tensor if not stats.every_group_whole else zero_sum_tensor) & (
             count >= 2.0

@@ -239,3 +239,51 @@ def test_passed_and_scalar_like_build_what_their_keyword_forms_build() -> None:
     assert constant.dtype == torch.float32 and float(constant) == 0.25
     on_meta = scalar_like(0.25, torch.ones(2, device="meta"))
     assert on_meta.device.type == "meta" and on_meta is not constant
+
+
+def _random_step(generator: random.Random) -> tuple[TraceStep, GRPOSpec]:
+    """A step of random group structure whose rewards and advantages mix equal values, tiny and huge ones,
+    NaN and ±inf, in a random dtype."""
+    prompts, G = generator.randint(1, 4), generator.randint(1, 5)
+    rows = prompts * G
+    pool = [0.0, 1.0, -1.0, 0.5, 1e-9, 1e30, 3.0]
+    rewards_per_func = torch.tensor([[generator.choice(pool) for _ in range(2)] for _ in range(rows)])
+    if generator.random() < 0.3:
+        rewards_per_func[generator.randrange(rows), :] = math.nan
+    rewards = rewards_per_func.nansum(1).masked_fill(rewards_per_func.isnan().all(1), math.nan)
+    advantages = group_advantages(rewards, G, generator.choice([1e-4, 1e4]))
+    if generator.random() < 0.3:
+        advantages = advantages * generator.choice([-1.0, 1e-12, 1e3])
+    if generator.random() < 0.2:
+        advantages[generator.randrange(rows)] = generator.choice([math.nan, math.inf, -math.inf, 0.0])
+    group_index = torch.arange(prompts).repeat_interleave(G)
+    if generator.random() < 0.2:
+        group_index = group_index[torch.randperm(rows, generator=torch.Generator().manual_seed(rows))]
+    keep = rows if generator.random() < 0.7 else generator.randint(1, rows)
+    dtype = generator.choice([torch.float32, torch.float64, torch.float16, torch.bfloat16])
+    step = TraceStep(
+        tensors={
+            "rewards_per_func": rewards_per_func[:keep].to(dtype),
+            "rewards": rewards[:keep].to(dtype),
+            "advantages": advantages[:keep].to(dtype),
+            "group_index": group_index[:keep],
+        }
+    )
+    spec = GRPOSpec(
+        num_generations=G,
+        scale_rewards=generator.choice(["group", "batch", "none"]),
+        baseline=generator.choice(["mean", "rloo"]),
+        std=generator.choice(["sample", "population"]),
+    )
+    return step, spec
+
+
+def test_random_steps_give_the_general_findings(monkeypatch: pytest.MonkeyPatch) -> None:
+    generator = random.Random(11)
+    cases = [_random_step(generator) for _ in range(80)]
+    fast = [_findings(step, spec) for step, spec in cases]
+    monkeypatch.setattr(common, "FEW_GROUPS", -1)
+    monkeypatch.setattr(common, "FEW_ROWS", -1)
+    monkeypatch.setattr(step_cache_module, "HOST_ELEMENTS", -1)
+    for index, ((step, spec), expected) in enumerate(zip(cases, fast, strict=True)):
+        assert _findings(step, spec) == expected, index
