@@ -261,14 +261,27 @@ def _random_step(generator: random.Random) -> tuple[TraceStep, GRPOSpec]:
         group_index = group_index[torch.randperm(rows, generator=torch.Generator().manual_seed(rows))]
     keep = rows if generator.random() < 0.7 else generator.randint(1, rows)
     dtype = generator.choice([torch.float32, torch.float64, torch.float16, torch.bfloat16])
-    step = TraceStep(
-        tensors={
-            "rewards_per_func": rewards_per_func[:keep].to(dtype),
-            "rewards": rewards[:keep].to(dtype),
-            "advantages": advantages[:keep].to(dtype),
-            "group_index": group_index[:keep],
-        }
+    tensors = {
+        "rewards_per_func": rewards_per_func[:keep].to(dtype),
+        "rewards": rewards[:keep].to(dtype),
+        "advantages": advantages[:keep].to(dtype),
+        "group_index": group_index[:keep],
+    }
+    if generator.random() < 0.2:
+        del tensors["rewards"]
+    if generator.random() < 0.2:
+        tensors["reward_weights"] = torch.tensor([generator.choice([0.5, 1.0, 2.0]), 1.0])
+    T = generator.randint(1, 4)
+    lengths = torch.tensor([generator.randint(0, T) for _ in range(keep)])
+    mask = torch.arange(T).expand(keep, T) < lengths.unsqueeze(1)
+    if generator.random() < 0.2 and T > 1:
+        mask[generator.randrange(keep), 0] = False  # a hole when the row goes on
+    tensors["completion_mask"] = mask.to(
+        generator.choice([torch.bool, torch.int64, torch.int32, torch.float32])
     )
+    if generator.random() < 0.3:  # (B, T) advantages, constant along each row's tokens
+        tensors["advantages"] = tensors["advantages"].unsqueeze(1).expand(keep, T).clone()
+    step = TraceStep(tensors=tensors)
     spec = GRPOSpec(
         num_generations=G,
         scale_rewards=generator.choice(["group", "batch", "none"]),
