@@ -595,14 +595,23 @@ def finite_outcome(
     warning because ``x * mask`` is still NaN (only ``torch.where`` or ``masked_fill`` hides it).
     """
     if _FINITE_CHECKED.issuperset(names):  # known finite: the pass the loop below reaches
-        tensors = step.tensors
-        checked = []
-        for name in names:  # _is_float_tensor(step.get(name)), inlined: seven checks per step run this
-            tensor = tensors.get(name)
-            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-                checked.append(name)
-        if checked and known_finite(step, *checked):
-            return passed(f"all finite: {', '.join(checked)}", 0.0, 0.0)
+        sources = finite_sources(step)
+        if sources:
+            tensors = step.tensors
+            checked = []
+            # _is_float_tensor(step.get(name)) and known_finite(step, name), inlined: seven checks per step
+            for name in names:
+                tensor = tensors.get(name)
+                if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+                    entry = sources.get(id(tensor))
+                    if entry is None or entry[0] is not tensor:
+                        break
+                    if entry[1] != (None if tensor.is_inference() else tensor._version):
+                        break
+                    checked.append(name)
+            else:
+                if checked:
+                    return passed(f"all finite: {', '.join(checked)}", 0.0, 0.0)
     checked = []
     worst: tuple[int, str, int | None, int | None, int, int] | None = (
         None  # (severity, name, row, token, n, n_pad)
