@@ -93,9 +93,28 @@ def valid_finite(step: TraceStep, values: torch.Tensor) -> torch.Tensor:
     return cached(("valid_finite", id(step), source), lambda: token_mask(step, source) & finite_mask(source))
 
 
+def _memo_of(name: str, tensor: torch.Tensor, compute: Callable[[torch.Tensor], Any]) -> Any:
+    """``cached((name, tensor), lambda: compute(tensor))`` without the closure and the key scan (the same
+    memo key: the tensor by identity and version counter)."""
+    memo = _current_memo()
+    if memo is None:
+        return compute(tensor)
+    if not isinstance(tensor, torch.Tensor):  # (not a tensor: keyed as cached keys it)
+        return cached((name, tensor), lambda: compute(tensor))
+    memo_key = (name, (id(tensor), None if tensor.is_inference() else tensor._version))
+    hit = memo.get(memo_key)
+    if hit is None:
+        hit = memo[memo_key] = (compute(tensor), (name, tensor))
+    return hit[0]
+
+
+def _has_true(mask: torch.Tensor) -> bool:
+    return count_true(mask) > 0
+
+
 def any_true(mask: torch.Tensor) -> bool:
     """``bool(mask.any())``, shared between the checks of one step."""
-    return cached(("any", mask), lambda: count_true(mask) > 0)
+    return _memo_of("any", mask, _has_true)
 
 
 _CONSTANTS: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}
@@ -332,7 +351,7 @@ class Groups:
 
 def groups_of(group_index: torch.Tensor) -> Groups:
     """``Groups(group_index)``, shared between the checks of one step (one ``torch.unique`` per step)."""
-    return cached(("groups", group_index), lambda: Groups(group_index))
+    return _memo_of("groups", group_index, Groups)
 
 
 def num_generations(spec: GRPOSpec | None, groups: Groups) -> int:
@@ -440,7 +459,14 @@ def loss_mask(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor | None:
     if not step.has("completion_mask"):
         return None
     truncation = spec is not None and spec.mask_truncated_completions
-    return cached(("loss_mask", id(step), truncation), lambda: _loss_mask(step, spec))
+    memo = _current_memo()  # cached(("loss_mask", id(step), truncation), ...), inlined
+    if memo is None:
+        return _loss_mask(step, spec)
+    key = ("loss_mask", id(step), truncation)
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = (_loss_mask(step, spec), key)
+    return hit[0]
 
 
 def _loss_mask(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor:

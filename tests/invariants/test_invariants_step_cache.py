@@ -290,3 +290,18 @@ def test_inference_guard_enters_and_leaves_inference_mode_as_torch_inference_mod
     built = build_step(seed=1, prompts=2, G=4, T=5)
     run_invariants(built.step, built.spec)
     assert not torch.is_inference_mode_enabled()
+
+
+def test_shared_groups_and_flags_are_the_general_cache_entries():
+    from grpo_check.invariants._common import any_true, groups_of
+
+    index = torch.tensor([3, 3, 1])
+    mask = torch.tensor([False, True])
+    with step_cache():
+        groups = groups_of(index)
+        assert groups is groups_of(index) and cached(("groups", index), lambda: None) is groups
+        assert any_true(mask) is True and cached(("any", mask), lambda: None) is True
+        with torch.no_grad():
+            mask.zero_()
+        assert any_true(mask) is False  # changed in place: computed again
+    assert groups_of(index) is not groups  # no cache open: a new one each time
