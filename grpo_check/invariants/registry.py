@@ -66,10 +66,11 @@ class Check:
     likely_cause: str
     fix: str
     function: CheckFunction = dataclasses.field(repr=False, compare=False)
-    _lacking_memo: dict[frozenset[str], tuple[str, ...] | None] = dataclasses.field(
+    _lacking_memo: dict[frozenset[str], tuple[tuple[str, ...], str] | None] = dataclasses.field(
         default_factory=dict, init=False, repr=False, compare=False
     )
-    """``_lacking(requires, present)`` by present names."""
+    """By present names: ``None`` when the check can run, else what ``_lacking(requires, present)`` names
+    and the not-captured explanation for it."""
 
     @property
     def name(self) -> str:
@@ -109,12 +110,18 @@ class Check:
         """:meth:`run` given the step's spec (``spec_for_step`` applied), present names and coordinates
         (``run_invariants`` works them out once per step)."""
         memo = self._lacking_memo  # by present names (a frozenset hashes once; the requires tuple each time)
-        lacking = memo.get(present, _UNKNOWN)
-        if lacking is _UNKNOWN:
+        missing = memo.get(present, _UNKNOWN)
+        if missing is _UNKNOWN:
             if len(memo) >= 64:
                 memo.clear()
-            lacking = memo[present] = _lacking(self.requires, present) if self.requires else None
-        if lacking is not None:
+            lacking = _lacking(self.requires, present) if self.requires else None
+            missing = memo[present] = (
+                None
+                if lacking is None
+                else (lacking, f"not captured: needs {self._needs} (missing {', '.join(lacking)})")
+            )
+        if missing is not None:
+            lacking, explanation = missing
             return [
                 Finding(  # positional, in Finding's field order
                     self.id,
@@ -123,8 +130,7 @@ class Check:
                     None,
                     None,
                     base,
-                    f"not captured: needs {self._needs} (missing {', '.join(lacking)})"
-                    + _misnamed_hint(step, lacking),
+                    explanation + _misnamed_hint(step, lacking),
                     None,
                     None,
                     None,
