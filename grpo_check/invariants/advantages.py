@@ -303,8 +303,8 @@ class GroupRewardStats:
     """The prompt groups of the rows."""
     whole: torch.Tensor
     """Per group: all G rows present."""
-    scorable: torch.Tensor
-    """(B,) rows whose reward and advantage are finite."""
+    scorable_mask: torch.Tensor | None
+    """(B,) rows whose reward and advantage are finite (``None``: all of them, see :attr:`scorable`)."""
     centred: torch.Tensor
     """(B,) reward − group mean over the scorable rows (0 elsewhere)."""
     count: torch.Tensor
@@ -315,6 +315,13 @@ class GroupRewardStats:
     """Known without a look at ``scorable``: every reward and advantage finite (``scorable`` all True)."""
     every_group_whole: bool
     """Every group has all G rows (``whole`` all True)."""
+
+    @property
+    def scorable(self) -> torch.Tensor:
+        """(B,) rows whose reward and advantage are finite (an all-True mask made on first use)."""
+        if self.scorable_mask is None:
+            object.__setattr__(self, "scorable_mask", torch.ones_like(self.rewards, dtype=torch.bool))
+        return self.scorable_mask  # type: ignore[return-value]
 
 
 def _group_reward_stats(step: TraceStep, spec: GRPOSpec | None) -> GroupRewardStats | str:
@@ -334,13 +341,12 @@ def _group_reward_stats_uncached(step: TraceStep, spec: GRPOSpec | None) -> Grou
     # the rewards tensor itself (not a sum of rewards_per_func) and the advantages known finite: scorable
     # is all True, the where() calls below change nothing, and Σ 1.0 over a group is its row count exactly
     if step.has("rewards") and known_finite(step, "rewards", "advantages"):
-        scorable = torch.ones_like(rewards, dtype=torch.bool)
         count = groups.count.to(device=rewards.device, dtype=torch.float64)
         mean = groups.sum(rewards) / count  # (each group has ≥ 1 row: count.clamp(min=1) is count)
         # one group: mean[inverse] is mean broadcast, the same subtraction per row without the gather
         centred = rewards - mean if groups.num_groups == 1 else rewards - groups.expand(mean)
         return GroupRewardStats(
-            advantages, rewards, groups, whole, scorable, centred, count, size, True, every_group_whole
+            advantages, rewards, groups, whole, None, centred, count, size, True, every_group_whole
         )
     scorable = finite_mask(rewards) & finite_mask(advantages)  # the step's shared masks
     weight = scorable.double()
@@ -371,12 +377,13 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     if isinstance(stats, str):
         return inconclusive(stats)
     advantages, rewards, groups, whole = stats.advantages, stats.rewards, stats.groups, stats.whole
-    scorable, centred, count = stats.scorable, stats.centred, stats.count
+    centred, count = stats.centred, stats.count
     squares = groups.sum(centred**2)
     sample_std = torch.sqrt(squares / (count - 1.0).clamp(min=1.0))
-    clean = advantages if stats.all_scorable else where_fill(scorable, advantages, 0.0)
+    clean = advantages if stats.all_scorable else where_fill(stats.scorable, advantages, 0.0)
     numerators = groups.sum(clean * centred)
     if effective.scale_rewards == "batch":
+        scorable = stats.scorable
         batch_std = float(torch.std(rewards[scorable])) if int(scorable.sum()) > 1 else None
     else:
         batch_std = None
@@ -678,7 +685,7 @@ def sign_follows_rewards(
     if isinstance(stats, str):
         return inconclusive(stats)
     advantages, rewards, groups, whole = stats.advantages, stats.rewards, stats.groups, stats.whole
-    scorable, centred = stats.scorable, stats.centred
+    centred = stats.centred
     _, atol = rtol_atol(step["advantages"].dtype)
     reward_rtol, _ = rtol_atol(
         step["rewards"].dtype if step.has("rewards") else step["rewards_per_func"].dtype
@@ -691,6 +698,7 @@ def sign_follows_rewards(
         scale = float(rewards.abs().max())
         judged = centred.abs() > 16 * reward_rtol * max(scale, 1e-12)
     else:
+        scorable = stats.scorable
         scale = float(where_fill(scorable, rewards.abs(), 0.0).max()) if bool(scorable.any()) else 0.0
         judged = scorable & (centred.abs() > 16 * reward_rtol * max(scale, 1e-12))
     judged = judged & (advantages.abs() > (tolerance if tolerance is not None else atol))
