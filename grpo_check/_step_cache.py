@@ -25,6 +25,10 @@ class _Memo(dict):  # type: ignore[type-arg]
         self.owner = owner
 
 
+# torch.inference_mode(mode) as a context manager: the C++ guard it enters, without its Python wrapper's
+# object and calls (used around every checked step and every float64 copy made under inference mode)
+inference_guard: Callable[[bool], Any] = getattr(torch._C, "_InferenceMode", torch.inference_mode)
+
 _STEP_CACHE: contextvars.ContextVar[_Memo | None] = contextvars.ContextVar(
     "grpo_check_step_cache", default=None
 )
@@ -74,24 +78,38 @@ def cached(key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
         return compute()
     # a tensor by identity and in-place version counter (inference tensors have none: nothing changes them
     # outside inference mode); a key without tensors (most are a name and a step id) is its own memo key.
-    # The exact-type tests are the fast path, isinstance catches subclasses
-    memo_key = key
-    for part in key:
+    # The exact-type tests are the fast path, isinstance catches subclasses; a (name, part) key, the most
+    # common shape, is keyed without a loop
+    if len(key) == 2 and type(key[0]) is str:
+        part = key[1]
         kind = type(part)
         if kind is _Tensor or (kind not in _NOT_TENSORS and isinstance(part, _Tensor)):
-            memo_key = tuple(
-                [
-                    (id(item), None if item.is_inference() else item._version)
-                    if type(item) is _Tensor or (type(item) not in _NOT_TENSORS and isinstance(item, _Tensor))
-                    else item
-                    for item in key
-                ]
-            )
-            break
+            memo_key: tuple[Any, ...] = (key[0], (id(part), None if part.is_inference() else part._version))
+        else:
+            memo_key = key
+    else:
+        memo_key = key
+        for part in key:  # (inlined: most longer keys hold no tensor)
+            kind = type(part)
+            if kind is _Tensor or (kind not in _NOT_TENSORS and isinstance(part, _Tensor)):
+                memo_key = _memo_key(key)
+                break
     hit = memo.get(memo_key)
     if hit is None:
         hit = memo[memo_key] = (compute(), key)
     return hit[0]
+
+
+def _memo_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``key`` (which holds a tensor) with each tensor replaced by (id, version counter)."""
+    out = []
+    for item in key:
+        kind = type(item)
+        if kind is _Tensor or (kind not in _NOT_TENSORS and isinstance(item, _Tensor)):
+            out.append((id(item), None if item.is_inference() else item._version))
+        else:
+            out.append(item)
+    return tuple(out)
 
 
 _Tensor = torch.Tensor
@@ -107,7 +125,14 @@ def plain(tensor: torch.Tensor) -> torch.Tensor:
 def bool_mask(mask: torch.Tensor) -> torch.Tensor:
     """``mask`` as bool, shared between the checks of one step (the comparison's and the invariants' token
     masks are this one tensor)."""
-    return cached(("bool", mask), lambda: plain(mask).bool())
+    memo = _current_memo()  # cached(("bool", mask), ...), inlined: several calls per step
+    if memo is None:
+        return plain(mask).bool()
+    memo_key = ("bool", (id(mask), None if mask.is_inference() else mask._version))
+    hit = memo.get(memo_key)
+    if hit is None:
+        hit = memo[memo_key] = (plain(mask).bool(), ("bool", mask))
+    return hit[0]
 
 
 def all_true_like(like: torch.Tensor) -> torch.Tensor:
@@ -141,11 +166,16 @@ def _f64_copy(tensor: torch.Tensor) -> torch.Tensor:
         # cache, may use it as a constant of its autograd graph. .double(): less call overhead than .to;
         # the context manager only where needed (it costs more than the copy of a small tensor)
         if torch.is_inference_mode_enabled():
-            with torch.inference_mode(False):
+            with inference_guard(False):
                 copy = copy.double()
         else:
             copy = copy.double()
-    cached(("source", copy), lambda: tensor)  # isfinite(copy) = isfinite(tensor): share one mask
+    memo = _current_memo()
+    if (
+        memo is not None
+    ):  # cached(("source", copy), lambda: tensor), inlined: isfinite(copy) = isfinite(tensor)
+        key = ("source", copy)
+        memo.setdefault(("source", (id(copy), None if copy.is_inference() else copy._version)), (tensor, key))
     return copy
 
 
@@ -174,11 +204,12 @@ HOST_ELEMENTS = 16_384
 def host_view(tensor: torch.Tensor) -> np.ndarray | None:
     """A numpy view of ``tensor`` (shared memory: never modify it) when it is a small CPU tensor outside any
     autograd graph, else ``None`` (evaluate it with torch)."""
+    # is_cpu: device.type == "cpu" without a device object
     if (
-        tensor.numel() <= HOST_ELEMENTS
-        and tensor.device.type == "cpu"
-        and not tensor.requires_grad
+        tensor.is_cpu
         and tensor.dtype in _NUMPY_DTYPES
+        and not tensor.requires_grad
+        and tensor.numel() <= HOST_ELEMENTS
     ):
         return tensor.numpy()
     return None

@@ -12,9 +12,21 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
-from grpo_check._step_cache import all_true_like, bool_mask, cached, f64, finite_mask, plain
+from grpo_check import _step_cache
+from grpo_check._step_cache import (
+    _NUMPY_DTYPES,
+    _current_memo,
+    all_true_like,
+    bool_mask,
+    cached,
+    f64,
+    finite_mask,
+    host_view,
+    plain,
+)
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
 from grpo_check.tolerance_defaults import DTYPE_DEFAULTS
@@ -41,8 +53,22 @@ def _source(tensor: torch.Tensor) -> torch.Tensor:
     return cached(("source", tensor), lambda: tensor)
 
 
+try:  # np.count_nonzero(a) without its Python wrapper and dispatcher (the C function it calls)
+    from numpy._core.multiarray import count_nonzero as _count_nonzero
+except ImportError:  # numpy 1.x
+    _count_nonzero = np.count_nonzero
+
+
 def count_true(mask: torch.Tensor) -> int:
-    """``int(mask.sum())`` for a bool mask (count_nonzero: several times faster than a bool sum on CPU)."""
+    """``int(mask.sum())`` for a bool mask (count_nonzero: several times faster than a bool sum on CPU;
+    numpy's on a small CPU mask, as :func:`~grpo_check._step_cache.host_view` would give it, faster still)."""
+    if (
+        mask.is_cpu
+        and mask.dtype in _NUMPY_DTYPES
+        and not mask.requires_grad
+        and mask.numel() <= _step_cache.HOST_ELEMENTS
+    ):
+        return int(_count_nonzero(mask.numpy()))
     return int(torch.count_nonzero(mask))
 
 
@@ -67,9 +93,28 @@ def valid_finite(step: TraceStep, values: torch.Tensor) -> torch.Tensor:
     return cached(("valid_finite", id(step), source), lambda: token_mask(step, source) & finite_mask(source))
 
 
+def _memo_of(name: str, tensor: torch.Tensor, compute: Callable[[torch.Tensor], Any]) -> Any:
+    """``cached((name, tensor), lambda: compute(tensor))`` without the closure and the key scan (the same
+    memo key: the tensor by identity and version counter)."""
+    memo = _current_memo()
+    if memo is None:
+        return compute(tensor)
+    if not isinstance(tensor, torch.Tensor):  # (not a tensor: keyed as cached keys it)
+        return cached((name, tensor), lambda: compute(tensor))
+    memo_key = (name, (id(tensor), None if tensor.is_inference() else tensor._version))
+    hit = memo.get(memo_key)
+    if hit is None:
+        hit = memo[memo_key] = (compute(tensor), (name, tensor))
+    return hit[0]
+
+
+def _has_true(mask: torch.Tensor) -> bool:
+    return count_true(mask) > 0
+
+
 def any_true(mask: torch.Tensor) -> bool:
     """``bool(mask.any())``, shared between the checks of one step."""
-    return cached(("any", mask), lambda: count_true(mask) > 0)
+    return _memo_of("any", mask, _has_true)
 
 
 _CONSTANTS: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}
@@ -85,12 +130,15 @@ def scalar_like(value: float, like: torch.Tensor) -> torch.Tensor | float:
     dtype = like.dtype
     if dtype not in _OWN_DTYPE_SCALARS or value != value:
         return value
-    key = (value, dtype, like.device)
+    key = (value, dtype, _CPU if like.is_cpu else like.device)  # (no device object for a CPU tensor)
     constant = _CONSTANTS.get(key)
     if constant is None:
         with torch.inference_mode(False):  # a normal tensor: usable outside inference mode too
             constant = _CONSTANTS[key] = torch.tensor(value, dtype=dtype, device=like.device)
     return constant
+
+
+_CPU = torch.device("cpu")
 
 
 def where_fill(condition: torch.Tensor, values: torch.Tensor, fill: float) -> torch.Tensor:
@@ -112,6 +160,67 @@ def scalars_at(tensor: torch.Tensor, *indices: int) -> list[float]:
 
 
 _FEW = 256  # elements up to which tolist() costs less than two element look-ups
+
+
+# Up to this many groups, a check may evaluate its per-group figures (one float64 number per group) as
+# Python floats from one ``tolist()`` each: +, −, ×, ÷ and comparisons of Python floats are the same IEEE
+# double operations as torch's float64 ones, at a fraction of an operation's cost on a tiny tensor.
+FEW_GROUPS = 16
+
+
+def few_groups(groups: Groups, like: torch.Tensor) -> bool:
+    """Whether ``groups``' per-group figures, float64 on ``like``'s device, go through Python floats."""
+    return groups.num_groups <= FEW_GROUPS and like.is_cpu and like.dtype is torch.float64
+
+
+FEW_ROWS = 64  # rows up to which a check may read per-row float64 figures as Python floats, likewise
+
+
+def few_rows(values: torch.Tensor) -> bool:
+    """Whether the per-row figures of ``values`` (≥ 1 row, float64, CPU) go through Python floats."""
+    return 0 < values.numel() <= FEW_ROWS and values.is_cpu and values.dtype is torch.float64
+
+
+def first_argmax(values: list[float]) -> int:
+    """``int(torch.argmax(torch.tensor(values, dtype=torch.float64)))`` on a non-empty list: the first NaN,
+    else the first of the largest values."""
+    best = 0
+    largest = values[0]
+    if largest != largest:
+        return 0
+    for index, value in enumerate(values):
+        if value != value:
+            return index
+        if value > largest:
+            best, largest = index, value
+    return best
+
+
+def first_argmin(values: list[float]) -> int:
+    """``int(torch.argmin(torch.tensor(values, dtype=torch.float64)))`` on a non-empty list: the first NaN,
+    else the first of the smallest values."""
+    best = 0
+    smallest = values[0]
+    if smallest != smallest:
+        return 0
+    for index, value in enumerate(values):
+        if value != value:
+            return index
+        if value < smallest:
+            best, smallest = index, value
+    return best
+
+
+def nan_max(values: list[float]) -> float:
+    """``float(torch.tensor(values, dtype=torch.float64).max())`` on a non-empty list without −0.0: NaN
+    when any value is NaN, else the largest."""
+    largest = values[0]
+    for value in values:
+        if value != value:
+            return value
+        if value > largest:
+            largest = value
+    return largest
 
 
 def masked_abs_max(values: torch.Tensor, valid: torch.Tensor) -> float:
@@ -147,7 +256,8 @@ class Outcome:
 def passed(
     explanation: str, figure: float | None = None, tolerance: float | None = None, **details: Any
 ) -> Outcome:
-    return Outcome(Verdict.PASS, explanation, figure, tolerance, details=details)  # a new dict per call
+    # positional (row, token None): a new dict per call
+    return Outcome(Verdict.PASS, explanation, figure, tolerance, None, None, details)
 
 
 def not_applicable(reason: str) -> Outcome:
@@ -169,6 +279,9 @@ def spec_or_default(spec: GRPOSpec | None) -> GRPOSpec:
     return spec if spec is not None else GRPOSpec()
 
 
+_unique = getattr(torch, "_unique2", None) or functools.partial(torch.unique, dim=None)
+
+
 class Groups:
     """Per-group reductions over ``group_index`` (B,) without Python loops over rows.
 
@@ -178,8 +291,15 @@ class Groups:
     """
 
     def __init__(self, group_index: torch.Tensor):
-        flat = plain(group_index).reshape(-1).long()
-        self.values, self.inverse, self.count = torch.unique(flat, return_inverse=True, return_counts=True)
+        flat = plain(group_index)
+        if flat.dim() != 1:  # (a 1-D int64 index needs neither: two operations fewer)
+            flat = flat.reshape(-1)
+        if flat.dtype is not torch.int64:
+            flat = flat.long()
+        # torch.unique(flat, return_inverse=True, return_counts=True) without its Python wrapper
+        self.values, self.inverse, self.count = _unique(
+            flat, sorted=True, return_inverse=True, return_counts=True
+        )
         self.num_groups = int(self.values.numel())
         self._device = self.inverse.device
 
@@ -204,6 +324,11 @@ class Groups:
             return all(count == size for count in self.sizes())
         return bool((self.count == size).all())
 
+    @functools.cached_property
+    def row_groups(self) -> list[int]:
+        """``inverse.tolist()``: each row's group (0 … num_groups − 1), for a few rows."""
+        return self.inverse.tolist()
+
     def sizes(self) -> list[int]:
         """Rows per group (``count.tolist()``), for a few groups (one conversion instead of a reduction and
         a conversion per question)."""
@@ -226,7 +351,7 @@ class Groups:
 
 def groups_of(group_index: torch.Tensor) -> Groups:
     """``Groups(group_index)``, shared between the checks of one step (one ``torch.unique`` per step)."""
-    return cached(("groups", group_index), lambda: Groups(group_index))
+    return _memo_of("groups", group_index, Groups)
 
 
 def num_generations(spec: GRPOSpec | None, groups: Groups) -> int:
@@ -265,6 +390,13 @@ def _row_advantages(advantages: torch.Tensor, completion_mask: torch.Tensor | No
     return first if bool(same) else None
 
 
+def flat_f64(tensor: torch.Tensor) -> torch.Tensor:
+    """``f64(tensor).reshape(-1)``: the float64 copy itself when it is 1-D already (no view, one operation
+    fewer, and the copy's cached masks apply to it)."""
+    copy = f64(tensor)
+    return copy if copy.dim() == 1 else copy.reshape(-1)
+
+
 def total_rewards(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor | None:
     """(B,) total reward as the trainer used it: ``rewards``, else ``nansum(rewards_per_func · weights)``.
 
@@ -275,7 +407,7 @@ def total_rewards(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor | None
 
 def _total_rewards(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor | None:
     if step.has("rewards"):
-        return f64(step["rewards"]).reshape(-1)
+        return flat_f64(step["rewards"])
     if not step.has("rewards_per_func"):
         return None
     per_func = f64(step["rewards_per_func"])
@@ -327,7 +459,14 @@ def loss_mask(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor | None:
     if not step.has("completion_mask"):
         return None
     truncation = spec is not None and spec.mask_truncated_completions
-    return cached(("loss_mask", id(step), truncation), lambda: _loss_mask(step, spec))
+    memo = _current_memo()  # cached(("loss_mask", id(step), truncation), ...), inlined
+    if memo is None:
+        return _loss_mask(step, spec)
+    key = ("loss_mask", id(step), truncation)
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = (_loss_mask(step, spec), key)
+    return hit[0]
 
 
 def _loss_mask(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor:
@@ -340,8 +479,10 @@ def _loss_mask(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor:
 
 
 def argmax_2d(score: torch.Tensor) -> tuple[int, int | None]:
-    """(row, token) of the largest entry of a (B,) or (B, T) score."""
-    flat = int(torch.argmax(score.reshape(-1)))
+    """(row, token) of the largest entry of a (B,) or (B, T) score (the first NaN, else the first largest)."""
+    view = host_view(score) if score.numel() else None  # (an empty score: torch's error, not numpy's)
+    # numpy's argmax of the C-order flattened view: torch's, ties and NaN alike
+    flat = int(view.argmax()) if view is not None else int(torch.argmax(score.reshape(-1)))
     if score.dim() < 2:
         return flat, None
     return flat // score.shape[1], flat % score.shape[1]
@@ -398,7 +539,14 @@ def finite_sources(step: TraceStep) -> dict[int, tuple[torch.Tensor, int | None]
     """``id`` → (tensor, version counter) of each step tensor the ``*.finite`` invariants check when they
     were all finite (else empty), once per step in a cache: a mask of such a tensor's finite values is all
     True while its version is that one (the tensors are held: no other can take their ids meanwhile)."""
-    return cached(("finite_sources", id(step)), lambda: _finite_sources(step))
+    memo = _current_memo()  # cached(("finite_sources", id(step)), ...), inlined: a few dozen calls per step
+    if memo is None:
+        return _finite_sources(step)
+    key = ("finite_sources", id(step))
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = (_finite_sources(step), key)
+    return hit[0]
 
 
 def known_finite(step: TraceStep, *names: str) -> bool:
@@ -432,22 +580,32 @@ def _is_known_finite(sources: dict[int, tuple[torch.Tensor, int | None]], tensor
 
 
 def _finite_sources(step: TraceStep) -> dict[int, tuple[torch.Tensor, int | None]]:
-    checked = [t for name, t in step.tensors.items() if name in _FINITE_CHECKED and _is_float_tensor(t)]
-    if not checked or sum(t.numel() for t in checked) > _SMALL_SLICE:
+    checked = []
+    elements = 0
+    for name, tensor in step.tensors.items():  # _is_float_tensor and plain, inlined: once per tensor
+        if name in _FINITE_CHECKED and isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            checked.append(tensor)
+            elements += tensor.numel()
+    if not checked or elements > _SMALL_SLICE:
         return {}
-    device = checked[0].device
-    if any(t.device != device for t in checked):
-        return {}
+    if not all(tensor.is_cpu for tensor in checked):  # (all on the CPU: one device, without device objects)
+        device = checked[0].device
+        if any(t.device != device for t in checked):
+            return {}
     by_shape: dict[torch.Size, list[torch.Tensor]] = {}
     for tensor in checked:
-        by_shape.setdefault(tensor.shape, []).append(plain(tensor))
+        by_shape.setdefault(tensor.shape, []).append(tensor.detach() if tensor.requires_grad else tensor)
     # one sum per shape (same-shape tensors concatenate without a reshape): a sum is finite only if every
-    # term is (NaN and ±inf propagate); a finite sum that overflows only sends callers to their general path
+    # term is (NaN and ±inf propagate); a finite sum that overflows only sends callers to their general path.
+    # A lone 0-dim tensor is its own sum
     for same in by_shape.values():
-        part = same[0] if len(same) == 1 else torch.stack(same) if same[0].dim() == 0 else torch.cat(same)
-        if not math.isfinite(float(part.sum())):
+        if len(same) == 1:
+            part = same[0] if same[0].dim() == 0 else same[0].sum()
+        else:
+            part = (torch.stack(same) if same[0].dim() == 0 else torch.cat(same)).sum()
+        if not math.isfinite(float(part)):
             return {}
-    return {id(t): (t, _version(t)) for t in checked}
+    return {id(t): (t, None if t.is_inference() else t._version) for t in checked}
 
 
 def finite_outcome(
@@ -463,14 +621,23 @@ def finite_outcome(
     warning because ``x * mask`` is still NaN (only ``torch.where`` or ``masked_fill`` hides it).
     """
     if _FINITE_CHECKED.issuperset(names):  # known finite: the pass the loop below reaches
-        tensors = step.tensors
-        checked = []
-        for name in names:  # _is_float_tensor(step.get(name)), inlined: seven checks per step run this
-            tensor = tensors.get(name)
-            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-                checked.append(name)
-        if checked and known_finite(step, *checked):
-            return passed(f"all finite: {', '.join(checked)}", 0.0, 0.0)
+        sources = finite_sources(step)
+        if sources:
+            tensors = step.tensors
+            checked = []
+            # _is_float_tensor(step.get(name)) and known_finite(step, name), inlined: seven checks per step
+            for name in names:
+                tensor = tensors.get(name)
+                if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+                    entry = sources.get(id(tensor))
+                    if entry is None or entry[0] is not tensor:
+                        break
+                    if entry[1] != (None if tensor.is_inference() else tensor._version):
+                        break
+                    checked.append(name)
+            else:
+                if checked:
+                    return passed(f"all finite: {', '.join(checked)}", 0.0, 0.0)
     checked = []
     worst: tuple[int, str, int | None, int | None, int, int] | None = (
         None  # (severity, name, row, token, n, n_pad)

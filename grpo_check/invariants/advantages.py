@@ -15,13 +15,18 @@ from grpo_check.invariants._common import (
     argmax_2d,
     cached,
     count_true,
+    few_groups,
+    few_rows,
     finite_mask,
     finite_outcome,
+    first_argmax,
+    first_argmin,
     fmt,
     groups_of,
     inconclusive,
     known_finite,
     machine_eps,
+    nan_max,
     not_applicable,
     num_generations,
     passed,
@@ -85,12 +90,22 @@ def _prepare_uncached(
     return advantages, groups, whole, size, whole_count
 
 
+def _group_sum(groups: Groups, clean: torch.Tensor) -> torch.Tensor:
+    """Σ A per group of finite (B,) advantages, shared between the checks of one step."""
+    return cached(("adv_group_sum", id(groups), clean), lambda: groups.sum(clean))
+
+
+def _group_abs_sum(groups: Groups, clean: torch.Tensor) -> torch.Tensor:
+    """Σ |A| per group of finite (B,) advantages, shared between the checks of one step."""
+    return cached(("adv_group_abs_sum", id(groups), clean), lambda: groups.sum(clean.abs()))
+
+
 def group_sums(groups: Groups, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(Σ A, |Σ A|, Σ |A|) per group of finite (B,) advantages, shared between the checks of one step."""
 
     def compute() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        sums = groups.sum(clean)
-        return sums, sums.abs(), groups.sum(clean.abs())
+        sums = _group_sum(groups, clean)
+        return sums, sums.abs(), _group_abs_sum(groups, clean)
 
     return cached(("adv_group_sums", id(groups), clean), compute)
 
@@ -104,6 +119,30 @@ def zero_sum_allowed(step: TraceStep, groups: Groups, clean: torch.Tensor) -> to
         return atol + rtol * group_sums(groups, clean)[2]
 
     return cached(("adv_sum_allowed", id(groups), clean, step["advantages"].dtype), compute)
+
+
+def zero_sum_figures(
+    step: TraceStep, groups: Groups, clean: torch.Tensor, tolerance: float | None = None
+) -> tuple[list[float], list[float], list[float]]:
+    """(Σ A, |Σ A|, allowed) per group as Python floats, for a few groups: :func:`group_sums`' and
+    :func:`zero_sum_allowed`'s figures by the same IEEE operations, ``tolerance`` in place of atol when
+    given; shared between the checks of one step."""
+    if tolerance is not None:
+        return _zero_sum_lists(step, groups, clean, tolerance)
+    return cached(
+        ("adv_zero_sum_figures", id(groups), clean, step["advantages"].dtype),
+        lambda: _zero_sum_lists(step, groups, clean, None),
+    )
+
+
+def _zero_sum_lists(
+    step: TraceStep, groups: Groups, clean: torch.Tensor, tolerance: float | None
+) -> tuple[list[float], list[float], list[float]]:
+    rtol, atol = rtol_atol(step["advantages"].dtype)
+    base = atol if tolerance is None else tolerance
+    sums = _group_sum(groups, clean).tolist()
+    allowed = [base + rtol * value for value in _group_abs_sum(groups, clean).tolist()]
+    return sums, [abs(value) for value in sums], allowed
 
 
 @register(
@@ -132,28 +171,51 @@ def group_sum_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float |
         if not usable_count:
             return inconclusive("every whole group has a non-finite advantage (see advantages.finite)")
         clean = torch.where(finite, advantages, torch.zeros_like(advantages))
-    sums, sums_abs, abs_sums = group_sums(groups, clean)
-    if tolerance is None:
-        allowed = zero_sum_allowed(step, groups, clean)
+    if few_groups(groups, clean):  # the same figures as the tensor operations below, as Python floats
+        sums_list, magnitudes, allowances = zero_sum_figures(step, groups, clean, tolerance)
+        if every_group:
+            excesses = [
+                magnitude - allowance for magnitude, allowance in zip(magnitudes, allowances, strict=True)
+            ]
+            shown = magnitudes
+        else:
+            flags = usable.tolist()
+            excesses = [
+                m - a if u else -math.inf for m, a, u in zip(magnitudes, allowances, flags, strict=True)
+            ]
+            shown = [m if u else 0.0 for m, u in zip(magnitudes, flags, strict=True)]
+        worst = first_argmax(excesses)
+        figure = nan_max(shown)
+        worst_excess, worst_allowed = excesses[worst], allowances[worst]
+        if worst_excess <= 0:
+            return passed(f"{usable_count} group(s) sum to ≈ 0", figure, worst_allowed)
+        failing = sum(1 for excess in excesses if excess > 0)
+        worst_sum, worst_magnitude = sums_list[worst], magnitudes[worst]
     else:
-        allowed = tolerance + rtol_atol(step["advantages"].dtype)[0] * abs_sums
-    # every group usable: the masks below select everything, and where() returns the values unchanged
-    excess = sums_abs - allowed if every_group else where_fill(usable, sums_abs - allowed, -torch.inf)
-    worst = int(torch.argmax(excess))
-    # max |Σ A| over the usable groups (≥ 1 of them): a masked max equals the boolean-indexed one
-    figure = float((sums_abs if every_group else where_fill(usable, sums_abs, 0.0)).max())
-    worst_excess, worst_allowed = scalars_at(excess, worst) + scalars_at(allowed, worst)
-    if worst_excess <= 0:
-        return passed(f"{usable_count} group(s) sum to ≈ 0", figure, worst_allowed)
-    failing = int((excess > 0).sum())
+        sums, sums_abs, abs_sums = group_sums(groups, clean)
+        if tolerance is None:
+            allowed = zero_sum_allowed(step, groups, clean)
+        else:
+            allowed = tolerance + rtol_atol(step["advantages"].dtype)[0] * abs_sums
+        # every group usable: the masks below select everything, and where() returns the values unchanged
+        excess = sums_abs - allowed if every_group else where_fill(usable, sums_abs - allowed, -torch.inf)
+        worst = int(torch.argmax(excess))
+        # max |Σ A| over the usable groups (≥ 1 of them): a masked max equals the boolean-indexed one
+        figure = float((sums_abs if every_group else where_fill(usable, sums_abs, 0.0)).max())
+        worst_excess, worst_allowed = scalars_at(excess, worst) + scalars_at(allowed, worst)
+        if worst_excess <= 0:
+            return passed(f"{usable_count} group(s) sum to ≈ 0", figure, worst_allowed)
+        failing = int((excess > 0).sum())
+        worst_sum, worst_magnitude = float(sums[worst]), float(sums[worst].abs())
+        worst_allowed = float(allowed[worst])
     return Outcome(
         Verdict.FAIL,
         f"{failing} of {int(usable.sum())} group(s) have advantages that do not sum to 0 "
-        f"(prompt {int(groups.values[worst])}: Σ A = {fmt(float(sums[worst]))})",
-        figure=float(sums[worst].abs()),
-        tolerance=float(allowed[worst]),
+        f"(prompt {int(groups.values[worst])}: Σ A = {fmt(worst_sum)})",
+        figure=worst_magnitude,
+        tolerance=worst_allowed,
         row=groups.first_row(worst),
-        details={"failing_groups": failing, "group_sums": sums[usable][:32].tolist()},
+        details={"failing_groups": failing, "group_sums": _group_sum(groups, clean)[usable][:32].tolist()},
     )
 
 
@@ -192,6 +254,10 @@ def bounded(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None =
     bound = population_bound if (spec is None or effective.std == "population") else sample_bound
     rtol, atol = rtol_atol(step["advantages"].dtype)
     allowed = tolerance if tolerance is not None else bound * (1 + rtol) + atol
+    if known_finite(step, "advantages") and few_rows(advantages):  # max |A| of finite Python floats
+        figure = max([abs(value) for value in advantages.tolist()])
+        if figure <= allowed:
+            return passed(f"max |A| = {fmt(figure)} within the G={size} bound", figure, allowed)
     if known_finite(step, "advantages"):  # the mask below is all True: where() would change nothing
         magnitude = advantages.abs()
     else:
@@ -237,8 +303,8 @@ class GroupRewardStats:
     """The prompt groups of the rows."""
     whole: torch.Tensor
     """Per group: all G rows present."""
-    scorable: torch.Tensor
-    """(B,) rows whose reward and advantage are finite."""
+    scorable_mask: torch.Tensor | None
+    """(B,) rows whose reward and advantage are finite (``None``: all of them, see :attr:`scorable`)."""
     centred: torch.Tensor
     """(B,) reward − group mean over the scorable rows (0 elsewhere)."""
     count: torch.Tensor
@@ -249,6 +315,13 @@ class GroupRewardStats:
     """Known without a look at ``scorable``: every reward and advantage finite (``scorable`` all True)."""
     every_group_whole: bool
     """Every group has all G rows (``whole`` all True)."""
+
+    @property
+    def scorable(self) -> torch.Tensor:
+        """(B,) rows whose reward and advantage are finite (an all-True mask made on first use)."""
+        if self.scorable_mask is None:
+            object.__setattr__(self, "scorable_mask", torch.ones_like(self.rewards, dtype=torch.bool))
+        return self.scorable_mask  # type: ignore[return-value]
 
 
 def _group_reward_stats(step: TraceStep, spec: GRPOSpec | None) -> GroupRewardStats | str:
@@ -268,12 +341,12 @@ def _group_reward_stats_uncached(step: TraceStep, spec: GRPOSpec | None) -> Grou
     # the rewards tensor itself (not a sum of rewards_per_func) and the advantages known finite: scorable
     # is all True, the where() calls below change nothing, and Σ 1.0 over a group is its row count exactly
     if step.has("rewards") and known_finite(step, "rewards", "advantages"):
-        scorable = torch.ones_like(rewards, dtype=torch.bool)
         count = groups.count.to(device=rewards.device, dtype=torch.float64)
-        mean = groups.sum(rewards) / count.clamp(min=1)
-        centred = rewards - groups.expand(mean)
+        mean = groups.sum(rewards) / count  # (each group has ≥ 1 row: count.clamp(min=1) is count)
+        # one group: mean[inverse] is mean broadcast, the same subtraction per row without the gather
+        centred = rewards - mean if groups.num_groups == 1 else rewards - groups.expand(mean)
         return GroupRewardStats(
-            advantages, rewards, groups, whole, scorable, centred, count, size, True, every_group_whole
+            advantages, rewards, groups, whole, None, centred, count, size, True, every_group_whole
         )
     scorable = finite_mask(rewards) & finite_mask(advantages)  # the step's shared masks
     weight = scorable.double()
@@ -304,52 +377,95 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     if isinstance(stats, str):
         return inconclusive(stats)
     advantages, rewards, groups, whole = stats.advantages, stats.rewards, stats.groups, stats.whole
-    scorable, centred, count = stats.scorable, stats.centred, stats.count
+    centred, count = stats.centred, stats.count
     squares = groups.sum(centred**2)
     sample_std = torch.sqrt(squares / (count - 1.0).clamp(min=1.0))
-    clean = advantages if stats.all_scorable else where_fill(scorable, advantages, 0.0)
-    slope = groups.sum(clean * centred) / squares.clamp(min=1e-300)
-    if effective.scale_rewards == "group":
-        scale = sample_std
-    elif effective.scale_rewards == "batch":
-        scale = (
-            torch.full_like(sample_std, float(torch.std(rewards[scorable])))
-            if int(scorable.sum()) > 1
-            else sample_std
-        )
+    clean = advantages if stats.all_scorable else where_fill(stats.scorable, advantages, 0.0)
+    numerators = groups.sum(clean * centred)
+    if effective.scale_rewards == "batch":
+        scorable = stats.scorable
+        batch_std = float(torch.std(rewards[scorable])) if int(scorable.sum()) > 1 else None
     else:
-        scale = torch.ones_like(sample_std)
-    retention = slope * scale
-    if effective.baseline == "rloo":  # (x / 1.0 is x exactly: no division otherwise)
-        retention = retention / float(count.max() / (count.max() - 1).clamp(min=1))
+        batch_std = None
     threshold_std = 10 * min(effective.adv_epsilon, 1e-3)
+    limit = tolerance if tolerance is not None else (0.5 if effective.scale_rewards != "batch" else 0.05)
     # a group whose advantages do not sum to 0 was normalised with other rows (advantages.group_sum_zero):
     # its slope says nothing about epsilon
-    zero_sum = group_sums(groups, clean)[1] <= zero_sum_allowed(step, groups, clean)
-    qualifying = (whole & zero_sum if not stats.every_group_whole else zero_sum) & (count >= 2.0)
-    qualifying = qualifying & (sample_std > threshold_std)
-    qualifying_count = count_true(qualifying)
-    if not qualifying_count:
-        return not_applicable(f"no whole group whose rewards vary (std > {threshold_std:g})")
-    limit = tolerance if tolerance is not None else (0.5 if effective.scale_rewards != "batch" else 0.05)
-    masked = where_fill(qualifying, retention, torch.inf)
-    worst = int(torch.argmin(masked))
-    (figure,) = scalars_at(retention, worst)
-    if figure >= limit:
-        return passed(
-            f"{qualifying_count} group(s) with varying rewards keep ≥ {limit:g} of the normalised signal",
-            figure,
-            limit,
+    # the rloo rescaling (x / 1.0 is x exactly: no division otherwise)
+    factor = float(count.max() / (count.max() - 1).clamp(min=1)) if effective.baseline == "rloo" else 1.0
+    # the same figures as the tensor operations below, as Python floats (whose division by 0 would raise
+    # where torch's gives ±inf or NaN: no scorable row at all)
+    if few_groups(groups, squares) and factor != 0.0:
+        stds, counts = sample_std.tolist(), count.tolist()
+        # x.clamp(min=m) is m where x < m, else x (NaN included)
+        slopes = [
+            n / (1e-300 if s < 1e-300 else s)
+            for n, s in zip(numerators.tolist(), squares.tolist(), strict=True)
+        ]
+        if effective.scale_rewards == "group" or (effective.scale_rewards == "batch" and batch_std is None):
+            retention = [slope * scale for slope, scale in zip(slopes, stds, strict=True)]
+        elif effective.scale_rewards == "batch":
+            retention = [slope * batch_std for slope in slopes]
+        else:
+            retention = [slope * 1.0 for slope in slopes]
+        if effective.baseline == "rloo":
+            retention = [value / factor for value in retention]
+        _, magnitudes, allowances = zero_sum_figures(step, groups, clean)
+        zero_sum = [m <= a for m, a in zip(magnitudes, allowances, strict=True)]
+        if not stats.every_group_whole:
+            zero_sum = [z and w for z, w in zip(zero_sum, whole.tolist(), strict=True)]
+        flags = [z and c >= 2.0 and s > threshold_std for z, c, s in zip(zero_sum, counts, stds, strict=True)]
+        qualifying_count = sum(flags)
+        if not qualifying_count:
+            return not_applicable(f"no whole group whose rewards vary (std > {threshold_std:g})")
+        masked_values = [value if flag else math.inf for value, flag in zip(retention, flags, strict=True)]
+        worst = first_argmin(masked_values)
+        figure = retention[worst]
+        if figure >= limit:
+            return passed(
+                f"{qualifying_count} group(s) with varying rewards keep ≥ {limit:g} of the normalised signal",
+                figure,
+                limit,
+            )
+        failing = sum(1 for value in masked_values if value < limit)
+        std, worst_slope = stds[worst], slopes[worst]
+    else:
+        slope = numerators / squares.clamp(min=1e-300)
+        if effective.scale_rewards == "group":
+            scale = sample_std
+        elif effective.scale_rewards == "batch":
+            scale = torch.full_like(sample_std, batch_std) if batch_std is not None else sample_std
+        else:
+            scale = torch.ones_like(sample_std)
+        retention_tensor = slope * scale
+        if effective.baseline == "rloo":
+            retention_tensor = retention_tensor / factor
+        zero_sum_tensor = group_sums(groups, clean)[1] <= zero_sum_allowed(step, groups, clean)
+        qualifying = (whole & zero_sum_tensor if not stats.every_group_whole else zero_sum_tensor) & (
+            count >= 2.0
         )
+        qualifying = qualifying & (sample_std > threshold_std)
+        qualifying_count = count_true(qualifying)
+        if not qualifying_count:
+            return not_applicable(f"no whole group whose rewards vary (std > {threshold_std:g})")
+        masked = where_fill(qualifying, retention_tensor, torch.inf)
+        worst = int(torch.argmin(masked))
+        (figure,) = scalars_at(retention_tensor, worst)
+        if figure >= limit:
+            return passed(
+                f"{qualifying_count} group(s) with varying rewards keep ≥ {limit:g} of the normalised signal",
+                figure,
+                limit,
+            )
+        failing = int((masked < limit).sum())
+        std, worst_slope = float(sample_std[worst]), float(slope[worst])
     in_group = groups.inverse == worst
     row = int(torch.argmax(where_fill(in_group, centred.abs(), -1.0)))
-    failing = int((masked < limit).sum())
-    std = float(sample_std[worst])
     if figure <= 0:
         return Outcome(
             Verdict.FAIL,
             f"{failing} group(s): advantages anti-correlate with rewards (prompt {int(groups.values[worst])}: "
-            f"slope {fmt(float(slope[worst]))})",
+            f"slope {fmt(worst_slope)})",
             figure=figure,
             tolerance=limit,
             row=row,
@@ -393,6 +509,8 @@ def constant_group_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: fl
         stats.whole,
         stats.size,
     )
+    if stats.all_scorable and few_rows(rewards) and not any(_constant_groups(stats)):
+        return not_applicable("no group with all-equal rewards")  # what the operations below find
     if stats.all_scorable:  # every reward finite: the masks below are all True (see _group_reward_stats)
         high, low, count = groups.amax(rewards), groups.amin(rewards), stats.count
         scorable = stats.scorable
@@ -430,6 +548,24 @@ def constant_group_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: fl
         row=row,
         details={"constant_groups": int(constant.sum())},
     )
+
+
+def _constant_groups(stats: GroupRewardStats) -> list[bool]:
+    """``(amax == amin) | (count < 2)`` per group (∧ whole), from a few finite rewards as Python floats: a
+    group's finite values have equal max and min exactly when each equals the group's first."""
+    groups = stats.groups
+    first: list[float | None] = [None] * groups.num_groups
+    equal = [True] * groups.num_groups
+    for value, group in zip(stats.rewards.tolist(), groups.row_groups, strict=True):
+        seen = first[group]
+        if seen is None:
+            first[group] = value
+        elif value != seen:
+            equal[group] = False
+    flags = [same or count < 2.0 for same, count in zip(equal, stats.count.tolist(), strict=True)]
+    if stats.every_group_whole:
+        return flags
+    return [flag and whole for flag, whole in zip(flags, stats.whole.tolist(), strict=True)]
 
 
 @register(
@@ -549,15 +685,20 @@ def sign_follows_rewards(
     if isinstance(stats, str):
         return inconclusive(stats)
     advantages, rewards, groups, whole = stats.advantages, stats.rewards, stats.groups, stats.whole
-    scorable, centred = stats.scorable, stats.centred
+    centred = stats.centred
     _, atol = rtol_atol(step["advantages"].dtype)
     reward_rtol, _ = rtol_atol(
         step["rewards"].dtype if step.has("rewards") else step["rewards_per_func"].dtype
     )
+    if stats.all_scorable and few_rows(rewards):  # the exits below from Python floats, as they would find
+        decided = _sign_exit(stats, 16 * reward_rtol, tolerance if tolerance is not None else atol)
+        if decided is not None:
+            return decided
     if stats.all_scorable:  # scorable all True: the masked max is the plain one, the & changes nothing
         scale = float(rewards.abs().max())
         judged = centred.abs() > 16 * reward_rtol * max(scale, 1e-12)
     else:
+        scorable = stats.scorable
         scale = float(where_fill(scorable, rewards.abs(), 0.0).max()) if bool(scorable.any()) else 0.0
         judged = scorable & (centred.abs() > 16 * reward_rtol * max(scale, 1e-12))
     judged = judged & (advantages.abs() > (tolerance if tolerance is not None else atol))
@@ -578,3 +719,28 @@ def sign_follows_rewards(
         tolerance=0.0,
         row=row,
     )
+
+
+def _sign_exit(stats: GroupRewardStats, relative: float, least: float) -> Outcome | None:
+    """sign_follows_rewards' not-applicable or pass from a few finite rows as Python floats (``None``: some
+    judged row has the wrong sign, left to the tensor operations to locate): a row is judged where
+    |r − mean| > relative·max(max |r|, 1e-12) and |A| > ``least``, wrong where sign(A) ≠ sign(r − mean)."""
+    rewards = stats.rewards.tolist()
+    threshold = relative * max(max(abs(value) for value in rewards), 1e-12)
+    if stats.every_group_whole:
+        in_whole = None
+    else:
+        whole = stats.whole.tolist()
+        in_whole = [whole[group] for group in stats.groups.row_groups]
+    judged = wrong = 0
+    for row, (advantage, centred) in enumerate(
+        zip(stats.advantages.tolist(), stats.centred.tolist(), strict=True)
+    ):
+        if abs(centred) > threshold and abs(advantage) > least and (in_whole is None or in_whole[row]):
+            judged += 1
+            wrong += (advantage > 0) != (centred > 0)  # both non-zero and finite: their signs differ
+    if not judged:
+        return not_applicable("no row clearly above or below its group mean")
+    if not wrong:
+        return passed(f"{judged} row(s): sign(A) = sign(r − group mean)", 0.0, 0.0)
+    return None

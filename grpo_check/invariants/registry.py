@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from grpo_check._kinds import is_nonnegative_number
-from grpo_check._step_cache import cached, step_cache
+from grpo_check._step_cache import _current_memo, cached, inference_guard, step_cache
 from grpo_check.config import GRPOSpec, spec_for_step
 from grpo_check.findings import STAGES, Finding, InputError, Verdict, Where
 from grpo_check.invariants._common import Outcome
@@ -66,10 +66,11 @@ class Check:
     likely_cause: str
     fix: str
     function: CheckFunction = dataclasses.field(repr=False, compare=False)
-    _lacking_memo: dict[frozenset[str], tuple[str, ...] | None] = dataclasses.field(
+    _lacking_memo: dict[frozenset[str], tuple[tuple[str, ...], str] | None] = dataclasses.field(
         default_factory=dict, init=False, repr=False, compare=False
     )
-    """``_lacking(requires, present)`` by present names."""
+    """By present names: ``None`` when the check can run, else what ``_lacking(requires, present)`` names
+    and the not-captured explanation for it."""
 
     @property
     def name(self) -> str:
@@ -109,22 +110,32 @@ class Check:
         """:meth:`run` given the step's spec (``spec_for_step`` applied), present names and coordinates
         (``run_invariants`` works them out once per step)."""
         memo = self._lacking_memo  # by present names (a frozenset hashes once; the requires tuple each time)
-        lacking = memo.get(present, _UNKNOWN)
-        if lacking is _UNKNOWN:
+        missing = memo.get(present, _UNKNOWN)
+        if missing is _UNKNOWN:
             if len(memo) >= 64:
                 memo.clear()
-            lacking = memo[present] = _lacking(self.requires, present) if self.requires else None
-        if lacking is not None:
+            lacking = _lacking(self.requires, present) if self.requires else None
+            missing = memo[present] = (
+                None
+                if lacking is None
+                else (lacking, f"not captured: needs {self._needs} (missing {', '.join(lacking)})")
+            )
+        if missing is not None:
+            lacking, explanation = missing
             return [
-                Finding(
-                    check_id=self.id,
-                    stage=self.stage,
-                    verdict=Verdict.NOT_CAPTURED,
-                    where=base,
-                    explanation=f"not captured: needs {self._needs} (missing {', '.join(lacking)})"
-                    + _misnamed_hint(step, lacking),
-                    kind="invariant",
-                    details={"missing": list(lacking)},
+                Finding(  # positional, in Finding's field order
+                    self.id,
+                    self.stage,
+                    Verdict.NOT_CAPTURED,
+                    None,
+                    None,
+                    base,
+                    explanation + _misnamed_hint(step, lacking),
+                    None,
+                    None,
+                    None,
+                    "invariant",
+                    {"missing": list(lacking)},
                 )
             ]
         try:
@@ -157,19 +168,20 @@ class Check:
         else:
             likely_cause = fix = catalog_id = None
         figure, tolerance, row, token = outcome.figure, outcome.tolerance, outcome.row, outcome.token
+        # positional, in Finding's field order (a keyword call of a dozen arguments costs twice as much)
         return Finding(
-            check_id=self.id,
-            stage=self.stage,
-            verdict=verdict,
-            figure=None if figure is None else float(figure),
-            tolerance=None if tolerance is None else float(tolerance),
-            where=base if row is None and token is None else where_in_step(step, row, token),
-            explanation=outcome.explanation,
-            likely_cause=likely_cause,
-            fix=fix,
-            catalog_id=catalog_id,
-            kind="invariant",
-            details=outcome.details,
+            self.id,
+            self.stage,
+            verdict,
+            None if figure is None else float(figure),
+            None if tolerance is None else float(tolerance),
+            base if row is None and token is None else where_in_step(step, row, token),
+            outcome.explanation,
+            likely_cause,
+            fix,
+            catalog_id,
+            "invariant",
+            outcome.details,
         )
 
 
@@ -362,7 +374,7 @@ def run_invariants(
     for step in steps:
         # float64 copies, masks and ratios computed once per step and shared by the checks; inference mode
         # (no autograd bookkeeping: checks only read) takes about a sixth off each small tensor operation
-        with step_cache(step), torch.inference_mode():
+        with step_cache(step), inference_guard(True):
             present, base = _present_names(step), _step_where(step)
             step_spec = spec_for_step(
                 spec, step.meta
@@ -377,7 +389,17 @@ def run_invariants(
 def _misnamed_hint(step: TraceStep, lacking: Iterable[str]) -> str:
     """``; the step holds 'advantage': did you mean 'advantages'?`` when a tensor under a non-canonical name
     is one or two letters from a missing one (a hand-built TraceStep; the Recorder refuses such names)."""
-    odd = cached(("odd_names", id(step)), lambda: _odd_names(step))  # once per step in a cache
+    memo = _current_memo()  # once per step in a cache (cached(...) inlined: once per uncaptured check)
+    if memo is None:
+        odd = _odd_names(step)
+    else:
+        key = ("odd_names", id(step))
+        hit = memo.get(key)
+        if hit is None:
+            hit = memo[key] = (_odd_names(step), key)
+        odd = hit[0]
+    if not odd:
+        return ""
     for name in odd:
         near = difflib.get_close_matches(name, list(lacking), n=1, cutoff=0.75)
         if near:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -12,10 +13,14 @@ from grpo_check.invariants._common import (
     Outcome,
     argmax_2d,
     f64,
+    few_rows,
     finite_outcome,
+    first_argmax,
+    flat_f64,
     inconclusive,
     known_finite,
     malformed,
+    nan_max,
     passed,
     plain,
     reward_weights,
@@ -45,7 +50,8 @@ def rewards_finite(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float |
         allow["rewards_per_func"] = lambda: torch.ones_like(
             per_func, dtype=torch.bool
         )  # NaN = "not applicable"
-        rows = per_func.reshape(per_func.shape[0], -1)  # (B, F): malformed shapes raise here, as always
+        # (B, F): malformed shapes raise here, as always (a (B, F) tensor is that already)
+        rows = per_func if per_func.dim() == 2 else per_func.reshape(per_func.shape[0], -1)
         allow["rewards"] = lambda: torch.isnan(rows).all(1)
     else:
         rewards = step.get("rewards")
@@ -74,7 +80,7 @@ def total_is_weighted_sum(
         return inconclusive("total reward is not a weighted sum under normalize_then_sum")
     per_func = f64(step["rewards_per_func"])
     per_func = per_func.unsqueeze(1) if per_func.dim() == 1 else per_func
-    total = f64(step["rewards"]).reshape(-1)
+    total = flat_f64(step["rewards"])
     if total.shape[0] != per_func.shape[0]:
         return malformed(f"rewards has {total.shape[0]} rows, rewards_per_func {per_func.shape[0]}")
     # unit weights (none captured or configured): x · 1.0 is x exactly, so no product is formed
@@ -90,21 +96,38 @@ def total_is_weighted_sum(
             return inconclusive("no scorable row")
     rtol, atol = rtol_atol(step["rewards"].dtype)
     scale = weighted.abs().nansum(1)
-    allowed = atol + rtol * scale
-    error_abs = (total - expected).abs()
-    excess = error_abs - allowed if every_row else where_fill(scorable, error_abs - allowed, -torch.inf)
-    row, _ = argmax_2d(excess)
-    row_excess, row_allowed = scalars_at(excess, row) + scalars_at(allowed, row)
-    if row_excess <= 0:
-        # max |error| over the scorable rows (≥ 1 of them): a masked max equals the boolean-indexed one
-        figure = error_abs if every_row else where_fill(scorable, error_abs, 0.0)
-        return passed("total reward equals the weighted sum", float(figure.max()), row_allowed)
-    error = float(error_abs[row])
+    if few_rows(total):  # per-row figures as Python floats: the same IEEE operations as below
+        totals, sums = total.tolist(), expected.tolist()
+        allowances = [atol + rtol * value for value in scale.tolist()]
+        errors = [abs(t - e) for t, e in zip(totals, sums, strict=True)]
+        if every_row:
+            excesses = [error - allowance for error, allowance in zip(errors, allowances, strict=True)]
+        else:
+            flags = scorable.tolist()
+            excesses = [e - a if f else -math.inf for e, a, f in zip(errors, allowances, flags, strict=True)]
+            # max |error| over the scorable rows (≥ 1 of them): a masked max equals the boolean-indexed one
+            errors_shown = [e if f else 0.0 for e, f in zip(errors, flags, strict=True)]
+        row = first_argmax(excesses)
+        if excesses[row] <= 0:
+            figure = nan_max(errors if every_row else errors_shown)
+            return passed("total reward equals the weighted sum", figure, allowances[row])
+        error, row_allowed, row_total, row_expected = errors[row], allowances[row], totals[row], sums[row]
+    else:
+        allowed = atol + rtol * scale
+        error_abs = (total - expected).abs()
+        excess = error_abs - allowed if every_row else where_fill(scorable, error_abs - allowed, -torch.inf)
+        row, _ = argmax_2d(excess)
+        row_excess, row_allowed = scalars_at(excess, row) + scalars_at(allowed, row)
+        if row_excess <= 0:
+            # max |error| over the scorable rows (≥ 1 of them): a masked max equals the boolean-indexed one
+            figure = error_abs if every_row else where_fill(scorable, error_abs, 0.0)
+            return passed("total reward equals the weighted sum", float(figure.max()), row_allowed)
+        error, row_total, row_expected = float(error_abs[row]), float(total[row]), float(expected[row])
     return Outcome(
         Verdict.FAIL,
-        f"total reward {float(total[row]):.6g} ≠ weighted sum {float(expected[row]):.6g} of rewards_per_func",
+        f"total reward {row_total:.6g} ≠ weighted sum {row_expected:.6g} of rewards_per_func",
         figure=error,
-        tolerance=float(allowed[row]),
+        tolerance=row_allowed,
         row=row,
         details={"weights": reward_weights(step, spec, per_func.shape[1], per_func.device).tolist()},
     )

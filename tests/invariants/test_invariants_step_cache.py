@@ -216,3 +216,92 @@ def test_a_tensor_changed_in_place_is_not_known_finite():
         assert not known_finite(step, "logps") and not step_all_finite(step)
         finding = REGISTRY["logps.finite"].run(step, built.spec)[0]
         assert finding.verdict in (Verdict.FAIL, Verdict.WARN)
+
+
+def test_every_shape_of_key_is_memoised_by_tensor_identity_and_version():
+    """A (name, tensor) key, a longer key, a key with a tensor first and one without tensors: each is a hit
+    for the same tensor at the same version, a miss after an in-place change, and keyed as f64 keys it."""
+    from grpo_check._step_cache import f64
+
+    calls: list[str] = []
+
+    def compute(name: str):
+        return lambda: calls.append(name) or name
+
+    x = torch.ones(3)
+    with step_cache():
+        for key in [("one", x), ("three", 1, x), (x, "first"), ("none", 7), ("two", x, x.dtype)]:
+            assert cached(key, compute(str(key[0]))) == cached(key, compute("again"))
+        assert "again" not in calls and len(calls) == 5
+        copy = f64(x)
+        assert cached(("f64", x), compute("f64")) is copy  # the inlined key of f64 is the general one
+        with torch.no_grad():
+            x.add_(1)
+        cached(("one", x), compute("one after"))
+        cached(("three", 1, x), compute("three after"))
+        cached(("none", 7), compute("none after"))
+        assert calls[-2:] == ["one after", "three after"]
+        assert f64(x) is not copy and float(f64(x)[0]) == 2.0
+        parameter = torch.nn.Parameter(torch.ones(2))  # a Tensor subclass is keyed as a tensor
+        assert cached(("p", parameter), compute("p")) == cached(("p", parameter), compute("p again"))
+        assert "p again" not in calls
+    with torch.inference_mode():
+        frozen = torch.ones(2)  # no version counter
+        with step_cache():
+            assert cached(("i", frozen), compute("i")) == cached(("i", frozen), compute("i again"))
+
+
+def test_host_view_is_a_view_of_small_cpu_tensors_only(monkeypatch):
+    import grpo_check._step_cache as step_cache_module
+    from grpo_check._step_cache import host_view
+
+    x = torch.arange(6.0).reshape(2, 3)
+    view = host_view(x)
+    assert view is not None and view.shape == (2, 3) and view[1, 2] == 5.0
+    x[0, 0] = 9.0
+    assert view[0, 0] == 9.0  # shared memory
+    assert host_view(x.bfloat16()) is None  # no numpy dtype
+    assert host_view(torch.ones(2, requires_grad=True)) is None
+    assert host_view(torch.ones(2, device="meta")) is None
+    assert host_view(torch.ones(2, dtype=torch.bool)).dtype == bool
+    monkeypatch.setattr(step_cache_module, "HOST_ELEMENTS", 5)
+    assert host_view(x) is None and host_view(x[0]) is not None
+
+
+def test_inference_guard_enters_and_leaves_inference_mode_as_torch_inference_mode_does():
+    from grpo_check._step_cache import f64, inference_guard
+
+    assert not torch.is_inference_mode_enabled()
+    with inference_guard(True):
+        assert torch.is_inference_mode_enabled()
+        with step_cache():
+            copy = f64(torch.ones(2, dtype=torch.float32))
+        assert not copy.is_inference()  # usable in an autograd graph outside inference mode
+        with inference_guard(False):
+            assert not torch.is_inference_mode_enabled()
+        assert torch.is_inference_mode_enabled()
+    assert not torch.is_inference_mode_enabled()
+    try:
+        with inference_guard(True):
+            raise ValueError("inside")
+    except ValueError:
+        pass
+    assert not torch.is_inference_mode_enabled()
+    built = build_step(seed=1, prompts=2, G=4, T=5)
+    run_invariants(built.step, built.spec)
+    assert not torch.is_inference_mode_enabled()
+
+
+def test_shared_groups_and_flags_are_the_general_cache_entries():
+    from grpo_check.invariants._common import any_true, groups_of
+
+    index = torch.tensor([3, 3, 1])
+    mask = torch.tensor([False, True])
+    with step_cache():
+        groups = groups_of(index)
+        assert groups is groups_of(index) and cached(("groups", index), lambda: None) is groups
+        assert any_true(mask) is True and cached(("any", mask), lambda: None) is True
+        with torch.no_grad():
+            mask.zero_()
+        assert any_true(mask) is False  # changed in place: computed again
+    assert groups_of(index) is not groups  # no cache open: a new one each time
