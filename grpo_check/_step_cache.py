@@ -203,7 +203,11 @@ HOST_ELEMENTS = 16_384
 
 def host_view(tensor: torch.Tensor) -> np.ndarray | None:
     """A numpy view of ``tensor`` (shared memory: never modify it) when it is a small CPU tensor outside any
-    autograd graph, else ``None`` (evaluate it with torch)."""
+    autograd graph, else ``None`` (evaluate it with torch).
+
+    Shared between the checks of one step (see :func:`step_cache`): each ``Tensor.numpy()`` dispatches four
+    no-op operations, so a tensor several checks read is viewed once.
+    """
     # is_cpu: device.type == "cpu" without a device object
     if (
         tensor.is_cpu
@@ -211,7 +215,16 @@ def host_view(tensor: torch.Tensor) -> np.ndarray | None:
         and not tensor.requires_grad
         and tensor.numel() <= HOST_ELEMENTS
     ):
-        return tensor.numpy()
+        memo = _current_memo()
+        if memo is None:
+            return tensor.numpy()
+        # the tensor by identity and in-place version counter, as f64 keys it (the entry holds the tensor:
+        # its id cannot be reused while the cache is open)
+        memo_key = ("host_view", id(tensor), None if tensor.is_inference() else tensor._version)
+        hit = memo.get(memo_key)
+        if hit is None:
+            hit = memo[memo_key] = (tensor.numpy(), tensor)
+        return hit[0]
     return None
 
 

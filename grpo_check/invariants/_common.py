@@ -15,9 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from grpo_check import _step_cache
 from grpo_check._step_cache import (
-    _NUMPY_DTYPES,
     _current_memo,
     all_true_like,
     bool_mask,
@@ -62,13 +60,9 @@ except ImportError:  # numpy 1.x
 def count_true(mask: torch.Tensor) -> int:
     """``int(mask.sum())`` for a bool mask (count_nonzero: several times faster than a bool sum on CPU;
     numpy's on a small CPU mask, as :func:`~grpo_check._step_cache.host_view` would give it, faster still)."""
-    if (
-        mask.is_cpu
-        and mask.dtype in _NUMPY_DTYPES
-        and not mask.requires_grad
-        and mask.numel() <= _step_cache.HOST_ELEMENTS
-    ):
-        return int(_count_nonzero(mask.numpy()))
+    view = host_view(mask)
+    if view is not None:
+        return int(_count_nonzero(view))
     return int(torch.count_nonzero(mask))
 
 
@@ -232,7 +226,10 @@ def masked_abs_max(values: torch.Tensor, valid: torch.Tensor) -> float:
     )
 
 
-@dataclasses.dataclass
+_NEW_DETAILS: dict[str, Any] = {}  # the default of Outcome's ``details``: a new dict per outcome
+
+
+@dataclasses.dataclass(init=False, slots=True)
 class Outcome:
     """What a check function returns; the registry turns it into a :class:`~grpo_check.findings.Finding`.
 
@@ -251,6 +248,32 @@ class Outcome:
     catalog_id: str | None = None
     likely_cause: str | None = None
     fix: str | None = None
+
+    # written out rather than generated (the same fields): one outcome per check per step, and slots with a
+    # plain default cost less than the generated __init__'s default factory and instance dict
+    def __init__(
+        self,
+        verdict: Verdict,
+        explanation: str,
+        figure: float | None = None,
+        tolerance: float | None = None,
+        row: int | None = None,
+        token: int | None = None,
+        details: dict[str, Any] = _NEW_DETAILS,
+        catalog_id: str | None = None,
+        likely_cause: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        self.verdict = verdict
+        self.explanation = explanation
+        self.figure = figure
+        self.tolerance = tolerance
+        self.row = row
+        self.token = token
+        self.details = {} if details is _NEW_DETAILS else details
+        self.catalog_id = catalog_id
+        self.likely_cause = likely_cause
+        self.fix = fix
 
 
 def passed(

@@ -109,6 +109,20 @@ class Check:
     ) -> list[Finding]:
         """:meth:`run` given the step's spec (``spec_for_step`` applied), present names and coordinates
         (``run_invariants`` works them out once per step)."""
+        findings: list[Finding] = []
+        self._run_into(findings, step, spec, tolerance, present, base)
+        return findings
+
+    def _run_into(
+        self,
+        findings: list[Finding],
+        step: TraceStep,
+        spec: GRPOSpec | None,
+        tolerance: float | None,
+        present: frozenset[str],
+        base: Where,
+    ) -> None:
+        """:meth:`_run`, appending its findings to ``findings`` (no list per check)."""
         memo = self._lacking_memo  # by present names (a frozenset hashes once; the requires tuple each time)
         missing = memo.get(present, _UNKNOWN)
         if missing is _UNKNOWN:
@@ -122,7 +136,7 @@ class Check:
             )
         if missing is not None:
             lacking, explanation = missing
-            return [
+            findings.append(
                 Finding(  # positional, in Finding's field order
                     self.id,
                     self.stage,
@@ -137,7 +151,8 @@ class Check:
                     "invariant",
                     {"missing": list(lacking)},
                 )
-            ]
+            )
+            return
         try:
             outcome = self.function(step, spec, tolerance=tolerance)
         except (RuntimeError, ValueError, LookupError, TypeError) as error:
@@ -147,9 +162,12 @@ class Check:
                 "grpo_check/trace/model.py",
                 details={"evaluation_error": type(error).__name__},
             )
-        if isinstance(outcome, list):
-            return [self._finding(step, o, base) for o in outcome]
-        return [self._finding(step, outcome, base)]
+        if type(outcome) is Outcome:
+            findings.append(self._finding(step, outcome, base))
+        elif isinstance(outcome, list):
+            findings.extend([self._finding(step, o, base) for o in outcome])
+        else:
+            findings.append(self._finding(step, outcome, base))
 
     def _finding(self, step: TraceStep, outcome: Outcome, base: Where) -> Finding:
         """The registry's finding for one outcome: the check's id, stage and defaults, the outcome's
@@ -212,7 +230,18 @@ def _collect_present_names(step: TraceStep) -> frozenset[str]:
     names.update(f"meta.{key}" for key, value in step.meta.items() if value is not None)
     if step.completion_text is not None:
         names.add("completion_text")
-    return frozenset(names)
+    present = frozenset(names)
+    # one object per distinct set (steps of a run hold the same names): each check's memo by present names
+    # then finds it by identity instead of comparing two sets element by element
+    interned = _PRESENT_SETS.get(present)
+    if interned is None:
+        if len(_PRESENT_SETS) >= 256:
+            _PRESENT_SETS.clear()
+        interned = _PRESENT_SETS[present] = present
+    return interned
+
+
+_PRESENT_SETS: dict[frozenset[str], frozenset[str]] = {}
 
 
 def _step_where(step: TraceStep) -> Where:
@@ -379,8 +408,12 @@ def run_invariants(
             step_spec = spec_for_step(
                 spec, step.meta
             )  # a coefficient the trainer moves per step (adaptive entropy)
-            for check in selected:
-                findings.extend(check._run(step, step_spec, tolerances.get(check.id), present, base))
+            if tolerances:
+                for check in selected:
+                    check._run_into(findings, step, step_spec, tolerances.get(check.id), present, base)
+            else:
+                for check in selected:
+                    check._run_into(findings, step, step_spec, None, present, base)
     if len(steps) > 1:
         findings = collapse_not_captured(findings)
     return findings

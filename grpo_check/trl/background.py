@@ -197,19 +197,17 @@ def check_captured_step(
     """What checking one captured step means, inline or in the helper: ``compare_step`` (stage-isolated and
     end-to-end float64 reference, diagnoses) plus the invariants. Returns (findings, ids of the invariants
     whose inputs TRL does not expose: counted, not reported)."""
-    from grpo_check._step_cache import step_cache
-    from grpo_check.compare import compare_step
-    from grpo_check.findings import Verdict
-
-    kwargs = {} if tolerances is None else {"tolerances": tolerances}
+    engine = _ENGINE or _load_engine()
+    step_cache, compare_step, run_invariants, not_captured_verdict = engine
     not_captured: list[str] = []
     with step_cache(step):  # the comparison and the invariants share the step's float64 copies
-        findings = list(compare_step(step, spec, model=model, ref_model=ref_model, **kwargs))
+        if tolerances is None:
+            findings = list(compare_step(step, spec, model=model, ref_model=ref_model))
+        else:
+            findings = list(compare_step(step, spec, model=model, ref_model=ref_model, tolerances=tolerances))
         if invariants:
-            from grpo_check.invariants import run_invariants
-
             for finding in run_invariants(step, spec):
-                if finding.verdict is Verdict.NOT_CAPTURED:
+                if finding.verdict is not_captured_verdict:
                     not_captured.append(finding.check_id)
                 else:
                     findings.append(finding)
@@ -219,9 +217,25 @@ def check_captured_step(
         findings = [
             f
             for f in findings
-            if not (f.check_id == "advantages.values" and f.verdict is Verdict.NOT_CAPTURED)
+            if not (f.check_id == "advantages.values" and f.verdict is not_captured_verdict)
         ]
     return findings, not_captured
+
+
+# what check_captured_step calls, imported on its first call (this module imports no torch until then) and
+# kept: an import statement in the function would cost import-machinery calls on every checked step
+_ENGINE: tuple[Any, Any, Any, Any] | None = None
+
+
+def _load_engine() -> tuple[Any, Any, Any, Any]:
+    global _ENGINE
+    from grpo_check._step_cache import step_cache
+    from grpo_check.compare import compare_step
+    from grpo_check.findings import Verdict
+    from grpo_check.invariants import run_invariants
+
+    _ENGINE = (step_cache, compare_step, run_invariants, Verdict.NOT_CAPTURED)
+    return _ENGINE
 
 
 # ------------------------------------------------------------------------------------------ forwards in the helper

@@ -305,3 +305,59 @@ def test_shared_groups_and_flags_are_the_general_cache_entries():
             mask.zero_()
         assert any_true(mask) is False  # changed in place: computed again
     assert groups_of(index) is not groups  # no cache open: a new one each time
+
+
+def test_host_view_is_shared_within_a_step_per_tensor_and_version():
+    from grpo_check._step_cache import host_view
+    from grpo_check.invariants._common import count_true
+
+    x = torch.arange(6.0).reshape(2, 3)
+    assert host_view(x) is not host_view(x)  # no cache open: a new view each time
+    with step_cache():
+        view = host_view(x)
+        assert host_view(x) is view and view[1, 2] == 5.0
+        assert host_view(x.clone()) is not view  # another tensor, another view
+        x.add_(1)  # changed in place: viewed again (and the data is the new data)
+        again = host_view(x)
+        assert again is not view and again[1, 2] == 6.0
+        mask = torch.tensor([True, False, True])
+        assert count_true(mask) == 2 and host_view(mask) is host_view(mask)
+        with torch.inference_mode():
+            frozen = torch.ones(4)
+        assert host_view(frozen) is host_view(frozen)  # no version counter: keyed by identity
+        assert host_view(x.bfloat16()) is None
+    assert count_true(torch.tensor([True, True])) == 2
+
+
+def test_outcome_keeps_its_dataclass_fields_with_a_new_details_dict_each():
+    from grpo_check.invariants._common import Outcome, passed
+
+    first, second = Outcome(Verdict.PASS, "a"), Outcome(Verdict.PASS, "a")
+    assert first == second and first.details == {} and first.details is not second.details
+    assert not hasattr(first, "__dict__")  # slots
+    assert [f.name for f in dataclasses.fields(Outcome)] == [
+        *("verdict", "explanation", "figure", "tolerance", "row", "token"),
+        *("details", "catalog_id", "likely_cause", "fix"),
+    ]
+    full = Outcome(Verdict.FAIL, "b", 1.0, 0.5, 2, 3, {"k": 1}, "S1", "cause", "fix it")
+    assert repr(full) == (
+        "Outcome(verdict=<Verdict.FAIL: 'fail'>, explanation='b', figure=1.0, tolerance=0.5, row=2, token=3, "
+        "details={'k': 1}, catalog_id='S1', likely_cause='cause', fix='fix it')"
+    )
+    assert dataclasses.replace(full, row=None).row is None
+    assert passed("ok", 0.0, x=1).details == {"x": 1}
+
+
+def test_steps_holding_the_same_names_share_one_set_of_present_names():
+    from grpo_check.invariants.registry import _collect_present_names
+
+    built = build_step(seed=4, off_policy=True, beta=0.04)
+    other = with_tensors(built.step)
+    assert _collect_present_names(built.step) is _collect_present_names(other)
+    fewer = with_tensors(built.step, kl=None)
+    assert _collect_present_names(fewer) == _collect_present_names(built.step) - {"kl"}
+    # a check not captured on one step runs on the next that holds its inputs (memo by present names)
+    kl_check = REGISTRY["kl.nonnegative"]
+    assert run_invariants(fewer, built.spec, ["kl.nonnegative"])[0].verdict is Verdict.NOT_CAPTURED
+    assert run_invariants(other, built.spec, ["kl.nonnegative"])[0].verdict is not Verdict.NOT_CAPTURED
+    assert kl_check.run(fewer, built.spec)[0].verdict is Verdict.NOT_CAPTURED
