@@ -221,9 +221,21 @@ def masked_abs_max(values: torch.Tensor, valid: torch.Tensor) -> float:
     """``float(values[valid].abs().max())`` without the boolean-index copy (``valid`` must select ≥ 1
     position; NaN at a selected position gives NaN, as the indexed form does), shared between the checks
     of one step (the log-prob scale several tolerances use)."""
-    return cached(
-        ("masked_abs_max", values, valid), lambda: float(where_fill(valid, values.abs(), 0.0).max())
-    )
+    return cached(("masked_abs_max", values, valid), lambda: _masked_abs_max(values, valid))
+
+
+def _masked_abs_max(values: torch.Tensor, valid: torch.Tensor) -> float:
+    if values.dtype is torch.float64 and valid.dtype is torch.bool and values.shape == valid.shape:
+        view, mask = host_view(values), host_view(valid)
+        if view is not None and mask is not None and view.size:
+            # the largest |value| at valid positions, and 0 (the fill) when there are none or all are
+            # smaller: torch's where-then-max, NaN alike (np.maximum propagates it)
+            return float(_maximum_reduce(_absolute(view), axis=None, initial=0.0, where=mask))
+    return float(where_fill(valid, values.abs(), 0.0).max())
+
+
+_maximum_reduce = np.maximum.reduce
+_absolute = np.absolute
 
 
 _NEW_DETAILS: dict[str, Any] = {}  # the default of Outcome's ``details``: a new dict per outcome
@@ -615,19 +627,22 @@ def _finite_sources(step: TraceStep) -> dict[int, tuple[torch.Tensor, int | None
         device = checked[0].device
         if any(t.device != device for t in checked):
             return {}
-    by_shape: dict[torch.Size, list[torch.Tensor]] = {}
+    # tensors that differ in their last dim only concatenate along it without a reshape (0-dim ones: kept
+    # apart); one sum per such group, and one sum of those: finite only if every term is (NaN and ±inf
+    # propagate; a finite sum that overflows only sends callers to their general path)
+    by_lead: dict[tuple[int, torch.Size], list[torch.Tensor]] = {}
     for tensor in checked:
-        by_shape.setdefault(tensor.shape, []).append(tensor.detach() if tensor.requires_grad else tensor)
-    # one sum per shape (same-shape tensors concatenate without a reshape): a sum is finite only if every
-    # term is (NaN and ±inf propagate); a finite sum that overflows only sends callers to their general path.
-    # A lone 0-dim tensor is its own sum
-    for same in by_shape.values():
-        if len(same) == 1:
-            part = same[0] if same[0].dim() == 0 else same[0].sum()
+        plain_tensor = tensor.detach() if tensor.requires_grad else tensor
+        by_lead.setdefault((plain_tensor.dim(), plain_tensor.shape[:-1]), []).append(plain_tensor)
+    parts = []
+    for (dims, _), same in by_lead.items():
+        if dims == 0:
+            parts.extend(same)  # each its own sum
         else:
-            part = (torch.stack(same) if same[0].dim() == 0 else torch.cat(same)).sum()
-        if not math.isfinite(float(part)):
-            return {}
+            parts.append((same[0] if len(same) == 1 else torch.cat(same, -1)).sum())
+    total = parts[0] if len(parts) == 1 else torch.stack(parts).sum()
+    if not math.isfinite(float(total)):
+        return {}
     return {id(t): (t, None if t.is_inference() else t._version) for t in checked}
 
 
