@@ -121,8 +121,10 @@ class Check:
         tolerance: float | None,
         present: frozenset[str],
         base: Where,
+        not_captured: list[str] | None = None,
     ) -> None:
-        """:meth:`_run`, appending its findings to ``findings`` (no list per check)."""
+        """:meth:`_run`, appending its findings to ``findings`` (no list per check); given ``not_captured``,
+        a check whose inputs are absent appends its id there instead of a ``NOT_CAPTURED`` finding."""
         memo = self._lacking_memo  # by present names (a frozenset hashes once; the requires tuple each time)
         missing = memo.get(present, _UNKNOWN)
         if missing is _UNKNOWN:
@@ -135,6 +137,9 @@ class Check:
                 else (lacking, f"not captured: needs {self._needs} (missing {', '.join(lacking)})")
             )
         if missing is not None:
+            if not_captured is not None:
+                not_captured.append(self.id)
+                return
             lacking, explanation = missing
             findings.append(
                 Finding(  # positional, in Finding's field order
@@ -162,12 +167,23 @@ class Check:
                 "grpo_check/trace/model.py",
                 details={"evaluation_error": type(error).__name__},
             )
-        if type(outcome) is Outcome:
-            findings.append(self._finding(step, outcome, base))
-        elif isinstance(outcome, list):
-            findings.extend([self._finding(step, o, base) for o in outcome])
-        else:
-            findings.append(self._finding(step, outcome, base))
+        if not_captured is None:
+            if type(outcome) is Outcome:
+                findings.append(self._finding(step, outcome, base))
+            elif isinstance(outcome, list):
+                findings.extend([self._finding(step, o, base) for o in outcome])
+            else:
+                findings.append(self._finding(step, outcome, base))
+            return
+        for finding in (
+            [self._finding(step, o, base) for o in outcome]
+            if isinstance(outcome, list)
+            else (self._finding(step, outcome, base),)
+        ):  # a check may find its inputs absent itself (a NOT_CAPTURED outcome): counted likewise
+            if finding.verdict is Verdict.NOT_CAPTURED:
+                not_captured.append(self.id)
+            else:
+                findings.append(finding)
 
     def _finding(self, step: TraceStep, outcome: Outcome, base: Where) -> Finding:
         """The registry's finding for one outcome: the check's id, stage and defaults, the outcome's
@@ -401,22 +417,43 @@ def run_invariants(
         _check_tolerances(tolerances)
     findings: list[Finding] = []
     for step in steps:
-        # float64 copies, masks and ratios computed once per step and shared by the checks; inference mode
-        # (no autograd bookkeeping: checks only read) takes about a sixth off each small tensor operation
-        with step_cache(step), inference_guard(True):
-            present, base = _present_names(step), _step_where(step)
-            step_spec = spec_for_step(
-                spec, step.meta
-            )  # a coefficient the trainer moves per step (adaptive entropy)
-            if tolerances:
-                for check in selected:
-                    check._run_into(findings, step, step_spec, tolerances.get(check.id), present, base)
-            else:
-                for check in selected:
-                    check._run_into(findings, step, step_spec, None, present, base)
+        _run_step_into(findings, step, spec, selected, tolerances, None)
     if len(steps) > 1:
         findings = collapse_not_captured(findings)
     return findings
+
+
+def run_step_into(
+    findings: list[Finding], not_captured: list[str], step: TraceStep, spec: GRPOSpec | None = None
+) -> None:
+    """``run_invariants(step, spec)`` on one step, appending to ``findings`` the findings of the checks that
+    ran and to ``not_captured`` the ids of those whose inputs the step lacks (no ``NOT_CAPTURED`` findings
+    are made: a live check counts them only)."""
+    _run_step_into(findings, step, spec, list(REGISTRY.values()), None, not_captured)
+
+
+def _run_step_into(
+    findings: list[Finding],
+    step: TraceStep,
+    spec: GRPOSpec | None,
+    selected: list[Check],
+    tolerances: dict[str, float] | None,
+    not_captured: list[str] | None,
+) -> None:
+    # float64 copies, masks and ratios computed once per step and shared by the checks; inference mode
+    # (no autograd bookkeeping: checks only read) takes about a sixth off each small tensor operation
+    with step_cache(step), inference_guard(True):
+        present, base = _present_names(step), _step_where(step)
+        # a coefficient the trainer moves per step (adaptive entropy)
+        step_spec = spec_for_step(spec, step.meta)
+        if tolerances:
+            for check in selected:
+                check._run_into(
+                    findings, step, step_spec, tolerances.get(check.id), present, base, not_captured
+                )
+        else:
+            for check in selected:
+                check._run_into(findings, step, step_spec, None, present, base, not_captured)
 
 
 def _misnamed_hint(step: TraceStep, lacking: Iterable[str]) -> str:

@@ -198,14 +198,18 @@ def check_captured_step(
     end-to-end float64 reference, diagnoses) plus the invariants. Returns (findings, ids of the invariants
     whose inputs TRL does not expose: counted, not reported)."""
     engine = _ENGINE or _load_engine()
-    step_cache, compare_step, run_invariants, not_captured_verdict = engine
+    step_cache, compare_step, run_invariants, run_step_into, trace_step, not_captured_verdict = engine
     not_captured: list[str] = []
     with step_cache(step):  # the comparison and the invariants share the step's float64 copies
         if tolerances is None:
             findings = list(compare_step(step, spec, model=model, ref_model=ref_model))
         else:
             findings = list(compare_step(step, spec, model=model, ref_model=ref_model, tolerances=tolerances))
-        if invariants:
+        if not invariants:
+            pass
+        elif isinstance(step, trace_step):  # = run_invariants(step, spec), its NOT_CAPTURED findings as ids
+            run_step_into(findings, not_captured, step, spec)
+        else:
             for finding in run_invariants(step, spec):
                 if finding.verdict is not_captured_verdict:
                     not_captured.append(finding.check_id)
@@ -224,17 +228,19 @@ def check_captured_step(
 
 # what check_captured_step calls, imported on its first call (this module imports no torch until then) and
 # kept: an import statement in the function would cost import-machinery calls on every checked step
-_ENGINE: tuple[Any, Any, Any, Any] | None = None
+_ENGINE: tuple[Any, Any, Any, Any, Any, Any] | None = None
 
 
-def _load_engine() -> tuple[Any, Any, Any, Any]:
+def _load_engine() -> tuple[Any, Any, Any, Any, Any, Any]:
     global _ENGINE
     from grpo_check._step_cache import step_cache
     from grpo_check.compare import compare_step
     from grpo_check.findings import Verdict
     from grpo_check.invariants import run_invariants
+    from grpo_check.invariants.registry import run_step_into
+    from grpo_check.trace.model import TraceStep
 
-    _ENGINE = (step_cache, compare_step, run_invariants, Verdict.NOT_CAPTURED)
+    _ENGINE = (step_cache, compare_step, run_invariants, run_step_into, TraceStep, Verdict.NOT_CAPTURED)
     return _ENGINE
 
 

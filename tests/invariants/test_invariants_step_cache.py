@@ -361,3 +361,27 @@ def test_steps_holding_the_same_names_share_one_set_of_present_names():
     assert run_invariants(fewer, built.spec, ["kl.nonnegative"])[0].verdict is Verdict.NOT_CAPTURED
     assert run_invariants(other, built.spec, ["kl.nonnegative"])[0].verdict is not Verdict.NOT_CAPTURED
     assert kl_check.run(fewer, built.spec)[0].verdict is Verdict.NOT_CAPTURED
+
+
+def test_a_live_step_run_gives_run_invariants_findings_with_not_captured_ones_as_ids():
+    from grpo_check.invariants.registry import run_step_into
+    from grpo_check.trl.background import check_captured_step
+
+    seen_not_captured = set()
+    for name, step, spec in _variants():
+        expected = run_invariants(step, spec)
+        findings: list = []
+        not_captured: list[str] = []
+        run_step_into(findings, not_captured, step, spec)
+        assert [repr(f) for f in findings] == [
+            repr(f) for f in expected if f.verdict is not Verdict.NOT_CAPTURED
+        ], name
+        assert not_captured == [f.check_id for f in expected if f.verdict is Verdict.NOT_CAPTURED], name
+        seen_not_captured |= set(not_captured)
+        live, live_not_captured = check_captured_step(
+            step, spec, model=None, ref_model=None, tolerances=None, invariants=True
+        )
+        assert live_not_captured == not_captured
+        assert [repr(f) for f in live[len(live) - len(findings) :]] == [repr(f) for f in findings], name
+    # both kinds: absent declared inputs, and a check that finds its inputs absent itself
+    assert {"ratio.clip_metrics_in_unit_interval", "batch.text_faithful"} <= seen_not_captured
