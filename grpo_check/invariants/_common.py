@@ -623,10 +623,12 @@ def _finite_sources(step: TraceStep) -> dict[int, tuple[torch.Tensor, int | None
             elements += tensor.numel()
     if not checked or elements > _SMALL_SLICE:
         return {}
-    if not all(tensor.is_cpu for tensor in checked):  # (all on the CPU: one device, without device objects)
-        device = checked[0].device
-        if any(t.device != device for t in checked):
-            return {}
+    for tensor in checked:  # (all on the CPU: one device, without device objects; a loop, not a generator)
+        if not tensor.is_cpu:
+            device = checked[0].device
+            if any(t.device != device for t in checked):
+                return {}
+            break
     # tensors that differ in their last dim only concatenate along it without a reshape (0-dim ones: kept
     # apart); one sum per such group, and one sum of those: finite only if every term is (NaN and ±inf
     # propagate; a finite sum that overflows only sends callers to their general path)
