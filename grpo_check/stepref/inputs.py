@@ -297,8 +297,25 @@ def _loss_and_grad(
         entropies=entropies,
         entropy_mask=out.entropy_mask,
     )
-    (grad,) = torch.autograd.grad(agg.loss, logps, allow_unused=True)
-    return out, agg, grad
+    return out, agg, _grad_of(agg.loss, logps)
+
+
+# the engine call torch.autograd.grad makes, without its argument handling (a wrapper of a few dozen Python
+# calls, a function-level import among them) for the one case met here: the gradient of a plain 0-d tensor
+_run_backward = getattr(getattr(torch.autograd, "graph", None), "_engine_run_backward", None)
+
+
+def _grad_of(loss: torch.Tensor, logps: torch.Tensor) -> torch.Tensor | None:
+    """``torch.autograd.grad(loss, logps, allow_unused=True)[0]``: the same engine run, with the same
+    all-ones ``grad_outputs`` (``torch.ones_like(loss)``), through the engine entry point ``grad`` calls
+    when ``loss`` is a plain (no subclass, no torch function) 0-d tensor; ``grad`` itself otherwise."""
+    if _run_backward is None or type(loss) is not _Tensor or type(logps) is not _Tensor or loss.dim() != 0:
+        return torch.autograd.grad(loss, logps, allow_unused=True)[0]
+    seed = torch.ones_like(loss, memory_format=torch.preserve_format)
+    return _run_backward((loss,), (seed,), False, False, (logps,), True, accumulate_grad=False)[0]
+
+
+_Tensor = torch.Tensor
 
 
 def reference_aggregation(step: TraceStep, spec: GRPOSpec) -> torch.Tensor | None:
