@@ -133,3 +133,31 @@ def test_all_true_equals_torch_all(mask: torch.Tensor) -> None:
     from grpo_check.compare.stage_findings import _all_true
 
     assert _all_true(mask) is bool(mask.all())
+
+
+def test_default_policy_tolerances_equal_the_computed_ones() -> None:
+    """The default policy's memoised tolerances equal those worked out each time, and policies that are not
+    the default one (overrides, other k or budgets, a negative zero budget) are not answered from the memo."""
+    from grpo_check.compare.tolerances import QUANTITY_DEFAULTS, TolerancePolicy
+
+    dtypes = (None, "float32", "float64", "bfloat16", "float16", "torch.bfloat16")
+    policies = [
+        TolerancePolicy(),
+        TolerancePolicy(overrides={"ratio": (1e-3, 1e-4)}),
+        TolerancePolicy(k=8.0),
+        TolerancePolicy(outlier_fraction=-0.0),
+        TolerancePolicy(low_precision_outlier_fraction=0.01),
+        TolerancePolicy().with_overrides({"loss.value": (0.0, 0.0)}),
+    ]
+    for policy in policies:
+        for quantity in (*QUANTITY_DEFAULTS, "other"):
+            for dtype in dtypes:
+                for _ in range(2):  # a miss, then a hit
+                    got = policy.for_check(f"{quantity}.values", quantity, dtype)
+                    want = policy._for_check(f"{quantity}.values", quantity, dtype)
+                    assert repr(got) == repr(want), (policy, quantity, dtype)
+    assert (
+        repr(TolerancePolicy(outlier_fraction=-0.0).for_check("x", "ratio", "float32").outlier_fraction)
+        == "-0.0"
+    )
+    assert TolerancePolicy(overrides={"ratio": (1e-3, 1e-4)}).for_check("x", "ratio", "float32").rtol == 1e-3
