@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from grpo_check._step_cache import host_view
+from grpo_check._step_cache import bool_mask, host_view
 from grpo_check.compare import distribution
 from grpo_check.compare.mismatch import Extreme, mismatch_message
 from grpo_check.compare.tensor_diff import (
@@ -522,7 +522,7 @@ def downstream_findings(
         return findings
     ref.tensors.update({k: v for k, v in down.items() if k not in ("loss_mask",)})
     ref.notes["isolated_downstream"] = down
-    loss_mask = down["loss_mask"].bool()
+    loss_mask = _bool_loss_mask(down["loss_mask"], tensors.get("completion_mask"))
     checks = [
         (
             "ratio",
@@ -587,6 +587,15 @@ def downstream_findings(
         if name in tensors and name in down:
             findings.append(_mask_finding(step, name, down[name], loss_mask, ctx))
     return findings
+
+
+def _bool_loss_mask(loss_mask: torch.Tensor, completion_mask: torch.Tensor | None) -> torch.Tensor:
+    """``loss_mask.bool()``; where the loss mask is the step's float64 copy of its completion mask itself (no
+    tool mask, no truncation masking), the step's shared bool completion mask: the same values (x ≠ 0 before
+    and after the exact widening), without a conversion of its own."""
+    if completion_mask is not None and loss_mask is as_f64(completion_mask):
+        return bool_mask(completion_mask)
+    return loss_mask.bool()
 
 
 def _mask_finding(

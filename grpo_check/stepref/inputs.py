@@ -76,7 +76,8 @@ def _step_context(step: TraceStep, spec: GRPOSpec) -> StepContext:
         step=step.meta.get("step"),
         micro_batch=step.meta.get("micro_batch"),
         rank=step.meta.get("rank"),
-        group_index=None if group_index is None else group_index.reshape(-1),
+        # (a 1-D index as it is: reshape would add a view, an operation)
+        group_index=group_index if group_index is None or group_index.dim() == 1 else group_index.reshape(-1),
         completion_ids=step.get("completion_ids"),
         completion_mask=step.get("completion_mask"),
     )

@@ -161,3 +161,31 @@ def test_default_policy_tolerances_equal_the_computed_ones() -> None:
         == "-0.0"
     )
     assert TolerancePolicy(overrides={"ratio": (1e-3, 1e-4)}).for_check("x", "ratio", "float32").rtol == 1e-3
+
+
+def test_bool_loss_mask_is_the_shared_completion_mask_only_where_equal() -> None:
+    """The loss mask as bool: the step's shared bool completion mask where the loss mask is the completion
+    mask's float64 copy; its own conversion otherwise (a tool mask, truncation); the same values either way."""
+    import torch
+
+    from grpo_check._step_cache import bool_mask, step_cache
+    from grpo_check.compare.stage_findings import _bool_loss_mask
+    from grpo_check.reference.loss import loss_mask
+    from grpo_check.stepref.context import as_f64
+
+    for dtype in (torch.int64, torch.bool, torch.float32, torch.float64):
+        completion = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]]).to(dtype)
+        tool = torch.tensor([[1, 0, 1], [1, 1, 1], [1, 1, 1]])
+        truncated = torch.tensor([False, True, False])
+        with step_cache():
+            plain = loss_mask(as_f64(completion))
+            shared = _bool_loss_mask(plain, completion)
+            assert shared is bool_mask(completion)
+            assert torch.equal(shared, plain.bool())
+            for other in (
+                loss_mask(as_f64(completion), tool),
+                loss_mask(as_f64(completion), None, truncated, True),
+            ):
+                got = _bool_loss_mask(other, completion)
+                assert got is not bool_mask(completion) and torch.equal(got, other.bool())
+        assert torch.equal(_bool_loss_mask(plain, None), plain.bool())
