@@ -68,13 +68,19 @@ class Tolerance:
     source: str = "default"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "rtol": self.rtol,
-            "atol": self.atol,
-            "k": self.k,
-            "outlier_fraction": self.outlier_fraction,
-            "source": self.source,
-        }
+        """The fields as a new dict (copied from one built on first use: a finding's details hold one, and
+        the default policy's tolerances are shared between steps)."""
+        built = self.__dict__.get("_as_dict")
+        if built is None:
+            built = {
+                "rtol": self.rtol,
+                "atol": self.atol,
+                "k": self.k,
+                "outlier_fraction": self.outlier_fraction,
+                "source": self.source,
+            }
+            object.__setattr__(self, "_as_dict", built)  # not a field: equality, hash and repr ignore it
+        return dict(built)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -189,3 +189,20 @@ def test_bool_loss_mask_is_the_shared_completion_mask_only_where_equal() -> None
                 got = _bool_loss_mask(other, completion)
                 assert got is not bool_mask(completion) and torch.equal(got, other.bool())
         assert torch.equal(_bool_loss_mask(plain, None), plain.bool())
+
+
+def test_tolerance_dict_is_a_fresh_copy_of_the_fields() -> None:
+    """A tolerance's dict (built once) is a new dict each call: what one finding's details hold cannot change
+    another's; equality, hash and repr stay those of the fields."""
+    import dataclasses
+
+    from grpo_check.compare.tolerances import Tolerance
+
+    tolerance = Tolerance(1e-5, 1e-6, 4.0, 0.001, "ratio @ bfloat16")
+    first = tolerance.to_dict()
+    assert first == dataclasses.asdict(tolerance)
+    first["rtol"] = 1.0
+    second = tolerance.to_dict()
+    assert second is not first and second == dataclasses.asdict(tolerance)
+    twin = Tolerance(1e-5, 1e-6, 4.0, 0.001, "ratio @ bfloat16")
+    assert twin == tolerance and hash(twin) == hash(tolerance) and repr(twin) == repr(tolerance)
