@@ -107,8 +107,31 @@ def computed_dtype(step: TraceStep, name: str) -> str:
     table = cached(("computed_dtype", id(step)), dict)
     dtype = table.get(name)
     if dtype is None:
-        dtype = table[name] = _computed_dtype(step, name)
+        full = table.get(_FULL_PRECISION)
+        if full is None:
+            full = table[_FULL_PRECISION] = _full_precision(step)
+        if full:  # no low-precision tensor, no low compute dtype: every tensor as stored
+            t = step.tensors.get(name)
+            dtype = _dtype_name(t.dtype) if isinstance(t, torch.Tensor) else "float32"
+        else:
+            dtype = _computed_dtype(step, name)
+        table[name] = dtype
     return dtype
+
+
+_FULL_PRECISION = None  # the table's entry for "nothing of the step is low precision" (names are strings)
+
+
+def _full_precision(step: TraceStep) -> bool:
+    """Whether neither the step's compute dtype nor any of its tensors is low precision: then
+    :func:`_computed_dtype` of every name is its stored dtype (one pass for the step, not one per name)."""
+    if step.meta.get("compute_dtype") in LOW_PRECISION:
+        return False
+    low = _LOW_DTYPES
+    for t in step.tensors.values():  # noqa: SIM110 (a loop, not all(genexpr): this runs for every step)
+        if isinstance(t, torch.Tensor) and t.dtype in low:
+            return False
+    return True
 
 
 def _computed_dtype(step: TraceStep, name: str) -> str:
