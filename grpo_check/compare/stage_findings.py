@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from grpo_check._step_cache import host_view
+from grpo_check._step_cache import bool_mask, host_view
 from grpo_check.compare import distribution
 from grpo_check.compare.mismatch import Extreme, mismatch_message
 from grpo_check.compare.tensor_diff import (
@@ -497,6 +497,21 @@ def aggregation_finding(
     )[0]
 
 
+# the stage-isolated comparisons of the reference downstream, in order: (quantity, check id, stage, label;
+# None: the KL's, which names the estimator); masks: the loss mask for the per-token loss, the tokens whose
+# clip branch is decided for ∂loss/∂logps, the default mask otherwise
+_DOWNSTREAM_CHECKS: tuple[tuple[str, str, str, str | None], ...] = (
+    ("ratio", "ratio.values", "ratio", "importance ratio ρ (from the trainer's logps and old_logps)"),
+    ("clipped_ratio", "ratio.clipped", "ratio", "clipped ratio clip(ρ)"),
+    ("sampler_is_ratio", "ratio.sampler_is", "ratio", "sampler importance-sampling weight"),
+    ("kl", "kl.values", "kl", None),
+    ("per_token_loss", "loss.per_token", "loss", ISOLATED_LOSS_CHECKS["per_token_loss"][1]),
+    ("loss", "loss.value", "loss", ISOLATED_LOSS_CHECKS["loss"][1]),
+    ("loss_normalizer", "loss.normalizer", "loss", "loss normaliser"),
+    ("logps_grad", "grad.logps_grad", "grad", ISOLATED_LOSS_CHECKS["logps_grad"][1]),
+)
+
+
 def downstream_findings(
     step: TraceStep, spec: GRPOSpec, policy: TolerancePolicy, ctx: StepContext, ref: StageReference
 ) -> list[Finding]:
@@ -522,49 +537,23 @@ def downstream_findings(
         return findings
     ref.tensors.update({k: v for k, v in down.items() if k not in ("loss_mask",)})
     ref.notes["isolated_downstream"] = down
-    loss_mask = down["loss_mask"].bool()
-    checks = [
-        (
-            "ratio",
-            "ratio.values",
-            "ratio",
-            "importance ratio ρ (from the trainer's logps and old_logps)",
-            None,
-        ),
-        ("clipped_ratio", "ratio.clipped", "ratio", "clipped ratio clip(ρ)", None),
-        ("sampler_is_ratio", "ratio.sampler_is", "ratio", "sampler importance-sampling weight", None),
-        (
-            "kl",
-            "kl.values",
-            "kl",
-            f"per-token KL ({spec.kl_estimator}) from the trainer's logps and ref_logps",
-            None,
-        ),
-        (
-            "per_token_loss",
-            "loss.per_token",
-            "loss",
-            ISOLATED_LOSS_CHECKS["per_token_loss"][1],
-            loss_mask,
-        ),
-        ("loss", "loss.value", "loss", ISOLATED_LOSS_CHECKS["loss"][1], None),
-        ("loss_normalizer", "loss.normalizer", "loss", "loss normaliser", None),
-        (
-            "logps_grad",
-            "grad.logps_grad",
-            "grad",
-            ISOLATED_LOSS_CHECKS["logps_grad"][1],
-            _shaped_like(decided_clip_branch(down, spec, computed_dtype(step, "logps")), loss_mask),
-        ),
-    ]
+    loss_mask = _bool_loss_mask(down["loss_mask"], tensors.get("completion_mask"))
     comparisons: list[Comparison] = []
-    for name, check_id, stage, what, mask in checks:
+    for name, check_id, stage, what in _DOWNSTREAM_CHECKS:
         if name not in tensors or name not in down:
             continue
-        want = down[name]
         got = tensors[name]
-        if name == "logps_grad" and got is None:
-            continue
+        if name == "logps_grad":
+            if got is None:
+                continue
+            mask = _shaped_like(decided_clip_branch(down, spec, computed_dtype(step, "logps")), loss_mask)
+        elif name == "per_token_loss":
+            mask = loss_mask
+        else:
+            mask = None
+            if what is None:  # the KL's label names the estimator
+                what = f"per-token KL ({spec.kl_estimator}) from the trainer's logps and ref_logps"
+        want = down[name]
         shaped = got if isinstance(got, torch.Tensor) else as_f64(got)  # its shape: no float64 copy needed
         if want.dim() == 2 and shaped.dim() == 2 and want.shape[1] == 1 and shaped.shape[1] != 1:
             want = want.expand_as(shaped)
@@ -587,6 +576,15 @@ def downstream_findings(
         if name in tensors and name in down:
             findings.append(_mask_finding(step, name, down[name], loss_mask, ctx))
     return findings
+
+
+def _bool_loss_mask(loss_mask: torch.Tensor, completion_mask: torch.Tensor | None) -> torch.Tensor:
+    """``loss_mask.bool()``; where the loss mask is the step's float64 copy of its completion mask itself (no
+    tool mask, no truncation masking), the step's shared bool completion mask: the same values (x ≠ 0 before
+    and after the exact widening), without a conversion of its own."""
+    if completion_mask is not None and loss_mask is as_f64(completion_mask):
+        return bool_mask(completion_mask)
+    return loss_mask.bool()
 
 
 def _mask_finding(

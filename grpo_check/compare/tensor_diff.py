@@ -639,7 +639,11 @@ def _summarise_numpy(
     """:func:`_summarise` on CPU tensors through numpy views, operation for operation: the same float64
     values, NaN handling and first-index ties."""
     rows = len(got)
-    trainer, reference = _host_rows(got), _host_rows(want)  # float64 (a view of float64 tensors)
+    reference = _host_rows(want)  # float64 (a view of float64 tensors)
+    # the trainer's rows as stored: subtracting them from float64 rows widens them exactly, as astype would
+    trainer = _host_rows(got, float64=False)
+    if trainer.dtype == np.bool_:  # pragma: no cover - _prepare hands over floating tensors only
+        trainer = trainer.astype(np.float64)
     mask = _host_rows(compared, float64=False)
     if mask.dtype != np.bool_:
         mask = mask != 0

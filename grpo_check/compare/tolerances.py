@@ -68,13 +68,19 @@ class Tolerance:
     source: str = "default"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "rtol": self.rtol,
-            "atol": self.atol,
-            "k": self.k,
-            "outlier_fraction": self.outlier_fraction,
-            "source": self.source,
-        }
+        """The fields as a new dict (copied from one built on first use: a finding's details hold one, and
+        the default policy's tolerances are shared between steps)."""
+        built = self.__dict__.get("_as_dict")
+        if built is None:
+            built = {
+                "rtol": self.rtol,
+                "atol": self.atol,
+                "k": self.k,
+                "outlier_fraction": self.outlier_fraction,
+                "source": self.source,
+            }
+            object.__setattr__(self, "_as_dict", built)  # not a field: equality, hash and repr ignore it
+        return dict(built)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +116,23 @@ class TolerancePolicy:
 
     def for_check(self, check_id: str, quantity: str, dtype: str | None) -> Tolerance:
         """Tolerance for ``check_id`` comparing ``quantity`` from a trace tensor of ``dtype``."""
+        if (
+            not self.overrides
+            and self.k is _DEFAULT_K
+            and self.outlier_fraction is _DEFAULT_OUTLIERS
+            and self.low_precision_outlier_fraction is _DEFAULT_LOW_OUTLIERS
+            and (dtype is None or type(dtype) is str)
+        ):  # the default policy (its very default values): one answer per (check, quantity, dtype)
+            key = (check_id, quantity, dtype)
+            hit = _DEFAULT_ANSWERS.get(key)
+            if hit is None:
+                if len(_DEFAULT_ANSWERS) >= _DEFAULT_ANSWERS_MAX:
+                    _DEFAULT_ANSWERS.clear()
+                hit = _DEFAULT_ANSWERS[key] = self._for_check(check_id, quantity, dtype)
+            return hit
+        return self._for_check(check_id, quantity, dtype)
+
+    def _for_check(self, check_id: str, quantity: str, dtype: str | None) -> Tolerance:
         dtype_name = _dtype_name(dtype)
         low = dtype_name in LOW_PRECISION
         budget = self.low_precision_outlier_fraction if low else self.outlier_fraction
@@ -167,6 +190,17 @@ class TolerancePolicy:
         if rtol < 0 or atol < 0:
             raise InputError(f"--tolerance values must be non-negative, got {text!r}")
         return key.strip(), (rtol, atol)
+
+
+_FIELDS = TolerancePolicy.__dataclass_fields__
+# the default field values as objects: a policy holding these very objects and no override answers as the
+# default policy does (compared by identity: 0.0 == -0.0, but their reprs differ)
+_DEFAULT_K = _FIELDS["k"].default
+_DEFAULT_OUTLIERS = _FIELDS["outlier_fraction"].default
+_DEFAULT_LOW_OUTLIERS = _FIELDS["low_precision_outlier_fraction"].default
+# the default policy's tolerances by (check id, quantity, dtype): Tolerance is frozen, so shared
+_DEFAULT_ANSWERS: dict[tuple[str, str, str | None], Tolerance] = {}
+_DEFAULT_ANSWERS_MAX = 4096
 
 
 def as_policy(value: Any, *, name: str = "tolerances") -> TolerancePolicy:

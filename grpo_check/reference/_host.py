@@ -161,7 +161,10 @@ def _group_advantages_py(
 ) -> tuple[torch.Tensor, ...]:
     """:func:`group_advantages` in Python floats (``epsilon`` > 0: no denominator is zero, so no Python
     division raises where IEEE gives ±inf or NaN)."""
-    unscorable = [all(v != v for v in row) for row in values.tolist()]  # (A8)
+    # (A8) a row whose every value is NaN; a row whose sum is no NaN holds no NaN (a NaN term makes the sum NaN)
+    unscorable = [
+        False if row and (s := sum(row)) == s else all(v != v for v in row) for row in values.tolist()
+    ]
     rewards = (values if weights is None else values * weights.unsqueeze(0)).nansum(dim=1)  # (R1)
     r = rewards.tolist()
     if any(unscorable):
@@ -186,14 +189,12 @@ def _group_advantages_py(
         elif a == -_INF:
             a = -_FLOAT64_MAX
         advantages.append(a)
-    return (
-        rewards,
-        torch.tensor(advantages, dtype=torch.float64),
-        torch.tensor(mean_rows, dtype=torch.float64),
-        torch.tensor(scale_rows, dtype=torch.float64),
-        torch.tensor([not bad for bad in unscorable], dtype=torch.bool),
-        torch.tensor(count_rows, dtype=torch.float64),
-    )
+    # one (4, B) tensor and its rows (contiguous views): one conversion of the lists instead of four
+    advantages_t, mean_t, scale_t, count_t = torch.tensor(
+        [advantages, mean_rows, scale_rows, count_rows], dtype=torch.float64
+    ).unbind()
+    scorable = torch.tensor([not bad for bad in unscorable], dtype=torch.bool)
+    return rewards, advantages_t, mean_t, scale_t, scorable, count_t
 
 
 def _group_stats_py(

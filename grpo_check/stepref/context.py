@@ -82,7 +82,9 @@ class StepContext:
     def _group_list(self) -> list[int]:
         """``group_index`` as a Python list, converted once per context (``where`` is called per finding)."""
         if self._groups is None or self._groups[0] is not self.group_index:
-            self._groups = (self.group_index, [int(g) for g in self.group_index.reshape(-1).tolist()])
+            index = self.group_index
+            flat = index if index.dim() == 1 else index.reshape(-1)  # (no view of a 1-D index: an operation)
+            self._groups = (index, [int(g) for g in flat.tolist()])
         return self._groups[1]
 
     def token_mask(self, like: torch.Tensor) -> torch.Tensor:

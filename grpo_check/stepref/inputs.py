@@ -76,7 +76,8 @@ def _step_context(step: TraceStep, spec: GRPOSpec) -> StepContext:
         step=step.meta.get("step"),
         micro_batch=step.meta.get("micro_batch"),
         rank=step.meta.get("rank"),
-        group_index=None if group_index is None else group_index.reshape(-1),
+        # (a 1-D index as it is: reshape would add a view, an operation)
+        group_index=group_index if group_index is None or group_index.dim() == 1 else group_index.reshape(-1),
         completion_ids=step.get("completion_ids"),
         completion_mask=step.get("completion_mask"),
     )
@@ -106,8 +107,31 @@ def computed_dtype(step: TraceStep, name: str) -> str:
     table = cached(("computed_dtype", id(step)), dict)
     dtype = table.get(name)
     if dtype is None:
-        dtype = table[name] = _computed_dtype(step, name)
+        full = table.get(_FULL_PRECISION)
+        if full is None:
+            full = table[_FULL_PRECISION] = _full_precision(step)
+        if full:  # no low-precision tensor, no low compute dtype: every tensor as stored
+            t = step.tensors.get(name)
+            dtype = _dtype_name(t.dtype) if isinstance(t, torch.Tensor) else "float32"
+        else:
+            dtype = _computed_dtype(step, name)
+        table[name] = dtype
     return dtype
+
+
+_FULL_PRECISION = None  # the table's entry for "nothing of the step is low precision" (names are strings)
+
+
+def _full_precision(step: TraceStep) -> bool:
+    """Whether neither the step's compute dtype nor any of its tensors is low precision: then
+    :func:`_computed_dtype` of every name is its stored dtype (one pass for the step, not one per name)."""
+    if step.meta.get("compute_dtype") in LOW_PRECISION:
+        return False
+    low = _LOW_DTYPES
+    for t in step.tensors.values():  # noqa: SIM110 (a loop, not all(genexpr): this runs for every step)
+        if isinstance(t, torch.Tensor) and t.dtype in low:
+            return False
+    return True
 
 
 def _computed_dtype(step: TraceStep, name: str) -> str:
@@ -297,8 +321,25 @@ def _loss_and_grad(
         entropies=entropies,
         entropy_mask=out.entropy_mask,
     )
-    (grad,) = torch.autograd.grad(agg.loss, logps, allow_unused=True)
-    return out, agg, grad
+    return out, agg, _grad_of(agg.loss, logps)
+
+
+# the engine call torch.autograd.grad makes, without its argument handling (a wrapper of a few dozen Python
+# calls, a function-level import among them) for the one case met here: the gradient of a plain 0-d tensor
+_run_backward = getattr(getattr(torch.autograd, "graph", None), "_engine_run_backward", None)
+
+
+def _grad_of(loss: torch.Tensor, logps: torch.Tensor) -> torch.Tensor | None:
+    """``torch.autograd.grad(loss, logps, allow_unused=True)[0]``: the same engine run, with the same
+    all-ones ``grad_outputs`` (``torch.ones_like(loss)``), through the engine entry point ``grad`` calls
+    when ``loss`` is a plain (no subclass, no torch function) 0-d tensor; ``grad`` itself otherwise."""
+    if _run_backward is None or type(loss) is not _Tensor or type(logps) is not _Tensor or loss.dim() != 0:
+        return torch.autograd.grad(loss, logps, allow_unused=True)[0]
+    seed = torch.ones_like(loss, memory_format=torch.preserve_format)
+    return _run_backward((loss,), (seed,), False, False, (logps,), True, accumulate_grad=False)[0]
+
+
+_Tensor = torch.Tensor
 
 
 def reference_aggregation(step: TraceStep, spec: GRPOSpec) -> torch.Tensor | None:

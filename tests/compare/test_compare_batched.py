@@ -336,3 +336,24 @@ def test_python_summary_equals_the_numpy_summary(rows, shape, dtype, seed, speci
     python = _diff._summarise_python(got, want, compared, tolerances)
     assert repr(python) == repr(_diff._summarise_numpy(got, want, compared, tolerances))
     assert all(type(field) in (int, float) for summary in python for field in summary)
+
+
+@pytest.mark.parametrize("got_dtype", [torch.float16, torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("want_dtype", [torch.float16, torch.float32, torch.float64])
+def test_numpy_summary_widens_both_sides_exactly(got_dtype, want_dtype):
+    """Trainer rows of any float dtype against references of any float dtype (trace against trace): the numpy
+    summary, which widens the trainer's rows only in the subtraction, equals the Python one (float64
+    throughout) field for field, on finite, NaN and ±inf values."""
+    generator = torch.Generator().manual_seed(1)
+    want = [
+        (torch.randn(6, 5, generator=generator, dtype=torch.float64) * 3).to(want_dtype) for _ in range(3)
+    ]
+    got = [(w.double() + 1e-3 * torch.randn(6, 5, generator=generator, dtype=torch.float64)).to(got_dtype)
+           for w in want]  # fmt: skip
+    got[0][1, 2], got[1][0, 0], want[2][3, 4] = float("nan"), float("-inf"), float("inf")
+    compared = [torch.rand(6, 5, generator=generator) > 0.2 for _ in range(3)]
+    tolerances = [TOL, Tolerance(rtol=1e-3, atol=0.0), TOL]
+    with _summary_path("numpy"):
+        numpy_summaries = _diff._summarise(got, want, compared, tolerances)
+    with _summary_path("python"):
+        assert repr(_diff._summarise(got, want, compared, tolerances)) == repr(numpy_summaries)

@@ -133,3 +133,76 @@ def test_all_true_equals_torch_all(mask: torch.Tensor) -> None:
     from grpo_check.compare.stage_findings import _all_true
 
     assert _all_true(mask) is bool(mask.all())
+
+
+def test_default_policy_tolerances_equal_the_computed_ones() -> None:
+    """The default policy's memoised tolerances equal those worked out each time, and policies that are not
+    the default one (overrides, other k or budgets, a negative zero budget) are not answered from the memo."""
+    from grpo_check.compare.tolerances import QUANTITY_DEFAULTS, TolerancePolicy
+
+    dtypes = (None, "float32", "float64", "bfloat16", "float16", "torch.bfloat16")
+    policies = [
+        TolerancePolicy(),
+        TolerancePolicy(overrides={"ratio": (1e-3, 1e-4)}),
+        TolerancePolicy(k=8.0),
+        TolerancePolicy(outlier_fraction=-0.0),
+        TolerancePolicy(low_precision_outlier_fraction=0.01),
+        TolerancePolicy().with_overrides({"loss.value": (0.0, 0.0)}),
+    ]
+    for policy in policies:
+        for quantity in (*QUANTITY_DEFAULTS, "other"):
+            for dtype in dtypes:
+                for _ in range(2):  # a miss, then a hit
+                    got = policy.for_check(f"{quantity}.values", quantity, dtype)
+                    want = policy._for_check(f"{quantity}.values", quantity, dtype)
+                    assert repr(got) == repr(want), (policy, quantity, dtype)
+    assert (
+        repr(TolerancePolicy(outlier_fraction=-0.0).for_check("x", "ratio", "float32").outlier_fraction)
+        == "-0.0"
+    )
+    assert TolerancePolicy(overrides={"ratio": (1e-3, 1e-4)}).for_check("x", "ratio", "float32").rtol == 1e-3
+
+
+def test_bool_loss_mask_is_the_shared_completion_mask_only_where_equal() -> None:
+    """The loss mask as bool: the step's shared bool completion mask where the loss mask is the completion
+    mask's float64 copy; its own conversion otherwise (a tool mask, truncation); the same values either way."""
+    import torch
+
+    from grpo_check._step_cache import bool_mask, step_cache
+    from grpo_check.compare.stage_findings import _bool_loss_mask
+    from grpo_check.reference.loss import loss_mask
+    from grpo_check.stepref.context import as_f64
+
+    for dtype in (torch.int64, torch.bool, torch.float32, torch.float64):
+        completion = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]]).to(dtype)
+        tool = torch.tensor([[1, 0, 1], [1, 1, 1], [1, 1, 1]])
+        truncated = torch.tensor([False, True, False])
+        with step_cache():
+            plain = loss_mask(as_f64(completion))
+            shared = _bool_loss_mask(plain, completion)
+            assert shared is bool_mask(completion)
+            assert torch.equal(shared, plain.bool())
+            for other in (
+                loss_mask(as_f64(completion), tool),
+                loss_mask(as_f64(completion), None, truncated, True),
+            ):
+                got = _bool_loss_mask(other, completion)
+                assert got is not bool_mask(completion) and torch.equal(got, other.bool())
+        assert torch.equal(_bool_loss_mask(plain, None), plain.bool())
+
+
+def test_tolerance_dict_is_a_fresh_copy_of_the_fields() -> None:
+    """A tolerance's dict (built once) is a new dict each call: what one finding's details hold cannot change
+    another's; equality, hash and repr stay those of the fields."""
+    import dataclasses
+
+    from grpo_check.compare.tolerances import Tolerance
+
+    tolerance = Tolerance(1e-5, 1e-6, 4.0, 0.001, "ratio @ bfloat16")
+    first = tolerance.to_dict()
+    assert first == dataclasses.asdict(tolerance)
+    first["rtol"] = 1.0
+    second = tolerance.to_dict()
+    assert second is not first and second == dataclasses.asdict(tolerance)
+    twin = Tolerance(1e-5, 1e-6, 4.0, 0.001, "ratio @ bfloat16")
+    assert twin == tolerance and hash(twin) == hash(tolerance) and repr(twin) == repr(tolerance)

@@ -47,3 +47,32 @@ def test_computed_dtype_table_is_per_step() -> None:
         assert computed_dtype(low, "loss") == "float16"
         assert computed_dtype(full, "loss") == "float32"
         assert computed_dtype(low, "logps") == "float16"
+
+
+def test_full_precision_shortcut_equals_the_rule_name_by_name() -> None:
+    """Steps with and without low-precision tensors or compute dtype: every name's answer from the step's
+    table (the shortcut where nothing is low precision) equals the rule applied to that name alone."""
+    from grpo_check.stepref.inputs import _computed_dtype
+
+    names = (
+        "logps",
+        "old_logps",
+        "ref_logps",
+        "ratio",
+        "kl",
+        "per_token_loss",
+        "loss",
+        "logps_grad",
+        "rewards",
+    )
+    steps = [
+        _step(logps=torch.float32, ratio=torch.float32, loss=torch.float64, advantages=torch.float32),
+        _step({"compute_dtype": "bfloat16"}, logps=torch.float32, ratio=torch.float32),
+        _step(logps=torch.float32, ref_logps=torch.float16, kl=torch.float32),
+        _step({"compute_dtype": "float32"}, loss=torch.bfloat16, per_token_loss=torch.float32),
+        _step(logps=torch.int64, ratio=torch.float64),
+    ]
+    for step in steps:
+        with step_cache(step):
+            for name in names:
+                assert computed_dtype(step, name) == _computed_dtype(step, name), (step.meta, name)

@@ -150,3 +150,31 @@ def test_clip_masks_host_matches_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     for case, got in zip(cases, fast, strict=True):
         want = ratio_module.clip_masks(*case)
         assert [_reprs(t) for t in got] == [_reprs(t) for t in want], case
+
+
+@pytest.mark.parametrize("py_rows", [_host.PY_ROWS, 0])  # Python floats, numpy
+def test_unscorable_rows_host_match_torch(monkeypatch: pytest.MonkeyPatch, py_rows: int) -> None:
+    """All-NaN rows are unscorable; rows whose sum is NaN without a NaN (+inf and −inf), rows with some NaN,
+    and rows without reward functions give the torch code's answer."""
+    nan, inf = float("nan"), float("inf")
+    monkeypatch.setattr(_host, "PY_ROWS", py_rows)
+    tables = [
+        [[nan, nan], [inf, -inf], [1.0, nan], [0.5, 0.25], [nan, 2.0], [-inf, -inf], [nan, nan], [3.0, -1.0]],
+        [[inf, -inf], [-inf, inf], [1.0, 2.0], [nan, nan]],
+        [[], [], [], []],
+    ]
+    spec = GRPOSpec(num_generations=4)
+    fields = ("rewards", "advantages", "group_mean", "group_std", "scorable", "group_size")
+    fast = [advantages.compute_advantages(torch.tensor(t, dtype=torch.float64).reshape(len(t), -1), None, spec)
+            for t in tables]  # fmt: skip
+    assert [f.scorable.tolist() for f in fast[:2]] == [
+        [False, True, True, True, True, True, False, True],
+        [True, True, True, False],
+    ]
+    _torch_only(monkeypatch)
+    for table, got in zip(tables, fast, strict=True):
+        want = advantages.compute_advantages(
+            torch.tensor(table, dtype=torch.float64).reshape(len(table), -1), None, spec
+        )
+        for field in fields:
+            assert _reprs(getattr(got, field)) == _reprs(getattr(want, field)), (field, table)
