@@ -386,7 +386,6 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     advantages, rewards, groups = stats.advantages, stats.rewards, stats.groups
     centred, count = stats.centred, stats.count
     squares = groups.sum(centred**2)
-    sample_std = torch.sqrt(squares / (count - 1.0).clamp(min=1.0))
     clean = advantages if stats.all_scorable else where_fill(stats.scorable, advantages, 0.0)
     numerators = groups.sum(clean * centred)
     if effective.scale_rewards == "batch":
@@ -403,11 +402,16 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     # the same figures as the tensor operations below, as Python floats (whose division by 0 would raise
     # where torch's gives ±inf or NaN: no scorable row at all)
     if few_groups(groups, squares) and factor != 0.0:
-        stds, counts = sample_std.tolist(), count.tolist()
-        # x.clamp(min=m) is m where x < m, else x (NaN included)
+        counts, square_sums = count.tolist(), squares.tolist()
+        # x.clamp(min=m) is m where x < m, else x (NaN included); the divisor is ≥ 1. The square root stays
+        # torch's (its float64 sqrt is not always math.sqrt's correctly rounded one), on as many numbers
+        variances = [
+            square / (1.0 if c - 1.0 < 1.0 else c - 1.0)
+            for square, c in zip(square_sums, counts, strict=True)
+        ]
+        stds = torch.sqrt(torch.tensor(variances, dtype=torch.float64)).tolist()
         slopes = [
-            n / (1e-300 if s < 1e-300 else s)
-            for n, s in zip(numerators.tolist(), squares.tolist(), strict=True)
+            n / (1e-300 if s < 1e-300 else s) for n, s in zip(numerators.tolist(), square_sums, strict=True)
         ]
         if effective.scale_rewards == "group" or (effective.scale_rewards == "batch" and batch_std is None):
             retention = [slope * scale for slope, scale in zip(slopes, stds, strict=True)]
@@ -437,6 +441,7 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
         failing = sum(1 for value in masked_values if value < limit)
         std, worst_slope = stds[worst], slopes[worst]
     else:
+        sample_std = torch.sqrt(squares / (count - 1.0).clamp(min=1.0))
         slope = numerators / squares.clamp(min=1e-300)
         if effective.scale_rewards == "group":
             scale = sample_std
