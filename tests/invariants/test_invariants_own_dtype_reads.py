@@ -3,13 +3,17 @@ in any float dtype) give the findings of the float64 copy, field for field, on c
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 from invariants_builders import build_step, with_tensors
 
+import grpo_check.invariants.grad as grad_module
 import grpo_check.invariants.kl as kl_module
+from grpo_check.compare.synthetic import make_step
+from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
 from grpo_check.invariants import REGISTRY, run_invariants
 from grpo_check.trace.model import TraceStep
@@ -65,3 +69,62 @@ def test_kl_read_in_its_own_dtype_gives_the_float64_findings(monkeypatch: pytest
     for (name, step), expected in zip(variants, own, strict=True):
         assert _findings(step) == expected, name
     assert {Verdict.PASS, Verdict.FAIL, Verdict.INCONCLUSIVE} <= verdicts
+
+
+_GRAD_CHECKS = [
+    REGISTRY[check_id]
+    for check_id in (
+        "grad.zero_outside_loss_mask",
+        "grad.sign_matches_advantage",
+        "grad.kl_sign_where_kl_dominates",
+    )
+]
+
+
+def _grad_variants() -> list[tuple[str, TraceStep, GRPOSpec]]:
+    spec = GRPOSpec(num_generations=4, loss_type="dapo", beta=0.04, max_completion_length=6)
+    step = make_step(spec, n_prompts=2, completion_length=6, vocab_size=50)
+    grad = step["logps_grad"].float()
+    padding = step["completion_mask"] == 0
+    leaking = grad.clone()
+    leaking[padding.nonzero()[0].tolist()] = 1e-7
+    kl_heavy = dataclasses.replace(spec, beta=1e4)
+    out = [
+        ("float32", with_tensors(step, logps_grad=grad), spec),
+        ("float32_negated", with_tensors(step, logps_grad=-grad), spec),
+        ("float32_zeros", with_tensors(step, logps_grad=grad * 0.0), spec),
+        ("float32_negative_zeros", with_tensors(step, logps_grad=grad * 0.0 - 0.0), spec),
+        ("float32_leaking", with_tensors(step, logps_grad=leaking), spec),
+        ("float32_tiny", with_tensors(step, logps_grad=grad * 1e-38), spec),
+        ("float32_kl_heavy", with_tensors(step, logps_grad=grad), kl_heavy),
+        ("float32_kl_heavy_negated", with_tensors(step, logps_grad=-grad), kl_heavy),
+    ]
+    for dtype in (torch.float64, torch.bfloat16, torch.float16):
+        out.append((f"{dtype}", with_tensors(step, logps_grad=grad.to(dtype)), spec))
+        out.append((f"{dtype}_negated", with_tensors(step, logps_grad=-grad.to(dtype)), spec))
+    return out
+
+
+def _grad_findings(step: TraceStep, spec: GRPOSpec) -> list[str]:
+    shared = [repr(f) for f in run_invariants(step, spec, checks=["grad."])]
+    alone = [repr(f) for check in _GRAD_CHECKS for f in check.run(step, spec)]
+    return shared + alone + [repr(f) for check in _GRAD_CHECKS for f in check.run(step, spec, tolerance=1e-9)]
+
+
+def test_gradient_read_in_its_own_dtype_gives_the_float64_findings(monkeypatch: pytest.MonkeyPatch) -> None:
+    variants = _grad_variants()
+    own = [_grad_findings(step, spec) for _, step, spec in variants]
+    fired = {
+        f.check_id
+        for _, step, spec in variants
+        for f in run_invariants(step, spec, checks=["grad."])
+        if f.verdict in (Verdict.FAIL, Verdict.WARN)
+    }
+    monkeypatch.setattr(grad_module, "_host_grad", grad_module.f64)  # every dtype through the float64 copy
+    for (name, step, spec), expected in zip(variants, own, strict=True):
+        assert _grad_findings(step, spec) == expected, name
+    assert {
+        "grad.zero_outside_loss_mask",
+        "grad.sign_matches_advantage",
+        "grad.kl_sign_where_kl_dominates",
+    } <= fired
