@@ -331,12 +331,30 @@ class Groups:
             flat = flat.reshape(-1)
         if flat.dtype is not torch.int64:
             flat = flat.long()
+        self._device = flat.device
+        if 0 < flat.numel() <= FEW_ROWS and flat.is_cpu:
+            labels = flat.tolist()
+            sizes = _dense_sizes(labels)
+            if sizes is not None:  # 0, 0, 1, 1, 2, ...: torch.unique's inverse is the index itself
+                self.inverse, self.num_groups = flat, len(sizes)
+                self._sizes, self.row_groups = sizes, labels
+                return
         # torch.unique(flat, return_inverse=True, return_counts=True) without its Python wrapper
         self.values, self.inverse, self.count = _unique(
             flat, sorted=True, return_inverse=True, return_counts=True
         )
         self.num_groups = int(self.values.numel())
-        self._device = self.inverse.device
+
+    # made on first use after the contiguous-label path (torch.unique's on the general path)
+    @functools.cached_property
+    def values(self) -> torch.Tensor:
+        """The distinct labels, ascending (torch.unique's values)."""
+        return torch.arange(self.num_groups, dtype=torch.int64, device=self._device)
+
+    @functools.cached_property
+    def count(self) -> torch.Tensor:
+        """Rows per group, int64 (torch.unique's counts)."""
+        return torch.tensor(self._sizes, dtype=torch.int64, device=self._device)
 
     def _inverse_on(self, device: torch.device) -> torch.Tensor:
         """``inverse`` on ``device`` (itself on its own device: no ``.to`` call per reduction)."""
@@ -366,8 +384,24 @@ class Groups:
 
     def sizes(self) -> list[int]:
         """Rows per group (``count.tolist()``), for a few groups (one conversion instead of a reduction and
-        a conversion per question)."""
-        return self.count.tolist()
+        a conversion per question). Do not modify it."""
+        sizes = self.__dict__.get("_sizes")
+        if sizes is None:
+            sizes = self._sizes = self.count.tolist()
+        return sizes
+
+    def count_f64(self, device: torch.device) -> torch.Tensor:
+        """``count.to(device=device, dtype=torch.float64)`` (from the row counts themselves when the int64
+        counts were not made: the same numbers, exactly)."""
+        if "count" not in self.__dict__ and "_sizes" in self.__dict__:
+            return torch.tensor(self._sizes, dtype=torch.float64, device=device)
+        return self.count.to(device=device, dtype=torch.float64)
+
+    def count_of_size(self, size: int) -> int:
+        """Groups of ``size`` rows (``int((count == size).sum())``)."""
+        if self.num_groups <= _FEW:
+            return sum(1 for count in self.sizes() if count == size)
+        return int(torch.count_nonzero(self.count == size))
 
     def amax(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.full((self.num_groups,), -torch.inf, dtype=x.dtype, device=x.device)
@@ -382,6 +416,24 @@ class Groups:
 
     def first_row(self, group: int) -> int:
         return int((self.inverse == group).nonzero()[0, 0])
+
+
+def _dense_sizes(labels: list[int]) -> list[int] | None:
+    """Rows per label when ``labels`` is 0, 0, 1, 1, 2, ... (each the same as or one above the one before, from
+    0: contiguous groups, the usual layout), else ``None``."""
+    if labels[0] != 0:
+        return None
+    sizes = [0]
+    previous = 0
+    for label in labels:
+        if label == previous:
+            sizes[-1] += 1
+        elif label == previous + 1:
+            sizes.append(1)
+            previous = label
+        else:
+            return None
+    return sizes
 
 
 def groups_of(group_index: torch.Tensor) -> Groups:

@@ -61,19 +61,15 @@ def advantages_finite(step: TraceStep, spec: GRPOSpec | None, *, tolerance: floa
     return finite_outcome(step, ("advantages",))
 
 
-def _prepare(
-    step: TraceStep, spec: GRPOSpec | None
-) -> tuple[torch.Tensor, Groups, torch.Tensor, int, int] | str:
-    """(advantages (B,), groups, whole-group flag per group, G, number of whole groups) or the reason the
-    group checks cannot run.
+def _prepare(step: TraceStep, spec: GRPOSpec | None) -> tuple[torch.Tensor, Groups, int, int] | str:
+    """(advantages (B,), groups, G, number of whole groups) or the reason the group checks cannot run
+    (:func:`_whole` gives the whole-group flags).
 
     Shared by the group checks of one step (see ``step_cache``)."""
     return cached(("adv_prepare", id(step), id(spec)), lambda: _prepare_uncached(step, spec))
 
 
-def _prepare_uncached(
-    step: TraceStep, spec: GRPOSpec | None
-) -> tuple[torch.Tensor, Groups, torch.Tensor, int, int] | str:
+def _prepare_uncached(step: TraceStep, spec: GRPOSpec | None) -> tuple[torch.Tensor, Groups, int, int] | str:
     advantages = row_advantages(step["advantages"], step.get("completion_mask"))
     if advantages is None:
         return _TOKEN_LEVEL
@@ -81,13 +77,17 @@ def _prepare_uncached(
     if groups.inverse.numel() != advantages.numel():  # malformed inputs: the registry reports it
         raise ValueError(f"group_index has {groups.inverse.numel()} rows, advantages {advantages.numel()}")
     size = num_generations(spec, groups)
-    whole = groups.count == size
-    whole_count = count_true(whole)
+    whole_count = groups.count_of_size(size)
     if not whole_count:
         return (
             f"no whole group of G={size} rows in this step (sizes {sorted({int(c) for c in groups.count})})"
         )
-    return advantages, groups, whole, size, whole_count
+    return advantages, groups, size, whole_count
+
+
+def _whole(groups: Groups, size: int) -> torch.Tensor:
+    """Per group: all ``size`` rows present (``count == size``), shared between the checks of one step."""
+    return cached(("adv_whole", id(groups), size), lambda: groups.count == size)
 
 
 def _group_sum(groups: Groups, clean: torch.Tensor) -> torch.Tensor:
@@ -158,14 +158,14 @@ def group_sum_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float |
     prepared = _prepare(step, spec)
     if isinstance(prepared, str):
         return inconclusive(prepared)
-    advantages, groups, whole, _, whole_count = prepared
+    advantages, groups, size, whole_count = prepared
     every_group = whole_count == groups.num_groups
     if known_finite(step, "advantages") or count_true(finite_mask(advantages)) == advantages.numel():
         # every advantage finite: every whole group is usable
-        usable, usable_count, clean = whole, whole_count, advantages
+        usable, usable_count, clean = None, whole_count, advantages  # usable: _whole(groups, size)
     else:
         finite = finite_mask(advantages)
-        usable = whole & (groups.sum((~finite).double()) == 0)
+        usable = _whole(groups, size) & (groups.sum((~finite).double()) == 0)
         usable_count = count_true(usable)
         every_group = usable_count == groups.num_groups
         if not usable_count:
@@ -179,7 +179,7 @@ def group_sum_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float |
             ]
             shown = magnitudes
         else:
-            flags = usable.tolist()
+            flags = (_whole(groups, size) if usable is None else usable).tolist()
             excesses = [
                 m - a if u else -math.inf for m, a, u in zip(magnitudes, allowances, flags, strict=True)
             ]
@@ -197,6 +197,8 @@ def group_sum_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float |
             allowed = zero_sum_allowed(step, groups, clean)
         else:
             allowed = tolerance + rtol_atol(step["advantages"].dtype)[0] * abs_sums
+        if usable is None:
+            usable = _whole(groups, size)
         # every group usable: the masks below select everything, and where() returns the values unchanged
         excess = sums_abs - allowed if every_group else where_fill(usable, sums_abs - allowed, -torch.inf)
         worst = int(torch.argmax(excess))
@@ -208,6 +210,8 @@ def group_sum_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float |
         failing = int((excess > 0).sum())
         worst_sum, worst_magnitude = float(sums[worst]), float(sums[worst].abs())
         worst_allowed = float(allowed[worst])
+    if usable is None:
+        usable = _whole(groups, size)
     return Outcome(
         Verdict.FAIL,
         f"{failing} of {int(usable.sum())} group(s) have advantages that do not sum to 0 "
@@ -301,8 +305,6 @@ class GroupRewardStats:
     """(B,) total rewards."""
     groups: Groups
     """The prompt groups of the rows."""
-    whole: torch.Tensor
-    """Per group: all G rows present."""
     scorable_mask: torch.Tensor | None
     """(B,) rows whose reward and advantage are finite (``None``: all of them, see :attr:`scorable`)."""
     centred: torch.Tensor
@@ -323,6 +325,11 @@ class GroupRewardStats:
             object.__setattr__(self, "scorable_mask", torch.ones_like(self.rewards, dtype=torch.bool))
         return self.scorable_mask  # type: ignore[return-value]
 
+    @property
+    def whole(self) -> torch.Tensor:
+        """Per group: all G rows present (made on first use, shared per step)."""
+        return _whole(self.groups, self.size)
+
 
 def _group_reward_stats(step: TraceStep, spec: GRPOSpec | None) -> GroupRewardStats | str:
     """The step's :class:`GroupRewardStats`, or a reason they cannot be computed (shared per step)."""
@@ -333,7 +340,7 @@ def _group_reward_stats_uncached(step: TraceStep, spec: GRPOSpec | None) -> Grou
     prepared = _prepare(step, spec)
     if isinstance(prepared, str):
         return prepared
-    advantages, groups, whole, size, whole_count = prepared
+    advantages, groups, size, whole_count = prepared
     rewards = total_rewards(step, spec)
     if rewards is None or rewards.numel() != advantages.numel():
         return "rewards do not align with advantages"
@@ -341,12 +348,12 @@ def _group_reward_stats_uncached(step: TraceStep, spec: GRPOSpec | None) -> Grou
     # the rewards tensor itself (not a sum of rewards_per_func) and the advantages known finite: scorable
     # is all True, the where() calls below change nothing, and Σ 1.0 over a group is its row count exactly
     if step.has("rewards") and known_finite(step, "rewards", "advantages"):
-        count = groups.count.to(device=rewards.device, dtype=torch.float64)
+        count = groups.count_f64(rewards.device)
         mean = groups.sum(rewards) / count  # (each group has ≥ 1 row: count.clamp(min=1) is count)
         # one group: mean[inverse] is mean broadcast, the same subtraction per row without the gather
         centred = rewards - mean if groups.num_groups == 1 else rewards - groups.expand(mean)
         return GroupRewardStats(
-            advantages, rewards, groups, whole, None, centred, count, size, True, every_group_whole
+            advantages, rewards, groups, None, centred, count, size, True, every_group_whole
         )
     scorable = finite_mask(rewards) & finite_mask(advantages)  # the step's shared masks
     weight = scorable.double()
@@ -354,7 +361,7 @@ def _group_reward_stats_uncached(step: TraceStep, spec: GRPOSpec | None) -> Grou
     mean = groups.sum(where_fill(scorable, rewards, 0.0)) / count.clamp(min=1)
     centred = where_fill(scorable, rewards - groups.expand(mean), 0.0)
     return GroupRewardStats(
-        advantages, rewards, groups, whole, scorable, centred, count, size, False, every_group_whole
+        advantages, rewards, groups, scorable, centred, count, size, False, every_group_whole
     )
 
 
@@ -376,10 +383,9 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     stats = _group_reward_stats(step, spec)
     if isinstance(stats, str):
         return inconclusive(stats)
-    advantages, rewards, groups, whole = stats.advantages, stats.rewards, stats.groups, stats.whole
+    advantages, rewards, groups = stats.advantages, stats.rewards, stats.groups
     centred, count = stats.centred, stats.count
     squares = groups.sum(centred**2)
-    sample_std = torch.sqrt(squares / (count - 1.0).clamp(min=1.0))
     clean = advantages if stats.all_scorable else where_fill(stats.scorable, advantages, 0.0)
     numerators = groups.sum(clean * centred)
     if effective.scale_rewards == "batch":
@@ -396,11 +402,16 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     # the same figures as the tensor operations below, as Python floats (whose division by 0 would raise
     # where torch's gives ±inf or NaN: no scorable row at all)
     if few_groups(groups, squares) and factor != 0.0:
-        stds, counts = sample_std.tolist(), count.tolist()
-        # x.clamp(min=m) is m where x < m, else x (NaN included)
+        counts, square_sums = count.tolist(), squares.tolist()
+        # x.clamp(min=m) is m where x < m, else x (NaN included); the divisor is ≥ 1. The square root stays
+        # torch's (its float64 sqrt is not always math.sqrt's correctly rounded one), on as many numbers
+        variances = [
+            square / (1.0 if c - 1.0 < 1.0 else c - 1.0)
+            for square, c in zip(square_sums, counts, strict=True)
+        ]
+        stds = torch.sqrt(torch.tensor(variances, dtype=torch.float64)).tolist()
         slopes = [
-            n / (1e-300 if s < 1e-300 else s)
-            for n, s in zip(numerators.tolist(), squares.tolist(), strict=True)
+            n / (1e-300 if s < 1e-300 else s) for n, s in zip(numerators.tolist(), square_sums, strict=True)
         ]
         if effective.scale_rewards == "group" or (effective.scale_rewards == "batch" and batch_std is None):
             retention = [slope * scale for slope, scale in zip(slopes, stds, strict=True)]
@@ -413,7 +424,7 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
         _, magnitudes, allowances = zero_sum_figures(step, groups, clean)
         zero_sum = [m <= a for m, a in zip(magnitudes, allowances, strict=True)]
         if not stats.every_group_whole:
-            zero_sum = [z and w for z, w in zip(zero_sum, whole.tolist(), strict=True)]
+            zero_sum = [z and w for z, w in zip(zero_sum, stats.whole.tolist(), strict=True)]
         flags = [z and c >= 2.0 and s > threshold_std for z, c, s in zip(zero_sum, counts, stds, strict=True)]
         qualifying_count = sum(flags)
         if not qualifying_count:
@@ -430,6 +441,7 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
         failing = sum(1 for value in masked_values if value < limit)
         std, worst_slope = stds[worst], slopes[worst]
     else:
+        sample_std = torch.sqrt(squares / (count - 1.0).clamp(min=1.0))
         slope = numerators / squares.clamp(min=1e-300)
         if effective.scale_rewards == "group":
             scale = sample_std
@@ -441,7 +453,7 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
         if effective.baseline == "rloo":
             retention_tensor = retention_tensor / factor
         zero_sum_tensor = group_sums(groups, clean)[1] <= zero_sum_allowed(step, groups, clean)
-        qualifying = (whole & zero_sum_tensor if not stats.every_group_whole else zero_sum_tensor) & (
+        qualifying = (stats.whole & zero_sum_tensor if not stats.every_group_whole else zero_sum_tensor) & (
             count >= 2.0
         )
         qualifying = qualifying & (sample_std > threshold_std)
@@ -502,13 +514,7 @@ def constant_group_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: fl
     stats = _group_reward_stats(step, spec)
     if isinstance(stats, str):
         return inconclusive(stats)
-    advantages, rewards, groups, whole, size = (
-        stats.advantages,
-        stats.rewards,
-        stats.groups,
-        stats.whole,
-        stats.size,
-    )
+    advantages, rewards, groups, size = stats.advantages, stats.rewards, stats.groups, stats.size
     if stats.all_scorable and few_rows(rewards) and not any(_constant_groups(stats)):
         return not_applicable("no group with all-equal rewards")  # what the operations below find
     if stats.all_scorable:  # every reward finite: the masks below are all True (see _group_reward_stats)
@@ -520,7 +526,7 @@ def constant_group_zero(step: TraceStep, spec: GRPOSpec | None, *, tolerance: fl
         low = groups.amin(where_fill(scorable, rewards, torch.inf))
         count = groups.sum(scorable.double())
     constant = (high == low) | (count < 2.0)
-    constant = constant if stats.every_group_whole else whole & constant
+    constant = constant if stats.every_group_whole else stats.whole & constant
     constant_count = count_true(constant)
     if not constant_count:
         return not_applicable("no group with all-equal rewards")
@@ -684,7 +690,7 @@ def sign_follows_rewards(
     stats = _group_reward_stats(step, spec)
     if isinstance(stats, str):
         return inconclusive(stats)
-    advantages, rewards, groups, whole = stats.advantages, stats.rewards, stats.groups, stats.whole
+    advantages, rewards, groups = stats.advantages, stats.rewards, stats.groups
     centred = stats.centred
     _, atol = rtol_atol(step["advantages"].dtype)
     reward_rtol, _ = rtol_atol(
@@ -703,7 +709,7 @@ def sign_follows_rewards(
         judged = scorable & (centred.abs() > 16 * reward_rtol * max(scale, 1e-12))
     judged = judged & (advantages.abs() > (tolerance if tolerance is not None else atol))
     if not stats.every_group_whole:
-        judged = groups.expand(whole) & judged
+        judged = groups.expand(stats.whole) & judged
     judged_count = count_true(judged)
     if not judged_count:
         return not_applicable("no row clearly above or below its group mean")

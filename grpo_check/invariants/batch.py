@@ -185,9 +185,9 @@ def group_sizes(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | No
     if groups.num_groups == 0:
         return inconclusive("empty group_index")
     size = num_generations(spec, groups)
-    counts = groups.count
     if groups.all_of_size(size):
         return passed(f"{groups.num_groups} group(s) of {size}", 0.0, 0.0)
+    counts = groups.count
     worst = int(torch.argmax((counts - size).abs()))
     row = groups.first_row(worst)
     too_big = bool((counts > size).any())

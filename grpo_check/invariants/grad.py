@@ -70,15 +70,16 @@ def grad_finite(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | No
 def zero_outside_loss_mask(
     step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None
 ) -> Outcome:
-    grad = f64(step["logps_grad"])
+    logps_grad = step["logps_grad"]
     mask = loss_mask(step, spec)
-    if mask is None or mask.shape != grad.shape:
-        return inconclusive(f"loss mask shape does not match logps_grad {tuple(grad.shape)}")
+    if mask is None or mask.shape != logps_grad.shape:
+        return inconclusive(f"loss mask shape does not match logps_grad {tuple(logps_grad.shape)}")
     allowed = tolerance if tolerance is not None else 0.0
     if known_finite(step, "logps_grad"):
-        outcome = _zero_outside_host(grad, mask, allowed)
+        outcome = _zero_outside_host(_host_grad(logps_grad), mask, allowed)
         if outcome is not None:
             return outcome
+    grad = f64(logps_grad)
     masked_out = ~mask
     # non-finite gradients are grad.finite's to report (NaN · 0 stays NaN at padding)
     judged = masked_out if known_finite(step, "logps_grad") else masked_out & finite_mask(grad)
@@ -105,6 +106,15 @@ def zero_outside_loss_mask(
         token=token,
         catalog_id=catalog,
     )
+
+
+def _host_grad(logps_grad: torch.Tensor) -> torch.Tensor:
+    """``logps_grad`` as the host paths read it: a float32/float64 gradient in its own dtype (their |·|,
+    comparisons, maxima and float64 products with A or a KL slope are exact: the float64 copy's numbers, no
+    copy made), any other dtype as the float64 copy."""
+    if logps_grad.dtype is torch.float32 or logps_grad.dtype is torch.float64:
+        return plain(logps_grad)
+    return f64(logps_grad)
 
 
 def _host_pair(grad: torch.Tensor, mask: torch.Tensor) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -445,22 +455,23 @@ def sign_matches_advantage(
         return inconclusive(f"loss_type {effective.loss_type!r}: per-token gradient sign not fixed by A")
     if effective.entropy_coef != 0:
         return inconclusive("entropy bonus adds a gradient of either sign (entropy_coef ≠ 0)")
-    grad = f64(step["logps_grad"])
-    if grad.dim() != 2:
-        return malformed(f"logps_grad must be (B, T), got {tuple(grad.shape)}")
-    ratio = _ratio(step, spec, grad)
+    logps_grad = step["logps_grad"]
+    if logps_grad.dim() != 2:
+        return malformed(f"logps_grad must be (B, T), got {tuple(logps_grad.shape)}")
+    ratio = _ratio(step, spec, logps_grad)  # (its shape and device)
     if ratio is None:
         return inconclusive(
             "ratio unknown (needs ratio, logps + old_logps, or meta optimizer_steps_since_old_logps = 0)"
         )
     mask = loss_mask(step, spec)
-    mask = token_mask(step, grad) if mask is None or mask.shape != grad.shape else mask
+    mask = token_mask(step, logps_grad) if mask is None or mask.shape != logps_grad.shape else mask
     _, atol = rtol_atol(step["advantages"].dtype)
     if effective.loss_type in CLIP_LOSS_TYPES and known_finite(step, "advantages", "logps_grad"):
         with np.errstate(all="ignore"):  # 0·inf, inf − inf: NaN without a warning, as in torch
-            outcome = _sign_matches_host(step, effective, grad, ratio, mask, atol)
+            outcome = _sign_matches_host(step, effective, _host_grad(logps_grad), ratio, mask, atol)
         if outcome is not None:
             return outcome
+    grad = f64(logps_grad)
     advantages = _advantages(step, grad.shape)
     compact = _compact_advantages(
         step
@@ -714,19 +725,25 @@ def kl_sign_where_kl_dominates(
         return not_applicable("β = 0: no KL penalty")
     if effective.entropy_coef != 0:
         return inconclusive("entropy bonus adds a gradient of either sign (entropy_coef ≠ 0)")
-    grad = f64(step["logps_grad"])
-    if grad.dim() != 2:
-        return malformed(f"logps_grad must be (B, T), got {tuple(grad.shape)}")
-    ratio = _ratio(step, spec, grad)
+    logps_grad = step["logps_grad"]
+    if logps_grad.dim() != 2:
+        return malformed(f"logps_grad must be (B, T), got {tuple(logps_grad.shape)}")
+    ratio = _ratio(step, spec, logps_grad)  # (its shape and device)
     if ratio is not None and effective.loss_type in CLIP_LOSS_TYPES and known_finite(step, "logps_grad"):
         mask = loss_mask(step, spec)
-        mask = token_mask(step, grad) if mask is None or mask.shape != grad.shape else mask
+        mask = token_mask(step, logps_grad) if mask is None or mask.shape != logps_grad.shape else mask
         with np.errstate(all="ignore"):  # 0·inf, inf − inf: NaN without a warning, as in torch
             outcome = _kl_sign_host(
-                step, effective, grad, ratio, mask, tolerance if tolerance is not None else 1e-6
+                step,
+                effective,
+                _host_grad(logps_grad),
+                ratio,
+                mask,
+                tolerance if tolerance is not None else 1e-6,
             )
         if outcome is not None:
             return outcome
+    grad = f64(logps_grad)
     advantages = _advantages(step, grad.shape)
     policy_scale = None
     if ratio is None:  # off-policy with unknown ratio: only tokens without any policy term are judged

@@ -20,6 +20,7 @@ from grpo_check.invariants._common import (
     masked_abs_max,
     not_applicable,
     passed,
+    plain,
     rtol_atol,
     spec_or_default,
     valid_finite,
@@ -86,17 +87,21 @@ def nonnegative(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | No
     estimator = kl_estimator(step, spec)
     if estimator == "k1":
         return not_applicable("the k1 estimator (logp − ref_logp) is negative on some tokens by design")
-    values = f64(step["kl"])
+    kl = step["kl"]
+    # a float32 / float64 KL read in its own dtype: negation, |·|, where and max are exact, so the maxima are
+    # the float64 copy's numbers (no copy made); other dtypes, and the comparison below, in float64
+    values = plain(kl) if kl.dtype is torch.float32 or kl.dtype is torch.float64 else f64(kl)
     valid = valid_finite(step, values)
     if not any_true(valid):
         return inconclusive("no valid token")
-    rtol, _ = rtol_atol(step["kl"].dtype)
+    rtol, _ = rtol_atol(kl.dtype)
     allowed = tolerance if tolerance is not None else rtol * max(1.0, masked_abs_max(values, valid))
     masked = where_fill(valid, -values, -torch.inf)
     lowest = -float(masked.max())  # the value at argmax_2d(masked); the position is only needed on failure
     if lowest >= -allowed:
         return passed(f"min {estimator} KL {fmt(lowest)} ≥ 0", lowest, allowed)
     row, token = argmax_2d(masked)
+    values = f64(kl)
     return Outcome(
         Verdict.FAIL,
         f"{int(((values < -allowed) & valid).sum())} token(s) have negative {estimator} KL (min {fmt(lowest)})",

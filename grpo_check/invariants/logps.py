@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
+from grpo_check._step_cache import host_view
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
 from grpo_check.invariants._common import (
@@ -217,18 +219,9 @@ def bf16_quantised(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float |
     limit = tolerance if tolerance is not None else _QUANTISED_FRACTION
     stack = _logp_stack(step)
     if stack is not None:  # every tensor at once; anything but a clean pass takes the per-tensor path below
-        magnitude = stack.values.abs()
-        judged = stack.valid & (magnitude > scalar_like(1e-3, magnitude))
-        on_grids = [_on_grid(stack.values, grid, magnitude) for grid in _GRIDS]
-        # one reduction over the stacked masks while they stay below torch's parallelisation grain
-        if (1 + len(_GRIDS)) * judged.numel() <= _SMALL_SLICE:
-            # [judged, grid ∧ judged, ...] with one &: judged ∧ judged is judged
-            masks = torch.stack([judged, *on_grids]) & judged
-            counts = masks.reshape(1 + len(_GRIDS), len(stack.names), -1).sum(2)
-        else:  # large: no stacked copy, one count per tensor
-            masks = [judged, *(on_grid & judged for on_grid in on_grids)]
-            counts = torch.stack([count_true_per_slice(mask) for mask in masks])
-        table = counts.tolist()  # (1 + grids, K)
+        table = _grid_counts_host(stack)  # (1 + grids, K)
+        if table is None:
+            table = _grid_counts(stack)
         fractions = [
             table[1 + g][k] / table[0][k]
             for k in range(len(stack.names))
@@ -245,6 +238,45 @@ def bf16_quantised(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float |
 
 
 _GRIDS = (torch.bfloat16, torch.float16)
+
+
+def _grid_counts(stack: _LogpStack) -> list[list[int]]:
+    """Per tensor of the stack: [tokens judged (valid, |logp| > 1e-3), judged ones on each 16-bit grid of
+    ``_GRIDS``] as a (1 + grids, K) table of counts."""
+    magnitude = stack.values.abs()
+    judged = stack.valid & (magnitude > scalar_like(1e-3, magnitude))
+    on_grids = [_on_grid(stack.values, grid, magnitude) for grid in _GRIDS]
+    # one reduction over the stacked masks while they stay below torch's parallelisation grain
+    if (1 + len(_GRIDS)) * judged.numel() <= _SMALL_SLICE:
+        # [judged, grid ∧ judged, ...] with one &: judged ∧ judged is judged
+        masks = torch.stack([judged, *on_grids]) & judged
+        counts = masks.reshape(1 + len(_GRIDS), len(stack.names), -1).sum(2)
+    else:  # large: no stacked copy, one count per tensor
+        masks = [judged, *(on_grid & judged for on_grid in on_grids)]
+        counts = torch.stack([count_true_per_slice(mask) for mask in masks])
+    return counts.tolist()
+
+
+def _grid_counts_host(stack: _LogpStack) -> list[list[int]] | None:
+    """:func:`_grid_counts` of a small float32 CPU stack in numpy: the same comparisons (1e-3 and 65504 as
+    float32, as ``scalar_like`` makes them), the same bit tests of the float32 pattern as :func:`_on_grid`
+    and exact integer counts; ``None`` without numpy views or for another dtype (the torch path counts)."""
+    values, valid = host_view(stack.values), host_view(stack.valid)
+    if values is None or valid is None or values.dtype != np.float32 or values.ndim != 3:
+        return None
+    magnitude = np.abs(values)
+    judged = valid & (magnitude > np.float32(1e-3))
+    bits = values.view(np.int32)
+    on_bf16 = (bits & np.int32(_FLOAT32_LOW_BITS[torch.bfloat16])) == 0
+    on_float16 = ((bits & np.int32(_FLOAT32_LOW_BITS[torch.float16])) == 0) & (
+        magnitude <= np.float32(_FLOAT16_MAX)
+    )
+    rows = values.shape[0]
+    # the rows of the table in _GRIDS' order; a bool add-reduction counts in int64
+    return [
+        np.add.reduce(mask.reshape(rows, -1), axis=1).tolist()
+        for mask in (judged, on_bf16 & judged, on_float16 & judged)
+    ]
 
 
 def _bf16_quantised_per_tensor(step: TraceStep, limit: float) -> Outcome:

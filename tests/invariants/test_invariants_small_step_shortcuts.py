@@ -76,6 +76,12 @@ def _variants() -> list[tuple[str, TraceStep, GRPOSpec | None]]:
             spec,
         ),
         ("mask_hole", with_tensors(step, completion_mask=holed), spec),
+        ("labels_from_one", with_tensors(step, group_index=step["group_index"] + 1), spec),
+        ("labels_skip", with_tensors(step, group_index=step["group_index"] * 2), spec),
+        ("labels_reversed", with_tensors(step, group_index=step["group_index"].flip(0)), spec),
+        ("labels_int32", with_tensors(step, group_index=step["group_index"].int()), spec),
+        ("labels_column", with_tensors(step, group_index=step["group_index"].reshape(-1, 1)), spec),
+        ("labels_merged", with_tensors(step, group_index=step["group_index"].clamp(max=1)), spec),
         ("soft_mask", with_tensors(step, completion_mask=soft), spec),
         ("no_spec", step, None),
         ("mask_two", with_tensors(step, completion_mask=mask.masked_fill(holed == 0, 2)), spec),
@@ -177,6 +183,15 @@ def test_list_reductions_are_torchs() -> None:
 
 def test_groups_are_torch_unique_of_the_flat_int64_index() -> None:
     for ids in (
+        torch.tensor([0, 0, 0, 1, 1, 2]),
+        torch.tensor([0]),
+        torch.tensor([[0], [1], [1]]),
+        torch.tensor([0, 1, 1, 0]),
+        torch.tensor([0, 2, 2]),
+        torch.tensor([1, 1, 2]),
+        torch.tensor([0, 0, -1]),
+        torch.arange(80) // 4,
+        torch.tensor([0, 0, 1, 1], dtype=torch.int16),
         torch.tensor([7, 7, 3, 3, 9, 7]),
         torch.tensor([[2], [0], [2]]),
         torch.tensor([5, 1, 5], dtype=torch.int32),
@@ -185,9 +200,26 @@ def test_groups_are_torch_unique_of_the_flat_int64_index() -> None:
     ):
         groups = common.Groups(ids)
         values, inverse, count = torch.unique(ids.reshape(-1).long(), return_inverse=True, return_counts=True)
+        assert groups.sizes() == count.tolist() and groups.largest == max(count.tolist(), default=1)
+        assert groups.count_of_size(2) == int((count == 2).sum())
+        assert torch.equal(groups.count_f64(torch.device("cpu")), count.double())
         assert groups.values.dtype == torch.int64 and torch.equal(groups.values, values)
-        assert torch.equal(groups.inverse, inverse) and torch.equal(groups.count, count)
+        assert groups.inverse.dtype == torch.int64 and torch.equal(groups.inverse, inverse)
+        assert groups.count.dtype == torch.int64 and torch.equal(groups.count, count)
         assert groups.num_groups == values.numel() and groups.row_groups == inverse.tolist()
+        assert groups.all_of_size(2) == bool((count == 2).all())
+
+
+def test_contiguous_labels_skip_torch_unique(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("torch.unique called")
+
+    monkeypatch.setattr(common, "_unique", refuse)
+    groups = common.Groups(torch.tensor([0, 0, 1, 1, 1, 2]))
+    assert groups.sizes() == [2, 3, 1] and groups.row_groups == [0, 0, 1, 1, 1, 2]
+    assert groups.values.tolist() == [0, 1, 2] and groups.count.tolist() == [2, 3, 1]
+    with pytest.raises(AssertionError, match=r"torch\.unique"):
+        common.Groups(torch.tensor([1, 1, 0]))
 
 
 def test_argmax_2d_is_torchs_argmax() -> None:
