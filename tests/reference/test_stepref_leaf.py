@@ -119,3 +119,22 @@ def test_engine_entry_gradient_equals_autograd_grad(monkeypatch) -> None:
                 patch.setattr(inputs, "_run_backward", None)  # the general path: torch.autograd.grad
                 general = _downstream_reprs(step, spec)
             assert fast == general, (loss_type, broken)
+
+
+def test_engine_entry_called_differently_falls_back_to_autograd_grad(monkeypatch) -> None:
+    """A torch whose private engine entry point takes other arguments gets torch.autograd.grad's gradient,
+    not an error."""
+    import grpo_check.stepref.inputs as inputs
+
+    spec = GRPOSpec(num_generations=4, loss_type="dapo", beta=0.04, max_completion_length=5)
+    step = make_step(spec, n_prompts=2, completion_length=5, vocab_size=30)
+    expected = _downstream_reprs(step, spec)
+    calls: list[int] = []
+
+    def other_signature(*args: object, **kwargs: object) -> None:
+        calls.append(len(args))
+        raise TypeError("_engine_run_backward() got an unexpected keyword argument 'accumulate_grad'")
+
+    monkeypatch.setattr(inputs, "_run_backward", other_signature)
+    assert _downstream_reprs(step, spec) == expected
+    assert calls  # the entry point was tried
