@@ -30,7 +30,7 @@ def _instrument(totals: dict[str, float], active: list[bool], per_check: dict[st
     step (generation, micro_batch), the total seconds and count of ``check_captured_step`` calls."""
     import grpo_check.compare.engine as engine
     import grpo_check.diagnose as diagnose_module
-    import grpo_check.invariants as invariants_module
+    import grpo_check.invariants.registry as registry
     import grpo_check.trl.background as background
     from grpo_check.reference import logps as reference_logps
     from grpo_check.trl import capture
@@ -50,7 +50,7 @@ def _instrument(totals: dict[str, float], active: list[bool], per_check: dict[st
         setattr(owner, name, wrapper)
 
     timed(reference_logps, "logps_from_model", "forward passes (policy + reference model)")
-    timed(invariants_module, "run_invariants", "invariants")
+    timed(registry, "_run_step_into", "invariants")  # what run_invariants and the live check's run_step_into run
     timed(diagnose_module, "diagnose", "diagnoses")
     timed(engine, "compare_stages", "comparison, stage by stage")
     timed(capture.Attachment, "_record_micro_batch", "capture + checks of micro-batches")
