@@ -50,7 +50,9 @@ def _instrument(totals: dict[str, float], active: list[bool], per_check: dict[st
         setattr(owner, name, wrapper)
 
     timed(reference_logps, "logps_from_model", "forward passes (policy + reference model)")
-    timed(registry, "_run_step_into", "invariants")  # what run_invariants and the live check's run_step_into run
+    timed(
+        registry, "_run_step_into", "invariants"
+    )  # what run_invariants and the live check's run_step_into run
     timed(diagnose_module, "diagnose", "diagnoses")
     timed(engine, "compare_stages", "comparison, stage by stage")
     timed(capture.Attachment, "_record_micro_batch", "capture + checks of micro-batches")
