@@ -630,6 +630,9 @@ def _host_rows(tensors: list[torch.Tensor], float64: bool = True) -> np.ndarray:
 _NUMPY_ELEMENTS = 16_384
 
 
+# no invalid-operation warnings: inf − inf (and inf·0 for rtol 0) are NaN, as in torch, silently (as a
+# decorator: the error state is set per call without a context manager object per call)
+@np.errstate(invalid="ignore")
 def _summarise_numpy(
     got: list[torch.Tensor],
     want: list[torch.Tensor],
@@ -648,11 +651,9 @@ def _summarise_numpy(
     if mask.dtype != np.bool_:
         mask = mask != 0
     bounds = np.array([(t.rtol, t.atol) for t in tolerances], dtype=np.float64)  # (K, 2)
-    # no invalid-operation warnings: inf − inf (and inf·0 for rtol 0) are NaN, as in torch, silently
-    with np.errstate(invalid="ignore"):
-        error = np.abs(trainer - reference)
-        reference_abs = np.abs(reference)
-        allowed = reference_abs * bounds[:, :1] + bounds[:, 1:]  # atol + rtol·|reference|, as compare_tensor
+    error = np.abs(trainer - reference)
+    reference_abs = np.abs(reference)
+    allowed = reference_abs * bounds[:, :1] + bounds[:, 1:]  # atol + rtol·|reference|, as compare_tensor
     beyond = (error > allowed) & mask  # NaN |error| is not beyond: it shows as the max error (argmax)
     masked_error = np.where(mask, error, -1.0)
     worst = masked_error.argmax(1)  # first index of the largest value; NaN counts as the largest
