@@ -343,7 +343,10 @@ def compare_tensors(comparisons: list[Comparison], ctx: StepContext) -> list[Fin
     if not comparisons:
         return []
     results: list[Finding | None] = [None] * len(comparisons)
-    by_shape: dict[tuple[int, ...], list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]]] = {}
+    # per shape: the indices, trainer tensors, reference tensors, masks and tolerances of its comparisons
+    by_shape: dict[
+        tuple[int, ...], tuple[list[int], list[torch.Tensor], list[torch.Tensor], list[Any], list[Any]]
+    ] = {}
     token_masks: dict[tuple[Any, ...], torch.Tensor] = {}  # the context's default mask per shape and device
     for index, comparison in enumerate(comparisons):
         prepared = _prepare(comparison, ctx, token_masks)
@@ -359,17 +362,16 @@ def compare_tensors(comparisons: list[Comparison], ctx: StepContext) -> list[Fin
             continue
         group = by_shape.get(shape)
         if group is None:
-            by_shape[shape] = [(index, got, want, compared)]
+            by_shape[shape] = ([index], [got], [want], [compared], [comparison.tolerance])
         else:
-            group.append((index, got, want, compared))
-    for shape, members in by_shape.items():
-        summaries = _summarise(
-            [m[1] for m in members],
-            [m[2] for m in members],
-            [m[3] for m in members],
-            [comparisons[m[0]].tolerance for m in members],
-        )
-        for (index, *_), summary in zip(members, summaries, strict=True):
+            group[0].append(index)
+            group[1].append(got)
+            group[2].append(want)
+            group[3].append(compared)
+            group[4].append(comparison.tolerance)
+    for shape, (indices, gots, wants, masks, tolerances) in by_shape.items():
+        summaries = _summarise(gots, wants, masks, tolerances)
+        for index, summary in zip(indices, summaries, strict=True):
             results[index] = _judged(comparisons[index], summary, shape, ctx)
     return results  # type: ignore[return-value]  (every slot is filled above)
 
@@ -630,6 +632,25 @@ def _host_rows(tensors: list[torch.Tensor], float64: bool = True) -> np.ndarray:
 _NUMPY_ELEMENTS = 16_384
 
 
+def _bounds(tolerances: list[Tolerance]) -> np.ndarray:
+    """(K, 2) float64 (rtol, atol) per comparison (read only); built once per list of tolerance objects (the
+    default policy's tolerances are shared between steps, and a :class:`Tolerance` is frozen)."""
+    key = tuple(map(id, tolerances))
+    hit = _BOUNDS.get(key)
+    if hit is not None and hit[0] == tolerances:  # the same objects (identity first), not a reused id
+        return hit[1]
+    bounds = np.array([(t.rtol, t.atol) for t in tolerances], dtype=np.float64)
+    bounds.flags.writeable = False
+    if len(_BOUNDS) >= _BOUNDS_MAX:
+        _BOUNDS.clear()
+    _BOUNDS[key] = (list(tolerances), bounds)  # the entry holds the objects: their ids stay theirs
+    return bounds
+
+
+_BOUNDS: dict[tuple[int, ...], tuple[list[Tolerance], np.ndarray]] = {}
+_BOUNDS_MAX = 256
+
+
 # no invalid-operation warnings: inf − inf (and inf·0 for rtol 0) are NaN, as in torch, silently (as a
 # decorator: the error state is set per call without a context manager object per call)
 @np.errstate(invalid="ignore")
@@ -650,7 +671,7 @@ def _summarise_numpy(
     mask = _host_rows(compared, float64=False)
     if mask.dtype != np.bool_:
         mask = mask != 0
-    bounds = np.array([(t.rtol, t.atol) for t in tolerances], dtype=np.float64)  # (K, 2)
+    bounds = _bounds(tolerances)  # (K, 2)
     error = np.abs(trainer - reference)
     reference_abs = np.abs(reference)
     allowed = reference_abs * bounds[:, :1] + bounds[:, 1:]  # atol + rtol·|reference|, as compare_tensor

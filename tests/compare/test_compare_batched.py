@@ -357,3 +357,26 @@ def test_numpy_summary_widens_both_sides_exactly(got_dtype, want_dtype):
         numpy_summaries = _diff._summarise(got, want, compared, tolerances)
     with _summary_path("python"):
         assert repr(_diff._summarise(got, want, compared, tolerances)) == repr(numpy_summaries)
+
+
+def test_summary_bounds_are_rebuilt_for_other_tolerance_objects_of_the_same_ids(monkeypatch):
+    tensor_diff = _diff
+
+    monkeypatch.setattr(tensor_diff, "_BOUNDS", {})
+    first = [Tolerance(rtol=1e-5, atol=1e-6), Tolerance(rtol=2e-5, atol=0.0)]
+    assert tensor_diff._bounds(first).tolist() == [[1e-5, 1e-6], [2e-5, 0.0]]
+    assert tensor_diff._bounds(list(first)) is tensor_diff._bounds(first)  # the same objects: built once
+    key = tuple(map(id, first))
+    other = [Tolerance(rtol=0.5, atol=0.25), Tolerance(rtol=0.0, atol=1.0)]
+    tensor_diff._BOUNDS[key] = (other, tensor_diff._BOUNDS[key][1])  # as if the ids now named other objects
+    assert tensor_diff._bounds(first).tolist() == [[1e-5, 1e-6], [2e-5, 0.0]]
+    assert tensor_diff._BOUNDS[key][0] == first
+    # a failing and a passing comparison summarised with cached bounds judge as with fresh ones
+    got = [torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.5])]
+    want = [torch.tensor([1.0, 2.0], dtype=torch.float64)] * 2
+    tolerances = [Tolerance(rtol=0.0, atol=0.1)] * 2
+    masks = [torch.ones(2, dtype=torch.bool)] * 2
+    once = tensor_diff._summarise_numpy(got, want, masks, tolerances)
+    again = tensor_diff._summarise_numpy(got, want, masks, tolerances)
+    assert repr(once) == repr(again)
+    assert [s.beyond for s in once] == [0, 1]
