@@ -9,7 +9,7 @@ import torch
 
 from grpo_check.compare.stage_findings import ISOLATED_LOSS_CHECKS
 from grpo_check.compare.tensor_diff import Comparison, StepContext, compare_tensors
-from grpo_check.compare.tolerances import TolerancePolicy
+from grpo_check.compare.tolerances import Tolerance, TolerancePolicy
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, InputError, Verdict
 from grpo_check.stepref.context import as_f64
@@ -82,27 +82,33 @@ def end_to_end_findings(
     ):
         if not step.has(name):
             continue
+        stage = "loss" if name != "logps_grad" else "grad"
+        tolerance = policy.for_check(check_id, name, computed_dtype(step, name))
+        if reuse:  # the isolated finding relabelled (no comparison built for it)
+            repeated = _repeated(check_id, stage, name, what, tolerance, isolated_by_id)
+            if repeated is not None:
+                planned.append(repeated)
+                continue
         comparison = Comparison(
             check_id=check_id,
-            stage="loss" if name != "logps_grad" else "grad",
+            stage=stage,
             name=name,
             what=what,
             trainer=step[name],
             reference=down[name],
             reference_same_precision=None,
-            tolerance=policy.for_check(check_id, name, computed_dtype(step, name)),
+            tolerance=tolerance,
         )
-        repeated = repeat_isolated(comparison, isolated_by_id) if reuse else None
-        planned.append(comparison if repeated is None else repeated)
-        if repeated is None:  # compared afresh: its mask and same-precision reference are needed only now
-            comparison.reference_same_precision = same_precision_reference(down[name], step, name)
-            if name == "per_token_loss":
-                comparison.mask = down["loss_mask"].bool()
-            elif name == "logps_grad":
-                decided = decided_clip_branch(down, spec, computed_dtype(step, "logps"))
-                comparison.mask = decided.expand_as(down["loss_mask"])
-            comparisons.append(comparison)
-    computed = iter(compare_tensors(comparisons, ctx))
+        planned.append(comparison)
+        # compared afresh: its mask and same-precision reference are needed only now
+        comparison.reference_same_precision = same_precision_reference(down[name], step, name)
+        if name == "per_token_loss":
+            comparison.mask = down["loss_mask"].bool()
+        elif name == "logps_grad":
+            decided = decided_clip_branch(down, spec, computed_dtype(step, "logps"))
+            comparison.mask = decided.expand_as(down["loss_mask"])
+        comparisons.append(comparison)
+    computed = iter(compare_tensors(comparisons, ctx) if comparisons else ())
     for item in planned:
         finding = next(computed) if isinstance(item, Comparison) else item
         finding.details["end_to_end"] = True
@@ -129,24 +135,42 @@ def repeat_isolated(comparison: Comparison, isolated_by_id: Mapping[str, Finding
     """With the isolated reference reused, an end-to-end comparison is the isolated one again (same trainer
     tensor, same reference, same mask): a passing isolated finding relabelled, instead of a second pass
     over the tensors. ``None`` (compare afresh) unless it passed under the same tolerance."""
-    isolated_id, isolated_label = ISOLATED_LOSS_CHECKS[comparison.name]
+    return _repeated(
+        comparison.check_id,
+        comparison.stage,
+        comparison.name,
+        comparison.what,
+        comparison.tolerance,
+        isolated_by_id,
+    )
+
+
+def _repeated(
+    check_id: str,
+    stage: str,
+    name: str,
+    what: str,
+    tolerance: Tolerance,
+    isolated_by_id: Mapping[str, Finding],
+) -> Finding | None:
+    """:func:`repeat_isolated` of the comparison these fields describe."""
+    isolated_id, isolated_label = ISOLATED_LOSS_CHECKS[name]
     isolated = isolated_by_id.get(isolated_id)
-    prefix = f"{isolated_label} matches the reference:"
     if (
         isolated is None
         or isolated.verdict is not Verdict.PASS
-        or isolated.details.get("tolerance") != comparison.tolerance.to_dict()
-        or not isolated.explanation.startswith(prefix)
+        or isolated.details.get("tolerance") != tolerance.to_dict()
+        or not isolated.explanation.startswith(f"{isolated_label} matches the reference:")
     ):
         return None
     return Finding(  # dataclasses.replace(isolated, ...) spelled out: it runs for every checked step
-        check_id=comparison.check_id,
-        stage=comparison.stage,
+        check_id=check_id,
+        stage=stage,
         verdict=isolated.verdict,
         figure=isolated.figure,
         tolerance=isolated.tolerance,
         where=isolated.where,
-        explanation=comparison.what + isolated.explanation[len(isolated_label) :],
+        explanation=what + isolated.explanation[len(isolated_label) :],
         likely_cause=isolated.likely_cause,
         fix=isolated.fix,
         catalog_id=isolated.catalog_id,

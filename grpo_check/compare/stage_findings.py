@@ -440,6 +440,9 @@ def _sampler_finding(step: TraceStep, spec: GRPOSpec, ctx: StepContext, ref: Sta
         verdict = Verdict.PASS
     del metrics_for_verdict
     where = ctx.where(row=metrics["worst_row"], token=metrics["worst_token"])
+    values = metrics["values"]
+    shown = dict(metrics)  # every metric but the values, in order (a copy less one key: no comprehension)
+    del shown["values"]
     return Finding(
         check_id="logps.sampler",
         stage="logps",
@@ -449,8 +452,8 @@ def _sampler_finding(step: TraceStep, spec: GRPOSpec, ctx: StepContext, ref: Sta
         where=where,
         kind="compare",
         details={
-            "metrics": {k: v for k, v in metrics.items() if k != "values"},
-            "values": metrics["values"],
+            "metrics": shown,
+            "values": values,
             "values_label": f"d = {trainer_name} − sampler_logps",
         },
         explanation=(
