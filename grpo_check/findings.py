@@ -113,11 +113,8 @@ class Where:
 
     def describe(self) -> str:
         """Short human text, e.g. ``step 2, prompt 3, generation 1, token 7 (id 42)``."""
-        parts: list[str] = []
-        for name in ("step", "micro_batch", "rank", "prompt", "generation", "row", "token"):
-            value = getattr(self, name)
-            if value is not None:
-                parts.append(f"{name.replace('_', '-')} {value}")
+        values = self.__dict__
+        parts = [f"{label} {value}" for name, label in _DESCRIBED if (value := values[name]) is not None]
         if self.token_id is not None:
             parts.append(f"(id {self.token_id})")
         if self.reward_function is not None:
@@ -132,6 +129,11 @@ class Where:
 
 
 _WHERE_FIELDS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(Where))
+# the coordinates Where.describe names, in order, with their labels ("micro_batch" as "micro-batch")
+_DESCRIBED: tuple[tuple[str, str], ...] = tuple(
+    (name, name.replace("_", "-"))
+    for name in ("step", "micro_batch", "rank", "prompt", "generation", "row", "token")
+)
 
 
 def _json_number(value: float | None) -> float | str | None:

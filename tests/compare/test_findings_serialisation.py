@@ -82,3 +82,16 @@ def test_where_to_dict_is_the_set_fields_in_field_order(where: Where) -> None:
     finding = Finding("x.y", "loss", Verdict.PASS, where=where, details={"v": math.nan})
     assert finding.to_dict()["where"] == expected
     assert finding.to_dict()["details"] == {"v": "nan"}
+
+
+def test_where_describe_names_the_set_coordinates_in_order() -> None:
+    full = Where(
+        step=1, micro_batch=2, rank=0, prompt=3, generation=1, row=4, token=5, token_id=7, reward_function="f"
+    )
+    assert (
+        full.describe()
+        == "step 1, micro-batch 2, rank 0, prompt 3, generation 1, row 4, token 5, (id 7), reward fn 'f'"
+    )
+    assert Where(row=0, token=0).describe() == "row 0, token 0"  # a zero coordinate is set, not missing
+    assert Where(prompt=2, token_id=9).describe() == "prompt 2, (id 9)"
+    assert Where().describe() == "-"
