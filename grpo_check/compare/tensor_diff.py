@@ -632,22 +632,23 @@ def _host_rows(tensors: list[torch.Tensor], float64: bool = True) -> np.ndarray:
 _NUMPY_ELEMENTS = 16_384
 
 
-def _bounds(tolerances: list[Tolerance]) -> np.ndarray:
-    """(K, 2) float64 (rtol, atol) per comparison (read only); built once per list of tolerance objects (the
-    default policy's tolerances are shared between steps, and a :class:`Tolerance` is frozen)."""
+def _bounds(tolerances: list[Tolerance]) -> tuple[np.ndarray, np.ndarray]:
+    """(K, 1) float64 columns of rtol and of atol per comparison (read only); built once per list of tolerance
+    objects (the default policy's tolerances are shared between steps, and a :class:`Tolerance` is frozen)."""
     key = tuple(map(id, tolerances))
     hit = _BOUNDS.get(key)
     if hit is not None and hit[0] == tolerances:  # the same objects (identity first), not a reused id
         return hit[1]
-    bounds = np.array([(t.rtol, t.atol) for t in tolerances], dtype=np.float64)
-    bounds.flags.writeable = False
+    rtol = np.array([[t.rtol] for t in tolerances], dtype=np.float64)
+    atol = np.array([[t.atol] for t in tolerances], dtype=np.float64)
+    rtol.flags.writeable = atol.flags.writeable = False
     if len(_BOUNDS) >= _BOUNDS_MAX:
         _BOUNDS.clear()
-    _BOUNDS[key] = (list(tolerances), bounds)  # the entry holds the objects: their ids stay theirs
-    return bounds
+    _BOUNDS[key] = (list(tolerances), (rtol, atol))  # the entry holds the objects: their ids stay theirs
+    return rtol, atol
 
 
-_BOUNDS: dict[tuple[int, ...], tuple[list[Tolerance], np.ndarray]] = {}
+_BOUNDS: dict[tuple[int, ...], tuple[list[Tolerance], tuple[np.ndarray, np.ndarray]]] = {}
 _BOUNDS_MAX = 256
 
 
@@ -664,17 +665,16 @@ def _summarise_numpy(
     values, NaN handling and first-index ties."""
     rows = len(got)
     reference = _host_rows(want)  # float64 (a view of float64 tensors)
-    # the trainer's rows as stored: subtracting them from float64 rows widens them exactly, as astype would
-    trainer = _host_rows(got, float64=False)
-    if trainer.dtype == np.bool_:  # pragma: no cover - _prepare hands over floating tensors only
-        trainer = trainer.astype(np.float64)
+    # float64 (widened exactly, as torch's .double()): a same-dtype subtraction below is cheaper than a mixed one
+    trainer = _host_rows(got)
     mask = _host_rows(compared, float64=False)
     if mask.dtype != np.bool_:
         mask = mask != 0
-    bounds = _bounds(tolerances)  # (K, 2)
+    rtol, atol = _bounds(tolerances)  # (K, 1) each
     error = np.abs(trainer - reference)
     reference_abs = np.abs(reference)
-    allowed = reference_abs * bounds[:, :1] + bounds[:, 1:]  # atol + rtol·|reference|, as compare_tensor
+    allowed = reference_abs * rtol  # atol + rtol·|reference|, as compare_tensor (no fused multiply-add)
+    allowed += atol
     beyond = (error > allowed) & mask  # NaN |error| is not beyond: it shows as the max error (argmax)
     masked_error = np.where(mask, error, -1.0)
     worst = masked_error.argmax(1)  # first index of the largest value; NaN counts as the largest

@@ -364,12 +364,12 @@ def test_summary_bounds_are_rebuilt_for_other_tolerance_objects_of_the_same_ids(
 
     monkeypatch.setattr(tensor_diff, "_BOUNDS", {})
     first = [Tolerance(rtol=1e-5, atol=1e-6), Tolerance(rtol=2e-5, atol=0.0)]
-    assert tensor_diff._bounds(first).tolist() == [[1e-5, 1e-6], [2e-5, 0.0]]
+    assert [column.tolist() for column in tensor_diff._bounds(first)] == [[[1e-5], [2e-5]], [[1e-6], [0.0]]]
     assert tensor_diff._bounds(list(first)) is tensor_diff._bounds(first)  # the same objects: built once
     key = tuple(map(id, first))
     other = [Tolerance(rtol=0.5, atol=0.25), Tolerance(rtol=0.0, atol=1.0)]
     tensor_diff._BOUNDS[key] = (other, tensor_diff._BOUNDS[key][1])  # as if the ids now named other objects
-    assert tensor_diff._bounds(first).tolist() == [[1e-5, 1e-6], [2e-5, 0.0]]
+    assert [column.tolist() for column in tensor_diff._bounds(first)] == [[[1e-5], [2e-5]], [[1e-6], [0.0]]]
     assert tensor_diff._BOUNDS[key][0] == first
     # a failing and a passing comparison summarised with cached bounds judge as with fresh ones
     got = [torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.5])]
