@@ -689,8 +689,9 @@ def _summarise_numpy(
             _Summary._make,
             zip(
                 # the ufuncs' reductions that ndarray.sum/.max call, without their Python wrappers
-                np.add.reduce(beyond, axis=1).tolist(),
-                np.add.reduce(mask, axis=1).tolist(),
+                # counts: bool sums in the platform's index integer, named (no type resolution per call)
+                np.add.reduce(beyond, axis=1, dtype=np.intp).tolist(),
+                np.add.reduce(mask, axis=1, dtype=np.intp).tolist(),
                 np.add.reduce(np.maximum(masked_error, 0.0), axis=1).tolist(),  # Σ |error| over compared
                 # max over the compared |reference| and 0 (a NaN sticks): where(mask, |reference|, 0).max(1)
                 np.maximum.reduce(reference_abs, axis=1, where=mask, initial=0.0).tolist(),
