@@ -666,12 +666,26 @@ def _is_known_finite(sources: dict[int, tuple[torch.Tensor, int | None]], tensor
     return entry[1] == (None if tensor.is_inference() else tensor._version)  # _version(tensor), inlined
 
 
+def _flatten_all(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat([t.reshape(-1) for t in tensors])``: the fallback of torch's C++ flattening call."""
+    return torch.cat([tensor.reshape(-1) for tensor in tensors])
+
+
+# torch._utils._flatten_dense_tensors without its Python wrapper: the tensors flattened and concatenated in
+# one call (a third of the cost of reshaping and concatenating them from Python)
+_flatten_dense: Callable[[list[torch.Tensor]], torch.Tensor] = getattr(
+    getattr(torch._C, "_nn", None), "flatten_dense_tensors", _flatten_all
+)
+
+
 def _finite_sources(step: TraceStep) -> dict[int, tuple[torch.Tensor, int | None]]:
     checked = []
+    plains = []
     elements = 0
     for name, tensor in step.tensors.items():  # _is_float_tensor and plain, inlined: once per tensor
         if name in _FINITE_CHECKED and isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
             checked.append(tensor)
+            plains.append(tensor.detach() if tensor.requires_grad else tensor)
             elements += tensor.numel()
     if not checked or elements > _SMALL_SLICE:
         return {}
@@ -681,20 +695,9 @@ def _finite_sources(step: TraceStep) -> dict[int, tuple[torch.Tensor, int | None
             if any(t.device != device for t in checked):
                 return {}
             break
-    # tensors that differ in their last dim only concatenate along it without a reshape (0-dim ones: kept
-    # apart); one sum per such group, and one sum of those: finite only if every term is (NaN and ±inf
-    # propagate; a finite sum that overflows only sends callers to their general path)
-    by_lead: dict[tuple[int, torch.Size], list[torch.Tensor]] = {}
-    for tensor in checked:
-        plain_tensor = tensor.detach() if tensor.requires_grad else tensor
-        by_lead.setdefault((plain_tensor.dim(), plain_tensor.shape[:-1]), []).append(plain_tensor)
-    parts = []
-    for (dims, _), same in by_lead.items():
-        if dims == 0:
-            parts.extend(same)  # each its own sum
-        else:
-            parts.append((same[0] if len(same) == 1 else torch.cat(same, -1)).sum())
-    total = parts[0] if len(parts) == 1 else torch.stack(parts).sum()
+    # one sum over all of them: finite only if every term is (NaN and ±inf propagate; a finite sum that
+    # overflows only sends callers to their general path); flattened into one tensor by one C++ call
+    total = _flatten_dense(plains).sum()
     if not math.isfinite(float(total)):
         return {}
     return {id(t): (t, None if t.is_inference() else t._version) for t in checked}
