@@ -225,7 +225,7 @@ def masked_abs_max(values: torch.Tensor, valid: torch.Tensor) -> float:
 
 
 def _masked_abs_max(values: torch.Tensor, valid: torch.Tensor) -> float:
-    if values.dtype is torch.float64 and valid.dtype is torch.bool and values.shape == valid.shape:
+    if values.dtype in _EXACT_ABS_MAX and valid.dtype is torch.bool and values.shape == valid.shape:
         view, mask = host_view(values), host_view(valid)
         if view is not None and mask is not None and view.size:
             # the largest |value| at valid positions, and 0 (the fill) when there are none or all are
@@ -235,6 +235,8 @@ def _masked_abs_max(values: torch.Tensor, valid: torch.Tensor) -> float:
 
 
 _maximum_reduce = np.maximum.reduce
+# the floating dtypes numpy views (|x| and max are exact in each: the same value in numpy as in torch)
+_EXACT_ABS_MAX = frozenset((torch.float64, torch.float32, torch.float16))
 _absolute = np.absolute
 
 
