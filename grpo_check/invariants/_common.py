@@ -43,7 +43,13 @@ def rtol_atol(dtype: torch.dtype) -> tuple[float, float]:
 
 def machine_eps(dtype: torch.dtype) -> float:
     """Machine epsilon of a floating dtype (float32's for non-floating dtypes)."""
-    return float(torch.finfo(dtype if dtype.is_floating_point else torch.float32).eps)
+    eps = _EPS.get(dtype)
+    if eps is None:  # (a finfo object per call costs more than the check it serves)
+        eps = _EPS[dtype] = float(torch.finfo(dtype if dtype.is_floating_point else torch.float32).eps)
+    return eps
+
+
+_EPS: dict[torch.dtype, float] = {}
 
 
 def _source(tensor: torch.Tensor) -> torch.Tensor:

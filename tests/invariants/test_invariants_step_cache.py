@@ -326,7 +326,21 @@ def test_host_view_is_shared_within_a_step_per_tensor_and_version():
             frozen = torch.ones(4)
         assert host_view(frozen) is host_view(frozen)  # no version counter: keyed by identity
         assert host_view(x.bfloat16()) is None
+        leaf = torch.ones(3)
+        assert host_view(leaf) is not None
+        leaf.requires_grad_()  # part of a graph since it was viewed: no view (the torch path)
+        assert host_view(leaf) is None
+        assert host_view(torch.ones(2, device="meta")) is None
     assert count_true(torch.tensor([True, True])) == 2
+
+
+def test_machine_eps_is_finfo_eps_of_floating_dtypes_and_float32_else():
+    from grpo_check.invariants._common import machine_eps
+
+    for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.bool):
+        expected = torch.finfo(dtype if dtype.is_floating_point else torch.float32).eps
+        assert machine_eps(dtype) == expected and machine_eps(dtype) == expected  # made, then memoised
+        assert type(machine_eps(dtype)) is float
 
 
 def test_outcome_keeps_its_dataclass_fields_with_a_new_details_dict_each():
