@@ -167,6 +167,29 @@ class Check:
                 "grpo_check/trace/model.py",
                 details={"evaluation_error": type(error).__name__},
             )
+        if type(outcome) is Outcome:
+            verdict = outcome.verdict
+            if verdict is _PASS and outcome.row is None and outcome.token is None:
+                # self._finding(step, outcome, base), inlined for a pass at the step's coordinates (most
+                # outcomes of a correct step): no cause, fix or catalog entry
+                figure, tolerance = outcome.figure, outcome.tolerance
+                findings.append(
+                    Finding(  # positional, in Finding's field order
+                        self.id,
+                        self.stage,
+                        verdict,
+                        None if figure is None else float(figure),
+                        None if tolerance is None else float(tolerance),
+                        base,
+                        outcome.explanation,
+                        None,
+                        None,
+                        None,
+                        "invariant",
+                        outcome.details,
+                    )
+                )
+                return
         if not_captured is None:
             if type(outcome) is Outcome:
                 findings.append(self._finding(step, outcome, base))
@@ -220,6 +243,7 @@ class Check:
 
 
 _UNKNOWN = object()
+_PASS = Verdict.PASS
 
 
 @functools.lru_cache(maxsize=4096)

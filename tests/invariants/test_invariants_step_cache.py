@@ -399,3 +399,37 @@ def test_a_live_step_run_gives_run_invariants_findings_with_not_captured_ones_as
         assert [repr(f) for f in live[len(live) - len(findings) :]] == [repr(f) for f in findings], name
     # both kinds: absent declared inputs, and a check that finds its inputs absent itself
     assert {"ratio.clip_metrics_in_unit_interval", "batch.text_faithful"} <= seen_not_captured
+
+
+def test_a_pass_at_the_step_coordinates_is_the_finding_the_general_conversion_makes():
+    """The registry's inlined conversion of a pass gives what ``Check._finding`` gives, field for field;
+    every other outcome (located passes, warnings, failures) still goes through ``_finding``."""
+    from grpo_check.invariants._common import Outcome
+    from grpo_check.invariants.registry import _present_names, _step_where
+
+    passes = 0
+    for name, step, spec in _variants():
+        base = _step_where(step)
+        for check in REGISTRY.values():
+            if check.missing(step):
+                continue
+            with step_cache(step):
+                outcome = check.function(step, spec, tolerance=None)
+            outcomes = outcome if isinstance(outcome, list) else [outcome]
+            expected = [repr(check._finding(step, o, base)) for o in outcomes]
+            for live in (None, []):
+                findings: list = []
+                check._run_into(findings, step, spec, None, _present_names(step), base, live)
+                got = [repr(f) for f in findings] + [f"not captured {i}" for i in live or []]
+                if live is not None:  # the live run counts a NOT_CAPTURED outcome instead of reporting it
+                    expected_here = [
+                        e if "NOT_CAPTURED" not in e else f"not captured {check.id}" for e in expected
+                    ]
+                    assert sorted(got) == sorted(expected_here), (name, check.id)
+                else:
+                    assert got == expected, (name, check.id)
+            passes += sum(
+                type(o) is Outcome and o.verdict is Verdict.PASS and o.row is None and o.token is None
+                for o in outcomes
+            )
+    assert passes > 100
