@@ -565,7 +565,7 @@ def loss_mask(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor | None:
 
 
 def _loss_mask(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor:
-    mask = plain(step["completion_mask"]).bool()
+    mask = bool_mask(step["completion_mask"])  # the step's shared bool mask (the same values)
     if step.has("tool_mask") and step["tool_mask"].shape == mask.shape:
         mask = mask & plain(step["tool_mask"]).bool()
     if spec is not None and spec.mask_truncated_completions and step.has("truncated"):
