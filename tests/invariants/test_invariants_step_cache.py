@@ -433,3 +433,23 @@ def test_a_pass_at_the_step_coordinates_is_the_finding_the_general_conversion_ma
                 for o in outcomes
             )
     assert passes > 100
+
+
+def test_a_check_that_raises_is_inconclusive_alike_in_a_step_run_and_alone(monkeypatch):
+    from grpo_check.invariants.registry import run_step_into
+
+    built = build_step(seed=5, off_policy=True, beta=0.04)
+    check = REGISTRY["kl.nonnegative"]
+
+    def raises(step, spec, *, tolerance=None):
+        raise ValueError("shapes (8, 6) and (8, 5) do not match")
+
+    check = dataclasses.replace(check, function=raises)
+    monkeypatch.setitem(REGISTRY, check.id, check)
+    alone = [repr(f) for f in check.run(built.step, built.spec)]
+    in_step = [repr(f) for f in run_invariants(built.step, built.spec) if f.check_id == check.id]
+    findings: list = []
+    run_step_into(findings, [], built.step, built.spec)
+    live = [repr(f) for f in findings if f.check_id == check.id]
+    assert alone == in_step == live and len(alone) == 1
+    assert "could not evaluate (ValueError: shapes (8, 6)" in alone[0] and "INCONCLUSIVE" in alone[0]
