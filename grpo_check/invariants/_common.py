@@ -87,7 +87,13 @@ def count_true_per_slice(mask: torch.Tensor) -> torch.Tensor:
 
 def valid_finite(step: TraceStep, values: torch.Tensor) -> torch.Tensor:
     """``token_mask(step, values) & torch.isfinite(values)``, shared between the checks of one step."""
-    source = _source(values)
+    memo = _current_memo()  # _source(values), its cache hit inlined
+    hit = (
+        None
+        if memo is None
+        else memo.get(("source", (id(values), None if values.is_inference() else values._version)))
+    )
+    source = _source(values) if hit is None else hit[0]
     if _is_known_finite(finite_sources(step), source):  # every value finite: the same mask as token_mask's
         return token_mask(step, source)
     return cached(("valid_finite", id(step), source), lambda: token_mask(step, source) & finite_mask(source))
@@ -114,7 +120,14 @@ def _has_true(mask: torch.Tensor) -> bool:
 
 def any_true(mask: torch.Tensor) -> bool:
     """``bool(mask.any())``, shared between the checks of one step."""
-    return _memo_of("any", mask, _has_true)
+    memo = _current_memo()  # _memo_of("any", mask, _has_true), inlined: the same memo key
+    if memo is None or type(mask) is not torch.Tensor:
+        return _memo_of("any", mask, _has_true)
+    memo_key = ("any", (id(mask), None if mask.is_inference() else mask._version))
+    hit = memo.get(memo_key)
+    if hit is None:
+        hit = memo[memo_key] = (count_true(mask) > 0, ("any", mask))
+    return hit[0]
 
 
 _CONSTANTS: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}
