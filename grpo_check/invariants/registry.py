@@ -286,7 +286,9 @@ def _present_names(step: TraceStep) -> frozenset[str]:
 
 def _collect_present_names(step: TraceStep) -> frozenset[str]:
     names = {name for name, tensor in step.tensors.items() if tensor is not None}
-    names.update(f"meta.{key}" for key, value in step.meta.items() if value is not None)
+    for key, value in step.meta.items():  # (a loop: a generator costs a call per name)
+        if value is not None:
+            names.add(f"meta.{key}")
     if step.completion_text is not None:
         names.add("completion_text")
     present = frozenset(names)
@@ -498,8 +500,12 @@ def _run_step_into(
             for check in selected:
                 # check._run_into(...), inlined for a check whose inputs are known present and whose outcome
                 # is a pass at the step's coordinates (most checks of a correct step): the same finding
-                if check._lacking_memo.get(present, _UNKNOWN) is not None:
-                    check._run_into(findings, step, step_spec, None, present, base, not_captured)
+                missing = check._lacking_memo.get(present, _UNKNOWN)
+                if missing is not None:
+                    if missing is not _UNKNOWN and not_captured is not None:
+                        not_captured.append(check.id)  # inputs known absent: counted, not reported
+                    else:
+                        check._run_into(findings, step, step_spec, None, present, base, not_captured)
                     continue
                 try:
                     outcome = check.function(step, step_spec, tolerance=None)
