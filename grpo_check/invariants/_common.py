@@ -38,7 +38,10 @@ _RTOL_ATOL: dict[torch.dtype, tuple[float, float]] = {
 
 def rtol_atol(dtype: torch.dtype) -> tuple[float, float]:
     """torch.testing's default ``(rtol, atol)`` for ``dtype`` (float32's for integer/bool tensors)."""
-    return _RTOL_ATOL.get(dtype, _RTOL_ATOL[torch.float32])
+    return _RTOL_ATOL.get(dtype, _FLOAT32_RTOL_ATOL)
+
+
+_FLOAT32_RTOL_ATOL = _RTOL_ATOL[torch.float32]
 
 
 def machine_eps(dtype: torch.dtype) -> float:
