@@ -92,24 +92,19 @@ def cached(key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
         for part in key:  # (inlined: most longer keys hold no tensor)
             kind = type(part)
             if kind is _Tensor or (kind not in _NOT_TENSORS and isinstance(part, _Tensor)):
-                memo_key = _memo_key(key)
+                parts = []  # _memo_key(key), inlined: a few dozen keys per step hold a tensor
+                for item in key:
+                    kind = type(item)
+                    if kind is _Tensor or (kind not in _NOT_TENSORS and isinstance(item, _Tensor)):
+                        parts.append((id(item), None if item.is_inference() else item._version))
+                    else:
+                        parts.append(item)
+                memo_key = tuple(parts)
                 break
     hit = memo.get(memo_key)
     if hit is None:
         hit = memo[memo_key] = (compute(), key)
     return hit[0]
-
-
-def _memo_key(key: tuple[Any, ...]) -> tuple[Any, ...]:
-    """``key`` (which holds a tensor) with each tensor replaced by (id, version counter)."""
-    out = []
-    for item in key:
-        kind = type(item)
-        if kind is _Tensor or (kind not in _NOT_TENSORS and isinstance(item, _Tensor)):
-            out.append((id(item), None if item.is_inference() else item._version))
-        else:
-            out.append(item)
-    return tuple(out)
 
 
 _Tensor = torch.Tensor
@@ -208,6 +203,14 @@ def host_view(tensor: torch.Tensor) -> np.ndarray | None:
     Shared between the checks of one step (see :func:`step_cache`): each ``Tensor.numpy()`` dispatches four
     no-op operations, so a tensor several checks read is viewed once.
     """
+    memo = _current_memo()
+    if memo is not None:
+        # the tensor by identity and in-place version counter, as f64 keys it (the entry holds the tensor:
+        # its id cannot be reused while the cache is open); a tensor viewed before passed the tests below
+        memo_key = ("host_view", id(tensor), None if tensor.is_inference() else tensor._version)
+        hit = memo.get(memo_key)
+        if hit is not None and not tensor.requires_grad:
+            return hit[0]
     # is_cpu: device.type == "cpu" without a device object
     if (
         tensor.is_cpu
@@ -215,16 +218,11 @@ def host_view(tensor: torch.Tensor) -> np.ndarray | None:
         and not tensor.requires_grad
         and tensor.numel() <= HOST_ELEMENTS
     ):
-        memo = _current_memo()
         if memo is None:
             return tensor.numpy()
-        # the tensor by identity and in-place version counter, as f64 keys it (the entry holds the tensor:
-        # its id cannot be reused while the cache is open)
-        memo_key = ("host_view", id(tensor), None if tensor.is_inference() else tensor._version)
-        hit = memo.get(memo_key)
-        if hit is None:
-            hit = memo[memo_key] = (tensor.numpy(), tensor)
-        return hit[0]
+        view = tensor.numpy()
+        memo[memo_key] = (view, tensor)
+        return view
     return None
 
 

@@ -38,12 +38,21 @@ _RTOL_ATOL: dict[torch.dtype, tuple[float, float]] = {
 
 def rtol_atol(dtype: torch.dtype) -> tuple[float, float]:
     """torch.testing's default ``(rtol, atol)`` for ``dtype`` (float32's for integer/bool tensors)."""
-    return _RTOL_ATOL.get(dtype, _RTOL_ATOL[torch.float32])
+    return _RTOL_ATOL.get(dtype, _FLOAT32_RTOL_ATOL)
+
+
+_FLOAT32_RTOL_ATOL = _RTOL_ATOL[torch.float32]
 
 
 def machine_eps(dtype: torch.dtype) -> float:
     """Machine epsilon of a floating dtype (float32's for non-floating dtypes)."""
-    return float(torch.finfo(dtype if dtype.is_floating_point else torch.float32).eps)
+    eps = _EPS.get(dtype)
+    if eps is None:  # (a finfo object per call costs more than the check it serves)
+        eps = _EPS[dtype] = float(torch.finfo(dtype if dtype.is_floating_point else torch.float32).eps)
+    return eps
+
+
+_EPS: dict[torch.dtype, float] = {}
 
 
 def _source(tensor: torch.Tensor) -> torch.Tensor:
@@ -81,7 +90,13 @@ def count_true_per_slice(mask: torch.Tensor) -> torch.Tensor:
 
 def valid_finite(step: TraceStep, values: torch.Tensor) -> torch.Tensor:
     """``token_mask(step, values) & torch.isfinite(values)``, shared between the checks of one step."""
-    source = _source(values)
+    memo = _current_memo()  # _source(values), its cache hit inlined
+    hit = (
+        None
+        if memo is None
+        else memo.get(("source", (id(values), None if values.is_inference() else values._version)))
+    )
+    source = _source(values) if hit is None else hit[0]
     if _is_known_finite(finite_sources(step), source):  # every value finite: the same mask as token_mask's
         return token_mask(step, source)
     return cached(("valid_finite", id(step), source), lambda: token_mask(step, source) & finite_mask(source))
@@ -108,7 +123,14 @@ def _has_true(mask: torch.Tensor) -> bool:
 
 def any_true(mask: torch.Tensor) -> bool:
     """``bool(mask.any())``, shared between the checks of one step."""
-    return _memo_of("any", mask, _has_true)
+    memo = _current_memo()  # _memo_of("any", mask, _has_true), inlined: the same memo key
+    if memo is None or type(mask) is not torch.Tensor:
+        return _memo_of("any", mask, _has_true)
+    memo_key = ("any", (id(mask), None if mask.is_inference() else mask._version))
+    hit = memo.get(memo_key)
+    if hit is None:
+        hit = memo[memo_key] = (count_true(mask) > 0, ("any", mask))
+    return hit[0]
 
 
 _CONSTANTS: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}
@@ -225,7 +247,7 @@ def masked_abs_max(values: torch.Tensor, valid: torch.Tensor) -> float:
 
 
 def _masked_abs_max(values: torch.Tensor, valid: torch.Tensor) -> float:
-    if values.dtype is torch.float64 and valid.dtype is torch.bool and values.shape == valid.shape:
+    if values.dtype in _EXACT_ABS_MAX and valid.dtype is torch.bool and values.shape == valid.shape:
         view, mask = host_view(values), host_view(valid)
         if view is not None and mask is not None and view.size:
             # the largest |value| at valid positions, and 0 (the fill) when there are none or all are
@@ -235,9 +257,12 @@ def _masked_abs_max(values: torch.Tensor, valid: torch.Tensor) -> float:
 
 
 _maximum_reduce = np.maximum.reduce
+# the floating dtypes numpy views (|x| and max are exact in each: the same value in numpy as in torch)
+_EXACT_ABS_MAX = frozenset((torch.float64, torch.float32, torch.float16))
 _absolute = np.absolute
 
 
+_PASS = Verdict.PASS
 _NEW_DETAILS: dict[str, Any] = {}  # the default of Outcome's ``details``: a new dict per outcome
 
 
@@ -557,7 +582,7 @@ def loss_mask(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor | None:
 
 
 def _loss_mask(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor:
-    mask = plain(step["completion_mask"]).bool()
+    mask = bool_mask(step["completion_mask"])  # the step's shared bool mask (the same values)
     if step.has("tool_mask") and step["tool_mask"].shape == mask.shape:
         mask = mask & plain(step["tool_mask"]).bool()
     if spec is not None and spec.mask_truncated_completions and step.has("truncated"):
@@ -639,7 +664,9 @@ def finite_sources(step: TraceStep) -> dict[int, tuple[torch.Tensor, int | None]
 def known_finite(step: TraceStep, *names: str) -> bool:
     """Whether the step tensors ``names`` are known finite (each present, floating, among those the finite
     checks cover, all of them finite, and none changed in place since)."""
-    sources = finite_sources(step)
+    memo = _current_memo()  # finite_sources(step), its cache hit inlined: a few dozen calls per step
+    hit = None if memo is None else memo.get(("finite_sources", id(step)))
+    sources = finite_sources(step) if hit is None else hit[0]
     if not sources:
         return False
     tensors = step.tensors
@@ -666,12 +693,26 @@ def _is_known_finite(sources: dict[int, tuple[torch.Tensor, int | None]], tensor
     return entry[1] == (None if tensor.is_inference() else tensor._version)  # _version(tensor), inlined
 
 
+def _flatten_all(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat([t.reshape(-1) for t in tensors])``: the fallback of torch's C++ flattening call."""
+    return torch.cat([tensor.reshape(-1) for tensor in tensors])
+
+
+# torch._utils._flatten_dense_tensors without its Python wrapper: the tensors flattened and concatenated in
+# one call (a third of the cost of reshaping and concatenating them from Python)
+_flatten_dense: Callable[[list[torch.Tensor]], torch.Tensor] = getattr(
+    getattr(torch._C, "_nn", None), "flatten_dense_tensors", _flatten_all
+)
+
+
 def _finite_sources(step: TraceStep) -> dict[int, tuple[torch.Tensor, int | None]]:
     checked = []
+    plains = []
     elements = 0
     for name, tensor in step.tensors.items():  # _is_float_tensor and plain, inlined: once per tensor
         if name in _FINITE_CHECKED and isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
             checked.append(tensor)
+            plains.append(tensor.detach() if tensor.requires_grad else tensor)
             elements += tensor.numel()
     if not checked or elements > _SMALL_SLICE:
         return {}
@@ -681,20 +722,9 @@ def _finite_sources(step: TraceStep) -> dict[int, tuple[torch.Tensor, int | None
             if any(t.device != device for t in checked):
                 return {}
             break
-    # tensors that differ in their last dim only concatenate along it without a reshape (0-dim ones: kept
-    # apart); one sum per such group, and one sum of those: finite only if every term is (NaN and ±inf
-    # propagate; a finite sum that overflows only sends callers to their general path)
-    by_lead: dict[tuple[int, torch.Size], list[torch.Tensor]] = {}
-    for tensor in checked:
-        plain_tensor = tensor.detach() if tensor.requires_grad else tensor
-        by_lead.setdefault((plain_tensor.dim(), plain_tensor.shape[:-1]), []).append(plain_tensor)
-    parts = []
-    for (dims, _), same in by_lead.items():
-        if dims == 0:
-            parts.extend(same)  # each its own sum
-        else:
-            parts.append((same[0] if len(same) == 1 else torch.cat(same, -1)).sum())
-    total = parts[0] if len(parts) == 1 else torch.stack(parts).sum()
+    # one sum over all of them: finite only if every term is (NaN and ±inf propagate; a finite sum that
+    # overflows only sends callers to their general path); flattened into one tensor by one C++ call
+    total = _flatten_dense(plains).sum()
     if not math.isfinite(float(total)):
         return {}
     return {id(t): (t, None if t.is_inference() else t._version) for t in checked}
@@ -713,7 +743,9 @@ def finite_outcome(
     warning because ``x * mask`` is still NaN (only ``torch.where`` or ``masked_fill`` hides it).
     """
     if _FINITE_CHECKED.issuperset(names):  # known finite: the pass the loop below reaches
-        sources = finite_sources(step)
+        memo = _current_memo()  # finite_sources(step), its cache hit inlined
+        hit = None if memo is None else memo.get(("finite_sources", id(step)))
+        sources = finite_sources(step) if hit is None else hit[0]
         if sources:
             tensors = step.tensors
             checked = []
@@ -728,8 +760,8 @@ def finite_outcome(
                         break
                     checked.append(name)
             else:
-                if checked:
-                    return passed(f"all finite: {', '.join(checked)}", 0.0, 0.0)
+                if checked:  # passed(...), without its call
+                    return Outcome(_PASS, f"all finite: {', '.join(checked)}", 0.0, 0.0, None, None, {})
     checked = []
     worst: tuple[int, str, int | None, int | None, int, int] | None = (
         None  # (severity, name, row, token, n, n_pad)

@@ -160,13 +160,43 @@ class Check:
             return
         try:
             outcome = self.function(step, spec, tolerance=tolerance)
-        except (RuntimeError, ValueError, LookupError, TypeError) as error:
-            outcome = Outcome(
-                Verdict.INCONCLUSIVE,
-                f"could not evaluate ({type(error).__name__}: {error}); check tensor shapes against "
-                "grpo_check/trace/model.py",
-                details={"evaluation_error": type(error).__name__},
-            )
+        except _CHECK_ERRORS as error:
+            outcome = _evaluation_error(error)
+        if type(outcome) is Outcome:
+            verdict = outcome.verdict
+            if verdict is _PASS and outcome.row is None and outcome.token is None:
+                # self._finding(step, outcome, base), inlined for a pass at the step's coordinates (most
+                # outcomes of a correct step): no cause, fix or catalog entry
+                figure, tolerance = outcome.figure, outcome.tolerance
+                findings.append(
+                    Finding(  # positional, in Finding's field order
+                        self.id,
+                        self.stage,
+                        verdict,
+                        None if figure is None else float(figure),
+                        None if tolerance is None else float(tolerance),
+                        base,
+                        outcome.explanation,
+                        None,
+                        None,
+                        None,
+                        "invariant",
+                        outcome.details,
+                    )
+                )
+                return
+        self._deliver(findings, step, outcome, base, not_captured)
+
+    def _deliver(
+        self,
+        findings: list[Finding],
+        step: TraceStep,
+        outcome: Outcome | list[Outcome],
+        base: Where,
+        not_captured: list[str] | None,
+    ) -> None:
+        """Append the findings of the outcome(s) of one evaluated check (given ``not_captured``, a
+        ``NOT_CAPTURED`` outcome appends the check's id there instead)."""
         if not_captured is None:
             if type(outcome) is Outcome:
                 findings.append(self._finding(step, outcome, base))
@@ -220,6 +250,19 @@ class Check:
 
 
 _UNKNOWN = object()
+_PASS = Verdict.PASS
+# what a check raises on inputs that do not fit together: an inconclusive outcome, not a crash
+_CHECK_ERRORS = (RuntimeError, ValueError, LookupError, TypeError)
+
+
+def _evaluation_error(error: Exception) -> Outcome:
+    """The outcome of a check that raised one of :data:`_CHECK_ERRORS` while evaluating."""
+    return Outcome(
+        Verdict.INCONCLUSIVE,
+        f"could not evaluate ({type(error).__name__}: {error}); check tensor shapes against "
+        "grpo_check/trace/model.py",
+        details={"evaluation_error": type(error).__name__},
+    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -243,7 +286,9 @@ def _present_names(step: TraceStep) -> frozenset[str]:
 
 def _collect_present_names(step: TraceStep) -> frozenset[str]:
     names = {name for name, tensor in step.tensors.items() if tensor is not None}
-    names.update(f"meta.{key}" for key, value in step.meta.items() if value is not None)
+    for key, value in step.meta.items():  # (a loop: a generator costs a call per name)
+        if value is not None:
+            names.add(f"meta.{key}")
     if step.completion_text is not None:
         names.add("completion_text")
     present = frozenset(names)
@@ -453,7 +498,44 @@ def _run_step_into(
                 )
         else:
             for check in selected:
-                check._run_into(findings, step, step_spec, None, present, base, not_captured)
+                # check._run_into(...), inlined for a check whose inputs are known present and whose outcome
+                # is a pass at the step's coordinates (most checks of a correct step): the same finding
+                missing = check._lacking_memo.get(present, _UNKNOWN)
+                if missing is not None:
+                    if missing is not _UNKNOWN and not_captured is not None:
+                        not_captured.append(check.id)  # inputs known absent: counted, not reported
+                    else:
+                        check._run_into(findings, step, step_spec, None, present, base, not_captured)
+                    continue
+                try:
+                    outcome = check.function(step, step_spec, tolerance=None)
+                except _CHECK_ERRORS as error:
+                    outcome = _evaluation_error(error)
+                if (
+                    type(outcome) is Outcome
+                    and outcome.verdict is _PASS
+                    and outcome.row is None
+                    and outcome.token is None
+                ):
+                    figure, tolerance = outcome.figure, outcome.tolerance
+                    findings.append(
+                        Finding(  # positional, in Finding's field order (as Check._run_into makes it)
+                            check.id,
+                            check.stage,
+                            _PASS,
+                            None if figure is None else float(figure),
+                            None if tolerance is None else float(tolerance),
+                            base,
+                            outcome.explanation,
+                            None,
+                            None,
+                            None,
+                            "invariant",
+                            outcome.details,
+                        )
+                    )
+                else:
+                    check._deliver(findings, step, outcome, base, not_captured)
 
 
 def _misnamed_hint(step: TraceStep, lacking: Iterable[str]) -> str:

@@ -33,6 +33,13 @@ def _cases() -> list[tuple[str, torch.Tensor, torch.Tensor]]:
         ("tiny", -values.abs() * 1e-300, valid),
         ("one_row", values[:1], valid[:1]),
         ("float32", values.float(), valid),
+        ("float32_nan_valid", nan_valid.float(), valid),
+        ("float32_inf_valid", inf_valid.float(), valid),
+        ("float32_negative_zero", zeros.float(), valid),
+        ("float16", values.half(), valid),
+        ("float16_nan_valid", nan_valid.half(), valid),
+        ("float16_overflow", values.half() * 60000, valid),
+        ("bfloat16", values.bfloat16(), valid),
         ("broadcast_mask", values, valid[:, :1]),
     ]
 
@@ -47,7 +54,9 @@ def test_masked_abs_max_host_path_is_the_torch_path(name, monkeypatch):
         general = masked_abs_max(values, valid)
     assert repr(fast) == repr(general) and type(fast) is float
     assert repr(general) == repr(float(torch.where(valid, values.abs(), 0.0).max()))
-    expected = {"nan_valid": "nan", "nan_padding": None, "inf_valid": "inf", "none_valid": "0.0"}.get(name)
+    expected = {"nan_valid": "nan", "nan_padding": None, "inf_valid": "inf", "none_valid": "0.0"}.get(
+        name.removeprefix("float32_").removeprefix("float16_")
+    )
     assert expected is None or repr(fast) == expected
 
 

@@ -259,6 +259,28 @@ def test_finite_sources_see_a_non_finite_value_in_any_tensor_shape() -> None:
     assert not common.step_all_finite(on_meta)  # spread over devices: not decided this way
 
 
+def test_finite_sources_flatten_any_mix_of_dtypes_layouts_and_graphs(monkeypatch: pytest.MonkeyPatch) -> None:
+    parts = [
+        torch.ones(2, 3, dtype=torch.bfloat16),
+        torch.tensor(2.5),
+        torch.ones(3, dtype=torch.float16),
+        torch.ones(0, 2, dtype=torch.float64),
+        torch.arange(12.0).reshape(4, 3)[:, ::2],
+    ]
+    assert torch.equal(common._flatten_dense(parts), common._flatten_all(parts))
+    built = build_step(seed=3, prompts=2, G=3, T=4)
+    step = built.step
+    step.tensors["loss"] = torch.tensor(0.5, requires_grad=True)
+    step.tensors["logps"] = step["logps"].double().t().contiguous().t()  # non-contiguous, float64
+    for flatten in (common._flatten_dense, common._flatten_all):
+        monkeypatch.setattr(common, "_flatten_dense", flatten)
+        assert common.step_all_finite(step)
+        for name in ("loss", "logps", "advantages"):
+            changed = step[name].detach().clone()
+            changed[(-1,) * changed.dim()] = math.nan
+            assert not common.step_all_finite(with_tensors(step, **{name: changed})), (flatten, name)
+
+
 def test_passed_and_scalar_like_build_what_their_keyword_forms_build() -> None:
     from grpo_check.invariants._common import Outcome, passed, scalar_like
 

@@ -326,7 +326,21 @@ def test_host_view_is_shared_within_a_step_per_tensor_and_version():
             frozen = torch.ones(4)
         assert host_view(frozen) is host_view(frozen)  # no version counter: keyed by identity
         assert host_view(x.bfloat16()) is None
+        leaf = torch.ones(3)
+        assert host_view(leaf) is not None
+        leaf.requires_grad_()  # part of a graph since it was viewed: no view (the torch path)
+        assert host_view(leaf) is None
+        assert host_view(torch.ones(2, device="meta")) is None
     assert count_true(torch.tensor([True, True])) == 2
+
+
+def test_machine_eps_is_finfo_eps_of_floating_dtypes_and_float32_else():
+    from grpo_check.invariants._common import machine_eps
+
+    for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.bool):
+        expected = torch.finfo(dtype if dtype.is_floating_point else torch.float32).eps
+        assert machine_eps(dtype) == expected and machine_eps(dtype) == expected  # made, then memoised
+        assert type(machine_eps(dtype)) is float
 
 
 def test_outcome_keeps_its_dataclass_fields_with_a_new_details_dict_each():
@@ -385,3 +399,57 @@ def test_a_live_step_run_gives_run_invariants_findings_with_not_captured_ones_as
         assert [repr(f) for f in live[len(live) - len(findings) :]] == [repr(f) for f in findings], name
     # both kinds: absent declared inputs, and a check that finds its inputs absent itself
     assert {"ratio.clip_metrics_in_unit_interval", "batch.text_faithful"} <= seen_not_captured
+
+
+def test_a_pass_at_the_step_coordinates_is_the_finding_the_general_conversion_makes():
+    """The registry's inlined conversion of a pass gives what ``Check._finding`` gives, field for field;
+    every other outcome (located passes, warnings, failures) still goes through ``_finding``."""
+    from grpo_check.invariants._common import Outcome
+    from grpo_check.invariants.registry import _present_names, _step_where
+
+    passes = 0
+    for name, step, spec in _variants():
+        base = _step_where(step)
+        for check in REGISTRY.values():
+            if check.missing(step):
+                continue
+            with step_cache(step):
+                outcome = check.function(step, spec, tolerance=None)
+            outcomes = outcome if isinstance(outcome, list) else [outcome]
+            expected = [repr(check._finding(step, o, base)) for o in outcomes]
+            for live in (None, []):
+                findings: list = []
+                check._run_into(findings, step, spec, None, _present_names(step), base, live)
+                got = [repr(f) for f in findings] + [f"not captured {i}" for i in live or []]
+                if live is not None:  # the live run counts a NOT_CAPTURED outcome instead of reporting it
+                    expected_here = [
+                        e if "NOT_CAPTURED" not in e else f"not captured {check.id}" for e in expected
+                    ]
+                    assert sorted(got) == sorted(expected_here), (name, check.id)
+                else:
+                    assert got == expected, (name, check.id)
+            passes += sum(
+                type(o) is Outcome and o.verdict is Verdict.PASS and o.row is None and o.token is None
+                for o in outcomes
+            )
+    assert passes > 100
+
+
+def test_a_check_that_raises_is_inconclusive_alike_in_a_step_run_and_alone(monkeypatch):
+    from grpo_check.invariants.registry import run_step_into
+
+    built = build_step(seed=5, off_policy=True, beta=0.04)
+    check = REGISTRY["kl.nonnegative"]
+
+    def raises(step, spec, *, tolerance=None):
+        raise ValueError("shapes (8, 6) and (8, 5) do not match")
+
+    check = dataclasses.replace(check, function=raises)
+    monkeypatch.setitem(REGISTRY, check.id, check)
+    alone = [repr(f) for f in check.run(built.step, built.spec)]
+    in_step = [repr(f) for f in run_invariants(built.step, built.spec) if f.check_id == check.id]
+    findings: list = []
+    run_step_into(findings, [], built.step, built.spec)
+    live = [repr(f) for f in findings if f.check_id == check.id]
+    assert alone == in_step == live and len(alone) == 1
+    assert "could not evaluate (ValueError: shapes (8, 6)" in alone[0] and "INCONCLUSIVE" in alone[0]
