@@ -29,7 +29,8 @@ def _no_unscorable_row(rewards: torch.Tensor, advantages: torch.Tensor) -> bool:
     if host is None or host.dtype.kind != "f":
         return False
     nan = np.isnan(host)
-    return not (nan.any() if nan.ndim == 1 else nan.all(axis=1).any())
+    # the ufunc reductions ndarray's any/all call, without their Python wrappers
+    return not (np.logical_or.reduce(nan if nan.ndim == 1 else np.logical_and.reduce(nan, axis=1)))
 
 
 # ------------------------------------------------------------------------------------------ advantages: NaN rows

@@ -39,3 +39,21 @@ def test_no_unscorable_row_equals_the_torch_test(rewards, dtype: torch.dtype) ->
     )  # rows differ
     graph = values.double().requires_grad_(True)
     assert checks_advantages._no_unscorable_row(graph, advantages) is False  # in a graph: torch decides
+
+
+def test_step_coordinates_are_where_in_step_s_inside_and_outside_a_step_cache() -> None:
+    from grpo_check._step_cache import step_cache
+    from grpo_check.compare.synthetic import make_step
+    from grpo_check.config import GRPOSpec
+    from grpo_check.invariants.registry import where_in_step
+    from grpo_check.rederive.checks_common import _where
+
+    step = make_step(GRPOSpec(num_generations=4))
+    step.meta.update(step=7, micro_batch=1, rank=0)
+    assert _where(step) == where_in_step(step, None, None)  # no cache open
+    with step_cache(step):
+        first = _where(step)  # a miss: where_in_step makes the step's entry
+        assert first == where_in_step(step, None, None)
+        assert _where(step) is first  # a hit: the same object
+        assert _where(step, 2, 1) == where_in_step(step, 2, 1)  # a row and a token: where_in_step
+        assert _where(step, 2, 1).step == 7 and _where(step, 2, 1).generation == 2
