@@ -92,7 +92,18 @@ def clipped_surrogate_loss(
 
     Returns ``(per_token_loss, clipped_ratio)``.
     """
-    advantages = _adv_2d(advantages)
+    return _clipped_surrogate(ratio, _adv_2d(advantages), epsilon_low, epsilon_high, delta, dual_clip)
+
+
+def _clipped_surrogate(
+    ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    epsilon_low: float,
+    epsilon_high: float,
+    delta: float | None,
+    dual_clip: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`clipped_surrogate_loss` of float64 advantages already (B, 1) or (B, T).  # (O1) (O2)"""
     clipped = clip_ratio(ratio, epsilon_low, epsilon_high)  # (P3)
     capped = torch.clamp(ratio, max=delta) if delta is not None else ratio  # (P5)
     loss = -torch.min(capped * advantages, clipped * advantages)  # (O1)
@@ -222,21 +233,19 @@ def per_token_loss(
     is_weight = None if sampler_is_ratio is None else as_f64(sampler_is_ratio)
 
     clipped = is_low = is_high = phi = None
-    if spec.loss_type in CLIPPED_SURROGATE_TYPES:
-        policy, clipped = clipped_surrogate_loss(
-            ratio, adv, spec.epsilon_low, spec.epsilon_high_effective, spec.delta, spec.dual_clip
-        )
-        capped = torch.clamp(ratio, max=spec.delta) if spec.delta is not None else ratio
-        is_low, is_high = clip_masks(
-            capped.detach(), adv, spec.epsilon_low, spec.epsilon_high_effective
-        )  # (P4)
-    elif spec.loss_type == "cispo":
+    loss_type = spec.loss_type
+    if loss_type in CLIPPED_SURROGATE_TYPES:
+        epsilon_low, epsilon_high, delta = spec.epsilon_low, spec.epsilon_high_effective, spec.delta
+        policy, clipped = _clipped_surrogate(ratio, adv, epsilon_low, epsilon_high, delta, spec.dual_clip)
+        capped = torch.clamp(ratio, max=delta) if delta is not None else ratio
+        is_low, is_high = clip_masks(capped.detach(), adv, epsilon_low, epsilon_high)  # (P4)
+    elif loss_type == "cispo":
         policy, clipped = cispo_loss(ratio, adv, logps, spec.epsilon_high_effective)
         is_high = (ratio.detach() > spec.epsilon_high_effective) & (adv > 0)  # (P6) TRL cispo_clip_ratio
         is_low = torch.zeros_like(is_high)
-    elif spec.loss_type == "sapo":
+    elif loss_type == "sapo":
         policy = sapo_loss(ratio, adv, spec.sapo_temperature_pos, spec.sapo_temperature_neg)
-    elif spec.loss_type == "vespo":
+    elif loss_type == "vespo":
         log_ratio_token = log_ratio if spec.importance_sampling_level == "token" else logps - old  # (P1)
         phi = vespo_gamma_weights(
             adv, log_ratio_token, mask, is_weight,
@@ -255,7 +264,7 @@ def per_token_loss(
             raise InputError("top_entropy_quantile < 1 needs entropies", field="entropies")
         ent_mask = high_entropy_mask(entropies, mask, spec.top_entropy_quantile)  # (M2)
         loss = loss * ent_mask.to(DTYPE)
-    if is_weight is not None and spec.loss_type != "vespo":
+    if is_weight is not None and loss_type != "vespo":
         loss = loss * is_weight  # (P7)
     kl = None
     if spec.beta != 0.0:
@@ -263,14 +272,22 @@ def per_token_loss(
             raise InputError("beta != 0 needs ref_logps", field="ref_logps")
         kl = per_token_kl(logps, ref_logps, spec.kl_estimator, ratio if spec.use_bias_correction_kl else None)
         loss = loss + spec.beta * kl  # (O6)
+    # each broadcast to its shape: the tensor itself when it already has it (no view, no graph node)
+    shape = logps.shape
+    if is_low is not None:
+        low_shape = (ratio.shape[0], is_low.shape[1])
+        is_low = is_low if is_low.shape == low_shape else is_low.expand(low_shape)
+    if is_high is not None:
+        high_shape = (ratio.shape[0], is_high.shape[1])
+        is_high = is_high if is_high.shape == high_shape else is_high.expand(high_shape)
     return PerTokenLoss(
-        per_token_loss=_broadcast(loss, logps.shape),
-        policy_loss=_broadcast(policy, logps.shape),
+        per_token_loss=loss if loss.shape == shape else loss.expand(shape),
+        policy_loss=policy if policy.shape == shape else policy.expand(shape),
         log_ratio=log_ratio,
         ratio=ratio,
         clipped_ratio=clipped,
-        is_low_clipped=None if is_low is None else _broadcast(is_low, (ratio.shape[0], is_low.shape[1])),
-        is_high_clipped=None if is_high is None else _broadcast(is_high, (ratio.shape[0], is_high.shape[1])),
+        is_low_clipped=is_low,
+        is_high_clipped=is_high,
         kl=kl,
         entropy_mask=ent_mask,
         off_policy_mask=off_mask,
@@ -362,11 +379,6 @@ def aggregate_loss(
     return AggregatedLoss(
         loss=loss, loss_normalizer=normalizer, policy_loss=policy, entropy_loss=entropy_term
     )
-
-
-def _broadcast(values: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
-    """``values.expand(shape)``; ``values`` itself when it already has that shape (no view, no graph node)."""
-    return values if values.shape == shape else values.expand(shape)
 
 
 def _items_normalizer(
