@@ -122,3 +122,29 @@ def test_detectors_run_on_a_clean_step_follow_the_module_attributes(monkeypatch:
     monkeypatch.setattr(diagnose_module, "ON_FAILURE_ONLY", quiet)
     assert diagnose_module.logps.detect_sign_flip not in diagnose_module._speaking_alone()
     assert signs() == []
+
+
+_CLOSE_VALUES = [0.0, -0.0, 1.0, -1.0, 1e-4, math.nan, math.inf, -math.inf, 1e308, -1e308, 0.5, 1.0001, -2.0]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_close_on_numpy_views_answers_what_torch_answers(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    cases = []
+    for rows, tokens in ((3, 4), (1, 1), (0, 3), (2, 5)):
+        for _ in range(40):
+            pick = torch.randint(len(_CLOSE_VALUES), (2, rows, tokens), generator=generator)
+            got = torch.tensor(_CLOSE_VALUES, dtype=torch.float64)[pick[0]]
+            want = torch.tensor(_CLOSE_VALUES, dtype=torch.float64)[pick[1]]
+            if seed % 2:  # mostly equal, so that some comparisons pass
+                want = torch.where(torch.rand(rows, tokens, generator=generator) < 0.8, got, want)
+            mask = torch.rand(rows, tokens, generator=generator) > 0.3
+            for negated in (False, True):
+                for rtol, atol in ((1e-3, 1e-4), (0.0, 0.0), (2e-2, 2e-2)):
+                    for m in (mask, None):
+                        cases.append((got, want, m, rtol, atol, negated))
+    fast = [_context._close(g, w, m, rtol=r, atol=a, negated=n) for g, w, m, r, a, n in cases]
+    assert any(fast) and not all(fast)
+    monkeypatch.setattr(_context, "_host_comparable", lambda *args: None)  # the torch path
+    slow = [_context._close(g, w, m, rtol=r, atol=a, negated=n) for g, w, m, r, a, n in cases]
+    assert fast == slow
