@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import torch
 
+from grpo_check._step_cache import host_view
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import InputError
 from grpo_check.reference._util import DTYPE, as_f64, as_mask
@@ -183,6 +184,8 @@ class PerTokenLoss:
     off_policy_mask: torch.Tensor | None  # (B, 1)
     sampler_is_ratio: torch.Tensor | None
     vespo_phi: torch.Tensor | None  # (B, 1)
+    # ``ratio`` detached, where the loss made that view (the clipped surrogates): the values outside the graph
+    ratio_values: torch.Tensor | None = None
 
 
 def per_token_loss(
@@ -210,7 +213,8 @@ def per_token_loss(
     logps = as_f64(logps)
     old = logps.detach() if old_logps is None else as_f64(old_logps)
     mask = as_mask(loss_mask, logps)
-    adv = _adv_2d(advantages)
+    advantages = as_f64(advantages)
+    adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
     log_ratio = importance_log_ratio(logps, old, mask, spec.importance_sampling_level)  # (P1) (P2)
     ratio = log_ratio.exp()
 
@@ -232,13 +236,16 @@ def per_token_loss(
         )  # (P7)
     is_weight = None if sampler_is_ratio is None else as_f64(sampler_is_ratio)
 
-    clipped = is_low = is_high = phi = None
+    clipped = is_low = is_high = phi = ratio_values = None
     loss_type = spec.loss_type
     if loss_type in CLIPPED_SURROGATE_TYPES:
         epsilon_low, epsilon_high, delta = spec.epsilon_low, spec.epsilon_high_effective, spec.delta
         policy, clipped = _clipped_surrogate(ratio, adv, epsilon_low, epsilon_high, delta, spec.dual_clip)
-        capped = torch.clamp(ratio, max=delta) if delta is not None else ratio
-        is_low, is_high = clip_masks(capped.detach(), adv, epsilon_low, epsilon_high)  # (P4)
+        if delta is None:
+            capped = ratio_values = ratio.detach()
+        else:
+            capped = torch.clamp(ratio, max=delta).detach()
+        is_low, is_high = _clip_masks(capped, advantages, adv, epsilon_low, epsilon_high)  # (P4)
     elif loss_type == "cispo":
         policy, clipped = cispo_loss(ratio, adv, logps, spec.epsilon_high_effective)
         is_high = (ratio.detach() > spec.epsilon_high_effective) & (adv > 0)  # (P6) TRL cispo_clip_ratio
@@ -293,7 +300,31 @@ def per_token_loss(
         off_policy_mask=off_mask,
         sampler_is_ratio=is_weight,
         vespo_phi=phi,
+        ratio_values=ratio_values,
     )
+
+
+def _clip_masks(
+    ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    advantages_2d: torch.Tensor,
+    epsilon_low: float,
+    epsilon_high: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`~grpo_check.reference.ratio.clip_masks` of the detached ``ratio`` and the float64 ``advantages``
+    as given (``advantages_2d``: them made 2-D). On a small step both are read through the step's shared numpy
+    views (the given advantages', made 2-D in numpy: no view of a fresh unsqueezed tensor); the same
+    comparisons."""
+    if ratio.dtype is DTYPE:
+        host_ratio, host_adv = host_view(ratio), host_view(advantages)
+        if host_ratio is not None and host_adv is not None:
+            if host_adv.ndim == 1:
+                host_adv = host_adv[:, None]
+            return (
+                torch.from_numpy((host_ratio < 1.0 - epsilon_low) & (host_adv < 0.0)),  # (P4)
+                torch.from_numpy((host_ratio > 1.0 + epsilon_high) & (host_adv > 0.0)),  # (P4)
+            )
+    return clip_masks(ratio, advantages_2d, epsilon_low, epsilon_high)  # (P4)
 
 
 # ----------------------------------------------------------------------------------------- aggregation

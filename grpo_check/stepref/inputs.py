@@ -285,7 +285,10 @@ def reference_downstream(
     ratio, log_ratio, loss_values, policy = out.ratio, out.log_ratio, out.per_token_loss, out.policy_loss
     loss, normalizer = agg.loss, agg.loss_normalizer
     result = {
-        "ratio": ratio.detach() if ratio.requires_grad else ratio,
+        # the loss's own detached view where it made one (its numpy view is then the step cache's already)
+        "ratio": out.ratio_values
+        if out.ratio_values is not None
+        else (ratio.detach() if ratio.requires_grad else ratio),
         "log_ratio": log_ratio.detach() if log_ratio.requires_grad else log_ratio,
         "per_token_loss": loss_values.detach() if loss_values.requires_grad else loss_values,
         "policy_loss": policy.detach() if policy.requires_grad else policy,
