@@ -104,8 +104,11 @@ class Diagnosis:
         return [f for f in self.findings if f.verdict in failing and f.kind == "compare"]
 
     def failing(self, *, stage: str | None = None, prefix: str | None = None) -> list[Finding]:
+        failed = self._failed_compare
+        if not failed:  # every comparison passed (most steps): nothing to filter
+            return []
         out = []
-        for f in self._failed_compare:
+        for f in failed:
             if f.verdict not in (Verdict.FAIL, Verdict.WARN):  # turned into a CONVENTION by a diagnosis
                 continue
             if stage is not None and f.stage != stage:
