@@ -148,3 +148,40 @@ def test_close_on_numpy_views_answers_what_torch_answers(seed: int, monkeypatch:
     monkeypatch.setattr(_context, "_host_comparable", lambda *args: None)  # the torch path
     slow = [_context._close(g, w, m, rtol=r, atol=a, negated=n) for g, w, m, r, a, n in cases]
     assert fast == slow
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_python_float_tests_equal_their_torch_forms_on_random_steps(seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    pool = torch.tensor([0.0, -0.0, 1.0, -1.0, 1e308, -1e308, math.nan, math.inf, -math.inf, 2.5, 1e-300])
+    for _ in range(300):
+        rows, cols = (
+            int(torch.randint(0, 5, (1,), generator=generator)),
+            int(torch.randint(0, 4, (1,), generator=generator)),
+        )
+        for dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16):
+            zeros = torch.rand((), generator=generator) < 0.5  # mostly clean tensors too
+            pick = torch.randint(len(pool), (rows, cols), generator=generator)
+            values = torch.where(
+                torch.rand(rows, cols, generator=generator) < (0.9 if zeros else 0.2),
+                0.0,
+                pool.double()[pick],
+            ).to(dtype)
+            adv = values[:, 0] if cols else values.new_zeros(rows)
+            assert objective._any_nonzero(values) == bool((values.abs() > 0).any())
+            assert objective._any_nonzero(adv) == bool((adv.abs() > 0).any())
+            want = not bool(torch.isnan(values).any()) and bool(torch.isfinite(adv).all())
+            assert nonfinite._all_clean(values, adv) == want
+            assert nonfinite._all_clean(adv, adv) == (
+                not bool(torch.isnan(adv).any()) and bool(torch.isfinite(adv).all())
+            )
+
+
+def test_an_overflowing_sum_is_decided_element_by_element() -> None:
+    big = torch.tensor([1e308, 1e308], dtype=torch.float64)  # finite values whose sum is +inf
+    assert nonfinite._all_clean(big.unsqueeze(1), big) is True
+    assert (
+        nonfinite._all_clean(torch.tensor([[math.inf], [-math.inf]]), big) is True
+    )  # inf − inf: no NaN reward
+    assert nonfinite._all_clean(torch.tensor([[math.nan], [0.0]]), big) is False
+    assert nonfinite._all_clean(big.unsqueeze(1), torch.tensor([0.0, math.inf])) is False
