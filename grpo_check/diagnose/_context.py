@@ -104,8 +104,11 @@ class Diagnosis:
         return [f for f in self.findings if f.verdict in failing and f.kind == "compare"]
 
     def failing(self, *, stage: str | None = None, prefix: str | None = None) -> list[Finding]:
+        failed = self._failed_compare
+        if not failed:  # every comparison passed (most steps): nothing to filter
+            return []
         out = []
-        for f in self._failed_compare:
+        for f in failed:
             if f.verdict not in (Verdict.FAIL, Verdict.WARN):  # turned into a CONVENTION by a diagnosis
                 continue
             if stage is not None and f.stage != stage:
@@ -280,19 +283,20 @@ def _host_comparable(
 def _close_numpy(
     got: np.ndarray, want: np.ndarray, sel: np.ndarray, *, rtol: float, atol: float, negated: bool
 ) -> bool:
-    """:func:`_close`'s test on numpy views, operation for operation (the ufunc reductions that ndarray's
-    any/max/all call, without their Python wrappers)."""
-    if not np.logical_or.reduce(sel, axis=None):
+    """:func:`_close`'s test on numpy views (the ufunc reductions that ndarray's any/max/all call, without
+    their Python wrappers). The reductions over the selection take it as ``where=`` instead of a selected copy:
+    the largest |want| from 0.0 up is the maximum over the copy with 0.0 off the selection (|x| ≥ 0), and the
+    conjunction over the selection is the one over the copy with True off it."""
+    if not _any_of(sel, axis=None):
         return False
-    scale = float(np.maximum.reduce(np.where(sel, np.abs(want), 0.0), axis=None))
+    scale = float(_max_of(np.abs(want), axis=None, where=sel, initial=0.0))
     # inf − inf off the selection is NaN, as in torch: silently
     with np.errstate(invalid="ignore", over="ignore"):
         error = (got + want) if negated else (got - want)
-    return bool(
-        np.logical_and.reduce(
-            np.where(sel, np.abs(error) <= atol + rtol * max(scale, 1e-12), True), axis=None
-        )
-    )
+    return bool(_all_of(np.abs(error) <= atol + rtol * max(scale, 1e-12), axis=None, where=sel))
+
+
+_any_of, _all_of, _max_of = np.logical_or.reduce, np.logical_and.reduce, np.maximum.reduce
 
 
 def constant_factor(

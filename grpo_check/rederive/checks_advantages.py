@@ -18,6 +18,10 @@ from grpo_check.rederive.inputs import (
 )
 from grpo_check.trace.model import Trace, TraceStep
 
+# the float dtypes numpy views (the others ask torch), and up to how many elements Python floats are read
+_HOST_FLOATS = frozenset({torch.float16, torch.float32, torch.float64})
+_PY_ELEMENTS = 256
+
 
 def _no_unscorable_row(rewards: torch.Tensor, advantages: torch.Tensor) -> bool:
     """True when a small CPU step with as many reward rows as advantages has no row whose every reward is NaN
@@ -25,11 +29,25 @@ def _no_unscorable_row(rewards: torch.Tensor, advantages: torch.Tensor) -> bool:
     rows = advantages.shape[0] if advantages.dim() == 2 else advantages.numel()
     if rewards.dim() not in (1, 2) or rewards.shape[0] != rows:
         return False
+    if (
+        rewards.dtype in _HOST_FLOATS
+        and rewards.is_cpu
+        and not rewards.requires_grad
+        and rewards.numel() <= _PY_ELEMENTS
+    ):  # Python floats (an exact conversion): a row whose sum is no NaN holds a value that is no NaN
+        values = rewards.tolist()
+        if rewards.dim() == 1:
+            return not any(value != value for value in values)
+        for row in values:
+            if not row or ((total := sum(row)) != total and all(value != value for value in row)):
+                return False
+        return True
     host = host_view(rewards)
     if host is None or host.dtype.kind != "f":
         return False
     nan = np.isnan(host)
-    return not (nan.any() if nan.ndim == 1 else nan.all(axis=1).any())
+    # the ufunc reductions ndarray's any/all call, without their Python wrappers
+    return not (np.logical_or.reduce(nan if nan.ndim == 1 else np.logical_and.reduce(nan, axis=1)))
 
 
 # ------------------------------------------------------------------------------------------ advantages: NaN rows

@@ -8,6 +8,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+from grpo_check._step_cache import _current_memo
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, Verdict
 from grpo_check.trace.model import Trace, TraceStep
@@ -47,6 +48,12 @@ def _register(
 
 
 def _where(step: TraceStep, row: int | None = None, token: int | None = None):
+    if row is None and token is None:  # the step's own coordinates: the one object the step cache holds
+        memo = _current_memo()
+        if memo is not None:
+            hit = memo.get(("where_base", id(step)))  # where_in_step's entry (absent: it makes it)
+            if hit is not None:
+                return hit[0]
     return _where_in_step()(step, row, token)
 
 

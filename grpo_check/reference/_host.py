@@ -189,11 +189,12 @@ def _group_advantages_py(
         elif a == -_INF:
             a = -_FLOAT64_MAX
         advantages.append(a)
-    # one (4, B) tensor and its rows (contiguous views): one conversion of the lists instead of four
-    advantages_t, mean_t, scale_t, count_t = torch.tensor(
-        [advantages, mean_rows, scale_rows, count_rows], dtype=torch.float64
+    # one (4, B) array and its rows (contiguous views): one conversion of the lists instead of four (numpy's
+    # conversion of Python floats and bools is exact and costs less than torch.tensor's)
+    advantages_t, mean_t, scale_t, count_t = torch.from_numpy(
+        np.array([advantages, mean_rows, scale_rows, count_rows], dtype=np.float64)
     ).unbind()
-    scorable = torch.tensor([not bad for bad in unscorable], dtype=torch.bool)
+    scorable = torch.from_numpy(np.array([not bad for bad in unscorable], dtype=np.bool_))
     return rewards, advantages_t, mean_t, scale_t, scorable, count_t
 
 
@@ -224,4 +225,4 @@ def _group_stats_py(
     dof = [c - 1.0 for c in count] if std == "sample" else count  # (A2)
     var = [q / max(k, 1.0) if k > 0.0 else _NAN for q, k in zip(ss, dof, strict=True)]
     # torch's sqrt, not math.sqrt: the two differ in the last bit of some values
-    return mean, torch.tensor(var, dtype=torch.float64).sqrt().tolist(), count
+    return mean, torch.from_numpy(np.array(var, dtype=np.float64)).sqrt().tolist(), count

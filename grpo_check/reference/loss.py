@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import torch
 
+from grpo_check._step_cache import host_view
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import InputError
 from grpo_check.reference._util import DTYPE, as_f64, as_mask
@@ -92,7 +93,18 @@ def clipped_surrogate_loss(
 
     Returns ``(per_token_loss, clipped_ratio)``.
     """
-    advantages = _adv_2d(advantages)
+    return _clipped_surrogate(ratio, _adv_2d(advantages), epsilon_low, epsilon_high, delta, dual_clip)
+
+
+def _clipped_surrogate(
+    ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    epsilon_low: float,
+    epsilon_high: float,
+    delta: float | None,
+    dual_clip: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`clipped_surrogate_loss` of float64 advantages already (B, 1) or (B, T).  # (O1) (O2)"""
     clipped = clip_ratio(ratio, epsilon_low, epsilon_high)  # (P3)
     capped = torch.clamp(ratio, max=delta) if delta is not None else ratio  # (P5)
     loss = -torch.min(capped * advantages, clipped * advantages)  # (O1)
@@ -172,6 +184,8 @@ class PerTokenLoss:
     off_policy_mask: torch.Tensor | None  # (B, 1)
     sampler_is_ratio: torch.Tensor | None
     vespo_phi: torch.Tensor | None  # (B, 1)
+    # ``ratio`` detached, where the loss made that view (the clipped surrogates): the values outside the graph
+    ratio_values: torch.Tensor | None = None
 
 
 def per_token_loss(
@@ -199,7 +213,8 @@ def per_token_loss(
     logps = as_f64(logps)
     old = logps.detach() if old_logps is None else as_f64(old_logps)
     mask = as_mask(loss_mask, logps)
-    adv = _adv_2d(advantages)
+    advantages = as_f64(advantages)
+    adv = advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
     log_ratio = importance_log_ratio(logps, old, mask, spec.importance_sampling_level)  # (P1) (P2)
     ratio = log_ratio.exp()
 
@@ -221,22 +236,23 @@ def per_token_loss(
         )  # (P7)
     is_weight = None if sampler_is_ratio is None else as_f64(sampler_is_ratio)
 
-    clipped = is_low = is_high = phi = None
-    if spec.loss_type in CLIPPED_SURROGATE_TYPES:
-        policy, clipped = clipped_surrogate_loss(
-            ratio, adv, spec.epsilon_low, spec.epsilon_high_effective, spec.delta, spec.dual_clip
-        )
-        capped = torch.clamp(ratio, max=spec.delta) if spec.delta is not None else ratio
-        is_low, is_high = clip_masks(
-            capped.detach(), adv, spec.epsilon_low, spec.epsilon_high_effective
-        )  # (P4)
-    elif spec.loss_type == "cispo":
+    clipped = is_low = is_high = phi = ratio_values = None
+    loss_type = spec.loss_type
+    if loss_type in CLIPPED_SURROGATE_TYPES:
+        epsilon_low, epsilon_high, delta = spec.epsilon_low, spec.epsilon_high_effective, spec.delta
+        policy, clipped = _clipped_surrogate(ratio, adv, epsilon_low, epsilon_high, delta, spec.dual_clip)
+        if delta is None:
+            capped = ratio_values = ratio.detach()
+        else:
+            capped = torch.clamp(ratio, max=delta).detach()
+        is_low, is_high = _clip_masks(capped, advantages, adv, epsilon_low, epsilon_high)  # (P4)
+    elif loss_type == "cispo":
         policy, clipped = cispo_loss(ratio, adv, logps, spec.epsilon_high_effective)
         is_high = (ratio.detach() > spec.epsilon_high_effective) & (adv > 0)  # (P6) TRL cispo_clip_ratio
         is_low = torch.zeros_like(is_high)
-    elif spec.loss_type == "sapo":
+    elif loss_type == "sapo":
         policy = sapo_loss(ratio, adv, spec.sapo_temperature_pos, spec.sapo_temperature_neg)
-    elif spec.loss_type == "vespo":
+    elif loss_type == "vespo":
         log_ratio_token = log_ratio if spec.importance_sampling_level == "token" else logps - old  # (P1)
         phi = vespo_gamma_weights(
             adv, log_ratio_token, mask, is_weight,
@@ -255,7 +271,7 @@ def per_token_loss(
             raise InputError("top_entropy_quantile < 1 needs entropies", field="entropies")
         ent_mask = high_entropy_mask(entropies, mask, spec.top_entropy_quantile)  # (M2)
         loss = loss * ent_mask.to(DTYPE)
-    if is_weight is not None and spec.loss_type != "vespo":
+    if is_weight is not None and loss_type != "vespo":
         loss = loss * is_weight  # (P7)
     kl = None
     if spec.beta != 0.0:
@@ -263,20 +279,52 @@ def per_token_loss(
             raise InputError("beta != 0 needs ref_logps", field="ref_logps")
         kl = per_token_kl(logps, ref_logps, spec.kl_estimator, ratio if spec.use_bias_correction_kl else None)
         loss = loss + spec.beta * kl  # (O6)
+    # each broadcast to its shape: the tensor itself when it already has it (no view, no graph node)
+    shape = logps.shape
+    if is_low is not None:
+        low_shape = (ratio.shape[0], is_low.shape[1])
+        is_low = is_low if is_low.shape == low_shape else is_low.expand(low_shape)
+    if is_high is not None:
+        high_shape = (ratio.shape[0], is_high.shape[1])
+        is_high = is_high if is_high.shape == high_shape else is_high.expand(high_shape)
     return PerTokenLoss(
-        per_token_loss=_broadcast(loss, logps.shape),
-        policy_loss=_broadcast(policy, logps.shape),
+        per_token_loss=loss if loss.shape == shape else loss.expand(shape),
+        policy_loss=policy if policy.shape == shape else policy.expand(shape),
         log_ratio=log_ratio,
         ratio=ratio,
         clipped_ratio=clipped,
-        is_low_clipped=None if is_low is None else _broadcast(is_low, (ratio.shape[0], is_low.shape[1])),
-        is_high_clipped=None if is_high is None else _broadcast(is_high, (ratio.shape[0], is_high.shape[1])),
+        is_low_clipped=is_low,
+        is_high_clipped=is_high,
         kl=kl,
         entropy_mask=ent_mask,
         off_policy_mask=off_mask,
         sampler_is_ratio=is_weight,
         vespo_phi=phi,
+        ratio_values=ratio_values,
     )
+
+
+def _clip_masks(
+    ratio: torch.Tensor,
+    advantages: torch.Tensor,
+    advantages_2d: torch.Tensor,
+    epsilon_low: float,
+    epsilon_high: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`~grpo_check.reference.ratio.clip_masks` of the detached ``ratio`` and the float64 ``advantages``
+    as given (``advantages_2d``: them made 2-D). On a small step both are read through the step's shared numpy
+    views (the given advantages', made 2-D in numpy: no view of a fresh unsqueezed tensor); the same
+    comparisons."""
+    if ratio.dtype is DTYPE:
+        host_ratio, host_adv = host_view(ratio), host_view(advantages)
+        if host_ratio is not None and host_adv is not None:
+            if host_adv.ndim == 1:
+                host_adv = host_adv[:, None]
+            return (
+                torch.from_numpy((host_ratio < 1.0 - epsilon_low) & (host_adv < 0.0)),  # (P4)
+                torch.from_numpy((host_ratio > 1.0 + epsilon_high) & (host_adv > 0.0)),  # (P4)
+            )
+    return clip_masks(ratio, advantages_2d, epsilon_low, epsilon_high)  # (P4)
 
 
 # ----------------------------------------------------------------------------------------- aggregation
@@ -362,11 +410,6 @@ def aggregate_loss(
     return AggregatedLoss(
         loss=loss, loss_normalizer=normalizer, policy_loss=policy, entropy_loss=entropy_term
     )
-
-
-def _broadcast(values: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
-    """``values.expand(shape)``; ``values`` itself when it already has that shape (no view, no graph node)."""
-    return values if values.shape == shape else values.expand(shape)
 
 
 def _items_normalizer(

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from grpo_check._step_cache import cached, finite_mask, host_view, plain
+from grpo_check._step_cache import _current_memo, finite_mask, host_view, plain
 from grpo_check.config import GRPOSpec
 from grpo_check.reference.advantages import compute_advantages
 from grpo_check.reference.loss import aggregate_loss, loss_mask, per_token_loss
@@ -61,7 +61,13 @@ def step_context(step: TraceStep, spec: GRPOSpec) -> StepContext:
     per step while a step cache is open (the comparison and the diagnoses share it)."""
     # the cached value holds the step too: its id cannot be reused by another step while the cache is open
     key = ("step_context", id(step), spec.num_generations)
-    return cached(key, lambda: (_step_context(step, spec), step))[0]
+    memo = _current_memo()  # cached(key, ...) inlined (a key of plain values is its own memo key): no closure
+    if memo is None:
+        return _step_context(step, spec)
+    hit = memo.get(key)
+    if hit is None:
+        hit = memo[key] = ((_step_context(step, spec), step), key)
+    return hit[0][0]
 
 
 def _step_context(step: TraceStep, spec: GRPOSpec) -> StepContext:
@@ -104,7 +110,15 @@ def computed_dtype(step: TraceStep, name: str) -> str:
     """The precision ``name`` was computed in: the compute dtype for model outputs; for a quantity computed
     from other captured tensors, the coarsest of its own stored dtype and theirs; else the stored dtype.
     (Shared between the comparisons of one step: one table per step, filled name by name.)"""
-    table = cached(("computed_dtype", id(step)), dict)
+    key = ("computed_dtype", id(step))
+    memo = _current_memo()  # cached(key, dict) inlined (a key of plain values is its own memo key)
+    if memo is None:
+        table: dict[Any, Any] = {}
+    else:
+        hit = memo.get(key)
+        if hit is None:
+            hit = memo[key] = ({}, key)
+        table = hit[0]
     dtype = table.get(name)
     if dtype is None:
         full = table.get(_FULL_PRECISION)
@@ -267,25 +281,37 @@ def reference_downstream(
     else:
         with torch.enable_grad():
             out, agg, grad = _loss_and_grad(spec, step.meta, *inputs)
+    # the results detached (``plain``, inlined: a tensor outside the graph as it is)
+    ratio, log_ratio, loss_values, policy = out.ratio, out.log_ratio, out.per_token_loss, out.policy_loss
+    loss, normalizer = agg.loss, agg.loss_normalizer
     result = {
-        "ratio": plain(out.ratio),
-        "log_ratio": plain(out.log_ratio),
-        "per_token_loss": plain(out.per_token_loss),
-        "policy_loss": plain(out.policy_loss),
-        "loss": plain(agg.loss),
-        "loss_normalizer": plain(agg.loss_normalizer),
+        # the loss's own detached view where it made one (its numpy view is then the step cache's already)
+        "ratio": out.ratio_values
+        if out.ratio_values is not None
+        else (ratio.detach() if ratio.requires_grad else ratio),
+        "log_ratio": log_ratio.detach() if log_ratio.requires_grad else log_ratio,
+        "per_token_loss": loss_values.detach() if loss_values.requires_grad else loss_values,
+        "policy_loss": policy.detach() if policy.requires_grad else policy,
+        "loss": loss.detach() if loss.requires_grad else loss,
+        "loss_normalizer": normalizer.detach() if normalizer.requires_grad else normalizer,
         "logps_grad": torch.zeros_like(logps) if grad is None else plain(grad),
         "loss_mask": mask,
     }
-    for name, value in (
-        ("clipped_ratio", out.clipped_ratio),
-        ("is_low_clipped", out.is_low_clipped),
-        ("is_high_clipped", out.is_high_clipped),
-        ("kl", out.kl),
-        ("sampler_is_ratio", out.sampler_is_ratio),
-    ):
-        if value is not None:
-            result[name] = plain(value)
+    value = out.clipped_ratio
+    if value is not None:
+        result["clipped_ratio"] = value.detach() if value.requires_grad else value
+    value = out.is_low_clipped
+    if value is not None:
+        result["is_low_clipped"] = value.detach() if value.requires_grad else value
+    value = out.is_high_clipped
+    if value is not None:
+        result["is_high_clipped"] = value.detach() if value.requires_grad else value
+    value = out.kl
+    if value is not None:
+        result["kl"] = value.detach() if value.requires_grad else value
+    value = out.sampler_is_ratio
+    if value is not None:
+        result["sampler_is_ratio"] = value.detach() if value.requires_grad else value
     return result
 
 

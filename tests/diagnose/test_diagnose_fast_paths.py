@@ -122,3 +122,66 @@ def test_detectors_run_on_a_clean_step_follow_the_module_attributes(monkeypatch:
     monkeypatch.setattr(diagnose_module, "ON_FAILURE_ONLY", quiet)
     assert diagnose_module.logps.detect_sign_flip not in diagnose_module._speaking_alone()
     assert signs() == []
+
+
+_CLOSE_VALUES = [0.0, -0.0, 1.0, -1.0, 1e-4, math.nan, math.inf, -math.inf, 1e308, -1e308, 0.5, 1.0001, -2.0]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_close_on_numpy_views_answers_what_torch_answers(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    cases = []
+    for rows, tokens in ((3, 4), (1, 1), (0, 3), (2, 5)):
+        for _ in range(40):
+            pick = torch.randint(len(_CLOSE_VALUES), (2, rows, tokens), generator=generator)
+            got = torch.tensor(_CLOSE_VALUES, dtype=torch.float64)[pick[0]]
+            want = torch.tensor(_CLOSE_VALUES, dtype=torch.float64)[pick[1]]
+            if seed % 2:  # mostly equal, so that some comparisons pass
+                want = torch.where(torch.rand(rows, tokens, generator=generator) < 0.8, got, want)
+            mask = torch.rand(rows, tokens, generator=generator) > 0.3
+            for negated in (False, True):
+                for rtol, atol in ((1e-3, 1e-4), (0.0, 0.0), (2e-2, 2e-2)):
+                    for m in (mask, None):
+                        cases.append((got, want, m, rtol, atol, negated))
+    fast = [_context._close(g, w, m, rtol=r, atol=a, negated=n) for g, w, m, r, a, n in cases]
+    assert any(fast) and not all(fast)
+    monkeypatch.setattr(_context, "_host_comparable", lambda *args: None)  # the torch path
+    slow = [_context._close(g, w, m, rtol=r, atol=a, negated=n) for g, w, m, r, a, n in cases]
+    assert fast == slow
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_python_float_tests_equal_their_torch_forms_on_random_steps(seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    pool = torch.tensor([0.0, -0.0, 1.0, -1.0, 1e308, -1e308, math.nan, math.inf, -math.inf, 2.5, 1e-300])
+    for _ in range(300):
+        rows, cols = (
+            int(torch.randint(0, 5, (1,), generator=generator)),
+            int(torch.randint(0, 4, (1,), generator=generator)),
+        )
+        for dtype in (torch.float16, torch.float32, torch.float64, torch.bfloat16):
+            zeros = torch.rand((), generator=generator) < 0.5  # mostly clean tensors too
+            pick = torch.randint(len(pool), (rows, cols), generator=generator)
+            values = torch.where(
+                torch.rand(rows, cols, generator=generator) < (0.9 if zeros else 0.2),
+                0.0,
+                pool.double()[pick],
+            ).to(dtype)
+            adv = values[:, 0] if cols else values.new_zeros(rows)
+            assert objective._any_nonzero(values) == bool((values.abs() > 0).any())
+            assert objective._any_nonzero(adv) == bool((adv.abs() > 0).any())
+            want = not bool(torch.isnan(values).any()) and bool(torch.isfinite(adv).all())
+            assert nonfinite._all_clean(values, adv) == want
+            assert nonfinite._all_clean(adv, adv) == (
+                not bool(torch.isnan(adv).any()) and bool(torch.isfinite(adv).all())
+            )
+
+
+def test_an_overflowing_sum_is_decided_element_by_element() -> None:
+    big = torch.tensor([1e308, 1e308], dtype=torch.float64)  # finite values whose sum is +inf
+    assert nonfinite._all_clean(big.unsqueeze(1), big) is True
+    assert (
+        nonfinite._all_clean(torch.tensor([[math.inf], [-math.inf]]), big) is True
+    )  # inf − inf: no NaN reward
+    assert nonfinite._all_clean(torch.tensor([[math.nan], [0.0]]), big) is False
+    assert nonfinite._all_clean(big.unsqueeze(1), torch.tensor([0.0, math.inf])) is False

@@ -178,3 +178,50 @@ def test_unscorable_rows_host_match_torch(monkeypatch: pytest.MonkeyPatch, py_ro
         )
         for field in fields:
             assert _reprs(getattr(got, field)) == _reprs(getattr(want, field)), (field, table)
+
+
+def test_loss_clip_masks_on_the_given_advantages_match_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    from grpo_check.reference import loss as loss_module
+    from grpo_check.reference import ratio as ratio_module
+
+    rng = random.Random(3)
+    cases = []
+    for _ in range(200):
+        rows, tokens = rng.randint(0, 6), rng.choice([1, rng.randint(1, 7)])
+        specials = [0.8, 1.2, 1.0, float("nan"), float("inf"), -float("inf"), 0.0, -0.0]
+        ratio = torch.tensor(
+            [[rng.choice(specials) if rng.random() < 0.3 else rng.uniform(0.5, 1.5) for _ in range(tokens)]
+             for _ in range(rows)],
+            dtype=torch.float64,
+        ).reshape(rows, tokens)  # fmt: skip
+        adv = torch.tensor([rng.choice([0.0, -0.0, 1.0, -1.0, float("nan")]) for _ in range(rows)]).double()
+        if rng.random() < 0.3:
+            adv = adv.unsqueeze(1).expand(rows, tokens).contiguous()
+        adv_2d = adv.unsqueeze(1) if adv.dim() == 1 else adv
+        cases.append((ratio, adv, adv_2d, rng.choice([0.2, 0.1]), rng.choice([0.2, 0.28])))
+    fast = [loss_module._clip_masks(*case) for case in cases]
+    monkeypatch.setattr(ratio_module, "host_view", lambda tensor: None)
+    for (ratio, _, adv_2d, low, high), got in zip(cases, fast, strict=True):
+        want = ratio_module.clip_masks(ratio, adv_2d, low, high)  # the torch comparisons
+        assert [_reprs(t) for t in got] == [_reprs(t) for t in want]
+    monkeypatch.setattr(loss_module, "host_view", lambda tensor: None)  # no view: clip_masks decides
+    for (ratio, adv, adv_2d, low, high), got in zip(cases, fast, strict=True):
+        assert [_reprs(t) for t in loss_module._clip_masks(ratio, adv, adv_2d, low, high)] == [
+            _reprs(t) for t in got
+        ]
+
+
+@pytest.mark.parametrize("delta", [None, 1.5])
+def test_ratio_values_are_the_detached_ratio(delta: float | None) -> None:
+    from grpo_check.reference.loss import per_token_loss
+
+    spec = GRPOSpec(num_generations=2, loss_type="grpo", delta=delta)
+    logps = torch.tensor([[-1.0, -2.0], [-0.5, -3.0]], dtype=torch.float64, requires_grad=True)
+    old = torch.tensor([[-1.5, -2.0], [-0.5, -1.0]], dtype=torch.float64)
+    out = per_token_loss(logps, old, torch.tensor([1.0, -1.0]), torch.ones(2, 2), spec)
+    if delta is None:
+        assert not out.ratio_values.requires_grad
+        assert torch.equal(out.ratio_values, out.ratio.detach())
+    else:  # the clip masks read the capped ratio: no view of ρ itself is made
+        assert out.ratio_values is None
+    assert out.ratio.requires_grad
