@@ -109,8 +109,10 @@ def nonpositive(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | No
     stack = _logp_stack(step)
     if stack is not None:  # every tensor at once; anything but a clean pass takes the per-tensor path below
         allowed = tolerance if tolerance is not None else _positive_tolerance(stack.values.dtype)
-        masked = where_fill(stack.valid, stack.values, -torch.inf)
-        tops = masked.amax(dim=(1, 2)).tolist()  # −inf: no valid token in that tensor
+        tops = _stack_tops_host(stack)
+        if tops is None:
+            masked = where_fill(stack.valid, stack.values, -torch.inf)
+            tops = masked.amax(dim=(1, 2)).tolist()  # −inf: no valid token in that tensor
         finite_tops = [top for top in tops if top != -math.inf]
         if finite_tops and max(finite_tops) <= allowed:
             return passed(
@@ -119,6 +121,27 @@ def nonpositive(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | No
                 allowed,
             )
     return _nonpositive_per_tensor(step, tolerance)
+
+
+def _stack_tops_host(stack: _LogpStack) -> list[float] | None:
+    """Per tensor of a small CPU stack, its largest valid log-prob (−inf: none) in numpy: the torch path's
+    where-then-amax. ``None`` without numpy views, or when a maximum is a zero (which of ±0 a maximum returns
+    depends on the order it visits them in), or for an empty stack (torch's amax refuses it, and so the
+    check): the torch path computes them."""
+    values, valid = host_view(stack.values), host_view(stack.valid)
+    if (
+        values is None
+        or valid is None
+        or values.ndim != 3
+        or values.size == 0
+        or valid.shape not in (values.shape, values.shape[1:])
+    ):
+        return None
+    tops = _maximum_reduce(values, axis=(1, 2), initial=-np.inf, where=valid).tolist()
+    return None if 0.0 in tops else tops
+
+
+_maximum_reduce = np.maximum.reduce
 
 
 def _nonpositive_per_tensor(step: TraceStep, tolerance: float | None) -> Outcome:
