@@ -10,6 +10,7 @@ import torch
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
 from grpo_check.invariants._common import (
+    FEW_ROWS,
     Groups,
     Outcome,
     argmax_2d,
@@ -140,9 +141,27 @@ def _zero_sum_lists(
 ) -> tuple[list[float], list[float], list[float]]:
     rtol, atol = rtol_atol(step["advantages"].dtype)
     base = atol if tolerance is None else tolerance
-    sums = _group_sum(groups, clean).tolist()
-    allowed = [base + rtol * value for value in _group_abs_sum(groups, clean).tolist()]
+    rows = _row_list(groups, clean)
+    if rows is None:
+        sums, abs_sums = _group_sum(groups, clean).tolist(), _group_abs_sum(groups, clean).tolist()
+    else:  # the same additions in the same order as Groups.sum's, |·| of float64s alike
+        sums, abs_sums = groups.sum_list(rows), groups.sum_list([abs(value) for value in rows])
+    allowed = [base + rtol * value for value in abs_sums]
     return sums, [abs(value) for value in sums], allowed
+
+
+def _row_list(groups: Groups, values: torch.Tensor) -> list[float] | None:
+    """``values.tolist()`` for a few (B,) float64 CPU rows of ``groups`` (their per-group sums then go
+    through :meth:`Groups.sum_list`), shared between the checks of one step; ``None`` otherwise."""
+    if (
+        values.dim() != 1
+        or values.dtype is not torch.float64
+        or not values.is_cpu
+        or not 0 < values.shape[0] <= FEW_ROWS
+        or values.shape[0] != groups.inverse.shape[0]
+    ):
+        return None
+    return cached(("row_list", values), values.tolist)
 
 
 @register(
@@ -365,6 +384,18 @@ def _group_reward_stats_uncached(step: TraceStep, spec: GRPOSpec | None) -> Grou
     )
 
 
+def _moment_lists(
+    groups: Groups, centred: torch.Tensor, clean: torch.Tensor
+) -> tuple[list[float], list[float]]:
+    """(``groups.sum(centred**2)``, ``groups.sum(clean * centred)``) as Python floats: for a few rows, the same
+    products (a float64 square is x·x) and additions in the same order (:meth:`Groups.sum_list`)."""
+    rows, weights = _row_list(groups, centred), _row_list(groups, clean)
+    if rows is None or weights is None:
+        return groups.sum(centred**2).tolist(), groups.sum(clean * centred).tolist()
+    squares = groups.sum_list([value * value for value in rows])
+    return squares, groups.sum_list([weight * value for weight, value in zip(weights, rows, strict=True)])
+
+
 @register(
     "advantages.epsilon_negligible",
     requires=[("advantages", "group_index", "rewards"), ("advantages", "group_index", "rewards_per_func")],
@@ -385,9 +416,7 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
         return inconclusive(stats)
     advantages, rewards, groups = stats.advantages, stats.rewards, stats.groups
     centred, count = stats.centred, stats.count
-    squares = groups.sum(centred**2)
     clean = advantages if stats.all_scorable else where_fill(stats.scorable, advantages, 0.0)
-    numerators = groups.sum(clean * centred)
     if effective.scale_rewards == "batch":
         scorable = stats.scorable
         batch_std = float(torch.std(rewards[scorable])) if int(scorable.sum()) > 1 else None
@@ -401,8 +430,10 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     factor = float(count.max() / (count.max() - 1).clamp(min=1)) if effective.baseline == "rloo" else 1.0
     # the same figures as the tensor operations below, as Python floats (whose division by 0 would raise
     # where torch's gives ±inf or NaN: no scorable row at all)
-    if few_groups(groups, squares) and factor != 0.0:
-        counts, square_sums = count.tolist(), squares.tolist()
+    # (Σ (r − mean)², Σ A·(r − mean)) per group share centred's dtype and device
+    if few_groups(groups, centred) and factor != 0.0:
+        counts = count.tolist()
+        square_sums, numerator_sums = _moment_lists(groups, centred, clean)
         # x.clamp(min=m) is m where x < m, else x (NaN included); the divisor is ≥ 1. The square root stays
         # torch's (its float64 sqrt is not always math.sqrt's correctly rounded one), on as many numbers
         variances = [
@@ -410,9 +441,7 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
             for square, c in zip(square_sums, counts, strict=True)
         ]
         stds = torch.sqrt(torch.tensor(variances, dtype=torch.float64)).tolist()
-        slopes = [
-            n / (1e-300 if s < 1e-300 else s) for n, s in zip(numerators.tolist(), square_sums, strict=True)
-        ]
+        slopes = [n / (1e-300 if s < 1e-300 else s) for n, s in zip(numerator_sums, square_sums, strict=True)]
         if effective.scale_rewards == "group" or (effective.scale_rewards == "batch" and batch_std is None):
             retention = [slope * scale for slope, scale in zip(slopes, stds, strict=True)]
         elif effective.scale_rewards == "batch":
@@ -441,6 +470,7 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
         failing = sum(1 for value in masked_values if value < limit)
         std, worst_slope = stds[worst], slopes[worst]
     else:
+        squares, numerators = groups.sum(centred**2), groups.sum(clean * centred)
         sample_std = torch.sqrt(squares / (count - 1.0).clamp(min=1.0))
         slope = numerators / squares.clamp(min=1e-300)
         if effective.scale_rewards == "group":
