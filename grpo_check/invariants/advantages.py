@@ -355,6 +355,16 @@ def _group_reward_stats(step: TraceStep, spec: GRPOSpec | None) -> GroupRewardSt
     return cached(("adv_reward_stats", id(step), id(spec)), lambda: _group_reward_stats_uncached(step, spec))
 
 
+def _centred_of_rows(groups: Groups, rows: list[float], device: torch.device) -> torch.Tensor:
+    """``rewards − groups.sum(rewards) / count`` per row (the row's group mean; every group ≥ 1 row) from the
+    rows' finite float64 rewards as Python floats, as a float64 tensor whose list is shared (``_row_list``)."""
+    means = [total / float(size) for total, size in zip(groups.sum_list(rows), groups.sizes(), strict=True)]
+    centred_rows = [value - means[group] for value, group in zip(rows, groups.row_groups, strict=True)]
+    centred = torch.tensor(centred_rows, dtype=torch.float64, device=device)
+    cached(("row_list", centred), lambda: centred_rows)
+    return centred
+
+
 def _group_reward_stats_uncached(step: TraceStep, spec: GRPOSpec | None) -> GroupRewardStats | str:
     prepared = _prepare(step, spec)
     if isinstance(prepared, str):
@@ -368,9 +378,13 @@ def _group_reward_stats_uncached(step: TraceStep, spec: GRPOSpec | None) -> Grou
     # is all True, the where() calls below change nothing, and Σ 1.0 over a group is its row count exactly
     if step.has("rewards") and known_finite(step, "rewards", "advantages"):
         count = groups.count_f64(rewards.device)
-        mean = groups.sum(rewards) / count  # (each group has ≥ 1 row: count.clamp(min=1) is count)
-        # one group: mean[inverse] is mean broadcast, the same subtraction per row without the gather
-        centred = rewards - mean if groups.num_groups == 1 else rewards - groups.expand(mean)
+        rows = _row_list(groups, rewards)
+        if rows is not None:  # a few rows: the same sums, divisions and subtractions as Python floats
+            centred = _centred_of_rows(groups, rows, rewards.device)
+        else:
+            mean = groups.sum(rewards) / count  # (each group has ≥ 1 row: count.clamp(min=1) is count)
+            # one group: mean[inverse] is mean broadcast, the same subtraction per row without the gather
+            centred = rewards - mean if groups.num_groups == 1 else rewards - groups.expand(mean)
         return GroupRewardStats(
             advantages, rewards, groups, None, centred, count, size, True, every_group_whole
         )
@@ -382,6 +396,12 @@ def _group_reward_stats_uncached(step: TraceStep, spec: GRPOSpec | None) -> Grou
     return GroupRewardStats(
         advantages, rewards, groups, scorable, centred, count, size, False, every_group_whole
     )
+
+
+def _rows(groups: Groups, values: torch.Tensor) -> list[float]:
+    """``values.tolist()``, shared between the checks of one step where :func:`_row_list` keeps it."""
+    rows = _row_list(groups, values)
+    return values.tolist() if rows is None else rows
 
 
 def _moment_lists(
@@ -592,7 +612,7 @@ def _constant_groups(stats: GroupRewardStats) -> list[bool]:
     groups = stats.groups
     first: list[float | None] = [None] * groups.num_groups
     equal = [True] * groups.num_groups
-    for value, group in zip(stats.rewards.tolist(), groups.row_groups, strict=True):
+    for value, group in zip(_rows(groups, stats.rewards), groups.row_groups, strict=True):
         seen = first[group]
         if seen is None:
             first[group] = value
@@ -761,7 +781,7 @@ def _sign_exit(stats: GroupRewardStats, relative: float, least: float) -> Outcom
     """sign_follows_rewards' not-applicable or pass from a few finite rows as Python floats (``None``: some
     judged row has the wrong sign, left to the tensor operations to locate): a row is judged where
     |r − mean| > relative·max(max |r|, 1e-12) and |A| > ``least``, wrong where sign(A) ≠ sign(r − mean)."""
-    rewards = stats.rewards.tolist()
+    rewards = _rows(stats.groups, stats.rewards)
     threshold = relative * max(max(abs(value) for value in rewards), 1e-12)
     if stats.every_group_whole:
         in_whole = None
@@ -770,7 +790,7 @@ def _sign_exit(stats: GroupRewardStats, relative: float, least: float) -> Outcom
         in_whole = [whole[group] for group in stats.groups.row_groups]
     judged = wrong = 0
     for row, (advantage, centred) in enumerate(
-        zip(stats.advantages.tolist(), stats.centred.tolist(), strict=True)
+        zip(_rows(stats.groups, stats.advantages), _rows(stats.groups, stats.centred), strict=True)
     ):
         if abs(centred) > threshold and abs(advantage) > least and (in_whole is None or in_whole[row]):
             judged += 1
