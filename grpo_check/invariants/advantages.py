@@ -278,7 +278,7 @@ def bounded(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None =
     rtol, atol = rtol_atol(step["advantages"].dtype)
     allowed = tolerance if tolerance is not None else bound * (1 + rtol) + atol
     if known_finite(step, "advantages") and few_rows(advantages):  # max |A| of finite Python floats
-        figure = max([abs(value) for value in advantages.tolist()])
+        figure = max([abs(value) for value in _rows(groups, advantages)])
         if figure <= allowed:
             return passed(f"max |A| = {fmt(figure)} within the G={size} bound", figure, allowed)
     if known_finite(step, "advantages"):  # the mask below is all True: where() would change nothing
@@ -328,14 +328,31 @@ class GroupRewardStats:
     """(B,) rows whose reward and advantage are finite (``None``: all of them, see :attr:`scorable`)."""
     centred: torch.Tensor
     """(B,) reward − group mean over the scorable rows (0 elsewhere)."""
-    count: torch.Tensor
-    """Per group: scorable rows (float64)."""
+    count_tensor: torch.Tensor | None
+    """Per group: scorable rows (float64; ``None``: made from :attr:`count_rows` on first use, see
+    :attr:`count`)."""
     size: int
     """G, the group size."""
     all_scorable: bool
     """Known without a look at ``scorable``: every reward and advantage finite (``scorable`` all True)."""
     every_group_whole: bool
     """Every group has all G rows (``whole`` all True)."""
+    count_rows: list[float] | None = None
+    """:attr:`count` as Python floats (``None``: from the tensor on first use, see :meth:`count_list`)."""
+
+    @property
+    def count(self) -> torch.Tensor:
+        """Per group: scorable rows (float64)."""
+        if self.count_tensor is None:
+            counts = torch.tensor(self.count_rows, dtype=torch.float64, device=self.rewards.device)
+            object.__setattr__(self, "count_tensor", counts)
+        return self.count_tensor  # type: ignore[return-value]
+
+    def count_list(self) -> list[float]:
+        """``count.tolist()``, made once (do not modify it)."""
+        if self.count_rows is None:
+            object.__setattr__(self, "count_rows", self.count.tolist())
+        return self.count_rows  # type: ignore[return-value]
 
     @property
     def scorable(self) -> torch.Tensor:
@@ -377,14 +394,18 @@ def _group_reward_stats_uncached(step: TraceStep, spec: GRPOSpec | None) -> Grou
     # the rewards tensor itself (not a sum of rewards_per_func) and the advantages known finite: scorable
     # is all True, the where() calls below change nothing, and Σ 1.0 over a group is its row count exactly
     if step.has("rewards") and known_finite(step, "rewards", "advantages"):
-        count = groups.count_f64(rewards.device)
         rows = _row_list(groups, rewards)
         if rows is not None:  # a few rows: the same sums, divisions and subtractions as Python floats
             centred = _centred_of_rows(groups, rows, rewards.device)
-        else:
-            mean = groups.sum(rewards) / count  # (each group has ≥ 1 row: count.clamp(min=1) is count)
-            # one group: mean[inverse] is mean broadcast, the same subtraction per row without the gather
-            centred = rewards - mean if groups.num_groups == 1 else rewards - groups.expand(mean)
+            # the row counts as floats: count_f64's numbers (the tensor is made only if asked for)
+            counts = [float(size) for size in groups.sizes()]
+            return GroupRewardStats(
+                advantages, rewards, groups, None, centred, None, size, True, every_group_whole, counts
+            )
+        count = groups.count_f64(rewards.device)
+        mean = groups.sum(rewards) / count  # (each group has ≥ 1 row: count.clamp(min=1) is count)
+        # one group: mean[inverse] is mean broadcast, the same subtraction per row without the gather
+        centred = rewards - mean if groups.num_groups == 1 else rewards - groups.expand(mean)
         return GroupRewardStats(
             advantages, rewards, groups, None, centred, count, size, True, every_group_whole
         )
@@ -435,7 +456,7 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     if isinstance(stats, str):
         return inconclusive(stats)
     advantages, rewards, groups = stats.advantages, stats.rewards, stats.groups
-    centred, count = stats.centred, stats.count
+    centred = stats.centred  # (stats.count: a tensor made on first use, read where needed)
     clean = advantages if stats.all_scorable else where_fill(stats.scorable, advantages, 0.0)
     if effective.scale_rewards == "batch":
         scorable = stats.scorable
@@ -447,12 +468,16 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     # a group whose advantages do not sum to 0 was normalised with other rows (advantages.group_sum_zero):
     # its slope says nothing about epsilon
     # the rloo rescaling (x / 1.0 is x exactly: no division otherwise)
-    factor = float(count.max() / (count.max() - 1).clamp(min=1)) if effective.baseline == "rloo" else 1.0
+    if effective.baseline == "rloo":
+        count = stats.count
+        factor = float(count.max() / (count.max() - 1).clamp(min=1))
+    else:
+        factor = 1.0
     # the same figures as the tensor operations below, as Python floats (whose division by 0 would raise
     # where torch's gives ±inf or NaN: no scorable row at all)
     # (Σ (r − mean)², Σ A·(r − mean)) per group share centred's dtype and device
     if few_groups(groups, centred) and factor != 0.0:
-        counts = count.tolist()
+        counts = stats.count_list()
         square_sums, numerator_sums = _moment_lists(groups, centred, clean)
         # x.clamp(min=m) is m where x < m, else x (NaN included); the divisor is ≥ 1. The square root stays
         # torch's (its float64 sqrt is not always math.sqrt's correctly rounded one), on as many numbers
@@ -490,7 +515,7 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
         failing = sum(1 for value in masked_values if value < limit)
         std, worst_slope = stds[worst], slopes[worst]
     else:
-        squares, numerators = groups.sum(centred**2), groups.sum(clean * centred)
+        squares, numerators, count = groups.sum(centred**2), groups.sum(clean * centred), stats.count
         sample_std = torch.sqrt(squares / (count - 1.0).clamp(min=1.0))
         slope = numerators / squares.clamp(min=1e-300)
         if effective.scale_rewards == "group":
@@ -618,7 +643,7 @@ def _constant_groups(stats: GroupRewardStats) -> list[bool]:
             first[group] = value
         elif value != seen:
             equal[group] = False
-    flags = [same or count < 2.0 for same, count in zip(equal, stats.count.tolist(), strict=True)]
+    flags = [same or count < 2.0 for same, count in zip(equal, stats.count_list(), strict=True)]
     if stats.every_group_whole:
         return flags
     return [flag and whole for flag, whole in zip(flags, stats.whole.tolist(), strict=True)]
