@@ -326,8 +326,9 @@ class GroupRewardStats:
     """The prompt groups of the rows."""
     scorable_mask: torch.Tensor | None
     """(B,) rows whose reward and advantage are finite (``None``: all of them, see :attr:`scorable`)."""
-    centred: torch.Tensor
-    """(B,) reward − group mean over the scorable rows (0 elsewhere)."""
+    centred_tensor: torch.Tensor | None
+    """(B,) reward − group mean over the scorable rows (0 elsewhere); ``None``: made from
+    :attr:`centred_rows` on first use, see :attr:`centred`."""
     count_tensor: torch.Tensor | None
     """Per group: scorable rows (float64; ``None``: made from :attr:`count_rows` on first use, see
     :attr:`count`)."""
@@ -339,6 +340,27 @@ class GroupRewardStats:
     """Every group has all G rows (``whole`` all True)."""
     count_rows: list[float] | None = None
     """:attr:`count` as Python floats (``None``: from the tensor on first use, see :meth:`count_list`)."""
+    centred_rows: list[float] | None = None
+    """:attr:`centred` as Python floats, when made from them (else ``None``, see :meth:`centred_list`)."""
+
+    @property
+    def centred(self) -> torch.Tensor:
+        """(B,) reward − group mean over the scorable rows (0 elsewhere), float64."""
+        if self.centred_tensor is None:
+            centred = torch.tensor(self.centred_rows, dtype=torch.float64, device=self.rewards.device)
+            object.__setattr__(self, "centred_tensor", centred)
+        return self.centred_tensor  # type: ignore[return-value]
+
+    def centred_list(self) -> list[float]:
+        """``centred.tolist()``, made once (do not modify it)."""
+        if self.centred_rows is None:
+            object.__setattr__(self, "centred_rows", _rows(self.groups, self.centred))
+        return self.centred_rows  # type: ignore[return-value]
+
+    def centred_few_groups(self) -> bool:
+        """``few_groups(groups, centred)`` without making the tensor: made from rows, it is float64 on the
+        CPU like the rewards those rows were read from."""
+        return few_groups(self.groups, self.rewards if self.centred_tensor is None else self.centred_tensor)
 
     @property
     def count(self) -> torch.Tensor:
@@ -372,14 +394,11 @@ def _group_reward_stats(step: TraceStep, spec: GRPOSpec | None) -> GroupRewardSt
     return cached(("adv_reward_stats", id(step), id(spec)), lambda: _group_reward_stats_uncached(step, spec))
 
 
-def _centred_of_rows(groups: Groups, rows: list[float], device: torch.device) -> torch.Tensor:
+def _centred_of_rows(groups: Groups, rows: list[float]) -> list[float]:
     """``rewards − groups.sum(rewards) / count`` per row (the row's group mean; every group ≥ 1 row) from the
-    rows' finite float64 rewards as Python floats, as a float64 tensor whose list is shared (``_row_list``)."""
+    rows' finite float64 rewards as Python floats: the same sums, divisions and subtractions."""
     means = [total / float(size) for total, size in zip(groups.sum_list(rows), groups.sizes(), strict=True)]
-    centred_rows = [value - means[group] for value, group in zip(rows, groups.row_groups, strict=True)]
-    centred = torch.tensor(centred_rows, dtype=torch.float64, device=device)
-    cached(("row_list", centred), lambda: centred_rows)
-    return centred
+    return [value - means[group] for value, group in zip(rows, groups.row_groups, strict=True)]
 
 
 def _group_reward_stats_uncached(step: TraceStep, spec: GRPOSpec | None) -> GroupRewardStats | str:
@@ -396,11 +415,21 @@ def _group_reward_stats_uncached(step: TraceStep, spec: GRPOSpec | None) -> Grou
     if step.has("rewards") and known_finite(step, "rewards", "advantages"):
         rows = _row_list(groups, rewards)
         if rows is not None:  # a few rows: the same sums, divisions and subtractions as Python floats
-            centred = _centred_of_rows(groups, rows, rewards.device)
-            # the row counts as floats: count_f64's numbers (the tensor is made only if asked for)
+            # the row counts as floats: count_f64's numbers (the tensors are made only if asked for)
             counts = [float(size) for size in groups.sizes()]
+            centred_rows = _centred_of_rows(groups, rows)
             return GroupRewardStats(
-                advantages, rewards, groups, None, centred, None, size, True, every_group_whole, counts
+                advantages,
+                rewards,
+                groups,
+                None,
+                None,
+                None,
+                size,
+                True,
+                every_group_whole,
+                counts,
+                centred_rows,
             )
         count = groups.count_f64(rewards.device)
         mean = groups.sum(rewards) / count  # (each group has ≥ 1 row: count.clamp(min=1) is count)
@@ -425,13 +454,14 @@ def _rows(groups: Groups, values: torch.Tensor) -> list[float]:
     return values.tolist() if rows is None else rows
 
 
-def _moment_lists(
-    groups: Groups, centred: torch.Tensor, clean: torch.Tensor
-) -> tuple[list[float], list[float]]:
+def _moment_lists(stats: GroupRewardStats, clean: torch.Tensor) -> tuple[list[float], list[float]]:
     """(``groups.sum(centred**2)``, ``groups.sum(clean * centred)``) as Python floats: for a few rows, the same
     products (a float64 square is x·x) and additions in the same order (:meth:`Groups.sum_list`)."""
-    rows, weights = _row_list(groups, centred), _row_list(groups, clean)
+    groups = stats.groups
+    rows = stats.centred_rows if stats.centred_rows is not None else _row_list(groups, stats.centred)
+    weights = _row_list(groups, clean)
     if rows is None or weights is None:
+        centred = stats.centred
         return groups.sum(centred**2).tolist(), groups.sum(clean * centred).tolist()
     squares = groups.sum_list([value * value for value in rows])
     return squares, groups.sum_list([weight * value for weight, value in zip(weights, rows, strict=True)])
@@ -456,7 +486,7 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     if isinstance(stats, str):
         return inconclusive(stats)
     advantages, rewards, groups = stats.advantages, stats.rewards, stats.groups
-    centred = stats.centred  # (stats.count: a tensor made on first use, read where needed)
+    # (stats.centred and stats.count: tensors made on first use, read where needed)
     clean = advantages if stats.all_scorable else where_fill(stats.scorable, advantages, 0.0)
     if effective.scale_rewards == "batch":
         scorable = stats.scorable
@@ -476,9 +506,9 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     # the same figures as the tensor operations below, as Python floats (whose division by 0 would raise
     # where torch's gives ±inf or NaN: no scorable row at all)
     # (Σ (r − mean)², Σ A·(r − mean)) per group share centred's dtype and device
-    if few_groups(groups, centred) and factor != 0.0:
+    if stats.centred_few_groups() and factor != 0.0:
         counts = stats.count_list()
-        square_sums, numerator_sums = _moment_lists(groups, centred, clean)
+        square_sums, numerator_sums = _moment_lists(stats, clean)
         # x.clamp(min=m) is m where x < m, else x (NaN included); the divisor is ≥ 1. The square root stays
         # torch's (its float64 sqrt is not always math.sqrt's correctly rounded one), on as many numbers
         variances = [
@@ -515,7 +545,8 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
         failing = sum(1 for value in masked_values if value < limit)
         std, worst_slope = stds[worst], slopes[worst]
     else:
-        squares, numerators, count = groups.sum(centred**2), groups.sum(clean * centred), stats.count
+        centred, count = stats.centred, stats.count
+        squares, numerators = groups.sum(centred**2), groups.sum(clean * centred)
         sample_std = torch.sqrt(squares / (count - 1.0).clamp(min=1.0))
         slope = numerators / squares.clamp(min=1e-300)
         if effective.scale_rewards == "group":
@@ -547,7 +578,7 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
         failing = int((masked < limit).sum())
         std, worst_slope = float(sample_std[worst]), float(slope[worst])
     in_group = groups.inverse == worst
-    row = int(torch.argmax(where_fill(in_group, centred.abs(), -1.0)))
+    row = int(torch.argmax(where_fill(in_group, stats.centred.abs(), -1.0)))
     if figure <= 0:
         return Outcome(
             Verdict.FAIL,
@@ -766,7 +797,6 @@ def sign_follows_rewards(
     if isinstance(stats, str):
         return inconclusive(stats)
     advantages, rewards, groups = stats.advantages, stats.rewards, stats.groups
-    centred = stats.centred
     _, atol = rtol_atol(step["advantages"].dtype)
     reward_rtol, _ = rtol_atol(
         step["rewards"].dtype if step.has("rewards") else step["rewards_per_func"].dtype
@@ -775,6 +805,7 @@ def sign_follows_rewards(
         decided = _sign_exit(stats, 16 * reward_rtol, tolerance if tolerance is not None else atol)
         if decided is not None:
             return decided
+    centred = stats.centred
     if stats.all_scorable:  # scorable all True: the masked max is the plain one, the & changes nothing
         scale = float(rewards.abs().max())
         judged = centred.abs() > 16 * reward_rtol * max(scale, 1e-12)
@@ -815,7 +846,7 @@ def _sign_exit(stats: GroupRewardStats, relative: float, least: float) -> Outcom
         in_whole = [whole[group] for group in stats.groups.row_groups]
     judged = wrong = 0
     for row, (advantage, centred) in enumerate(
-        zip(_rows(stats.groups, stats.advantages), _rows(stats.groups, stats.centred), strict=True)
+        zip(_rows(stats.groups, stats.advantages), stats.centred_list(), strict=True)
     ):
         if abs(centred) > threshold and abs(advantage) > least and (in_whole is None or in_whole[row]):
             judged += 1
