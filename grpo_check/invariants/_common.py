@@ -389,6 +389,15 @@ class Groups:
         out = torch.zeros(self.num_groups, dtype=x.dtype, device=x.device)
         return out.index_add_(0, self._inverse_on(x.device), x)
 
+    def sum_list(self, values: list[float]) -> list[float]:
+        """``sum(torch.tensor(values, dtype=torch.float64)).tolist()`` for the rows' float64 ``values`` as
+        Python floats: the CPU ``index_add_`` of a 1-D tensor adds the rows one after another, in row order,
+        into zeros; so does this, by the same IEEE additions (for a few rows: one pass in Python)."""
+        sums = [0.0] * self.num_groups
+        for group, value in zip(self.row_groups, values, strict=True):
+            sums[group] += value
+        return sums
+
     @functools.cached_property
     def largest(self) -> int:
         """Rows in the largest group (1 when there is none)."""

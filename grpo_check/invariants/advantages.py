@@ -10,6 +10,7 @@ import torch
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
 from grpo_check.invariants._common import (
+    FEW_ROWS,
     Groups,
     Outcome,
     argmax_2d,
@@ -140,9 +141,27 @@ def _zero_sum_lists(
 ) -> tuple[list[float], list[float], list[float]]:
     rtol, atol = rtol_atol(step["advantages"].dtype)
     base = atol if tolerance is None else tolerance
-    sums = _group_sum(groups, clean).tolist()
-    allowed = [base + rtol * value for value in _group_abs_sum(groups, clean).tolist()]
+    rows = _row_list(groups, clean)
+    if rows is None:
+        sums, abs_sums = _group_sum(groups, clean).tolist(), _group_abs_sum(groups, clean).tolist()
+    else:  # the same additions in the same order as Groups.sum's, |·| of float64s alike
+        sums, abs_sums = groups.sum_list(rows), groups.sum_list([abs(value) for value in rows])
+    allowed = [base + rtol * value for value in abs_sums]
     return sums, [abs(value) for value in sums], allowed
+
+
+def _row_list(groups: Groups, values: torch.Tensor) -> list[float] | None:
+    """``values.tolist()`` for a few (B,) float64 CPU rows of ``groups`` (their per-group sums then go
+    through :meth:`Groups.sum_list`), shared between the checks of one step; ``None`` otherwise."""
+    if (
+        values.dim() != 1
+        or values.dtype is not torch.float64
+        or not values.is_cpu
+        or not 0 < values.shape[0] <= FEW_ROWS
+        or values.shape[0] != groups.inverse.shape[0]
+    ):
+        return None
+    return cached(("row_list", values), values.tolist)
 
 
 @register(
@@ -259,7 +278,7 @@ def bounded(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None =
     rtol, atol = rtol_atol(step["advantages"].dtype)
     allowed = tolerance if tolerance is not None else bound * (1 + rtol) + atol
     if known_finite(step, "advantages") and few_rows(advantages):  # max |A| of finite Python floats
-        figure = max([abs(value) for value in advantages.tolist()])
+        figure = max([abs(value) for value in _rows(groups, advantages)])
         if figure <= allowed:
             return passed(f"max |A| = {fmt(figure)} within the G={size} bound", figure, allowed)
     if known_finite(step, "advantages"):  # the mask below is all True: where() would change nothing
@@ -307,16 +326,55 @@ class GroupRewardStats:
     """The prompt groups of the rows."""
     scorable_mask: torch.Tensor | None
     """(B,) rows whose reward and advantage are finite (``None``: all of them, see :attr:`scorable`)."""
-    centred: torch.Tensor
-    """(B,) reward − group mean over the scorable rows (0 elsewhere)."""
-    count: torch.Tensor
-    """Per group: scorable rows (float64)."""
+    centred_tensor: torch.Tensor | None
+    """(B,) reward − group mean over the scorable rows (0 elsewhere); ``None``: made from
+    :attr:`centred_rows` on first use, see :attr:`centred`."""
+    count_tensor: torch.Tensor | None
+    """Per group: scorable rows (float64; ``None``: made from :attr:`count_rows` on first use, see
+    :attr:`count`)."""
     size: int
     """G, the group size."""
     all_scorable: bool
     """Known without a look at ``scorable``: every reward and advantage finite (``scorable`` all True)."""
     every_group_whole: bool
     """Every group has all G rows (``whole`` all True)."""
+    count_rows: list[float] | None = None
+    """:attr:`count` as Python floats (``None``: from the tensor on first use, see :meth:`count_list`)."""
+    centred_rows: list[float] | None = None
+    """:attr:`centred` as Python floats, when made from them (else ``None``, see :meth:`centred_list`)."""
+
+    @property
+    def centred(self) -> torch.Tensor:
+        """(B,) reward − group mean over the scorable rows (0 elsewhere), float64."""
+        if self.centred_tensor is None:
+            centred = torch.tensor(self.centred_rows, dtype=torch.float64, device=self.rewards.device)
+            object.__setattr__(self, "centred_tensor", centred)
+        return self.centred_tensor  # type: ignore[return-value]
+
+    def centred_list(self) -> list[float]:
+        """``centred.tolist()``, made once (do not modify it)."""
+        if self.centred_rows is None:
+            object.__setattr__(self, "centred_rows", _rows(self.groups, self.centred))
+        return self.centred_rows  # type: ignore[return-value]
+
+    def centred_few_groups(self) -> bool:
+        """``few_groups(groups, centred)`` without making the tensor: made from rows, it is float64 on the
+        CPU like the rewards those rows were read from."""
+        return few_groups(self.groups, self.rewards if self.centred_tensor is None else self.centred_tensor)
+
+    @property
+    def count(self) -> torch.Tensor:
+        """Per group: scorable rows (float64)."""
+        if self.count_tensor is None:
+            counts = torch.tensor(self.count_rows, dtype=torch.float64, device=self.rewards.device)
+            object.__setattr__(self, "count_tensor", counts)
+        return self.count_tensor  # type: ignore[return-value]
+
+    def count_list(self) -> list[float]:
+        """``count.tolist()``, made once (do not modify it)."""
+        if self.count_rows is None:
+            object.__setattr__(self, "count_rows", self.count.tolist())
+        return self.count_rows  # type: ignore[return-value]
 
     @property
     def scorable(self) -> torch.Tensor:
@@ -336,6 +394,13 @@ def _group_reward_stats(step: TraceStep, spec: GRPOSpec | None) -> GroupRewardSt
     return cached(("adv_reward_stats", id(step), id(spec)), lambda: _group_reward_stats_uncached(step, spec))
 
 
+def _centred_of_rows(groups: Groups, rows: list[float]) -> list[float]:
+    """``rewards − groups.sum(rewards) / count`` per row (the row's group mean; every group ≥ 1 row) from the
+    rows' finite float64 rewards as Python floats: the same sums, divisions and subtractions."""
+    means = [total / float(size) for total, size in zip(groups.sum_list(rows), groups.sizes(), strict=True)]
+    return [value - means[group] for value, group in zip(rows, groups.row_groups, strict=True)]
+
+
 def _group_reward_stats_uncached(step: TraceStep, spec: GRPOSpec | None) -> GroupRewardStats | str:
     prepared = _prepare(step, spec)
     if isinstance(prepared, str):
@@ -348,6 +413,24 @@ def _group_reward_stats_uncached(step: TraceStep, spec: GRPOSpec | None) -> Grou
     # the rewards tensor itself (not a sum of rewards_per_func) and the advantages known finite: scorable
     # is all True, the where() calls below change nothing, and Σ 1.0 over a group is its row count exactly
     if step.has("rewards") and known_finite(step, "rewards", "advantages"):
+        rows = _row_list(groups, rewards)
+        if rows is not None:  # a few rows: the same sums, divisions and subtractions as Python floats
+            # the row counts as floats: count_f64's numbers (the tensors are made only if asked for)
+            counts = [float(size) for size in groups.sizes()]
+            centred_rows = _centred_of_rows(groups, rows)
+            return GroupRewardStats(
+                advantages,
+                rewards,
+                groups,
+                None,
+                None,
+                None,
+                size,
+                True,
+                every_group_whole,
+                counts,
+                centred_rows,
+            )
         count = groups.count_f64(rewards.device)
         mean = groups.sum(rewards) / count  # (each group has ≥ 1 row: count.clamp(min=1) is count)
         # one group: mean[inverse] is mean broadcast, the same subtraction per row without the gather
@@ -363,6 +446,25 @@ def _group_reward_stats_uncached(step: TraceStep, spec: GRPOSpec | None) -> Grou
     return GroupRewardStats(
         advantages, rewards, groups, scorable, centred, count, size, False, every_group_whole
     )
+
+
+def _rows(groups: Groups, values: torch.Tensor) -> list[float]:
+    """``values.tolist()``, shared between the checks of one step where :func:`_row_list` keeps it."""
+    rows = _row_list(groups, values)
+    return values.tolist() if rows is None else rows
+
+
+def _moment_lists(stats: GroupRewardStats, clean: torch.Tensor) -> tuple[list[float], list[float]]:
+    """(``groups.sum(centred**2)``, ``groups.sum(clean * centred)``) as Python floats: for a few rows, the same
+    products (a float64 square is x·x) and additions in the same order (:meth:`Groups.sum_list`)."""
+    groups = stats.groups
+    rows = stats.centred_rows if stats.centred_rows is not None else _row_list(groups, stats.centred)
+    weights = _row_list(groups, clean)
+    if rows is None or weights is None:
+        centred = stats.centred
+        return groups.sum(centred**2).tolist(), groups.sum(clean * centred).tolist()
+    squares = groups.sum_list([value * value for value in rows])
+    return squares, groups.sum_list([weight * value for weight, value in zip(weights, rows, strict=True)])
 
 
 @register(
@@ -384,10 +486,8 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     if isinstance(stats, str):
         return inconclusive(stats)
     advantages, rewards, groups = stats.advantages, stats.rewards, stats.groups
-    centred, count = stats.centred, stats.count
-    squares = groups.sum(centred**2)
+    # (stats.centred and stats.count: tensors made on first use, read where needed)
     clean = advantages if stats.all_scorable else where_fill(stats.scorable, advantages, 0.0)
-    numerators = groups.sum(clean * centred)
     if effective.scale_rewards == "batch":
         scorable = stats.scorable
         batch_std = float(torch.std(rewards[scorable])) if int(scorable.sum()) > 1 else None
@@ -398,11 +498,17 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
     # a group whose advantages do not sum to 0 was normalised with other rows (advantages.group_sum_zero):
     # its slope says nothing about epsilon
     # the rloo rescaling (x / 1.0 is x exactly: no division otherwise)
-    factor = float(count.max() / (count.max() - 1).clamp(min=1)) if effective.baseline == "rloo" else 1.0
+    if effective.baseline == "rloo":
+        count = stats.count
+        factor = float(count.max() / (count.max() - 1).clamp(min=1))
+    else:
+        factor = 1.0
     # the same figures as the tensor operations below, as Python floats (whose division by 0 would raise
     # where torch's gives ±inf or NaN: no scorable row at all)
-    if few_groups(groups, squares) and factor != 0.0:
-        counts, square_sums = count.tolist(), squares.tolist()
+    # (Σ (r − mean)², Σ A·(r − mean)) per group share centred's dtype and device
+    if stats.centred_few_groups() and factor != 0.0:
+        counts = stats.count_list()
+        square_sums, numerator_sums = _moment_lists(stats, clean)
         # x.clamp(min=m) is m where x < m, else x (NaN included); the divisor is ≥ 1. The square root stays
         # torch's (its float64 sqrt is not always math.sqrt's correctly rounded one), on as many numbers
         variances = [
@@ -410,9 +516,7 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
             for square, c in zip(square_sums, counts, strict=True)
         ]
         stds = torch.sqrt(torch.tensor(variances, dtype=torch.float64)).tolist()
-        slopes = [
-            n / (1e-300 if s < 1e-300 else s) for n, s in zip(numerators.tolist(), square_sums, strict=True)
-        ]
+        slopes = [n / (1e-300 if s < 1e-300 else s) for n, s in zip(numerator_sums, square_sums, strict=True)]
         if effective.scale_rewards == "group" or (effective.scale_rewards == "batch" and batch_std is None):
             retention = [slope * scale for slope, scale in zip(slopes, stds, strict=True)]
         elif effective.scale_rewards == "batch":
@@ -441,6 +545,8 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
         failing = sum(1 for value in masked_values if value < limit)
         std, worst_slope = stds[worst], slopes[worst]
     else:
+        centred, count = stats.centred, stats.count
+        squares, numerators = groups.sum(centred**2), groups.sum(clean * centred)
         sample_std = torch.sqrt(squares / (count - 1.0).clamp(min=1.0))
         slope = numerators / squares.clamp(min=1e-300)
         if effective.scale_rewards == "group":
@@ -472,7 +578,7 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
         failing = int((masked < limit).sum())
         std, worst_slope = float(sample_std[worst]), float(slope[worst])
     in_group = groups.inverse == worst
-    row = int(torch.argmax(where_fill(in_group, centred.abs(), -1.0)))
+    row = int(torch.argmax(where_fill(in_group, stats.centred.abs(), -1.0)))
     if figure <= 0:
         return Outcome(
             Verdict.FAIL,
@@ -562,13 +668,13 @@ def _constant_groups(stats: GroupRewardStats) -> list[bool]:
     groups = stats.groups
     first: list[float | None] = [None] * groups.num_groups
     equal = [True] * groups.num_groups
-    for value, group in zip(stats.rewards.tolist(), groups.row_groups, strict=True):
+    for value, group in zip(_rows(groups, stats.rewards), groups.row_groups, strict=True):
         seen = first[group]
         if seen is None:
             first[group] = value
         elif value != seen:
             equal[group] = False
-    flags = [same or count < 2.0 for same, count in zip(equal, stats.count.tolist(), strict=True)]
+    flags = [same or count < 2.0 for same, count in zip(equal, stats.count_list(), strict=True)]
     if stats.every_group_whole:
         return flags
     return [flag and whole for flag, whole in zip(flags, stats.whole.tolist(), strict=True)]
@@ -691,7 +797,6 @@ def sign_follows_rewards(
     if isinstance(stats, str):
         return inconclusive(stats)
     advantages, rewards, groups = stats.advantages, stats.rewards, stats.groups
-    centred = stats.centred
     _, atol = rtol_atol(step["advantages"].dtype)
     reward_rtol, _ = rtol_atol(
         step["rewards"].dtype if step.has("rewards") else step["rewards_per_func"].dtype
@@ -700,6 +805,7 @@ def sign_follows_rewards(
         decided = _sign_exit(stats, 16 * reward_rtol, tolerance if tolerance is not None else atol)
         if decided is not None:
             return decided
+    centred = stats.centred
     if stats.all_scorable:  # scorable all True: the masked max is the plain one, the & changes nothing
         scale = float(rewards.abs().max())
         judged = centred.abs() > 16 * reward_rtol * max(scale, 1e-12)
@@ -731,7 +837,7 @@ def _sign_exit(stats: GroupRewardStats, relative: float, least: float) -> Outcom
     """sign_follows_rewards' not-applicable or pass from a few finite rows as Python floats (``None``: some
     judged row has the wrong sign, left to the tensor operations to locate): a row is judged where
     |r − mean| > relative·max(max |r|, 1e-12) and |A| > ``least``, wrong where sign(A) ≠ sign(r − mean)."""
-    rewards = stats.rewards.tolist()
+    rewards = _rows(stats.groups, stats.rewards)
     threshold = relative * max(max(abs(value) for value in rewards), 1e-12)
     if stats.every_group_whole:
         in_whole = None
@@ -740,7 +846,7 @@ def _sign_exit(stats: GroupRewardStats, relative: float, least: float) -> Outcom
         in_whole = [whole[group] for group in stats.groups.row_groups]
     judged = wrong = 0
     for row, (advantage, centred) in enumerate(
-        zip(stats.advantages.tolist(), stats.centred.tolist(), strict=True)
+        zip(_rows(stats.groups, stats.advantages), stats.centred_list(), strict=True)
     ):
         if abs(centred) > threshold and abs(advantage) > least and (in_whole is None or in_whole[row]):
             judged += 1

@@ -141,7 +141,7 @@ def _ratio(step: TraceStep, spec: GRPOSpec | None, like: torch.Tensor) -> torch.
     """ρ broadcast to ``like``'s shape (shared between the checks of one step: never modify it in place)."""
     level = spec_or_default(spec).importance_sampling_level
     return cached(
-        ("clip_ratio", id(step), level, tuple(like.shape), str(like.device)),
+        ("clip_ratio", id(step), level, like.shape, like.device),  # (a Size is a tuple; a device hashes)
         lambda: _ratio_of(step, spec, like),
     )
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from grpo_check._step_cache import host_view
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
 from grpo_check.invariants._common import (
@@ -95,6 +97,12 @@ def nonnegative(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | No
     if not any_true(valid):
         return inconclusive("no valid token")
     rtol, _ = rtol_atol(kl.dtype)
+    extremes = _host_extremes(values, valid)
+    if extremes is not None:  # (max |kl|, min kl) over the valid tokens, in numpy
+        scale, lowest = extremes
+        allowed = tolerance if tolerance is not None else rtol * max(1.0, scale)
+        if lowest >= -allowed:
+            return passed(f"min {estimator} KL {fmt(lowest)} ≥ 0", lowest, allowed)
     allowed = tolerance if tolerance is not None else rtol * max(1.0, masked_abs_max(values, valid))
     masked = where_fill(valid, -values, -torch.inf)
     lowest = -float(masked.max())  # the value at argmax_2d(masked); the position is only needed on failure
@@ -110,6 +118,24 @@ def nonnegative(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | No
         row=row,
         token=token,
     )
+
+
+def _host_extremes(values: torch.Tensor, valid: torch.Tensor) -> tuple[float, float] | None:
+    """(``masked_abs_max(values, valid)``, ``-float(where_fill(valid, -values, -inf).max())``) of a small
+    float32/float64 CPU tensor in numpy: the same |·|, negation and maxima (``valid`` selects ≥ 1 position,
+    all finite). ``None`` without numpy views, for another shape, or when the lowest value is a zero (which
+    of ±0 a maximum returns depends on the order it visits them in): the torch path decides."""
+    view, keep = host_view(values), host_view(valid)
+    if view is None or keep is None or view.shape != keep.shape or view.size == 0:
+        return None
+    lowest = _maximum_reduce(np.negative(view), axis=None, initial=-np.inf, where=keep)
+    if lowest == 0.0:
+        return None
+    scale = _maximum_reduce(np.absolute(view), axis=None, initial=0.0, where=keep)
+    return float(scale), -float(lowest)
+
+
+_maximum_reduce = np.maximum.reduce
 
 
 @register(

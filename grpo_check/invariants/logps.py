@@ -109,8 +109,10 @@ def nonpositive(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | No
     stack = _logp_stack(step)
     if stack is not None:  # every tensor at once; anything but a clean pass takes the per-tensor path below
         allowed = tolerance if tolerance is not None else _positive_tolerance(stack.values.dtype)
-        masked = where_fill(stack.valid, stack.values, -torch.inf)
-        tops = masked.amax(dim=(1, 2)).tolist()  # −inf: no valid token in that tensor
+        tops = _stack_tops_host(stack)
+        if tops is None:
+            masked = where_fill(stack.valid, stack.values, -torch.inf)
+            tops = masked.amax(dim=(1, 2)).tolist()  # −inf: no valid token in that tensor
         finite_tops = [top for top in tops if top != -math.inf]
         if finite_tops and max(finite_tops) <= allowed:
             return passed(
@@ -119,6 +121,27 @@ def nonpositive(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | No
                 allowed,
             )
     return _nonpositive_per_tensor(step, tolerance)
+
+
+def _stack_tops_host(stack: _LogpStack) -> list[float] | None:
+    """Per tensor of a small CPU stack, its largest valid log-prob (−inf: none) in numpy: the torch path's
+    where-then-amax. ``None`` without numpy views, or when a maximum is a zero (which of ±0 a maximum returns
+    depends on the order it visits them in), or for an empty stack (torch's amax refuses it, and so the
+    check): the torch path computes them."""
+    values, valid = host_view(stack.values), host_view(stack.valid)
+    if (
+        values is None
+        or valid is None
+        or values.ndim != 3
+        or values.size == 0
+        or valid.shape not in (values.shape, values.shape[1:])
+    ):
+        return None
+    tops = _maximum_reduce(values, axis=(1, 2), initial=-np.inf, where=valid).tolist()
+    return None if 0.0 in tops else tops
+
+
+_maximum_reduce = np.maximum.reduce
 
 
 def _nonpositive_per_tensor(step: TraceStep, tolerance: float | None) -> Outcome:
@@ -264,19 +287,24 @@ def _grid_counts_host(stack: _LogpStack) -> list[list[int]] | None:
     values, valid = host_view(stack.values), host_view(stack.valid)
     if values is None or valid is None or values.dtype != np.float32 or values.ndim != 3:
         return None
-    magnitude = np.abs(values)
-    judged = valid & (magnitude > np.float32(1e-3))
-    bits = values.view(np.int32)
-    on_bf16 = (bits & np.int32(_FLOAT32_LOW_BITS[torch.bfloat16])) == 0
-    on_float16 = ((bits & np.int32(_FLOAT32_LOW_BITS[torch.float16])) == 0) & (
-        magnitude <= np.float32(_FLOAT16_MAX)
-    )
     rows = values.shape[0]
-    # the rows of the table in _GRIDS' order; a bool add-reduction counts in int64
-    return [
-        np.add.reduce(mask.reshape(rows, -1), axis=1).tolist()
-        for mask in (judged, on_bf16 & judged, on_float16 & judged)
-    ]
+    # the table's three masks written into one array, counted by one add-reduction (in int64: exact)
+    masks = np.empty((3, *values.shape), dtype=bool)
+    magnitude = np.abs(values)
+    judged = np.logical_and(valid, magnitude > _THRESHOLD_F32, out=masks[0])
+    low_bits = values.view(np.int32) & _BF16_LOW_BITS  # (the float16 grid's low bits are among them)
+    np.logical_and(low_bits == 0, judged, out=masks[1])
+    on_float16 = np.logical_and(
+        (low_bits & _FLOAT16_LOW_BITS) == 0, magnitude <= _FLOAT16_MAX_F32, out=masks[2]
+    )
+    on_float16 &= judged
+    return np.add.reduce(masks.reshape(3, rows, -1), axis=2).tolist()  # rows in _GRIDS' order
+
+
+_THRESHOLD_F32 = np.float32(1e-3)
+_FLOAT16_MAX_F32 = np.float32(_FLOAT16_MAX)
+_BF16_LOW_BITS = np.int32(_FLOAT32_LOW_BITS[torch.bfloat16])
+_FLOAT16_LOW_BITS = np.int32(_FLOAT32_LOW_BITS[torch.float16])
 
 
 def _bf16_quantised_per_tensor(step: TraceStep, limit: float) -> Outcome:

@@ -12,6 +12,7 @@ from grpo_check.findings import Verdict
 from grpo_check.invariants._common import (
     Outcome,
     argmax_2d,
+    cached,
     f64,
     few_rows,
     finite_outcome,
@@ -97,7 +98,8 @@ def total_is_weighted_sum(
     rtol, atol = rtol_atol(step["rewards"].dtype)
     scale = weighted.abs().nansum(1)
     if few_rows(total):  # per-row figures as Python floats: the same IEEE operations as below
-        totals, sums = total.tolist(), expected.tolist()
+        # (the list keyed as the advantage checks key the rows they read: made once per step)
+        totals, sums = cached(("row_list", total), total.tolist), expected.tolist()
         allowances = [atol + rtol * value for value in scale.tolist()]
         errors = [abs(t - e) for t, e in zip(totals, sums, strict=True)]
         if every_row:

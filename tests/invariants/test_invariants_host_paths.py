@@ -97,6 +97,13 @@ _BREAKS: dict[str, Callable[[TraceStep], None]] = {
     "ratio_off": _set("ratio", lambda s: s["ratio"] * 1.01),
     "nan_ratio": _at("ratio", 0, 1, float("nan")),
     "negative_kl": _set("kl", lambda s: -s["kl"] - 1e-3),
+    "zero_logp": _at("logps", 0, 0, 0.0),
+    "negative_zero_logp": _at("old_logps", 1, 0, -0.0),
+    "zero_kl": _set("kl", lambda s: torch.zeros_like(s["kl"])),
+    "signed_zero_kl": _set(
+        "kl", lambda s: torch.where(s["completion_mask"] > 0, -0.0, 0.0).to(s["kl"].dtype)
+    ),
+    "one_negative_kl": _at("kl", 1, 2, -0.5),
     "mask_hole": _at("completion_mask", 0, 1, 0),
     "empty_mask": _set("completion_mask", lambda s: torch.zeros_like(s["completion_mask"])),
     "sampler_zero": _set("sampler_is_ratio", lambda s: torch.zeros_like(s["sampler_is_ratio"])),
@@ -183,3 +190,35 @@ def test_numpy_paths_equal_torch_paths_with_tolerances_and_edge_shapes(
     no_mask = copy.deepcopy(step)
     del no_mask.tensors["completion_mask"]
     _assert_same(monkeypatch, no_mask, spec)
+
+
+def test_kl_nonnegative_decides_a_clean_step_in_numpy() -> None:
+    """The numpy extremes are taken (not a path that always defers) and are the torch path's figures."""
+    spec = _spec(loss_type="dapo", beta=0.04)
+    step = make_step(spec, n_prompts=2, completion_length=7, vocab_size=20, seed=3)
+    values, valid = step["kl"], step["completion_mask"].bool()
+    extremes = kl._host_extremes(values, valid)
+    assert extremes is not None
+    assert extremes == (
+        float(torch.where(valid, values.abs(), 0.0).max()),
+        -float(torch.where(valid, -values, -torch.inf).max()),
+    )
+    assert kl._host_extremes(torch.zeros_like(values), valid) is None  # a zero minimum: torch decides
+    assert kl._host_extremes(values.bfloat16(), valid) is None  # no numpy view
+
+
+def test_logps_nonpositive_takes_the_tops_of_a_clean_stack_in_numpy() -> None:
+    """The numpy maxima are taken on a clean step and are the torch path's; a zero maximum defers."""
+    from grpo_check._step_cache import step_cache
+
+    spec = _spec(loss_type="dapo", beta=0.04)
+    step = make_step(spec, n_prompts=2, completion_length=7, vocab_size=20, seed=3)
+    with step_cache():
+        stack = logps._logp_stack(step)
+        tops = logps._stack_tops_host(stack)
+        expected = torch.where(stack.valid, stack.values, -torch.inf).amax(dim=(1, 2)).tolist()
+    assert tops is not None and tops == expected
+    step.tensors["logps"] = step["logps"].clone()
+    step.tensors["logps"][0, 0] = 0.0
+    with step_cache():
+        assert logps._stack_tops_host(logps._logp_stack(step)) is None

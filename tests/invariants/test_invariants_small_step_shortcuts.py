@@ -355,3 +355,28 @@ def test_random_steps_give_the_general_findings(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(common, "_finite_sources", lambda step: {})  # nothing known finite in advance
     for index, ((step, spec), expected) in enumerate(zip(cases, fast, strict=True)):
         assert _findings(step, spec) == expected, index
+
+
+def test_python_group_sums_give_the_tensor_path_findings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the per-group sums of a few rows as Python floats turned off: the same findings."""
+    import grpo_check.invariants.advantages as advantages_module
+
+    variants = _variants()
+    fast = [_findings(step, spec) for _, step, spec in variants]
+    monkeypatch.setattr(advantages_module, "FEW_ROWS", -1)
+    for (name, step, spec), expected in zip(variants, fast, strict=True):
+        assert _findings(step, spec) == expected, name
+
+
+def test_group_sum_list_is_groups_sum() -> None:
+    generator = random.Random(5)
+    pool = [0.0, -0.0, 1.0, -1.0, 0.1, 1e-300, -1e308, 1e308, 3.3e16, -2.2e-16, math.inf, -math.inf, math.nan]
+    for _ in range(2000):
+        rows = generator.randint(1, 12)
+        labels = [generator.randint(0, 3) for _ in range(rows)]
+        if generator.random() < 0.5:
+            labels.sort()
+        values = [generator.choice(pool) * generator.choice((1.0, 0.5, 7.0)) for _ in range(rows)]
+        groups = common.Groups(torch.tensor(labels))
+        expected = groups.sum(torch.tensor(values, dtype=torch.float64)).tolist()
+        assert repr(groups.sum_list(values)) == repr(expected), (labels, values)
