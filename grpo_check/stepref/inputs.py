@@ -281,37 +281,26 @@ def reference_downstream(
     else:
         with torch.enable_grad():
             out, agg, grad = _loss_and_grad(spec, step.meta, *inputs)
-    # the results detached (``plain``, inlined: a tensor outside the graph as it is)
-    ratio, log_ratio, loss_values, policy = out.ratio, out.log_ratio, out.per_token_loss, out.policy_loss
-    loss, normalizer = agg.loss, agg.loss_normalizer
     result = {
         # the loss's own detached view where it made one (its numpy view is then the step cache's already)
-        "ratio": out.ratio_values
-        if out.ratio_values is not None
-        else (ratio.detach() if ratio.requires_grad else ratio),
-        "log_ratio": log_ratio.detach() if log_ratio.requires_grad else log_ratio,
-        "per_token_loss": loss_values.detach() if loss_values.requires_grad else loss_values,
-        "policy_loss": policy.detach() if policy.requires_grad else policy,
-        "loss": loss.detach() if loss.requires_grad else loss,
-        "loss_normalizer": normalizer.detach() if normalizer.requires_grad else normalizer,
+        "ratio": plain(out.ratio) if out.ratio_values is None else out.ratio_values,
+        "log_ratio": plain(out.log_ratio),
+        "per_token_loss": plain(out.per_token_loss),
+        "policy_loss": plain(out.policy_loss),
+        "loss": plain(agg.loss),
+        "loss_normalizer": plain(agg.loss_normalizer),
         "logps_grad": torch.zeros_like(logps) if grad is None else plain(grad),
         "loss_mask": mask,
     }
-    value = out.clipped_ratio
-    if value is not None:
-        result["clipped_ratio"] = value.detach() if value.requires_grad else value
-    value = out.is_low_clipped
-    if value is not None:
-        result["is_low_clipped"] = value.detach() if value.requires_grad else value
-    value = out.is_high_clipped
-    if value is not None:
-        result["is_high_clipped"] = value.detach() if value.requires_grad else value
-    value = out.kl
-    if value is not None:
-        result["kl"] = value.detach() if value.requires_grad else value
-    value = out.sampler_is_ratio
-    if value is not None:
-        result["sampler_is_ratio"] = value.detach() if value.requires_grad else value
+    for name, value in (
+        ("clipped_ratio", out.clipped_ratio),
+        ("is_low_clipped", out.is_low_clipped),
+        ("is_high_clipped", out.is_high_clipped),
+        ("kl", out.kl),
+        ("sampler_is_ratio", out.sampler_is_ratio),
+    ):
+        if value is not None:
+            result[name] = plain(value)
     return result
 
 
