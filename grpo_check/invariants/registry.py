@@ -491,51 +491,9 @@ def _run_step_into(
         present, base = _present_names(step), _step_where(step)
         # a coefficient the trainer moves per step (adaptive entropy)
         step_spec = spec_for_step(spec, step.meta)
-        if tolerances:
-            for check in selected:
-                check._run_into(
-                    findings, step, step_spec, tolerances.get(check.id), present, base, not_captured
-                )
-        else:
-            for check in selected:
-                # check._run_into(...), inlined for a check whose inputs are known present and whose outcome
-                # is a pass at the step's coordinates (most checks of a correct step): the same finding
-                missing = check._lacking_memo.get(present, _UNKNOWN)
-                if missing is not None:
-                    if missing is not _UNKNOWN and not_captured is not None:
-                        not_captured.append(check.id)  # inputs known absent: counted, not reported
-                    else:
-                        check._run_into(findings, step, step_spec, None, present, base, not_captured)
-                    continue
-                try:
-                    outcome = check.function(step, step_spec, tolerance=None)
-                except _CHECK_ERRORS as error:
-                    outcome = _evaluation_error(error)
-                if (
-                    type(outcome) is Outcome
-                    and outcome.verdict is _PASS
-                    and outcome.row is None
-                    and outcome.token is None
-                ):
-                    figure, tolerance = outcome.figure, outcome.tolerance
-                    findings.append(
-                        Finding(  # positional, in Finding's field order (as Check._run_into makes it)
-                            check.id,
-                            check.stage,
-                            _PASS,
-                            None if figure is None else float(figure),
-                            None if tolerance is None else float(tolerance),
-                            base,
-                            outcome.explanation,
-                            None,
-                            None,
-                            None,
-                            "invariant",
-                            outcome.details,
-                        )
-                    )
-                else:
-                    check._deliver(findings, step, outcome, base, not_captured)
+        for check in selected:
+            tolerance = tolerances.get(check.id) if tolerances else None
+            check._run_into(findings, step, step_spec, tolerance, present, base, not_captured)
 
 
 def _misnamed_hint(step: TraceStep, lacking: Iterable[str]) -> str:
