@@ -7,6 +7,9 @@ of −A), and tokens in the clip region must receive exactly no policy gradient.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -187,6 +190,10 @@ def _clip_region(
     )
 
 
+# what _region_and_near takes: the torch path's tensors, the host path's numpy views
+TensorOrArray = torch.Tensor | np.ndarray
+
+
 def _row_view(advantages: torch.Tensor) -> torch.Tensor:
     """(B, 1) view of advantages broadcast along the tokens (stride 0), else the tensor itself.
 
@@ -197,25 +204,40 @@ def _row_view(advantages: torch.Tensor) -> torch.Tensor:
     return advantages
 
 
+def _region_and_near(
+    ratio: TensorOrArray, advantages: TensorOrArray, spec: GRPOSpec, number: Callable[[float, Any], Any]
+) -> tuple[TensorOrArray, TensorOrArray]:
+    """(zero-gradient clip region, ρ near a clip boundary) of tensors or of numpy arrays alike; ``number(x,
+    like)`` is the operand a Python number ``x`` becomes next to ``like`` (:func:`scalar_like` for tensors,
+    the number itself for float64 arrays: the same comparisons either way)."""
+    low, high = 1 - spec.epsilon_low, 1 + spec.epsilon_high_effective
+    zero = number(0.0, advantages)
+    region = ((advantages > zero) & (ratio > number(high, ratio))) | (
+        (advantages < zero) & (ratio < number(low, ratio))
+    )
+    boundaries = [low, high]
+    if spec.delta is not None:
+        region = region | (ratio > spec.delta)
+        boundaries.append(spec.delta)
+    if spec.dual_clip is not None:
+        region = region | ((advantages < 0.0) & (ratio > spec.dual_clip))
+        boundaries.append(spec.dual_clip)
+    near = abs(ratio - number(low, ratio)) <= number(_BOUNDARY_MARGIN * low, ratio)
+    for boundary in boundaries[1:]:
+        near = near | (abs(ratio - number(boundary, ratio)) <= number(_BOUNDARY_MARGIN * boundary, ratio))
+    return region, near
+
+
+def _as_is(number: float, like: Any) -> float:
+    """A Python number next to a numpy array: as it is."""
+    return number
+
+
 def _clip_region_of(
     ratio: torch.Tensor, advantages: torch.Tensor, spec: GRPOSpec
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    low, high = 1 - spec.epsilon_low, 1 + spec.epsilon_high_effective
-    advantages = _row_view(advantages)
     # numbers as 0-dim operands of the tensors' dtype (scalar_like): the same masks, cheaper on small steps
-    zero, low_, high_ = scalar_like(0.0, advantages), scalar_like(low, ratio), scalar_like(high, ratio)
-    region = ((advantages > zero) & (ratio > high_)) | ((advantages < zero) & (ratio < low_))
-    boundaries = [low, high]
-    if spec.delta is not None:
-        region |= ratio > spec.delta
-        boundaries.append(spec.delta)
-    if spec.dual_clip is not None:
-        region |= (advantages < 0.0) & (ratio > spec.dual_clip)
-        boundaries.append(spec.dual_clip)
-    near = (ratio - low_).abs() <= scalar_like(_BOUNDARY_MARGIN * low, ratio)
-    for boundary in boundaries[1:]:
-        gap = (ratio - scalar_like(boundary, ratio)).abs()
-        near = near | (gap <= scalar_like(_BOUNDARY_MARGIN * boundary, ratio))
+    region, near = _region_and_near(ratio, _row_view(advantages), spec, scalar_like)
     return region, near if near.shape == region.shape else near.expand(region.shape)
 
 
@@ -297,18 +319,7 @@ def _host_clip_terms_of(
         or advantages.shape[1] not in (1, rho.shape[1])
     ):
         return None
-    low, high = 1 - spec.epsilon_low, 1 + spec.epsilon_high_effective
-    region = ((advantages > 0.0) & (rho > high)) | ((advantages < 0.0) & (rho < low))
-    boundaries = [low, high]
-    if spec.delta is not None:
-        region |= rho > spec.delta
-        boundaries.append(spec.delta)
-    if spec.dual_clip is not None:
-        region |= (advantages < 0.0) & (rho > spec.dual_clip)
-        boundaries.append(spec.dual_clip)
-    near = np.abs(rho - low) <= _BOUNDARY_MARGIN * low
-    for boundary in boundaries[1:]:
-        near |= np.abs(rho - boundary) <= _BOUNDARY_MARGIN * boundary
+    region, near = _region_and_near(rho, advantages, spec, _as_is)
     return advantages, rho, region, near, np.abs(advantages) * rho
 
 
