@@ -21,6 +21,7 @@ from grpo_check._step_cache import _current_memo, finite_mask, host_view, plain
 from grpo_check.config import GRPOSpec
 from grpo_check.reference.advantages import compute_advantages
 from grpo_check.reference.loss import aggregate_loss, loss_mask, per_token_loss
+from grpo_check.stepref._replayed_grad import replay_key, replayed_grad, trusted
 from grpo_check.stepref.context import StepContext, as_f64
 from grpo_check.tolerance_defaults import LOW_PRECISION
 from grpo_check.trace.model import TraceStep
@@ -244,7 +245,8 @@ def reference_downstream(
 
     ``overrides`` replace trainer inputs by name (e.g. ``advantages=`` the reference advantages for the
     end-to-end pass). Returns ``None`` when ``logps`` or ``advantages`` is missing. Gradients are float64
-    autograd with respect to a leaf copy of the given ``logps``.
+    autograd with respect to a leaf copy of the given ``logps``; on a small step with a common objective, the
+    same operations replayed in numpy (:mod:`grpo_check.stepref._replayed_grad`: the same bits).
     """
     tensors = {**step.tensors, **overrides} if overrides else step.tensors
     logps_in, advantages = tensors.get("logps"), tensors.get("advantages")
@@ -258,16 +260,13 @@ def reference_downstream(
         return None
     if spec.sampler_is_correction and sampler_logps is None and sampler_ratio is None:
         return None
-    # a new leaf over the shared float64 copy (an alias, not a copy: nothing here modifies it in place); a
-    # copy of an inference tensor (one made under inference mode cannot require grad outside it)
     shared = as_f64(logps_in)
-    logps = (shared.clone() if shared.is_inference() else shared.detach()).requires_grad_(True)
     mask = _loss_mask(
-        tensors.get("completion_mask"), logps, tensors.get("tool_mask"), tensors.get("truncated"), spec
+        tensors.get("completion_mask"), shared, tensors.get("tool_mask"), tensors.get("truncated"), spec
     )
     old = tensors.get("old_logps")
-    inputs = (
-        logps,
+    inputs = [
+        shared,
         None if old is None else as_f64(old),
         as_f64(advantages),
         mask,
@@ -275,12 +274,15 @@ def reference_downstream(
         None if entropies is None else as_f64(entropies),
         None if sampler_logps is None else as_f64(sampler_logps),
         None if sampler_ratio is None else as_f64(sampler_ratio),
-    )
-    if torch.is_grad_enabled():  # the usual case: no context to enter
-        out, agg, grad = _loss_and_grad(spec, step.meta, *inputs)
+    ]
+    replayed = _replayed(spec, step.meta, inputs) if sampler_ratio is None else None
+    if replayed is not None:
+        out, agg, grad = replayed
     else:
-        with torch.enable_grad():
-            out, agg, grad = _loss_and_grad(spec, step.meta, *inputs)
+        # a new leaf over the shared float64 copy (an alias, not a copy: nothing here modifies it in place); a
+        # copy of an inference tensor (one made under inference mode cannot require grad outside it)
+        inputs[0] = (shared.clone() if shared.is_inference() else shared.detach()).requires_grad_(True)
+        out, agg, grad = _autograd_loss_and_grad(spec, step.meta, inputs)
     result = {
         # the loss's own detached view where it made one (its numpy view is then the step cache's already)
         "ratio": plain(out.ratio) if out.ratio_values is None else out.ratio_values,
@@ -289,7 +291,7 @@ def reference_downstream(
         "policy_loss": plain(out.policy_loss),
         "loss": plain(agg.loss),
         "loss_normalizer": plain(agg.loss_normalizer),
-        "logps_grad": torch.zeros_like(logps) if grad is None else plain(grad),
+        "logps_grad": torch.zeros_like(shared) if grad is None else plain(grad),
         "loss_mask": mask,
     }
     for name, value in (
@@ -302,6 +304,74 @@ def reference_downstream(
         if value is not None:
             result[name] = plain(value)
     return result
+
+
+def _autograd_loss_and_grad(
+    spec: GRPOSpec, meta: Mapping[str, Any], inputs: list[torch.Tensor | None]
+) -> tuple[Any, Any, torch.Tensor | None]:
+    """:func:`_loss_and_grad` of ``inputs`` (their log-probs a leaf that requires grad), grad mode on."""
+    if torch.is_grad_enabled():  # the usual case: no context to enter
+        return _loss_and_grad(spec, meta, *inputs)
+    with torch.enable_grad():
+        return _loss_and_grad(spec, meta, *inputs)
+
+
+def _replayed(
+    spec: GRPOSpec, meta: Mapping[str, Any], inputs: list[torch.Tensor | None]
+) -> tuple[Any, Any, torch.Tensor] | None:
+    """(per-token loss, aggregation, ∂loss/∂logps) with the gradient replayed in numpy
+    (:mod:`grpo_check.stepref._replayed_grad`) where the objective and the step allow it, else ``None``."""
+    key = replay_key(spec)
+    logps = inputs[0]
+    if key is None or host_view(logps) is None:
+        return None
+    out = per_token_loss(
+        logps,
+        inputs[1],
+        inputs[2],
+        inputs[3],
+        spec,
+        ref_logps=inputs[4],
+        entropies=inputs[5],
+        sampler_logps=inputs[6],
+    )
+    settings = _normaliser_settings(meta)
+    agg = aggregate_loss(out.per_token_loss, inputs[3], spec, **settings, entropies=inputs[5])
+    grad = replayed_grad(
+        spec,
+        key,
+        settings["gradient_accumulation_steps"] or spec.gradient_accumulation_steps,
+        logps=logps,
+        advantages=inputs[2],
+        mask=inputs[3],
+        ratio=out.ratio,
+        clipped_ratio=out.clipped_ratio,
+        normalizer=agg.loss_normalizer,
+        ref_logps=inputs[4],
+    )
+    if grad is None:
+        return None
+
+    def same_as_autograd() -> bool:
+        leaf = logps.clone().requires_grad_(True)
+        reference = _autograd_loss_and_grad(spec, meta, [leaf, *inputs[1:]])[2]
+        return reference is not None and _same_bits(reference.detach(), grad)
+
+    return (out, agg, grad) if trusted(key, same_as_autograd) else None
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal shapes, dtypes and values, NaN where NaN, signed zeros alike."""
+    return (
+        a.shape == b.shape
+        and a.dtype == b.dtype
+        and bool(torch.equal(a.view(torch.int64), b.view(torch.int64)) or _equal_but_nan_payload(a, b))
+    )
+
+
+def _equal_but_nan_payload(a: torch.Tensor, b: torch.Tensor) -> bool:
+    both_nan = a.isnan() & b.isnan()
+    return bool((both_nan | (a.view(torch.int64) == b.view(torch.int64))).all())
 
 
 def _loss_and_grad(
