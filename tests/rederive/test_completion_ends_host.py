@@ -1,0 +1,57 @@
+"""completion_ends on a small CPU batch (numpy) equals torch's path, field for field, on every kind of row."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import grpo_check.rederive.derive as derive
+from grpo_check.rederive.derive import completion_ends
+
+
+def _both(ids, eos, pad, tool, monkeypatch):
+    fast = completion_ends(ids, eos, pad, tool)
+    with monkeypatch.context() as patch:
+        patch.setattr(derive, "_host_ids", lambda ids, tool_mask: None)
+        general = completion_ends(ids, eos, pad, tool)
+    return fast, general
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_numpy_ends_equal_torchs(seed, monkeypatch) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    rows, width = (
+        int(torch.randint(1, 9, (1,), generator=generator)),
+        int(torch.randint(1, 9, (1,), generator=generator)),
+    )
+    ids = torch.randint(0, 6, (rows, width), generator=generator)
+    eos_options = ([], [2], [2, 3], [0], [5, 0, 2])
+    pads = (None, 0, 2, 4)
+    tools = (
+        None,
+        torch.randint(0, 2, (rows, width), generator=generator),
+        torch.randint(0, 2, (rows, width), generator=generator).float(),
+        torch.ones(rows, width + 1),  # shaped otherwise: unused
+    )
+    for eos, pad, tool in itertools.product(eos_options, pads, tools):
+        fast, general = _both(ids, eos, pad, tool, monkeypatch)
+        for name in ("lengths", "truncated", "first_eos", "eos_id"):
+            got, want = getattr(fast, name), getattr(general, name)
+            assert got.dtype == want.dtype and torch.equal(got, want), (eos, pad, name, got, want)
+
+
+def test_the_numpy_path_runs_on_a_small_cpu_batch_only(monkeypatch) -> None:
+    calls = []
+    original = derive._completion_ends_host
+    monkeypatch.setattr(derive, "_completion_ends_host", lambda *a: calls.append(1) or original(*a))
+    ids = torch.tensor([[5, 2, 0], [5, 6, 7]])
+    completion_ends(ids, [2], 0)
+    assert calls == [1]
+    completion_ends(ids.int(), [2], 0)  # int32 ids: torch's path
+    import grpo_check._step_cache as step_cache_module
+
+    monkeypatch.setattr(step_cache_module, "HOST_ELEMENTS", 0)
+    completion_ends(ids, [2], 0)  # too large for a numpy view: torch's path
+    assert calls == [1]
