@@ -115,11 +115,14 @@ def mask_prefix(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | No
 )
 def mask_prefix_eos(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
     ids = plain(step["completion_ids"])
-    mask = plain(step["completion_mask"]).bool()
+    mask = plain(step["completion_mask"])
     if ids.shape != mask.shape or ids.dim() != 2:
         return malformed(f"completion_ids {tuple(ids.shape)} and completion_mask {tuple(mask.shape)} differ")
     eos = eos_ids(step) or []
     rows, width = ids.shape
+    if _masks_end_at_eos_host(step, spec, ids, mask, eos):
+        return passed(f"all {rows} rows end at the first EOS {eos} or at max length", 0.0, 0.0)
+    mask = mask.bool()
     positions = torch.arange(width, device=ids.device).expand(rows, width)
     is_eos = torch.isin(ids, torch.tensor(eos, dtype=ids.dtype, device=ids.device))
     has_eos = is_eos.any(1)
@@ -169,6 +172,46 @@ def mask_prefix_eos(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float 
         token=token,
         details={"rows_too_long": longer, "rows_too_short": shorter, "eos_token_ids": eos},
     )
+
+
+def _masks_end_at_eos_host(
+    step: TraceStep, spec: GRPOSpec | None, ids: torch.Tensor, mask: torch.Tensor, eos: list[int]
+) -> bool:
+    """Whether every row of a small CPU batch passes :func:`mask_prefix_eos`, decided in numpy with the same
+    integer and boolean operations; ``False`` sends the step to the torch path (which words any failure)."""
+    if ids.dtype is not torch.int64 or ids.shape[1] == 0:
+        return False
+    host_ids, host_mask = host_view(ids), host_view(mask)
+    if host_ids is None or host_mask is None:
+        return False
+    truncated_flags = None
+    if step.has("truncated"):
+        truncated_flags = host_view(plain(step["truncated"]))
+        if truncated_flags is None or truncated_flags.size != ids.shape[0]:
+            return False
+    rows, width = ids.shape
+    mask_bool = host_mask.astype(bool)
+    positions = np.arange(width)
+    is_eos = np.zeros(host_ids.shape, dtype=bool)
+    for eos_id in eos:
+        is_eos |= host_ids == eos_id
+    has_eos = is_eos.any(1)
+    first_eos = np.where(has_eos, is_eos.argmax(1), width)
+    expected_len = np.where(has_eos, first_eos + 1, width)
+    mask_len = mask_bool.sum(1)
+    truncated = np.zeros(rows, dtype=bool)
+    if spec is not None and spec.max_completion_length is not None:
+        truncated |= mask_len == spec.max_completion_length
+    if truncated_flags is not None:
+        truncated |= truncated_flags.astype(bool).reshape(-1)
+    expected_len = np.where(truncated & (first_eos >= mask_len), mask_len, expected_len)
+    pad = step.meta.get("pad_token_id")
+    if pad is not None:
+        tail_is_pad = ((host_ids == int(pad)) | (positions < mask_len[:, None])).all(1)
+        expected_len = np.where(~has_eos & tail_is_pad, mask_len, expected_len)
+    if spec is not None and spec.mask_truncated_completions:
+        expected_len = np.where(mask_len == 0, mask_len, expected_len)
+    return bool((mask_bool == (positions < expected_len[:, None])).all())
 
 
 @register(
