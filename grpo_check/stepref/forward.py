@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from grpo_check._step_cache import cached
 from grpo_check.stepref.row_subset import META_KEY, RowSubset
 from grpo_check.trace.model import TraceStep
 
@@ -79,7 +80,12 @@ _BATCH = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
 
 def forward_subset(step: TraceStep) -> RowSubset | None:
     """The row subset the step's meta records for the forward passes, or ``None`` when they run on every row
-    (no subset recorded, every row chosen, or a subset that does not fit the step's rows)."""
+    (no subset recorded, every row chosen, or a subset that does not fit the step's rows). Read once per
+    step while a step cache is open (several comparisons ask)."""
+    return cached(("forward_subset", id(step)), lambda: (step, _forward_subset(step)))[1]
+
+
+def _forward_subset(step: TraceStep) -> RowSubset | None:
     subset = RowSubset.from_meta(step.meta.get(META_KEY))
     if subset is None or subset.is_all or not step.has("completion_ids"):
         return None
@@ -87,9 +93,10 @@ def forward_subset(step: TraceStep) -> RowSubset | None:
 
 
 def forward_row_mask(step: TraceStep) -> torch.Tensor | None:
-    """(B,) bool: the rows the reference's forward passes ran on, or ``None`` for every row."""
+    """(B,) bool: the rows the reference's forward passes ran on, or ``None`` for every row (one tensor per
+    step while a step cache is open: never modify it)."""
     subset = forward_subset(step)
-    return None if subset is None else subset.mask()
+    return None if subset is None else cached(("forward_row_mask", id(step)), lambda: subset.mask())
 
 
 def _subset_step(step: TraceStep, rows: tuple[int, ...]) -> TraceStep:

@@ -47,6 +47,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -206,9 +207,9 @@ class RowSubset:
 
     def mask(self) -> torch.Tensor:
         """(total,) bool: True on the chosen rows."""
-        out = torch.zeros(self.total, dtype=torch.bool)
+        out = np.zeros(self.total, dtype=bool)  # numpy: a list index costs torch a tensor and an index_put
         out[list(self.rows)] = True
-        return out
+        return torch.from_numpy(out)
 
     def describe(self) -> str:
         """``4 of 16 rows, covering every prompt padding, truncated and EOS-ended rows, every group``."""
