@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
+from grpo_check._step_cache import host_view
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, Verdict
 from grpo_check.rederive.checks_common import _finding, _not_captured, _register
 from grpo_check.rederive.derive import (
+    CompletionEnds,
     completion_ends,
     expected_completion_mask,
 )
@@ -24,6 +27,85 @@ from grpo_check.trace.model import Trace, TraceStep
 
 
 # ------------------------------------------------------------------------------------------ batch: ends
+def _ends_passed(
+    step: TraceStep,
+    spec: GRPOSpec,
+    trace: Trace | None,
+    eos: Any,
+    rows: int,
+    truncated_rows: int,
+    sources: dict[str, list[int]],
+) -> Finding:
+    """The finding of a step whose every mask row and truncation flag agrees with the ids."""
+    verdict, note = Verdict.PASS, ""
+    if (
+        not eos.independent
+        and trace is not None
+        and str(trace.manifest.get("trainer", "")).startswith("trl.")
+    ):
+        verdict = Verdict.INCONCLUSIVE
+        note = (
+            "; only the trainer's EOS ids were recorded, so a secondary EOS of the generation config that the "
+            f"trainer ignores cannot be ruled out (record meta {EOS_SOURCES_KEY})"
+        )
+    return _finding(
+        "rederive.completion_ends",
+        step,
+        verdict,
+        f"all {rows} completion_mask rows end at the first EOS of {eos.ends} or are truncated "
+        f"({truncated_rows} truncated"
+        + (", masked" if spec.mask_truncated_completions and truncated_rows else "")
+        + f"){note}",
+        figure=0.0,
+        tolerance=0.0,
+        eos_token_id_sources=sources,
+        truncated_rows=truncated_rows,
+    )
+
+
+def _rows_agree_host(
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    ends: CompletionEnds,
+    recorded_truncated: torch.Tensor | None,
+    mask_truncated: bool,
+) -> int | None:
+    """The number of truncated rows when, on a small CPU batch, every mask row and recorded truncation flag
+    agrees with ``ends`` (decided in numpy, the same boolean operations as :func:`completion_ends_check`);
+    ``None`` otherwise: torch's path decides, and words any finding."""
+    host_mask, lengths, truncated = (
+        host_view(mask.detach()),
+        host_view(ends.lengths),
+        host_view(ends.truncated),
+    )
+    if host_mask is None or lengths is None or truncated is None or host_mask.shape != tuple(ids.shape):
+        return None
+    rows, width = host_mask.shape
+    actual = host_mask.astype(bool)
+    positions = np.arange(width)
+    expected = positions < lengths[:, None]
+    if mask_truncated:
+        expected &= ~truncated[:, None]
+    mismatch = actual != expected
+    ambiguous = truncated & (lengths < width)
+    if ambiguous.any():
+        actual_len = actual.sum(1)
+        prefix = (actual == (positions < actual_len[:, None])).all(1)
+        fits = prefix & (actual_len >= lengths)
+        if mask_truncated:
+            fits |= actual_len == 0
+        mismatch &= ~(ambiguous & fits)[:, None]
+    if mismatch.any():
+        return None
+    if recorded_truncated is not None and recorded_truncated.numel() == rows:
+        flags = host_view(recorded_truncated.detach())
+        if flags is None:
+            return None
+        if ((flags.astype(bool).reshape(-1) != truncated) & ~ambiguous).any():
+            return None
+    return int(truncated.sum())
+
+
 @_register(
     "completion_ends",
     "batch",
@@ -50,6 +132,11 @@ def completion_ends_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) 
     pad = whole(pad)
     all_ids = eos.ends
     ends = completion_ends(ids, all_ids, pad, tensor_or_none(step, "tool_mask"))
+    sources = {name: list(values) for name, values in eos.by_source.items()}
+    recorded_truncated = tensor_or_none(step, "truncated")
+    truncated_rows = _rows_agree_host(ids, mask, ends, recorded_truncated, spec.mask_truncated_completions)
+    if truncated_rows is not None:
+        return _ends_passed(step, spec, trace, eos, ids.shape[0], truncated_rows, sources)
     expected = expected_completion_mask(ends, ids.shape[1], mask_truncated=spec.mask_truncated_completions)
     actual = mask.detach().bool().cpu()
     mismatch = actual != expected
@@ -66,9 +153,7 @@ def completion_ends_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) 
         if spec.mask_truncated_completions:
             fits = fits | (actual_len == 0)
         mismatch = mismatch & ~(ambiguous & fits).unsqueeze(1)
-    sources = {name: list(values) for name, values in eos.by_source.items()}
     truncated_rows = int(ends.truncated.sum())
-    recorded_truncated = tensor_or_none(step, "truncated")
     if recorded_truncated is not None and recorded_truncated.numel() == ids.shape[0]:
         flag_mismatch = recorded_truncated.detach().bool().reshape(-1).cpu() != ends.truncated
         flag_mismatch &= ~(ends.truncated & (ends.lengths < ids.shape[1]))  # pad tail: either reading fits
@@ -92,30 +177,7 @@ def completion_ends_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) 
                 eos_token_id_sources=sources,
             )
     if not bool(mismatch.any()):
-        verdict, note = Verdict.PASS, ""
-        if (
-            not eos.independent
-            and trace is not None
-            and str(trace.manifest.get("trainer", "")).startswith("trl.")
-        ):
-            verdict = Verdict.INCONCLUSIVE
-            note = (
-                "; only the trainer's EOS ids were recorded, so a secondary EOS of the generation config that the "
-                f"trainer ignores cannot be ruled out (record meta {EOS_SOURCES_KEY})"
-            )
-        return _finding(
-            check_id,
-            step,
-            verdict,
-            f"all {ids.shape[0]} completion_mask rows end at the first EOS of {all_ids} or are truncated "
-            f"({truncated_rows} truncated"
-            + (", masked" if spec.mask_truncated_completions and truncated_rows else "")
-            + f"){note}",
-            figure=0.0,
-            tolerance=0.0,
-            eos_token_id_sources=sources,
-            truncated_rows=truncated_rows,
-        )
+        return _ends_passed(step, spec, trace, eos, ids.shape[0], truncated_rows, sources)
     bad_rows = mismatch.any(1)
     row = int(bad_rows.int().argmax())
     token = int(mismatch[row].int().argmax())

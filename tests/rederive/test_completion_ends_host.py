@@ -55,3 +55,63 @@ def test_the_numpy_path_runs_on_a_small_cpu_batch_only(monkeypatch) -> None:
     monkeypatch.setattr(step_cache_module, "HOST_ELEMENTS", 0)
     completion_ends(ids, [2], 0)  # too large for a numpy view: torch's path
     assert calls == [1]
+
+
+def _check_both(step, spec, monkeypatch):
+    import grpo_check.rederive.checks_batch as checks_batch
+
+    decided = []
+    original = checks_batch._rows_agree_host
+    with monkeypatch.context() as patch:
+        patch.setattr(checks_batch, "_rows_agree_host", lambda *a: _kept(decided, original(*a)))
+        fast = checks_batch.completion_ends_check(step, spec, None)
+    with monkeypatch.context() as patch:
+        patch.setattr(checks_batch, "_rows_agree_host", lambda *a: None)
+        general = checks_batch.completion_ends_check(step, spec, None)
+    return fast, general, [d for d in decided if d is not None]
+
+
+def _kept(store: list, value):
+    store.append(value)
+    return value
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_the_numpy_decision_of_the_ends_check_equals_torchs(seed, monkeypatch) -> None:
+    from grpo_check.config import GRPOSpec
+    from grpo_check.trace.model import TraceStep
+
+    generator = torch.Generator().manual_seed(seed)
+    rows, width = (
+        int(torch.randint(1, 7, (1,), generator=generator)),
+        int(torch.randint(1, 7, (1,), generator=generator)),
+    )
+    ids = torch.randint(0, 5, (rows, width), generator=generator)
+    decided = 0
+    for eos, pad, mask_truncated, flags, broken in itertools.product(
+        ([2], [2, 3]), (None, 0, 2), (False, True), (None, "right", "wrong", "float"), range(4)
+    ):
+        ends = completion_ends(ids, eos, pad)
+        mask = derive.expected_completion_mask(ends, width, mask_truncated=mask_truncated).long()
+        if broken == 1:
+            mask[0] = 1
+        elif broken == 2:
+            mask[-1, -1] = 1 - mask[-1, -1]
+        elif broken == 3:
+            mask = mask.float()
+            mask[0, -1] = float("nan")
+        tensors = {"completion_ids": ids, "completion_mask": mask}
+        if flags == "right":
+            tensors["truncated"] = ends.truncated.clone()
+        elif flags == "wrong":
+            tensors["truncated"] = ~ends.truncated
+        elif flags == "float":
+            tensors["truncated"] = ends.truncated.float()
+        meta = {"eos_token_ids": eos, **({} if pad is None else {"pad_token_id": pad})}
+        step = TraceStep(tensors=tensors, meta=meta)
+        fast, general, used = _check_both(
+            step, GRPOSpec(mask_truncated_completions=mask_truncated), monkeypatch
+        )
+        assert repr(fast.to_dict()) == repr(general.to_dict()), (eos, pad, mask_truncated, flags, broken)
+        decided += len(used)
+    assert decided  # the numpy path passed some of these steps itself
