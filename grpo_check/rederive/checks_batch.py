@@ -74,7 +74,7 @@ def _rows_agree_host(
     agrees with ``ends`` (decided in numpy, the same boolean operations as :func:`completion_ends_check`);
     ``None`` otherwise: torch's path decides, and words any finding."""
     host_mask, lengths, truncated = (
-        host_view(mask.detach()),
+        host_view(mask),
         host_view(ends.lengths),
         host_view(ends.truncated),
     )
@@ -98,7 +98,7 @@ def _rows_agree_host(
     if mismatch.any():
         return None
     if recorded_truncated is not None and recorded_truncated.numel() == rows:
-        flags = host_view(recorded_truncated.detach())
+        flags = host_view(recorded_truncated)
         if flags is None:
             return None
         if ((flags.astype(bool).reshape(-1) != truncated) & ~ambiguous).any():

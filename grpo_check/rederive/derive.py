@@ -108,7 +108,7 @@ def _host_ids(ids: torch.Tensor, tool_mask: torch.Tensor | None) -> tuple[Any, A
         return None
     if tool_mask is None or tool_mask.shape != ids.shape:
         return host, None
-    tool = host_view(tool_mask.detach())
+    tool = host_view(tool_mask)
     return None if tool is None else (host, tool)
 
 
