@@ -3,8 +3,10 @@ the loss received the generating policy's log-probs (the ratio is not identicall
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from grpo_check._step_cache import host_view
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, Verdict
 from grpo_check.rederive.checks_common import _finding, _not_applicable, _not_captured, _register
@@ -20,6 +22,29 @@ from grpo_check.trace.model import Trace, TraceStep
 
 
 # ------------------------------------------------------------------------------------------ ratio: old logps
+def _moved_host(
+    logps: torch.Tensor, old: torch.Tensor, mask: torch.Tensor | None
+) -> tuple[float, int, int] | None:
+    """(max |logps − old| over the loss tokens, tokens where they differ, loss tokens) of a small CPU step
+    whose log-probs differ somewhere on a loss token, in numpy: the same element-wise operations and maximum as
+    :func:`old_logps_check`'s torch path, which takes every other case (and ``None`` is returned)."""
+    if mask is None or mask.shape != logps.shape:
+        return None
+    host_logps, host_old, host_mask = (
+        host_view(logps),
+        host_view(old),
+        host_view(mask),
+    )
+    if host_logps is None or host_old is None or host_mask is None:
+        return None
+    valid = host_mask.astype(bool)
+    differ = (host_logps != host_old) & valid
+    differing = int(np.count_nonzero(differ))
+    if not differing:
+        return None
+    return float(np.abs(host_logps - host_old)[valid].max()), differing, int(np.count_nonzero(valid))
+
+
 @_register(
     "old_logps_required",
     "ratio",
@@ -81,6 +106,18 @@ def old_logps_check(step: TraceStep, spec: GRPOSpec, trace: Trace | None) -> Fin
     )
     head = f"{between} optimizer step(s) between generation (step {generated}) and use (step {use_step})"
     if old is not None and logps is not None and old.shape == logps.shape:
+        moved_by = _moved_host(logps, old, mask)
+        if moved_by is not None:
+            moved, differing, valid_tokens = moved_by
+            return _finding(
+                check_id,
+                step,
+                Verdict.PASS,
+                f"{head}; old_logps differ from logps on {differing} of {valid_tokens} token(s) "
+                f"(max |Δ| = {moved:.3g})",
+                figure=moved,
+                optimizer_steps_between=between,
+            )
         valid = (
             torch.ones_like(logps, dtype=torch.bool)
             if mask is None or mask.shape != logps.shape
