@@ -277,8 +277,7 @@ def _content_tokens(step: TraceStep, mask: torch.Tensor) -> torch.Tensor:
 )
 def text_nonempty(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None = None) -> Outcome:
     texts = step.completion_text or []
-    mask = plain(step["completion_mask"]).bool()
-    rows = mask.shape[0]
+    rows = step["completion_mask"].shape[0]
     if len(texts) != rows:
         return Outcome(
             Verdict.FAIL,
@@ -292,6 +291,8 @@ def text_nonempty(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | 
     if isinstance(decoded, list) and len(decoded) == rows:
         # the tokenizer's own decode (skip_special_tokens) says which rows have text to show: a completion
         # of special tokens only (pad, unk, bos ...) legitimately decodes to nothing
+        if not any(text == "" and str(shown).strip() for text, shown in zip(texts, decoded, strict=True)):
+            return passed(f"{rows} decoded completions, none blank where the tokens decode to text", 0.0, 0.0)
         has_text = torch.tensor([bool(str(text).strip()) for text in decoded], dtype=torch.bool)
         blank = torch.tensor([text == "" for text in texts], dtype=torch.bool) & has_text
         if not bool(blank.any()):
@@ -299,7 +300,7 @@ def text_nonempty(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | 
         row = int(blank.int().argmax())
         what = f"their tokens decode to {str(decoded[row])[:40]!r} (row {row})"
     else:
-        content = _content_tokens(step, mask)
+        content = _content_tokens(step, plain(step["completion_mask"]).bool())
         blank = torch.tensor([text == "" for text in texts], dtype=torch.bool) & (content.cpu() > 0)
         if not bool(blank.any()):
             return passed(f"{rows} decoded completions, none blank where tokens exist", 0.0, 0.0)
