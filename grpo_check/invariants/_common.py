@@ -684,7 +684,9 @@ def known_finite(step: TraceStep, *names: str) -> bool:
         entry = sources.get(id(tensor))
         if entry is None or entry[0] is not tensor:
             return False
-        if entry[1] != (None if tensor.is_inference() else tensor._version):
+        # the recorded version is None for an inference tensor (it stays one: no version to compare)
+        version = entry[1]
+        if version is not None and version != tensor._version:
             return False
     return True
 
@@ -699,7 +701,8 @@ def _is_known_finite(sources: dict[int, tuple[torch.Tensor, int | None]], tensor
     entry = sources.get(id(tensor))
     if entry is None or entry[0] is not tensor:
         return False
-    return entry[1] == (None if tensor.is_inference() else tensor._version)  # _version(tensor), inlined
+    version = entry[1]  # None: an inference tensor, which stays one (no version to compare)
+    return version is None or version == tensor._version
 
 
 def _flatten_all(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -765,7 +768,8 @@ def finite_outcome(
                     entry = sources.get(id(tensor))
                     if entry is None or entry[0] is not tensor:
                         break
-                    if entry[1] != (None if tensor.is_inference() else tensor._version):
+                    version = entry[1]  # (None: an inference tensor, which stays one)
+                    if version is not None and version != tensor._version:
                         break
                     checked.append(name)
             else:

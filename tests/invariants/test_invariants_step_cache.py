@@ -218,6 +218,31 @@ def test_a_tensor_changed_in_place_is_not_known_finite():
         assert finding.verdict in (Verdict.FAIL, Verdict.WARN)
 
 
+def test_inference_tensors_are_known_finite_without_a_version_and_give_the_general_findings(monkeypatch):
+    """A step of inference tensors (no version counter) is known finite as a normal one is; its findings,
+    correct and broken, are those of the general per-tensor path."""
+    import grpo_check.invariants._common as common
+    from grpo_check.invariants._common import finite_outcome, known_finite, step_all_finite
+
+    built = build_step(seed=3, prompts=2, G=4, T=5)
+    with torch.inference_mode():
+        frozen = with_tensors(built.step, **{name: t.clone() for name, t in built.step.tensors.items()})
+        nan_logps = frozen["logps"].clone()
+        nan_logps[1, 2] = float("nan")
+    broken = with_tensors(frozen, logps=nan_logps)
+    names = ("logps", "old_logps", "ref_logps", "advantages")
+    with step_cache(frozen):
+        assert frozen["logps"].is_inference() and known_finite(frozen, *names) and step_all_finite(frozen)
+        assert common._is_known_finite(common.finite_sources(frozen), frozen["logps"])
+    with step_cache(broken):
+        assert not known_finite(broken, "logps") and not step_all_finite(broken)
+    fast = [[repr(f) for f in run_invariants(step, built.spec)] for step in (frozen, broken)]
+    fast_outcomes = [repr(finite_outcome(step, names)) for step in (frozen, broken)]
+    monkeypatch.setattr(common, "_finite_sources", lambda step: {})
+    assert [[repr(f) for f in run_invariants(step, built.spec)] for step in (frozen, broken)] == fast
+    assert [repr(finite_outcome(step, names)) for step in (frozen, broken)] == fast_outcomes
+
+
 def test_every_shape_of_key_is_memoised_by_tensor_identity_and_version():
     """A (name, tensor) key, a longer key, a key with a tensor first and one without tensors: each is a hit
     for the same tensor at the same version, a miss after an in-place change, and keyed as f64 keys it."""
