@@ -90,13 +90,12 @@ def count_true_per_slice(mask: torch.Tensor) -> torch.Tensor:
 
 def valid_finite(step: TraceStep, values: torch.Tensor) -> torch.Tensor:
     """``token_mask(step, values) & torch.isfinite(values)``, shared between the checks of one step."""
-    memo = _current_memo()  # _source(values), its cache hit inlined
-    hit = (
-        None
-        if memo is None
-        else memo.get(("source", (id(values), None if values.is_inference() else values._version)))
-    )
-    source = _source(values) if hit is None else hit[0]
+    memo = _current_memo()  # _source(values), its cache hit inlined (the same entry: see cached)
+    hit = None if memo is None else memo.get(("source", id(values)))
+    if hit is not None and (hit[2] is None or hit[2] == values._version):
+        source = hit[0]
+    else:
+        source = _source(values)
     if _is_known_finite(finite_sources(step), source):  # every value finite: the same mask as token_mask's
         return token_mask(step, source)
     return cached(("valid_finite", id(step), source), lambda: token_mask(step, source) & finite_mask(source))
@@ -110,11 +109,16 @@ def _memo_of(name: str, tensor: torch.Tensor, compute: Callable[[torch.Tensor], 
         return compute(tensor)
     if not isinstance(tensor, torch.Tensor):  # (not a tensor: keyed as cached keys it)
         return cached((name, tensor), lambda: compute(tensor))
-    memo_key = (name, (id(tensor), None if tensor.is_inference() else tensor._version))
+    memo_key = (name, id(tensor))
     hit = memo.get(memo_key)
-    if hit is None:
-        hit = memo[memo_key] = (compute(tensor), (name, tensor))
-    return hit[0]
+    if hit is not None:
+        version = hit[2]  # (None: an inference tensor)
+        if version is None or version == tensor._version:
+            return hit[0]
+    version = None if tensor.is_inference() else tensor._version
+    value = compute(tensor)
+    memo[memo_key] = (value, (name, tensor), version)
+    return value
 
 
 def _has_true(mask: torch.Tensor) -> bool:
@@ -126,11 +130,16 @@ def any_true(mask: torch.Tensor) -> bool:
     memo = _current_memo()  # _memo_of("any", mask, _has_true), inlined: the same memo key
     if memo is None or type(mask) is not torch.Tensor:
         return _memo_of("any", mask, _has_true)
-    memo_key = ("any", (id(mask), None if mask.is_inference() else mask._version))
+    memo_key = ("any", id(mask))
     hit = memo.get(memo_key)
-    if hit is None:
-        hit = memo[memo_key] = (count_true(mask) > 0, ("any", mask))
-    return hit[0]
+    if hit is not None:
+        version = hit[2]  # (None: an inference tensor)
+        if version is None or version == mask._version:
+            return hit[0]
+    version = None if mask.is_inference() else mask._version
+    value = count_true(mask) > 0
+    memo[memo_key] = (value, ("any", mask), version)
+    return value
 
 
 _CONSTANTS: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}

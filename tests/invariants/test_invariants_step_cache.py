@@ -276,6 +276,53 @@ def test_every_shape_of_key_is_memoised_by_tensor_identity_and_version():
             assert cached(("i", frozen), compute("i")) == cached(("i", frozen), compute("i again"))
 
 
+def test_entries_record_the_versions_of_every_tensor_of_their_key():
+    """An entry keyed by several tensors is a miss once any of them changed in place, a hit while none did
+    (inference tensors, without a version counter, alike); f64 copies keep pointing at their source and a
+    changed float64 tensor is its own source again."""
+    from grpo_check._step_cache import f64, finite_mask
+    from grpo_check.invariants._common import any_true, valid_finite
+
+    calls: list[str] = []
+
+    def compute(name: str):
+        return lambda: calls.append(name) or name
+
+    x, y = torch.ones(3), torch.zeros(3)
+    with torch.inference_mode():
+        frozen = torch.ones(3)
+    with step_cache():
+        assert cached(("pair", x, y, 1), compute("a")) == "a"
+        assert cached(("pair", x, y, 1), compute("b")) == "a"
+        assert cached(("pair", x, frozen), compute("c")) == cached(("pair", x, frozen), compute("d")) == "c"
+        with torch.no_grad():
+            y.add_(1)
+        assert cached(("pair", x, y, 1), compute("e")) == "e"  # y moved: computed again, then a hit
+        assert cached(("pair", x, y, 1), compute("f")) == "e"
+        with torch.no_grad():
+            x.add_(1)
+        assert cached(("pair", x, frozen), compute("g")) == "g"
+        assert calls == ["a", "c", "e", "g"]
+        half = torch.tensor([1.0, float("nan")], dtype=torch.float16)
+        copy = f64(half)
+        assert finite_mask(copy) is finite_mask(half)  # the copy's mask is its source's
+        doubles = torch.tensor([1.0, 2.0], dtype=torch.float64)
+        assert f64(doubles) is doubles and finite_mask(doubles).all()
+        with torch.no_grad():
+            doubles[0] = float("inf")
+        assert f64(doubles) is doubles and finite_mask(doubles).tolist() == [False, True]
+        mask = torch.tensor([True, False])
+        assert any_true(mask)
+        with torch.no_grad():
+            mask.zero_()
+        assert not any_true(mask)
+        step = TraceStep(tensors={"logps": torch.tensor([[-1.0, float("nan")]])})
+        assert valid_finite(step, f64(step["logps"])).tolist() == [[True, False]]
+        with torch.no_grad():
+            step["logps"][0, 1] = -2.0
+        assert valid_finite(step, f64(step["logps"])).tolist() == [[True, True]]
+
+
 def test_host_view_is_a_view_of_small_cpu_tensors_only(monkeypatch):
     import grpo_check._step_cache as step_cache_module
     from grpo_check._step_cache import host_view
