@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import torch
 
 from grpo_check.config import GRPOSpec
@@ -511,11 +512,12 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
         square_sums, numerator_sums = _moment_lists(stats, clean)
         # x.clamp(min=m) is m where x < m, else x (NaN included); the divisor is ≥ 1. The square root stays
         # torch's (its float64 sqrt is not always math.sqrt's correctly rounded one), on as many numbers
+        # (numpy's conversion of Python floats is exact and costs less than torch.tensor's)
         variances = [
             square / (1.0 if c - 1.0 < 1.0 else c - 1.0)
             for square, c in zip(square_sums, counts, strict=True)
         ]
-        stds = torch.sqrt(torch.tensor(variances, dtype=torch.float64)).tolist()
+        stds = torch.from_numpy(np.array(variances, dtype=np.float64)).sqrt().tolist()
         slopes = [n / (1e-300 if s < 1e-300 else s) for n, s in zip(numerator_sums, square_sums, strict=True)]
         if effective.scale_rewards == "group" or (effective.scale_rewards == "batch" and batch_std is None):
             retention = [slope * scale for slope, scale in zip(slopes, stds, strict=True)]
