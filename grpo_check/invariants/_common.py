@@ -727,28 +727,37 @@ _flatten_dense: Callable[[list[torch.Tensor]], torch.Tensor] = getattr(
 
 
 def _finite_sources(step: TraceStep) -> dict[int, tuple[torch.Tensor, int | None]]:
-    checked = []
+    sources = {}
     plains = []
     elements = 0
     for name, tensor in step.tensors.items():  # _is_float_tensor and plain, inlined: once per tensor
         if name in _FINITE_CHECKED and isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-            checked.append(tensor)
+            sources[id(tensor)] = (tensor, None if tensor.is_inference() else tensor._version)  # _version()
             plains.append(tensor.detach() if tensor.requires_grad else tensor)
             elements += tensor.numel()
-    if not checked or elements > _SMALL_SLICE:
+    if not plains or elements > _SMALL_SLICE:
         return {}
-    for tensor in checked:  # (all on the CPU: one device, without device objects; a loop, not a generator)
+    for tensor in plains:  # (all on the CPU: one device, without device objects; a loop, not a generator)
         if not tensor.is_cpu:
-            device = checked[0].device
-            if any(t.device != device for t in checked):
+            device = plains[0].device
+            if any(t.device != device for t in plains):
                 return {}
             break
-    # one sum over all of them: finite only if every term is (NaN and ±inf propagate; a finite sum that
-    # overflows only sends callers to their general path); flattened into one tensor by one C++ call
-    total = _flatten_dense(plains).sum()
-    if not math.isfinite(float(total)):
+    # all of them flattened into one tensor by one C++ call, then one test of every value: numpy's isfinite
+    # where the flattened dtype has a numpy one (exact, no warning), else one sum, finite only if every term
+    # is (NaN and ±inf propagate; a finite sum that overflows only sends callers to their general path)
+    flat = _flatten_dense(plains)
+    if flat.is_cpu and flat.dtype in _NUMPY_FLOATS:
+        if not _all_of(_isfinite_np(flat.numpy())):
+            return {}
+    elif not math.isfinite(float(flat.sum())):
         return {}
-    return {id(t): (t, None if t.is_inference() else t._version) for t in checked}
+    return sources
+
+
+_NUMPY_FLOATS = frozenset((torch.float64, torch.float32, torch.float16))
+_isfinite_np = np.isfinite
+_all_of = np.logical_and.reduce
 
 
 def finite_outcome(

@@ -174,7 +174,8 @@ def test_checking_a_captured_step_converts_each_tensor_to_float64_once(monkeypat
     assert per_step_tensor and len(per_step_tensor) == len(set(per_step_tensor))
 
 
-def test_step_all_finite_decides_from_the_checked_tensors() -> None:
+def test_step_all_finite_decides_from_the_checked_tensors(monkeypatch) -> None:
+    import grpo_check.invariants._common as common
     from grpo_check.invariants._common import step_all_finite
 
     built = build_step(seed=3, prompts=2, G=4, T=5)
@@ -185,10 +186,18 @@ def test_step_all_finite_decides_from_the_checked_tensors() -> None:
     assert not step_all_finite(broken)
     finding = REGISTRY["logps.finite"].run(broken, built.spec)[0]
     assert finding.verdict in (Verdict.FAIL, Verdict.WARN)
-    # a float sum that overflows is not taken for a non-finite value's: the per-tensor path decides
+    # finite values whose sum overflows: numpy's isfinite tells them finite (exact); a bfloat16 step (no numpy
+    # dtype) is summed instead, and a sum that overflows sends the checks to their general path
     huge = with_tensors(built.step, rewards=torch.full_like(built.step["rewards"], 3e38))
-    assert not step_all_finite(huge)
-    assert REGISTRY["rewards.finite"].run(huge, built.spec)[0].verdict is Verdict.PASS
+    assert step_all_finite(huge)
+    halves = {name: t.bfloat16() for name, t in huge.tensors.items() if t.is_floating_point()}
+    huge_halves = with_tensors(huge, **halves)
+    assert torch.isinf(huge_halves["rewards"].sum()) and not step_all_finite(huge_halves)
+    for step in (huge, huge_halves):
+        assert REGISTRY["rewards.finite"].run(step, built.spec)[0].verdict is Verdict.PASS
+    fast = [[repr(f) for f in run_invariants(step, built.spec)] for step in (huge, huge_halves)]
+    monkeypatch.setattr(common, "_finite_sources", lambda step: {})
+    assert [[repr(f) for f in run_invariants(step, built.spec)] for step in (huge, huge_halves)] == fast
 
 
 def test_small_step_shortcuts_give_the_general_findings(monkeypatch):
