@@ -276,8 +276,13 @@ def _matches_logps_host(
     row, token = divmod(int(excess.argmax()), excess.shape[1])
     if not excess[row, token] <= 0:
         return None
-    figure = float(np.where(keep, error, 0.0).max())
+    # max |error| at valid positions, 0 (the fill) where there are none: where-then-max in one reduction (no
+    # NaN there: its excess would be NaN, and the argmax above finds a NaN first)
+    figure = float(_maximum_reduce(error, axis=None, initial=0.0, where=keep))
     return passed("ratio = exp(logps − old_logps)", figure, float(allowed[row, token]))
+
+
+_maximum_reduce = np.maximum.reduce
 
 
 def _broadcast_advantages(step: TraceStep, like: torch.Tensor) -> torch.Tensor:

@@ -113,6 +113,11 @@ _BREAKS: dict[str, Callable[[TraceStep], None]] = {
         "advantages", lambda s: s["advantages"].unsqueeze(1).expand_as(s["logps"]).contiguous()
     ),
     "on_policy": _on_policy,
+    # a float64 gradient of the right sign whose product with A underflows to −0.0 (and one that is 0.0)
+    "underflowing_grad": _set(
+        "logps_grad",
+        lambda s: -torch.sign(s["advantages"].double()).reshape(-1, 1).expand_as(s["logps"]) * 5e-324,
+    ),
 }
 
 
