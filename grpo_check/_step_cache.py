@@ -80,8 +80,45 @@ def cached(key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
     # a tensor part is keyed by its id, its version counter (None: an inference tensor, which has none and
     # stays one) kept in the entry and compared on a hit: no is_inference() per look-up. A key without
     # tensors (most are a name and a step id) is its own memo key. The exact-type tests are the fast path,
-    # isinstance catches subclasses; a (name, part) key, the most common shape, is keyed without a loop
-    if len(key) == 2 and type(key[0]) is str:
+    # isinstance catches subclasses; (name, part) and (name, part, part) keys, the most common shapes, are
+    # keyed without a loop (the same memo keys and entries as _cached_by_tensors makes)
+    length = len(key)
+    if length == 3 and type(key[0]) is str:
+        first, second = key[1], key[2]
+        kind = type(first)
+        first_is_tensor = kind is _Tensor or (kind not in _NOT_TENSORS and isinstance(first, _Tensor))
+        kind = type(second)
+        second_is_tensor = kind is _Tensor or (kind not in _NOT_TENSORS and isinstance(second, _Tensor))
+        if first_is_tensor and second_is_tensor:
+            memo_key = (key[0], id(first), id(second))
+            hit = memo.get(memo_key)
+            if hit is not None:
+                versions = hit[2]
+                version = versions[0]
+                if version is None or version == first._version:
+                    version = versions[1]
+                    if version is None or version == second._version:
+                        return hit[0]
+            versions = [
+                None if first.is_inference() else first._version,
+                None if second.is_inference() else second._version,
+            ]
+            value = compute()
+            memo[memo_key] = (value, key, versions)
+            return value
+        if first_is_tensor or second_is_tensor:
+            tensor = first if first_is_tensor else second
+            memo_key = (key[0], id(first), second) if first_is_tensor else (key[0], first, id(second))
+            hit = memo.get(memo_key)
+            if hit is not None:
+                version = hit[2][0]
+                if version is None or version == tensor._version:
+                    return hit[0]
+            versions = [None if tensor.is_inference() else tensor._version]
+            value = compute()
+            memo[memo_key] = (value, key, versions)
+            return value
+    elif length == 2 and type(key[0]) is str:
         part = key[1]
         kind = type(part)
         if kind is _Tensor or (kind not in _NOT_TENSORS and isinstance(part, _Tensor)):
@@ -133,7 +170,7 @@ def _cached_by_tensors(memo: _Memo, key: tuple[Any, ...], compute: Callable[[], 
 
 _Tensor = torch.Tensor
 # the types of the key parts that are not tensors (found without an isinstance call)
-_NOT_TENSORS = frozenset({str, int, float, bool, tuple, type(None), torch.dtype, torch.device})
+_NOT_TENSORS = frozenset({str, int, float, bool, tuple, type(None), torch.dtype, torch.device, torch.Size})
 
 
 def plain(tensor: torch.Tensor) -> torch.Tensor:

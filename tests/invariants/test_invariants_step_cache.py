@@ -312,6 +312,22 @@ def test_entries_record_the_versions_of_every_tensor_of_their_key():
             x.add_(1)
         assert cached(("pair", x, frozen), compute("g")) == "g"
         assert calls == ["a", "c", "e", "g"]
+        parameter = torch.nn.Parameter(torch.ones(2))  # subclasses are tensors in every key shape
+        for key in [
+            ("two", x, y),
+            ("left", x, 5),
+            ("right", 5, y),
+            ("sub", parameter, y),
+            ("size", x, x.shape),
+        ]:
+            assert cached(key, compute(key[0])) == cached(key, compute("again")) == key[0]
+        with torch.no_grad():
+            y.add_(1)
+        assert cached(("two", x, y), compute("two after")) == "two after"
+        assert cached(("right", 5, y), compute("right after")) == "right after"
+        assert cached(("left", x, 5), compute("left again")) == "left"
+        assert cached(("sub", parameter, y), compute("sub after")) == "sub after"
+        assert "again" not in calls
         half = torch.tensor([1.0, float("nan")], dtype=torch.float16)
         copy = f64(half)
         assert finite_mask(copy) is finite_mask(half)  # the copy's mask is its source's
