@@ -467,6 +467,20 @@ def test_steps_holding_the_same_names_share_one_set_of_present_names():
     assert _collect_present_names(built.step) is _collect_present_names(other)
     fewer = with_tensors(built.step, kl=None)
     assert _collect_present_names(fewer) == _collect_present_names(built.step) - {"kl"}
+    # the same names listed in another order are the same set; a meta key named like a tensor is its meta
+    # name, a None meta value is absent, text is completion_text
+    shuffled = TraceStep(
+        tensors=dict(reversed(list(built.step.tensors.items()))),
+        meta=dict(built.step.meta),
+        completion_text=built.step.completion_text,
+    )
+    assert _collect_present_names(shuffled) is _collect_present_names(built.step)
+    named = TraceStep(tensors={"kl": torch.zeros(1)}, meta={"logps": 1, "step": None, 3: "x"})
+    assert _collect_present_names(named) == {"kl", "meta.logps", "meta.3"}
+    texts = TraceStep(tensors={"kl": torch.zeros(1)}, meta={"logps": 1}, completion_text=["a"])
+    assert _collect_present_names(texts) == {"kl", "meta.logps", "completion_text"}
+    swapped = TraceStep(tensors={"logps": torch.zeros(1)}, meta={"kl": 1})
+    assert _collect_present_names(swapped) == {"logps", "meta.kl"}
     # a check not captured on one step runs on the next that holds its inputs (memo by present names)
     kl_check = REGISTRY["kl.nonnegative"]
     assert run_invariants(fewer, built.spec, ["kl.nonnegative"])[0].verdict is Verdict.NOT_CAPTURED
