@@ -96,7 +96,9 @@ def valid_finite(step: TraceStep, values: torch.Tensor) -> torch.Tensor:
         source = hit[0]
     else:
         source = _source(values)
-    if _is_known_finite(finite_sources(step), source):  # every value finite: the same mask as token_mask's
+    hit = None if memo is None else memo.get(("finite_sources", id(step)))  # finite_sources(step)'s hit
+    sources = finite_sources(step) if hit is None else hit[0]
+    if _is_known_finite(sources, source):  # every value finite: the same mask as token_mask's
         return token_mask(step, source)
     return cached(("valid_finite", id(step), source), lambda: token_mask(step, source) & finite_mask(source))
 
@@ -574,19 +576,22 @@ def unscorable_rows(step: TraceStep) -> torch.Tensor | None:
 
 def completion_bool(step: TraceStep) -> torch.Tensor:
     """``completion_mask`` as bool, shared between the checks of one step (with :func:`token_mask`)."""
-    return bool_mask(step["completion_mask"])
+    return bool_mask(step.tensors["completion_mask"])  # (step[...] without its method call)
 
 
 def token_mask(step: TraceStep, like: torch.Tensor) -> torch.Tensor:
     """(B, T) bool of the tokens a per-token tensor ``like`` is meaningful on (all True if no mask)."""
-    if step.has("completion_mask") and step["completion_mask"].shape == like.shape:
-        return completion_bool(step)
+    tensors = step.tensors  # step.has(name) and step[name], without their method calls
+    if "completion_mask" in tensors:
+        mask = tensors["completion_mask"]
+        if mask.shape == like.shape:
+            return bool_mask(mask)  # completion_bool(step)
     return all_true_like(like)
 
 
 def loss_mask(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor | None:
     """(B, T) bool of the tokens the loss may train on: completion_mask ∧ tool_mask (∧ ¬truncated)."""
-    if not step.has("completion_mask"):
+    if "completion_mask" not in step.tensors:  # not step.has("completion_mask")
         return None
     truncation = spec is not None and spec.mask_truncated_completions
     memo = _current_memo()  # cached(("loss_mask", id(step), truncation), ...), inlined
