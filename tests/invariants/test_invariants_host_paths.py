@@ -227,3 +227,35 @@ def test_logps_nonpositive_takes_the_tops_of_a_clean_stack_in_numpy() -> None:
     step.tensors["logps"][0, 0] = 0.0
     with step_cache():
         assert logps._stack_tops_host(logps._logp_stack(step)) is None
+
+
+def test_logp_stack_refuses_what_it_cannot_stack_and_changes_no_finding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stack holds the step's 2-D float32/float64 log-prob tensors of one shape and dtype (two or more);
+    with it or without it (per tensor), the log-prob checks find the same."""
+    from grpo_check._step_cache import step_cache
+
+    spec = _spec(loss_type="dapo", beta=0.04)
+    step = make_step(spec, n_prompts=2, completion_length=7, vocab_size=20, seed=3)
+    mixed_dtype = copy.deepcopy(step)
+    mixed_dtype.tensors["ref_logps"] = step["ref_logps"].double()
+    mixed_shape = copy.deepcopy(step)
+    mixed_shape.tensors["sampler_logps"] = step["sampler_logps"][:, :-1]
+    alone = TraceStep(tensors={"logps": step["logps"], "completion_mask": step["completion_mask"]})
+    halves = copy.deepcopy(step)
+    for name in logps.LOGP_NAMES:
+        halves.tensors[name] = step[name].half()
+    positive = copy.deepcopy(step)
+    positive.tensors["old_logps"] = step["old_logps"].abs()
+    with step_cache():
+        stack = logps._logp_stack(step)
+        assert stack is not None and stack.names == list(logps.LOGP_NAMES)
+        assert torch.equal(stack.values, torch.stack([step[name] for name in logps.LOGP_NAMES]))
+        for refused in (mixed_dtype, mixed_shape, alone, halves):
+            assert logps._logp_stack(refused) is None
+    cases = (step, mixed_dtype, mixed_shape, alone, halves, positive)
+    checks = ["logps.nonpositive", "logps.bf16_quantised"]
+    stacked = [[repr(f) for f in run_invariants(case, spec, checks=checks)] for case in cases]
+    monkeypatch.setattr(logps, "_logp_stack", lambda step: None)
+    assert [[repr(f) for f in run_invariants(case, spec, checks=checks)] for case in cases] == stacked
