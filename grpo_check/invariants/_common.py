@@ -787,14 +787,17 @@ def finite_outcome(
             # _is_float_tensor(step.get(name)) and known_finite(step, name), inlined: seven checks per step
             for name in names:
                 tensor = tensors.get(name)
-                if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-                    entry = sources.get(id(tensor))
-                    if entry is None or entry[0] is not tensor:
-                        break
-                    version = entry[1]  # (None: an inference tensor, which stays one)
-                    if version is not None and version != tensor._version:
-                        break
-                    checked.append(name)
+                if tensor is None:  # (absent: not a floating tensor)
+                    continue
+                entry = sources.get(id(tensor))
+                if entry is not None and entry[0] is tensor:  # a tensor (the sources hold tensors only)
+                    if tensor.is_floating_point():
+                        version = entry[1]  # (None: an inference tensor, which stays one)
+                        if version is not None and version != tensor._version:
+                            break
+                        checked.append(name)
+                elif isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+                    break  # a floating tensor not known finite: the loop below judges
             else:
                 if checked:  # passed(...), without its call
                     return Outcome(_PASS, f"all finite: {', '.join(checked)}", 0.0, 0.0, None, None, {})
