@@ -210,6 +210,19 @@ def test_kl_nonnegative_decides_a_clean_step_in_numpy() -> None:
     )
     assert kl._host_extremes(torch.zeros_like(values), valid) is None  # a zero minimum: torch decides
     assert kl._host_extremes(values.bfloat16(), valid) is None  # no numpy view
+    # the minimum and maximum give the torch figures whichever sign and dtype holds the largest |value|
+    flipped = values.clone()
+    flipped[0, 0] = -5.0
+    for case in (values, -values - 1.0, flipped, values.double(), flipped.double(), values + 1.0):
+        for mask in (valid, torch.ones_like(valid), torch.zeros_like(valid)):
+            expected = (
+                float(torch.where(mask, case.abs(), 0.0).max()),
+                -float(torch.where(mask, -case, -torch.inf).max()),
+            )
+            assert kl._host_extremes(case, mask) == expected, (case, mask)
+    with_nan = values.clone()
+    with_nan[0, 0] = float("nan")
+    assert kl._host_extremes(with_nan, torch.ones_like(valid)) is None  # a NaN: the torch path decides
 
 
 def test_logps_nonpositive_takes_the_tops_of_a_clean_stack_in_numpy() -> None:
