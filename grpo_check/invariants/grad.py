@@ -377,6 +377,12 @@ def _sampler_positive_host(step: TraceStep, shape: tuple[int, ...]) -> np.ndarra
     return sampler > 0.0
 
 
+# 0·inf, inf − inf: NaN without a warning, as in torch (np.errstate as a decorator: no context-manager object
+# per call)
+_quiet = np.errstate(all="ignore")
+
+
+@_quiet
 def _sign_matches_host(
     step: TraceStep, spec: GRPOSpec, grad: torch.Tensor, ratio: torch.Tensor, mask: torch.Tensor, atol: float
 ) -> Outcome | None:
@@ -415,6 +421,7 @@ def _sign_matches_host(
     return passed(f"{count} unclipped token(s): sign(∂L/∂logp) = −sign(A)", 0.0, 0.0, decidable_tokens=count)
 
 
+@_quiet
 def _kl_sign_host(
     step: TraceStep, spec: GRPOSpec, grad: torch.Tensor, ratio: torch.Tensor, mask: torch.Tensor, floor: float
 ) -> Outcome | None:
@@ -485,8 +492,7 @@ def sign_matches_advantage(
     mask = token_mask(step, logps_grad) if mask is None or mask.shape != logps_grad.shape else mask
     _, atol = rtol_atol(step["advantages"].dtype)
     if effective.loss_type in CLIP_LOSS_TYPES and known_finite(step, "advantages", "logps_grad"):
-        with np.errstate(all="ignore"):  # 0·inf, inf − inf: NaN without a warning, as in torch
-            outcome = _sign_matches_host(step, effective, _host_grad(logps_grad), ratio, mask, atol)
+        outcome = _sign_matches_host(step, effective, _host_grad(logps_grad), ratio, mask, atol)
         if outcome is not None:
             return outcome
     grad = f64(logps_grad)
@@ -750,15 +756,9 @@ def kl_sign_where_kl_dominates(
     if ratio is not None and effective.loss_type in CLIP_LOSS_TYPES and known_finite(step, "logps_grad"):
         mask = loss_mask(step, spec)
         mask = token_mask(step, logps_grad) if mask is None or mask.shape != logps_grad.shape else mask
-        with np.errstate(all="ignore"):  # 0·inf, inf − inf: NaN without a warning, as in torch
-            outcome = _kl_sign_host(
-                step,
-                effective,
-                _host_grad(logps_grad),
-                ratio,
-                mask,
-                tolerance if tolerance is not None else 1e-6,
-            )
+        outcome = _kl_sign_host(
+            step, effective, _host_grad(logps_grad), ratio, mask, tolerance if tolerance is not None else 1e-6
+        )
         if outcome is not None:
             return outcome
     grad = f64(logps_grad)

@@ -227,10 +227,9 @@ def matches_logps(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | 
     rtol_logps, _ = rtol_atol(step["logps"].dtype)
     logp_scale = masked_abs_max(f64(step["logps"]), mask) if any_true(mask) else 1.0
     if tolerance is None:
-        with np.errstate(all="ignore"):  # inf − inf: NaN without a warning, as in torch
-            outcome = _matches_logps_host(
-                ratio, expected, valid, rtol_ratio + rtol_logps * max(1.0, logp_scale), atol
-            )
+        outcome = _matches_logps_host(
+            ratio, expected, valid, rtol_ratio + rtol_logps * max(1.0, logp_scale), atol
+        )
         if outcome is not None:
             return outcome
     allowed = (
@@ -259,6 +258,8 @@ def matches_logps(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | 
     )
 
 
+# inf − inf: NaN without a warning, as in torch (np.errstate as a decorator: no context-manager object per call)
+@np.errstate(all="ignore")
 def _matches_logps_host(
     ratio: torch.Tensor, expected: torch.Tensor, valid: torch.Tensor, relative: float, atol: float
 ) -> Outcome | None:
