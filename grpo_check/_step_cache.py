@@ -70,46 +70,107 @@ class step_cache:
 def cached(key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
     """``compute()``, memoised in the open :func:`step_cache` (computed every time when none is open).
 
-    Tensors in ``key`` are identified by object identity and version counter (an in-place change is a
-    miss) and kept alive by the cache, so an id cannot be reused while it is open.
+    Tensors in ``key`` are identified by object identity and kept alive by the cache (an id cannot be reused
+    while it is open); the entry records their in-place version counters, and an entry made at another
+    version is a miss (computed again). Do not key one name both by a tensor and by that tensor's ``id``.
     """
     memo = _current_memo()
     if memo is None:
         return compute()
-    # a tensor by identity and in-place version counter (inference tensors have none: nothing changes them
-    # outside inference mode); a key without tensors (most are a name and a step id) is its own memo key.
-    # The exact-type tests are the fast path, isinstance catches subclasses; a (name, part) key, the most
-    # common shape, is keyed without a loop
-    if len(key) == 2 and type(key[0]) is str:
+    # a tensor part is keyed by its id, its version counter (None: an inference tensor, which has none and
+    # stays one) kept in the entry and compared on a hit: no is_inference() per look-up. A key without
+    # tensors (most are a name and a step id) is its own memo key. The exact-type tests are the fast path,
+    # isinstance catches subclasses; (name, part) and (name, part, part) keys, the most common shapes, are
+    # keyed without a loop (the same memo keys and entries as _cached_by_tensors makes)
+    length = len(key)
+    if length == 3 and type(key[0]) is str:
+        first, second = key[1], key[2]
+        kind = type(first)
+        first_is_tensor = kind is _Tensor or (kind not in _NOT_TENSORS and isinstance(first, _Tensor))
+        kind = type(second)
+        second_is_tensor = kind is _Tensor or (kind not in _NOT_TENSORS and isinstance(second, _Tensor))
+        if first_is_tensor and second_is_tensor:
+            memo_key = (key[0], id(first), id(second))
+            hit = memo.get(memo_key)
+            if hit is not None:
+                versions = hit[2]
+                version = versions[0]
+                if version is None or version == first._version:
+                    version = versions[1]
+                    if version is None or version == second._version:
+                        return hit[0]
+            versions = [
+                None if first.is_inference() else first._version,
+                None if second.is_inference() else second._version,
+            ]
+            value = compute()
+            memo[memo_key] = (value, key, versions)
+            return value
+        if first_is_tensor or second_is_tensor:
+            tensor = first if first_is_tensor else second
+            memo_key = (key[0], id(first), second) if first_is_tensor else (key[0], first, id(second))
+            hit = memo.get(memo_key)
+            if hit is not None:
+                version = hit[2][0]
+                if version is None or version == tensor._version:
+                    return hit[0]
+            versions = [None if tensor.is_inference() else tensor._version]
+            value = compute()
+            memo[memo_key] = (value, key, versions)
+            return value
+    elif length == 2 and type(key[0]) is str:
         part = key[1]
         kind = type(part)
         if kind is _Tensor or (kind not in _NOT_TENSORS and isinstance(part, _Tensor)):
-            memo_key: tuple[Any, ...] = (key[0], (id(part), None if part.is_inference() else part._version))
-        else:
-            memo_key = key
+            memo_key: tuple[Any, ...] = (key[0], id(part))
+            hit = memo.get(memo_key)
+            if hit is not None:
+                version = hit[2]
+                if version is None or version == part._version:
+                    return hit[0]
+            version = None if part.is_inference() else part._version
+            value = compute()
+            memo[memo_key] = (value, key, version)
+            return value
     else:
-        memo_key = key
         for part in key:  # (inlined: most longer keys hold no tensor)
             kind = type(part)
             if kind is _Tensor or (kind not in _NOT_TENSORS and isinstance(part, _Tensor)):
-                parts = []  # _memo_key(key), inlined: a few dozen keys per step hold a tensor
-                for item in key:
-                    kind = type(item)
-                    if kind is _Tensor or (kind not in _NOT_TENSORS and isinstance(item, _Tensor)):
-                        parts.append((id(item), None if item.is_inference() else item._version))
-                    else:
-                        parts.append(item)
-                memo_key = tuple(parts)
-                break
-    hit = memo.get(memo_key)
+                return _cached_by_tensors(memo, key, compute)
+    hit = memo.get(key)
     if hit is None:
-        hit = memo[memo_key] = (compute(), key)
+        hit = memo[key] = (compute(), key)
     return hit[0]
+
+
+def _cached_by_tensors(memo: _Memo, key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
+    """:func:`cached` for a key of several parts, some of them tensors (a few dozen per step)."""
+    parts = []
+    tensors = []
+    for item in key:
+        kind = type(item)
+        if kind is _Tensor or (kind not in _NOT_TENSORS and isinstance(item, _Tensor)):
+            parts.append(id(item))
+            tensors.append(item)
+        else:
+            parts.append(item)
+    memo_key = tuple(parts)
+    hit = memo.get(memo_key)
+    if hit is not None:
+        for tensor, version in zip(tensors, hit[2], strict=True):
+            if version is not None and version != tensor._version:
+                break
+        else:
+            return hit[0]
+    versions = [None if tensor.is_inference() else tensor._version for tensor in tensors]
+    value = compute()
+    memo[memo_key] = (value, key, versions)
+    return value
 
 
 _Tensor = torch.Tensor
 # the types of the key parts that are not tensors (found without an isinstance call)
-_NOT_TENSORS = frozenset({str, int, float, bool, tuple, type(None), torch.dtype, torch.device})
+_NOT_TENSORS = frozenset({str, int, float, bool, tuple, type(None), torch.dtype, torch.device, torch.Size})
 
 
 def plain(tensor: torch.Tensor) -> torch.Tensor:
@@ -123,11 +184,16 @@ def bool_mask(mask: torch.Tensor) -> torch.Tensor:
     memo = _current_memo()  # cached(("bool", mask), ...), inlined: several calls per step
     if memo is None:
         return plain(mask).bool()
-    memo_key = ("bool", (id(mask), None if mask.is_inference() else mask._version))
+    memo_key = ("bool", id(mask))
     hit = memo.get(memo_key)
-    if hit is None:
-        hit = memo[memo_key] = (plain(mask).bool(), ("bool", mask))
-    return hit[0]
+    if hit is not None:
+        version = hit[2]
+        if version is None or version == mask._version:
+            return hit[0]
+    version = None if mask.is_inference() else mask._version
+    value = plain(mask).bool()
+    memo[memo_key] = (value, ("bool", mask), version)
+    return value
 
 
 def all_true_like(like: torch.Tensor) -> torch.Tensor:
@@ -146,12 +212,17 @@ def f64(tensor: torch.Tensor) -> torch.Tensor:
     memo = _current_memo()
     if memo is None:
         return _f64_copy(tensor)
-    # cached(("f64", tensor), ...) inlined, same key: this runs about fifty times per checked step
-    memo_key = ("f64", (id(tensor), None if tensor.is_inference() else tensor._version))
+    # cached(("f64", tensor), ...) inlined, same key and entry: this runs a few dozen times per checked step
+    memo_key = ("f64", id(tensor))
     hit = memo.get(memo_key)
-    if hit is None:
-        hit = memo[memo_key] = (_f64_copy(tensor), ("f64", tensor))
-    return hit[0]
+    if hit is not None:
+        version = hit[2]
+        if version is None or version == tensor._version:
+            return hit[0]
+    version = None if tensor.is_inference() else tensor._version
+    copy = _f64_copy(tensor)
+    memo[memo_key] = (copy, ("f64", tensor), version)
+    return copy
 
 
 def _f64_copy(tensor: torch.Tensor) -> torch.Tensor:
@@ -169,8 +240,11 @@ def _f64_copy(tensor: torch.Tensor) -> torch.Tensor:
     if (
         memo is not None
     ):  # cached(("source", copy), lambda: tensor), inlined: isfinite(copy) = isfinite(tensor)
-        key = ("source", copy)
-        memo.setdefault(("source", (id(copy), None if copy.is_inference() else copy._version)), (tensor, key))
+        memo_key = ("source", id(copy))
+        version = None if copy.is_inference() else copy._version
+        hit = memo.get(memo_key)
+        if hit is None or (hit[2] is not None and hit[2] != version):  # (an entry at this version stays)
+            memo[memo_key] = (tensor, ("source", copy), version)
     return copy
 
 
@@ -207,10 +281,12 @@ def host_view(tensor: torch.Tensor) -> np.ndarray | None:
     if memo is not None:
         # the tensor by identity and in-place version counter, as f64 keys it (the entry holds the tensor:
         # its id cannot be reused while the cache is open); a tensor viewed before passed the tests below
-        memo_key = ("host_view", id(tensor), None if tensor.is_inference() else tensor._version)
+        memo_key = ("host_view", id(tensor))
         hit = memo.get(memo_key)
         if hit is not None and not tensor.requires_grad:
-            return hit[0]
+            version = hit[2]
+            if version is None or version == tensor._version:
+                return hit[0]
     # is_cpu: device.type == "cpu" without a device object
     if (
         tensor.is_cpu
@@ -220,8 +296,9 @@ def host_view(tensor: torch.Tensor) -> np.ndarray | None:
     ):
         if memo is None:
             return tensor.numpy()
+        version = None if tensor.is_inference() else tensor._version
         view = tensor.numpy()
-        memo[memo_key] = (view, tensor)
+        memo[memo_key] = (view, tensor, version)
         return view
     return None
 

@@ -90,14 +90,15 @@ def count_true_per_slice(mask: torch.Tensor) -> torch.Tensor:
 
 def valid_finite(step: TraceStep, values: torch.Tensor) -> torch.Tensor:
     """``token_mask(step, values) & torch.isfinite(values)``, shared between the checks of one step."""
-    memo = _current_memo()  # _source(values), its cache hit inlined
-    hit = (
-        None
-        if memo is None
-        else memo.get(("source", (id(values), None if values.is_inference() else values._version)))
-    )
-    source = _source(values) if hit is None else hit[0]
-    if _is_known_finite(finite_sources(step), source):  # every value finite: the same mask as token_mask's
+    memo = _current_memo()  # _source(values), its cache hit inlined (the same entry: see cached)
+    hit = None if memo is None else memo.get(("source", id(values)))
+    if hit is not None and (hit[2] is None or hit[2] == values._version):
+        source = hit[0]
+    else:
+        source = _source(values)
+    hit = None if memo is None else memo.get(("finite_sources", id(step)))  # finite_sources(step)'s hit
+    sources = finite_sources(step) if hit is None else hit[0]
+    if _is_known_finite(sources, source):  # every value finite: the same mask as token_mask's
         return token_mask(step, source)
     return cached(("valid_finite", id(step), source), lambda: token_mask(step, source) & finite_mask(source))
 
@@ -110,11 +111,16 @@ def _memo_of(name: str, tensor: torch.Tensor, compute: Callable[[torch.Tensor], 
         return compute(tensor)
     if not isinstance(tensor, torch.Tensor):  # (not a tensor: keyed as cached keys it)
         return cached((name, tensor), lambda: compute(tensor))
-    memo_key = (name, (id(tensor), None if tensor.is_inference() else tensor._version))
+    memo_key = (name, id(tensor))
     hit = memo.get(memo_key)
-    if hit is None:
-        hit = memo[memo_key] = (compute(tensor), (name, tensor))
-    return hit[0]
+    if hit is not None:
+        version = hit[2]  # (None: an inference tensor)
+        if version is None or version == tensor._version:
+            return hit[0]
+    version = None if tensor.is_inference() else tensor._version
+    value = compute(tensor)
+    memo[memo_key] = (value, (name, tensor), version)
+    return value
 
 
 def _has_true(mask: torch.Tensor) -> bool:
@@ -126,11 +132,16 @@ def any_true(mask: torch.Tensor) -> bool:
     memo = _current_memo()  # _memo_of("any", mask, _has_true), inlined: the same memo key
     if memo is None or type(mask) is not torch.Tensor:
         return _memo_of("any", mask, _has_true)
-    memo_key = ("any", (id(mask), None if mask.is_inference() else mask._version))
+    memo_key = ("any", id(mask))
     hit = memo.get(memo_key)
-    if hit is None:
-        hit = memo[memo_key] = (count_true(mask) > 0, ("any", mask))
-    return hit[0]
+    if hit is not None:
+        version = hit[2]  # (None: an inference tensor)
+        if version is None or version == mask._version:
+            return hit[0]
+    version = None if mask.is_inference() else mask._version
+    value = count_true(mask) > 0
+    memo[memo_key] = (value, ("any", mask), version)
+    return value
 
 
 _CONSTANTS: dict[tuple[float, torch.dtype, torch.device], torch.Tensor] = {}
@@ -565,19 +576,22 @@ def unscorable_rows(step: TraceStep) -> torch.Tensor | None:
 
 def completion_bool(step: TraceStep) -> torch.Tensor:
     """``completion_mask`` as bool, shared between the checks of one step (with :func:`token_mask`)."""
-    return bool_mask(step["completion_mask"])
+    return bool_mask(step.tensors["completion_mask"])  # (step[...] without its method call)
 
 
 def token_mask(step: TraceStep, like: torch.Tensor) -> torch.Tensor:
     """(B, T) bool of the tokens a per-token tensor ``like`` is meaningful on (all True if no mask)."""
-    if step.has("completion_mask") and step["completion_mask"].shape == like.shape:
-        return completion_bool(step)
+    tensors = step.tensors  # step.has(name) and step[name], without their method calls
+    if "completion_mask" in tensors:
+        mask = tensors["completion_mask"]
+        if mask.shape == like.shape:
+            return bool_mask(mask)  # completion_bool(step)
     return all_true_like(like)
 
 
 def loss_mask(step: TraceStep, spec: GRPOSpec | None) -> torch.Tensor | None:
     """(B, T) bool of the tokens the loss may train on: completion_mask ∧ tool_mask (∧ ¬truncated)."""
-    if not step.has("completion_mask"):
+    if "completion_mask" not in step.tensors:  # not step.has("completion_mask")
         return None
     truncation = spec is not None and spec.mask_truncated_completions
     memo = _current_memo()  # cached(("loss_mask", id(step), truncation), ...), inlined
@@ -684,7 +698,9 @@ def known_finite(step: TraceStep, *names: str) -> bool:
         entry = sources.get(id(tensor))
         if entry is None or entry[0] is not tensor:
             return False
-        if entry[1] != (None if tensor.is_inference() else tensor._version):
+        # the recorded version is None for an inference tensor (it stays one: no version to compare)
+        version = entry[1]
+        if version is not None and version != tensor._version:
             return False
     return True
 
@@ -699,7 +715,8 @@ def _is_known_finite(sources: dict[int, tuple[torch.Tensor, int | None]], tensor
     entry = sources.get(id(tensor))
     if entry is None or entry[0] is not tensor:
         return False
-    return entry[1] == (None if tensor.is_inference() else tensor._version)  # _version(tensor), inlined
+    version = entry[1]  # None: an inference tensor, which stays one (no version to compare)
+    return version is None or version == tensor._version
 
 
 def _flatten_all(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -715,28 +732,37 @@ _flatten_dense: Callable[[list[torch.Tensor]], torch.Tensor] = getattr(
 
 
 def _finite_sources(step: TraceStep) -> dict[int, tuple[torch.Tensor, int | None]]:
-    checked = []
+    sources = {}
     plains = []
     elements = 0
     for name, tensor in step.tensors.items():  # _is_float_tensor and plain, inlined: once per tensor
         if name in _FINITE_CHECKED and isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-            checked.append(tensor)
+            sources[id(tensor)] = (tensor, None if tensor.is_inference() else tensor._version)  # _version()
             plains.append(tensor.detach() if tensor.requires_grad else tensor)
             elements += tensor.numel()
-    if not checked or elements > _SMALL_SLICE:
+    if not plains or elements > _SMALL_SLICE:
         return {}
-    for tensor in checked:  # (all on the CPU: one device, without device objects; a loop, not a generator)
+    for tensor in plains:  # (all on the CPU: one device, without device objects; a loop, not a generator)
         if not tensor.is_cpu:
-            device = checked[0].device
-            if any(t.device != device for t in checked):
+            device = plains[0].device
+            if any(t.device != device for t in plains):
                 return {}
             break
-    # one sum over all of them: finite only if every term is (NaN and ±inf propagate; a finite sum that
-    # overflows only sends callers to their general path); flattened into one tensor by one C++ call
-    total = _flatten_dense(plains).sum()
-    if not math.isfinite(float(total)):
+    # all of them flattened into one tensor by one C++ call, then one test of every value: numpy's isfinite
+    # where the flattened dtype has a numpy one (exact, no warning), else one sum, finite only if every term
+    # is (NaN and ±inf propagate; a finite sum that overflows only sends callers to their general path)
+    flat = _flatten_dense(plains)
+    if flat.is_cpu and flat.dtype in _NUMPY_FLOATS:
+        if not _all_of(_isfinite_np(flat.numpy())):
+            return {}
+    elif not math.isfinite(float(flat.sum())):
         return {}
-    return {id(t): (t, None if t.is_inference() else t._version) for t in checked}
+    return sources
+
+
+_NUMPY_FLOATS = frozenset((torch.float64, torch.float32, torch.float16))
+_isfinite_np = np.isfinite
+_all_of = np.logical_and.reduce
 
 
 def finite_outcome(
@@ -761,13 +787,17 @@ def finite_outcome(
             # _is_float_tensor(step.get(name)) and known_finite(step, name), inlined: seven checks per step
             for name in names:
                 tensor = tensors.get(name)
-                if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
-                    entry = sources.get(id(tensor))
-                    if entry is None or entry[0] is not tensor:
-                        break
-                    if entry[1] != (None if tensor.is_inference() else tensor._version):
-                        break
-                    checked.append(name)
+                if tensor is None:  # (absent: not a floating tensor)
+                    continue
+                entry = sources.get(id(tensor))
+                if entry is not None and entry[0] is tensor:  # a tensor (the sources hold tensors only)
+                    if tensor.is_floating_point():
+                        version = entry[1]  # (None: an inference tensor, which stays one)
+                        if version is not None and version != tensor._version:
+                            break
+                        checked.append(name)
+                elif isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+                    break  # a floating tensor not known finite: the loop below judges
             else:
                 if checked:  # passed(...), without its call
                     return Outcome(_PASS, f"all finite: {', '.join(checked)}", 0.0, 0.0, None, None, {})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import torch
 
 from grpo_check.config import GRPOSpec
@@ -145,9 +146,9 @@ def _zero_sum_lists(
     if rows is None:
         sums, abs_sums = _group_sum(groups, clean).tolist(), _group_abs_sum(groups, clean).tolist()
     else:  # the same additions in the same order as Groups.sum's, |·| of float64s alike
-        sums, abs_sums = groups.sum_list(rows), groups.sum_list([abs(value) for value in rows])
+        sums, abs_sums = groups.sum_list(rows), groups.sum_list(list(map(abs, rows)))
     allowed = [base + rtol * value for value in abs_sums]
-    return sums, [abs(value) for value in sums], allowed
+    return sums, list(map(abs, sums)), allowed
 
 
 def _row_list(groups: Groups, values: torch.Tensor) -> list[float] | None:
@@ -278,7 +279,7 @@ def bounded(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | None =
     rtol, atol = rtol_atol(step["advantages"].dtype)
     allowed = tolerance if tolerance is not None else bound * (1 + rtol) + atol
     if known_finite(step, "advantages") and few_rows(advantages):  # max |A| of finite Python floats
-        figure = max([abs(value) for value in _rows(groups, advantages)])
+        figure = max(map(abs, _rows(groups, advantages)))
         if figure <= allowed:
             return passed(f"max |A| = {fmt(figure)} within the G={size} bound", figure, allowed)
     if known_finite(step, "advantages"):  # the mask below is all True: where() would change nothing
@@ -511,11 +512,12 @@ def epsilon_negligible(step: TraceStep, spec: GRPOSpec | None, *, tolerance: flo
         square_sums, numerator_sums = _moment_lists(stats, clean)
         # x.clamp(min=m) is m where x < m, else x (NaN included); the divisor is ≥ 1. The square root stays
         # torch's (its float64 sqrt is not always math.sqrt's correctly rounded one), on as many numbers
+        # (numpy's conversion of Python floats is exact and costs less than torch.tensor's)
         variances = [
             square / (1.0 if c - 1.0 < 1.0 else c - 1.0)
             for square, c in zip(square_sums, counts, strict=True)
         ]
-        stds = torch.sqrt(torch.tensor(variances, dtype=torch.float64)).tolist()
+        stds = torch.from_numpy(np.array(variances, dtype=np.float64)).sqrt().tolist()
         slopes = [n / (1e-300 if s < 1e-300 else s) for n, s in zip(numerator_sums, square_sums, strict=True)]
         if effective.scale_rewards == "group" or (effective.scale_rewards == "batch" and batch_std is None):
             retention = [slope * scale for slope, scale in zip(slopes, stds, strict=True)]
@@ -838,7 +840,7 @@ def _sign_exit(stats: GroupRewardStats, relative: float, least: float) -> Outcom
     judged row has the wrong sign, left to the tensor operations to locate): a row is judged where
     |r − mean| > relative·max(max |r|, 1e-12) and |A| > ``least``, wrong where sign(A) ≠ sign(r − mean)."""
     rewards = _rows(stats.groups, stats.rewards)
-    threshold = relative * max(max(abs(value) for value in rewards), 1e-12)
+    threshold = relative * max(max(map(abs, rewards)), 1e-12)
     if stats.every_group_whole:
         in_whole = None
     else:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
 from grpo_check.invariants._common import (
     Outcome,
+    _count_nonzero,
     argmax_2d,
     completion_bool,
     count_true,
@@ -49,7 +49,7 @@ def masks_binary(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | N
         values = plain(mask)
         view = host_view(values) if values.dtype in _SIGNED else None
         if view is not None:  # a signed integer is 0 or 1 exactly when no bit but the lowest is set
-            if not np.count_nonzero(view & -2):
+            if not _count_nonzero(view & -2):
                 continue
         elif not values.is_floating_point() and not values.is_complex() and values.numel():
             low, high = torch.aminmax(values)  # integers between 0 and 1 are 0 and 1: nothing to locate
@@ -85,7 +85,7 @@ def mask_prefix(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | No
     if mask.dim() != 2:
         return malformed(f"completion_mask must be (B, T), got shape {tuple(mask.shape)}")
     view = host_view(mask)
-    if view is not None and not np.count_nonzero(view[:, 1:] > view[:, :-1]):  # the same test, in numpy
+    if view is not None and not _count_nonzero(view[:, 1:] > view[:, :-1]):  # the same test, in numpy
         return passed(f"all {mask.shape[0]} rows are prefixes", 0.0, 0.0)
     restarts = mask[:, 1:] > mask[:, :-1]  # a 1 after a 0 (True > False: one operation for a & ~b)
     if not count_true(restarts):

@@ -18,6 +18,7 @@ from grpo_check.config import GRPOSpec
 from grpo_check.findings import Verdict
 from grpo_check.invariants._common import (
     Outcome,
+    _count_nonzero,
     argmax_2d,
     cached,
     count_true,
@@ -44,6 +45,7 @@ from grpo_check.invariants.registry import register
 from grpo_check.trace.model import TraceStep
 
 _SIGN_LOSS_TYPES = (*CLIP_LOSS_TYPES, "cispo", "sapo")
+_maximum_reduce = np.maximum.reduce
 _BOUNDARY_MARGIN = 1e-4  # relative distance to a clip boundary below which a token is not judged
 _KL_DOMINANCE = 2.0  # the policy term must exceed the largest possible KL term by this factor
 
@@ -133,10 +135,12 @@ def _zero_outside_host(grad: torch.Tensor, mask: torch.Tensor, allowed: float) -
     if values is None or keep is None or values.size == 0:
         return None
     masked_out = ~keep
-    figure = float(np.where(masked_out, np.abs(values), -1.0).max())
+    # the largest |value| at masked-out positions, −1 (the fill) when there are none: the same maximum as
+    # where-then-max (|value| ≥ 0 > −1 and no NaN: the gradient is known finite), in one reduction
+    figure = float(_maximum_reduce(np.abs(values), axis=None, initial=-1.0, where=masked_out))
     if figure > allowed:
         return None
-    count = int(np.count_nonzero(masked_out))
+    count = int(_count_nonzero(masked_out))
     return passed(f"no gradient on {count} masked-out position(s)", max(figure, 0.0), allowed)
 
 
@@ -373,6 +377,12 @@ def _sampler_positive_host(step: TraceStep, shape: tuple[int, ...]) -> np.ndarra
     return sampler > 0.0
 
 
+# 0·inf, inf − inf: NaN without a warning, as in torch (np.errstate as a decorator: no context-manager object
+# per call)
+_quiet = np.errstate(all="ignore")
+
+
+@_quiet
 def _sign_matches_host(
     step: TraceStep, spec: GRPOSpec, grad: torch.Tensor, ratio: torch.Tensor, mask: torch.Tensor, atol: float
 ) -> Outcome | None:
@@ -398,16 +408,20 @@ def _sign_matches_host(
         if kl_bound is None:
             return None
         decidable &= policy_scale > _KL_DOMINANCE * kl_bound
-    count = int(np.count_nonzero(decidable))
+    count = int(_count_nonzero(decidable))
     if count == 0:
         return inconclusive("no token where the policy term alone decides the gradient sign")
-    if np.count_nonzero(decidable & (values * advantages > 0.0)):
-        return None
-    if step.has("completion_mask") and np.count_nonzero(decidable & (values == 0.0)):
+    if step.has("completion_mask"):
+        # a product of the sign of A, or a zero gradient (its product is ±0), in one test: ≥ 0 (finite
+        # factors: no NaN). A product that underflows to ±0 is sent to the torch path too, which judges it
+        if _count_nonzero(decidable & (values * advantages >= 0.0)):
+            return None
+    elif _count_nonzero(decidable & (values * advantages > 0.0)):
         return None
     return passed(f"{count} unclipped token(s): sign(∂L/∂logp) = −sign(A)", 0.0, 0.0, decidable_tokens=count)
 
 
+@_quiet
 def _kl_sign_host(
     step: TraceStep, spec: GRPOSpec, grad: torch.Tensor, ratio: torch.Tensor, mask: torch.Tensor, floor: float
 ) -> Outcome | None:
@@ -441,10 +455,10 @@ def _kl_sign_host(
     dominated = (advantages == 0.0) | region | (kl_gradient_abs > _KL_DOMINANCE * policy_scale)
     direction_abs = abs_slope if unweighted else np.abs(direction)
     judged = keep & dominated & ~near & (direction_abs > floor) & (values != 0.0)
-    count = int(np.count_nonzero(judged))
+    count = int(_count_nonzero(judged))
     if count == 0:
         return not_applicable("no token where the KL penalty alone decides the gradient")
-    if np.count_nonzero(judged & (values * direction < 0.0)):
+    if _count_nonzero(judged & (values * direction < 0.0)):
         return None
     return passed(f"{count} KL-dominated token(s) move towards the reference", 0.0, 0.0, judged_tokens=count)
 
@@ -478,8 +492,7 @@ def sign_matches_advantage(
     mask = token_mask(step, logps_grad) if mask is None or mask.shape != logps_grad.shape else mask
     _, atol = rtol_atol(step["advantages"].dtype)
     if effective.loss_type in CLIP_LOSS_TYPES and known_finite(step, "advantages", "logps_grad"):
-        with np.errstate(all="ignore"):  # 0·inf, inf − inf: NaN without a warning, as in torch
-            outcome = _sign_matches_host(step, effective, _host_grad(logps_grad), ratio, mask, atol)
+        outcome = _sign_matches_host(step, effective, _host_grad(logps_grad), ratio, mask, atol)
         if outcome is not None:
             return outcome
     grad = f64(logps_grad)
@@ -743,15 +756,9 @@ def kl_sign_where_kl_dominates(
     if ratio is not None and effective.loss_type in CLIP_LOSS_TYPES and known_finite(step, "logps_grad"):
         mask = loss_mask(step, spec)
         mask = token_mask(step, logps_grad) if mask is None or mask.shape != logps_grad.shape else mask
-        with np.errstate(all="ignore"):  # 0·inf, inf − inf: NaN without a warning, as in torch
-            outcome = _kl_sign_host(
-                step,
-                effective,
-                _host_grad(logps_grad),
-                ratio,
-                mask,
-                tolerance if tolerance is not None else 1e-6,
-            )
+        outcome = _kl_sign_host(
+            step, effective, _host_grad(logps_grad), ratio, mask, tolerance if tolerance is not None else 1e-6
+        )
         if outcome is not None:
             return outcome
     grad = f64(logps_grad)

@@ -128,14 +128,17 @@ def _host_extremes(values: torch.Tensor, valid: torch.Tensor) -> tuple[float, fl
     view, keep = host_view(values), host_view(valid)
     if view is None or keep is None or view.shape != keep.shape or view.size == 0:
         return None
-    lowest = _maximum_reduce(np.negative(view), axis=None, initial=-np.inf, where=keep)
-    if lowest == 0.0:
+    # min and max over the valid values, two reductions: the largest of −v is −min v (negation is exact),
+    # and max |v| over finite values (with 0, the fill) is the largest of 0, max v and −min v
+    lowest = float(_minimum_reduce(view, axis=None, initial=np.inf, where=keep))
+    if lowest == 0.0 or lowest != lowest:  # (a NaN, which valid leaves out: the torch path, as any doubt)
         return None
-    scale = _maximum_reduce(np.absolute(view), axis=None, initial=0.0, where=keep)
-    return float(scale), -float(lowest)
+    highest = float(_maximum_reduce(view, axis=None, initial=-np.inf, where=keep))
+    return max(0.0, highest, -lowest), lowest
 
 
 _maximum_reduce = np.maximum.reduce
+_minimum_reduce = np.minimum.reduce
 
 
 @register(

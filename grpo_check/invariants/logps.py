@@ -68,15 +68,21 @@ class _LogpStack:
 def _logp_stack(step: TraceStep) -> _LogpStack | None:
     """The shared :class:`_LogpStack` of the step, or ``None`` when its log-prob tensors cannot be stacked
     (a 16-bit or integer tensor, different shapes or dtypes, or only one tensor: nothing to share)."""
-    names = [name for name in LOGP_NAMES if step.get(name) is not None]
+    tensors = step.tensors  # (step.get and step[name] without their method calls)
+    names = [name for name in LOGP_NAMES if tensors.get(name) is not None]
     if len(names) < 2:
         return None
-    first = step[names[0]]
+    first = tensors[names[0]]
     if first.dim() != 2 or first.dtype not in (torch.float32, torch.float64):
         return None
-    if any(step[name].shape != first.shape or step[name].dtype != first.dtype for name in names):
-        return None
-    return cached(("logp_stack", id(step), *(step[name] for name in names)), lambda: _LogpStack(step, names))
+    shape, dtype = first.shape, first.dtype
+    parts = [first]
+    for name in names[1:]:  # (a loop, not any(genexpr): a call per name)
+        tensor = tensors[name]
+        if tensor.shape != shape or tensor.dtype != dtype:
+            return None
+        parts.append(tensor)
+    return cached(("logp_stack", id(step), *parts), lambda: _LogpStack(step, names))
 
 
 @register(

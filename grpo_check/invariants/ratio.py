@@ -227,10 +227,9 @@ def matches_logps(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | 
     rtol_logps, _ = rtol_atol(step["logps"].dtype)
     logp_scale = masked_abs_max(f64(step["logps"]), mask) if any_true(mask) else 1.0
     if tolerance is None:
-        with np.errstate(all="ignore"):  # inf − inf: NaN without a warning, as in torch
-            outcome = _matches_logps_host(
-                ratio, expected, valid, rtol_ratio + rtol_logps * max(1.0, logp_scale), atol
-            )
+        outcome = _matches_logps_host(
+            ratio, expected, valid, rtol_ratio + rtol_logps * max(1.0, logp_scale), atol
+        )
         if outcome is not None:
             return outcome
     allowed = (
@@ -259,6 +258,8 @@ def matches_logps(step: TraceStep, spec: GRPOSpec | None, *, tolerance: float | 
     )
 
 
+# inf − inf: NaN without a warning, as in torch (np.errstate as a decorator: no context-manager object per call)
+@np.errstate(all="ignore")
 def _matches_logps_host(
     ratio: torch.Tensor, expected: torch.Tensor, valid: torch.Tensor, relative: float, atol: float
 ) -> Outcome | None:
@@ -276,8 +277,13 @@ def _matches_logps_host(
     row, token = divmod(int(excess.argmax()), excess.shape[1])
     if not excess[row, token] <= 0:
         return None
-    figure = float(np.where(keep, error, 0.0).max())
+    # max |error| at valid positions, 0 (the fill) where there are none: where-then-max in one reduction (no
+    # NaN there: its excess would be NaN, and the argmax above finds a NaN first)
+    figure = float(_maximum_reduce(error, axis=None, initial=0.0, where=keep))
     return passed("ratio = exp(logps − old_logps)", figure, float(allowed[row, token]))
+
+
+_maximum_reduce = np.maximum.reduce
 
 
 def _broadcast_advantages(step: TraceStep, like: torch.Tensor) -> torch.Tensor:

@@ -285,15 +285,33 @@ def _present_names(step: TraceStep) -> frozenset[str]:
 
 
 def _collect_present_names(step: TraceStep) -> frozenset[str]:
-    names = {name for name, tensor in step.tensors.items() if tensor is not None}
+    # the step's names as they come (tensor names, then meta keys, then whether there is text): steps of a
+    # run hold the same ones in the same order, and this tuple finds their set without building it again
+    names = [name for name, tensor in step.tensors.items() if tensor is not None]
+    names.append(_APART)  # (tensor names and meta keys apart: either may be any string)
     for key, value in step.meta.items():  # (a loop: a generator costs a call per name)
         if value is not None:
-            names.add(f"meta.{key}")
-    if step.completion_text is not None:
+            names.append(key)
+    names.append(step.completion_text is not None)
+    listed = tuple(names)
+    present = _PRESENT_BY_LISTING.get(listed)
+    if present is None:
+        if len(_PRESENT_BY_LISTING) >= 256:
+            _PRESENT_BY_LISTING.clear()
+        present = _PRESENT_BY_LISTING[listed] = _present_set(listed)
+    return present
+
+
+def _present_set(listed: tuple[Any, ...]) -> frozenset[str]:
+    """The present names of a step listed as :func:`_collect_present_names` lists them: its tensors,
+    ``meta.<key>`` and ``completion_text``, as one object per distinct set (each check's memo by present
+    names then finds it by identity instead of comparing two sets element by element)."""
+    split = listed.index(_APART)
+    names = set(listed[:split])
+    names.update(f"meta.{key}" for key in listed[split + 1 : -1])
+    if listed[-1]:
         names.add("completion_text")
     present = frozenset(names)
-    # one object per distinct set (steps of a run hold the same names): each check's memo by present names
-    # then finds it by identity instead of comparing two sets element by element
     interned = _PRESENT_SETS.get(present)
     if interned is None:
         if len(_PRESENT_SETS) >= 256:
@@ -302,7 +320,9 @@ def _collect_present_names(step: TraceStep) -> frozenset[str]:
     return interned
 
 
+_APART = object()
 _PRESENT_SETS: dict[frozenset[str], frozenset[str]] = {}
+_PRESENT_BY_LISTING: dict[tuple[Any, ...], frozenset[str]] = {}
 
 
 def _step_where(step: TraceStep) -> Where:

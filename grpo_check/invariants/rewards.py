@@ -96,11 +96,16 @@ def total_is_weighted_sum(
         if not bool(scorable.any()):
             return inconclusive("no scorable row")
     rtol, atol = rtol_atol(step["rewards"].dtype)
-    scale = weighted.abs().nansum(1)
     if few_rows(total):  # per-row figures as Python floats: the same IEEE operations as below
         # (the list keyed as the advantage checks key the rows they read: made once per step)
         totals, sums = cached(("row_list", total), total.tolist), expected.tolist()
-        allowances = [atol + rtol * value for value in scale.tolist()]
+        if unit and every_row and per_func.shape[1] <= 2:
+            # Σ|r| of one or two finite values per row: |a| + |b| in either order and 0 + |a| are |a| + |b|
+            # and |a| exactly (non-negative terms), so the rows' own floats give nansum's numbers
+            scales = [sum(map(abs, row)) for row in per_func.tolist()]
+        else:
+            scales = weighted.abs().nansum(1).tolist()
+        allowances = [atol + rtol * value for value in scales]
         errors = [abs(t - e) for t, e in zip(totals, sums, strict=True)]
         if every_row:
             excesses = [error - allowance for error, allowance in zip(errors, allowances, strict=True)]
@@ -115,7 +120,7 @@ def total_is_weighted_sum(
             return passed("total reward equals the weighted sum", figure, allowances[row])
         error, row_allowed, row_total, row_expected = errors[row], allowances[row], totals[row], sums[row]
     else:
-        allowed = atol + rtol * scale
+        allowed = atol + rtol * weighted.abs().nansum(1)
         error_abs = (total - expected).abs()
         excess = error_abs - allowed if every_row else where_fill(scorable, error_abs - allowed, -torch.inf)
         row, _ = argmax_2d(excess)

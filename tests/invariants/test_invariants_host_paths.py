@@ -113,6 +113,11 @@ _BREAKS: dict[str, Callable[[TraceStep], None]] = {
         "advantages", lambda s: s["advantages"].unsqueeze(1).expand_as(s["logps"]).contiguous()
     ),
     "on_policy": _on_policy,
+    # a float64 gradient of the right sign whose product with A underflows to −0.0 (and one that is 0.0)
+    "underflowing_grad": _set(
+        "logps_grad",
+        lambda s: -torch.sign(s["advantages"].double()).reshape(-1, 1).expand_as(s["logps"]) * 5e-324,
+    ),
 }
 
 
@@ -205,6 +210,19 @@ def test_kl_nonnegative_decides_a_clean_step_in_numpy() -> None:
     )
     assert kl._host_extremes(torch.zeros_like(values), valid) is None  # a zero minimum: torch decides
     assert kl._host_extremes(values.bfloat16(), valid) is None  # no numpy view
+    # the minimum and maximum give the torch figures whichever sign and dtype holds the largest |value|
+    flipped = values.clone()
+    flipped[0, 0] = -5.0
+    for case in (values, -values - 1.0, flipped, values.double(), flipped.double(), values + 1.0):
+        for mask in (valid, torch.ones_like(valid), torch.zeros_like(valid)):
+            expected = (
+                float(torch.where(mask, case.abs(), 0.0).max()),
+                -float(torch.where(mask, -case, -torch.inf).max()),
+            )
+            assert kl._host_extremes(case, mask) == expected, (case, mask)
+    with_nan = values.clone()
+    with_nan[0, 0] = float("nan")
+    assert kl._host_extremes(with_nan, torch.ones_like(valid)) is None  # a NaN: the torch path decides
 
 
 def test_logps_nonpositive_takes_the_tops_of_a_clean_stack_in_numpy() -> None:
@@ -222,3 +240,35 @@ def test_logps_nonpositive_takes_the_tops_of_a_clean_stack_in_numpy() -> None:
     step.tensors["logps"][0, 0] = 0.0
     with step_cache():
         assert logps._stack_tops_host(logps._logp_stack(step)) is None
+
+
+def test_logp_stack_refuses_what_it_cannot_stack_and_changes_no_finding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stack holds the step's 2-D float32/float64 log-prob tensors of one shape and dtype (two or more);
+    with it or without it (per tensor), the log-prob checks find the same."""
+    from grpo_check._step_cache import step_cache
+
+    spec = _spec(loss_type="dapo", beta=0.04)
+    step = make_step(spec, n_prompts=2, completion_length=7, vocab_size=20, seed=3)
+    mixed_dtype = copy.deepcopy(step)
+    mixed_dtype.tensors["ref_logps"] = step["ref_logps"].double()
+    mixed_shape = copy.deepcopy(step)
+    mixed_shape.tensors["sampler_logps"] = step["sampler_logps"][:, :-1]
+    alone = TraceStep(tensors={"logps": step["logps"], "completion_mask": step["completion_mask"]})
+    halves = copy.deepcopy(step)
+    for name in logps.LOGP_NAMES:
+        halves.tensors[name] = step[name].half()
+    positive = copy.deepcopy(step)
+    positive.tensors["old_logps"] = step["old_logps"].abs()
+    with step_cache():
+        stack = logps._logp_stack(step)
+        assert stack is not None and stack.names == list(logps.LOGP_NAMES)
+        assert torch.equal(stack.values, torch.stack([step[name] for name in logps.LOGP_NAMES]))
+        for refused in (mixed_dtype, mixed_shape, alone, halves):
+            assert logps._logp_stack(refused) is None
+    cases = (step, mixed_dtype, mixed_shape, alone, halves, positive)
+    checks = ["logps.nonpositive", "logps.bf16_quantised"]
+    stacked = [[repr(f) for f in run_invariants(case, spec, checks=checks)] for case in cases]
+    monkeypatch.setattr(logps, "_logp_stack", lambda step: None)
+    assert [[repr(f) for f in run_invariants(case, spec, checks=checks)] for case in cases] == stacked

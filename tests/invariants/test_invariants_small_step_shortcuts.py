@@ -89,6 +89,27 @@ def _variants() -> list[tuple[str, TraceStep, GRPOSpec | None]]:
         ("mask_int8_binary", with_tensors(step, prompt_mask=mask.to(torch.int8)), spec),
         ("mask_uint8", with_tensors(step, completion_mask=(mask * 3).to(torch.uint8)), spec),
         ("mask_bool_holed", with_tensors(step, completion_mask=holed.bool()), spec),
+        ("one_function", with_tensors(step, rewards_per_func=rewards.unsqueeze(1)), spec),
+        ("one_function_flat", with_tensors(step, rewards_per_func=rewards.clone()), spec),
+        (
+            "three_functions",
+            with_tensors(step, rewards_per_func=torch.cat([per_func, -per_func[:, :1] / 3], 1)),
+            spec,
+        ),
+        (
+            "signed_rewards",
+            with_tensors(step, rewards_per_func=per_func * -0.7, rewards=rewards * -0.7),
+            spec,
+        ),
+        (
+            "zero_rewards",
+            with_tensors(
+                step,
+                rewards_per_func=torch.where(per_func > 0, -0.0, 0.0),
+                rewards=torch.zeros_like(rewards),
+            ),
+            spec,
+        ),
         ("weights", with_tensors(step, reward_weights=torch.tensor([0.5, 2.0])), spec),
         ("weights_wrong", with_tensors(step, reward_weights=torch.tensor([0.5, 2.0]), rewards=rewards), spec),
         ("empty", with_tensors(step, **{k: v[:0] for k, v in step.tensors.items() if v.dim()}), spec),

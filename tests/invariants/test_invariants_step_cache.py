@@ -174,7 +174,8 @@ def test_checking_a_captured_step_converts_each_tensor_to_float64_once(monkeypat
     assert per_step_tensor and len(per_step_tensor) == len(set(per_step_tensor))
 
 
-def test_step_all_finite_decides_from_the_checked_tensors() -> None:
+def test_step_all_finite_decides_from_the_checked_tensors(monkeypatch) -> None:
+    import grpo_check.invariants._common as common
     from grpo_check.invariants._common import step_all_finite
 
     built = build_step(seed=3, prompts=2, G=4, T=5)
@@ -185,10 +186,18 @@ def test_step_all_finite_decides_from_the_checked_tensors() -> None:
     assert not step_all_finite(broken)
     finding = REGISTRY["logps.finite"].run(broken, built.spec)[0]
     assert finding.verdict in (Verdict.FAIL, Verdict.WARN)
-    # a float sum that overflows is not taken for a non-finite value's: the per-tensor path decides
+    # finite values whose sum overflows: numpy's isfinite tells them finite (exact); a bfloat16 step (no numpy
+    # dtype) is summed instead, and a sum that overflows sends the checks to their general path
     huge = with_tensors(built.step, rewards=torch.full_like(built.step["rewards"], 3e38))
-    assert not step_all_finite(huge)
-    assert REGISTRY["rewards.finite"].run(huge, built.spec)[0].verdict is Verdict.PASS
+    assert step_all_finite(huge)
+    halves = {name: t.bfloat16() for name, t in huge.tensors.items() if t.is_floating_point()}
+    huge_halves = with_tensors(huge, **halves)
+    assert torch.isinf(huge_halves["rewards"].sum()) and not step_all_finite(huge_halves)
+    for step in (huge, huge_halves):
+        assert REGISTRY["rewards.finite"].run(step, built.spec)[0].verdict is Verdict.PASS
+    fast = [[repr(f) for f in run_invariants(step, built.spec)] for step in (huge, huge_halves)]
+    monkeypatch.setattr(common, "_finite_sources", lambda step: {})
+    assert [[repr(f) for f in run_invariants(step, built.spec)] for step in (huge, huge_halves)] == fast
 
 
 def test_small_step_shortcuts_give_the_general_findings(monkeypatch):
@@ -216,6 +225,31 @@ def test_a_tensor_changed_in_place_is_not_known_finite():
         assert not known_finite(step, "logps") and not step_all_finite(step)
         finding = REGISTRY["logps.finite"].run(step, built.spec)[0]
         assert finding.verdict in (Verdict.FAIL, Verdict.WARN)
+
+
+def test_inference_tensors_are_known_finite_without_a_version_and_give_the_general_findings(monkeypatch):
+    """A step of inference tensors (no version counter) is known finite as a normal one is; its findings,
+    correct and broken, are those of the general per-tensor path."""
+    import grpo_check.invariants._common as common
+    from grpo_check.invariants._common import finite_outcome, known_finite, step_all_finite
+
+    built = build_step(seed=3, prompts=2, G=4, T=5)
+    with torch.inference_mode():
+        frozen = with_tensors(built.step, **{name: t.clone() for name, t in built.step.tensors.items()})
+        nan_logps = frozen["logps"].clone()
+        nan_logps[1, 2] = float("nan")
+    broken = with_tensors(frozen, logps=nan_logps)
+    names = ("logps", "old_logps", "ref_logps", "advantages")
+    with step_cache(frozen):
+        assert frozen["logps"].is_inference() and known_finite(frozen, *names) and step_all_finite(frozen)
+        assert common._is_known_finite(common.finite_sources(frozen), frozen["logps"])
+    with step_cache(broken):
+        assert not known_finite(broken, "logps") and not step_all_finite(broken)
+    fast = [[repr(f) for f in run_invariants(step, built.spec)] for step in (frozen, broken)]
+    fast_outcomes = [repr(finite_outcome(step, names)) for step in (frozen, broken)]
+    monkeypatch.setattr(common, "_finite_sources", lambda step: {})
+    assert [[repr(f) for f in run_invariants(step, built.spec)] for step in (frozen, broken)] == fast
+    assert [repr(finite_outcome(step, names)) for step in (frozen, broken)] == fast_outcomes
 
 
 def test_every_shape_of_key_is_memoised_by_tensor_identity_and_version():
@@ -249,6 +283,69 @@ def test_every_shape_of_key_is_memoised_by_tensor_identity_and_version():
         frozen = torch.ones(2)  # no version counter
         with step_cache():
             assert cached(("i", frozen), compute("i")) == cached(("i", frozen), compute("i again"))
+
+
+def test_entries_record_the_versions_of_every_tensor_of_their_key():
+    """An entry keyed by several tensors is a miss once any of them changed in place, a hit while none did
+    (inference tensors, without a version counter, alike); f64 copies keep pointing at their source and a
+    changed float64 tensor is its own source again."""
+    from grpo_check._step_cache import f64, finite_mask
+    from grpo_check.invariants._common import any_true, valid_finite
+
+    calls: list[str] = []
+
+    def compute(name: str):
+        return lambda: calls.append(name) or name
+
+    x, y = torch.ones(3), torch.zeros(3)
+    with torch.inference_mode():
+        frozen = torch.ones(3)
+    with step_cache():
+        assert cached(("pair", x, y, 1), compute("a")) == "a"
+        assert cached(("pair", x, y, 1), compute("b")) == "a"
+        assert cached(("pair", x, frozen), compute("c")) == cached(("pair", x, frozen), compute("d")) == "c"
+        with torch.no_grad():
+            y.add_(1)
+        assert cached(("pair", x, y, 1), compute("e")) == "e"  # y moved: computed again, then a hit
+        assert cached(("pair", x, y, 1), compute("f")) == "e"
+        with torch.no_grad():
+            x.add_(1)
+        assert cached(("pair", x, frozen), compute("g")) == "g"
+        assert calls == ["a", "c", "e", "g"]
+        parameter = torch.nn.Parameter(torch.ones(2))  # subclasses are tensors in every key shape
+        for key in [
+            ("two", x, y),
+            ("left", x, 5),
+            ("right", 5, y),
+            ("sub", parameter, y),
+            ("size", x, x.shape),
+        ]:
+            assert cached(key, compute(key[0])) == cached(key, compute("again")) == key[0]
+        with torch.no_grad():
+            y.add_(1)
+        assert cached(("two", x, y), compute("two after")) == "two after"
+        assert cached(("right", 5, y), compute("right after")) == "right after"
+        assert cached(("left", x, 5), compute("left again")) == "left"
+        assert cached(("sub", parameter, y), compute("sub after")) == "sub after"
+        assert "again" not in calls
+        half = torch.tensor([1.0, float("nan")], dtype=torch.float16)
+        copy = f64(half)
+        assert finite_mask(copy) is finite_mask(half)  # the copy's mask is its source's
+        doubles = torch.tensor([1.0, 2.0], dtype=torch.float64)
+        assert f64(doubles) is doubles and finite_mask(doubles).all()
+        with torch.no_grad():
+            doubles[0] = float("inf")
+        assert f64(doubles) is doubles and finite_mask(doubles).tolist() == [False, True]
+        mask = torch.tensor([True, False])
+        assert any_true(mask)
+        with torch.no_grad():
+            mask.zero_()
+        assert not any_true(mask)
+        step = TraceStep(tensors={"logps": torch.tensor([[-1.0, float("nan")]])})
+        assert valid_finite(step, f64(step["logps"])).tolist() == [[True, False]]
+        with torch.no_grad():
+            step["logps"][0, 1] = -2.0
+        assert valid_finite(step, f64(step["logps"])).tolist() == [[True, True]]
 
 
 def test_host_view_is_a_view_of_small_cpu_tensors_only(monkeypatch):
@@ -370,6 +467,20 @@ def test_steps_holding_the_same_names_share_one_set_of_present_names():
     assert _collect_present_names(built.step) is _collect_present_names(other)
     fewer = with_tensors(built.step, kl=None)
     assert _collect_present_names(fewer) == _collect_present_names(built.step) - {"kl"}
+    # the same names listed in another order are the same set; a meta key named like a tensor is its meta
+    # name, a None meta value is absent, text is completion_text
+    shuffled = TraceStep(
+        tensors=dict(reversed(list(built.step.tensors.items()))),
+        meta=dict(built.step.meta),
+        completion_text=built.step.completion_text,
+    )
+    assert _collect_present_names(shuffled) is _collect_present_names(built.step)
+    named = TraceStep(tensors={"kl": torch.zeros(1)}, meta={"logps": 1, "step": None, 3: "x"})
+    assert _collect_present_names(named) == {"kl", "meta.logps", "meta.3"}
+    texts = TraceStep(tensors={"kl": torch.zeros(1)}, meta={"logps": 1}, completion_text=["a"])
+    assert _collect_present_names(texts) == {"kl", "meta.logps", "completion_text"}
+    swapped = TraceStep(tensors={"logps": torch.zeros(1)}, meta={"kl": 1})
+    assert _collect_present_names(swapped) == {"logps", "meta.kl"}
     # a check not captured on one step runs on the next that holds its inputs (memo by present names)
     kl_check = REGISTRY["kl.nonnegative"]
     assert run_invariants(fewer, built.spec, ["kl.nonnegative"])[0].verdict is Verdict.NOT_CAPTURED
