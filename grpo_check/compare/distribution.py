@@ -34,7 +34,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from grpo_check._step_cache import f64, host_view
+from grpo_check._step_cache import bool_mask, cached, f64, host_view
+
+AGREEMENT = "sampler_agreement"
+"""Step-cache key of what :func:`sampler_metrics` found on its selection (the masked tokens where both log-probs
+are finite): ``(AGREEMENT, (id(trainer copy), id(sampler copy), id(bool mask)))`` → ((tokens, largest
+|trainer − sampler|, largest |sampler|), the three tensors, which the entry keeps alive so that their ids stay
+theirs). :func:`grpo_check.diagnose._context.close` answers from it instead of comparing the same two float64
+copies on the same selection again (a step cache's float64 copies are never modified in place)."""
 
 
 def sampler_metrics(
@@ -45,17 +52,24 @@ def sampler_metrics(
     Computed in float64 numpy: a handful of reductions, each a fraction of a torch call's overhead on the
     small batches checked live.
     """
-    lp = _float64_array(logps)
-    sp = _float64_array(sampler_logps)
+    trainer, sampler = f64(logps), f64(sampler_logps)
+    lp, sp = _array(trainer), _array(sampler)
+    # x ≠ 0 on the mask's shared view (the invariants read it too); the step's bool mask, x ≠ 0 too, as the key
     mask = (_array(completion_mask) != 0) & np.isfinite(lp) & np.isfinite(sp)
+    tensors = (trainer, sampler, bool_mask(completion_mask))
+    key = (AGREEMENT, (id(tensors[0]), id(tensors[1]), id(tensors[2])))
     n = int(np.count_nonzero(mask))
     if n == 0:
+        cached(key, lambda: ((0, math.nan, math.nan), tensors))
         return {"tokens": 0}
     x, y = lp[mask], sp[mask]
     # (lp − sp)[mask], element for element, without subtracting the masked-out (possibly infinite) elements
     d = x - y
     abs_d = np.abs(d)
     ratio = np.exp(d)
+    max_abs_d = float(np.maximum.reduce(abs_d))  # abs_d.max() without its Python wrapper
+    record = (n, max_abs_d, float(np.maximum.reduce(np.abs(y))))
+    cached(key, lambda: (record, tensors))
     # means as sum / n: what ndarray.mean computes for float64 (add.reduce, then a division by the count),
     # without its Python wrapper on these small arrays
     # Pearson is undefined for a constant vector: JSON null there, or 1 for equal vectors
@@ -70,7 +84,7 @@ def sampler_metrics(
         "tokens": n,
         "mean_d": _mean(d, n),
         "mean_abs_d": _mean(abs_d, n),
-        "max_abs_d": float(np.maximum.reduce(abs_d)),  # abs_d.max() without its Python wrapper
+        "max_abs_d": max_abs_d,
         "k1": _mean(-d, n),
         "k3": _mean(ratio - 1 - d, n),
         "pearson": pearson,
@@ -81,14 +95,8 @@ def sampler_metrics(
     }
 
 
-def _float64_array(tensor: torch.Tensor) -> np.ndarray:
-    """A float64 numpy view of ``tensor`` (of the step's float64 copy while a step cache holds one; read only)."""
-    copy = f64(tensor)
-    return (copy if copy.device.type == "cpu" else copy.cpu()).numpy()
-
-
 def _array(tensor: torch.Tensor) -> np.ndarray:
-    """``tensor`` as a numpy array: a view of a small CPU tensor, else a detached host copy."""
+    """``tensor`` as a numpy array: the step's shared view of a small CPU tensor, else a detached host copy."""
     host = host_view(tensor)
     return host if host is not None else tensor.detach().cpu().numpy()
 
