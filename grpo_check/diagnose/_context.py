@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -42,11 +41,12 @@ class Diagnosis:
     _copies: dict[tuple[str, str], tuple[Any, Any]] = dataclasses.field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    _failed: list[Finding] | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     # -- tensors (one float64 copy per tensor in the step cache :func:`~grpo_check.diagnose.diagnose` opens,
     # shared by the detectors and with the comparison: never modify in place) --------------------------------
     def trainer(self, name: str) -> torch.Tensor | None:
-        value = self.step.get(name)
+        value = self.step.tensors.get(name)  # (the step's dict: no TraceStep.get call per lookup)
         if value is None:
             return None
         hit = self._copies.get(("trainer", name))
@@ -57,7 +57,7 @@ class Diagnosis:
     def recorded(self, name: str) -> torch.Tensor | None:
         """The step's tensor in its own dtype, detached (the float64 copy of a value that is not a tensor): for
         tests that hold in any float dtype (NaN, ±inf, zero), without a float64 copy."""
-        value = self.step.get(name)
+        value = self.step.tensors.get(name)
         if value is None or not isinstance(value, torch.Tensor):
             return None if value is None else as_f64(value)
         return plain(value)
@@ -73,7 +73,7 @@ class Diagnosis:
 
     @property
     def mask(self) -> torch.Tensor | None:
-        m = self.step.get("completion_mask")
+        m = self.step.tensors.get("completion_mask")
         if m is None:
             return None
         hit = self._copies.get(("mask", ""))
@@ -97,15 +97,18 @@ class Diagnosis:
         return None
 
     # -- findings ------------------------------------------------------------------------------------
-    @functools.cached_property
     def _failed_compare(self) -> list[Finding]:
         """The compare findings that failed or warned when diagnosis began (``findings`` does not grow while
-        the detectors run; a verdict only moves from FAIL/WARN to CONVENTION): most steps have none."""
-        failing = (Verdict.FAIL, Verdict.WARN)  # the verdict asked first: most findings pass
-        return [f for f in self.findings if f.verdict in failing and f.kind == "compare"]
+        the detectors run; a verdict only moves from FAIL/WARN to CONVENTION): most steps have none. Worked
+        out on the first call (a plain attribute: no cached_property descriptor and lock per diagnosis)."""
+        failed = self._failed
+        if failed is None:
+            failing = (Verdict.FAIL, Verdict.WARN)  # the verdict asked first: most findings pass
+            failed = self._failed = [f for f in self.findings if f.verdict in failing and f.kind == "compare"]
+        return failed
 
     def failing(self, *, stage: str | None = None, prefix: str | None = None) -> list[Finding]:
-        failed = self._failed_compare
+        failed = self._failed if self._failed is not None else self._failed_compare()
         if not failed:  # every comparison passed (most steps): nothing to filter
             return []
         out = []

@@ -49,11 +49,10 @@ def _sources(dx: Diagnosis) -> Iterator[_Source]:
             attach=dx.failing(prefix="logps.model"),
         )
     sampler = dx.trainer("sampler_logps")
-    trainer_old = dx.trainer("old_logps")
-    if trainer_old is None:
-        trainer_old = trainer
+    old = dx.trainer("old_logps")
+    trainer_old = trainer if old is None else old
     if sampler is not None and trainer_old is not None:
-        name = "old_logps" if dx.trainer("old_logps") is not None else "logps"
+        name = "logps" if old is None else "old_logps"
         yield _Source(
             label=f"the sampler's log-probs (vs the trainer's {name})",
             trainer=trainer_old,
