@@ -80,12 +80,15 @@ def sampler_metrics(
     # index of the full grid: the position of that masked element (the compressed order is the flat order)
     worst_flat = int(mask.ravel().nonzero()[0][abs_d.argmax()])
     cols = lp.shape[1] if lp.ndim == 2 else 1
+    total = float(np.add.reduce(d))
     return {
         "tokens": n,
-        "mean_d": _mean(d, n),
+        "mean_d": total / n,
         "mean_abs_d": _mean(abs_d, n),
         "max_abs_d": max_abs_d,
-        "k1": _mean(-d, n),
+        # mean(−d): the sum of the negated values is the negated sum (rounding is symmetric in sign), but for
+        # the sign of an exact zero (x + (−x) is +0 either way): summed afresh then
+        "k1": -total / n if total != 0.0 else _mean(-d, n),
         "k3": _mean(ratio - 1 - d, n),
         "pearson": pearson,
         "frac_ratio_outside": int(np.count_nonzero((ratio < 0.5) | (ratio > 2.0))) / n,
@@ -108,7 +111,8 @@ def _mean(values: np.ndarray, count: int) -> float:
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     """Pearson correlation of two vectors, clipped to [−1, 1]; NaN when either is constant."""
-    x_centred, y_centred = x - _mean(x, x.size), y - _mean(y, y.size)
+    count = x.size  # (the means as _mean computes them, inlined)
+    x_centred, y_centred = x - float(np.add.reduce(x)) / count, y - float(np.add.reduce(y)) / count
     # np.add.reduce: the reduction ndarray.sum calls, without its Python wrapper
     denominator = math.sqrt(
         float(np.add.reduce(x_centred * x_centred)) * float(np.add.reduce(y_centred * y_centred))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -120,3 +121,24 @@ def test_check_findings_equal_without_the_sampler_record(monkeypatch: pytest.Mon
         assert fast == slow, label
         if label == "sampler negated":
             assert "diagnose.logps_sign" in fast
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")
+@pytest.mark.parametrize("seed", range(6))
+def test_k1_is_the_mean_of_the_negated_differences(seed: int) -> None:
+    """k1 = mean(−d) bit for bit, taken from the sum of d: cancelling sums (a zero's sign), zeros of either sign,
+    overflowing and non-finite sums included."""
+    generator = torch.Generator().manual_seed(seed)
+    pool = torch.tensor([0.0, -0.0, 1.0, -1.0, 0.1, -0.1, 1e308, -1e308, 3e-17, -0.7], dtype=torch.float64)
+    for tokens in (1, 2, 5, 9, 16, 37, 130):
+        for _ in range(30):
+            sampler = pool[torch.randint(len(pool), (1, tokens), generator=generator)]
+            logps = pool[torch.randint(len(pool), (1, tokens), generator=generator)]
+            if tokens % 2 == 0:  # d and −d in pairs: an exactly cancelling sum
+                logps[0, tokens // 2 :] = sampler[0, tokens // 2 :] - (
+                    logps[0, : tokens // 2] - sampler[0, : tokens // 2]
+                )
+            metrics = distribution.sampler_metrics(logps, sampler, torch.ones(1, tokens))
+            d = np.array(metrics["values"], dtype=np.float64)
+            assert repr(metrics["k1"]) == repr(float(np.add.reduce(-d)) / len(d))
+            assert repr(metrics["mean_d"]) == repr(float(np.add.reduce(d)) / len(d))
