@@ -343,10 +343,8 @@ def compare_tensors(comparisons: list[Comparison], ctx: StepContext) -> list[Fin
     if not comparisons:
         return []
     results: list[Finding | None] = [None] * len(comparisons)
-    # per shape: the indices, trainer tensors, reference tensors, masks and tolerances of its comparisons
-    by_shape: dict[
-        tuple[int, ...], tuple[list[int], list[torch.Tensor], list[torch.Tensor], list[Any], list[Any]]
-    ] = {}
+    # per shape: (index, trainer tensor, reference tensor, mask, tolerance) of each of its comparisons
+    by_shape: dict[tuple[int, ...], list[tuple[int, torch.Tensor, torch.Tensor, Any, Tolerance]]] = {}
     token_masks: dict[tuple[Any, ...], torch.Tensor] = {}  # the context's default mask per shape and device
     for index, comparison in enumerate(comparisons):
         prepared = _prepare(comparison, ctx, token_masks)
@@ -360,16 +358,14 @@ def compare_tensors(comparisons: list[Comparison], ctx: StepContext) -> list[Fin
             summary = _summarise_scalar(got, want, compared, comparison.tolerance)
             results[index] = _judged(comparison, summary, shape, ctx)
             continue
+        member = (index, got, want, compared, comparison.tolerance)
         group = by_shape.get(shape)
         if group is None:
-            by_shape[shape] = ([index], [got], [want], [compared], [comparison.tolerance])
+            by_shape[shape] = [member]
         else:
-            group[0].append(index)
-            group[1].append(got)
-            group[2].append(want)
-            group[3].append(compared)
-            group[4].append(comparison.tolerance)
-    for shape, (indices, gots, wants, masks, tolerances) in by_shape.items():
+            group.append(member)
+    for shape, group in by_shape.items():
+        indices, gots, wants, masks, tolerances = map(list, zip(*group, strict=True))
         summaries = _summarise(gots, wants, masks, tolerances)
         for index, summary in zip(indices, summaries, strict=True):
             results[index] = _judged(comparisons[index], summary, shape, ctx)
