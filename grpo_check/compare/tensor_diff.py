@@ -628,9 +628,10 @@ def _host_rows(tensors: list[torch.Tensor], float64: bool = True) -> np.ndarray:
 _NUMPY_ELEMENTS = 16_384
 
 
-def _bounds(tolerances: list[Tolerance]) -> tuple[np.ndarray, np.ndarray]:
-    """(K, 1) float64 columns of rtol and of atol per comparison (read only); built once per list of tolerance
-    objects (the default policy's tolerances are shared between steps, and a :class:`Tolerance` is frozen)."""
+def _bounds(tolerances: list[Tolerance]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(K, 1) float64 columns of rtol and of atol per comparison (read only), and whether every rtol and atol is
+    ≥ 0; built once per list of tolerance objects (the default policy's tolerances are shared between steps,
+    and a :class:`Tolerance` is frozen)."""
     key = tuple(map(id, tolerances))
     hit = _BOUNDS.get(key)
     if hit is not None and hit[0] == tolerances:  # the same objects (identity first), not a reused id
@@ -638,14 +639,32 @@ def _bounds(tolerances: list[Tolerance]) -> tuple[np.ndarray, np.ndarray]:
     rtol = np.array([[t.rtol] for t in tolerances], dtype=np.float64)
     atol = np.array([[t.atol] for t in tolerances], dtype=np.float64)
     rtol.flags.writeable = atol.flags.writeable = False
+    nonnegative = all(t.rtol >= 0 and t.atol >= 0 for t in tolerances)  # (NaN is not)
     if len(_BOUNDS) >= _BOUNDS_MAX:
         _BOUNDS.clear()
-    _BOUNDS[key] = (list(tolerances), (rtol, atol))  # the entry holds the objects: their ids stay theirs
-    return rtol, atol
+    # the entry holds the objects: their ids stay theirs
+    _BOUNDS[key] = (list(tolerances), (rtol, atol, nonnegative))
+    return rtol, atol, nonnegative
 
 
-_BOUNDS: dict[tuple[int, ...], tuple[list[Tolerance], tuple[np.ndarray, np.ndarray]]] = {}
+_BOUNDS: dict[tuple[int, ...], tuple[list[Tolerance], tuple[np.ndarray, np.ndarray, bool]]] = {}
 _BOUNDS_MAX = 256
+
+
+def _row_starts(rows: int, columns: int) -> np.ndarray:
+    """The flat index of each row's first element in a (rows, columns) row-major table (read only; one array
+    per table shape)."""
+    starts = _ROW_STARTS.get((rows, columns))
+    if starts is None:
+        starts = np.arange(0, rows * columns, columns)
+        starts.flags.writeable = False
+        if len(_ROW_STARTS) >= _BOUNDS_MAX:
+            _ROW_STARTS.clear()
+        _ROW_STARTS[rows, columns] = starts
+    return starts
+
+
+_ROW_STARTS: dict[tuple[int, int], np.ndarray] = {}
 
 
 # no invalid-operation warnings: inf − inf (and inf·0 for rtol 0) are NaN, as in torch, silently (as a
@@ -666,19 +685,20 @@ def _summarise_numpy(
     mask = _host_rows(compared, float64=False)
     if mask.dtype != np.bool_:
         mask = mask != 0
-    rtol, atol = _bounds(tolerances)  # (K, 1) each
+    rtol, atol, nonnegative = _bounds(tolerances)  # (K, 1) each
     error = np.abs(trainer - reference)
     reference_abs = np.abs(reference)
     allowed = reference_abs * rtol  # atol + rtol·|reference|, as compare_tensor (no fused multiply-add)
     allowed += atol
-    beyond = (error > allowed) & mask  # NaN |error| is not beyond: it shows as the max error (argmax)
     masked_error = np.where(mask, error, -1.0)
+    # beyond tolerance on the compared elements; NaN |error| is not beyond: it shows as the max error (argmax).
+    # With every rtol, atol ≥ 0 each allowance is ≥ 0 or NaN, so the −1 of an element not compared is not
+    # beyond it: the masked |error| needs no mask of its own
+    beyond = masked_error > allowed if nonnegative else (error > allowed) & mask
     worst = masked_error.argmax(1)  # first index of the largest value; NaN counts as the largest
     # the worst element's flat position in each (contiguous) row-major table: one plain take per table, cheaper
     # than a (row, column) fancy index
-    columns = masked_error.shape[1]
-    at = np.arange(0, rows * columns, columns)
-    at += worst
+    at = _row_starts(rows, masked_error.shape[1]) + worst
     # one list per column, zipped into rows: cheaper than stacking the columns into one float array first
     return list(
         map(
