@@ -142,3 +142,32 @@ def test_k1_is_the_mean_of_the_negated_differences(seed: int) -> None:
             d = np.array(metrics["values"], dtype=np.float64)
             assert repr(metrics["k1"]) == repr(float(np.add.reduce(-d)) / len(d))
             assert repr(metrics["mean_d"]) == repr(float(np.add.reduce(d)) / len(d))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+def test_ratios_outside_the_band_are_counted_whenever_any_can_be() -> None:
+    """frac_ratio_outside equals the count of exp(d) outside [0.5, 2], |d| on either side of the 0.69 bound
+    below which none is counted (ln 2 ± a few ulps, large and overflowing d included)."""
+    ln2 = math.log(2.0)
+    edges = [
+        0.0,
+        0.68,
+        0.69,
+        math.nextafter(0.69, 1.0),
+        0.6931,
+        ln2,
+        math.nextafter(ln2, 0.0),
+        0.7,
+        5.0,
+        800.0,
+    ]
+    generator = torch.Generator().manual_seed(0)
+    for edge in edges:
+        for sign in (1.0, -1.0):
+            d = sign * edge * torch.rand(1, 12, generator=generator, dtype=torch.float64)
+            d[0, 0] = sign * edge
+            sampler = -torch.rand(1, 12, generator=generator, dtype=torch.float64)
+            metrics = distribution.sampler_metrics(sampler + d, sampler, torch.ones(1, 12))
+            ratio = np.exp(np.array(metrics["values"], dtype=np.float64))
+            counted = int(np.count_nonzero((ratio < 0.5) | (ratio > 2.0)))
+            assert repr(metrics["frac_ratio_outside"]) == repr(counted / 12), (edge, sign)
