@@ -521,7 +521,10 @@ def downstream_findings(
     findings: list[Finding] = []
     tensors = step.tensors  # (membership tests on the dict: step.has(name), without a call per name)
     needed = ("logps", "advantages", "ref_logps") if spec.beta != 0.0 else ("logps", "advantages")
-    if not any(n in tensors for n in ("ratio", "kl", "per_token_loss", "loss", "logps_grad")):
+    for name in ("ratio", "kl", "per_token_loss", "loss", "logps_grad"):  # (a loop: no generator)
+        if name in tensors:
+            break
+    else:
         return findings
     missing = [n for n in needed if n not in tensors]
     down = None if missing else reference_downstream(step, spec)
@@ -558,7 +561,7 @@ def downstream_findings(
                 what = f"per-token KL ({spec.kl_estimator}) from the trainer's logps and ref_logps"
         want = down[name]
         shaped = got if isinstance(got, torch.Tensor) else as_f64(got)  # its shape: no float64 copy needed
-        if want.dim() == 2 and shaped.dim() == 2 and want.shape[1] == 1 and shaped.shape[1] != 1:
+        if want.dim() == 2 and want.shape[1] == 1 and shaped.dim() == 2 and shaped.shape[1] != 1:
             want = want.expand_as(shaped)
         dtype = computed_dtype(step, name)
         comparisons.append(

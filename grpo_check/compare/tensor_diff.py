@@ -541,13 +541,14 @@ def _summarise(
 ) -> list[_Summary]:
     """Batched reductions over K same-shaped comparisons; one host transfer for all of them. Large rows are
     summarised one comparison at a time instead: batching saves nothing there, and stacking would copy them."""
-    if len(got) > 1 and got[0].numel() > _SMALL_ROW:
+    size = got[0].numel()
+    if len(got) > 1 and size > _SMALL_ROW:
         return [
             summary
             for one in zip(got, want, compared, tolerances, strict=True)
             for summary in _summarise(*([part] for part in one))
         ]
-    elements = len(got) * got[0].numel()
+    elements = len(got) * size
     if elements <= _NUMPY_ELEMENTS and _all_on_cpu(got) and _all_on_cpu(want):
         if elements <= _PYTHON_ELEMENTS:
             return _summarise_python(got, want, compared, tolerances)
