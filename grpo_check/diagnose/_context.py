@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from grpo_check._step_cache import bool_mask, cached, finite_mask, host_view, plain
-from grpo_check.compare.distribution import AGREEMENT
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, Verdict, Where
 from grpo_check.stepref.context import StepContext, as_f64
@@ -198,6 +197,10 @@ def _comparable(
     return got, want, sel
 
 
+# the step-cache key under which grpo_check.compare.distribution.sampler_metrics records what it found on the
+# trainer's and the sampler's log-probs (its AGREEMENT; spelled out: the checks sit below the comparison)
+_AGREEMENT = "sampler_agreement"
+
 _CLOSE_MEMO: contextvars.ContextVar[dict[tuple[Any, ...], tuple[bool, tuple[Any, ...]]] | None] = (
     contextvars.ContextVar("grpo_check_diagnose_close_memo", default=None)
 )
@@ -250,7 +253,7 @@ def _close(
     if not negated and got is not None and want is not None:
         # the same two tensors on the same selection as the sampler metrics of this step: the largest |got − want|
         # and |want| they found decide it (every selected |got − want| ≤ bound ⟺ the largest is: none is NaN)
-        known = cached((AGREEMENT, (id(got), id(want), id(mask))), _unknown)
+        known = cached((_AGREEMENT, (id(got), id(want), id(mask))), _unknown)
         if known is not None:  # (the entry holds the three tensors: the ids are theirs)
             tokens, largest, scale = known[0]
             return tokens > 0 and largest <= atol + rtol * max(scale, 1e-12)

@@ -171,3 +171,7 @@ def test_ratios_outside_the_band_are_counted_whenever_any_can_be() -> None:
             ratio = np.exp(np.array(metrics["values"], dtype=np.float64))
             counted = int(np.count_nonzero((ratio < 0.5) | (ratio > 2.0)))
             assert repr(metrics["frac_ratio_outside"]) == repr(counted / 12), (edge, sign)
+
+
+def test_the_record_is_read_under_the_key_it_is_written_under() -> None:
+    assert _context._AGREEMENT == distribution.AGREEMENT
