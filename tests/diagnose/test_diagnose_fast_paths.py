@@ -25,6 +25,7 @@ _HOST_VIEW_USERS = (
     "grpo_check.diagnose.logps",
     "grpo_check.diagnose.nonfinite",
     "grpo_check.diagnose.objective",
+    "grpo_check.diagnose.loss_zero",
 )
 
 
@@ -213,3 +214,30 @@ def test_positive_share_on_numpy_views_answers_what_torch_answers(
             count = int(selected.sum())
             plain = int(((values > 1e-6) & selected).sum()) / count if count else 0.0
             assert repr(fast) == repr(slow) == repr(plain), (values, mask)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_on_policy_test_on_numpy_views_answers_what_torch_answers(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether some masked |logps − old_logps| exceeds 1e-6 (numpy) equals the torch path's answer, with ±inf,
+    NaN, differences at 1e-6, empty selections and no mask."""
+    from grpo_check.diagnose import loss_zero
+
+    generator = torch.Generator().manual_seed(seed)
+    pool = torch.tensor(
+        [-1.0, -0.0, 0.0, -1e-6, -2e-6, math.inf, -math.inf, math.nan, -3.0], dtype=torch.float64
+    )
+    answers = []
+    for rows, tokens in ((3, 4), (1, 1), (0, 3), (2, 5)):
+        for _ in range(40):
+            logps = pool[torch.randint(len(pool), (rows, tokens), generator=generator)]
+            old = torch.where(torch.rand(rows, tokens, generator=generator) < 0.7, logps, pool[0])
+            for mask in (torch.rand(rows, tokens, generator=generator) > 0.3, None):
+                fast = loss_zero._moved(logps, old, mask)
+                with monkeypatch.context() as patched:
+                    patched.setattr(loss_zero, "host_view", lambda tensor: None)
+                    slow = loss_zero._moved(logps, old, mask)
+                assert fast == slow, (logps, old, mask)
+                answers.append(fast)
+    assert any(answers) and not all(answers)
