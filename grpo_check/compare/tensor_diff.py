@@ -375,13 +375,11 @@ def compare_tensors(comparisons: list[Comparison], ctx: StepContext) -> list[Fin
 def _judged(comparison: Comparison, summary: _Summary, shape: tuple[int, ...], ctx: StepContext) -> Finding:
     """The PASS finding :func:`compare_tensor` builds, from a clean summary; anything else re-runs
     :func:`compare_tensor` for its diagnostics."""
-    n, max_error, ref_scale = summary.compared, summary.max_error, summary.reference_max_abs
+    beyond, n, error_sum, ref_scale, max_error, allowed, worst = summary  # (one unpacking, no field lookups)
     # x − x == 0: finite (an infinite or NaN x gives NaN), without a math.isfinite call
-    if not (n > 0 and summary.beyond == 0 and max_error - max_error == 0 and ref_scale - ref_scale == 0):
+    if not (n > 0 and beyond == 0 and max_error - max_error == 0 and ref_scale - ref_scale == 0):
         return comparison.run(ctx)
     tolerance = comparison.tolerance
-    allowed = summary.allowed_at_worst
-    worst = summary.worst
     dims = len(shape)
     if dims == 1:  # _unravel, inlined
         row, token = worst, None
@@ -402,7 +400,7 @@ def _judged(comparison: Comparison, summary: _Summary, shape: tuple[int, ...], c
             "compared_elements": n,
             "tolerance": tolerance.to_dict(),
             "max_abs_error": max_error,
-            "mean_abs_error": summary.error_sum / n,
+            "mean_abs_error": error_sum / n,
             "reference_max_abs": ref_scale,
             "max_rel_error": max_error / ref_scale if ref_scale > 0 else None,
             "elements_beyond_tolerance": 0,
