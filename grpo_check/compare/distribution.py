@@ -34,7 +34,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from grpo_check._step_cache import f64, host_view
+from grpo_check._step_cache import bool_mask, cached, f64, host_view
+
+AGREEMENT = "sampler_agreement"
+"""Step-cache key of what :func:`sampler_metrics` found on its selection (the masked tokens where both log-probs
+are finite): ``(AGREEMENT, (id(trainer copy), id(sampler copy), id(bool mask)))`` → ((tokens, largest
+|trainer − sampler|, largest |sampler|), the three tensors, which the entry keeps alive so that their ids stay
+theirs). :func:`grpo_check.diagnose._context.close` answers from it instead of comparing the same two float64
+copies on the same selection again (a step cache's float64 copies are never modified in place)."""
 
 
 def sampler_metrics(
@@ -45,17 +52,24 @@ def sampler_metrics(
     Computed in float64 numpy: a handful of reductions, each a fraction of a torch call's overhead on the
     small batches checked live.
     """
-    lp = _float64_array(logps)
-    sp = _float64_array(sampler_logps)
+    trainer, sampler = f64(logps), f64(sampler_logps)
+    lp, sp = _array(trainer), _array(sampler)
+    # x ≠ 0 on the mask's shared view (the invariants read it too); the step's bool mask, x ≠ 0 too, as the key
     mask = (_array(completion_mask) != 0) & np.isfinite(lp) & np.isfinite(sp)
+    tensors = (trainer, sampler, bool_mask(completion_mask))
+    key = (AGREEMENT, (id(tensors[0]), id(tensors[1]), id(tensors[2])))
     n = int(np.count_nonzero(mask))
     if n == 0:
+        cached(key, lambda: ((0, math.nan, math.nan), tensors))
         return {"tokens": 0}
     x, y = lp[mask], sp[mask]
     # (lp − sp)[mask], element for element, without subtracting the masked-out (possibly infinite) elements
     d = x - y
     abs_d = np.abs(d)
     ratio = np.exp(d)
+    max_abs_d = float(np.maximum.reduce(abs_d))  # abs_d.max() without its Python wrapper
+    record = (n, max_abs_d, float(np.maximum.reduce(np.abs(y))))
+    cached(key, lambda: (record, tensors))
     # means as sum / n: what ndarray.mean computes for float64 (add.reduce, then a division by the count),
     # without its Python wrapper on these small arrays
     # Pearson is undefined for a constant vector: JSON null there, or 1 for equal vectors
@@ -66,29 +80,39 @@ def sampler_metrics(
     # index of the full grid: the position of that masked element (the compressed order is the flat order)
     worst_flat = int(mask.ravel().nonzero()[0][abs_d.argmax()])
     cols = lp.shape[1] if lp.ndim == 2 else 1
+    total = float(np.add.reduce(d))
     return {
         "tokens": n,
-        "mean_d": _mean(d, n),
+        "mean_d": total / n,
         "mean_abs_d": _mean(abs_d, n),
-        "max_abs_d": float(np.maximum.reduce(abs_d)),  # abs_d.max() without its Python wrapper
-        "k1": _mean(-d, n),
+        "max_abs_d": max_abs_d,
+        # mean(−d): the sum of the negated values is the negated sum (rounding is symmetric in sign), but for
+        # the sign of an exact zero (x + (−x) is +0 either way): summed afresh then
+        "k1": -total / n if total != 0.0 else _mean(-d, n),
         "k3": _mean(ratio - 1 - d, n),
         "pearson": pearson,
-        "frac_ratio_outside": int(np.count_nonzero((ratio < 0.5) | (ratio > 2.0))) / n,
+        "frac_ratio_outside": _outside(ratio, max_abs_d) / n,
         "worst_row": worst_flat // cols,
         "worst_token": worst_flat % cols,
         "values": d[:4096].tolist(),
     }
 
 
-def _float64_array(tensor: torch.Tensor) -> np.ndarray:
-    """A float64 numpy view of ``tensor`` (of the step's float64 copy while a step cache holds one; read only)."""
-    copy = f64(tensor)
-    return (copy if copy.device.type == "cpu" else copy.cpu()).numpy()
+# |d| up to this bound puts exp(d) within [0.5016, 1.9937]: inside [0.5, 2] by a margin far beyond exp's rounding
+# (an ulp or so), so no ratio needs counting (ln 2 = 0.6931...)
+_INSIDE_RATIO_BOUNDS = 0.69
+
+
+def _outside(ratio: np.ndarray, max_abs_d: float) -> int:
+    """How many of the ratios exp(d) lie outside [0.5, 2]: none where every |d| ≤ 0.69 (most steps), else
+    counted."""
+    if max_abs_d <= _INSIDE_RATIO_BOUNDS:
+        return 0
+    return int(np.count_nonzero((ratio < 0.5) | (ratio > 2.0)))
 
 
 def _array(tensor: torch.Tensor) -> np.ndarray:
-    """``tensor`` as a numpy array: a view of a small CPU tensor, else a detached host copy."""
+    """``tensor`` as a numpy array: the step's shared view of a small CPU tensor, else a detached host copy."""
     host = host_view(tensor)
     return host if host is not None else tensor.detach().cpu().numpy()
 
@@ -100,7 +124,8 @@ def _mean(values: np.ndarray, count: int) -> float:
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     """Pearson correlation of two vectors, clipped to [−1, 1]; NaN when either is constant."""
-    x_centred, y_centred = x - _mean(x, x.size), y - _mean(y, y.size)
+    count = x.size  # (the means as _mean computes them, inlined)
+    x_centred, y_centred = x - float(np.add.reduce(x)) / count, y - float(np.add.reduce(y)) / count
     # np.add.reduce: the reduction ndarray.sum calls, without its Python wrapper
     denominator = math.sqrt(
         float(np.add.reduce(x_centred * x_centred)) * float(np.add.reduce(y_centred * y_centred))

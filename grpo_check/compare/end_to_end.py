@@ -39,30 +39,28 @@ def end_to_end_findings(
     ref_adv = ref.tensors.get("advantages")
     if ref_adv is None:
         return findings
+    tensors = step.tensors  # (membership tests on the dict: no step.has call per name)
     overrides: dict[str, torch.Tensor | None] = {"advantages": ref_adv}
-    if "logps" in ref.tensors and step.has("logps"):
+    if "logps" in ref.tensors and "logps" in tensors:
         overrides["logps"] = _beside_trainer(step, "logps", ref.tensors["logps"])
-        if not step.has("old_logps"):
+        if "old_logps" not in tensors:
             overrides["old_logps"] = overrides["logps"]
     if "ref_logps" in ref.tensors:
         overrides["ref_logps"] = _beside_trainer(step, "ref_logps", ref.tensors["ref_logps"])
-    if not step.has("logps") and "logps" not in overrides:
+    if "logps" not in tensors and "logps" not in overrides:
         return findings
     # Where every upstream tensor the end-to-end pass would replace already matched the reference within
     # tolerance (stage-isolated), the end-to-end reference equals the isolated one up to that tolerance:
     # reuse it instead of a second float64 forward + backward (the e2e findings then repeat the isolated ones).
-    upstream_check = {
-        "advantages": "advantages.values",
-        "logps": "logps.model",
-        "ref_logps": "logps.ref_model",
-    }
     isolated_by_id = {f.check_id: f for f in upstream}  # (the last finding of an id, as a dict of verdicts)
     isolated = ref.notes.get("isolated_downstream")
-    reuse = isolated is not None and all(
-        _verdict(isolated_by_id, upstream_check.get(name, "")) is Verdict.PASS
-        for name in overrides
-        if name != "old_logps"
-    )
+    reuse = isolated is not None
+    for name in overrides if reuse else ():  # (a loop: no generator and verdict call per name)
+        if name != "old_logps":
+            upstream_finding = isolated_by_id.get(_UPSTREAM_CHECKS.get(name, ""))
+            if upstream_finding is None or upstream_finding.verdict is not Verdict.PASS:
+                reuse = False
+                break
     if reuse:
         down = isolated
     else:
@@ -80,7 +78,7 @@ def end_to_end_findings(
         ("loss", "e2e.loss", "end-to-end loss (reference from the rewards onward)"),
         ("logps_grad", "e2e.logps_grad", "end-to-end ∂loss/∂logps"),
     ):
-        if not step.has(name):
+        if name not in tensors:
             continue
         stage = "loss" if name != "logps_grad" else "grad"
         tolerance = policy.for_check(check_id, name, computed_dtype(step, name))
@@ -117,9 +115,8 @@ def end_to_end_findings(
     return findings
 
 
-def _verdict(findings: Mapping[str, Finding], check_id: str) -> Verdict | None:
-    finding = findings.get(check_id)
-    return None if finding is None else finding.verdict
+# the upstream tensor the end-to-end pass replaces -> the stage-isolated check that compared it
+_UPSTREAM_CHECKS = {"advantages": "advantages.values", "logps": "logps.model", "ref_logps": "logps.ref_model"}
 
 
 def _beside_trainer(step: TraceStep, name: str, own: torch.Tensor) -> torch.Tensor:

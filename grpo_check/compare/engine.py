@@ -62,7 +62,7 @@ def compare_step(
     spec = spec_for_step(
         as_spec(spec), step.meta
     )  # a coefficient the trainer moves per step (adaptive entropy)
-    policy = as_policy(tolerances)
+    policy = _DEFAULT_POLICY if tolerances is None else as_policy(tolerances)
     with step_cache(step):  # float64 copies made once for the comparison and the diagnoses
         findings, reference = compare_stages(
             step, spec, policy, model=model, ref_model=ref_model, end_to_end=end_to_end
@@ -73,6 +73,10 @@ def compare_step(
         findings += step_findings(step, spec, trace)
     return findings
 
+
+# the default policy, built once (frozen, and nothing changes its overrides): a step compared without a declared
+# policy needs no policy object of its own
+_DEFAULT_POLICY = TolerancePolicy()
 
 _LAZY: dict[str, Callable[..., Any]] = {}  # functions imported on first use (importing compare stays cheap)
 

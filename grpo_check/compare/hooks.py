@@ -67,7 +67,8 @@ def family_check_ids() -> dict[str, tuple[str, ...]]:
 
 def step_findings(step: TraceStep, spec: GRPOSpec, trace: Trace | None = None) -> list[Finding]:
     """The findings of every registered family on ``step``."""
-    _load()
+    if not _loaded:  # (tested here: this runs for every compared step)
+        _load()
     findings: list[Finding] = []
     for function in _FAMILIES.values():
         findings.extend(function(step, spec, trace))

@@ -73,22 +73,23 @@ def advantage_findings(
         scorable=adv_out.scorable,
     )
     comparisons: list[Comparison] = []
-    if step.has("rewards") and step.has("rewards_per_func"):
+    tensors = step.tensors  # (the step's dict: no TraceStep.has/__getitem__ call per name)
+    if "rewards" in tensors and "rewards_per_func" in tensors:
         comparisons.append(
             Comparison(
                 check_id="rewards.total",
                 stage="rewards",
                 name="rewards",
                 what="total reward Σ_k w_k R_ik",
-                trainer=step["rewards"],
+                trainer=tensors["rewards"],
                 reference=adv_out.rewards,
                 # unscorable rows (every reward function NaN) carry no total: TRL records 0, others NaN
                 mask=adv_out.scorable,  # bool
                 tolerance=policy.for_check("rewards.total", "rewards", computed_dtype(step, "rewards")),
             )
         )
-    if step.has("advantages"):
-        trainer_adv = step["advantages"]
+    if "advantages" in tensors:
+        trainer_adv = tensors["advantages"]
         want = adv_out.advantages
         if trainer_adv.dim() == 2:  # (B, T): the same advantage on every token of the row
             want = want.unsqueeze(1).expand_as(as_f64(trainer_adv))
@@ -386,7 +387,7 @@ def logps_findings(
     if model is not None and ref.logits is None and spec.truncated_sampling and step.has("sampler_logps"):
         # the full logits are needed only for the kept sampling mass S_t: one more forward, so only then
         ref.logits = model_logits(model, step)
-    if step.has("logps", "sampler_logps"):
+    if "logps" in step.tensors and "sampler_logps" in step.tensors:
         findings.append(_sampler_finding(step, spec, ctx, ref))
     return findings
 
@@ -396,12 +397,13 @@ def _fmt(value: float | None) -> str:
 
 
 def _sampler_finding(step: TraceStep, spec: GRPOSpec, ctx: StepContext, ref: StageReference) -> Finding:
-    mask = step.get("completion_mask")
+    tensors = step.tensors  # (the step's dict: no TraceStep.get/has/__getitem__ call per name)
+    mask = tensors.get("completion_mask")
     if mask is None:
-        mask = torch.ones_like(step["logps"], dtype=torch.bool)
+        mask = torch.ones_like(tensors["logps"], dtype=torch.bool)
     # the sampler generated with the old weights: compare it with the trainer's log-probs at those weights
-    trainer_name = "old_logps" if step.has("old_logps") else "logps"
-    metrics = distribution.sampler_metrics(step[trainer_name], step["sampler_logps"], mask)
+    trainer_name = "old_logps" if "old_logps" in tensors else "logps"
+    metrics = distribution.sampler_metrics(tensors[trainer_name], tensors["sampler_logps"], mask)
     metrics["trainer_tensor"] = trainer_name
     if not metrics.get("tokens"):
         return Finding(
@@ -413,7 +415,6 @@ def _sampler_finding(step: TraceStep, spec: GRPOSpec, ctx: StepContext, ref: Sta
             explanation="trainer vs sampler log-probs: no finite masked token to compare",
         )
     residual_note = ""
-    metrics_for_verdict = metrics
     if spec.truncated_sampling and ref.logits is not None:
         from grpo_check.reference.logps import sampling_kept_mass
 
@@ -438,7 +439,6 @@ def _sampler_finding(step: TraceStep, spec: GRPOSpec, ctx: StepContext, ref: Sta
         verdict = Verdict.WARN
     else:
         verdict = Verdict.PASS
-    del metrics_for_verdict
     where = ctx.where(row=metrics["worst_row"], token=metrics["worst_token"])
     values = metrics["values"]
     shown = dict(metrics)  # every metric but the values, in order (a copy less one key: no comprehension)
@@ -521,7 +521,10 @@ def downstream_findings(
     findings: list[Finding] = []
     tensors = step.tensors  # (membership tests on the dict: step.has(name), without a call per name)
     needed = ("logps", "advantages", "ref_logps") if spec.beta != 0.0 else ("logps", "advantages")
-    if not any(n in tensors for n in ("ratio", "kl", "per_token_loss", "loss", "logps_grad")):
+    for name in ("ratio", "kl", "per_token_loss", "loss", "logps_grad"):  # (a loop: no generator)
+        if name in tensors:
+            break
+    else:
         return findings
     missing = [n for n in needed if n not in tensors]
     down = None if missing else reference_downstream(step, spec)
@@ -558,7 +561,7 @@ def downstream_findings(
                 what = f"per-token KL ({spec.kl_estimator}) from the trainer's logps and ref_logps"
         want = down[name]
         shaped = got if isinstance(got, torch.Tensor) else as_f64(got)  # its shape: no float64 copy needed
-        if want.dim() == 2 and shaped.dim() == 2 and want.shape[1] == 1 and shaped.shape[1] != 1:
+        if want.dim() == 2 and want.shape[1] == 1 and shaped.dim() == 2 and shaped.shape[1] != 1:
             want = want.expand_as(shaped)
         dtype = computed_dtype(step, name)
         comparisons.append(

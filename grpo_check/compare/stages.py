@@ -116,6 +116,9 @@ def compare_stages(
         findings += end_to_end_findings(step, spec, policy, ctx, ref, findings)
     for finding in findings:
         figure = finding.figure
-        if figure is not None and isinstance(figure, float) and figure != figure:  # NaN
+        if type(figure) is float:  # (most figures: no isinstance call)
+            if figure != figure:  # NaN
+                finding.figure = None
+        elif figure is not None and isinstance(figure, float) and figure != figure:  # a float subclass's NaN
             finding.figure = None
     return findings, ref

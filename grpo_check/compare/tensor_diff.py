@@ -343,10 +343,8 @@ def compare_tensors(comparisons: list[Comparison], ctx: StepContext) -> list[Fin
     if not comparisons:
         return []
     results: list[Finding | None] = [None] * len(comparisons)
-    # per shape: the indices, trainer tensors, reference tensors, masks and tolerances of its comparisons
-    by_shape: dict[
-        tuple[int, ...], tuple[list[int], list[torch.Tensor], list[torch.Tensor], list[Any], list[Any]]
-    ] = {}
+    # per shape: (index, trainer tensor, reference tensor, mask, tolerance) of each of its comparisons
+    by_shape: dict[tuple[int, ...], list[tuple[int, torch.Tensor, torch.Tensor, Any, Tolerance]]] = {}
     token_masks: dict[tuple[Any, ...], torch.Tensor] = {}  # the context's default mask per shape and device
     for index, comparison in enumerate(comparisons):
         prepared = _prepare(comparison, ctx, token_masks)
@@ -360,16 +358,14 @@ def compare_tensors(comparisons: list[Comparison], ctx: StepContext) -> list[Fin
             summary = _summarise_scalar(got, want, compared, comparison.tolerance)
             results[index] = _judged(comparison, summary, shape, ctx)
             continue
+        member = (index, got, want, compared, comparison.tolerance)
         group = by_shape.get(shape)
         if group is None:
-            by_shape[shape] = ([index], [got], [want], [compared], [comparison.tolerance])
+            by_shape[shape] = [member]
         else:
-            group[0].append(index)
-            group[1].append(got)
-            group[2].append(want)
-            group[3].append(compared)
-            group[4].append(comparison.tolerance)
-    for shape, (indices, gots, wants, masks, tolerances) in by_shape.items():
+            group.append(member)
+    for shape, group in by_shape.items():
+        indices, gots, wants, masks, tolerances = map(list, zip(*group, strict=True))
         summaries = _summarise(gots, wants, masks, tolerances)
         for index, summary in zip(indices, summaries, strict=True):
             results[index] = _judged(comparisons[index], summary, shape, ctx)
@@ -379,13 +375,11 @@ def compare_tensors(comparisons: list[Comparison], ctx: StepContext) -> list[Fin
 def _judged(comparison: Comparison, summary: _Summary, shape: tuple[int, ...], ctx: StepContext) -> Finding:
     """The PASS finding :func:`compare_tensor` builds, from a clean summary; anything else re-runs
     :func:`compare_tensor` for its diagnostics."""
-    n, max_error, ref_scale = summary.compared, summary.max_error, summary.reference_max_abs
+    beyond, n, error_sum, ref_scale, max_error, allowed, worst = summary  # (one unpacking, no field lookups)
     # x − x == 0: finite (an infinite or NaN x gives NaN), without a math.isfinite call
-    if not (n > 0 and summary.beyond == 0 and max_error - max_error == 0 and ref_scale - ref_scale == 0):
+    if not (n > 0 and beyond == 0 and max_error - max_error == 0 and ref_scale - ref_scale == 0):
         return comparison.run(ctx)
     tolerance = comparison.tolerance
-    allowed = summary.allowed_at_worst
-    worst = summary.worst
     dims = len(shape)
     if dims == 1:  # _unravel, inlined
         row, token = worst, None
@@ -406,7 +400,7 @@ def _judged(comparison: Comparison, summary: _Summary, shape: tuple[int, ...], c
             "compared_elements": n,
             "tolerance": tolerance.to_dict(),
             "max_abs_error": max_error,
-            "mean_abs_error": summary.error_sum / n,
+            "mean_abs_error": error_sum / n,
             "reference_max_abs": ref_scale,
             "max_rel_error": max_error / ref_scale if ref_scale > 0 else None,
             "elements_beyond_tolerance": 0,
@@ -545,13 +539,14 @@ def _summarise(
 ) -> list[_Summary]:
     """Batched reductions over K same-shaped comparisons; one host transfer for all of them. Large rows are
     summarised one comparison at a time instead: batching saves nothing there, and stacking would copy them."""
-    if len(got) > 1 and got[0].numel() > _SMALL_ROW:
+    size = got[0].numel()
+    if len(got) > 1 and size > _SMALL_ROW:
         return [
             summary
             for one in zip(got, want, compared, tolerances, strict=True)
             for summary in _summarise(*([part] for part in one))
         ]
-    elements = len(got) * got[0].numel()
+    elements = len(got) * size
     if elements <= _NUMPY_ELEMENTS and _all_on_cpu(got) and _all_on_cpu(want):
         if elements <= _PYTHON_ELEMENTS:
             return _summarise_python(got, want, compared, tolerances)
@@ -632,9 +627,10 @@ def _host_rows(tensors: list[torch.Tensor], float64: bool = True) -> np.ndarray:
 _NUMPY_ELEMENTS = 16_384
 
 
-def _bounds(tolerances: list[Tolerance]) -> tuple[np.ndarray, np.ndarray]:
-    """(K, 1) float64 columns of rtol and of atol per comparison (read only); built once per list of tolerance
-    objects (the default policy's tolerances are shared between steps, and a :class:`Tolerance` is frozen)."""
+def _bounds(tolerances: list[Tolerance]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(K, 1) float64 columns of rtol and of atol per comparison (read only), and whether every rtol and atol is
+    ≥ 0; built once per list of tolerance objects (the default policy's tolerances are shared between steps,
+    and a :class:`Tolerance` is frozen)."""
     key = tuple(map(id, tolerances))
     hit = _BOUNDS.get(key)
     if hit is not None and hit[0] == tolerances:  # the same objects (identity first), not a reused id
@@ -642,14 +638,32 @@ def _bounds(tolerances: list[Tolerance]) -> tuple[np.ndarray, np.ndarray]:
     rtol = np.array([[t.rtol] for t in tolerances], dtype=np.float64)
     atol = np.array([[t.atol] for t in tolerances], dtype=np.float64)
     rtol.flags.writeable = atol.flags.writeable = False
+    nonnegative = all(t.rtol >= 0 and t.atol >= 0 for t in tolerances)  # (NaN is not)
     if len(_BOUNDS) >= _BOUNDS_MAX:
         _BOUNDS.clear()
-    _BOUNDS[key] = (list(tolerances), (rtol, atol))  # the entry holds the objects: their ids stay theirs
-    return rtol, atol
+    # the entry holds the objects: their ids stay theirs
+    _BOUNDS[key] = (list(tolerances), (rtol, atol, nonnegative))
+    return rtol, atol, nonnegative
 
 
-_BOUNDS: dict[tuple[int, ...], tuple[list[Tolerance], tuple[np.ndarray, np.ndarray]]] = {}
+_BOUNDS: dict[tuple[int, ...], tuple[list[Tolerance], tuple[np.ndarray, np.ndarray, bool]]] = {}
 _BOUNDS_MAX = 256
+
+
+def _row_starts(rows: int, columns: int) -> np.ndarray:
+    """The flat index of each row's first element in a (rows, columns) row-major table (read only; one array
+    per table shape)."""
+    starts = _ROW_STARTS.get((rows, columns))
+    if starts is None:
+        starts = np.arange(0, rows * columns, columns)
+        starts.flags.writeable = False
+        if len(_ROW_STARTS) >= _BOUNDS_MAX:
+            _ROW_STARTS.clear()
+        _ROW_STARTS[rows, columns] = starts
+    return starts
+
+
+_ROW_STARTS: dict[tuple[int, int], np.ndarray] = {}
 
 
 # no invalid-operation warnings: inf − inf (and inf·0 for rtol 0) are NaN, as in torch, silently (as a
@@ -670,19 +684,20 @@ def _summarise_numpy(
     mask = _host_rows(compared, float64=False)
     if mask.dtype != np.bool_:
         mask = mask != 0
-    rtol, atol = _bounds(tolerances)  # (K, 1) each
+    rtol, atol, nonnegative = _bounds(tolerances)  # (K, 1) each
     error = np.abs(trainer - reference)
     reference_abs = np.abs(reference)
     allowed = reference_abs * rtol  # atol + rtol·|reference|, as compare_tensor (no fused multiply-add)
     allowed += atol
-    beyond = (error > allowed) & mask  # NaN |error| is not beyond: it shows as the max error (argmax)
     masked_error = np.where(mask, error, -1.0)
+    # beyond tolerance on the compared elements; NaN |error| is not beyond: it shows as the max error (argmax).
+    # With every rtol, atol ≥ 0 each allowance is ≥ 0 or NaN, so the −1 of an element not compared is not
+    # beyond it: the masked |error| needs no mask of its own
+    beyond = masked_error > allowed if nonnegative else (error > allowed) & mask
     worst = masked_error.argmax(1)  # first index of the largest value; NaN counts as the largest
     # the worst element's flat position in each (contiguous) row-major table: one plain take per table, cheaper
     # than a (row, column) fancy index
-    columns = masked_error.shape[1]
-    at = np.arange(0, rows * columns, columns)
-    at += worst
+    at = _row_starts(rows, masked_error.shape[1]) + worst
     # one list per column, zipped into rows: cheaper than stacking the columns into one float array first
     return list(
         map(

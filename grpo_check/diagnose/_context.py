@@ -9,14 +9,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
-from grpo_check._step_cache import bool_mask, finite_mask, host_view, plain
+from grpo_check._step_cache import bool_mask, cached, finite_mask, host_view, plain
 from grpo_check.config import GRPOSpec
 from grpo_check.findings import Finding, Verdict, Where
 from grpo_check.stepref.context import StepContext, as_f64
@@ -41,11 +40,12 @@ class Diagnosis:
     _copies: dict[tuple[str, str], tuple[Any, Any]] = dataclasses.field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    _failed: list[Finding] | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     # -- tensors (one float64 copy per tensor in the step cache :func:`~grpo_check.diagnose.diagnose` opens,
     # shared by the detectors and with the comparison: never modify in place) --------------------------------
     def trainer(self, name: str) -> torch.Tensor | None:
-        value = self.step.get(name)
+        value = self.step.tensors.get(name)  # (the step's dict: no TraceStep.get call per lookup)
         if value is None:
             return None
         hit = self._copies.get(("trainer", name))
@@ -56,7 +56,7 @@ class Diagnosis:
     def recorded(self, name: str) -> torch.Tensor | None:
         """The step's tensor in its own dtype, detached (the float64 copy of a value that is not a tensor): for
         tests that hold in any float dtype (NaN, ±inf, zero), without a float64 copy."""
-        value = self.step.get(name)
+        value = self.step.tensors.get(name)
         if value is None or not isinstance(value, torch.Tensor):
             return None if value is None else as_f64(value)
         return plain(value)
@@ -72,7 +72,7 @@ class Diagnosis:
 
     @property
     def mask(self) -> torch.Tensor | None:
-        m = self.step.get("completion_mask")
+        m = self.step.tensors.get("completion_mask")
         if m is None:
             return None
         hit = self._copies.get(("mask", ""))
@@ -96,15 +96,18 @@ class Diagnosis:
         return None
 
     # -- findings ------------------------------------------------------------------------------------
-    @functools.cached_property
     def _failed_compare(self) -> list[Finding]:
         """The compare findings that failed or warned when diagnosis began (``findings`` does not grow while
-        the detectors run; a verdict only moves from FAIL/WARN to CONVENTION): most steps have none."""
-        failing = (Verdict.FAIL, Verdict.WARN)  # the verdict asked first: most findings pass
-        return [f for f in self.findings if f.verdict in failing and f.kind == "compare"]
+        the detectors run; a verdict only moves from FAIL/WARN to CONVENTION): most steps have none. Worked
+        out on the first call (a plain attribute: no cached_property descriptor and lock per diagnosis)."""
+        failed = self._failed
+        if failed is None:
+            failing = (Verdict.FAIL, Verdict.WARN)  # the verdict asked first: most findings pass
+            failed = self._failed = [f for f in self.findings if f.verdict in failing and f.kind == "compare"]
+        return failed
 
     def failing(self, *, stage: str | None = None, prefix: str | None = None) -> list[Finding]:
-        failed = self._failed_compare
+        failed = self._failed if self._failed is not None else self._failed_compare()
         if not failed:  # every comparison passed (most steps): nothing to filter
             return []
         out = []
@@ -194,6 +197,10 @@ def _comparable(
     return got, want, sel
 
 
+# the step-cache key under which grpo_check.compare.distribution.sampler_metrics records what it found on the
+# trainer's and the sampler's log-probs (its AGREEMENT; spelled out: the checks sit below the comparison)
+_AGREEMENT = "sampler_agreement"
+
 _CLOSE_MEMO: contextvars.ContextVar[dict[tuple[Any, ...], tuple[bool, tuple[Any, ...]]] | None] = (
     contextvars.ContextVar("grpo_check_diagnose_close_memo", default=None)
 )
@@ -243,6 +250,13 @@ def _close(
     atol: float,
     negated: bool = False,
 ) -> bool:
+    if not negated and got is not None and want is not None:
+        # the same two tensors on the same selection as the sampler metrics of this step: the largest |got − want|
+        # and |want| they found decide it (every selected |got − want| ≤ bound ⟺ the largest is: none is NaN)
+        known = cached((_AGREEMENT, (id(got), id(want), id(mask))), _unknown)
+        if known is not None:  # (the entry holds the three tensors: the ids are theirs)
+            tokens, largest, scale = known[0]
+            return tokens > 0 and largest <= atol + rtol * max(scale, 1e-12)
     host = _host_comparable(got, want, mask)
     if host is not None:  # a small step: the same IEEE operations in numpy, at less overhead
         return _close_numpy(*host, rtol=rtol, atol=atol, negated=negated)
@@ -256,6 +270,10 @@ def _close(
     # got − (−want) is got + want exactly (IEEE subtraction adds the negation), and |−want| = |want|
     error = (got + want) if negated else (got - want)
     return bool(torch.where(sel, error.abs() <= atol + rtol * max(scale, 1e-12), True).all())
+
+
+def _unknown() -> None:
+    return None
 
 
 def _host_comparable(

@@ -49,11 +49,10 @@ def _sources(dx: Diagnosis) -> Iterator[_Source]:
             attach=dx.failing(prefix="logps.model"),
         )
     sampler = dx.trainer("sampler_logps")
-    trainer_old = dx.trainer("old_logps")
-    if trainer_old is None:
-        trainer_old = trainer
+    old = dx.trainer("old_logps")
+    trainer_old = trainer if old is None else old
     if sampler is not None and trainer_old is not None:
-        name = "old_logps" if dx.trainer("old_logps") is not None else "logps"
+        name = "logps" if old is None else "old_logps"
         yield _Source(
             label=f"the sampler's log-probs (vs the trainer's {name})",
             trainer=trainer_old,
@@ -79,13 +78,13 @@ def detect_sign_flip(dx: Diagnosis) -> list[Finding]:
     trainer = dx.trainer("logps")
     if trainer is None or mask is None:
         return []
-    count, positive = _positive_count(trainer, mask)
-    if count and positive / count >= 0.5:
+    share = _positive_share(trainer, mask)
+    if share >= 0.5:
         row, token, _ = worst(trainer.clamp(min=0.0), mask)
         return [
             _sign_finding(
                 dx,
-                f"{positive / count:.0%} of the trainer's log-probs are positive (a log-prob is ≤ 0)",
+                f"{share:.0%} of the trainer's log-probs are positive (a log-prob is ≤ 0)",
                 row,
                 token,
                 trainer,
@@ -95,15 +94,21 @@ def detect_sign_flip(dx: Diagnosis) -> list[Finding]:
     return []
 
 
-def _positive_count(trainer: torch.Tensor, mask: torch.Tensor) -> tuple[int, int]:
-    """(finite log-probs on the mask, those of them above 1e-6): counts, not boolean-indexed copies, as this
-    runs on every step; in numpy on a small step (the same comparisons, less overhead)."""
+def _positive_share(trainer: torch.Tensor, mask: torch.Tensor) -> float:
+    """The share of the finite log-probs on the mask that are above 1e-6 (0.0 where none is finite): counts, not
+    boolean-indexed copies, as this runs on every step; in numpy on a small step (the same comparisons, less
+    overhead), where a step with no masked log-prob above 1e-6 (most) needs no count at all."""
     host, host_mask = host_view(trainer), host_view(mask)
     if host is not None and host_mask is not None:
+        above = (host > 1e-6) & host_mask  # NaN and −inf are not above; +inf is, and is not counted below
+        if not np.logical_or.reduce(above, axis=None):  # none positive: the share is 0 whatever the count
+            return 0.0
         selected = host_mask & np.isfinite(host)
-        return int(np.count_nonzero(selected)), int(np.count_nonzero((host > 1e-6) & selected))
+        count = int(np.count_nonzero(selected))
+        return int(np.count_nonzero(above & selected)) / count if count else 0.0
     selected = mask & finite_mask(trainer)  # the step's shared mask
-    return int(selected.count_nonzero()), int(((trainer > 1e-6) & selected).count_nonzero())
+    count = int(selected.count_nonzero())
+    return int(((trainer > 1e-6) & selected).count_nonzero()) / count if count else 0.0
 
 
 def _any(selected: torch.Tensor) -> bool:

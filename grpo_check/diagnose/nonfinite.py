@@ -50,16 +50,17 @@ def _all_clean(per_func: torch.Tensor, advantages: torch.Tensor) -> bool:
     """No NaN reward and every advantage finite (what most steps show): on a small step first from two Python
     sums (a NaN makes a sum NaN, a NaN or ±inf makes it non-finite: a clean sum proves a clean tensor; an
     unclean one, e.g. an overflow, is decided element by element below), then in numpy."""
+    dims = per_func.dim()
     if (
         per_func.is_cpu
         and advantages.is_cpu
+        and 1 <= dims <= 2
+        and advantages.dim() == 1
         and per_func.numel() <= _PY_ELEMENTS
         and advantages.numel() <= _PY_ELEMENTS
-        and advantages.dim() == 1
-        and 1 <= per_func.dim() <= 2
     ):
         rows = per_func.tolist()
-        total = sum(map(sum, rows)) if per_func.dim() == 2 else sum(rows)
+        total = sum(map(sum, rows)) if dims == 2 else sum(rows)
         advantage_total = sum(advantages.tolist())
         if total == total and advantage_total - advantage_total == 0.0:
             return True

@@ -94,9 +94,10 @@ _PY_ELEMENTS = 256  # up to this many elements a test reads Python floats (tolis
 def _any_nonzero(values: torch.Tensor) -> bool:
     """Any |value| > 0 (NaN is not): on a small step in Python floats (the conversion is exact; the first
     non-zero value answers, on most steps the first one), else in numpy (the same comparison, less overhead)."""
-    if values.is_cpu and values.numel() <= _PY_ELEMENTS and 1 <= values.dim() <= 2:
+    dims = values.dim()
+    if values.is_cpu and 1 <= dims <= 2 and values.numel() <= _PY_ELEMENTS:
         rows = values.tolist()
-        for row in rows if values.dim() == 2 else (rows,):
+        for row in rows if dims == 2 else (rows,):
             for value in row:
                 if abs(value) > 0.0:  # |NaN| > 0 is False, as in torch
                     return True

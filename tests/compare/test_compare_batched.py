@@ -364,12 +364,18 @@ def test_summary_bounds_are_rebuilt_for_other_tolerance_objects_of_the_same_ids(
 
     monkeypatch.setattr(tensor_diff, "_BOUNDS", {})
     first = [Tolerance(rtol=1e-5, atol=1e-6), Tolerance(rtol=2e-5, atol=0.0)]
-    assert [column.tolist() for column in tensor_diff._bounds(first)] == [[[1e-5], [2e-5]], [[1e-6], [0.0]]]
+    assert [column.tolist() for column in tensor_diff._bounds(first)[:2]] == [
+        [[1e-5], [2e-5]],
+        [[1e-6], [0.0]],
+    ]
     assert tensor_diff._bounds(list(first)) is tensor_diff._bounds(first)  # the same objects: built once
     key = tuple(map(id, first))
     other = [Tolerance(rtol=0.5, atol=0.25), Tolerance(rtol=0.0, atol=1.0)]
     tensor_diff._BOUNDS[key] = (other, tensor_diff._BOUNDS[key][1])  # as if the ids now named other objects
-    assert [column.tolist() for column in tensor_diff._bounds(first)] == [[[1e-5], [2e-5]], [[1e-6], [0.0]]]
+    assert [column.tolist() for column in tensor_diff._bounds(first)[:2]] == [
+        [[1e-5], [2e-5]],
+        [[1e-6], [0.0]],
+    ]
     assert tensor_diff._BOUNDS[key][0] == first
     # a failing and a passing comparison summarised with cached bounds judge as with fresh ones
     got = [torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.5])]
@@ -380,3 +386,34 @@ def test_summary_bounds_are_rebuilt_for_other_tolerance_objects_of_the_same_ids(
     again = tensor_diff._summarise_numpy(got, want, masks, tolerances)
     assert repr(once) == repr(again)
     assert [s.beyond for s in once] == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "tolerance",
+    [
+        Tolerance(rtol=1e-5, atol=1e-6),
+        Tolerance(rtol=0.0, atol=-0.0),
+        Tolerance(rtol=-1e-3, atol=0.0),  # negative allowances: an element not compared must not count
+        Tolerance(rtol=0.0, atol=-2.0),
+        Tolerance(rtol=math.nan, atol=0.0),
+        Tolerance(rtol=0.0, atol=math.inf),
+    ],
+)
+@pytest.mark.parametrize("seed", range(3))
+def test_numpy_summary_counts_only_compared_elements_beyond_any_tolerance(tolerance, seed):
+    """The numpy summary's count beyond tolerance equals the Python summary's (the compared elements only),
+    whether or not every allowance is ≥ 0, with large errors and NaN/Inf outside the mask."""
+    generator = torch.Generator().manual_seed(seed)
+    got, want, compared = [], [], []
+    for _ in range(3):
+        reference = torch.randn(4, 5, generator=generator, dtype=torch.float64)
+        trainer = (reference + 1e-7 * torch.randn(4, 5, generator=generator, dtype=torch.float64)).float()
+        mask = torch.rand(4, 5, generator=generator) > 0.4
+        trainer[~mask] = torch.tensor([5.0, math.nan, math.inf, -3.0]).repeat(20)[: int((~mask).sum())]
+        got.append(trainer)
+        want.append(reference)
+        compared.append(mask)
+    tolerances = [tolerance, TOL, tolerance]
+    numpy_summary = _diff._summarise_numpy(got, want, compared, tolerances)
+    assert repr(numpy_summary) == repr(_diff._summarise_python(got, want, compared, tolerances))
+    assert _diff._bounds(tolerances)[2] is (tolerance.rtol >= 0 and tolerance.atol >= 0)

@@ -25,6 +25,7 @@ _HOST_VIEW_USERS = (
     "grpo_check.diagnose.logps",
     "grpo_check.diagnose.nonfinite",
     "grpo_check.diagnose.objective",
+    "grpo_check.diagnose.loss_zero",
 )
 
 
@@ -185,3 +186,58 @@ def test_an_overflowing_sum_is_decided_element_by_element() -> None:
     )  # inf − inf: no NaN reward
     assert nonfinite._all_clean(torch.tensor([[math.nan], [0.0]]), big) is False
     assert nonfinite._all_clean(big.unsqueeze(1), torch.tensor([0.0, math.inf])) is False
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_positive_share_on_numpy_views_answers_what_torch_answers(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The share of positive log-probs (numpy, with its shortcut when none is above 1e-6) equals the torch path's
+    and the plain definition, with ±inf, NaN, ±0, values at 1e-6 and masked-out positives."""
+    from grpo_check.diagnose import logps as logps_detectors
+
+    generator = torch.Generator().manual_seed(seed)
+    pool = torch.tensor(
+        [-1.0, -0.0, 0.0, 1e-6, 2e-6, 0.5, math.inf, -math.inf, math.nan, -3.0], dtype=torch.float64
+    )
+    for rows, tokens in ((3, 4), (1, 1), (0, 3), (2, 5)):
+        for _ in range(40):
+            values = pool[torch.randint(len(pool), (rows, tokens), generator=generator)]
+            if seed % 2:
+                values = -values.abs()  # mostly no positive value: the shortcut
+            mask = torch.rand(rows, tokens, generator=generator) > 0.3
+            fast = logps_detectors._positive_share(values, mask)
+            with monkeypatch.context() as patched:
+                patched.setattr(logps_detectors, "host_view", lambda tensor: None)
+                slow = logps_detectors._positive_share(values, mask)
+            selected = mask & torch.isfinite(values)
+            count = int(selected.sum())
+            plain = int(((values > 1e-6) & selected).sum()) / count if count else 0.0
+            assert repr(fast) == repr(slow) == repr(plain), (values, mask)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_on_policy_test_on_numpy_views_answers_what_torch_answers(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether some masked |logps − old_logps| exceeds 1e-6 (numpy) equals the torch path's answer, with ±inf,
+    NaN, differences at 1e-6, empty selections and no mask."""
+    from grpo_check.diagnose import loss_zero
+
+    generator = torch.Generator().manual_seed(seed)
+    pool = torch.tensor(
+        [-1.0, -0.0, 0.0, -1e-6, -2e-6, math.inf, -math.inf, math.nan, -3.0], dtype=torch.float64
+    )
+    answers = []
+    for rows, tokens in ((3, 4), (1, 1), (0, 3), (2, 5)):
+        for _ in range(40):
+            logps = pool[torch.randint(len(pool), (rows, tokens), generator=generator)]
+            old = torch.where(torch.rand(rows, tokens, generator=generator) < 0.7, logps, pool[0])
+            for mask in (torch.rand(rows, tokens, generator=generator) > 0.3, None):
+                fast = loss_zero._moved(logps, old, mask)
+                with monkeypatch.context() as patched:
+                    patched.setattr(loss_zero, "host_view", lambda tensor: None)
+                    slow = loss_zero._moved(logps, old, mask)
+                assert fast == slow, (logps, old, mask)
+                answers.append(fast)
+    assert any(answers) and not all(answers)
