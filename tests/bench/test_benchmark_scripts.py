@@ -168,3 +168,26 @@ def test_gc_cost_help_names_its_options() -> None:
         [sys.executable, str(BENCHMARKS / "gc_cost.py"), "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "--runs" in out and "--steps" in out
+
+
+def test_live_vs_warm_sets_each_kind_of_step_live_beside_warm() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "live_vs_warm.py"),
+            "--steps",
+            "2",
+            "--repeats",
+            "2",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    ).stdout
+    lines = [line for line in out.splitlines() if "checked:" in line]
+    assert {line.split()[0] for line in lines} == {"generation", "micro_batch"}
+    for line in lines:
+        assert "live " in line and "warm " in line and " ms" in line
