@@ -29,7 +29,8 @@ its bug-catalog id and a fix); legitimate convention differences (population std
 `--trainer PATH.py:FUNCTION` is the full check: the factory's GRPOTrainer trains `--steps` optimizer steps
 with grpo-check attached, and every micro-batch is compared live, including the reference's OWN forward
 passes of the policy and of the reference model (the trainer's per-token log-probs are checked, not
-trusted). The captured trace is written to `<output>/trace`, replacing the one an earlier run left there.
+trusted). The captured trace is written to `<output>/trace`, replacing the one an earlier run left there once the
+new one is saved (until then it waits in `<output>/trace.earlier`; a factory that fails puts it back).
 Those forward passes run on a subset of each accumulation window's rows that covers every prompt padding,
 truncated and EOS-ended rows, every completion-length bucket, every group and micro-batch (at least a
 quarter of the rows); every row keeps the other checks. `--forward-rows all` runs them on every row.
@@ -205,13 +206,36 @@ def first_step_weights(trace: Any, model: Any) -> Any:
     return for_step
 
 
-def _forget_earlier_trace(trace_dir: Path) -> None:
-    """An earlier ``compare --trainer`` run's trace in the report folder is replaced: removed before training
-    (the new one is streamed there step by step). Anything else at that path is left for the writer to refuse."""
+def _set_earlier_trace_aside(trace_dir: Path) -> Path | None:
+    """An earlier ``compare --trainer`` run's trace in the report folder makes way for the new one (streamed
+    there step by step): it is renamed to ``trace.earlier`` until the new run's trace is saved, and returned.
+    ``None`` when there is none; anything else at that path is left for the writer to refuse. A
+    ``trace.earlier`` already there (a run that stopped before it could finish) is never overwritten."""
+    if not (trace_dir.is_dir() and not trace_dir.is_symlink() and (trace_dir / "manifest.json").is_file()):
+        return None
+    aside = trace_dir.with_name(trace_dir.name + ".earlier")
+    if aside.exists() or aside.is_symlink():
+        raise fail_usage(
+            f"{aside} holds the trace of an earlier run that stopped before a new trace replaced it: move or "
+            "delete it, then run again"
+        )
+    trace_dir.rename(aside)
+    return aside
+
+
+def _settle_earlier_trace(aside: Path | None, trace_dir: Path, *, replaced: bool) -> None:
+    """Drop the earlier trace once the new one is saved (``replaced``); else put it back where nothing new was
+    written, or leave it aside beside what the new run captured."""
     import shutil
 
-    if trace_dir.is_dir() and not trace_dir.is_symlink() and (trace_dir / "manifest.json").is_file():
-        shutil.rmtree(trace_dir)
+    if aside is None:
+        return
+    if replaced:
+        shutil.rmtree(aside)
+    elif not trace_dir.exists():
+        aside.rename(trace_dir)
+    else:
+        typer.secho(f"note: the earlier run's trace is kept in {aside}", err=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -313,7 +337,8 @@ def register(app: typer.Typer) -> None:
                 out_dir = make_output_dir(output or Path("reports") / name)  # before training, not after
                 load_factory(trainer)  # a wrong file or function name: said now, not after training
                 trace_dir = out_dir / "trace"
-                _forget_earlier_trace(trace_dir)
+                earlier = _set_earlier_trace_aside(trace_dir)
+                replaced = False
                 try:
                     with contextlib.redirect_stdout(sys.stderr):  # stdout is for the chosen format only
                         run = check_factory(
@@ -325,10 +350,15 @@ def register(app: typer.Typer) -> None:
                             probes=not no_probes,
                             forward_rows=forward_rows or "subset",
                         )
+                    save_trace(
+                        run.trace, trace_dir, overwrite=True
+                    )  # with what the run added to the manifest
+                    replaced = True
                 except FactoryCrashed as exc:
                     typer.secho(f"error: {exc.line}", err=True, fg=typer.colors.RED)
                     raise typer.Exit(EXIT_CRASHED) from None
-                save_trace(run.trace, trace_dir, overwrite=True)  # with what the run added to the manifest
+                finally:
+                    _settle_earlier_trace(earlier, trace_dir, replaced=replaced)
                 code = emit(
                     run.result,
                     output_format=output_format,

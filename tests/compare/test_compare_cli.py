@@ -225,3 +225,80 @@ def test_a_reader_that_stops_early_costs_neither_the_exit_code_nor_the_repro(bad
     done = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr
     assert (out / "result.json").exists() and (out / "repro" / "manifest.json").exists()
+
+
+def _fake_trainer_run(monkeypatch, behaviour):
+    """``check_factory`` replaced: ``behaviour(out_dir, steps)`` returns the run or raises."""
+    import grpo_check.trl.runner as runner_module
+
+    monkeypatch.setattr(
+        runner_module, "check_factory", lambda ref, steps, out_dir=None, **_: behaviour(out_dir, steps)
+    )
+    monkeypatch.setattr(runner_module, "load_factory", lambda reference: None)
+    return runner_module
+
+
+def _checked_run(runner_module, steps):
+    from grpo_check.compare import compare
+
+    trace = make_trace(SPEC, steps=steps)
+    return runner_module.CheckedRun(result=compare(trace), trace=trace, outcome=runner_module.RunOutcome())
+
+
+def test_an_earlier_trainer_runs_trace_survives_a_factory_that_fails(monkeypatch, tmp_path):
+    runner_module = _fake_trainer_run(monkeypatch, lambda out_dir, steps: _checked_run(runner_module, steps))
+    out = tmp_path / "r"
+    args = ["compare", "--trainer", "train.py:build_trainer", "--steps", "2", "-o", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    earlier = (out / "trace" / "manifest.json").read_text()
+
+    def crashes(out_dir, steps):
+        raise runner_module.FactoryCrashed("build_trainer raised RuntimeError: no GPU here")
+
+    monkeypatch.setattr(
+        runner_module, "check_factory", lambda ref, steps, out_dir=None, **_: crashes(out_dir, steps)
+    )
+    res = runner.invoke(app, args)
+    assert res.exit_code == 3 and "no GPU here" in res.stderr
+    assert (out / "trace" / "manifest.json").read_text() == earlier  # put back, whole
+    assert not (out / "trace.earlier").exists()
+
+
+def test_a_new_trainer_run_replaces_the_earlier_trace_once_saved(monkeypatch, tmp_path):
+    runner_module = _fake_trainer_run(monkeypatch, lambda out_dir, steps: _checked_run(runner_module, steps))
+    out = tmp_path / "r"
+    assert (
+        runner.invoke(app, ["compare", "--trainer", "t.py:f", "--steps", "2", "-o", str(out)]).exit_code == 0
+    )
+    seen = []
+
+    def sees_the_earlier_trace_aside(out_dir, steps):
+        seen.append((out / "trace.earlier" / "manifest.json").is_file() and not (out / "trace").exists())
+        return _checked_run(runner_module, steps)
+
+    monkeypatch.setattr(
+        runner_module,
+        "check_factory",
+        lambda ref, steps, out_dir=None, **_: sees_the_earlier_trace_aside(out_dir, steps),
+    )
+    res = runner.invoke(app, ["compare", "--trainer", "t.py:f", "--steps", "1", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert seen == [True]
+    from grpo_check.trace.io import load_trace
+
+    one, two = len(make_trace(SPEC, steps=1).steps), len(make_trace(SPEC, steps=2).steps)
+    assert one != two and len(load_trace(out / "trace").steps) == one  # the new run's
+    assert not (out / "trace.earlier").exists()
+
+
+def test_a_trace_left_aside_by_a_killed_run_is_never_overwritten(monkeypatch, tmp_path):
+    runner_module = _fake_trainer_run(monkeypatch, lambda out_dir, steps: _checked_run(runner_module, steps))
+    out = tmp_path / "r"
+    args = ["compare", "--trainer", "t.py:f", "--steps", "2", "-o", str(out)]
+    assert runner.invoke(app, args).exit_code == 0
+    save_trace(make_trace(SPEC, steps=1), out / "trace.earlier")  # what a killed run would leave
+    left = (out / "trace.earlier" / "manifest.json").read_text()
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "trace.earlier" in res.stderr and "move or delete it" in res.stderr
+    assert (out / "trace.earlier" / "manifest.json").read_text() == left
+    assert (out / "trace" / "manifest.json").is_file()
