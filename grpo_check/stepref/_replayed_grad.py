@@ -60,6 +60,7 @@ def trusted(key: tuple[str, bool, bool], check: Callable[[], bool]) -> bool:
     return verdict
 
 
+@np.errstate(all="ignore")  # 0·inf, inf − inf: NaN without a warning, as in torch
 def replayed_grad(
     spec: GRPOSpec,
     key: tuple[str, bool, bool],
@@ -76,24 +77,6 @@ def replayed_grad(
     """∂loss/∂logps (float64, like ``logps``) from the forward's float64 values, or ``None`` where a tensor
     has no numpy view or the mask is not {0, 1} (the row counts of (N1) would then depend on summation
     order)."""
-    with np.errstate(all="ignore"):  # 0·inf, inf − inf: NaN without a warning, as in torch
-        return _replayed(
-            spec, key, accumulation, logps, advantages, mask, ratio, clipped_ratio, normalizer, ref_logps
-        )
-
-
-def _replayed(
-    spec: GRPOSpec,
-    key: tuple[str, bool, bool],
-    accumulation: int,
-    logps: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    ratio: torch.Tensor,
-    clipped_ratio: torch.Tensor,
-    normalizer: torch.Tensor,
-    ref_logps: torch.Tensor | None,
-) -> torch.Tensor | None:
     aggregation, with_kl, ratio_factor = key
     views = [host_view(t) for t in (logps, advantages, mask, ratio, clipped_ratio, normalizer)]
     if any(view is None for view in views):

@@ -19,14 +19,17 @@ def _both(ids, eos, pad, tool, monkeypatch):
     return fast, general
 
 
+def _random_ids(generator: torch.Generator, *, most: int, vocabulary: int) -> torch.Tensor:
+    """Token ids of 1 to ``most`` rows and columns, each below ``vocabulary``."""
+    rows, width = (int(torch.randint(1, most + 1, (1,), generator=generator)) for _ in range(2))
+    return torch.randint(0, vocabulary, (rows, width), generator=generator)
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_numpy_ends_equal_torchs(seed, monkeypatch) -> None:
     generator = torch.Generator().manual_seed(seed)
-    rows, width = (
-        int(torch.randint(1, 9, (1,), generator=generator)),
-        int(torch.randint(1, 9, (1,), generator=generator)),
-    )
-    ids = torch.randint(0, 6, (rows, width), generator=generator)
+    ids = _random_ids(generator, most=8, vocabulary=6)
+    rows, width = ids.shape
     eos_options = ([], [2], [2, 3], [0], [5, 0, 2])
     pads = (None, 0, 2, 4)
     tools = (
@@ -81,12 +84,8 @@ def test_the_numpy_decision_of_the_ends_check_equals_torchs(seed, monkeypatch) -
     from grpo_check.config import GRPOSpec
     from grpo_check.trace.model import TraceStep
 
-    generator = torch.Generator().manual_seed(seed)
-    rows, width = (
-        int(torch.randint(1, 7, (1,), generator=generator)),
-        int(torch.randint(1, 7, (1,), generator=generator)),
-    )
-    ids = torch.randint(0, 5, (rows, width), generator=generator)
+    ids = _random_ids(torch.Generator().manual_seed(seed), most=6, vocabulary=5)
+    width = ids.shape[1]
     decided = 0
     for eos, pad, mask_truncated, flags, broken in itertools.product(
         ([2], [2, 3]), (None, 0, 2), (False, True), (None, "right", "wrong", "float"), range(4)
