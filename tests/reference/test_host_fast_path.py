@@ -127,23 +127,32 @@ def test_number_normaliser_matches_tensor_normaliser_bit_for_bit(items: float) -
         assert repr(number.item()) == repr(tensor.item()), (items, processes, accumulation, steps)
 
 
+def _clip_case(rng: random.Random, *, some_float32: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (rows, tokens) float64 ratio with clip bounds, NaN, ±inf and signed zeros among its values, and
+    advantages with signed zeros and NaN, (rows,) or (rows, tokens); float32 half the time if
+    ``some_float32``, else float64."""
+    rows, tokens = rng.randint(0, 6), rng.choice([1, rng.randint(1, 7)])
+    specials = [0.8, 1.2, 1.0, float("nan"), float("inf"), -float("inf"), 0.0, -0.0]
+    ratio = torch.tensor(
+        [[rng.choice(specials) if rng.random() < 0.3 else rng.uniform(0.5, 1.5) for _ in range(tokens)]
+         for _ in range(rows)],
+        dtype=torch.float64,
+    ).reshape(rows, tokens)  # fmt: skip
+    adv = torch.tensor([rng.choice([0.0, -0.0, 1.0, -1.0, float("nan")]) for _ in range(rows)])
+    if not some_float32 or rng.random() < 0.5:
+        adv = adv.double()
+    if rng.random() < 0.3:
+        adv = adv.unsqueeze(1).expand(rows, tokens).contiguous()
+    return ratio, adv
+
+
 def test_clip_masks_host_matches_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     from grpo_check.reference import ratio as ratio_module
 
     rng = random.Random(2)
     cases = []
     for _ in range(200):
-        rows, tokens = rng.randint(0, 6), rng.choice([1, rng.randint(1, 7)])
-        specials = [0.8, 1.2, 1.0, float("nan"), float("inf"), -float("inf"), 0.0, -0.0]
-        ratio = torch.tensor(
-            [[rng.choice(specials) if rng.random() < 0.3 else rng.uniform(0.5, 1.5) for _ in range(tokens)]
-             for _ in range(rows)],
-            dtype=torch.float64,
-        ).reshape(rows, tokens)  # fmt: skip
-        adv = torch.tensor([rng.choice([0.0, -0.0, 1.0, -1.0, float("nan")]) for _ in range(rows)])
-        adv = adv.double() if rng.random() < 0.5 else adv  # float32 advantages are made float64 first
-        if rng.random() < 0.3:
-            adv = adv.unsqueeze(1).expand(rows, tokens).contiguous()
+        ratio, adv = _clip_case(rng, some_float32=True)  # float32 advantages are made float64 first
         cases.append((ratio, adv, rng.choice([0.2, 0.1]), rng.choice([0.2, 0.28])))
     fast = [ratio_module.clip_masks(*case) for case in cases]
     monkeypatch.setattr(ratio_module, "host_view", lambda tensor: None)
@@ -187,16 +196,7 @@ def test_loss_clip_masks_on_the_given_advantages_match_torch(monkeypatch: pytest
     rng = random.Random(3)
     cases = []
     for _ in range(200):
-        rows, tokens = rng.randint(0, 6), rng.choice([1, rng.randint(1, 7)])
-        specials = [0.8, 1.2, 1.0, float("nan"), float("inf"), -float("inf"), 0.0, -0.0]
-        ratio = torch.tensor(
-            [[rng.choice(specials) if rng.random() < 0.3 else rng.uniform(0.5, 1.5) for _ in range(tokens)]
-             for _ in range(rows)],
-            dtype=torch.float64,
-        ).reshape(rows, tokens)  # fmt: skip
-        adv = torch.tensor([rng.choice([0.0, -0.0, 1.0, -1.0, float("nan")]) for _ in range(rows)]).double()
-        if rng.random() < 0.3:
-            adv = adv.unsqueeze(1).expand(rows, tokens).contiguous()
+        ratio, adv = _clip_case(rng, some_float32=False)
         adv_2d = adv.unsqueeze(1) if adv.dim() == 1 else adv
         cases.append((ratio, adv, adv_2d, rng.choice([0.2, 0.1]), rng.choice([0.2, 0.28])))
     fast = [loss_module._clip_masks(*case) for case in cases]
