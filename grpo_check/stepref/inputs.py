@@ -325,18 +325,8 @@ def _replayed(
     logps = inputs[0]
     if key is None or host_view(logps) is None:
         return None
-    out = per_token_loss(
-        logps,
-        inputs[1],
-        inputs[2],
-        inputs[3],
-        spec,
-        ref_logps=inputs[4],
-        entropies=inputs[5],
-        sampler_logps=inputs[6],
-    )
     settings = _normaliser_settings(meta)
-    agg = aggregate_loss(out.per_token_loss, inputs[3], spec, **settings, entropies=inputs[5])
+    out, agg = _loss(spec, settings, *inputs)
     grad = replayed_grad(
         spec,
         key,
@@ -361,17 +351,10 @@ def _replayed(
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Equal shapes, dtypes and values, NaN where NaN, signed zeros alike."""
-    return (
-        a.shape == b.shape
-        and a.dtype == b.dtype
-        and bool(torch.equal(a.view(torch.int64), b.view(torch.int64)) or _equal_but_nan_payload(a, b))
-    )
-
-
-def _equal_but_nan_payload(a: torch.Tensor, b: torch.Tensor) -> bool:
-    both_nan = a.isnan() & b.isnan()
-    return bool((both_nan | (a.view(torch.int64) == b.view(torch.int64))).all())
+    """Equal shapes and float64 bit patterns, NaN where NaN (whatever its payload), signed zeros alike."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return bool(((a.isnan() & b.isnan()) | (a.view(torch.int64) == b.view(torch.int64))).all())
 
 
 def _loss_and_grad(
@@ -387,6 +370,34 @@ def _loss_and_grad(
     sampler_ratio: torch.Tensor | None,
 ) -> tuple[Any, Any, torch.Tensor | None]:
     """The per-token loss (O6), its aggregation (N1)–(N6) and ∂loss/∂logps by float64 autograd (grad mode on)."""
+    out, agg = _loss(
+        spec,
+        _normaliser_settings(meta),
+        logps,
+        old,
+        advantages,
+        mask,
+        ref_logps,
+        entropies,
+        sampler_logps,
+        sampler_ratio,
+    )
+    return out, agg, _grad_of(agg.loss, logps)
+
+
+def _loss(
+    spec: GRPOSpec,
+    settings: Mapping[str, Any],
+    logps: torch.Tensor,
+    old: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    ref_logps: torch.Tensor | None,
+    entropies: torch.Tensor | None,
+    sampler_logps: torch.Tensor | None,
+    sampler_ratio: torch.Tensor | None,
+) -> tuple[Any, Any]:
+    """The per-token loss (O6) and its aggregation (N1)–(N6) under the step's normaliser ``settings``."""
     out = per_token_loss(
         logps,
         old,
@@ -399,14 +410,9 @@ def _loss_and_grad(
         sampler_is_ratio=sampler_ratio,
     )
     agg = aggregate_loss(
-        out.per_token_loss,
-        mask,
-        spec,
-        **_normaliser_settings(meta),
-        entropies=entropies,
-        entropy_mask=out.entropy_mask,
+        out.per_token_loss, mask, spec, **settings, entropies=entropies, entropy_mask=out.entropy_mask
     )
-    return out, agg, _grad_of(agg.loss, logps)
+    return out, agg
 
 
 # the engine call torch.autograd.grad makes, without its argument handling (a wrapper of a few dozen Python
