@@ -350,9 +350,8 @@ def register(app: typer.Typer) -> None:
                             probes=not no_probes,
                             forward_rows=forward_rows or "subset",
                         )
-                    save_trace(
-                        run.trace, trace_dir, overwrite=True
-                    )  # with what the run added to the manifest
+                    # the whole trace again, with what the run added to the manifest
+                    save_trace(run.trace, trace_dir, overwrite=True)
                     replaced = True
                 except FactoryCrashed as exc:
                     typer.secho(f"error: {exc.line}", err=True, fg=typer.colors.RED)
